@@ -1,0 +1,144 @@
+//! The kinds of resource Rouse stores, with their API groups, plural names and the names and
+//! short names the CLI accepts (Knative's and kubectl's).
+
+use std::fmt;
+
+/// A resource kind Rouse stores and serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `serving.knative.dev/v1` Service.
+    Service,
+    /// `serving.knative.dev/v1` Configuration.
+    Configuration,
+    /// `serving.knative.dev/v1` Revision.
+    Revision,
+    /// `serving.knative.dev/v1` Route.
+    Route,
+    /// `autoscaling.internal.knative.dev/v1alpha1` PodAutoscaler.
+    PodAutoscaler,
+    /// `networking.internal.knative.dev/v1alpha1` ServerlessService.
+    ServerlessService,
+}
+
+impl Kind {
+    /// Every kind, in the order a cascade or a listing walks them.
+    pub const ALL: [Kind; 6] = [
+        Kind::Service,
+        Kind::Configuration,
+        Kind::Revision,
+        Kind::Route,
+        Kind::PodAutoscaler,
+        Kind::ServerlessService,
+    ];
+
+    /// The `kind` field value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::Configuration => "Configuration",
+            Kind::Revision => "Revision",
+            Kind::Route => "Route",
+            Kind::PodAutoscaler => "PodAutoscaler",
+            Kind::ServerlessService => "ServerlessService",
+        }
+    }
+
+    /// The API group.
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::PodAutoscaler => "autoscaling.internal.knative.dev",
+            Kind::ServerlessService => "networking.internal.knative.dev",
+            _ => "serving.knative.dev",
+        }
+    }
+
+    /// The group's version.
+    pub fn version(self) -> &'static str {
+        match self {
+            Kind::PodAutoscaler | Kind::ServerlessService => "v1alpha1",
+            _ => "v1",
+        }
+    }
+
+    /// The `apiVersion` field value, `group/version`.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::PodAutoscaler => "autoscaling.internal.knative.dev/v1alpha1",
+            Kind::ServerlessService => "networking.internal.knative.dev/v1alpha1",
+            _ => "serving.knative.dev/v1",
+        }
+    }
+
+    /// The plural used in API paths.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::Configuration => "configurations",
+            Kind::Revision => "revisions",
+            Kind::Route => "routes",
+            Kind::PodAutoscaler => "podautoscalers",
+            Kind::ServerlessService => "serverlessservices",
+        }
+    }
+
+    /// Looks a kind up by its plural (API paths).
+    pub fn from_plural(plural: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.plural() == plural)
+    }
+
+    /// Looks a kind up by its `kind` field value.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Looks a kind up the way the CLI does: kind, singular, plural or short name, any case.
+    pub fn from_cli(s: &str) -> Option<Kind> {
+        let s = s.to_ascii_lowercase();
+        let s = s.split('.').next().unwrap_or("");
+        Some(match s {
+            "service" | "services" | "ksvc" | "ksvcs" => Kind::Service,
+            "configuration" | "configurations" | "config" | "configs" | "cfg" => {
+                Kind::Configuration
+            }
+            "revision" | "revisions" | "rev" | "revs" => Kind::Revision,
+            "route" | "routes" | "rt" => Kind::Route,
+            "podautoscaler" | "podautoscalers" | "kpa" | "pa" => Kind::PodAutoscaler,
+            "serverlessservice" | "serverlessservices" | "sks" => Kind::ServerlessService,
+            _ => return None,
+        })
+    }
+
+    /// True for the kinds users write (the `serving.knative.dev` group).
+    pub fn is_user_facing(self) -> bool {
+        self.group() == "serving.knative.dev"
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_names() {
+        assert_eq!(Kind::from_cli("ksvc"), Some(Kind::Service));
+        assert_eq!(Kind::from_cli("Services"), Some(Kind::Service));
+        assert_eq!(Kind::from_cli("kpa"), Some(Kind::PodAutoscaler));
+        assert_eq!(Kind::from_cli("sks"), Some(Kind::ServerlessService));
+        assert_eq!(Kind::from_cli("rt"), Some(Kind::Route));
+        assert_eq!(
+            Kind::from_cli("services.serving.knative.dev"),
+            Some(Kind::Service)
+        );
+        assert_eq!(Kind::from_cli("pods"), None);
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_plural(k.plural()), Some(k));
+            assert_eq!(Kind::from_name(k.name()), Some(k));
+        }
+    }
+}

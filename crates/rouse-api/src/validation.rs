@@ -1,0 +1,1 @@
+//! Validation, as Knative's webhook applies it (reference §1.5, §2.1).
