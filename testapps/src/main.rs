@@ -1,1 +1,264 @@
-fn main() {}
+//! `rouse-testapp`: the workload Rouse's tests (and the README sample) run, in the spirit of
+//! Knative's test images. It listens on `127.0.0.1:$PORT` (HTTP/1.1, or HTTP/2 cleartext only
+//! with `--h2c`) and answers:
+//!
+//! - `/` — `Hello World! How about some tasty noodles?` (or `$MESSAGE`)
+//! - `/env` — the process environment as a JSON object
+//! - `/headers` — the request as JSON: `method`, `host`, `path`, `version`, `headers`
+//! - `/stream?chunks=N&interval=MS` — N chunks (`chunk <i>\n`), MS apart, flushed as written
+//! - `/echo` — the request body, streamed back
+//! - `/status?code=N` — an empty response with that status
+//! - `/exit?code=N` — answers, then exits with that code
+//!
+//! Any path takes `?sleep=MS` to wait before answering.
+//!
+//! Flags: `--h2c`; `--print LINE` (print to stdout before anything else, repeatable);
+//! `--exit-immediately CODE` (exit after printing, for crash tests); `--startup-delay MS`
+//! (sleep before listening, for slow starts).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+const DEFAULT_MESSAGE: &str = "Hello World! How about some tasty noodles?";
+
+struct Options {
+    h2c: bool,
+    print: Vec<String>,
+    exit_immediately: Option<i32>,
+    startup_delay: Duration,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut opts = Options {
+        h2c: false,
+        print: Vec::new(),
+        exit_immediately: None,
+        startup_delay: Duration::ZERO,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--h2c" => opts.h2c = true,
+            "--print" => opts.print.push(value("--print")?),
+            "--exit-immediately" => {
+                let v = value("--exit-immediately")?;
+                opts.exit_immediately =
+                    Some(v.parse().map_err(|_| format!("bad exit code {v:?}"))?);
+            }
+            "--startup-delay" => {
+                let v = value("--startup-delay")?;
+                let ms = v.parse().map_err(|_| format!("bad delay {v:?}"))?;
+                opts.startup_delay = Duration::from_millis(ms);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(opts)
+}
+
+fn main() {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("rouse-testapp: {e}");
+            std::process::exit(2);
+        }
+    };
+    for line in &opts.print {
+        println!("{line}");
+    }
+    if let Some(code) = opts.exit_immediately {
+        eprintln!("rouse-testapp: exiting with code {code} as asked");
+        std::process::exit(code);
+    }
+    let port: u16 = match std::env::var("PORT")
+        .unwrap_or_else(|_| "8080".into())
+        .parse()
+    {
+        Ok(p) => p,
+        Err(_) => {
+            eprintln!("rouse-testapp: PORT is not a port number");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(serve(port, opts));
+}
+
+async fn serve(port: u16, opts: Options) {
+    tokio::time::sleep(opts.startup_delay).await;
+    let listener = match TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("rouse-testapp: cannot listen on 127.0.0.1:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let proto = if opts.h2c { "h2c" } else { "http/1.1" };
+    println!("rouse-testapp listening on 127.0.0.1:{port} ({proto})");
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let h2c = opts.h2c;
+        tokio::spawn(async move {
+            let io = TokioIo::new(tcp);
+            let svc = service_fn(handle);
+            let res = if h2c {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await
+            } else {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await
+            };
+            if let Err(e) = res {
+                eprintln!("rouse-testapp: connection error: {e}");
+            }
+        });
+    }
+}
+
+fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.to_string(), String::new()),
+        })
+        .collect()
+}
+
+fn num(q: &BTreeMap<String, String>, key: &str, default: u64) -> u64 {
+    q.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn full(status: StatusCode, content_type: &str, text: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(text.into())
+            .map_err(|n| match n {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn json(value: serde_json::Value) -> Response<Body> {
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    text.push('\n');
+    full(StatusCode::OK, "application/json", text)
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let q = query(&req);
+    let sleep = num(&q, "sleep", 0);
+    if sleep > 0 {
+        tokio::time::sleep(Duration::from_millis(sleep)).await;
+    }
+    let resp = match req.uri().path() {
+        "/env" => {
+            let env: BTreeMap<String, String> = std::env::vars().collect();
+            json(serde_json::json!(env))
+        }
+        "/headers" => {
+            let mut headers = BTreeMap::<String, String>::new();
+            for (k, v) in req.headers() {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                headers
+                    .entry(k.as_str().to_string())
+                    .and_modify(|e| {
+                        e.push_str(", ");
+                        e.push_str(&v);
+                    })
+                    .or_insert(v);
+            }
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_default();
+            json(serde_json::json!({
+                "method": req.method().as_str(),
+                "host": host,
+                "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                "version": format!("{:?}", req.version()),
+                "headers": headers,
+            }))
+        }
+        "/stream" => {
+            let chunks = num(&q, "chunks", 5);
+            let interval = Duration::from_millis(num(&q, "interval", 100));
+            let stream = futures_util::stream::unfold(0, move |i| async move {
+                if i >= chunks {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(interval).await;
+                }
+                let frame = Frame::data(Bytes::from(format!("chunk {i}\n")));
+                Some((Ok::<_, hyper::Error>(frame), i + 1))
+            });
+            let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp
+        }
+        "/echo" => Response::new(req.into_body().boxed_unsync()),
+        "/status" => {
+            let code = StatusCode::from_u16(num(&q, "code", 200) as u16).unwrap_or(StatusCode::OK);
+            let mut resp = Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
+            *resp.status_mut() = code;
+            resp
+        }
+        "/exit" => {
+            let code = num(&q, "code", 0) as i32;
+            // Exit once the answer had a moment to leave.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                std::process::exit(code);
+            });
+            full(
+                StatusCode::OK,
+                "text/plain",
+                format!("exiting with code {code}\n"),
+            )
+        }
+        _ => {
+            let msg = std::env::var("MESSAGE").unwrap_or_else(|_| DEFAULT_MESSAGE.to_string());
+            full(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                format!("{msg}\n"),
+            )
+        }
+    };
+    Ok(resp)
+}

@@ -1,1 +1,34 @@
-//! rouse-runtime
+//! The runtime seam: what runs a revision's instances. [`Runtime`] is the trait the reconcilers
+//! drive (make a revision's instances number N, report them, stop them); [`ProcessRuntime`] is
+//! the local backend, which runs each instance as a child process behind an in-process
+//! queue-proxy. Docker and Kubernetes backends come later behind the same trait.
+
+#![warn(missing_docs)]
+
+mod command;
+mod process;
+mod spec;
+mod sys;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use process::{BACKOFF_MAX, BACKOFF_RESET_AFTER, BACKOFF_START, KILL_GRACE, ProcessRuntime};
+pub use rouse_queue::{ProbeAction, ProbeSpec};
+pub use spec::{InstanceInfo, InstanceState, QueueTemplate, Termination, WorkloadSpec};
+
+/// Runs revisions' instances. Calls return at once; the work happens in the background and
+/// every change is announced on [`Runtime::subscribe`].
+pub trait Runtime: Send + Sync + 'static {
+    /// Declarative: make the revision's instances number `desired` (start/stop in background).
+    /// Scaling down stops the newest instances first.
+    fn ensure(&self, spec: WorkloadSpec, desired: u32);
+    /// The revision's instances now, oldest first, including ones still terminating.
+    fn instances(&self, namespace: &str, revision: &str) -> Vec<InstanceInfo>;
+    /// Stop all instances of a revision (drain, SIGTERM, SIGKILL) and forget it.
+    fn remove(&self, namespace: &str, revision: &str);
+    /// Notifies (namespace, revision) whenever any instance of it changes state.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(String, String)>;
+    /// Stop everything with drain; resolves when all processes are gone.
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}

@@ -1,1 +1,94 @@
-//! rouse-store
+//! The platform's state store: the [`Store`] trait the controller and the API server work
+//! against, and [`EmbeddedStore`], its implementation on an embedded ACID database (redb) in
+//! the data dir, used by the local `rouse serve`.
+//!
+//! Objects are Kubernetes-shaped JSON (`apiVersion`, `kind`, `metadata`, `spec`, `status`). The
+//! store keeps Kubernetes' bookkeeping: one global, monotonically increasing
+//! `resourceVersion` with compare-and-swap updates, `generation` bumped on spec changes only,
+//! status written apart from spec, owner references with cascading delete, and watches that
+//! resume from a resourceVersion.
+
+mod embedded;
+mod error;
+mod object;
+mod watch;
+
+pub use embedded::{DB_FILE, DEFAULT_HISTORY, EmbeddedStore};
+pub use error::StoreError;
+pub use rouse_api::Kind;
+
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// What happened to the object a [`WatchEvent`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// Created.
+    Added,
+    /// Updated (spec, metadata or status).
+    Modified,
+    /// Deleted, directly or by an owner's cascade.
+    Deleted,
+}
+
+/// One committed change, as a watcher sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchEvent {
+    /// What happened.
+    pub event_type: EventType,
+    /// The object's kind.
+    pub kind: Kind,
+    /// The object after the change (for Deleted: as it was, with the deletion's
+    /// resourceVersion).
+    pub object: Value,
+    /// The resourceVersion of this change.
+    pub resource_version: u64,
+}
+
+/// Storage for the platform's objects: get/list/create/update with compare-and-swap on
+/// `resourceVersion`, status updates, cascading delete and watch.
+///
+/// Every write that changes something takes the next resourceVersion and emits exactly one
+/// event; a cascading delete takes one resourceVersion (and emits one Deleted event) per
+/// object removed, owner first, all committed in one transaction.
+///
+/// The methods block (disk I/O with an fsync per write); async callers accept that or use
+/// `spawn_blocking`.
+pub trait Store: Send + Sync + 'static {
+    /// The object, or [`StoreError::NotFound`].
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, StoreError>;
+
+    /// The objects of `kind` in `namespace` (`None` = all namespaces), sorted by namespace
+    /// then name, and the store's resourceVersion at the time of the read (to watch from).
+    fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError>;
+
+    /// Stores a new object and returns it as stored.
+    ///
+    /// The namespace defaults to `default`. Without a name, `metadata.generateName` plus five
+    /// random lowercase alphanumerics names it. The store sets `uid`, `creationTimestamp`,
+    /// `generation` 1 and `resourceVersion` (replacing any given). [`StoreError::AlreadyExists`]
+    /// when the name is taken.
+    fn create(&self, kind: Kind, obj: Value) -> Result<Value, StoreError>;
+
+    /// Replaces an object's metadata and spec (not its status).
+    ///
+    /// A non-empty `metadata.resourceVersion` (or `uid`) that differs from the stored one is a
+    /// [`StoreError::Conflict`]; an empty one updates unconditionally. `generation` goes up by
+    /// one only when `spec` changed. When nothing changed, nothing is written, no event is
+    /// emitted and the stored object is returned.
+    fn update(&self, kind: Kind, obj: Value) -> Result<Value, StoreError>;
+
+    /// Replaces only an object's `status`, with the same preconditions as
+    /// [`Store::update`]; never changes `generation`; a no-op when the status is unchanged.
+    fn update_status(&self, kind: Kind, obj: Value) -> Result<Value, StoreError>;
+
+    /// Deletes an object and, in the same transaction, every object of any kind whose
+    /// `metadata.ownerReferences` names a deleted object's uid, recursively. Returns the
+    /// object deleted.
+    fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, StoreError>;
+
+    /// A stream of the events with a resourceVersion above `from`, in order: first those
+    /// retained in memory, then live ones. [`StoreError::Expired`] when `from` is older than
+    /// what is retained (list again and watch from the list's resourceVersion).
+    fn watch(&self, from: u64) -> Result<UnboundedReceiver<WatchEvent>, StoreError>;
+}

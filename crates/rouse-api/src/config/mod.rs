@@ -1,5 +1,10 @@
 //! Knative's ConfigMaps (`config-defaults`, `config-autoscaler`, `config-network`, `config-gc`,
 //! `config-features`), parsed once into typed, immutable values with Knative's keys and defaults.
+//!
+//! Parsing is stricter than Knative's on purpose: a key Knative does not know, or a value
+//! Knative would silently ignore, stops start-up with the ConfigMap, the key and the reason.
+//! Keys Knative knows but Rouse does not act on are accepted, so a Knative user's file works
+//! unchanged.
 
 pub mod autoscaler;
 pub mod defaults;
@@ -8,6 +13,8 @@ pub mod gc;
 pub mod network;
 
 use std::collections::BTreeMap;
+
+use serde_yaml::Value as Yaml;
 
 /// A config error: which ConfigMap and key, and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -43,4 +50,378 @@ pub struct Config {
     pub network: network::NetworkConfig,
     pub gc: gc::GcConfig,
     pub features: features::FeaturesConfig,
+}
+
+/// The ConfigMaps Rouse reads, by `metadata.name`.
+pub const CONFIGMAP_NAMES: [&str; 5] = [
+    defaults::NAME,
+    AUTOSCALER_NAME,
+    network::NAME,
+    gc::NAME,
+    features::NAME,
+];
+
+/// `config-autoscaler`'s name.
+const AUTOSCALER_NAME: &str = "config-autoscaler";
+
+/// The key Knative's ConfigMaps carry their commented example under; never read.
+pub const EXAMPLE_KEY: &str = "_example";
+
+impl Config {
+    /// Parses one or more ConfigMap YAML documents (multi-document text, `kind: ConfigMap`,
+    /// `metadata.name` one of config-defaults|config-autoscaler|config-network|config-gc|
+    /// config-features; others -> error). Keys missing take Knative defaults; the `_example`
+    /// key is ignored; an unknown key or invalid value -> ConfigError naming configmap+key+why.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_texts(&[text.to_string()])
+    }
+
+    /// Same, merging several texts (one per file) in order. A ConfigMap given twice takes the
+    /// later one whole, as `kubectl apply` would.
+    pub fn from_yaml_texts(texts: &[String]) -> Result<Config, ConfigError> {
+        let mut maps: BTreeMap<String, ConfigData> = BTreeMap::new();
+        for (t, text) in texts.iter().enumerate() {
+            for (d, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+                // Documents are numbered within their text (and texts, when there are several).
+                let label = if texts.len() > 1 {
+                    format!("text {} document {}", t + 1, d + 1)
+                } else {
+                    format!("document {}", d + 1)
+                };
+                let value = <Yaml as serde::Deserialize>::deserialize(doc)
+                    .map_err(|e| ConfigError::new(&label, "yaml", format!("malformed: {e}")))?;
+                if value.is_null() {
+                    continue;
+                }
+                let (name, data) = configmap_of(&label, &value)?;
+                maps.insert(name, data);
+            }
+        }
+        let mut cfg = Config::default();
+        for (name, data) in &maps {
+            match name.as_str() {
+                defaults::NAME => cfg.defaults = defaults::DefaultsConfig::from_data(data)?,
+                network::NAME => cfg.network = network::NetworkConfig::from_data(data)?,
+                gc::NAME => cfg.gc = gc::GcConfig::from_data(data)?,
+                features::NAME => cfg.features = features::FeaturesConfig::from_data(data)?,
+                _ => cfg.autoscaler = parse_autoscaler(data)?,
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// `config-autoscaler`'s parser lives with its type.
+fn parse_autoscaler(data: &ConfigData) -> Result<autoscaler::AutoscalerConfig, ConfigError> {
+    autoscaler::AutoscalerConfig::from_data(data)
+}
+
+/// Checks one YAML document is a ConfigMap Rouse reads; returns its name and string data.
+fn configmap_of(doc: &str, v: &Yaml) -> Result<(String, ConfigData), ConfigError> {
+    let map = v
+        .as_mapping()
+        .ok_or_else(|| ConfigError::new(doc, "kind", "expected a ConfigMap object"))?;
+    let field = |k: &str| map.get(Yaml::String(k.to_string()));
+    let kind = field("kind").and_then(Yaml::as_str).unwrap_or("");
+    if kind != "ConfigMap" {
+        return Err(ConfigError::new(
+            doc,
+            "kind",
+            format!("expected ConfigMap, got {kind:?}"),
+        ));
+    }
+    let api_version = field("apiVersion").and_then(Yaml::as_str).unwrap_or("v1");
+    if api_version != "v1" {
+        return Err(ConfigError::new(
+            doc,
+            "apiVersion",
+            format!("expected v1, got {api_version:?}"),
+        ));
+    }
+    let name = field("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Yaml::as_str)
+        .unwrap_or("");
+    if name.is_empty() {
+        return Err(ConfigError::new(doc, "metadata.name", "missing"));
+    }
+    if !CONFIGMAP_NAMES.contains(&name) {
+        return Err(ConfigError::new(
+            name,
+            "metadata.name",
+            format!(
+                "not a ConfigMap Rouse reads (expected one of {})",
+                CONFIGMAP_NAMES.join(", ")
+            ),
+        ));
+    }
+    for key in map.keys() {
+        let k = key.as_str().unwrap_or("");
+        if !matches!(
+            k,
+            "apiVersion" | "kind" | "metadata" | "data" | "binaryData" | "immutable"
+        ) {
+            return Err(ConfigError::new(name, k, "unknown ConfigMap field"));
+        }
+    }
+    if field("binaryData").is_some_and(|b| !b.is_null()) {
+        return Err(ConfigError::new(
+            name,
+            "binaryData",
+            "not read by Rouse; put the keys under data",
+        ));
+    }
+    let mut data = ConfigData::new();
+    if let Some(d) = field("data").filter(|d| !d.is_null()) {
+        let d = d
+            .as_mapping()
+            .ok_or_else(|| ConfigError::new(name, "data", "expected a map of strings"))?;
+        for (k, v) in d {
+            let key = scalar_string(k)
+                .ok_or_else(|| ConfigError::new(name, "data", "keys must be strings"))?;
+            let value = scalar_string(v)
+                .ok_or_else(|| ConfigError::new(name, &key, "value must be a string (quote it)"))?;
+            data.insert(key, value);
+        }
+    }
+    Ok((name.to_string(), data))
+}
+
+/// A YAML scalar as the string Kubernetes would have stored (numbers and bools unquoted by
+/// mistake are taken as written).
+fn scalar_string(v: &Yaml) -> Option<String> {
+    match v {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Number(n) => Some(n.to_string()),
+        Yaml::Bool(b) => Some(b.to_string()),
+        Yaml::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+// === Value parsing shared by the ConfigMap parsers ===
+
+/// Refuses keys outside `known` (and ignores `_example`), suggesting a near miss.
+pub(crate) fn check_keys(cm: &str, data: &ConfigData, known: &[&str]) -> Result<(), ConfigError> {
+    for key in data.keys() {
+        if key == EXAMPLE_KEY || known.contains(&key.as_str()) {
+            continue;
+        }
+        let hint = known
+            .iter()
+            .filter(|k| edit_distance(k, key) <= 2)
+            .min_by_key(|k| edit_distance(k, key))
+            .map(|k| format!(" (did you mean {k:?}?)"))
+            .unwrap_or_default();
+        return Err(ConfigError::new(cm, key, format!("unknown key{hint}")));
+    }
+    Ok(())
+}
+
+/// The value of `key`, unless absent (Knative treats a missing key as "use the default").
+pub(crate) fn get<'a>(data: &'a ConfigData, key: &str) -> Option<&'a str> {
+    data.get(key).map(|s| s.trim())
+}
+
+/// Go's `strconv.ParseBool`, as Knative's `cm.AsBool` uses it.
+pub(crate) fn parse_bool(cm: &str, key: &str, raw: &str) -> Result<bool, ConfigError> {
+    match raw {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(ConfigError::new(
+            cm,
+            key,
+            format!("invalid boolean {raw:?} (want true or false)"),
+        )),
+    }
+}
+
+/// A base-10 64-bit integer, as Knative's `cm.AsInt64` parses it.
+pub(crate) fn parse_i64(cm: &str, key: &str, raw: &str) -> Result<i64, ConfigError> {
+    raw.parse::<i64>()
+        .map_err(|_| ConfigError::new(cm, key, format!("invalid integer {raw:?}")))
+}
+
+/// True when `s` is a Kubernetes resource quantity (`100m`, `1.5Gi`, `2e3`, `128974848`).
+pub(crate) fn is_quantity(s: &str) -> bool {
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let num_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(num_end);
+    let digits = num.chars().filter(char::is_ascii_digit).count();
+    if digits == 0 || num.matches('.').count() > 1 {
+        return false;
+    }
+    match suffix {
+        "" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
+        "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => true,
+        exp => {
+            let Some(rest) = exp.strip_prefix(['e', 'E']) else {
+                return false;
+            };
+            let rest = rest.strip_prefix(['+', '-']).unwrap_or(rest);
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit())
+        }
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints on mistyped keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KNATIVE_STYLE: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config-defaults
+  namespace: knative-serving
+  labels:
+    app.kubernetes.io/name: knative-serving
+  annotations:
+    knative.dev/example-checksum: "e7973912"
+data:
+  _example: |
+    revision-timeout-seconds: "300"
+  revision-timeout-seconds: "120"
+  container-concurrency: 10
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config-network
+data:
+  domain-template: "{{.Name}}-{{.Namespace}}.{{.Domain}}"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config-features
+data:
+  kubernetes.podspec-affinity: "enabled"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config-gc
+data:
+  max-non-active-revisions: "disabled"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config-autoscaler
+data:
+  enable-scale-to-zero: "false"
+"#;
+
+    #[test]
+    fn parses_multi_document_configmaps() {
+        let c = Config::from_yaml(KNATIVE_STYLE).unwrap();
+        assert_eq!(c.defaults.revision_timeout_seconds, 120);
+        assert_eq!(c.defaults.container_concurrency, 10);
+        assert_eq!(c.network.route_host("a", "b", "c"), "a-b.c");
+        assert_eq!(
+            c.features.get(features::PODSPEC_AFFINITY),
+            features::Flag::Enabled
+        );
+        assert_eq!(c.gc.max_non_active_revisions, None);
+        assert!(!c.autoscaler.enable_scale_to_zero);
+    }
+
+    #[test]
+    fn empty_text_gives_knative_defaults() {
+        assert_eq!(Config::from_yaml("").unwrap(), Config::default());
+        assert_eq!(Config::from_yaml("---\n---\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn later_texts_replace_earlier_configmaps() {
+        let a = "kind: ConfigMap\nmetadata: {name: config-defaults}\ndata: {container-concurrency: \"5\"}\n";
+        let b = "kind: ConfigMap\nmetadata: {name: config-defaults}\ndata: {revision-timeout-seconds: \"60\"}\n";
+        let c = Config::from_yaml_texts(&[a.to_string(), b.to_string()]).unwrap();
+        assert_eq!(c.defaults.revision_timeout_seconds, 60);
+        assert_eq!(c.defaults.container_concurrency, 0);
+    }
+
+    #[test]
+    fn document_level_errors() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "kind: Service\nmetadata: {name: config-defaults}\n",
+                "document 1: kind: expected ConfigMap, got \"Service\"",
+            ),
+            (
+                "kind: ConfigMap\nmetadata: {name: config-deployment}\n",
+                "config-deployment: metadata.name: not a ConfigMap Rouse reads (expected one of config-defaults, config-autoscaler, config-network, config-gc, config-features)",
+            ),
+            (
+                "kind: ConfigMap\nmetadata: {}\n",
+                "document 1: metadata.name: missing",
+            ),
+            (
+                "apiVersion: v2\nkind: ConfigMap\nmetadata: {name: config-gc}\n",
+                "document 1: apiVersion: expected v1, got \"v2\"",
+            ),
+            (
+                "kind: ConfigMap\nmetadata: {name: config-gc}\ndata: {min-non-active-revisions: [1]}\n",
+                "config-gc: min-non-active-revisions: value must be a string (quote it)",
+            ),
+            (
+                "kind: ConfigMap\nmetadata: {name: config-gc}\ndat: {}\n",
+                "config-gc: dat: unknown ConfigMap field",
+            ),
+            (
+                "kind: ConfigMap\nmetadata: {name: config-gc}\ndata: {retain-since-create-time: \"1y\"}\n",
+                "config-gc: retain-since-create-time: unknown unit \"y\" in duration \"1y\" (want a duration or disabled)",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Config::from_yaml(text).unwrap_err();
+            assert_eq!(err.to_string(), *want);
+        }
+        let err = Config::from_yaml("kind: [\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("document 1: yaml: malformed: "),
+            "{err}"
+        );
+        let err = Config::from_yaml("just text").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "document 1: kind: expected a ConfigMap object"
+        );
+        let texts = [
+            "kind: ConfigMap\nmetadata: {name: config-gc}\n".to_string(),
+            "---\nkind: Pod\n".to_string(),
+        ];
+        let err = Config::from_yaml_texts(&texts).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "text 2 document 1: kind: expected ConfigMap, got \"Pod\""
+        );
+    }
+
+    #[test]
+    fn errors_from_a_second_document_name_the_configmap_and_key() {
+        let text = "kind: ConfigMap\nmetadata: {name: config-gc}\n---\nkind: ConfigMap\nmetadata: {name: config-network}\ndata: {tag-template: \"{{.Tag}}\"}\n";
+        let err = Config::from_yaml(text).unwrap_err();
+        assert_eq!(err.configmap, "config-network");
+        assert_eq!(err.key, "tag-template");
+        assert_eq!(err.reason, "must contain {{.Name}}");
+    }
 }

@@ -1,0 +1,216 @@
+//! Revision → its PodAutoscaler and ServerlessService, and the revision's conditions from its
+//! instances: Ready once the instances pass readiness; failed with the exit code or reason when
+//! a container exits or cannot start before the revision ever became ready.
+
+use std::time::Duration;
+
+use rouse_api::autoscaling::{ObjectReference, PodAutoscaler};
+use rouse_api::clock::{now_rfc3339, parse_rfc3339};
+use rouse_api::condition::Conditions;
+use rouse_api::duration::parse_go_duration;
+use rouse_api::meta::Resource;
+use rouse_api::networking::{ServerlessService, SksMode};
+use rouse_api::serving::{ANNOTATION_PROGRESS_DEADLINE, Revision, RevisionStatus};
+use rouse_runtime::Termination;
+
+use super::Requeue;
+use crate::workload::workload_for;
+use crate::{Context, ReconcileError};
+
+/// Knative's default `progress-deadline` (config-deployment).
+const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+
+pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, ReconcileError> {
+    let Some(rev) = ctx.client.get::<Revision>(ns, name)? else {
+        ctx.runtime.remove(ns, name);
+        ctx.networking.set_endpoints(ns, name, Vec::new());
+        return Ok(None);
+    };
+    let mut status = rev.status.clone();
+    status.observed_generation = rev.metadata.generation;
+
+    if let Err(e) = workload_for(&rev) {
+        status.mark_false("ContainerHealthy", "InvalidWorkload", &e.to_string());
+        status.mark_false("ResourcesAvailable", "InvalidWorkload", &e.to_string());
+        status.derive_ready(&["ResourcesAvailable", "ContainerHealthy"]);
+        return write(ctx, &rev, status, None);
+    }
+    ensure_autoscaler(ctx, &rev)?;
+    ensure_sks(ctx, &rev)?;
+
+    let pa = ctx.client.get::<PodAutoscaler>(ns, name)?;
+    let initialized = pa
+        .as_ref()
+        .is_some_and(|p| p.status.is_true("ScaleTargetInitialized"));
+    let mut requeue = None;
+    if initialized {
+        status.mark_true("ResourcesAvailable");
+        status.mark_true("ContainerHealthy");
+    } else if let Some(t) = ctx
+        .runtime
+        .instances(ns, name)
+        .into_iter()
+        .filter_map(|i| i.last_termination)
+        .next()
+    {
+        let (reason, message) = describe_termination(&t);
+        status.mark_false("ContainerHealthy", &reason, &message);
+        status.mark_unknown("ResourcesAvailable", "Deploying", "");
+    } else {
+        let deadline = progress_deadline(&rev);
+        let age = age_of(&rev);
+        if age >= deadline {
+            status.mark_false(
+                "ResourcesAvailable",
+                "ProgressDeadlineExceeded",
+                "Initial scale was never achieved",
+            );
+        } else {
+            status.mark_unknown("ResourcesAvailable", "Deploying", "");
+            if status.get_condition("ContainerHealthy").is_none() {
+                status.mark_unknown("ContainerHealthy", "Deploying", "");
+            }
+            requeue = Some(deadline - age);
+        }
+    }
+    if let Some(pa) = &pa {
+        if let Some(active) = pa.status.get_condition("Active") {
+            status.set_condition("Active", active.status, &active.reason, &active.message);
+        }
+        status.actual_replicas = pa.status.actual_scale;
+        status.desired_replicas = pa.status.desired_scale;
+    }
+    status.derive_ready(&["ResourcesAvailable", "ContainerHealthy"]);
+    write(ctx, &rev, status, requeue)
+}
+
+fn write(
+    ctx: &Context,
+    rev: &Revision,
+    status: RevisionStatus,
+    requeue: Requeue,
+) -> Result<Requeue, ReconcileError> {
+    if status != rev.status {
+        let mut updated = rev.clone();
+        updated.status = status;
+        ctx.client.update_status(&updated)?;
+    }
+    Ok(requeue)
+}
+
+/// Knative's reason and message for a container that stopped: `ExitCode<N>` and
+/// `Container failed with: <its last output>`.
+fn describe_termination(t: &Termination) -> (String, String) {
+    let reason = match (t.exit_code, t.signal) {
+        (Some(code), _) => format!("ExitCode{code}"),
+        (None, Some(sig)) => format!("ExitCode{}", 128 + sig),
+        (None, None) => t.reason.clone(),
+    };
+    let detail = if t.message.trim().is_empty() {
+        t.reason.clone()
+    } else {
+        t.message.trim().to_string()
+    };
+    (reason, format!("Container failed with: {detail}"))
+}
+
+fn progress_deadline(rev: &Revision) -> Duration {
+    rev.metadata
+        .annotations
+        .get(ANNOTATION_PROGRESS_DEADLINE)
+        .and_then(|v| parse_go_duration(v).ok())
+        .unwrap_or(DEFAULT_PROGRESS_DEADLINE)
+}
+
+fn age_of(rev: &Revision) -> Duration {
+    let now = parse_rfc3339(&now_rfc3339()).unwrap_or(0);
+    let created = parse_rfc3339(&rev.metadata.creation_timestamp).unwrap_or(now);
+    Duration::from_secs(now.saturating_sub(created))
+}
+
+fn ensure_autoscaler(ctx: &Context, rev: &Revision) -> Result<(), ReconcileError> {
+    let (ns, name) = (&rev.metadata.namespace, &rev.metadata.name);
+    let mut want = PodAutoscaler::new_named(ns, name);
+    want.metadata.labels = rev.metadata.labels.clone();
+    want.metadata.annotations = rev.metadata.annotations.clone();
+    want.metadata.owner_references = vec![rev.owner_ref()];
+    want.spec.container_concurrency = Some(rev.spec.container_concurrency.unwrap_or(0));
+    want.spec.scale_target_ref = ObjectReference {
+        api_version: "apps/v1".to_string(),
+        kind: "Deployment".to_string(),
+        name: format!("{name}-deployment"),
+    };
+    want.spec.protocol_type = protocol(rev).to_string();
+    want.spec.reachability = "Reachable".to_string();
+    upsert(ctx, want, |have, want| {
+        have.spec == want.spec
+            && have.metadata.labels == want.metadata.labels
+            && have.metadata.annotations == want.metadata.annotations
+    })
+}
+
+fn ensure_sks(ctx: &Context, rev: &Revision) -> Result<(), ReconcileError> {
+    let (ns, name) = (&rev.metadata.namespace, &rev.metadata.name);
+    let mut want = ServerlessService::new_named(ns, name);
+    want.metadata.labels = rev.metadata.labels.clone();
+    want.metadata.owner_references = vec![rev.owner_ref()];
+    want.spec.mode = SksMode::Serve;
+    want.spec.object_ref = ObjectReference {
+        api_version: "apps/v1".to_string(),
+        kind: "Deployment".to_string(),
+        name: format!("{name}-deployment"),
+    };
+    want.spec.protocol_type = protocol(rev).to_string();
+    upsert(ctx, want, |have, want| {
+        have.spec.object_ref == want.spec.object_ref
+            && have.spec.protocol_type == want.spec.protocol_type
+            && have.metadata.labels == want.metadata.labels
+    })
+}
+
+fn protocol(rev: &Revision) -> &'static str {
+    if rev.spec.is_h2c() { "h2c" } else { "http1" }
+}
+
+/// Creates `want`, or updates the stored object's spec and metadata when `same` says it differs.
+fn upsert<T: Resource + SpecMeta>(
+    ctx: &Context,
+    want: T,
+    same: impl Fn(&T, &T) -> bool,
+) -> Result<(), ReconcileError> {
+    let meta = want.meta();
+    match ctx.client.get::<T>(&meta.namespace, &meta.name)? {
+        None => {
+            ctx.client.create(&want)?;
+        }
+        Some(have) if same(&have, &want) => {}
+        Some(have) => {
+            let mut next = have.clone();
+            next.copy_spec_meta(&want);
+            ctx.client.update(&next)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies spec, labels and annotations from a desired object (status and identity stay).
+trait SpecMeta {
+    fn copy_spec_meta(&mut self, from: &Self);
+}
+
+impl SpecMeta for PodAutoscaler {
+    fn copy_spec_meta(&mut self, from: &Self) {
+        self.spec = from.spec.clone();
+        self.metadata.labels = from.metadata.labels.clone();
+        self.metadata.annotations = from.metadata.annotations.clone();
+    }
+}
+
+impl SpecMeta for ServerlessService {
+    fn copy_spec_meta(&mut self, from: &Self) {
+        // The mode belongs to the autoscaler; only identity of the target is copied.
+        self.spec.object_ref = from.spec.object_ref.clone();
+        self.spec.protocol_type = from.spec.protocol_type.clone();
+        self.metadata.labels = from.metadata.labels.clone();
+    }
+}

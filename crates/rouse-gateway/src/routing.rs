@@ -1,0 +1,132 @@
+//! The routing table: which revisions serve which host, and in what shares.
+
+use std::collections::HashMap;
+
+/// One revision a host's traffic goes to, and its share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// The revision's namespace.
+    pub namespace: String,
+    /// The revision.
+    pub revision: String,
+    /// Its share of the host's requests, in percent (0 gets none).
+    pub percent: u32,
+}
+
+/// Host → weighted revisions. Hosts are matched lowercase and without a port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoutingTable {
+    hosts: HashMap<String, Vec<RouteTarget>>,
+}
+
+impl RoutingTable {
+    /// An empty table (every host unknown).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Routes `host` (normalized: lowercase, port dropped) to `targets`, replacing any
+    /// earlier entry for it.
+    pub fn insert(&mut self, host: String, targets: Vec<RouteTarget>) {
+        self.hosts.insert(normalize_host(&host), targets);
+    }
+
+    /// The targets of `host` (normalized as by [`RoutingTable::insert`]).
+    pub fn get(&self, host: &str) -> Option<&[RouteTarget]> {
+        self.hosts.get(&normalize_host(host)).map(Vec::as_slice)
+    }
+
+    /// The hosts routed, in no particular order.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.hosts.keys().map(String::as_str)
+    }
+
+    /// How many hosts are routed.
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Whether no host is routed.
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+}
+
+/// Lowercases a Host value and drops its port and any trailing dot
+/// (`Hello.Default.Example.com:8080` → `hello.default.example.com`; `[::1]:80` → `[::1]`).
+pub fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let without_port = if host.starts_with('[') {
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Picks a target by weight, given a number in `0..sum of percents`.
+pub(crate) fn pick(targets: &[RouteTarget], mut roll: u64) -> Option<&RouteTarget> {
+    targets.iter().find(|t| {
+        let p = u64::from(t.percent);
+        if roll < p {
+            true
+        } else {
+            roll -= p;
+            false
+        }
+    })
+}
+
+/// The sum of the targets' percents.
+pub(crate) fn total(targets: &[RouteTarget]) -> u64 {
+    targets.iter().map(|t| u64::from(t.percent)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(rev: &str, percent: u32) -> RouteTarget {
+        RouteTarget {
+            namespace: "default".into(),
+            revision: rev.into(),
+            percent,
+        }
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(
+            normalize_host("Hello.Default.Example.COM:8080"),
+            "hello.default.example.com"
+        );
+        assert_eq!(
+            normalize_host("hello.default.localhost."),
+            "hello.default.localhost"
+        );
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("example.com:"), "example.com");
+        let mut table = RoutingTable::new();
+        table.insert("Hello.Default.localhost:80".into(), vec![t("a", 100)]);
+        assert_eq!(
+            table.get("hello.default.LOCALHOST:9999").unwrap()[0].revision,
+            "a"
+        );
+        assert!(table.get("other.default.localhost").is_none());
+    }
+
+    #[test]
+    fn weighted_pick_covers_each_share_exactly() {
+        let targets = [t("a", 20), t("zero", 0), t("b", 80)];
+        assert_eq!(total(&targets), 100);
+        let picks: Vec<&str> = (0..100)
+            .map(|r| pick(&targets, r).unwrap().revision.as_str())
+            .collect();
+        assert_eq!(picks.iter().filter(|r| **r == "a").count(), 20);
+        assert_eq!(picks.iter().filter(|r| **r == "b").count(), 80);
+        assert!(pick(&targets, 100).is_none());
+    }
+}

@@ -1,0 +1,450 @@
+//! The gateway with real sockets: hyper backends (and a real queue-proxy) on loopback.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rouse_gateway::{Gateway, RouteTarget, RoutingTable};
+use rouse_queue::{ProbeSpec, QueueConfig, QueueProxy};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const BOUND: Duration = Duration::from_secs(10);
+const NS: &str = "default";
+
+/// A backend answering `<name>` on `/`, its request headers on `/headers`, and `/slow?ms=N`.
+async fn backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    let body = match req.uri().path() {
+                        "/headers" => {
+                            let mut out = format!("backend: {name}\n");
+                            for (k, v) in req.headers() {
+                                out.push_str(&format!("{k}: {}\n", v.to_str().unwrap()));
+                            }
+                            out
+                        }
+                        "/slow" => {
+                            let ms = req.uri().query().and_then(|q| q.strip_prefix("ms="));
+                            let ms = ms.and_then(|m| m.parse().ok()).unwrap_or(0);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            format!("{name} slept")
+                        }
+                        _ => name.to_string(),
+                    };
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Running {
+    addr: SocketAddr,
+    gw: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+async fn gateway() -> Running {
+    let gw = Gateway::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = oneshot::channel();
+    let done = tokio::spawn(gw.clone().serve(listener, async move {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        gw,
+        stop: Some(stop),
+        done,
+    }
+}
+
+fn target(rev: &str, percent: u32) -> RouteTarget {
+    RouteTarget {
+        namespace: NS.into(),
+        revision: rev.into(),
+        percent,
+    }
+}
+
+fn table(routes: &[(&str, Vec<RouteTarget>)]) -> RoutingTable {
+    let mut t = RoutingTable::new();
+    for (host, targets) in routes {
+        t.insert(host.to_string(), targets.clone());
+    }
+    t
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn get(gw: SocketAddr, host: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{gw}{path}"))
+        .header("Host", host)
+        .body(Full::default())
+        .unwrap()
+}
+
+async fn send(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, String) {
+    let resp = c.request(req).await.expect("request");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn routes_by_host_ignoring_case_and_port() {
+    let g = gateway().await;
+    let (a, b) = (backend("a").await, backend("b").await);
+    g.gw.set_routes(table(&[
+        ("a.default.example.com", vec![target("a-00001", 100)]),
+        ("b.default.example.com", vec![target("b-00001", 100)]),
+    ]));
+    g.gw.set_endpoints(NS, "a-00001", vec![a]);
+    g.gw.set_endpoints(NS, "b-00001", vec![b]);
+    let c = client();
+    assert_eq!(
+        send(&c, get(g.addr, "a.default.example.com", "/")).await.1,
+        "a"
+    );
+    assert_eq!(
+        send(&c, get(g.addr, "B.Default.Example.COM:8080", "/"))
+            .await
+            .1,
+        "b"
+    );
+
+    let (status, body) = send(&c, get(g.addr, "nope.default.example.com", "/")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("nope.default.example.com"), "{body}");
+
+    g.gw.set_endpoints(NS, "b-00001", vec![]);
+    let (status, body) = send(&c, get(g.addr, "b.default.example.com", "/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "no healthy instance for revision b-00001\n");
+
+    // A dead endpoint is a bad gateway, not a hang.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    g.gw.set_endpoints(NS, "b-00001", vec![dead]);
+    assert_eq!(
+        send(&c, get(g.addr, "b.default.example.com", "/")).await.0,
+        StatusCode::BAD_GATEWAY
+    );
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served() {
+    let g = gateway().await;
+    g.gw.set_routes(table(&[(
+        "a.default.example.com",
+        vec![target("a-00001", 100)],
+    )]));
+    g.gw.set_endpoints(NS, "a-00001", vec![backend("a").await]);
+    let c: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    // Over HTTP/2 the host travels as :authority.
+    let req = Request::get("http://a.default.example.com/headers")
+        .body(Full::default())
+        .unwrap();
+    let req = {
+        let (mut parts, body) = req.into_parts();
+        parts.uri = format!("http://{}/headers", g.addr).parse().unwrap();
+        parts
+            .headers
+            .insert("host", "a.default.example.com".parse().unwrap());
+        Request::from_parts(parts, body)
+    };
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("backend: a"), "{body}");
+    assert!(body.contains("host: a.default.example.com"), "{body}");
+}
+
+#[tokio::test]
+async fn weighted_split_follows_percentages() {
+    let g = gateway().await;
+    g.gw.set_routes(table(&[(
+        "split.default.example.com",
+        vec![
+            target("a-00001", 20),
+            target("b-00001", 80),
+            target("c-00001", 0),
+        ],
+    )]));
+    g.gw.set_endpoints(NS, "a-00001", vec![backend("a").await]);
+    g.gw.set_endpoints(NS, "b-00001", vec![backend("b").await]);
+    g.gw.set_endpoints(NS, "c-00001", vec![backend("c").await]);
+    let c = client();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..1000 {
+        let (status, body) = send(&c, get(g.addr, "split.default.example.com", "/")).await;
+        assert_eq!(status, StatusCode::OK);
+        *counts.entry(body).or_default() += 1;
+    }
+    // Binomial(1000, 0.2): sd ~12.6, so ±80 is over 6 sd.
+    let a = counts.get("a").copied().unwrap_or(0);
+    assert!((120..=280).contains(&a), "{counts:?}");
+    assert_eq!(
+        a + counts.get("b").copied().unwrap_or(0),
+        1000,
+        "{counts:?}"
+    );
+    assert!(
+        !counts.contains_key("c"),
+        "a 0% target got traffic: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn spreads_across_instances_avoiding_busy_ones() {
+    let g = gateway().await;
+    g.gw.set_routes(table(&[(
+        "s.default.example.com",
+        vec![target("s-00001", 100)],
+    )]));
+    let (x, y) = (backend("x").await, backend("y").await);
+    g.gw.set_endpoints(NS, "s-00001", vec![x, y]);
+    assert_eq!(g.gw.endpoints(NS, "s-00001"), vec![x, y]);
+    let c = client();
+    let mut seen = HashMap::<String, usize>::new();
+    for _ in 0..10 {
+        *seen
+            .entry(send(&c, get(g.addr, "s.default.example.com", "/")).await.1)
+            .or_default() += 1;
+    }
+    assert_eq!(
+        (seen["x"], seen["y"]),
+        (5, 5),
+        "idle instances share evenly"
+    );
+
+    // While one instance holds a slow request, new requests go to the other.
+    let (addr, c2) = (g.addr, c.clone());
+    let slow = tokio::spawn(async move {
+        send(&c2, get(addr, "s.default.example.com", "/slow?ms=1500")).await
+    });
+    wait_until(|| g.gw.in_flight() == 1).await;
+    let mut others = Vec::new();
+    for _ in 0..6 {
+        others.push(send(&c, get(g.addr, "s.default.example.com", "/")).await.1);
+    }
+    let (_, slow_body) = slow.await.unwrap();
+    let busy = slow_body.trim_end_matches(" slept").to_string();
+    assert!(others.iter().all(|o| *o != busy), "busy {busy}: {others:?}");
+}
+
+#[tokio::test]
+async fn internal_headers_are_stripped_and_forwarding_added() {
+    let g = gateway().await;
+    g.gw.set_routes(table(&[(
+        "h.default.example.com",
+        vec![target("h-00001", 100)],
+    )]));
+    g.gw.set_endpoints(NS, "h-00001", vec![backend("h").await]);
+    let req = Request::get(format!("http://{}/headers", g.addr))
+        .header("Host", "h.default.example.com")
+        .header("Knative-Serving-Revision", "other-rev")
+        .header("Knative-Serving-Namespace", "kube-system")
+        .header("K-Proxy-Request", "activator")
+        .header("K-Original-Host", "evil.example.com")
+        .header("K-Network-Probe", "queue")
+        .header("K-Network-Hash", "abc")
+        .header("X-Forwarded-For", "203.0.113.9")
+        .header("X-User", "kept")
+        .body(Full::default())
+        .unwrap();
+    let (status, body) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("host: h.default.example.com\n"), "{body}");
+    assert!(body.contains("x-user: kept\n"), "{body}");
+    assert!(
+        body.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"),
+        "{body}"
+    );
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+    assert!(
+        body.contains("forwarded: for=127.0.0.1;host=h.default.example.com;proto=http\n"),
+        "{body}"
+    );
+    for gone in [
+        "knative-serving-",
+        "k-proxy-request",
+        "k-original-host",
+        "k-network-",
+    ] {
+        assert!(!body.contains(gone), "{gone} got through: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_cannot_reach_the_queue_proxy_health_check() {
+    // gateway -> real queue-proxy -> app: the probe header must not stop at the queue-proxy.
+    let g = gateway().await;
+    let app = backend("app").await;
+    let qp = QueueProxy::start(QueueConfig {
+        app_addr: app,
+        h2c: false,
+        container_concurrency: 0,
+        readiness: ProbeSpec::default(),
+        revision: "q-00001".into(),
+        namespace: NS.into(),
+    })
+    .await
+    .unwrap();
+    g.gw.set_routes(table(&[(
+        "q.default.example.com",
+        vec![target("q-00001", 100)],
+    )]));
+    g.gw.set_endpoints(NS, "q-00001", vec![qp.addr()]);
+    let req = Request::get(format!("http://{}/", g.addr))
+        .header("Host", "q.default.example.com")
+        .header("K-Network-Probe", "queue")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(
+        send(&client(), req).await,
+        (StatusCode::OK, "app".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_routes_and_endpoints_under_load_fails_nothing() {
+    let g = gateway().await;
+    let backends = [backend("a").await, backend("b").await, backend("c").await];
+    let host = "load.default.example.com";
+    g.gw.set_routes(table(&[(host, vec![target("l-00001", 100)])]));
+    g.gw.set_endpoints(NS, "l-00001", backends.to_vec());
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (addr, done, failures) = (g.addr, done.clone(), failures.clone());
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let mut seen = HashMap::<String, usize>::new();
+            for _ in 0..150 {
+                match c.request(get(addr, host, "/")).await {
+                    Ok(resp) if resp.status() == StatusCode::OK => {
+                        let body = resp.into_body().collect().await.unwrap().to_bytes();
+                        *seen
+                            .entry(String::from_utf8_lossy(&body).into_owned())
+                            .or_default() += 1;
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+            seen
+        }));
+    }
+    // Swap endpoint sets and routing tables (each always naming a live backend) meanwhile.
+    let sets = [
+        vec![backends[0]],
+        vec![backends[1], backends[2]],
+        vec![backends[2]],
+        backends.to_vec(),
+    ];
+    let mut swaps = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while done.load(Ordering::SeqCst) < clients.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "load did not finish"
+        );
+        g.gw.set_endpoints(NS, "l-00001", sets[swaps % sets.len()].clone());
+        let split = if swaps.is_multiple_of(2) {
+            vec![target("l-00001", 100)]
+        } else {
+            vec![target("l-00001", 50), target("l-00001", 50)]
+        };
+        g.gw.set_routes(table(&[(host, split)]));
+        swaps += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut total = HashMap::<String, usize>::new();
+    for c in clients {
+        for (k, v) in c.await.unwrap() {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    assert_eq!(total.values().sum::<usize>(), 600);
+    assert!(swaps > 10, "only {swaps} swaps happened during the load");
+    assert_eq!(total.len(), 3, "every backend served some: {total:?}");
+}
+
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let mut g = gateway().await;
+    g.gw.set_routes(table(&[(
+        "d.default.example.com",
+        vec![target("d-00001", 100)],
+    )]));
+    g.gw.set_endpoints(NS, "d-00001", vec![backend("d").await]);
+    let addr = g.addr;
+    let slow = tokio::spawn(async move {
+        send(
+            &client(),
+            get(addr, "d.default.example.com", "/slow?ms=500"),
+        )
+        .await
+    });
+    wait_until(|| g.gw.in_flight() == 1).await;
+    g.stop.take().unwrap().send(()).unwrap();
+    assert_eq!(slow.await.unwrap(), (StatusCode::OK, "d slept".to_string()));
+    tokio::time::timeout(BOUND, &mut g.done)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
+}
+
+async fn wait_until(cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,168 @@
+//! A pooled keep-alive client that forwards requests to an upstream address.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::body::{Body, text_response};
+use super::headers::strip_hop_by_hop;
+
+/// How long an idle upstream connection stays in the pool.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why forwarding failed. Each is the upstream's fault, and none is safe to retry blindly
+/// (the request may have reached the app), except [`ProxyError::Connect`].
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No connection to the upstream could be made; the request never left.
+    #[error("cannot connect to upstream {addr}: {source}")]
+    Connect {
+        /// The upstream.
+        addr: SocketAddr,
+        /// What went wrong.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The connection failed while the request or the response head was on the wire.
+    #[error("upstream {addr} failed: {source}")]
+    Upstream {
+        /// The upstream.
+        addr: SocketAddr,
+        /// What went wrong.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The request could not be addressed to the upstream (a malformed target).
+    #[error("cannot address the request to {addr}: {reason}")]
+    BadRequest {
+        /// The upstream.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ProxyError {
+    /// Whether the request certainly never reached the upstream (so a retry is safe).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, ProxyError::Connect { .. })
+    }
+
+    /// The status a proxy answers with: 502 Bad Gateway for upstream failures, 400 for a
+    /// request that cannot be forwarded.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The response a proxy gives the client for this error.
+    pub fn to_response(&self) -> Response<Body> {
+        text_response(self.status(), self.to_string())
+    }
+}
+
+/// A pooled client for forwarding to upstreams over loopback or the network. Keeps connections
+/// alive between requests and streams bodies both ways. Cheap to clone (clones share the pool).
+#[derive(Clone, Debug)]
+pub struct ProxyClient {
+    client: Client<HttpConnector, Body>,
+    h2c: bool,
+}
+
+impl ProxyClient {
+    /// A client speaking HTTP/1.1 to upstreams.
+    pub fn http1() -> Self {
+        Self::build(false, usize::MAX)
+    }
+
+    /// A client speaking HTTP/2 cleartext (prior knowledge) to upstreams.
+    pub fn h2c() -> Self {
+        Self::build(true, usize::MAX)
+    }
+
+    /// A client that opens a fresh connection for every request (for probes, which must see
+    /// whether the upstream accepts connections now).
+    pub fn unpooled(h2c: bool) -> Self {
+        Self::build(h2c, 0)
+    }
+
+    fn build(h2c: bool, max_idle: usize) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(h2c);
+        ProxyClient {
+            client: builder.build(connector),
+            h2c,
+        }
+    }
+
+    /// Whether this client speaks h2c.
+    pub fn is_h2c(&self) -> bool {
+        self.h2c
+    }
+
+    /// Sends `req` to `upstream`, keeping its path, query, method, headers and (streamed) body.
+    /// The original Host is kept (taken from the URI authority when the request came over
+    /// HTTP/2 without one). Hop-by-hop headers are removed from the request and the response.
+    /// Internal headers are the caller's business.
+    pub async fn forward(
+        &self,
+        mut req: Request<Body>,
+        upstream: SocketAddr,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        if !req.headers().contains_key(header::HOST)
+            && let Some(authority) = req.uri().authority()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri: Uri =
+            format!("http://{upstream}{path}")
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest {
+                    addr: upstream,
+                    reason: e.to_string(),
+                })?;
+        *req.uri_mut() = uri;
+        *req.version_mut() = if self.h2c {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        strip_hop_by_hop(req.headers_mut());
+        match self.client.request(req).await {
+            Ok(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut());
+                Ok(resp)
+            }
+            Err(e) if e.is_connect() => Err(ProxyError::Connect {
+                addr: upstream,
+                source: e,
+            }),
+            Err(e) => Err(ProxyError::Upstream {
+                addr: upstream,
+                source: e,
+            }),
+        }
+    }
+}

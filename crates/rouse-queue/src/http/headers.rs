@@ -1,0 +1,116 @@
+//! Header hygiene shared by every proxy hop.
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including any named in `Connection`, and `Transfer-Encoding`
+/// (the next hop frames the body itself). `TE: trailers` survives: gRPC needs it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a header is one of the platform's internal headers, which only Rouse's own hops may
+/// set: `Knative-Serving-*`, `K-Network-*`, `K-Proxy-Request`, `K-Original-Host`,
+/// `K-Passthrough-Lb`.
+pub fn is_internal(name: &HeaderName) -> bool {
+    let n = name.as_str(); // always lowercase
+    n.starts_with("knative-serving-")
+        || n.starts_with("k-network-")
+        || n == "k-proxy-request"
+        || n == "k-original-host"
+        || n == "k-passthrough-lb"
+}
+
+/// Removes every internal header (see [`is_internal`]).
+pub fn strip_internal(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| is_internal(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("Connection", "keep-alive, X-Secret"),
+            ("X-Secret", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Transfer-Encoding", "chunked"),
+            ("Upgrade", "h2c"),
+            ("TE", "trailers, deflate"),
+            ("X-User", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, vec!["x-user", "te"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn internal_headers_go_user_headers_stay() {
+        let mut h = map(&[
+            ("Knative-Serving-Revision", "r"),
+            ("knative-serving-namespace", "n"),
+            ("K-Network-Probe", "queue"),
+            ("K-Network-Hash", "x"),
+            ("K-Proxy-Request", "activator"),
+            ("K-Original-Host", "evil"),
+            ("K-Passthrough-Lb", "true"),
+            ("K-Something-Else", "kept"),
+            ("Knative-Other", "kept"),
+        ]);
+        strip_internal(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["k-something-else", "knative-other"]);
+    }
+}

@@ -1,0 +1,287 @@
+//! Turning a [`WorkloadSpec`] into the exact program, arguments, environment and directory of
+//! one instance, the way Kubernetes would for a container.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::spec::{Termination, WorkloadSpec};
+
+/// Reason for a program that cannot be found or executed.
+pub(crate) const REASON_MISSING: &str = "ContainerMissing";
+/// Reason for any other failure to start.
+pub(crate) const REASON_START: &str = "StartError";
+
+/// One instance's launch, fully resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Launch {
+    /// The executable, as an absolute path when it came with a `/` or from `PATH`.
+    pub program: PathBuf,
+    /// `argv[0]` as the user wrote it.
+    pub argv0: String,
+    /// The remaining arguments, expanded.
+    pub args: Vec<String>,
+    /// Variables to set on top of the platform's environment.
+    pub env: Vec<(String, String)>,
+    /// The directory to run in.
+    pub cwd: Option<PathBuf>,
+}
+
+/// Why an instance cannot be launched.
+pub(crate) fn start_failure(reason: &str, message: String) -> Termination {
+    Termination {
+        exit_code: None,
+        signal: None,
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+/// Plans the launch of one instance listening on `port`.
+pub(crate) fn plan(spec: &WorkloadSpec, port: u16) -> Result<Launch, Termination> {
+    let mut env = spec.env.clone();
+    env.push(("PORT".into(), port.to_string()));
+    env.push(("K_REVISION".into(), spec.revision.clone()));
+    env.push(("K_CONFIGURATION".into(), spec.configuration.clone()));
+    env.push(("K_SERVICE".into(), spec.service.clone()));
+    let vars: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut argv = spec
+        .command
+        .iter()
+        .chain(&spec.args)
+        .map(|a| expand(a, &vars));
+    let Some(argv0) = argv.next() else {
+        return Err(start_failure(REASON_START, "no command to run".into()));
+    };
+    let args = argv.collect();
+
+    let base = std::env::current_dir()
+        .map_err(|e| start_failure(REASON_START, format!("current directory: {e}")))?;
+    let cwd = match &spec.working_dir {
+        Some(dir) => {
+            let dir = base.join(dir);
+            match std::fs::metadata(&dir) {
+                Ok(m) if m.is_dir() => Some(dir),
+                Ok(_) => {
+                    return Err(start_failure(
+                        REASON_START,
+                        format!("working directory {}: not a directory", dir.display()),
+                    ));
+                }
+                Err(e) => {
+                    return Err(start_failure(
+                        REASON_START,
+                        format!("working directory {}: {e}", dir.display()),
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
+    let path_var = vars
+        .get("PATH")
+        .map(OsString::from)
+        .or_else(|| std::env::var_os("PATH"));
+    let program = resolve(&argv0, cwd.as_deref().unwrap_or(&base), path_var)?;
+    Ok(Launch {
+        program,
+        argv0,
+        args,
+        env,
+        cwd,
+    })
+}
+
+/// Finds the program: a name with a `/` is a path (relative ones against `dir`); a bare name
+/// is searched in `PATH`.
+fn resolve(name: &str, dir: &Path, path_var: Option<OsString>) -> Result<PathBuf, Termination> {
+    if name.contains('/') {
+        let path = dir.join(name);
+        return match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => Err(start_failure(
+                REASON_MISSING,
+                format!("program {}: is a directory", path.display()),
+            )),
+            Ok(_) => Ok(path),
+            Err(e) => Err(start_failure(
+                REASON_MISSING,
+                format!("program {}: {e}", path.display()),
+            )),
+        };
+    }
+    let found = path_var.as_ref().and_then(|p| {
+        std::env::split_paths(p)
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|d| dir.join(d).join(name))
+            .find(|c| {
+                std::fs::metadata(c)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+    });
+    found.ok_or_else(|| {
+        start_failure(
+            REASON_MISSING,
+            format!("executable file {name:?} not found in $PATH"),
+        )
+    })
+}
+
+/// Expands `$(VAR)` from `vars` as Kubernetes does: `$$` is a literal `$`, and a reference to
+/// an unknown variable (or an unclosed one) stays as written.
+pub(crate) fn expand(input: &str, vars: &HashMap<&str, &str>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(') {
+            match inner.find(')') {
+                Some(end) => {
+                    let name = &inner[..end];
+                    match vars.get(name) {
+                        Some(v) => out.push_str(v),
+                        None => {
+                            out.push_str("$(");
+                            out.push_str(name);
+                            out.push(')');
+                        }
+                    }
+                    rest = &inner[end + 1..];
+                }
+                None => {
+                    out.push_str(&rest[i..]);
+                    rest = "";
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::QueueTemplate;
+    use std::time::Duration;
+
+    fn spec(command: &[&str], args: &[&str]) -> WorkloadSpec {
+        WorkloadSpec {
+            namespace: "default".into(),
+            revision: "hello-00001".into(),
+            configuration: "hello".into(),
+            service: "hello".into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![("GREETING".into(), "hi".into())],
+            working_dir: None,
+            queue: QueueTemplate {
+                h2c: false,
+                container_concurrency: 0,
+                readiness: Default::default(),
+                revision: "hello-00001".into(),
+                namespace: "default".into(),
+            },
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn expansion_follows_kubernetes() {
+        let vars: HashMap<&str, &str> = [("PORT", "8080"), ("A", "x")].into_iter().collect();
+        assert_eq!(expand("--port=$(PORT)", &vars), "--port=8080");
+        assert_eq!(expand("$(A)$(A)/$(PORT)", &vars), "xx/8080");
+        assert_eq!(expand("$(MISSING)", &vars), "$(MISSING)");
+        assert_eq!(expand("$$(PORT)", &vars), "$(PORT)");
+        assert_eq!(expand("cost $5 $", &vars), "cost $5 $");
+        assert_eq!(expand("$(PORT", &vars), "$(PORT");
+        assert_eq!(expand("no refs", &vars), "no refs");
+    }
+
+    #[test]
+    fn plan_sets_env_expands_args_and_finds_programs_in_path() {
+        let l = plan(
+            &spec(&["sh", "-c"], &["echo $(GREETING) $(PORT) $(K_SERVICE)"]),
+            9000,
+        )
+        .unwrap();
+        assert!(
+            l.program.is_absolute() && l.program.ends_with("sh"),
+            "{l:?}"
+        );
+        assert_eq!(l.argv0, "sh");
+        assert_eq!(l.args, vec!["-c", "echo hi 9000 hello"]);
+        for kv in [
+            ("PORT", "9000"),
+            ("K_REVISION", "hello-00001"),
+            ("K_CONFIGURATION", "hello"),
+            ("K_SERVICE", "hello"),
+            ("GREETING", "hi"),
+        ] {
+            assert!(
+                l.env.contains(&(kv.0.into(), kv.1.into())),
+                "{kv:?} in {:?}",
+                l.env
+            );
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_working_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("bin/app");
+        std::fs::create_dir_all(prog.parent().unwrap()).unwrap();
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        let mut s = spec(&["./bin/app"], &[]);
+        s.working_dir = Some(dir.path().to_path_buf());
+        let l = plan(&s, 1).unwrap();
+        assert_eq!(l.program, dir.path().join("./bin/app"));
+        assert_eq!(l.cwd.as_deref(), Some(dir.path()));
+    }
+
+    #[test]
+    fn missing_programs_and_dirs_are_clear_failures() {
+        let t = plan(&spec(&["no-such-program-rouse"], &[]), 1).unwrap_err();
+        assert_eq!(t.reason, "ContainerMissing");
+        assert_eq!(
+            t.message,
+            "executable file \"no-such-program-rouse\" not found in $PATH"
+        );
+
+        let t = plan(&spec(&["./nope/app"], &[]), 1).unwrap_err();
+        assert_eq!(t.reason, "ContainerMissing");
+        assert!(
+            t.message.contains("No such file or directory"),
+            "{}",
+            t.message
+        );
+
+        let mut s = spec(&["sh"], &[]);
+        s.working_dir = Some("/no/such/dir".into());
+        let t = plan(&s, 1).unwrap_err();
+        assert_eq!(t.reason, "StartError");
+        assert!(
+            t.message.starts_with("working directory /no/such/dir"),
+            "{}",
+            t.message
+        );
+
+        let t = plan(&spec(&[], &[]), 1).unwrap_err();
+        assert_eq!(t.message, "no command to run");
+    }
+
+    #[test]
+    fn path_from_the_container_env_wins() {
+        let mut s = spec(&["sh"], &[]);
+        s.env.push(("PATH".into(), "/definitely/not/here".into()));
+        let t = plan(&s, 1).unwrap_err();
+        assert_eq!(t.reason, "ContainerMissing");
+    }
+}

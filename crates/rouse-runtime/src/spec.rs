@@ -1,0 +1,100 @@
+//! What the runtime is asked to run, and what it reports back.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rouse_queue::ProbeSpec;
+
+/// Everything a revision's instances need: the program, its environment and the queue-proxy
+/// settings in front of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    /// The revision's namespace.
+    pub namespace: String,
+    /// The revision's name.
+    pub revision: String,
+    /// The owning configuration (`K_CONFIGURATION`).
+    pub configuration: String,
+    /// The owning service, or "" (`K_SERVICE`).
+    pub service: String,
+    /// `containers[0].command`: the program and its first arguments.
+    pub command: Vec<String>,
+    /// `containers[0].args`: further arguments.
+    pub args: Vec<String>,
+    /// Environment variables with literal values, in order (a later one wins).
+    pub env: Vec<(String, String)>,
+    /// The working directory (relative ones resolve against the platform's current dir).
+    pub working_dir: Option<PathBuf>,
+    /// The queue-proxy's settings, all but the app's address.
+    pub queue: QueueTemplate,
+    /// How long a stopping instance's requests in flight may take to finish (the revision's
+    /// `timeoutSeconds`).
+    pub drain_timeout: Duration,
+}
+
+/// A [`rouse_queue::QueueConfig`] without the app's address (which each instance gets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueTemplate {
+    /// Speak HTTP/2 cleartext to the app.
+    pub h2c: bool,
+    /// `containerConcurrency`; 0 means unlimited.
+    pub container_concurrency: u32,
+    /// The app's readiness probe.
+    pub readiness: ProbeSpec,
+    /// The revision's name.
+    pub revision: String,
+    /// The revision's namespace.
+    pub namespace: String,
+}
+
+/// Where an instance is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    /// Its process runs but has not passed readiness since it (re)started.
+    Starting,
+    /// Its process runs and passes readiness: it can take requests.
+    Ready,
+    /// It failed readiness after passing it, or its process is down waiting for a restart.
+    NotReady,
+    /// It is being stopped (draining, then signalled).
+    Terminating,
+}
+
+/// How an instance's last run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Termination {
+    /// The exit code, when the process exited.
+    pub exit_code: Option<i32>,
+    /// The signal, when the process was killed by one.
+    pub signal: Option<i32>,
+    /// Why, in a word: `ContainerMissing` (the program cannot be found or executed),
+    /// `StartError` (it could not be started for another reason), `Error` (it exited with a
+    /// non-zero code or by a signal), `Completed` (it exited with code 0).
+    pub reason: String,
+    /// Detail: the OS error for a start failure, else the last lines the process wrote.
+    pub message: String,
+}
+
+/// One instance of a revision, as last seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// Unique among the revision's instances (`<revision>-<5 chars>`).
+    pub id: String,
+    /// Its queue-proxy's address: where requests for this instance go.
+    pub endpoint: SocketAddr,
+    /// The `PORT` its app listens on.
+    pub app_port: u16,
+    /// The app's process id while it runs.
+    pub pid: Option<u32>,
+    /// Where it is in its life.
+    pub state: InstanceState,
+    /// How many times its process was restarted (or a start was retried).
+    pub restarts: u32,
+    /// How its last run ended, if one did.
+    pub last_termination: Option<Termination>,
+    /// Its stdout and stderr.
+    pub log_path: PathBuf,
+    /// Whether it has ever passed readiness.
+    pub ever_ready: bool,
+}

@@ -1,0 +1,500 @@
+//! [`EmbeddedStore`]: the [`Store`] on a redb file in the data dir.
+//!
+//! Layout: one table per kind keyed by `(namespace, name)` holding the object's JSON, and a
+//! `meta` table holding the global resourceVersion. Every write runs in one redb transaction
+//! committed with immediate durability (fsync), under a mutex that also guards the watch hub,
+//! so events are published in commit order and a watch registers between two writes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use redb::{
+    Database, DatabaseError, Durability, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use rouse_api::Kind;
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::error::MODIFIED;
+use crate::object::{self, meta_str};
+use crate::watch::Hub;
+use crate::{EventType, Store, StoreError, WatchEvent};
+
+/// The database file inside the data dir.
+pub const DB_FILE: &str = "store.redb";
+
+/// How many recent events a watch can replay, by default.
+pub const DEFAULT_HISTORY: usize = 10_000;
+
+/// Tries at a free name for `generateName` before giving up.
+const GENERATE_NAME_TRIES: usize = 16;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const RV_KEY: &str = "resourceVersion";
+
+type ObjectTable = TableDefinition<'static, (&'static str, &'static str), &'static [u8]>;
+
+/// The table holding `kind`'s objects, keyed by `(namespace, name)`.
+fn objects(kind: Kind) -> ObjectTable {
+    TableDefinition::new(kind.plural())
+}
+
+fn decode(bytes: &[u8]) -> Result<Value, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Backend(format!("corrupt object: {e}")))
+}
+
+/// The store Rouse keeps in its data dir: an ACID redb database file (`store.redb`).
+///
+/// Only one process may open a data dir at a time. Writes are serialized and each is durable
+/// when it returns; reads run on snapshots in parallel with writes.
+pub struct EmbeddedStore {
+    db: Database,
+    path: PathBuf,
+    hub: Mutex<Hub>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `data_dir`, keeping the last
+    /// [`DEFAULT_HISTORY`] events for watches to replay.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_history(data_dir, DEFAULT_HISTORY)
+    }
+
+    /// Like [`EmbeddedStore::open`], retaining the last `history` events (at least one).
+    pub fn open_with_history(data_dir: &Path, history: usize) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let mut builder = Database::builder();
+        builder.create_with_file_format_v3(true);
+        builder.set_cache_size(64 * 1024 * 1024);
+        let db = builder.create(&path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                "data dir {} is in use by another rouse",
+                data_dir.display()
+            )),
+            e => StoreError::Backend(format!("cannot open store {}: {e}", path.display())),
+        })?;
+
+        // Create every table up front so reads never meet a missing one.
+        let mut tx = db.begin_write().map_err(StoreError::backend)?;
+        tx.set_durability(Durability::Immediate);
+        let rv = {
+            let mut meta = tx.open_table(META).map_err(StoreError::backend)?;
+            let rv = meta
+                .get(RV_KEY)
+                .map_err(StoreError::backend)?
+                .map(|g| g.value());
+            if rv.is_none() {
+                meta.insert(RV_KEY, 0).map_err(StoreError::backend)?;
+            }
+            for kind in Kind::ALL {
+                tx.open_table(objects(kind)).map_err(StoreError::backend)?;
+            }
+            rv.unwrap_or(0)
+        };
+        tx.commit().map_err(StoreError::backend)?;
+        tracing::debug!(path = %path.display(), resource_version = rv, "store opened");
+        Ok(EmbeddedStore {
+            db,
+            path,
+            hub: Mutex::new(Hub::new(rv, history)),
+        })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last committed resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.lock().rv()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Hub> {
+        // A panic mid-write aborts its transaction, so the hub is still consistent.
+        self.hub.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one write transaction; commits (durably) and publishes its events when it
+    /// wrote anything, aborts on error or when it wrote nothing.
+    fn write<T>(&self, f: impl FnOnce(&mut Txn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut hub = self.lock();
+        let mut tx = self.db.begin_write().map_err(StoreError::backend)?;
+        tx.set_durability(Durability::Immediate);
+        let rv = {
+            let meta = tx.open_table(META).map_err(StoreError::backend)?;
+            let rv = meta.get(RV_KEY).map_err(StoreError::backend)?;
+            rv.map(|g| g.value()).unwrap_or(0)
+        };
+        let mut txn = Txn {
+            tx,
+            rv,
+            events: Vec::new(),
+        };
+        let out = f(&mut txn)?;
+        let Txn { tx, rv, events } = txn;
+        if events.is_empty() {
+            tx.abort().map_err(StoreError::backend)?;
+            return Ok(out);
+        }
+        {
+            let mut meta = tx.open_table(META).map_err(StoreError::backend)?;
+            meta.insert(RV_KEY, rv).map_err(StoreError::backend)?;
+        }
+        tx.commit().map_err(StoreError::backend)?;
+        hub.publish(events);
+        Ok(out)
+    }
+}
+
+/// One write transaction in progress, with the events it will publish once committed.
+struct Txn {
+    tx: WriteTransaction,
+    /// The resourceVersion of the last write (committed or in this transaction).
+    rv: u64,
+    events: Vec<WatchEvent>,
+}
+
+impl Txn {
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Value>, StoreError> {
+        let table = self
+            .tx
+            .open_table(objects(kind))
+            .map_err(StoreError::backend)?;
+        let got = table.get((namespace, name)).map_err(StoreError::backend)?;
+        got.map(|g| decode(g.value())).transpose()
+    }
+
+    fn exists(&self, kind: Kind, namespace: &str, name: &str) -> Result<bool, StoreError> {
+        let table = self
+            .tx
+            .open_table(objects(kind))
+            .map_err(StoreError::backend)?;
+        let got = table.get((namespace, name)).map_err(StoreError::backend)?;
+        Ok(got.is_some())
+    }
+
+    /// Stamps the next resourceVersion on `obj`, stores it and records the event.
+    fn put(
+        &mut self,
+        kind: Kind,
+        mut obj: Value,
+        event_type: EventType,
+    ) -> Result<Value, StoreError> {
+        self.rv += 1;
+        object::set_resource_version(&mut obj, self.rv);
+        let bytes = serde_json::to_vec(&obj).map_err(StoreError::backend)?;
+        {
+            let mut table = self
+                .tx
+                .open_table(objects(kind))
+                .map_err(StoreError::backend)?;
+            table
+                .insert(
+                    (meta_str(&obj, "namespace"), meta_str(&obj, "name")),
+                    bytes.as_slice(),
+                )
+                .map_err(StoreError::backend)?;
+        }
+        self.events.push(WatchEvent {
+            event_type,
+            kind,
+            object: obj.clone(),
+            resource_version: self.rv,
+        });
+        Ok(obj)
+    }
+
+    /// Removes an object, stamping the next resourceVersion on what it returns and records the
+    /// Deleted event; `None` when absent.
+    fn remove(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        let removed = {
+            let mut table = self
+                .tx
+                .open_table(objects(kind))
+                .map_err(StoreError::backend)?;
+            let got = table
+                .remove((namespace, name))
+                .map_err(StoreError::backend)?;
+            got.map(|g| decode(g.value())).transpose()?
+        };
+        let Some(mut obj) = removed else {
+            return Ok(None);
+        };
+        self.rv += 1;
+        object::set_resource_version(&mut obj, self.rv);
+        self.events.push(WatchEvent {
+            event_type: EventType::Deleted,
+            kind,
+            object: obj.clone(),
+            resource_version: self.rv,
+        });
+        Ok(Some(obj))
+    }
+
+    /// Every object of every kind, indexed by the uids of its owners.
+    fn children_by_owner(&self) -> Result<HashMap<String, Vec<ObjectKey>>, StoreError> {
+        let mut index: HashMap<String, Vec<ObjectKey>> = HashMap::new();
+        for kind in Kind::ALL {
+            let table = self
+                .tx
+                .open_table(objects(kind))
+                .map_err(StoreError::backend)?;
+            if table.len().map_err(StoreError::backend)? == 0 {
+                continue;
+            }
+            for entry in table.iter().map_err(StoreError::backend)? {
+                let (key, value) = entry.map_err(StoreError::backend)?;
+                let obj = decode(value.value())?;
+                let (namespace, name) = key.value();
+                for uid in object::owner_uids(&obj) {
+                    index.entry(uid.to_string()).or_default().push(ObjectKey {
+                        kind,
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(index)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ObjectKey {
+    kind: Kind,
+    namespace: String,
+    name: String,
+}
+
+fn not_found(kind: Kind, namespace: &str, name: &str) -> StoreError {
+    StoreError::NotFound {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn conflict(kind: Kind, namespace: &str, name: &str, message: String) -> StoreError {
+    StoreError::Conflict {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        message,
+    }
+}
+
+/// Normalizes an object sent to `update`/`update_status`, loads the stored one and checks the
+/// resourceVersion and uid preconditions. Returns (given, stored).
+fn load_for_update(txn: &Txn, kind: Kind, mut obj: Value) -> Result<(Value, Value), StoreError> {
+    object::normalize(kind, &mut obj)?;
+    let namespace = meta_str(&obj, "namespace").to_string();
+    let name = meta_str(&obj, "name").to_string();
+    if name.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "{kind}: metadata.name is required"
+        )));
+    }
+    let stored = txn
+        .get(kind, &namespace, &name)?
+        .ok_or_else(|| not_found(kind, &namespace, &name))?;
+    let given_rv = meta_str(&obj, "resourceVersion");
+    if !given_rv.is_empty() && given_rv != meta_str(&stored, "resourceVersion") {
+        return Err(conflict(kind, &namespace, &name, MODIFIED.to_string()));
+    }
+    let given_uid = meta_str(&obj, "uid");
+    let stored_uid = meta_str(&stored, "uid");
+    if !given_uid.is_empty() && given_uid != stored_uid {
+        return Err(conflict(
+            kind,
+            &namespace,
+            &name,
+            format!(
+                "Precondition failed: UID in precondition: {given_uid}, UID in object meta: {stored_uid}"
+            ),
+        ));
+    }
+    Ok((obj, stored))
+}
+
+impl Store for EmbeddedStore {
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, StoreError> {
+        let rtx = self.db.begin_read().map_err(StoreError::backend)?;
+        let table = rtx.open_table(objects(kind)).map_err(StoreError::backend)?;
+        let got = table
+            .get((namespace, name))
+            .map_err(StoreError::backend)?
+            .ok_or_else(|| not_found(kind, namespace, name))?;
+        decode(got.value())
+    }
+
+    fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError> {
+        // One snapshot for both the objects and the resourceVersion, so a watch from the
+        // returned version picks up exactly the writes the list did not see.
+        let rtx = self.db.begin_read().map_err(StoreError::backend)?;
+        let rv = rtx
+            .open_table(META)
+            .map_err(StoreError::backend)?
+            .get(RV_KEY)
+            .map_err(StoreError::backend)?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let table = rtx.open_table(objects(kind)).map_err(StoreError::backend)?;
+        let mut out = Vec::new();
+        let range = match namespace {
+            Some(ns) => table.range((ns, "")..),
+            None => table.iter(),
+        }
+        .map_err(StoreError::backend)?;
+        for entry in range {
+            let (key, value) = entry.map_err(StoreError::backend)?;
+            if let Some(ns) = namespace
+                && key.value().0 != ns
+            {
+                break;
+            }
+            out.push(decode(value.value())?);
+        }
+        Ok((out, rv))
+    }
+
+    fn create(&self, kind: Kind, mut obj: Value) -> Result<Value, StoreError> {
+        object::normalize(kind, &mut obj)?;
+        let namespace = meta_str(&obj, "namespace").to_string();
+        let given_name = meta_str(&obj, "name").to_string();
+        let generate_name = meta_str(&obj, "generateName").to_string();
+        if given_name.is_empty() && generate_name.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "{kind}: metadata.name or metadata.generateName is required"
+            )));
+        }
+        object::set_meta(&mut obj, "uid", object::new_uid());
+        object::set_meta(
+            &mut obj,
+            "creationTimestamp",
+            rouse_api::clock::now_rfc3339(),
+        );
+        object::set_meta(&mut obj, "generation", 1);
+        self.write(|txn| {
+            let name = if !given_name.is_empty() {
+                if txn.exists(kind, &namespace, &given_name)? {
+                    return Err(StoreError::AlreadyExists {
+                        kind,
+                        namespace,
+                        name: given_name,
+                    });
+                }
+                given_name
+            } else {
+                let mut tries = 0;
+                loop {
+                    let candidate = format!("{generate_name}{}", object::random_suffix());
+                    if !txn.exists(kind, &namespace, &candidate)? {
+                        break candidate;
+                    }
+                    tries += 1;
+                    if tries == GENERATE_NAME_TRIES {
+                        return Err(StoreError::AlreadyExists {
+                            kind,
+                            namespace,
+                            name: candidate,
+                        });
+                    }
+                }
+            };
+            object::set_meta(&mut obj, "name", name);
+            txn.put(kind, obj, EventType::Added)
+        })
+    }
+
+    fn update(&self, kind: Kind, obj: Value) -> Result<Value, StoreError> {
+        self.write(|txn| {
+            let (mut new, stored) = load_for_update(txn, kind, obj)?;
+            // Identity and bookkeeping come from the stored object; status is written apart.
+            for field in ["uid", "creationTimestamp", "resourceVersion", "generation"] {
+                object::copy_meta(&mut new, &stored, field);
+            }
+            object::copy_top(&mut new, &stored, "status");
+            if new.get("spec") != stored.get("spec") {
+                object::set_meta(&mut new, "generation", object::generation(&stored) + 1);
+            }
+            if new == stored {
+                return Ok(stored);
+            }
+            txn.put(kind, new, EventType::Modified)
+        })
+    }
+
+    fn update_status(&self, kind: Kind, obj: Value) -> Result<Value, StoreError> {
+        self.write(|txn| {
+            let (given, stored) = load_for_update(txn, kind, obj)?;
+            let mut new = stored.clone();
+            object::copy_top(&mut new, &given, "status");
+            if new == stored {
+                return Ok(stored);
+            }
+            txn.put(kind, new, EventType::Modified)
+        })
+    }
+
+    fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, StoreError> {
+        self.write(|txn| {
+            let root = txn
+                .remove(kind, namespace, name)?
+                .ok_or_else(|| not_found(kind, namespace, name))?;
+            let mut index: Option<HashMap<String, Vec<ObjectKey>>> = None;
+            let mut removed: HashSet<ObjectKey> = HashSet::from([ObjectKey {
+                kind,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            }]);
+            let mut owners: VecDeque<String> = VecDeque::from([meta_str(&root, "uid").to_string()]);
+            // Breadth first: owners are deleted (and their events sent) before what they own.
+            while let Some(uid) = owners.pop_front() {
+                if uid.is_empty() {
+                    continue;
+                }
+                if index.is_none() {
+                    index = Some(txn.children_by_owner()?);
+                }
+                let Some(children) = index.as_mut().and_then(|i| i.remove(&uid)) else {
+                    continue;
+                };
+                for child in children {
+                    if !removed.insert(child.clone()) {
+                        continue;
+                    }
+                    if let Some(obj) = txn.remove(child.kind, &child.namespace, &child.name)? {
+                        owners.push_back(meta_str(&obj, "uid").to_string());
+                    }
+                }
+            }
+            Ok(root)
+        })
+    }
+
+    fn watch(&self, from: u64) -> Result<UnboundedReceiver<WatchEvent>, StoreError> {
+        self.lock().watch(from)
+    }
+}

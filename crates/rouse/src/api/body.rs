@@ -1,0 +1,176 @@
+//! Reading a request body into one JSON object: bounded in size, JSON or YAML by Content-Type
+//! (sniffed when absent).
+
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use super::status::ApiError;
+
+/// The largest request body the API reads (Kubernetes' apiserver allows a few MiB; manifests
+/// are far smaller).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// How the body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestEntityTooLarge",
+        format!("request entity too large: the limit is {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// How much of an oversized body is read and thrown away before answering 413: a client that
+/// is still writing when the answer comes (and the socket closes) sees a broken pipe instead of
+/// the answer, so modest overshoots are drained first.
+const DRAIN_LIMIT: usize = 16 << 20;
+/// How long draining may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the body of a POST/PUT and decodes it into a single JSON object.
+pub async fn read_object(headers: &HeaderMap, body: Incoming) -> Result<Value, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let format = format_of(headers)?;
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        if declared.is_some_and(|n| n <= DRAIN_LIMIT as u64) {
+            drain(body).await;
+        }
+        return Err(too_large());
+    }
+    let mut body = body;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY_BYTES {
+                drain(body).await;
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    parse_object(&buf, format)
+}
+
+/// Reads and discards the rest of a body, bounded in size and time.
+async fn drain(body: Incoming) {
+    let limited = Limited::new(body, DRAIN_LIMIT);
+    let _ = tokio::time::timeout(DRAIN_TIME, limited.collect()).await;
+}
+
+fn format_of(headers: &HeaderMap) -> Result<Option<Format>, ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(None);
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    match mime {
+        "" => Ok(None),
+        "application/json" => Ok(Some(Format::Json)),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {
+            Ok(Some(Format::Yaml))
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body's media type {other:?} is not supported: send application/json or application/yaml"
+            ),
+        )),
+    }
+}
+
+/// Decodes `bytes` as one object; `format` `None` sniffs (JSON starts with `{`).
+fn parse_object(bytes: &[u8], format: Option<Format>) -> Result<Value, ApiError> {
+    let format = format.unwrap_or_else(|| match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Format::Json,
+        _ => Format::Yaml,
+    });
+    let value = match format {
+        Format::Json => serde_json::from_slice::<Value>(bytes)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?,
+        Format::Yaml => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
+            let mut docs = rouse_api::decode::parse_documents(text).map_err(|e| match e {
+                rouse_api::decode::DecodeError::Malformed { reason, .. } => {
+                    ApiError::bad_request(format!("malformed YAML: {reason}"))
+                }
+                other => ApiError::bad_request(other.to_string()),
+            })?;
+            match docs.len() {
+                0 => return Err(ApiError::bad_request("the body holds no object")),
+                1 => docs.remove(0),
+                n => {
+                    return Err(ApiError::bad_request(format!(
+                        "the body holds {n} objects; send one object per request"
+                    )));
+                }
+            }
+        }
+    };
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the body must be an object with apiVersion, kind, metadata and spec",
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_json_and_yaml() {
+        let j = parse_object(br#" {"kind":"Service"}"#, None).unwrap();
+        assert_eq!(j["kind"], "Service");
+        let y = parse_object(b"kind: Service\nmetadata: {name: a}\n", None).unwrap();
+        assert_eq!(y["metadata"]["name"], "a");
+        // JSON is YAML, so a YAML content type still reads it.
+        let jy = parse_object(br#"{"kind":"Route"}"#, Some(Format::Yaml)).unwrap();
+        assert_eq!(jy["kind"], "Route");
+    }
+
+    #[test]
+    fn refuses_bad_bodies() {
+        let e = parse_object(b"{not json", Some(Format::Json)).unwrap_err();
+        assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
+        let e = parse_object(b"kind: [\n", None).unwrap_err();
+        assert!(e.message.starts_with("malformed YAML"), "{}", e.message);
+        let e = parse_object(b"a: 1\n---\nb: 2\n", None).unwrap_err();
+        assert!(e.message.contains("2 objects"), "{}", e.message);
+        let e = parse_object(b"", None).unwrap_err();
+        assert!(e.message.contains("no object"), "{}", e.message);
+        let e = parse_object(b"[1, 2]", None).unwrap_err();
+        assert_eq!(e.code, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert_eq!(format_of(&h).unwrap(), None);
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(format_of(&h).unwrap(), Some(Format::Json));
+        h.insert(header::CONTENT_TYPE, "application/yaml".parse().unwrap());
+        assert_eq!(format_of(&h).unwrap(), Some(Format::Yaml));
+        h.insert(header::CONTENT_TYPE, "text/html".parse().unwrap());
+        assert_eq!(
+            format_of(&h).unwrap_err().code,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+    }
+}

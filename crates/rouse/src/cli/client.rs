@@ -1,0 +1,238 @@
+//! A small HTTP/1 client for the Rouse API (hyper, pooled), reading failures as Kubernetes
+//! `Status` objects.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// How long one request may take before the CLI gives up on it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an API call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered at the API address.
+    #[error("cannot reach the Rouse API at {url}: is `rouse serve` running?")]
+    Unreachable { url: String },
+    /// The server refused the request; `reason` and `message` come from its `Status`.
+    #[error("Error from server ({reason}): {message}")]
+    Server {
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    /// The exchange failed some other way (timeout, broken connection, garbage reply).
+    #[error("talking to the Rouse API at {url}: {message}")]
+    Transport { url: String, message: String },
+}
+
+impl ClientError {
+    /// The HTTP code of a server refusal.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// True for a 404.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(404)
+    }
+
+    /// True for a lost compare-and-swap (409 Conflict).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ClientError::Server { code: 409, reason, .. } if reason == "Conflict")
+    }
+
+    /// True when a create found the name taken (409 AlreadyExists).
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, ClientError::Server { code: 409, reason, .. } if reason == "AlreadyExists")
+    }
+}
+
+/// A client of one Rouse API.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ApiClient {
+    /// A client of the API at `base` (`http://host:port`, optionally with a path prefix).
+    pub fn new(base: &str) -> Result<Self, String> {
+        let base = base.trim_end_matches('/').to_string();
+        let uri: Uri = base
+            .parse()
+            .map_err(|e| format!("invalid API URL {base:?}: {e}"))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(format!(
+                "invalid API URL {base:?}: expected http://HOST:PORT"
+            ));
+        }
+        let http = Client::builder(TokioExecutor::new()).build_http();
+        Ok(Self { base, http })
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// GETs `path` as JSON.
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.json(Method::GET, path, None).await
+    }
+
+    /// Sends `body` (JSON) with `method` to `path`; the reply's JSON on success.
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let bytes = body
+            .map(|b| Bytes::from(serde_json::to_vec(b).expect("JSON values serialize")))
+            .unwrap_or_default();
+        let ct = body.map(|_| "application/json");
+        let (code, reply) = self.raw(method, path, ct, bytes).await?;
+        if !code.is_success() {
+            return Err(server_error(code, &reply));
+        }
+        serde_json::from_slice(&reply).map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            message: format!("the reply is not JSON: {e}"),
+        })
+    }
+
+    /// One exchange with the raw body in and out; the status code is not interpreted.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(header::ACCEPT, "application/json");
+        if let Some(ct) = content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        let exchange = async {
+            let resp = self.http.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    ClientError::Unreachable {
+                        url: self.base.clone(),
+                    }
+                } else {
+                    ClientError::Transport {
+                        url: self.base.clone(),
+                        message: error_chain(&e),
+                    }
+                }
+            })?;
+            let code = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Transport {
+                    url: self.base.clone(),
+                    message: format!("reading the reply: {e}"),
+                })?
+                .to_bytes();
+            Ok((code, bytes))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| ClientError::Transport {
+                url: self.base.clone(),
+                message: format!("no reply within {}s", REQUEST_TIMEOUT.as_secs()),
+            })?
+    }
+}
+
+/// A refusal, from the `Status` in the body when there is one.
+fn server_error(code: StatusCode, body: &[u8]) -> ClientError {
+    let status: Option<Value> = serde_json::from_slice(body).ok();
+    let field = |f: &str| {
+        status
+            .as_ref()
+            .and_then(|s| s.get(f))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let reason = field("reason").unwrap_or_else(|| {
+        code.canonical_reason()
+            .unwrap_or("Unknown")
+            .replace(' ', "")
+    });
+    let message = field("message").unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body).trim().to_string();
+        if text.is_empty() {
+            format!("the server answered {code}")
+        } else {
+            text
+        }
+    });
+    ClientError::Server {
+        code: code.as_u16(),
+        reason,
+        message,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_status_bodies() {
+        let body = br#"{"kind":"Status","status":"Failure","reason":"NotFound","code":404,"message":"services.serving.knative.dev \"x\" not found"}"#;
+        let e = server_error(StatusCode::NOT_FOUND, body);
+        assert!(e.is_not_found());
+        assert_eq!(
+            e.to_string(),
+            "Error from server (NotFound): services.serving.knative.dev \"x\" not found"
+        );
+        let e = server_error(StatusCode::BAD_GATEWAY, b"upstream down");
+        assert_eq!(
+            e.to_string(),
+            "Error from server (BadGateway): upstream down"
+        );
+    }
+
+    #[test]
+    fn checks_the_base_url() {
+        assert!(ApiClient::new("http://127.0.0.1:8081/").is_ok());
+        assert!(ApiClient::new("https://127.0.0.1:8081").is_err());
+        assert!(ApiClient::new("127.0.0.1:8081").is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! The `rouse` binary's library: the HTTP API server (`api`), the command line (`cli`) and
+//! `rouse serve` (`serve`), which wires every component of the platform into one process.
+
+pub mod api;
+pub mod cli;
+pub mod serve;

@@ -1,0 +1,243 @@
+//! `rouse serve`: the whole platform in one process — the API, the store, the controller, the
+//! gateway and the local process runtime with a queue-proxy per instance.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rouse_api::Kind;
+use rouse_api::config::Config;
+use rouse_api::decode::parse_documents;
+use rouse_controller::{Controller, Networking};
+use rouse_gateway::Gateway;
+use rouse_runtime::{ProcessRuntime, Runtime};
+use rouse_store::{EmbeddedStore, Store, StoreError};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::admission::{Target, admit};
+use crate::api::{ApiState, serve_api};
+
+/// Longest wait for in-flight work at shutdown before giving up on it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// `rouse serve` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Manifests to apply at start (file or directory), repeatable.
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+    /// Knative ConfigMaps (file or directory), repeatable.
+    #[arg(long)]
+    pub config: Vec<PathBuf>,
+    /// Where the database, logs and instance files live.
+    #[arg(long, default_value = ".rouse")]
+    pub data_dir: PathBuf,
+    /// The gateway's address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The API's address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub api_listen: SocketAddr,
+    /// The domain routes are served under: `{route}.{namespace}.{domain}`.
+    #[arg(long, default_value = "localhost")]
+    pub domain: String,
+}
+
+/// Runs the platform until SIGINT or SIGTERM, then drains and stops every instance.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Arc::new(load_config(&args.config)?);
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&args.data_dir)
+            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+    );
+    let gateway_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("gateway cannot listen on {}", args.listen))?;
+    let api_listener = TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("API cannot listen on {}", args.api_listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let api_addr = api_listener.local_addr()?;
+
+    let runtime = ProcessRuntime::new(std::fs::canonicalize(&args.data_dir)?);
+    let gateway = Gateway::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let gateway_task = tokio::spawn(gateway.clone().serve(gateway_listener, stopped()));
+    let api_state = ApiState {
+        store: store.clone(),
+        config: config.clone(),
+    };
+    let metrics: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(platform_metrics);
+    let api_task = tokio::spawn(serve_api(api_listener, api_state, metrics, stopped()));
+    let networking: Arc<dyn Networking> = gateway.clone();
+    let runtime_dyn: Arc<dyn Runtime> = runtime.clone();
+    let controller = Controller::new(
+        store.clone(),
+        runtime_dyn,
+        networking,
+        config.clone(),
+        args.domain.clone(),
+    );
+    let controller_task = tokio::spawn(controller.run(stopped()));
+
+    println!("Rouse is serving.");
+    println!("  Gateway: http://{gateway_addr}");
+    println!("  API: http://{api_addr}");
+    for path in &args.files {
+        for (kind, ns, name, outcome) in apply_path(store.as_ref(), &config, path)? {
+            println!(
+                "{}/{name} {outcome} (namespace {ns})",
+                kind.name().to_lowercase()
+            );
+            if kind == Kind::Service {
+                let host = config.network.route_host(&name, &ns, &args.domain);
+                println!(
+                    "  {name}: curl http://{host}:{port}/   (or: curl -H 'Host: {host}' http://{gateway_addr}/)",
+                    port = gateway_addr.port()
+                );
+            }
+        }
+    }
+
+    wait_for_signal().await?;
+    println!("Shutting down: draining instances.");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE * 20, runtime.shutdown()).await;
+    if drained.is_err() {
+        tracing::warn!("Instances did not stop in time.");
+    }
+    for task in [gateway_task, api_task, controller_task] {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
+    }
+    println!("Stopped.");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Reads `--config` files and directories into one config (Knative defaults for the rest).
+pub fn load_config(paths: &[PathBuf]) -> anyhow::Result<Config> {
+    let mut texts = Vec::new();
+    for p in paths {
+        for file in manifest_files(p)? {
+            texts.push(
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading config {}", file.display()))?,
+            );
+        }
+    }
+    Config::from_yaml_texts(&texts).map_err(|e| anyhow::anyhow!("invalid config: {e}"))
+}
+
+/// The YAML/JSON files of a path: the file itself, or a directory's files sorted by name.
+pub fn manifest_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        if !path.exists() {
+            bail!("{} does not exist", path.display());
+        }
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Applies the manifests at `path` straight into the store (the same admission as the API).
+fn apply_path(
+    store: &dyn Store,
+    config: &Config,
+    path: &Path,
+) -> anyhow::Result<Vec<(Kind, String, String, &'static str)>> {
+    let mut out = Vec::new();
+    for file in manifest_files(path)? {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let docs =
+            parse_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        for doc in docs {
+            out.push(
+                apply_one(store, config, doc)
+                    .with_context(|| format!("applying {}", file.display()))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn apply_one(
+    store: &dyn Store,
+    config: &Config,
+    doc: Value,
+) -> anyhow::Result<(Kind, String, String, &'static str)> {
+    let kind = doc["kind"]
+        .as_str()
+        .and_then(Kind::from_name)
+        .ok_or_else(|| anyhow::anyhow!("unknown kind {}", doc["kind"]))?;
+    let ns = doc["metadata"]["namespace"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    let name = doc["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let old = match store.get(kind, &ns, &name) {
+        Ok(v) => Some(v),
+        Err(StoreError::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let target = Target {
+        kind,
+        namespace: &ns,
+        url_name: old.as_ref().map(|_| name.as_str()),
+    };
+    let admitted = admit(target, doc, old.as_ref(), config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let outcome = match old {
+        None => {
+            let created = store.create(kind, admitted.object)?;
+            let name = created["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            return Ok((kind, ns, name, "created"));
+        }
+        Some(_) if admitted.unchanged => "unchanged",
+        Some(_) => {
+            store.update(kind, admitted.object)?;
+            "configured"
+        }
+    };
+    Ok((kind, ns, name, outcome))
+}
+
+/// Prometheus text for `/metrics`.
+fn platform_metrics() -> String {
+    "# HELP rouse_up 1 while rouse serve runs.\n# TYPE rouse_up gauge\nrouse_up 1\n".to_string()
+}

@@ -1,0 +1,365 @@
+//! End-to-end harness: runs the real `rouse serve` binary on ephemeral loopback ports with a
+//! temporary data dir, drives it with the real CLI, and talks HTTP to its gateway.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a test waits for a condition before failing.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The `rouse` binary under test.
+pub fn rouse_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rouse"))
+}
+
+/// The test workload binary (built by `cargo build --workspace --bins`).
+pub fn testapp_bin() -> PathBuf {
+    let p = rouse_bin().with_file_name("rouse-testapp");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        p.display()
+    );
+    p
+}
+
+/// A running `rouse serve`.
+pub struct Platform {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub gateway: SocketAddr,
+    pub api: String,
+    pub stdout_lines: mpsc::Receiver<String>,
+    pub extra_args: Vec<String>,
+}
+
+impl Platform {
+    /// Starts `rouse serve` with a fresh data dir.
+    pub fn start() -> Platform {
+        Self::start_with(&[])
+    }
+
+    /// Starts `rouse serve` with extra arguments (e.g. `--config FILE`).
+    pub fn start_with(extra: &[&str]) -> Platform {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut p = Self::spawn(&data_dir, extra);
+        p._tmp = Some(tmp);
+        p
+    }
+
+    /// Starts `rouse serve` on an existing data dir.
+    pub fn spawn(data_dir: &Path, extra: &[&str]) -> Platform {
+        let mut cmd = Command::new(rouse_bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn rouse serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("[rouse serve] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut gateway = None;
+        let mut api = None;
+        let deadline = Instant::now() + PATIENCE;
+        while gateway.is_none() || api.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("rouse serve printed its addresses");
+            if let Some(rest) = line.split("Gateway: http://").nth(1) {
+                gateway = Some(rest.trim().parse().expect("gateway addr"));
+            }
+            if let Some(rest) = line.split("API: http://").nth(1) {
+                api = Some(format!("http://{}", rest.trim()));
+            }
+        }
+        Platform {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+            gateway: gateway.unwrap(),
+            api: api.unwrap(),
+            stdout_lines: rx,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Runs the CLI against this platform.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(rouse_bin())
+            .arg("--api")
+            .arg(&self.api)
+            .args(args)
+            .output()
+            .expect("run rouse CLI")
+    }
+
+    /// Runs the CLI and asserts success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "rouse {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Applies a manifest and waits for it to be Ready.
+    pub fn apply_wait(&self, yaml: &str) -> String {
+        let out = self.apply(yaml, &["--wait", "--timeout", "90s"]);
+        assert!(
+            out.status.success(),
+            "apply failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Applies a manifest (through stdin) with extra flags.
+    pub fn apply(&self, yaml: &str, flags: &[&str]) -> Output {
+        let mut child = Command::new(rouse_bin())
+            .arg("--api")
+            .arg(&self.api)
+            .args(["apply", "-f", "-"])
+            .args(flags)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn apply");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Gets an object as JSON via the CLI.
+    pub fn get_json(&self, kind: &str, name: &str) -> Option<serde_json::Value> {
+        let out = self.cli(&["get", kind, name, "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Sends a GET through the gateway with this Host.
+    pub fn http_get(&self, host: &str, path: &str) -> std::io::Result<HttpResponse> {
+        http_get(self.gateway, host, path)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), libc::SIGTERM);
+        wait_child(&mut child, PATIENCE).expect("rouse serve exits after SIGTERM")
+    }
+
+    /// SIGKILLs the platform.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+    }
+
+    /// Starts a new `rouse serve` on the same data dir.
+    pub fn restart(&mut self) {
+        let extra: Vec<String> = self.extra_args.clone();
+        let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+        let mut next = Platform::spawn(&self.data_dir, &extra);
+        self.child = next.child.take();
+        self.gateway = next.gateway;
+        self.api = std::mem::take(&mut next.api);
+        std::mem::swap(&mut self.stdout_lines, &mut next.stdout_lines);
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGTERM);
+            if wait_child(&mut child, Duration::from_secs(20)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Polls `f` until it returns `Some`, failing after `limit`.
+pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close), enough to observe the gateway.
+pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: rouse-e2e\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_str = std::str::from_utf8(&b[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+/// PIDs of live processes whose environment contains `marker` (e.g. `ROUSE_E2E=abc`).
+pub fn pids_with_env(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // Zombies list an empty environ, so a match means the process is alive.
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+            && env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes())
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A unique marker for this test's processes.
+pub fn unique_marker(test: &str) -> String {
+    format!(
+        "ROUSE_E2E={test}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ (std::ptr::addr_of!(test) as usize as u128)
+    )
+}
+
+/// A Service manifest running the test app.
+pub fn service_yaml(name: &str, marker: &str, extra_env: &[(&str, &str)]) -> String {
+    let (mk, mv) = marker.split_once('=').unwrap();
+    let mut env = format!("            - name: {mk}\n              value: \"{mv}\"\n");
+    for (k, v) in extra_env {
+        env.push_str(&format!(
+            "            - name: {k}\n              value: \"{v}\"\n"
+        ));
+    }
+    format!(
+        r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  template:
+    spec:
+      containers:
+        - image: rouse/testapp
+          command: ["{app}"]
+          env:
+{env}"#,
+        app = testapp_bin().display()
+    )
+}
