@@ -669,9 +669,10 @@ async fn unreachable_api_says_so() {
         format!("cannot reach the Rouse API at {url}: is `rouse serve` running?")
     );
     let out = run_rouse(&url, &["get", "pods"], None).await;
-    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.code, 1, "{out:?}");
     assert!(
-        out.stderr.contains("doesn't have a resource type \"pods\""),
+        out.stderr
+            .starts_with("error: the server doesn't have a resource type \"pods\""),
         "{out:?}"
     );
 }

@@ -295,3 +295,45 @@ fn find_condition(obj: &serde_json::Value, type_: &str) -> serde_json::Value {
         .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
         .unwrap_or(serde_json::Value::Null)
 }
+
+#[test]
+fn invalid_config_stops_startup_with_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("autoscaler.yaml");
+    std::fs::write(
+        &cfg,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-autoscaler\n  namespace: knative-serving\ndata:\n  stable-window: \"banana\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(rouse_bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stable-window"), "{err}");
+    assert!(err.contains("config-autoscaler"), "{err}");
+
+    // A valid Knative ConfigMap file is accepted unchanged (with its _example block).
+    std::fs::write(
+        &cfg,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-autoscaler\n  namespace: knative-serving\ndata:\n  _example: |\n    stable-window: \"60s\"\n  stable-window: \"30s\"\n  container-concurrency-target-default: \"50\"\n",
+    )
+    .unwrap();
+    let p = Platform::start_with(&["--config", cfg.to_str().unwrap()]);
+    let out = p.cli_ok(&["get", "ksvc"]);
+    assert!(
+        out.contains("No") || out.is_empty() || out.contains("NAME"),
+        "{out}"
+    );
+}

@@ -16,18 +16,19 @@ use crate::api::paths;
 #[derive(Debug, Clone, clap::Args)]
 pub struct DescribeArgs {
     /// The kind: a Knative name or short name.
-    #[arg(value_parser = parse_kind, value_name = "KIND")]
-    pub kind: Kind,
+    #[arg(value_name = "KIND")]
+    pub kind: String,
     /// The object's name.
     pub name: String,
 }
 
 /// Runs `rouse describe`.
 pub async fn run(client: &ApiClient, namespace: &str, args: &DescribeArgs) -> anyhow::Result<()> {
+    let kind = parse_kind(&args.kind).map_err(anyhow::Error::msg)?;
     let obj = client
-        .get(&paths::item(args.kind, namespace, &args.name))
+        .get(&paths::item(kind, namespace, &args.name))
         .await?;
-    print!("{}", describe(args.kind, &obj, now_secs()));
+    print!("{}", describe(kind, &obj, now_secs()));
     Ok(())
 }
 

@@ -16,8 +16,8 @@ use crate::api::paths;
 #[derive(Debug, Clone, clap::Args)]
 pub struct GetArgs {
     /// The kind: a Knative name or short name (`ksvc`, `config`, `rev`, `rt`, `kpa`, `sks`).
-    #[arg(value_parser = parse_kind, value_name = "KIND")]
-    pub kind: Kind,
+    #[arg(value_name = "KIND")]
+    pub kind: String,
     /// One object's name; all of the namespace's when absent.
     pub name: Option<String>,
     /// Output format.
@@ -32,15 +32,15 @@ pub struct GetArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeleteArgs {
     /// The kind: a Knative name or short name.
-    #[arg(value_parser = parse_kind, value_name = "KIND")]
-    pub kind: Kind,
+    #[arg(value_name = "KIND")]
+    pub kind: String,
     /// The object's name.
     pub name: String,
 }
 
 /// Runs `rouse get`.
 pub async fn run_get(client: &ApiClient, namespace: &str, args: &GetArgs) -> anyhow::Result<()> {
-    let kind = args.kind;
+    let kind = parse_kind(&args.kind).map_err(anyhow::Error::msg)?;
     let ns = (!args.all_namespaces).then_some(namespace);
     let (items, whole) = match &args.name {
         Some(name) => {
@@ -90,14 +90,15 @@ pub async fn run_delete(
     namespace: &str,
     args: &DeleteArgs,
 ) -> anyhow::Result<()> {
+    let kind = parse_kind(&args.kind).map_err(anyhow::Error::msg)?;
     client
         .json(
             Method::DELETE,
-            &paths::item(args.kind, namespace, &args.name),
+            &paths::item(kind, namespace, &args.name),
             None::<&Value>,
         )
         .await?;
-    println!("{} \"{}\" deleted", kind_ref(args.kind), args.name);
+    println!("{} \"{}\" deleted", kind_ref(kind), args.name);
     Ok(())
 }
 

@@ -229,6 +229,11 @@ mod tests {
         assert_eq!(a.timeout, Duration::from_secs(90));
         assert!(Cli::try_parse_from(["rouse", "apply", "-f", "x", "--timeout", "10"]).is_err());
         assert!(Cli::try_parse_from(["rouse", "get", "ksvc", "-o", "wide"]).is_err());
+        let cli = Cli::try_parse_from(["rouse", "delete", "rt", "r1"]).unwrap();
+        let Command::Delete(d) = &cli.command else {
+            panic!("not delete")
+        };
+        assert_eq!((d.kind.as_str(), d.name.as_str()), ("rt", "r1"));
         assert_eq!(kind_ref(Kind::Service), "service.serving.knative.dev");
     }
 }
