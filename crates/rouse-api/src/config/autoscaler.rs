@@ -47,6 +47,7 @@ pub const KEYS: &[&str] = &[
     "scale-down-delay",
     "pod-autoscaler-class",
     "activator-capacity",
+    "activator-queue-depth",
     "initial-scale",
     "allow-zero-initial-scale",
     "min-scale",
@@ -73,6 +74,9 @@ pub struct AutoscalerConfig {
     pub scale_down_delay: Duration,
     pub pod_autoscaler_class: String,
     pub activator_capacity: f64,
+    /// Rouse extension: requests one revision may have waiting in the activator before it
+    /// answers 503 at once (Knative's queue is effectively unbounded).
+    pub activator_queue_depth: usize,
     pub initial_scale: i32,
     pub allow_zero_initial_scale: bool,
     pub min_scale: i32,
@@ -98,6 +102,7 @@ impl Default for AutoscalerConfig {
             scale_down_delay: Duration::ZERO,
             pod_autoscaler_class: KPA_CLASS.to_string(),
             activator_capacity: 100.0,
+            activator_queue_depth: 10_000,
             initial_scale: 1,
             allow_zero_initial_scale: false,
             min_scale: 0,
@@ -143,6 +148,16 @@ impl AutoscalerConfig {
                 "target-burst-capacity" => c.target_burst_capacity = parse_f64(k, raw)?,
                 "panic-window-percentage" => c.panic_window_percentage = parse_f64(k, raw)?,
                 "activator-capacity" => c.activator_capacity = parse_f64(k, raw)?,
+                "activator-queue-depth" => {
+                    let v = parse_i32(k, raw)?;
+                    if v < 1 {
+                        return Err(err(
+                            k,
+                            format!("activator-queue-depth = {v}, must be at least 1"),
+                        ));
+                    }
+                    c.activator_queue_depth = v as usize;
+                }
                 "panic-threshold-percentage" => c.panic_threshold_percentage = parse_f64(k, raw)?,
                 "initial-scale" => c.initial_scale = parse_i32(k, raw)?,
                 "min-scale" => c.min_scale = parse_i32(k, raw)?,

@@ -13,7 +13,7 @@ use rouse_api::networking::{ServerlessService, SksMode};
 use rouse_api::serving::{ANNOTATION_PROGRESS_DEADLINE, Revision, RevisionStatus};
 use rouse_runtime::Termination;
 
-use super::Requeue;
+use super::{Requeue, ensure_child};
 use crate::workload::workload_for;
 use crate::{Context, ReconcileError};
 
@@ -142,11 +142,7 @@ fn ensure_autoscaler(ctx: &Context, rev: &Revision) -> Result<(), ReconcileError
     };
     want.spec.protocol_type = protocol(rev).to_string();
     want.spec.reachability = "Reachable".to_string();
-    upsert(ctx, want, |have, want| {
-        have.spec == want.spec
-            && have.metadata.labels == want.metadata.labels
-            && have.metadata.annotations == want.metadata.annotations
-    })
+    ensure_child(ctx, &rev.metadata.uid, want).map(|_| ())
 }
 
 fn ensure_sks(ctx: &Context, rev: &Revision) -> Result<(), ReconcileError> {
@@ -154,63 +150,17 @@ fn ensure_sks(ctx: &Context, rev: &Revision) -> Result<(), ReconcileError> {
     let mut want = ServerlessService::new_named(ns, name);
     want.metadata.labels = rev.metadata.labels.clone();
     want.metadata.owner_references = vec![rev.owner_ref()];
-    want.spec.mode = SksMode::Serve;
+    // Like Knative, a new revision starts behind the activator until it has capacity.
+    want.spec.mode = SksMode::Proxy;
     want.spec.object_ref = ObjectReference {
         api_version: "apps/v1".to_string(),
         kind: "Deployment".to_string(),
         name: format!("{name}-deployment"),
     };
     want.spec.protocol_type = protocol(rev).to_string();
-    upsert(ctx, want, |have, want| {
-        have.spec.object_ref == want.spec.object_ref
-            && have.spec.protocol_type == want.spec.protocol_type
-            && have.metadata.labels == want.metadata.labels
-    })
+    ensure_child(ctx, &rev.metadata.uid, want).map(|_| ())
 }
 
 fn protocol(rev: &Revision) -> &'static str {
     if rev.spec.is_h2c() { "h2c" } else { "http1" }
-}
-
-/// Creates `want`, or updates the stored object's spec and metadata when `same` says it differs.
-fn upsert<T: Resource + SpecMeta>(
-    ctx: &Context,
-    want: T,
-    same: impl Fn(&T, &T) -> bool,
-) -> Result<(), ReconcileError> {
-    let meta = want.meta();
-    match ctx.client.get::<T>(&meta.namespace, &meta.name)? {
-        None => {
-            ctx.client.create(&want)?;
-        }
-        Some(have) if same(&have, &want) => {}
-        Some(have) => {
-            let mut next = have.clone();
-            next.copy_spec_meta(&want);
-            ctx.client.update(&next)?;
-        }
-    }
-    Ok(())
-}
-
-/// Copies spec, labels and annotations from a desired object (status and identity stay).
-trait SpecMeta {
-    fn copy_spec_meta(&mut self, from: &Self);
-}
-
-impl SpecMeta for PodAutoscaler {
-    fn copy_spec_meta(&mut self, from: &Self) {
-        self.spec = from.spec.clone();
-        self.metadata.labels = from.metadata.labels.clone();
-        self.metadata.annotations = from.metadata.annotations.clone();
-    }
-}
-
-impl SpecMeta for ServerlessService {
-    fn copy_spec_meta(&mut self, from: &Self) {
-        // The mode belongs to the autoscaler; only identity of the target is copied.
-        self.spec.object_ref = from.spec.object_ref.clone();
-        self.spec.protocol_type = from.spec.protocol_type.clone();
-        self.metadata.labels = from.metadata.labels.clone();
-    }
 }

@@ -4,7 +4,7 @@ use rouse_api::condition::{ConditionStatus, Conditions};
 use rouse_api::meta::Resource;
 use rouse_api::serving::{Configuration, LABEL_SERVICE, Route, Service, TrafficTarget};
 
-use super::{Requeue, propagated};
+use super::{Child, Requeue, ensure_child, propagated};
 use crate::{Context, ReconcileError};
 
 pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, ReconcileError> {
@@ -81,11 +81,6 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
     Ok(None)
 }
 
-enum Child<T> {
-    Owned(T),
-    NotOwned,
-}
-
 fn ensure_configuration(
     ctx: &Context,
     svc: &Service,
@@ -99,23 +94,7 @@ fn ensure_configuration(
     want.metadata.annotations = propagated(&svc.metadata.annotations);
     want.metadata.owner_references = vec![svc.owner_ref()];
     want.spec.template = svc.spec.template.clone();
-    match ctx.client.get::<Configuration>(ns, name)? {
-        None => Ok(Child::Owned(ctx.client.create(&want)?)),
-        Some(have) if !have.metadata.is_owned_by(&svc.metadata.uid) => Ok(Child::NotOwned),
-        Some(have) => {
-            if have.spec == want.spec
-                && have.metadata.labels == want.metadata.labels
-                && have.metadata.annotations == want.metadata.annotations
-            {
-                return Ok(Child::Owned(have));
-            }
-            let mut next = have.clone();
-            next.spec = want.spec;
-            next.metadata.labels = want.metadata.labels;
-            next.metadata.annotations = want.metadata.annotations;
-            Ok(Child::Owned(ctx.client.update(&next)?))
-        }
-    }
+    ensure_child(ctx, &svc.metadata.uid, want)
 }
 
 fn ensure_route(ctx: &Context, svc: &Service) -> Result<Child<Route>, ReconcileError> {
@@ -146,23 +125,7 @@ fn ensure_route(ctx: &Context, svc: &Service) -> Result<Child<Route>, ReconcileE
             t
         })
         .collect();
-    match ctx.client.get::<Route>(ns, name)? {
-        None => Ok(Child::Owned(ctx.client.create(&want)?)),
-        Some(have) if !have.metadata.is_owned_by(&svc.metadata.uid) => Ok(Child::NotOwned),
-        Some(have) => {
-            if have.spec == want.spec
-                && have.metadata.labels == want.metadata.labels
-                && have.metadata.annotations == want.metadata.annotations
-            {
-                return Ok(Child::Owned(have));
-            }
-            let mut next = have.clone();
-            next.spec = want.spec;
-            next.metadata.labels = want.metadata.labels;
-            next.metadata.annotations = want.metadata.annotations;
-            Ok(Child::Owned(ctx.client.update(&next)?))
-        }
-    }
+    ensure_child(ctx, &svc.metadata.uid, want)
 }
 
 fn copy_ready(
