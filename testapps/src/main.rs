@@ -9,8 +9,22 @@
 //! - `/echo` — the request body, streamed back
 //! - `/status?code=N` — an empty response with that status
 //! - `/exit?code=N` — answers, then exits with that code
+//! - `/crash-on-first-request` — exits with code 1 without answering if this is the process's
+//!   first request (see `MARKER_DIR`), else answers like `/`
 //!
 //! Any path takes `?sleep=MS` to wait before answering.
+//!
+//! Environment (besides `PORT` and `MESSAGE`):
+//! - `FAIL_ON_CONCURRENCY=1` — like Knative's `singlethreaded` image: a request that overlaps
+//!   another (from its arrival until its response head) answers 500 `concurrent requests
+//!   detected`; both overlapping requests fail.
+//! - `CRASH_ON_FIRST_REQUEST=1` — the process exits with code 1, without answering, on its
+//!   first request, whatever the path.
+//! - `MARKER_DIR=DIR` — a crash on a first request writes `DIR/crashed-on-first-request`;
+//!   while that file exists no process crashes that way again (so a restarted instance
+//!   serves).
+//!
+//! Readiness probes (`User-Agent: kube-probe/...`) are not requests for these checks.
 //!
 //! Flags: `--h2c`; `--print LINE` (print to stdout before anything else, repeatable);
 //! `--exit-immediately CODE` (exit after printing, for crash tests); `--startup-delay MS`
@@ -18,6 +32,9 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,6 +49,75 @@ use tokio::net::TcpListener;
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 const DEFAULT_MESSAGE: &str = "Hello World! How about some tasty noodles?";
+/// The file (under `MARKER_DIR`) that says a process already crashed on its first request.
+const CRASH_MARKER: &str = "crashed-on-first-request";
+
+/// Behaviour chosen by the environment, read once.
+struct Env {
+    fail_on_concurrency: bool,
+    crash_on_first_request: bool,
+    marker_dir: Option<PathBuf>,
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let on = |k: &str| std::env::var(k).is_ok_and(|v| v == "1" || v == "true");
+        Env {
+            fail_on_concurrency: on("FAIL_ON_CONCURRENCY"),
+            crash_on_first_request: on("CRASH_ON_FIRST_REQUEST"),
+            marker_dir: std::env::var_os("MARKER_DIR").map(PathBuf::from),
+        }
+    })
+}
+
+/// Whether the process has had a (non-probe) request yet.
+static HAD_REQUEST: AtomicBool = AtomicBool::new(false);
+/// Requests between arrival and response head now (for `FAIL_ON_CONCURRENCY`).
+static ACTIVE: AtomicU64 = AtomicU64::new(0);
+/// How many times a request arrived while another was active.
+static OVERLAPS: AtomicU64 = AtomicU64::new(0);
+
+/// Exits with code 1 (leaving the marker), unless a marker says it happened already.
+fn crash_unless_marked() {
+    if let Some(dir) = &env().marker_dir {
+        let marker = dir.join(CRASH_MARKER);
+        if marker.exists() {
+            return;
+        }
+        if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&marker, b"")) {
+            eprintln!("rouse-testapp: cannot write {}: {e}", marker.display());
+        }
+    }
+    eprintln!("rouse-testapp: crashing on the first request as asked");
+    std::process::exit(1);
+}
+
+/// Marks a request active (for `FAIL_ON_CONCURRENCY`) until dropped.
+struct Active {
+    overlaps_before: u64,
+}
+
+impl Active {
+    fn enter() -> Active {
+        let overlaps_before = OVERLAPS.load(Ordering::SeqCst);
+        if ACTIVE.fetch_add(1, Ordering::SeqCst) > 0 {
+            OVERLAPS.fetch_add(1, Ordering::SeqCst);
+        }
+        Active { overlaps_before }
+    }
+
+    /// Whether another request overlapped this one so far.
+    fn overlapped(&self) -> bool {
+        OVERLAPS.load(Ordering::SeqCst) != self.overlaps_before
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 struct Options {
     h2c: bool,
@@ -175,12 +261,33 @@ fn json(value: serde_json::Value) -> Response<Body> {
 }
 
 async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let probe = req
+        .headers()
+        .get(header::USER_AGENT)
+        .is_some_and(|ua| ua.as_bytes().starts_with(b"kube-probe/"));
+    let first = !probe && !HAD_REQUEST.swap(true, Ordering::SeqCst);
+    if first && (env().crash_on_first_request || req.uri().path() == "/crash-on-first-request") {
+        crash_unless_marked();
+    }
+    let active = (env().fail_on_concurrency && !probe).then(Active::enter);
     let q = query(&req);
     let sleep = num(&q, "sleep", 0);
     if sleep > 0 {
         tokio::time::sleep(Duration::from_millis(sleep)).await;
     }
-    let resp = match req.uri().path() {
+    let resp = answer(req, &q).await;
+    if active.is_some_and(|a| a.overlapped()) {
+        return Ok(full(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            "concurrent requests detected\n",
+        ));
+    }
+    Ok(resp)
+}
+
+async fn answer(req: Request<Incoming>, q: &BTreeMap<String, String>) -> Response<Body> {
+    match req.uri().path() {
         "/env" => {
             let env: BTreeMap<String, String> = std::env::vars().collect();
             json(serde_json::json!(env))
@@ -212,8 +319,8 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
             }))
         }
         "/stream" => {
-            let chunks = num(&q, "chunks", 5);
-            let interval = Duration::from_millis(num(&q, "interval", 100));
+            let chunks = num(q, "chunks", 5);
+            let interval = Duration::from_millis(num(q, "interval", 100));
             let stream = futures_util::stream::unfold(0, move |i| async move {
                 if i >= chunks {
                     return None;
@@ -233,13 +340,13 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         }
         "/echo" => Response::new(req.into_body().boxed_unsync()),
         "/status" => {
-            let code = StatusCode::from_u16(num(&q, "code", 200) as u16).unwrap_or(StatusCode::OK);
+            let code = StatusCode::from_u16(num(q, "code", 200) as u16).unwrap_or(StatusCode::OK);
             let mut resp = Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
             *resp.status_mut() = code;
             resp
         }
         "/exit" => {
-            let code = num(&q, "code", 0) as i32;
+            let code = num(q, "code", 0) as i32;
             // Exit once the answer had a moment to leave.
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -259,6 +366,5 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
                 format!("{msg}\n"),
             )
         }
-    };
-    Ok(resp)
+    }
 }

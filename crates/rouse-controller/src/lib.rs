@@ -6,6 +6,7 @@
 //! Every reconciler reads the current state from the store and converges; events only say
 //! *which* key to look at, never *what* changed.
 
+pub mod autoscaling;
 pub mod client;
 pub mod names;
 pub mod networking;
@@ -22,6 +23,7 @@ use rouse_runtime::Runtime;
 use rouse_store::{EventType, Store, StoreError};
 use serde_json::Value;
 use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 pub use client::Client;
@@ -72,11 +74,14 @@ pub struct Context {
     pub queue: WorkQueue<Key>,
     /// Serializes rebuilds of the gateway's routing table so the newest always wins.
     pub routing_lock: AsyncMutex<()>,
+    /// Every revision's KPA state.
+    pub autoscaling: autoscaling::Autoscaling,
 }
 
 /// The controller: owns the queue, the watch and the workers.
 pub struct Controller {
     ctx: Arc<Context>,
+    pokes: Option<mpsc::UnboundedReceiver<autoscaling::RevisionId>>,
 }
 
 impl Controller {
@@ -97,8 +102,16 @@ impl Controller {
                 domain,
                 queue: WorkQueue::new(),
                 routing_lock: AsyncMutex::new(()),
+                autoscaling: autoscaling::Autoscaling::new(),
             }),
+            pokes: None,
         }
+    }
+
+    /// Takes the activator's pokes (first request for a revision without instances).
+    pub fn with_pokes(mut self, pokes: mpsc::UnboundedReceiver<autoscaling::RevisionId>) -> Self {
+        self.pokes = Some(pokes);
+        self
     }
 
     /// The shared context (for tests and wiring).
@@ -111,6 +124,13 @@ impl Controller {
         let ctx = self.ctx.clone();
         let watcher = tokio::spawn(watch_store(ctx.clone()));
         let instances = tokio::spawn(watch_runtime(ctx.clone()));
+        let mut loops = vec![
+            tokio::spawn(autoscaling::scrape_loop(ctx.clone())),
+            tokio::spawn(autoscaling::tick_loop(ctx.clone())),
+        ];
+        if let Some(pokes) = self.pokes {
+            loops.push(tokio::spawn(autoscaling::poke_loop(ctx.clone(), pokes)));
+        }
         let workers: Vec<_> = (0..WORKERS)
             .map(|_| tokio::spawn(worker(ctx.clone())))
             .collect();
@@ -118,6 +138,9 @@ impl Controller {
         ctx.queue.shutdown();
         watcher.abort();
         instances.abort();
+        for l in loops {
+            l.abort();
+        }
         for w in workers {
             let _ = w.await;
         }

@@ -1,28 +1,69 @@
 //! The networking seam: what the controller programs into the data plane. Local mode programs
-//! the in-process gateway; Kubernetes mode will program Services/EndpointSlices and HTTPRoutes.
+//! the in-process gateway and activator; Kubernetes mode will program Services/EndpointSlices
+//! and HTTPRoutes behind the same trait.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use rouse_gateway::{Gateway, RouteTarget, RoutingTable};
+use rouse_activator::{Activator, RevisionParams};
+use rouse_api::networking::SksMode;
+use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
 
 /// One host and where its traffic goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostRoute {
     /// Lowercase host without port.
     pub host: String,
-    /// Revisions and their shares (summing to 100).
+    /// `(namespace, revision, percent)`, summing to 100.
     pub targets: Vec<(String, String, u32)>,
 }
 
-/// Programs routing and endpoints.
+/// How a revision is reached: its SKS mode, its instances and its request settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionTraffic {
+    /// Serve: straight to ready instances. Proxy: through the activator.
+    pub mode: SksMode,
+    /// Queue-proxies of the ready instances (Serve mode's endpoints).
+    pub ready: Vec<SocketAddr>,
+    /// Queue-proxies of every live instance (the activator probes them itself).
+    pub backends: Vec<SocketAddr>,
+    pub container_concurrency: u32,
+    pub timeout: Duration,
+    pub response_start_timeout: Option<Duration>,
+}
+
+/// Load the activator saw for a revision over the last second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivatorLoad {
+    pub namespace: String,
+    pub revision: String,
+    pub average_concurrency: f64,
+    pub request_count: f64,
+}
+
+/// Programs routing and endpoints, and reports the activator's load.
 pub trait Networking: Send + Sync + 'static {
     /// Replaces the whole routing table at once.
     fn set_routes(&self, routes: Vec<HostRoute>);
-    /// Replaces a revision's public endpoints at once.
-    fn set_endpoints(&self, namespace: &str, revision: &str, endpoints: Vec<SocketAddr>);
+    /// Replaces how a revision is reached, in one swap.
+    fn set_revision(&self, namespace: &str, revision: &str, traffic: RevisionTraffic);
+    /// Forgets a deleted revision.
+    fn remove_revision(&self, namespace: &str, revision: &str);
+    /// True when requests for the revision now land on the activator (the scale-to-zero
+    /// gate's confirmation, read from the same state the request path reads).
+    fn serving_through_activator(&self, namespace: &str, revision: &str) -> bool;
+    /// The activator's per-revision load since the last call.
+    fn take_activator_stats(&self) -> Vec<ActivatorLoad>;
 }
 
-impl Networking for Gateway {
+/// Local mode: the in-process gateway hands Proxy-mode revisions to the in-process activator.
+pub struct LocalNetworking {
+    pub gateway: Arc<Gateway>,
+    pub activator: Arc<Activator>,
+}
+
+impl Networking for LocalNetworking {
     fn set_routes(&self, routes: Vec<HostRoute>) {
         let mut table = RoutingTable::new();
         for r in routes {
@@ -37,10 +78,49 @@ impl Networking for Gateway {
                 .collect();
             table.insert(r.host, targets);
         }
-        Gateway::set_routes(self, table);
+        self.gateway.set_routes(table);
     }
 
-    fn set_endpoints(&self, namespace: &str, revision: &str, endpoints: Vec<SocketAddr>) {
-        Gateway::set_endpoints(self, namespace, revision, endpoints);
+    fn set_revision(&self, namespace: &str, revision: &str, t: RevisionTraffic) {
+        // The activator learns the instances before the gateway may send it anything.
+        self.activator.set_revision(
+            namespace,
+            revision,
+            RevisionParams {
+                container_concurrency: t.container_concurrency,
+                timeout: t.timeout,
+                response_start_timeout: t.response_start_timeout,
+            },
+        );
+        self.activator.set_backends(namespace, revision, t.backends);
+        let mode = match t.mode {
+            SksMode::Serve => Mode::Serve,
+            SksMode::Proxy => Mode::Proxy,
+        };
+        self.gateway
+            .set_revision(namespace, revision, mode, t.ready);
+    }
+
+    fn remove_revision(&self, namespace: &str, revision: &str) {
+        self.gateway
+            .set_revision(namespace, revision, Mode::Proxy, Vec::new());
+        self.activator.remove_revision(namespace, revision);
+    }
+
+    fn serving_through_activator(&self, namespace: &str, revision: &str) -> bool {
+        self.gateway.mode(namespace, revision) == Some(Mode::Proxy)
+    }
+
+    fn take_activator_stats(&self) -> Vec<ActivatorLoad> {
+        self.activator
+            .take_stats()
+            .into_iter()
+            .map(|s| ActivatorLoad {
+                namespace: s.namespace,
+                revision: s.revision,
+                average_concurrency: s.average_concurrency,
+                request_count: s.request_count,
+            })
+            .collect()
     }
 }

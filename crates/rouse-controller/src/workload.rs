@@ -61,9 +61,17 @@ pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
             readiness: probe_spec(container.readiness_probe.as_ref()),
             revision: rev.metadata.name.clone(),
             namespace: rev.metadata.namespace.clone(),
+            timeout: (!timeout.is_zero()).then_some(timeout),
+            response_start_timeout: positive_secs(spec.response_start_timeout_seconds),
+            idle_timeout: positive_secs(spec.idle_timeout_seconds),
         },
         drain_timeout: timeout,
     })
+}
+
+/// A timeout in seconds, where absent or 0 means none.
+fn positive_secs(v: Option<i64>) -> Option<Duration> {
+    v.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64))
 }
 
 /// The queue-proxy's readiness probe from the container's (TCP when none is given).

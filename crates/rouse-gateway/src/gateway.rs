@@ -11,6 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use rouse_activator::{Activator, ForwardError, forward_retryable};
 use rouse_queue::InFlight;
 use rouse_queue::http::{
     Body, GuardedBody, ProxyClient, boxed, serve, strip_internal, text_response,
@@ -24,27 +25,54 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-type EndpointMap = HashMap<String, HashMap<String, Arc<Backends>>>;
+/// Where a revision's requests go (the ServerlessService mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Straight to the revision's instances; to the activator only while it has none, or
+    /// when the picked one refuses the connection.
+    Serve,
+    /// Through the activator, which buffers, wakes the revision and throttles.
+    Proxy,
+}
 
-/// Routes requests by Host to the revisions of a route (weighted), and within a revision to
-/// the endpoint with the fewest requests in flight. Its routing table and endpoints are
-/// swapped atomically, so updates never disturb a request in flight.
+/// One revision's routing state: swapped as a whole, read on every request.
+#[derive(Debug)]
+struct RevisionEntry {
+    mode: Mode,
+    backends: Backends,
+    /// Requests of the revision in the gateway, kept across swaps.
+    in_flight: InFlight,
+}
+
+type RevisionMap = HashMap<String, HashMap<String, Arc<RevisionEntry>>>;
+
+/// Routes requests by Host to the revisions of a route (weighted), and per revision either to
+/// the endpoint with the fewest requests in flight (Serve) or to the activator in-process
+/// (Proxy, or Serve without endpoints). Its routing table and revision states are swapped
+/// atomically, so updates never disturb a request in flight.
 pub struct Gateway {
     routes: ArcSwap<RoutingTable>,
-    endpoints: ArcSwap<EndpointMap>,
+    revisions: ArcSwap<RevisionMap>,
+    activator: Arc<Activator>,
     client: ProxyClient,
     in_flight: InFlight,
 }
 
 impl Gateway {
-    /// A gateway with no routes and no endpoints.
-    pub fn new() -> Arc<Self> {
+    /// A gateway with no routes and no revisions, handing Proxy-mode requests to `activator`.
+    pub fn new(activator: Arc<Activator>) -> Arc<Self> {
         Arc::new(Gateway {
             routes: ArcSwap::from_pointee(RoutingTable::new()),
-            endpoints: ArcSwap::from_pointee(HashMap::new()),
+            revisions: ArcSwap::from_pointee(HashMap::new()),
+            activator,
             client: ProxyClient::http1(),
             in_flight: InFlight::new(),
         })
+    }
+
+    /// The activator Proxy-mode requests go to.
+    pub fn activator(&self) -> &Arc<Activator> {
+        &self.activator
     }
 
     /// Replaces the whole routing table at once.
@@ -57,41 +85,80 @@ impl Gateway {
         self.routes.load_full()
     }
 
-    /// Replaces a revision's endpoints at once (empty: the revision has none).
-    pub fn set_endpoints(&self, namespace: &str, revision: &str, endpoints: Vec<SocketAddr>) {
-        self.endpoints.rcu(|current| {
-            let mut next = EndpointMap::clone(current);
+    /// Sets a revision's mode and endpoints in one atomic swap. Requests already past the
+    /// switch finish where they went; every later request sees the new state.
+    pub fn set_revision(
+        &self,
+        namespace: &str,
+        revision: &str,
+        mode: Mode,
+        endpoints: Vec<SocketAddr>,
+    ) {
+        self.revisions.rcu(|current| {
+            let mut next = RevisionMap::clone(current);
             let old = current.get(namespace).and_then(|r| r.get(revision));
-            if endpoints.is_empty() {
-                if let Some(revs) = next.get_mut(namespace) {
-                    revs.remove(revision);
-                    if revs.is_empty() {
-                        next.remove(namespace);
-                    }
+            let entry = Arc::new(RevisionEntry {
+                mode,
+                backends: Backends::new(endpoints.clone(), old.map(|o| &o.backends)),
+                in_flight: old.map(|o| o.in_flight.clone()).unwrap_or_default(),
+            });
+            next.entry(namespace.to_string())
+                .or_default()
+                .insert(revision.to_string(), entry);
+            next
+        });
+    }
+
+    /// Serve mode with these endpoints (empty: requests go to the activator until some exist).
+    pub fn set_endpoints(&self, namespace: &str, revision: &str, endpoints: Vec<SocketAddr>) {
+        self.set_revision(namespace, revision, Mode::Serve, endpoints);
+    }
+
+    /// Forgets a revision (deleted); requests routed to it anyway go to the activator.
+    pub fn remove_revision(&self, namespace: &str, revision: &str) {
+        self.revisions.rcu(|current| {
+            let mut next = RevisionMap::clone(current);
+            if let Some(revs) = next.get_mut(namespace) {
+                revs.remove(revision);
+                if revs.is_empty() {
+                    next.remove(namespace);
                 }
-            } else {
-                let backends = Arc::new(Backends::new(endpoints.clone(), old.map(Arc::as_ref)));
-                next.entry(namespace.to_string())
-                    .or_default()
-                    .insert(revision.to_string(), backends);
             }
             next
         });
     }
 
-    /// A revision's endpoints in force.
-    pub fn endpoints(&self, namespace: &str, revision: &str) -> Vec<SocketAddr> {
-        self.endpoints
+    fn entry(&self, namespace: &str, revision: &str) -> Option<Arc<RevisionEntry>> {
+        self.revisions
             .load()
             .get(namespace)
             .and_then(|r| r.get(revision))
-            .map(|b| b.list.iter().map(|b| b.addr).collect())
+            .cloned()
+    }
+
+    /// The revision's mode in force (`None`: never set or removed, so the activator serves
+    /// it). Serve mode without endpoints also lands on the activator.
+    pub fn mode(&self, namespace: &str, revision: &str) -> Option<Mode> {
+        self.entry(namespace, revision).map(|e| e.mode)
+    }
+
+    /// A revision's endpoints in force.
+    pub fn endpoints(&self, namespace: &str, revision: &str) -> Vec<SocketAddr> {
+        self.entry(namespace, revision)
+            .map(|e| e.backends.list.iter().map(|b| b.addr).collect())
             .unwrap_or_default()
     }
 
     /// Requests being handled now (until their response bodies finish).
     pub fn in_flight(&self) -> usize {
         self.in_flight.get()
+    }
+
+    /// Requests of the revision being handled now, whichever way they went (instances or
+    /// activator), until their response bodies finish. 0 for a revision never set.
+    pub fn in_flight_for(&self, namespace: &str, revision: &str) -> usize {
+        self.entry(namespace, revision)
+            .map_or(0, |e| e.in_flight.get())
     }
 
     /// Serves clients on `listener` (HTTP/1.1 keep-alive and h2c) until `shutdown` resolves,
@@ -122,47 +189,55 @@ impl Gateway {
             Some(h) => h.to_string(),
             None => return text_response(StatusCode::BAD_REQUEST, "missing Host header"),
         };
-        let routes = self.routes.load();
-        let Some(targets) = routes.get(&host) else {
-            return text_response(
-                StatusCode::NOT_FOUND,
-                format!("no route for host {:?}", normalize_host(&host)),
-            );
+        let (namespace, revision) = {
+            let routes = self.routes.load();
+            let Some(targets) = routes.get(&host) else {
+                return text_response(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for host {:?}", normalize_host(&host)),
+                );
+            };
+            let total = routing::total(targets);
+            let Some(target) = (total > 0)
+                .then(|| routing::pick(targets, fastrand::u64(0..total)))
+                .flatten()
+            else {
+                return text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no traffic target for host {:?}", normalize_host(&host)),
+                );
+            };
+            (target.namespace.clone(), target.revision.clone())
         };
-        let total = routing::total(targets);
-        let Some(target) = (total > 0)
-            .then(|| routing::pick(targets, fastrand::u64(0..total)))
-            .flatten()
-        else {
-            return text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("no traffic target for host {:?}", normalize_host(&host)),
-            );
-        };
-        let endpoints = self.endpoints.load();
-        let Some(backend) = endpoints
-            .get(&target.namespace)
-            .and_then(|r| r.get(&target.revision))
-            .and_then(|b| b.pick())
-        else {
-            return text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("no healthy instance for revision {}", target.revision),
-            );
-        };
-        let guards = (backend.in_flight.start(), counted);
-        let addr = backend.addr;
+        let entry = self.entry(&namespace, &revision);
+        let guards = (counted, entry.as_ref().map(|e| e.in_flight.start()));
         let (mut parts, body) = req.into_parts();
         strip_internal(&mut parts.headers);
         add_forwarding(&mut parts.headers, remote.ip(), &host);
-        let req = Request::from_parts(parts, boxed(body));
-        match self.client.forward(req, addr).await {
-            Ok(resp) => resp.map(|b| boxed(GuardedBody::new(b, guards))),
-            Err(e) => {
-                tracing::warn!(revision = %target.revision, error = %e, "forwarding failed");
-                e.to_response()
+        let mut req = Request::from_parts(parts, boxed(body));
+        if let Some(e) = entry.as_ref().filter(|e| e.mode == Mode::Serve)
+            && let Some(backend) = e.backends.pick()
+        {
+            let busy = backend.in_flight.start();
+            match forward_retryable(&self.client, req, backend.addr).await {
+                Ok(resp) => {
+                    return resp.map(|b| boxed(GuardedBody::new(b, (guards, busy))));
+                }
+                Err(ForwardError::Retry(back, err)) => {
+                    // The instance just went away and nothing was sent: the activator waits
+                    // for another instead of failing the request.
+                    tracing::debug!(%revision, error = %err, "endpoint refused; handing to the activator");
+                    req = *back;
+                }
+                Err(err @ (ForwardError::Failed(_) | ForwardError::Unanswered(..))) => {
+                    let err = err.into_error();
+                    tracing::warn!(%revision, error = %err, "forwarding failed");
+                    return err.to_response();
+                }
             }
         }
+        let resp = self.activator.handle(&namespace, &revision, req).await;
+        resp.map(|b| boxed(GuardedBody::new(b, guards)))
     }
 }
 

@@ -1,10 +1,17 @@
 //! The gateway: Rouse's front door. It routes each request by its Host header (port ignored,
-//! case-insensitive) to one of the route's revisions, picked at random by traffic percent,
-//! and within the revision to its endpoint with the fewest requests in flight (the instances'
-//! queue-proxies, or later the activator). Client-sent internal headers are stripped and
-//! `X-Forwarded-*`/`Forwarded` added. The routing table and endpoints are swapped atomically.
+//! case-insensitive) to one of the route's revisions, picked at random by traffic percent.
+//! Each revision has a [`Mode`] (its ServerlessService mode) and endpoints, swapped together
+//! atomically and read on every request:
+//! - Serve with endpoints: to the instance (queue-proxy) with the fewest requests in flight;
+//!   if that one refuses the connection (it just went away; nothing was sent), to the
+//!   activator instead of a 502;
+//! - Proxy, or Serve without endpoints, or a revision never set: handed in-process to the
+//!   [`rouse_activator::Activator`], which buffers while the revision wakes.
 //!
-//! Status codes: unknown host 404; a revision without endpoints 503; upstream failure 502.
+//! Client-sent internal headers are stripped and `X-Forwarded-*`/`Forwarded` added.
+//!
+//! Status codes: unknown host 404; upstream failure after the request left 502; the
+//! activator's own (queue full 503, wait deadline 504).
 
 #![warn(missing_docs)]
 
@@ -12,5 +19,5 @@ mod backends;
 mod gateway;
 mod routing;
 
-pub use gateway::Gateway;
+pub use gateway::{Gateway, Mode};
 pub use routing::{RouteTarget, RoutingTable, normalize_host};

@@ -15,7 +15,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rouse_gateway::{Gateway, RouteTarget, RoutingTable};
+use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
+use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
 use rouse_queue::{ProbeSpec, QueueConfig, QueueProxy};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -23,7 +24,8 @@ use tokio::sync::oneshot;
 const BOUND: Duration = Duration::from_secs(10);
 const NS: &str = "default";
 
-/// A backend answering `<name>` on `/`, its request headers on `/headers`, and `/slow?ms=N`.
+/// A backend answering `<name>` on `/`, its request headers on `/headers`, and `/slow?ms=N`;
+/// it answers the activator's probe (`K-Network-Probe: queue`) as a ready queue-proxy does.
 async fn backend(name: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -32,6 +34,13 @@ async fn backend(name: &'static str) -> SocketAddr {
             let (tcp, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| async move {
+                    if req
+                        .headers()
+                        .get("k-network-probe")
+                        .is_some_and(|v| v == "queue")
+                    {
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("queue"))));
+                    }
                     let body = match req.uri().path() {
                         "/headers" => {
                             let mut out = format!("backend: {name}\n");
@@ -62,12 +71,22 @@ async fn backend(name: &'static str) -> SocketAddr {
 struct Running {
     addr: SocketAddr,
     gw: Arc<Gateway>,
+    act: Arc<Activator>,
+    pokes: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
 }
 
 async fn gateway() -> Running {
-    let gw = Gateway::new();
+    let pokes = Arc::new(AtomicUsize::new(0));
+    let p = pokes.clone();
+    let act = Activator::new(
+        ActivatorConfig::default(),
+        Arc::new(move |_: &str, _: &str| {
+            p.fetch_add(1, Ordering::SeqCst);
+        }),
+    );
+    let gw = Gateway::new(act.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = oneshot::channel();
@@ -77,6 +96,8 @@ async fn gateway() -> Running {
     Running {
         addr,
         gw,
+        act,
+        pokes,
         stop: Some(stop),
         done,
     }
@@ -144,23 +165,6 @@ async fn routes_by_host_ignoring_case_and_port() {
     let (status, body) = send(&c, get(g.addr, "nope.default.example.com", "/")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("nope.default.example.com"), "{body}");
-
-    g.gw.set_endpoints(NS, "b-00001", vec![]);
-    let (status, body) = send(&c, get(g.addr, "b.default.example.com", "/")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, "no healthy instance for revision b-00001\n");
-
-    // A dead endpoint is a bad gateway, not a hang.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    g.gw.set_endpoints(NS, "b-00001", vec![dead]);
-    assert_eq!(
-        send(&c, get(g.addr, "b.default.example.com", "/")).await.0,
-        StatusCode::BAD_GATEWAY
-    );
 }
 
 #[tokio::test]
@@ -322,6 +326,9 @@ async fn a_client_cannot_reach_the_queue_proxy_health_check() {
         readiness: ProbeSpec::default(),
         revision: "q-00001".into(),
         namespace: NS.into(),
+        timeout: None,
+        response_start_timeout: None,
+        idle_timeout: None,
     })
     .await
     .unwrap();
@@ -447,4 +454,176 @@ async fn wait_until(cond: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A real queue-proxy in front of a backend app.
+async fn queue_proxy(rev: &str, app: SocketAddr) -> QueueProxy {
+    QueueProxy::start(QueueConfig {
+        app_addr: app,
+        h2c: false,
+        container_concurrency: 0,
+        readiness: ProbeSpec::default(),
+        revision: rev.into(),
+        namespace: NS.into(),
+        timeout: None,
+        response_start_timeout: None,
+        idle_timeout: None,
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn proxy_mode_hands_requests_to_the_activator() {
+    let g = gateway().await;
+    let host = "p.default.example.com";
+    g.gw.set_routes(table(&[(host, vec![target("p-00001", 100)])]));
+    let b = backend("p").await;
+    g.act.set_backends(NS, "p-00001", vec![b]);
+    g.gw.set_revision(NS, "p-00001", Mode::Proxy, vec![b]);
+    assert_eq!(g.gw.mode(NS, "p-00001"), Some(Mode::Proxy));
+    assert_eq!(g.gw.mode(NS, "other"), None);
+    let c = client();
+    let (status, body) = send(&c, get(g.addr, host, "/headers")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("k-proxy-request: activator\n"), "{body}");
+    assert!(body.contains("host: p.default.example.com\n"), "{body}");
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
+
+    // Serve mode: straight to the instance.
+    g.gw.set_revision(NS, "p-00001", Mode::Serve, vec![b]);
+    assert_eq!(g.gw.mode(NS, "p-00001"), Some(Mode::Serve));
+    let (status, body) = send(&c, get(g.addr, host, "/headers")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.contains("k-proxy-request"), "{body}");
+}
+
+#[tokio::test]
+async fn a_revision_at_zero_buffers_instead_of_failing() {
+    let g = gateway().await;
+    let host = "z.default.example.com";
+    g.gw.set_routes(table(&[(host, vec![target("z-00001", 100)])]));
+    g.gw.set_revision(NS, "z-00001", Mode::Proxy, vec![]);
+    let addr = g.addr;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        waiting.push(tokio::spawn(async move {
+            let resp = client().request(get(addr, host, "/")).await.unwrap();
+            let cold = resp.headers().contains_key("k-cold-start");
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned(), cold)
+        }));
+    }
+    wait_until(|| g.act.waiting(NS, "z-00001") == 3).await;
+    assert_eq!(g.pokes.load(Ordering::SeqCst), 1);
+    assert_eq!(g.gw.in_flight_for(NS, "z-00001"), 3);
+    let b = backend("z").await;
+    g.act.set_backends(NS, "z-00001", vec![b]);
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), (StatusCode::OK, "z".to_string(), true));
+    }
+    wait_until(|| g.gw.in_flight_for(NS, "z-00001") == 0).await;
+
+    // Serve mode without endpoints, or a revision never set, also lands on the activator.
+    g.gw.set_revision(NS, "z-00001", Mode::Serve, vec![]);
+    let c = client();
+    assert_eq!(send(&c, get(g.addr, host, "/")).await.1, "z");
+    g.gw.remove_revision(NS, "z-00001");
+    assert_eq!(g.gw.mode(NS, "z-00001"), None);
+    assert_eq!(send(&c, get(g.addr, host, "/")).await.1, "z");
+}
+
+#[tokio::test]
+async fn a_refused_serve_endpoint_falls_back_to_the_activator() {
+    let g = gateway().await;
+    let host = "f.default.example.com";
+    g.gw.set_routes(table(&[(host, vec![target("f-00001", 100)])]));
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let live = backend("live").await;
+    g.gw.set_endpoints(NS, "f-00001", vec![dead]);
+    g.act.set_backends(NS, "f-00001", vec![live]);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(
+            send(&c, get(g.addr, host, "/")).await,
+            (StatusCode::OK, "live".to_string())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_serve_proxy_serve_under_load_fails_nothing() {
+    let g = gateway().await;
+    let host = "m.default.example.com";
+    let rev = "m-00001";
+    g.gw.set_routes(table(&[(host, vec![target(rev, 100)])]));
+    let qps = [
+        queue_proxy(rev, backend("a").await).await,
+        queue_proxy(rev, backend("b").await).await,
+    ];
+    let addrs: Vec<SocketAddr> = qps.iter().map(QueueProxy::addr).collect();
+    g.act.set_revision(NS, rev, RevisionParams::default());
+    g.act.set_backends(NS, rev, addrs.clone());
+    wait_until(|| g.act.ready_backends(NS, rev).len() == 2).await;
+    g.gw.set_revision(NS, rev, Mode::Serve, addrs.clone());
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (addr, done) = (g.addr, done.clone());
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let mut bad = Vec::new();
+            for _ in 0..250 {
+                match c.request(get(addr, host, "/")).await {
+                    Ok(resp) if resp.status() == StatusCode::OK => {
+                        resp.into_body().collect().await.unwrap();
+                    }
+                    Ok(resp) => bad.push(resp.status().to_string()),
+                    Err(e) => bad.push(e.to_string()),
+                }
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+            bad
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut switches = 0usize;
+    while done.load(Ordering::SeqCst) < clients.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "load did not finish"
+        );
+        let mode = if switches.is_multiple_of(2) {
+            Mode::Proxy
+        } else {
+            Mode::Serve
+        };
+        g.gw.set_revision(NS, rev, mode, addrs.clone());
+        switches += 1;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let mut bad = Vec::new();
+    for c in clients {
+        bad.extend(c.await.unwrap());
+    }
+    assert!(bad.is_empty(), "non-200 answers: {bad:?}");
+    assert!(switches > 10, "only {switches} switches during the load");
+    let metrics = g.act.metrics_text();
+    let via_activator: usize = metrics
+        .lines()
+        .find(|l| l.starts_with("rouse_activator_requests_total{") && l.contains("code=\"200\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (1..1000).contains(&via_activator),
+        "both paths served: {via_activator} of 1000 via the activator"
+    );
+    assert_eq!(g.gw.in_flight_for(NS, rev), 0);
 }

@@ -1,19 +1,30 @@
 //! The queue-proxy: the hop in front of every app instance. It reverse-proxies requests to the
-//! app (streaming, keep-alive), counts requests in flight (for the autoscaler and for drain),
-//! probes the app's readiness and answers the activator's health checks. In local mode one
-//! runs in-process per instance; in Kubernetes mode it runs as the sidecar.
+//! app (streaming, keep-alive), holds them to the revision's containerConcurrency (a FIFO
+//! queue of 10 × that, then 503), enforces the revision's timeouts, reports load to the
+//! autoscaler ([`QueueStats`]), counts requests in flight for drain, probes the app's
+//! readiness and answers the activator's health checks. In local mode one runs in-process per
+//! instance; in Kubernetes mode it runs as the sidecar.
 //!
 //! [`http`] holds the HTTP pieces every proxy hop shares (gateway, activator).
 
 #![warn(missing_docs)]
 
+mod breaker;
 pub mod http;
 mod inflight;
 mod probe;
 mod queue;
+mod stats;
+mod timeout;
 
+pub use breaker::QUEUE_DEPTH_PER_SLOT;
 pub use inflight::{InFlight, InFlightGuard};
 pub use probe::{
     AGGRESSIVE_INTERVAL, AGGRESSIVE_TIMEOUT, BACKGROUND_INTERVAL, ProbeAction, ProbeSpec,
 };
-pub use queue::{ORIGINAL_HOST_HEADER, PROBE_HEADER, PROBE_OK_BODY, QueueConfig, QueueProxy};
+pub use queue::{
+    ORIGINAL_HOST_HEADER, PROBE_HEADER, PROBE_OK_BODY, PROXY_ACTIVATOR, PROXY_HEADER,
+    QUEUE_FULL_BODY, QueueConfig, QueueProxy,
+};
+pub use stats::QueueStats;
+pub use timeout::{BodyTimeout, TIMEOUT_BODY};

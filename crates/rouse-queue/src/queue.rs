@@ -15,9 +15,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::http::{Body, GuardedBody, ProxyClient, boxed, full, strip_internal, text_response};
+use crate::breaker::{Breaker, QUEUE_DEPTH_PER_SLOT};
+use crate::http::{
+    Body, ForwardError, GuardedBody, ProxyClient, boxed, forward_retryable, full, is_upgrade,
+    strip_internal, text_response,
+};
 use crate::inflight::InFlight;
 use crate::probe::{ProbeSpec, Prober};
+use crate::stats::{QueueStats, Stats};
+use crate::timeout::{Deadlines, timeout_response, until};
 
 /// The header a health check carries; value `queue` asks whether this queue-proxy's app is ready.
 pub const PROBE_HEADER: HeaderName = HeaderName::from_static("k-network-probe");
@@ -25,6 +31,13 @@ pub const PROBE_HEADER: HeaderName = HeaderName::from_static("k-network-probe");
 pub const PROBE_OK_BODY: &str = "queue";
 /// The header a proxy hop moves the client's Host into; the queue-proxy restores it.
 pub const ORIGINAL_HOST_HEADER: HeaderName = HeaderName::from_static("k-original-host");
+/// The header the activator marks the requests it forwards with (value [`PROXY_ACTIVATOR`]), so
+/// their load is reported apart (the activator reports it itself).
+pub const PROXY_HEADER: HeaderName = HeaderName::from_static("k-proxy-request");
+/// The value of [`PROXY_HEADER`] on requests the activator forwards.
+pub const PROXY_ACTIVATOR: &str = "activator";
+/// The body of the 503 a request gets when the app's slots and the queue are full.
+pub const QUEUE_FULL_BODY: &str = "pending request queue full";
 
 /// What a queue-proxy needs to know about its instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +46,8 @@ pub struct QueueConfig {
     pub app_addr: SocketAddr,
     /// Speak HTTP/2 cleartext to the app.
     pub h2c: bool,
-    /// Requests the app takes at once; 0 means unlimited. Counted now, enforced later.
+    /// Requests the app takes at once (`containerConcurrency`); 0 means unlimited. Beyond it
+    /// up to 10 × as many wait in arrival order; more get a 503 at once.
     pub container_concurrency: u32,
     /// How to tell the app is ready.
     pub readiness: ProbeSpec,
@@ -41,10 +55,43 @@ pub struct QueueConfig {
     pub revision: String,
     /// The revision's namespace.
     pub namespace: String,
+    /// The longest a request may take, from arrival to the end of its response
+    /// (`timeoutSeconds`); `None` means no limit.
+    pub timeout: Option<Duration>,
+    /// The longest from arrival to the app's response head (`responseStartTimeoutSeconds`);
+    /// `None` means no limit.
+    pub response_start_timeout: Option<Duration>,
+    /// The longest the app may stay silent, before its head or between body chunks
+    /// (`idleTimeoutSeconds`); `None` means no limit.
+    pub idle_timeout: Option<Duration>,
 }
 
-/// A running queue-proxy: reverse-proxies to the app with streaming bodies, counts requests in
-/// flight, probes the app's readiness and answers health checks (`K-Network-Probe: queue`).
+impl QueueConfig {
+    /// A configuration for the app at `app_addr` with no concurrency limit, no timeouts,
+    /// HTTP/1.1 and a TCP readiness probe; set the rest with struct update syntax.
+    pub fn new(
+        app_addr: SocketAddr,
+        namespace: impl Into<String>,
+        revision: impl Into<String>,
+    ) -> Self {
+        QueueConfig {
+            app_addr,
+            h2c: false,
+            container_concurrency: 0,
+            readiness: ProbeSpec::default(),
+            revision: revision.into(),
+            namespace: namespace.into(),
+            timeout: None,
+            response_start_timeout: None,
+            idle_timeout: None,
+        }
+    }
+}
+
+/// A running queue-proxy: reverse-proxies to the app with streaming bodies, holds requests
+/// to the app's containerConcurrency, enforces the revision's timeouts, reports load (see
+/// [`QueueProxy::take_stats`]), probes the app's readiness and answers health checks
+/// (`K-Network-Probe: queue`, which bypass the concurrency limit and the load report).
 /// Dropping it stops everything at once; [`QueueProxy::drain`] stops gracefully.
 pub struct QueueProxy {
     addr: SocketAddr,
@@ -58,8 +105,13 @@ struct Shared {
     cfg: QueueConfig,
     client: ProxyClient,
     in_flight: InFlight,
+    stats: Stats,
+    /// `None` when containerConcurrency is 0 (unlimited).
+    breaker: Option<Arc<Breaker>>,
     ready: watch::Sender<bool>,
     draining: AtomicBool,
+    /// Becomes true when the queue-proxy stops accepting (end of drain); closed when dropped.
+    stop: watch::Receiver<bool>,
     /// `Some(n)` while the app's n-th run is up, `None` while it is down.
     app_run: watch::Sender<Option<u64>>,
 }
@@ -83,15 +135,20 @@ impl QueueProxy {
         } else {
             ProxyClient::http1()
         };
+        let cc = cfg.container_concurrency as usize;
+        let breaker = (cc > 0).then(|| Breaker::new(cc, cc * QUEUE_DEPTH_PER_SLOT));
+        let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
+            stop: stop_rx.clone(),
             cfg,
             client,
             in_flight: InFlight::new(),
+            stats: Stats::new(),
+            breaker,
             ready,
             draining: AtomicBool::new(false),
             app_run,
         });
-        let (stop, stop_rx) = watch::channel(false);
         let server = tokio::spawn(serve(listener, shared.clone(), stop_rx));
         let prober = tokio::spawn(probe_loop(shared.clone(), app_rx));
         Ok(QueueProxy {
@@ -123,9 +180,21 @@ impl QueueProxy {
         *self.shared.ready.borrow()
     }
 
-    /// Requests being proxied now (until their response bodies finish).
+    /// Requests being handled now, from arrival (including time queued) until their response
+    /// bodies finish.
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.get()
+    }
+
+    /// Requests waiting for a slot in the app (always 0 without a concurrency limit).
+    pub fn queued(&self) -> usize {
+        self.shared.breaker.as_ref().map_or(0, |b| b.waiting())
+    }
+
+    /// The load report since the previous call (or since the start), for the autoscaler; each
+    /// call starts a new period. Meant to be called about once a second by one scraper.
+    pub fn take_stats(&self) -> QueueStats {
+        self.shared.stats.take()
     }
 
     /// Tells the queue-proxy the app (re)started: readiness drops to false and probing starts
@@ -144,9 +213,10 @@ impl QueueProxy {
         self.shared.app_run.send_replace(None);
     }
 
-    /// Drains: health checks fail from now on, requests in flight get up to `timeout` to
-    /// finish (new ones are still served meanwhile), then it stops accepting and closes its
-    /// connections. Requests still running at the deadline are cut off.
+    /// Drains: health checks fail from now on, requests in flight (queued ones, streaming
+    /// responses and upgraded connections included) get up to `timeout` to finish (new ones
+    /// are still served meanwhile), then it stops accepting and closes its connections.
+    /// Requests still running at the deadline are cut off.
     pub async fn drain(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         self.shared.draining.store(true, Ordering::SeqCst);
@@ -213,15 +283,53 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if let Some(probe) = req.headers().get(&PROBE_HEADER) {
         return Ok(shared.health(probe));
     }
-    let guard = shared.in_flight.start();
+    let cfg = &shared.cfg;
+    let deadlines = Deadlines::new(
+        Instant::now(),
+        cfg.timeout,
+        cfg.response_start_timeout,
+        cfg.idle_timeout,
+    );
+    let proxied = req
+        .headers()
+        .get(&PROXY_HEADER)
+        .is_some_and(|v| v == PROXY_ACTIVATOR);
+    // Held until the response body ends or is dropped: the "out" event, the end of drain.
+    let stats = shared.stats.start(proxied);
+    let in_flight = shared.in_flight.start();
+    let slot = match &shared.breaker {
+        None => None,
+        Some(breaker) => {
+            let Ok(place) = breaker.reserve() else {
+                return Ok(text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    QUEUE_FULL_BODY,
+                ));
+            };
+            match until(deadlines.head(), place.acquire()).await {
+                Some(slot) => Some(slot),
+                None => return Ok(timeout_response()),
+            }
+        }
+    };
     let (mut parts, body) = req.into_parts();
     if let Some(host) = parts.headers.remove(&ORIGINAL_HOST_HEADER) {
         parts.headers.insert(header::HOST, host);
     }
     strip_internal(&mut parts.headers);
     let req = Request::from_parts(parts, boxed(body));
-    match shared.client.forward(req, shared.cfg.app_addr).await {
-        Ok(resp) => Ok(resp.map(|b| boxed(GuardedBody::new(b, guard)))),
+    let held = (stats, in_flight, slot);
+    if is_upgrade(&req) {
+        return Ok(upgrade(&shared, req, deadlines, held).await);
+    }
+    let Some(forwarded) = until(deadlines.head(), forward_to_app(&shared, req)).await else {
+        return Ok(timeout_response());
+    };
+    match forwarded {
+        Ok(resp) if deadlines.limits_body() => {
+            Ok(resp.map(|b| boxed(GuardedBody::new(deadlines.body(b), held))))
+        }
+        Ok(resp) => Ok(resp.map(|b| boxed(GuardedBody::new(b, held)))),
         Err(e) => {
             tracing::warn!(
                 revision = %shared.cfg.revision,
@@ -230,6 +338,98 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 "proxying to the app failed"
             );
             Ok(e.to_response())
+        }
+    }
+}
+
+/// Pause between connection attempts while the app is (re)starting.
+const APP_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Forwards to the app. When the app is not listening (it crashed and the runtime is
+/// restarting it), nothing of the request was sent, so it waits for the app to be ready again
+/// and retries:
+/// a crash costs the request the app was handling, not the ones queued behind it. The
+/// caller's deadline bounds the wait.
+async fn forward_to_app(
+    shared: &Shared,
+    mut req: Request<Body>,
+) -> Result<Response<Incoming>, crate::http::ProxyError> {
+    let mut ready = shared.ready.subscribe();
+    let mut resent = false;
+    loop {
+        match forward_retryable(&shared.client, req, shared.cfg.app_addr).await {
+            Ok(resp) => return Ok(resp),
+            Err(ForwardError::Failed(e)) => return Err(e),
+            // The app died with the request head possibly delivered (a dead keep-alive
+            // connection, or a crash on this very request): an idempotent request is sent
+            // once more, as HTTP clients do; anything else fails.
+            Err(ForwardError::Unanswered(back, e)) => {
+                if resent || *shared.app_run.borrow() == Some(0) || !is_idempotent(back.method()) {
+                    return Err(e);
+                }
+                resent = true;
+                req = *back;
+                tokio::time::sleep(APP_RETRY_INTERVAL).await;
+                let _ = ready.wait_for(|r| *r).await;
+            }
+            // Only a runtime-managed app comes back by itself; otherwise fail fast (502).
+            Err(ForwardError::Retry(_, e)) if *shared.app_run.borrow() == Some(0) => return Err(e),
+            Err(ForwardError::Retry(back, _)) => {
+                req = *back;
+                tokio::time::sleep(APP_RETRY_INTERVAL).await;
+                // Closed only when the queue-proxy itself is gone; then try once more.
+                let _ = ready.wait_for(|r| *r).await;
+            }
+        }
+    }
+}
+
+fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+    )
+}
+
+/// Forwards a protocol switch (WebSocket, say). Once switched, the connection counts as a
+/// request in flight (load, drain, its concurrency slot) until either side closes it or the
+/// queue-proxy stops; the revision's timeouts apply only until the switch, as in Knative.
+async fn upgrade<H: Send + 'static>(
+    shared: &Shared,
+    req: Request<Body>,
+    deadlines: Deadlines,
+    held: H,
+) -> Response<Body> {
+    let forwarded = shared.client.forward_upgrade(req, shared.cfg.app_addr);
+    let Some(forwarded) = until(deadlines.head(), forwarded).await else {
+        return timeout_response();
+    };
+    match forwarded {
+        Ok((resp, Some(tunnel))) => {
+            let mut stop = shared.stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    res = tunnel.run() => {
+                        if let Err(e) = res {
+                            tracing::debug!(error = %e, "upgraded connection ended with an error");
+                        }
+                    }
+                    // Stopped (or gone): cut the connection.
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+                drop(held);
+            });
+            resp.map(boxed)
+        }
+        Ok((resp, None)) => resp.map(|b| boxed(GuardedBody::new(b, held))),
+        Err(e) => {
+            tracing::warn!(
+                revision = %shared.cfg.revision,
+                namespace = %shared.cfg.namespace,
+                error = %e,
+                "proxying an upgrade to the app failed"
+            );
+            e.to_response()
         }
     }
 }

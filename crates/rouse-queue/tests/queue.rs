@@ -130,12 +130,8 @@ async fn app(
 
 fn cfg(app: SocketAddr, readiness: ProbeSpec) -> QueueConfig {
     QueueConfig {
-        app_addr: app,
-        h2c: false,
-        container_concurrency: 0,
         readiness,
-        revision: "hello-00001".into(),
-        namespace: "default".into(),
+        ..QueueConfig::new(app, "default", "hello-00001")
     }
 }
 

@@ -188,6 +188,9 @@ mod tests {
                 readiness: Default::default(),
                 revision: "hello-00001".into(),
                 namespace: "default".into(),
+                timeout: None,
+                response_start_timeout: None,
+                idle_timeout: None,
             },
             drain_timeout: Duration::from_secs(1),
         }

@@ -27,6 +27,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn instances(&self, namespace: &str, revision: &str) -> Vec<InstanceInfo>;
     /// Stop all instances of a revision (drain, SIGTERM, SIGKILL) and forget it.
     fn remove(&self, namespace: &str, revision: &str);
+    /// One load report per instance of the revision (every one [`Runtime::instances`] lists,
+    /// terminating ones included, since their requests in flight are load), covering the time
+    /// since the previous call for that instance: `(instance id, stats)`. Each call starts a
+    /// new period, so one scraper should call it, about once a second. Local mode reads the
+    /// in-process queue-proxies.
+    fn scrape(&self, namespace: &str, revision: &str) -> Vec<(String, rouse_queue::QueueStats)>;
     /// Notifies (namespace, revision) whenever any instance of it changes state.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(String, String)>;
     /// Stop everything with drain; resolves when all processes are gone.

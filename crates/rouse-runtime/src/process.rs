@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rouse_queue::{QueueConfig, QueueProxy};
+use rouse_queue::{QueueConfig, QueueProxy, QueueStats};
 use tokio::runtime::Handle;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
@@ -62,6 +62,7 @@ struct RevisionEntry {
 struct Instance {
     info: Arc<Mutex<InstanceInfo>>,
     stop: watch::Sender<bool>,
+    queue: Arc<QueueProxy>,
 }
 
 impl Instance {
@@ -167,6 +168,24 @@ impl Runtime for ProcessRuntime {
             .unwrap_or_default()
     }
 
+    fn scrape(&self, namespace: &str, revision: &str) -> Vec<(String, QueueStats)> {
+        let queues: Vec<(String, Arc<QueueProxy>)> = {
+            let revs = lock(&self.shared.revisions);
+            revs.get(&(namespace.to_string(), revision.to_string()))
+                .map(|e| {
+                    e.instances
+                        .iter()
+                        .map(|i| (lock(&i.info).id.clone(), i.queue.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        queues
+            .into_iter()
+            .map(|(id, q)| (id, q.take_stats()))
+            .collect()
+    }
+
     fn remove(&self, namespace: &str, revision: &str) {
         let key = (namespace.to_string(), revision.to_string());
         let stopped = {
@@ -233,6 +252,15 @@ impl Shared {
         let qp_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         qp_listener.set_nonblocking(true)?;
         let endpoint = qp_listener.local_addr()?;
+        let queue = {
+            // The queue-proxy spawns its tasks on the runtime's Tokio runtime.
+            let _rt = self.handle.enter();
+            let listener = tokio::net::TcpListener::from_std(qp_listener)?;
+            Arc::new(QueueProxy::with_listener(
+                queue_config(spec, app_port),
+                listener,
+            )?)
+        };
         let log_path = self
             .data_dir
             .join("logs")
@@ -259,8 +287,24 @@ impl Shared {
             info: info.clone(),
             stop: stop_rx,
         };
-        self.handle.spawn(sup.run(qp_listener));
-        Ok(Instance { info, stop })
+        self.handle.spawn(sup.run(queue.clone()));
+        Ok(Instance { info, stop, queue })
+    }
+}
+
+/// The queue-proxy settings of an instance whose app listens on `app_port`.
+fn queue_config(spec: &WorkloadSpec, app_port: u16) -> QueueConfig {
+    let t = &spec.queue;
+    QueueConfig {
+        app_addr: ([127, 0, 0, 1], app_port).into(),
+        h2c: t.h2c,
+        container_concurrency: t.container_concurrency,
+        readiness: t.readiness.clone(),
+        revision: t.revision.clone(),
+        namespace: t.namespace.clone(),
+        timeout: t.timeout,
+        response_start_timeout: t.response_start_timeout,
+        idle_timeout: t.idle_timeout,
     }
 }
 
@@ -289,39 +333,10 @@ enum RunEnd {
 }
 
 impl Supervisor {
-    async fn run(mut self, qp_listener: std::net::TcpListener) {
-        let qp = match self.start_queue(qp_listener) {
-            Ok(qp) => Some(qp),
-            Err(e) => {
-                let msg = format!("queue-proxy: {e}");
-                self.update(|i| {
-                    i.state = InstanceState::NotReady;
-                    i.last_termination = Some(start_failure(REASON_START, msg));
-                });
-                None
-            }
-        };
-        if let Some(qp) = &qp {
-            self.supervise(qp).await;
-            qp.drain(Duration::from_millis(100)).await;
-        } else {
-            stopped(&mut self.stop).await;
-        }
+    async fn run(mut self, qp: Arc<QueueProxy>) {
+        self.supervise(&qp).await;
+        qp.drain(Duration::from_millis(100)).await;
         self.finish();
-    }
-
-    fn start_queue(&self, listener: std::net::TcpListener) -> std::io::Result<QueueProxy> {
-        let app_port = lock(&self.info).app_port;
-        let t = &self.spec.queue;
-        let cfg = QueueConfig {
-            app_addr: ([127, 0, 0, 1], app_port).into(),
-            h2c: t.h2c,
-            container_concurrency: t.container_concurrency,
-            readiness: t.readiness.clone(),
-            revision: t.revision.clone(),
-            namespace: t.namespace.clone(),
-        };
-        QueueProxy::with_listener(cfg, tokio::net::TcpListener::from_std(listener)?)
     }
 
     async fn supervise(&mut self, qp: &QueueProxy) {

@@ -46,6 +46,12 @@ pub struct QueueTemplate {
     pub revision: String,
     /// The revision's namespace.
     pub namespace: String,
+    /// The revision's `timeoutSeconds`; `None` means no limit.
+    pub timeout: Option<Duration>,
+    /// The revision's `responseStartTimeoutSeconds`; `None` means no limit.
+    pub response_start_timeout: Option<Duration>,
+    /// The revision's `idleTimeoutSeconds`; `None` means no limit.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Where an instance is in its life.

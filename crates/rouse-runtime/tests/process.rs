@@ -55,6 +55,9 @@ fn spec(revision: &str, command: Vec<String>, args: &[&str]) -> WorkloadSpec {
             readiness: ProbeSpec::default(),
             revision: revision.into(),
             namespace: NS.into(),
+            timeout: None,
+            response_start_timeout: None,
+            idle_timeout: None,
         },
         drain_timeout: Duration::from_secs(10),
     }
@@ -424,6 +427,158 @@ fn children_of(pid: u32) -> Vec<u32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
+}
+
+/// A GET with extra headers; returns the status and the body.
+async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = hyper::Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::default()).unwrap())
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_reports_each_instance_once_per_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(dir.path().to_path_buf());
+    rt.ensure(app_spec("scrape-00001", &[]), 2);
+    let insts = wait_for(&rt, "scrape-00001", "two ready", all_ready(2)).await;
+    rt.scrape(NS, "scrape-00001");
+    for _ in 0..3 {
+        assert_eq!(get(insts[0].endpoint, "/").await.0, 200);
+    }
+    let proxied = [("K-Proxy-Request", "activator")];
+    assert_eq!(get_with(insts[1].endpoint, "/", &proxied).await.0, 200);
+
+    let mut report = rt.scrape(NS, "scrape-00001");
+    report.sort_by_key(|(id, _)| insts.iter().position(|i| i.id == *id));
+    let ids: Vec<&str> = report.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, vec![insts[0].id.as_str(), insts[1].id.as_str()]);
+    let (a, b) = (report[0].1, report[1].1);
+    assert_eq!((a.request_count, a.proxied_request_count), (3.0, 0.0));
+    assert_eq!((b.request_count, b.proxied_request_count), (1.0, 1.0));
+    assert!(a.process_uptime > 0.0);
+
+    // Each call covers the time since the previous one.
+    for (_, s) in rt.scrape(NS, "scrape-00001") {
+        assert_eq!(s.request_count, 0.0);
+        assert_eq!(s.average_concurrency, 0.0);
+    }
+    assert!(rt.scrape(NS, "no-such-00001").is_empty());
+    rt.shutdown().await;
+}
+
+fn with_env(mut spec: WorkloadSpec, env: &[(&str, &str)]) -> WorkloadSpec {
+    spec.env
+        .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    spec
+}
+
+/// `n` concurrent GETs of `path`; their statuses.
+async fn burst(addr: SocketAddr, path: &'static str, n: usize) -> Vec<u16> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        set.spawn(async move { get(addr, path).await.0 });
+    }
+    let mut out = Vec::new();
+    while let Some(s) = set.join_next().await {
+        out.push(s.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_concurrency_one_keeps_a_single_threaded_app_happy() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(dir.path().to_path_buf());
+    let single = [("FAIL_ON_CONCURRENCY", "1")];
+    // Unlimited: the app notices the overlap (the check works).
+    rt.ensure(with_env(app_spec("single-00001", &[]), &single), 1);
+    let inst = wait_for(&rt, "single-00001", "ready", all_ready(1))
+        .await
+        .remove(0);
+    let statuses = burst(inst.endpoint, "/?sleep=300", 5).await;
+    assert!(statuses.contains(&500), "{statuses:?}");
+
+    // containerConcurrency 1: 5 clients × 20 requests, never two at once.
+    let mut spec = with_env(app_spec("single-00002", &[]), &single);
+    spec.queue.container_concurrency = 1;
+    rt.ensure(spec, 1);
+    let inst = wait_for(&rt, "single-00002", "ready", all_ready(1))
+        .await
+        .remove(0);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let addr = inst.endpoint;
+        clients.spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..20 {
+                statuses.push(get(addr, "/?sleep=5").await.0);
+            }
+            statuses
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(s) = clients.join_next().await {
+        all.extend(s.unwrap());
+    }
+    assert_eq!(all.len(), 100);
+    assert!(all.iter().all(|s| *s == 200), "{all:?}");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_crashing_on_its_first_request_serves_after_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let markers = dir.path().join("markers");
+    let rt = ProcessRuntime::new(dir.path().to_path_buf());
+    let spec = with_env(
+        app_spec("crashfirst-00001", &[]),
+        &[
+            ("CRASH_ON_FIRST_REQUEST", "1"),
+            ("MARKER_DIR", markers.to_str().unwrap()),
+        ],
+    );
+    rt.ensure(spec, 1);
+    let first = wait_for(&rt, "crashfirst-00001", "ready", all_ready(1))
+        .await
+        .remove(0);
+    // The app dies under the request. A GET is idempotent, so the queue-proxy waits for the
+    // restarted app and sends it once more: the client gets the real answer.
+    assert_eq!(get(first.endpoint, "/").await.0, 200);
+    let again = wait_for(&rt, "crashfirst-00001", "restarted and ready", |i| {
+        all_ready(1)(i) && i[0].restarts == 1
+    })
+    .await
+    .remove(0);
+    assert_eq!(again.last_termination.as_ref().unwrap().exit_code, Some(1));
+    assert!(markers.join("crashed-on-first-request").exists());
+    assert_eq!(get(again.endpoint, "/").await.0, 200);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revision_timeouts_reach_the_queue_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(dir.path().to_path_buf());
+    let mut spec = app_spec("timeout-00001", &[]);
+    spec.queue.timeout = Some(Duration::from_millis(500));
+    rt.ensure(spec, 1);
+    let inst = wait_for(&rt, "timeout-00001", "ready", all_ready(1))
+        .await
+        .remove(0);
+    assert_eq!(get(inst.endpoint, "/headers?sleep=10").await.0, 200);
+    let (status, body) = get(inst.endpoint, "/?sleep=5000").await;
+    assert_eq!((status, body.as_str()), (504, "request timeout\n"));
+    rt.shutdown().await;
 }
 
 const HELPER_ENV: &str = "ROUSE_RUNTIME_ORPHAN_HELPER_DIR";

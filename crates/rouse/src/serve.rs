@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use rouse_activator::{Activator, ActivatorConfig};
 use rouse_api::Kind;
 use rouse_api::config::Config;
 use rouse_api::decode::parse_documents;
+use rouse_controller::networking::LocalNetworking;
 use rouse_controller::{Controller, Networking};
 use rouse_gateway::Gateway;
 use rouse_runtime::{ProcessRuntime, Runtime};
@@ -66,7 +68,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api_addr = api_listener.local_addr()?;
 
     let runtime = ProcessRuntime::new(std::fs::canonicalize(&args.data_dir)?);
-    let gateway = Gateway::new();
+    // The activator pokes the autoscaler through this channel on a revision's first request.
+    let (poke_tx, poke_rx) = tokio::sync::mpsc::unbounded_channel();
+    let activator = Activator::new(
+        ActivatorConfig {
+            queue_depth: config.autoscaler.activator_queue_depth,
+            ..ActivatorConfig::default()
+        },
+        Arc::new(move |ns: &str, rev: &str| {
+            let _ = poke_tx.send((ns.to_string(), rev.to_string()));
+        }),
+    );
+    let gateway = Gateway::new(activator.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -80,9 +93,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store: store.clone(),
         config: config.clone(),
     };
-    let metrics: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(platform_metrics);
+    let metrics_activator = activator.clone();
+    let metrics: Arc<dyn Fn() -> String + Send + Sync> =
+        Arc::new(move || platform_metrics(&metrics_activator));
     let api_task = tokio::spawn(serve_api(api_listener, api_state, metrics, stopped()));
-    let networking: Arc<dyn Networking> = gateway.clone();
+    let networking: Arc<dyn Networking> = Arc::new(LocalNetworking {
+        gateway: gateway.clone(),
+        activator: activator.clone(),
+    });
     let runtime_dyn: Arc<dyn Runtime> = runtime.clone();
     let controller = Controller::new(
         store.clone(),
@@ -90,7 +108,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         networking,
         config.clone(),
         args.domain.clone(),
-    );
+    )
+    .with_pokes(poke_rx);
     let controller_task = tokio::spawn(controller.run(stopped()));
 
     println!("Rouse is serving.");
@@ -238,6 +257,9 @@ fn apply_one(
 }
 
 /// Prometheus text for `/metrics`.
-fn platform_metrics() -> String {
-    "# HELP rouse_up 1 while rouse serve runs.\n# TYPE rouse_up gauge\nrouse_up 1\n".to_string()
+fn platform_metrics(activator: &Activator) -> String {
+    let mut out = "# HELP rouse_up 1 while rouse serve runs.\n# TYPE rouse_up gauge\nrouse_up 1\n"
+        .to_string();
+    out.push_str(&activator.metrics_text());
+    out
 }

@@ -23,7 +23,7 @@ const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
 pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, ReconcileError> {
     let Some(rev) = ctx.client.get::<Revision>(ns, name)? else {
         ctx.runtime.remove(ns, name);
-        ctx.networking.set_endpoints(ns, name, Vec::new());
+        ctx.networking.remove_revision(ns, name);
         return Ok(None);
     };
     let mut status = rev.status.clone();
@@ -114,7 +114,7 @@ fn describe_termination(t: &Termination) -> (String, String) {
     (reason, format!("Container failed with: {detail}"))
 }
 
-fn progress_deadline(rev: &Revision) -> Duration {
+pub(super) fn progress_deadline(rev: &Revision) -> Duration {
     rev.metadata
         .annotations
         .get(ANNOTATION_PROGRESS_DEADLINE)

@@ -1,51 +1,78 @@
-//! ServerlessService → the revision's public endpoints. In Serve mode they are the ready
-//! instances' queue-proxies; the gateway gets them in one atomic swap.
+//! ServerlessService → how the revision is reached: in Serve mode its ready instances'
+//! queue-proxies, in Proxy mode the activator (which is told every live instance and probes
+//! them itself). With no ready instance the activator is always in the path.
+
+use std::time::Duration;
 
 use rouse_api::condition::Conditions;
 use rouse_api::networking::{ServerlessService, SksMode};
+use rouse_api::serving::Revision;
 use rouse_runtime::InstanceState;
 
 use super::Requeue;
+use crate::networking::RevisionTraffic;
 use crate::{Context, ReconcileError};
 
 pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, ReconcileError> {
     let Some(sks) = ctx.client.get::<ServerlessService>(ns, name)? else {
-        ctx.networking.set_endpoints(ns, name, Vec::new());
+        ctx.networking.remove_revision(ns, name);
         return Ok(None);
     };
-    let mut ready: Vec<_> = ctx
-        .runtime
-        .instances(ns, name)
-        .into_iter()
+    let Some(rev) = ctx.client.get::<Revision>(ns, name)? else {
+        return Ok(None);
+    };
+    let instances = ctx.runtime.instances(ns, name);
+    let mut ready: Vec<_> = instances
+        .iter()
         .filter(|i| i.state == InstanceState::Ready)
         .map(|i| i.endpoint)
         .collect();
     ready.sort();
-    let endpoints = match sks.spec.mode {
-        SksMode::Serve | SksMode::Proxy => ready.clone(),
+    let mut backends: Vec<_> = instances
+        .iter()
+        .filter(|i| i.state != InstanceState::Terminating)
+        .map(|i| i.endpoint)
+        .collect();
+    backends.sort();
+    let mode = if ready.is_empty() {
+        SksMode::Proxy
+    } else {
+        sks.spec.mode
     };
-    ctx.networking.set_endpoints(ns, name, endpoints.clone());
+    let secs = |s: Option<i64>| s.filter(|v| *v > 0).map(|v| Duration::from_secs(v as u64));
+    ctx.networking.set_revision(
+        ns,
+        name,
+        RevisionTraffic {
+            mode,
+            ready: ready.clone(),
+            backends,
+            container_concurrency: rev.spec.container_concurrency.unwrap_or(0).max(0) as u32,
+            timeout: secs(rev.spec.timeout_seconds).unwrap_or(Duration::from_secs(300)),
+            response_start_timeout: secs(rev.spec.response_start_timeout_seconds),
+        },
+    );
 
     let mut status = sks.status.clone();
     status.observed_generation = sks.metadata.generation;
     status.service_name = name.to_string();
     status.private_service_name = format!("{name}-private");
-    status.endpoints = endpoints.iter().map(|a| a.to_string()).collect();
+    status.endpoints = match mode {
+        SksMode::Serve => ready.iter().map(|a| a.to_string()).collect(),
+        SksMode::Proxy => vec!["activator".to_string()],
+    };
     if ready.is_empty() {
         status.mark_false(
             "EndpointsPopulated",
             "NoHealthyBackends",
-            "No ready instance behind the revision yet.",
-        );
-        status.mark_unknown(
-            "Ready",
-            "NoHealthyBackends",
-            "No ready instance behind the revision yet.",
+            "No ready instance behind the revision.",
         );
     } else {
         status.mark_true("EndpointsPopulated");
-        status.mark_true("Ready");
     }
+    // Proxy mode is always ready to take requests: the activator buffers them.
+    status.mark_true("ActivatorEndpointsPopulated");
+    status.mark_true("Ready");
     if status != sks.status {
         let mut updated = sks.clone();
         updated.status = status;

@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{Body, text_response};
 use super::headers::strip_hop_by_hop;
+use super::upgrade::{Tunnel, is_upgrade, upgrade_protocol};
 
 /// How long an idle upstream connection stays in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -122,8 +123,43 @@ impl ProxyClient {
     /// Internal headers are the caller's business.
     pub async fn forward(
         &self,
+        req: Request<Body>,
+        upstream: SocketAddr,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        self.send(req, upstream, None).await
+    }
+
+    /// Forwards a request that asks to switch protocols (see [`is_upgrade`]; a WebSocket
+    /// handshake, say), keeping its `Upgrade` and `Connection: upgrade`. When the upstream
+    /// agrees (101), the response keeps them too and comes with the [`Tunnel`] the caller runs
+    /// to carry the bytes between the client and the upstream once both sides switched; any
+    /// other answer comes alone. `req` must be the request as the server received it (its
+    /// extensions carry the client side of the upgrade). An h2c client cannot carry an
+    /// HTTP/1.1 upgrade: it forwards the request as a plain one.
+    pub async fn forward_upgrade(
+        &self,
         mut req: Request<Body>,
         upstream: SocketAddr,
+    ) -> Result<(Response<Incoming>, Option<Tunnel>), ProxyError> {
+        let protocol = upgrade_protocol(&req).filter(|_| !self.h2c && is_upgrade(&req));
+        let Some(protocol) = protocol else {
+            return Ok((self.send(req, upstream, None).await?, None));
+        };
+        let client_side = hyper::upgrade::on(&mut req);
+        let mut resp = self.send(req, upstream, Some(protocol)).await?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok((resp, None));
+        }
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        Ok((resp, Some(Tunnel::new(client_side, upstream_side))))
+    }
+
+    /// Sends `req`; with `upgrade`, the request (and a 101 answer) keep the upgrade headers.
+    async fn send(
+        &self,
+        mut req: Request<Body>,
+        upstream: SocketAddr,
+        upgrade: Option<HeaderValue>,
     ) -> Result<Response<Incoming>, ProxyError> {
         if !req.headers().contains_key(header::HOST)
             && let Some(authority) = req.uri().authority()
@@ -150,9 +186,18 @@ impl ProxyClient {
             Version::HTTP_11
         };
         strip_hop_by_hop(req.headers_mut());
+        if let Some(protocol) = &upgrade {
+            keep_upgrade(req.headers_mut(), protocol.clone());
+        }
         match self.client.request(req).await {
             Ok(mut resp) => {
+                let switched =
+                    upgrade.is_some() && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let protocol = resp.headers().get(header::UPGRADE).cloned();
                 strip_hop_by_hop(resp.headers_mut());
+                if switched && let Some(protocol) = protocol {
+                    keep_upgrade(resp.headers_mut(), protocol);
+                }
                 Ok(resp)
             }
             Err(e) if e.is_connect() => Err(ProxyError::Connect {
@@ -165,4 +210,10 @@ impl ProxyClient {
             }),
         }
     }
+}
+
+/// Puts back the headers that carry a protocol switch across a hop.
+fn keep_upgrade(headers: &mut http::HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::UPGRADE, protocol);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }

@@ -1,0 +1,231 @@
+//! The activator: a registry of revisions, the request entry point and the reports.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode};
+use rouse_queue::PROBE_HEADER;
+use rouse_queue::http::{Body, ProxyClient, full, text_response};
+use tokio::time::Instant;
+
+use crate::config::{ActivatorConfig, ActivatorStat, Poke, RevisionParams};
+use crate::metrics::{self, Histogram, rev_labels};
+use crate::revision::{Revision, Shared};
+
+/// The value of `K-Network-Probe` that asks the activator itself, and its answer body.
+pub const ACTIVATOR_PROBE: &str = "activator";
+
+type RevisionMap = HashMap<String, HashMap<String, Arc<Revision>>>;
+
+/// Buffers requests for revisions that have no ready instance, wakes them (one poke per
+/// activation), probes their instances itself, and releases requests only up to each
+/// instance's free capacity. See the crate docs for the full behaviour.
+pub struct Activator {
+    shared: Arc<Shared>,
+    revisions: Mutex<RevisionMap>,
+}
+
+impl Activator {
+    /// An activator with no revisions. `poke(namespace, revision)` is called once per
+    /// activation. Its methods must be called inside a Tokio runtime (probes are tasks).
+    pub fn new(cfg: ActivatorConfig, poke: Poke) -> Arc<Self> {
+        Arc::new(Activator {
+            shared: Arc::new(Shared {
+                cfg,
+                poke,
+                client: ProxyClient::http1(),
+                probe_client: ProxyClient::unpooled(false),
+                cold_starts: Mutex::new(Histogram::default()),
+            }),
+            revisions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &ActivatorConfig {
+        &self.shared.cfg
+    }
+
+    fn revisions(&self) -> MutexGuard<'_, RevisionMap> {
+        self.revisions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, namespace: &str, revision: &str) -> Option<Arc<Revision>> {
+        self.revisions()
+            .get(namespace)
+            .and_then(|r| r.get(revision))
+            .cloned()
+    }
+
+    /// The revision's state, created with default parameters if unknown (a request may race
+    /// ahead of [`Activator::set_revision`]).
+    fn get_or_create(&self, namespace: &str, revision: &str) -> Arc<Revision> {
+        let mut map = self.revisions();
+        if let Some(r) = map.get(namespace).and_then(|r| r.get(revision)) {
+            return r.clone();
+        }
+        let r = Revision::new(
+            namespace,
+            revision,
+            RevisionParams::default(),
+            self.shared.clone(),
+        );
+        map.entry(namespace.to_string())
+            .or_default()
+            .insert(revision.to_string(), r.clone());
+        r
+    }
+
+    /// Sets (or updates) a revision's parameters. Waiting requests are re-placed at once if
+    /// the capacity grew.
+    pub fn set_revision(&self, ns: &str, rev: &str, params: RevisionParams) {
+        self.get_or_create(ns, rev).set_params(params);
+    }
+
+    /// Every instance's queue-proxy address (ready or still starting). The activator probes
+    /// each new one itself (`GET /` with `K-Network-Probe: queue`, expecting 200 and body
+    /// `queue`, every `probe_interval`, `probe_timeout` per try) and sends requests only to
+    /// those that passed. Addresses that stay keep their state and requests in flight.
+    pub fn set_backends(&self, ns: &str, rev: &str, backends: Vec<SocketAddr>) {
+        self.get_or_create(ns, rev).set_backends(backends);
+    }
+
+    /// The revision's instances that passed the activator's probe.
+    pub fn ready_backends(&self, ns: &str, rev: &str) -> Vec<SocketAddr> {
+        self.get(ns, rev)
+            .map(|r| r.ready_backends())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a revision; requests waiting for it get 503.
+    pub fn remove_revision(&self, ns: &str, rev: &str) {
+        let removed = {
+            let mut map = self.revisions();
+            let removed = map.get_mut(ns).and_then(|r| r.remove(rev));
+            if map.get(ns).is_some_and(|r| r.is_empty()) {
+                map.remove(ns);
+            }
+            removed
+        };
+        if let Some(r) = removed {
+            r.remove();
+        }
+    }
+
+    /// Proxies one request for the revision: waits (bounded queue, FIFO) for a ready instance
+    /// with free capacity, then forwards it. A request with `K-Network-Probe: activator` is
+    /// answered 200 `activator` here.
+    pub async fn handle(&self, ns: &str, rev: &str, req: Request<Body>) -> Response<Body> {
+        if let Some(probe) = req.headers().get(&PROBE_HEADER) {
+            return probe_response(probe);
+        }
+        self.get_or_create(ns, rev).handle(req).await
+    }
+
+    /// Per revision with any load since the last call: the time-weighted average of requests
+    /// in the activator (waiting or being proxied) and the requests received. Starts a new
+    /// period. Revisions with no load are left out.
+    pub fn take_stats(&self) -> Vec<ActivatorStat> {
+        let now = Instant::now();
+        self.all()
+            .into_iter()
+            .filter_map(|r| r.take_stat(now))
+            .collect()
+    }
+
+    /// Requests of the revision waiting now (not yet forwarded).
+    pub fn waiting(&self, ns: &str, rev: &str) -> usize {
+        self.get(ns, rev).map_or(0, |r| r.waiting())
+    }
+
+    fn all(&self) -> Vec<Arc<Revision>> {
+        let mut all: Vec<Arc<Revision>> = self
+            .revisions()
+            .values()
+            .flat_map(|r| r.values().cloned())
+            .collect();
+        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        all
+    }
+
+    /// The activator's metrics in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let revs: Vec<_> = self
+            .all()
+            .into_iter()
+            .map(|r| (rev_labels(&r.namespace, &r.name), r.snapshot()))
+            .collect();
+        let mut out = String::new();
+        let mut family = |name: &str, help: &str, kind: &str, value: &dyn Fn(usize) -> u64| {
+            metrics::header(&mut out, name, help, kind);
+            for (i, (labels, _)) in revs.iter().enumerate() {
+                out.push_str(&format!("{name}{{{labels}}} {}\n", value(i)));
+            }
+        };
+        family(
+            "rouse_activator_activations_total",
+            "Activations: requests found the revision with no ready instance and poked the autoscaler.",
+            "counter",
+            &|i| revs[i].1.counters.activations,
+        );
+        family(
+            "rouse_activator_requests_queued",
+            "Requests waiting in the activator now.",
+            "gauge",
+            &|i| revs[i].1.waiting as u64,
+        );
+        family(
+            "rouse_activator_queue_overflows_total",
+            "Requests refused with 503 because the revision's activator queue was full.",
+            "counter",
+            &|i| revs[i].1.counters.overflows,
+        );
+        family(
+            "rouse_activator_timeouts_total",
+            "Requests that hit the revision timeout in the activator (504, or a body cut off).",
+            "counter",
+            &|i| revs[i].1.counters.timeouts,
+        );
+        metrics::header(
+            &mut out,
+            "rouse_activator_requests_total",
+            "Requests answered by the activator, by status code.",
+            "counter",
+        );
+        for (labels, snap) in &revs {
+            for (code, n) in &snap.counters.responses {
+                out.push_str(&format!(
+                    "rouse_activator_requests_total{{{labels},code=\"{code}\"}} {n}\n"
+                ));
+            }
+        }
+        self.shared
+            .cold_starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .render(
+                "rouse_activator_cold_start_seconds",
+                "From an activation's first request to the first response byte from an instance.",
+                &mut out,
+            );
+        out
+    }
+}
+
+fn probe_response(probe: &HeaderValue) -> Response<Body> {
+    if probe == ACTIVATOR_PROBE {
+        let mut resp = Response::new(full(ACTIVATOR_PROBE));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    } else {
+        text_response(
+            StatusCode::BAD_REQUEST,
+            format!("unexpected probe header value {probe:?}"),
+        )
+    }
+}

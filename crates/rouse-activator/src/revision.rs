@@ -1,0 +1,661 @@
+//! One revision in the activator: its backends (probed by the activator itself), the FIFO of
+//! waiting requests, the throttle that releases them up to each backend's free capacity, and
+//! its load statistics and counters.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use rouse_queue::ORIGINAL_HOST_HEADER;
+use rouse_queue::http::{Body, GuardedBody, ProxyClient, boxed, strip_internal, text_response};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::config::{ActivatorConfig, ActivatorStat, Poke, RevisionParams};
+use crate::forward::{DeadlineBody, ForwardError, forward_retryable};
+use crate::lb::{Candidate, Policy};
+use crate::metrics::Histogram;
+use crate::probe::probe_queue;
+
+/// Response header on requests that waited for an activation: the wait in milliseconds.
+pub const COLD_START_HEADER: HeaderName = HeaderName::from_static("k-cold-start");
+/// Request header marking a request as proxied by the activator (the queue-proxy counts it).
+pub const PROXY_REQUEST_HEADER: HeaderName = HeaderName::from_static("k-proxy-request");
+
+/// Backend identities, unique for the process, so a slot released after its backend was
+/// removed and re-added under the same address cannot free the newcomer's capacity.
+static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What every revision shares with the activator.
+pub(crate) struct Shared {
+    pub cfg: ActivatorConfig,
+    pub poke: Poke,
+    pub client: ProxyClient,
+    pub probe_client: ProxyClient,
+    pub cold_starts: Mutex<Histogram>,
+}
+
+/// One revision's state in the activator.
+pub(crate) struct Revision {
+    pub namespace: String,
+    pub name: String,
+    shared: Arc<Shared>,
+    state: Mutex<State>,
+}
+
+struct Backend {
+    id: u64,
+    addr: SocketAddr,
+    /// Passed the activator's probe and has not failed a connection since.
+    healthy: bool,
+    /// A probe loop runs for it.
+    probing: bool,
+    in_flight: u32,
+}
+
+impl Candidate for Backend {
+    fn healthy(&self) -> bool {
+        self.healthy
+    }
+    fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+}
+
+/// A waiting request's go-ahead: the backend it may use (one slot of it is now its own).
+#[derive(Clone, Copy, Debug)]
+struct Assignment {
+    backend: u64,
+    addr: SocketAddr,
+}
+
+struct State {
+    params: RevisionParams,
+    policy: Policy,
+    /// In address order (the order first-available scans).
+    backends: Vec<Backend>,
+    rr_next: usize,
+    /// Waiting requests by arrival number: FIFO order, removal by id when one leaves.
+    waiters: BTreeMap<u64, oneshot::Sender<Assignment>>,
+    next_waiter: u64,
+    /// An activation (poke) is under way; re-armed when the revision loses its last ready
+    /// backend, or when nobody waits any more and none ever became ready.
+    activating: bool,
+    activation_started: Option<Instant>,
+    stats: Stats,
+    counters: Counters,
+}
+
+/// Time-weighted concurrency and arrivals since the last report.
+struct Stats {
+    concurrency: usize,
+    last_change: Instant,
+    area: f64,
+    period_start: Instant,
+    requests: u64,
+}
+
+impl Stats {
+    fn new(now: Instant) -> Self {
+        Stats {
+            concurrency: 0,
+            last_change: now,
+            area: 0.0,
+            period_start: now,
+            requests: 0,
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        let dt = now
+            .saturating_duration_since(self.last_change)
+            .as_secs_f64();
+        self.area += self.concurrency as f64 * dt;
+        self.last_change = now;
+    }
+
+    fn arrive(&mut self, now: Instant) {
+        self.flush(now);
+        self.concurrency += 1;
+        self.requests += 1;
+    }
+
+    fn leave(&mut self, now: Instant) {
+        self.flush(now);
+        self.concurrency = self.concurrency.saturating_sub(1);
+    }
+}
+
+/// Counters behind the Prometheus metrics.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Counters {
+    pub activations: u64,
+    pub overflows: u64,
+    pub timeouts: u64,
+    pub responses: BTreeMap<u16, u64>,
+}
+
+/// A snapshot for the metrics text.
+pub(crate) struct Snapshot {
+    pub counters: Counters,
+    pub waiting: usize,
+}
+
+impl State {
+    fn healthy_count(&self) -> usize {
+        self.backends.iter().filter(|b| b.healthy).count()
+    }
+
+    fn backend_mut(&mut self, id: u64) -> Option<&mut Backend> {
+        self.backends.iter_mut().find(|b| b.id == id)
+    }
+
+    /// Hands free backend slots to waiting requests, oldest first.
+    fn dispatch(&mut self) {
+        while let Some(first) = self.waiters.first_entry() {
+            let Some(i) = self.policy.pick(&self.backends, &mut self.rr_next) else {
+                return;
+            };
+            let tx = first.remove();
+            let b = &mut self.backends[i];
+            b.in_flight += 1;
+            if tx
+                .send(Assignment {
+                    backend: b.id,
+                    addr: b.addr,
+                })
+                .is_err()
+            {
+                // Cannot happen (a leaving waiter removes itself first), but never leak a slot.
+                b.in_flight -= 1;
+            }
+        }
+    }
+
+    fn release(&mut self, backend: u64) {
+        if let Some(b) = self.backend_mut(backend) {
+            b.in_flight = b.in_flight.saturating_sub(1);
+        }
+        self.dispatch();
+    }
+
+    /// Starts an activation unless one is under way; true when the caller must poke.
+    fn activate(&mut self, now: Instant) -> bool {
+        if self.activating {
+            return false;
+        }
+        self.activating = true;
+        self.activation_started = Some(now);
+        self.counters.activations += 1;
+        true
+    }
+
+    fn rearm(&mut self) {
+        self.activating = false;
+        self.activation_started = None;
+    }
+
+    /// Re-arms the activation when the last ready backend just went.
+    fn rearm_if_lost(&mut self, healthy_before: usize) {
+        if healthy_before > 0 && self.healthy_count() == 0 {
+            self.rearm();
+        }
+    }
+
+    fn record(&mut self, status: StatusCode) {
+        *self.counters.responses.entry(status.as_u16()).or_default() += 1;
+    }
+}
+
+/// Outcome of admitting a request.
+enum Admission {
+    Full,
+    Queued {
+        waiting: Waiting,
+        cold: bool,
+        poke: bool,
+    },
+}
+
+impl Revision {
+    pub(crate) fn new(
+        namespace: &str,
+        name: &str,
+        params: RevisionParams,
+        shared: Arc<Shared>,
+    ) -> Arc<Self> {
+        let now = Instant::now();
+        Arc::new(Revision {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            shared,
+            state: Mutex::new(State {
+                policy: Policy::for_concurrency(params.container_concurrency),
+                params,
+                backends: Vec::new(),
+                rr_next: 0,
+                waiters: BTreeMap::new(),
+                next_waiter: 0,
+                activating: false,
+                activation_started: None,
+                stats: Stats::new(now),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not wedge the data path (nor panic again in a Drop).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_params(&self, params: RevisionParams) {
+        let mut st = self.state();
+        st.policy = Policy::for_concurrency(params.container_concurrency);
+        st.params = params;
+        st.dispatch();
+    }
+
+    /// Replaces the backend set; new addresses start unprobed and are probed at once.
+    pub(crate) fn set_backends(self: &Arc<Self>, mut addrs: Vec<SocketAddr>) {
+        addrs.sort();
+        addrs.dedup();
+        let mut st = self.state();
+        let before = st.healthy_count();
+        let mut old = std::mem::take(&mut st.backends);
+        let mut to_probe = Vec::new();
+        st.backends = addrs
+            .into_iter()
+            .map(|addr| match old.iter().position(|b| b.addr == addr) {
+                Some(i) => old.swap_remove(i),
+                None => {
+                    let id = NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed);
+                    to_probe.push((id, addr));
+                    Backend {
+                        id,
+                        addr,
+                        healthy: false,
+                        probing: true,
+                        in_flight: 0,
+                    }
+                }
+            })
+            .collect();
+        st.rearm_if_lost(before);
+        st.dispatch();
+        drop(st);
+        for (id, addr) in to_probe {
+            self.spawn_probe(id, addr);
+        }
+    }
+
+    /// The backends that passed the probe.
+    pub(crate) fn ready_backends(&self) -> Vec<SocketAddr> {
+        let st = self.state();
+        st.backends
+            .iter()
+            .filter(|b| b.healthy)
+            .map(|b| b.addr)
+            .collect()
+    }
+
+    /// The revision is gone: waiting requests get 503, backends are forgotten.
+    pub(crate) fn remove(&self) {
+        let mut st = self.state();
+        st.waiters.clear();
+        st.backends.clear();
+        st.rearm();
+    }
+
+    pub(crate) fn waiting(&self) -> usize {
+        self.state().waiters.len()
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let st = self.state();
+        Snapshot {
+            counters: st.counters.clone(),
+            waiting: st.waiters.len(),
+        }
+    }
+
+    /// The period's stat, resetting the period; `None` when the revision saw no load.
+    pub(crate) fn take_stat(&self, now: Instant) -> Option<ActivatorStat> {
+        let mut st = self.state();
+        let s = &mut st.stats;
+        s.flush(now);
+        let elapsed = now.saturating_duration_since(s.period_start).as_secs_f64();
+        let average = if elapsed > 0.0 {
+            s.area / elapsed
+        } else {
+            s.concurrency as f64
+        };
+        let count = s.requests as f64;
+        s.area = 0.0;
+        s.requests = 0;
+        s.period_start = now;
+        (average > 0.0 || count > 0.0).then(|| ActivatorStat {
+            namespace: self.namespace.clone(),
+            revision: self.name.clone(),
+            average_concurrency: average,
+            request_count: count,
+        })
+    }
+
+    fn spawn_probe(self: &Arc<Self>, id: u64, addr: SocketAddr) {
+        tokio::spawn(probe_loop(Arc::downgrade(self), id, addr));
+    }
+
+    fn needs_probe(&self, id: u64) -> bool {
+        self.state()
+            .backends
+            .iter()
+            .any(|b| b.id == id && !b.healthy)
+    }
+
+    fn backend_passed(&self, id: u64) {
+        let mut st = self.state();
+        if let Some(b) = st.backend_mut(id) {
+            b.healthy = true;
+            b.probing = false;
+            tracing::debug!(revision = %self.name, addr = %b.addr, "backend passed the probe");
+        }
+        st.dispatch();
+    }
+
+    /// A connection to the backend failed: it is taken out and probed again; the caller's
+    /// slot on it is released.
+    fn backend_failed(self: &Arc<Self>, id: u64) {
+        let mut st = self.state();
+        let before = st.healthy_count();
+        let mut reprobe = None;
+        if let Some(b) = st.backend_mut(id) {
+            b.in_flight = b.in_flight.saturating_sub(1);
+            b.healthy = false;
+            if !b.probing {
+                b.probing = true;
+                reprobe = Some(b.addr);
+            }
+        }
+        st.rearm_if_lost(before);
+        st.dispatch();
+        drop(st);
+        if let Some(addr) = reprobe {
+            self.spawn_probe(id, addr);
+        }
+    }
+
+    /// Admits a request (counting it) or refuses it when the queue is full.
+    fn admit(self: &Arc<Self>, now: Instant) -> (Held, Admission, RevisionParams) {
+        let mut st = self.state();
+        st.stats.arrive(now);
+        let held = Held {
+            rev: self.clone(),
+            slot: None,
+        };
+        let params = st.params.clone();
+        if st.waiters.len() >= self.shared.cfg.queue_depth {
+            st.counters.overflows += 1;
+            return (held, Admission::Full, params);
+        }
+        let cold = st.healthy_count() == 0;
+        let poke = cold && st.activate(now);
+        let id = st.next_waiter;
+        st.next_waiter += 1;
+        let waiting = self.enqueue(&mut st, id);
+        (
+            held,
+            Admission::Queued {
+                waiting,
+                cold,
+                poke,
+            },
+            params,
+        )
+    }
+
+    fn enqueue(self: &Arc<Self>, st: &mut State, id: u64) -> Waiting {
+        let (tx, rx) = oneshot::channel();
+        st.waiters.insert(id, tx);
+        st.dispatch();
+        Waiting {
+            rev: self.clone(),
+            id,
+            rx,
+            done: false,
+        }
+    }
+
+    /// Puts a request whose backend vanished back in line, in its original place. Returns
+    /// whether it now waits for an activation and whether the caller must poke.
+    fn requeue(self: &Arc<Self>, id: u64) -> (Waiting, bool, bool) {
+        let mut st = self.state();
+        let cold = st.healthy_count() == 0;
+        let poke = cold && st.activate(Instant::now());
+        let waiting = self.enqueue(&mut st, id);
+        (waiting, cold, poke)
+    }
+
+    fn poke(&self) {
+        tracing::info!(namespace = %self.namespace, revision = %self.name, "activating revision");
+        (self.shared.poke)(&self.namespace, &self.name);
+    }
+
+    fn respond(&self, resp: Response<Body>) -> Response<Body> {
+        self.state().record(resp.status());
+        resp
+    }
+
+    fn timed_out(&self) -> Response<Body> {
+        let mut st = self.state();
+        st.counters.timeouts += 1;
+        st.record(StatusCode::GATEWAY_TIMEOUT);
+        text_response(StatusCode::GATEWAY_TIMEOUT, "activator request timeout")
+    }
+
+    /// Records the cold start of the current activation at its first response.
+    fn first_byte_of_activation(&self) {
+        let started = self.state().activation_started.take();
+        if let Some(started) = started {
+            let mut h = self
+                .shared
+                .cold_starts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            h.observe(Instant::now().saturating_duration_since(started));
+        }
+    }
+
+    /// Waits for capacity (bounded queue, FIFO), then forwards; see the crate docs.
+    pub(crate) async fn handle(self: &Arc<Self>, req: Request<Body>) -> Response<Body> {
+        let arrived = Instant::now();
+        let (mut held, admission, params) = self.admit(arrived);
+        let Admission::Queued {
+            mut waiting,
+            mut cold,
+            poke,
+        } = admission
+        else {
+            return self.respond(text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("activator queue full for revision {}", self.name),
+            ));
+        };
+        if poke {
+            self.poke();
+        }
+        let deadline = arrived + params.total_timeout();
+        let head_deadline = params
+            .response_start_timeout
+            .map_or(deadline, |rst| deadline.min(arrived + rst));
+        let mut req = prepare(req);
+        loop {
+            let assignment = match tokio::time::timeout_at(head_deadline, waiting.recv()).await {
+                Err(_) => {
+                    drop(waiting);
+                    return self.timed_out();
+                }
+                Ok(None) => {
+                    return self.respond(text_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("revision {} was removed", self.name),
+                    ));
+                }
+                Ok(Some(a)) => a,
+            };
+            held.slot = Some(assignment.backend);
+            let waited = arrived.elapsed();
+            // Boxed, so a waiting request's future holds no room for the forwarding state
+            // (it halves the future: ~1.4 KB instead of ~2.5 KB).
+            let forwarded = tokio::time::timeout_at(
+                head_deadline,
+                Box::pin(forward_retryable(&self.shared.client, req, assignment.addr)),
+            )
+            .await;
+            match forwarded {
+                Err(_) => return self.timed_out(),
+                Ok(Ok(resp)) => {
+                    let mut resp = resp;
+                    if cold {
+                        resp.headers_mut().insert(
+                            COLD_START_HEADER,
+                            HeaderValue::from(waited.as_millis() as u64),
+                        );
+                        self.first_byte_of_activation();
+                    }
+                    self.state().record(resp.status());
+                    let rev = self.clone();
+                    let on_cut = Box::new(move || {
+                        rev.state().counters.timeouts += 1;
+                    });
+                    return resp.map(|b| {
+                        boxed(GuardedBody::new(
+                            DeadlineBody::new(b, deadline, on_cut),
+                            held,
+                        ))
+                    });
+                }
+                Ok(Err(ForwardError::Retry(back, e))) => {
+                    tracing::warn!(revision = %self.name, error = %e, "backend unreachable; retrying");
+                    held.slot = None;
+                    self.backend_failed(assignment.backend);
+                    req = *back;
+                    let (again, now_cold, poke) = self.requeue(waiting.id);
+                    waiting = again;
+                    cold |= now_cold;
+                    if poke {
+                        self.poke();
+                    }
+                }
+                Ok(Err(e @ (ForwardError::Failed(_) | ForwardError::Unanswered(..)))) => {
+                    let e = e.into_error();
+                    tracing::warn!(revision = %self.name, error = %e, "forwarding failed");
+                    return self.respond(e.to_response());
+                }
+            }
+        }
+    }
+}
+
+/// Marks a request as the activator's and keeps its Host for the queue-proxy.
+fn prepare(req: Request<Body>) -> Request<Body> {
+    let (mut parts, body) = req.into_parts();
+    strip_internal(&mut parts.headers);
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if let Some(host) = host {
+        parts.headers.insert(ORIGINAL_HOST_HEADER, host);
+    }
+    parts
+        .headers
+        .insert(PROXY_REQUEST_HEADER, HeaderValue::from_static("activator"));
+    Request::from_parts(parts, body)
+}
+
+/// What a request holds in the activator until its response ends (or it is dropped): its
+/// place in the concurrency statistics and, once forwarded, a slot on its backend.
+struct Held {
+    rev: Arc<Revision>,
+    slot: Option<u64>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut st = self.rev.state();
+        st.stats.leave(Instant::now());
+        if let Some(backend) = self.slot.take() {
+            st.release(backend);
+        }
+    }
+}
+
+/// A request's place in the queue. Dropping it (client gone, timeout) leaves the queue at
+/// once, and gives back a slot that was assigned but not yet taken up.
+struct Waiting {
+    rev: Arc<Revision>,
+    id: u64,
+    rx: oneshot::Receiver<Assignment>,
+    done: bool,
+}
+
+impl Waiting {
+    /// The assignment, or `None` when the revision was removed.
+    async fn recv(&mut self) -> Option<Assignment> {
+        let got = (&mut self.rx).await.ok();
+        self.done = true;
+        got
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.rev.state();
+        if st.waiters.remove(&self.id).is_none()
+            && let Ok(a) = self.rx.try_recv()
+        {
+            st.release(a.backend);
+        }
+        if st.waiters.is_empty() && st.healthy_count() == 0 {
+            // Nobody waits for this activation any more: the next request starts a new one.
+            st.rearm();
+        }
+    }
+}
+
+/// Probes one backend every `probe_interval` until it passes, is removed, or the revision is.
+async fn probe_loop(rev: Weak<Revision>, id: u64, addr: SocketAddr) {
+    let Some((client, interval, timeout)) = rev.upgrade().map(|r| {
+        (
+            r.shared.probe_client.clone(),
+            r.shared.cfg.probe_interval,
+            r.shared.cfg.probe_timeout,
+        )
+    }) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !rev.upgrade().is_some_and(|r| r.needs_probe(id)) {
+            return;
+        }
+        if probe_queue(&client, addr, timeout).await {
+            if let Some(r) = rev.upgrade() {
+                r.backend_passed(id);
+            }
+            return;
+        }
+    }
+}

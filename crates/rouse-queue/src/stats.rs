@@ -1,0 +1,245 @@
+//! The load report the autoscaler scrapes: time-weighted average concurrency and request
+//! counts over the period since the previous report.
+//!
+//! Every non-probe request is an "in" event when it arrives and an "out" event when it
+//! completes (its response body ended or it was dropped). Between events the concurrency is
+//! constant, so the average over a period is Σ concurrency × dt / Σ dt, computed exactly.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::time::Instant;
+
+/// One report: what a queue-proxy saw since the previous report.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct QueueStats {
+    /// Time-weighted average of requests in flight (queued or in the app).
+    pub average_concurrency: f64,
+    /// The same, counting only requests the activator proxied (`K-Proxy-Request: activator`).
+    pub average_proxied_concurrency: f64,
+    /// Requests that arrived in the period (those refused with a full queue included: they
+    /// are demand too).
+    pub request_count: f64,
+    /// Requests the activator proxied that arrived in the period.
+    pub proxied_request_count: f64,
+    /// Seconds since the queue-proxy started.
+    pub process_uptime: f64,
+}
+
+/// Collects in/out events and turns them into [`QueueStats`]. Clones share the same counts.
+#[derive(Clone, Debug)]
+pub(crate) struct Stats {
+    inner: Arc<Mutex<State>>,
+}
+
+#[derive(Debug)]
+struct State {
+    started: Instant,
+    period_start: Instant,
+    /// When the concurrencies last changed (or were last folded into the sums).
+    last: Instant,
+    concurrency: u64,
+    proxied_concurrency: u64,
+    /// Σ concurrency × dt in the period, in request-seconds.
+    weighted: f64,
+    weighted_proxied: f64,
+    requests: u64,
+    proxied_requests: u64,
+}
+
+impl State {
+    /// Folds the time since the last event into the sums.
+    fn advance(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.weighted += self.concurrency as f64 * dt;
+        self.weighted_proxied += self.proxied_concurrency as f64 * dt;
+        self.last = now;
+    }
+}
+
+/// One request's "out" event, sent when dropped.
+#[derive(Debug)]
+pub(crate) struct StatsGuard {
+    stats: Stats,
+    proxied: bool,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        let now = Instant::now();
+        Stats {
+            inner: Arc::new(Mutex::new(State {
+                started: now,
+                period_start: now,
+                last: now,
+                concurrency: 0,
+                proxied_concurrency: 0,
+                weighted: 0.0,
+                weighted_proxied: 0.0,
+                requests: 0,
+                proxied_requests: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a request's arrival; its completion is recorded when the guard drops.
+    pub(crate) fn start(&self, proxied: bool) -> StatsGuard {
+        let mut s = self.lock();
+        s.advance(Instant::now());
+        s.concurrency += 1;
+        s.requests += 1;
+        if proxied {
+            s.proxied_concurrency += 1;
+            s.proxied_requests += 1;
+        }
+        drop(s);
+        StatsGuard {
+            stats: self.clone(),
+            proxied,
+        }
+    }
+
+    /// The report since the previous call (or since the start), and a new period from now.
+    pub(crate) fn take(&self) -> QueueStats {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.advance(now);
+        let period = now.saturating_duration_since(s.period_start).as_secs_f64();
+        let (avg, avg_proxied) = if period > 0.0 {
+            (s.weighted / period, s.weighted_proxied / period)
+        } else {
+            // Two reports at the same instant: the average over no time is the level now.
+            (s.concurrency as f64, s.proxied_concurrency as f64)
+        };
+        let report = QueueStats {
+            average_concurrency: avg,
+            average_proxied_concurrency: avg_proxied,
+            request_count: s.requests as f64,
+            proxied_request_count: s.proxied_requests as f64,
+            process_uptime: now.saturating_duration_since(s.started).as_secs_f64(),
+        };
+        s.period_start = now;
+        s.weighted = 0.0;
+        s.weighted_proxied = 0.0;
+        s.requests = 0;
+        s.proxied_requests = 0;
+        report
+    }
+}
+
+impl Drop for StatsGuard {
+    fn drop(&mut self) {
+        let mut s = self.stats.lock();
+        s.advance(Instant::now());
+        s.concurrency -= 1;
+        if self.proxied {
+            s.proxied_concurrency -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    async fn sleep(n: u64) {
+        tokio::time::sleep(ms(n)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_request_for_half_the_period_averages_one_half() {
+        let stats = Stats::new();
+        sleep(250).await;
+        let r = stats.start(false);
+        sleep(500).await;
+        drop(r);
+        sleep(250).await;
+        let s = stats.take();
+        assert_eq!(s.average_concurrency, 0.5);
+        assert_eq!(s.average_proxied_concurrency, 0.0);
+        assert_eq!(s.request_count, 1.0);
+        assert_eq!(s.proxied_request_count, 0.0);
+        assert_eq!(s.process_uptime, 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overlapping_requests_add_up() {
+        let stats = Stats::new();
+        // 0–600 ms: a; 400–1000 ms: b. Overlap 200 ms at 2, 800 ms at 1: 1.2 request-seconds.
+        let a = stats.start(false);
+        sleep(400).await;
+        let b = stats.start(false);
+        sleep(200).await;
+        drop(a);
+        sleep(400).await;
+        let s = stats.take();
+        assert!((s.average_concurrency - 1.2).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.request_count, 2.0);
+        // b is still in flight: the next period sees it throughout.
+        sleep(1000).await;
+        let s = stats.take();
+        assert_eq!(s.average_concurrency, 1.0);
+        assert_eq!(s.request_count, 0.0, "b arrived in the previous period");
+        drop(b);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn proxied_requests_are_counted_apart() {
+        let stats = Stats::new();
+        let direct = stats.start(false);
+        let proxied = stats.start(true);
+        sleep(500).await;
+        drop(proxied);
+        sleep(500).await;
+        drop(direct);
+        let s = stats.take();
+        assert_eq!(s.average_concurrency, 1.5);
+        assert_eq!(s.average_proxied_concurrency, 0.5);
+        assert_eq!(s.request_count, 2.0);
+        assert_eq!(s.proxied_request_count, 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn taking_resets_the_period() {
+        let stats = Stats::new();
+        for _ in 0..3 {
+            drop(stats.start(true));
+        }
+        sleep(1000).await;
+        let s = stats.take();
+        assert_eq!((s.request_count, s.proxied_request_count), (3.0, 3.0));
+        assert_eq!(s.average_concurrency, 0.0, "instant requests weigh nothing");
+        sleep(1000).await;
+        let s = stats.take();
+        assert_eq!(s.request_count, 0.0);
+        assert_eq!(s.proxied_request_count, 0.0);
+        assert_eq!(s.average_concurrency, 0.0);
+        assert_eq!(s.process_uptime, 2.0);
+        // Nothing elapsed since the last take: the level now.
+        let held = stats.start(false);
+        let s = stats.take();
+        assert_eq!(s.average_concurrency, 1.0);
+        drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn periods_of_different_lengths_are_weighted_by_their_own_length() {
+        let stats = Stats::new();
+        let r = stats.start(false);
+        sleep(100).await;
+        drop(r);
+        sleep(300).await;
+        // 100 ms busy out of 400 ms.
+        let avg = stats.take().average_concurrency;
+        assert!((avg - 0.25).abs() < 1e-9, "{avg}");
+    }
+}
