@@ -102,6 +102,48 @@ def fd_count(pid):
         return None
 
 
+def compilers_running():
+    """How many rustc/cargo processes run now (other work that would skew the figures)."""
+    n = 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/comm") as f:
+                    if f.read().strip() in ("rustc", "cargo"):
+                        n += 1
+            except OSError:
+                pass
+    return n
+
+
+def load1():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+class LoadSampler(threading.Thread):
+    """Samples the load and foreign compilers every 5 s during the run, to report honestly
+    whether the machine stayed quiet."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples = []
+        self.stop_ev = threading.Event()
+
+    def run(self):
+        while not self.stop_ev.wait(5.0):
+            self.samples.append((load1(), compilers_running()))
+
+    def summary(self):
+        self.stop_ev.set()
+        if not self.samples:
+            return {"samples": 0}
+        return {"samples": len(self.samples),
+                "load1_max": max(x[0] for x in self.samples),
+                "load1_median": median([x[0] for x in self.samples]),
+                "compiler_samples": sum(1 for x in self.samples if x[1])}
+
+
 def wait_until(cond, timeout, interval=0.05, what="condition"):
     """Polls `cond` until it returns a truthy value or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
@@ -534,22 +576,13 @@ class Harness:
         """Waits up to 20 minutes for a quiet machine; returns a description."""
         deadline = time.monotonic() + 20 * 60
         while True:
-            load1 = float(open("/proc/loadavg").read().split()[0])
-            busy = []
-            for d in os.listdir("/proc"):
-                if d.isdigit():
-                    try:
-                        comm = open(f"/proc/{d}/comm").read().strip()
-                    except OSError:
-                        continue
-                    if comm in ("rustc", "cargo"):
-                        busy.append(comm)
-            if load1 < 0.7 and not busy:
-                return f"quiet (1-min load {load1:.2f}, no rustc/cargo)"
+            l1, busy = load1(), compilers_running()
+            if l1 < 0.7 and not busy:
+                return f"quiet at start (1-min load {l1:.2f}, no rustc/cargo)"
             if time.monotonic() > deadline:
-                return (f"NOT quiet after 20 min (1-min load {load1:.2f}, "
-                        f"{len(busy)} rustc/cargo processes): ran anyway")
-            log(f"waiting for a quiet machine: load {load1:.2f}, {len(busy)} rustc/cargo")
+                return (f"NOT quiet after waiting 20 min (1-min load {l1:.2f}, "
+                        f"{busy} rustc/cargo processes): ran anyway")
+            log(f"waiting for a quiet machine: load {l1:.2f}, {busy} rustc/cargo")
             time.sleep(15)
 
     # --- peers -----------------------------------------------------------------------
@@ -885,6 +918,8 @@ class Harness:
             os.sched_setaffinity(0, {CLIENT_CPU})
         res["quiet"] = self.wait_quiet() if self.a.wait_quiet else "not checked"
         res["loadavg_at_start"] = open("/proc/loadavg").read().split()[:3]
+        sampler = LoadSampler()
+        sampler.start()
         log(f"workdir {self.workdir}; {res['pinning']}; {self.a.network}")
 
         raw = {}
@@ -929,6 +964,7 @@ class Harness:
                 log(f"  control plane, {self.control_services} services")
                 self.attempt(raw, "control", lambda: self.control_round(r))
 
+        res["during_run"] = sampler.summary()
         res["scenarios_run"] = sorted(n for n in ("hop", "h2", "cold", "burst", "memory",
                                                   "idle", "control") if self.want(n))
         res["sks_modes"] = getattr(self, "sks_seen", None)
@@ -1077,7 +1113,14 @@ def markdown(res):
     L.append(f"- Machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, "
              f"{m['mem_total_mb']} MB RAM.")
     L.append(f"- Network: {res['network']}. Pinning: {res['pinning']}.")
-    L.append(f"- Machine state: {res['quiet']}; load at start {' '.join(res['loadavg_at_start'])}.")
+    d = res.get("during_run") or {}
+    during = ""
+    if d.get("samples"):
+        during = (f"; during the run (sampled every 5 s): 1-min load (the benchmark's own included) median "
+                  f"{d['load1_median']:.2f}, max {d['load1_max']:.2f}; other rustc/cargo "
+                  f"processes seen in {d['compiler_samples']} of {d['samples']} samples")
+    L.append(f"- Machine state: {res['quiet']}; load at start "
+             f"{' '.join(res['loadavg_at_start'])}{during}.")
     L.append(f"- {res['rounds']} round(s) interleaved, {res['duration_s']:g} s measured per "
              f"throughput run after {res['warmup_s']:g} s of unrecorded warm-up; medians shown.")
     L.append(f"- Peers: nginx {m['nginx']}, HAProxy {m['haproxy']}, wrk {m['wrk']}, "

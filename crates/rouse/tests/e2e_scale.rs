@@ -298,13 +298,19 @@ fn steady_load_through_zero_and_back_has_no_errors() {
     let cfg = fast_config(dir.path(), &[]);
     let p = Platform::start_with(&["--config", &cfg]);
     let marker = unique_marker("steady");
-    let ann = [("autoscaling.knative.dev/target-burst-capacity", "0")];
+    // Target 1 request per instance: 4 steady clients need several instances.
+    let ann = [
+        ("autoscaling.knative.dev/target-burst-capacity", "0"),
+        ("autoscaling.knative.dev/target", "1"),
+        ("autoscaling.knative.dev/max-scale", "3"),
+    ];
     p.apply_wait(&service("steady", &marker, &ann, &[], &[], ""));
+    let peak = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicUsize::new(0));
     // Two rounds of: load for a few seconds (0 → N, Proxy → Serve), silence until zero.
     for round in 0..2 {
-        let deadline = Instant::now() + Duration::from_secs(4);
+        let deadline = Instant::now() + Duration::from_secs(8);
         let workers: Vec<_> = (0..4)
             .map(|_| {
                 let (gw, errors, sent) = (p.gateway, errors.clone(), sent.clone());
@@ -321,6 +327,10 @@ fn steady_load_through_zero_and_back_has_no_errors() {
                 })
             })
             .collect();
+        while workers.iter().any(|w| !w.is_finished()) {
+            peak.fetch_max(pids_with_env(&marker).len(), Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(100));
+        }
         for w in workers {
             w.join().unwrap();
         }
@@ -334,8 +344,10 @@ fn steady_load_through_zero_and_back_has_no_errors() {
         );
     }
     let (errors, sent) = (errors.load(Ordering::Relaxed), sent.load(Ordering::Relaxed));
-    println!("steady load through zero: {sent} requests, {errors} errors");
+    let peak = peak.load(Ordering::Relaxed);
+    println!("steady load through zero: {sent} requests, {errors} errors, peak {peak} instances");
     assert!(sent > 50);
+    assert!(peak > 1, "the load scaled the revision up (peak {peak})");
     assert_eq!(errors, 0);
 }
 
