@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long a test waits for a condition before failing.
@@ -362,4 +362,107 @@ spec:
 {env}"#,
         app = testapp_bin().display()
     )
+}
+
+/// config-autoscaler with Knative's shortest windows, so tests scale to zero in seconds.
+pub fn fast_config(dir: &std::path::Path, extra: &[(&str, &str)]) -> String {
+    let mut data = String::from(
+        "  stable-window: \"6s\"\n  scale-to-zero-grace-period: \"1s\"\n  allow-zero-initial-scale: \"true\"\n",
+    );
+    for (k, v) in extra {
+        data.push_str(&format!("  {k}: \"{v}\"\n"));
+    }
+    let path = dir.join("config-autoscaler.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-autoscaler\n  namespace: knative-serving\ndata:\n{data}"
+        ),
+    )
+    .unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// A service manifest with annotations, env and optional args/spec extras.
+pub fn service(
+    name: &str,
+    marker: &str,
+    annotations: &[(&str, &str)],
+    env: &[(&str, &str)],
+    args: &[&str],
+    spec_extra: &str,
+) -> String {
+    let (mk, mv) = marker.split_once('=').unwrap();
+    let mut ann = String::new();
+    for (k, v) in annotations {
+        ann.push_str(&format!("        {k}: \"{v}\"\n"));
+    }
+    let mut envs = format!("            - {{name: {mk}, value: \"{mv}\"}}\n");
+    for (k, v) in env {
+        envs.push_str(&format!("            - {{name: {k}, value: \"{v}\"}}\n"));
+    }
+    let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  template:
+    metadata:
+      annotations:
+        placeholder.rouse.dev/none: "x"
+{ann}    spec:
+{spec_extra}      containers:
+        - command: ["{app}"]
+          args: [{args}]
+          env:
+{envs}"#,
+        app = testapp_bin().display(),
+        args = args.join(", "),
+    )
+}
+
+pub fn pa_scale(p: &Platform, rev: &str) -> (i64, i64) {
+    let pa = p.get_json("kpa", rev).unwrap_or_default();
+    (
+        pa["status"]["desiredScale"].as_i64().unwrap_or(-1),
+        pa["status"]["actualScale"].as_i64().unwrap_or(-1),
+    )
+}
+
+pub fn sks_mode(p: &Platform, rev: &str) -> String {
+    p.get_json("sks", rev).unwrap_or_default()["spec"]["mode"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+pub fn metric_value(p: &Platform, name: &str, label: &str) -> f64 {
+    let api = p.api.trim_start_matches("http://");
+    let r = http_get(api.parse().unwrap(), "metrics", "/metrics").unwrap();
+    r.body
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Sends `n` concurrent GETs; returns the statuses (0 = transport error).
+pub fn concurrent_gets(p: &Platform, host: &str, path: &str, n: usize) -> Vec<u16> {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (gw, host, path, out) =
+                (p.gateway, host.to_string(), path.to_string(), out.clone());
+            std::thread::spawn(move || {
+                let s = http_get(gw, &host, &path).map(|r| r.status).unwrap_or(0);
+                out.lock().unwrap().push(s);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    Arc::try_unwrap(out).unwrap().into_inner().unwrap()
 }

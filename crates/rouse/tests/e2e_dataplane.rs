@@ -1,0 +1,242 @@
+//! Data-plane fidelity end to end: concurrency limits, timeouts, headers and drain, through
+//! the real gateway, queue-proxy and app processes.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Serve mode from the start, one instance always there.
+const WARM: [(&str, &str); 2] = [
+    ("autoscaling.knative.dev/min-scale", "1"),
+    ("autoscaling.knative.dev/target-burst-capacity", "0"),
+];
+
+#[test]
+fn single_concurrency_never_overlaps() {
+    let p = Platform::start();
+    let marker = unique_marker("single");
+    p.apply_wait(&service(
+        "single",
+        &marker,
+        &WARM,
+        &[("FAIL_ON_CONCURRENCY", "1")],
+        &[],
+        "      containerConcurrency: 1\n",
+    ));
+    // Knative's TestSingleConcurrency: 5 clients, 100 requests; the app answers 500 if it
+    // ever sees two at once.
+    let bad = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..5)
+        .map(|_| {
+            let (gw, bad) = (p.gateway, bad.clone());
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    let s = http_get(gw, "single.default.localhost", "/?sleep=10")
+                        .map(|r| r.status)
+                        .unwrap_or(0);
+                    if s != 200 {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(bad.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn revision_timeouts() {
+    let p = Platform::start();
+    let marker = unique_marker("timeouts");
+    p.apply_wait(&service(
+        "slowpoke",
+        &marker,
+        &WARM,
+        &[],
+        &[],
+        "      timeoutSeconds: 2\n",
+    ));
+    let host = "slowpoke.default.localhost";
+    // In time.
+    let r = p.http_get(host, "/?sleep=300").unwrap();
+    assert_eq!(r.status, 200);
+    // Too slow: nothing was sent yet, so 504.
+    let started = Instant::now();
+    let r = p.http_get(host, "/?sleep=4000").unwrap();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(r.body.contains("request timeout"), "{}", r.body);
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // First byte in time, then a body slower than the total: the status stays, the body is cut.
+    let r = http_get_raw(p.gateway, host, "/stream?chunks=5&interval=1000");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("chunk 0") && !r.contains("chunk 4"), "{r}");
+
+    // Response-start and idle timeouts.
+    p.apply_wait(&service(
+        "starter",
+        &marker,
+        &WARM,
+        &[],
+        &[],
+        "      timeoutSeconds: 10\n      responseStartTimeoutSeconds: 1\n      idleTimeoutSeconds: 1\n",
+    ));
+    let host = "starter.default.localhost";
+    assert_eq!(p.http_get(host, "/?sleep=200").unwrap().status, 200);
+    assert_eq!(p.http_get(host, "/?sleep=1500").unwrap().status, 504);
+    // Writes every 300 ms keep an idle timeout of 1 s from firing.
+    let r = p.http_get(host, "/stream?chunks=4&interval=300").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("chunk 3"), "{}", r.body);
+    // A 1.5 s silence mid-body trips it: the body is cut.
+    let r = http_get_raw(p.gateway, host, "/stream?chunks=3&interval=1500");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(!r.contains("chunk 2"), "{r}");
+}
+
+#[test]
+fn headers_reach_the_app_and_internal_ones_cannot_be_injected() {
+    let p = Platform::start();
+    let marker = unique_marker("headers");
+    p.apply_wait(&service("hdr", &marker, &WARM, &[], &[], ""));
+    let mut s = TcpStream::connect(p.gateway).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /headers HTTP/1.1\r\nHost: hdr.default.localhost\r\nConnection: close\r\n\
+         X-User-Header: kept\r\n\
+         traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\
+         Knative-Serving-Revision: evil\r\nKnative-Serving-Namespace: evil\r\n\
+         K-Proxy-Request: activator\r\nK-Original-Host: evil.example\r\n\
+         K-Network-Probe: queue\r\nK-Network-Hash: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
+    let body = body.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == '\r' || c == '\n');
+    let json_end = body.rfind('}').unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&body[..=json_end]).unwrap();
+    let h = &seen["headers"];
+    assert_eq!(seen["host"], "hdr.default.localhost", "{seen}");
+    assert_eq!(h["x-user-header"], "kept");
+    assert_eq!(
+        h["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    assert!(
+        h["x-forwarded-for"].as_str().unwrap().contains("127.0.0.1"),
+        "{h}"
+    );
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(h["forwarded"].as_str().unwrap().contains("for="), "{h}");
+    for internal in [
+        "knative-serving-revision",
+        "knative-serving-namespace",
+        "k-proxy-request",
+        "k-original-host",
+        "k-network-probe",
+        "k-network-hash",
+    ] {
+        assert!(h.get(internal).is_none(), "{internal} reached the app: {h}");
+    }
+}
+
+#[test]
+fn delete_lets_long_requests_and_streams_finish() {
+    let p = Platform::start();
+    let marker = unique_marker("drain");
+    p.apply_wait(&service("longrun", &marker, &WARM, &[], &[], ""));
+    // A slow response (second chunk after 3 s) and a stream, both started before the delete.
+    let slow = start_stream(
+        p.gateway,
+        "longrun.default.localhost",
+        "/stream?chunks=2&interval=3000",
+    );
+    let stream = start_stream(
+        p.gateway,
+        "longrun.default.localhost",
+        "/stream?chunks=6&interval=500",
+    );
+    for (started, _) in [&slow, &stream] {
+        started
+            .recv_timeout(PATIENCE)
+            .expect("the response started before the delete");
+    }
+    p.cli_ok(&["delete", "ksvc", "longrun"]);
+    let slow = slow.1.join().unwrap();
+    assert!(slow.starts_with("HTTP/1.1 200"), "{slow}");
+    assert!(
+        slow.contains("chunk 1"),
+        "the slow response finished: {slow}"
+    );
+    let stream = stream.1.join().unwrap();
+    assert!(stream.contains("chunk 5"), "the stream finished: {stream}");
+    // New requests no longer find the route.
+    eventually("route gone", PATIENCE, || {
+        (p.http_get("longrun.default.localhost", "/").ok()?.status == 404).then_some(())
+    });
+    eventually("instance gone after drain", PATIENCE, || {
+        pids_with_env(&marker).is_empty().then_some(())
+    });
+}
+
+/// A GET whose raw response text is returned as it came (to see cut-off bodies).
+fn http_get_raw(addr: std::net::SocketAddr, host: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// Starts a GET whose first body bytes signal on the channel; the thread returns the whole
+/// raw response once it ends.
+fn start_stream(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+) -> (
+    std::sync::mpsc::Receiver<()>,
+    std::thread::JoinHandle<String>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (host, path) = (host.to_string(), path.to_string());
+    let h = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut signalled = false;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+            if !signalled && String::from_utf8_lossy(&raw).contains("chunk 0") {
+                let _ = tx.send(());
+                signalled = true;
+            }
+        }
+        String::from_utf8_lossy(&raw).into_owned()
+    });
+    (rx, h)
+}
