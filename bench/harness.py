@@ -121,27 +121,80 @@ def load1():
         return float(f.read().split()[0])
 
 
-class LoadSampler(threading.Thread):
-    """Samples the load and foreign compilers every 5 s during the run, to report honestly
-    whether the machine stayed quiet."""
+class Monitor(threading.Thread):
+    """Samples, every second, what runs on the machine besides this harness: processes ready
+    to run (state R) outside the harness's process tree, and rustc/cargo processes. Other
+    work on the same CPUs skews the figures; the report says where it happened."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.samples = []
+        self.samples = []  # (monotonic time, 1-min load, foreign runnable, compilers)
         self.stop_ev = threading.Event()
+        self.me = os.getpid()
+
+    def sample(self):
+        ppid, state, comm = {}, {}, {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            head, _, rest = st.rpartition(")")
+            fields = rest.split()
+            if len(fields) < 2:
+                continue
+            pid = int(d)
+            comm[pid] = head.split("(", 1)[-1]
+            state[pid] = fields[0]
+            ppid[pid] = int(fields[1])
+
+        def ours(pid):
+            for _ in range(64):
+                if pid == self.me:
+                    return True
+                if pid not in ppid or pid <= 2:
+                    return False
+                pid = ppid[pid]
+            return False
+
+        foreign = sum(1 for pid, s in state.items()
+                      if s == "R" and ppid.get(pid) != 2 and pid != 2 and not ours(pid))
+        compilers = sum(1 for pid, c in comm.items() if c in ("rustc", "cargo") and not ours(pid))
+        self.samples.append((time.monotonic(), load1(), foreign, compilers))
 
     def run(self):
-        while not self.stop_ev.wait(5.0):
-            self.samples.append((load1(), compilers_running()))
+        while not self.stop_ev.wait(1.0):
+            try:
+                self.sample()
+            except Exception:  # a vanished process mid-scan; the next sample will do
+                pass
+
+    def window(self, t0, t1):
+        """What ran besides the harness between two monotonic times."""
+        w = [x for x in self.samples if t0 <= x[0] <= t1]
+        if not w:
+            return {"samples": 0, "foreign_runnable_mean": None, "compiler_samples": 0}
+        return {"samples": len(w),
+                "foreign_runnable_mean": sum(x[2] for x in w) / len(w),
+                "compiler_samples": sum(1 for x in w if x[3])}
 
     def summary(self):
         self.stop_ev.set()
         if not self.samples:
             return {"samples": 0}
-        return {"samples": len(self.samples),
-                "load1_max": max(x[0] for x in self.samples),
-                "load1_median": median([x[0] for x in self.samples]),
-                "compiler_samples": sum(1 for x in self.samples if x[1])}
+        w = self.window(self.samples[0][0], self.samples[-1][0])
+        w.update(load1_max=max(x[1] for x in self.samples),
+                 load1_median=median([x[1] for x in self.samples]))
+        return w
+
+
+def disturbed(win):
+    """A measurement window in which other work competed for the CPUs."""
+    return bool(win) and (win.get("compiler_samples", 0) > 0
+                          or (win.get("foreign_runnable_mean") or 0) > 0.2)
 
 
 def wait_until(cond, timeout, interval=0.05, what="condition"):
@@ -895,8 +948,17 @@ class Harness:
 
     # --- orchestration -------------------------------------------------------------------
     def attempt(self, store, key, fn):
+        if self.a.wait_quiet:
+            # Let a foreign build finish before measuring (bounded: 2 minutes per attempt).
+            deadline = time.monotonic() + 120
+            while compilers_running() and time.monotonic() < deadline:
+                time.sleep(2)
+        t0 = time.monotonic()
         try:
-            store.setdefault(key, []).append(fn())
+            out = fn()
+            if isinstance(out, dict):
+                out["window"] = self.monitor.window(t0, time.monotonic())
+            store.setdefault(key, []).append(out)
         except Exception as e:  # one failed scenario must not hide the others
             msg = f"{type(e).__name__}: {e}"
             log(f"{key} failed: {msg}")
@@ -918,8 +980,8 @@ class Harness:
             os.sched_setaffinity(0, {CLIENT_CPU})
         res["quiet"] = self.wait_quiet() if self.a.wait_quiet else "not checked"
         res["loadavg_at_start"] = open("/proc/loadavg").read().split()[:3]
-        sampler = LoadSampler()
-        sampler.start()
+        self.monitor = Monitor()
+        self.monitor.start()
         log(f"workdir {self.workdir}; {res['pinning']}; {self.a.network}")
 
         raw = {}
@@ -964,7 +1026,7 @@ class Harness:
                 log(f"  control plane, {self.control_services} services")
                 self.attempt(raw, "control", lambda: self.control_round(r))
 
-        res["during_run"] = sampler.summary()
+        res["during_run"] = self.monitor.summary()
         res["scenarios_run"] = sorted(n for n in ("hop", "h2", "cold", "burst", "memory",
                                                   "idle", "control") if self.want(n))
         res["sks_modes"] = getattr(self, "sks_seen", None)
@@ -1116,9 +1178,9 @@ def markdown(res):
     d = res.get("during_run") or {}
     during = ""
     if d.get("samples"):
-        during = (f"; during the run (sampled every 5 s): 1-min load (the benchmark's own included) median "
-                  f"{d['load1_median']:.2f}, max {d['load1_max']:.2f}; other rustc/cargo "
-                  f"processes seen in {d['compiler_samples']} of {d['samples']} samples")
+        during = (f"; during the run (sampled each second): other processes ready to run "
+                  f"{d['foreign_runnable_mean']:.2f} on average, rustc/cargo seen in "
+                  f"{d['compiler_samples']} of {d['samples']} samples")
     L.append(f"- Machine state: {res['quiet']}; load at start "
              f"{' '.join(res['loadavg_at_start'])}{during}.")
     L.append(f"- {res['rounds']} round(s) interleaved, {res['duration_s']:g} s measured per "

@@ -7,6 +7,8 @@
 //! - `/headers` — the request as JSON: `method`, `host`, `path`, `version`, `headers`
 //! - `/stream?chunks=N&interval=MS` — N chunks (`chunk <i>\n`), MS apart, flushed as written
 //! - `/echo` — the request body, streamed back
+//! - `/ws` — a WebSocket (RFC 6455) echo: text and binary frames come back as sent, pings get
+//!   pongs, a close is echoed; anything but a WebSocket handshake gets 400 (HTTP/1.1 only)
 //! - `/status?code=N` — an empty response with that status
 //! - `/exit?code=N` — answers, then exits with that code
 //! - `/crash-on-first-request` — exits with code 1 without answering if this is the process's
@@ -45,6 +47,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+
+mod ws;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -215,6 +219,7 @@ async fn serve(port: u16, opts: Options) {
             } else {
                 hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, svc)
+                    .with_upgrades()
                     .await
             };
             if let Err(e) = res {
@@ -286,8 +291,31 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     Ok(resp)
 }
 
-async fn answer(req: Request<Incoming>, q: &BTreeMap<String, String>) -> Response<Body> {
+async fn answer(mut req: Request<Incoming>, q: &BTreeMap<String, String>) -> Response<Body> {
     match req.uri().path() {
+        "/ws" => match ws::accept_key(req.headers()) {
+            Ok(accept) => {
+                tokio::spawn(ws::echo(hyper::upgrade::on(&mut req)));
+                let mut resp = Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
+                *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                let h = resp.headers_mut();
+                h.insert(
+                    header::UPGRADE,
+                    header::HeaderValue::from_static("websocket"),
+                );
+                h.insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("Upgrade"),
+                );
+                h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+                resp
+            }
+            Err(why) => full(
+                StatusCode::BAD_REQUEST,
+                "text/plain; charset=utf-8",
+                format!("{why}\n"),
+            ),
+        },
         "/env" => {
             let env: BTreeMap<String, String> = std::env::vars().collect();
             json(serde_json::json!(env))

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use rouse_queue::PROBE_HEADER;
-use rouse_queue::http::{Body, ProxyClient, full, text_response};
+use rouse_queue::http::{Body, GuardedBody, ProxyClient, boxed, full, text_response};
 use tokio::time::Instant;
 
 use crate::config::{ActivatorConfig, ActivatorStat, Poke, RevisionParams};
@@ -117,11 +117,38 @@ impl Activator {
     /// Proxies one request for the revision: waits (bounded queue, FIFO) for a ready instance
     /// with free capacity, then forwards it. A request with `K-Network-Probe: activator` is
     /// answered 200 `activator` here.
+    ///
+    /// A request asking to switch protocols (a WebSocket handshake; see
+    /// [`rouse_queue::http::is_upgrade`]) waits the same way, the wait counted in the
+    /// revision's timeout; it must be the request as the server received it (its extensions
+    /// carry the client side of the upgrade). When the instance switches (101), the
+    /// connection is carried in its own task and counts in [`Activator::take_stats`] and
+    /// holds its instance's capacity slot until either side closes it, free of the revision's
+    /// timeouts (as in Knative).
     pub async fn handle(&self, ns: &str, rev: &str, req: Request<Body>) -> Response<Body> {
-        if let Some(probe) = req.headers().get(&PROBE_HEADER) {
-            return probe_response(probe);
+        self.handle_holding(ns, rev, req, ()).await
+    }
+
+    /// Like [`Activator::handle`], keeping `hold` alive as long as the request lasts for the
+    /// caller: until the response body ends or is dropped, or, for a switched connection,
+    /// until that connection closes. A front end passes its in-flight guards here, since a
+    /// 101's (empty) body ends long before its connection does.
+    pub async fn handle_holding<G: Send + 'static>(
+        &self,
+        ns: &str,
+        rev: &str,
+        req: Request<Body>,
+        hold: G,
+    ) -> Response<Body> {
+        let mut hold: Option<Box<dyn Send>> = Some(Box::new(hold));
+        let resp = match req.headers().get(&PROBE_HEADER) {
+            Some(probe) => probe_response(probe),
+            None => self.get_or_create(ns, rev).handle(req, &mut hold).await,
+        };
+        match hold {
+            Some(hold) => resp.map(|b| boxed(GuardedBody::new(b, hold))),
+            None => resp,
         }
-        self.get_or_create(ns, rev).handle(req).await
     }
 
     /// Per revision with any load since the last call: the time-weighted average of requests

@@ -1,15 +1,60 @@
-//! A response body that is cut off at a deadline (forwarding that can give the request back
-//! lives in `rouse_queue::http::retry`, shared with the queue-proxy).
+//! A response body that is cut off at a deadline, and forwarding of protocol upgrades that
+//! gives the request back when the upstream could not be reached (plain forwarding that does
+//! so lives in `rouse_queue::http::retry`, shared with the queue-proxy).
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use rouse_queue::http::BoxError;
+use hyper::body::Incoming;
+use rouse_queue::http::{Body, BoxError, ProxyClient, Tunnel, empty};
 use tokio::time::{Instant, Sleep};
 
 pub use rouse_queue::http::{ForwardError, forward_retryable};
+
+/// Forwards a request that asks to switch protocols (a WebSocket handshake; see
+/// [`rouse_queue::http::is_upgrade`]) with [`ProxyClient::forward_upgrade`]: on 101 the
+/// response comes with the [`Tunnel`] to run (see [`spawn_tunnel`]); any other answer comes
+/// alone. When no connection could be made and the request has no body (a handshake never
+/// has one), it is handed back as [`ForwardError::Retry`], its client side of the upgrade
+/// kept, to send elsewhere; every other failure is [`ForwardError::Failed`].
+pub async fn forward_upgrade_retryable(
+    client: &ProxyClient,
+    req: Request<Body>,
+    upstream: SocketAddr,
+) -> Result<(Response<Incoming>, Option<Tunnel>), ForwardError> {
+    let bodyless = req.body().is_end_stream();
+    // The head, with a handle on the client's upgrade (handles share it), for a retry.
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    match client.forward_upgrade(req, upstream).await {
+        Ok(answer) => Ok(answer),
+        Err(e) if e.is_connect() && bodyless => {
+            Err(ForwardError::Retry(Box::new(copy.map(|()| empty())), e))
+        }
+        Err(e) => Err(ForwardError::Failed(e)),
+    }
+}
+
+/// Runs a switched connection's [`Tunnel`] in its own task (it must run apart from the
+/// handler returning the 101), holding `hold` (in-flight counts, a concurrency slot) until
+/// either side closes the connection.
+pub fn spawn_tunnel<G: Send + 'static>(tunnel: Tunnel, hold: G) {
+    tokio::spawn(async move {
+        match tunnel.run().await {
+            Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+            Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+        }
+        drop(hold);
+    });
+}
 
 /// The error a body cut off at its deadline ends with.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,11 @@
 //! refuses the connection (nothing was sent) is re-queued in its place and goes elsewhere.
 //! Forwarded requests carry `K-Proxy-Request: activator` and `K-Original-Host`, the Host kept.
 //!
+//! A protocol switch (WebSocket) waits and is released like any request, the wait counted in
+//! the timeout; once the instance switched (101), the connection is carried both ways in its
+//! own task, free of the revision's timeouts, and until it closes it counts as a request in
+//! the activator's statistics and holds its slot on the instance.
+//!
 //! Responses to requests that waited for an activation carry `K-Cold-Start: <ms>`, the time
 //! the request waited in the activator. `K-Network-Probe: activator` is answered 200
 //! `activator`. [`Activator::metrics_text`] gives the Prometheus metrics and
@@ -39,6 +44,8 @@ mod revision;
 
 pub use activator::{ACTIVATOR_PROBE, Activator};
 pub use config::{ActivatorConfig, ActivatorStat, DEFAULT_REVISION_TIMEOUT, Poke, RevisionParams};
-pub use forward::{BodyDeadline, ForwardError, forward_retryable};
+pub use forward::{
+    BodyDeadline, ForwardError, forward_retryable, forward_upgrade_retryable, spawn_tunnel,
+};
 pub use probe::PROBE_USER_AGENT;
 pub use revision::{COLD_START_HEADER, PROXY_REQUEST_HEADER};

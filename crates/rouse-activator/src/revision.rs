@@ -10,13 +10,18 @@ use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
 use rouse_queue::ORIGINAL_HOST_HEADER;
-use rouse_queue::http::{Body, GuardedBody, ProxyClient, boxed, strip_internal, text_response};
+use rouse_queue::http::{
+    Body, GuardedBody, ProxyClient, Tunnel, boxed, is_upgrade, strip_internal, text_response,
+};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::{ActivatorConfig, ActivatorStat, Poke, RevisionParams};
-use crate::forward::{DeadlineBody, ForwardError, forward_retryable};
+use crate::forward::{
+    DeadlineBody, ForwardError, forward_retryable, forward_upgrade_retryable, spawn_tunnel,
+};
 use crate::lb::{Candidate, Policy};
 use crate::metrics::Histogram;
 use crate::probe::probe_queue;
@@ -470,8 +475,16 @@ impl Revision {
         }
     }
 
-    /// Waits for capacity (bounded queue, FIFO), then forwards; see the crate docs.
-    pub(crate) async fn handle(self: &Arc<Self>, req: Request<Body>) -> Response<Body> {
+    /// Waits for capacity (bounded queue, FIFO), then forwards; see the crate docs. A
+    /// protocol switch (WebSocket) is forwarded as one, and once switched its connection runs
+    /// in its own task holding the request's place in the statistics, its backend slot and
+    /// whatever `hold` has left in it (taken), until either side closes it; the revision's
+    /// timeouts stop at the switch.
+    pub(crate) async fn handle(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        hold: &mut Option<Box<dyn Send>>,
+    ) -> Response<Body> {
         let arrived = Instant::now();
         let (mut held, admission, params) = self.admit(arrived);
         let Admission::Queued {
@@ -492,6 +505,7 @@ impl Revision {
         let head_deadline = params
             .response_start_timeout
             .map_or(deadline, |rst| deadline.min(arrived + rst));
+        let upgrade = is_upgrade(&req);
         let mut req = prepare(req);
         loop {
             let assignment = match tokio::time::timeout_at(head_deadline, waiting.recv()).await {
@@ -513,13 +527,12 @@ impl Revision {
             // (it halves the future: ~1.4 KB instead of ~2.5 KB).
             let forwarded = tokio::time::timeout_at(
                 head_deadline,
-                Box::pin(forward_retryable(&self.shared.client, req, assignment.addr)),
+                Box::pin(self.forward(upgrade, req, assignment.addr)),
             )
             .await;
             match forwarded {
                 Err(_) => return self.timed_out(),
-                Ok(Ok(resp)) => {
-                    let mut resp = resp;
+                Ok(Ok((mut resp, tunnel))) => {
                     if cold {
                         resp.headers_mut().insert(
                             COLD_START_HEADER,
@@ -528,6 +541,11 @@ impl Revision {
                         self.first_byte_of_activation();
                     }
                     self.state().record(resp.status());
+                    if let Some(tunnel) = tunnel {
+                        // Switched: no deadline any more, only the connection's own end.
+                        spawn_tunnel(tunnel, (held, hold.take()));
+                        return resp.map(boxed);
+                    }
                     let rev = self.clone();
                     let on_cut = Box::new(move || {
                         rev.state().counters.timeouts += 1;
@@ -557,6 +575,24 @@ impl Revision {
                     return self.respond(e.to_response());
                 }
             }
+        }
+    }
+
+    /// Sends the request to its backend: as a protocol switch (with the tunnel on 101) when
+    /// it asks for one, else plainly.
+    async fn forward(
+        &self,
+        upgrade: bool,
+        req: Request<Body>,
+        addr: SocketAddr,
+    ) -> Result<(Response<Incoming>, Option<Tunnel>), ForwardError> {
+        let client = &self.shared.client;
+        if upgrade {
+            forward_upgrade_retryable(client, req, addr).await
+        } else {
+            forward_retryable(client, req, addr)
+                .await
+                .map(|resp| (resp, None))
         }
     }
 }

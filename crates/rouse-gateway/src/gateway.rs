@@ -11,10 +11,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use rouse_activator::{Activator, ForwardError, forward_retryable};
+use rouse_activator::{
+    Activator, ForwardError, forward_retryable, forward_upgrade_retryable, spawn_tunnel,
+};
 use rouse_queue::InFlight;
 use rouse_queue::http::{
-    Body, GuardedBody, ProxyClient, boxed, serve, strip_internal, text_response,
+    Body, GuardedBody, ProxyClient, Tunnel, boxed, is_upgrade, serve, strip_internal, text_response,
 };
 use tokio::net::TcpListener;
 
@@ -149,13 +151,15 @@ impl Gateway {
             .unwrap_or_default()
     }
 
-    /// Requests being handled now (until their response bodies finish).
+    /// Requests being handled now (until their response bodies finish, or their switched
+    /// connections close).
     pub fn in_flight(&self) -> usize {
         self.in_flight.get()
     }
 
     /// Requests of the revision being handled now, whichever way they went (instances or
-    /// activator), until their response bodies finish. 0 for a revision never set.
+    /// activator), until their response bodies finish or, for a switched (WebSocket)
+    /// connection, until it closes. 0 for a revision never set.
     pub fn in_flight_for(&self, namespace: &str, revision: &str) -> usize {
         self.entry(namespace, revision)
             .map_or(0, |e| e.in_flight.get())
@@ -163,6 +167,8 @@ impl Gateway {
 
     /// Serves clients on `listener` (HTTP/1.1 keep-alive and h2c) until `shutdown` resolves,
     /// then lets requests in flight finish and returns once every connection has closed.
+    /// Switched (WebSocket) connections run on in their own tasks until either side closes
+    /// them (an instance's drain closes its own).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
@@ -219,8 +225,13 @@ impl Gateway {
             && let Some(backend) = e.backends.pick()
         {
             let busy = backend.in_flight.start();
-            match forward_retryable(&self.client, req, backend.addr).await {
-                Ok(resp) => {
+            match self.forward(req, backend.addr).await {
+                Ok((resp, Some(tunnel))) => {
+                    // Switched: the connection counts as in flight until it closes.
+                    spawn_tunnel(tunnel, (guards, busy));
+                    return resp.map(boxed);
+                }
+                Ok((resp, None)) => {
                     return resp.map(|b| boxed(GuardedBody::new(b, (guards, busy))));
                 }
                 Err(ForwardError::Retry(back, err)) => {
@@ -236,8 +247,27 @@ impl Gateway {
                 }
             }
         }
-        let resp = self.activator.handle(&namespace, &revision, req).await;
-        resp.map(|b| boxed(GuardedBody::new(b, guards)))
+        // The activator keeps the guards until the response ends, or a switched connection
+        // closes.
+        self.activator
+            .handle_holding(&namespace, &revision, req, guards)
+            .await
+    }
+
+    /// Sends a request to an instance: as a protocol switch (with the tunnel on 101) when it
+    /// asks for one, else plainly.
+    async fn forward(
+        &self,
+        req: Request<Body>,
+        addr: SocketAddr,
+    ) -> Result<(Response<Incoming>, Option<Tunnel>), ForwardError> {
+        if is_upgrade(&req) {
+            forward_upgrade_retryable(&self.client, req, addr).await
+        } else {
+            forward_retryable(&self.client, req, addr)
+                .await
+                .map(|resp| (resp, None))
+        }
     }
 }
 

@@ -10,6 +10,12 @@
 //!
 //! Client-sent internal headers are stripped and `X-Forwarded-*`/`Forwarded` added.
 //!
+//! A request asking to switch protocols (a WebSocket handshake) goes the same way with its
+//! `Upgrade` kept; when the instance switches (101), the connection is carried both ways in
+//! its own task and counts as a request in flight (the gateway's, the revision's, the
+//! instance's) until either side closes it. In Proxy mode the activator carries it and holds
+//! the gateway's counts for it. Any other answer passes back unchanged.
+//!
 //! Status codes: unknown host 404; upstream failure after the request left 502; the
 //! activator's own (queue full 503, wait deadline 504).
 

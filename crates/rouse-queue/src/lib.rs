@@ -20,7 +20,8 @@ mod timeout;
 pub use breaker::QUEUE_DEPTH_PER_SLOT;
 pub use inflight::{InFlight, InFlightGuard};
 pub use probe::{
-    AGGRESSIVE_INTERVAL, AGGRESSIVE_TIMEOUT, BACKGROUND_INTERVAL, ProbeAction, ProbeSpec,
+    AGGRESSIVE_INTERVAL, AGGRESSIVE_TIMEOUT, AppProbe, BACKGROUND_INTERVAL, PROBE_USER_AGENT,
+    ProbeAction, ProbeFailure, ProbeSpec,
 };
 pub use queue::{
     ORIGINAL_HOST_HEADER, PROBE_HEADER, PROBE_OK_BODY, PROXY_ACTIVATOR, PROXY_HEADER,

@@ -1,4 +1,5 @@
-//! Readiness probing of the app behind a queue-proxy.
+//! Probing the app behind a queue-proxy: the checks (TCP, HTTP, gRPC health, exec) and the
+//! readiness loop.
 //!
 //! A starting app is probed aggressively (every 50 ms, 100 ms per try) until it passes
 //! `success_threshold` times in a row. After that, with a `period` the probe keeps running at
@@ -6,7 +7,13 @@
 //! successes; without one (period 0, Knative's default) a slow background check runs every
 //! second and a failing app goes back to aggressive probing.
 
+mod exec;
+mod grpc;
+
+use std::error::Error as _;
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{Request, header};
@@ -22,33 +29,66 @@ pub const AGGRESSIVE_INTERVAL: Duration = Duration::from_millis(50);
 pub const AGGRESSIVE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Interval of the background check once ready when the probe has no period.
 pub const BACKGROUND_INTERVAL: Duration = Duration::from_secs(1);
+/// The `User-Agent` of HTTP and gRPC probes (apps tell probes from requests by its
+/// `kube-probe/` prefix, as on Kubernetes).
+pub const PROBE_USER_AGENT: &str = "kube-probe/rouse";
 
-/// What a readiness probe does.
+/// What a probe does. Every network check targets the app's own port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeAction {
-    /// Ready when a TCP connection to the app's port succeeds.
+    /// Passes when a TCP connection to the app's port succeeds.
     Tcp,
-    /// Ready when `GET path` answers 200–399.
+    /// Passes when `GET path` answers 200–399.
     Http {
         /// Request path (a leading `/` is added when missing).
         path: String,
         /// Extra request headers.
         headers: Vec<(String, String)>,
     },
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check` over HTTP/2 cleartext): passes
+    /// when the call returns OK with status `SERVING`.
+    Grpc {
+        /// The service asked about; empty means the server as a whole.
+        service: String,
+    },
+    /// Runs a program: passes when it exits with code 0 within the probe's timeout (which
+    /// kills it).
+    Exec {
+        /// The program and its arguments, as run (no shell, no expansion here).
+        command: Vec<String>,
+        /// Variables set on top of the platform's environment (the instance's, normally).
+        env: Vec<(String, String)>,
+        /// The directory to run in; `None` means the platform's.
+        working_dir: Option<PathBuf>,
+    },
 }
 
-/// A readiness probe, in Kubernetes' terms.
+impl fmt::Display for ProbeAction {
+    /// Names the check the way a user wrote it (`httpGet /healthz`, `grpc`, `exec [..]`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeAction::Tcp => f.write_str("tcpSocket"),
+            ProbeAction::Http { path, .. } => write!(f, "httpGet {path}"),
+            ProbeAction::Grpc { service } if service.is_empty() => f.write_str("grpc"),
+            ProbeAction::Grpc { service } => write!(f, "grpc service {service:?}"),
+            ProbeAction::Exec { command, .. } => write!(f, "exec {command:?}"),
+        }
+    }
+}
+
+/// A probe, in Kubernetes' terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeSpec {
     /// The check.
     pub action: ProbeAction,
-    /// Interval once ready; zero means Knative's aggressive mode.
+    /// Interval once ready (readiness: zero means Knative's aggressive mode; liveness: zero
+    /// means 10 s).
     pub period: Duration,
     /// Time allowed per try once ready (zero means 1 s).
     pub timeout: Duration,
     /// Consecutive successes that make the app ready (0 means 1).
     pub success_threshold: u32,
-    /// Consecutive failures that make a ready app not ready (0 means 3).
+    /// Consecutive failures that make a ready app not ready, or a live one dead (0 means 3).
     pub failure_threshold: u32,
     /// Wait after the app starts before the first try.
     pub initial_delay: Duration,
@@ -68,52 +108,189 @@ impl Default for ProbeSpec {
     }
 }
 
-/// Runs probes against one app.
-pub(crate) struct Prober {
-    spec: ProbeSpec,
+impl ProbeSpec {
+    /// The time allowed per try (`timeout`, 1 s when zero).
+    pub fn effective_timeout(&self) -> Duration {
+        if self.timeout.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            self.timeout
+        }
+    }
+
+    /// Consecutive failures that count (`failure_threshold`, 3 when zero).
+    pub fn effective_failure_threshold(&self) -> u32 {
+        if self.failure_threshold == 0 {
+            3
+        } else {
+            self.failure_threshold
+        }
+    }
+}
+
+/// Why one try of a probe failed: the app's answer (or silence), never the platform's fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeFailure {
+    /// No verdict within the try's timeout.
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+    /// The app's port refused or dropped the connection.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// An HTTP probe got a status outside 200–399, or a gRPC probe one other than 200.
+    #[error("answered HTTP {0}")]
+    Status(u16),
+    /// The exchange broke (a reset stream, a malformed answer).
+    #[error("{0}")]
+    Protocol(String),
+    /// The gRPC call failed with a non-OK `grpc-status`.
+    #[error("gRPC status {code} ({}){}", grpc::code_name(*code), suffix(message))]
+    GrpcStatus {
+        /// The `grpc-status` code.
+        code: u32,
+        /// The `grpc-message`, if any.
+        message: String,
+    },
+    /// The gRPC health service answered a status other than `SERVING`.
+    #[error("health status {0}")]
+    NotServing(String),
+    /// An exec probe's program exited with a non-zero code or by a signal.
+    #[error("exited with {}{}", exit_text(*code), suffix(output))]
+    Exit {
+        /// Its exit code; `None` when a signal ended it.
+        code: Option<i32>,
+        /// The last of what it printed.
+        output: String,
+    },
+    /// An exec probe's program could not be started.
+    #[error("cannot run {program}: {reason}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        reason: String,
+    },
+}
+
+fn suffix(s: &str) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(": {s}")
+    }
+}
+
+fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("code {c}"),
+        None => "a signal".to_string(),
+    }
+}
+
+/// An error with its causes, on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// One probe aimed at one app: runs single tries. The readiness loop of a queue-proxy uses
+/// one; so does a runtime watching liveness.
+#[derive(Debug)]
+pub struct AppProbe {
+    action: ProbeAction,
     app: SocketAddr,
     client: ProxyClient,
 }
 
-impl Prober {
-    pub(crate) fn new(spec: ProbeSpec, app: SocketAddr, h2c: bool) -> Self {
-        Prober {
-            spec,
+impl AppProbe {
+    /// A probe running `action` against the app at `app`; `h2c` makes HTTP probes speak
+    /// HTTP/2 cleartext (gRPC probes always do).
+    pub fn new(action: ProbeAction, app: SocketAddr, h2c: bool) -> Self {
+        AppProbe {
+            action,
             app,
             client: ProxyClient::unpooled(h2c),
         }
     }
 
-    /// One try, bounded by `timeout`.
-    pub(crate) async fn check(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.try_once())
-            .await
-            .unwrap_or(false)
+    /// The check it runs.
+    pub fn action(&self) -> &ProbeAction {
+        &self.action
     }
 
-    async fn try_once(&self) -> bool {
-        match &self.spec.action {
-            ProbeAction::Tcp => TcpStream::connect(self.app).await.is_ok(),
-            ProbeAction::Http { path, headers } => {
-                let path = if path.starts_with('/') {
-                    path.clone()
-                } else {
-                    format!("/{path}")
-                };
-                let mut req =
-                    Request::get(path.as_str()).header(header::USER_AGENT, "kube-probe/rouse");
-                for (k, v) in headers {
-                    req = req.header(k.as_str(), v.as_str());
-                }
-                let Ok(req) = req.body(empty()) else {
-                    return false;
-                };
-                match self.client.forward(req, self.app).await {
-                    Ok(resp) => (200..400).contains(&resp.status().as_u16()),
-                    Err(_) => false,
-                }
-            }
+    /// One try, bounded by `timeout` (an exec probe's program is killed when it runs out).
+    pub async fn check(&self, timeout: Duration) -> Result<(), ProbeFailure> {
+        tokio::time::timeout(timeout, self.try_once())
+            .await
+            .unwrap_or(Err(ProbeFailure::TimedOut(timeout)))
+    }
+
+    async fn try_once(&self) -> Result<(), ProbeFailure> {
+        match &self.action {
+            ProbeAction::Tcp => match TcpStream::connect(self.app).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(ProbeFailure::Connect(format!("{}: {e}", self.app))),
+            },
+            ProbeAction::Http { path, headers } => self.http(path, headers).await,
+            ProbeAction::Grpc { service } => grpc::check(self.app, service).await,
+            ProbeAction::Exec {
+                command,
+                env,
+                working_dir,
+            } => exec::run(command, env, working_dir.as_deref()).await,
         }
+    }
+
+    async fn http(&self, path: &str, headers: &[(String, String)]) -> Result<(), ProbeFailure> {
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        };
+        let mut req = Request::get(path.as_str()).header(header::USER_AGENT, PROBE_USER_AGENT);
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(empty())
+            .map_err(|e| ProbeFailure::Protocol(format!("cannot build the request: {e}")))?;
+        match self.client.forward(req, self.app).await {
+            Ok(resp) if (200..400).contains(&resp.status().as_u16()) => Ok(()),
+            Ok(resp) => Err(ProbeFailure::Status(resp.status().as_u16())),
+            Err(e) if e.is_connect() => Err(ProbeFailure::Connect(
+                e.source().map_or_else(|| e.to_string(), chain),
+            )),
+            Err(e) => Err(ProbeFailure::Protocol(chain(&e))),
+        }
+    }
+}
+
+/// Runs the readiness probe of one app.
+pub(crate) struct Prober {
+    spec: ProbeSpec,
+    probe: AppProbe,
+}
+
+impl Prober {
+    pub(crate) fn new(spec: ProbeSpec, app: SocketAddr, h2c: bool) -> Self {
+        Prober {
+            probe: AppProbe::new(spec.action.clone(), app, h2c),
+            spec,
+        }
+    }
+
+    /// One try, bounded by `timeout`.
+    async fn check(&self, timeout: Duration) -> bool {
+        self.probe.check(timeout).await.is_ok()
     }
 
     /// Probes for one run of the app, publishing readiness into `ready`. Never returns; the
@@ -125,19 +302,16 @@ impl Prober {
         set(false);
         tokio::time::sleep(self.spec.initial_delay).await;
         let successes = self.spec.success_threshold.max(1);
-        let failures = if self.spec.failure_threshold == 0 {
-            3
-        } else {
-            self.spec.failure_threshold
-        };
+        let failures = self.spec.effective_failure_threshold();
         loop {
             self.aggressive(successes).await;
             set(true);
             let aggressive_mode = self.spec.period.is_zero();
+            let timeout = self.spec.effective_timeout();
             let (period, timeout) = if aggressive_mode {
-                (BACKGROUND_INTERVAL, AGGRESSIVE_TIMEOUT.max(self.timeout()))
+                (BACKGROUND_INTERVAL, AGGRESSIVE_TIMEOUT.max(timeout))
             } else {
-                (self.spec.period, self.timeout())
+                (self.spec.period, timeout)
             };
             let mut tick = tokio::time::interval_at(Instant::now() + period, period);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -166,22 +340,19 @@ impl Prober {
         }
     }
 
-    fn timeout(&self) -> Duration {
-        if self.spec.timeout.is_zero() {
-            Duration::from_secs(1)
-        } else {
-            self.spec.timeout
-        }
-    }
-
-    /// Tries every 50 ms until `successes` tries in a row pass.
+    /// Tries every 50 ms until `successes` tries in a row pass. Each network try gets 100 ms;
+    /// an exec try gets the probe's timeout, since starting a program alone can take longer.
     async fn aggressive(&self, successes: u32) {
+        let timeout = match self.spec.action {
+            ProbeAction::Exec { .. } => self.spec.effective_timeout(),
+            _ => AGGRESSIVE_TIMEOUT,
+        };
         let mut tick = tokio::time::interval(AGGRESSIVE_INTERVAL);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut run = 0;
         loop {
             tick.tick().await;
-            if self.check(AGGRESSIVE_TIMEOUT).await {
+            if self.check(timeout).await {
                 run += 1;
                 if run >= successes {
                     return;
