@@ -240,3 +240,109 @@ fn start_stream(
     });
     (rx, h)
 }
+
+#[test]
+fn websocket_through_gateway_survives_delete_until_closed() {
+    let p = Platform::start();
+    let marker = unique_marker("ws");
+    p.apply_wait(&service("chat", &marker, &WARM, &[], &[], ""));
+    let mut ws = ws_connect(p.gateway, "chat.default.localhost");
+    ws_send_text(&mut ws, "hello");
+    assert_eq!(ws_read_text(&mut ws), "hello");
+
+    // Delete the service while the socket is open: it keeps working until the client closes.
+    p.cli_ok(&["delete", "ksvc", "chat"]);
+    eventually("route gone", PATIENCE, || {
+        (p.http_get("chat.default.localhost", "/").ok()?.status == 404).then_some(())
+    });
+    ws_send_text(&mut ws, "still here");
+    assert_eq!(ws_read_text(&mut ws), "still here");
+    assert!(
+        !pids_with_env(&marker).is_empty(),
+        "the instance drains, not dies"
+    );
+    drop(ws);
+    eventually("instance gone once the socket closed", PATIENCE, || {
+        pids_with_env(&marker).is_empty().then_some(())
+    });
+}
+
+/// Opens a WebSocket to the test app's `/ws` through the gateway.
+fn ws_connect(addr: std::net::SocketAddr, host: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "handshake cut short");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    s
+}
+
+fn ws_send_text(s: &mut TcpStream, text: &str) {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).unwrap();
+}
+
+fn ws_read_text(s: &mut TcpStream) -> String {
+    let mut hdr = [0u8; 2];
+    s.read_exact(&mut hdr).unwrap();
+    assert_eq!(hdr[0] & 0x0f, 1, "a text frame");
+    let len = (hdr[1] & 0x7f) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    String::from_utf8(payload).unwrap()
+}
+
+#[test]
+fn scale_down_drains_an_open_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start_with(&["--config", &fast_config(dir.path(), &[])]);
+    let marker = unique_marker("scaledown");
+    let ann = [
+        ("autoscaling.knative.dev/target", "1"),
+        ("autoscaling.knative.dev/target-burst-capacity", "0"),
+        ("autoscaling.knative.dev/min-scale", "1"),
+        ("autoscaling.knative.dev/max-scale", "3"),
+    ];
+    p.apply_wait(&service("shrink", &marker, &ann, &[], &[], ""));
+    let host = "shrink.default.localhost";
+    // Three concurrent requests scale the revision to three instances...
+    let long = start_stream(p.gateway, host, "/stream?chunks=25&interval=1000");
+    long.0.recv_timeout(PATIENCE).unwrap();
+    let short: Vec<_> = (0..2)
+        .map(|_| start_stream(p.gateway, host, "/stream?chunks=4&interval=1000"))
+        .collect();
+    eventually("scaled up to 3", PATIENCE, || {
+        (pids_with_env(&marker).len() == 3).then_some(())
+    });
+    for s in short {
+        assert!(s.1.join().unwrap().contains("chunk 3"));
+    }
+    // ...then the load drops to the one long stream: the revision scales down while it is
+    // still open, and it finishes whole wherever it runs.
+    eventually(
+        "scaled down with the stream open",
+        Duration::from_secs(40),
+        || (pids_with_env(&marker).len() < 3).then_some(()),
+    );
+    let body = long.1.join().unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains("chunk 24"),
+        "the stream finished whole: {body}"
+    );
+}
