@@ -84,7 +84,7 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
     if let Ok(workload) = workload_for(&rev) {
         ctx.runtime.ensure(workload, scale.max(0) as u32);
     }
-    set_sks_mode(ctx, ns, name, mode)?;
+    set_sks_mode(ctx, ns, name, mode, out.num_activators)?;
 
     let mut status = pa.status.clone();
     status.observed_generation = pa.metadata.generation;
@@ -168,17 +168,25 @@ fn is_routed(ctx: &Context, rev: &Revision) -> Result<bool, ReconcileError> {
     Ok(follows && latest)
 }
 
-/// Writes the decided mode into the SKS spec (its reconciler programs the gateway).
-fn set_sks_mode(ctx: &Context, ns: &str, name: &str, mode: SksMode) -> Result<(), ReconcileError> {
+/// Writes the decided mode (and Knative's activator count, informational locally: there is
+/// one in-process activator) into the SKS spec; its reconciler programs the gateway.
+fn set_sks_mode(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    mode: SksMode,
+    num_activators: i32,
+) -> Result<(), ReconcileError> {
     let want = match mode {
         SksMode::Serve => ApiSksMode::Serve,
         SksMode::Proxy => ApiSksMode::Proxy,
     };
     if let Some(sks) = ctx.client.get::<ServerlessService>(ns, name)?
-        && sks.spec.mode != want
+        && (sks.spec.mode != want || sks.spec.num_activators != num_activators)
     {
         let mut next = sks;
         next.spec.mode = want;
+        next.spec.num_activators = num_activators;
         ctx.client.update(&next)?;
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rouse_api::autoscaling::{ObjectReference, PodAutoscaler};
 use rouse_api::clock::{now_rfc3339, parse_rfc3339};
-use rouse_api::condition::Conditions;
+use rouse_api::condition::{ConditionStatus, Conditions};
 use rouse_api::duration::parse_go_duration;
 use rouse_api::meta::Resource;
 use rouse_api::networking::{ServerlessService, SksMode};
@@ -43,7 +43,28 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
         .as_ref()
         .is_some_and(|p| p.status.is_true("ScaleTargetInitialized"));
     let mut requeue = None;
-    if initialized {
+    let stuck = pa
+        .as_ref()
+        .and_then(|p| stuck_activation(p, progress_deadline(&rev)));
+    if let Some(Err(left)) = stuck {
+        requeue = Some(left);
+    }
+    if let Some(Ok(for_secs)) = stuck {
+        // Woken from zero but no instance became ready in time: say why, like a deployment
+        // that exceeded its progress deadline.
+        let why = ctx
+            .runtime
+            .instances(ns, name)
+            .into_iter()
+            .find_map(|i| i.last_termination)
+            .map(|t| format!(" Last exit: {}", describe_termination(&t).1))
+            .unwrap_or_default();
+        status.mark_false(
+            "ResourcesAvailable",
+            "ProgressDeadlineExceeded",
+            &format!("Activation did not bring up a ready instance within {for_secs}s.{why}"),
+        );
+    } else if initialized {
         status.mark_true("ResourcesAvailable");
         status.mark_true("ContainerHealthy");
     } else if let Some(t) = ctx
@@ -112,6 +133,23 @@ fn describe_termination(t: &Termination) -> (String, String) {
         t.message.trim().to_string()
     };
     (reason, format!("Container failed with: {detail}"))
+}
+
+/// For a PA that has been activating (`Active=Unknown`) since a known time: `Ok(seconds)` once
+/// that lasted past `deadline`, else `Err(time left)`.
+fn stuck_activation(pa: &PodAutoscaler, deadline: Duration) -> Option<Result<u64, Duration>> {
+    let active = pa.status.get_condition("Active")?;
+    if active.status != ConditionStatus::Unknown || active.reason != "Queued" {
+        return None;
+    }
+    let since = parse_rfc3339(&active.last_transition_time)?;
+    let now = parse_rfc3339(&now_rfc3339())?;
+    let waited = Duration::from_secs(now.saturating_sub(since));
+    Some(if waited >= deadline {
+        Ok(waited.as_secs())
+    } else {
+        Err(deadline - waited + Duration::from_secs(1))
+    })
 }
 
 pub(super) fn progress_deadline(rev: &Revision) -> Duration {

@@ -50,6 +50,7 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
             container_concurrency: rev.spec.container_concurrency.unwrap_or(0).max(0) as u32,
             timeout: secs(rev.spec.timeout_seconds).unwrap_or(Duration::from_secs(300)),
             response_start_timeout: secs(rev.spec.response_start_timeout_seconds),
+            h2c: rev.spec.is_h2c(),
         },
     );
 

@@ -109,6 +109,7 @@ pub fn table(
             "ACTIVATORS",
             "SERVICENAME",
             "PRIVATESERVICENAME",
+            "ENDPOINTS",
             "READY",
             "REASON",
         ],
@@ -166,6 +167,11 @@ pub fn table(
                     num_at(o, "/spec/numActivators"),
                     str_at(o, "/status/serviceName").to_string(),
                     str_at(o, "/status/privateServiceName").to_string(),
+                    arr_at(o, "/status/endpoints")
+                        .iter()
+                        .filter_map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
                     ready,
                     ready_reason(conds),
                 ],
@@ -419,7 +425,8 @@ mod tests {
             vec!["ns1", "r-00001", "1", "0", "Unknown", "Queued"]
         );
         let sks = json!({"metadata": {"name": "r-00001"}, "spec": {"mode": "Proxy", "numActivators": 1},
-            "status": {"serviceName": "r-00001", "privateServiceName": "r-00001-private"}});
+            "status": {"serviceName": "r-00001", "privateServiceName": "r-00001-private",
+                "endpoints": ["activator"]}});
         let t = table(Kind::ServerlessService, &[sks], 0, &BTreeMap::new(), false);
         assert_eq!(
             t.rows[0],
@@ -429,6 +436,7 @@ mod tests {
                 "1",
                 "r-00001",
                 "r-00001-private",
+                "activator",
                 "<unknown>",
                 ""
             ]
