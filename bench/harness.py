@@ -102,14 +102,14 @@ def fd_count(pid):
         return None
 
 
-def compilers_running():
+def compilers_running(names=("rustc", "cargo")):
     """How many rustc/cargo processes run now (other work that would skew the figures)."""
     n = 0
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 with open(f"/proc/{d}/comm") as f:
-                    if f.read().strip() in ("rustc", "cargo"):
+                    if f.read().strip() in names:
                         n += 1
             except OSError:
                 pass
@@ -162,7 +162,8 @@ class Monitor(threading.Thread):
 
         foreign = sum(1 for pid, s in state.items()
                       if s == "R" and ppid.get(pid) != 2 and pid != 2 and not ours(pid))
-        compilers = sum(1 for pid, c in comm.items() if c in ("rustc", "cargo") and not ours(pid))
+        # rustc is what burns CPU in a build; an idle cargo (waiting on a test) does not.
+        compilers = sum(1 for pid, c in comm.items() if c == "rustc" and not ours(pid))
         self.samples.append((time.monotonic(), load1(), foreign, compilers))
 
     def run(self):
@@ -800,7 +801,7 @@ class Harness:
                         "warm_status": st2})
             self.main.delete_service(n)
             time.sleep(0.2)
-        return out
+        return {"tries": out}
 
     # --- burst from zero -------------------------------------------------------------------
     def burst_round(self, r):
@@ -887,7 +888,7 @@ class Harness:
                     wr.close()
                 await asyncio.gather(*holders, return_exceptions=True)
 
-            asyncio.run(flood())
+            asyncio.run(asyncio.wait_for(flood(), 300))  # bounded, like every scenario
             if result["early"]:
                 raise RuntimeError(f"{result['early']} of {n} requests were answered instead "
                                    "of waiting")
@@ -951,7 +952,7 @@ class Harness:
         if self.a.wait_quiet:
             # Let a foreign build finish before measuring (bounded: 2 minutes per attempt).
             deadline = time.monotonic() + 120
-            while compilers_running() and time.monotonic() < deadline:
+            while compilers_running(("rustc",)) and time.monotonic() < deadline:
                 time.sleep(2)
         t0 = time.monotonic()
         try:
@@ -1055,10 +1056,12 @@ class Harness:
                      "container_concurrency": cc, "rounds": rs,
                      "errors_text": raw.get("hop:" + name + ":errors", [])}
             if rs:
+                entry.update(quiet_note(rs))
+                entry["errors"] = sum(x["errors"] for x in rs)
+                rs = quiet_rounds(rs)
                 entry["rps"] = median([x["rps"] for x in rs])
                 entry["p50_ms"] = median([x["p50_ms"] for x in rs])
                 entry["p99_ms"] = median([x["p99_ms"] for x in rs])
-                entry["errors"] = sum(x["errors"] for x in rs)
             out.append(entry)
         by = {e["name"]: e for e in out}
         for e in out:
@@ -1071,10 +1074,12 @@ class Harness:
         return out
 
     def summarize_cold(self, raw):
-        tries = [t for rnd in raw.get("cold", []) for t in rnd]
+        rounds = quiet_rounds(raw.get("cold", []))
+        tries = [t for rnd in rounds for t in rnd["tries"]]
         app = raw.get("app_listen_ms", [])
-        out = {"tries": len(tries), "samples": tries, "app_listen_ms_samples": app,
-               "errors_text": raw.get("cold:errors", [])}
+        out = {"tries": len(tries), "rounds": raw.get("cold", []),
+               "app_listen_ms_samples": app, "errors_text": raw.get("cold:errors", []),
+               **quiet_note(raw.get("cold", []))}
         if tries and app:
             fb = [t["first_byte_ms"] for t in tries]
             app_med = median(app)
@@ -1091,9 +1096,9 @@ class Harness:
 
     def summarize_rounds(self, raw, key, fields):
         rs = raw.get(key, [])
-        out = {"rounds": rs, "errors_text": raw.get(key + ":errors", [])}
+        out = {"rounds": rs, "errors_text": raw.get(key + ":errors", []), **quiet_note(rs)}
         for f in fields:
-            vals = [x.get(f) for x in rs if x.get(f) is not None]
+            vals = [x.get(f) for x in quiet_rounds(rs) if x.get(f) is not None]
             if vals:
                 out[f] = median(vals)
         if rs and "errors" in fields:
@@ -1103,6 +1108,28 @@ class Harness:
 
 # ---------------------------------------------------------------------------------------
 # Targets and reports
+
+
+def quiet_rounds(rounds):
+    """The rounds medians are taken over: the quiet ones when at least two were quiet (other
+    work competed for the CPUs in the rest), else all of them."""
+    quiet = [r for r in rounds if not disturbed(r.get("window"))]
+    return quiet if len(quiet) >= 2 else rounds
+
+
+def quiet_note(rounds):
+    quiet = sum(1 for r in rounds if not disturbed(r.get("window")))
+    return {"quiet_rounds": quiet, "rounds_run": len(rounds),
+            "median_over": "quiet rounds" if quiet >= 2 and quiet < len(rounds)
+            else "all rounds"}
+
+
+def quiet_mark(entry):
+    """'2/3' and a dagger when some rounds were disturbed."""
+    q, n = entry.get("quiet_rounds"), entry.get("rounds_run")
+    if q is None or not n:
+        return ""
+    return f"{q}/{n}" + ("" if q == n else " †")
 
 
 def targets(res):
@@ -1179,7 +1206,7 @@ def markdown(res):
     during = ""
     if d.get("samples"):
         during = (f"; during the run (sampled each second): other processes ready to run "
-                  f"{d['foreign_runnable_mean']:.2f} on average, rustc/cargo seen in "
+                  f"{d['foreign_runnable_mean']:.2f} on average, rustc seen in "
                   f"{d['compiler_samples']} of {d['samples']} samples")
     L.append(f"- Machine state: {res['quiet']}; load at start "
              f"{' '.join(res['loadavg_at_start'])}{during}.")
@@ -1201,8 +1228,8 @@ def markdown(res):
         L.append(f"### Hop overhead: {title}")
         L.append("")
         L.append("| path | req/s | p50 ms | p99 ms | req/s vs nginx | req/s vs HAProxy "
-                 "| p99 vs nginx | errors |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+                 "| p99 vs nginx | errors | quiet rounds |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for e in rows:
             label = e["name"]
             if e.get("service"):
@@ -1210,31 +1237,39 @@ def markdown(res):
                 label += f" (SKS {mode})" if mode else ""
             if "rps" not in e:
                 err = "; ".join(e["errors_text"])[:120] or "no result"
-                L.append(f"| {label} | failed: {err} | | | | | | |")
+                L.append(f"| {label} | failed: {err} | | | | | | | |")
                 continue
             L.append(f"| {label} | {e['rps']:.0f} | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} | "
                      f"{fmt(e.get('rps_vs_nginx'), '.2f', 'x')} | "
                      f"{fmt(e.get('rps_vs_haproxy'), '.2f', 'x')} | "
-                     f"{fmt(e.get('p99_vs_nginx'), '.2f', 'x')} | {e['errors']} |")
+                     f"{fmt(e.get('p99_vs_nginx'), '.2f', 'x')} | {e['errors']} | "
+                     f"{quiet_mark(e)} |")
         L.append("")
     L.append("### Scale from zero, memory and control plane")
     L.append("")
-    L.append("| scenario | result |")
-    L.append("|---|---|")
+    L.append("| scenario | result | quiet rounds |")
+    L.append("|---|---|---:|")
+
+    def row(label, text, entry=None):
+        L.append(f"| {label} | {text} | {quiet_mark(entry) if entry else ''} |")
+
+    def failed(label, entry):
+        row(label, f"failed: {'; '.join(entry['errors_text'])[:200] or 'no result'}")
+
     ran = set(res["scenarios_run"])
     c = res["cold_start"]
     if "cold" not in ran:
         pass
     elif c.get("first_byte_median_ms") is not None:
-        L.append(f"| Cold start, {c['tries']} tries: first request to first byte | median "
-                 f"{c['first_byte_median_ms']:.1f} ms, p95 {c['first_byte_p95_ms']:.1f} ms |")
-        L.append(f"| App's own spawn-to-listening time (measured apart) | median "
-                 f"{c['app_listen_median_ms']:.1f} ms, p95 {c['app_listen_p95_ms']:.1f} ms |")
-        L.append(f"| **Cold-start overhead** (first byte − app's median) | median "
-                 f"**{c['overhead_median_ms']:.1f} ms**, p95 {c['overhead_p95_ms']:.1f} ms "
-                 f"(warm request after it: {c['warm_first_byte_median_ms']:.2f} ms) |")
+        row(f"Cold start, {c['tries']} tries: first request to first byte",
+            f"median {c['first_byte_median_ms']:.1f} ms, p95 {c['first_byte_p95_ms']:.1f} ms", c)
+        row("App's own spawn-to-listening time (measured apart)",
+            f"median {c['app_listen_median_ms']:.1f} ms, p95 {c['app_listen_p95_ms']:.1f} ms")
+        row("**Cold-start overhead** (first byte − app's median)",
+            f"median **{c['overhead_median_ms']:.1f} ms**, p95 {c['overhead_p95_ms']:.1f} ms "
+            f"(a warm request right after: {c['warm_first_byte_median_ms']:.2f} ms)", c)
     else:
-        L.append(f"| Cold start | failed: {'; '.join(c['errors_text'])[:200] or 'no result'} |")
+        failed("Cold start", c)
     b = res["burst"]
     if "burst" not in ran:
         pass
@@ -1246,45 +1281,49 @@ def markdown(res):
                 statuses[k] = statuses.get(k, 0) + v
         seen = ", ".join(f"{'transport error' if k == '0' else k}: {v}"
                          for k, v in sorted(statuses.items()))
-        L.append(f"| Burst from zero: {n} concurrent, CC 10 | errors {b['errors_total']} "
-                 f"(all rounds; statuses {seen}), all answered in {b['time_s']:.2f} s, "
-                 f"{b['instances_started']:.0f} instance(s) started by then, "
-                 f"{b['instances_started_later']:.0f} after {b['rounds'][0]['later_s']:g} s more "
-                 "(medians) |")
+        row(f"Burst from zero: {n} concurrent, CC 10",
+            f"errors **{b['errors_total']}** (all rounds; statuses {seen}); all answered in "
+            f"**{b['time_s']:.2f} s**; {b['instances_started']:.0f} instance(s) started by then, "
+            f"{b['instances_started_later']:.0f} after {b['rounds'][0]['later_s']:g} s more", b)
     else:
-        L.append(f"| Burst from zero | failed: {'; '.join(b['errors_text'])[:200] or 'no result'} |")
+        failed("Burst from zero", b)
     mw = res["memory_per_waiting"]
     if "memory" not in ran:
         pass
     elif mw.get("per_request_bytes") is not None:
         n = mw["rounds"][0]["waiting"]
-        L.append(f"| Memory per waiting request ({n} waiting) | "
-                 f"**{mw['per_request_bytes'] / 1024:.2f} KB** per request (RSS "
-                 f"{mw['rss_before_kb'] / 1024:.1f} → {mw['rss_waiting_kb'] / 1024:.1f} MB) |")
+        row(f"Memory per waiting request ({n} waiting)",
+            f"**{mw['per_request_bytes'] / 1024:.2f} KB** per request (RSS "
+            f"{mw['rss_before_kb'] / 1024:.1f} → {mw['rss_waiting_kb'] / 1024:.1f} MB)", mw)
     else:
-        L.append(f"| Memory per waiting request | failed: "
-                 f"{'; '.join(mw['errors_text'])[:200] or 'no result'} |")
+        failed("Memory per waiting request", mw)
     i = res["idle"]
-    if i.get("rss_idle_kb") is not None:
+    if "idle" not in ran:
+        pass
+    elif i.get("rss_idle_kb") is not None:
         n = i["rounds"][0]["services"]
-        L.append(f"| Idle footprint: `rouse serve` RSS, {n} services at zero | "
-                 f"**{i['rss_idle_kb'] / 1024:.1f} MB** (empty: {i['rss_empty_kb'] / 1024:.1f} MB;"
-                 f" {i['per_service_kb']:.0f} KB per service) |")
-    if i.get("per_instance_kb") is not None:
-        L.append(f"| Added per running instance (`rouse serve` only, queue-proxy included) | "
-                 f"**{i['per_instance_kb']:.0f} KB** (the app process itself: "
-                 f"{fmt(i.get('app_rss_per_instance_kb'), '.0f')} KB RSS) |")
-    if i.get("rss_idle_kb") is None and "idle" in ran:
-        L.append(f"| Idle footprint | failed: {'; '.join(i['errors_text'])[:200] or 'no result'} |")
+        row(f"Idle footprint: `rouse serve` RSS, {n} services at zero",
+            f"**{i['rss_idle_kb'] / 1024:.1f} MB** (empty: {i['rss_empty_kb'] / 1024:.1f} MB; "
+            f"{i['per_service_kb']:.0f} KB per service)", i)
+        row("Added per running instance (`rouse serve` only, queue-proxy included)",
+            f"**{i['per_instance_kb']:.0f} KB** (the app process itself: "
+            f"{fmt(i.get('app_rss_per_instance_kb'), '.0f')} KB RSS)", i)
+    else:
+        failed("Idle footprint", i)
     cp = res["control_plane"]
     if "control" not in ran:
         pass
     elif cp.get("ready_s") is not None:
         n = cp["rounds"][0]["services"]
-        L.append(f"| Control plane: {n} services applied at once until all Ready | "
-                 f"**{cp['ready_s']:.2f} s** |")
+        row(f"Control plane: {n} services applied at once until all Ready",
+            f"**{cp['ready_s']:.2f} s**", cp)
     else:
-        L.append(f"| Control plane | failed: {'; '.join(cp['errors_text'])[:200] or 'no result'} |")
+        failed("Control plane", cp)
+    L.append("")
+    L.append("† Other work (processes outside the harness ready to run, or rustc) competed "
+             "for the CPUs during some rounds; medians are over the quiet rounds when at least "
+             "two were quiet, else over all rounds (`bench/results/latest.json` has each "
+             "round's figures and its `window`).")
     L.append("")
     L.append("### Targets of issue 6 (this run)")
     L.append("")

@@ -10,6 +10,10 @@
 //! - `/ws` — a WebSocket (RFC 6455) echo: text and binary frames come back as sent, pings get
 //!   pongs, a close is echoed; anything but a WebSocket handshake gets 400 (HTTP/1.1 only)
 //! - `/status?code=N` — an empty response with that status
+//! - gRPC (meant for `--h2c`; hand-written, see `grpc.rs`): `/grpc.health.v1.Health/Check`
+//!   (SERVING for the empty service name, NOT_FOUND otherwise), `/grpc.health.v1.Health/Watch`
+//!   (the status every 200 ms for 1 s, then OK) and `/rouse.test.Echo/Stream` (bidirectional:
+//!   every request message echoed as it arrives, OK when the client ends)
 //! - `/exit?code=N` — answers, then exits with that code
 //! - `/crash-on-first-request` — exits with code 1 without answering if this is the process's
 //!   first request (see `MARKER_DIR`), else answers like `/`
@@ -48,6 +52,7 @@ use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+mod grpc;
 mod ws;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -316,6 +321,7 @@ async fn answer(mut req: Request<Incoming>, q: &BTreeMap<String, String>) -> Res
                 format!("{why}\n"),
             ),
         },
+        path if grpc::is_method(path) => grpc::serve(req).await,
         "/env" => {
             let env: BTreeMap<String, String> = std::env::vars().collect();
             json(serde_json::json!(env))

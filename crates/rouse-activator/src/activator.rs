@@ -36,6 +36,7 @@ impl Activator {
                 cfg,
                 poke,
                 client: ProxyClient::http1(),
+                h2c_client: ProxyClient::h2c(),
                 probe_client: ProxyClient::unpooled(false),
                 cold_starts: Mutex::new(Histogram::default()),
             }),

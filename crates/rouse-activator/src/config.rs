@@ -39,15 +39,20 @@ pub struct RevisionParams {
     pub timeout: Duration,
     /// Time allowed from arrival until the response starts (`responseStartTimeoutSeconds`).
     pub response_start_timeout: Option<Duration>,
+    /// The revision's app speaks HTTP/2 cleartext (its port is named `h2c`): requests go to
+    /// its queue-proxies over h2c (pooled, multiplexed), so trailers (gRPC) and full-duplex
+    /// streams survive the hop. Probes stay HTTP/1.1 either way.
+    pub h2c: bool,
 }
 
 impl Default for RevisionParams {
-    /// Unlimited concurrency, Knative's 300 s timeout, no response-start limit.
+    /// Unlimited concurrency, Knative's 300 s timeout, no response-start limit, HTTP/1.1.
     fn default() -> Self {
         RevisionParams {
             container_concurrency: 0,
             timeout: DEFAULT_REVISION_TIMEOUT,
             response_start_timeout: None,
+            h2c: false,
         }
     }
 }

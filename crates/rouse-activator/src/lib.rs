@@ -21,6 +21,9 @@
 //! is a 504 `activator request timeout`; after, the body is cut off. A request whose backend
 //! refuses the connection (nothing was sent) is re-queued in its place and goes elsewhere.
 //! Forwarded requests carry `K-Proxy-Request: activator` and `K-Original-Host`, the Host kept.
+//! An h2c revision ([`RevisionParams::h2c`]) is forwarded to over HTTP/2 cleartext (pooled,
+//! multiplexed), keeping trailers and streaming both ways at once (gRPC); its probes and
+//! capacity accounting are the same as any revision's.
 //!
 //! A protocol switch (WebSocket) waits and is released like any request, the wait counted in
 //! the timeout; once the instance switched (101), the connection is carried both ways in its

@@ -39,7 +39,10 @@ static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct Shared {
     pub cfg: ActivatorConfig,
     pub poke: Poke,
+    /// Forwards to HTTP/1.1 revisions.
     pub client: ProxyClient,
+    /// Forwards to h2c revisions ([`RevisionParams::h2c`]).
+    pub h2c_client: ProxyClient,
     pub probe_client: ProxyClient,
     pub cold_starts: Mutex<Histogram>,
 }
@@ -527,7 +530,7 @@ impl Revision {
             // (it halves the future: ~1.4 KB instead of ~2.5 KB).
             let forwarded = tokio::time::timeout_at(
                 head_deadline,
-                Box::pin(self.forward(upgrade, req, assignment.addr)),
+                Box::pin(self.forward(upgrade, params.h2c, req, assignment.addr)),
             )
             .await;
             match forwarded {
@@ -578,14 +581,21 @@ impl Revision {
         }
     }
 
-    /// Sends the request to its backend: as a protocol switch (with the tunnel on 101) when
-    /// it asks for one, else plainly.
+    /// Sends the request to its backend: over h2c for an h2c revision (an HTTP/1.1 protocol
+    /// switch cannot cross HTTP/2, so there it goes as a plain request), as a protocol switch
+    /// (with the tunnel on 101) when it asks for one, else plainly.
     async fn forward(
         &self,
         upgrade: bool,
+        h2c: bool,
         req: Request<Body>,
         addr: SocketAddr,
     ) -> Result<(Response<Incoming>, Option<Tunnel>), ForwardError> {
+        if h2c {
+            return forward_retryable(&self.shared.h2c_client, req, addr)
+                .await
+                .map(|resp| (resp, None));
+        }
         let client = &self.shared.client;
         if upgrade {
             forward_upgrade_retryable(client, req, addr).await

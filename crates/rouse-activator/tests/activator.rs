@@ -47,6 +47,7 @@ fn params(cc: u32, timeout: Duration) -> RevisionParams {
         container_concurrency: cc,
         timeout,
         response_start_timeout: None,
+        h2c: false,
     }
 }
 
@@ -445,6 +446,7 @@ async fn the_timeout_bounds_the_forwarded_request_too() {
             container_concurrency: 0,
             timeout: Duration::from_secs(30),
             response_start_timeout: Some(Duration::from_millis(200)),
+            h2c: false,
         },
     );
     let (status, _, _) = read(act.handle(NS, "r", get("/slow?ms=3000")).await).await;

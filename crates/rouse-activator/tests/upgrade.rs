@@ -113,6 +113,7 @@ fn params(cc: u32, timeout: Duration) -> RevisionParams {
         container_concurrency: cc,
         timeout,
         response_start_timeout: None,
+        h2c: false,
     }
 }
 

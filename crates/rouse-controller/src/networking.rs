@@ -31,6 +31,8 @@ pub struct RevisionTraffic {
     pub container_concurrency: u32,
     pub timeout: Duration,
     pub response_start_timeout: Option<Duration>,
+    /// The app speaks HTTP/2 cleartext (its port is named `h2c`): every hop reaches it over h2c.
+    pub h2c: bool,
 }
 
 /// Load the activator saw for a revision over the last second.
@@ -90,6 +92,7 @@ impl Networking for LocalNetworking {
                 container_concurrency: t.container_concurrency,
                 timeout: t.timeout,
                 response_start_timeout: t.response_start_timeout,
+                h2c: t.h2c,
             },
         );
         self.activator.set_backends(namespace, revision, t.backends);
@@ -98,12 +101,13 @@ impl Networking for LocalNetworking {
             SksMode::Proxy => Mode::Proxy,
         };
         self.gateway
-            .set_revision(namespace, revision, mode, t.ready);
+            .set_revision(namespace, revision, mode, t.ready, t.h2c);
     }
 
     fn remove_revision(&self, namespace: &str, revision: &str) {
+        let h2c = self.gateway.is_h2c(namespace, revision);
         self.gateway
-            .set_revision(namespace, revision, Mode::Proxy, Vec::new());
+            .set_revision(namespace, revision, Mode::Proxy, Vec::new(), h2c);
         self.activator.remove_revision(namespace, revision);
     }
 

@@ -66,6 +66,7 @@ pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
             idle_timeout: positive_secs(spec.idle_timeout_seconds),
         },
         drain_timeout: timeout,
+        liveness: container.liveness_probe.as_ref().map(liveness_spec),
     })
 }
 
@@ -74,11 +75,38 @@ fn positive_secs(v: Option<i64>) -> Option<Duration> {
     v.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64))
 }
 
-/// The queue-proxy's readiness probe from the container's (TCP when none is given).
+/// The queue-proxy's readiness probe from the container's (TCP when none is given). Any port
+/// the probe names means the instance's port locally (validation already requires the
+/// container port). `periodSeconds` 0 (the default) is Knative's aggressive probing.
 pub fn probe_spec(probe: Option<&Probe>) -> ProbeSpec {
-    let secs = |v: Option<i32>, d: i32| Duration::from_secs(v.unwrap_or(d).max(0) as u64);
-    let action = match probe.and_then(|p| p.http_get.as_ref()) {
-        Some(h) => ProbeAction::Http {
+    let Some(p) = probe else {
+        return ProbeSpec::default();
+    };
+    from_probe(p, Duration::ZERO)
+}
+
+/// The runtime's liveness probe from the container's `livenessProbe`, with Kubernetes'
+/// defaults (every 10 s, 1 s per try, restart after 3 failures in a row).
+pub fn liveness_spec(probe: &Probe) -> ProbeSpec {
+    from_probe(probe, Duration::from_secs(10))
+}
+
+fn from_probe(p: &Probe, default_period: Duration) -> ProbeSpec {
+    let secs = |v: Option<i32>, d: Duration| v.map_or(d, |s| Duration::from_secs(s.max(0) as u64));
+    ProbeSpec {
+        action: probe_action(p),
+        period: secs(p.period_seconds, default_period),
+        timeout: secs(p.timeout_seconds, Duration::from_secs(1)),
+        success_threshold: p.success_threshold.unwrap_or(1).max(1) as u32,
+        failure_threshold: p.failure_threshold.unwrap_or(3).max(1) as u32,
+        initial_delay: secs(p.initial_delay_seconds, Duration::ZERO),
+    }
+}
+
+/// The check a probe makes; TCP when it names none (validation refuses that anyway).
+fn probe_action(p: &Probe) -> ProbeAction {
+    if let Some(h) = &p.http_get {
+        ProbeAction::Http {
             path: if h.path.is_empty() {
                 "/".to_string()
             } else {
@@ -89,25 +117,136 @@ pub fn probe_spec(probe: Option<&Probe>) -> ProbeSpec {
                 .iter()
                 .map(|x| (x.name.clone(), x.value.clone()))
                 .collect(),
-        },
-        None => ProbeAction::Tcp,
-    };
-    let Some(p) = probe else {
-        return ProbeSpec {
-            action,
-            period: Duration::ZERO,
-            timeout: Duration::from_secs(1),
-            success_threshold: 1,
-            failure_threshold: 3,
-            initial_delay: Duration::ZERO,
+        }
+    } else if let Some(g) = &p.grpc {
+        ProbeAction::Grpc {
+            service: g.service.clone().unwrap_or_default(),
+        }
+    } else if let Some(e) = &p.exec {
+        // The runtime adds the instance's environment and working directory.
+        ProbeAction::Exec {
+            command: e.command.clone(),
+            env: Vec::new(),
+            working_dir: None,
+        }
+    } else {
+        ProbeAction::Tcp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rouse_api::serving::{ExecAction, GrpcAction, HttpGetAction, HttpHeader, TcpSocketAction};
+
+    #[test]
+    fn readiness_defaults_to_aggressive_tcp() {
+        assert_eq!(probe_spec(None), ProbeSpec::default());
+        let tcp = Probe {
+            tcp_socket: Some(TcpSocketAction::default()),
+            ..Probe::default()
         };
-    };
-    ProbeSpec {
-        action,
-        period: secs(p.period_seconds, 0),
-        timeout: secs(p.timeout_seconds, 1),
-        success_threshold: p.success_threshold.unwrap_or(1).max(1) as u32,
-        failure_threshold: p.failure_threshold.unwrap_or(3).max(1) as u32,
-        initial_delay: secs(p.initial_delay_seconds, 0),
+        let s = probe_spec(Some(&tcp));
+        assert_eq!(s.action, ProbeAction::Tcp);
+        assert_eq!(s.period, Duration::ZERO);
+        assert_eq!(s.timeout, Duration::from_secs(1));
+        assert_eq!((s.success_threshold, s.failure_threshold), (1, 3));
+    }
+
+    #[test]
+    fn readiness_maps_http_grpc_and_exec_with_their_timings() {
+        let http = Probe {
+            http_get: Some(HttpGetAction {
+                path: "healthz".into(),
+                http_headers: vec![HttpHeader {
+                    name: "X-Probe".into(),
+                    value: "1".into(),
+                }],
+                ..HttpGetAction::default()
+            }),
+            period_seconds: Some(5),
+            timeout_seconds: Some(2),
+            failure_threshold: Some(4),
+            success_threshold: Some(2),
+            initial_delay_seconds: Some(3),
+            ..Probe::default()
+        };
+        assert_eq!(
+            probe_spec(Some(&http)),
+            ProbeSpec {
+                action: ProbeAction::Http {
+                    path: "healthz".into(),
+                    headers: vec![("X-Probe".into(), "1".into())],
+                },
+                period: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                success_threshold: 2,
+                failure_threshold: 4,
+                initial_delay: Duration::from_secs(3),
+            }
+        );
+        let grpc = |service: Option<&str>| Probe {
+            grpc: Some(GrpcAction {
+                port: 8080,
+                service: service.map(String::from),
+            }),
+            ..Probe::default()
+        };
+        assert_eq!(
+            probe_spec(Some(&grpc(None))).action,
+            ProbeAction::Grpc {
+                service: String::new()
+            }
+        );
+        assert_eq!(
+            probe_spec(Some(&grpc(Some("shop.Cart")))).action,
+            ProbeAction::Grpc {
+                service: "shop.Cart".into()
+            }
+        );
+        let exec = Probe {
+            exec: Some(ExecAction {
+                command: vec!["cat".into(), "/tmp/healthy".into()],
+            }),
+            ..Probe::default()
+        };
+        assert_eq!(
+            probe_spec(Some(&exec)).action,
+            ProbeAction::Exec {
+                command: vec!["cat".into(), "/tmp/healthy".into()],
+                env: vec![],
+                working_dir: None,
+            }
+        );
+    }
+
+    #[test]
+    fn liveness_takes_kubernetes_defaults() {
+        let p = Probe {
+            http_get: Some(HttpGetAction::default()),
+            ..Probe::default()
+        };
+        assert_eq!(
+            liveness_spec(&p),
+            ProbeSpec {
+                action: ProbeAction::Http {
+                    path: "/".into(),
+                    headers: vec![],
+                },
+                period: Duration::from_secs(10),
+                timeout: Duration::from_secs(1),
+                success_threshold: 1,
+                failure_threshold: 3,
+                initial_delay: Duration::ZERO,
+            }
+        );
+        let p = Probe {
+            tcp_socket: Some(TcpSocketAction::default()),
+            period_seconds: Some(1),
+            failure_threshold: Some(1),
+            ..Probe::default()
+        };
+        let s = liveness_spec(&p);
+        assert_eq!((s.period, s.failure_threshold), (Duration::from_secs(1), 1));
     }
 }

@@ -41,6 +41,8 @@ pub enum Mode {
 #[derive(Debug)]
 struct RevisionEntry {
     mode: Mode,
+    /// The app speaks h2c: forward to its queue-proxies over HTTP/2 cleartext.
+    h2c: bool,
     backends: Backends,
     /// Requests of the revision in the gateway, kept across swaps.
     in_flight: InFlight,
@@ -56,7 +58,10 @@ pub struct Gateway {
     routes: ArcSwap<RoutingTable>,
     revisions: ArcSwap<RevisionMap>,
     activator: Arc<Activator>,
+    /// To HTTP/1.1 revisions' queue-proxies.
     client: ProxyClient,
+    /// To h2c revisions' queue-proxies (pooled, multiplexed).
+    h2c_client: ProxyClient,
     in_flight: InFlight,
 }
 
@@ -68,6 +73,7 @@ impl Gateway {
             revisions: ArcSwap::from_pointee(HashMap::new()),
             activator,
             client: ProxyClient::http1(),
+            h2c_client: ProxyClient::h2c(),
             in_flight: InFlight::new(),
         })
     }
@@ -87,20 +93,27 @@ impl Gateway {
         self.routes.load_full()
     }
 
-    /// Sets a revision's mode and endpoints in one atomic swap. Requests already past the
-    /// switch finish where they went; every later request sees the new state.
+    /// Sets a revision's mode, endpoints and protocol in one atomic swap. Requests already
+    /// past the switch finish where they went; every later request sees the new state.
+    ///
+    /// `h2c`: the revision's app speaks HTTP/2 cleartext (its port is named `h2c`), so its
+    /// requests go to the queue-proxies over h2c, whatever the client spoke, keeping trailers
+    /// (gRPC) and streaming both ways at once. The activator learns it from
+    /// [`rouse_activator::RevisionParams::h2c`].
     pub fn set_revision(
         &self,
         namespace: &str,
         revision: &str,
         mode: Mode,
         endpoints: Vec<SocketAddr>,
+        h2c: bool,
     ) {
         self.revisions.rcu(|current| {
             let mut next = RevisionMap::clone(current);
             let old = current.get(namespace).and_then(|r| r.get(revision));
             let entry = Arc::new(RevisionEntry {
                 mode,
+                h2c,
                 backends: Backends::new(endpoints.clone(), old.map(|o| &o.backends)),
                 in_flight: old.map(|o| o.in_flight.clone()).unwrap_or_default(),
             });
@@ -111,9 +124,11 @@ impl Gateway {
         });
     }
 
-    /// Serve mode with these endpoints (empty: requests go to the activator until some exist).
+    /// Serve mode with these endpoints (empty: requests go to the activator until some exist),
+    /// the protocol kept (HTTP/1.1 for a revision never set).
     pub fn set_endpoints(&self, namespace: &str, revision: &str, endpoints: Vec<SocketAddr>) {
-        self.set_revision(namespace, revision, Mode::Serve, endpoints);
+        let h2c = self.is_h2c(namespace, revision);
+        self.set_revision(namespace, revision, Mode::Serve, endpoints, h2c);
     }
 
     /// Forgets a revision (deleted); requests routed to it anyway go to the activator.
@@ -142,6 +157,12 @@ impl Gateway {
     /// it). Serve mode without endpoints also lands on the activator.
     pub fn mode(&self, namespace: &str, revision: &str) -> Option<Mode> {
         self.entry(namespace, revision).map(|e| e.mode)
+    }
+
+    /// Whether the revision's requests go to its instances over h2c (false for a revision
+    /// never set).
+    pub fn is_h2c(&self, namespace: &str, revision: &str) -> bool {
+        self.entry(namespace, revision).is_some_and(|e| e.h2c)
     }
 
     /// A revision's endpoints in force.
@@ -225,7 +246,7 @@ impl Gateway {
             && let Some(backend) = e.backends.pick()
         {
             let busy = backend.in_flight.start();
-            match self.forward(req, backend.addr).await {
+            match self.forward(req, backend.addr, e.h2c).await {
                 Ok((resp, Some(tunnel))) => {
                     // Switched: the connection counts as in flight until it closes.
                     spawn_tunnel(tunnel, (guards, busy));
@@ -254,14 +275,20 @@ impl Gateway {
             .await
     }
 
-    /// Sends a request to an instance: as a protocol switch (with the tunnel on 101) when it
-    /// asks for one, else plainly.
+    /// Sends a request to an instance: over h2c to an h2c revision (an HTTP/1.1 protocol
+    /// switch cannot cross HTTP/2, so there it goes as a plain request), as a protocol switch
+    /// (with the tunnel on 101) when it asks for one, else plainly.
     async fn forward(
         &self,
         req: Request<Body>,
         addr: SocketAddr,
+        h2c: bool,
     ) -> Result<(Response<Incoming>, Option<Tunnel>), ForwardError> {
-        if is_upgrade(&req) {
+        if h2c {
+            forward_retryable(&self.h2c_client, req, addr)
+                .await
+                .map(|resp| (resp, None))
+        } else if is_upgrade(&req) {
             forward_upgrade_retryable(&self.client, req, addr).await
         } else {
             forward_retryable(&self.client, req, addr)

@@ -10,6 +10,12 @@
 //!
 //! Client-sent internal headers are stripped and `X-Forwarded-*`/`Forwarded` added.
 //!
+//! Clients may speak HTTP/1.1 or h2c (prior knowledge). Each revision has a protocol too: an
+//! h2c revision (its port named `h2c`) is reached over HTTP/2 cleartext all the way, by the
+//! gateway and the activator alike, whatever the client spoke, so gRPC's trailers and
+//! full-duplex streams survive every hop; an HTTP/1.1 client's plain requests are carried
+//! over it unchanged.
+//!
 //! A request asking to switch protocols (a WebSocket handshake) goes the same way with its
 //! `Upgrade` kept; when the instance switches (101), the connection is carried both ways in
 //! its own task and counts as a request in flight (the gateway's, the revision's, the

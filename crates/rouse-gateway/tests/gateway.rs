@@ -480,7 +480,7 @@ async fn proxy_mode_hands_requests_to_the_activator() {
     g.gw.set_routes(table(&[(host, vec![target("p-00001", 100)])]));
     let b = backend("p").await;
     g.act.set_backends(NS, "p-00001", vec![b]);
-    g.gw.set_revision(NS, "p-00001", Mode::Proxy, vec![b]);
+    g.gw.set_revision(NS, "p-00001", Mode::Proxy, vec![b], false);
     assert_eq!(g.gw.mode(NS, "p-00001"), Some(Mode::Proxy));
     assert_eq!(g.gw.mode(NS, "other"), None);
     let c = client();
@@ -491,7 +491,7 @@ async fn proxy_mode_hands_requests_to_the_activator() {
     assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
 
     // Serve mode: straight to the instance.
-    g.gw.set_revision(NS, "p-00001", Mode::Serve, vec![b]);
+    g.gw.set_revision(NS, "p-00001", Mode::Serve, vec![b], false);
     assert_eq!(g.gw.mode(NS, "p-00001"), Some(Mode::Serve));
     let (status, body) = send(&c, get(g.addr, host, "/headers")).await;
     assert_eq!(status, StatusCode::OK);
@@ -503,7 +503,7 @@ async fn a_revision_at_zero_buffers_instead_of_failing() {
     let g = gateway().await;
     let host = "z.default.example.com";
     g.gw.set_routes(table(&[(host, vec![target("z-00001", 100)])]));
-    g.gw.set_revision(NS, "z-00001", Mode::Proxy, vec![]);
+    g.gw.set_revision(NS, "z-00001", Mode::Proxy, vec![], false);
     let addr = g.addr;
     let mut waiting = Vec::new();
     for _ in 0..3 {
@@ -526,7 +526,7 @@ async fn a_revision_at_zero_buffers_instead_of_failing() {
     wait_until(|| g.gw.in_flight_for(NS, "z-00001") == 0).await;
 
     // Serve mode without endpoints, or a revision never set, also lands on the activator.
-    g.gw.set_revision(NS, "z-00001", Mode::Serve, vec![]);
+    g.gw.set_revision(NS, "z-00001", Mode::Serve, vec![], false);
     let c = client();
     assert_eq!(send(&c, get(g.addr, host, "/")).await.1, "z");
     g.gw.remove_revision(NS, "z-00001");
@@ -570,7 +570,7 @@ async fn switching_serve_proxy_serve_under_load_fails_nothing() {
     g.act.set_revision(NS, rev, RevisionParams::default());
     g.act.set_backends(NS, rev, addrs.clone());
     wait_until(|| g.act.ready_backends(NS, rev).len() == 2).await;
-    g.gw.set_revision(NS, rev, Mode::Serve, addrs.clone());
+    g.gw.set_revision(NS, rev, Mode::Serve, addrs.clone(), false);
 
     let done = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
@@ -604,7 +604,7 @@ async fn switching_serve_proxy_serve_under_load_fails_nothing() {
         } else {
             Mode::Serve
         };
-        g.gw.set_revision(NS, rev, mode, addrs.clone());
+        g.gw.set_revision(NS, rev, mode, addrs.clone(), false);
         switches += 1;
         tokio::time::sleep(Duration::from_millis(3)).await;
     }

@@ -268,7 +268,7 @@ async fn websocket_at_zero_waits_in_the_activator_then_echoes() {
             ..RevisionParams::default()
         },
     );
-    g.gw.set_revision(NS, rev, Mode::Proxy, vec![]);
+    g.gw.set_revision(NS, rev, Mode::Proxy, vec![], false);
     let addr = g.addr;
     let opening = tokio::spawn(async move { open_ws(addr, host).await });
     wait_until("the handshake waits in the activator", || {
@@ -360,7 +360,7 @@ async fn declined_upgrades_are_passed_back_unchanged() {
     let inst = instance(rev).await;
     g.act.set_backends(NS, rev, vec![inst.qp.addr()]);
     for mode in [Mode::Serve, Mode::Proxy] {
-        g.gw.set_revision(NS, rev, mode, vec![inst.qp.addr()]);
+        g.gw.set_revision(NS, rev, mode, vec![inst.qp.addr()], false);
         // The app answers 400 to a handshake it does not speak.
         let (mut tcp, head) = handshake(g.addr, host, "/ws", "something-else").await;
         assert!(head.starts_with("HTTP/1.1 400"), "{mode:?}: {head}");

@@ -6,6 +6,8 @@ use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use rouse_queue::{ProbeAction, ProbeSpec};
+
 use crate::spec::{Termination, WorkloadSpec};
 
 /// Reason for a program that cannot be found or executed.
@@ -38,13 +40,62 @@ pub(crate) fn start_failure(reason: &str, message: String) -> Termination {
     }
 }
 
-/// Plans the launch of one instance listening on `port`.
-pub(crate) fn plan(spec: &WorkloadSpec, port: u16) -> Result<Launch, Termination> {
+/// The variables one instance listening on `port` gets on top of the platform's environment:
+/// the container's, then `PORT` and the `K_*` ones.
+pub(crate) fn instance_env(spec: &WorkloadSpec, port: u16) -> Vec<(String, String)> {
     let mut env = spec.env.clone();
     env.push(("PORT".into(), port.to_string()));
     env.push(("K_REVISION".into(), spec.revision.clone()));
     env.push(("K_CONFIGURATION".into(), spec.configuration.clone()));
     env.push(("K_SERVICE".into(), spec.service.clone()));
+    env
+}
+
+/// A probe as one instance listening on `port` runs it: an exec probe gets the instance's
+/// environment (then its own variables) and working directory (unless it names one), its
+/// `$(VAR)` references expanded and its program found the way the instance's is (left as
+/// written when it cannot be, so the probe says why). Other probes are unchanged (they target
+/// the instance's port whatever port they name).
+pub(crate) fn instance_probe(probe: &ProbeSpec, spec: &WorkloadSpec, port: u16) -> ProbeSpec {
+    let ProbeAction::Exec {
+        command,
+        env: own_env,
+        working_dir: own_dir,
+    } = &probe.action
+    else {
+        return probe.clone();
+    };
+    let mut env = instance_env(spec, port);
+    env.extend(own_env.iter().cloned());
+    let vars: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut command: Vec<String> = command.iter().map(|a| expand(a, &vars)).collect();
+    let base = std::env::current_dir().unwrap_or_default();
+    let working_dir = own_dir
+        .as_ref()
+        .or(spec.working_dir.as_ref())
+        .map(|d| base.join(d));
+    if let Some(program) = command.first_mut() {
+        let path_var = vars
+            .get("PATH")
+            .map(OsString::from)
+            .or_else(|| std::env::var_os("PATH"));
+        if let Ok(found) = resolve(program, working_dir.as_deref().unwrap_or(&base), path_var) {
+            *program = found.display().to_string();
+        }
+    }
+    ProbeSpec {
+        action: ProbeAction::Exec {
+            command,
+            env,
+            working_dir,
+        },
+        ..probe.clone()
+    }
+}
+
+/// Plans the launch of one instance listening on `port`.
+pub(crate) fn plan(spec: &WorkloadSpec, port: u16) -> Result<Launch, Termination> {
+    let env = instance_env(spec, port);
     let vars: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut argv = spec
         .command
@@ -193,6 +244,7 @@ mod tests {
                 idle_timeout: None,
             },
             drain_timeout: Duration::from_secs(1),
+            liveness: None,
         }
     }
 
@@ -286,5 +338,66 @@ mod tests {
         s.env.push(("PATH".into(), "/definitely/not/here".into()));
         let t = plan(&s, 1).unwrap_err();
         assert_eq!(t.reason, "ContainerMissing");
+    }
+
+    #[test]
+    fn exec_probes_get_the_instance_env_dir_and_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(&["sh"], &[]);
+        s.working_dir = Some(dir.path().to_path_buf());
+        let probe = ProbeSpec {
+            action: ProbeAction::Exec {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "test $(PORT) = $(GREETING)".into(),
+                ],
+                env: vec![("EXTRA".into(), "1".into())],
+                working_dir: None,
+            },
+            period: Duration::from_secs(3),
+            ..ProbeSpec::default()
+        };
+        let p = instance_probe(&probe, &s, 9000);
+        assert_eq!(p.period, Duration::from_secs(3));
+        let ProbeAction::Exec {
+            command,
+            env,
+            working_dir,
+        } = p.action
+        else {
+            panic!("not exec: {:?}", p.action);
+        };
+        assert!(Path::new(&command[0]).is_absolute(), "{command:?}");
+        assert!(command[0].ends_with("/sh"), "{command:?}");
+        assert_eq!(command[1..], ["-c", "test 9000 = hi"]);
+        assert_eq!(working_dir.as_deref(), Some(dir.path()));
+        for kv in [
+            ("PORT", "9000"),
+            ("K_SERVICE", "hello"),
+            ("GREETING", "hi"),
+            ("EXTRA", "1"),
+        ] {
+            assert!(
+                env.contains(&(kv.0.into(), kv.1.into())),
+                "{kv:?} in {env:?}"
+            );
+        }
+
+        // A program that cannot be found stays as written; other probes are untouched.
+        let missing = ProbeSpec {
+            action: ProbeAction::Exec {
+                command: vec!["no-such-probe-rouse".into()],
+                env: vec![],
+                working_dir: None,
+            },
+            ..ProbeSpec::default()
+        };
+        let p = instance_probe(&missing, &s, 1);
+        assert!(
+            matches!(&p.action, ProbeAction::Exec { command, .. } if command[0] == "no-such-probe-rouse")
+        );
+        let tcp = ProbeSpec::default();
+        assert_eq!(instance_probe(&tcp, &s, 1), tcp);
     }
 }

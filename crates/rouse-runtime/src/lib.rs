@@ -13,9 +13,13 @@ mod sys;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use process::{BACKOFF_MAX, BACKOFF_RESET_AFTER, BACKOFF_START, KILL_GRACE, ProcessRuntime};
-pub use rouse_queue::{ProbeAction, ProbeSpec};
-pub use spec::{InstanceInfo, InstanceState, QueueTemplate, Termination, WorkloadSpec};
+pub use process::{
+    BACKOFF_MAX, BACKOFF_RESET_AFTER, BACKOFF_START, KILL_GRACE, LIVENESS_PERIOD, ProcessRuntime,
+};
+pub use rouse_queue::{ProbeAction, ProbeFailure, ProbeSpec};
+pub use spec::{
+    InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED, QueueTemplate, Termination, WorkloadSpec,
+};
 
 /// Runs revisions' instances. Calls return at once; the work happens in the background and
 /// every change is announced on [`Runtime::subscribe`].

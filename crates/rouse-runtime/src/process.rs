@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rouse_queue::{QueueConfig, QueueProxy, QueueStats};
+use rouse_queue::{AppProbe, ProbeSpec, QueueConfig, QueueProxy, QueueStats};
 use tokio::runtime::Handle;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::command::{self, REASON_MISSING, REASON_START, start_failure};
-use crate::spec::{InstanceInfo, InstanceState, Termination, WorkloadSpec};
+use crate::command::{self, REASON_MISSING, REASON_START, instance_probe, start_failure};
+use crate::spec::{InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED, Termination, WorkloadSpec};
 use crate::{Runtime, sys};
 
 /// How long a process gets between SIGTERM and SIGKILL.
@@ -29,6 +29,8 @@ pub const BACKOFF_START: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A run this long resets the restart backoff.
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+/// How often a liveness probe with no period runs (Kubernetes' `periodSeconds` default).
+pub const LIVENESS_PERIOD: Duration = Duration::from_secs(10);
 /// Lines of a stopped process's output kept in its [`Termination`] message.
 const TAIL_LINES: usize = 10;
 /// Bytes of output read to find those lines.
@@ -299,7 +301,7 @@ fn queue_config(spec: &WorkloadSpec, app_port: u16) -> QueueConfig {
         app_addr: ([127, 0, 0, 1], app_port).into(),
         h2c: t.h2c,
         container_concurrency: t.container_concurrency,
-        readiness: t.readiness.clone(),
+        readiness: instance_probe(&t.readiness, spec, app_port),
         revision: t.revision.clone(),
         namespace: t.namespace.clone(),
         timeout: t.timeout,
@@ -403,11 +405,31 @@ impl Supervisor {
         tokio::task::spawn_blocking(move || {
             let _ = exit_tx.send(child.wait());
         });
+        let liveness = self.spec.liveness.as_ref().map(|l| {
+            let spec = instance_probe(l, &self.spec, app_port);
+            let app = ([127, 0, 0, 1], app_port).into();
+            (
+                AppProbe::new(spec.action.clone(), app, self.spec.queue.h2c),
+                spec,
+            )
+        });
+        let dead = async {
+            match &liveness {
+                Some((probe, spec)) => liveness_failure(probe, spec).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(dead);
         let mut ready = qp.ready();
         let mut ready_once = false;
         let mut stop = self.stop.clone();
         loop {
             tokio::select! {
+                why = &mut dead => {
+                    return self
+                        .restart_unhealthy(qp, pid, &mut exit_rx, why, &log_path, offset)
+                        .await;
+                }
                 status = &mut exit_rx => {
                     qp.app_stopped();
                     // Anything the process left behind in its group goes with it.
@@ -468,6 +490,45 @@ impl Supervisor {
         self.update(|i| i.pid = None);
     }
 
+    /// Ends a run whose liveness probe failed: readiness drops at once, then SIGTERM, and
+    /// SIGKILL after the grace. No drain: the app is deemed broken.
+    async fn restart_unhealthy(
+        &self,
+        qp: &QueueProxy,
+        pid: u32,
+        exit: &mut oneshot::Receiver<std::io::Result<ExitStatus>>,
+        why: String,
+        log_path: &Path,
+        offset: u64,
+    ) -> RunEnd {
+        tracing::warn!(revision = %self.key.1, instance = %lock(&self.info).id, pid,
+            reason = %why, "restarting an instance that failed its liveness probe");
+        qp.app_stopped();
+        self.update(|i| {
+            if i.state != InstanceState::Terminating {
+                i.state = InstanceState::NotReady;
+            }
+        });
+        if let Err(e) = sys::signal_group(pid, libc::SIGTERM) {
+            tracing::warn!(pid, error = %e, "SIGTERM failed");
+        }
+        let status = match tokio::time::timeout(self.shared.kill_grace, &mut *exit).await {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::warn!(revision = %self.key.1, pid, "no exit after SIGTERM; sending SIGKILL");
+                let _ = sys::signal_group(pid, libc::SIGKILL);
+                exit.await
+            }
+        };
+        let _ = sys::signal_group(pid, libc::SIGKILL);
+        let t = Termination {
+            reason: LIVENESS_PROBE_FAILED.to_string(),
+            message: why,
+            ..termination(status, log_path, offset)
+        };
+        self.down(t)
+    }
+
     fn down(&self, t: Termination) -> RunEnd {
         self.update(|i| {
             i.pid = None;
@@ -504,6 +565,40 @@ impl Supervisor {
         }
         self.shared.live.send_modify(|n| *n -= 1);
         self.shared.notify(&self.key);
+    }
+}
+
+/// Resolves when the liveness probe has failed `failure_threshold` times in a row (tries
+/// every period from the initial delay on), with a message saying which probe and how.
+async fn liveness_failure(probe: &AppProbe, spec: &ProbeSpec) -> String {
+    tokio::time::sleep(spec.initial_delay).await;
+    let period = if spec.period.is_zero() {
+        LIVENESS_PERIOD
+    } else {
+        spec.period
+    };
+    let timeout = spec.effective_timeout();
+    let threshold = spec.effective_failure_threshold();
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0;
+    loop {
+        tick.tick().await;
+        match probe.check(timeout).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::debug!(probe = %probe.action(), failures, error = %e,
+                    "liveness probe failed");
+                if failures >= threshold {
+                    let times = if failures == 1 { "time" } else { "times" };
+                    return format!(
+                        "liveness probe {} failed {failures} {times} in a row: {e}",
+                        probe.action()
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -31,7 +31,15 @@ pub struct WorkloadSpec {
     /// How long a stopping instance's requests in flight may take to finish (the revision's
     /// `timeoutSeconds`).
     pub drain_timeout: Duration,
+    /// The app's liveness probe: once the process runs (after its initial delay) it is tried
+    /// every period (10 s when zero) with its timeout, and after `failure_threshold`
+    /// consecutive failures the process is restarted ([`LIVENESS_PROBE_FAILED`]). An exec
+    /// probe runs with the instance's environment and working directory.
+    pub liveness: Option<ProbeSpec>,
 }
+
+/// The [`Termination::reason`] of a run ended because its liveness probe failed.
+pub const LIVENESS_PROBE_FAILED: &str = "LivenessProbeFailed";
 
 /// A [`rouse_queue::QueueConfig`] without the app's address (which each instance gets).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,7 +48,8 @@ pub struct QueueTemplate {
     pub h2c: bool,
     /// `containerConcurrency`; 0 means unlimited.
     pub container_concurrency: u32,
-    /// The app's readiness probe.
+    /// The app's readiness probe (an exec probe runs with the instance's environment and
+    /// working directory).
     pub readiness: ProbeSpec,
     /// The revision's name.
     pub revision: String,
@@ -76,7 +85,8 @@ pub struct Termination {
     pub signal: Option<i32>,
     /// Why, in a word: `ContainerMissing` (the program cannot be found or executed),
     /// `StartError` (it could not be started for another reason), `Error` (it exited with a
-    /// non-zero code or by a signal), `Completed` (it exited with code 0).
+    /// non-zero code or by a signal), `Completed` (it exited with code 0),
+    /// `LivenessProbeFailed` (its liveness probe failed, so it was restarted).
     pub reason: String,
     /// Detail: the OS error for a start failure, else the last lines the process wrote.
     pub message: String,

@@ -2,8 +2,8 @@
 
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,30 +14,9 @@ use rouse_runtime::{
     InstanceInfo, InstanceState, ProbeSpec, ProcessRuntime, QueueTemplate, Runtime, WorkloadSpec,
 };
 
-const BOUND: Duration = Duration::from_secs(20);
-const NS: &str = "default";
+mod common;
 
-/// The `rouse-testapp` binary, built once per test run.
-fn testapp() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = std::process::Command::new(cargo)
-            .args(["build", "-p", "testapps", "--bin", "rouse-testapp"])
-            .arg("--message-format=json")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("run cargo build");
-        assert!(out.status.success(), "cargo build -p testapps failed");
-        out.stdout
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
-            .filter(|m| m["target"]["name"] == "rouse-testapp")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported the rouse-testapp executable")
-    })
-}
+use common::{BOUND, NS, process_gone, testapp, wait_for, wait_gone};
 
 fn spec(revision: &str, command: Vec<String>, args: &[&str]) -> WorkloadSpec {
     WorkloadSpec {
@@ -60,6 +39,7 @@ fn spec(revision: &str, command: Vec<String>, args: &[&str]) -> WorkloadSpec {
             idle_timeout: None,
         },
         drain_timeout: Duration::from_secs(10),
+        liveness: None,
     }
 }
 
@@ -67,49 +47,8 @@ fn app_spec(revision: &str, args: &[&str]) -> WorkloadSpec {
     spec(revision, vec![testapp().display().to_string()], args)
 }
 
-async fn wait_for(
-    rt: &ProcessRuntime,
-    rev: &str,
-    what: &str,
-    cond: impl Fn(&[InstanceInfo]) -> bool,
-) -> Vec<InstanceInfo> {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    loop {
-        let insts = rt.instances(NS, rev);
-        if cond(&insts) {
-            return insts;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; instances: {insts:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn all_ready(n: usize) -> impl Fn(&[InstanceInfo]) -> bool {
     move |i| i.len() == n && i.iter().all(|i| i.state == InstanceState::Ready)
-}
-
-/// Whether a process is gone (a zombie no reaper collected counts as gone).
-fn process_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
-}
-
-async fn wait_gone(pid: u32) {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !process_gone(pid) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "process {pid} still alive"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {

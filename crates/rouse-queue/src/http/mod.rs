@@ -1,10 +1,13 @@
 //! HTTP pieces shared by every proxy hop (queue-proxy, gateway, activator): the body type,
 //! header hygiene, a pooled forwarding client (with protocol upgrades such as WebSocket) and a
-//! server loop with graceful shutdown.
+//! server loop with graceful shutdown and limits on bad clients.
 
 mod body;
 mod client;
+mod conn;
 mod headers;
+mod limits;
+mod read_timeout;
 mod retry;
 mod server;
 mod upgrade;
@@ -12,6 +15,12 @@ mod upgrade;
 pub use body::{Body, BoxError, GuardedBody, boxed, empty, full, text_response};
 pub use client::{ProxyClient, ProxyError};
 pub use headers::{is_internal, strip_hop_by_hop, strip_internal};
+pub use limits::{
+    DEFAULT_BODY_READ_TIMEOUT, DEFAULT_H2_KEEP_ALIVE_INTERVAL, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_HEADERS, MIN_MAX_HEADER_SIZE,
+    ServerLimits,
+};
+pub use read_timeout::{BodyReadTimeout, ReadTimeoutBody};
 pub use retry::{ForwardError, forward_retryable};
-pub use server::serve;
+pub use server::{BODY_TIMEOUT_BODY, FromIncoming, serve, serve_with};
 pub use upgrade::{Tunnel, is_upgrade};

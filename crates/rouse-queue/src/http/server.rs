@@ -1,46 +1,106 @@
-//! An HTTP/1.1 + h2c server loop with graceful shutdown, shared by every listening hop.
+//! An HTTP/1.1 + h2c server loop with graceful shutdown and client limits ([`ServerLimits`]),
+//! shared by every listening hop.
+//!
+//! Bad clients are dealt with here, so no hop has to: a malformed request gets 400 and an
+//! oversized head 431 (both from hyper's parser, followed by a lingering close so the answer
+//! survives); a head that trickles in, a connection that says nothing and an idle keep-alive
+//! connection are closed by per-connection timers; a request body that stalls fails and the
+//! client gets 408; a client that goes away drops its request's future and response body, and
+//! so everything they hold. Each connection runs in its own task, so none of it slows others.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::body::Body;
+use super::body::{Body, BoxError, boxed, text_response};
+use super::conn::{ActiveGuard, ConnWatch, WatchedIo, client_gone, linger, peer_handle};
+use super::limits::{MIN_MAX_HEADER_SIZE, ServerLimits};
+use super::read_timeout::{BodyReadTimeout, ReadTimeoutBody};
 
-/// How long a client may take to send a request head on HTTP/1.1.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The body of the 408 a request gets when its body stalled before its response started.
+pub const BODY_TIMEOUT_BODY: &str = "request body read timeout";
 
-/// Serves HTTP/1.1 (keep-alive) and h2c (prior knowledge) connections accepted on `listener`,
-/// each handled by the service `make_service(client_addr)` returns.
-///
-/// When `shutdown` resolves it stops accepting, asks every connection to finish (idle
-/// keep-alive connections close at once, in-flight requests and streaming responses complete),
-/// and returns once all connections have closed. Dropping the returned future instead aborts
-/// every connection at once.
-pub async fn serve<M, S>(
+/// A request body type a server loop can hand its service: [`Body`] (the incoming body under
+/// [`ServerLimits::body_read_timeout`]), [`ReadTimeoutBody<Incoming>`] (the same, unboxed),
+/// or hyper's [`Incoming`] (no read timeout: it cannot carry one).
+pub trait FromIncoming: Send + 'static {
+    /// Whether this body type keeps the read timeout (and so can stall into a 408).
+    const READ_TIMEOUT: bool = true;
+
+    /// Makes the body from the incoming one wrapped in its read timeout.
+    fn from_incoming(body: ReadTimeoutBody<Incoming>) -> Self;
+}
+
+impl FromIncoming for Body {
+    fn from_incoming(body: ReadTimeoutBody<Incoming>) -> Self {
+        boxed(body)
+    }
+}
+
+impl FromIncoming for ReadTimeoutBody<Incoming> {
+    fn from_incoming(body: ReadTimeoutBody<Incoming>) -> Self {
+        body
+    }
+}
+
+impl FromIncoming for Incoming {
+    const READ_TIMEOUT: bool = false;
+
+    fn from_incoming(body: ReadTimeoutBody<Incoming>) -> Self {
+        body.into_inner()
+    }
+}
+
+/// [`serve_with`] with the default [`ServerLimits`].
+pub async fn serve<M, S, B>(
     listener: TcpListener,
     make_service: M,
     shutdown: impl Future<Output = ()> + Send,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
+    B: FromIncoming,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    serve_with(listener, make_service, shutdown, ServerLimits::default()).await;
+}
+
+/// Serves HTTP/1.1 (keep-alive) and h2c (prior knowledge) connections accepted on `listener`,
+/// each handled by the service `make_service(client_addr)` returns, holding clients to
+/// `limits`.
+///
+/// When `shutdown` resolves it stops accepting, asks every connection to finish (idle
+/// keep-alive connections close at once, in-flight requests and streaming responses complete),
+/// and returns once all connections have closed. Dropping the returned future instead aborts
+/// every connection at once.
+pub async fn serve_with<M, S, B>(
+    listener: TcpListener,
+    make_service: M,
+    shutdown: impl Future<Output = ()> + Send,
+    limits: ServerLimits,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: FromIncoming,
+{
+    let builder = Arc::new(builder(&limits));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -59,26 +119,14 @@ pub async fn serve<M, S>(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = make_service(remote);
-                let builder = builder.clone();
-                let mut stop = stop_rx.clone();
-                conns.spawn(async move {
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        res = conn.as_mut() => {
-                            if let Err(e) = res {
-                                tracing::debug!(error = %e, %remote, "connection ended with error");
-                            }
-                            return;
-                        }
-                        _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
-                    }
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %remote, "connection ended with error");
-                    }
-                });
+                conns.spawn(connection(
+                    stream,
+                    remote,
+                    service,
+                    builder.clone(),
+                    limits,
+                    stop_rx.clone(),
+                ));
             }
             // Reap finished connections so the set does not grow without bound.
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -87,4 +135,237 @@ pub async fn serve<M, S>(
     drop(listener);
     let _ = stop_tx.send(true);
     while conns.join_next().await.is_some() {}
+}
+
+fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let head = limits.max_header_size.max(MIN_MAX_HEADER_SIZE);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut h1 = builder.http1();
+    h1.timer(TokioTimer::new())
+        // The connection's own timers (see `ConnWatch`) replace hyper's, which would also
+        // close idle keep-alive connections after the header timeout.
+        .header_read_timeout(None)
+        // hyper-util exposes no separate head limit; a head that fills the read buffer is
+        // answered 431.
+        .max_buf_size(head);
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        h1.max_headers(limits.max_headers);
+    }
+    let mut h2 = builder.http2();
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
+        .keep_alive_interval(limits.h2_keep_alive_interval);
+    builder
+}
+
+/// hyper's default header count: left alone, hyper keeps headers on its faster stack path.
+const HYPER_MAX_HEADERS: usize = 100;
+
+/// Runs one client connection to its end.
+async fn connection<S, B>(
+    stream: TcpStream,
+    remote: SocketAddr,
+    service: S,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ServerLimits,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: FromIncoming,
+{
+    let watch = Arc::new(ConnWatch::new(
+        limits.header_read_timeout,
+        limits.idle_timeout,
+    ));
+    let peer = peer_handle(&stream);
+    let (io, mut back) = WatchedIo::new(stream, watch.clone());
+    let service = Limited {
+        inner: service,
+        watch: watch.clone(),
+        body_read_timeout: limits.body_read_timeout,
+        body: PhantomData,
+    };
+    let gone = async {
+        match &peer {
+            Some(peer) => client_gone(peer, &watch).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(gone);
+    // Boxed so it can be dropped (and the socket with it) before the linger below.
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    let mut stopping = false;
+    let mut going_away = false;
+    let ended = loop {
+        tokio::select! {
+            // hyper first: whatever it can finish (an answer to write, say) it does.
+            biased;
+            res = conn.as_mut() => break Some(res),
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = watch.overstayed(), if !going_away => {
+                if !watch.is_h2() {
+                    // Idle, or a head that never completed: nothing to lose, hang up.
+                    tracing::debug!(%remote, "closing an idle or slow connection");
+                    break None;
+                }
+                // Streams that raced the GOAWAY still finish.
+                going_away = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut gone => {
+                // Drops the request in progress, and with it all it holds.
+                tracing::debug!(%remote, "client hung up");
+                break None;
+            }
+        }
+    };
+    let answered_error = match &ended {
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, %remote, "connection ended with error");
+            e.downcast_ref::<hyper::Error>()
+                .is_some_and(|e| e.is_parse())
+        }
+        _ => false,
+    };
+    drop(conn);
+    // hyper answered a malformed or oversized request (400, 431) and closed; the client may
+    // still be sending the rest of it.
+    if answered_error && let Ok(stream) = back.try_recv() {
+        linger(stream).await;
+    }
+}
+
+/// Wraps a hop's service: counts each request as in progress on its connection (until its
+/// response body ends or is dropped), puts the request body under the read timeout and
+/// answers 408 when it fires before the response started.
+struct Limited<S, B> {
+    inner: S,
+    watch: Arc<ConnWatch>,
+    body_read_timeout: Option<Duration>,
+    body: PhantomData<fn(B)>,
+}
+
+type Served = Response<ServedBody>;
+
+impl<S, B> Service<Request<Incoming>> for Limited<S, B>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: FromIncoming,
+{
+    type Response = Served;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Served, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let version = req.version();
+        let guard = self.watch.start(version == Version::HTTP_2);
+        let (parts, incoming) = req.into_parts();
+        // A body already complete (a GET, say) cannot stall.
+        let timeout = self
+            .body_read_timeout
+            .filter(|_| B::READ_TIMEOUT && !incoming.is_end_stream());
+        let body = ReadTimeoutBody::new(incoming, timeout);
+        let timed_out = timeout.map(|_| body.timed_out());
+        let fut = self
+            .inner
+            .call(Request::from_parts(parts, B::from_incoming(body)));
+        let (Some(timeout), Some(timed_out)) = (timeout, timed_out) else {
+            return Box::pin(async move {
+                let Ok(resp) = fut.await;
+                Ok(resp.map(|b| ServedBody::new(b, guard, None)))
+            });
+        };
+        Box::pin(async move {
+            let stall = fired(timed_out.clone());
+            tokio::select! {
+                biased;
+                () = stall => Ok(body_timeout_response(version, guard)),
+                resp = fut => {
+                    let Ok(resp) = resp;
+                    // The answer came from a request whose body had already failed: it is
+                    // about the stall, whatever the handler made of it.
+                    if *timed_out.borrow() {
+                        return Ok(body_timeout_response(version, guard));
+                    }
+                    let stall: Stall = (Box::pin(fired(timed_out)), timeout);
+                    Ok(resp.map(|b| ServedBody::new(b, guard, Some(stall))))
+                }
+            }
+        })
+    }
+}
+
+/// Resolves when the request body timed out; never if it was dropped without.
+async fn fired(mut timed_out: watch::Receiver<bool>) {
+    let fired = timed_out.wait_for(|t| *t).await.is_ok();
+    if !fired {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The 408 for a request whose body stalled; HTTP/1 connections close after it (the rest of
+/// the body is still owed).
+fn body_timeout_response(version: Version, guard: ActiveGuard) -> Served {
+    let mut resp = text_response(StatusCode::REQUEST_TIMEOUT, BODY_TIMEOUT_BODY);
+    if version < Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp.map(|b| ServedBody::new(b, guard, None))
+}
+
+/// Resolves when the request body stalls past its read timeout (the second part).
+type Stall = (Pin<Box<dyn Future<Output = ()> + Send>>, Duration);
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted on the connection until it ends or is
+    /// dropped, and fails (so the server breaks the response off) if the request body stalls
+    /// while it streams.
+    struct ServedBody {
+        #[pin]
+        inner: Body,
+        guard: ActiveGuard,
+        stall: Option<Stall>,
+    }
+}
+
+impl ServedBody {
+    fn new(inner: Body, guard: ActiveGuard, stall: Option<Stall>) -> Self {
+        ServedBody {
+            inner,
+            guard,
+            stall,
+        }
+    }
+}
+
+impl HttpBody for ServedBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if let Some((stalled, timeout)) = this.stall.as_mut()
+            && stalled.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err(BodyReadTimeout(*timeout).into())));
+        }
+        this.inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -1,0 +1,585 @@
+//! Bad clients against the shared server loop, through raw sockets: malformed and oversized
+//! requests, slow and silent senders, stalled bodies, clients that hang up, and that none of
+//! it holds up anyone else. Most run against a real queue-proxy in front of a tiny app; the
+//! timer cases run against a bare `serve_with` with short limits (or the defaults on a paused
+//! clock).
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{App, BOUND, client, fetch, get, wait_ready, wait_until};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rouse_queue::http::{
+    BODY_TIMEOUT_BODY, Body, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, ProxyClient,
+    ServerLimits, full, serve, serve_with,
+};
+use rouse_queue::{QueueConfig, QueueProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+async fn queue(app: &App, cc: u32) -> QueueProxy {
+    let qp = QueueProxy::start(QueueConfig {
+        container_concurrency: cc,
+        ..QueueConfig::new(app.addr, "default", "bad-00001")
+    })
+    .await
+    .unwrap();
+    wait_ready(&qp).await;
+    qp
+}
+
+/// Sends `bytes` on a fresh connection and reads until the server closes it.
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    read_to_close(&mut tcp).await
+}
+
+/// Reads until the server closes the connection (a reset counts as closed).
+async fn read_to_close(tcp: &mut TcpStream) -> String {
+    read_to_close_within(tcp, BOUND).await
+}
+
+async fn read_to_close_within(tcp: &mut TcpStream, bound: Duration) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    tokio::time::timeout(bound, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server kept the connection open");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Reads until `want` has arrived.
+async fn read_until(tcp: &mut TcpStream, want: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    tokio::time::timeout(BOUND, async {
+        while !String::from_utf8_lossy(&got).contains(want) {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before {want:?}: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {want:?} in time"));
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn big_header_request(size: usize) -> Vec<u8> {
+    let mut req = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', size));
+    req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    req
+}
+
+/// A bare server loop with `limits` and a small app:
+/// `/echo` streams the request body back as it arrives; `/proxy` forwards to `upstream`;
+/// anything else answers `ok` without reading the body.
+async fn bare(limits: ServerLimits, upstream: Option<SocketAddr>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = ProxyClient::http1();
+    let make = move |_remote| {
+        let proxy = proxy.clone();
+        service_fn(move |req: Request<Body>| {
+            let proxy = proxy.clone();
+            async move {
+                let resp = match req.uri().path() {
+                    "/echo" => Response::new(req.into_body()),
+                    "/proxy" => match proxy.forward(req, upstream.unwrap()).await {
+                        Ok(resp) => resp.map(rouse_queue::http::boxed),
+                        Err(e) => e.to_response(),
+                    },
+                    _ => Response::new(full("ok")),
+                };
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    tokio::spawn(serve_with(listener, make, std::future::pending(), limits));
+    addr
+}
+
+/// An upstream that reads each request body whole and counts the bodies that broke off.
+async fn body_reader() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let broken = Arc::new(AtomicUsize::new(0));
+    let b = broken.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let b = b.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let b = b.clone();
+                    async move {
+                        let text = match req.into_body().collect().await {
+                            Ok(body) => format!("got {} bytes", body.to_bytes().len()),
+                            Err(_) => {
+                                b.fetch_add(1, Ordering::SeqCst);
+                                "broken".to_string()
+                            }
+                        };
+                        Ok::<_, Infallible>(Response::new(full(text)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, broken)
+}
+
+fn short(header: u64, idle: u64, body: u64) -> ServerLimits {
+    ServerLimits {
+        header_read_timeout: Some(ms(header)),
+        idle_timeout: Some(ms(idle)),
+        body_read_timeout: Some(ms(body)),
+        ..ServerLimits::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400_and_the_queue_proxy_keeps_serving() {
+    let app = App::start().await;
+    let qp = queue(&app, 0).await;
+    for bad in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nNot a header\r\n\r\n",
+        b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n",
+    ] {
+        let answer = exchange(qp.addr(), bad).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 "),
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert_eq!(app.seen(), 0, "nothing malformed reached the app");
+    assert_eq!(
+        fetch(qp.addr(), "/").await,
+        (StatusCode::OK, "hello".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_head_gets_431_and_a_large_one_under_the_limit_passes() {
+    let app = App::start().await;
+    let qp = queue(&app, 0).await;
+    let answer = exchange(qp.addr(), &big_header_request(100 * 1024)).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "got {answer:?}");
+    // A client that sends far more than the limit before it reads still gets the answer: the
+    // server reads and discards the rest instead of resetting the connection.
+    let mut tcp = TcpStream::connect(qp.addr()).await.unwrap();
+    let _ = tcp.write_all(&big_header_request(900 * 1024)).await;
+    let answer = read_to_close(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "got {answer:?}");
+    // Too many header fields is the same answer.
+    let mut many = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..150 {
+        many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let answer = exchange(qp.addr(), &many).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "got {answer:?}");
+    assert_eq!(app.seen(), 0);
+    // 60 KiB of headers is within the 64 KiB limit and goes through to the app.
+    let answer = exchange(qp.addr(), &big_header_request(60 * 1024)).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "got {answer:?}");
+    assert!(answer.ends_with("hello"), "got {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_h2c_header_list_is_refused() {
+    let addr = bare(ServerLimits::default(), None).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let big = "a".repeat(100 * 1024);
+    let req = Request::get(format!("http://{addr}/"))
+        .header("x-big", big)
+        .body(full(""))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // A normal request on a fresh connection still works.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::get(format!("http://{addr}/"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_silent_sender_is_cut_off_at_the_header_timeout() {
+    let addr = bare(short(300, 10_000, 10_000), None).await;
+    // Says nothing at all.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(read_to_close(&mut silent).await, "");
+    assert!(started.elapsed() >= ms(300), "{:?}", started.elapsed());
+    // Starts a head and stops.
+    let started = Instant::now();
+    let answer = exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+    assert_eq!(answer, "", "no answer to a head that never completed");
+    assert!(started.elapsed() >= ms(300));
+    // Trickles a byte every 50 ms: the timeout counts from the first byte, not the last.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut closed_after = None;
+    for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+    {
+        if tcp.write_all(&[*b]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    let closed_after = match closed_after {
+        Some(t) => t,
+        None => {
+            assert_eq!(read_to_close(&mut tcp).await, "");
+            started.elapsed()
+        }
+    };
+    assert!(
+        closed_after >= ms(300) && closed_after < ms(2400),
+        "closed after {closed_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_is_closed_after_the_idle_timeout_only() {
+    let addr = bare(short(5_000, 400, 10_000), None).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    // Busy for well over the idle timeout, with gaps shorter than it: stays open.
+    let started = Instant::now();
+    while started.elapsed() < ms(1200) {
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_until(&mut tcp, "ok").await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "got {answer:?}");
+        tokio::time::sleep(ms(100)).await;
+    }
+    // Then idle: closed after the idle timeout, well before the 5 s header timeout.
+    let idle = Instant::now();
+    assert_eq!(read_to_close(&mut tcp).await, "");
+    let after = idle.elapsed();
+    assert!(
+        after >= ms(250) && after < ms(3000),
+        "closed after {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2c_connection_gets_a_goaway() {
+    let addr = bare(short(5_000, 300, 10_000), None).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let (closed_tx, closed_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = closed_tx.send(Instant::now());
+    });
+    let resp = send
+        .send_request(
+            Request::get(format!("http://{addr}/"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    let idle = Instant::now();
+    let closed = tokio::time::timeout(BOUND, closed_rx)
+        .await
+        .expect("the idle h2c connection stayed open")
+        .unwrap();
+    assert!(closed - idle >= ms(250), "closed after {:?}", closed - idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_timers_on_a_paused_clock() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let make = |_remote| service_fn(|_req: Request<Body>| async { Ok(Response::new(full("ok"))) });
+    tokio::spawn(serve(listener, make, std::future::pending()));
+    // A silent connection goes at the header timeout.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let bound = DEFAULT_HEADER_READ_TIMEOUT * 3;
+    assert_eq!(read_to_close_within(&mut silent, bound).await, "");
+    let after = started.elapsed();
+    assert!(
+        after >= DEFAULT_HEADER_READ_TIMEOUT && after < DEFAULT_HEADER_READ_TIMEOUT + ms(1000),
+        "closed after {after:?}"
+    );
+    // An idle keep-alive connection goes at the idle timeout, not the header timeout.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut tcp, "ok").await;
+    let idle = Instant::now();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(DEFAULT_IDLE_TIMEOUT * 2, tcp.read(&mut buf)).await;
+    let after = idle.elapsed();
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    assert!(
+        after >= DEFAULT_IDLE_TIMEOUT && after < DEFAULT_IDLE_TIMEOUT + ms(1000),
+        "closed after {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_aborted_upstream_and_answered_408() {
+    let (upstream, broken) = body_reader().await;
+    let addr = bare(short(5_000, 10_000, 300), Some(upstream)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"POST /proxy HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = read_to_close(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "got {answer:?}");
+    assert!(answer.contains(BODY_TIMEOUT_BODY), "got {answer:?}");
+    assert!(started.elapsed() >= ms(250), "{:?}", started.elapsed());
+    wait_until("the upstream to see the body break off", || {
+        broken.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // A body that keeps coming, however slowly, is not cut.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"POST /proxy HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..8 {
+        tokio::time::sleep(ms(150)).await;
+        tcp.write_all(b"x").await.unwrap();
+    }
+    let answer = read_to_close(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "got {answer:?}");
+    assert!(answer.ends_with("got 8 bytes"), "got {answer:?}");
+    assert_eq!(broken.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2c_body_gets_408_and_the_connection_keeps_serving() {
+    let (upstream, broken) = body_reader().await;
+    let addr = bare(short(5_000, 10_000, 300), Some(upstream)).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(hyper::body::Frame::data(b)), rx))
+    });
+    tx.send(Bytes::from("0123456789")).await.unwrap();
+    let req = Request::post(format!("http://{addr}/proxy"))
+        .body(rouse_queue::http::boxed(http_body_util::StreamBody::new(
+            chunks,
+        )))
+        .unwrap();
+    let resp = tokio::time::timeout(BOUND, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    wait_until("the upstream to see the body break off", || {
+        broken.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(tx);
+    // Only that stream failed: the connection serves the next request.
+    let resp = send
+        .send_request(
+            Request::get(format!("http://{addr}/"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_stalling_after_the_response_started_breaks_the_response_off() {
+    let addr = bare(short(5_000, 10_000, 300), None).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_until(&mut tcp, "hello").await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "got {head:?}");
+    let started = Instant::now();
+    let rest = read_to_close(&mut tcp).await;
+    assert!(started.elapsed() >= ms(200), "{:?}", started.elapsed());
+    assert!(
+        !rest.contains("0\r\n\r\n"),
+        "the response must be broken off, not ended: {rest:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_while_queued_releases_its_place_and_its_count_at_once() {
+    let app = App::start().await;
+    let qp = queue(&app, 1).await;
+    let addr = qp.addr();
+    let holder = tokio::spawn(async move { fetch(addr, "/hold").await });
+    wait_until("one request in the app", || app.current() == 1).await;
+    let mut quitters = Vec::new();
+    for _ in 0..5 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+            .await
+            .unwrap();
+        quitters.push(tcp);
+    }
+    wait_until("five queued", || qp.queued() == 5).await;
+    assert_eq!(qp.in_flight(), 6);
+    drop(quitters);
+    wait_until("the queue to empty", || qp.queued() == 0).await;
+    wait_until("only the held request in flight", || qp.in_flight() == 1).await;
+    app.release(1);
+    let got = tokio::time::timeout(BOUND, holder).await.unwrap().unwrap();
+    assert_eq!(got, (StatusCode::OK, "held".to_string()));
+    wait_until("nothing in flight", || qp.in_flight() == 0).await;
+    assert_eq!(app.seen(), 1, "no hung-up request reached the app");
+    assert_eq!(fetch(addr, "/").await, (StatusCode::OK, "hello".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_while_its_response_streams_releases_its_slot_at_once() {
+    let app = App::start().await;
+    let qp = queue(&app, 1).await;
+    let mut tcp = TcpStream::connect(qp.addr()).await.unwrap();
+    tcp.write_all(b"GET /drip?n=10000&every=20 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut tcp, "1\n").await;
+    assert_eq!(qp.in_flight(), 1);
+    drop(tcp);
+    wait_until("the streaming request to be released", || {
+        qp.in_flight() == 0
+    })
+    .await;
+    // Its concurrency slot is free: the next request is answered, not queued behind it.
+    let got = tokio::time::timeout(BOUND, fetch(qp.addr(), "/"))
+        .await
+        .unwrap();
+    assert_eq!(got, (StatusCode::OK, "hello".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_and_stalled_clients_do_not_hold_up_others() {
+    let app = App::start().await;
+    let qp = queue(&app, 0).await;
+    let addr = qp.addr();
+    // Fifty connections misbehaving at once, kept open throughout.
+    let mut stalled = Vec::new();
+    let kinds: [&[u8]; 5] = [
+        b"",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: a",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789",
+        b"PRI * HTTP/2.0\r\n",
+        b"GET /",
+    ];
+    for i in 0..50 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(kinds[i % kinds.len()]).await.unwrap();
+        stalled.push(tcp);
+    }
+    // Garbage and oversized heads keep arriving meanwhile.
+    let noise = tokio::spawn(async move {
+        for i in 0..20 {
+            let bad = if i % 2 == 0 {
+                b"GARBAGE\r\n\r\n".to_vec()
+            } else {
+                big_header_request(100 * 1024)
+            };
+            exchange(addr, &bad).await;
+        }
+    });
+    let started = Instant::now();
+    let mut ok = JoinSet::new();
+    for _ in 0..10 {
+        ok.spawn(async move {
+            let c = client();
+            for _ in 0..10 {
+                let resp = tokio::time::timeout(ms(2000), c.request(get(addr, "/")))
+                    .await
+                    .expect("a healthy request was held up")
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                let body: Bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body, "hello");
+            }
+        });
+    }
+    while let Some(res) = ok.join_next().await {
+        res.unwrap();
+    }
+    assert!(started.elapsed() < BOUND);
+    tokio::time::timeout(BOUND, noise).await.unwrap().unwrap();
+    drop(stalled);
+}
