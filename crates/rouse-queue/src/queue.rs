@@ -279,7 +279,7 @@ async fn probe_loop(shared: Arc<Shared>, mut app_run: watch::Receiver<Option<u64
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Result<Response<Body>, Infallible> {
     if let Some(probe) = req.headers().get(&PROBE_HEADER) {
         return Ok(shared.health(probe));
     }
@@ -317,7 +317,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         parts.headers.insert(header::HOST, host);
     }
     strip_internal(&mut parts.headers);
-    let req = Request::from_parts(parts, boxed(body));
+    let req = Request::from_parts(parts, body);
     let held = (stats, in_flight, slot);
     if is_upgrade(&req) {
         return Ok(upgrade(&shared, req, deadlines, held).await);
