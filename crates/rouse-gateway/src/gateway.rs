@@ -205,7 +205,7 @@ impl Gateway {
         serve(listener, make, shutdown).await;
     }
 
-    async fn handle(&self, remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, remote: SocketAddr, req: Request<Body>) -> Response<Body> {
         let counted = self.in_flight.start();
         let host = match req
             .headers()
@@ -241,7 +241,7 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         strip_internal(&mut parts.headers);
         add_forwarding(&mut parts.headers, remote.ip(), &host);
-        let mut req = Request::from_parts(parts, boxed(body));
+        let mut req = Request::from_parts(parts, body);
         if let Some(e) = entry.as_ref().filter(|e| e.mode == Mode::Serve)
             && let Some(backend) = e.backends.pick()
         {

@@ -244,13 +244,23 @@ impl Call {
 
 /// A unary Check of `service` (empty: the server as a whole).
 async fn check(send: &mut SendRequest<Body>, host: &str, service: &str) -> (Vec<Bytes>, String) {
+    check_within(send, host, service, BOUND).await
+}
+
+/// [`check`], its response head awaited up to `limit`.
+async fn check_within(
+    send: &mut SendRequest<Body>,
+    host: &str,
+    service: &str,
+    limit: Duration,
+) -> (Vec<Bytes>, String) {
     let mut msg = Vec::new();
     if !service.is_empty() {
         msg.extend_from_slice(&[0x0a, service.len() as u8]);
         msg.extend_from_slice(service.as_bytes());
     }
     let req = grpc_request(host, CHECK, full(frame(&msg)));
-    let resp = tokio::time::timeout(BOUND, send.send_request(req))
+    let resp = tokio::time::timeout(limit, send.send_request(req))
         .await
         .expect("a response head in time")
         .expect("the call is answered");
@@ -344,11 +354,14 @@ async fn grpc_check_at_zero_waits_in_the_activator_then_answers() {
     let (host, rev) = ("cold.default.example.com", "cold-00001");
     let g = gateway(host, rev).await;
     g.gw.set_revision(NS, rev, Mode::Proxy, vec![], true);
+    // Built before the clock of the call starts.
+    tokio::task::spawn_blocking(testapp).await.unwrap();
 
     let addr = g.addr;
     let call = tokio::spawn(async move {
         let mut send = h2_connect(addr).await;
-        check(&mut send, host, "").await
+        // The wait covers the instance's start and readiness (each bounded below).
+        check_within(&mut send, host, "", 3 * BOUND).await
     });
     wait_until("the call waits in the activator", || {
         g.act.waiting(NS, rev) == 1
@@ -359,7 +372,7 @@ async fn grpc_check_at_zero_waits_in_the_activator_then_answers() {
     // The instance comes up; the activator probes it and releases the call over h2c.
     let inst = instance(rev).await;
     g.act.set_backends(NS, rev, vec![inst.qp.addr()]);
-    let (msgs, status) = tokio::time::timeout(BOUND, call)
+    let (msgs, status) = tokio::time::timeout(3 * BOUND, call)
         .await
         .expect("answered in time")
         .unwrap();

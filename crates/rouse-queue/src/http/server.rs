@@ -265,10 +265,12 @@ where
         let version = req.version();
         let guard = self.watch.start(version == Version::HTTP_2);
         let (parts, incoming) = req.into_parts();
-        // A body already complete (a GET, say) cannot stall.
+        // A body already complete (a GET, say) cannot stall. HTTP/2 streams are exempt: they
+        // are flow-controlled and multiplexed, and a quiet client stream is how streaming RPCs
+        // look; the revision timeouts still bound them.
         let timeout = self
             .body_read_timeout
-            .filter(|_| B::READ_TIMEOUT && !incoming.is_end_stream());
+            .filter(|_| B::READ_TIMEOUT && !incoming.is_end_stream() && version != Version::HTTP_2);
         let body = ReadTimeoutBody::new(incoming, timeout);
         let timed_out = timeout.map(|_| body.timed_out());
         let fut = self
