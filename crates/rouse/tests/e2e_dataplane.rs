@@ -413,3 +413,28 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+#[test]
+fn keep_alive_and_pipelined_requests_are_answered_in_order() {
+    let p = Platform::start();
+    let marker = unique_marker("pipeline");
+    p.apply_wait(&service("pipe", &marker, &WARM, &[], &[], ""));
+    let mut s = TcpStream::connect(p.gateway).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // Three requests written at once on one connection; the slow first must not be overtaken.
+    write!(
+        s,
+        "GET /headers?n=1&sleep=300 HTTP/1.1\r\nHost: pipe.default.localhost\r\n\r\n\
+         GET /headers?n=2 HTTP/1.1\r\nHost: pipe.default.localhost\r\n\r\n\
+         GET /headers?n=3 HTTP/1.1\r\nHost: pipe.default.localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert_eq!(raw.matches("HTTP/1.1 200").count(), 3, "{raw}");
+    let order: Vec<usize> = ["n=1", "n=2", "n=3"]
+        .iter()
+        .map(|n| raw.find(n).unwrap_or(usize::MAX))
+        .collect();
+    assert!(order[0] < order[1] && order[1] < order[2], "{raw}");
+}
