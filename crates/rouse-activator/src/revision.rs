@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use rouse_queue::ORIGINAL_HOST_HEADER;
 use rouse_queue::http::{
     Body, GuardedBody, ProxyClient, Tunnel, boxed, is_upgrade, strip_internal, text_response,
 };
+use rouse_queue::{LocalQueue, ORIGINAL_HOST_HEADER};
 use tokio::sync::oneshot;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::config::{ActivatorConfig, ActivatorStat, Poke, RevisionParams};
 use crate::forward::{
@@ -590,19 +589,26 @@ impl Revision {
         h2c: bool,
         req: Request<Body>,
         addr: SocketAddr,
-    ) -> Result<(Response<Incoming>, Option<Tunnel>), ForwardError> {
+    ) -> Result<(Response<Body>, Option<Tunnel>), ForwardError> {
+        // An instance of this process: handed over directly, no loopback hop. A protocol
+        // switch needs the connection, so it goes over TCP.
+        if !upgrade && let Some(queue) = LocalQueue::lookup(addr) {
+            return Ok((queue.handle(req).await, None));
+        }
         if h2c {
             return forward_retryable(&self.shared.h2c_client, req, addr)
                 .await
-                .map(|resp| (resp, None));
+                .map(|resp| (resp.map(boxed), None));
         }
         let client = &self.shared.client;
         if upgrade {
-            forward_upgrade_retryable(client, req, addr).await
+            forward_upgrade_retryable(client, req, addr)
+                .await
+                .map(|(resp, tunnel)| (resp.map(boxed), tunnel))
         } else {
             forward_retryable(client, req, addr)
                 .await
-                .map(|resp| (resp, None))
+                .map(|resp| (resp.map(boxed), None))
         }
     }
 }
@@ -679,7 +685,10 @@ impl Drop for Waiting {
     }
 }
 
-/// Probes one backend every `probe_interval` until it passes, is removed, or the revision is.
+/// Probes one backend until it passes, is removed, or the revision is: at once, then with
+/// pauses growing from 1 ms to `probe_interval` ([`rouse_queue::retry_pause`]). A queue-proxy of this process
+/// also signals when its app turns ready, which ends the pause early; the probe itself still
+/// decides.
 async fn probe_loop(rev: Weak<Revision>, id: u64, addr: SocketAddr) {
     let Some((client, interval, timeout)) = rev.upgrade().map(|r| {
         (
@@ -690,18 +699,37 @@ async fn probe_loop(rev: Weak<Revision>, id: u64, addr: SocketAddr) {
     }) else {
         return;
     };
-    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let interval = interval.max(Duration::from_millis(1));
+    let began = Instant::now();
+    tracing::debug!(%addr, "probing a new backend");
+    let mut local_ready = LocalQueue::lookup(addr).map(|q| q.ready());
     loop {
-        tick.tick().await;
         if !rev.upgrade().is_some_and(|r| r.needs_probe(id)) {
             return;
         }
+        let started = Instant::now();
         if probe_queue(&client, addr, timeout).await {
             if let Some(r) = rev.upgrade() {
                 r.backend_passed(id);
             }
             return;
+        }
+        let until = started + rouse_queue::retry_pause(started - began, interval);
+        let gone = if let Some(ready) = local_ready.as_mut()
+            && !*ready.borrow_and_update()
+        {
+            matches!(
+                tokio::time::timeout_at(until, ready.changed()).await,
+                Ok(Err(_))
+            )
+        } else {
+            tokio::time::sleep_until(until).await;
+            false
+        };
+        if gone {
+            // That queue-proxy is gone: back to plain pauses.
+            local_ready = None;
+            tokio::time::sleep_until(until).await;
         }
     }
 }

@@ -1,9 +1,14 @@
 //! Typed access to the [`Store`]: objects go in and out as `rouse_api` types.
+//!
+//! Every write here is derived state that the level-triggered reconcilers recompute after a
+//! restart, so it is [`Durability::Relaxed`]: committed and visible at once without waiting
+//! for an fsync. A crash may lose the latest of them; what users wrote through the API stays
+//! durable.
 
 use std::sync::Arc;
 
 use rouse_api::meta::Resource;
-use rouse_store::{Store, StoreError};
+use rouse_store::{Durability, Store, StoreError};
 
 use crate::ReconcileError;
 
@@ -45,17 +50,26 @@ impl Client {
 
     /// Creates an object.
     pub fn create<T: Resource>(&self, obj: &T) -> Result<T, ReconcileError> {
-        decode(self.store.create(T::KIND, obj.to_value())?)
+        decode(
+            self.store
+                .create_with(T::KIND, obj.to_value(), Durability::Relaxed)?,
+        )
     }
 
     /// Replaces an object's metadata and spec (compare-and-swap on its resourceVersion).
     pub fn update<T: Resource>(&self, obj: &T) -> Result<T, ReconcileError> {
-        decode(self.store.update(T::KIND, obj.to_value())?)
+        decode(
+            self.store
+                .update_with(T::KIND, obj.to_value(), Durability::Relaxed)?,
+        )
     }
 
     /// Replaces an object's status (compare-and-swap on its resourceVersion).
     pub fn update_status<T: Resource>(&self, obj: &T) -> Result<T, ReconcileError> {
-        decode(self.store.update_status(T::KIND, obj.to_value())?)
+        decode(
+            self.store
+                .update_status_with(T::KIND, obj.to_value(), Durability::Relaxed)?,
+        )
     }
 }
 

@@ -14,7 +14,8 @@ pub mod reconcile;
 pub mod workload;
 pub mod workqueue;
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rouse_api::Kind;
@@ -27,7 +28,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 pub use client::Client;
-pub use networking::Networking;
+pub use networking::{HostRoute, Networking};
 use workqueue::WorkQueue;
 
 /// Reconcile workers running at once.
@@ -72,8 +73,11 @@ pub struct Context {
     /// The domain routes are served under (`--domain`).
     pub domain: String,
     pub queue: WorkQueue<Key>,
-    /// Serializes rebuilds of the gateway's routing table so the newest always wins.
-    pub routing_lock: AsyncMutex<()>,
+    /// Each route's entries in the gateway's routing table as last programmed, by
+    /// `(namespace, name)`; the lock serializes reprogramming so the newest always wins.
+    pub routing: AsyncMutex<BTreeMap<(String, String), Vec<HostRoute>>>,
+    /// Which routes name which configurations and revisions, from the watch.
+    pub route_refs: RouteRefs,
     /// Every revision's KPA state.
     pub autoscaling: autoscaling::Autoscaling,
 }
@@ -101,7 +105,8 @@ impl Controller {
                 config,
                 domain,
                 queue: WorkQueue::new(),
-                routing_lock: AsyncMutex::new(()),
+                routing: AsyncMutex::new(BTreeMap::new()),
+                route_refs: RouteRefs::default(),
                 autoscaling: autoscaling::Autoscaling::new(),
             }),
             pokes: None,
@@ -193,27 +198,31 @@ async fn watch_store(ctx: Arc<Context>) {
                 continue;
             }
         };
+        // Routes deleted while the watch was lost must not linger in the index.
+        ctx.route_refs.clear();
         for kind in Kind::ALL {
             if let Ok((items, _)) = store.list(kind, None) {
                 for obj in &items {
-                    enqueue_for(&ctx, kind, obj);
+                    enqueue_for(&ctx, kind, obj, false);
                 }
             }
         }
         // Routes may be gone while the process was down: rebuild the table once.
         ctx.queue.add(Key::new(Kind::Route, "", ""));
         while let Some(ev) = events.recv().await {
-            enqueue_for(&ctx, ev.kind, &ev.object);
-            if ev.event_type == EventType::Deleted && ev.kind == Kind::Route {
-                ctx.queue.add(Key::new(Kind::Route, "", ""));
-            }
+            enqueue_for(
+                &ctx,
+                ev.kind,
+                &ev.object,
+                ev.event_type == EventType::Deleted,
+            );
         }
         warn!("Store watch ended; relisting.");
     }
 }
 
 /// Enqueues the object itself and everything whose state depends on it.
-fn enqueue_for(ctx: &Context, kind: Kind, obj: &Value) {
+fn enqueue_for(ctx: &Context, kind: Kind, obj: &Value, deleted: bool) {
     let meta = &obj["metadata"];
     let ns = meta["namespace"].as_str().unwrap_or("default");
     let name = meta["name"].as_str().unwrap_or("");
@@ -227,21 +236,138 @@ fn enqueue_for(ctx: &Context, kind: Kind, obj: &Value) {
         }
     }
     match kind {
-        Kind::Configuration | Kind::Revision => {
-            // Routes resolve configurations and revisions by name: recheck those of the namespace.
-            if let Ok((routes, _)) = ctx.client.store().list(Kind::Route, Some(ns)) {
-                for r in routes {
-                    if let Some(n) = r["metadata"]["name"].as_str() {
-                        ctx.queue.add(Key::new(Kind::Route, ns, n));
+        Kind::Route => ctx
+            .route_refs
+            .set(ns, name, (!deleted).then(|| RouteRefs::refs_of(obj))),
+        Kind::Configuration => {
+            // Routes resolve configurations by name: recheck those following it.
+            for route in ctx
+                .route_refs
+                .routes(ns, RouteRef::Configuration(name.to_string()))
+            {
+                ctx.queue.add(Key::new(Kind::Route, ns, &route));
+            }
+        }
+        Kind::Revision => {
+            for route in ctx
+                .route_refs
+                .routes(ns, RouteRef::Revision(name.to_string()))
+            {
+                ctx.queue.add(Key::new(Kind::Route, ns, &route));
+            }
+            ctx.queue.add(Key::new(Kind::PodAutoscaler, ns, name));
+            ctx.queue.add(Key::new(Kind::ServerlessService, ns, name));
+        }
+        _ => {}
+    }
+}
+
+/// Something a route's traffic refers to by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RouteRef {
+    /// `spec.traffic` follows this configuration's latest ready revision.
+    Configuration(String),
+    /// `spec.traffic` pins this revision.
+    Revision(String),
+    /// `status.traffic` sends this revision traffic now.
+    Serving(String),
+}
+
+/// An index from configurations and revisions to the routes whose traffic names them, kept
+/// from the watch, so an event on one re-queues exactly the routes it can change and nobody
+/// lists every route to ask who routes to a revision.
+#[derive(Debug, Default)]
+pub struct RouteRefs {
+    inner: Mutex<RouteRefsInner>,
+}
+
+#[derive(Debug, Default)]
+struct RouteRefsInner {
+    /// `(namespace, route)` → what it refers to.
+    by_route: HashMap<(String, String), Vec<RouteRef>>,
+    /// `(namespace, reference)` → the routes making it.
+    by_ref: HashMap<(String, RouteRef), HashSet<String>>,
+}
+
+impl RouteRefs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RouteRefsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What a stored route refers to: per `spec.traffic` target a pinned revision or else a
+    /// followed configuration, and every revision its `status.traffic` serves.
+    pub fn refs_of(route: &Value) -> Vec<RouteRef> {
+        let mut out = Vec::new();
+        let targets = |part: &str| route[part]["traffic"].as_array().into_iter().flatten();
+        for t in targets("spec") {
+            let revision = t["revisionName"].as_str().unwrap_or("");
+            let config = t["configurationName"].as_str().unwrap_or("");
+            let r = if !revision.is_empty() {
+                RouteRef::Revision(revision.to_string())
+            } else if !config.is_empty() {
+                RouteRef::Configuration(config.to_string())
+            } else {
+                continue;
+            };
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        for t in targets("status") {
+            let revision = t["revisionName"].as_str().unwrap_or("");
+            let r = RouteRef::Serving(revision.to_string());
+            if !revision.is_empty() && !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// Records what route `namespace/name` refers to now (`None`: deleted).
+    pub fn set(&self, namespace: &str, name: &str, refs: Option<Vec<RouteRef>>) {
+        let mut idx = self.lock();
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(old) = idx.by_route.remove(&key) {
+            for r in old {
+                let rkey = (namespace.to_string(), r);
+                if let Some(routes) = idx.by_ref.get_mut(&rkey) {
+                    routes.remove(name);
+                    if routes.is_empty() {
+                        idx.by_ref.remove(&rkey);
                     }
                 }
             }
-            if kind == Kind::Revision {
-                ctx.queue.add(Key::new(Kind::PodAutoscaler, ns, name));
-                ctx.queue.add(Key::new(Kind::ServerlessService, ns, name));
-            }
         }
-        _ => {}
+        let Some(refs) = refs else { return };
+        for r in &refs {
+            idx.by_ref
+                .entry((namespace.to_string(), r.clone()))
+                .or_default()
+                .insert(name.to_string());
+        }
+        idx.by_route.insert(key, refs);
+    }
+
+    /// The routes in `namespace` making reference `r`, sorted.
+    pub fn routes(&self, namespace: &str, r: RouteRef) -> Vec<String> {
+        let idx = self.lock();
+        let mut out: Vec<String> = idx
+            .by_ref
+            .get(&(namespace.to_string(), r))
+            .map(|routes| routes.iter().cloned().collect())
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// True when some route in `namespace` makes reference `r`.
+    pub fn any(&self, namespace: &str, r: RouteRef) -> bool {
+        self.lock().by_ref.contains_key(&(namespace.to_string(), r))
+    }
+
+    /// Forgets every route (before a relist).
+    pub fn clear(&self) {
+        *self.lock() = RouteRefsInner::default();
     }
 }
 
@@ -259,11 +385,73 @@ async fn watch_runtime(ctx: Arc<Context>) {
                 // Missed some: recheck every revision.
                 if let Ok((revs, _)) = ctx.client.store().list(Kind::Revision, None) {
                     for r in &revs {
-                        enqueue_for(&ctx, Kind::Revision, r);
+                        enqueue_for(&ctx, Kind::Revision, r, false);
                     }
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn route(spec: Value, status: Value) -> Value {
+        json!({"metadata": {"name": "r"}, "spec": {"traffic": spec}, "status": {"traffic": status}})
+    }
+
+    #[test]
+    fn route_refs_follow_spec_and_status() {
+        let r = route(
+            json!([
+                {"configurationName": "c", "percent": 50},
+                {"revisionName": "pinned", "configurationName": "c", "percent": 50},
+                {"configurationName": "c", "tag": "again"},
+            ]),
+            json!([{"revisionName": "c-00001", "percent": 100}]),
+        );
+        assert_eq!(
+            RouteRefs::refs_of(&r),
+            vec![
+                RouteRef::Configuration("c".into()),
+                RouteRef::Revision("pinned".into()),
+                RouteRef::Serving("c-00001".into()),
+            ]
+        );
+
+        let refs = RouteRefs::default();
+        refs.set("ns", "b", Some(RouteRefs::refs_of(&r)));
+        refs.set("ns", "a", Some(vec![RouteRef::Configuration("c".into())]));
+        refs.set(
+            "other",
+            "z",
+            Some(vec![RouteRef::Configuration("c".into())]),
+        );
+        assert_eq!(
+            refs.routes("ns", RouteRef::Configuration("c".into())),
+            ["a", "b"]
+        );
+        assert!(refs.any("ns", RouteRef::Serving("c-00001".into())));
+        assert!(!refs.any("ns", RouteRef::Revision("c-00001".into())));
+
+        // A new spec replaces what the route referred to; a delete forgets it.
+        refs.set("ns", "b", Some(vec![RouteRef::Revision("pinned".into())]));
+        assert_eq!(
+            refs.routes("ns", RouteRef::Configuration("c".into())),
+            ["a"]
+        );
+        assert!(!refs.any("ns", RouteRef::Serving("c-00001".into())));
+        refs.set("ns", "a", None);
+        assert!(!refs.any("ns", RouteRef::Configuration("c".into())));
+        assert_eq!(
+            refs.routes("ns", RouteRef::Revision("pinned".into())),
+            ["b"]
+        );
+        assert!(refs.any("other", RouteRef::Configuration("c".into())));
+        refs.clear();
+        assert!(!refs.any("other", RouteRef::Configuration("c".into())));
     }
 }

@@ -14,10 +14,10 @@ use hyper::service::service_fn;
 use rouse_activator::{
     Activator, ForwardError, forward_retryable, forward_upgrade_retryable, spawn_tunnel,
 };
-use rouse_queue::InFlight;
 use rouse_queue::http::{
     Body, GuardedBody, ProxyClient, Tunnel, boxed, is_upgrade, serve, strip_internal, text_response,
 };
+use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
 
 use crate::backends::Backends;
@@ -207,46 +207,58 @@ impl Gateway {
 
     async fn handle(&self, remote: SocketAddr, req: Request<Body>) -> Response<Body> {
         let counted = self.in_flight.start();
-        let host = match req
+        // A handle on the header's bytes (no copy), kept past taking the request apart.
+        let host_value = req
             .headers()
             .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        {
-            Some(h) => h.to_string(),
-            None => return text_response(StatusCode::BAD_REQUEST, "missing Host header"),
+            .filter(|h| h.to_str().is_ok())
+            .cloned()
+            .or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+        let Some(host) = host_value.as_ref().and_then(|h| h.to_str().ok()) else {
+            return text_response(StatusCode::BAD_REQUEST, "missing Host header");
         };
-        let (namespace, revision) = {
-            let routes = self.routes.load();
-            let Some(targets) = routes.get(&host) else {
-                return text_response(
-                    StatusCode::NOT_FOUND,
-                    format!("no route for host {:?}", normalize_host(&host)),
-                );
-            };
-            let total = routing::total(targets);
-            let Some(target) = (total > 0)
-                .then(|| routing::pick(targets, fastrand::u64(0..total)))
-                .flatten()
-            else {
-                return text_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no traffic target for host {:?}", normalize_host(&host)),
-                );
-            };
-            (target.namespace.clone(), target.revision.clone())
+        // The table stays alive with the request: its target names are borrowed, not copied.
+        let routes = self.routes.load_full();
+        let Some(targets) = routes.get(host) else {
+            return text_response(
+                StatusCode::NOT_FOUND,
+                format!("no route for host {:?}", normalize_host(host)),
+            );
         };
-        let entry = self.entry(&namespace, &revision);
+        let total = routing::total(targets);
+        let Some(target) = (total > 0)
+            .then(|| routing::pick(targets, fastrand::u64(0..total)))
+            .flatten()
+        else {
+            return text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no traffic target for host {:?}", normalize_host(host)),
+            );
+        };
+        let (namespace, revision) = (target.namespace.as_str(), target.revision.as_str());
+        let entry = self.entry(namespace, revision);
         let guards = (counted, entry.as_ref().map(|e| e.in_flight.start()));
         let (mut parts, body) = req.into_parts();
         strip_internal(&mut parts.headers);
-        add_forwarding(&mut parts.headers, remote.ip(), &host);
+        add_forwarding(&mut parts.headers, remote.ip(), host);
         let mut req = Request::from_parts(parts, body);
         if let Some(e) = entry.as_ref().filter(|e| e.mode == Mode::Serve)
             && let Some(backend) = e.backends.pick()
         {
             let busy = backend.in_flight.start();
-            match self.forward(req, backend.addr, e.h2c).await {
+            // An instance of this process: handed over directly, no loopback hop. A protocol
+            // switch needs the connection, so it goes over TCP.
+            if !is_upgrade(&req)
+                && let Some(queue) = LocalQueue::lookup(backend.addr)
+            {
+                let resp = queue.handle(req).await;
+                return resp.map(|b| boxed(GuardedBody::new(b, (guards, busy))));
+            }
+            match Box::pin(self.forward(req, backend.addr, e.h2c)).await {
                 Ok((resp, Some(tunnel))) => {
                     // Switched: the connection counts as in flight until it closes.
                     spawn_tunnel(tunnel, (guards, busy));
@@ -270,9 +282,12 @@ impl Gateway {
         }
         // The activator keeps the guards until the response ends, or a switched connection
         // closes.
-        self.activator
-            .handle_holding(&namespace, &revision, req, guards)
-            .await
+        // Boxed: the activator's state machine is large and most requests never get here.
+        Box::pin(
+            self.activator
+                .handle_holding(namespace, revision, req, guards),
+        )
+        .await
     }
 
     /// Sends a request to an instance: over h2c to an h2c revision (an HTTP/1.1 protocol
@@ -319,6 +334,12 @@ fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: &str) {
 
 /// Appends `value` to a comma-separated list header, merging any repeated fields.
 fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if !headers.contains_key(&name) {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+        return;
+    }
     let mut items: Vec<String> = headers
         .get_all(&name)
         .iter()

@@ -33,6 +33,15 @@ impl RoutingTable {
 
     /// The targets of `host` (normalized as by [`RoutingTable::insert`]).
     pub fn get(&self, host: &str) -> Option<&[RouteTarget]> {
+        let plain = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| !b.is_ascii_uppercase() && !b.is_ascii_whitespace() && b != b':')
+            && !host.ends_with('.');
+        if plain {
+            // Already normalized (the common case): no allocation.
+            return self.hosts.get(host).map(Vec::as_slice);
+        }
         self.hosts.get(&normalize_host(host)).map(Vec::as_slice)
     }
 

@@ -21,10 +21,10 @@ pub use breaker::QUEUE_DEPTH_PER_SLOT;
 pub use inflight::{InFlight, InFlightGuard};
 pub use probe::{
     AGGRESSIVE_INTERVAL, AGGRESSIVE_TIMEOUT, AppProbe, BACKGROUND_INTERVAL, PROBE_USER_AGENT,
-    ProbeAction, ProbeFailure, ProbeSpec,
+    ProbeAction, ProbeFailure, ProbeSpec, retry_pause,
 };
 pub use queue::{
-    ORIGINAL_HOST_HEADER, PROBE_HEADER, PROBE_OK_BODY, PROXY_ACTIVATOR, PROXY_HEADER,
+    LocalQueue, ORIGINAL_HOST_HEADER, PROBE_HEADER, PROBE_OK_BODY, PROXY_ACTIVATOR, PROXY_HEADER,
     QUEUE_FULL_BODY, QueueConfig, QueueProxy,
 };
 pub use stats::QueueStats;

@@ -1,7 +1,8 @@
 //! Probing the app behind a queue-proxy: the checks (TCP, HTTP, gRPC health, exec) and the
 //! readiness loop.
 //!
-//! A starting app is probed aggressively (every 50 ms, 100 ms per try) until it passes
+//! A starting app is probed aggressively (at once, then with pauses growing from 1 ms to
+//! 50 ms, 100 ms per try) until it passes
 //! `success_threshold` times in a row. After that, with a `period` the probe keeps running at
 //! that period and flips readiness after `failure_threshold` failures / `success_threshold`
 //! successes; without one (period 0, Knative's default) a slow background check runs every
@@ -23,8 +24,18 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::http::{ProxyClient, empty};
 
-/// Interval between tries while an app is starting.
+/// The longest interval between tries while an app is starting.
 pub const AGGRESSIVE_INTERVAL: Duration = Duration::from_millis(50);
+/// The shortest pause between tries while an app is starting.
+pub const FIRST_RETRY: Duration = Duration::from_millis(1);
+
+/// The pause before the next try of a probe that began failing `waited` ago: a quarter of
+/// that, within [`FIRST_RETRY`] and `cap`, so a target that comes up is seen within a
+/// quarter of the time it took (a few ms for an app that starts at once), while one that
+/// is slow costs no more than a try per `cap`.
+pub fn retry_pause(waited: Duration, cap: Duration) -> Duration {
+    (waited / 4).clamp(FIRST_RETRY, cap.max(FIRST_RETRY))
+}
 /// Time allowed for each try while an app is starting.
 pub const AGGRESSIVE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Interval of the background check once ready when the probe has no period.
@@ -305,6 +316,7 @@ impl Prober {
         let failures = self.spec.effective_failure_threshold();
         loop {
             self.aggressive(successes).await;
+            tracing::debug!(app = %self.probe.app, "app passed readiness");
             set(true);
             let aggressive_mode = self.spec.period.is_zero();
             let timeout = self.spec.effective_timeout();
@@ -340,18 +352,19 @@ impl Prober {
         }
     }
 
-    /// Tries every 50 ms until `successes` tries in a row pass. Each network try gets 100 ms;
-    /// an exec try gets the probe's timeout, since starting a program alone can take longer.
+    /// Tries until `successes` tries in a row pass: at once, then after pauses growing from
+    /// 1 ms to 50 ms (see [`retry_pause`]). Each network try gets
+    /// 100 ms; an exec try gets the probe's timeout, since starting a program alone can take
+    /// longer.
     async fn aggressive(&self, successes: u32) {
         let timeout = match self.spec.action {
             ProbeAction::Exec { .. } => self.spec.effective_timeout(),
             _ => AGGRESSIVE_TIMEOUT,
         };
-        let mut tick = tokio::time::interval(AGGRESSIVE_INTERVAL);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let began = Instant::now();
         let mut run = 0;
         loop {
-            tick.tick().await;
+            let started = Instant::now();
             if self.check(timeout).await {
                 run += 1;
                 if run >= successes {
@@ -360,6 +373,8 @@ impl Prober {
             } else {
                 run = 0;
             }
+            let pause = retry_pause(started - began, AGGRESSIVE_INTERVAL);
+            tokio::time::sleep_until(started + pause).await;
         }
     }
 }

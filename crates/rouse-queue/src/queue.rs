@@ -1,9 +1,10 @@
 //! The queue-proxy: one in front of each app instance.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -151,6 +152,7 @@ impl QueueProxy {
         });
         let server = tokio::spawn(serve(listener, shared.clone(), stop_rx));
         let prober = tokio::spawn(probe_loop(shared.clone(), app_rx));
+        register(addr, &shared);
         Ok(QueueProxy {
             addr,
             shared,
@@ -222,6 +224,7 @@ impl QueueProxy {
         self.shared.draining.store(true, Ordering::SeqCst);
         self.shared.in_flight.wait_idle(timeout).await;
         let _ = self.stop.send(true);
+        unregister(self.addr, &self.shared);
         let server = self.server.lock().expect("server lock").take();
         if let Some(mut server) = server {
             // Idle connections close at once; give a request that raced in a moment to end.
@@ -240,10 +243,62 @@ impl QueueProxy {
 
 impl Drop for QueueProxy {
     fn drop(&mut self) {
+        unregister(self.addr, &self.shared);
         if let Some(server) = self.server.lock().map(|mut s| s.take()).ok().flatten() {
             server.abort();
         }
         self.prober.abort();
+    }
+}
+
+/// The queue-proxies of this process that accept requests, by address: a proxy hop in the
+/// same process hands requests to them directly instead of over loopback TCP.
+static LOCAL: LazyLock<RwLock<HashMap<SocketAddr, Weak<Shared>>>> = LazyLock::new(Default::default);
+
+fn register(addr: SocketAddr, shared: &Arc<Shared>) {
+    if let Ok(mut map) = LOCAL.write() {
+        map.insert(addr, Arc::downgrade(shared));
+    }
+}
+
+fn unregister(addr: SocketAddr, shared: &Arc<Shared>) {
+    if let Ok(mut map) = LOCAL.write()
+        && map
+            .get(&addr)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(shared)))
+    {
+        map.remove(&addr);
+    }
+}
+
+/// A queue-proxy of this process, reached without a socket: the same handling (health checks,
+/// concurrency limit and queue, timeouts, load report, drain) as a request that arrived at its
+/// address, minus the serializing, parsing and syscalls of a loopback hop.
+#[derive(Clone)]
+pub struct LocalQueue(Arc<Shared>);
+
+impl LocalQueue {
+    /// The queue-proxy listening at `addr` in this process, while it accepts requests (not
+    /// after its drain stopped it, nor once dropped); `None` means: use TCP.
+    pub fn lookup(addr: SocketAddr) -> Option<LocalQueue> {
+        let map = LOCAL.read().ok()?;
+        let shared = map.get(&addr)?.upgrade()?;
+        let stopped = *shared.stop.borrow();
+        (!stopped).then_some(LocalQueue(shared))
+    }
+
+    /// Handles `req` as if it had arrived at the queue-proxy's address. The request must not
+    /// ask for a protocol switch (send those over TCP, which carries the connection).
+    pub async fn handle(&self, req: Request<Body>) -> Response<Body> {
+        match handle(self.0.clone(), req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Whether the app passes readiness, as it changes (a hint to probe now; not a verdict).
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.0.ready.subscribe()
     }
 }
 

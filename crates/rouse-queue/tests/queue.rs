@@ -447,3 +447,55 @@ async fn drain_is_bounded_by_its_timeout() {
     let res = tokio::time::timeout(BOUND, slow).await.unwrap().unwrap();
     assert!(res.is_err(), "a cut-off request must fail, got {res:?}");
 }
+
+#[tokio::test]
+async fn local_handle_serves_in_process_until_stopped() {
+    let app = App::start(false).await;
+    let qp = QueueProxy::start(cfg(app.addr, ProbeSpec::default()))
+        .await
+        .unwrap();
+    wait_ready(&qp, true).await;
+    let local = rouse_queue::LocalQueue::lookup(qp.addr()).expect("registered while serving");
+    assert!(*local.ready().borrow());
+
+    let req = Request::get("/headers")
+        .header("Host", "activator.internal")
+        .header("K-Original-Host", "hello.default.example.com")
+        .header("K-Proxy-Request", "activator")
+        .body(full(""))
+        .unwrap();
+    let resp = local.handle(req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let headers = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        headers.contains("host: hello.default.example.com\n"),
+        "{headers}"
+    );
+    assert!(!headers.contains("k-proxy-request"), "{headers}");
+    // Counted like a request that came over TCP (marked as the activator's).
+    let stats = qp.take_stats();
+    assert_eq!(stats.proxied_request_count, 1.0, "{stats:?}");
+
+    // Health checks answer the same way.
+    let probe = Request::get("/")
+        .header("K-Network-Probe", "queue")
+        .body(full(""))
+        .unwrap();
+    let resp = local.handle(probe).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Once stopped by a drain, callers go over TCP (and find it closed).
+    qp.drain(Duration::from_millis(10)).await;
+    assert!(rouse_queue::LocalQueue::lookup(qp.addr()).is_none());
+    let addr = qp.addr();
+    drop(qp);
+    assert!(rouse_queue::LocalQueue::lookup(addr).is_none());
+}

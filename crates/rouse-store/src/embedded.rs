@@ -2,12 +2,23 @@
 //!
 //! Layout: one table per kind keyed by `(namespace, name)` holding the object's JSON, and a
 //! `meta` table holding the global resourceVersion. Every write runs in one redb transaction
-//! committed with immediate durability (fsync), under a mutex that also guards the watch hub,
-//! so events are published in commit order and a watch registers between two writes.
+//! under a mutex that also guards the watch hub, so events are published in commit order and a
+//! watch registers between two writes.
+//!
+//! Durable writes commit with an fsync. Relaxed writes commit without one (redb's
+//! `Durability::None`): they are visible at once, and reach the disk with the next durable
+//! commit, which a flusher thread makes within [`FLUSH_INTERVAL`] of the first relaxed write. A
+//! crash keeps the database consistent at its last durable commit. So that a resourceVersion
+//! handed out by a lost relaxed write is never handed out again for different content, relaxed
+//! writes only use versions reserved by a durable commit ([`RELAXED_SPAN`] at a time: the
+//! relaxed write that finds the reserve used up commits durably and reserves the next span),
+//! and opening after a crash starts above the reserve. A clean close releases it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use redb::{
     Database, DatabaseError, Durability, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -20,7 +31,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::error::MODIFIED;
 use crate::object::{self, meta_str};
 use crate::watch::Hub;
-use crate::{EventType, Store, StoreError, WatchEvent};
+use crate::{Durability as WriteDurability, EventType, Store, StoreError, WatchEvent};
 
 /// The database file inside the data dir.
 pub const DB_FILE: &str = "store.redb";
@@ -31,8 +42,17 @@ pub const DEFAULT_HISTORY: usize = 10_000;
 /// Tries at a free name for `generateName` before giving up.
 const GENERATE_NAME_TRIES: usize = 16;
 
+/// The longest a relaxed write stays off the disk (while the process lives).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How many resourceVersions relaxed writes may take past the last durable commit; a relaxed
+/// write beyond them commits durably.
+pub const RELAXED_SPAN: u64 = 10_000;
+
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RV_KEY: &str = "resourceVersion";
+/// The highest resourceVersion relaxed writes may have used since the last durable commit.
+const RESERVED_KEY: &str = "relaxedReserve";
 
 type ObjectTable = TableDefinition<'static, (&'static str, &'static str), &'static [u8]>;
 
@@ -47,18 +67,37 @@ fn decode(bytes: &[u8]) -> Result<Value, StoreError> {
 
 /// The store Rouse keeps in its data dir: an ACID redb database file (`store.redb`).
 ///
-/// Only one process may open a data dir at a time. Writes are serialized and each is durable
-/// when it returns; reads run on snapshots in parallel with writes.
+/// Only one process may open a data dir at a time. Writes are serialized; a durable write is on
+/// disk when it returns, together with every write before it; reads run on snapshots in
+/// parallel with writes.
 pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+struct Inner {
     db: Database,
     path: PathBuf,
-    hub: Mutex<Hub>,
+    state: Mutex<State>,
+    /// Wakes the flusher: after the first relaxed write since a durable one, and at close.
+    wake: Condvar,
+}
+
+/// What the write mutex guards.
+struct State {
+    hub: Hub,
+    /// The resourceVersion up to which relaxed writes may go before one commits durably.
+    reserve: u64,
+    /// Relaxed writes are committed but not yet on disk.
+    unflushed: bool,
+    /// The store is closing: the flusher stops.
+    closing: bool,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedStore")
-            .field("path", &self.path)
+            .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
 }
@@ -90,53 +129,151 @@ impl EmbeddedStore {
             e => StoreError::Backend(format!("cannot open store {}: {e}", path.display())),
         })?;
 
-        // Create every table up front so reads never meet a missing one.
+        // Create every table up front so reads never meet a missing one. Versions continue
+        // above any a lost relaxed write may have used.
         let mut tx = db.begin_write().map_err(StoreError::backend)?;
         tx.set_durability(Durability::Immediate);
         let rv = {
             let mut meta = tx.open_table(META).map_err(StoreError::backend)?;
-            let rv = meta
+            let stored = meta
                 .get(RV_KEY)
                 .map_err(StoreError::backend)?
-                .map(|g| g.value());
-            if rv.is_none() {
-                meta.insert(RV_KEY, 0).map_err(StoreError::backend)?;
-            }
+                .map(|g| g.value())
+                .unwrap_or(0);
+            let reserved = meta
+                .get(RESERVED_KEY)
+                .map_err(StoreError::backend)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            let rv = stored.max(reserved);
+            meta.insert(RV_KEY, rv).map_err(StoreError::backend)?;
+            meta.insert(RESERVED_KEY, rv).map_err(StoreError::backend)?;
             for kind in Kind::ALL {
                 tx.open_table(objects(kind)).map_err(StoreError::backend)?;
             }
-            rv.unwrap_or(0)
+            rv
         };
         tx.commit().map_err(StoreError::backend)?;
         tracing::debug!(path = %path.display(), resource_version = rv, "store opened");
-        Ok(EmbeddedStore {
+        let inner = Arc::new(Inner {
             db,
             path,
-            hub: Mutex::new(Hub::new(rv, history)),
+            state: Mutex::new(State {
+                hub: Hub::new(rv, history),
+                reserve: rv,
+                unflushed: false,
+                closing: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let flusher = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("store-flush".to_string())
+                .spawn(move || inner.flush_loop())
+                .map_err(|e| StoreError::Backend(format!("cannot start the flusher: {e}")))?
+        };
+        Ok(EmbeddedStore {
+            inner,
+            flusher: Some(flusher),
         })
     }
 
     /// The database file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     /// The last committed resourceVersion.
     pub fn resource_version(&self) -> u64 {
-        self.lock().rv()
+        self.inner.lock().hub.rv()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Hub> {
-        // A panic mid-write aborts its transaction, so the hub is still consistent.
-        self.hub.lock().unwrap_or_else(|p| p.into_inner())
+    /// True when every write so far is on disk (no relaxed write is waiting for a flush).
+    pub fn is_flushed(&self) -> bool {
+        !self.inner.lock().unflushed
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.inner.lock().closing = true;
+        self.inner.wake.notify_all();
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
+        }
+        // A clean close: nothing relaxed is left off the disk, and no version is reserved.
+        if let Err(e) = self.inner.persist(true) {
+            tracing::warn!(error = %e, "closing the store: final flush failed");
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic mid-write aborts its transaction, so the state is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` in one write transaction; commits (durably) and publishes its events when it
-    /// wrote anything, aborts on error or when it wrote nothing.
-    fn write<T>(&self, f: impl FnOnce(&mut Txn) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut hub = self.lock();
+    /// Makes every relaxed write durable. With `release`, also gives back the versions reserved
+    /// for relaxed writes (a clean close: the next open continues from the last version).
+    fn persist(&self, release: bool) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        let rv = st.hub.rv();
+        if !st.unflushed && (!release || st.reserve <= rv) {
+            return Ok(());
+        }
+        let reserve = if release { rv } else { st.reserve };
         let mut tx = self.db.begin_write().map_err(StoreError::backend)?;
         tx.set_durability(Durability::Immediate);
+        {
+            let mut meta = tx.open_table(META).map_err(StoreError::backend)?;
+            meta.insert(RESERVED_KEY, reserve)
+                .map_err(StoreError::backend)?;
+        }
+        tx.commit().map_err(StoreError::backend)?;
+        st.reserve = reserve;
+        st.unflushed = false;
+        Ok(())
+    }
+
+    /// The flusher: within [`FLUSH_INTERVAL`] of a relaxed write, commits durably.
+    fn flush_loop(&self) {
+        loop {
+            {
+                let mut st = self.lock();
+                while !st.unflushed && !st.closing {
+                    st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                if st.closing {
+                    return;
+                }
+                // Let relaxed writes gather, so a burst costs one fsync per interval.
+                let (st, _) = self
+                    .wake
+                    .wait_timeout_while(st, FLUSH_INTERVAL, |s| !s.closing)
+                    .unwrap_or_else(|p| p.into_inner());
+                if st.closing {
+                    return;
+                }
+            }
+            if let Err(e) = self.persist(false) {
+                tracing::warn!(error = %e, "store flush failed; retrying");
+                std::thread::sleep(FLUSH_INTERVAL);
+            }
+        }
+    }
+
+    /// Runs `f` in one write transaction; commits and publishes its events when it wrote
+    /// anything, aborts on error or when it wrote nothing. Durable commits fsync; relaxed ones
+    /// do not (unless they would pass the reserved versions).
+    fn write<T>(
+        &self,
+        durability: WriteDurability,
+        f: impl FnOnce(&mut Txn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut st = self.lock();
+        let tx = self.db.begin_write().map_err(StoreError::backend)?;
         let rv = {
             let meta = tx.open_table(META).map_err(StoreError::backend)?;
             let rv = meta.get(RV_KEY).map_err(StoreError::backend)?;
@@ -148,17 +285,43 @@ impl EmbeddedStore {
             events: Vec::new(),
         };
         let out = f(&mut txn)?;
-        let Txn { tx, rv, events } = txn;
+        let Txn { mut tx, rv, events } = txn;
         if events.is_empty() {
             tx.abort().map_err(StoreError::backend)?;
             return Ok(out);
         }
+        // A relaxed write past the reserve commits durably and reserves the next span.
+        let reserve =
+            (durability == WriteDurability::Relaxed && rv > st.reserve).then(|| rv + RELAXED_SPAN);
+        let durable = durability == WriteDurability::Durable || reserve.is_some();
         {
             let mut meta = tx.open_table(META).map_err(StoreError::backend)?;
             meta.insert(RV_KEY, rv).map_err(StoreError::backend)?;
+            if let Some(reserve) = reserve {
+                meta.insert(RESERVED_KEY, reserve)
+                    .map_err(StoreError::backend)?;
+            }
         }
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
         tx.commit().map_err(StoreError::backend)?;
-        hub.publish(events);
+        if let Some(reserve) = reserve {
+            st.reserve = reserve;
+        }
+        if durable {
+            st.unflushed = false;
+        } else if !st.unflushed {
+            st.unflushed = true;
+            self.wake.notify_all();
+        }
+        for ev in &events {
+            tracing::trace!(rv = ev.resource_version, kind = %ev.kind, event = ?ev.event_type,
+                name = meta_str(&ev.object, "name"), durable, "committed");
+        }
+        st.hub.publish(events);
         Ok(out)
     }
 }
@@ -340,7 +503,7 @@ fn load_for_update(txn: &Txn, kind: Kind, mut obj: Value) -> Result<(Value, Valu
 
 impl Store for EmbeddedStore {
     fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, StoreError> {
-        let rtx = self.db.begin_read().map_err(StoreError::backend)?;
+        let rtx = self.inner.db.begin_read().map_err(StoreError::backend)?;
         let table = rtx.open_table(objects(kind)).map_err(StoreError::backend)?;
         let got = table
             .get((namespace, name))
@@ -352,7 +515,7 @@ impl Store for EmbeddedStore {
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError> {
         // One snapshot for both the objects and the resourceVersion, so a watch from the
         // returned version picks up exactly the writes the list did not see.
-        let rtx = self.db.begin_read().map_err(StoreError::backend)?;
+        let rtx = self.inner.db.begin_read().map_err(StoreError::backend)?;
         let rv = rtx
             .open_table(META)
             .map_err(StoreError::backend)?
@@ -379,7 +542,12 @@ impl Store for EmbeddedStore {
         Ok((out, rv))
     }
 
-    fn create(&self, kind: Kind, mut obj: Value) -> Result<Value, StoreError> {
+    fn create_with(
+        &self,
+        kind: Kind,
+        mut obj: Value,
+        durability: WriteDurability,
+    ) -> Result<Value, StoreError> {
         object::normalize(kind, &mut obj)?;
         let namespace = meta_str(&obj, "namespace").to_string();
         let given_name = meta_str(&obj, "name").to_string();
@@ -396,7 +564,7 @@ impl Store for EmbeddedStore {
             rouse_api::clock::now_rfc3339(),
         );
         object::set_meta(&mut obj, "generation", 1);
-        self.write(|txn| {
+        self.inner.write(durability, |txn| {
             let name = if !given_name.is_empty() {
                 if txn.exists(kind, &namespace, &given_name)? {
                     return Err(StoreError::AlreadyExists {
@@ -428,8 +596,13 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn update(&self, kind: Kind, obj: Value) -> Result<Value, StoreError> {
-        self.write(|txn| {
+    fn update_with(
+        &self,
+        kind: Kind,
+        obj: Value,
+        durability: WriteDurability,
+    ) -> Result<Value, StoreError> {
+        self.inner.write(durability, |txn| {
             let (mut new, stored) = load_for_update(txn, kind, obj)?;
             // Identity and bookkeeping come from the stored object; status is written apart.
             for field in ["uid", "creationTimestamp", "resourceVersion", "generation"] {
@@ -446,8 +619,13 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn update_status(&self, kind: Kind, obj: Value) -> Result<Value, StoreError> {
-        self.write(|txn| {
+    fn update_status_with(
+        &self,
+        kind: Kind,
+        obj: Value,
+        durability: WriteDurability,
+    ) -> Result<Value, StoreError> {
+        self.inner.write(durability, |txn| {
             let (given, stored) = load_for_update(txn, kind, obj)?;
             let mut new = stored.clone();
             object::copy_top(&mut new, &given, "status");
@@ -459,7 +637,7 @@ impl Store for EmbeddedStore {
     }
 
     fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, StoreError> {
-        self.write(|txn| {
+        self.inner.write(WriteDurability::Durable, |txn| {
             let root = txn
                 .remove(kind, namespace, name)?
                 .ok_or_else(|| not_found(kind, namespace, name))?;
@@ -495,6 +673,10 @@ impl Store for EmbeddedStore {
     }
 
     fn watch(&self, from: u64) -> Result<UnboundedReceiver<WatchEvent>, StoreError> {
-        self.lock().watch(from)
+        self.inner.lock().hub.watch(from)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.persist(false)
     }
 }

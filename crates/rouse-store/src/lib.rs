@@ -13,7 +13,7 @@ mod error;
 mod object;
 mod watch;
 
-pub use embedded::{DB_FILE, DEFAULT_HISTORY, EmbeddedStore};
+pub use embedded::{DB_FILE, DEFAULT_HISTORY, EmbeddedStore, FLUSH_INTERVAL, RELAXED_SPAN};
 pub use error::StoreError;
 pub use rouse_api::Kind;
 
@@ -45,6 +45,20 @@ pub struct WatchEvent {
     pub resource_version: u64,
 }
 
+/// How far a write has got when the call that made it returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// On disk (fsynced), with every write before it: survives a crash. For what a client was
+    /// told is stored.
+    #[default]
+    Durable,
+    /// Committed and visible to reads and watches at once, on disk shortly after (with the
+    /// next durable write or flush). A crash may lose the latest relaxed writes, whole and in
+    /// order, never a durable one; the store stays consistent. For derived state that
+    /// reconcilers recompute.
+    Relaxed,
+}
+
 /// Storage for the platform's objects: get/list/create/update with compare-and-swap on
 /// `resourceVersion`, status updates, cascading delete and watch.
 ///
@@ -52,8 +66,9 @@ pub struct WatchEvent {
 /// event; a cascading delete takes one resourceVersion (and emits one Deleted event) per
 /// object removed, owner first, all committed in one transaction.
 ///
-/// The methods block (disk I/O with an fsync per write); async callers accept that or use
-/// `spawn_blocking`.
+/// The methods block (disk I/O, with an fsync per durable write); async callers accept that or
+/// use `spawn_blocking`. `create`, `update`, `update_status` and `delete` are durable; the
+/// `*_with` forms choose.
 pub trait Store: Send + Sync + 'static {
     /// The object, or [`StoreError::NotFound`].
     fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, StoreError>;
@@ -68,7 +83,17 @@ pub trait Store: Send + Sync + 'static {
     /// random lowercase alphanumerics names it. The store sets `uid`, `creationTimestamp`,
     /// `generation` 1 and `resourceVersion` (replacing any given). [`StoreError::AlreadyExists`]
     /// when the name is taken.
-    fn create(&self, kind: Kind, obj: Value) -> Result<Value, StoreError>;
+    fn create(&self, kind: Kind, obj: Value) -> Result<Value, StoreError> {
+        self.create_with(kind, obj, Durability::Durable)
+    }
+
+    /// [`Store::create`] with the given durability.
+    fn create_with(
+        &self,
+        kind: Kind,
+        obj: Value,
+        durability: Durability,
+    ) -> Result<Value, StoreError>;
 
     /// Replaces an object's metadata and spec (not its status).
     ///
@@ -76,11 +101,31 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Conflict`]; an empty one updates unconditionally. `generation` goes up by
     /// one only when `spec` changed. When nothing changed, nothing is written, no event is
     /// emitted and the stored object is returned.
-    fn update(&self, kind: Kind, obj: Value) -> Result<Value, StoreError>;
+    fn update(&self, kind: Kind, obj: Value) -> Result<Value, StoreError> {
+        self.update_with(kind, obj, Durability::Durable)
+    }
+
+    /// [`Store::update`] with the given durability.
+    fn update_with(
+        &self,
+        kind: Kind,
+        obj: Value,
+        durability: Durability,
+    ) -> Result<Value, StoreError>;
 
     /// Replaces only an object's `status`, with the same preconditions as
     /// [`Store::update`]; never changes `generation`; a no-op when the status is unchanged.
-    fn update_status(&self, kind: Kind, obj: Value) -> Result<Value, StoreError>;
+    fn update_status(&self, kind: Kind, obj: Value) -> Result<Value, StoreError> {
+        self.update_status_with(kind, obj, Durability::Durable)
+    }
+
+    /// [`Store::update_status`] with the given durability.
+    fn update_status_with(
+        &self,
+        kind: Kind,
+        obj: Value,
+        durability: Durability,
+    ) -> Result<Value, StoreError>;
 
     /// Deletes an object and, in the same transaction, every object of any kind whose
     /// `metadata.ownerReferences` names a deleted object's uid, recursively. Returns the
@@ -91,4 +136,7 @@ pub trait Store: Send + Sync + 'static {
     /// retained in memory, then live ones. [`StoreError::Expired`] when `from` is older than
     /// what is retained (list again and watch from the list's resourceVersion).
     fn watch(&self, from: u64) -> Result<UnboundedReceiver<WatchEvent>, StoreError>;
+
+    /// Puts every relaxed write made so far on disk.
+    fn flush(&self) -> Result<(), StoreError>;
 }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rouse_store::{EmbeddedStore, EventType, Kind, Store, StoreError, WatchEvent};
+use rouse_store::{
+    Durability, EmbeddedStore, EventType, FLUSH_INTERVAL, Kind, Store, StoreError, WatchEvent,
+};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -603,6 +605,69 @@ fn state_and_resource_version_survive_reopen() {
         .create(Kind::Route, json!({"metadata": {"name": "next"}}))
         .unwrap();
     assert_eq!(rv(&next), 4);
+}
+
+#[test]
+fn relaxed_writes_follow_the_same_rules_and_reach_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stored, status) = {
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let mut w = s.watch(0).unwrap();
+        let created = s
+            .create_with(Kind::Service, svc("hello", "a"), Durability::Relaxed)
+            .unwrap();
+        assert_eq!(rv(&created), 1);
+        // Visible at once, to reads and watches.
+        assert_eq!(s.get(Kind::Service, "default", "hello").unwrap(), created);
+        assert_eq!(recv(&mut w).event_type, EventType::Added);
+        // Compare-and-swap and no-op rules hold as for durable writes.
+        let mut stale = created.clone();
+        stale["metadata"]["resourceVersion"] = json!("7");
+        stale["status"] = json!({"x": 1});
+        assert!(matches!(
+            s.update_status_with(Kind::Service, stale, Durability::Relaxed),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(
+            s.update_with(Kind::Service, created.clone(), Durability::Relaxed)
+                .unwrap(),
+            created
+        );
+        let mut next = created.clone();
+        next["status"] = json!({"x": 1});
+        let status = s
+            .update_status_with(Kind::Service, next, Durability::Relaxed)
+            .unwrap();
+        assert_eq!(rv(&status), 2);
+        assert_eq!(recv(&mut w).event_type, EventType::Modified);
+        assert!(recv_within(&mut w, Duration::from_millis(20)).is_none());
+        // The flusher puts them on disk by itself, soon after.
+        let deadline = std::time::Instant::now() + FLUSH_INTERVAL * 50;
+        while !s.is_flushed() {
+            assert!(std::time::Instant::now() < deadline, "never flushed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let more = s
+            .create_with(
+                Kind::Route,
+                json!({"metadata": {"name": "r"}}),
+                Durability::Relaxed,
+            )
+            .unwrap();
+        s.flush().unwrap();
+        assert!(s.is_flushed());
+        (more, status)
+    };
+    // A clean close keeps everything and versions continue without a gap.
+    let s = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(s.get(Kind::Service, "default", "hello").unwrap(), status);
+    assert_eq!(s.get(Kind::Route, "default", "r").unwrap(), stored);
+    assert_eq!(s.resource_version(), 3);
+    let durable = s
+        .create(Kind::Route, json!({"metadata": {"name": "d"}}))
+        .unwrap();
+    assert_eq!(rv(&durable), 4);
+    assert!(s.is_flushed());
 }
 
 #[test]

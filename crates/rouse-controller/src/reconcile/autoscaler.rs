@@ -84,6 +84,14 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
     if let Ok(workload) = workload_for(&rev) {
         ctx.runtime.ensure(workload, scale.max(0) as u32);
     }
+    // Activating (nothing ready, instances wanted): the activator learns the new instances now
+    // and starts probing them, instead of after this reconcile's and the SKS's store writes.
+    if ready == 0
+        && scale > 0
+        && let Some(sks) = ctx.client.get::<ServerlessService>(ns, name)?
+    {
+        super::sks::program(ctx, ns, name, &sks, &rev);
+    }
     set_sks_mode(ctx, ns, name, mode, out.num_activators)?;
 
     let mut status = pa.status.clone();

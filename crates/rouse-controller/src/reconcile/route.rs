@@ -1,5 +1,7 @@
 //! Route → resolved traffic (`status.traffic` always names revisions), URLs for the route and
-//! its tags, and the gateway's routing table rebuilt from every route at once.
+//! its tags, and the route's entries in the gateway's routing table. The table is kept per
+//! route in memory and reprogrammed only when a route's entries change; the empty key rebuilds
+//! it from every stored route.
 
 use std::collections::BTreeMap;
 
@@ -16,19 +18,26 @@ pub(super) async fn reconcile(
     name: &str,
 ) -> Result<Requeue, ReconcileError> {
     // The empty key only asks for a rebuild of the routing table.
-    if !name.is_empty()
-        && let Some(route) = ctx.client.get::<Route>(ns, name)?
-    {
-        reconcile_route(ctx, &route)?;
+    if name.is_empty() {
+        rebuild_gateway(ctx).await?;
+        return Ok(None);
     }
-    program_gateway(ctx).await?;
+    let entries = match ctx.client.get::<Route>(ns, name)? {
+        Some(route) => {
+            let status = reconcile_route(ctx, &route)?;
+            host_routes(ctx, ns, name, &status)
+        }
+        None => Vec::new(),
+    };
+    program_route(ctx, ns, name, entries).await;
     Ok(None)
 }
 
 /// Why a target could not be resolved: the condition status, reason and message.
 type Unresolved = (ConditionStatus, &'static str, String);
 
-fn reconcile_route(ctx: &Context, route: &Route) -> Result<(), ReconcileError> {
+/// Resolves the route and writes its status; returns that status.
+fn reconcile_route(ctx: &Context, route: &Route) -> Result<RouteStatus, ReconcileError> {
     let ns = &route.metadata.namespace;
     let name = &route.metadata.name;
     let mut status = route.status.clone();
@@ -64,13 +73,13 @@ fn reconcile_route(ctx: &Context, route: &Route) -> Result<(), ReconcileError> {
     write(ctx, route, status)
 }
 
-fn write(ctx: &Context, route: &Route, status: RouteStatus) -> Result<(), ReconcileError> {
+fn write(ctx: &Context, route: &Route, status: RouteStatus) -> Result<RouteStatus, ReconcileError> {
     if status != route.status {
         let mut updated = route.clone();
         updated.status = status;
-        ctx.client.update_status(&updated)?;
+        return Ok(ctx.client.update_status(&updated)?.status);
     }
-    Ok(())
+    Ok(status)
 }
 
 /// Resolves every target to a ready revision, or says why one cannot be.
@@ -173,37 +182,66 @@ fn resolve(
     Ok(Ok(out))
 }
 
-/// Rebuilds the gateway's whole routing table from every route's resolved traffic.
-async fn program_gateway(ctx: &Context) -> Result<(), ReconcileError> {
-    let _guard = ctx.routing_lock.lock().await;
-    let routes = ctx.client.list::<Route>(None)?;
-    let mut table: Vec<HostRoute> = Vec::new();
-    for r in &routes {
-        if r.status.traffic.is_empty() {
-            continue;
-        }
-        let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
-        let mut shares: BTreeMap<String, u32> = BTreeMap::new();
-        for t in &r.status.traffic {
-            let p = t.percent.unwrap_or(0).clamp(0, 100) as u32;
-            if p > 0 {
-                *shares.entry(t.revision_name.clone()).or_default() += p;
-            }
-        }
-        table.push(HostRoute {
-            host: ctx.config.network.route_host(name, ns, &ctx.domain),
-            targets: shares
-                .into_iter()
-                .map(|(rev, p)| (ns.clone(), rev, p))
-                .collect(),
-        });
-        for t in r.status.traffic.iter().filter(|t| !t.tag.is_empty()) {
-            table.push(HostRoute {
-                host: ctx.config.network.tag_host(&t.tag, name, ns, &ctx.domain),
-                targets: vec![(ns.clone(), t.revision_name.clone(), 100)],
-            });
+/// A route's entries in the gateway's table: its host split by revision, and one host per tag.
+fn host_routes(ctx: &Context, ns: &str, name: &str, status: &RouteStatus) -> Vec<HostRoute> {
+    if status.traffic.is_empty() {
+        return Vec::new();
+    }
+    let mut shares: BTreeMap<String, u32> = BTreeMap::new();
+    for t in &status.traffic {
+        let p = t.percent.unwrap_or(0).clamp(0, 100) as u32;
+        if p > 0 {
+            *shares.entry(t.revision_name.clone()).or_default() += p;
         }
     }
-    ctx.networking.set_routes(table);
+    let mut out = vec![HostRoute {
+        host: ctx.config.network.route_host(name, ns, &ctx.domain),
+        targets: shares
+            .into_iter()
+            .map(|(rev, p)| (ns.to_string(), rev, p))
+            .collect(),
+    }];
+    for t in status.traffic.iter().filter(|t| !t.tag.is_empty()) {
+        out.push(HostRoute {
+            host: ctx.config.network.tag_host(&t.tag, name, ns, &ctx.domain),
+            targets: vec![(ns.to_string(), t.revision_name.clone(), 100)],
+        });
+    }
+    out
+}
+
+/// Replaces one route's entries (none: the route is gone) and reprograms the gateway when they
+/// changed.
+async fn program_route(ctx: &Context, ns: &str, name: &str, entries: Vec<HostRoute>) {
+    let mut table = ctx.routing.lock().await;
+    let key = (ns.to_string(), name.to_string());
+    let changed = if entries.is_empty() {
+        table.remove(&key).is_some()
+    } else if table.get(&key) != Some(&entries) {
+        table.insert(key, entries);
+        true
+    } else {
+        false
+    };
+    if changed {
+        ctx.networking
+            .set_routes(table.values().flatten().cloned().collect());
+    }
+}
+
+/// Rebuilds the gateway's whole routing table from every stored route's resolved traffic.
+async fn rebuild_gateway(ctx: &Context) -> Result<(), ReconcileError> {
+    let mut table = ctx.routing.lock().await;
+    let routes = ctx.client.list::<Route>(None)?;
+    table.clear();
+    for r in &routes {
+        let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
+        let entries = host_routes(ctx, ns, name, &r.status);
+        if !entries.is_empty() {
+            table.insert((ns.clone(), name.clone()), entries);
+        }
+    }
+    ctx.networking
+        .set_routes(table.values().flatten().cloned().collect());
     Ok(())
 }

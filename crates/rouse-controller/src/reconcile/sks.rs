@@ -2,6 +2,7 @@
 //! queue-proxies, in Proxy mode the activator (which is told every live instance and probes
 //! them itself). With no ready instance the activator is always in the path.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rouse_api::condition::Conditions;
@@ -21,6 +22,46 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
     let Some(rev) = ctx.client.get::<Revision>(ns, name)? else {
         return Ok(None);
     };
+    let (mode, ready) = program(ctx, ns, name, &sks, &rev);
+
+    let mut status = sks.status.clone();
+    status.observed_generation = sks.metadata.generation;
+    status.service_name = name.to_string();
+    status.private_service_name = format!("{name}-private");
+    status.endpoints = match mode {
+        SksMode::Serve => ready.iter().map(|a| a.to_string()).collect(),
+        SksMode::Proxy => vec!["activator".to_string()],
+    };
+    if ready.is_empty() {
+        status.mark_false(
+            "EndpointsPopulated",
+            "NoHealthyBackends",
+            "No ready instance behind the revision.",
+        );
+    } else {
+        status.mark_true("EndpointsPopulated");
+    }
+    // Proxy mode is always ready to take requests: the activator buffers them.
+    status.mark_true("ActivatorEndpointsPopulated");
+    status.mark_true("Ready");
+    if status != sks.status {
+        let mut updated = sks.clone();
+        updated.status = status;
+        ctx.client.update_status(&updated)?;
+    }
+    Ok(None)
+}
+
+/// Tells the data plane how the revision is reached now (its SKS mode, held at Proxy while no
+/// instance is ready, its ready and live instances, its request settings); returns the mode
+/// and the ready instances. Idempotent: programming the same state again changes nothing.
+pub(super) fn program(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    sks: &ServerlessService,
+    rev: &Revision,
+) -> (SksMode, Vec<SocketAddr>) {
     let instances = ctx.runtime.instances(ns, name);
     let mut ready: Vec<_> = instances
         .iter()
@@ -54,30 +95,5 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
         },
     );
 
-    let mut status = sks.status.clone();
-    status.observed_generation = sks.metadata.generation;
-    status.service_name = name.to_string();
-    status.private_service_name = format!("{name}-private");
-    status.endpoints = match mode {
-        SksMode::Serve => ready.iter().map(|a| a.to_string()).collect(),
-        SksMode::Proxy => vec!["activator".to_string()],
-    };
-    if ready.is_empty() {
-        status.mark_false(
-            "EndpointsPopulated",
-            "NoHealthyBackends",
-            "No ready instance behind the revision.",
-        );
-    } else {
-        status.mark_true("EndpointsPopulated");
-    }
-    // Proxy mode is always ready to take requests: the activator buffers them.
-    status.mark_true("ActivatorEndpointsPopulated");
-    status.mark_true("Ready");
-    if status != sks.status {
-        let mut updated = sks.clone();
-        updated.status = status;
-        ctx.client.update_status(&updated)?;
-    }
-    Ok(None)
+    (mode, ready)
 }

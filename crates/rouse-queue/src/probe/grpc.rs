@@ -254,12 +254,21 @@ mod tests {
         assert!(decode_frame(&[]).is_err());
         assert!(decode_frame(&[0, 0, 0]).is_err());
         assert!(decode_frame(&[0, 0, 0, 0, 3, 0x08]).is_err());
-        assert!(decode_frame(&[1, 0, 0, 0, 0]).unwrap_err().contains("compressed"));
+        assert!(
+            decode_frame(&[1, 0, 0, 0, 0])
+                .unwrap_err()
+                .contains("compressed")
+        );
         assert!(decode_serving_status(&[0x08]).is_err());
         assert!(decode_serving_status(&[0x08, 0x80]).is_err());
         assert!(decode_serving_status(&[0x1a, 5, b'x']).is_err());
         assert!(decode_serving_status(&[0x0b]).is_err()); // group start
-        assert!(decode_serving_status(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+        assert!(
+            decode_serving_status(&[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+            ])
+            .is_err()
+        );
     }
 
     #[test]
