@@ -156,19 +156,35 @@ def load1():
         return float(f.read().split()[0])
 
 
+def cpu_busy_ticks():
+    """Busy time of all CPUs since boot, in clock ticks, as processes are charged for it
+    (/proc/stat user + nice + system), plus steal, since time the hypervisor gives to other
+    guests is lost to us too. irq and softirq are left out: loopback traffic is mostly the
+    harness's own, and no process is charged for it."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal
+    return v[0] + v[1] + v[2] + (v[7] if len(v) > 7 else 0)
+
+
 class Monitor(threading.Thread):
-    """Samples, every second, what runs on the machine besides this harness: processes ready
-    to run (state R) outside the harness's process tree, and rustc/cargo processes. Other
-    work on the same CPUs skews the figures; the report says where it happened."""
+    """Samples, every second, what the machine does besides this harness: the CPU time spent
+    outside the harness's own process tree (all CPUs' busy time from /proc/stat minus the
+    tree's, with reaped children counted through cutime), processes ready to run outside the
+    tree, and rustc processes. Other work on the same CPUs skews the figures; the report
+    says where it happened."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.samples = []  # (monotonic time, 1-min load, foreign runnable, compilers)
+        # (monotonic time, 1-min load, foreign runnable, compilers, busy ticks, our ticks)
+        self.samples = []
         self.stop_ev = threading.Event()
         self.me = os.getpid()
+        self.ncpu = os.cpu_count() or 1
 
     def sample(self):
-        ppid, state, comm = {}, {}, {}
+        busy = cpu_busy_ticks()
+        ppid, state, comm, ticks = {}, {}, {}, {}
         for d in os.listdir("/proc"):
             if not d.isdigit():
                 continue
@@ -179,12 +195,14 @@ class Monitor(threading.Thread):
                 continue
             head, _, rest = st.rpartition(")")
             fields = rest.split()
-            if len(fields) < 2:
+            if len(fields) < 15:
                 continue
             pid = int(d)
             comm[pid] = head.split("(", 1)[-1]
             state[pid] = fields[0]
             ppid[pid] = int(fields[1])
+            # utime stime cutime cstime: a reaped child's time moves into its parent's.
+            ticks[pid] = sum(int(x) for x in fields[11:15])
 
         def ours(pid):
             for _ in range(64):
@@ -195,11 +213,13 @@ class Monitor(threading.Thread):
                 pid = ppid[pid]
             return False
 
+        mine = {pid for pid in ppid if ours(pid)}
         foreign = sum(1 for pid, s in state.items()
-                      if s == "R" and ppid.get(pid) != 2 and pid != 2 and not ours(pid))
+                      if s == "R" and ppid.get(pid) != 2 and pid != 2 and pid not in mine)
         # rustc is what burns CPU in a build; an idle cargo (waiting on a test) does not.
-        compilers = sum(1 for pid, c in comm.items() if c == "rustc" and not ours(pid))
-        self.samples.append((time.monotonic(), load1(), foreign, compilers))
+        compilers = sum(1 for pid, c in comm.items() if c == "rustc" and pid not in mine)
+        our_ticks = sum(ticks[p] for p in mine)
+        self.samples.append((time.monotonic(), load1(), foreign, compilers, busy, our_ticks))
 
     def run(self):
         while not self.stop_ev.wait(1.0):
@@ -212,8 +232,15 @@ class Monitor(threading.Thread):
         """What ran besides the harness between two monotonic times."""
         w = [x for x in self.samples if t0 <= x[0] <= t1]
         if not w:
-            return {"samples": 0, "foreign_runnable_mean": None, "compiler_samples": 0}
+            return {"samples": 0, "foreign_cpu": None, "foreign_runnable_mean": None,
+                    "compiler_samples": 0}
+        foreign_cpu = None
+        if len(w) >= 2:
+            span = (w[-1][0] - w[0][0]) * CLK_TCK * self.ncpu
+            other = (w[-1][4] - w[0][4]) - (w[-1][5] - w[0][5])
+            foreign_cpu = max(0.0, other / span) if span > 0 else None
         return {"samples": len(w),
+                "foreign_cpu": foreign_cpu,
                 "foreign_runnable_mean": sum(x[2] for x in w) / len(w),
                 "compiler_samples": sum(1 for x in w if x[3])}
 
@@ -228,9 +255,10 @@ class Monitor(threading.Thread):
 
 
 def disturbed(win):
-    """A measurement window in which other work competed for the CPUs."""
+    """A measurement window in which other work competed for the CPUs: more than 5 % of the
+    machine's CPU time (a tenth of a core on 2 CPUs) spent outside the harness, or a rustc."""
     return bool(win) and (win.get("compiler_samples", 0) > 0
-                          or (win.get("foreign_runnable_mean") or 0) > 0.2)
+                          or (win.get("foreign_cpu") or 0) > 0.05)
 
 
 def wait_until(cond, timeout, interval=0.05, what="condition"):
@@ -1296,8 +1324,9 @@ def markdown(res):
     d = res.get("during_run") or {}
     during = ""
     if d.get("samples"):
-        during = (f"; during the run (sampled each second): other processes ready to run "
-                  f"{d['foreign_runnable_mean']:.2f} on average, rustc seen in "
+        during = (f"; during the run (sampled each second): "
+                  f"{100 * (d.get('foreign_cpu') or 0):.1f} % of all CPU time went to work "
+                  f"outside the harness (steal included), rustc seen in "
                   f"{d['compiler_samples']} of {d['samples']} samples")
     L.append(f"- Machine state: {res['quiet']}; load at start "
              f"{' '.join(res['loadavg_at_start'])}{during}.")
@@ -1414,10 +1443,10 @@ def markdown(res):
     else:
         failed("Control plane", cp)
     L.append("")
-    L.append("† Other work (processes outside the harness ready to run, or rustc) competed "
-             "for the CPUs during some rounds; medians are over the quiet rounds when at least "
-             "two were quiet, else over all rounds (`bench/results/latest.json` has each "
-             "round's figures and its `window`).")
+    L.append("† Other work competed for the CPUs during some rounds (over 5 % of the "
+             "machine's CPU time outside the harness, or a rustc running); medians are over "
+             "the quiet rounds when at least two were quiet, else over all rounds "
+             "(`bench/results/latest.json` has each round's figures and its `window`).")
     L.append("")
     L.append("### Targets of issue 6 (this run)")
     L.append("")

@@ -7,7 +7,8 @@
 //!
 //! Durable writes commit with an fsync. Relaxed writes commit without one (redb's
 //! `Durability::None`): they are visible at once, and reach the disk with the next durable
-//! commit, which a flusher thread makes within [`FLUSH_INTERVAL`] of the first relaxed write. A
+//! commit, which a flusher thread makes within [`FLUSH_INTERVAL`] of the first relaxed write
+//! or after [`FLUSH_AFTER_COMMITS`] of them, whichever comes first. A
 //! crash keeps the database consistent at its last durable commit. So that a resourceVersion
 //! handed out by a lost relaxed write is never handed out again for different content, relaxed
 //! writes only use versions reserved by a durable commit ([`RELAXED_SPAN`] at a time: the
@@ -45,9 +46,19 @@ const GENERATE_NAME_TRIES: usize = 16;
 /// The longest a relaxed write stays off the disk (while the process lives).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Relaxed commits after which the flusher commits durably at once. redb frees the pages a
+/// relaxed commit replaced only at the next durable commit, so this bounds the file's and the
+/// page cache's growth during a burst.
+pub const FLUSH_AFTER_COMMITS: u32 = 64;
+
 /// How many resourceVersions relaxed writes may take past the last durable commit; a relaxed
 /// write beyond them commits durably.
 pub const RELAXED_SPAN: u64 = 10_000;
+
+/// redb's own page cache. Kept small: pages it misses come from the OS page cache (one pread
+/// each, a few microseconds), while a large cache keeps every page a relaxed commit ever wrote
+/// (they are freed only at the next durable commit) and grows the resident memory with it.
+const CACHE_BYTES: usize = 1024 * 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RV_KEY: &str = "resourceVersion";
@@ -88,8 +99,8 @@ struct State {
     hub: Hub,
     /// The resourceVersion up to which relaxed writes may go before one commits durably.
     reserve: u64,
-    /// Relaxed writes are committed but not yet on disk.
-    unflushed: bool,
+    /// Relaxed commits since the last durable one (committed, not yet on disk).
+    unflushed: u32,
     /// The store is closing: the flusher stops.
     closing: bool,
 }
@@ -120,7 +131,7 @@ impl EmbeddedStore {
         let path = data_dir.join(DB_FILE);
         let mut builder = Database::builder();
         builder.create_with_file_format_v3(true);
-        builder.set_cache_size(64 * 1024 * 1024);
+        builder.set_cache_size(CACHE_BYTES);
         let db = builder.create(&path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
                 "data dir {} is in use by another rouse",
@@ -161,7 +172,7 @@ impl EmbeddedStore {
             state: Mutex::new(State {
                 hub: Hub::new(rv, history),
                 reserve: rv,
-                unflushed: false,
+                unflushed: 0,
                 closing: false,
             }),
             wake: Condvar::new(),
@@ -191,7 +202,7 @@ impl EmbeddedStore {
 
     /// True when every write so far is on disk (no relaxed write is waiting for a flush).
     pub fn is_flushed(&self) -> bool {
-        !self.inner.lock().unflushed
+        self.inner.lock().unflushed == 0
     }
 }
 
@@ -220,7 +231,7 @@ impl Inner {
     fn persist(&self, release: bool) -> Result<(), StoreError> {
         let mut st = self.lock();
         let rv = st.hub.rv();
-        if !st.unflushed && (!release || st.reserve <= rv) {
+        if st.unflushed == 0 && (!release || st.reserve <= rv) {
             return Ok(());
         }
         let reserve = if release { rv } else { st.reserve };
@@ -233,16 +244,17 @@ impl Inner {
         }
         tx.commit().map_err(StoreError::backend)?;
         st.reserve = reserve;
-        st.unflushed = false;
+        st.unflushed = 0;
         Ok(())
     }
 
-    /// The flusher: within [`FLUSH_INTERVAL`] of a relaxed write, commits durably.
+    /// The flusher: within [`FLUSH_INTERVAL`] of a relaxed write, or once
+    /// [`FLUSH_AFTER_COMMITS`] relaxed commits gathered, commits durably.
     fn flush_loop(&self) {
         loop {
             {
                 let mut st = self.lock();
-                while !st.unflushed && !st.closing {
+                while st.unflushed == 0 && !st.closing {
                     st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
                 if st.closing {
@@ -251,7 +263,9 @@ impl Inner {
                 // Let relaxed writes gather, so a burst costs one fsync per interval.
                 let (st, _) = self
                     .wake
-                    .wait_timeout_while(st, FLUSH_INTERVAL, |s| !s.closing)
+                    .wait_timeout_while(st, FLUSH_INTERVAL, |s| {
+                        !s.closing && s.unflushed < FLUSH_AFTER_COMMITS
+                    })
                     .unwrap_or_else(|p| p.into_inner());
                 if st.closing {
                     return;
@@ -312,10 +326,12 @@ impl Inner {
             st.reserve = reserve;
         }
         if durable {
-            st.unflushed = false;
-        } else if !st.unflushed {
-            st.unflushed = true;
-            self.wake.notify_all();
+            st.unflushed = 0;
+        } else {
+            st.unflushed += 1;
+            if st.unflushed == 1 || st.unflushed == FLUSH_AFTER_COMMITS {
+                self.wake.notify_all();
+            }
         }
         for ev in &events {
             tracing::trace!(rv = ev.resource_version, kind = %ev.kind, event = ?ev.event_type,

@@ -13,7 +13,9 @@ mod error;
 mod object;
 mod watch;
 
-pub use embedded::{DB_FILE, DEFAULT_HISTORY, EmbeddedStore, FLUSH_INTERVAL, RELAXED_SPAN};
+pub use embedded::{
+    DB_FILE, DEFAULT_HISTORY, EmbeddedStore, FLUSH_AFTER_COMMITS, FLUSH_INTERVAL, RELAXED_SPAN,
+};
 pub use error::StoreError;
 pub use rouse_api::Kind;
 
