@@ -8,8 +8,8 @@
 //! Durable writes commit with an fsync. Relaxed writes commit without one (redb's
 //! `Durability::None`): they are visible at once, and reach the disk with the next durable
 //! commit, which a flusher thread makes within [`FLUSH_INTERVAL`] of the first relaxed write
-//! or after [`FLUSH_AFTER_COMMITS`] of them, whichever comes first. A
-//! crash keeps the database consistent at its last durable commit. So that a resourceVersion
+//! or after [`FLUSH_AFTER_COMMITS`] of them, whichever comes first. A crash keeps the database
+//! consistent at its last durable commit. So that a resourceVersion
 //! handed out by a lost relaxed write is never handed out again for different content, relaxed
 //! writes only use versions reserved by a durable commit ([`RELAXED_SPAN`] at a time: the
 //! relaxed write that finds the reserve used up commits durably and reserves the next span),
@@ -37,8 +37,10 @@ use crate::{Durability as WriteDurability, EventType, Store, StoreError, WatchEv
 /// The database file inside the data dir.
 pub const DB_FILE: &str = "store.redb";
 
-/// How many recent events a watch can replay, by default.
-pub const DEFAULT_HISTORY: usize = 10_000;
+/// How many recent events a watch can replay, by default. A watch starts right after the list
+/// it follows, so a short window suffices (an older start is told Expired and relists), and the
+/// history stays small however long the process runs.
+pub const DEFAULT_HISTORY: usize = 1_000;
 
 /// Tries at a free name for `generateName` before giving up.
 const GENERATE_NAME_TRIES: usize = 16;

@@ -1,20 +1,43 @@
 //! Watch fan-out: a bounded in-memory history of recent events and the live watchers.
 //!
 //! Every write bumps the resourceVersion by exactly one and emits exactly one event, so the
-//! history is a contiguous run of resourceVersions and a replay is a slice of it.
+//! history is a contiguous run of resourceVersions and a replay is a slice of it. Retained
+//! events keep their object as compact JSON (a parsed object takes several times the room).
 
 use std::collections::VecDeque;
 
+use rouse_api::Kind;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::{StoreError, WatchEvent};
+use crate::{EventType, StoreError, WatchEvent};
+
+/// A retained event, its object serialized.
+#[derive(Debug)]
+struct Retained {
+    event_type: EventType,
+    kind: Kind,
+    resource_version: u64,
+    object: Box<[u8]>,
+}
+
+impl Retained {
+    fn event(&self) -> Result<WatchEvent, StoreError> {
+        Ok(WatchEvent {
+            event_type: self.event_type,
+            kind: self.kind,
+            object: serde_json::from_slice(&self.object)
+                .map_err(|e| StoreError::Backend(format!("retained event: {e}")))?,
+            resource_version: self.resource_version,
+        })
+    }
+}
 
 /// Events since the process started (the last `limit` of them) and the open watchers.
 #[derive(Debug)]
 pub(crate) struct Hub {
     /// The store's current resourceVersion (the last committed write).
     rv: u64,
-    history: VecDeque<WatchEvent>,
+    history: VecDeque<Retained>,
     limit: usize,
     watchers: Vec<UnboundedSender<WatchEvent>>,
 }
@@ -43,11 +66,22 @@ impl Hub {
                 self.history.clear();
             }
             self.rv = ev.resource_version;
-            self.watchers.retain(|w| w.send(ev.clone()).is_ok());
+            let Ok(object) = serde_json::to_vec(&ev.object) else {
+                // Cannot happen for JSON values; without it the history would have a hole.
+                self.history.clear();
+                self.watchers.retain(|w| w.send(ev.clone()).is_ok());
+                continue;
+            };
             if self.history.len() == self.limit {
                 self.history.pop_front();
             }
-            self.history.push_back(ev);
+            self.history.push_back(Retained {
+                event_type: ev.event_type,
+                kind: ev.kind,
+                resource_version: ev.resource_version,
+                object: object.into_boxed_slice(),
+            });
+            self.watchers.retain(|w| w.send(ev.clone()).is_ok());
         }
     }
 
@@ -78,7 +112,7 @@ impl Hub {
         let skip = (from - oldest) as usize;
         for ev in self.history.iter().skip(skip) {
             // The receiver is still in hand, so sending cannot fail.
-            let _ = tx.send(ev.clone());
+            let _ = tx.send(ev.event()?);
         }
         self.watchers.retain(|w| !w.is_closed());
         self.watchers.push(tx);
