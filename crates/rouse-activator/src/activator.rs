@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::config::{ActivatorConfig, ActivatorStat, Poke, RevisionParams};
 use crate::metrics::{self, Histogram, rev_labels};
+use crate::revision::FastAdmit;
 use crate::revision::{Revision, Shared};
 
 /// The value of `K-Network-Probe` that asks the activator itself, and its answer body.
@@ -29,7 +30,7 @@ pub struct Activator {
 
 impl Activator {
     /// An activator with no revisions. `poke(namespace, revision)` is called once per
-    /// activation. Its methods must be called inside a Tokio runtime (probes are tasks).
+    /// activation. Must be called inside a Tokio runtime, where its probes then run.
     pub fn new(cfg: ActivatorConfig, poke: Poke) -> Arc<Self> {
         Arc::new(Activator {
             shared: Arc::new(Shared {
@@ -39,6 +40,7 @@ impl Activator {
                 h2c_client: ProxyClient::h2c(),
                 probe_client: ProxyClient::unpooled(false),
                 cold_starts: Mutex::new(Histogram::default()),
+                handle: tokio::runtime::Handle::current(),
             }),
             revisions: Mutex::new(HashMap::new()),
         })
@@ -150,6 +152,15 @@ impl Activator {
             Some(hold) => resp.map(|b| boxed(GuardedBody::new(b, hold))),
             None => resp,
         }
+    }
+
+    /// Takes a plain HTTP/1.1 request for the front door's fast path (the request itself
+    /// stays with the caller, which sends it once admitted): at once when nobody is queued
+    /// and a ready instance has a free slot, else in the FIFO queue, waking the revision when
+    /// it has no ready instance, exactly as [`Activator::handle`] would. `None`: an unknown or
+    /// h2c revision; use [`Activator::handle`].
+    pub fn fast_admit(&self, ns: &str, rev: &str) -> Option<FastAdmit> {
+        self.get(ns, rev)?.fast_admit()
     }
 
     /// Per revision with any load since the last call: the time-weighted average of requests

@@ -51,4 +51,4 @@ pub use forward::{
     BodyDeadline, ForwardError, forward_retryable, forward_upgrade_retryable, spawn_tunnel,
 };
 pub use probe::PROBE_USER_AGENT;
-pub use revision::{COLD_START_HEADER, PROXY_REQUEST_HEADER};
+pub use revision::{COLD_START_HEADER, Expiry, FastAdmit, PROXY_REQUEST_HEADER, Permit, Ticket};

@@ -3,6 +3,7 @@
 //! its load statistics and counters.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -44,6 +45,9 @@ pub(crate) struct Shared {
     pub h2c_client: ProxyClient,
     pub probe_client: ProxyClient,
     pub cold_starts: Mutex<Histogram>,
+    /// The runtime the activator was made in: probes run there, whichever thread (a
+    /// controller's, say) tells it of new backends.
+    pub handle: tokio::runtime::Handle,
 }
 
 /// One revision's state in the activator.
@@ -354,7 +358,9 @@ impl Revision {
     }
 
     fn spawn_probe(self: &Arc<Self>, id: u64, addr: SocketAddr) {
-        tokio::spawn(probe_loop(Arc::downgrade(self), id, addr));
+        self.shared
+            .handle
+            .spawn(probe_loop(Arc::downgrade(self), id, addr));
     }
 
     fn needs_probe(&self, id: u64) -> bool {
@@ -394,6 +400,58 @@ impl Revision {
         if let Some(addr) = reprobe {
             self.spawn_probe(id, addr);
         }
+    }
+
+    /// Admits a plain HTTP/1.1 request for the front door's fast path, counted like any
+    /// other: at once when nobody is queued (FIFO stays fair) and a ready backend has a free
+    /// slot, else in the queue (waking the revision when it has no ready backend). `None` for
+    /// an h2c revision (the general path carries those).
+    pub(crate) fn fast_admit(self: &Arc<Self>) -> Option<FastAdmit> {
+        let now = Instant::now();
+        let mut st = self.state();
+        if st.params.h2c {
+            return None;
+        }
+        if st.waiters.is_empty() {
+            let st = &mut *st;
+            if let Some(i) = st.policy.pick(&st.backends, &mut st.rr_next) {
+                let b = &mut st.backends[i];
+                b.in_flight += 1;
+                let (id, addr) = (b.id, b.addr);
+                st.stats.arrive(now);
+                let held = Held {
+                    rev: self.clone(),
+                    slot: Some(id),
+                };
+                return Some(FastAdmit::Now(addr, Permit { held, waited: None }));
+            }
+        }
+        drop(st);
+        let (held, admission, params) = self.admit(now);
+        let Admission::Queued {
+            waiting,
+            cold,
+            poke,
+        } = admission
+        else {
+            let text = format!("activator queue full for revision {}", self.name);
+            self.state().record(StatusCode::SERVICE_UNAVAILABLE);
+            return Some(FastAdmit::Refused(StatusCode::SERVICE_UNAVAILABLE, text));
+        };
+        if poke {
+            self.poke();
+        }
+        let deadline = now + params.total_timeout();
+        let head_deadline = params
+            .response_start_timeout
+            .map_or(deadline, |rst| deadline.min(now + rst));
+        Some(FastAdmit::Wait(Ticket {
+            waiting,
+            held,
+            cold,
+            arrived: now,
+            head_deadline,
+        }))
     }
 
     /// Admits a request (counting it) or refuses it when the queue is full.
@@ -645,6 +703,106 @@ impl Drop for Held {
         st.stats.leave(Instant::now());
         if let Some(backend) = self.slot.take() {
             st.release(backend);
+        }
+    }
+}
+
+/// How the activator takes a fast-path request ([`crate::Activator::fast_admit`]).
+pub enum FastAdmit {
+    /// Go now to this instance, holding the permit until the response is over.
+    Now(SocketAddr, Permit),
+    /// Wait in line: [`Ticket::wait`].
+    Wait(Ticket),
+    /// Refused at once (the queue is full): answer with this.
+    Refused(StatusCode, String),
+}
+
+/// A fast-path request's place in the activator's queue (FIFO, bounded wait). Dropping it
+/// (the client left) leaves the queue.
+pub struct Ticket {
+    waiting: Waiting,
+    held: Held,
+    cold: bool,
+    arrived: Instant,
+    head_deadline: Instant,
+}
+
+impl Ticket {
+    /// When the wait must give up (the revision's timeout, counted from arrival): the
+    /// caller drops the [`Ticket::wait`] future then and answers what [`Expiry::fire`] says.
+    /// The caller keeps the timer, so a waiting request carries no timer of its own here.
+    pub fn deadline(&self) -> (Instant, Expiry) {
+        (self.head_deadline, Expiry(self.held.rev.clone()))
+    }
+
+    /// Waits for a slot on a ready instance: its address and the permit, or the answer to
+    /// give (503 when the revision was removed). It does not time out: see
+    /// [`Ticket::deadline`].
+    pub fn wait(
+        self,
+    ) -> impl Future<Output = Result<(SocketAddr, Permit), (StatusCode, String)>> + Send {
+        // Taken apart first, so the future holds each part once (many may wait at once).
+        let Ticket {
+            mut waiting,
+            mut held,
+            cold,
+            arrived,
+            head_deadline: _,
+        } = self;
+        async move {
+            match waiting.recv().await {
+                None => {
+                    let rev = &held.rev;
+                    rev.state().record(StatusCode::SERVICE_UNAVAILABLE);
+                    Err((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("revision {} was removed", rev.name),
+                    ))
+                }
+                Some(a) => {
+                    held.slot = Some(a.backend);
+                    let waited = cold.then(|| arrived.elapsed());
+                    Ok((a.addr, Permit { held, waited }))
+                }
+            }
+        }
+    }
+}
+
+/// A fast-path wait that reached its deadline ([`Ticket::deadline`]).
+pub struct Expiry(Arc<Revision>);
+
+impl Expiry {
+    /// Counts the timeout and gives the answer: 504 `activator request timeout`.
+    pub fn fire(self) -> (StatusCode, String) {
+        let resp = self.0.timed_out();
+        (resp.status(), "activator request timeout".to_string())
+    }
+}
+
+/// A fast-path request's hold in the activator: its place in the revision's load statistics
+/// and a slot on its backend, until dropped.
+pub struct Permit {
+    held: Held,
+    /// How long it waited for the revision to wake, when it did.
+    waited: Option<Duration>,
+}
+
+impl Permit {
+    /// The `K-Cold-Start` value (milliseconds waited for an activation), if it waited for one.
+    pub fn cold_start_ms(&self) -> Option<u64> {
+        self.waited.map(|w| w.as_millis() as u64)
+    }
+
+    /// Records the status the request was answered with (for the activator's metrics), and
+    /// the end of the activation it waited for.
+    pub fn answered(&self, status: u16) {
+        let rev = &self.held.rev;
+        if let Ok(status) = StatusCode::from_u16(status) {
+            rev.state().record(status);
+        }
+        if self.waited.is_some() {
+            rev.first_byte_of_activation();
         }
     }
 }

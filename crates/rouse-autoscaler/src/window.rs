@@ -29,6 +29,10 @@ pub fn round6(v: f64) -> f64 {
 pub struct BucketWindow {
     algorithm: AggregationAlgorithm,
     epoch: Instant,
+    /// Number of one-second buckets.
+    len: usize,
+    /// The ring of buckets; empty until the first write, so a revision that never gets
+    /// traffic (one at zero) holds no buckets.
     buckets: Vec<f64>,
     /// Sum of every bucket, including ones outside the valid part.
     total: f64,
@@ -47,7 +51,8 @@ impl BucketWindow {
         Self {
             algorithm,
             epoch,
-            buckets: vec![0.0; n],
+            len: n,
+            buckets: Vec::new(),
             total: 0.0,
             first_write: None,
             last_write: None,
@@ -57,7 +62,7 @@ impl BucketWindow {
 
     /// Number of one-second buckets.
     pub fn buckets(&self) -> usize {
-        self.buckets.len()
+        self.len
     }
 
     /// The decay factor used by the weighted-exponential average.
@@ -70,7 +75,7 @@ impl BucketWindow {
     }
 
     fn slot(&self, i: u64) -> usize {
-        (i % self.buckets.len() as u64) as usize
+        (i % self.len as u64) as usize
     }
 
     /// Adds `value` to the bucket of second `now`. Skipped seconds between the last write and
@@ -78,7 +83,7 @@ impl BucketWindow {
     /// older than a window before the last write is dropped.
     pub fn record(&mut self, now: Instant, value: f64) {
         let b = self.index(now);
-        let n = self.buckets.len() as u64;
+        let n = self.len as u64;
         match self.last_write {
             None => self.start_over(b),
             Some(l) if b > l => {
@@ -109,7 +114,11 @@ impl BucketWindow {
     }
 
     fn start_over(&mut self, b: u64) {
-        self.buckets.iter_mut().for_each(|v| *v = 0.0);
+        if self.buckets.is_empty() {
+            self.buckets = vec![0.0; self.len];
+        } else {
+            self.buckets.iter_mut().for_each(|v| *v = 0.0);
+        }
         self.total = 0.0;
         self.first_write = Some(b);
         self.last_write = Some(b);
@@ -119,7 +128,7 @@ impl BucketWindow {
     pub fn is_empty(&self, now: Instant) -> bool {
         match self.last_write {
             None => true,
-            Some(l) => self.index(now).saturating_sub(l) > self.buckets.len() as u64,
+            Some(l) => self.index(now).saturating_sub(l) > self.len as u64,
         }
     }
 
@@ -138,7 +147,7 @@ impl BucketWindow {
         let (Some(first), Some(last)) = (self.first_write, self.last_write) else {
             return 0.0;
         };
-        let n = self.buckets.len() as u64;
+        let n = self.len as u64;
         let now_i = self.index(now);
         let since_first = (last - first + 1) as f64;
         if now_i <= last {
@@ -167,7 +176,7 @@ impl BucketWindow {
         if self.is_empty(now) {
             return 0.0;
         }
-        let n = self.buckets.len() as u64;
+        let n = self.len as u64;
         let mut weight = self.alpha;
         let mut count = n;
         let now_i = self.index(now);
@@ -190,14 +199,15 @@ impl BucketWindow {
     /// resize). With no write within the old window at `now`, the window starts empty.
     pub fn resize(&mut self, window: Duration, now: Instant) {
         let new_n = bucket_count(window);
-        let old_n = self.buckets.len();
+        let old_n = self.len;
         if new_n == old_n {
             return;
         }
-        let mut fresh = vec![0.0; new_n];
+        let mut fresh = Vec::new();
         let mut total = 0.0;
         match self.last_write {
             Some(last) if self.index(now).saturating_sub(last) <= old_n as u64 => {
+                fresh = vec![0.0; new_n];
                 let mut t = last;
                 for _ in 0..new_n.min(old_n) {
                     let v = self.buckets[(t % old_n as u64) as usize];
@@ -215,6 +225,7 @@ impl BucketWindow {
                 self.last_write = None;
             }
         }
+        self.len = new_n;
         self.buckets = fresh;
         self.total = total;
         self.alpha = weighted_alpha(new_n);
@@ -248,6 +259,19 @@ mod tests {
         // 6 buckets: 1 − 0.0001^(1/6) = 1 − 0.2154… ≈ 0.7846.
         assert!((weighted_alpha(6) - 0.784_556_7).abs() < 1e-6);
         assert!((weighted_alpha(1) - 0.9999).abs() < 1e-12);
+    }
+
+    #[test]
+    fn buckets_are_allocated_at_the_first_write() {
+        let (mut w, t0) = linear(60);
+        assert!(w.buckets.is_empty());
+        assert_eq!(w.average(secs(t0, 5)), 0.0);
+        w.resize(Duration::from_secs(30), secs(t0, 5));
+        assert!(w.buckets.is_empty());
+        assert_eq!(w.buckets(), 30);
+        w.record(secs(t0, 6), 3.0);
+        assert_eq!(w.buckets.len(), 30);
+        assert_eq!(w.average(secs(t0, 6)), 3.0);
     }
 
     #[test]

@@ -12,10 +12,13 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use rouse_activator::{
-    Activator, ForwardError, forward_retryable, forward_upgrade_retryable, spawn_tunnel,
+    Activator, COLD_START_HEADER, Expiry, FastAdmit, ForwardError, Permit, Ticket,
+    forward_retryable, forward_upgrade_retryable, spawn_tunnel,
 };
+use rouse_queue::InFlightGuard;
 use rouse_queue::http::{
-    Body, GuardedBody, ProxyClient, Tunnel, boxed, is_upgrade, serve, strip_internal, text_response,
+    Body, FastRoute, FrontRouter, GuardedBody, ProxyClient, Route, ServerLimits, Tunnel, boxed,
+    is_upgrade, serve_front, strip_internal, text_response,
 };
 use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
@@ -202,7 +205,8 @@ impl Gateway {
                 async move { Ok::<_, Infallible>(gw.handle(remote, req).await) }
             })
         };
-        serve(listener, make, shutdown).await;
+        let router = Arc::new(FastRouter(self.clone()));
+        serve_front(listener, make, router, shutdown, ServerLimits::default()).await;
     }
 
     async fn handle(&self, remote: SocketAddr, req: Request<Body>) -> Response<Body> {
@@ -309,6 +313,139 @@ impl Gateway {
             forward_retryable(&self.client, req, addr)
                 .await
                 .map(|resp| (resp, None))
+        }
+    }
+}
+
+/// The gateway's choice for the fast path: a plain request for a host whose picked revision
+/// speaks HTTP/1.1 and is either in Serve mode with an endpoint, or in Proxy mode (or Serve
+/// mode without endpoints) where the activator takes it: at once to a free instance, or into
+/// its queue, waking the revision. Either way the instance must be a queue-proxy of this
+/// process. The request counts (gateway, revision, endpoint or activator slot) are held while
+/// it waits and is served, as on the general path.
+struct FastRouter(Arc<Gateway>);
+
+/// What a fast-path request holds: the gateway's and the revision's counts, then the
+/// endpoint's (Serve) or the activator's permit (Proxy).
+type FastHold = (InFlightGuard, InFlightGuard, Slot);
+
+enum Slot {
+    Endpoint(#[allow(dead_code)] InFlightGuard),
+    Activator(Permit),
+}
+
+/// A fast-path request waiting in the activator, with the gateway's and revision's counts.
+struct FastWait {
+    ticket: Ticket,
+    counts: (InFlightGuard, InFlightGuard),
+}
+
+impl FastRouter {
+    fn activator_route(
+        permit: Permit,
+        addr: SocketAddr,
+        counts: (InFlightGuard, InFlightGuard),
+    ) -> FastAnswer {
+        let Some(queue) = LocalQueue::lookup(addr) else {
+            return Route::General;
+        };
+        let extra_response_headers = permit
+            .cold_start_ms()
+            .map(|ms| format!("{COLD_START_HEADER}: {ms}\r\n").into_bytes())
+            .unwrap_or_default();
+        Route::Go(FastRoute {
+            queue,
+            hold: (counts.0, counts.1, Slot::Activator(permit)),
+            proxied: true,
+            extra_response_headers,
+        })
+    }
+}
+
+type FastAnswer = Route<FastHold, FastWait>;
+
+impl FrontRouter for FastRouter {
+    type Hold = FastHold;
+    type Wait = FastWait;
+    type Expiry = Expiry;
+
+    fn route(&self, host: &str) -> FastAnswer {
+        let gw = &self.0;
+        let routes = gw.routes.load();
+        let Some(targets) = routes.get(host) else {
+            return Route::General;
+        };
+        let total = routing::total(targets);
+        let Some(target) = (total > 0)
+            .then(|| routing::pick(targets, fastrand::u64(0..total)))
+            .flatten()
+        else {
+            return Route::General;
+        };
+        let revisions = gw.revisions.load();
+        let Some(entry) = revisions
+            .get(target.namespace.as_str())
+            .and_then(|r| r.get(target.revision.as_str()))
+        else {
+            return Route::General;
+        };
+        if entry.h2c {
+            return Route::General;
+        }
+        if entry.mode == Mode::Serve
+            && let Some(backend) = entry.backends.pick()
+        {
+            let Some(queue) = LocalQueue::lookup(backend.addr) else {
+                return Route::General;
+            };
+            let hold = (
+                gw.in_flight.start(),
+                entry.in_flight.start(),
+                Slot::Endpoint(backend.in_flight.start()),
+            );
+            return Route::Go(FastRoute {
+                queue,
+                hold,
+                proxied: false,
+                extra_response_headers: Vec::new(),
+            });
+        }
+        // Proxy mode, or Serve mode with no endpoint yet: the activator's.
+        let Some(admit) = gw.activator.fast_admit(&target.namespace, &target.revision) else {
+            return Route::General;
+        };
+        let counts = (gw.in_flight.start(), entry.in_flight.start());
+        match admit {
+            FastAdmit::Now(addr, permit) => Self::activator_route(permit, addr, counts),
+            FastAdmit::Wait(ticket) => Route::Wait(FastWait { ticket, counts }),
+            FastAdmit::Refused(status, text) => Route::Answer(status, text),
+        }
+    }
+
+    fn wait(&self, wait: FastWait) -> impl Future<Output = FastAnswer> + Send {
+        // Taken apart first, so the future holds the ticket once (many may wait at once).
+        let FastWait { ticket, counts } = wait;
+        let ticket = ticket.wait();
+        async move {
+            match ticket.await {
+                Ok((addr, permit)) => Self::activator_route(permit, addr, counts),
+                Err((status, text)) => Route::Answer(status, text),
+            }
+        }
+    }
+
+    fn deadline(&self, wait: &FastWait) -> Option<(tokio::time::Instant, Expiry)> {
+        Some(wait.ticket.deadline())
+    }
+
+    fn expired(&self, expiry: Expiry) -> FastAnswer {
+        let (status, text) = expiry.fire();
+        Route::Answer(status, text)
+    }
+
+    fn answered(&self, hold: &FastHold, status: u16) {
+        if let Slot::Activator(permit) = &hold.2 {
+            permit.answered(status);
         }
     }
 }

@@ -518,8 +518,10 @@ async fn a_revision_at_zero_buffers_instead_of_failing() {
     wait_until(|| g.act.waiting(NS, "z-00001") == 3).await;
     assert_eq!(g.pokes.load(Ordering::SeqCst), 1);
     assert_eq!(g.gw.in_flight_for(NS, "z-00001"), 3);
-    let b = backend("z").await;
-    g.act.set_backends(NS, "z-00001", vec![b]);
+    // An instance of this process (as in local mode): the waiting requests go on from the
+    // gateway's fast path, which keeps their place and marks their cold start.
+    let qp = queue_proxy("z-00001", backend("z").await).await;
+    g.act.set_backends(NS, "z-00001", vec![qp.addr()]);
     for w in waiting {
         assert_eq!(w.await.unwrap(), (StatusCode::OK, "z".to_string(), true));
     }

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod breaker;
+mod fast;
 pub mod http;
 mod inflight;
 mod probe;
@@ -18,6 +19,7 @@ mod stats;
 mod timeout;
 
 pub use breaker::QUEUE_DEPTH_PER_SLOT;
+pub use fast::{FastExchange, FastOutcome};
 pub use inflight::{InFlight, InFlightGuard};
 pub use probe::{
     AGGRESSIVE_INTERVAL, AGGRESSIVE_TIMEOUT, AppProbe, BACKGROUND_INTERVAL, PROBE_USER_AGENT,

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::breaker::{Breaker, QUEUE_DEPTH_PER_SLOT};
+use crate::fast::UpstreamPool;
 use crate::http::{
     Body, ForwardError, GuardedBody, ProxyClient, boxed, forward_retryable, full, is_upgrade,
     strip_internal, text_response,
@@ -102,13 +103,15 @@ pub struct QueueProxy {
     prober: JoinHandle<()>,
 }
 
-struct Shared {
-    cfg: QueueConfig,
+pub(crate) struct Shared {
+    pub(crate) cfg: QueueConfig,
     client: ProxyClient,
-    in_flight: InFlight,
-    stats: Stats,
+    /// Raw connections to the app for the fast path.
+    pub(crate) fast_pool: UpstreamPool,
+    pub(crate) in_flight: InFlight,
+    pub(crate) stats: Stats,
     /// `None` when containerConcurrency is 0 (unlimited).
-    breaker: Option<Arc<Breaker>>,
+    pub(crate) breaker: Option<Arc<Breaker>>,
     ready: watch::Sender<bool>,
     draining: AtomicBool,
     /// Becomes true when the queue-proxy stops accepting (end of drain); closed when dropped.
@@ -141,6 +144,7 @@ impl QueueProxy {
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             stop: stop_rx.clone(),
+            fast_pool: UpstreamPool::new(cfg.app_addr),
             cfg,
             client,
             in_flight: InFlight::new(),
@@ -275,7 +279,7 @@ fn unregister(addr: SocketAddr, shared: &Arc<Shared>) {
 /// concurrency limit and queue, timeouts, load report, drain) as a request that arrived at its
 /// address, minus the serializing, parsing and syscalls of a loopback hop.
 #[derive(Clone)]
-pub struct LocalQueue(Arc<Shared>);
+pub struct LocalQueue(pub(crate) Arc<Shared>);
 
 impl LocalQueue {
     /// The queue-proxy listening at `addr` in this process, while it accepts requests (not

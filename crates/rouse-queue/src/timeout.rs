@@ -77,6 +77,16 @@ impl Deadlines {
         }
     }
 
+    /// When the whole request must be over.
+    pub(crate) fn total(&self) -> Option<Instant> {
+        self.total
+    }
+
+    /// The longest the app may stay silent while its body streams.
+    pub(crate) fn idle(&self) -> Option<Duration> {
+        self.idle
+    }
+
     /// Whether any timer that applies to a streaming body is set.
     pub(crate) fn limits_body(&self) -> bool {
         self.total.is_some() || self.idle.is_some()

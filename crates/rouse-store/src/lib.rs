@@ -18,9 +18,9 @@ pub use embedded::{
 };
 pub use error::StoreError;
 pub use rouse_api::Kind;
+pub use watch::Watch;
 
 use serde_json::Value;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// What happened to the object a [`WatchEvent`] carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,7 +137,7 @@ pub trait Store: Send + Sync + 'static {
     /// A stream of the events with a resourceVersion above `from`, in order: first those
     /// retained in memory, then live ones. [`StoreError::Expired`] when `from` is older than
     /// what is retained (list again and watch from the list's resourceVersion).
-    fn watch(&self, from: u64) -> Result<UnboundedReceiver<WatchEvent>, StoreError>;
+    fn watch(&self, from: u64) -> Result<Watch, StoreError>;
 
     /// Puts every relaxed write made so far on disk.
     fn flush(&self) -> Result<(), StoreError>;

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rouse_store::{
-    Durability, EmbeddedStore, EventType, FLUSH_INTERVAL, Kind, Store, StoreError, WatchEvent,
+    Durability, EmbeddedStore, EventType, FLUSH_INTERVAL, Kind, Store, StoreError, Watch,
+    WatchEvent,
 };
 use serde_json::{Value, json};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 fn open() -> (tempfile::TempDir, EmbeddedStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -58,7 +58,7 @@ fn owned(name: &str, owner: &Value, owner_kind: Kind) -> Value {
 }
 
 /// The next event, waiting at most `within`.
-fn recv_within(rx: &mut UnboundedReceiver<WatchEvent>, within: Duration) -> Option<WatchEvent> {
+fn recv_within(rx: &mut Watch, within: Duration) -> Option<WatchEvent> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -66,7 +66,7 @@ fn recv_within(rx: &mut UnboundedReceiver<WatchEvent>, within: Duration) -> Opti
     rt.block_on(async { tokio::time::timeout(within, rx.recv()).await.ok().flatten() })
 }
 
-fn recv(rx: &mut UnboundedReceiver<WatchEvent>) -> WatchEvent {
+fn recv(rx: &mut Watch) -> WatchEvent {
     recv_within(rx, Duration::from_secs(10)).expect("an event within 10 s")
 }
 
@@ -696,7 +696,7 @@ fn list_then_watch_misses_and_repeats_nothing_under_concurrent_writers() {
     const WRITERS: usize = 3;
     const WRITES: usize = 30;
 
-    type Observer = (Vec<Value>, u64, UnboundedReceiver<WatchEvent>);
+    type Observer = (Vec<Value>, u64, Watch);
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let s = s.clone();

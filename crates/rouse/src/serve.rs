@@ -111,6 +111,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .with_pokes(poke_rx);
     let controller_task = tokio::spawn(controller.run(stopped()));
+    tokio::spawn(trim_after_bursts(stopped()));
 
     println!("Rouse is serving.");
     println!("  Gateway: http://{gateway_addr}");
@@ -143,6 +144,101 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("Stopped.");
     Ok(())
+}
+
+/// Sets the allocator up for a long-running server whose resident memory matters. Call it
+/// first thing, before the async runtime starts its threads.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    malloc::tune();
+}
+
+/// How often the allocator's free memory is looked at.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_CHECK: Duration = Duration::from_secs(1);
+
+/// Memory freed since the last trim (bytes) that makes the next check give it back to the OS.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_AFTER_FREED: usize = 512 * 1024;
+
+/// Gives memory back to the OS after a burst freed it: glibc keeps freed pages resident inside
+/// the heap (only its top is released on its own), so the footprint after a burst of work would
+/// otherwise stay at the burst's peak. A check costs a walk of the allocator's free lists; a
+/// trim happens only after at least [`TRIM_AFTER_FREED`] more bytes were freed.
+async fn trim_after_bursts<F: std::future::Future<Output = ()>>(stopped: F) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut tick = tokio::time::interval(TRIM_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trimmer = malloc::Trimmer::default();
+        let mut stopped = std::pin::pin!(stopped);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return,
+                _ = tick.tick() => {
+                    trimmer.check(TRIM_AFTER_FREED);
+                }
+            }
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    stopped.await;
+}
+
+/// glibc malloc's knobs (`mallopt`, `mallinfo2`, `malloc_trim`).
+// Why unsafe: these are plain C calls without safe wrappers; they take no pointers.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+mod malloc {
+    /// Allocations from this size up get their own mapping, unmapped when freed. Fixing it
+    /// (glibc's initial value) also stops glibc from raising it, and the trim threshold with
+    /// it, after a large block is freed: past one such block, megabytes of free heap stayed
+    /// resident.
+    const MMAP_THRESHOLD: i32 = 128 * 1024;
+    /// Free memory at the top of the heap beyond this goes back to the OS at once.
+    const TRIM_THRESHOLD: i32 = 128 * 1024;
+
+    /// One arena for every thread (glibc gives each new thread its own, up to 8 per CPU, and
+    /// each keeps its free memory to itself; tokio's workers and blocking threads made four or
+    /// five), and fixed mmap and trim thresholds.
+    pub(super) fn tune() {
+        // SAFETY: mallopt only sets allocator parameters; it is called before other threads
+        // exist.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        }
+    }
+
+    /// Bytes held free inside the heap (resident or already given back by a trim).
+    fn free_bytes() -> usize {
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct.
+        unsafe { libc::mallinfo2() }.fordblks
+    }
+
+    /// Trims when the heap's free bytes grew by a threshold since the last trim.
+    #[derive(Debug, Default)]
+    pub(super) struct Trimmer {
+        /// Free bytes right after the last trim, lowered when free memory is reused (those
+        /// pages are resident again and count once freed anew).
+        baseline: usize,
+    }
+
+    impl Trimmer {
+        /// Trims if at least `threshold` bytes were freed since the last trim; true if it did.
+        pub(super) fn check(&mut self, threshold: usize) -> bool {
+            let free = free_bytes();
+            if free < self.baseline + threshold {
+                self.baseline = self.baseline.min(free);
+                return false;
+            }
+            // SAFETY: malloc_trim takes a size and only releases free pages.
+            unsafe { libc::malloc_trim(0) };
+            self.baseline = free_bytes();
+            true
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -262,4 +358,44 @@ fn platform_metrics(activator: &Activator) -> String {
         .to_string();
     out.push_str(&activator.metrics_text());
     out
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::malloc::Trimmer;
+
+    /// This process's resident anonymous memory, in KiB.
+    fn rss_anon_kb() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn memory_freed_inside_the_heap_goes_back_after_a_trim() {
+        let mut trimmer = Trimmer::default();
+        trimmer.check(0);
+        // 8 MiB in 64 KiB blocks, each followed by a small one that stays, so the freed
+        // blocks are neither merged nor at the heap's top (which glibc would release itself).
+        let mut blocks = Vec::new();
+        let mut pins = Vec::new();
+        for i in 0..128u8 {
+            blocks.push(vec![i; 64 * 1024].into_boxed_slice());
+            pins.push(vec![i; 2000].into_boxed_slice());
+        }
+        drop(blocks);
+        let before = rss_anon_kb();
+        assert!(trimmer.check(512 * 1024), "8 MiB freed and no trim");
+        let after = rss_anon_kb();
+        assert!(
+            after + 4 * 1024 <= before,
+            "the trim gave back only {} KiB of 8 MiB freed",
+            before.saturating_sub(after)
+        );
+        assert!(
+            !trimmer.check(512 * 1024),
+            "a second trim with nothing freed since"
+        );
+        assert_eq!(pins[127][0], 127);
+    }
 }

@@ -184,6 +184,8 @@ impl Drop for ActiveGuard {
 /// back (see [`linger`]).
 pub(super) struct WatchedIo {
     stream: Option<TcpStream>,
+    /// Bytes read from the socket before (by the fast path), served first.
+    prefix: bytes::Bytes,
     watch: Arc<ConnWatch>,
     back: Option<oneshot::Sender<TcpStream>>,
 }
@@ -192,11 +194,13 @@ impl WatchedIo {
     /// Wraps `stream`; it arrives on the returned receiver when the wrapper is dropped.
     pub(super) fn new(
         stream: TcpStream,
+        prefix: bytes::Bytes,
         watch: Arc<ConnWatch>,
     ) -> (WatchedIo, oneshot::Receiver<TcpStream>) {
         let (tx, rx) = oneshot::channel();
         let io = WatchedIo {
             stream: Some(stream),
+            prefix,
             watch,
             back: Some(tx),
         };
@@ -222,6 +226,17 @@ impl AsyncRead for WatchedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            if self.prefix.is_empty() {
+                // Let the fast path's buffer go.
+                self.prefix = bytes::Bytes::new();
+            }
+            self.watch.on_read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let res = self.stream().poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {

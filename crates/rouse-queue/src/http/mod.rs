@@ -5,6 +5,8 @@
 mod body;
 mod client;
 mod conn;
+mod front;
+pub mod h1;
 mod headers;
 mod limits;
 mod read_timeout;
@@ -14,6 +16,7 @@ mod upgrade;
 
 pub use body::{Body, BoxError, GuardedBody, boxed, empty, full, text_response};
 pub use client::{ProxyClient, ProxyError};
+pub use front::{FastRoute, FrontRouter, Route};
 pub use headers::{is_internal, strip_hop_by_hop, strip_internal};
 pub use limits::{
     DEFAULT_BODY_READ_TIMEOUT, DEFAULT_H2_KEEP_ALIVE_INTERVAL, DEFAULT_HEADER_READ_TIMEOUT,
@@ -22,5 +25,5 @@ pub use limits::{
 };
 pub use read_timeout::{BodyReadTimeout, ReadTimeoutBody};
 pub use retry::{ForwardError, forward_retryable};
-pub use server::{BODY_TIMEOUT_BODY, FromIncoming, serve, serve_with};
+pub use server::{BODY_TIMEOUT_BODY, FromIncoming, serve, serve_front, serve_with};
 pub use upgrade::{Tunnel, is_upgrade};

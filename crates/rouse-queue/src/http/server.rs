@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -30,6 +31,7 @@ use tokio::task::JoinSet;
 
 use super::body::{Body, BoxError, boxed, text_response};
 use super::conn::{ActiveGuard, ConnWatch, WatchedIo, client_gone, linger, peer_handle};
+use super::front::{self, FrontRouter, Handoff, NoFront};
 use super::limits::{MIN_MAX_HEADER_SIZE, ServerLimits};
 use super::read_timeout::{BodyReadTimeout, ReadTimeoutBody};
 
@@ -100,7 +102,52 @@ pub async fn serve_with<M, S, B>(
     S::Future: Send + 'static,
     B: FromIncoming,
 {
+    serve_inner(
+        listener,
+        make_service,
+        None::<Arc<NoFront>>,
+        shutdown,
+        limits,
+    )
+    .await;
+}
+
+/// Like [`serve_with`], but each connection starts on the fast path: plain HTTP/1.1 requests
+/// that `router` sends to an in-process queue-proxy are served from the socket's bytes (see
+/// [`FrontRouter`]); a connection moves to `make_service`'s service at its first request that
+/// is anything else, and stays there.
+pub async fn serve_front<M, S, B, R>(
+    listener: TcpListener,
+    make_service: M,
+    router: Arc<R>,
+    shutdown: impl Future<Output = ()> + Send,
+    limits: ServerLimits,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: FromIncoming,
+    R: FrontRouter,
+{
+    serve_inner(listener, make_service, Some(router), shutdown, limits).await;
+}
+
+async fn serve_inner<M, S, B, R>(
+    listener: TcpListener,
+    make_service: M,
+    front: Option<Arc<R>>,
+    shutdown: impl Future<Output = ()> + Send,
+    limits: ServerLimits,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: FromIncoming,
+    R: FrontRouter,
+{
     let builder = Arc::new(builder(&limits));
+    // Shared, so a connection's task does not carry a copy.
+    let limits = Arc::new(limits);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -119,14 +166,25 @@ pub async fn serve_with<M, S, B>(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = make_service(remote);
-                conns.spawn(connection(
-                    stream,
-                    remote,
-                    service,
-                    builder.clone(),
-                    limits,
-                    stop_rx.clone(),
-                ));
+                let builder = builder.clone();
+                let mut stop = stop_rx.clone();
+                let front = front.clone();
+                let limits = limits.clone();
+                let fut = async move {
+                    let (stream, prefix) = match front {
+                        None => (stream, Bytes::new()),
+                        Some(router) => {
+                            match front::serve(&*router, stream, remote, &limits, &mut stop).await {
+                                Handoff::Done => return,
+                                Handoff::General(stream, prefix) => (stream, prefix),
+                            }
+                        }
+                    };
+                    // Boxed: connections served on the fast path keep no room for hyper's.
+                    Box::pin(connection(stream, prefix, remote, service, builder, *limits, stop))
+                        .await;
+                };
+                conns.spawn(fut);
             }
             // Reap finished connections so the set does not grow without bound.
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -164,6 +222,7 @@ const HYPER_MAX_HEADERS: usize = 100;
 /// Runs one client connection to its end.
 async fn connection<S, B>(
     stream: TcpStream,
+    prefix: Bytes,
     remote: SocketAddr,
     service: S,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -179,7 +238,7 @@ async fn connection<S, B>(
         limits.idle_timeout,
     ));
     let peer = peer_handle(&stream);
-    let (io, mut back) = WatchedIo::new(stream, watch.clone());
+    let (io, mut back) = WatchedIo::new(stream, prefix, watch.clone());
     let service = Limited {
         inner: service,
         watch: watch.clone(),

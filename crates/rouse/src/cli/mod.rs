@@ -85,7 +85,11 @@ pub struct Reported;
 /// Parses the command line, runs it and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Serve(_)));
+    let serving = matches!(cli.command, Command::Serve(_));
+    if serving {
+        crate::serve::tune_allocator();
+    }
+    init_tracing(serving);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,0 +1,457 @@
+//! The queue-proxy's fast path: a plain HTTP/1.1 request, already parsed and rewritten by the
+//! front door ([`crate::http::front`]), is admitted exactly as [`LocalQueue::handle`] would
+//! (load report, requests in flight, concurrency limit and queue, timeouts) and exchanged with
+//! the app over a pooled raw connection, bytes in and bytes out: no header maps, no client
+//! task, no copies beyond one buffer per direction.
+//!
+//! Whatever the fast path cannot finish safely it hands back before anything reached the app
+//! ([`FastOutcome::Refused`]), and the general path serves the request from the start.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::http::h1::{
+    self, ChunkedScanner, Framing, ParsedResponse, ResponseHead, text_response_bytes,
+};
+use crate::queue::{LocalQueue, QUEUE_FULL_BODY};
+use crate::timeout::{Deadlines, TIMEOUT_BODY};
+
+/// Idle app connections kept per instance.
+const MAX_IDLE: usize = 256;
+/// The read buffer of an app connection.
+const UPSTREAM_BUF: usize = 8 * 1024;
+
+/// How a fast exchange ended, for the client connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FastOutcome {
+    /// Answered; the client connection may carry the next request.
+    KeepAlive,
+    /// Answered (or cut off, or the client left); close the client connection.
+    Close,
+    /// Nothing reached the app (no connection to it could be made): serve the request the
+    /// general way, from its first byte.
+    Refused,
+}
+
+/// A request the front door parsed and rewrote for the app.
+#[derive(Debug)]
+pub struct FastExchange<'a> {
+    /// The request head for the app, followed by the whole body.
+    pub request: &'a [u8],
+    /// A HEAD request (its response has no body).
+    pub head_request: bool,
+    /// Safe to send again when a reused connection turns out dead.
+    pub idempotent: bool,
+    /// Becomes true when the server stops: the client connection then closes after this
+    /// response (which says so, when its head is still to be written).
+    pub stopping: &'a watch::Receiver<bool>,
+    /// Sent by the activator: its load is reported apart (the activator reports it).
+    pub proxied: bool,
+    /// Header lines (`name: value\r\n` each) to add to the response.
+    pub extra_response_headers: &'a [u8],
+}
+
+/// Raw keep-alive connections to one app.
+#[derive(Debug)]
+pub(crate) struct UpstreamPool {
+    addr: SocketAddr,
+    idle: Mutex<Vec<Upstream>>,
+}
+
+#[derive(Debug)]
+struct Upstream {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl UpstreamPool {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        UpstreamPool {
+            addr,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection that has not been closed by the app, if any.
+    fn checkout(&self) -> Option<Upstream> {
+        loop {
+            let conn = self.idle.lock().ok()?.pop()?;
+            if still_open(&conn.stream) {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn checkin(&self, mut conn: Upstream) {
+        conn.buf.clear();
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(conn);
+        }
+    }
+
+    async fn connect(&self) -> io::Result<Upstream> {
+        let stream = TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Upstream {
+            stream,
+            buf: Vec::with_capacity(UPSTREAM_BUF),
+        })
+    }
+}
+
+/// Whether an idle connection is still usable: nothing readable (the app would only send a
+/// close or garbage), checked without a system call when the poller saw nothing.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// Resolves when the client has closed its connection (a read would see the end). Bytes it
+/// sent ahead (a pipelined request) hide a close behind them; then this never resolves. A
+/// plain poll function, so it adds next to nothing to the future of a waiting request.
+pub(crate) fn client_gone(client: &TcpStream) -> impl Future<Output = ()> + '_ {
+    let mut probe = [0u8; 1];
+    std::future::poll_fn(move |cx| {
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        match client.poll_peek(cx, &mut buf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(()),
+            // Unread bytes, or nothing yet: not gone (for all it can tell).
+            Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+        }
+    })
+}
+
+/// Why an exchange with the app failed after the request may have reached it.
+#[derive(Debug)]
+enum Failure {
+    /// The connection broke before any response byte.
+    Unanswered(io::Error),
+    /// Anything else before the response head was complete.
+    Bad(String),
+    /// The response head did not arrive in time.
+    Timeout,
+    /// The client went away.
+    ClientGone,
+}
+
+impl LocalQueue {
+    /// Serves one fast-path request on the client connection `client`: admits it like
+    /// [`LocalQueue::handle`], sends it to the app and streams the answer back. Also returns
+    /// the status the client got, if it got one.
+    pub async fn serve_fast(
+        &self,
+        client: &mut TcpStream,
+        ex: FastExchange<'_>,
+    ) -> (FastOutcome, Option<u16>) {
+        let shared = &self.0;
+        let cfg = &shared.cfg;
+        let deadlines = Deadlines::new(
+            Instant::now(),
+            cfg.timeout,
+            cfg.response_start_timeout,
+            cfg.idle_timeout,
+        );
+        // Held until the response is over: the load report, drain, the concurrency slot.
+        let _stats = shared.stats.start(ex.proxied);
+        let _in_flight = shared.in_flight.start();
+        let _slot = match &shared.breaker {
+            None => None,
+            Some(breaker) => {
+                let Ok(place) = breaker.reserve() else {
+                    let status = StatusCode::SERVICE_UNAVAILABLE;
+                    return (
+                        answer(client, status, QUEUE_FULL_BODY, &ex).await,
+                        Some(503),
+                    );
+                };
+                let acquired = tokio::select! {
+                    slot = crate::timeout::until(deadlines.head(), place.acquire()) => slot,
+                    () = client_gone(client) => return (FastOutcome::Close, None),
+                };
+                match acquired {
+                    Some(slot) => Some(slot),
+                    None => {
+                        let status = StatusCode::GATEWAY_TIMEOUT;
+                        return (answer(client, status, TIMEOUT_BODY, &ex).await, Some(504));
+                    }
+                }
+            }
+        };
+        let pool = &shared.fast_pool;
+        let mut out = Vec::with_capacity(512);
+        let (mut conn, head) = match pool.checkout() {
+            Some(conn) => match exchange(conn, client, &ex, &deadlines, &mut out).await {
+                Ok(done) => done,
+                // A kept-alive connection the app had closed: a request that is safe to send
+                // again goes once more on a new connection.
+                Err(Failure::Unanswered(_)) if ex.idempotent => {
+                    let Ok(conn) = pool.connect().await else {
+                        return (FastOutcome::Refused, None);
+                    };
+                    out.clear();
+                    match exchange(conn, client, &ex, &deadlines, &mut out).await {
+                        Ok(done) => done,
+                        Err(f) => return fail(client, f, &ex, cfg).await,
+                    }
+                }
+                Err(f) => return fail(client, f, &ex, cfg).await,
+            },
+            None => {
+                let Ok(conn) = pool.connect().await else {
+                    return (FastOutcome::Refused, None);
+                };
+                match exchange(conn, client, &ex, &deadlines, &mut out).await {
+                    Ok(done) => done,
+                    Err(f) => return fail(client, f, &ex, cfg).await,
+                }
+            }
+        };
+        // The head and whatever body came with it go to the client in one write.
+        let start = head.head_len;
+        let already = conn.buf.len() - start;
+        let mut left = match head.framing {
+            Framing::Empty => Left::Done,
+            Framing::Length(n) => Left::Bytes(n),
+            Framing::Chunked => Left::Chunked(ChunkedScanner::default()),
+            Framing::UntilClose => Left::UntilClose,
+        };
+        let (take, complete) = left.advance(&conn.buf[start..]);
+        let status = Some(head.status);
+        let Some(take) = take else {
+            return (FastOutcome::Close, None);
+        };
+        out.extend_from_slice(&conn.buf[start..start + take]);
+        let extra = already > take;
+        if client.write_all(&out).await.is_err() {
+            return (FastOutcome::Close, status);
+        }
+        let mut reusable = head.reusable && !extra;
+        if !complete {
+            match stream_body(&mut conn, client, &mut left, &deadlines).await {
+                Ok(()) => {}
+                Err(_) => return (FastOutcome::Close, status),
+            }
+            reusable &= matches!(left, Left::Done);
+        }
+        if reusable {
+            pool.checkin(conn);
+        }
+        let close = head.closes || head.framing == Framing::UntilClose;
+        if close {
+            (FastOutcome::Close, status)
+        } else {
+            (FastOutcome::KeepAlive, status)
+        }
+    }
+}
+
+/// How much of the response body is still to come.
+enum Left {
+    Done,
+    Bytes(u64),
+    Chunked(ChunkedScanner),
+    UntilClose,
+}
+
+impl Left {
+    /// Takes what of `data` belongs to the body: `(Some(bytes taken), body complete)`, or
+    /// `(None, _)` for a malformed body.
+    fn advance(&mut self, data: &[u8]) -> (Option<usize>, bool) {
+        match self {
+            Left::Done => (Some(0), true),
+            Left::Bytes(n) => {
+                let take = (*n).min(data.len() as u64);
+                *n -= take;
+                let done = *n == 0;
+                if done {
+                    *self = Left::Done;
+                }
+                (Some(take as usize), done)
+            }
+            Left::Chunked(scanner) => match scanner.feed(data) {
+                Ok(Some(end)) => {
+                    *self = Left::Done;
+                    (Some(end), true)
+                }
+                Ok(None) => (Some(data.len()), false),
+                Err(_) => (None, false),
+            },
+            Left::UntilClose => (Some(data.len()), false),
+        }
+    }
+}
+
+/// Sends the request on `conn` and reads the response head (skipping interim responses),
+/// which is written for the client into `out`. The connection comes back with the head (and
+/// any body bytes that came with it) in its buffer.
+async fn exchange(
+    mut conn: Upstream,
+    client: &TcpStream,
+    ex: &FastExchange<'_>,
+    deadlines: &Deadlines,
+    out: &mut Vec<u8>,
+) -> Result<(Upstream, ResponseHead), Failure> {
+    let work = async {
+        conn.stream
+            .write_all(ex.request)
+            .await
+            .map_err(Failure::Unanswered)?;
+        conn.buf.clear();
+        let mut skip = 0;
+        loop {
+            if conn.buf.len() > skip {
+                match h1::parse_response(
+                    &conn.buf[skip..],
+                    ex.head_request,
+                    *ex.stopping.borrow(),
+                    ex.extra_response_headers,
+                    out,
+                ) {
+                    Ok(ParsedResponse::Head(mut head)) => {
+                        head.head_len += skip;
+                        return Ok(head);
+                    }
+                    Ok(ParsedResponse::Interim(n)) => {
+                        skip += n;
+                        continue;
+                    }
+                    Ok(ParsedResponse::Partial) => {}
+                    Err(e) => return Err(Failure::Bad(e.to_string())),
+                }
+            }
+            if conn.buf.len() >= 64 * 1024 {
+                return Err(Failure::Bad("response head too large".into()));
+            }
+            conn.buf.reserve(UPSTREAM_BUF);
+            match conn.stream.read_buf(&mut conn.buf).await {
+                Ok(0) if conn.buf.is_empty() => {
+                    return Err(Failure::Unanswered(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(0) => return Err(Failure::Bad("connection closed mid-head".into())),
+                Ok(_) => {}
+                Err(e) if conn.buf.is_empty() => return Err(Failure::Unanswered(e)),
+                Err(e) => return Err(Failure::Bad(e.to_string())),
+            }
+        }
+    };
+    let head = tokio::select! {
+        res = crate::timeout::until(deadlines.head(), work) => match res {
+            Some(res) => res?,
+            None => return Err(Failure::Timeout),
+        },
+        () = client_gone(client) => return Err(Failure::ClientGone),
+    };
+    Ok((conn, head))
+}
+
+/// Copies the rest of the response body from the app to the client, under the revision's
+/// total and idle timeouts.
+async fn stream_body(
+    conn: &mut Upstream,
+    client: &mut TcpStream,
+    left: &mut Left,
+    deadlines: &Deadlines,
+) -> io::Result<()> {
+    let idle = deadlines.idle();
+    let total = deadlines.total();
+    loop {
+        conn.buf.clear();
+        conn.buf.reserve(UPSTREAM_BUF);
+        let read = conn.stream.read_buf(&mut conn.buf);
+        let wait = match (idle, total) {
+            (Some(i), Some(t)) => Some((Instant::now() + i).min(t)),
+            (Some(i), None) => Some(Instant::now() + i),
+            (None, t) => t,
+        };
+        let n = tokio::select! {
+            res = crate::timeout::until(wait, read) => match res {
+                Some(res) => res?,
+                None => return Err(io::ErrorKind::TimedOut.into()),
+            },
+            // Nobody to stream to any more.
+            () = client_gone(client) => return Err(io::ErrorKind::ConnectionAborted.into()),
+        };
+        if n == 0 {
+            return match left {
+                Left::UntilClose => {
+                    *left = Left::Done;
+                    Ok(())
+                }
+                _ => Err(io::ErrorKind::UnexpectedEof.into()),
+            };
+        }
+        let (take, complete) = left.advance(&conn.buf);
+        let Some(take) = take else {
+            return Err(io::ErrorKind::InvalidData.into());
+        };
+        client.write_all(&conn.buf[..take]).await?;
+        if take < n {
+            // The app sent more than the response: the connection cannot be trusted.
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        if complete {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes an error answer of the fast path's own.
+async fn answer(
+    client: &mut TcpStream,
+    status: StatusCode,
+    text: &str,
+    ex: &FastExchange<'_>,
+) -> FastOutcome {
+    let close = *ex.stopping.borrow();
+    let bytes = text_response_bytes(status, text, close);
+    match client.write_all(&bytes).await {
+        Ok(()) if !close => FastOutcome::KeepAlive,
+        _ => FastOutcome::Close,
+    }
+}
+
+/// Answers a failed exchange: 504 for a timeout, 502 for the app's failure.
+async fn fail(
+    client: &mut TcpStream,
+    failure: Failure,
+    ex: &FastExchange<'_>,
+    cfg: &crate::QueueConfig,
+) -> (FastOutcome, Option<u16>) {
+    let text = match failure {
+        Failure::ClientGone => return (FastOutcome::Close, None),
+        Failure::Timeout => {
+            let status = StatusCode::GATEWAY_TIMEOUT;
+            return (answer(client, status, TIMEOUT_BODY, ex).await, Some(504));
+        }
+        Failure::Unanswered(e) => format!("upstream {} failed: {e}", cfg.app_addr),
+        Failure::Bad(e) => format!("upstream {} failed: {e}", cfg.app_addr),
+    };
+    tracing::warn!(
+        revision = %cfg.revision,
+        namespace = %cfg.namespace,
+        error = %text,
+        "proxying to the app failed"
+    );
+    (
+        answer(client, StatusCode::BAD_GATEWAY, &text, ex).await,
+        Some(502),
+    )
+}

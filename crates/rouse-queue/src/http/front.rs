@@ -1,0 +1,466 @@
+//! The front door's fast path: each client connection starts here. Plain HTTP/1.1 requests
+//! ([`FastRequest`]) that route to an in-process queue-proxy are served straight from the
+//! socket's bytes ([`LocalQueue::serve_fast`]); at the first request that is anything else
+//! (HTTP/2, a protocol switch, a streamed body, a route to the activator, a malformed head)
+//! the connection, with every byte read so far, goes to the general server for good.
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::StatusCode;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::h1::{FastRequest, MAX_FAST_HEADERS, Parsed, text_response_bytes};
+use super::limits::ServerLimits;
+use super::server::BODY_TIMEOUT_BODY;
+use crate::fast::{FastExchange, FastOutcome, client_gone};
+use crate::queue::LocalQueue;
+
+/// Decides, per request, whether the fast path serves it and through which queue-proxy.
+pub trait FrontRouter: Send + Sync + 'static {
+    /// What is held while the request is served (request counts, say); dropped at its end.
+    type Hold: Send;
+    /// A request's place in a line, while it waits for somewhere to go.
+    type Wait: Send;
+
+    /// Where a plain request for `host` goes.
+    fn route(&self, host: &str) -> Route<Self::Hold, Self::Wait>;
+
+    /// Tells a wait that gave up at its deadline what to answer.
+    type Expiry: Send;
+
+    /// Waits for a [`Route::Wait`] to resolve (to anything but another wait).
+    fn wait(&self, wait: Self::Wait) -> impl Future<Output = Route<Self::Hold, Self::Wait>> + Send;
+
+    /// When a wait gives up, if ever: the caller drops the wait's future then and asks
+    /// [`FrontRouter::expired`] for the answer. (The caller's timer, not one per wait.)
+    fn deadline(&self, wait: &Self::Wait) -> Option<(Instant, Self::Expiry)>;
+
+    /// The route of a request whose wait reached its deadline.
+    fn expired(&self, expiry: Self::Expiry) -> Route<Self::Hold, Self::Wait>;
+
+    /// The request was answered with `status` (before its body streamed).
+    fn answered(&self, _hold: &Self::Hold, _status: u16) {}
+}
+
+/// Where a fast-path request goes.
+pub enum Route<H, W> {
+    /// To this in-process queue-proxy, now.
+    Go(FastRoute<H>),
+    /// Into a line ([`FrontRouter::wait`]); the connection holds only its request bytes.
+    Wait(W),
+    /// Nowhere: answer with this status and text.
+    Answer(StatusCode, String),
+    /// The general server takes the connection.
+    General,
+}
+
+/// A fast-path request's destination.
+pub struct FastRoute<H> {
+    /// The in-process queue-proxy that serves it.
+    pub queue: LocalQueue,
+    /// Held until the request is over.
+    pub hold: H,
+    /// It came through the activator (its load is reported apart, as for `K-Proxy-Request`).
+    pub proxied: bool,
+    /// Header lines (`name: value\r\n` each) to add to the response.
+    pub extra_response_headers: Vec<u8>,
+}
+
+/// A router that never takes the fast path.
+pub(super) struct NoFront;
+
+impl FrontRouter for NoFront {
+    type Hold = ();
+    type Wait = ();
+    type Expiry = ();
+
+    fn route(&self, _host: &str) -> Route<(), ()> {
+        Route::General
+    }
+
+    async fn wait(&self, _wait: ()) -> Route<(), ()> {
+        Route::General
+    }
+
+    fn deadline(&self, _wait: &()) -> Option<(Instant, ())> {
+        None
+    }
+
+    fn expired(&self, _expiry: ()) -> Route<(), ()> {
+        Route::General
+    }
+}
+
+/// What became of a connection on the fast path.
+pub(super) enum Handoff {
+    /// It is over (closed, timed out, or the server is stopping).
+    Done,
+    /// The general server takes it from here, replaying `Bytes` first.
+    General(TcpStream, Bytes),
+}
+
+/// The read buffer's first size: most request heads fit.
+const INITIAL_BUF: usize = 2048;
+
+/// What the bytes at the start of the buffer call for.
+enum Next<H, W> {
+    /// More bytes: of the head, or (`true`) of the body.
+    Read(bool),
+    /// The general server takes the connection.
+    General,
+    /// Wait in line, then route again.
+    Wait(W),
+    /// Answer this request with an error of the router's, then go on.
+    Answer(StatusCode, String, usize),
+    /// Serve this request (its head and body for the app are in the request buffer).
+    Serve(Prepared<H>),
+}
+
+struct Prepared<H> {
+    route: FastRoute<H>,
+    total: usize,
+    head_request: bool,
+    idempotent: bool,
+}
+
+/// Looks at the buffer: parses, checks and routes the request at its start (or takes the
+/// route already `decided` for it after a wait), and writes what the app is to get into
+/// `request`. Synchronous, so the parser's scratch space never lives in a connection's
+/// future.
+fn next<R: FrontRouter>(
+    router: &R,
+    buf: &[u8],
+    decided: Option<Route<R::Hold, R::Wait>>,
+    remote: SocketAddr,
+    max_head: usize,
+    request: &mut Vec<u8>,
+) -> Next<R::Hold, R::Wait> {
+    if buf.is_empty() {
+        return Next::Read(false);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+    let req = match FastRequest::parse(buf, &mut headers) {
+        Parsed::Other => return Next::General,
+        Parsed::Partial if buf.len() >= max_head => return Next::General,
+        Parsed::Partial => return Next::Read(false),
+        Parsed::Fast(req) => req,
+    };
+    if req.head_len > max_head {
+        // The general server answers 431.
+        return Next::General;
+    }
+    let total = req.head_len + req.body_len;
+    if buf.len() < total {
+        return Next::Read(true);
+    }
+    let route = match decided {
+        Some(route) => route,
+        None => router.route(req.host),
+    };
+    match route {
+        Route::General => Next::General,
+        Route::Wait(w) => Next::Wait(w),
+        Route::Answer(status, text) => Next::Answer(status, text, total),
+        Route::Go(route) => {
+            request.clear();
+            req.write_upstream_head(remote.ip(), request);
+            request.extend_from_slice(&buf[req.head_len..total]);
+            Next::Serve(Prepared {
+                route,
+                total,
+                head_request: req.method == "HEAD",
+                idempotent: req.is_idempotent(),
+            })
+        }
+    }
+}
+
+/// Serves a connection's requests on the fast path for as long as they qualify.
+///
+/// The first request is read, and waits when it must (for a revision to wake, say), in a
+/// small future of its own: then a connection holds little more than its request's bytes. The
+/// rest of the connection's life runs in a boxed one.
+pub(super) async fn serve<R: FrontRouter>(
+    router: &R,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    limits: &ServerLimits,
+    stop: &mut watch::Receiver<bool>,
+) -> Handoff {
+    let accepted = Instant::now();
+    let mut buf = BytesMut::with_capacity(INITIAL_BUF);
+    let mut last_read = accepted;
+    let decided = loop {
+        let waiting = match first_route(router, &buf, limits.max_header_size) {
+            First::Read(body) => {
+                let deadline = if body {
+                    limits.body_read_timeout.map(|d| last_read + d)
+                } else {
+                    limits.header_read_timeout.map(|d| accepted + d)
+                };
+                // Boxed: a waiting connection keeps no room for the read's timers.
+                match Box::pin(read_more(&mut stream, &mut buf, deadline, stop)).await {
+                    ReadOutcome::More => last_read = Instant::now(),
+                    ReadOutcome::TimedOut if body => return body_timed_out(stream).await,
+                    ReadOutcome::Over | ReadOutcome::TimedOut => return Handoff::Done,
+                }
+                continue;
+            }
+            First::General => return Handoff::General(stream, buf.freeze()),
+            First::Route(Route::Wait(wait)) => wait_for_route(router, wait, &stream),
+            First::Route(route) => break route,
+        };
+        let pending = Bytes::copy_from_slice(&buf);
+        drop(std::mem::take(&mut buf));
+        let Some(route) = waiting.await else {
+            return Handoff::Done;
+        };
+        buf = BytesMut::from(&pending[..]);
+        break route;
+    };
+    let conn = Conn {
+        stream,
+        buf,
+        accepted,
+        last_read,
+    };
+    Box::pin(run(router, conn, Some(decided), remote, limits, stop)).await
+}
+
+/// Waits for a request's route (`None`: the client left first), under the router's
+/// deadline. Built by a plain function so the future holds only what the wait needs.
+fn wait_for_route<'a, R: FrontRouter>(
+    router: &'a R,
+    wait: R::Wait,
+    stream: &'a TcpStream,
+) -> impl Future<Output = Option<Route<R::Hold, R::Wait>>> + 'a {
+    let (deadline, expiry) = router.deadline(&wait).unzip();
+    let waiting = Box::pin(router.wait(wait));
+    async move {
+        tokio::select! {
+            route = waiting => Some(route),
+            () = client_gone(stream) => None,
+            () = sleep_until_some(deadline) => {
+                Some(expiry.map_or(Route::General, |e| router.expired(e)))
+            }
+        }
+    }
+}
+
+/// A connection past its first request head.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    accepted: Instant,
+    last_read: Instant,
+}
+
+/// What the first request calls for.
+enum First<H, W> {
+    /// More bytes: of the head, or (`true`) of the body.
+    Read(bool),
+    /// The general server takes the connection.
+    General,
+    /// Its route.
+    Route(Route<H, W>),
+}
+
+fn first_route<R: FrontRouter>(router: &R, buf: &[u8], max_head: usize) -> First<R::Hold, R::Wait> {
+    if buf.is_empty() {
+        return First::Read(false);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+    match FastRequest::parse(buf, &mut headers) {
+        Parsed::Other => First::General,
+        Parsed::Partial if buf.len() >= max_head => First::General,
+        Parsed::Partial => First::Read(false),
+        Parsed::Fast(req) if req.head_len > max_head => First::General,
+        Parsed::Fast(req) if buf.len() < req.head_len + req.body_len => First::Read(true),
+        Parsed::Fast(req) => First::Route(router.route(req.host)),
+    }
+}
+
+enum ReadOutcome {
+    /// Bytes arrived.
+    More,
+    /// The client closed, the read failed, or the server is stopping (between requests).
+    Over,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// Reads more of the client's bytes into `buf`, until `deadline`. Small on purpose: an idle
+/// or slow connection's future holds this.
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: Option<Instant>,
+    stop: &mut watch::Receiver<bool>,
+) -> ReadOutcome {
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(INITIAL_BUF);
+    }
+    // Between requests the server's stop ends the wait; within a head it does not.
+    let idle = buf.is_empty();
+    let stopped = async {
+        if idle {
+            let _ = stop.wait_for(|s| *s).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        n = stream.read_buf(buf) => match n {
+            Ok(n) if n > 0 => ReadOutcome::More,
+            _ => ReadOutcome::Over,
+        },
+        () = stopped => ReadOutcome::Over,
+        () = sleep_until_some(deadline) => ReadOutcome::TimedOut,
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers a request whose body stalled past the body read timeout, and closes.
+async fn body_timed_out(mut stream: TcpStream) -> Handoff {
+    let bytes = text_response_bytes(StatusCode::REQUEST_TIMEOUT, BODY_TIMEOUT_BODY, true);
+    let _ = stream.write_all(&bytes).await;
+    Handoff::Done
+}
+
+/// Serves the connection from its first request (already routed: `decided`) on.
+async fn run<R: FrontRouter>(
+    router: &R,
+    conn: Conn,
+    mut decided: Option<Route<R::Hold, R::Wait>>,
+    remote: SocketAddr,
+    limits: &ServerLimits,
+    stop: &mut watch::Receiver<bool>,
+) -> Handoff {
+    let Conn {
+        mut stream,
+        mut buf,
+        accepted,
+        mut last_read,
+    } = conn;
+    let mut request = Vec::new();
+    let mut idle_since = accepted;
+    let mut served = false;
+    // When the first byte of the head being waited for arrived (after the first request).
+    let mut started: Option<Instant> = None;
+    loop {
+        let mut step = next(
+            router,
+            &buf,
+            decided.take(),
+            remote,
+            limits.max_header_size,
+            &mut request,
+        );
+        if let Next::Wait(wait) = step {
+            // While it waits (for a revision to wake, say) a request holds only its own
+            // bytes, not the read buffer.
+            let pending = Bytes::copy_from_slice(&buf);
+            drop(std::mem::take(&mut buf));
+            let Some(route) = wait_for_route(router, wait, &stream).await else {
+                return Handoff::Done;
+            };
+            buf = BytesMut::from(&pending[..]);
+            drop(pending);
+            step = next(
+                router,
+                &buf,
+                Some(route),
+                remote,
+                limits.max_header_size,
+                &mut request,
+            );
+        }
+        let need_body = match step {
+            Next::Read(body) => body,
+            Next::General => return Handoff::General(stream, buf.freeze()),
+            // A second wait: route it the general way.
+            Next::Wait(_) => return Handoff::General(stream, buf.freeze()),
+            Next::Answer(status, text, total) => {
+                let close = *stop.borrow();
+                let bytes = text_response_bytes(status, &text, close);
+                if close || stream.write_all(&bytes).await.is_err() {
+                    return Handoff::Done;
+                }
+                buf.advance(total);
+                served = true;
+                idle_since = Instant::now();
+                last_read = idle_since;
+                started = (!buf.is_empty()).then_some(idle_since);
+                continue;
+            }
+            Next::Serve(prep) => {
+                let route = prep.route;
+                let ex = FastExchange {
+                    request: &request,
+                    head_request: prep.head_request,
+                    idempotent: prep.idempotent,
+                    stopping: stop,
+                    proxied: route.proxied,
+                    extra_response_headers: &route.extra_response_headers,
+                };
+                // Boxed: a connection between requests keeps no room for an exchange.
+                let (outcome, status) = Box::pin(route.queue.serve_fast(&mut stream, ex)).await;
+                if let Some(status) = status {
+                    router.answered(&route.hold, status);
+                }
+                drop(route);
+                match outcome {
+                    FastOutcome::Refused => return Handoff::General(stream, buf.freeze()),
+                    FastOutcome::Close => return Handoff::Done,
+                    FastOutcome::KeepAlive => {}
+                }
+                buf.advance(prep.total);
+                served = true;
+                idle_since = Instant::now();
+                last_read = idle_since;
+                started = (!buf.is_empty()).then_some(idle_since);
+                continue;
+            }
+        };
+        if buf.is_empty() && *stop.borrow() {
+            return Handoff::Done;
+        }
+        // Wait for more: the idle timeout between requests, the header read timeout while a
+        // head arrives (from the accept, for the first), the body read timeout for a body.
+        let deadline = if need_body {
+            limits.body_read_timeout.map(|d| last_read + d)
+        } else if buf.is_empty() && served {
+            limits.idle_timeout.map(|d| idle_since + d)
+        } else {
+            let since = if served {
+                started.unwrap_or(idle_since)
+            } else {
+                accepted
+            };
+            limits.header_read_timeout.map(|d| since + d)
+        };
+        match read_more(&mut stream, &mut buf, deadline, stop).await {
+            ReadOutcome::More => {
+                last_read = Instant::now();
+                if started.is_none() {
+                    started = Some(last_read);
+                }
+            }
+            ReadOutcome::TimedOut if need_body => return body_timed_out(stream).await,
+            ReadOutcome::Over | ReadOutcome::TimedOut => return Handoff::Done,
+        }
+    }
+}

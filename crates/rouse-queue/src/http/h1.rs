@@ -1,0 +1,852 @@
+//! Raw HTTP/1.1 pieces for the fast path ([`super::front`]): parsing a request head in place,
+//! rewriting it for the next hop, parsing a response head and finding where its body ends, all
+//! on byte slices, without building header maps.
+//!
+//! Only plain requests qualify ([`FastRequest::check`]); anything unusual (HTTP/1.0, a
+//! chunked or large request body, `Expect`, `Upgrade`, `Connection` options, a malformed head)
+//! goes to the general server, which handles every case.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The largest request body the fast path buffers before forwarding; larger ones stream
+/// through the general server.
+pub const MAX_FAST_BODY: u64 = 64 * 1024;
+/// Header fields a fast-path head may have; more goes to the general server (which answers
+/// 431 past its own limit).
+pub const MAX_FAST_HEADERS: usize = 64;
+
+/// A request head that parsed and qualifies for the fast path.
+#[derive(Debug)]
+pub struct FastRequest<'a> {
+    /// The method.
+    pub method: &'a str,
+    /// The request target as sent (origin form).
+    pub target: &'a str,
+    /// The Host header.
+    pub host: &'a str,
+    /// The header fields as sent.
+    pub headers: &'a [httparse::Header<'a>],
+    /// Bytes of the head, the blank line included.
+    pub head_len: usize,
+    /// The body's length (Content-Length; 0 without).
+    pub body_len: usize,
+}
+
+/// What parsing the start of a buffer gave.
+#[derive(Debug)]
+pub enum Parsed<'a> {
+    /// A head that qualifies.
+    Fast(FastRequest<'a>),
+    /// The head is not complete yet.
+    Partial,
+    /// A complete head the fast path does not take, or a malformed one: the general server
+    /// answers it.
+    Other,
+}
+
+impl<'a> FastRequest<'a> {
+    /// Parses the head at the start of `buf` (with `headers` as scratch space).
+    pub fn parse(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>]) -> Parsed<'a> {
+        let mut req = httparse::Request::new(headers);
+        let head_len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Other,
+        };
+        let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+            return Parsed::Other;
+        };
+        if !target.starts_with('/') {
+            return Parsed::Other;
+        }
+        let headers: &'a [httparse::Header<'a>] = req.headers;
+        match Self::check(headers) {
+            Some((host, body_len)) => Parsed::Fast(FastRequest {
+                method,
+                target,
+                host,
+                headers,
+                head_len,
+                body_len,
+            }),
+            None => Parsed::Other,
+        }
+    }
+
+    /// The Host and body length of a plain request; `None` for anything the general server
+    /// must handle.
+    fn check(headers: &'a [httparse::Header<'a>]) -> Option<(&'a str, usize)> {
+        let mut host = None;
+        let mut body_len = None;
+        for h in headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                if host.is_some() {
+                    return None;
+                }
+                host = Some(std::str::from_utf8(h.value).ok()?);
+            } else if name.eq_ignore_ascii_case("content-length") {
+                let n = digits(h.value)?;
+                if body_len.is_some() || n > MAX_FAST_BODY {
+                    return None;
+                }
+                body_len = Some(n as usize);
+            } else if name.eq_ignore_ascii_case("connection") {
+                // Only the default may be repeated; options and close go the general way.
+                if !trimmed(h.value).eq_ignore_ascii_case(b"keep-alive") {
+                    return None;
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("expect")
+                || name.eq_ignore_ascii_case("upgrade")
+                || name.eq_ignore_ascii_case("k-network-probe")
+            {
+                return None;
+            }
+        }
+        let host = host.filter(|h| !h.is_empty())?;
+        Some((host, body_len.unwrap_or(0)))
+    }
+
+    /// Whether a retry of this request is safe (RFC 9110 idempotent methods that proxies
+    /// retry).
+    pub fn is_idempotent(&self) -> bool {
+        matches!(self.method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+    }
+
+    /// Writes the head for the next hop into `out`: the same request line and headers minus
+    /// hop-by-hop and platform-internal ones, plus `X-Forwarded-For`, `X-Forwarded-Proto`
+    /// (when absent) and an RFC 7239 `Forwarded` element for `client`.
+    pub fn write_upstream_head(&self, client: IpAddr, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut xff: Option<Vec<u8>> = None;
+        let mut fwd: Option<Vec<u8>> = None;
+        let mut has_proto = false;
+        let mut te_trailers = false;
+        for h in self.headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("x-forwarded-for") {
+                append_item(&mut xff, h.value);
+                continue;
+            }
+            if name.eq_ignore_ascii_case("forwarded") {
+                append_item(&mut fwd, h.value);
+                continue;
+            }
+            if name.eq_ignore_ascii_case("te") {
+                te_trailers |= h
+                    .value
+                    .split(|b| *b == b',')
+                    .any(|t| trimmed(t).eq_ignore_ascii_case(b"trailers"));
+                continue;
+            }
+            if is_hop_by_hop(name) || is_internal_name(name) {
+                continue;
+            }
+            has_proto |= name.eq_ignore_ascii_case("x-forwarded-proto");
+            header_line(out, name.as_bytes(), h.value);
+        }
+        let client = match client {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let ip = client.to_string();
+        append_item(&mut xff, ip.as_bytes());
+        header_line(out, b"x-forwarded-for", xff.as_deref().unwrap_or_default());
+        if !has_proto {
+            out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        }
+        let mut element = Vec::with_capacity(64);
+        element.extend_from_slice(b"for=");
+        match client {
+            IpAddr::V4(_) => element.extend_from_slice(ip.as_bytes()),
+            IpAddr::V6(_) => {
+                element.extend_from_slice(b"\"[");
+                element.extend_from_slice(ip.as_bytes());
+                element.extend_from_slice(b"]\"");
+            }
+        }
+        element.extend_from_slice(b";host=");
+        token_or_quoted(self.host.as_bytes(), &mut element);
+        element.extend_from_slice(b";proto=http");
+        append_item(&mut fwd, &element);
+        header_line(out, b"forwarded", fwd.as_deref().unwrap_or_default());
+        if te_trailers {
+            out.extend_from_slice(b"te: trailers\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// How a response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding, passed through as is.
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head, rewritten for the client.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// The status code.
+    pub status: u16,
+    /// Bytes of the upstream's head.
+    pub head_len: usize,
+    /// How its body is delimited.
+    pub framing: Framing,
+    /// Whether the upstream connection may carry another request afterwards.
+    pub reusable: bool,
+    /// Whether the client was told the connection closes after this response.
+    pub closes: bool,
+}
+
+/// What parsing an upstream response head gave.
+#[derive(Debug)]
+pub enum ParsedResponse {
+    /// A final response head; its rewritten form was written out.
+    Head(ResponseHead),
+    /// An interim (1xx) response of this many bytes, to skip.
+    Interim(usize),
+    /// More bytes are needed.
+    Partial,
+}
+
+/// Why an upstream response could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    /// The head does not parse.
+    #[error("malformed response head: {0}")]
+    Malformed(#[from] httparse::Error),
+    /// The head says something a proxy cannot pass on.
+    #[error("unusable response: {0}")]
+    Unusable(&'static str),
+}
+
+/// Parses the response head at the start of `buf` (for a HEAD request if `head_request`); a
+/// final head is written into `out` for the client (hop-by-hop headers removed, `Date` added
+/// when missing, the header lines `extra` added, `Connection: close` when the body ends with
+/// the connection or `close_client`).
+pub fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    close_client: bool,
+    extra: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<ParsedResponse, ResponseError> {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(ParsedResponse::Partial),
+    };
+    let status = resp.code.unwrap_or(0);
+    if status == 101 {
+        return Err(ResponseError::Unusable(
+            "a protocol switch that was not asked for",
+        ));
+    }
+    if (100..200).contains(&status) {
+        return Ok(ParsedResponse::Interim(head_len));
+    }
+    let http11 = resp.version == Some(1);
+    let mut length = None;
+    let mut chunked = false;
+    let mut other_coding = false;
+    let mut conn_close = !http11;
+    let mut has_date = false;
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = digits(h.value).ok_or(ResponseError::Unusable("an invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ResponseError::Unusable("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding decides: chunked delimits the body, anything else runs to the
+            // close.
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            chunked = trimmed(last).eq_ignore_ascii_case(b"chunked");
+            other_coding |= !chunked;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in h.value.split(|b| *b == b',') {
+                let option = trimmed(option);
+                if option.eq_ignore_ascii_case(b"close") {
+                    conn_close = true;
+                } else if option.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                    conn_close = false;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("date") {
+            has_date = true;
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked && !other_coding {
+        Framing::Chunked
+    } else if other_coding {
+        Framing::UntilClose
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    let reusable = !conn_close && framing != Framing::UntilClose;
+    // The status line: the upstream's reason phrase, or the standard one.
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    let reason = resp
+        .reason
+        .filter(|r| !r.is_empty())
+        .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let named = connection_options(resp.headers);
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if is_response_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        // A chunked body keeps its coding header; any length beside it is void.
+        if name.eq_ignore_ascii_case("content-length") && chunked {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding") && framing != Framing::Chunked {
+            continue;
+        }
+        header_line(out, name.as_bytes(), h.value);
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(extra);
+    let closes = framing == Framing::UntilClose || close_client;
+    if closes {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ParsedResponse::Head(ResponseHead {
+        status,
+        head_len,
+        framing,
+        reusable,
+        closes,
+    }))
+}
+
+/// A complete plain-text response (as [`super::text_response`] makes) for errors the fast path
+/// answers itself.
+pub fn text_response_bytes(status: http::StatusCode, text: &str, close: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + text.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    let newline = !text.ends_with('\n');
+    out.extend_from_slice((text.len() + usize::from(newline)).to_string().as_bytes());
+    out.extend_from_slice(b"\r\ndate: ");
+    push_date(&mut out);
+    if close {
+        out.extend_from_slice(b"\r\nconnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(text.as_bytes());
+    if newline {
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Finds the end of a chunked body fed in pieces, without decoding it.
+#[derive(Debug, Default)]
+pub struct ChunkedScanner {
+    state: ChunkState,
+    /// Bytes left of the current chunk's data.
+    remaining: u64,
+    /// Digits seen in the current size line.
+    digits: u32,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading the chunk size's hex digits.
+    #[default]
+    Size,
+    /// After the size: an extension, up to the line end.
+    Extension,
+    /// Expecting the LF of the size line.
+    SizeLf,
+    /// Inside the chunk data.
+    Data,
+    /// Expecting the CR after the data.
+    DataCr,
+    /// Expecting the LF after the data.
+    DataLf,
+    /// At the start of a trailer line (or the final blank line).
+    TrailerStart,
+    /// Inside a trailer field line.
+    Trailer,
+    /// Expecting the LF that ends a trailer line.
+    TrailerLf,
+    /// Expecting the LF of the final blank line.
+    EndLf,
+    /// The body is complete.
+    Done,
+}
+
+/// A chunked body that does not follow the coding.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed chunked body")]
+pub struct BadChunk;
+
+impl ChunkedScanner {
+    /// Feeds the next bytes; `Some(n)` when the body ends after the first `n` of them.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, BadChunk> {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                ChunkState::Size => match hex(b) {
+                    Some(d) => {
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(BadChunk);
+                        }
+                        self.remaining = self.remaining * 16 + u64::from(d);
+                    }
+                    None if self.digits == 0 => return Err(BadChunk),
+                    None if b == b'\r' => self.state = ChunkState::SizeLf,
+                    None if b == b';' || b == b' ' || b == b'\t' => {
+                        self.state = ChunkState::Extension;
+                    }
+                    None => return Err(BadChunk),
+                },
+                ChunkState::Extension => {
+                    if b == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    } else if b == b'\n' {
+                        return Err(BadChunk);
+                    }
+                }
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk);
+                    }
+                    self.digits = 0;
+                    self.state = if self.remaining == 0 {
+                        ChunkState::TrailerStart
+                    } else {
+                        ChunkState::Data
+                    };
+                }
+                ChunkState::Data => {
+                    let take =
+                        (data.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                    self.remaining -= take as u64;
+                    i += take;
+                    if self.remaining == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err(BadChunk);
+                    }
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk);
+                    }
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::TrailerStart => {
+                    self.state = if b == b'\r' {
+                        ChunkState::EndLf
+                    } else if b == b'\n' {
+                        return Err(BadChunk);
+                    } else {
+                        ChunkState::Trailer
+                    };
+                }
+                ChunkState::Trailer => {
+                    if b == b'\r' {
+                        self.state = ChunkState::TrailerLf;
+                    }
+                }
+                ChunkState::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk);
+                    }
+                    self.state = ChunkState::TrailerStart;
+                }
+                ChunkState::EndLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk);
+                    }
+                    self.state = ChunkState::Done;
+                    return Ok(Some(i + 1));
+                }
+                ChunkState::Done => return Ok(Some(i)),
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
+/// A Content-Length value: decimal digits only (no sign, no spaces inside), at most 18 of
+/// them.
+fn digits(v: &[u8]) -> Option<u64> {
+    let v = trimmed(v);
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn trimmed(v: &[u8]) -> &[u8] {
+    v.trim_ascii()
+}
+
+fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Adds `item` to a comma-separated list being built.
+fn append_item(list: &mut Option<Vec<u8>>, item: &[u8]) {
+    match list {
+        Some(l) => {
+            l.extend_from_slice(b", ");
+            l.extend_from_slice(item);
+        }
+        None => *list = Some(item.to_vec()),
+    }
+}
+
+/// Request headers that describe one connection (RFC 9110 §7.6.1), `Transfer-Encoding`
+/// included (the fast path never forwards a coded body).
+fn is_hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "trailer",
+        "upgrade",
+        "transfer-encoding",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Response headers that describe one connection. `Transfer-Encoding` and `Trailer` stay: a
+/// chunked body is passed through as it came.
+fn is_response_hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The header names a `Connection` header lists as hop-by-hop.
+fn connection_options<'a>(headers: &[httparse::Header<'a>]) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .filter_map(|o| std::str::from_utf8(trimmed(o)).ok())
+        .filter(|o| {
+            !o.is_empty()
+                && !o.eq_ignore_ascii_case("close")
+                && !o.eq_ignore_ascii_case("keep-alive")
+        })
+        .collect()
+}
+
+/// The platform's internal headers (see [`super::is_internal`]), by raw name.
+fn is_internal_name(name: &str) -> bool {
+    let starts = |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
+    starts("knative-serving-")
+        || starts("k-network-")
+        || name.eq_ignore_ascii_case("k-proxy-request")
+        || name.eq_ignore_ascii_case("k-original-host")
+        || name.eq_ignore_ascii_case("k-passthrough-lb")
+}
+
+/// An RFC 7230 token as is, anything else as a quoted-string.
+fn token_or_quoted(s: &[u8], out: &mut Vec<u8>) {
+    let is_tchar = |c: &u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c);
+    if !s.is_empty() && s.iter().all(is_tchar) {
+        out.extend_from_slice(s);
+        return;
+    }
+    out.push(b'"');
+    for &c in s {
+        if c == b'"' || c == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+    out.push(b'"');
+}
+
+thread_local! {
+    /// The formatted date and the second it is for: formatting once a second is enough.
+    static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+}
+
+/// Appends the current IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn push_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                d.1.copy_from_slice(text.as_bytes());
+                d.0 = secs;
+            } else {
+                out.extend_from_slice(text.as_bytes());
+                return;
+            }
+        }
+        out.extend_from_slice(&d.1);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_fast(raw: &[u8]) -> Option<(String, String, usize, usize)> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+        match FastRequest::parse(raw, &mut headers) {
+            Parsed::Fast(r) => Some((
+                r.method.to_string(),
+                r.host.to_string(),
+                r.head_len,
+                r.body_len,
+            )),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn plain_requests_qualify_and_unusual_ones_do_not() {
+        let get = b"GET /a?b=1 HTTP/1.1\r\nHost: x.default.localhost\r\n\r\n";
+        assert_eq!(
+            parse_fast(get),
+            Some(("GET".into(), "x.default.localhost".into(), get.len(), 0))
+        );
+        let post = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(parse_fast(post).map(|p| p.3), Some(5));
+        for raw in [
+            &b"GET / HTTP/1.0\r\nHost: h\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nK-Network-Probe: queue\r\n\r\n",
+            b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHo st: h\r\n\r\n",
+        ] {
+            assert!(
+                parse_fast(raw).is_none(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+        assert!(matches!(
+            FastRequest::parse(b"GET / HTTP/1.1\r\nHost: h\r\n", &mut headers),
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn the_upstream_head_drops_hop_by_hop_and_internal_headers_and_adds_forwarding() {
+        let raw =
+            b"GET /p HTTP/1.1\r\nHost: Hello.default.localhost:8080\r\nConnection: keep-alive\r\n\
+            Keep-Alive: 5\r\nK-Proxy-Request: activator\r\nKnative-Serving-Revision: x\r\n\
+            X-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2\r\nForwarded: for=1.1.1.1\r\n\
+            TE: trailers, deflate\r\nAccept: */*\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+        let Parsed::Fast(req) = FastRequest::parse(raw, &mut headers) else {
+            panic!("not fast");
+        };
+        let mut out = Vec::new();
+        req.write_upstream_head("::1".parse().unwrap(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "GET /p HTTP/1.1\r\nHost: Hello.default.localhost:8080\r\nAccept: */*\r\n\
+             x-forwarded-for: 1.1.1.1, 2.2.2.2, ::1\r\nx-forwarded-proto: http\r\n\
+             forwarded: for=1.1.1.1, for=\"[::1]\";host=\"Hello.default.localhost:8080\";proto=http\r\n\
+             te: trailers\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_heads_are_framed_and_cleaned() {
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\
+            Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\nabc";
+        let ParsedResponse::Head(h) = parse_response(raw, false, false, b"", &mut out).unwrap()
+        else {
+            panic!("no head");
+        };
+        assert_eq!(
+            (h.status, h.framing, h.reusable),
+            (200, Framing::Length(3), true)
+        );
+        assert_eq!(h.head_len, raw.len() - 3);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
+        );
+
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n";
+        let ParsedResponse::Head(h) = parse_response(raw, false, false, b"", &mut out).unwrap()
+        else {
+            panic!("no head");
+        };
+        assert_eq!(h.framing, Framing::Chunked);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Transfer-Encoding: chunked\r\n"));
+        assert!(!text.contains("Content-Length"));
+        assert!(text.contains("\r\ndate: "));
+
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.0 200 OK\r\n\r\nbody";
+        let ParsedResponse::Head(h) = parse_response(raw, false, false, b"", &mut out).unwrap()
+        else {
+            panic!("no head");
+        };
+        assert_eq!((h.framing, h.reusable), (Framing::UntilClose, false));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("connection: close\r\n")
+        );
+
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+        let ParsedResponse::Head(h) = parse_response(raw, true, false, b"", &mut out).unwrap()
+        else {
+            panic!("no head");
+        };
+        assert_eq!(h.framing, Framing::Empty);
+
+        let raw = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        let Ok(ParsedResponse::Interim(n)) =
+            parse_response(raw, false, false, b"", &mut Vec::new())
+        else {
+            panic!("not interim");
+        };
+        assert!(matches!(
+            parse_response(&raw[n..], false, false, b"", &mut Vec::new()),
+            Ok(ParsedResponse::Head(ResponseHead { status: 204, .. }))
+        ));
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                false,
+                false,
+                b"",
+                &mut Vec::new()
+            ),
+            Ok(ParsedResponse::Partial)
+        ));
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false,
+                false,
+                b"",
+                &mut Vec::new()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_chunked_scanner_finds_the_end_in_any_split() {
+        let body = b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nGrpc-Status: 0\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        for split in 0..body.len() {
+            let mut s = ChunkedScanner::default();
+            let (a, b) = body.split_at(split);
+            let found = match s.feed(a).unwrap() {
+                Some(n) => n,
+                None => split + s.feed(b).unwrap().expect("ends"),
+            };
+            assert_eq!(found, end, "split at {split}");
+        }
+        let mut s = ChunkedScanner::default();
+        assert_eq!(s.feed(b"0\r\n\r\n").unwrap(), Some(5));
+        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"5\n", b"\r\n"] {
+            assert!(ChunkedScanner::default().feed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn error_responses_are_complete() {
+        let out = text_response_bytes(http::StatusCode::SERVICE_UNAVAILABLE, "full", true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(text.contains("content-length: 5\r\n"));
+        assert!(text.contains("connection: close\r\n"));
+        assert!(text.ends_with("\r\n\r\nfull\n"));
+    }
+}
