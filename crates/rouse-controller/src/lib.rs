@@ -10,6 +10,7 @@ pub mod autoscaling;
 pub mod client;
 pub mod names;
 pub mod networking;
+mod priority;
 pub mod reconcile;
 pub mod workload;
 pub mod workqueue;
@@ -124,20 +125,34 @@ impl Controller {
         self.ctx.clone()
     }
 
-    /// Runs until `shutdown` resolves: watches the store and the runtime, and reconciles.
+    /// Runs until `shutdown` resolves: watches the store and the runtime, and reconciles. The
+    /// loops and workers run on the controller's own threads, at a lower CPU priority than the
+    /// data path (their nice value 10 higher); where those cannot be made, on the caller's
+    /// runtime.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
         let ctx = self.ctx.clone();
-        let watcher = tokio::spawn(watch_store(ctx.clone()));
-        let instances = tokio::spawn(watch_runtime(ctx.clone()));
+        let own = match priority::control_runtime() {
+            Ok(rt) => Some(OwnRuntime(Some(rt))),
+            Err(e) => {
+                warn!(error = %e, "cannot start the controller's threads; sharing the platform's");
+                None
+            }
+        };
+        let handle = own
+            .as_ref()
+            .and_then(|o| o.0.as_ref())
+            .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
+        let watcher = handle.spawn(watch_store(ctx.clone()));
+        let instances = handle.spawn(watch_runtime(ctx.clone()));
         let mut loops = vec![
-            tokio::spawn(autoscaling::scrape_loop(ctx.clone())),
-            tokio::spawn(autoscaling::tick_loop(ctx.clone())),
+            handle.spawn(autoscaling::scrape_loop(ctx.clone())),
+            handle.spawn(autoscaling::tick_loop(ctx.clone())),
         ];
         if let Some(pokes) = self.pokes {
-            loops.push(tokio::spawn(autoscaling::poke_loop(ctx.clone(), pokes)));
+            loops.push(handle.spawn(autoscaling::poke_loop(ctx.clone(), pokes)));
         }
         let workers: Vec<_> = (0..WORKERS)
-            .map(|_| tokio::spawn(worker(ctx.clone())))
+            .map(|_| handle.spawn(worker(ctx.clone())))
             .collect();
         shutdown.await;
         ctx.queue.shutdown();
@@ -148,6 +163,18 @@ impl Controller {
         }
         for w in workers {
             let _ = w.await;
+        }
+        drop(own);
+    }
+}
+
+/// The controller's runtime; dropped without blocking, since its owner is async code.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -198,13 +225,21 @@ async fn watch_store(ctx: Arc<Context>) {
                 continue;
             }
         };
-        // Routes deleted while the watch was lost must not linger in the index.
+        // Routes deleted while the watch was lost must not linger in the index, and every
+        // route is indexed before any reconciler (the PA's reachability) may read the index.
         ctx.route_refs.clear();
-        for kind in Kind::ALL {
-            if let Ok((items, _)) = store.list(kind, None) {
-                for obj in &items {
-                    enqueue_for(&ctx, kind, obj, false);
-                }
+        let lists: Vec<_> = Kind::ALL
+            .into_iter()
+            .filter_map(|kind| store.list(kind, None).ok().map(|(items, _)| (kind, items)))
+            .collect();
+        for (_, routes) in lists.iter().filter(|(k, _)| *k == Kind::Route) {
+            for obj in routes {
+                index_route(&ctx, obj, false);
+            }
+        }
+        for (kind, items) in &lists {
+            for obj in items {
+                enqueue_for(&ctx, *kind, obj, false);
             }
         }
         // Routes may be gone while the process was down: rebuild the table once.
@@ -236,9 +271,7 @@ fn enqueue_for(ctx: &Context, kind: Kind, obj: &Value, deleted: bool) {
         }
     }
     match kind {
-        Kind::Route => ctx
-            .route_refs
-            .set(ns, name, (!deleted).then(|| RouteRefs::refs_of(obj))),
+        Kind::Route => index_route(ctx, obj, deleted),
         Kind::Configuration => {
             // Routes resolve configurations by name: recheck those following it.
             for route in ctx
@@ -260,6 +293,15 @@ fn enqueue_for(ctx: &Context, kind: Kind, obj: &Value, deleted: bool) {
         }
         _ => {}
     }
+}
+
+/// Records what a route refers to in [`Context::route_refs`].
+fn index_route(ctx: &Context, route: &Value, deleted: bool) {
+    let meta = &route["metadata"];
+    let ns = meta["namespace"].as_str().unwrap_or("default");
+    let name = meta["name"].as_str().unwrap_or("");
+    ctx.route_refs
+        .set(ns, name, (!deleted).then(|| RouteRefs::refs_of(route)));
 }
 
 /// Something a route's traffic refers to by name.
@@ -371,25 +413,49 @@ impl RouteRefs {
     }
 }
 
-/// Instance changes (ready, crashed, stopped) re-run the revision's data-plane reconcilers.
+/// How long instance changes are gathered before their reconciles run. The data path never
+/// waits for these reconciles (the activator is told of new instances directly and probes
+/// them itself), while running them at once would compete for the CPU with exactly what the
+/// change wakes: a starting app, the first request forwarded to a new instance.
+pub const RUNTIME_EVENT_DELAY: Duration = Duration::from_millis(10);
+
+/// Instance changes (ready, crashed, stopped) re-run the revision's data-plane reconcilers,
+/// gathered over [`RUNTIME_EVENT_DELAY`].
 async fn watch_runtime(ctx: Arc<Context>) {
     let mut rx = ctx.runtime.subscribe();
     loop {
-        match rx.recv().await {
-            Ok((ns, rev)) => {
-                ctx.queue.add(Key::new(Kind::ServerlessService, &ns, &rev));
-                ctx.queue.add(Key::new(Kind::PodAutoscaler, &ns, &rev));
-                ctx.queue.add(Key::new(Kind::Revision, &ns, &rev));
+        let mut changed = HashSet::new();
+        let mut lagged = false;
+        let mut until = None;
+        loop {
+            let event = match until {
+                None => rx.recv().await,
+                Some(until) => match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => break,
+                },
+            };
+            match event {
+                Ok(id) => {
+                    changed.insert(id);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => lagged = true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                // Missed some: recheck every revision.
-                if let Ok((revs, _)) = ctx.client.store().list(Kind::Revision, None) {
-                    for r in &revs {
-                        enqueue_for(&ctx, Kind::Revision, r, false);
-                    }
+            until.get_or_insert(tokio::time::Instant::now() + RUNTIME_EVENT_DELAY);
+        }
+        for (ns, rev) in &changed {
+            ctx.queue.add(Key::new(Kind::ServerlessService, ns, rev));
+            ctx.queue.add(Key::new(Kind::PodAutoscaler, ns, rev));
+            ctx.queue.add(Key::new(Kind::Revision, ns, rev));
+        }
+        if lagged {
+            // Missed some: recheck every revision.
+            if let Ok((revs, _)) = ctx.client.store().list(Kind::Revision, None) {
+                for r in &revs {
+                    enqueue_for(&ctx, Kind::Revision, r, false);
                 }
             }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Probing the app behind a queue-proxy: the checks (TCP, HTTP, gRPC health, exec) and the
 //! readiness loop.
 //!
-//! A starting app is probed aggressively (at once, then with pauses growing from 1 ms to
-//! 50 ms, 100 ms per try) until it passes
+//! A starting app is probed aggressively (a network probe first as soon as the app's port
+//! accepts connections, watched every quarter millisecond or so; then with pauses growing
+//! from 1 ms to 50 ms, 100 ms per try) until it passes
 //! `success_threshold` times in a row. After that, with a `period` the probe keeps running at
 //! that period and flips readiness after `failure_threshold` failures / `success_threshold`
 //! successes; without one (period 0, Knative's default) a slow background check runs every
@@ -36,6 +37,13 @@ pub const FIRST_RETRY: Duration = Duration::from_millis(1);
 pub fn retry_pause(waited: Duration, cap: Duration) -> Duration {
     (waited / 4).clamp(FIRST_RETRY, cap.max(FIRST_RETRY))
 }
+/// The shortest pause between looks at a starting app's port (see [`wait_for_port`]).
+pub(crate) const PORT_POLL: Duration = Duration::from_micros(250);
+/// How long a starting app's port is watched that finely before the usual pauses take over.
+pub(crate) const PORT_POLL_FOR: Duration = Duration::from_millis(50);
+/// Ports watched that finely at once in the process; more starting apps (a burst scaling
+/// up) get the usual pauses, so the looks cannot add up to a busy core.
+const PORT_WATCHERS: usize = 4;
 /// Time allowed for each try while an app is starting.
 pub const AGGRESSIVE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Interval of the background check once ready when the probe has no period.
@@ -311,7 +319,10 @@ impl Prober {
             ready.send_if_modified(|r| std::mem::replace(r, v) != v);
         };
         set(false);
-        tokio::time::sleep(self.spec.initial_delay).await;
+        // Even a zero sleep waits for the timer's next millisecond tick: skip it.
+        if !self.spec.initial_delay.is_zero() {
+            tokio::time::sleep(self.spec.initial_delay).await;
+        }
         let successes = self.spec.success_threshold.max(1);
         let failures = self.spec.effective_failure_threshold();
         loop {
@@ -352,7 +363,8 @@ impl Prober {
         }
     }
 
-    /// Tries until `successes` tries in a row pass: at once, then after pauses growing from
+    /// Tries until `successes` tries in a row pass: for a network probe, first as soon as the
+    /// app's port accepts connections ([`wait_for_port`]), then after pauses growing from
     /// 1 ms to 50 ms (see [`retry_pause`]). Each network try gets
     /// 100 ms; an exec try gets the probe's timeout, since starting a program alone can take
     /// longer.
@@ -361,8 +373,18 @@ impl Prober {
             ProbeAction::Exec { .. } => self.spec.effective_timeout(),
             _ => AGGRESSIVE_TIMEOUT,
         };
-        let began = Instant::now();
         let mut run = 0;
+        let network = !matches!(self.spec.action, ProbeAction::Exec { .. });
+        if network && wait_for_port(self.probe.app, PORT_POLL_FOR).await {
+            // For a TCP probe that connection was the try itself.
+            if self.spec.action == ProbeAction::Tcp {
+                run = 1;
+                if run >= successes {
+                    return;
+                }
+            }
+        }
+        let began = Instant::now();
         loop {
             let started = Instant::now();
             if self.check(timeout).await {
@@ -376,5 +398,94 @@ impl Prober {
             let pause = retry_pause(started - began, AGGRESSIVE_INTERVAL);
             tokio::time::sleep_until(started + pause).await;
         }
+    }
+}
+
+/// Waits until `app` accepts TCP connections, for at most about `limit`: true once one was
+/// accepted (and closed). Tokio's timer ticks in milliseconds, so an async pause of 1 ms lasts
+/// up to 2, which is as long again as a small app takes to start; here a blocking thread looks
+/// every [`PORT_POLL`] (a refused loopback connection costs a few microseconds), the pause
+/// growing with the wait (a sixteenth of it) so a slow app costs a few dozen looks. Stops
+/// when the returned future is dropped. False at once when [`PORT_WATCHERS`] ports are
+/// watched already.
+pub(crate) async fn wait_for_port(app: SocketAddr, limit: Duration) -> bool {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static WATCHING: AtomicUsize = AtomicUsize::new(0);
+    struct Watcher;
+    impl Drop for Watcher {
+        fn drop(&mut self) {
+            WATCHING.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    if WATCHING.fetch_add(1, Ordering::Relaxed) >= PORT_WATCHERS {
+        WATCHING.fetch_sub(1, Ordering::Relaxed);
+        return false;
+    }
+    watch_port(app, limit, Watcher).await
+}
+
+/// [`wait_for_port`] without the cap; `hold` is dropped when the looking ends.
+async fn watch_port<H: Send + 'static>(app: SocketAddr, limit: Duration, hold: H) -> bool {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop = StopOnDrop(stop.clone());
+    let looking = tokio::task::spawn_blocking(move || {
+        let _hold = hold;
+        // Real time: a blocking thread cannot follow a paused Tokio clock.
+        let began = std::time::Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if std::net::TcpStream::connect_timeout(&app, AGGRESSIVE_TIMEOUT).is_ok() {
+                return true;
+            }
+            let waited = began.elapsed();
+            if waited >= limit {
+                return false;
+            }
+            std::thread::sleep((waited / 16).max(PORT_POLL));
+        }
+        false
+    });
+    looking.await.unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_addr() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn wait_for_port_sees_a_port_start_accepting() {
+        let addr = free_addr();
+        let waiting = tokio::spawn(watch_port(addr, Duration::from_secs(10), ()));
+        // Nothing listens yet: it keeps looking.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let _listener = std::net::TcpListener::bind(addr).unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+        assert!(seen.unwrap().unwrap(), "the port accepts");
+    }
+
+    #[tokio::test]
+    async fn wait_for_port_gives_up_after_its_limit() {
+        let addr = free_addr();
+        let seen = tokio::time::timeout(
+            Duration::from_secs(10),
+            watch_port(addr, Duration::from_millis(5), ()),
+        )
+        .await;
+        assert!(!seen.unwrap(), "nothing ever listened");
     }
 }

@@ -540,12 +540,19 @@ impl Supervisor {
         RunEnd::Down
     }
 
+    /// Changes the instance's info and announces it, unless only its pid changed: no
+    /// reconciler reads the pid, and a round of them right after a spawn competes with the
+    /// app's start for the CPU.
     fn update(&self, f: impl FnOnce(&mut InstanceInfo)) {
         let changed = {
             let mut info = lock(&self.info);
             let before = info.clone();
             f(&mut info);
-            *info != before
+            *info
+                != InstanceInfo {
+                    pid: info.pid,
+                    ..before
+                }
         };
         if changed {
             self.shared.notify(&self.key);

@@ -597,3 +597,40 @@ fn no_orphans_when_the_platform_is_sigkilled() {
 fn _assert_runtime_is_object_safe(rt: Arc<ProcessRuntime>) -> Arc<dyn Runtime> {
     rt
 }
+
+/// The program starts clean: no signal blocked, SIGPIPE back to its default (Rust ignores
+/// it), in its own process group, a child of the platform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_starts_with_default_signals_in_its_own_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(dir.path().to_path_buf());
+    let rev = "status-00001";
+    rt.ensure(
+        spec(rev, vec!["cat".into(), "/proc/self/status".into()], &[]),
+        1,
+    );
+    let insts = wait_for(&rt, rev, "the first run's end", |i| {
+        i.len() == 1 && i[0].last_termination.is_some()
+    })
+    .await;
+    let status = std::fs::read_to_string(&insts[0].log_path).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .trim()
+            .to_string()
+    };
+    let mask = |name: &str| u64::from_str_radix(&field(name), 16).unwrap();
+    assert_eq!(mask("SigBlk"), 0, "{status}");
+    assert_eq!(mask("SigIgn") & (1 << (libc::SIGPIPE - 1)), 0, "{status}");
+    assert_eq!(field("PPid"), std::process::id().to_string());
+    let pid = field("Pid");
+    assert_eq!(field("NSpgid"), pid, "its own process group: {status}");
+    assert_eq!(
+        insts[0].last_termination.as_ref().unwrap().exit_code,
+        Some(0)
+    );
+    rt.shutdown().await;
+}

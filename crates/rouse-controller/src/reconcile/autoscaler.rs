@@ -9,7 +9,7 @@ use rouse_api::autoscaling::PodAutoscaler;
 use rouse_api::autoscaling::annotations::RevisionScaling;
 use rouse_api::condition::Conditions;
 use rouse_api::networking::{ServerlessService, SksMode as ApiSksMode};
-use rouse_api::serving::{Revision, Route};
+use rouse_api::serving::Revision;
 use rouse_autoscaler::{Activity, Observed, SksMode, reconcile as apply_decision};
 use tokio::time::Instant;
 
@@ -17,7 +17,7 @@ use super::Requeue;
 use super::revision::progress_deadline;
 use crate::autoscaling::ready_count;
 use crate::workload::workload_for;
-use crate::{Context, ReconcileError};
+use crate::{Context, ReconcileError, RouteRef};
 
 /// How soon to look again after asking whether the activator is in the path.
 const PROBE_RECHECK: Duration = Duration::from_millis(100);
@@ -84,10 +84,10 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
     if let Ok(workload) = workload_for(&rev) {
         ctx.runtime.ensure(workload, scale.max(0) as u32);
     }
-    // Activating (nothing ready, instances wanted): the activator learns the new instances now
-    // and starts probing them, instead of after this reconcile's and the SKS's store writes.
-    if ready == 0
-        && scale > 0
+    // Instances wanted that are not ready yet (activating, or scaling up): the activator
+    // learns the new ones now and starts probing them, instead of after this reconcile's
+    // store writes and the SKS reconcile.
+    if scale > ready
         && let Some(sks) = ctx.client.get::<ServerlessService>(ns, name)?
     {
         super::sks::program(ctx, ns, name, &sks, &rev);
@@ -143,37 +143,34 @@ fn initial_replicas(s: &RevisionScaling) -> i32 {
     n
 }
 
-/// A revision is reachable while some route sends it traffic (or it is the newest of its
-/// configuration, about to be routed); unreachable revisions ignore min-scale.
+/// A revision is reachable while some route sends it traffic or names it (or it is the newest
+/// of a configuration a route follows, about to be routed); unreachable revisions ignore
+/// min-scale. Read from the controller's route index, not by listing every route.
 fn is_routed(ctx: &Context, rev: &Revision) -> Result<bool, ReconcileError> {
     let ns = &rev.metadata.namespace;
     let name = &rev.metadata.name;
-    let routes = ctx.client.list::<Route>(Some(ns))?;
-    let routed = routes.iter().any(|r| {
-        r.status.traffic.iter().any(|t| &t.revision_name == name)
-            || r.spec.traffic.iter().any(|t| &t.revision_name == name)
-    });
-    if routed {
+    let refs = &ctx.route_refs;
+    if refs.any(ns, RouteRef::Serving(name.clone()))
+        || refs.any(ns, RouteRef::Revision(name.clone()))
+    {
         return Ok(true);
     }
     // Not routed yet: the latest revision of a configuration a route follows is on its way.
-    let config = rev
+    let Some(config) = rev
         .metadata
         .labels
         .get(rouse_api::serving::LABEL_CONFIGURATION)
-        .cloned()
-        .unwrap_or_default();
-    let follows = routes.iter().any(|r| {
-        r.spec
-            .traffic
-            .iter()
-            .any(|t| t.configuration_name == config && t.revision_name.is_empty())
-    });
-    let latest = ctx
+        .filter(|c| !c.is_empty())
+    else {
+        return Ok(false);
+    };
+    if !refs.any(ns, RouteRef::Configuration(config.clone())) {
+        return Ok(false);
+    }
+    Ok(ctx
         .client
-        .get::<rouse_api::serving::Configuration>(ns, &config)?
-        .is_some_and(|c| c.status.latest_created_revision_name == *name);
-    Ok(follows && latest)
+        .get::<rouse_api::serving::Configuration>(ns, config)?
+        .is_some_and(|c| c.status.latest_created_revision_name == *name))
 }
 
 /// Writes the decided mode (and Knative's activator count, informational locally: there is
@@ -198,4 +195,108 @@ fn set_sks_mode(
         ctx.client.update(&next)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rouse_activator::{Activator, ActivatorConfig};
+    use rouse_api::config::Config;
+    use rouse_api::meta::Resource;
+    use rouse_api::serving::{Configuration, LABEL_CONFIGURATION};
+    use rouse_gateway::Gateway;
+    use rouse_runtime::ProcessRuntime;
+    use rouse_store::EmbeddedStore;
+    use serde_json::json;
+
+    use super::*;
+    use crate::networking::LocalNetworking;
+    use crate::{Controller, RouteRefs};
+
+    fn revision(ns: &str, name: &str, config: &str) -> Revision {
+        let mut r = Revision::new_named(ns, name);
+        r.metadata
+            .labels
+            .insert(LABEL_CONFIGURATION.to_string(), config.to_string());
+        r
+    }
+
+    fn route(ns: &str, spec: serde_json::Value, status: serde_json::Value) -> Vec<RouteRef> {
+        RouteRefs::refs_of(&json!({
+            "metadata": {"namespace": ns, "name": "r"},
+            "spec": {"traffic": spec},
+            "status": {"traffic": status},
+        }))
+    }
+
+    #[tokio::test]
+    async fn routed_is_read_from_the_route_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let activator = Activator::new(ActivatorConfig::default(), Arc::new(|_: &str, _: &str| {}));
+        let networking = Arc::new(LocalNetworking {
+            gateway: Gateway::new(activator.clone()),
+            activator,
+        });
+        let runtime = ProcessRuntime::new(dir.path().to_path_buf());
+        let ctx = Controller::new(
+            store,
+            runtime,
+            networking,
+            Arc::new(Config::default()),
+            "localhost".into(),
+        )
+        .context();
+        let created = ctx
+            .client
+            .create(&Configuration::new_named("ns", "c"))
+            .unwrap();
+        let mut config = created.clone();
+        config.status.latest_created_revision_name = "c-00002".into();
+        ctx.client.update_status(&config).unwrap();
+        let (old, latest) = (
+            revision("ns", "c-00001", "c"),
+            revision("ns", "c-00002", "c"),
+        );
+
+        // No route names anything: nothing is reachable.
+        assert!(!is_routed(&ctx, &old).unwrap());
+        assert!(!is_routed(&ctx, &latest).unwrap());
+
+        // A route follows the configuration: only its latest revision is on its way.
+        let follows = route(
+            "ns",
+            json!([{"configurationName": "c", "percent": 100}]),
+            json!([]),
+        );
+        ctx.route_refs.set("ns", "r", Some(follows.clone()));
+        assert!(!is_routed(&ctx, &old).unwrap());
+        assert!(is_routed(&ctx, &latest).unwrap());
+        // The same route in another namespace reaches nothing here.
+        ctx.route_refs.set("ns", "r", None);
+        ctx.route_refs.set("other", "r", Some(follows));
+        assert!(!is_routed(&ctx, &latest).unwrap());
+
+        // Pinned by the spec, or served now by the status.
+        let pinned = route(
+            "ns",
+            json!([{"revisionName": "c-00001", "configurationName": "c", "percent": 100}]),
+            json!([]),
+        );
+        ctx.route_refs.set("ns", "r", Some(pinned));
+        assert!(is_routed(&ctx, &old).unwrap());
+        assert!(!is_routed(&ctx, &latest).unwrap(), "a pin follows nothing");
+        let serving = route(
+            "ns",
+            json!([]),
+            json!([{"revisionName": "c-00001", "percent": 100}]),
+        );
+        ctx.route_refs.set("ns", "r", Some(serving));
+        assert!(is_routed(&ctx, &old).unwrap());
+
+        // The route is gone.
+        ctx.route_refs.set("ns", "r", None);
+        assert!(!is_routed(&ctx, &old).unwrap());
+    }
 }
