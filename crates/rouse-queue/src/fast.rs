@@ -183,6 +183,7 @@ impl LocalQueue {
                     );
                 };
                 let acquired = tokio::select! {
+                    biased;
                     slot = crate::timeout::until(deadlines.head(), place.acquire()) => slot,
                     () = client_gone(client) => return (FastOutcome::Close, None),
                 };
@@ -353,6 +354,7 @@ async fn exchange(
         }
     };
     let head = tokio::select! {
+        biased;
         res = crate::timeout::until(deadlines.head(), work) => match res {
             Some(res) => res?,
             None => return Err(Failure::Timeout),
@@ -382,6 +384,7 @@ async fn stream_body(
             (None, t) => t,
         };
         let n = tokio::select! {
+            biased;
             res = crate::timeout::until(wait, read) => match res {
                 Some(res) => res?,
                 None => return Err(io::ErrorKind::TimedOut.into()),

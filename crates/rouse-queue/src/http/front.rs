@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::h1::{FastRequest, MAX_FAST_HEADERS, Parsed, text_response_bytes};
+use super::h1::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed, text_response_bytes};
 use super::limits::ServerLimits;
 use super::server::BODY_TIMEOUT_BODY;
 use crate::fast::{FastExchange, FastOutcome, client_gone};
@@ -136,7 +136,7 @@ fn next<R: FrontRouter>(
     router: &R,
     buf: &[u8],
     decided: Option<Route<R::Hold, R::Wait>>,
-    remote: SocketAddr,
+    client: &ClientAddr,
     max_head: usize,
     request: &mut Vec<u8>,
 ) -> Next<R::Hold, R::Wait> {
@@ -168,7 +168,7 @@ fn next<R: FrontRouter>(
         Route::Answer(status, text) => Next::Answer(status, text, total),
         Route::Go(route) => {
             request.clear();
-            req.write_upstream_head(remote.ip(), request);
+            req.write_upstream_head(client, request);
             request.extend_from_slice(&buf[req.head_len..total]);
             Next::Serve(Prepared {
                 route,
@@ -243,6 +243,7 @@ fn wait_for_route<'a, R: FrontRouter>(
     let waiting = Box::pin(router.wait(wait));
     async move {
         tokio::select! {
+            biased;
             route = waiting => Some(route),
             () = client_gone(stream) => None,
             () = sleep_until_some(deadline) => {
@@ -356,6 +357,7 @@ async fn run<R: FrontRouter>(
         mut last_read,
     } = conn;
     let mut request = Vec::new();
+    let client = ClientAddr::new(remote.ip());
     let mut idle_since = accepted;
     let mut served = false;
     // When the first byte of the head being waited for arrived (after the first request).
@@ -365,7 +367,7 @@ async fn run<R: FrontRouter>(
             router,
             &buf,
             decided.take(),
-            remote,
+            &client,
             limits.max_header_size,
             &mut request,
         );
@@ -383,7 +385,7 @@ async fn run<R: FrontRouter>(
                 router,
                 &buf,
                 Some(route),
-                remote,
+                &client,
                 limits.max_header_size,
                 &mut request,
             );

@@ -119,7 +119,7 @@ impl<'a> FastRequest<'a> {
     /// Writes the head for the next hop into `out`: the same request line and headers minus
     /// hop-by-hop and platform-internal ones, plus `X-Forwarded-For`, `X-Forwarded-Proto`
     /// (when absent) and an RFC 7239 `Forwarded` element for `client`.
-    pub fn write_upstream_head(&self, client: IpAddr, out: &mut Vec<u8>) {
+    pub fn write_upstream_head(&self, client: &ClientAddr, out: &mut Vec<u8>) {
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(self.target.as_bytes());
@@ -151,26 +151,14 @@ impl<'a> FastRequest<'a> {
             has_proto |= name.eq_ignore_ascii_case("x-forwarded-proto");
             header_line(out, name.as_bytes(), h.value);
         }
-        let client = match client {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        let ip = client.to_string();
-        append_item(&mut xff, ip.as_bytes());
+        append_item(&mut xff, client.ip.as_bytes());
         header_line(out, b"x-forwarded-for", xff.as_deref().unwrap_or_default());
         if !has_proto {
             out.extend_from_slice(b"x-forwarded-proto: http\r\n");
         }
         let mut element = Vec::with_capacity(64);
         element.extend_from_slice(b"for=");
-        match client {
-            IpAddr::V4(_) => element.extend_from_slice(ip.as_bytes()),
-            IpAddr::V6(_) => {
-                element.extend_from_slice(b"\"[");
-                element.extend_from_slice(ip.as_bytes());
-                element.extend_from_slice(b"]\"");
-            }
-        }
+        element.extend_from_slice(client.node.as_bytes());
         element.extend_from_slice(b";host=");
         token_or_quoted(self.host.as_bytes(), &mut element);
         element.extend_from_slice(b";proto=http");
@@ -180,6 +168,31 @@ impl<'a> FastRequest<'a> {
             out.extend_from_slice(b"te: trailers\r\n");
         }
         out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A client's address as the forwarding headers write it, formatted once per connection.
+#[derive(Clone, Debug)]
+pub struct ClientAddr {
+    /// For `X-Forwarded-For` (IPv4-mapped IPv6 addresses as IPv4).
+    ip: String,
+    /// For `Forwarded: for=` (IPv6 bracketed and quoted).
+    node: String,
+}
+
+impl ClientAddr {
+    /// The forms of `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let text = ip.to_string();
+        let node = match ip {
+            IpAddr::V4(_) => text.clone(),
+            IpAddr::V6(_) => format!("\"[{text}]\""),
+        };
+        ClientAddr { ip: text, node }
     }
 }
 
@@ -306,7 +319,10 @@ pub fn parse_response(
     let reusable = !conn_close && framing != Framing::UntilClose;
     // The status line: the upstream's reason phrase, or the standard one.
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    match http::StatusCode::from_u16(status) {
+        Ok(code) => out.extend_from_slice(code.as_str().as_bytes()),
+        Err(_) => out.extend_from_slice(status.to_string().as_bytes()),
+    }
     out.push(b' ');
     let reason = resp
         .reason
@@ -725,7 +741,7 @@ mod tests {
             panic!("not fast");
         };
         let mut out = Vec::new();
-        req.write_upstream_head("::1".parse().unwrap(), &mut out);
+        req.write_upstream_head(&ClientAddr::new("::1".parse().unwrap()), &mut out);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
