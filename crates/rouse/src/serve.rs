@@ -58,8 +58,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         EmbeddedStore::open(&args.data_dir)
             .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
     );
-    let gateway_listener = TcpListener::bind(args.listen)
-        .await
+    let gateway_listener = listen(args.listen, GATEWAY_BACKLOG)
         .with_context(|| format!("gateway cannot listen on {}", args.listen))?;
     let api_listener = TcpListener::bind(args.api_listen)
         .await
@@ -398,4 +397,21 @@ mod tests {
         );
         assert_eq!(pins[127][0], 127);
     }
+}
+
+/// The gateway's accept queue: a burst of new connections (a thousand clients at once on a
+/// revision at zero, say) must not overflow it, or the kernel drops their SYNs and each
+/// dropped client waits a second for its retransmit. The kernel caps it at `somaxconn`.
+const GATEWAY_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (with `SO_REUSEADDR`, as `TcpListener::bind` does) and listens with `backlog`.
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
