@@ -163,12 +163,7 @@ impl LocalQueue {
     ) -> (FastOutcome, Option<u16>) {
         let shared = &self.0;
         let cfg = &shared.cfg;
-        let deadlines = Deadlines::new(
-            Instant::now(),
-            cfg.timeout,
-            cfg.response_start_timeout,
-            cfg.idle_timeout,
-        );
+        let deadlines = cfg.deadlines();
         // Held until the response is over: the load report, drain, the concurrency slot.
         let _stats = shared.stats.start(ex.proxied);
         let _in_flight = shared.in_flight.start();

@@ -69,6 +69,16 @@ pub struct QueueConfig {
 }
 
 impl QueueConfig {
+    /// The timers of a request arriving now.
+    pub(crate) fn deadlines(&self) -> Deadlines {
+        Deadlines::new(
+            Instant::now(),
+            self.timeout,
+            self.response_start_timeout,
+            self.idle_timeout,
+        )
+    }
+
     /// A configuration for the app at `app_addr` with no concurrency limit, no timeouts,
     /// HTTP/1.1 and a TCP readiness probe; set the rest with struct update syntax.
     pub fn new(
@@ -343,12 +353,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Result<Response<Body
         return Ok(shared.health(probe));
     }
     let cfg = &shared.cfg;
-    let deadlines = Deadlines::new(
-        Instant::now(),
-        cfg.timeout,
-        cfg.response_start_timeout,
-        cfg.idle_timeout,
-    );
+    let deadlines = cfg.deadlines();
     let proxied = req
         .headers()
         .get(&PROXY_HEADER)
