@@ -17,8 +17,8 @@ use rouse_activator::{
 };
 use rouse_queue::InFlightGuard;
 use rouse_queue::http::{
-    Body, FastRoute, FrontRouter, GuardedBody, ProxyClient, Route, ServerLimits, Tunnel, boxed,
-    is_upgrade, serve_front, strip_internal, text_response,
+    Body, ClientAddr, FastRoute, FrontRouter, GuardedBody, ProxyClient, Route, ServerLimits,
+    Tunnel, boxed, is_upgrade, push_token_or_quoted, serve_front, strip_internal, text_response,
 };
 use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
@@ -451,22 +451,18 @@ impl FrontRouter for FastRouter {
 }
 
 /// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` (when absent) and an RFC 7239
-/// `Forwarded` element (appended) for a client at `client` asking for `host`.
+/// `Forwarded` element (appended) for a client at `client` asking for `host`: the same forms
+/// the fast path writes ([`ClientAddr`]).
 fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: &str) {
-    let client = match client {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    append_list(headers, X_FORWARDED_FOR, &client.to_string());
+    let client = ClientAddr::new(client);
+    append_list(headers, X_FORWARDED_FOR, client.ip());
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    let node = match client {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("\"[{ip}]\""),
-    };
-    let element = format!("for={node};host={};proto=http", token_or_quoted(host));
-    append_list(headers, FORWARDED, &element);
+    let mut element = format!("for={};host=", client.node()).into_bytes();
+    push_token_or_quoted(host.as_bytes(), &mut element);
+    element.extend_from_slice(b";proto=http");
+    append_list(headers, FORWARDED, &String::from_utf8_lossy(&element));
 }
 
 /// Appends `value` to a comma-separated list header, merging any repeated fields.
@@ -486,23 +482,6 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     items.push(value.to_string());
     if let Ok(v) = HeaderValue::from_str(&items.join(", ")) {
         headers.insert(name, v);
-    }
-}
-
-/// An RFC 7230 token as is, anything else as a quoted-string.
-fn token_or_quoted(s: &str) -> String {
-    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if !s.is_empty() && s.chars().all(is_tchar) {
-        s.to_string()
-    } else {
-        let escaped: String = s
-            .chars()
-            .flat_map(|c| match c {
-                '"' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        format!("\"{escaped}\"")
     }
 }
 

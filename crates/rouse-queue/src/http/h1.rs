@@ -7,6 +7,8 @@
 //! goes to the general server, which handles every case.
 
 use std::cell::RefCell;
+
+use super::headers::{is_internal_name, push_token_or_quoted};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -160,7 +162,7 @@ impl<'a> FastRequest<'a> {
         element.extend_from_slice(b"for=");
         element.extend_from_slice(client.node.as_bytes());
         element.extend_from_slice(b";host=");
-        token_or_quoted(self.host.as_bytes(), &mut element);
+        push_token_or_quoted(self.host.as_bytes(), &mut element);
         element.extend_from_slice(b";proto=http");
         append_item(&mut fwd, &element);
         header_line(out, b"forwarded", fwd.as_deref().unwrap_or_default());
@@ -193,6 +195,16 @@ impl ClientAddr {
             IpAddr::V6(_) => format!("\"[{text}]\""),
         };
         ClientAddr { ip: text, node }
+    }
+
+    /// The form `X-Forwarded-For` lists.
+    pub fn ip(&self) -> &str {
+        &self.ip
+    }
+
+    /// The form of `Forwarded: for=`.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 }
 
@@ -616,33 +628,6 @@ fn connection_options<'a>(headers: &[httparse::Header<'a>]) -> Vec<&'a str> {
                 && !o.eq_ignore_ascii_case("keep-alive")
         })
         .collect()
-}
-
-/// The platform's internal headers (see [`super::is_internal`]), by raw name.
-fn is_internal_name(name: &str) -> bool {
-    let starts = |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
-    starts("knative-serving-")
-        || starts("k-network-")
-        || name.eq_ignore_ascii_case("k-proxy-request")
-        || name.eq_ignore_ascii_case("k-original-host")
-        || name.eq_ignore_ascii_case("k-passthrough-lb")
-}
-
-/// An RFC 7230 token as is, anything else as a quoted-string.
-fn token_or_quoted(s: &[u8], out: &mut Vec<u8>) {
-    let is_tchar = |c: &u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c);
-    if !s.is_empty() && s.iter().all(is_tchar) {
-        out.extend_from_slice(s);
-        return;
-    }
-    out.push(b'"');
-    for &c in s {
-        if c == b'"' || c == b'\\' {
-            out.push(b'\\');
-        }
-        out.push(c);
-    }
-    out.push(b'"');
 }
 
 thread_local! {

@@ -47,12 +47,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// set: `Knative-Serving-*`, `K-Network-*`, `K-Proxy-Request`, `K-Original-Host`,
 /// `K-Passthrough-Lb`.
 pub fn is_internal(name: &HeaderName) -> bool {
-    let n = name.as_str(); // always lowercase
-    n.starts_with("knative-serving-")
-        || n.starts_with("k-network-")
-        || n == "k-proxy-request"
-        || n == "k-original-host"
-        || n == "k-passthrough-lb"
+    is_internal_name(name.as_str())
+}
+
+/// [`is_internal`] for a raw header name, in any case.
+pub(crate) fn is_internal_name(name: &str) -> bool {
+    let starts = |p: &str| {
+        name.get(..p.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(p))
+    };
+    starts("knative-serving-")
+        || starts("k-network-")
+        || name.eq_ignore_ascii_case("k-proxy-request")
+        || name.eq_ignore_ascii_case("k-original-host")
+        || name.eq_ignore_ascii_case("k-passthrough-lb")
+}
+
+/// Appends `s` as an RFC 7230 token when it is one, else as a quoted-string (for
+/// `Forwarded: host=`).
+pub fn push_token_or_quoted(s: &[u8], out: &mut Vec<u8>) {
+    let is_tchar = |c: &u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c);
+    if !s.is_empty() && s.iter().all(is_tchar) {
+        out.extend_from_slice(s);
+        return;
+    }
+    out.push(b'"');
+    for &c in s {
+        if c == b'"' || c == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+    out.push(b'"');
 }
 
 /// Removes every internal header (see [`is_internal`]).

@@ -17,7 +17,8 @@ mod upgrade;
 pub use body::{Body, BoxError, GuardedBody, boxed, empty, full, text_response};
 pub use client::{ProxyClient, ProxyError};
 pub use front::{FastRoute, FrontRouter, Route};
-pub use headers::{is_internal, strip_hop_by_hop, strip_internal};
+pub use h1::ClientAddr;
+pub use headers::{is_internal, push_token_or_quoted, strip_hop_by_hop, strip_internal};
 pub use limits::{
     DEFAULT_BODY_READ_TIMEOUT, DEFAULT_H2_KEEP_ALIVE_INTERVAL, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_HEADERS, MIN_MAX_HEADER_SIZE,
