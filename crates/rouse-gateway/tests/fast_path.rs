@@ -1012,7 +1012,7 @@ async fn a_response_start_timeout_gives_504_and_the_connection_goes_on() {
 async fn an_idle_timeout_mid_body_closes_the_client_connection() {
     let app = app().await;
     let st = stack(app.addr, |cfg| {
-        cfg.idle_timeout = Some(Duration::from_millis(300));
+        cfg.idle_timeout = Some(Duration::from_millis(1000));
     })
     .await;
     let mut c = st.conn().await;
@@ -1538,9 +1538,12 @@ async fn a_head_that_never_completes_is_closed_by_the_header_read_timeout() {
         if fast_first {
             c.call(&get("/")).await.assert_ok("hello");
         }
+        // Taken before the first byte of the head is sent, so never after the server's timer
+        // starts, however late this task runs.
+        let started = Instant::now();
         c.send(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Slow").as_bytes())
             .await;
-        conns.push((c, fast_first, Instant::now()));
+        conns.push((c, fast_first, started));
     }
     let waits = conns
         .into_iter()
@@ -1555,7 +1558,7 @@ async fn a_head_that_never_completes_is_closed_by_the_header_read_timeout() {
                 read.map(|n| String::from_utf8_lossy(&chunk[..n]).into_owned())
             );
             assert!(
-                started.elapsed() + Duration::from_millis(100) >= limit,
+                started.elapsed() >= limit,
                 "fast first: {fast_first}: closed too early: {:?}",
                 started.elapsed()
             );
