@@ -198,6 +198,17 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
+        self.serve_with(listener, shutdown, ServerLimits::default())
+            .await;
+    }
+
+    /// [`Gateway::serve`] with other limits on clients (timeouts, head size).
+    pub async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        limits: ServerLimits,
+    ) {
         let make = |remote: SocketAddr| {
             let gw = self.clone();
             service_fn(move |req| {
@@ -206,7 +217,7 @@ impl Gateway {
             })
         };
         let router = Arc::new(FastRouter(self.clone()));
-        serve_front(listener, make, router, shutdown, ServerLimits::default()).await;
+        serve_front(listener, make, router, shutdown, limits).await;
     }
 
     async fn handle(&self, remote: SocketAddr, req: Request<Body>) -> Response<Body> {

@@ -21,6 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
 use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
+use rouse_queue::http::ServerLimits;
 use rouse_queue::{QueueConfig, QueueProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -318,6 +319,15 @@ async fn stack_with(
     act_cfg: ActivatorConfig,
     tune: impl FnOnce(&mut QueueConfig),
 ) -> Stack {
+    stack_limited(app_addr, act_cfg, tune, ServerLimits::default()).await
+}
+
+async fn stack_limited(
+    app_addr: SocketAddr,
+    act_cfg: ActivatorConfig,
+    tune: impl FnOnce(&mut QueueConfig),
+    limits: ServerLimits,
+) -> Stack {
     let mut cfg = QueueConfig::new(app_addr, NS, REV);
     tune(&mut cfg);
     let qp = QueueProxy::start(cfg).await.unwrap();
@@ -337,9 +347,10 @@ async fn stack_with(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
-    let done = tokio::spawn(gw.clone().serve(listener, async move {
+    let shutdown = async move {
         let _ = rx.await;
-    }));
+    };
+    let done = tokio::spawn(gw.clone().serve_with(listener, shutdown, limits));
     Stack {
         addr,
         gw,
@@ -982,6 +993,37 @@ async fn container_concurrency_queues_then_refuses() {
     }
     st.settled().await;
     assert_eq!(st.qp.queued(), 0);
+}
+
+#[tokio::test]
+async fn a_busy_keep_alive_connection_outlives_the_idle_timeout_and_an_idle_one_does_not() {
+    let app = app().await;
+    let idle = Duration::from_millis(600);
+    let limits = ServerLimits {
+        idle_timeout: Some(idle),
+        ..ServerLimits::default()
+    };
+    let st = stack_limited(app.addr, ActivatorConfig::default(), |_| {}, limits).await;
+    let mut c = st.conn().await;
+    // Fast requests for three idle timeouts, with gaps far shorter than one: stays open.
+    let started = Instant::now();
+    let mut last_sent = started;
+    while started.elapsed() < idle * 3 {
+        last_sent = Instant::now();
+        let r = c.call(&get("/")).await;
+        r.assert_ok("hello");
+        assert!(r.fast(), "{}", r.head);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then quiet: closed once the idle timeout has passed since the last answer (so never
+    // before it passed since the last request was sent).
+    c.expect_closed().await;
+    let after = last_sent.elapsed();
+    assert!(
+        after >= idle && after < idle + Duration::from_secs(4),
+        "closed after {after:?}"
+    );
+    st.settled().await;
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::http::ConnTimer;
 use crate::http::h1::{
     self, ChunkedScanner, Framing, ParsedResponse, ResponseHead, text_response_bytes,
 };
@@ -58,6 +59,26 @@ pub struct FastExchange<'a> {
     pub proxied: bool,
     /// Header lines (`name: value\r\n` each) to add to the response.
     pub extra_response_headers: &'a [u8],
+}
+
+/// What a client connection keeps from one fast exchange to the next, so that a request
+/// allocates nothing and arms no new timer of its own.
+#[derive(Debug, Default)]
+pub struct FastConn {
+    /// The response head (and first body bytes) for the client.
+    out: Vec<u8>,
+    /// The request's wait for a concurrency slot and for the app's response head.
+    timer: ConnTimer,
+}
+
+impl FastConn {
+    /// Room for a connection's exchanges.
+    pub fn new() -> Self {
+        FastConn {
+            out: Vec::with_capacity(512),
+            timer: ConnTimer::new(),
+        }
+    }
 }
 
 /// Raw keep-alive connections to one app.
@@ -160,6 +181,7 @@ impl LocalQueue {
         &self,
         client: &mut TcpStream,
         ex: FastExchange<'_>,
+        kept: &mut FastConn,
     ) -> (FastOutcome, Option<u16>) {
         let shared = &self.0;
         let cfg = &shared.cfg;
@@ -179,7 +201,7 @@ impl LocalQueue {
                 };
                 let acquired = tokio::select! {
                     biased;
-                    slot = crate::timeout::until(deadlines.head(), place.acquire()) => slot,
+                    slot = kept.timer.run(deadlines.head(), place.acquire()) => slot,
                     () = client_gone(client) => return (FastOutcome::Close, None),
                 };
                 match acquired {
@@ -192,9 +214,10 @@ impl LocalQueue {
             }
         };
         let pool = &shared.fast_pool;
-        let mut out = Vec::with_capacity(512);
+        let FastConn { out, timer } = kept;
+        out.clear();
         let (mut conn, head) = match pool.checkout() {
-            Some(conn) => match exchange(conn, client, &ex, &deadlines, &mut out).await {
+            Some(conn) => match exchange(conn, client, &ex, &deadlines, out, timer).await {
                 Ok(done) => done,
                 // A kept-alive connection the app had closed: a request that is safe to send
                 // again goes once more on a new connection.
@@ -203,7 +226,7 @@ impl LocalQueue {
                         return (FastOutcome::Refused, None);
                     };
                     out.clear();
-                    match exchange(conn, client, &ex, &deadlines, &mut out).await {
+                    match exchange(conn, client, &ex, &deadlines, out, timer).await {
                         Ok(done) => done,
                         Err(f) => return fail(client, f, &ex, cfg).await,
                     }
@@ -214,7 +237,7 @@ impl LocalQueue {
                 let Ok(conn) = pool.connect().await else {
                     return (FastOutcome::Refused, None);
                 };
-                match exchange(conn, client, &ex, &deadlines, &mut out).await {
+                match exchange(conn, client, &ex, &deadlines, out, timer).await {
                     Ok(done) => done,
                     Err(f) => return fail(client, f, &ex, cfg).await,
                 }
@@ -236,7 +259,7 @@ impl LocalQueue {
         };
         out.extend_from_slice(&conn.buf[start..start + take]);
         let extra = already > take;
-        if client.write_all(&out).await.is_err() {
+        if client.write_all(out).await.is_err() {
             return (FastOutcome::Close, status);
         }
         let mut reusable = head.reusable && !extra;
@@ -304,6 +327,7 @@ async fn exchange(
     ex: &FastExchange<'_>,
     deadlines: &Deadlines,
     out: &mut Vec<u8>,
+    timer: &mut ConnTimer,
 ) -> Result<(Upstream, ResponseHead), Failure> {
     let work = async {
         conn.stream
@@ -350,7 +374,7 @@ async fn exchange(
     };
     let head = tokio::select! {
         biased;
-        res = crate::timeout::until(deadlines.head(), work) => match res {
+        res = timer.run(deadlines.head(), work) => match res {
             Some(res) => res?,
             None => return Err(Failure::Timeout),
         },

@@ -17,7 +17,8 @@ use tokio::time::Instant;
 use super::h1::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed, text_response_bytes};
 use super::limits::ServerLimits;
 use super::server::BODY_TIMEOUT_BODY;
-use crate::fast::{FastExchange, FastOutcome, client_gone};
+use super::conn_timer::ConnTimer;
+use crate::fast::{FastConn, FastExchange, FastOutcome, client_gone};
 use crate::queue::LocalQueue;
 
 /// Decides, per request, whether the fast path serves it and through which queue-proxy.
@@ -204,7 +205,8 @@ pub(super) async fn serve<R: FrontRouter>(
                     limits.header_read_timeout.map(|d| accepted + d)
                 };
                 // Boxed: a waiting connection keeps no room for the read's timers.
-                match Box::pin(read_more(&mut stream, &mut buf, deadline, stop)).await {
+                let read = read_more(&mut stream, &mut buf, sleep_until_some(deadline), stop);
+                match Box::pin(read).await {
                     ReadOutcome::More => last_read = Instant::now(),
                     ReadOutcome::TimedOut if body => return body_timed_out(stream).await,
                     ReadOutcome::Over | ReadOutcome::TimedOut => return Handoff::Done,
@@ -300,7 +302,7 @@ enum ReadOutcome {
 async fn read_more(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    deadline: Option<Instant>,
+    deadline: impl Future<Output = ()>,
     stop: &mut watch::Receiver<bool>,
 ) -> ReadOutcome {
     if buf.capacity() - buf.len() < 512 {
@@ -322,7 +324,7 @@ async fn read_more(
             _ => ReadOutcome::Over,
         },
         () = stopped => ReadOutcome::Over,
-        () = sleep_until_some(deadline) => ReadOutcome::TimedOut,
+        () = deadline => ReadOutcome::TimedOut,
     }
 }
 
@@ -357,6 +359,9 @@ async fn run<R: FrontRouter>(
         mut last_read,
     } = conn;
     let mut request = Vec::new();
+    let mut kept = FastConn::new();
+    // The client's read deadlines, one timer for the connection's life.
+    let mut reads = ConnTimer::new();
     let client = ClientAddr::new(remote.ip());
     let mut idle_since = accepted;
     let mut served = false;
@@ -419,7 +424,8 @@ async fn run<R: FrontRouter>(
                     extra_response_headers: &route.extra_response_headers,
                 };
                 // Boxed: a connection between requests keeps no room for an exchange.
-                let (outcome, status) = Box::pin(route.queue.serve_fast(&mut stream, ex)).await;
+                let serving = route.queue.serve_fast(&mut stream, ex, &mut kept);
+                let (outcome, status) = Box::pin(serving).await;
                 if let Some(status) = status {
                     router.answered(&route.hold, status);
                 }
@@ -454,7 +460,7 @@ async fn run<R: FrontRouter>(
             };
             limits.header_read_timeout.map(|d| since + d)
         };
-        match read_more(&mut stream, &mut buf, deadline, stop).await {
+        match read_more(&mut stream, &mut buf, reads.until(deadline), stop).await {
             ReadOutcome::More => {
                 last_read = Instant::now();
                 if started.is_none() {

@@ -118,6 +118,14 @@ impl<'a> FastRequest<'a> {
         matches!(self.method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
     }
 
+    /// Writes the values of every `name` header, each followed by `, `.
+    fn write_values(&self, name: &str, out: &mut Vec<u8>) {
+        for h in self.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)) {
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b", ");
+        }
+    }
+
     /// Writes the head for the next hop into `out`: the same request line and headers minus
     /// hop-by-hop and platform-internal ones, plus `X-Forwarded-For`, `X-Forwarded-Proto`
     /// (when absent) and an RFC 7239 `Forwarded` element for `client`.
@@ -126,18 +134,13 @@ impl<'a> FastRequest<'a> {
         out.push(b' ');
         out.extend_from_slice(self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut xff: Option<Vec<u8>> = None;
-        let mut fwd: Option<Vec<u8>> = None;
         let mut has_proto = false;
         let mut te_trailers = false;
         for h in self.headers {
             let name = h.name;
-            if name.eq_ignore_ascii_case("x-forwarded-for") {
-                append_item(&mut xff, h.value);
-                continue;
-            }
-            if name.eq_ignore_ascii_case("forwarded") {
-                append_item(&mut fwd, h.value);
+            if name.eq_ignore_ascii_case("x-forwarded-for") || name.eq_ignore_ascii_case("forwarded")
+            {
+                // Written below, with this hop's item appended.
                 continue;
             }
             if name.eq_ignore_ascii_case("te") {
@@ -153,19 +156,21 @@ impl<'a> FastRequest<'a> {
             has_proto |= name.eq_ignore_ascii_case("x-forwarded-proto");
             header_line(out, name.as_bytes(), h.value);
         }
-        append_item(&mut xff, client.ip.as_bytes());
-        header_line(out, b"x-forwarded-for", xff.as_deref().unwrap_or_default());
+        // Straight into `out`, earlier values first: no list is built apart.
+        out.extend_from_slice(b"x-forwarded-for: ");
+        self.write_values("x-forwarded-for", out);
+        out.extend_from_slice(client.ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
         if !has_proto {
             out.extend_from_slice(b"x-forwarded-proto: http\r\n");
         }
-        let mut element = Vec::with_capacity(64);
-        element.extend_from_slice(b"for=");
-        element.extend_from_slice(client.node.as_bytes());
-        element.extend_from_slice(b";host=");
-        push_token_or_quoted(self.host.as_bytes(), &mut element);
-        element.extend_from_slice(b";proto=http");
-        append_item(&mut fwd, &element);
-        header_line(out, b"forwarded", fwd.as_deref().unwrap_or_default());
+        out.extend_from_slice(b"forwarded: ");
+        self.write_values("forwarded", out);
+        out.extend_from_slice(b"for=");
+        out.extend_from_slice(client.node.as_bytes());
+        out.extend_from_slice(b";host=");
+        push_token_or_quoted(self.host.as_bytes(), out);
+        out.extend_from_slice(b";proto=http\r\n");
         if te_trailers {
             out.extend_from_slice(b"te: trailers\r\n");
         }
@@ -569,17 +574,6 @@ fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Adds `item` to a comma-separated list being built.
-fn append_item(list: &mut Option<Vec<u8>>, item: &[u8]) {
-    match list {
-        Some(l) => {
-            l.extend_from_slice(b", ");
-            l.extend_from_slice(item);
-        }
-        None => *list = Some(item.to_vec()),
-    }
 }
 
 /// Request headers that describe one connection (RFC 9110 §7.6.1), `Transfer-Encoding`

@@ -5,6 +5,7 @@
 mod body;
 mod client;
 mod conn;
+mod conn_timer;
 mod front;
 pub mod h1;
 mod headers;
@@ -16,6 +17,7 @@ mod upgrade;
 
 pub use body::{Body, BoxError, GuardedBody, boxed, empty, full, text_response};
 pub use client::{ProxyClient, ProxyError};
+pub use conn_timer::ConnTimer;
 pub use front::{FastRoute, FrontRouter, Route};
 pub use h1::ClientAddr;
 pub use headers::{is_internal, push_token_or_quoted, strip_hop_by_hop, strip_internal};
