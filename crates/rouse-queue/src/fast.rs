@@ -89,9 +89,9 @@ pub(crate) struct UpstreamPool {
 }
 
 #[derive(Debug)]
-struct Upstream {
-    stream: TcpStream,
-    buf: Vec<u8>,
+pub(crate) struct Upstream {
+    pub(crate) stream: TcpStream,
+    pub(crate) buf: Vec<u8>,
 }
 
 impl UpstreamPool {
@@ -103,7 +103,7 @@ impl UpstreamPool {
     }
 
     /// An idle connection that has not been closed by the app, if any.
-    fn checkout(&self) -> Option<Upstream> {
+    pub(crate) fn checkout(&self) -> Option<Upstream> {
         loop {
             let conn = self.idle.lock().ok()?.pop()?;
             if still_open(&conn.stream) {
@@ -112,7 +112,7 @@ impl UpstreamPool {
         }
     }
 
-    fn checkin(&self, mut conn: Upstream) {
+    pub(crate) fn checkin(&self, mut conn: Upstream) {
         conn.buf.clear();
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
@@ -121,7 +121,7 @@ impl UpstreamPool {
         }
     }
 
-    async fn connect(&self) -> io::Result<Upstream> {
+    pub(crate) async fn connect(&self) -> io::Result<Upstream> {
         let stream = TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;
         Ok(Upstream {

@@ -15,6 +15,7 @@ pub mod http;
 mod inflight;
 mod probe;
 mod queue;
+mod raw;
 mod stats;
 mod timeout;
 

@@ -24,6 +24,7 @@ use crate::http::{
 };
 use crate::inflight::InFlight;
 use crate::probe::{ProbeSpec, Prober};
+use crate::raw::{self, RawError};
 use crate::stats::{QueueStats, Stats};
 use crate::timeout::{Deadlines, timeout_response, until};
 
@@ -117,7 +118,7 @@ pub(crate) struct Shared {
     pub(crate) cfg: QueueConfig,
     client: ProxyClient,
     /// Raw connections to the app for the fast path.
-    pub(crate) fast_pool: UpstreamPool,
+    pub(crate) fast_pool: Arc<UpstreamPool>,
     pub(crate) in_flight: InFlight,
     pub(crate) stats: Stats,
     /// `None` when containerConcurrency is 0 (unlimited).
@@ -154,7 +155,7 @@ impl QueueProxy {
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             stop: stop_rx.clone(),
-            fast_pool: UpstreamPool::new(cfg.app_addr),
+            fast_pool: Arc::new(UpstreamPool::new(cfg.app_addr)),
             cfg,
             client,
             in_flight: InFlight::new(),
@@ -381,10 +382,33 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Result<Response<Body
         parts.headers.insert(header::HOST, host);
     }
     strip_internal(&mut parts.headers);
-    let req = Request::from_parts(parts, body);
+    let mut req = Request::from_parts(parts, body);
     let held = (stats, in_flight, slot);
     if is_upgrade(&req) {
         return Ok(upgrade(&shared, req, deadlines, held).await);
+    }
+    if !shared.cfg.h2c && raw::eligible(&req) {
+        let (mut parts, body) = req.into_parts();
+        let sent = raw::send(&shared.fast_pool, &mut parts, shared.cfg.app_addr);
+        match until(deadlines.head(), sent).await {
+            None => return Ok(timeout_response()),
+            Some(Ok(resp)) if deadlines.limits_body() => {
+                return Ok(resp.map(|b| boxed(GuardedBody::new(deadlines.body(b), held))));
+            }
+            Some(Ok(resp)) => return Ok(resp.map(|b| boxed(GuardedBody::new(b, held)))),
+            // Not sent: the pooled client takes it, with its wait for a restarting app.
+            Some(Err(RawError::Refused(_))) => req = Request::from_parts(parts, body),
+            Some(Err(e)) => {
+                let text = format!("upstream {} failed: {e}", shared.cfg.app_addr);
+                tracing::warn!(
+                    revision = %shared.cfg.revision,
+                    namespace = %shared.cfg.namespace,
+                    error = %text,
+                    "proxying to the app failed"
+                );
+                return Ok(text_response(StatusCode::BAD_GATEWAY, text));
+            }
+        }
     }
     let Some(forwarded) = until(deadlines.head(), forward_to_app(&shared, req)).await else {
         return Ok(timeout_response());

@@ -14,10 +14,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::conn_timer::ConnTimer;
 use super::h1::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed, text_response_bytes};
 use super::limits::ServerLimits;
 use super::server::BODY_TIMEOUT_BODY;
-use super::conn_timer::ConnTimer;
 use crate::fast::{FastConn, FastExchange, FastOutcome, client_gone};
 use crate::queue::LocalQueue;
 

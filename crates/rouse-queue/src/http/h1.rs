@@ -120,7 +120,11 @@ impl<'a> FastRequest<'a> {
 
     /// Writes the values of every `name` header, each followed by `, `.
     fn write_values(&self, name: &str, out: &mut Vec<u8>) {
-        for h in self.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)) {
+        for h in self
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+        {
             out.extend_from_slice(h.value);
             out.extend_from_slice(b", ");
         }
@@ -138,7 +142,8 @@ impl<'a> FastRequest<'a> {
         let mut te_trailers = false;
         for h in self.headers {
             let name = h.name;
-            if name.eq_ignore_ascii_case("x-forwarded-for") || name.eq_ignore_ascii_case("forwarded")
+            if name.eq_ignore_ascii_case("x-forwarded-for")
+                || name.eq_ignore_ascii_case("forwarded")
             {
                 // Written below, with this hop's item appended.
                 continue;
@@ -289,51 +294,12 @@ pub fn parse_response(
     if (100..200).contains(&status) {
         return Ok(ParsedResponse::Interim(head_len));
     }
-    let http11 = resp.version == Some(1);
-    let mut length = None;
-    let mut chunked = false;
-    let mut other_coding = false;
-    let mut conn_close = !http11;
-    let mut has_date = false;
-    for h in resp.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let n = digits(h.value).ok_or(ResponseError::Unusable("an invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ResponseError::Unusable("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // The last coding decides: chunked delimits the body, anything else runs to the
-            // close.
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-            chunked = trimmed(last).eq_ignore_ascii_case(b"chunked");
-            other_coding |= !chunked;
-        } else if name.eq_ignore_ascii_case("connection") {
-            for option in h.value.split(|b| *b == b',') {
-                let option = trimmed(option);
-                if option.eq_ignore_ascii_case(b"close") {
-                    conn_close = true;
-                } else if option.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-                    conn_close = false;
-                }
-            }
-        } else if name.eq_ignore_ascii_case("date") {
-            has_date = true;
-        }
-    }
-    let framing = if head_request || status == 204 || status == 304 {
-        Framing::Empty
-    } else if chunked && !other_coding {
-        Framing::Chunked
-    } else if other_coding {
-        Framing::UntilClose
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else {
-        Framing::UntilClose
-    };
-    let reusable = !conn_close && framing != Framing::UntilClose;
+    let HeadFacts {
+        framing,
+        reusable,
+        chunked,
+        has_date,
+    } = head_facts(resp.version, status, resp.headers, head_request)?;
     // The status line: the upstream's reason phrase, or the standard one.
     out.extend_from_slice(b"HTTP/1.1 ");
     match http::StatusCode::from_u16(status) {
@@ -381,6 +347,77 @@ pub fn parse_response(
         reusable,
         closes,
     }))
+}
+
+/// What a final response head says about its body and connection.
+#[derive(Debug)]
+pub(crate) struct HeadFacts {
+    pub(crate) framing: Framing,
+    /// Whether the upstream connection may carry another request after the body.
+    pub(crate) reusable: bool,
+    /// Whether a `Transfer-Encoding: chunked` header delimits the body.
+    pub(crate) chunked: bool,
+    pub(crate) has_date: bool,
+}
+
+/// Reads the framing and connection facts off a final response head (RFC 9112 §6.3).
+pub(crate) fn head_facts(
+    version: Option<u8>,
+    status: u16,
+    headers: &[httparse::Header<'_>],
+    head_request: bool,
+) -> Result<HeadFacts, ResponseError> {
+    let http11 = version == Some(1);
+    let mut length = None;
+    let mut chunked = false;
+    let mut other_coding = false;
+    let mut conn_close = !http11;
+    let mut has_date = false;
+    for h in headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = digits(h.value).ok_or(ResponseError::Unusable("an invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ResponseError::Unusable("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding decides: chunked delimits the body, anything else runs to the
+            // close.
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            chunked = trimmed(last).eq_ignore_ascii_case(b"chunked");
+            other_coding |= !chunked;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in h.value.split(|b| *b == b',') {
+                let option = trimmed(option);
+                if option.eq_ignore_ascii_case(b"close") {
+                    conn_close = true;
+                } else if option.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                    conn_close = false;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("date") {
+            has_date = true;
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked && !other_coding {
+        Framing::Chunked
+    } else if other_coding {
+        Framing::UntilClose
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    let reusable = !conn_close && framing != Framing::UntilClose;
+    Ok(HeadFacts {
+        framing,
+        reusable,
+        chunked,
+        has_date,
+    })
 }
 
 /// A complete plain-text response (as [`super::text_response`] makes) for errors the fast path
