@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -211,16 +211,18 @@ impl Gateway {
     ) {
         let make = |remote: SocketAddr| {
             let gw = self.clone();
+            // Formatted once per connection, not per request (an HTTP/2 connection has many).
+            let client = Arc::new(ClientAddr::new(remote.ip()));
             service_fn(move |req| {
-                let gw = gw.clone();
-                async move { Ok::<_, Infallible>(gw.handle(remote, req).await) }
+                let (gw, client) = (gw.clone(), client.clone());
+                async move { Ok::<_, Infallible>(gw.handle(&client, req).await) }
             })
         };
         let router = Arc::new(FastRouter(self.clone()));
         serve_front(listener, make, router, shutdown, limits).await;
     }
 
-    async fn handle(&self, remote: SocketAddr, req: Request<Body>) -> Response<Body> {
+    async fn handle(&self, client: &ClientAddr, req: Request<Body>) -> Response<Body> {
         let counted = self.in_flight.start();
         // A handle on the header's bytes (no copy), kept past taking the request apart.
         let host_value = req
@@ -259,7 +261,7 @@ impl Gateway {
         let guards = (counted, entry.as_ref().map(|e| e.in_flight.start()));
         let (mut parts, body) = req.into_parts();
         strip_internal(&mut parts.headers);
-        add_forwarding(&mut parts.headers, remote.ip(), host);
+        add_forwarding(&mut parts.headers, client, host);
         let mut req = Request::from_parts(parts, body);
         if let Some(e) = entry.as_ref().filter(|e| e.mode == Mode::Serve)
             && let Some(backend) = e.backends.pick()
@@ -464,34 +466,29 @@ impl FrontRouter for FastRouter {
 /// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` (when absent) and an RFC 7239
 /// `Forwarded` element (appended) for a client at `client` asking for `host`: the same forms
 /// the fast path writes ([`ClientAddr`]).
-fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: &str) {
-    let client = ClientAddr::new(client);
-    append_list(headers, X_FORWARDED_FOR, client.ip());
+fn add_forwarding(headers: &mut HeaderMap, client: &ClientAddr, host: &str) {
+    append_list(headers, X_FORWARDED_FOR, client.ip().as_bytes());
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    let mut element = format!("for={};host=", client.node()).into_bytes();
+    let mut element = Vec::with_capacity(32 + host.len());
+    element.extend_from_slice(b"for=");
+    element.extend_from_slice(client.node().as_bytes());
+    element.extend_from_slice(b";host=");
     push_token_or_quoted(host.as_bytes(), &mut element);
     element.extend_from_slice(b";proto=http");
-    append_list(headers, FORWARDED, &String::from_utf8_lossy(&element));
+    append_list(headers, FORWARDED, &element);
 }
 
 /// Appends `value` to a comma-separated list header, merging any repeated fields.
-fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if !headers.contains_key(&name) {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
-        }
-        return;
+fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &[u8]) {
+    let mut list = Vec::new();
+    for v in headers.get_all(&name) {
+        list.extend_from_slice(v.as_bytes());
+        list.extend_from_slice(b", ");
     }
-    let mut items: Vec<String> = headers
-        .get_all(&name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    items.push(value.to_string());
-    if let Ok(v) = HeaderValue::from_str(&items.join(", ")) {
+    list.extend_from_slice(value);
+    if let Ok(v) = HeaderValue::from_bytes(&list) {
         headers.insert(name, v);
     }
 }
@@ -505,7 +502,7 @@ mod tests {
         let mut h = HeaderMap::new();
         add_forwarding(
             &mut h,
-            "10.0.0.7".parse().unwrap(),
+            &ClientAddr::new("10.0.0.7".parse().unwrap()),
             "hello.default.localhost:8080",
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
@@ -520,7 +517,11 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
-        add_forwarding(&mut h, "::1".parse().unwrap(), "hello.localhost");
+        add_forwarding(
+            &mut h,
+            &ClientAddr::new("::1".parse().unwrap()),
+            "hello.localhost",
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, ::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(

@@ -390,44 +390,70 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Result<Response<Body
     if !shared.cfg.h2c && raw::eligible(&req) {
         let (mut parts, body) = req.into_parts();
         let sent = raw::send(&shared.fast_pool, &mut parts, shared.cfg.app_addr);
-        match until(deadlines.head(), sent).await {
+        let resend = match until(deadlines.head(), sent).await {
             None => return Ok(timeout_response()),
-            Some(Ok(resp)) if deadlines.limits_body() => {
-                return Ok(resp.map(|b| boxed(GuardedBody::new(deadlines.body(b), held))));
-            }
-            Some(Ok(resp)) => return Ok(resp.map(|b| boxed(GuardedBody::new(b, held)))),
+            Some(Ok(resp)) => return Ok(respond(resp, &deadlines, held)),
             // Not sent: the pooled client takes it, with its wait for a restarting app.
-            Some(Err(RawError::Refused(_))) => req = Request::from_parts(parts, body),
+            Some(Err(RawError::Refused(_))) => false,
+            // The app died with it (a crash on this very request, say): as the pooled client
+            // would, a request safe to repeat waits for the restarted app and goes once more.
+            Some(Err(RawError::Unanswered(_)))
+                if *shared.app_run.borrow() != Some(0) && is_idempotent(&parts.method) =>
+            {
+                true
+            }
             Some(Err(e)) => {
                 let text = format!("upstream {} failed: {e}", shared.cfg.app_addr);
-                tracing::warn!(
-                    revision = %shared.cfg.revision,
-                    namespace = %shared.cfg.namespace,
-                    error = %text,
-                    "proxying to the app failed"
-                );
+                log_failure(&shared, &text);
                 return Ok(text_response(StatusCode::BAD_GATEWAY, text));
             }
+        };
+        req = Request::from_parts(parts, body);
+        if resend {
+            let resent = forward_to_app(&shared, req, true);
+            return Ok(match until(deadlines.head(), resent).await {
+                None => timeout_response(),
+                Some(Ok(resp)) => respond(resp, &deadlines, held),
+                Some(Err(e)) => {
+                    log_failure(&shared, &e);
+                    e.to_response()
+                }
+            });
         }
     }
-    let Some(forwarded) = until(deadlines.head(), forward_to_app(&shared, req)).await else {
-        return Ok(timeout_response());
-    };
-    match forwarded {
-        Ok(resp) if deadlines.limits_body() => {
-            Ok(resp.map(|b| boxed(GuardedBody::new(deadlines.body(b), held))))
+    let forwarded = forward_to_app(&shared, req, false);
+    Ok(match until(deadlines.head(), forwarded).await {
+        None => timeout_response(),
+        Some(Ok(resp)) => respond(resp, &deadlines, held),
+        Some(Err(e)) => {
+            log_failure(&shared, &e);
+            e.to_response()
         }
-        Ok(resp) => Ok(resp.map(|b| boxed(GuardedBody::new(b, held)))),
-        Err(e) => {
-            tracing::warn!(
-                revision = %shared.cfg.revision,
-                namespace = %shared.cfg.namespace,
-                error = %e,
-                "proxying to the app failed"
-            );
-            Ok(e.to_response())
-        }
+    })
+}
+
+/// The app's response for the client, holding `held` (and under the revision's body
+/// timeouts) until its body ends.
+fn respond<B, H>(resp: Response<B>, deadlines: &Deadlines, held: H) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::http::BoxError>,
+    H: Send + 'static,
+{
+    if deadlines.limits_body() {
+        resp.map(|b| boxed(GuardedBody::new(deadlines.body(b), held)))
+    } else {
+        resp.map(|b| boxed(GuardedBody::new(b, held)))
     }
+}
+
+fn log_failure(shared: &Shared, error: &dyn std::fmt::Display) {
+    tracing::warn!(
+        revision = %shared.cfg.revision,
+        namespace = %shared.cfg.namespace,
+        error = %error,
+        "proxying to the app failed"
+    );
 }
 
 /// Pause between connection attempts while the app is (re)starting.
@@ -441,9 +467,15 @@ const APP_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 async fn forward_to_app(
     shared: &Shared,
     mut req: Request<Body>,
+    already_sent: bool,
 ) -> Result<Response<Incoming>, crate::http::ProxyError> {
     let mut ready = shared.ready.subscribe();
-    let mut resent = false;
+    let mut resent = already_sent;
+    if already_sent {
+        // Sent once to an app that died with it: wait for it to be back first.
+        tokio::time::sleep(APP_RETRY_INTERVAL).await;
+        let _ = ready.wait_for(|r| *r).await;
+    }
     loop {
         match forward_retryable(&shared.client, req, shared.cfg.app_addr).await {
             Ok(resp) => return Ok(resp),

@@ -70,10 +70,14 @@ impl Deadlines {
     pub(crate) fn body<B>(&self, body: B) -> TimedBody<B> {
         TimedBody {
             inner: body,
-            total: self.total.map(|t| Box::pin(tokio::time::sleep_until(t))),
-            idle: self
-                .idle
-                .map(|d| (Box::pin(tokio::time::sleep_until(Instant::now() + d)), d)),
+            total: self.total,
+            idle: self.idle,
+            last: if self.idle.is_some() {
+                Instant::now()
+            } else {
+                self.arrival
+            },
+            timer: None,
         }
     }
 
@@ -109,11 +113,19 @@ pub(crate) fn timeout_response() -> Response<Body> {
 pin_project_lite::pin_project! {
     /// A response body cut off (it fails, so the server aborts the response) when the
     /// request's total time is up or the app stays silent for the idle timeout.
+    ///
+    /// A body that is ready whenever asked (a small one that came with the head) never makes
+    /// a timer. Otherwise one timer, made at the first wait, stands for both limits: a frame
+    /// only notes the time, and the timer, armed for an older deadline, catches up when it
+    /// fires (no timer-wheel work per frame).
     pub(crate) struct TimedBody<B> {
         #[pin]
         inner: B,
-        total: Option<Pin<Box<Sleep>>>,
-        idle: Option<(Pin<Box<Sleep>>, Duration)>,
+        total: Option<Instant>,
+        idle: Option<Duration>,
+        // When the body last moved (or started), for the idle limit.
+        last: Instant,
+        timer: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -131,15 +143,13 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         // Checked first so a body that is always ready cannot outrun the total.
-        if let Some(total) = this.total.as_mut()
-            && total.deadline() <= Instant::now()
-        {
+        if this.total.is_some_and(|t| t <= Instant::now()) {
             return Poll::Ready(Some(Err(BodyTimeout::Total.into())));
         }
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some((sleep, d)) = this.idle.as_mut() {
-                    sleep.as_mut().reset(Instant::now() + *d);
+                if this.idle.is_some() {
+                    *this.last = Instant::now();
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
@@ -147,17 +157,30 @@ where
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}
         }
-        if let Some(total) = this.total.as_mut()
-            && total.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(Some(Err(BodyTimeout::Total.into())));
+        let idle_at = this.idle.map(|d| *this.last + d);
+        let Some(due) = [*this.total, idle_at].into_iter().flatten().min() else {
+            return Poll::Pending;
+        };
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if due < timer.deadline() {
+            timer.as_mut().reset(due);
         }
-        if let Some((idle, _)) = this.idle.as_mut()
-            && idle.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(Some(Err(BodyTimeout::Idle.into())));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Fired: at a limit, or early, for a deadline that has moved on since.
+            let now = Instant::now();
+            if this.total.is_some_and(|t| t <= now) {
+                return Poll::Ready(Some(Err(BodyTimeout::Total.into())));
+            }
+            if idle_at.is_some_and(|i| i <= now) {
+                return Poll::Ready(Some(Err(BodyTimeout::Idle.into())));
+            }
+            timer.as_mut().reset(due);
         }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
@@ -252,6 +275,55 @@ mod tests {
         let err = next(&mut body).await.unwrap_err();
         assert!(err.contains("idle"), "{err}");
         assert_eq!(Instant::now() - started, ms(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_body_catches_up_with_its_moving_deadlines() {
+        // Polled while it waits (so its one timer is armed, and fires early, each time a chunk
+        // moved the idle deadline on), the idle limit still counts from the last chunk, and
+        // the total from the arrival.
+        let (tx, inner) = channel_body();
+        let d = Deadlines::new(Instant::now(), Some(ms(2000)), None, Some(ms(300)));
+        let mut body = Box::pin(d.body(inner));
+        let sender = tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(ms(250)).await;
+                tx.send(Bytes::from("x")).await.unwrap();
+            }
+            tokio::time::sleep(ms(10_000)).await;
+            drop(tx);
+        });
+        for _ in 0..4 {
+            assert_eq!(next(&mut body).await, Ok(Some(Bytes::from("x"))));
+        }
+        let last = Instant::now();
+        let err = next(&mut body).await.unwrap_err();
+        assert!(err.contains("idle"), "{err}");
+        assert_eq!(Instant::now() - last, ms(300));
+        sender.abort();
+
+        // The total comes first when the chunks keep the idle limit away.
+        let (tx, inner) = channel_body();
+        let d = Deadlines::new(Instant::now(), Some(ms(700)), None, Some(ms(300)));
+        let mut body = Box::pin(d.body(inner));
+        let sender = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(ms(200)).await;
+                if tx.send(Bytes::from("y")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let err = loop {
+            match next(&mut body).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("ended"),
+                Err(e) => break e,
+            }
+        };
+        assert!(err.contains("total"), "{err}");
+        assert_eq!(Instant::now() - d.arrival, ms(700));
+        sender.abort();
     }
 
     #[tokio::test(start_paused = true)]
