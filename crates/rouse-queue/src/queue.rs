@@ -385,7 +385,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Result<Response<Body
     let mut req = Request::from_parts(parts, body);
     let held = (stats, in_flight, slot);
     if is_upgrade(&req) {
-        return Ok(upgrade(&shared, req, deadlines, held).await);
+        return Ok(Box::pin(upgrade(&shared, req, deadlines, held)).await);
     }
     if !shared.cfg.h2c && raw::eligible(&req) {
         let (mut parts, body) = req.into_parts();
@@ -410,7 +410,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Result<Response<Body
         };
         req = Request::from_parts(parts, body);
         if resend {
-            let resent = forward_to_app(&shared, req, true);
+            let resent = Box::pin(forward_to_app(&shared, req, true));
             return Ok(match until(deadlines.head(), resent).await {
                 None => timeout_response(),
                 Some(Ok(resp)) => respond(resp, &deadlines, held),
@@ -421,7 +421,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Result<Response<Body
             });
         }
     }
-    let forwarded = forward_to_app(&shared, req, false);
+    // Boxed: the pooled client's future is large, and every request's future would carry it.
+    let forwarded = Box::pin(forward_to_app(&shared, req, false));
     Ok(match until(deadlines.head(), forwarded).await {
         None => timeout_response(),
         Some(Ok(resp)) => respond(resp, &deadlines, held),
