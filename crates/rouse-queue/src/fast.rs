@@ -131,6 +131,71 @@ impl UpstreamPool {
     }
 }
 
+/// One step of parsing what an app answered.
+pub(crate) enum HeadStep<T> {
+    /// The final response head.
+    Final(T),
+    /// An interim (1xx) response of this many bytes, to skip.
+    Interim(usize),
+    /// More bytes are needed.
+    Partial,
+}
+
+/// Why no response head came back.
+#[derive(Debug)]
+pub(crate) enum HeadError {
+    /// The connection broke before any response byte: the app may not have seen the request.
+    Unanswered(io::Error),
+    /// Anything else before the head was complete.
+    Bad(String),
+}
+
+/// The most a response head may take.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+impl Upstream {
+    /// Sends `request`, then reads until `parse` finds the final response head, skipping
+    /// interim ones. Returns what `parse` made of it and how many bytes of interim responses
+    /// precede it; the head and any body bytes that came with it stay in the buffer.
+    pub(crate) async fn exchange<T>(
+        &mut self,
+        request: &[u8],
+        mut parse: impl FnMut(&[u8]) -> Result<HeadStep<T>, String>,
+    ) -> Result<(T, usize), HeadError> {
+        self.stream
+            .write_all(request)
+            .await
+            .map_err(HeadError::Unanswered)?;
+        self.buf.clear();
+        let mut skip = 0;
+        loop {
+            if self.buf.len() > skip {
+                match parse(&self.buf[skip..]).map_err(HeadError::Bad)? {
+                    HeadStep::Final(head) => return Ok((head, skip)),
+                    HeadStep::Interim(n) => {
+                        skip += n;
+                        continue;
+                    }
+                    HeadStep::Partial => {}
+                }
+            }
+            if self.buf.len() >= MAX_RESPONSE_HEAD {
+                return Err(HeadError::Bad("response head too large".into()));
+            }
+            self.buf.reserve(UPSTREAM_BUF);
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) if self.buf.is_empty() => {
+                    return Err(HeadError::Unanswered(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(0) => return Err(HeadError::Bad("connection closed mid-head".into())),
+                Ok(_) => {}
+                Err(e) if self.buf.is_empty() => return Err(HeadError::Unanswered(e)),
+                Err(e) => return Err(HeadError::Bad(e.to_string())),
+            }
+        }
+    }
+}
+
 /// Whether an idle connection is still usable: nothing readable (the app would only send a
 /// close or garbage), checked without a system call when the poller saw nothing.
 fn still_open(stream: &TcpStream) -> bool {
@@ -330,46 +395,27 @@ async fn exchange(
     timer: &mut ConnTimer,
 ) -> Result<(Upstream, ResponseHead), Failure> {
     let work = async {
-        conn.stream
-            .write_all(ex.request)
-            .await
-            .map_err(Failure::Unanswered)?;
-        conn.buf.clear();
-        let mut skip = 0;
-        loop {
-            if conn.buf.len() > skip {
-                match h1::parse_response(
-                    &conn.buf[skip..],
-                    ex.head_request,
-                    *ex.stopping.borrow(),
-                    ex.extra_response_headers,
-                    out,
-                ) {
-                    Ok(ParsedResponse::Head(mut head)) => {
-                        head.head_len += skip;
-                        return Ok(head);
-                    }
-                    Ok(ParsedResponse::Interim(n)) => {
-                        skip += n;
-                        continue;
-                    }
-                    Ok(ParsedResponse::Partial) => {}
-                    Err(e) => return Err(Failure::Bad(e.to_string())),
-                }
+        let parse = |bytes: &[u8]| {
+            let step = h1::parse_response(
+                bytes,
+                ex.head_request,
+                *ex.stopping.borrow(),
+                ex.extra_response_headers,
+                out,
+            );
+            match step.map_err(|e| e.to_string())? {
+                ParsedResponse::Head(head) => Ok(HeadStep::Final(head)),
+                ParsedResponse::Interim(n) => Ok(HeadStep::Interim(n)),
+                ParsedResponse::Partial => Ok(HeadStep::Partial),
             }
-            if conn.buf.len() >= 64 * 1024 {
-                return Err(Failure::Bad("response head too large".into()));
+        };
+        match conn.exchange(ex.request, parse).await {
+            Ok((mut head, skipped)) => {
+                head.head_len += skipped;
+                Ok(head)
             }
-            conn.buf.reserve(UPSTREAM_BUF);
-            match conn.stream.read_buf(&mut conn.buf).await {
-                Ok(0) if conn.buf.is_empty() => {
-                    return Err(Failure::Unanswered(io::ErrorKind::UnexpectedEof.into()));
-                }
-                Ok(0) => return Err(Failure::Bad("connection closed mid-head".into())),
-                Ok(_) => {}
-                Err(e) if conn.buf.is_empty() => return Err(Failure::Unanswered(e)),
-                Err(e) => return Err(Failure::Bad(e.to_string())),
-            }
+            Err(HeadError::Unanswered(e)) => Err(Failure::Unanswered(e)),
+            Err(HeadError::Bad(e)) => Err(Failure::Bad(e)),
         }
     };
     let head = tokio::select! {

@@ -19,14 +19,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
-use crate::fast::{Upstream, UpstreamPool};
+use crate::fast::{HeadError, HeadStep, Upstream, UpstreamPool};
 use crate::http::h1::{Framing, HeadFacts, head_facts};
 use crate::http::{Body, BoxError, boxed, empty, is_upgrade, strip_hop_by_hop};
 
-/// The most a response head may take.
-const MAX_HEAD: usize = 64 * 1024;
 /// The most a chunk-size or trailer line may take, and all trailers together.
 const MAX_LINE: usize = 8 * 1024;
 const MAX_TRAILERS: usize = 64 * 1024;
@@ -133,74 +131,43 @@ async fn exchange(
     request: &[u8],
     head_request: bool,
 ) -> Result<(Upstream, Head), RawError> {
-    conn.stream
-        .write_all(request)
+    match conn
+        .exchange(request, |bytes| parse_head(bytes, head_request))
         .await
-        .map_err(RawError::Unanswered)?;
-    conn.buf.clear();
-    let mut skip = 0;
-    loop {
-        if conn.buf.len() > skip {
-            match parse_head(&conn.buf[skip..], head_request)? {
-                Parsed::Head(mut head) => {
-                    head.body_at += skip;
-                    return Ok((conn, head));
-                }
-                Parsed::Interim(n) => {
-                    skip += n;
-                    continue;
-                }
-                Parsed::Partial => {}
-            }
+    {
+        Ok((mut head, skipped)) => {
+            head.body_at += skipped;
+            Ok((conn, head))
         }
-        if conn.buf.len() >= MAX_HEAD {
-            return Err(RawError::Bad("response head too large".into()));
-        }
-        conn.buf.reserve(READ_CHUNK);
-        match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) if conn.buf.is_empty() => {
-                return Err(RawError::Unanswered(io::ErrorKind::UnexpectedEof.into()));
-            }
-            Ok(0) => return Err(RawError::Bad("connection closed mid-head".into())),
-            Ok(_) => {}
-            Err(e) if conn.buf.is_empty() => return Err(RawError::Unanswered(e)),
-            Err(e) => return Err(RawError::Bad(e.to_string())),
-        }
+        Err(HeadError::Unanswered(e)) => Err(RawError::Unanswered(e)),
+        Err(HeadError::Bad(e)) => Err(RawError::Bad(e)),
     }
 }
 
-enum Parsed {
-    Head(Head),
-    Interim(usize),
-    Partial,
-}
-
-fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, RawError> {
+fn parse_head(buf: &[u8], head_request: bool) -> Result<HeadStep<Head>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 100];
     let mut resp = httparse::Response::new(&mut headers);
     let body_at = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(e) => return Err(RawError::Bad(format!("malformed response head: {e}"))),
+        Ok(httparse::Status::Partial) => return Ok(HeadStep::Partial),
+        Err(e) => return Err(format!("malformed response head: {e}")),
     };
     let code = resp.code.unwrap_or(0);
     if code == 101 {
-        return Err(RawError::Bad(
-            "a protocol switch that was not asked for".into(),
-        ));
+        return Err("a protocol switch that was not asked for".into());
     }
     if (100..200).contains(&code) {
-        return Ok(Parsed::Interim(body_at));
+        return Ok(HeadStep::Interim(body_at));
     }
-    let status = StatusCode::from_u16(code).map_err(|e| RawError::Bad(e.to_string()))?;
-    let facts = head_facts(resp.version, code, resp.headers, head_request)
-        .map_err(|e| RawError::Bad(e.to_string()))?;
+    let status = StatusCode::from_u16(code).map_err(|e| e.to_string())?;
+    let facts =
+        head_facts(resp.version, code, resp.headers, head_request).map_err(|e| e.to_string())?;
     let mut map = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| RawError::Bad(format!("invalid header name {:?}", h.name)))?;
+            .map_err(|_| format!("invalid header name {:?}", h.name))?;
         let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| RawError::Bad(format!("invalid value of header {:?}", h.name)))?;
+            .map_err(|_| format!("invalid value of header {:?}", h.name))?;
         map.append(name, value);
     }
     // As the pooled client's answers: connection-specific headers stay with this hop.
@@ -208,7 +175,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Parsed, RawError> {
     if facts.chunked {
         map.remove(header::CONTENT_LENGTH);
     }
-    Ok(Parsed::Head(Head {
+    Ok(HeadStep::Final(Head {
         status,
         headers: map,
         facts,
