@@ -75,11 +75,16 @@ impl ConnWatch {
     pub(super) fn start(self: &Arc<Self>, h2: bool) -> ActiveGuard {
         let mut s = self.lock();
         s.active += 1;
+        let first = s.active == 1;
         s.served = true;
         s.h2 |= h2;
         s.head_since = None;
         drop(s);
-        self.changed.notify_one();
+        // Only the first request in progress takes the deadline away: with others already in
+        // progress (HTTP/2 streams), there is none, and nothing to tell the watcher.
+        if first {
+            self.changed.notify_one();
+        }
         ActiveGuard(self.clone())
     }
 
@@ -171,12 +176,16 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let mut s = self.0.lock();
         s.active -= 1;
-        if s.active == 0 {
+        let last = s.active == 0;
+        if last {
             s.idle_since = Instant::now();
             s.head_since = None;
         }
         drop(s);
-        self.0.changed.notify_one();
+        // Only the last request ending sets a deadline again.
+        if last {
+            self.0.changed.notify_one();
+        }
     }
 }
 

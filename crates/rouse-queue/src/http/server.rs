@@ -76,7 +76,7 @@ pub async fn serve<M, S, B>(
     shutdown: impl Future<Output = ()> + Send,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
     S::Future: Send + 'static,
     B: FromIncoming,
 {
@@ -98,7 +98,7 @@ pub async fn serve_with<M, S, B>(
     limits: ServerLimits,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
     S::Future: Send + 'static,
     B: FromIncoming,
 {
@@ -124,7 +124,7 @@ pub async fn serve_front<M, S, B, R>(
     limits: ServerLimits,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
     S::Future: Send + 'static,
     B: FromIncoming,
     R: FrontRouter,
@@ -140,7 +140,7 @@ async fn serve_inner<M, S, B, R>(
     limits: ServerLimits,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
     S::Future: Send + 'static,
     B: FromIncoming,
     R: FrontRouter,
@@ -229,7 +229,7 @@ async fn connection<S, B>(
     limits: ServerLimits,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
     S::Future: Send + 'static,
     B: FromIncoming,
 {
@@ -240,7 +240,7 @@ async fn connection<S, B>(
     let peer = peer_handle(&stream);
     let (io, mut back) = WatchedIo::new(stream, prefix, watch.clone());
     let service = Limited {
-        inner: service,
+        inner: Arc::new(service),
         watch: watch.clone(),
         body_read_timeout: limits.body_read_timeout,
         body: PhantomData,
@@ -302,7 +302,10 @@ async fn connection<S, B>(
 /// response body ends or is dropped), puts the request body under the read timeout and
 /// answers 408 when it fires before the response started.
 struct Limited<S, B> {
-    inner: S,
+    /// Shared with each request's future, which calls it: the service's future is then made
+    /// in place, inside that boxed future, instead of being moved into it (an HTTP/2 stream's
+    /// future is several KB).
+    inner: Arc<S>,
     watch: Arc<ConnWatch>,
     body_read_timeout: Option<Duration>,
     body: PhantomData<fn(B)>,
@@ -312,7 +315,7 @@ type Served = Response<ServedBody>;
 
 impl<S, B> Service<Request<Incoming>> for Limited<S, B>
 where
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
     S::Future: Send + 'static,
     B: FromIncoming,
 {
@@ -332,16 +335,16 @@ where
             .filter(|_| B::READ_TIMEOUT && !incoming.is_end_stream() && version != Version::HTTP_2);
         let body = ReadTimeoutBody::new(incoming, timeout);
         let timed_out = timeout.map(|_| body.timed_out());
-        let fut = self
-            .inner
-            .call(Request::from_parts(parts, B::from_incoming(body)));
+        let req = Request::from_parts(parts, B::from_incoming(body));
+        let inner = self.inner.clone();
         let (Some(timeout), Some(timed_out)) = (timeout, timed_out) else {
             return Box::pin(async move {
-                let Ok(resp) = fut.await;
+                let Ok(resp) = inner.call(req).await;
                 Ok(resp.map(|b| ServedBody::new(b, guard, None)))
             });
         };
         Box::pin(async move {
+            let fut = inner.call(req);
             let stall = fired(timed_out.clone());
             tokio::select! {
                 biased;
