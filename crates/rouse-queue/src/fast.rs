@@ -71,16 +71,6 @@ pub struct FastConn {
     timer: ConnTimer,
 }
 
-impl FastConn {
-    /// Room for a connection's exchanges.
-    pub fn new() -> Self {
-        FastConn {
-            out: Vec::with_capacity(512),
-            timer: ConnTimer::new(),
-        }
-    }
-}
-
 /// Raw keep-alive connections to one app.
 #[derive(Debug)]
 pub(crate) struct UpstreamPool {

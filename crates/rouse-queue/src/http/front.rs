@@ -359,7 +359,7 @@ async fn run<R: FrontRouter>(
         mut last_read,
     } = conn;
     let mut request = Vec::new();
-    let mut kept = FastConn::new();
+    let mut kept = FastConn::default();
     // The client's read deadlines, one timer for the connection's life.
     let mut reads = ConnTimer::new();
     let client = ClientAddr::new(remote.ip());

@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 
-use super::headers::{is_internal_name, push_token_or_quoted};
+use super::headers::{is_hop_by_hop_name, is_internal_name, push_token_or_quoted};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -616,34 +616,13 @@ fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Request headers that describe one connection (RFC 9110 §7.6.1), `Transfer-Encoding`
 /// included (the fast path never forwards a coded body).
 fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "trailer",
-        "upgrade",
-        "transfer-encoding",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    is_hop_by_hop_name(name) || name.eq_ignore_ascii_case("transfer-encoding")
 }
 
 /// Response headers that describe one connection. `Transfer-Encoding` and `Trailer` stay: a
 /// chunked body is passed through as it came.
 fn is_response_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    !name.eq_ignore_ascii_case("trailer") && is_hop_by_hop_name(name)
 }
 
 /// The header names a `Connection` header lists as hop-by-hop.

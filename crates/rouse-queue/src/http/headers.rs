@@ -15,6 +15,11 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Whether `name` is one of [`HOP_BY_HOP`] (any case).
+pub(crate) fn is_hop_by_hop_name(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// Removes hop-by-hop headers, including any named in `Connection`, and `Transfer-Encoding`
 /// (the next hop frames the body itself). `TE: trailers` survives: gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

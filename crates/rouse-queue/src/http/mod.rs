@@ -28,5 +28,5 @@ pub use limits::{
 };
 pub use read_timeout::{BodyReadTimeout, ReadTimeoutBody};
 pub use retry::{ForwardError, forward_retryable};
-pub use server::{BODY_TIMEOUT_BODY, FromIncoming, serve, serve_front, serve_with};
+pub use server::{BODY_TIMEOUT_BODY, FromIncoming, HopService, serve, serve_front, serve_with};
 pub use upgrade::{Tunnel, is_upgrade};

@@ -76,8 +76,7 @@ pub async fn serve<M, S, B>(
     shutdown: impl Future<Output = ()> + Send,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
-    S::Future: Send + 'static,
+    S: HopService<B>,
     B: FromIncoming,
 {
     serve_with(listener, make_service, shutdown, ServerLimits::default()).await;
@@ -98,8 +97,7 @@ pub async fn serve_with<M, S, B>(
     limits: ServerLimits,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
-    S::Future: Send + 'static,
+    S: HopService<B>,
     B: FromIncoming,
 {
     serve_inner(
@@ -124,8 +122,7 @@ pub async fn serve_front<M, S, B, R>(
     limits: ServerLimits,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
-    S::Future: Send + 'static,
+    S: HopService<B>,
     B: FromIncoming,
     R: FrontRouter,
 {
@@ -140,8 +137,7 @@ async fn serve_inner<M, S, B, R>(
     limits: ServerLimits,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
-    S::Future: Send + 'static,
+    S: HopService<B>,
     B: FromIncoming,
     R: FrontRouter,
 {
@@ -229,8 +225,7 @@ async fn connection<S, B>(
     limits: ServerLimits,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
-    S::Future: Send + 'static,
+    S: HopService<B>,
     B: FromIncoming,
 {
     let watch = Arc::new(ConnWatch::new(
@@ -298,6 +293,24 @@ async fn connection<S, B>(
     }
 }
 
+/// A hop's request handler as the server loops take it: a `Service` answering with a
+/// [`Body`] that never fails, shareable across the connection's requests.
+pub trait HopService<B>:
+    Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> HopService<B> for S where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Wraps a hop's service: counts each request as in progress on its connection (until its
 /// response body ends or is dropped), puts the request body under the read timeout and
 /// answers 408 when it fires before the response started.
@@ -315,8 +328,7 @@ type Served = Response<ServedBody>;
 
 impl<S, B> Service<Request<Incoming>> for Limited<S, B>
 where
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Send + Sync + 'static,
-    S::Future: Send + 'static,
+    S: HopService<B>,
     B: FromIncoming,
 {
     type Response = Served;
