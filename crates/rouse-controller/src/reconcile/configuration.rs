@@ -64,7 +64,11 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
             status.mark_false(
                 "Ready",
                 "RevisionFailed",
-                &format!("Revision {rev_name:?} failed with message: {msg}."),
+                // The revision's message often ends a sentence already: one period, not two.
+                &format!(
+                    "Revision {rev_name:?} failed with message: {}.",
+                    msg.trim_end().trim_end_matches('.')
+                ),
             );
         }
         _ => {

@@ -4,8 +4,10 @@
 pub mod apply;
 pub mod client;
 pub mod describe;
+pub mod gateway;
 pub mod get;
 pub mod manifest;
+pub mod selector;
 pub mod simulate;
 pub mod table;
 
@@ -22,26 +24,45 @@ use client::{ApiClient, ClientError};
 #[derive(Debug, Parser)]
 #[command(name = "rouse", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The Rouse API to talk to.
+    /// The Rouse API to talk to (also accepted after the subcommand).
     #[arg(
         long,
-        global = true,
         env = "ROUSE_API",
         default_value = "http://127.0.0.1:8081",
         value_name = "URL"
     )]
     pub api: String,
-    /// The namespace to work in.
-    #[arg(
-        short = 'n',
-        long,
-        global = true,
-        default_value = "default",
-        value_name = "NS"
-    )]
+    /// The namespace to work in (also accepted after the subcommand).
+    #[arg(short = 'n', long, default_value = "default", value_name = "NS")]
     pub namespace: String,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--api` and `-n` for the commands that talk to the API: given after the subcommand they
+/// win over the same flags before it. Not global, so `serve` and `autoscaler simulate`, which
+/// take neither, do not list them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ApiTarget {
+    /// The Rouse API to talk to [env: ROUSE_API] [default: http://127.0.0.1:8081]
+    #[arg(long = "api", value_name = "URL")]
+    pub api: Option<String>,
+    /// The namespace to work in [default: default]
+    #[arg(short = 'n', long = "namespace", value_name = "NS")]
+    pub namespace: Option<String>,
+}
+
+impl Cli {
+    /// The API URL and namespace in force for a subcommand's `target`.
+    pub fn resolve(&self, target: &ApiTarget) -> (String, String) {
+        (
+            target.api.clone().unwrap_or_else(|| self.api.clone()),
+            target
+                .namespace
+                .clone()
+                .unwrap_or_else(|| self.namespace.clone()),
+        )
+    }
 }
 
 /// The subcommands.
@@ -55,7 +76,7 @@ pub enum Command {
     Get(get::GetArgs),
     /// Show one object in detail: metadata, spec, traffic and conditions.
     Describe(describe::DescribeArgs),
-    /// Delete an object (and what it owns).
+    /// Delete objects (and what they own): by kind and name, or those of manifests (`-f`).
     Delete(get::DeleteArgs),
     /// Autoscaler tools.
     #[command(subcommand)]
@@ -124,25 +145,43 @@ fn report(e: &anyhow::Error) {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides. The CLI's own commands only log warnings.
+/// Logs go to stderr; `RUST_LOG` overrides. The CLI's own commands only log warnings. Colour
+/// only when stderr is a terminal: a log file or pipe gets plain text.
 fn init_tracing(serving: bool) {
+    use std::io::IsTerminal as _;
     let default = if serving { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = || ApiClient::new(&cli.api).map_err(anyhow::Error::msg);
+    let client = |target: &ApiTarget| -> anyhow::Result<(ApiClient, String)> {
+        let (api, ns) = cli.resolve(target);
+        Ok((ApiClient::new(&api).map_err(anyhow::Error::msg)?, ns))
+    };
     match cli.command {
-        Command::Serve(args) => crate::serve::run(args).await,
-        Command::Apply(ref args) => apply::run(&client()?, &cli.namespace, args).await,
-        Command::Get(ref args) => get::run_get(&client()?, &cli.namespace, args).await,
-        Command::Describe(ref args) => describe::run(&client()?, &cli.namespace, args).await,
-        Command::Delete(ref args) => get::run_delete(&client()?, &cli.namespace, args).await,
+        Command::Serve(ref args) => crate::serve::run(args.clone()).await,
+        Command::Apply(ref args) => {
+            let (c, ns) = client(&args.target)?;
+            apply::run(&c, &ns, args).await
+        }
+        Command::Get(ref args) => {
+            let (c, ns) = client(&args.target)?;
+            get::run_get(&c, &ns, args).await
+        }
+        Command::Describe(ref args) => {
+            let (c, ns) = client(&args.target)?;
+            describe::run(&c, &ns, args).await
+        }
+        Command::Delete(ref args) => {
+            let (c, ns) = client(&args.target)?;
+            get::run_delete(&c, &ns, args).await
+        }
         Command::Autoscaler(AutoscalerCommand::Simulate(ref args)) => simulate::run(args),
     }
 }
@@ -201,13 +240,13 @@ mod tests {
     }
 
     #[test]
-    fn global_flags_and_defaults() {
+    fn api_flags_before_or_after_the_subcommand() {
         let cli = Cli::try_parse_from(["rouse", "get", "ksvc"]).unwrap();
-        assert_eq!(cli.namespace, "default");
         let Command::Get(g) = &cli.command else {
             panic!("not get")
         };
         assert_eq!(g.output, OutputFormat::Table);
+        assert_eq!(cli.resolve(&g.target).1, "default");
         let cli = Cli::try_parse_from([
             "rouse",
             "get",
@@ -221,8 +260,31 @@ mod tests {
             "http://127.0.0.1:9",
         ])
         .unwrap();
-        assert_eq!(cli.namespace, "ns1");
-        assert_eq!(cli.api, "http://127.0.0.1:9");
+        let Command::Get(g) = &cli.command else {
+            panic!("not get")
+        };
+        assert_eq!(
+            cli.resolve(&g.target),
+            ("http://127.0.0.1:9".to_string(), "ns1".to_string())
+        );
+        let cli = Cli::try_parse_from([
+            "rouse",
+            "--api",
+            "http://127.0.0.1:7",
+            "-n",
+            "before",
+            "describe",
+            "ksvc",
+            "x",
+        ])
+        .unwrap();
+        let Command::Describe(d) = &cli.command else {
+            panic!("not describe")
+        };
+        assert_eq!(
+            cli.resolve(&d.target),
+            ("http://127.0.0.1:7".to_string(), "before".to_string())
+        );
         let cli =
             Cli::try_parse_from(["rouse", "apply", "-f", "-", "--wait", "--timeout", "1m30s"])
                 .unwrap();
@@ -237,7 +299,29 @@ mod tests {
         let Command::Delete(d) = &cli.command else {
             panic!("not delete")
         };
-        assert_eq!((d.kind.as_str(), d.name.as_str()), ("rt", "r1"));
+        assert_eq!(
+            (d.kind.as_deref(), d.name.as_deref()),
+            (Some("rt"), Some("r1"))
+        );
+        assert!(Cli::try_parse_from(["rouse", "delete", "-f", "x.yaml"]).is_ok());
+        assert!(Cli::try_parse_from(["rouse", "delete", "rt"]).is_err());
+        assert!(Cli::try_parse_from(["rouse", "delete", "rt", "r1", "-f", "x.yaml"]).is_err());
         assert_eq!(kind_ref(Kind::Service), "service.serving.knative.dev");
+    }
+
+    #[test]
+    fn serve_and_simulate_do_not_take_api_flags() {
+        assert!(Cli::try_parse_from(["rouse", "serve", "--api", "http://x:1"]).is_err());
+        assert!(
+            Cli::try_parse_from(["rouse", "autoscaler", "simulate", "--trace", "t", "-n", "x"])
+                .is_err()
+        );
+        let mut cmd = Cli::command();
+        let serve = cmd.find_subcommand_mut("serve").unwrap();
+        let help = serve.render_help().to_string();
+        assert!(
+            !help.contains("--api ") && !help.contains("--namespace"),
+            "{help}"
+        );
     }
 }
