@@ -444,7 +444,7 @@ impl Supervisor {
                     if restarts == 0 {
                         tracing::warn!(revision = %self.key.1, pid, reason = %t.reason,
                             code = ?t.exit_code, signal = ?t.signal, "process stopped");
-                    } else if restarts % CRASH_SUMMARY_EVERY == 0 {
+                    } else if restarts.is_multiple_of(CRASH_SUMMARY_EVERY) {
                         tracing::warn!(revision = %self.key.1, restarts, reason = %t.reason,
                             code = ?t.exit_code, signal = ?t.signal,
                             "process keeps stopping (crash loop); restarting with backoff");

@@ -77,6 +77,7 @@ fn deleting_a_revision_with_traffic_fails_its_share_fast_and_the_route_says_why(
         (r.status == 503).then_some(r.body)
     });
     assert!(body.contains("split-00001"), "{body}");
+    eprintln!("tag body: {body}");
     for _ in 0..5 {
         let start = Instant::now();
         let r = p.http_get(old_host, "/").unwrap();

@@ -342,20 +342,25 @@ async fn newest_revision(client: &ApiClient, kind: Kind, ns: &str, obj: &Value) 
         .ok()
 }
 
-/// What a revision that is not ready yet is doing, from its conditions: `; revision r:
-/// instances 0/1; ResourcesAvailable Deploying: Instance ... started (pid 4242, PORT 40123)
-/// ...`, and how long it has been in that state.
+/// What a revision that is not ready yet is doing, from its status: ` (revision r: 0 of 1
+/// instances ready)` and one indented line per condition that explains something, e.g.
+/// `ResourcesAvailable=Unknown Deploying for 35s: Instance ... started (pid 4242, PORT 40123);
+/// its readiness probe has not passed yet. Last output: ...`.
 pub fn revision_progress(rev: &Value) -> String {
-    let mut out = format!("; revision {}", str_at(rev, "/metadata/name"));
+    let mut out = format!(" (revision {}", str_at(rev, "/metadata/name"));
     let actual = rev
         .pointer("/status/actualReplicas")
         .and_then(Value::as_i64);
     let desired = rev
         .pointer("/status/desiredReplicas")
-        .and_then(Value::as_i64);
-    if let (Some(a), Some(d)) = (actual, desired) {
-        out.push_str(&format!(": instances ready {a}/{d}"));
+        .and_then(Value::as_i64)
+        .filter(|d| *d >= 0);
+    match (actual, desired) {
+        (Some(a), Some(d)) => out.push_str(&format!(": {a} of {d} instances ready")),
+        (Some(a), None) => out.push_str(&format!(": {a} instances ready")),
+        _ => {}
     }
+    out.push(')');
     let now = super::get::now_secs();
     for c in arr_at(rev, "/status/conditions") {
         let (t, status, message) = (
@@ -363,19 +368,18 @@ pub fn revision_progress(rev: &Value) -> String {
             str_at(c, "/status"),
             str_at(c, "/message"),
         );
-        if status == "True" || message.is_empty() || t == "Ready" {
+        // Ready repeats another condition; Active only says requests are buffered.
+        if status == "True" || message.is_empty() || matches!(t, "Ready" | "Active") {
             continue;
         }
-        out.push_str(&format!(
-            "; {t}={status} {}: {message}",
-            str_at(c, "/reason")
-        ));
+        out.push_str(&format!("\n  {t}={status} {}", str_at(c, "/reason")));
         if let Some(since) = rouse_api::clock::parse_rfc3339(str_at(c, "/lastTransitionTime")) {
             out.push_str(&format!(
-                " (for {})",
+                " for {}",
                 human_duration(now.saturating_sub(since))
             ));
         }
+        out.push_str(&format!(": {message}"));
     }
     out
 }
@@ -384,6 +388,23 @@ pub fn revision_progress(rev: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn progress_says_what_the_instances_do() {
+        let rev = json!({
+            "metadata": {"name": "s-00001"},
+            "status": {"actualReplicas": 0, "desiredReplicas": 1, "conditions": [
+                {"type": "Active", "status": "Unknown", "reason": "Queued", "message": "buffered"},
+                {"type": "ResourcesAvailable", "status": "Unknown", "reason": "Deploying",
+                 "message": "Instance s-00001-abcde started (pid 42, PORT 4000); its readiness probe has not passed yet."},
+                {"type": "Ready", "status": "Unknown", "reason": "Deploying", "message": "same"},
+            ]}
+        });
+        assert_eq!(
+            revision_progress(&rev),
+            " (revision s-00001: 0 of 1 instances ready)\n  ResourcesAvailable=Unknown Deploying: Instance s-00001-abcde started (pid 42, PORT 4000); its readiness probe has not passed yet."
+        );
+    }
 
     #[test]
     fn readiness_needs_the_current_generation() {
