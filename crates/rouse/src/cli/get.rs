@@ -75,7 +75,7 @@ pub async fn run_get(client: &ApiClient, namespace: &str, args: &GetArgs) -> any
     let port = gateway_port(client).await;
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&whole)?),
-        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&whole)?),
+        OutputFormat::Yaml => print!("{}", to_yaml(&whole)?),
         OutputFormat::Table => {
             if items.is_empty() && !args.watch {
                 match ns {
@@ -219,7 +219,7 @@ async fn watch(
             }
             OutputFormat::Yaml => {
                 for o in &changed {
-                    print!("---\n{}", serde_yaml::to_string(o)?);
+                    print!("---\n{}", to_yaml(o)?);
                 }
             }
             OutputFormat::Table => {
@@ -233,6 +233,11 @@ async fn watch(
         }
         std::io::stdout().flush()?;
     }
+}
+
+/// YAML for `-o yaml` (one place for the YAML library).
+fn to_yaml(v: &Value) -> anyhow::Result<String> {
+    Ok(serde_yaml::to_string(v)?)
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {
