@@ -1,0 +1,18 @@
+//! Knative Serving's conformance cases (test/conformance/api/v1 and runtime) and the e2e cases
+//! that apply to one machine, each a test named after Knative's, run against the real
+//! `rouse serve` with `rouse-testapp` playing Knative's test images. The cases use only
+//! [`platform::Platform`], so a Kubernetes e2e suite can run the same cases. The case table,
+//! with the cases that do not apply locally and why, is in docs/conformance.md.
+
+#![allow(non_snake_case)]
+
+mod common;
+#[path = "conformance/platform.rs"]
+mod platform;
+
+#[path = "conformance/api_v1.rs"]
+mod api_v1;
+#[path = "conformance/e2e.rs"]
+mod e2e;
+#[path = "conformance/runtime.rs"]
+mod runtime;

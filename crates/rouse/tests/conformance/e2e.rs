@@ -1,0 +1,312 @@
+//! Knative's `test/e2e` cases that apply to one machine (reference §8.3).
+
+use std::time::{Duration, Instant};
+
+use crate::platform::*;
+
+const HELLO: &str = "Hello World! How about some tasty noodles?";
+/// Knative's success-rate SLO while autoscaling (`test/e2e/autoscale.go`).
+const SLO: f64 = 0.999;
+
+fn actual_scale(p: &dyn Platform, rev: &str) -> i64 {
+    p.get("kpa", rev)
+        .map(|pa| pa["status"]["actualScale"].as_i64().unwrap_or(-1))
+        .unwrap_or(-1)
+}
+
+fn sks_mode(p: &dyn Platform, rev: &str) -> String {
+    p.get("sks", rev)
+        .and_then(|s| s["spec"]["mode"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+#[test]
+fn TestHelloWorld() {
+    let p = Local::start("helloworld");
+    let t = Svc::new("helloworld", Image::HelloWorld).deploy(&p);
+    let r = t.get("/").unwrap();
+    assert_eq!((r.status, r.body.trim()), (200, HELLO));
+}
+
+#[test]
+fn TestActivatorOverload() {
+    let p = Local::start("overload");
+    // CC 1, max-scale 10, TBC -1 (activator always in the path); 100 concurrent 300 ms
+    // requests must all succeed.
+    let t = Svc::new("overload", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/max-scale", "10")
+        .annotation("autoscaling.knative.dev/target-burst-capacity", "-1")
+        .spec("      containerConcurrency: 1\n")
+        .deploy(&p);
+    let results = load(&t, "/?sleep=300", 100, 100, PATIENCE);
+    assert_eq!(results.len(), 100);
+    assert_success_rate(&results, 1.0);
+}
+
+#[test]
+fn TestTargetBurstCapacityMinusOne() {
+    let p = Local::start("tbcminusone");
+    Svc::new("tbc-minus-one", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/target-burst-capacity", "-1")
+        .annotation("autoscaling.knative.dev/min-scale", "1")
+        .deploy(&p);
+    // With ready instances the activator stays in the path.
+    let sks = p.get("sks", "tbc-minus-one-00001").unwrap();
+    assert_eq!(sks["spec"]["mode"], "Proxy", "{sks}");
+    assert_eq!(sks["status"]["endpoints"][0], "activator", "{sks}");
+}
+
+#[test]
+fn TestTargetBurstCapacity() {
+    let p = Local::start("tbc");
+    // CC 10, TBC 7: the activator is in the path while the spare capacity is short.
+    let t = Svc::new("tbc", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/target-burst-capacity", "7")
+        .spec("      containerConcurrency: 10\n")
+        .deploy(&p);
+    assert_eq!(sks_mode(&p, "tbc-00001"), "Proxy");
+    assert_eq!(t.get("/").unwrap().status, 200);
+    // With a lower TBC than one instance's spare capacity, the instances take the traffic.
+    Svc::new("tbc", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/target-burst-capacity", "0")
+        .annotation("autoscaling.knative.dev/min-scale", "2")
+        .spec("      containerConcurrency: 10\n")
+        .deploy(&p);
+    eventually("Serve with 2 instances as the endpoints", PATIENCE, || {
+        let sks = p.get("sks", "tbc-00002")?;
+        (sks["spec"]["mode"] == "Serve" && sks["status"]["endpoints"].as_array()?.len() == 2)
+            .then_some(())
+    });
+}
+
+#[test]
+fn TestTargetBurstCapacityZero() {
+    let p = Local::fast("tbczero", &[]);
+    let t = Svc::new("tbc-zero", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/target-burst-capacity", "0")
+        .annotation("autoscaling.knative.dev/window", "10s")
+        .deploy(&p);
+    assert_eq!(t.get("/").unwrap().status, 200);
+    eventually(
+        "scaled to zero within a minute",
+        Duration::from_secs(60),
+        || {
+            (actual_scale(&p, "tbc-zero-00001") == 0 && p.live_instances("tbc-zero-00001") == 0)
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn TestFastScaleToZero() {
+    let p = Local::fast("fastzero", &[]);
+    let started = Instant::now();
+    let t = Svc::new("fast-zero", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/target-burst-capacity", "-1")
+        .annotation("autoscaling.knative.dev/window", "6s")
+        .deploy(&p);
+    assert_eq!(t.get("/").unwrap().status, 200);
+    // Grace (1 s) + 15 s after the window.
+    eventually(
+        "no instance left",
+        Duration::from_secs(6 + 1 + 15 + 10),
+        || (p.live_instances("fast-zero-00001") == 0).then_some(()),
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn TestAutoscaleUpDownUp() {
+    let p = Local::fast("updownup", &[]);
+    // Knative's setup: target 6 concurrent, utilisation 0.7, 500 ms per request.
+    let t = Svc::new("updownup", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/target", "6")
+        .annotation(
+            "autoscaling.knative.dev/target-utilization-percentage",
+            "70",
+        )
+        .deploy(&p);
+    let rev = "updownup-00001";
+    let up = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut results = Vec::new();
+        while actual_scale(&p, rev) < 2 && Instant::now() < deadline {
+            results.extend(load_for(&t, "/?sleep=500", 12, Duration::from_secs(2)));
+        }
+        assert!(
+            actual_scale(&p, rev) >= 2,
+            "{what}: did not reach 2 instances"
+        );
+        assert_success_rate(&results, SLO);
+    };
+    up("1 → 2");
+    eventually("scaled to zero", Duration::from_secs(45), || {
+        (actual_scale(&p, rev) == 0).then_some(())
+    });
+    up("0 → 2");
+}
+
+#[test]
+fn TestDestroyPodWithRequests() {
+    let p = Local::start("destroyreqs");
+    let t = Svc::new("destroy-reqs", Image::Autoscale).deploy(&p);
+    std::thread::scope(|s| {
+        let inflight: Vec<_> = (0..5)
+            .map(|_| s.spawn(|| t.get("/?sleep=3000").unwrap()))
+            .collect();
+        // Once the requests reach the app, delete the service.
+        eventually("requests in flight", PATIENCE, || {
+            (t.get("/in-flight").ok()?.body.trim() == "5").then_some(())
+        });
+        p.delete("ksvc", "destroy-reqs").unwrap();
+        for h in inflight {
+            let r = h.join().unwrap();
+            assert_eq!((r.status, r.body.trim()), (200, HELLO));
+        }
+    });
+}
+
+#[test]
+fn TestDestroyPodTimely() {
+    let p = Local::start("destroytimely");
+    Svc::new("destroy-timely", Image::Autoscale)
+        .spec("      timeoutSeconds: 300\n")
+        .deploy(&p);
+    assert_eq!(p.live_instances("destroy-timely-00001"), 1);
+    let started = Instant::now();
+    p.delete("ksvc", "destroy-timely").unwrap();
+    // Gone well before the 5-minute revision timeout (Knative: < timeout − 30 s).
+    eventually("the instance is gone", Duration::from_secs(60), || {
+        (p.live_instances("destroy-timely-00001") == 0).then_some(())
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(270 - 210),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn TestDestroyPodInflight() {
+    let p = Local::start("destroyinflight");
+    let t = Svc::new("destroy-inflight", Image::Timeout)
+        .spec("      timeoutSeconds: 45\n")
+        .deploy(&p);
+    std::thread::scope(|s| {
+        // A 35 s request (Knative's numbers: deleted at about half of it).
+        let req = s.spawn(|| t.get_raw("/timeout?initialTimeout=35000"));
+        std::thread::sleep(Duration::from_millis(17_500));
+        p.delete("config", "destroy-inflight").unwrap();
+        let (status, raw) = req.join().unwrap();
+        assert_eq!(status, 200, "{raw}");
+        assert!(raw.contains("Slept for 35000 milliseconds"), "{raw}");
+    });
+}
+
+#[test]
+fn TestRevisionTimeoutE2E() {
+    let p = Local::start("e2etimeouts");
+    let rst = Svc::new("rst", Image::Timeout)
+        .spec("      timeoutSeconds: 30\n      responseStartTimeoutSeconds: 7\n")
+        .deploy(&p);
+    let idle = Svc::new("idle", Image::Timeout)
+        .spec("      timeoutSeconds: 30\n      idleTimeoutSeconds: 5\n")
+        .deploy(&p);
+    std::thread::scope(|s| {
+        let a = s.spawn(|| rst.get("/timeout?initialTimeout=4000").unwrap());
+        let b = s.spawn(|| rst.get("/timeout?initialTimeout=15000").unwrap());
+        // Writes every 2 s keep a 5 s idle timeout from firing.
+        let c = s.spawn(|| idle.get("/stream?chunks=4&interval=2000").unwrap());
+        // 7 s idle with a 20 s silence before the head: 504.
+        let d = s.spawn(|| idle.get("/timeout?initialTimeout=20000").unwrap());
+        assert_eq!(a.join().unwrap().status, 200);
+        assert_eq!(b.join().unwrap().status, 504);
+        let c = c.join().unwrap();
+        assert_eq!(c.status, 200);
+        assert!(c.body.contains("chunk 3"), "{c:?}");
+        assert_eq!(d.join().unwrap().status, 504);
+    });
+}
+
+#[test]
+fn TestHelloHTTP2WithPortNameH2C() {
+    let p = Local::start("h2c");
+    let t = Svc::new("hello-h2c", Image::HelloHttp2)
+        .args(&["--h2c"])
+        .container_fields("          ports:\n            - {name: h2c, containerPort: 8080}\n")
+        .deploy(&p);
+    // An HTTP/1.1 client reaches an h2c-only app: the platform speaks h2c to it.
+    let r = t.get("/").unwrap();
+    assert_eq!((r.status, r.body.trim()), (200, HELLO));
+}
+
+#[test]
+fn TestReadinessPathAndQuery() {
+    let p = Local::start("readypath");
+    let t = Svc::new("ready-path", Image::Readiness)
+        .container_fields(
+            "          readinessProbe:\n            httpGet: {path: \"/readyz?probe=1\"}\n",
+        )
+        .deploy(&p);
+    assert_eq!(t.get("/").unwrap().status, 200);
+}
+
+#[test]
+fn TestReadinessGRPCProbe() {
+    let p = Local::start("readygrpc");
+    let t = Svc::new("ready-grpc", Image::GrpcPing)
+        .args(&["--h2c"])
+        .container_fields("          ports:\n            - {name: h2c, containerPort: 8080}\n          readinessProbe:\n            grpc: {port: 8080}\n")
+        .deploy(&p);
+    assert_eq!(t.get("/").unwrap().status, 200);
+}
+
+#[test]
+fn TestMinScale() {
+    let p = Local::start("minscale");
+    let t = Svc::new("min-scale", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/min-scale", "3")
+        .deploy(&p);
+    // Ready only with min-scale instances.
+    assert!(actual_scale(&p, "min-scale-00001") >= 3);
+    assert_eq!(p.live_instances("min-scale-00001"), 3);
+    assert_eq!(t.get("/").unwrap().status, 200);
+    // Replaced: the old revision scales below its min-scale.
+    Svc::new("min-scale", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/min-scale", "3")
+        .env("MESSAGE", "second")
+        .deploy(&p);
+    assert_eq!(p.live_instances("min-scale-00002"), 3);
+    eventually(
+        "the old revision scales down",
+        Duration::from_secs(60),
+        || (p.live_instances("min-scale-00001") < 3).then_some(()),
+    );
+}
+
+#[test]
+fn TestInitScalePositive() {
+    let p = Local::fast("initscale", &[]);
+    Svc::new("init-scale", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/initial-scale", "3")
+        .deploy(&p);
+    let rev = "init-scale-00001";
+    assert!(actual_scale(&p, rev) >= 3, "ready with its initial scale");
+    eventually("scales back down", Duration::from_secs(45), || {
+        (actual_scale(&p, rev) < 3).then_some(())
+    });
+}
+
+#[test]
+fn TestInitScaleZero() {
+    let p = Local::fast("initzero", &[]);
+    let t = Svc::new("init-zero", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/initial-scale", "0")
+        .deploy(&p);
+    assert_eq!(
+        p.live_instances("init-zero-00001"),
+        0,
+        "ready without instances"
+    );
+    assert_eq!(t.get("/").unwrap().status, 200);
+}
