@@ -8,7 +8,8 @@
 //! - `/stream?chunks=N&interval=MS` — N chunks (`chunk <i>\n`), MS apart, flushed as written
 //! - `/echo` — the request body, streamed back
 //! - `/ws` — a WebSocket (RFC 6455) echo: text and binary frames come back as sent, pings get
-//!   pongs, a close is echoed; anything but a WebSocket handshake gets 400 (HTTP/1.1 only)
+//!   pongs, a close is echoed; anything but a WebSocket handshake gets 400 (HTTP/1.1 only);
+//!   the 101 carries `X-Message: $MESSAGE` when set
 //! - `/status?code=N` — an empty response with that status
 //! - gRPC (meant for `--h2c`; hand-written, see `grpc.rs`): `/grpc.health.v1.Health/Check`
 //!   (SERVING for the empty service name, NOT_FOUND otherwise), `/grpc.health.v1.Health/Watch`
@@ -369,6 +370,13 @@ async fn answer(mut req: Request<Incoming>, q: &BTreeMap<String, String>) -> Res
                     header::HeaderValue::from_static("Upgrade"),
                 );
                 h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+                // Which workload answered (for splits over WebSockets).
+                if let Some(v) = std::env::var("MESSAGE")
+                    .ok()
+                    .and_then(|m| header::HeaderValue::from_str(&m).ok())
+                {
+                    h.insert("x-message", v);
+                }
                 resp
             }
             Err(why) => full(

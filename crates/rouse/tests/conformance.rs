@@ -6,6 +6,8 @@
 
 #![allow(non_snake_case)]
 
+#[path = "conformance/clients.rs"]
+mod clients;
 mod common;
 #[path = "conformance/platform.rs"]
 mod platform;

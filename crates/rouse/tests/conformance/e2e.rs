@@ -310,3 +310,239 @@ fn TestInitScaleZero() {
     );
     assert_eq!(t.get("/").unwrap().status, 200);
 }
+
+// --- websocket_test.go ---
+
+use crate::clients::{WebSocket, stream_ping, unary_ping};
+
+#[test]
+fn TestWebSocket() {
+    let p = Local::start("websocket");
+    let t = Svc::new("ws-echo", Image::WsServer).deploy(&p);
+    let mut ws = WebSocket::connect(&t, "").unwrap();
+    for i in 0..10 {
+        ws.echo(&format!("Hello, websocket {i}"));
+    }
+    ws.close();
+}
+
+#[test]
+fn TestWebSocketViaActivator() {
+    let p = Local::start("wsactivator");
+    let t = Svc::new("ws-activator", Image::WsServer)
+        .annotation("autoscaling.knative.dev/target-burst-capacity", "-1")
+        .deploy(&p);
+    assert_eq!(sks_mode(&p, "ws-activator-00001"), "Proxy");
+    let mut ws = WebSocket::connect(&t, "").unwrap();
+    ws.echo("Hello, activator");
+    ws.close();
+}
+
+#[test]
+fn TestWebSocketBlueGreenRoute() {
+    let p = Local::start("wsbluegreen");
+    let svc = |rev: &str, msg: &str| {
+        Svc::new("ws-bg", Image::WsServer)
+            .revision_name(rev)
+            .env("MESSAGE", msg)
+    };
+    svc("ws-bg-blue", "blue").deploy(&p);
+    let main = svc("ws-bg-green", "green")
+        .traffic("  traffic:\n    - {revisionName: ws-bg-blue, percent: 50}\n    - {revisionName: ws-bg-green, percent: 50}\n")
+        .deploy(&p);
+    // Each connection lands on one of the two revisions and echoes there; both are reached.
+    let mut revisions = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let mut ws = WebSocket::connect(&main, "").unwrap();
+        ws.echo("split");
+        let message =
+            ws.1.lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("x-message:")
+                        .map(|v| v.trim().to_string())
+                })
+                .expect("the 101 names its revision");
+        ws.close();
+        revisions.insert(message);
+        if revisions.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(revisions.len(), 2, "{revisions:?}");
+}
+
+#[test]
+fn TestWebSocketGracefulShutdown() {
+    let p = Local::start("wsshutdown");
+    let t = Svc::new("ws-shutdown", Image::WsServer).deploy(&p);
+    let mut ws = WebSocket::connect(&t, "").unwrap();
+    ws.echo("before");
+    // The service is deleted while the socket is open: it keeps working, then closes normally.
+    p.delete("ksvc", "ws-shutdown").unwrap();
+    eventually("the route is gone", PATIENCE, || {
+        (t.get("/").ok()?.status == 404).then_some(())
+    });
+    ws.echo("after the delete");
+    ws.close();
+    eventually(
+        "the instance is gone once the socket closed",
+        PATIENCE,
+        || (p.live_instances("ws-shutdown-00001") == 0).then_some(()),
+    );
+}
+
+#[test]
+fn TestWebSocketWithTimeout() {
+    let p = Local::start("wstimeout");
+    let t = Svc::new("ws-timeout", Image::WsServer)
+        .spec("      timeoutSeconds: 2\n")
+        .deploy(&p);
+    // A handshake answered within the timeout connects, and the socket outlives the timeout.
+    let mut ws = WebSocket::connect(&t, "?sleep=500").unwrap();
+    let opened = Instant::now();
+    while opened.elapsed() < Duration::from_secs(3) {
+        ws.echo("still open");
+    }
+    ws.close();
+    // A handshake slower than the timeout does not.
+    let err = WebSocket::connect(&t, "?sleep=4000")
+        .err()
+        .expect("refused");
+    assert!(err.contains("504"), "{err}");
+}
+
+// --- grpc_test.go ---
+
+fn grpc(p: &dyn Platform, name: &str, from_zero: bool) -> Target {
+    let mut svc = Svc::new(name, Image::GrpcPing)
+        .args(&["--h2c"])
+        .container_fields("          ports:\n            - {name: h2c, containerPort: 8080}\n");
+    if from_zero {
+        svc = svc
+            .annotation("autoscaling.knative.dev/initial-scale", "0")
+            .annotation("autoscaling.knative.dev/target-burst-capacity", "-1");
+    }
+    svc.deploy(p)
+}
+
+#[test]
+fn TestGRPCUnaryPing() {
+    let p = Local::start("grpcunary");
+    let t = grpc(&p, "grpc-unary", false);
+    for _ in 0..5 {
+        assert!(unary_ping(&t, PATIENCE));
+    }
+}
+
+#[test]
+fn TestGRPCStreamingPing() {
+    let p = Local::start("grpcstream");
+    let t = grpc(&p, "grpc-stream", false);
+    assert!(stream_ping(&t, 10, PATIENCE));
+}
+
+#[test]
+fn TestGRPCUnaryPingViaActivator() {
+    let p = Local::fast("grpcunaryzero", &[]);
+    let t = grpc(&p, "grpc-unary-zero", true);
+    assert_eq!(p.live_instances("grpc-unary-zero-00001"), 0);
+    assert!(unary_ping(&t, PATIENCE));
+}
+
+#[test]
+fn TestGRPCStreamingPingViaActivator() {
+    let p = Local::fast("grpcstreamzero", &[]);
+    let t = grpc(&p, "grpc-stream-zero", true);
+    assert_eq!(p.live_instances("grpc-stream-zero-00001"), 0);
+    assert!(stream_ping(&t, 10, PATIENCE));
+}
+
+#[test]
+fn TestGRPCLoadBalancing() {
+    let p = Local::start("grpclb");
+    let t = Svc::new("grpc-lb", Image::GrpcPing)
+        .args(&["--h2c"])
+        .annotation("autoscaling.knative.dev/min-scale", "3")
+        .container_fields("          ports:\n            - {name: h2c, containerPort: 8080}\n")
+        .deploy(&p);
+    assert_eq!(p.live_instances("grpc-lb-00001"), 3);
+    // Streams opened on separate connections are served (and spread by the balancer).
+    std::thread::scope(|s| {
+        let streams: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| stream_ping(&t, 5, PATIENCE)))
+            .collect();
+        for h in streams {
+            assert!(h.join().unwrap());
+        }
+    });
+}
+
+// --- autoscale_test.go: activation scale ---
+
+#[test]
+fn TestActivationScale() {
+    let p = Local::fast("activationscale", &[]);
+    let t = Svc::new("activation", Image::Autoscale)
+        .annotation("autoscaling.knative.dev/initial-scale", "0")
+        .annotation("autoscaling.knative.dev/activation-scale", "5")
+        .deploy(&p);
+    assert_eq!(p.live_instances("activation-00001"), 0);
+    assert_eq!(t.get("/").unwrap().status, 200);
+    // One request from zero brings up activation-scale instances.
+    eventually("5 instances", PATIENCE, || {
+        (actual_scale(&p, "activation-00001") >= 5).then_some(())
+    });
+}
+
+// --- namespace_test.go, rollback_byo_test.go ---
+
+#[test]
+fn TestMultipleNamespace() {
+    let p = Local::start("namespaces");
+    // The same name in two namespaces: two services, each served under its own host.
+    for (ns, msg) in [("default", "in default"), ("alternate", "in alternate")] {
+        let yaml = Svc::new("same-name", Image::HelloWorld)
+            .env("MESSAGE", msg)
+            .yaml(&p)
+            .replace(
+                "  name: same-name\n",
+                &format!("  name: same-name\n  namespace: {ns}\n"),
+            );
+        p.apply_ready(&yaml);
+        let t = p.target(&format!("http://same-name.{ns}.localhost"));
+        let r = eventually("served", PATIENCE, || {
+            t.get("/").ok().filter(|r| r.status == 200)
+        });
+        assert_eq!(r.body.trim(), msg);
+    }
+    let t = p.target("http://same-name.default.localhost");
+    assert_eq!(t.get("/").unwrap().body.trim(), "in default");
+}
+
+#[test]
+fn TestRollbackBYOName() {
+    let p = Local::start("rollbackbyo");
+    let svc = |rev: &str, msg: &str| {
+        Svc::new("byo-rollback", Image::HelloWorld)
+            .revision_name(rev)
+            .env("MESSAGE", msg)
+    };
+    let t = svc("byo-rollback-v1", "v1").deploy(&p);
+    svc("byo-rollback-v2", "v2").deploy(&p);
+    eventually("v2 serves", PATIENCE, || {
+        (t.get("/").ok()?.body.trim() == "v2").then_some(())
+    });
+    // Rolling back: the v1 template under its own name again, pinned by traffic.
+    svc("byo-rollback-v1", "v1")
+        .traffic("  traffic:\n    - {revisionName: byo-rollback-v1, percent: 100}\n")
+        .deploy(&p);
+    eventually("v1 serves again", PATIENCE, || {
+        (t.get("/").ok()?.body.trim() == "v1").then_some(())
+    });
+    let svc = p.get("ksvc", "byo-rollback").unwrap();
+    assert_eq!(
+        svc["status"]["traffic"][0]["revisionName"],
+        "byo-rollback-v1"
+    );
+}

@@ -14,7 +14,7 @@ fn runtime_info(t: &Target) -> Value {
 }
 
 #[test]
-fn TestCmdArgs() {
+fn TestCmdArgsService() {
     let p = Local::start("cmdargs");
     // The command is the test program; args are honoured verbatim.
     let t = Svc::new("cmd-args", Image::Runtime)
@@ -31,6 +31,18 @@ fn TestCmdArgs() {
         &args[1..],
         ["--print", "arg with spaces", "--print", "$(NOT_EXPANDED_X)"],
         "{info}"
+    );
+}
+
+#[test]
+fn TestMustEnvVars() {
+    let p = Local::start("mustenvvars");
+    let t = Svc::new("must-env-vars", Image::Runtime).deploy(&p);
+    let env = &runtime_info(&t)["env"];
+    // MUST: PORT, the port the app listens on (requests reach it there).
+    assert!(
+        env["PORT"].as_str().unwrap().parse::<u16>().is_ok(),
+        "{env}"
     );
 }
 
