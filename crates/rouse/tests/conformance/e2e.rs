@@ -546,3 +546,120 @@ fn TestRollbackBYOName() {
         "byo-rollback-v1"
     );
 }
+
+// --- autoscale_test.go: stepping up one instance at a time ---
+
+/// Knative's upper bound on the instances for `want` instances' worth of load:
+/// ⌈⌈want / TU⌉ × 1.1⌉.
+fn max_instances(want: usize, tu: f64) -> i64 {
+    (((want as f64 / tu).ceil()) * 1.1).ceil() as i64
+}
+
+/// Steps the load so the revision needs 1, 2, then 3 instances; each step must be reached in
+/// time, never overshoot Knative's bound, and hold the SLO. `client_load(n)` gives the clients
+/// and the pause between each client's requests for n instances' worth.
+fn step_up(test: &str, metric: &[(&str, &str)], client_load: impl Fn(usize) -> (usize, Duration)) {
+    let p = Local::fast(test, &[]);
+    let mut svc = Svc::new(test, Image::Autoscale)
+        .annotation(
+            "autoscaling.knative.dev/target-utilization-percentage",
+            "70",
+        )
+        .annotation("autoscaling.knative.dev/min-scale", "1");
+    for (k, v) in metric {
+        svc = svc.annotation(k, v);
+    }
+    let t = svc.deploy(&p);
+    let rev = format!("{test}-00001");
+    for want in 2..=3usize {
+        let (clients, pause) = client_load(want);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut results = Vec::new();
+        let mut peak = 0;
+        // At least one round of load per step, then until the step is reached.
+        loop {
+            results.extend(paced(&t, clients, pause, Duration::from_secs(2)));
+            peak = peak.max(actual_scale(&p, &rev));
+            if actual_scale(&p, &rev) >= want as i64 || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let now = actual_scale(&p, &rev);
+        assert!(
+            now >= want as i64,
+            "{want} instances not reached in 30 s (at {now})"
+        );
+        assert!(
+            peak <= max_instances(want, 0.7),
+            "{peak} instances for {want}"
+        );
+        assert_success_rate(&results, SLO);
+    }
+}
+
+/// `clients` threads each sending `/?sleep=500` then pausing `pause`, for `duration`.
+fn paced(t: &Target, clients: usize, pause: Duration, duration: Duration) -> Vec<(u16, String)> {
+    let deadline = Instant::now() + duration;
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    while Instant::now() < deadline {
+                        let r = t.get("/?sleep=500");
+                        out.push(r.map(|r| (r.status, r.body)).unwrap_or((0, String::new())));
+                        // Pacing the request rate, not waiting for a condition.
+                        std::thread::sleep(pause);
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn TestAutoscaleUpCountPods() {
+    // Target 6 concurrent requests per instance at 70 %: n instances' worth is ⌈n × 4.2⌉ + 1.
+    step_up(
+        "count-pods",
+        &[("autoscaling.knative.dev/target", "6")],
+        |n| ((n as f64 * 4.2).ceil() as usize + 1, Duration::ZERO),
+    );
+}
+
+#[test]
+fn TestRPSBasedAutoscaleUpCountPods() {
+    // Target 10 requests/s per instance at 70 %: n instances' worth is n × 7 + 3 req/s; each
+    // client sends about one per second (500 ms answer + 500 ms pause).
+    step_up(
+        "rps-count-pods",
+        &[
+            ("autoscaling.knative.dev/metric", "rps"),
+            ("autoscaling.knative.dev/target", "10"),
+        ],
+        |n| (n * 7 + 3, Duration::from_millis(500)),
+    );
+}
+
+// --- test/scale: many services at once ---
+
+#[test]
+fn TestScaleToN_10() {
+    let p = Local::start("scaleton");
+    let names: Vec<String> = (0..10).map(|i| format!("scale-{i}")).collect();
+    // Created together, then each must become Ready and serve (local SLO 1.0).
+    for n in &names {
+        p.apply(&Svc::new(n, Image::HelloWorld).yaml(&p)).unwrap();
+    }
+    for n in &names {
+        let svc = eventually("ready", PATIENCE, || {
+            let s = p.get("ksvc", n)?;
+            (condition(&s, "Ready")["status"] == "True").then_some(s)
+        });
+        let t = p.target(svc["status"]["url"].as_str().unwrap());
+        let results = load(&t, "/", 2, 10, PATIENCE);
+        assert_success_rate(&results, 1.0);
+    }
+}
