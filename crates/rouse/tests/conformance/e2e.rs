@@ -115,27 +115,35 @@ fn TestFastScaleToZero() {
     assert!(started.elapsed() < Duration::from_secs(60));
 }
 
-#[test]
-fn TestAutoscaleUpDownUp() {
-    let p = Local::fast("updownup", &[]);
+/// Knative's up/down/up: 1 → 2 instances, scale to zero, 0 → 2, holding the SLO.
+fn up_down_up(test: &str, algorithm: Option<&str>) {
+    let p = Local::fast(test, &[]);
     // Knative's setup: target 6 concurrent, utilisation 0.7, 500 ms per request.
-    let t = Svc::new("updownup", Image::Autoscale)
+    let mut svc = Svc::new(test, Image::Autoscale)
         .annotation("autoscaling.knative.dev/target", "6")
         .annotation(
             "autoscaling.knative.dev/target-utilization-percentage",
             "70",
-        )
-        .deploy(&p);
-    let rev = "updownup-00001";
+        );
+    if let Some(a) = algorithm {
+        svc = svc.annotation("autoscaling.knative.dev/metric-aggregation-algorithm", a);
+    }
+    let t = svc.deploy(&p);
+    let rev = &format!("{test}-00001");
     let up = |what: &str| {
         let deadline = Instant::now() + Duration::from_secs(40);
         let mut results = Vec::new();
-        while actual_scale(&p, rev) < 2 && Instant::now() < deadline {
+        // At least one round of load, then until 2 instances are up.
+        loop {
             results.extend(load_for(&t, "/?sleep=500", 12, Duration::from_secs(2)));
+            if actual_scale(&p, rev) >= 2 || Instant::now() >= deadline {
+                break;
+            }
         }
         assert!(
             actual_scale(&p, rev) >= 2,
-            "{what}: did not reach 2 instances"
+            "{what}: did not reach 2 instances: {}",
+            p.get("kpa", rev).unwrap_or_default()
         );
         assert_success_rate(&results, SLO);
     };
@@ -144,6 +152,16 @@ fn TestAutoscaleUpDownUp() {
         (actual_scale(&p, rev) == 0).then_some(())
     });
     up("0 → 2");
+}
+
+#[test]
+fn TestAutoscaleUpDownUp() {
+    up_down_up("updownup", None);
+}
+
+#[test]
+fn TestAutoscaleUpDownUp_WeightedExponential() {
+    up_down_up("updownup-wexp", Some("weightedExponential"));
 }
 
 #[test]
@@ -204,7 +222,7 @@ fn TestDestroyPodInflight() {
 }
 
 #[test]
-fn TestRevisionTimeoutE2E() {
+fn TestRevisionTimeout() {
     let p = Local::start("e2etimeouts");
     let rst = Svc::new("rst", Image::Timeout)
         .spec("      timeoutSeconds: 30\n      responseStartTimeoutSeconds: 7\n")

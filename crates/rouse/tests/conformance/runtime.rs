@@ -297,3 +297,38 @@ fn TestMustNotContainerConstraints() {
         assert!(err.contains(path), "{name}: {err}");
     }
 }
+
+#[test]
+fn TestShouldNotContainerConstraints() {
+    let p = Local::start("shouldnot");
+    // Fields a Knative container SHOULD NOT set are refused too, each with its reason.
+    let cases = [
+        (
+            "hostport",
+            "          ports:\n            - {containerPort: 8080, hostPort: 80}\n",
+            "hostPort",
+        ),
+        (
+            "reserved",
+            "          ports:\n            - {containerPort: 8012}\n",
+            "reserved port",
+        ),
+        (
+            "portname",
+            "          ports:\n            - {name: grpc, containerPort: 8080}\n",
+            "Port name grpc is not allowed",
+        ),
+        (
+            "udp",
+            "          ports:\n            - {containerPort: 8080, protocol: UDP}\n",
+            "protocol",
+        ),
+    ];
+    for (name, fields, reason) in cases {
+        let yaml = Svc::new(&format!("shouldnot-{name}"), Image::Runtime)
+            .container_fields(fields)
+            .yaml(&p);
+        let err = p.apply(&yaml).expect_err(name);
+        assert!(err.contains(reason), "{name}: {err}");
+    }
+}
