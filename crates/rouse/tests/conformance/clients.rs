@@ -235,3 +235,57 @@ pub fn stream_ping(t: &Target, n: usize, limit: Duration) -> bool {
         .expect("the stream in time")
     })
 }
+
+/// Holds `streams` streaming pings open at once on separate connections for `hold`, each
+/// echoing a message every 200 ms; how many of them worked throughout and ended with
+/// grpc-status 0 (each open stream is one request in flight, so this is concurrency load).
+pub fn hold_streams(t: &Target, streams: usize, hold: Duration) -> usize {
+    runtime().block_on(async {
+        let tasks: Vec<_> = (0..streams)
+            .map(|_| {
+                let t = t.clone();
+                tokio::spawn(async move {
+                    let limit = hold + Duration::from_secs(60);
+                    tokio::time::timeout(limit, async move {
+                        let mut send = connect(&t).await;
+                        let (tx, rx) = mpsc::channel::<Bytes>(4);
+                        let resp = send
+                            .send_request(request(&t, ECHO, ChannelBody(rx).boxed_unsync()))
+                            .await
+                            .ok()?;
+                        let mut r = Reader {
+                            body: resp.into_body(),
+                            buf: BytesMut::new(),
+                            status: None,
+                        };
+                        let started = tokio::time::Instant::now();
+                        let mut i = 0;
+                        while started.elapsed() < hold {
+                            let msg = frame(format!("ping {i}").as_bytes());
+                            tx.send(msg.clone()).await.ok()?;
+                            if r.next().await != Some(msg) {
+                                return None;
+                            }
+                            i += 1;
+                            // Pacing the pings, not waiting for a condition.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        drop(tx);
+                        while r.next().await.is_some() {}
+                        (r.status.as_deref() == Some("0")).then_some(())
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for task in tasks {
+            if let Ok(Some(())) = task.await {
+                ok += 1;
+            }
+        }
+        ok
+    })
+}

@@ -337,7 +337,7 @@ fn TestInitScaleZero() {
 
 // --- websocket_test.go ---
 
-use crate::clients::{WebSocket, stream_ping, unary_ping};
+use crate::clients::{WebSocket, hold_streams, stream_ping, unary_ping};
 
 #[test]
 fn TestWebSocket() {
@@ -480,6 +480,46 @@ fn TestGRPCStreamingPingViaActivator() {
     let t = grpc(&p, "grpc-stream-zero", true);
     assert_eq!(p.live_instances("grpc-stream-zero-00001"), 0);
     assert!(stream_ping(&t, 10, PATIENCE));
+}
+
+#[test]
+fn TestGRPCAutoscaleUpDownUp() {
+    let p = Local::fast("grpcupdownup", &[]);
+    // Open streams are requests in flight: 12 of them against a target of 6 at 70 %.
+    let t = Svc::new("grpc-updownup", Image::GrpcPing)
+        .args(&["--h2c"])
+        .annotation("autoscaling.knative.dev/target", "6")
+        .annotation(
+            "autoscaling.knative.dev/target-utilization-percentage",
+            "70",
+        )
+        .container_fields("          ports:\n            - {name: h2c, containerPort: 8080}\n")
+        .deploy(&p);
+    let rev = "grpc-updownup-00001";
+    let up = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let (mut ok, mut total) = (0, 0);
+        loop {
+            ok += hold_streams(&t, 12, Duration::from_secs(3));
+            total += 12;
+            if actual_scale(&p, rev) >= 2 || Instant::now() >= deadline {
+                break;
+            }
+        }
+        assert!(
+            actual_scale(&p, rev) >= 2,
+            "{what}: did not reach 2 instances"
+        );
+        assert!(
+            ok as f64 / total as f64 >= SLO,
+            "{what}: {ok} of {total} streams worked"
+        );
+    };
+    up("1 → 2");
+    eventually("scaled to zero", Duration::from_secs(45), || {
+        (actual_scale(&p, rev) == 0).then_some(())
+    });
+    up("0 → 2");
 }
 
 #[test]
