@@ -32,20 +32,21 @@ fn bodies(t: &Target, n: usize) -> std::collections::BTreeMap<String, usize> {
 
 #[test]
 fn TestBlueGreenRoute() {
-    let p = Local::start("bluegreen");
+    let p = crate::platform("bluegreen", Needs::Defaults);
+    let p = &*p;
     let svc = |rev: &str, msg: &str| {
         Svc::new("bluegreen", Image::PizzaPlanet)
             .revision_name(rev)
             .env("MESSAGE", msg)
     };
-    svc("bluegreen-blue", "What a spaceport!").deploy(&p);
+    svc("bluegreen-blue", "What a spaceport!").deploy(p);
     let split = "  traffic:\n    - {revisionName: bluegreen-blue, percent: 50, tag: blue}\n    - {revisionName: bluegreen-green, percent: 50, tag: green}\n";
     let main = svc(
         "bluegreen-green",
         "Re-energize yourself with a slice of pepperoni!",
     )
     .traffic(split)
-    .deploy(&p);
+    .deploy(p);
     let status = p.get("ksvc", "bluegreen").unwrap();
     let tag_url = |tag: &str| {
         status["status"]["traffic"]
@@ -83,8 +84,9 @@ fn TestBlueGreenRoute() {
 
 #[test]
 fn TestConfigurationGetAndList() {
-    let p = Local::start("configget");
-    hello("cfg-get").deploy(&p);
+    let p = crate::platform("configget", Needs::Defaults);
+    let p = &*p;
+    hello("cfg-get").deploy(p);
     let cfg = p.get("config", "cfg-get").expect("configuration");
     assert_eq!(cfg["metadata"]["name"], "cfg-get");
     assert_eq!(cfg["status"]["latestReadyRevisionName"], "cfg-get-00001");
@@ -94,11 +96,12 @@ fn TestConfigurationGetAndList() {
 
 #[test]
 fn TestUpdateConfigurationMetadata() {
-    let p = Local::start("cfgmeta");
+    let p = crate::platform("cfgmeta", Needs::Defaults);
+    let p = &*p;
     let yaml = |labels: &str, annotations: &str| {
         format!(
             "apiVersion: serving.knative.dev/v1\nkind: Configuration\nmetadata:\n  name: cfg-meta\n  labels:\n    keep: \"yes\"\n{labels}  annotations:\n    keep: \"yes\"\n{annotations}spec:\n  template:\n{}",
-            hello("cfg-meta").template(&p)
+            hello("cfg-meta").template(p)
         )
     };
     p.apply_ready(&yaml("", ""));
@@ -133,7 +136,8 @@ fn TestUpdateConfigurationMetadata() {
 #[test]
 fn TestContainerErrorMsg() {
     // Knative: an image that cannot be pulled. Locally: a program that cannot be started.
-    let p = Local::start("errmsg");
+    let p = crate::platform("errmsg", Needs::Defaults);
+    let p = &*p;
     let yaml = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: err-msg\nspec:\n  template:\n    spec:\n      containers:\n        - command: [\"/nonexistent/program\"]\n";
     p.apply(yaml).expect("accepted");
     let rev = eventually("the revision reports the failure", PATIENCE, || {
@@ -167,14 +171,15 @@ fn TestContainerErrorMsg() {
 
 #[test]
 fn TestContainerExitingMsg() {
-    let p = Local::start("exitmsg");
+    let p = crate::platform("exitmsg", Needs::Defaults);
+    let p = &*p;
     let svc = Svc::new("exit-msg", Image::Failing).args(&[
         "--print",
         "Crashed...",
         "--exit-immediately",
         "5",
     ]);
-    p.apply(&svc.yaml(&p)).expect("accepted");
+    p.apply(&svc.yaml(p)).expect("accepted");
     let rev = eventually("exit code surfaced", PATIENCE, || {
         let r = p.get("rev", "exit-msg-00001")?;
         (condition(&r, "ContainerHealthy")["reason"] == "ExitCode5").then_some(r)
@@ -201,8 +206,9 @@ fn generated_name(out: &str, prefix: &str) -> String {
 
 #[test]
 fn TestServiceGenerateName() {
-    let p = Local::start("genname");
-    let yaml = hello("x").yaml(&p).replace(
+    let p = crate::platform("genname", Needs::Defaults);
+    let p = &*p;
+    let yaml = hello("x").yaml(p).replace(
         "metadata:\n  name: x\n",
         "metadata:\n  generateName: gen-svc-\n",
     );
@@ -219,10 +225,11 @@ fn TestServiceGenerateName() {
 
 #[test]
 fn TestRouteAndConfigGenerateName() {
-    let p = Local::start("rtcfggen");
+    let p = crate::platform("rtcfggen", Needs::Defaults);
+    let p = &*p;
     let cfg = format!(
         "apiVersion: serving.knative.dev/v1\nkind: Configuration\nmetadata:\n  generateName: gen-cfg-\nspec:\n  template:\n{}",
-        hello("x").template(&p)
+        hello("x").template(p)
     );
     let cfg_name = generated_name(&p.apply(&cfg).expect("accepted"), "gen-cfg-");
     eventually("configuration ready", PATIENCE, || {
@@ -246,8 +253,9 @@ fn TestRouteAndConfigGenerateName() {
 
 #[test]
 fn TestRevisionGetAndList() {
-    let p = Local::start("revget");
-    hello("rev-get").deploy(&p);
+    let p = crate::platform("revget", Needs::Defaults);
+    let p = &*p;
+    hello("rev-get").deploy(p);
     let rev = p.get("rev", "rev-get-00001").expect("revision");
     assert_eq!(
         rev["metadata"]["labels"]["serving.knative.dev/configuration"],
@@ -263,10 +271,11 @@ fn TestRevisionGetAndList() {
 
 #[test]
 fn TestRevisionTimeout() {
-    let p = Local::start("revtimeout");
+    let p = crate::platform("revtimeout", Needs::Defaults);
+    let p = &*p;
     let t = Svc::new("rev-timeout", Image::Timeout)
         .spec("      timeoutSeconds: 10\n")
-        .deploy(&p);
+        .deploy(p);
     std::thread::scope(|s| {
         // Initial sleep 2 s: well within the timeout.
         let ok = s.spawn(|| t.get("/timeout?initialTimeout=2000").unwrap());
@@ -291,8 +300,9 @@ fn TestRevisionTimeout() {
 
 #[test]
 fn TestRouteGetAndList() {
-    let p = Local::start("routeget");
-    hello("route-get").deploy(&p);
+    let p = crate::platform("routeget", Needs::Defaults);
+    let p = &*p;
+    hello("route-get").deploy(p);
     let rt = p.get("rt", "route-get").expect("route");
     assert_eq!(rt["status"]["url"], "http://route-get.default.localhost");
     assert_eq!(
@@ -304,11 +314,12 @@ fn TestRouteGetAndList() {
 
 #[test]
 fn TestRouteCreation() {
-    let p = Local::start("routecreate");
+    let p = crate::platform("routecreate", Needs::Defaults);
+    let p = &*p;
     let cfg = |msg: &str| {
         format!(
             "apiVersion: serving.knative.dev/v1\nkind: Configuration\nmetadata:\n  name: rc\nspec:\n  template:\n{}",
-            hello("rc").env("MESSAGE", msg).template(&p)
+            hello("rc").env("MESSAGE", msg).template(p)
         )
     };
     p.apply_ready(&cfg("first"));
@@ -327,10 +338,11 @@ fn TestRouteCreation() {
 
 #[test]
 fn TestServiceAccountValidation() {
-    let p = Local::start("savalid");
+    let p = crate::platform("savalid", Needs::Defaults);
+    let p = &*p;
     let yaml = hello("sa-invalid")
         .spec("      serviceAccountName: \"+Invalid\"\n")
-        .yaml(&p);
+        .yaml(p);
     let err = p
         .apply(&yaml)
         .expect_err("an invalid serviceAccountName is refused");
@@ -340,8 +352,9 @@ fn TestServiceAccountValidation() {
 
 #[test]
 fn TestServiceCreateListAndDelete() {
-    let p = Local::start("svclist");
-    let t = hello("svc-list").deploy(&p);
+    let p = crate::platform("svclist", Needs::Defaults);
+    let p = &*p;
+    let t = hello("svc-list").deploy(p);
     assert_eq!(t.get("/").unwrap().body.trim(), HELLO);
     assert!(names(&p.list("ksvc")).contains(&"svc-list".to_string()));
     p.delete("ksvc", "svc-list").expect("deleted");
@@ -360,18 +373,19 @@ fn TestServiceCreateListAndDelete() {
 
 #[test]
 fn TestServiceCreateAndUpdate() {
-    let p = Local::start("svcupdate");
-    let t = hello("svc-upd").deploy(&p);
+    let p = crate::platform("svcupdate", Needs::Defaults);
+    let p = &*p;
+    let t = hello("svc-upd").deploy(p);
     assert_eq!(t.get("/").unwrap().body.trim(), HELLO);
     // An image/env change makes a new revision that takes the traffic.
-    hello("svc-upd").env("MESSAGE", "updated").deploy(&p);
+    hello("svc-upd").env("MESSAGE", "updated").deploy(p);
     eventually("the new revision serves", PATIENCE, || {
         (t.get("/").ok()?.body.trim() == "updated").then_some(())
     });
     let svc = p.get("ksvc", "svc-upd").unwrap();
     assert_eq!(svc["status"]["latestReadyRevisionName"], "svc-upd-00002");
     // A metadata-only change of the Service makes no revision.
-    let yaml = hello("svc-upd").env("MESSAGE", "updated").yaml(&p).replace(
+    let yaml = hello("svc-upd").env("MESSAGE", "updated").yaml(p).replace(
         "  name: svc-upd\n",
         "  name: svc-upd\n  annotations:\n    note: \"metadata only\"\n",
     );
@@ -382,15 +396,16 @@ fn TestServiceCreateAndUpdate() {
     hello("svc-upd")
         .env("MESSAGE", "updated")
         .annotation("autoscaling.knative.dev/window", "61s")
-        .deploy(&p);
+        .deploy(p);
     let svc = p.get("ksvc", "svc-upd").unwrap();
     assert_eq!(svc["status"]["latestReadyRevisionName"], "svc-upd-00003");
 }
 
 #[test]
 fn TestServiceBYOName() {
-    let p = Local::start("byoname");
-    let t = hello("byo").revision_name("byo-first").deploy(&p);
+    let p = crate::platform("byoname", Needs::Defaults);
+    let p = &*p;
+    let t = hello("byo").revision_name("byo-first").deploy(p);
     assert_eq!(t.get("/").unwrap().body.trim(), HELLO);
     let svc = p.get("ksvc", "byo").unwrap();
     assert_eq!(svc["status"]["latestReadyRevisionName"], "byo-first");
@@ -400,7 +415,7 @@ fn TestServiceBYOName() {
             &hello("byo")
                 .revision_name("byo-first")
                 .env("MESSAGE", "x")
-                .yaml(&p),
+                .yaml(p),
         )
         .expect_err("a change without a new name is refused");
     assert!(
@@ -412,7 +427,7 @@ fn TestServiceBYOName() {
     hello("byo")
         .revision_name("byo-second")
         .env("MESSAGE", "second")
-        .deploy(&p);
+        .deploy(p);
     eventually("the new revision serves", PATIENCE, || {
         (t.get("/").ok()?.body.trim() == "second").then_some(())
     });
@@ -420,14 +435,15 @@ fn TestServiceBYOName() {
 
 #[test]
 fn TestServiceWithTrafficSplit() {
-    let p = Local::start("svcsplit");
+    let p = crate::platform("svcsplit", Needs::Defaults);
+    let p = &*p;
     let svc = |msg: &str| hello("split").env("MESSAGE", msg);
-    svc("one").deploy(&p);
-    svc("two").deploy(&p);
+    svc("one").deploy(p);
+    svc("two").deploy(p);
     // 50 % to the first revision, 50 % to @latest, with tags.
     let t = svc("two")
         .traffic("  traffic:\n    - {revisionName: split-00001, percent: 50, tag: one}\n    - {latestRevision: true, percent: 50, tag: latest}\n")
-        .deploy(&p);
+        .deploy(p);
     let seen = bodies(&t, CONCURRENT_REQUESTS);
     for msg in ["one", "two"] {
         let n = seen.get(msg).copied().unwrap_or(0);
@@ -451,7 +467,7 @@ fn TestServiceWithTrafficSplit() {
     // @latest follows a new revision; the pinned half stays.
     svc("three")
         .traffic("  traffic:\n    - {revisionName: split-00001, percent: 50, tag: one}\n    - {latestRevision: true, percent: 50, tag: latest}\n")
-        .deploy(&p);
+        .deploy(p);
     eventually("@latest moved", PATIENCE, || {
         let seen = bodies(&t, 60);
         (seen.contains_key("three") && seen.contains_key("one") && !seen.contains_key("two"))
@@ -461,10 +477,11 @@ fn TestServiceWithTrafficSplit() {
 
 #[test]
 fn TestAnnotationPropagation() {
-    let p = Local::start("annprop");
+    let p = crate::platform("annprop", Needs::Defaults);
+    let p = &*p;
     let yaml = hello("ann")
         .annotation("template-annotation", "on-revision")
-        .yaml(&p)
+        .yaml(p)
         .replace(
             "  name: ann\n",
             "  name: ann\n  annotations:\n    service-annotation: \"on-service\"\n",
@@ -489,7 +506,7 @@ fn TestAnnotationPropagation() {
     p.apply_ready(
         &hello("ann")
             .annotation("template-annotation", "on-revision")
-            .yaml(&p),
+            .yaml(p),
     );
     eventually(
         "the annotation is gone from config and route",
@@ -506,11 +523,12 @@ fn TestAnnotationPropagation() {
 
 #[test]
 fn TestLabelPropagation() {
-    let p = Local::start("labelprop");
+    let p = crate::platform("labelprop", Needs::Defaults);
+    let p = &*p;
     let mut svc = hello("lbl");
     svc.labels
         .push(("template-label".into(), "on-revision".into()));
-    let yaml = svc.yaml(&p).replace(
+    let yaml = svc.yaml(p).replace(
         "  name: lbl\n",
         "  name: lbl\n  labels:\n    service-label: \"on-service\"\n",
     );
@@ -550,11 +568,12 @@ fn TestLabelPropagation() {
 
 #[test]
 fn TestSingleConcurrency() {
-    let p = Local::start("singleconc");
+    let p = crate::platform("singleconc", Needs::Defaults);
+    let p = &*p;
     let t = Svc::new("single", Image::SingleThreaded)
         .env("FAIL_ON_CONCURRENCY", "1")
         .spec("      containerConcurrency: 1\n")
-        .deploy(&p);
+        .deploy(p);
     // Knative: 5 clients for 20 s against an image that sleeps 500 ms and fails on overlap.
     let results = load_for(&t, "/?sleep=500", 5, Duration::from_secs(20));
     let bad: Vec<_> = results.iter().filter(|(s, _)| *s != 200).collect();

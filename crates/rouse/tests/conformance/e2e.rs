@@ -22,22 +22,24 @@ fn sks_mode(p: &dyn Platform, rev: &str) -> String {
 
 #[test]
 fn TestHelloWorld() {
-    let p = Local::start("helloworld");
-    let t = Svc::new("helloworld", Image::HelloWorld).deploy(&p);
+    let p = crate::platform("helloworld", Needs::Defaults);
+    let p = &*p;
+    let t = Svc::new("helloworld", Image::HelloWorld).deploy(p);
     let r = t.get("/").unwrap();
     assert_eq!((r.status, r.body.trim()), (200, HELLO));
 }
 
 #[test]
 fn TestActivatorOverload() {
-    let p = Local::start("overload");
+    let p = crate::platform("overload", Needs::Defaults);
+    let p = &*p;
     // CC 1, max-scale 10, TBC -1 (activator always in the path); 100 concurrent 300 ms
     // requests must all succeed.
     let t = Svc::new("overload", Image::Autoscale)
         .annotation("autoscaling.knative.dev/max-scale", "10")
         .annotation("autoscaling.knative.dev/target-burst-capacity", "-1")
         .spec("      containerConcurrency: 1\n")
-        .deploy(&p);
+        .deploy(p);
     let results = load(&t, "/?sleep=300", 100, 100, PATIENCE);
     assert_eq!(results.len(), 100);
     assert_success_rate(&results, 1.0);
@@ -45,11 +47,12 @@ fn TestActivatorOverload() {
 
 #[test]
 fn TestTargetBurstCapacityMinusOne() {
-    let p = Local::start("tbcminusone");
+    let p = crate::platform("tbcminusone", Needs::Defaults);
+    let p = &*p;
     Svc::new("tbc-minus-one", Image::Autoscale)
         .annotation("autoscaling.knative.dev/target-burst-capacity", "-1")
         .annotation("autoscaling.knative.dev/min-scale", "1")
-        .deploy(&p);
+        .deploy(p);
     // With ready instances the activator stays in the path.
     let sks = p.get("sks", "tbc-minus-one-00001").unwrap();
     assert_eq!(sks["spec"]["mode"], "Proxy", "{sks}");
@@ -58,20 +61,21 @@ fn TestTargetBurstCapacityMinusOne() {
 
 #[test]
 fn TestTargetBurstCapacity() {
-    let p = Local::start("tbc");
+    let p = crate::platform("tbc", Needs::Defaults);
+    let p = &*p;
     // CC 10, TBC 7: the activator is in the path while the spare capacity is short.
     let t = Svc::new("tbc", Image::Autoscale)
         .annotation("autoscaling.knative.dev/target-burst-capacity", "7")
         .spec("      containerConcurrency: 10\n")
-        .deploy(&p);
-    assert_eq!(sks_mode(&p, "tbc-00001"), "Proxy");
+        .deploy(p);
+    assert_eq!(sks_mode(p, "tbc-00001"), "Proxy");
     assert_eq!(t.get("/").unwrap().status, 200);
     // With a lower TBC than one instance's spare capacity, the instances take the traffic.
     Svc::new("tbc", Image::Autoscale)
         .annotation("autoscaling.knative.dev/target-burst-capacity", "0")
         .annotation("autoscaling.knative.dev/min-scale", "2")
         .spec("      containerConcurrency: 10\n")
-        .deploy(&p);
+        .deploy(p);
     eventually("Serve with 2 instances as the endpoints", PATIENCE, || {
         let sks = p.get("sks", "tbc-00002")?;
         (sks["spec"]["mode"] == "Serve" && sks["status"]["endpoints"].as_array()?.len() == 2)
@@ -81,17 +85,18 @@ fn TestTargetBurstCapacity() {
 
 #[test]
 fn TestTargetBurstCapacityZero() {
-    let p = Local::fast("tbczero", &[]);
+    let p = crate::platform("tbczero", Needs::FastAutoscaler);
+    let p = &*p;
     let t = Svc::new("tbc-zero", Image::Autoscale)
         .annotation("autoscaling.knative.dev/target-burst-capacity", "0")
         .annotation("autoscaling.knative.dev/window", "10s")
-        .deploy(&p);
+        .deploy(p);
     assert_eq!(t.get("/").unwrap().status, 200);
     eventually(
         "scaled to zero within a minute",
         Duration::from_secs(60),
         || {
-            (actual_scale(&p, "tbc-zero-00001") == 0 && p.live_instances("tbc-zero-00001") == 0)
+            (actual_scale(p, "tbc-zero-00001") == 0 && p.live_instances("tbc-zero-00001") == 0)
                 .then_some(())
         },
     );
@@ -99,12 +104,13 @@ fn TestTargetBurstCapacityZero() {
 
 #[test]
 fn TestFastScaleToZero() {
-    let p = Local::fast("fastzero", &[]);
+    let p = crate::platform("fastzero", Needs::FastAutoscaler);
+    let p = &*p;
     let started = Instant::now();
     let t = Svc::new("fast-zero", Image::Autoscale)
         .annotation("autoscaling.knative.dev/target-burst-capacity", "-1")
         .annotation("autoscaling.knative.dev/window", "6s")
-        .deploy(&p);
+        .deploy(p);
     assert_eq!(t.get("/").unwrap().status, 200);
     // Grace (1 s) + 15 s after the window.
     eventually(
@@ -117,7 +123,8 @@ fn TestFastScaleToZero() {
 
 /// Knative's up/down/up: 1 → 2 instances, scale to zero, 0 → 2, holding the SLO.
 fn up_down_up(test: &str, algorithm: Option<&str>) {
-    let p = Local::fast(test, &[]);
+    let p = crate::platform(test, Needs::FastAutoscaler);
+    let p = &*p;
     // Knative's setup: target 6 concurrent, utilisation 0.7, 500 ms per request.
     let mut svc = Svc::new(test, Image::Autoscale)
         .annotation("autoscaling.knative.dev/target", "6")
@@ -134,7 +141,7 @@ fn up_down_up(test: &str, algorithm: Option<&str>) {
             .annotation("autoscaling.knative.dev/metric-aggregation-algorithm", a)
             .annotation("autoscaling.knative.dev/window", "12s");
     }
-    let t = svc.deploy(&p);
+    let t = svc.deploy(p);
     let rev = &format!("{test}-00001");
     let up = |what: &str| {
         let deadline = Instant::now() + Duration::from_secs(40);
@@ -142,12 +149,12 @@ fn up_down_up(test: &str, algorithm: Option<&str>) {
         // At least one round of load, then until 2 instances are up.
         loop {
             results.extend(load_for(&t, "/?sleep=500", 12, Duration::from_secs(2)));
-            if actual_scale(&p, rev) >= 2 || Instant::now() >= deadline {
+            if actual_scale(p, rev) >= 2 || Instant::now() >= deadline {
                 break;
             }
         }
         assert!(
-            actual_scale(&p, rev) >= 2,
+            actual_scale(p, rev) >= 2,
             "{what}: did not reach 2 instances: {}",
             p.get("kpa", rev).unwrap_or_default()
         );
@@ -155,7 +162,7 @@ fn up_down_up(test: &str, algorithm: Option<&str>) {
     };
     up("1 → 2");
     eventually("scaled to zero", Duration::from_secs(45), || {
-        (actual_scale(&p, rev) == 0).then_some(())
+        (actual_scale(p, rev) == 0).then_some(())
     });
     up("0 → 2");
 }
@@ -172,8 +179,9 @@ fn TestAutoscaleUpDownUp_WeightedExponential() {
 
 #[test]
 fn TestDestroyPodWithRequests() {
-    let p = Local::start("destroyreqs");
-    let t = Svc::new("destroy-reqs", Image::Autoscale).deploy(&p);
+    let p = crate::platform("destroyreqs", Needs::Defaults);
+    let p = &*p;
+    let t = Svc::new("destroy-reqs", Image::Autoscale).deploy(p);
     std::thread::scope(|s| {
         let inflight: Vec<_> = (0..5)
             .map(|_| s.spawn(|| t.get("/?sleep=3000").unwrap()))
@@ -192,10 +200,11 @@ fn TestDestroyPodWithRequests() {
 
 #[test]
 fn TestDestroyPodTimely() {
-    let p = Local::start("destroytimely");
+    let p = crate::platform("destroytimely", Needs::Defaults);
+    let p = &*p;
     Svc::new("destroy-timely", Image::Autoscale)
         .spec("      timeoutSeconds: 300\n")
-        .deploy(&p);
+        .deploy(p);
     assert_eq!(p.live_instances("destroy-timely-00001"), 1);
     let started = Instant::now();
     p.delete("ksvc", "destroy-timely").unwrap();
@@ -212,10 +221,11 @@ fn TestDestroyPodTimely() {
 
 #[test]
 fn TestDestroyPodInflight() {
-    let p = Local::start("destroyinflight");
+    let p = crate::platform("destroyinflight", Needs::Defaults);
+    let p = &*p;
     let t = Svc::new("destroy-inflight", Image::Timeout)
         .spec("      timeoutSeconds: 45\n")
-        .deploy(&p);
+        .deploy(p);
     std::thread::scope(|s| {
         // A 35 s request (Knative's numbers: deleted at about half of it).
         let req = s.spawn(|| t.get_raw("/timeout?initialTimeout=35000"));
@@ -229,13 +239,14 @@ fn TestDestroyPodInflight() {
 
 #[test]
 fn TestRevisionTimeout() {
-    let p = Local::start("e2etimeouts");
+    let p = crate::platform("e2etimeouts", Needs::Defaults);
+    let p = &*p;
     let rst = Svc::new("rst", Image::Timeout)
         .spec("      timeoutSeconds: 30\n      responseStartTimeoutSeconds: 7\n")
-        .deploy(&p);
+        .deploy(p);
     let idle = Svc::new("idle", Image::Timeout)
         .spec("      timeoutSeconds: 30\n      idleTimeoutSeconds: 5\n")
-        .deploy(&p);
+        .deploy(p);
     std::thread::scope(|s| {
         let a = s.spawn(|| rst.get("/timeout?initialTimeout=4000").unwrap());
         let b = s.spawn(|| rst.get("/timeout?initialTimeout=15000").unwrap());
@@ -254,11 +265,12 @@ fn TestRevisionTimeout() {
 
 #[test]
 fn TestHelloHTTP2WithPortNameH2C() {
-    let p = Local::start("h2c");
+    let p = crate::platform("h2c", Needs::Defaults);
+    let p = &*p;
     let t = Svc::new("hello-h2c", Image::HelloHttp2)
         .args(&["--h2c"])
         .container_fields("          ports:\n            - {name: h2c, containerPort: 8080}\n")
-        .deploy(&p);
+        .deploy(p);
     // An HTTP/1.1 client reaches an h2c-only app: the platform speaks h2c to it.
     let r = t.get("/").unwrap();
     assert_eq!((r.status, r.body.trim()), (200, HELLO));
@@ -266,40 +278,43 @@ fn TestHelloHTTP2WithPortNameH2C() {
 
 #[test]
 fn TestReadinessPathAndQuery() {
-    let p = Local::start("readypath");
+    let p = crate::platform("readypath", Needs::Defaults);
+    let p = &*p;
     let t = Svc::new("ready-path", Image::Readiness)
         .container_fields(
             "          readinessProbe:\n            httpGet: {path: \"/readyz?probe=1\"}\n",
         )
-        .deploy(&p);
+        .deploy(p);
     assert_eq!(t.get("/").unwrap().status, 200);
 }
 
 #[test]
 fn TestReadinessGRPCProbe() {
-    let p = Local::start("readygrpc");
+    let p = crate::platform("readygrpc", Needs::Defaults);
+    let p = &*p;
     let t = Svc::new("ready-grpc", Image::GrpcPing)
         .args(&["--h2c"])
         .container_fields("          ports:\n            - {name: h2c, containerPort: 8080}\n          readinessProbe:\n            grpc: {port: 8080}\n")
-        .deploy(&p);
+        .deploy(p);
     assert_eq!(t.get("/").unwrap().status, 200);
 }
 
 #[test]
 fn TestMinScale() {
-    let p = Local::start("minscale");
+    let p = crate::platform("minscale", Needs::Defaults);
+    let p = &*p;
     let t = Svc::new("min-scale", Image::Autoscale)
         .annotation("autoscaling.knative.dev/min-scale", "3")
-        .deploy(&p);
+        .deploy(p);
     // Ready only with min-scale instances.
-    assert!(actual_scale(&p, "min-scale-00001") >= 3);
+    assert!(actual_scale(p, "min-scale-00001") >= 3);
     assert_eq!(p.live_instances("min-scale-00001"), 3);
     assert_eq!(t.get("/").unwrap().status, 200);
     // Replaced: the old revision scales below its min-scale.
     Svc::new("min-scale", Image::Autoscale)
         .annotation("autoscaling.knative.dev/min-scale", "3")
         .env("MESSAGE", "second")
-        .deploy(&p);
+        .deploy(p);
     assert_eq!(p.live_instances("min-scale-00002"), 3);
     eventually(
         "the old revision scales down",
@@ -310,23 +325,25 @@ fn TestMinScale() {
 
 #[test]
 fn TestInitScalePositive() {
-    let p = Local::fast("initscale", &[]);
+    let p = crate::platform("initscale", Needs::FastAutoscaler);
+    let p = &*p;
     Svc::new("init-scale", Image::Autoscale)
         .annotation("autoscaling.knative.dev/initial-scale", "3")
-        .deploy(&p);
+        .deploy(p);
     let rev = "init-scale-00001";
-    assert!(actual_scale(&p, rev) >= 3, "ready with its initial scale");
+    assert!(actual_scale(p, rev) >= 3, "ready with its initial scale");
     eventually("scales back down", Duration::from_secs(45), || {
-        (actual_scale(&p, rev) < 3).then_some(())
+        (actual_scale(p, rev) < 3).then_some(())
     });
 }
 
 #[test]
 fn TestInitScaleZero() {
-    let p = Local::fast("initzero", &[]);
+    let p = crate::platform("initzero", Needs::FastAutoscaler);
+    let p = &*p;
     let t = Svc::new("init-zero", Image::Autoscale)
         .annotation("autoscaling.knative.dev/initial-scale", "0")
-        .deploy(&p);
+        .deploy(p);
     assert_eq!(
         p.live_instances("init-zero-00001"),
         0,
@@ -341,8 +358,9 @@ use crate::clients::{WebSocket, hold_streams, stream_ping, unary_ping};
 
 #[test]
 fn TestWebSocket() {
-    let p = Local::start("websocket");
-    let t = Svc::new("ws-echo", Image::WsServer).deploy(&p);
+    let p = crate::platform("websocket", Needs::Defaults);
+    let p = &*p;
+    let t = Svc::new("ws-echo", Image::WsServer).deploy(p);
     let mut ws = WebSocket::connect(&t, "").unwrap();
     for i in 0..10 {
         ws.echo(&format!("Hello, websocket {i}"));
@@ -352,11 +370,12 @@ fn TestWebSocket() {
 
 #[test]
 fn TestWebSocketViaActivator() {
-    let p = Local::start("wsactivator");
+    let p = crate::platform("wsactivator", Needs::Defaults);
+    let p = &*p;
     let t = Svc::new("ws-activator", Image::WsServer)
         .annotation("autoscaling.knative.dev/target-burst-capacity", "-1")
-        .deploy(&p);
-    assert_eq!(sks_mode(&p, "ws-activator-00001"), "Proxy");
+        .deploy(p);
+    assert_eq!(sks_mode(p, "ws-activator-00001"), "Proxy");
     let mut ws = WebSocket::connect(&t, "").unwrap();
     ws.echo("Hello, activator");
     ws.close();
@@ -364,16 +383,17 @@ fn TestWebSocketViaActivator() {
 
 #[test]
 fn TestWebSocketBlueGreenRoute() {
-    let p = Local::start("wsbluegreen");
+    let p = crate::platform("wsbluegreen", Needs::Defaults);
+    let p = &*p;
     let svc = |rev: &str, msg: &str| {
         Svc::new("ws-bg", Image::WsServer)
             .revision_name(rev)
             .env("MESSAGE", msg)
     };
-    svc("ws-bg-blue", "blue").deploy(&p);
+    svc("ws-bg-blue", "blue").deploy(p);
     let main = svc("ws-bg-green", "green")
         .traffic("  traffic:\n    - {revisionName: ws-bg-blue, percent: 50}\n    - {revisionName: ws-bg-green, percent: 50}\n")
-        .deploy(&p);
+        .deploy(p);
     // Each connection lands on one of the two revisions and echoes there; both are reached.
     let mut revisions = std::collections::BTreeSet::new();
     for _ in 0..40 {
@@ -398,8 +418,9 @@ fn TestWebSocketBlueGreenRoute() {
 
 #[test]
 fn TestWebSocketGracefulShutdown() {
-    let p = Local::start("wsshutdown");
-    let t = Svc::new("ws-shutdown", Image::WsServer).deploy(&p);
+    let p = crate::platform("wsshutdown", Needs::Defaults);
+    let p = &*p;
+    let t = Svc::new("ws-shutdown", Image::WsServer).deploy(p);
     let mut ws = WebSocket::connect(&t, "").unwrap();
     ws.echo("before");
     // The service is deleted while the socket is open: it keeps working, then closes normally.
@@ -418,10 +439,11 @@ fn TestWebSocketGracefulShutdown() {
 
 #[test]
 fn TestWebSocketWithTimeout() {
-    let p = Local::start("wstimeout");
+    let p = crate::platform("wstimeout", Needs::Defaults);
+    let p = &*p;
     let t = Svc::new("ws-timeout", Image::WsServer)
         .spec("      timeoutSeconds: 2\n")
-        .deploy(&p);
+        .deploy(p);
     // A handshake answered within the timeout connects, and the socket outlives the timeout.
     let mut ws = WebSocket::connect(&t, "?sleep=500").unwrap();
     let opened = Instant::now();
@@ -452,8 +474,9 @@ fn grpc(p: &dyn Platform, name: &str, from_zero: bool) -> Target {
 
 #[test]
 fn TestGRPCUnaryPing() {
-    let p = Local::start("grpcunary");
-    let t = grpc(&p, "grpc-unary", false);
+    let p = crate::platform("grpcunary", Needs::Defaults);
+    let p = &*p;
+    let t = grpc(p, "grpc-unary", false);
     for _ in 0..5 {
         assert!(unary_ping(&t, PATIENCE));
     }
@@ -461,30 +484,34 @@ fn TestGRPCUnaryPing() {
 
 #[test]
 fn TestGRPCStreamingPing() {
-    let p = Local::start("grpcstream");
-    let t = grpc(&p, "grpc-stream", false);
+    let p = crate::platform("grpcstream", Needs::Defaults);
+    let p = &*p;
+    let t = grpc(p, "grpc-stream", false);
     assert!(stream_ping(&t, 10, PATIENCE));
 }
 
 #[test]
 fn TestGRPCUnaryPingViaActivator() {
-    let p = Local::fast("grpcunaryzero", &[]);
-    let t = grpc(&p, "grpc-unary-zero", true);
+    let p = crate::platform("grpcunaryzero", Needs::FastAutoscaler);
+    let p = &*p;
+    let t = grpc(p, "grpc-unary-zero", true);
     assert_eq!(p.live_instances("grpc-unary-zero-00001"), 0);
     assert!(unary_ping(&t, PATIENCE));
 }
 
 #[test]
 fn TestGRPCStreamingPingViaActivator() {
-    let p = Local::fast("grpcstreamzero", &[]);
-    let t = grpc(&p, "grpc-stream-zero", true);
+    let p = crate::platform("grpcstreamzero", Needs::FastAutoscaler);
+    let p = &*p;
+    let t = grpc(p, "grpc-stream-zero", true);
     assert_eq!(p.live_instances("grpc-stream-zero-00001"), 0);
     assert!(stream_ping(&t, 10, PATIENCE));
 }
 
 #[test]
 fn TestGRPCAutoscaleUpDownUp() {
-    let p = Local::fast("grpcupdownup", &[]);
+    let p = crate::platform("grpcupdownup", Needs::FastAutoscaler);
+    let p = &*p;
     // Open streams are requests in flight: 12 of them against a target of 6 at 70 %.
     let t = Svc::new("grpc-updownup", Image::GrpcPing)
         .args(&["--h2c"])
@@ -494,7 +521,7 @@ fn TestGRPCAutoscaleUpDownUp() {
             "70",
         )
         .container_fields("          ports:\n            - {name: h2c, containerPort: 8080}\n")
-        .deploy(&p);
+        .deploy(p);
     let rev = "grpc-updownup-00001";
     let up = |what: &str| {
         let deadline = Instant::now() + Duration::from_secs(40);
@@ -502,12 +529,12 @@ fn TestGRPCAutoscaleUpDownUp() {
         loop {
             ok += hold_streams(&t, 12, Duration::from_secs(3));
             total += 12;
-            if actual_scale(&p, rev) >= 2 || Instant::now() >= deadline {
+            if actual_scale(p, rev) >= 2 || Instant::now() >= deadline {
                 break;
             }
         }
         assert!(
-            actual_scale(&p, rev) >= 2,
+            actual_scale(p, rev) >= 2,
             "{what}: did not reach 2 instances"
         );
         assert!(
@@ -517,19 +544,20 @@ fn TestGRPCAutoscaleUpDownUp() {
     };
     up("1 → 2");
     eventually("scaled to zero", Duration::from_secs(45), || {
-        (actual_scale(&p, rev) == 0).then_some(())
+        (actual_scale(p, rev) == 0).then_some(())
     });
     up("0 → 2");
 }
 
 #[test]
 fn TestGRPCLoadBalancing() {
-    let p = Local::start("grpclb");
+    let p = crate::platform("grpclb", Needs::Defaults);
+    let p = &*p;
     let t = Svc::new("grpc-lb", Image::GrpcPing)
         .args(&["--h2c"])
         .annotation("autoscaling.knative.dev/min-scale", "3")
         .container_fields("          ports:\n            - {name: h2c, containerPort: 8080}\n")
-        .deploy(&p);
+        .deploy(p);
     assert_eq!(p.live_instances("grpc-lb-00001"), 3);
     // Streams opened on separate connections are served (and spread by the balancer).
     std::thread::scope(|s| {
@@ -546,16 +574,17 @@ fn TestGRPCLoadBalancing() {
 
 #[test]
 fn TestActivationScale() {
-    let p = Local::fast("activationscale", &[]);
+    let p = crate::platform("activationscale", Needs::FastAutoscaler);
+    let p = &*p;
     let t = Svc::new("activation", Image::Autoscale)
         .annotation("autoscaling.knative.dev/initial-scale", "0")
         .annotation("autoscaling.knative.dev/activation-scale", "5")
-        .deploy(&p);
+        .deploy(p);
     assert_eq!(p.live_instances("activation-00001"), 0);
     assert_eq!(t.get("/").unwrap().status, 200);
     // One request from zero brings up activation-scale instances.
     eventually("5 instances", PATIENCE, || {
-        (actual_scale(&p, "activation-00001") >= 5).then_some(())
+        (actual_scale(p, "activation-00001") >= 5).then_some(())
     });
 }
 
@@ -563,12 +592,13 @@ fn TestActivationScale() {
 
 #[test]
 fn TestMultipleNamespace() {
-    let p = Local::start("namespaces");
+    let p = crate::platform("namespaces", Needs::Defaults);
+    let p = &*p;
     // The same name in two namespaces: two services, each served under its own host.
     for (ns, msg) in [("default", "in default"), ("alternate", "in alternate")] {
         let yaml = Svc::new("same-name", Image::HelloWorld)
             .env("MESSAGE", msg)
-            .yaml(&p)
+            .yaml(p)
             .replace(
                 "  name: same-name\n",
                 &format!("  name: same-name\n  namespace: {ns}\n"),
@@ -586,21 +616,22 @@ fn TestMultipleNamespace() {
 
 #[test]
 fn TestRollbackBYOName() {
-    let p = Local::start("rollbackbyo");
+    let p = crate::platform("rollbackbyo", Needs::Defaults);
+    let p = &*p;
     let svc = |rev: &str, msg: &str| {
         Svc::new("byo-rollback", Image::HelloWorld)
             .revision_name(rev)
             .env("MESSAGE", msg)
     };
-    let t = svc("byo-rollback-v1", "v1").deploy(&p);
-    svc("byo-rollback-v2", "v2").deploy(&p);
+    let t = svc("byo-rollback-v1", "v1").deploy(p);
+    svc("byo-rollback-v2", "v2").deploy(p);
     eventually("v2 serves", PATIENCE, || {
         (t.get("/").ok()?.body.trim() == "v2").then_some(())
     });
     // Rolling back: the v1 template under its own name again, pinned by traffic.
     svc("byo-rollback-v1", "v1")
         .traffic("  traffic:\n    - {revisionName: byo-rollback-v1, percent: 100}\n")
-        .deploy(&p);
+        .deploy(p);
     eventually("v1 serves again", PATIENCE, || {
         (t.get("/").ok()?.body.trim() == "v1").then_some(())
     });
@@ -623,7 +654,8 @@ fn max_instances(want: usize, tu: f64) -> i64 {
 /// time, never overshoot Knative's bound, and hold the SLO. `client_load(n)` gives the clients
 /// and the pause between each client's requests for n instances' worth.
 fn step_up(test: &str, metric: &[(&str, &str)], client_load: impl Fn(usize) -> (usize, Duration)) {
-    let p = Local::fast(test, &[]);
+    let p = crate::platform(test, Needs::FastAutoscaler);
+    let p = &*p;
     let mut svc = Svc::new(test, Image::Autoscale)
         .annotation(
             "autoscaling.knative.dev/target-utilization-percentage",
@@ -633,7 +665,7 @@ fn step_up(test: &str, metric: &[(&str, &str)], client_load: impl Fn(usize) -> (
     for (k, v) in metric {
         svc = svc.annotation(k, v);
     }
-    let t = svc.deploy(&p);
+    let t = svc.deploy(p);
     let rev = format!("{test}-00001");
     for want in 2..=3usize {
         let (clients, pause) = client_load(want);
@@ -643,12 +675,12 @@ fn step_up(test: &str, metric: &[(&str, &str)], client_load: impl Fn(usize) -> (
         // At least one round of load per step, then until the step is reached.
         loop {
             results.extend(paced(&t, clients, pause, Duration::from_secs(2)));
-            peak = peak.max(actual_scale(&p, &rev));
-            if actual_scale(&p, &rev) >= want as i64 || Instant::now() >= deadline {
+            peak = peak.max(actual_scale(p, &rev));
+            if actual_scale(p, &rev) >= want as i64 || Instant::now() >= deadline {
                 break;
             }
         }
-        let now = actual_scale(&p, &rev);
+        let now = actual_scale(p, &rev);
         assert!(
             now >= want as i64,
             "{want} instances not reached in 30 s (at {now})"
@@ -711,11 +743,12 @@ fn TestRPSBasedAutoscaleUpCountPods() {
 
 #[test]
 fn TestScaleToN_10() {
-    let p = Local::start("scaleton");
+    let p = crate::platform("scaleton", Needs::Defaults);
+    let p = &*p;
     let names: Vec<String> = (0..10).map(|i| format!("scale-{i}")).collect();
     // Created together, then each must become Ready and serve (local SLO 1.0).
     for n in &names {
-        p.apply(&Svc::new(n, Image::HelloWorld).yaml(&p)).unwrap();
+        p.apply(&Svc::new(n, Image::HelloWorld).yaml(p)).unwrap();
     }
     for n in &names {
         let svc = eventually("ready", PATIENCE, || {

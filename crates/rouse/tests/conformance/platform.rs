@@ -4,7 +4,9 @@
 //! turn a status URL into an address and Host to send requests to, and describe a container
 //! playing one of Knative's test images. [`Local`] runs them against a real `rouse serve`
 //! (ephemeral ports, its own data dir); a Kubernetes e2e suite implements the same trait
-//! (kubectl/the API server, the ingress address, the test images by name) and reuses the cases.
+//! (kubectl/the API server, the ingress address, the test images by name) and reuses the cases:
+//! its test target includes the same case files (`api_v1.rs`, `runtime.rs`, `e2e.rs`) and
+//! defines the crate-level `platform(test, needs)` they call for its cluster.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -72,6 +74,16 @@ pub enum Image {
     PizzaPlanet,
 }
 
+/// What a case needs of the platform's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Knative's defaults.
+    Defaults,
+    /// Knative's shortest autoscaler windows (stable window 6 s, scale-to-zero grace 1 s,
+    /// zero initial scale allowed), so scaling cases finish in seconds.
+    FastAutoscaler,
+}
+
 /// The platform a conformance case runs on.
 pub trait Platform {
     /// Applies a manifest (create or update); the CLI's output, or its error.
@@ -86,8 +98,9 @@ pub trait Platform {
     fn delete(&self, kind: &str, name: &str) -> Result<(), String>;
     /// Where requests for a route's URL (`http://host`) go.
     fn target(&self, url: &str) -> Target;
-    /// The container (a `- ` list item, 8 spaces in) running `image` with `args`; extra
-    /// container fields follow at 10 spaces.
+    /// The container (a `- ` list item, 8 spaces in) running `image` with `args`, ending with
+    /// an `env:` list (the case's variables follow at 12 spaces, then other container fields
+    /// at 10).
     fn container(&self, image: Image, args: &[&str]) -> String;
     /// Instances of a revision whose process is alive now (pods on Kubernetes).
     fn live_instances(&self, revision: &str) -> usize;
@@ -104,7 +117,11 @@ pub struct Local {
 impl Local {
     /// A platform with Knative's defaults.
     pub fn start(test: &str) -> Local {
-        Self::with_autoscaler(test, &[])
+        Local {
+            serve: common::Platform::start(),
+            marker: common::unique_marker(test),
+            _dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     /// A platform with Knative's shortest autoscaler windows (stable window 6 s, grace 1 s,
@@ -117,14 +134,6 @@ impl Local {
             serve,
             marker: common::unique_marker(test),
             _dir: dir,
-        }
-    }
-
-    fn with_autoscaler(test: &str, _extra: &[(&str, &str)]) -> Local {
-        Local {
-            serve: common::Platform::start(),
-            marker: common::unique_marker(test),
-            _dir: tempfile::tempdir().expect("tempdir"),
         }
     }
 }

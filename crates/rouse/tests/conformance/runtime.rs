@@ -15,11 +15,12 @@ fn runtime_info(t: &Target) -> Value {
 
 #[test]
 fn TestCmdArgsService() {
-    let p = Local::start("cmdargs");
+    let p = crate::platform("cmdargs", Needs::Defaults);
+    let p = &*p;
     // The command is the test program; args are honoured verbatim.
     let t = Svc::new("cmd-args", Image::Runtime)
         .args(&["--print", "arg with spaces", "--print", "$(NOT_EXPANDED_X)"])
-        .deploy(&p);
+        .deploy(p);
     let info = runtime_info(&t);
     let args: Vec<&str> = info["args"]
         .as_array()
@@ -36,8 +37,9 @@ fn TestCmdArgsService() {
 
 #[test]
 fn TestMustEnvVars() {
-    let p = Local::start("mustenvvars");
-    let t = Svc::new("must-env-vars", Image::Runtime).deploy(&p);
+    let p = crate::platform("mustenvvars", Needs::Defaults);
+    let p = &*p;
+    let t = Svc::new("must-env-vars", Image::Runtime).deploy(p);
     let env = &runtime_info(&t)["env"];
     // MUST: PORT, the port the app listens on (requests reach it there).
     assert!(
@@ -48,8 +50,9 @@ fn TestMustEnvVars() {
 
 #[test]
 fn TestShouldEnvVars() {
-    let p = Local::start("envvars");
-    let t = Svc::new("env-vars", Image::Runtime).deploy(&p);
+    let p = crate::platform("envvars", Needs::Defaults);
+    let p = &*p;
+    let t = Svc::new("env-vars", Image::Runtime).deploy(p);
     let env = &runtime_info(&t)["env"];
     // MUST: PORT. SHOULD: K_SERVICE, K_CONFIGURATION, K_REVISION.
     assert!(
@@ -63,15 +66,17 @@ fn TestShouldEnvVars() {
 
 #[test]
 fn TestShouldHaveStdinEOF() {
-    let p = Local::start("stdin");
-    let t = Svc::new("stdin-eof", Image::Runtime).deploy(&p);
+    let p = crate::platform("stdin", Needs::Defaults);
+    let p = &*p;
+    let t = Svc::new("stdin-eof", Image::Runtime).deploy(p);
     assert_eq!(runtime_info(&t)["stdin"], "eof");
 }
 
 #[test]
 fn TestMustHaveFiles() {
-    let p = Local::start("files");
-    let t = Svc::new("files", Image::Runtime).deploy(&p);
+    let p = crate::platform("files", Needs::Defaults);
+    let p = &*p;
+    let t = Svc::new("files", Image::Runtime).deploy(p);
     let info = runtime_info(&t);
     for dir in ["/tmp", "/dev/fd", "/proc", "/proc/self"] {
         assert_eq!(info["paths"][dir]["dir"], true, "{dir}: {info}");
@@ -84,8 +89,9 @@ fn TestMustHaveFiles() {
 
 #[test]
 fn TestMustHaveHeaders() {
-    let p = Local::start("headers");
-    let t = Svc::new("headers", Image::Runtime).deploy(&p);
+    let p = crate::platform("headers", Needs::Defaults);
+    let p = &*p;
+    let t = Svc::new("headers", Image::Runtime).deploy(p);
     let mut s = std::net::TcpStream::connect(t.addr).unwrap();
     use std::io::{Read, Write};
     write!(
@@ -125,10 +131,11 @@ fn TestMustHaveHeaders() {
 
 #[test]
 fn TestLivenessWithFail() {
-    let p = Local::start("liveness");
+    let p = crate::platform("liveness", Needs::Defaults);
+    let p = &*p;
     let t = Svc::new("liveness", Image::Readiness)
         .container_fields("          livenessProbe:\n            httpGet: {path: /readyz}\n            initialDelaySeconds: 1\n            periodSeconds: 1\n            failureThreshold: 3\n")
-        .deploy(&p);
+        .deploy(p);
     let pid = t.get("/whoami").unwrap().body.trim().to_string();
     // The probe starts failing: the container is restarted (a new process serves).
     let r = t.get("/start-failing").unwrap();
@@ -141,12 +148,13 @@ fn TestLivenessWithFail() {
 
 #[test]
 fn TestProtocols() {
-    let p = Local::start("protocols");
+    let p = crate::platform("protocols", Needs::Defaults);
+    let p = &*p;
     // Port name h2c: the app gets HTTP/2.
     let t = Svc::new("proto-h2c", Image::HelloHttp2)
         .args(&["--h2c"])
         .container_fields("          ports:\n            - {name: h2c, containerPort: 8080}\n")
-        .deploy(&p);
+        .deploy(p);
     let v: Value = serde_json::from_str(&t.get("/headers").unwrap().body).unwrap();
     assert_eq!(v["version"], "HTTP/2.0", "{v}");
     // http1 or no name: HTTP/1.1.
@@ -159,7 +167,7 @@ fn TestProtocols() {
     ] {
         let t = Svc::new(name, Image::Runtime)
             .container_fields(ports)
-            .deploy(&p);
+            .deploy(p);
         let v: Value = serde_json::from_str(&t.get("/headers").unwrap().body).unwrap();
         assert_eq!(v["version"], "HTTP/1.1", "{name}: {v}");
     }
@@ -167,7 +175,8 @@ fn TestProtocols() {
 
 #[test]
 fn TestProbeRuntime() {
-    let p = Local::start("proberuntime");
+    let p = crate::platform("proberuntime", Needs::Defaults);
+    let p = &*p;
     let probes = [
         ("httpget", "httpGet: {path: /readyz}"),
         ("tcp", "tcpSocket: {port: 8080}"),
@@ -180,7 +189,7 @@ fn TestProbeRuntime() {
                 .container_fields(&format!(
                     "          readinessProbe:\n            {handler}\n            periodSeconds: {period}\n"
                 ))
-                .deploy(&p);
+                .deploy(p);
             let r = t.get("/").unwrap();
             assert_eq!(r.status, 200, "{name}: {r:?}");
         }
@@ -198,13 +207,14 @@ fn answering(t: &Target, n: usize) -> Vec<String> {
 /// Knative's TestProbeRuntimeAfterStartup in one SKS mode (`target-burst-capacity` 0 keeps
 /// the revision in Serve, -1 in Proxy).
 fn probe_after_startup(test: &str, tbc: &str, mode: &str) {
-    let p = Local::start(test);
+    let p = crate::platform(test, Needs::Defaults);
+    let p = &*p;
     let name = format!("after-startup-{}", mode.to_lowercase());
     let t = Svc::new(&name, Image::Readiness)
         .annotation("autoscaling.knative.dev/min-scale", "2")
         .annotation("autoscaling.knative.dev/target-burst-capacity", tbc)
         .container_fields("          readinessProbe:\n            httpGet: {path: \"/readyz?probe=1\"}\n            periodSeconds: 1\n            failureThreshold: 1\n")
-        .deploy(&p);
+        .deploy(p);
     let rev = format!("{name}-00001");
     eventually("both instances serve", PATIENCE, || {
         let seen: BTreeSet<_> = answering(&t, 20).into_iter().collect();
@@ -263,18 +273,20 @@ fn TestProbeRuntimeAfterStartup_Proxy() {
 
 #[test]
 fn TestWorkingDirService() {
-    let p = Local::start("workingdir");
-    let dir = tempfile::tempdir().unwrap();
-    let wd = dir.path().canonicalize().unwrap().display().to_string();
+    let p = crate::platform("workingdir", Needs::Defaults);
+    let p = &*p;
+    // A directory every platform's workload has.
+    let wd = "/tmp";
     let t = Svc::new("working-dir", Image::Runtime)
         .container_fields(&format!("          workingDir: {wd:?}\n"))
-        .deploy(&p);
-    assert_eq!(runtime_info(&t)["cwd"], wd.as_str());
+        .deploy(p);
+    assert_eq!(runtime_info(&t)["cwd"], wd);
 }
 
 #[test]
 fn TestMustNotContainerConstraints() {
-    let p = Local::start("mustnot");
+    let p = crate::platform("mustnot", Needs::Defaults);
+    let p = &*p;
     // Fields a Knative container MUST NOT set are refused with the field named.
     let cases = [
         (
@@ -292,7 +304,7 @@ fn TestMustNotContainerConstraints() {
     for (name, fields, path) in cases {
         let yaml = Svc::new(&format!("mustnot-{name}"), Image::Runtime)
             .container_fields(fields)
-            .yaml(&p);
+            .yaml(p);
         let err = p.apply(&yaml).expect_err(name);
         assert!(err.contains(path), "{name}: {err}");
     }
@@ -300,7 +312,8 @@ fn TestMustNotContainerConstraints() {
 
 #[test]
 fn TestShouldNotContainerConstraints() {
-    let p = Local::start("shouldnot");
+    let p = crate::platform("shouldnot", Needs::Defaults);
+    let p = &*p;
     // Fields a Knative container SHOULD NOT set are refused too, each with its reason.
     let cases = [
         (
@@ -327,7 +340,7 @@ fn TestShouldNotContainerConstraints() {
     for (name, fields, reason) in cases {
         let yaml = Svc::new(&format!("shouldnot-{name}"), Image::Runtime)
             .container_fields(fields)
-            .yaml(&p);
+            .yaml(p);
         let err = p.apply(&yaml).expect_err(name);
         assert!(err.contains(reason), "{name}: {err}");
     }
