@@ -247,6 +247,7 @@ fn probe_after_startup(test: &str, tbc: &str, mode: &str) {
         },
     );
     let took = started.elapsed();
+    println!("{mode}: the failing instance left the endpoints within {took:?}");
     assert!(took < Duration::from_secs(6), "took {took:?}");
     let after = answering(&t, 60);
     assert_eq!(
