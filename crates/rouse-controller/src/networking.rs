@@ -29,7 +29,8 @@ pub struct RevisionTraffic {
     pub mode: SksMode,
     /// Queue-proxies of the ready instances (Serve mode's endpoints).
     pub ready: Vec<SocketAddr>,
-    /// Queue-proxies of every live instance (the activator probes them itself).
+    /// Queue-proxies of the instances ready or still starting (the activator probes them
+    /// itself); one that failed readiness after passing it is left out until it passes again.
     pub backends: Vec<SocketAddr>,
     pub container_concurrency: u32,
     pub timeout: Duration,
