@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::api::admission::{Target, admit};
 use crate::api::{ApiState, serve_api};
+use crate::host::{self, DESCRIPTOR_RESERVE, HostArgs};
 
 /// Longest wait for in-flight work at shutdown before giving up on it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -47,11 +48,15 @@ pub struct ServeArgs {
     /// The domain routes are served under: `{route}.{namespace}.{domain}`.
     #[arg(long, default_value = "localhost")]
     pub domain: String,
+    /// Workloads and client connections.
+    #[command(flatten)]
+    pub host: HostArgs,
 }
 
 /// Runs the platform until SIGINT or SIGTERM, then drains and stops every instance.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(load_config(&args.config)?);
+    let descriptors = host::descriptors(args.host.max_connections);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let store: Arc<dyn Store> = Arc::new(
@@ -66,7 +71,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let gateway_addr = gateway_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
 
-    let runtime = ProcessRuntime::new(std::fs::canonicalize(&args.data_dir)?);
+    let runtime = ProcessRuntime::with_options(
+        std::fs::canonicalize(&args.data_dir)?,
+        args.host.runtime_options(),
+    );
+    // The store holds the data dir now: what is recorded there is an earlier run's.
+    host::clean_leftovers(&runtime);
     // The activator pokes the autoscaler through this channel on a revision's first request.
     let (poke_tx, poke_rx) = tokio::sync::mpsc::unbounded_channel();
     let activator = Activator::new(
@@ -87,7 +97,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
-    let gateway_task = tokio::spawn(gateway.clone().serve(gateway_listener, stopped()));
+    let client_limits = rouse_queue::http::ServerLimits {
+        connections: rouse_queue::http::ConnectionLimit {
+            max: Some(descriptors.max_connections),
+            descriptor_limit: Some(descriptors.limit),
+            descriptor_reserve: DESCRIPTOR_RESERVE,
+        },
+        ..Default::default()
+    };
+    let gateway_task = tokio::spawn(gateway.clone().serve_with(
+        gateway_listener,
+        stopped(),
+        client_limits,
+    ));
     let api_state = ApiState {
         store: store.clone(),
         config: config.clone(),
