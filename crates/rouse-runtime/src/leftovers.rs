@@ -101,7 +101,8 @@ impl Tracker {
     /// processes left in its group), and every cgroup under the parent. Returns a line per
     /// thing stopped. Blocks (up to a few seconds per cgroup) while killed processes exit.
     pub(crate) fn clean(&self) -> Vec<String> {
-        let mut done = Vec::new();
+        // What was done, per instance (records and cgroups share its name).
+        let mut done: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         if let Ok(dir) = std::fs::read_dir(&self.records) {
             for entry in dir.flatten() {
                 let path = entry.path();
@@ -110,11 +111,12 @@ impl Tracker {
                 {
                     let killed = rec.kill_group();
                     if !killed.is_empty() {
-                        done.push(format!(
-                            "instance {}: killed process group {} (processes {killed:?})",
-                            entry.file_name().to_string_lossy(),
-                            rec.pid
-                        ));
+                        done.entry(entry.file_name().to_string_lossy().into_owned())
+                            .or_default()
+                            .push(format!(
+                                "killed process group {} (processes {killed:?})",
+                                rec.pid
+                            ));
                     }
                 }
                 let _ = std::fs::remove_file(&path);
@@ -129,24 +131,21 @@ impl Tracker {
                     continue;
                 }
                 let pids = cgroup_pids(&path);
-                match remove_cgroup(&path) {
-                    Ok(()) if pids.is_empty() => {}
-                    Ok(()) => done.push(format!(
-                        "instance {}: killed cgroup {} (processes {pids:?})",
-                        entry.file_name().to_string_lossy(),
-                        path.display()
-                    )),
-                    Err(e) => done.push(format!(
-                        "instance {}: cgroup {} could not be removed: {e}",
-                        entry.file_name().to_string_lossy(),
-                        path.display()
-                    )),
-                }
+                let what = match remove_cgroup(&path) {
+                    Ok(()) if pids.is_empty() => continue,
+                    Ok(()) => format!("killed cgroup {} (processes {pids:?})", path.display()),
+                    Err(e) => format!("cgroup {} could not be removed: {e}", path.display()),
+                };
+                done.entry(entry.file_name().to_string_lossy().into_owned())
+                    .or_default()
+                    .push(what);
             }
         }
         // Made again with the next instance's.
         self.remove_parent();
-        done
+        done.into_iter()
+            .map(|(instance, what)| format!("instance {instance}: {}", what.join("; ")))
+            .collect()
     }
 }
 

@@ -137,6 +137,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("Rouse is serving.");
     println!("  Gateway: http://{gateway_addr}");
     println!("  API: http://{api_addr}");
+    println!(
+        "  Client connections: at most {} (open-file limit {})",
+        descriptors.max_connections, descriptors.limit
+    );
     for path in &args.files {
         for (kind, ns, name, outcome) in apply_path(store.as_ref(), &config, path)? {
             println!(
