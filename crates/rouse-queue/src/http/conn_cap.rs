@@ -64,7 +64,7 @@ struct Registry {
 pub(super) struct Slot {
     /// Requests in progress (the fast path counts itself while it is not waiting idle).
     active: AtomicUsize,
-    /// When it last became idle, in milliseconds after the admission's epoch.
+    /// When it last became idle, in microseconds after the admission's epoch.
     idle_since: AtomicU64,
     /// Told to close to make room.
     evicted: AtomicBool,
@@ -77,7 +77,7 @@ impl Slot {
     fn new(epoch: Instant, stop: Option<watch::Sender<bool>>) -> Slot {
         Slot {
             active: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(epoch.elapsed().as_millis() as u64),
+            idle_since: AtomicU64::new(epoch.elapsed().as_micros() as u64),
             evicted: AtomicBool::new(false),
             stop,
             epoch,
@@ -109,7 +109,7 @@ impl Slot {
     pub(super) fn end(&self) {
         if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.idle_since
-                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -278,4 +278,88 @@ impl Admission {
 /// caller to close.
 fn refuse(stream: &TcpStream) {
     let _ = stream.try_write(REFUSED);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// A client socket and the server's end of it.
+    async fn pair(listener: &TcpListener) -> (std::net::TcpStream, TcpStream) {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    fn refused(mut client: std::net::TcpStream) -> String {
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = String::new();
+        let _ = client.read_to_string(&mut answer);
+        answer
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_an_idle_connection_makes_room_and_busy_ones_do_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let adm = Admission::new(ConnectionLimit {
+            max: Some(2),
+            ..ConnectionLimit::default()
+        });
+        let (_stop_tx, stop) = watch::channel(false);
+        let (_c1, s1) = pair(&listener).await;
+        let t1 = adm.admit(&s1, &stop).unwrap();
+        let (_c2, s2) = pair(&listener).await;
+        let t2 = adm.admit(&s2, &stop).unwrap();
+        let busy2 = t2.slot.busy();
+
+        // Full: the idle one is told to stop, the new one let in.
+        let (_c3, s3) = pair(&listener).await;
+        let t3 = adm.admit(&s3, &stop).unwrap();
+        assert!(*t1.stop.borrow() && !*t2.stop.borrow() && !*t3.stop.borrow());
+        drop(t1);
+        let busy3 = t3.slot.busy();
+
+        // Full and nothing idle: refused at once with a 503.
+        let (c4, s4) = pair(&listener).await;
+        assert!(adm.admit(&s4, &stop).is_none());
+        drop(s4);
+        assert!(refused(c4).starts_with("HTTP/1.1 503"));
+
+        // A request ends: that connection is idle, and goes for the next one.
+        drop(busy2);
+        let (_c5, s5) = pair(&listener).await;
+        let t5 = adm.admit(&s5, &stop).unwrap();
+        assert!(*t2.stop.borrow() && !*t3.stop.borrow());
+        drop((busy3, t2, t3, t5));
+        assert!(adm.lock().slots.is_empty() && adm.lock().closing == 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_too_close_to_the_descriptor_limit_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ca, sa) = pair(&listener).await;
+        let (cb, sb) = pair(&listener).await;
+        // The one on the higher descriptor lands within the reserve, the other does not.
+        let ((_c_low, low), (c_high, high)) = if sa.as_raw_fd() < sb.as_raw_fd() {
+            ((ca, sa), (cb, sb))
+        } else {
+            ((cb, sb), (ca, sa))
+        };
+        let adm = Admission::new(ConnectionLimit {
+            max: None,
+            descriptor_limit: Some(high.as_raw_fd() as u64 + 1),
+            descriptor_reserve: 1,
+        });
+        let (_stop_tx, stop) = watch::channel(false);
+        let t_low = adm.admit(&low, &stop).unwrap();
+        assert!(adm.admit(&high, &stop).is_none());
+        drop(high);
+        assert!(refused(c_high).starts_with("HTTP/1.1 503"));
+        // The idlest was closed to give descriptors back.
+        assert!(*t_low.stop.borrow());
+    }
 }
