@@ -184,6 +184,7 @@ impl Runtime for ProcessRuntime {
             .collect();
         let desired = desired as usize;
         let mut changed = false;
+        let mut scaled_down = false;
         let mut refusal = None;
         if active.len() < desired {
             let max = sh.options.max_instances;
@@ -216,6 +217,7 @@ impl Runtime for ProcessRuntime {
             for &i in active.iter().rev().take(active.len() - desired) {
                 entry.instances[i].request_stop();
                 changed = true;
+                scaled_down = true;
             }
         }
         if entry.instances.is_empty() {
@@ -231,6 +233,9 @@ impl Runtime for ProcessRuntime {
         };
         if changed || refusal_changed {
             sh.notify(&key);
+        }
+        if scaled_down {
+            sh.notify_refused();
         }
     }
 
@@ -285,6 +290,7 @@ impl Runtime for ProcessRuntime {
         };
         if stopped {
             self.shared.notify(&key);
+            self.shared.notify_refused();
         }
     }
 
@@ -304,6 +310,12 @@ impl Runtime for ProcessRuntime {
 impl Shared {
     fn notify(&self, key: &Key) {
         let _ = self.events.send(key.clone());
+    }
+
+    /// Room for more instances: revisions refused for the limit get another look.
+    fn notify_refused(&self) {
+        let refused: Vec<Key> = lock(&self.refusals).keys().cloned().collect();
+        refused.iter().for_each(|k| self.notify(k));
     }
 
     fn stop_all(&self) {
@@ -700,6 +712,7 @@ impl Supervisor {
             self.shared.tracker.remove_parent();
         }
         self.shared.notify(&self.key);
+        self.shared.notify_refused();
     }
 }
 

@@ -267,3 +267,66 @@ fn a_flood_of_idle_clients_under_a_low_open_file_limit() {
 }
 
 use std::process::Command;
+
+#[test]
+fn past_the_instance_limit_requests_get_a_fast_503_until_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), &[]);
+    let p = Platform::start_with(&["--max-instances", "1", "--config", &config]);
+    let marker = unique_marker("maxinst");
+    // A revision that was served, then scaled to zero.
+    p.apply_wait(&service_yaml("sleepy", &marker, &[]));
+    eventually("sleepy at zero", PATIENCE, || {
+        (pa_scale(&p, "sleepy-00001").1 == 0 && sks_mode(&p, "sleepy-00001") == "Proxy")
+            .then_some(())
+    });
+    // Another takes the only place.
+    let holder = service(
+        "holder",
+        &marker,
+        &[("autoscaling.knative.dev/min-scale", "1")],
+        &[],
+        &[],
+        "",
+    );
+    p.apply_wait(&holder);
+
+    // No room to wake sleepy: answered at once with why, not after its 300 s timeout.
+    let started = Instant::now();
+    let r = p.http_get("sleepy.default.localhost", "/").unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        r.body.contains("cannot start") && r.body.contains("at most 1"),
+        "{r:?}"
+    );
+    // A new service's revision says why it does not start.
+    let out = p.apply(&service_yaml("third", &marker, &[]), &[]);
+    assert!(out.status.success(), "{out:?}");
+    let cond = eventually("third's revision says why", PATIENCE, || {
+        let rev = p.get_json("revision", "third-00001")?;
+        rev["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "ResourcesAvailable" && c["reason"] == "InstanceLimitReached")
+            .cloned()
+    });
+    assert!(
+        cond["message"].as_str().unwrap().contains("at most 1"),
+        "{cond}"
+    );
+
+    // Room again: sleepy wakes and serves.
+    p.cli_ok(&["delete", "ksvc", "third"]);
+    p.cli_ok(&["delete", "ksvc", "holder"]);
+    let r = eventually("sleepy served again", PATIENCE, || {
+        p.http_get("sleepy.default.localhost", "/")
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert!(r.body.contains("noodles"), "{r:?}");
+}
