@@ -195,12 +195,10 @@ impl Runtime for ProcessRuntime {
             };
             let wanted = desired - active.len();
             if wanted > room {
-                let why = format!(
+                refusal = Some(format!(
                     "cannot start {wanted} more instance(s): {running} of at most {max} \
                      instances run (rouse serve --max-instances)"
-                );
-                tracing::warn!(revision = %key.1, namespace = %key.0, "{why}");
-                refusal = Some(why);
+                ));
             }
             for _ in 0..wanted.min(room) {
                 match sh.create(&entry.spec, &entry.instances) {
@@ -227,7 +225,13 @@ impl Runtime for ProcessRuntime {
         let refusal_changed = {
             let mut refusals = lock(&sh.refusals);
             match refusal {
-                Some(why) => refusals.insert(key.clone(), why.clone()).as_ref() != Some(&why),
+                Some(why) => {
+                    let new = refusals.insert(key.clone(), why.clone()).as_ref() != Some(&why);
+                    if new {
+                        tracing::warn!(revision = %key.1, namespace = %key.0, "{why}");
+                    }
+                    new
+                }
                 None => refusals.remove(&key).is_some(),
             }
         };

@@ -112,3 +112,40 @@ pub fn clean_leftovers(runtime: &ProcessRuntime) {
         println!("  {line}");
     }
 }
+
+/// Logs of revisions deleted while no platform ran (or before an earlier one's retention
+/// ran out) go after the retention too: the runtime is told each such revision was removed.
+pub fn sweep_logs(
+    runtime: &dyn rouse_runtime::Runtime,
+    store: &dyn rouse_store::Store,
+    data_dir: &std::path::Path,
+) {
+    let Ok((revisions, _)) = store.list(rouse_api::Kind::Revision, None) else {
+        return;
+    };
+    let known: std::collections::HashSet<(String, String)> = revisions
+        .iter()
+        .filter_map(|r| {
+            let m = &r["metadata"];
+            Some((
+                m["namespace"].as_str()?.to_string(),
+                m["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let Ok(namespaces) = std::fs::read_dir(data_dir.join("logs")) else {
+        return;
+    };
+    for ns in namespaces.flatten() {
+        let Ok(revs) = std::fs::read_dir(ns.path()) else {
+            continue;
+        };
+        let ns = ns.file_name().to_string_lossy().into_owned();
+        for rev in revs.flatten() {
+            let rev = rev.file_name().to_string_lossy().into_owned();
+            if !known.contains(&(ns.clone(), rev.clone())) {
+                runtime.remove(&ns, &rev);
+            }
+        }
+    }
+}

@@ -77,6 +77,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     // The store holds the data dir now: what is recorded there is an earlier run's.
     host::clean_leftovers(&runtime);
+    host::sweep_logs(runtime.as_ref(), store.as_ref(), &args.data_dir);
     // The activator pokes the autoscaler through this channel on a revision's first request.
     let (poke_tx, poke_rx) = tokio::sync::mpsc::unbounded_channel();
     let activator = Activator::new(

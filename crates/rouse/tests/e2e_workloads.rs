@@ -330,3 +330,25 @@ fn past_the_instance_limit_requests_get_a_fast_503_until_there_is_room() {
     });
     assert!(r.body.contains("noodles"), "{r:?}");
 }
+
+#[test]
+fn logs_of_revisions_deleted_while_down_go_after_the_retention() {
+    let mut p = Platform::start_with(&["--log-retention", "1s"]);
+    let marker = unique_marker("ghostlogs");
+    p.apply_wait(&service_yaml("kept", &marker, &[]));
+    p.stop();
+    let ghost = p.data_dir.join("logs").join("default").join("ghost-00001");
+    std::fs::create_dir_all(&ghost).unwrap();
+    std::fs::write(ghost.join("ghost-00001-abcde.log"), "old\n").unwrap();
+    p.restart();
+    eventually("the deleted revision's logs removed", PATIENCE, || {
+        (!ghost.exists()).then_some(())
+    });
+    assert!(
+        p.data_dir
+            .join("logs")
+            .join("default")
+            .join("kept-00001")
+            .exists()
+    );
+}
