@@ -209,6 +209,14 @@ fn pid_in(file: &Path) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grandchild_that_leaves_the_process_group_goes_with_its_instance() {
+    if std::process::Command::new("setsid")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("setsid (util-linux) is not installed; not checked");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("grandchild");
     let rt = ProcessRuntime::with_options(
