@@ -65,7 +65,7 @@ fn read_env(path: &Path) -> Option<Vec<(String, String)>> {
 
 /// Cargo gives this test process `CARGO_*` variables: stand-ins for an operator's secrets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workloads_get_only_their_env_and_what_is_passed() {
+async fn workloads_get_only_their_env_and_descriptors_and_what_is_passed() {
     assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("env");
@@ -92,6 +92,23 @@ async fn workloads_get_only_their_env_and_what_is_passed() {
         !names.iter().any(|n| n.starts_with("CARGO")),
         "the platform's variables leaked: {names:?}"
     );
+    // Nor any descriptor but stdin, stdout and stderr (this test process has others open).
+    let pid = rt.instances(NS, "env-00001")[0].pid.unwrap();
+    let fds = eventually("the program exec'd", || {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        if !cmd.starts_with(b"sleep") {
+            return None;
+        }
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        fds.sort();
+        Some(fds)
+    })
+    .await;
+    assert_eq!(fds, ["0", "1", "2"]);
     rt.shutdown().await;
     std::fs::remove_file(&out).unwrap();
 
