@@ -97,9 +97,9 @@ impl Slot {
     }
 
     /// The connection waits, idle, until the guard drops.
-    pub(super) fn idle(self: &Arc<Self>) -> Idle {
+    pub(super) fn idle(&self) -> Idle<'_> {
         self.end();
-        Idle(self.clone())
+        Idle(self)
     }
 
     pub(super) fn begin(&self) {
@@ -124,9 +124,9 @@ impl Drop for Busy {
 }
 
 /// See [`Slot::idle`].
-pub(super) struct Idle(Arc<Slot>);
+pub(super) struct Idle<'a>(&'a Slot);
 
-impl Drop for Idle {
+impl Drop for Idle<'_> {
     fn drop(&mut self) {
         self.0.begin();
     }
