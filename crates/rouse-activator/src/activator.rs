@@ -102,6 +102,17 @@ impl Activator {
             .unwrap_or_default()
     }
 
+    /// Says why the revision cannot be scaled up (a limit on instances), or `None` once it
+    /// can. While it cannot and has no ready instance, its requests (waiting or new) get 503
+    /// with the reason at once rather than waiting out their timeout.
+    pub fn set_refusal(&self, ns: &str, rev: &str, why: Option<String>) {
+        match (self.get(ns, rev), why) {
+            (Some(r), why) => r.set_refusal(why),
+            (None, Some(why)) => self.get_or_create(ns, rev).set_refusal(Some(why)),
+            (None, None) => {}
+        }
+    }
+
     /// Forgets a revision; requests waiting for it get 503.
     pub fn remove_revision(&self, ns: &str, rev: &str) {
         let removed = {

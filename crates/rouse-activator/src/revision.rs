@@ -100,6 +100,9 @@ struct State {
     /// backend, or when nobody waits any more and none ever became ready.
     activating: bool,
     activation_started: Option<Instant>,
+    /// Why the revision cannot be scaled up (a limit on instances), while it cannot: with no
+    /// ready backend its requests are answered 503 with this at once instead of waiting.
+    refusal: Option<String>,
     stats: Stats,
     counters: Counters,
 }
@@ -228,6 +231,8 @@ impl State {
 /// Outcome of admitting a request.
 enum Admission {
     Full,
+    /// Nowhere to go and none coming: 503 with this reason.
+    Refused(String),
     Queued {
         waiting: Waiting,
         cold: bool,
@@ -256,6 +261,7 @@ impl Revision {
                 next_waiter: 0,
                 activating: false,
                 activation_started: None,
+                refusal: None,
                 stats: Stats::new(now),
                 counters: Counters::default(),
             }),
@@ -315,6 +321,29 @@ impl Revision {
             .filter(|b| b.healthy)
             .map(|b| b.addr)
             .collect()
+    }
+
+    /// Sets why the revision cannot scale up (`None`: it can). While it cannot and has no
+    /// ready backend, waiting requests and new ones get 503 with the reason at once.
+    pub(crate) fn set_refusal(&self, why: Option<String>) {
+        let mut st = self.state();
+        if st.refusal == why {
+            return;
+        }
+        st.refusal = why;
+        if st.refusal.is_some() && st.healthy_count() == 0 {
+            // Their waits end with the refusal (see `Waiting::recv`'s callers).
+            st.waiters.clear();
+            st.rearm();
+        }
+    }
+
+    /// The answer for a request that cannot be served: the refusal, else the revision is gone.
+    fn unavailable(&self) -> String {
+        match &self.state().refusal {
+            Some(why) => format!("revision {} cannot start: {why}", self.name),
+            None => format!("revision {} was removed", self.name),
+        }
     }
 
     /// The revision is gone: waiting requests get 503, backends are forgotten.
@@ -431,15 +460,21 @@ impl Revision {
         }
         drop(st);
         let (held, admission, params) = self.admit(now);
-        let Admission::Queued {
-            waiting,
-            cold,
-            poke,
-        } = admission
-        else {
-            let text = format!("activator queue full for revision {}", self.name);
-            self.state().record(StatusCode::SERVICE_UNAVAILABLE);
-            return Some(FastAdmit::Refused(StatusCode::SERVICE_UNAVAILABLE, text));
+        let (waiting, cold, poke) = match admission {
+            Admission::Queued {
+                waiting,
+                cold,
+                poke,
+            } => (waiting, cold, poke),
+            Admission::Full => {
+                let text = format!("activator queue full for revision {}", self.name);
+                self.state().record(StatusCode::SERVICE_UNAVAILABLE);
+                return Some(FastAdmit::Refused(StatusCode::SERVICE_UNAVAILABLE, text));
+            }
+            Admission::Refused(why) => {
+                self.state().record(StatusCode::SERVICE_UNAVAILABLE);
+                return Some(FastAdmit::Refused(StatusCode::SERVICE_UNAVAILABLE, why));
+            }
         };
         if poke {
             self.poke();
@@ -471,6 +506,10 @@ impl Revision {
             return (held, Admission::Full, params);
         }
         let cold = st.healthy_count() == 0;
+        if cold && let Some(why) = &st.refusal {
+            let why = format!("revision {} cannot start: {why}", self.name);
+            return (held, Admission::Refused(why), params);
+        }
         let poke = cold && st.activate(now);
         let id = st.next_waiter;
         st.next_waiter += 1;
@@ -560,16 +599,21 @@ impl Revision {
     ) -> Response<Body> {
         let arrived = Instant::now();
         let (mut held, admission, params) = self.admit(arrived);
-        let Admission::Queued {
-            mut waiting,
-            mut cold,
-            poke,
-        } = admission
-        else {
-            return self.respond(text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("activator queue full for revision {}", self.name),
-            ));
+        let (mut waiting, mut cold, poke) = match admission {
+            Admission::Queued {
+                waiting,
+                cold,
+                poke,
+            } => (waiting, cold, poke),
+            Admission::Full => {
+                return self.respond(text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("activator queue full for revision {}", self.name),
+                ));
+            }
+            Admission::Refused(why) => {
+                return self.respond(text_response(StatusCode::SERVICE_UNAVAILABLE, why));
+            }
         };
         if poke {
             self.poke();
@@ -589,7 +633,7 @@ impl Revision {
                 Ok(None) => {
                     return self.respond(text_response(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("revision {} was removed", self.name),
+                        self.unavailable(),
                     ));
                 }
                 Ok(Some(a)) => a,
@@ -767,10 +811,7 @@ impl Ticket {
                 None => {
                     let rev = &held.rev;
                     rev.state().record(StatusCode::SERVICE_UNAVAILABLE);
-                    Err((
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("revision {} was removed", rev.name),
-                    ))
+                    Err((StatusCode::SERVICE_UNAVAILABLE, rev.unavailable()))
                 }
                 Some(a) => {
                     held.slot = Some(a.backend);

@@ -61,6 +61,9 @@ pub trait Networking: Send + Sync + 'static {
     fn serving_through_activator(&self, namespace: &str, revision: &str) -> bool;
     /// The activator's per-revision load since the last call.
     fn take_activator_stats(&self) -> Vec<ActivatorLoad>;
+    /// Why the runtime refused to scale the revision up (`None`: it did not), so requests
+    /// that have nowhere to go are answered at once instead of waiting.
+    fn set_scale_refusal(&self, _namespace: &str, _revision: &str, _why: Option<String>) {}
 }
 
 /// Local mode: the in-process gateway hands Proxy-mode revisions to the in-process activator.
@@ -122,6 +125,10 @@ impl Networking for LocalNetworking {
 
     fn serving_through_activator(&self, namespace: &str, revision: &str) -> bool {
         self.gateway.mode(namespace, revision) == Some(Mode::Proxy)
+    }
+
+    fn set_scale_refusal(&self, namespace: &str, revision: &str, why: Option<String>) {
+        self.activator.set_refusal(namespace, revision, why);
     }
 
     fn take_activator_stats(&self) -> Vec<ActivatorLoad> {

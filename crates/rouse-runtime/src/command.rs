@@ -24,7 +24,8 @@ pub(crate) struct Launch {
     pub argv0: String,
     /// The remaining arguments, expanded.
     pub args: Vec<String>,
-    /// Variables to set on top of the platform's environment.
+    /// The program's whole environment: the passed-through variables of the platform's
+    /// ([`base_env`]), then the container's, `PORT` and `K_*` (each name once).
     pub env: Vec<(String, String)>,
     /// The directory to run in.
     pub cwd: Option<PathBuf>,
@@ -40,8 +41,42 @@ pub(crate) fn start_failure(reason: &str, message: String) -> Termination {
     }
 }
 
-/// The variables one instance listening on `port` gets on top of the platform's environment:
-/// the container's, then `PORT` and the `K_*` ones.
+/// `PATH` for a workload when `rouse serve` has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What a workload gets from the platform's own environment: `PATH` (or [`DEFAULT_PATH`]),
+/// `HOME`, `LANG`, `TZ` and the names in `pass` (each when set), and nothing else, so an
+/// operator's secrets stay with Rouse.
+pub fn base_env(pass: &[String]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let names = ["PATH", "HOME", "LANG", "TZ"]
+        .into_iter()
+        .chain(pass.iter().map(String::as_str));
+    for name in names {
+        if env.iter().any(|(k, _): &(String, String)| k == name) {
+            continue;
+        }
+        match std::env::var(name) {
+            Ok(v) => env.push((name.to_string(), v)),
+            Err(_) if name == "PATH" => env.push((name.to_string(), DEFAULT_PATH.to_string())),
+            Err(_) => {}
+        }
+    }
+    env
+}
+
+/// `base`, then `vars` on top: each name once, a later value winning.
+fn layered(base: &[(String, String)], vars: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::with_capacity(base.len() + vars.len());
+    for (k, v) in base.iter().chain(vars) {
+        env.retain(|(name, _)| name != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+/// The variables one instance listening on `port` declares: the container's, then `PORT`
+/// and the `K_*` ones (what `$(VAR)` references expand from).
 pub(crate) fn instance_env(spec: &WorkloadSpec, port: u16) -> Vec<(String, String)> {
     let mut env = spec.env.clone();
     env.push(("PORT".into(), port.to_string()));
@@ -56,7 +91,12 @@ pub(crate) fn instance_env(spec: &WorkloadSpec, port: u16) -> Vec<(String, Strin
 /// `$(VAR)` references expanded and its program found the way the instance's is (left as
 /// written when it cannot be, so the probe says why). Other probes are unchanged (they target
 /// the instance's port whatever port they name).
-pub(crate) fn instance_probe(probe: &ProbeSpec, spec: &WorkloadSpec, port: u16) -> ProbeSpec {
+pub(crate) fn instance_probe(
+    probe: &ProbeSpec,
+    spec: &WorkloadSpec,
+    port: u16,
+    base: &[(String, String)],
+) -> ProbeSpec {
     let ProbeAction::Exec {
         command,
         env: own_env,
@@ -65,21 +105,22 @@ pub(crate) fn instance_probe(probe: &ProbeSpec, spec: &WorkloadSpec, port: u16) 
     else {
         return probe.clone();
     };
-    let mut env = instance_env(spec, port);
-    env.extend(own_env.iter().cloned());
-    let vars: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut declared = instance_env(spec, port);
+    declared.extend(own_env.iter().cloned());
+    let vars: HashMap<&str, &str> = declared
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut command: Vec<String> = command.iter().map(|a| expand(a, &vars)).collect();
-    let base = std::env::current_dir().unwrap_or_default();
+    let env = layered(base, &declared);
+    let here = std::env::current_dir().unwrap_or_default();
     let working_dir = own_dir
         .as_ref()
         .or(spec.working_dir.as_ref())
-        .map(|d| base.join(d));
+        .map(|d| here.join(d));
     if let Some(program) = command.first_mut() {
-        let path_var = vars
-            .get("PATH")
-            .map(OsString::from)
-            .or_else(|| std::env::var_os("PATH"));
-        if let Ok(found) = resolve(program, working_dir.as_deref().unwrap_or(&base), path_var) {
+        let path_var = path_of(&env);
+        if let Ok(found) = resolve(program, working_dir.as_deref().unwrap_or(&here), path_var) {
             *program = found.display().to_string();
         }
     }
@@ -93,10 +134,26 @@ pub(crate) fn instance_probe(probe: &ProbeSpec, spec: &WorkloadSpec, port: u16) 
     }
 }
 
-/// Plans the launch of one instance listening on `port`.
-pub(crate) fn plan(spec: &WorkloadSpec, port: u16) -> Result<Launch, Termination> {
-    let env = instance_env(spec, port);
-    let vars: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+/// The `PATH` of an environment.
+fn path_of(env: &[(String, String)]) -> Option<OsString> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| OsString::from(v))
+}
+
+/// Plans the launch of one instance listening on `port`, its environment on top of `base`
+/// (see [`base_env`]).
+pub(crate) fn plan(
+    spec: &WorkloadSpec,
+    port: u16,
+    base: &[(String, String)],
+) -> Result<Launch, Termination> {
+    let declared = instance_env(spec, port);
+    let vars: HashMap<&str, &str> = declared
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut argv = spec
         .command
         .iter()
@@ -107,11 +164,11 @@ pub(crate) fn plan(spec: &WorkloadSpec, port: u16) -> Result<Launch, Termination
     };
     let args = argv.collect();
 
-    let base = std::env::current_dir()
+    let here = std::env::current_dir()
         .map_err(|e| start_failure(REASON_START, format!("current directory: {e}")))?;
     let cwd = match &spec.working_dir {
         Some(dir) => {
-            let dir = base.join(dir);
+            let dir = here.join(dir);
             match std::fs::metadata(&dir) {
                 Ok(m) if m.is_dir() => Some(dir),
                 Ok(_) => {
@@ -130,11 +187,8 @@ pub(crate) fn plan(spec: &WorkloadSpec, port: u16) -> Result<Launch, Termination
         }
         None => None,
     };
-    let path_var = vars
-        .get("PATH")
-        .map(OsString::from)
-        .or_else(|| std::env::var_os("PATH"));
-    let program = resolve(&argv0, cwd.as_deref().unwrap_or(&base), path_var)?;
+    let env = layered(base, &declared);
+    let program = resolve(&argv0, cwd.as_deref().unwrap_or(&here), path_of(&env))?;
     Ok(Launch {
         program,
         argv0,
@@ -223,6 +277,16 @@ mod tests {
     use crate::spec::QueueTemplate;
     use std::time::Duration;
 
+    /// [`super::plan`] on the test process's own base environment.
+    fn plan(s: &WorkloadSpec, port: u16) -> Result<Launch, Termination> {
+        super::plan(s, port, &base_env(&[]))
+    }
+
+    /// [`super::instance_probe`] on the test process's own base environment.
+    fn instance_probe(p: &ProbeSpec, s: &WorkloadSpec, port: u16) -> ProbeSpec {
+        super::instance_probe(p, s, port, &base_env(&[]))
+    }
+
     fn spec(command: &[&str], args: &[&str]) -> WorkloadSpec {
         WorkloadSpec {
             namespace: "default".into(),
@@ -286,6 +350,48 @@ mod tests {
                 l.env
             );
         }
+    }
+
+    #[test]
+    fn the_environment_is_the_base_then_the_declared_variables() {
+        // Cargo sets CARGO_* for this test process: none of it reaches a workload.
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
+        let base = vec![
+            ("PATH".to_string(), "/bin".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+            ("GREETING".to_string(), "from the platform".to_string()),
+        ];
+        let l = super::plan(&spec(&["sh"], &[]), 7, &base).unwrap();
+        let names: Vec<&str> = l.env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "PATH",
+                "HOME",
+                "GREETING",
+                "PORT",
+                "K_REVISION",
+                "K_CONFIGURATION",
+                "K_SERVICE"
+            ]
+        );
+        assert!(
+            l.env.contains(&("GREETING".into(), "hi".into())),
+            "{:?}",
+            l.env
+        );
+
+        let own = base_env(&[
+            "CARGO_PKG_NAME".to_string(),
+            "NOT_SET_ANYWHERE_ROUSE".into(),
+        ]);
+        let names: Vec<&str> = own.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(
+            names.contains(&"PATH") && names.contains(&"CARGO_PKG_NAME"),
+            "{names:?}"
+        );
+        assert!(!names.contains(&"NOT_SET_ANYWHERE_ROUSE"), "{names:?}");
+        assert!(!base_env(&[]).iter().any(|(k, _)| k.starts_with("CARGO")));
     }
 
     #[test]

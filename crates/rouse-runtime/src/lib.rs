@@ -6,6 +6,8 @@
 #![warn(missing_docs)]
 
 mod command;
+mod leftovers;
+mod logs;
 mod process;
 mod spec;
 mod sys;
@@ -13,13 +15,17 @@ mod sys;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use command::{DEFAULT_PATH, base_env};
 pub use process::{
     BACKOFF_MAX, BACKOFF_RESET_AFTER, BACKOFF_START, KILL_GRACE, LIVENESS_PERIOD, ProcessRuntime,
 };
 pub use rouse_queue::{ProbeAction, ProbeFailure, ProbeSpec};
 pub use spec::{
-    InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED, QueueTemplate, Termination, WorkloadSpec,
+    DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_RETENTION, DEFAULT_MAX_INSTANCES,
+    InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED, QueueTemplate, RuntimeOptions, Termination,
+    WorkloadSpec,
 };
+pub use sys::{nofile_limit, raise_nofile_limit};
 
 /// Runs revisions' instances. Calls return at once; the work happens in the background and
 /// every change is announced on [`Runtime::subscribe`].
@@ -37,6 +43,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// new period, so one scraper should call it, about once a second. Local mode reads the
     /// in-process queue-proxies.
     fn scrape(&self, namespace: &str, revision: &str) -> Vec<(String, rouse_queue::QueueStats)>;
+    /// Why the revision's last scale-up was refused, while it is (a limit on instances).
+    fn scale_refusal(&self, _namespace: &str, _revision: &str) -> Option<String> {
+        None
+    }
     /// Notifies (namespace, revision) whenever any instance of it changes state.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(String, String)>;
     /// Stop everything with drain; resolves when all processes are gone.

@@ -17,8 +17,12 @@ use tokio::runtime::Handle;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::command::{self, REASON_MISSING, REASON_START, instance_probe, start_failure};
-use crate::spec::{InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED, Termination, WorkloadSpec};
+use crate::command::{self, REASON_MISSING, REASON_START, base_env, instance_probe, start_failure};
+use crate::leftovers::{self, Tracker};
+use crate::logs;
+use crate::spec::{
+    InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED, RuntimeOptions, Termination, WorkloadSpec,
+};
 use crate::{Runtime, sys};
 
 /// How long a process gets between SIGTERM and SIGKILL.
@@ -38,12 +42,16 @@ const TAIL_BYTES: u64 = 4096;
 /// After an instance's first stop (a warning), a crash loop is logged at warning level once
 /// per this many restarts, as a summary.
 const CRASH_SUMMARY_EVERY: u32 = 10;
+/// How often log sizes and removed revisions' logs are looked at.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 type Key = (String, String);
 
 /// Runs revisions as local processes: each instance gets a free `PORT`, a log file under
-/// `<data_dir>/logs/<namespace>/<revision>/<instance>.log` and a queue-proxy in front.
-/// Crashed processes restart with exponential backoff; every process dies with the platform.
+/// `<data_dir>/logs/<namespace>/<revision>/<instance>.log` (rotated by size, removed a while
+/// after the revision) and a queue-proxy in front. Crashed processes restart with exponential
+/// backoff; every process dies with the platform, and what a killed platform left is found
+/// by the next one ([`ProcessRuntime::clean_leftovers`]).
 pub struct ProcessRuntime {
     shared: Arc<Shared>,
 }
@@ -51,8 +59,15 @@ pub struct ProcessRuntime {
 struct Shared {
     data_dir: PathBuf,
     handle: Handle,
-    kill_grace: Duration,
+    options: RuntimeOptions,
+    /// What every workload gets of the platform's environment.
+    base_env: Vec<(String, String)>,
+    tracker: Tracker,
     revisions: Mutex<HashMap<Key, RevisionEntry>>,
+    /// Why a revision's scale-up was refused, until one is not.
+    refusals: Mutex<HashMap<Key, String>>,
+    /// Removed revisions whose logs go at the time given.
+    log_removals: Mutex<HashMap<Key, Instant>>,
     events: broadcast::Sender<Key>,
     closing: AtomicBool,
     /// Instance supervisors still running.
@@ -90,24 +105,49 @@ impl ProcessRuntime {
     /// A runtime keeping logs under `data_dir`. Must be called inside a Tokio runtime, which
     /// then runs the instances' supervisors.
     pub fn new(data_dir: PathBuf) -> Arc<Self> {
-        Self::with_kill_grace(data_dir, KILL_GRACE)
+        Self::with_options(data_dir, RuntimeOptions::default())
     }
 
     /// Like [`ProcessRuntime::new`] with another SIGTERM-to-SIGKILL grace.
     pub fn with_kill_grace(data_dir: PathBuf, kill_grace: Duration) -> Arc<Self> {
+        Self::with_options(
+            data_dir,
+            RuntimeOptions {
+                kill_grace,
+                ..RuntimeOptions::default()
+            },
+        )
+    }
+
+    /// A runtime keeping logs and instance records under `data_dir` (best canonical: it
+    /// names the instances' parent cgroup), with these options.
+    pub fn with_options(data_dir: PathBuf, options: RuntimeOptions) -> Arc<Self> {
         let (events, _) = broadcast::channel(1024);
         let (live, _) = watch::channel(0);
-        Arc::new(ProcessRuntime {
-            shared: Arc::new(Shared {
-                data_dir,
-                handle: Handle::current(),
-                kill_grace,
-                revisions: Mutex::new(HashMap::new()),
-                events,
-                closing: AtomicBool::new(false),
-                live,
-            }),
-        })
+        let shared = Arc::new(Shared {
+            tracker: Tracker::new(&data_dir),
+            data_dir,
+            handle: Handle::current(),
+            base_env: base_env(&options.pass_env),
+            options,
+            revisions: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(HashMap::new()),
+            log_removals: Mutex::new(HashMap::new()),
+            events,
+            closing: AtomicBool::new(false),
+            live,
+        });
+        shared.handle.spawn(housekeeping(Arc::downgrade(&shared)));
+        Arc::new(ProcessRuntime { shared })
+    }
+
+    /// Stops whatever an earlier runtime on this data dir left running when it was killed
+    /// (its programs' own children, say): every recorded process group still there and every
+    /// instance cgroup. Returns a line per thing stopped. Call it once at start, before any
+    /// instance runs, and only while holding the data dir (another platform's instances
+    /// would go too). Blocks while the killed processes exit (bounded).
+    pub fn clean_leftovers(&self) -> Vec<String> {
+        self.shared.tracker.clean()
     }
 }
 
@@ -126,7 +166,15 @@ impl Runtime for ProcessRuntime {
             return;
         }
         let key = (spec.namespace.clone(), spec.revision.clone());
+        // Back (re-created under the same name): its logs stay.
+        if desired > 0 {
+            lock(&sh.log_removals).remove(&key);
+        }
         let mut revs = lock(&sh.revisions);
+        let running: usize = revs
+            .values()
+            .map(|e| e.instances.iter().filter(|i| !i.stopping()).count())
+            .sum();
         let entry = revs.entry(key.clone()).or_insert_with(|| RevisionEntry {
             spec: Arc::new(spec.clone()),
             instances: Vec::new(),
@@ -139,8 +187,23 @@ impl Runtime for ProcessRuntime {
             .collect();
         let desired = desired as usize;
         let mut changed = false;
+        let mut scaled_down = false;
+        let mut refusal = None;
         if active.len() < desired {
-            for _ in active.len()..desired {
+            let max = sh.options.max_instances;
+            let room = if max == 0 {
+                usize::MAX
+            } else {
+                max.saturating_sub(running)
+            };
+            let wanted = desired - active.len();
+            if wanted > room {
+                refusal = Some(format!(
+                    "cannot start {wanted} more instance(s): {running} of at most {max} \
+                     instances run (rouse serve --max-instances)"
+                ));
+            }
+            for _ in 0..wanted.min(room) {
                 match sh.create(&entry.spec, &entry.instances) {
                     Ok(inst) => entry.instances.push(inst),
                     Err(e) => {
@@ -155,15 +218,38 @@ impl Runtime for ProcessRuntime {
             for &i in active.iter().rev().take(active.len() - desired) {
                 entry.instances[i].request_stop();
                 changed = true;
+                scaled_down = true;
             }
         }
         if entry.instances.is_empty() {
             revs.remove(&key);
         }
         drop(revs);
-        if changed {
+        let refusal_changed = {
+            let mut refusals = lock(&sh.refusals);
+            match refusal {
+                Some(why) => {
+                    let new = refusals.insert(key.clone(), why.clone()).as_ref() != Some(&why);
+                    if new {
+                        tracing::warn!(revision = %key.1, namespace = %key.0, "{why}");
+                    }
+                    new
+                }
+                None => refusals.remove(&key).is_some(),
+            }
+        };
+        if changed || refusal_changed {
             sh.notify(&key);
         }
+        if scaled_down {
+            sh.notify_refused();
+        }
+    }
+
+    fn scale_refusal(&self, namespace: &str, revision: &str) -> Option<String> {
+        lock(&self.shared.refusals)
+            .get(&(namespace.to_string(), revision.to_string()))
+            .cloned()
     }
 
     fn instances(&self, namespace: &str, revision: &str) -> Vec<InstanceInfo> {
@@ -193,6 +279,12 @@ impl Runtime for ProcessRuntime {
 
     fn remove(&self, namespace: &str, revision: &str) {
         let key = (namespace.to_string(), revision.to_string());
+        lock(&self.shared.refusals).remove(&key);
+        // Its logs stay a while, for debugging.
+        let due = Instant::now() + self.shared.options.log_retention;
+        lock(&self.shared.log_removals)
+            .entry(key.clone())
+            .or_insert(due);
         let stopped = {
             let revs = lock(&self.shared.revisions);
             match revs.get(&key) {
@@ -205,6 +297,7 @@ impl Runtime for ProcessRuntime {
         };
         if stopped {
             self.shared.notify(&key);
+            self.shared.notify_refused();
         }
     }
 
@@ -224,6 +317,12 @@ impl Runtime for ProcessRuntime {
 impl Shared {
     fn notify(&self, key: &Key) {
         let _ = self.events.send(key.clone());
+    }
+
+    /// Room for more instances: revisions refused for the limit get another look.
+    fn notify_refused(&self) {
+        let refused: Vec<Key> = lock(&self.refusals).keys().cloned().collect();
+        refused.iter().for_each(|k| self.notify(k));
     }
 
     fn stop_all(&self) {
@@ -262,7 +361,7 @@ impl Shared {
             let _rt = self.handle.enter();
             let listener = tokio::net::TcpListener::from_std(qp_listener)?;
             Arc::new(QueueProxy::with_listener(
-                queue_config(spec, app_port),
+                queue_config(spec, app_port, &self.base_env),
                 listener,
             )?)
         };
@@ -285,8 +384,11 @@ impl Shared {
         }));
         let (stop, stop_rx) = watch::channel(false);
         self.live.send_modify(|n| *n += 1);
+        let record = format!("{}.{}", spec.namespace, lock(&info).id);
         let sup = Supervisor {
             shared: self.clone(),
+            cgroup: self.tracker.make_cgroup(&record),
+            record,
             key: (spec.namespace.clone(), spec.revision.clone()),
             spec: spec.clone(),
             info: info.clone(),
@@ -298,13 +400,13 @@ impl Shared {
 }
 
 /// The queue-proxy settings of an instance whose app listens on `app_port`.
-fn queue_config(spec: &WorkloadSpec, app_port: u16) -> QueueConfig {
+fn queue_config(spec: &WorkloadSpec, app_port: u16, base: &[(String, String)]) -> QueueConfig {
     let t = &spec.queue;
     QueueConfig {
         app_addr: ([127, 0, 0, 1], app_port).into(),
         h2c: t.h2c,
         container_concurrency: t.container_concurrency,
-        readiness: instance_probe(&t.readiness, spec, app_port),
+        readiness: instance_probe(&t.readiness, spec, app_port, base),
         revision: t.revision.clone(),
         namespace: t.namespace.clone(),
         timeout: t.timeout,
@@ -324,6 +426,10 @@ fn free_port() -> std::io::Result<u16> {
 /// told to stop.
 struct Supervisor {
     shared: Arc<Shared>,
+    /// The instance's name in the process records and cgroups: `<namespace>.<id>`.
+    record: String,
+    /// The instance's cgroup, if it has one.
+    cgroup: Option<PathBuf>,
     key: Key,
     spec: Arc<WorkloadSpec>,
     info: Arc<Mutex<InstanceInfo>>,
@@ -341,7 +447,24 @@ impl Supervisor {
     async fn run(mut self, qp: Arc<QueueProxy>) {
         self.supervise(&qp).await;
         qp.drain(Duration::from_millis(100)).await;
+        if let Some(dir) = self.cgroup.clone() {
+            let removed = tokio::task::spawn_blocking(move || leftovers::remove_cgroup(&dir)).await;
+            if let Ok(Err(e)) = removed {
+                tracing::warn!(instance = %self.record, error = %e, "cannot remove the cgroup");
+            }
+        }
         self.finish();
+    }
+
+    /// Kills what is left of a run (its process group, its cgroup) and forgets its record.
+    fn kill_leftovers(&self, pid: u32) {
+        let _ = sys::signal_group(pid, libc::SIGKILL);
+        if let Some(dir) = &self.cgroup
+            && let Err(e) = leftovers::kill_cgroup(dir)
+        {
+            tracing::warn!(instance = %self.record, error = %e, "cannot kill the cgroup");
+        }
+        self.shared.tracker.forget(&self.record);
     }
 
     async fn supervise(&mut self, qp: &QueueProxy) {
@@ -370,7 +493,7 @@ impl Supervisor {
     /// One run of the process, from spawn to exit (or stop).
     async fn run_once(&mut self, qp: &QueueProxy) -> RunEnd {
         let app_port = lock(&self.info).app_port;
-        let launch = match command::plan(&self.spec, app_port) {
+        let launch = match command::plan(&self.spec, app_port, &self.shared.base_env) {
             Ok(l) => l,
             Err(t) => return self.down(t),
         };
@@ -382,7 +505,14 @@ impl Supervisor {
                 return self.down(start_failure(REASON_START, msg));
             }
         };
-        let mut child = match sys::spawn(&launch, log).await {
+        let procs = self.cgroup.as_deref().and_then(|dir| {
+            leftovers::open_procs(dir)
+                .inspect_err(|e| {
+                    tracing::warn!(cgroup = %dir.display(), error = %e, "cannot open cgroup.procs")
+                })
+                .ok()
+        });
+        let mut child = match sys::spawn(&launch, log, procs).await {
             Ok(c) => c,
             Err(e) => {
                 let reason = match e.raw_os_error() {
@@ -396,6 +526,13 @@ impl Supervisor {
             }
         };
         let pid = child.id();
+        if let Some(errno) = child.cgroup_error {
+            tracing::warn!(instance = %self.record, error = %std::io::Error::from_raw_os_error(errno),
+                "the process could not join its cgroup; its process group still holds it");
+        }
+        self.shared
+            .tracker
+            .record(&self.record, pid, self.cgroup.as_deref());
         tracing::info!(revision = %self.key.1, instance = %lock(&self.info).id, pid, "started");
         qp.app_started();
         self.update(|i| {
@@ -409,7 +546,7 @@ impl Supervisor {
             let _ = exit_tx.send(child.wait());
         });
         let liveness = self.spec.liveness.as_ref().map(|l| {
-            let spec = instance_probe(l, &self.spec, app_port);
+            let spec = instance_probe(l, &self.spec, app_port, &self.shared.base_env);
             let app = ([127, 0, 0, 1], app_port).into();
             (
                 AppProbe::new(spec.action.clone(), app, self.spec.queue.h2c),
@@ -435,8 +572,8 @@ impl Supervisor {
                 }
                 status = &mut exit_rx => {
                     qp.app_stopped();
-                    // Anything the process left behind in its group goes with it.
-                    let _ = sys::signal_group(pid, libc::SIGKILL);
+                    // Anything the process left behind (its group, its cgroup) goes with it.
+                    self.kill_leftovers(pid);
                     let t = termination(status, &log_path, offset);
                     // A crash loop restarts every 10 s: warn on the first stop, then only a
                     // summary every CRASH_SUMMARY_EVERY restarts (the rest at debug).
@@ -492,7 +629,7 @@ impl Supervisor {
         if let Err(e) = sys::signal_group(pid, libc::SIGTERM) {
             tracing::warn!(pid, error = %e, "SIGTERM failed");
         }
-        if tokio::time::timeout(self.shared.kill_grace, &mut *exit)
+        if tokio::time::timeout(self.shared.options.kill_grace, &mut *exit)
             .await
             .is_err()
         {
@@ -500,7 +637,7 @@ impl Supervisor {
             let _ = sys::signal_group(pid, libc::SIGKILL);
             let _ = exit.await;
         }
-        let _ = sys::signal_group(pid, libc::SIGKILL);
+        self.kill_leftovers(pid);
         qp.app_stopped();
         self.update(|i| i.pid = None);
     }
@@ -527,7 +664,7 @@ impl Supervisor {
         if let Err(e) = sys::signal_group(pid, libc::SIGTERM) {
             tracing::warn!(pid, error = %e, "SIGTERM failed");
         }
-        let status = match tokio::time::timeout(self.shared.kill_grace, &mut *exit).await {
+        let status = match tokio::time::timeout(self.shared.options.kill_grace, &mut *exit).await {
             Ok(status) => status,
             Err(_) => {
                 tracing::warn!(revision = %self.key.1, pid, "no exit after SIGTERM; sending SIGKILL");
@@ -535,7 +672,7 @@ impl Supervisor {
                 exit.await
             }
         };
-        let _ = sys::signal_group(pid, libc::SIGKILL);
+        self.kill_leftovers(pid);
         let t = Termination {
             reason: LIVENESS_PROBE_FAILED.to_string(),
             message: why,
@@ -585,8 +722,16 @@ impl Supervisor {
                 }
             }
         }
-        self.shared.live.send_modify(|n| *n -= 1);
+        let mut none_left = false;
+        self.shared.live.send_modify(|n| {
+            *n -= 1;
+            none_left = *n == 0;
+        });
+        if none_left {
+            self.shared.tracker.remove_parent();
+        }
         self.shared.notify(&self.key);
+        self.shared.notify_refused();
     }
 }
 
@@ -662,6 +807,8 @@ fn termination(
 fn log_tail(path: &Path, offset: u64) -> std::io::Result<String> {
     let mut f = File::open(path)?;
     let len = f.metadata()?.len();
+    // A rotation since the run started truncated the file: its output is all there is.
+    let offset = if offset > len { 0 } else { offset };
     let from = offset.max(len.saturating_sub(TAIL_BYTES));
     f.seek(SeekFrom::Start(from))?;
     let mut buf = Vec::new();
@@ -670,4 +817,64 @@ fn log_tail(path: &Path, offset: u64) -> std::io::Result<String> {
     let lines: Vec<&str> = text.lines().collect();
     let skip = lines.len().saturating_sub(TAIL_LINES);
     Ok(lines[skip..].join("\n"))
+}
+
+/// Every [`HOUSEKEEPING`] period, while the runtime lives: rotates instances' logs past the
+/// size limit and removes the logs of revisions removed longer ago than the retention.
+async fn housekeeping(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(sh) = shared.upgrade() else { return };
+        if sh.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let logs: Vec<PathBuf> = lock(&sh.revisions)
+            .values()
+            .flat_map(|e| e.instances.iter().map(|i| lock(&i.info).log_path.clone()))
+            .collect();
+        let now = Instant::now();
+        let due: Vec<Key> = {
+            let mut removals = lock(&sh.log_removals);
+            let due: Vec<Key> = removals
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            due.iter().for_each(|k| {
+                removals.remove(k);
+            });
+            due
+        };
+        // Still running (re-created): not removed.
+        let due: Vec<PathBuf> = {
+            let revs = lock(&sh.revisions);
+            due.into_iter()
+                .filter(|k| !revs.contains_key(k))
+                .map(|(ns, rev)| logs::revision_dir(&sh.data_dir, &ns, &rev))
+                .collect()
+        };
+        let (max_bytes, max_files) = (sh.options.log_max_bytes, sh.options.log_max_files);
+        drop(sh);
+        let _ = tokio::task::spawn_blocking(move || {
+            for log in logs {
+                if let Err(e) = logs::rotate_if_big(&log, max_bytes, max_files) {
+                    tracing::warn!(log = %log.display(), error = %e, "cannot rotate a log");
+                }
+            }
+            for dir in due {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {
+                        tracing::info!(dir = %dir.display(), "removed a deleted revision's logs")
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove logs")
+                    }
+                }
+            }
+        })
+        .await;
+    }
 }

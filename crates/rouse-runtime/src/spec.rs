@@ -114,3 +114,44 @@ pub struct InstanceInfo {
     /// Whether it has ever passed readiness.
     pub ever_ready: bool,
 }
+
+/// Default [`RuntimeOptions::max_instances`].
+pub const DEFAULT_MAX_INSTANCES: usize = 100;
+/// Default [`RuntimeOptions::log_max_bytes`]: 10 MiB.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Default [`RuntimeOptions::log_max_files`].
+pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
+/// Default [`RuntimeOptions::log_retention`]: 10 minutes.
+pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(600);
+
+/// How the process runtime runs instances, beyond each revision's own spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// How long a process gets between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Names of `rouse serve`'s environment variables workloads get besides `PATH`, `HOME`,
+    /// `LANG` and `TZ` (each when set). Read once, when the runtime is made.
+    pub pass_env: Vec<String>,
+    /// The most instances running at once, over all revisions (terminating ones not
+    /// counted); a scale-up past it is refused. 0: no limit.
+    pub max_instances: usize,
+    /// A log file larger than this is rotated (checked every second).
+    pub log_max_bytes: u64,
+    /// Log files kept per instance, the live one included (1: truncate only).
+    pub log_max_files: u32,
+    /// How long a removed revision's logs are kept, for debugging.
+    pub log_retention: Duration,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            kill_grace: crate::KILL_GRACE,
+            pass_env: Vec::new(),
+            max_instances: DEFAULT_MAX_INSTANCES,
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            log_max_files: DEFAULT_LOG_MAX_FILES,
+            log_retention: DEFAULT_LOG_RETENTION,
+        }
+    }
+}

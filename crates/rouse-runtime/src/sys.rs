@@ -1,5 +1,6 @@
-//! The few OS calls std does not offer: starting a child that dies with the platform, and
-//! signalling a whole process group.
+//! The few OS calls std does not offer: starting a child that dies with the platform (in its
+//! own process group and, when given, cgroup), signalling a process or a whole process group,
+//! and the open-file limit.
 // Why unsafe: the child is started with clone(2) sharing our memory until it execs (what
 // posix_spawn does), because it must set its parent-death signal first, which std's
 // `pre_exec` would only allow after a full fork; and kill(2) on a process group and
@@ -45,6 +46,8 @@ fn spawner() -> &'static mpsc::Sender<Job> {
 #[derive(Debug)]
 pub(crate) struct Child {
     pid: libc::pid_t,
+    /// Why it could not join the cgroup it was given (errno), if it could not.
+    pub(crate) cgroup_error: Option<i32>,
 }
 
 impl Child {
@@ -79,10 +82,16 @@ struct Prepared {
     cwd: Option<CString>,
     stdin: OwnedFd,
     log: File,
+    /// The instance's `cgroup.procs`, opened for writing: the child moves itself in.
+    cgroup_procs: Option<File>,
+    /// The open-file limit `rouse serve` started with, restored for the program.
+    nofile: Option<libc::rlimit>,
     parent: libc::pid_t,
     mask: libc::sigset_t,
     /// The errno of the step that failed in the child (0: it reached exec).
     failed: AtomicI32,
+    /// The errno of joining the cgroup (0: joined, or none given).
+    cgroup_failed: AtomicI32,
 }
 
 fn cstring(s: &OsStr) -> io::Result<CString> {
@@ -90,22 +99,26 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in an argument"))
 }
 
-/// Starts `launch` in its own process group, stdin empty, stdout and stderr to `log`, and set
-/// to be SIGKILLed when this process dies (even by SIGKILL). The child shares this process's
-/// memory until it execs, as with posix_spawn, so starting it costs the same whatever this
-/// process's size (a fork would copy its page tables first).
-pub(crate) async fn spawn(launch: &Launch, log: File) -> io::Result<Child> {
+/// Starts `launch` in its own process group (and in the cgroup whose `cgroup.procs` is given),
+/// stdin empty, stdout and stderr to `log`, exactly the launch's environment, and set to be
+/// SIGKILLed when this process dies (even by SIGKILL). The child shares this process's memory
+/// until it execs, as with posix_spawn, so starting it costs the same whatever this process's
+/// size (a fork would copy its page tables first).
+pub(crate) async fn spawn(
+    launch: &Launch,
+    log: File,
+    cgroup_procs: Option<File>,
+) -> io::Result<Child> {
     let program = cstring(launch.program.as_os_str())?;
     let args: Vec<CString> = std::iter::once(OsStr::new(&launch.argv0))
         .chain(launch.args.iter().map(OsStr::new))
         .map(cstring)
         .collect::<io::Result<_>>()?;
-    // The platform's environment, the launch's variables on top (last one wins).
-    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    for (k, v) in &launch.env {
-        vars.retain(|(name, _)| name.as_bytes() != k.as_bytes());
-        vars.push((k.into(), v.into()));
-    }
+    // Exactly the launch's environment: nothing else of the platform's.
+    let vars = launch
+        .env
+        .iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
     let env: Vec<CString> = vars
         .into_iter()
         .map(|(k, v)| {
@@ -135,10 +148,13 @@ pub(crate) async fn spawn(launch: &Launch, log: File) -> io::Result<Child> {
                 cwd,
                 stdin,
                 log,
+                cgroup_procs,
+                nofile: ORIGINAL_NOFILE.get().copied(),
                 parent: std::process::id() as libc::pid_t,
                 // SAFETY: an all-zero sigset_t is a valid (empty) set; it is filled below.
                 mask: unsafe { std::mem::zeroed() },
                 failed: AtomicI32::new(0),
+                cgroup_failed: AtomicI32::new(0),
             };
             let _ = tx.send(start(&mut prepared));
             // `args` and `env` back the pointers until here.
@@ -179,7 +195,11 @@ fn start(p: &mut Prepared) -> io::Result<Child> {
     };
     drop(stack);
     let failed = p.failed.load(Ordering::SeqCst);
-    let mut child = Child { pid };
+    let cgroup_failed = p.cgroup_failed.load(Ordering::SeqCst);
+    let mut child = Child {
+        pid,
+        cgroup_error: (cgroup_failed != 0).then_some(cgroup_failed),
+    };
     if failed != 0 {
         let _ = child.wait();
         return Err(io::Error::from_raw_os_error(failed));
@@ -216,6 +236,18 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::setpgid(0, 0) != 0 {
             fail(p);
         }
+        // Into the instance's cgroup ("0" moves the writer), so whatever it starts stays
+        // there and can be killed whole. Failing that, the process group still holds it.
+        if let Some(procs) = &p.cgroup_procs
+            && libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1
+        {
+            p.cgroup_failed
+                .store(*libc::__errno_location(), Ordering::SeqCst);
+        }
+        if let Some(limit) = &p.nofile {
+            // Best effort: the program keeps the raised limit if this fails.
+            libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+        }
         let log = p.log.as_raw_fd();
         if libc::dup2(p.stdin.as_raw_fd(), 0) < 0
             || libc::dup2(log, 1) < 0
@@ -242,6 +274,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::getppid() != p.parent {
             libc::_exit(137);
         }
+        // Nothing else of ours (or of whoever started us without close-on-exec) reaches
+        // the program: descriptors from 3 up are closed (Linux 5.9+; ignored before).
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
         libc::pthread_sigmask(libc::SIG_SETMASK, &p.mask, std::ptr::null_mut());
         libc::execve(p.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
         fail(p)
@@ -267,4 +302,69 @@ pub(crate) fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
     } else {
         Err(err)
     }
+}
+
+/// Sends `signal` to one process. One that is already gone is fine.
+pub(crate) fn signal_process(pid: u32, signal: i32) -> io::Result<()> {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    if pid <= 1 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// The open-file limit this process started with, before [`raise_nofile_limit`]: workloads
+/// get it back (programs using `select(2)` break on descriptors past 1024).
+static ORIGINAL_NOFILE: OnceLock<libc::rlimit> = OnceLock::new();
+
+/// The open-file limit (soft, hard).
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Raises this process's soft open-file limit to its hard limit; returns (soft before, soft
+/// now). Workloads started afterwards get the soft limit from before.
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    let _ = ORIGINAL_NOFILE.set(lim);
+    if lim.rlim_cur == lim.rlim_max {
+        return Ok((before, before));
+    }
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit reads only the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((before, raised.rlim_cur))
 }

@@ -596,6 +596,15 @@ fn no_orphans_when_the_platform_is_sigkilled() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // The next platform on the data dir finds the killed one's records (and cgroups) and
+    // clears them.
+    let records = dir.path().join("run").join("instances");
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 2);
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let _rt = tokio.enter();
+    let next = ProcessRuntime::new(dir.path().to_path_buf());
+    next.clean_leftovers();
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0);
 }
 
 #[allow(dead_code)]

@@ -3,4 +3,5 @@
 
 pub mod api;
 pub mod cli;
+pub mod host;
 pub mod serve;

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::api::admission::{Target, admit};
 use crate::api::{ApiState, serve_api};
 use crate::cli::gateway::GATEWAY_INFO_METRIC;
+use crate::host::{self, DESCRIPTOR_RESERVE, HostArgs};
 
 /// Longest wait for in-flight work at shutdown before giving up on it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -48,11 +49,15 @@ pub struct ServeArgs {
     /// The domain routes are served under: `{route}.{namespace}.{domain}`.
     #[arg(long, default_value = "localhost")]
     pub domain: String,
+    /// Workloads and client connections.
+    #[command(flatten)]
+    pub host: HostArgs,
 }
 
 /// Runs the platform until SIGINT or SIGTERM, then drains and stops every instance.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(load_config(&args.config)?);
+    let descriptors = host::descriptors(args.host.max_connections);
     // Bind first: a port in use fails before anything is written (no stray data dir).
     let gateway_listener = listen(args.listen, GATEWAY_BACKLOG)
         .with_context(|| format!("gateway cannot listen on {}", args.listen))?;
@@ -68,7 +73,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
     );
 
-    let runtime = ProcessRuntime::new(std::fs::canonicalize(&args.data_dir)?);
+    let runtime = ProcessRuntime::with_options(
+        std::fs::canonicalize(&args.data_dir)?,
+        args.host.runtime_options(),
+    );
+    // The store holds the data dir now: what is recorded there is an earlier run's.
+    host::clean_leftovers(&runtime);
+    host::sweep_logs(runtime.as_ref(), store.as_ref(), &args.data_dir);
     // The activator pokes the autoscaler through this channel on a revision's first request.
     let (poke_tx, poke_rx) = tokio::sync::mpsc::unbounded_channel();
     let activator = Activator::new(
@@ -89,7 +100,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
-    let gateway_task = tokio::spawn(gateway.clone().serve(gateway_listener, stopped()));
+    let client_limits = rouse_queue::http::ServerLimits {
+        connections: rouse_queue::http::ConnectionLimit {
+            max: Some(descriptors.max_connections),
+            descriptor_limit: Some(descriptors.limit),
+            descriptor_reserve: DESCRIPTOR_RESERVE,
+        },
+        ..Default::default()
+    };
+    let gateway_task = tokio::spawn(gateway.clone().serve_with(
+        gateway_listener,
+        stopped(),
+        client_limits,
+    ));
     let api_state = ApiState {
         store: store.clone(),
         config: config.clone(),
@@ -117,6 +140,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("Rouse is serving.");
     println!("  Gateway: http://{gateway_addr}");
     println!("  API: http://{api_addr}");
+    println!(
+        "  Client connections: at most {} (open-file limit {})",
+        descriptors.max_connections, descriptors.limit
+    );
     let mut services = Vec::new();
     for path in &args.files {
         for (kind, ns, name, outcome) in apply_path(store.as_ref(), &config, path)? {

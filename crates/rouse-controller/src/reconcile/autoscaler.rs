@@ -84,6 +84,9 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
     if let Ok(workload) = workload_for(&rev) {
         ctx.runtime.ensure(workload, scale.max(0) as u32);
     }
+    // A scale-up past the limit on instances: requests get 503 with why, not a long wait.
+    ctx.networking
+        .set_scale_refusal(ns, name, ctx.runtime.scale_refusal(ns, name));
     // Instances wanted that are not ready yet (activating, or scaling up): the activator
     // learns the new ones now and starts probing them, instead of after this reconcile's
     // store writes and the SKS reconcile.

@@ -72,6 +72,9 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
     } else if initialized {
         status.mark_true("ResourcesAvailable");
         status.mark_true("ContainerHealthy");
+    } else if let Some(why) = ctx.runtime.scale_refusal(ns, name) {
+        // Not started for the limit on instances; it starts once there is room.
+        status.mark_false("ResourcesAvailable", "InstanceLimitReached", &why);
     } else if let Some(t) = ctx
         .runtime
         .instances(ns, name)

@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
+use super::conn_cap::Slot;
+
 /// How long a closing connection keeps reading (and discarding) what the client still sends,
 /// so the error response written before it reaches the client instead of being destroyed by a
 /// reset.
@@ -31,6 +33,8 @@ pub(super) struct ConnWatch {
     read: Notify,
     header_read_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
+    /// The connection's place under the server's connection cap.
+    slot: Arc<Slot>,
 }
 
 struct State {
@@ -47,9 +51,19 @@ struct State {
 }
 
 impl ConnWatch {
+    #[cfg(test)]
     pub(super) fn new(
         header_read_timeout: Option<Duration>,
         idle_timeout: Option<Duration>,
+    ) -> Self {
+        Self::with_slot(header_read_timeout, idle_timeout, Slot::detached())
+    }
+
+    /// A connection's timers, its requests also counted in `slot` (the connection cap's).
+    pub(super) fn with_slot(
+        header_read_timeout: Option<Duration>,
+        idle_timeout: Option<Duration>,
+        slot: Arc<Slot>,
     ) -> Self {
         ConnWatch {
             state: Mutex::new(State {
@@ -63,6 +77,7 @@ impl ConnWatch {
             read: Notify::new(),
             header_read_timeout,
             idle_timeout,
+            slot,
         }
     }
 
@@ -73,6 +88,7 @@ impl ConnWatch {
 
     /// A request arrived; it is in progress until the guard drops (with its response body).
     pub(super) fn start(self: &Arc<Self>, h2: bool) -> ActiveGuard {
+        self.slot.begin();
         let mut s = self.lock();
         s.active += 1;
         let first = s.active == 1;
@@ -174,6 +190,7 @@ pub(super) struct ActiveGuard(Arc<ConnWatch>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        self.0.slot.end();
         let mut s = self.0.lock();
         s.active -= 1;
         let last = s.active == 0;

@@ -5,6 +5,7 @@
 //! the connection, with every byte read so far, goes to the general server for good.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
@@ -14,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::conn_cap::Slot;
 use super::conn_timer::ConnTimer;
 use super::h1::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed, text_response_bytes};
 use super::limits::ServerLimits;
@@ -192,6 +194,7 @@ pub(super) async fn serve<R: FrontRouter>(
     remote: SocketAddr,
     limits: &ServerLimits,
     stop: &mut watch::Receiver<bool>,
+    slot: &Arc<Slot>,
 ) -> Handoff {
     let accepted = Instant::now();
     let mut buf = BytesMut::with_capacity(INITIAL_BUF);
@@ -205,7 +208,13 @@ pub(super) async fn serve<R: FrontRouter>(
                     limits.header_read_timeout.map(|d| accepted + d)
                 };
                 // Boxed: a waiting connection keeps no room for the read's timers.
-                let read = read_more(&mut stream, &mut buf, sleep_until_some(deadline), stop);
+                let read = read_more(
+                    &mut stream,
+                    &mut buf,
+                    sleep_until_some(deadline),
+                    stop,
+                    slot,
+                );
                 match Box::pin(read).await {
                     ReadOutcome::More => last_read = Instant::now(),
                     ReadOutcome::TimedOut if body => return body_timed_out(stream).await,
@@ -231,7 +240,7 @@ pub(super) async fn serve<R: FrontRouter>(
         accepted,
         last_read,
     };
-    Box::pin(run(router, conn, Some(decided), remote, limits, stop)).await
+    Box::pin(run(router, conn, Some(decided), remote, limits, stop, slot)).await
 }
 
 /// Waits for a request's route (`None`: the client left first), under the router's
@@ -304,12 +313,15 @@ async fn read_more(
     buf: &mut BytesMut,
     deadline: impl Future<Output = ()>,
     stop: &mut watch::Receiver<bool>,
+    slot: &Arc<Slot>,
 ) -> ReadOutcome {
     if buf.capacity() - buf.len() < 512 {
         buf.reserve(INITIAL_BUF);
     }
     // Between requests the server's stop ends the wait; within a head it does not.
     let idle = buf.is_empty();
+    // Waiting for a request: the connection cap may close it for a new one.
+    let _idle = idle.then(|| slot.idle());
     let stopped = async {
         if idle {
             let _ = stop.wait_for(|s| *s).await;
@@ -351,6 +363,7 @@ async fn run<R: FrontRouter>(
     remote: SocketAddr,
     limits: &ServerLimits,
     stop: &mut watch::Receiver<bool>,
+    slot: &Arc<Slot>,
 ) -> Handoff {
     let Conn {
         mut stream,
@@ -460,7 +473,7 @@ async fn run<R: FrontRouter>(
             };
             limits.header_read_timeout.map(|d| since + d)
         };
-        match read_more(&mut stream, &mut buf, reads.until(deadline), stop).await {
+        match read_more(&mut stream, &mut buf, reads.until(deadline), stop, slot).await {
             ReadOutcome::More => {
                 last_read = Instant::now();
                 if started.is_none() {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub use super::conn_cap::ConnectionLimit;
+
 /// Default [`ServerLimits::header_read_timeout`]: long enough for any real client, short
 /// enough that slow-header (slowloris) connections do not pile up.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +50,8 @@ pub struct ServerLimits {
     /// How often an HTTP/2 connection is PINGed to find clients that vanished mid-request
     /// (one that does not answer within 20 s is closed); `None` sends no pings.
     pub h2_keep_alive_interval: Option<Duration>,
+    /// The cap on client connections and the descriptor reserve (none by default).
+    pub connections: ConnectionLimit,
 }
 
 impl Default for ServerLimits {
@@ -59,6 +63,7 @@ impl Default for ServerLimits {
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
             max_headers: DEFAULT_MAX_HEADERS,
             h2_keep_alive_interval: Some(DEFAULT_H2_KEEP_ALIVE_INTERVAL),
+            connections: ConnectionLimit::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 mod body;
 mod client;
 mod conn;
+mod conn_cap;
 mod conn_timer;
 mod front;
 pub mod h1;
@@ -22,9 +23,9 @@ pub use front::{FastRoute, FrontRouter, Route};
 pub use h1::ClientAddr;
 pub use headers::{is_internal, push_token_or_quoted, strip_hop_by_hop, strip_internal};
 pub use limits::{
-    DEFAULT_BODY_READ_TIMEOUT, DEFAULT_H2_KEEP_ALIVE_INTERVAL, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE, DEFAULT_MAX_HEADERS, MIN_MAX_HEADER_SIZE,
-    ServerLimits,
+    ConnectionLimit, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_H2_KEEP_ALIVE_INTERVAL,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_MAX_HEADERS, MIN_MAX_HEADER_SIZE, ServerLimits,
 };
 pub use read_timeout::{BodyReadTimeout, ReadTimeoutBody};
 pub use retry::{ForwardError, forward_retryable};

@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 
 use super::body::{Body, BoxError, boxed, text_response};
 use super::conn::{ActiveGuard, ConnWatch, WatchedIo, client_gone, linger, peer_handle};
+use super::conn_cap::{Admission, Ticket};
 use super::front::{self, FrontRouter, Handoff, NoFront};
 use super::limits::{MIN_MAX_HEADER_SIZE, ServerLimits};
 use super::read_timeout::{BodyReadTimeout, ReadTimeoutBody};
@@ -145,6 +146,7 @@ async fn serve_inner<M, S, B, R>(
     // Shared, so a connection's task does not carry a copy.
     let limits = Arc::new(limits);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let admission = Admission::new(limits.connections);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -154,30 +156,47 @@ async fn serve_inner<M, S, B, R>(
                 let (stream, remote) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Out of descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
+                        // Out of descriptors and the like: back off instead of spinning (and,
+                        // out of descriptors, refuse the waiting client rather than leave it).
+                        let refused = admission.out_of_descriptors(&e, &listener);
+                        tracing::warn!(error = %e, refused, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
+                // At the connection cap (with none idle to close) or short of descriptors.
+                let Some(ticket) = admission.admit(&stream, &stop_rx) else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let service = make_service(remote);
                 let builder = builder.clone();
-                let mut stop = stop_rx.clone();
                 let front = front.clone();
                 let limits = limits.clone();
                 let fut = async move {
                     let (stream, prefix) = match front {
                         None => (stream, Bytes::new()),
                         Some(router) => {
-                            match front::serve(&*router, stream, remote, &limits, &mut stop).await {
+                            let mut stop = ticket.stop.clone();
+                            let busy = ticket.slot.busy();
+                            let fast = front::serve(
+                                &*router,
+                                stream,
+                                remote,
+                                &limits,
+                                &mut stop,
+                                &ticket.slot,
+                            );
+                            let handoff = fast.await;
+                            drop(busy);
+                            match handoff {
                                 Handoff::Done => return,
                                 Handoff::General(stream, prefix) => (stream, prefix),
                             }
                         }
                     };
                     // Boxed: connections served on the fast path keep no room for hyper's.
-                    Box::pin(connection(stream, prefix, remote, service, builder, *limits, stop))
+                    Box::pin(connection(stream, prefix, remote, service, builder, *limits, ticket))
                         .await;
                 };
                 conns.spawn(fut);
@@ -188,6 +207,7 @@ async fn serve_inner<M, S, B, R>(
     }
     drop(listener);
     let _ = stop_tx.send(true);
+    admission.stop_all();
     while conns.join_next().await.is_some() {}
 }
 
@@ -223,14 +243,17 @@ async fn connection<S, B>(
     service: S,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ServerLimits,
-    mut stop: watch::Receiver<bool>,
+    ticket: Ticket,
 ) where
     S: HopService<B>,
     B: FromIncoming,
 {
-    let watch = Arc::new(ConnWatch::new(
+    // The ticket (the connection's place under the cap) is held to the end.
+    let mut stop = ticket.stop.clone();
+    let watch = Arc::new(ConnWatch::with_slot(
         limits.header_read_timeout,
         limits.idle_timeout,
+        ticket.slot.clone(),
     ));
     let peer = peer_handle(&stream);
     let (io, mut back) = WatchedIo::new(stream, prefix, watch.clone());

@@ -11,7 +11,8 @@ use super::ProbeFailure;
 /// The most of a failing program's output kept in its failure.
 const OUTPUT_TAIL: usize = 512;
 
-/// Runs `command` once. Dropping the future (the probe's timeout) kills the program.
+/// Runs `command` once with exactly the environment `env` (the instance's). Dropping the
+/// future (the probe's timeout) kills the program.
 pub(crate) async fn run(
     command: &[String],
     env: &[(String, String)],
@@ -25,6 +26,7 @@ pub(crate) async fn run(
     };
     let mut cmd = Command::new(program);
     cmd.args(args)
+        .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -37,6 +37,8 @@ pub struct Platform {
     pub gateway: SocketAddr,
     pub api: String,
     pub stdout_lines: mpsc::Receiver<String>,
+    /// What it printed before its addresses.
+    pub early_lines: Vec<String>,
     pub extra_args: Vec<String>,
 }
 
@@ -57,7 +59,19 @@ impl Platform {
 
     /// Starts `rouse serve` on an existing data dir.
     pub fn spawn(data_dir: &Path, extra: &[&str]) -> Platform {
-        let mut cmd = Command::new(rouse_bin());
+        Self::spawn_wrapped(&[], data_dir, extra)
+    }
+
+    /// Starts `rouse serve` under a wrapper command (`prlimit --nofile=N`, say).
+    pub fn spawn_wrapped(wrapper: &[&str], data_dir: &Path, extra: &[&str]) -> Platform {
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(rouse_bin()),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(rouse_bin());
+                cmd
+            }
+        };
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -88,6 +102,7 @@ impl Platform {
         });
         let mut gateway = None;
         let mut api = None;
+        let mut early_lines = Vec::new();
         let deadline = Instant::now() + PATIENCE;
         while gateway.is_none() || api.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -100,6 +115,7 @@ impl Platform {
             if let Some(rest) = line.split("API: http://").nth(1) {
                 api = Some(format!("http://{}", rest.trim()));
             }
+            early_lines.push(line);
         }
         Platform {
             child: Some(child),
@@ -108,6 +124,7 @@ impl Platform {
             gateway: gateway.unwrap(),
             api: api.unwrap(),
             stdout_lines: rx,
+            early_lines,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -204,6 +221,7 @@ impl Platform {
         self.gateway = next.gateway;
         self.api = std::mem::take(&mut next.api);
         std::mem::swap(&mut self.stdout_lines, &mut next.stdout_lines);
+        self.early_lines = std::mem::take(&mut next.early_lines);
     }
 }
 
