@@ -3,8 +3,11 @@
 //! Writes of the user-facing kinds go through admission (strict decoding, Knative's defaulting
 //! and validation); the internal kinds are read-only here, since only the controller writes
 //! them. Failures are Kubernetes `Status` objects. `/healthz` and `/metrics` sit beside.
+//! Every request but the health checks carries the API token (see [`auth`]), and every request's
+//! `Host` must name this API.
 
 pub mod admission;
+pub mod auth;
 pub mod body;
 pub mod paths;
 pub mod status;
@@ -35,6 +38,8 @@ use status::{json_response, text_response};
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
+    /// The bearer token every request but the health checks must carry.
+    pub token: Arc<str>,
 }
 
 /// The Prometheus text `/metrics` returns, rendered on each scrape.
@@ -43,6 +48,7 @@ pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 struct Shared {
     state: ApiState,
     metrics: MetricsFn,
+    hosts: auth::HostPolicy,
 }
 
 /// How long in-flight requests may run on after shutdown is asked.
@@ -58,7 +64,18 @@ pub async fn serve_api(
     metrics: MetricsFn,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let shared = Arc::new(Shared { state, metrics });
+    let hosts = match listener.local_addr() {
+        Ok(addr) => auth::HostPolicy::new(addr),
+        Err(e) => {
+            tracing::error!(error = %e, "api: the listener has no address");
+            return;
+        }
+    };
+    let shared = Arc::new(Shared {
+        state,
+        metrics,
+        hosts,
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -128,20 +145,19 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
 
 async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     let method = req.method().clone();
-    match req.uri().path() {
-        "/healthz" | "/readyz" | "/livez" => {
-            only_get(&method)?;
-            return Ok(text_response(StatusCode::OK, "text/plain", "ok".into()));
-        }
-        "/metrics" => {
-            only_get(&method)?;
-            return Ok(text_response(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                (shared.metrics)(),
-            ));
-        }
-        _ => {}
+    shared.hosts.check(req.uri(), req.headers())?;
+    if let "/healthz" | "/readyz" | "/livez" = req.uri().path() {
+        only_get(&method)?;
+        return Ok(text_response(StatusCode::OK, "text/plain", "ok".into()));
+    }
+    auth::check_bearer(req.headers(), &shared.state.token)?;
+    if req.uri().path() == "/metrics" {
+        only_get(&method)?;
+        return Ok(text_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            (shared.metrics)(),
+        ));
     }
     let api_path = paths::parse(req.uri().path()).ok_or_else(ApiError::unknown_path)?;
     let state = &shared.state;
@@ -161,7 +177,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
             }
             check_namespace(&ns)?;
             let (parts, body) = req.into_parts();
-            let body = body::read_object(&parts.headers, body).await?;
+            let body = body::read_object(&parts.headers, body, body_deadline(state)).await?;
             create(state, kind, &ns, body).await
         }
         (
@@ -192,7 +208,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
             }
             check_namespace(&namespace)?;
             let (parts, body) = req.into_parts();
-            let body = body::read_object(&parts.headers, body).await?;
+            let body = body::read_object(&parts.headers, body, body_deadline(state)).await?;
             replace(state, kind, &namespace, &name, body).await
         }
         (
@@ -228,6 +244,10 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
             "{m} is not allowed on an object; use GET, PUT or DELETE"
         ))),
     }
+}
+
+fn body_deadline(state: &ApiState) -> body::BodyDeadline {
+    body::BodyDeadline::from_config(&state.config.rouse)
 }
 
 fn only_get(method: &Method) -> Result<(), ApiError> {

@@ -1,6 +1,7 @@
 //! A small HTTP/1 client for the Rouse API (hyper, pooled), reading failures as Kubernetes
 //! `Status` objects.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -62,6 +63,33 @@ impl ClientError {
 pub struct ApiClient {
     base: String,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// `Authorization: Bearer <token>`, sent with every request.
+    auth: Option<header::HeaderValue>,
+    /// Why no token is sent, added to a 401's message.
+    no_token: Option<String>,
+}
+
+/// The API token the CLI sends: `ROUSE_TOKEN`, else `token_file`, else `<data_dir>/api-token`.
+/// `Err` names where the token was looked for and why it is not usable (missing, or readable by
+/// others).
+pub fn find_token(token_file: Option<&Path>, data_dir: &Path) -> Result<String, String> {
+    if let Ok(t) = std::env::var("ROUSE_TOKEN") {
+        let t = t.trim();
+        if !t.is_empty() {
+            return Ok(t.to_string());
+        }
+    }
+    let path = match token_file {
+        Some(p) => p.to_path_buf(),
+        None => data_dir.join(crate::api::auth::TOKEN_FILE),
+    };
+    if !path.exists() {
+        return Err(format!(
+            "no API token: {} does not exist (point --data-dir or ROUSE_DATA_DIR at `rouse serve`'s data dir, or pass --token-file FILE or ROUSE_TOKEN)",
+            path.display()
+        ));
+    }
+    crate::api::auth::read_token_file(&path).map_err(|e| e.to_string())
 }
 
 impl ApiClient {
@@ -77,7 +105,32 @@ impl ApiClient {
             ));
         }
         let http = Client::builder(TokioExecutor::new()).build_http();
-        Ok(Self { base, http })
+        Ok(Self {
+            base,
+            http,
+            auth: None,
+            no_token: None,
+        })
+    }
+
+    /// Sends the token found (or, when none was, says why on a 401).
+    pub fn with_found_token(self, found: Result<String, String>) -> Self {
+        match found {
+            Ok(token) => self.with_token(token),
+            Err(why) => Self {
+                no_token: Some(why),
+                ..self
+            },
+        }
+    }
+
+    /// Sends `token` as a bearer token with every request.
+    pub fn with_token(mut self, token: String) -> Self {
+        let mut value = header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .unwrap_or_else(|_| header::HeaderValue::from_static("Bearer invalid"));
+        value.set_sensitive(true);
+        self.auth = Some(value);
+        self
     }
 
     /// The API's base URL.
@@ -103,7 +156,17 @@ impl ApiClient {
         let ct = body.map(|_| "application/json");
         let (code, reply) = self.raw(method, path, ct, bytes).await?;
         if !code.is_success() {
-            return Err(server_error(code, &reply));
+            let mut e = server_error(code, &reply);
+            if let (
+                ClientError::Server {
+                    code: 401, message, ..
+                },
+                Some(why),
+            ) = (&mut e, &self.no_token)
+            {
+                message.push_str(&format!("; {why}"));
+            }
+            return Err(e);
         }
         serde_json::from_slice(&reply).map_err(|e| ClientError::Transport {
             url: self.base.clone(),
@@ -126,6 +189,9 @@ impl ApiClient {
             .header(header::ACCEPT, "application/json");
         if let Some(ct) = content_type {
             req = req.header(header::CONTENT_TYPE, ct);
+        }
+        if let Some(auth) = &self.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
         }
         let req = req
             .body(Full::new(body))

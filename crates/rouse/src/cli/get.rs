@@ -54,7 +54,7 @@ pub async fn run_get(client: &ApiClient, namespace: &str, args: &GetArgs) -> any
     };
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&whole)?),
-        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&whole)?),
+        OutputFormat::Yaml => print!("{}", rouse_api::decode::to_yaml(&whole)),
         OutputFormat::Table => {
             if items.is_empty() {
                 match ns {

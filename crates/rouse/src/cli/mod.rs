@@ -5,10 +5,12 @@ pub mod apply;
 pub mod client;
 pub mod describe;
 pub mod get;
+pub mod kubeconfig;
 pub mod manifest;
 pub mod simulate;
 pub mod table;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -40,9 +42,26 @@ pub struct Cli {
         value_name = "NS"
     )]
     pub namespace: String,
+    /// The data dir: `rouse serve` keeps its store and API token there; the CLI reads the
+    /// token from `<data-dir>/api-token`.
+    #[arg(
+        long,
+        global = true,
+        env = "ROUSE_DATA_DIR",
+        default_value = DEFAULT_DATA_DIR,
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// A file holding the API token (instead of `<data-dir>/api-token`; `ROUSE_TOKEN` wins
+    /// over both).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Where `rouse serve` keeps its state when `--data-dir` is not given.
+pub const DEFAULT_DATA_DIR: &str = ".rouse";
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
@@ -57,6 +76,8 @@ pub enum Command {
     Describe(describe::DescribeArgs),
     /// Delete an object (and what it owns).
     Delete(get::DeleteArgs),
+    /// Print a kubeconfig for this API (server URL and token) that kubectl accepts.
+    Kubeconfig,
     /// Autoscaler tools.
     #[command(subcommand)]
     Autoscaler(AutoscalerCommand),
@@ -136,9 +157,22 @@ fn init_tracing(serving: bool) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = || ApiClient::new(&cli.api).map_err(anyhow::Error::msg);
+    let token = || client::find_token(cli.token_file.as_deref(), &cli.data_dir);
+    let client = || -> anyhow::Result<ApiClient> {
+        Ok(ApiClient::new(&cli.api)
+            .map_err(anyhow::Error::msg)?
+            .with_found_token(token()))
+    };
     match cli.command {
-        Command::Serve(args) => crate::serve::run(args).await,
+        Command::Serve(mut args) => {
+            args.data_dir = cli.data_dir.clone();
+            crate::serve::run(args).await
+        }
+        Command::Kubeconfig => {
+            let token = token().map_err(anyhow::Error::msg)?;
+            print!("{}", kubeconfig::render(&cli.api, &token, &cli.namespace)?);
+            Ok(())
+        }
         Command::Apply(ref args) => apply::run(&client()?, &cli.namespace, args).await,
         Command::Get(ref args) => get::run_get(&client()?, &cli.namespace, args).await,
         Command::Describe(ref args) => describe::run(&client()?, &cli.namespace, args).await,

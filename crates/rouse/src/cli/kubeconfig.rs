@@ -1,0 +1,44 @@
+//! `rouse kubeconfig`: a kubeconfig for this API, so kubectl (and client libraries) can talk to
+//! it with the same token the CLI uses.
+
+use serde_json::json;
+
+/// The kubeconfig (YAML) naming the API at `api` with `token`, in namespace `namespace`.
+pub fn render(api: &str, token: &str, namespace: &str) -> anyhow::Result<String> {
+    let server = api.trim_end_matches('/');
+    if !server.starts_with("http://") {
+        anyhow::bail!("invalid API URL {api:?}: expected http://HOST:PORT");
+    }
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "rouse", "cluster": {"server": server}}],
+        "users": [{"name": "rouse", "user": {"token": token}}],
+        "contexts": [{
+            "name": "rouse",
+            "context": {"cluster": "rouse", "user": "rouse", "namespace": namespace},
+        }],
+        "current-context": "rouse",
+        "preferences": {},
+    });
+    Ok(rouse_api::decode::to_yaml(&config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_kubeconfig() {
+        let text = render("http://127.0.0.1:8081/", "t0k", "ns1").unwrap();
+        let v = &rouse_api::decode::parse_documents(&text).unwrap()[0];
+        assert_eq!(
+            v["clusters"][0]["cluster"]["server"],
+            "http://127.0.0.1:8081"
+        );
+        assert_eq!(v["users"][0]["user"]["token"], "t0k");
+        assert_eq!(v["contexts"][0]["context"]["namespace"], "ns1");
+        assert_eq!(v["current-context"], "rouse");
+        assert!(render("127.0.0.1:8081", "t", "default").is_err());
+    }
+}
