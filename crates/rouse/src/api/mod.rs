@@ -49,6 +49,9 @@ struct Shared {
     state: ApiState,
     metrics: MetricsFn,
     hosts: auth::HostPolicy,
+    /// Held from counting to storing a capped create, so concurrent creates cannot both slip
+    /// under a limit.
+    create_lock: tokio::sync::Mutex<()>,
 }
 
 /// How long in-flight requests may run on after shutdown is asked.
@@ -75,6 +78,7 @@ pub async fn serve_api(
         state,
         metrics,
         hosts,
+        create_lock: tokio::sync::Mutex::new(()),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
@@ -178,6 +182,10 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
             check_namespace(&ns)?;
             let (parts, body) = req.into_parts();
             let body = body::read_object(&parts.headers, body, body_deadline(state)).await?;
+            let _capped = match kind {
+                Kind::Service | Kind::Configuration => Some(shared.create_lock.lock().await),
+                _ => None,
+            };
             create(state, kind, &ns, body).await
         }
         (
@@ -321,11 +329,52 @@ async fn create(
         .as_str()
         .unwrap_or("")
         .to_string();
+    check_quota(state, kind, ns, &name).await?;
     let store = state.store.clone();
     let created = blocking(move || store.create(kind, admitted.object))
         .await?
         .map_err(|e| ApiError::from_store(e, kind, &name))?;
     Ok(json_response(StatusCode::CREATED, &created))
+}
+
+/// Refuses a create of a Service or Configuration past `config-rouse`'s limits (403, worded as
+/// Kubernetes words an exceeded ResourceQuota).
+async fn check_quota(state: &ApiState, kind: Kind, ns: &str, name: &str) -> Result<(), ApiError> {
+    if !matches!(kind, Kind::Service | Kind::Configuration) {
+        return Ok(());
+    }
+    let limits = &state.config.rouse;
+    for (key, limit, namespace) in [
+        (
+            "max-services-per-namespace",
+            limits.max_services_per_namespace,
+            Some(ns.to_string()),
+        ),
+        ("max-services", limits.max_services, None),
+    ] {
+        let Some(limit) = limit else { continue };
+        let store = state.store.clone();
+        let used = blocking(move || store.list(kind, namespace.as_deref()))
+            .await?
+            .map_err(|e| ApiError::from_store(e, kind, name))?
+            .0
+            .len() as u64;
+        if used >= limit {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "{} \"{name}\" is forbidden: exceeded quota: config-rouse, requested: {}=1, used: {}={used}, limited: {}={limit}",
+                    paths::resource_name(kind),
+                    kind.plural(),
+                    kind.plural(),
+                    key,
+                ),
+            )
+            .for_object(kind, name));
+        }
+    }
+    Ok(())
 }
 
 async fn replace(
