@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::admission::{Target, admit};
-use crate::api::{ApiState, serve_api};
+use crate::api::{ApiState, serve_api_tls};
 
 /// Longest wait for in-flight work at shutdown before giving up on it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -52,12 +52,23 @@ pub struct ServeArgs {
     /// the network in the clear).
     #[arg(long)]
     pub insecure: bool,
+    /// Serve the API over TLS with a certificate signed by a CA Rouse keeps in
+    /// `<data-dir>/tls` (the CLI and `rouse kubeconfig` trust it).
+    #[arg(long)]
+    pub tls: bool,
+    /// Serve the API over TLS with this certificate chain (PEM) instead.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Runs the platform until SIGINT or SIGTERM, then drains and stops every instance.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(load_config(&args.config)?);
-    check_api_exposure(args.api_listen, args.insecure)?;
+    let tls_wanted = args.tls || args.tls_cert.is_some();
+    check_api_exposure(args.api_listen, args.insecure, tls_wanted)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let token: Arc<str> = crate::api::auth::load_or_create_token(&args.data_dir)?.into();
@@ -72,6 +83,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     api_listener.set_nonblocking(true)?;
     let gateway_addr = gateway_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
+    let api_tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::api::tls::from_files(cert, key)?),
+        _ if args.tls => Some(crate::api::tls::generated(&args.data_dir, api_addr)?),
+        _ => None,
+    };
+    let api_scheme = if api_tls.is_some() { "https" } else { "http" };
 
     let runtime = ProcessRuntime::new(std::fs::canonicalize(&args.data_dir)?);
     // The activator pokes the autoscaler through this channel on a revision's first request.
@@ -103,7 +120,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics_activator = activator.clone();
     let metrics: Arc<dyn Fn() -> String + Send + Sync> =
         Arc::new(move || platform_metrics(&metrics_activator));
-    let api_done = spawn_api_thread(api_listener, api_state, metrics, stopped())?;
+    let api_done = spawn_api_thread(
+        api_listener,
+        api_state,
+        metrics,
+        api_tls.map(|t| t.config),
+        stopped(),
+    )?;
     let networking: Arc<dyn Networking> = Arc::new(LocalNetworking {
         gateway: gateway.clone(),
         activator: activator.clone(),
@@ -122,7 +145,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     println!("Rouse is serving.");
     println!("  Gateway: http://{gateway_addr}");
-    println!("  API: http://{api_addr}");
+    println!("  API: {api_scheme}://{api_addr}");
     println!(
         "  API token: {} (rouse reads it from there; `rouse kubeconfig` prints a kubeconfig)",
         args.data_dir.join(crate::api::auth::TOKEN_FILE).display()
@@ -159,15 +182,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Refuses a non-loopback API address over plain HTTP unless `--insecure` says so.
-fn check_api_exposure(api_listen: SocketAddr, insecure: bool) -> anyhow::Result<()> {
-    if api_listen.ip().is_loopback() {
+fn check_api_exposure(api_listen: SocketAddr, insecure: bool, tls: bool) -> anyhow::Result<()> {
+    if api_listen.ip().is_loopback() || tls {
         return Ok(());
     }
     if !insecure {
         bail!(
             "--api-listen {api_listen} is reachable from other machines and the API speaks plain HTTP: \
-             its token would cross the network in the clear. Keep the API on loopback (reach it \
-             through an SSH tunnel), or pass --insecure to accept the risk"
+             its token would cross the network in the clear. Serve it over TLS (--tls, or \
+             --tls-cert FILE --tls-key FILE), keep it on loopback (reach it through an SSH \
+             tunnel), or pass --insecure to accept the risk"
         );
     }
     eprintln!(
@@ -183,6 +207,7 @@ fn spawn_api_thread(
     listener: std::net::TcpListener,
     state: ApiState,
     metrics: crate::api::MetricsFn,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -198,7 +223,7 @@ fn spawn_api_thread(
         .spawn(move || {
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => serve_api(listener, state, metrics, shutdown).await,
+                    Ok(listener) => serve_api_tls(listener, state, metrics, tls, shutdown).await,
                     Err(e) => tracing::error!(error = %e, "api: cannot use the listener"),
                 }
             });

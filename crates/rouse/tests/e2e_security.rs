@@ -218,3 +218,80 @@ fn gc_deletes_the_oldest_non_active_revisions_beyond_the_max() {
     assert_eq!(r.status, 200);
     assert!(r.body.contains("\"g-00004\""), "{}", r.body);
 }
+
+#[test]
+fn tls_api_with_the_cli_and_kubectl() {
+    let p = Platform::start_with(&["--tls"]);
+    assert!(p.api.starts_with("https://"), "{}", p.api);
+    let ca = p.data_dir.join("tls").join("ca.crt");
+    assert!(ca.exists());
+    // The CLI trusts the data dir's CA and sends the token.
+    p.cli_ok(&["get", "ksvc"]);
+    let svc = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: over-tls\nspec:\n  template:\n    spec:\n      containers:\n        - command: [\"/bin/sleep\", \"1000\"]\n";
+    let out = p.apply(svc, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Plain HTTP to the TLS port gets no API answer.
+    let plain = format!("GET {SVC_PATH} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    assert!(raw_exchange(p.api_addr(), plain.as_bytes()).is_err());
+    // Without the CA the CLI refuses to talk.
+    let out = Command::new(rouse_bin())
+        .args(["--api", &p.api, "get", "ksvc"])
+        .env("ROUSE_TOKEN", p.token())
+        .env_remove("ROUSE_DATA_DIR")
+        .env_remove("ROUSE_CA_FILE")
+        .current_dir(p.data_dir.parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no CA"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let kubeconfig = p.cli_ok(&["kubeconfig"]);
+    let doc = &rouse_api::decode::parse_documents(&kubeconfig).unwrap()[0];
+    assert!(doc["clusters"][0]["cluster"]["certificate-authority-data"].is_string());
+    let Some(kubectl) = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|k| k.exists())
+    else {
+        println!("SKIPPED the kubectl check: kubectl is not installed");
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("kubeconfig");
+    std::fs::write(&file, &kubeconfig).unwrap();
+    let run = |path: &str| {
+        Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&file)
+            .args(["get", "--raw", path])
+            .env("HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let got = run(SVC_PATH);
+    assert!(
+        got.status.success(),
+        "kubectl: {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(list["kind"], "ServiceList");
+    assert_eq!(list["items"][0]["metadata"]["name"], "over-tls");
+    // A wrong token: kubectl is refused.
+    std::fs::write(&file, kubeconfig.replace(&p.token(), &"f".repeat(64))).unwrap();
+    let got = run(SVC_PATH);
+    assert!(!got.status.success());
+    assert!(
+        String::from_utf8_lossy(&got.stderr).contains("Unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+}

@@ -24,7 +24,7 @@ const MIN_TOKEN_CHARS: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error(
-        "{path}: the API token file is readable by group or others (mode {mode:o}); run `chmod 600 {path}` or delete it to have a new token generated"
+        "{path}: this secret file is readable by group or others (mode {mode:o}); run `chmod 600 {path}` or delete it to have a new one generated"
     )]
     TooOpen { path: String, mode: u32 },
     #[error(
@@ -57,8 +57,8 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, TokenError> {
     }
 }
 
-/// Reads a token file, refusing one that group or others may access.
-pub fn read_token_file(path: &Path) -> Result<String, TokenError> {
+/// Reads a file holding a secret, refusing one that group or others may access.
+pub fn read_private_file(path: &Path) -> Result<String, TokenError> {
     let meta = std::fs::metadata(path).map_err(io_err(path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -67,7 +67,12 @@ pub fn read_token_file(path: &Path) -> Result<String, TokenError> {
             mode,
         });
     }
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    std::fs::read_to_string(path).map_err(io_err(path))
+}
+
+/// Reads a token file, refusing one that group or others may access.
+pub fn read_token_file(path: &Path) -> Result<String, TokenError> {
+    let text = read_private_file(path)?;
     let token = text.trim();
     if token.len() < MIN_TOKEN_CHARS || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(TokenError::Invalid {

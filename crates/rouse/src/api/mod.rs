@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod paths;
 pub mod status;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -59,14 +60,29 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// How many times a replace without a resourceVersion retries a lost compare-and-swap.
 const REPLACE_ATTEMPTS: usize = 5;
 
-/// Serves the API on `listener` until `shutdown` completes, then lets in-flight requests finish
-/// (bounded) and returns.
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API (plain HTTP) on `listener` until `shutdown` completes, then lets in-flight
+/// requests finish (bounded) and returns.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
     state: ApiState,
     metrics: MetricsFn,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    serve_api_tls(listener, state, metrics, None, shutdown).await
+}
+
+/// [`serve_api`], over TLS when `tls` is given.
+pub async fn serve_api_tls(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    metrics: MetricsFn,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let hosts = match listener.local_addr() {
         Ok(addr) => auth::HostPolicy::new(addr),
         Err(e) => {
@@ -88,7 +104,24 @@ pub async fn serve_api(
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    conns.spawn(serve_conn(stream, shared.clone(), stop_rx.clone()));
+                    let (shared, stop) = (shared.clone(), stop_rx.clone());
+                    match &acceptor {
+                        None => {
+                            conns.spawn(serve_conn(stream, shared, stop));
+                        }
+                        Some(acceptor) => {
+                            let accept = acceptor.accept(stream);
+                            conns.spawn(async move {
+                                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                                    Ok(Ok(tls)) => serve_conn(tls, shared, stop).await,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(error = %e, "api: TLS handshake failed");
+                                    }
+                                    Err(_) => tracing::debug!("api: TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off rather than spin.
@@ -109,11 +142,10 @@ pub async fn serve_api(
     }
 }
 
-async fn serve_conn(
-    stream: tokio::net::TcpStream,
-    shared: Arc<Shared>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn serve_conn<S>(stream: S, shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(&shared, req).await) }

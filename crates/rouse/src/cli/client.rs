@@ -67,6 +67,8 @@ pub struct ApiClient {
     auth: Option<header::HeaderValue>,
     /// Why no token is sent, added to a 401's message.
     no_token: Option<String>,
+    /// For an `https://` API: the connector trusting its CA.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// The API token the CLI sends: `ROUSE_TOKEN`, else `token_file`, else `<data_dir>/api-token`.
@@ -99,9 +101,9 @@ impl ApiClient {
         let uri: Uri = base
             .parse()
             .map_err(|e| format!("invalid API URL {base:?}: {e}"))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
             return Err(format!(
-                "invalid API URL {base:?}: expected http://HOST:PORT"
+                "invalid API URL {base:?}: expected http://HOST:PORT or https://HOST:PORT"
             ));
         }
         let http = Client::builder(TokioExecutor::new()).build_http();
@@ -110,7 +112,20 @@ impl ApiClient {
             http,
             auth: None,
             no_token: None,
+            tls: None,
         })
+    }
+
+    /// True when the API URL is `https://`.
+    pub fn is_https(&self) -> bool {
+        self.base.starts_with("https://")
+    }
+
+    /// Trusts the CA certificates in `ca_pem` (PEM) for an `https://` API.
+    pub fn with_ca(mut self, ca_pem: &[u8]) -> Result<Self, String> {
+        let config = crate::api::tls::client_config(ca_pem).map_err(|e| e.to_string())?;
+        self.tls = Some(tokio_rustls::TlsConnector::from(config));
+        Ok(self)
     }
 
     /// Sends the token found (or, when none was, says why on a 401).
@@ -199,6 +214,14 @@ impl ApiClient {
                 url: url.clone(),
                 message: e.to_string(),
             })?;
+        if self.is_https() {
+            return tokio::time::timeout(REQUEST_TIMEOUT, self.exchange_tls(req))
+                .await
+                .map_err(|_| ClientError::Transport {
+                    url: self.base.clone(),
+                    message: format!("no reply within {}s", REQUEST_TIMEOUT.as_secs()),
+                })?;
+        }
         let exchange = async {
             let resp = self.http.request(req).await.map_err(|e| {
                 if e.is_connect() {
@@ -231,6 +254,70 @@ impl ApiClient {
                 message: format!("no reply within {}s", REQUEST_TIMEOUT.as_secs()),
             })?
     }
+}
+
+impl ApiClient {
+    /// One request over a new TLS connection (the CLI makes few requests; no pool needed).
+    async fn exchange_tls(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let transport = |message: String| ClientError::Transport {
+            url: self.base.clone(),
+            message,
+        };
+        let Some(tls) = &self.tls else {
+            return Err(transport(
+                "no CA to verify the API's certificate: set ROUSE_CA_FILE or point --data-dir at `rouse serve --tls`'s data dir".to_string(),
+            ));
+        };
+        let uri = req.uri().clone();
+        let host = uri
+            .host()
+            .unwrap_or("localhost")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(443);
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                url: self.base.clone(),
+            })?;
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| transport(format!("invalid host {host:?}: {e}")))?;
+        let stream = tls
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| transport(format!("TLS: {e}")))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| transport(error_chain(&e)))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| transport(error_chain(&e)))?;
+        let code = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| transport(format!("reading the reply: {e}")))?
+            .to_bytes();
+        Ok((code, bytes))
+    }
+}
+
+/// The CA an `https://` API is verified against: `ROUSE_CA_FILE`, else the CA `rouse serve
+/// --tls` keeps in `<data_dir>/tls/ca.crt`.
+pub fn find_ca(data_dir: &Path) -> Option<Vec<u8>> {
+    let path = std::env::var_os("ROUSE_CA_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::api::tls::ca_cert_path(data_dir));
+    std::fs::read(path).ok()
 }
 
 /// A refusal, from the `Status` in the body when there is one.
@@ -298,7 +385,8 @@ mod tests {
     #[test]
     fn checks_the_base_url() {
         assert!(ApiClient::new("http://127.0.0.1:8081/").is_ok());
-        assert!(ApiClient::new("https://127.0.0.1:8081").is_err());
+        assert!(ApiClient::new("https://127.0.0.1:8081").is_ok());
+        assert!(ApiClient::new("ftp://127.0.0.1:8081").is_err());
         assert!(ApiClient::new("127.0.0.1:8081").is_err());
     }
 }

@@ -159,9 +159,15 @@ fn init_tracing(serving: bool) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let token = || client::find_token(cli.token_file.as_deref(), &cli.data_dir);
     let client = || -> anyhow::Result<ApiClient> {
-        Ok(ApiClient::new(&cli.api)
+        let mut c = ApiClient::new(&cli.api)
             .map_err(anyhow::Error::msg)?
-            .with_found_token(token()))
+            .with_found_token(token());
+        if c.is_https()
+            && let Some(ca) = client::find_ca(&cli.data_dir)
+        {
+            c = c.with_ca(&ca).map_err(anyhow::Error::msg)?;
+        }
+        Ok(c)
     };
     match cli.command {
         Command::Serve(mut args) => {
@@ -170,7 +176,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Kubeconfig => {
             let token = token().map_err(anyhow::Error::msg)?;
-            print!("{}", kubeconfig::render(&cli.api, &token, &cli.namespace)?);
+            let ca = client::find_ca(&cli.data_dir);
+            print!(
+                "{}",
+                kubeconfig::render(&cli.api, &token, &cli.namespace, ca.as_deref())?
+            );
             Ok(())
         }
         Command::Apply(ref args) => apply::run(&client()?, &cli.namespace, args).await,

@@ -92,6 +92,9 @@ impl Platform {
             if let Some(rest) = line.split("API: http://").nth(1) {
                 api = Some(format!("http://{}", rest.trim()));
             }
+            if let Some(rest) = line.split("API: https://").nth(1) {
+                api = Some(format!("https://{}", rest.trim()));
+            }
         }
         Platform {
             child: Some(child),
@@ -114,7 +117,11 @@ impl Platform {
 
     /// The API's address.
     pub fn api_addr(&self) -> SocketAddr {
-        self.api.trim_start_matches("http://").parse().unwrap()
+        self.api
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap()
     }
 
     /// Runs the CLI against this platform (finding the token through the data dir).
