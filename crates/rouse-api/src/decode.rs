@@ -143,7 +143,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, DecodeError> {
     }
     let docs: Vec<StrictDoc> = serde_saphyr::from_multiple_with_options(text, yaml_options())
         .map_err(|e| DecodeError::Malformed {
-            doc: 1,
+            doc: e.location().map_or(1, |l| document_at_line(text, l.line())),
             reason: yaml_error_text(&e),
         })?;
     let mut out = Vec::new();
@@ -175,6 +175,23 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, DecodeError> {
             reason: e.to_string(),
         })?;
     Ok(v)
+}
+
+/// Which document (1-based) line `line` (1-based) is in: one more than the `---` separators
+/// before it, not counting one that opens the text.
+fn document_at_line(text: &str, line: u64) -> usize {
+    let mut doc = 1;
+    let mut content_seen = false;
+    for l in text.lines().take(line.saturating_sub(1) as usize) {
+        if l.starts_with("---") {
+            if content_seen {
+                doc += 1;
+            }
+        } else if !l.trim().is_empty() && !l.trim_start().starts_with('#') {
+            content_seen = true;
+        }
+    }
+    doc
 }
 
 /// The parser's message on one line (it may render a source snippet over several).
@@ -612,6 +629,14 @@ spec:
         assert!(e.to_string().contains("duplicate field \"spec.a\""), "{e}");
         let e = parse_documents("a: 1\na: 2\n").unwrap_err();
         assert!(e.to_string().contains("duplicate field \"a\""), "{e}");
+    }
+
+    #[test]
+    fn errors_name_their_document() {
+        let e = parse_documents("---\na: 1\n---\nb: 2\n---\nc: [\n").unwrap_err();
+        assert!(matches!(e, DecodeError::Malformed { doc: 3, .. }), "{e}");
+        let e = parse_documents("a: 1\na: 2\n").unwrap_err();
+        assert!(matches!(e, DecodeError::Malformed { doc: 1, .. }), "{e}");
     }
 
     #[test]
