@@ -535,3 +535,33 @@ async fn creates_past_the_limits_are_forbidden() {
     let (code, v, _) = api.post_ns("third", &service_yaml("d")).await;
     assert_eq!(code, 201, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_revision_creates_past_the_limit_are_forbidden() {
+    let mut config = Config::default();
+    config.rouse.max_revisions = Some(1);
+    let api = Api::start_with(config).await;
+    let bearer = format!("Bearer {}", api.token);
+    let path = "/apis/serving.knative.dev/v1/namespaces/default/revisions";
+    let rev = |name: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Revision\nmetadata:\n  name: {name}\nspec:\n  containers:\n    - command: [\"/bin/sleep\", \"1000\"]\n"
+        )
+    };
+    let (code, v, _) = api
+        .request("POST", path, Some(&bearer), "application/yaml", &rev("r1"))
+        .await;
+    assert_eq!(code, 201, "{v}");
+    let (code, v, _) = api
+        .request("POST", path, Some(&bearer), "application/yaml", &rev("r2"))
+        .await;
+    assert_eq!(code, 403, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("used: revisions=1, limited: max-revisions=1"),
+        "{v}"
+    );
+    assert_eq!(api.count(Kind::Revision), 1);
+}

@@ -94,6 +94,40 @@ fn non_loopback_api_needs_insecure() {
     assert!(err.contains("--insecure"), "{err}");
     // Refused before anything was written.
     assert!(!dir.path().join("data").join("api-token").exists());
+
+    // With --insecure it starts, warning on stderr.
+    let mut child = Command::new(rouse_bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "0.0.0.0:0",
+            "--insecure",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read until the addresses are printed (or the process ends), keeping the pipe open.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("API: http://0.0.0.0:"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    lines.for_each(drop);
+    let out = child.wait_with_output().unwrap();
+    assert!(serving, "rouse serve --insecure did not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARNING: the API listens on 0.0.0.0:"),
+        "{err}"
+    );
 }
 
 /// A valid manifest that is slow to decode and validate: a thousand annotations, near the

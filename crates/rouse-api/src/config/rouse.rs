@@ -16,6 +16,9 @@ pub struct RouseConfig {
     pub max_services_per_namespace: Option<u64>,
     /// The most Services (and, counted apart, Configurations) in all namespaces together.
     pub max_services: Option<u64>,
+    /// The most Revisions in all namespaces together, checked when a client creates one
+    /// directly (those Configurations make are bounded by `config-gc`).
+    pub max_revisions: Option<u64>,
     /// The longest the API waits for a whole request body.
     pub api_body_timeout: Duration,
     /// The longest the API waits for the next bytes of a request body.
@@ -27,6 +30,7 @@ impl Default for RouseConfig {
         Self {
             max_services_per_namespace: Some(500),
             max_services: Some(1000),
+            max_revisions: Some(10_000),
             api_body_timeout: Duration::from_secs(30),
             api_body_idle_timeout: Duration::from_secs(10),
         }
@@ -36,6 +40,7 @@ impl Default for RouseConfig {
 const KEYS: &[&str] = &[
     "max-services-per-namespace",
     "max-services",
+    "max-revisions",
     "api-body-timeout",
     "api-body-idle-timeout",
 ];
@@ -51,6 +56,7 @@ impl RouseConfig {
                 &mut c.max_services_per_namespace,
             ),
             ("max-services", &mut c.max_services),
+            ("max-revisions", &mut c.max_revisions),
         ] {
             match get(d, key) {
                 None | Some("") => {}

@@ -215,7 +215,9 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
             let (parts, body) = req.into_parts();
             let body = body::read_object(&parts.headers, body, body_deadline(state)).await?;
             let _capped = match kind {
-                Kind::Service | Kind::Configuration => Some(shared.create_lock.lock().await),
+                Kind::Service | Kind::Configuration | Kind::Revision => {
+                    Some(shared.create_lock.lock().await)
+                }
                 _ => None,
             };
             create(state, kind, &ns, body).await
@@ -369,21 +371,25 @@ async fn create(
     Ok(json_response(StatusCode::CREATED, &created))
 }
 
-/// Refuses a create of a Service or Configuration past `config-rouse`'s limits (403, worded as
+/// Refuses a create of a Service, Configuration or Revision past `config-rouse`'s limits (403, worded as
 /// Kubernetes words an exceeded ResourceQuota).
 async fn check_quota(state: &ApiState, kind: Kind, ns: &str, name: &str) -> Result<(), ApiError> {
-    if !matches!(kind, Kind::Service | Kind::Configuration) {
-        return Ok(());
-    }
     let limits = &state.config.rouse;
-    for (key, limit, namespace) in [
-        (
-            "max-services-per-namespace",
-            limits.max_services_per_namespace,
-            Some(ns.to_string()),
-        ),
-        ("max-services", limits.max_services, None),
-    ] {
+    let checks = match kind {
+        Kind::Service | Kind::Configuration => vec![
+            (
+                "max-services-per-namespace",
+                limits.max_services_per_namespace,
+                Some(ns.to_string()),
+            ),
+            ("max-services", limits.max_services, None),
+        ],
+        // Revisions made by Configurations are bounded by config-gc; this bounds those
+        // created directly.
+        Kind::Revision => vec![("max-revisions", limits.max_revisions, None)],
+        _ => return Ok(()),
+    };
+    for (key, limit, namespace) in checks {
         let Some(limit) = limit else { continue };
         let store = state.store.clone();
         let used = blocking(move || store.list(kind, namespace.as_deref()))
