@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// The private key (PEM) of `--tls-cert`.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// A host name the API also answers to (besides localhost, loopback and the listen
+    /// address), e.g. the name in `--tls-cert`; repeatable.
+    #[arg(long = "api-host", value_name = "NAME")]
+    pub api_hosts: Vec<String>,
 }
 
 /// Runs the platform until SIGINT or SIGTERM, then drains and stops every instance.
@@ -85,7 +89,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api_addr = api_listener.local_addr()?;
     let api_tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(crate::api::tls::from_files(cert, key)?),
-        _ if args.tls => Some(crate::api::tls::generated(&args.data_dir, api_addr)?),
+        _ if args.tls => Some(crate::api::tls::generated(
+            &args.data_dir,
+            api_addr,
+            &args.api_hosts,
+        )?),
         _ => None,
     };
     let api_scheme = if api_tls.is_some() { "https" } else { "http" };
@@ -125,6 +133,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         api_state,
         metrics,
         api_tls.map(|t| t.config),
+        args.api_hosts.clone(),
         stopped(),
     )?;
     let networking: Arc<dyn Networking> = Arc::new(LocalNetworking {
@@ -208,6 +217,7 @@ fn spawn_api_thread(
     state: ApiState,
     metrics: crate::api::MetricsFn,
     tls: Option<Arc<rustls::ServerConfig>>,
+    extra_hosts: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -223,7 +233,9 @@ fn spawn_api_thread(
         .spawn(move || {
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => serve_api_tls(listener, state, metrics, tls, shutdown).await,
+                    Ok(listener) => {
+                        serve_api_tls(listener, state, metrics, tls, &extra_hosts, shutdown).await
+                    }
                     Err(e) => tracing::error!(error = %e, "api: cannot use the listener"),
                 }
             });

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rouse::api::{ApiState, serve_api};
+use rouse::api::{ApiState, serve_api_tls};
 use rouse_api::Kind;
 use rouse_api::config::Config;
 use rouse_store::{EmbeddedStore, Store};
@@ -35,6 +35,10 @@ impl Api {
     }
 
     async fn start_with(config: Config) -> Api {
+        Self::start_full(config, &[]).await
+    }
+
+    async fn start_full(config: Config, extra_hosts: &[String]) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let store = Arc::new(EmbeddedStore::open(&data_dir).unwrap());
@@ -48,9 +52,13 @@ impl Api {
             token: token.clone().into(),
         };
         let metrics: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(|| "m 1\n".to_string());
-        tokio::spawn(serve_api(listener, state, metrics, async {
-            let _ = rx.await;
-        }));
+        let extra_hosts = extra_hosts.to_vec();
+        tokio::spawn(async move {
+            serve_api_tls(listener, state, metrics, None, &extra_hosts, async {
+                let _ = rx.await;
+            })
+            .await
+        });
         Api {
             addr,
             url: format!("http://{addr}"),
@@ -277,6 +285,21 @@ async fn dns_rebinding_host_is_refused_and_nothing_is_created() {
         let (code, v, _) = api.raw(&req).await;
         assert_eq!(code, 201, "{host}: {v}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_host_names_are_answered() {
+    let api = Api::start_full(Config::default(), &["rouse.example.com".to_string()]).await;
+    let list = |host: &str| {
+        format!(
+            "GET {SVC_PATH} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            api.token
+        )
+    };
+    let (code, _, text) = api.raw(&list("Rouse.Example.Com:8443")).await;
+    assert_eq!(code, 200, "{text}");
+    let (code, _, _) = api.raw(&list("other.example.com")).await;
+    assert_eq!(code, 421);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

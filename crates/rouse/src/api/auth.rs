@@ -149,12 +149,23 @@ pub fn check_bearer(headers: &HeaderMap, token: &str) -> Result<(), ApiError> {
 #[derive(Debug, Clone)]
 pub struct HostPolicy {
     listen: SocketAddr,
+    /// Further names the operator gave (`--api-host`), lowercase.
+    names: Vec<String>,
 }
 
 impl HostPolicy {
     /// The policy for an API listening on `listen`.
     pub fn new(listen: SocketAddr) -> Self {
-        Self { listen }
+        Self {
+            listen,
+            names: Vec::new(),
+        }
+    }
+
+    /// Also answers to these host names (e.g. the name in `--tls-cert`).
+    pub fn with_names(mut self, names: &[String]) -> Self {
+        self.names = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        self
     }
 
     /// Checks the request's `Host` (and an absolute-form target's authority).
@@ -189,7 +200,9 @@ impl HostPolicy {
         let Some(name) = host_name(host) else {
             return false;
         };
-        if name.eq_ignore_ascii_case("localhost") {
+        if name.eq_ignore_ascii_case("localhost")
+            || self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+        {
             return true;
         }
         let Ok(ip) = name
@@ -273,6 +286,10 @@ mod tests {
         let lan = HostPolicy::new("192.168.1.5:8081".parse().unwrap());
         assert!(lan.allows("192.168.1.5:8081"));
         assert!(!lan.allows("192.168.1.6:8081"));
+        let named = HostPolicy::new("0.0.0.0:8081".parse().unwrap())
+            .with_names(&["API.example.com".to_string()]);
+        assert!(named.allows("api.example.com:8081"));
+        assert!(!named.allows("other.example.com:8081"));
         let any = HostPolicy::new("0.0.0.0:8081".parse().unwrap());
         assert!(any.allows("192.168.1.6:8081"));
         assert!(!any.allows("rebind.example:8081"));

@@ -71,20 +71,22 @@ pub async fn serve_api(
     metrics: MetricsFn,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    serve_api_tls(listener, state, metrics, None, shutdown).await
+    serve_api_tls(listener, state, metrics, None, &[], shutdown).await
 }
 
-/// [`serve_api`], over TLS when `tls` is given.
+/// [`serve_api`], over TLS when `tls` is given, also answering to the host names
+/// `extra_hosts`.
 pub async fn serve_api_tls(
     listener: tokio::net::TcpListener,
     state: ApiState,
     metrics: MetricsFn,
     tls: Option<Arc<rustls::ServerConfig>>,
+    extra_hosts: &[String],
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let hosts = match listener.local_addr() {
-        Ok(addr) => auth::HostPolicy::new(addr),
+        Ok(addr) => auth::HostPolicy::new(addr).with_names(extra_hosts),
         Err(e) => {
             tracing::error!(error = %e, "api: the listener has no address");
             return;

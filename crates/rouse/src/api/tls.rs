@@ -71,8 +71,13 @@ pub fn from_files(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
     })
 }
 
-/// A server config whose certificate is signed by the data dir's CA (made on first use).
-pub fn generated(data_dir: &Path, listen: SocketAddr) -> Result<ServerTls, TlsError> {
+/// A server config whose certificate is signed by the data dir's CA (made on first use), for
+/// localhost, the loopback addresses, the listen address and `extra_names`.
+pub fn generated(
+    data_dir: &Path,
+    listen: SocketAddr,
+    extra_names: &[String],
+) -> Result<ServerTls, TlsError> {
     let dir = data_dir.join(TLS_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
     let key_path = dir.join(CA_KEY_FILE);
@@ -104,6 +109,7 @@ pub fn generated(data_dir: &Path, listen: SocketAddr) -> Result<ServerTls, TlsEr
     if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
         names.push(listen.ip().to_string());
     }
+    names.extend(extra_names.iter().cloned());
     let mut params = rcgen::CertificateParams::new(names).map_err(gen_err)?;
     params
         .distinguished_name
@@ -201,8 +207,8 @@ mod tests {
     fn generated_ca_is_kept_and_signs_a_serving_cert() {
         let dir = tempfile::tempdir().unwrap();
         let listen: SocketAddr = "127.0.0.1:8081".parse().unwrap();
-        let first = generated(dir.path(), listen).unwrap();
-        let second = generated(dir.path(), listen).unwrap();
+        let first = generated(dir.path(), listen, &[]).unwrap();
+        let second = generated(dir.path(), listen, &["api.example.com".to_string()]).unwrap();
         assert_eq!(first.ca_pem, second.ca_pem);
         let ca = first.ca_pem.unwrap();
         assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
