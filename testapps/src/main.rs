@@ -8,7 +8,8 @@
 //! - `/stream?chunks=N&interval=MS` — N chunks (`chunk <i>\n`), MS apart, flushed as written
 //! - `/echo` — the request body, streamed back
 //! - `/ws` — a WebSocket (RFC 6455) echo: text and binary frames come back as sent, pings get
-//!   pongs, a close is echoed; anything but a WebSocket handshake gets 400 (HTTP/1.1 only)
+//!   pongs, a close is echoed; anything but a WebSocket handshake gets 400 (HTTP/1.1 only);
+//!   the 101 carries `X-Message: $MESSAGE` when set
 //! - `/status?code=N` — an empty response with that status
 //! - gRPC (meant for `--h2c`; hand-written, see `grpc.rs`): `/grpc.health.v1.Health/Check`
 //!   (SERVING for the empty service name, NOT_FOUND otherwise), `/grpc.health.v1.Health/Watch`
@@ -18,7 +19,19 @@
 //! - `/crash-on-first-request` — exits with code 1 without answering if this is the process's
 //!   first request (see `MARKER_DIR`), else answers like `/`
 //!
-//! Any path takes `?sleep=MS` to wait before answering.
+//! - `/readyz` — 200 `ready`, or 503 `not ready` once switched (for `readinessProbe`s);
+//!   `/toggle-ready` flips that, `/start-failing` makes it fail, both per process and with
+//!   `?restore-after=MS` to switch back by themselves; they answer `pid=<pid> ready=<bool>`
+//! - `/whoami` — the process id (tells instances apart)
+//! - `/in-flight` — how many other requests this process is answering now
+//! - `/timeout?initialTimeout=MS&timeout=MS` — like Knative's `timeout` image: the head after
+//!   `initialTimeout`, the body `Slept for X milliseconds` after `timeout` more
+//! - `/runtime` — like Knative's `runtime` image: args, cwd, uid/gid, stdin state (`eof`…),
+//!   env, required paths, whether `/tmp` is writable and `/proc/sys` is not, as JSON
+//!
+//! Any path takes `?sleep=MS` to wait before answering, and like Knative's `autoscale` image
+//! `?bloat=MiB` (allocate and touch that much memory first) and `?prime=N` (answer with the
+//! largest prime below N, N ≤ 40 000 000).
 //!
 //! Environment (besides `PORT` and `MESSAGE`):
 //! - `FAIL_ON_CONCURRENCY=1` — like Knative's `singlethreaded` image: a request that overlaps
@@ -53,6 +66,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 mod grpc;
+mod roles;
 mod ws;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -84,6 +98,25 @@ fn env() -> &'static Env {
 static HAD_REQUEST: AtomicBool = AtomicBool::new(false);
 /// Requests between arrival and response head now (for `FAIL_ON_CONCURRENCY`).
 static ACTIVE: AtomicU64 = AtomicU64::new(0);
+/// Non-probe requests being answered now (for `/in-flight`).
+static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a request in [`IN_FLIGHT`] until dropped.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// How many times a request arrived while another was active.
 static OVERLAPS: AtomicU64 = AtomicU64::new(0);
 
@@ -280,10 +313,34 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         crash_unless_marked();
     }
     let active = (env().fail_on_concurrency && !probe).then(Active::enter);
+    let _in_flight = (!probe).then(InFlight::enter);
     let q = query(&req);
     let sleep = num(&q, "sleep", 0);
     if sleep > 0 {
         tokio::time::sleep(Duration::from_millis(sleep)).await;
+    }
+    if let Some(mib) = q.get("bloat").and_then(|v| v.parse().ok()) {
+        let touched = tokio::task::spawn_blocking(move || roles::bloat(mib))
+            .await
+            .unwrap_or(0);
+        if !q.contains_key("prime") {
+            return Ok(full(
+                StatusCode::OK,
+                "text/plain",
+                format!("Allocated {mib} MiB ({touched} pages).\n"),
+            ));
+        }
+    }
+    if let Some(n) = q.get("prime").and_then(|v| v.parse().ok()) {
+        let p = tokio::task::spawn_blocking(move || roles::largest_prime_below(n))
+            .await
+            .ok()
+            .flatten();
+        let text = match p {
+            Some(p) => format!("The largest prime less than {n} is {p}.\n"),
+            None => format!("There are no primes smaller than {n}.\n"),
+        };
+        return Ok(full(StatusCode::OK, "text/plain", text));
     }
     let resp = answer(req, &q).await;
     if active.is_some_and(|a| a.overlapped()) {
@@ -313,6 +370,13 @@ async fn answer(mut req: Request<Incoming>, q: &BTreeMap<String, String>) -> Res
                     header::HeaderValue::from_static("Upgrade"),
                 );
                 h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+                // Which workload answered (for splits over WebSockets).
+                if let Some(v) = std::env::var("MESSAGE")
+                    .ok()
+                    .and_then(|m| header::HeaderValue::from_str(&m).ok())
+                {
+                    h.insert("x-message", v);
+                }
                 resp
             }
             Err(why) => full(
@@ -322,6 +386,17 @@ async fn answer(mut req: Request<Incoming>, q: &BTreeMap<String, String>) -> Res
             ),
         },
         path if grpc::is_method(path) => grpc::serve(req).await,
+        "/readyz" => roles::readyz(),
+        "/toggle-ready" => roles::switch_ready(true, q),
+        "/start-failing" => roles::switch_ready(false, q),
+        "/whoami" => roles::whoami(),
+        "/in-flight" => full(
+            StatusCode::OK,
+            "text/plain",
+            format!("{}\n", IN_FLIGHT.load(Ordering::SeqCst).saturating_sub(1)),
+        ),
+        "/timeout" => roles::timeout(q).await,
+        "/runtime" => roles::runtime().await,
         "/env" => {
             let env: BTreeMap<String, String> = std::env::vars().collect();
             json(serde_json::json!(env))

@@ -223,7 +223,7 @@ impl Activator {
         );
         family(
             "rouse_activator_timeouts_total",
-            "Requests that hit the revision timeout in the activator (504, or a body cut off).",
+            "Requests that hit the revision timeout in the activator (503 waiting, 504 forwarded, or a body cut off).",
             "counter",
             &|i| revs[i].1.counters.timeouts,
         );

@@ -17,8 +17,10 @@
 //!   choices by requests in flight, CC 1–3 first available in address order, CC ≥ 4 round
 //!   robin with a capacity check.
 //!
-//! The revision's `timeout` covers waiting and forwarding: expiry before the response starts
-//! is a 504 `activator request timeout`; after, the body is cut off. A request whose backend
+//! The revision's `timeout` covers waiting and forwarding: a wait for capacity that outlives it
+//! is a 503 `activator request timeout: context deadline exceeded` (as Knative's activator
+//! answers its throttler's deadline); expiry once forwarded, before the response starts, is a
+//! 504 `activator request timeout`; after, the body is cut off. A request whose backend
 //! refuses the connection (nothing was sent) is re-queued in its place and goes elsewhere.
 //! Forwarded requests carry `K-Proxy-Request: activator` and `K-Original-Host`, the Host kept.
 //! An h2c revision ([`RevisionParams::h2c`]) is forwarded to over HTTP/2 cleartext (pooled,
@@ -51,4 +53,6 @@ pub use forward::{
     BodyDeadline, ForwardError, forward_retryable, forward_upgrade_retryable, spawn_tunnel,
 };
 pub use probe::PROBE_USER_AGENT;
-pub use revision::{COLD_START_HEADER, Expiry, FastAdmit, PROXY_REQUEST_HEADER, Permit, Ticket};
+pub use revision::{
+    COLD_START_HEADER, Expiry, FastAdmit, PROXY_REQUEST_HEADER, Permit, Ticket, WAIT_EXPIRED_TEXT,
+};

@@ -30,6 +30,9 @@ use crate::probe::probe_queue;
 pub const COLD_START_HEADER: HeaderName = HeaderName::from_static("k-cold-start");
 /// Request header marking a request as proxied by the activator (the queue-proxy counts it).
 pub const PROXY_REQUEST_HEADER: HeaderName = HeaderName::from_static("k-proxy-request");
+/// The body of the 503 a request gets when its wait for capacity outlives its deadline
+/// (Knative's activator answers its throttler's `context deadline exceeded` error text).
+pub const WAIT_EXPIRED_TEXT: &str = "activator request timeout: context deadline exceeded";
 
 /// Backend identities, unique for the process, so a slot released after its backend was
 /// removed and re-added under the same address cannot free the newcomer's capacity.
@@ -515,11 +518,21 @@ impl Revision {
         resp
     }
 
+    /// A response that did not start within the revision's timeout once forwarded: 504.
     fn timed_out(&self) -> Response<Body> {
         let mut st = self.state();
         st.counters.timeouts += 1;
         st.record(StatusCode::GATEWAY_TIMEOUT);
         text_response(StatusCode::GATEWAY_TIMEOUT, "activator request timeout")
+    }
+
+    /// A wait for capacity that outlived the request's deadline: 503 with the reason, as
+    /// Knative's activator answers a throttler deadline (it is overload, not a slow app).
+    fn wait_expired(&self) -> Response<Body> {
+        let mut st = self.state();
+        st.counters.timeouts += 1;
+        st.record(StatusCode::SERVICE_UNAVAILABLE);
+        text_response(StatusCode::SERVICE_UNAVAILABLE, WAIT_EXPIRED_TEXT)
     }
 
     /// Records the cold start of the current activation at its first response.
@@ -571,7 +584,7 @@ impl Revision {
             let assignment = match tokio::time::timeout_at(head_deadline, waiting.recv()).await {
                 Err(_) => {
                     drop(waiting);
-                    return self.timed_out();
+                    return self.wait_expired();
                 }
                 Ok(None) => {
                     return self.respond(text_response(
@@ -773,10 +786,10 @@ impl Ticket {
 pub struct Expiry(Arc<Revision>);
 
 impl Expiry {
-    /// Counts the timeout and gives the answer: 504 `activator request timeout`.
+    /// Counts the timeout and gives the answer: 503 with [`WAIT_EXPIRED_TEXT`].
     pub fn fire(self) -> (StatusCode, String) {
-        let resp = self.0.timed_out();
-        (resp.status(), "activator request timeout".to_string())
+        let resp = self.0.wait_expired();
+        (resp.status(), WAIT_EXPIRED_TEXT.to_string())
     }
 }
 

@@ -237,13 +237,17 @@ async fn a_full_queue_answers_503_at_once_and_the_rest_are_served() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn waiting_past_the_revision_timeout_is_a_504() {
+async fn waiting_past_the_revision_timeout_is_a_503_with_the_reason() {
     let (act, pokes) = activator(100);
     act.set_revision(NS, "r", params(0, Duration::from_secs(2)));
     let start = Instant::now();
     let (status, body, _) = read(act.handle(NS, "r", get("/")).await).await;
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(body.unwrap(), "activator request timeout\n");
+    // Knative's activator: a throttler deadline is a 503 with the error text.
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body.unwrap(),
+        "activator request timeout: context deadline exceeded\n"
+    );
     assert_eq!(start.elapsed(), Duration::from_secs(2));
     assert_eq!(pokes.load(Ordering::SeqCst), 1);
     assert_eq!(act.waiting(NS, "r"), 0);
@@ -255,7 +259,7 @@ async fn waiting_past_the_revision_timeout_is_a_504() {
 
     // Nobody waits any more and no instance came: the next request is a new activation.
     let (status, _, _) = read(act.handle(NS, "r", get("/")).await).await;
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(pokes.load(Ordering::SeqCst), 2);
 }
 

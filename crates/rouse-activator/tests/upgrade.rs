@@ -231,7 +231,7 @@ async fn a_switched_connection_outlives_the_revision_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_handshake_waiting_past_the_timeout_is_a_504() {
+async fn a_handshake_waiting_past_the_timeout_is_a_503() {
     let act = Activator::new(ActivatorConfig::default(), Arc::new(|_: &str, _: &str| {}));
     act.set_revision(NS, REV, params(0, Duration::from_secs(2)));
     let mut req = get("/ws");
@@ -241,8 +241,11 @@ async fn a_handshake_waiting_past_the_timeout_is_a_504() {
         .insert(header::UPGRADE, "websocket".parse().unwrap());
     let start = Instant::now();
     let (status, body, _) = read(act.handle(NS, REV, req).await).await;
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(body.unwrap(), "activator request timeout\n");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body.unwrap(),
+        "activator request timeout: context deadline exceeded\n"
+    );
     assert_eq!(start.elapsed(), Duration::from_secs(2));
     assert_eq!(act.waiting(NS, REV), 0);
 }

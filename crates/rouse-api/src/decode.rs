@@ -460,7 +460,7 @@ fn typed<T: Resource>(doc: usize, v: Value) -> Result<T, DecodeError> {
         DecodeError::Field {
             doc,
             path: if path == "." { String::new() } else { path },
-            reason: e.into_inner().to_string(),
+            reason: crate::suggest::with_suggestion(&e.into_inner().to_string()),
         }
     })
 }

@@ -16,6 +16,7 @@ pub mod kind;
 pub mod meta;
 pub mod networking;
 pub mod serving;
+pub mod suggest;
 pub mod validation;
 
 pub use error::{FieldError, FieldErrors};

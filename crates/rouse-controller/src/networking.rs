@@ -17,6 +17,9 @@ pub struct HostRoute {
     pub host: String,
     /// `(namespace, revision, percent)`, summing to 100.
     pub targets: Vec<(String, String, u32)>,
+    /// With no targets: the route exists but has no traffic yet, and this says why (its
+    /// requests get 503 with it, not the 404 for unknown hosts).
+    pub unavailable: Option<String>,
 }
 
 /// How a revision is reached: its SKS mode, its instances and its request settings.
@@ -26,7 +29,8 @@ pub struct RevisionTraffic {
     pub mode: SksMode,
     /// Queue-proxies of the ready instances (Serve mode's endpoints).
     pub ready: Vec<SocketAddr>,
-    /// Queue-proxies of every live instance (the activator probes them itself).
+    /// Queue-proxies of the instances ready or still starting (the activator probes them
+    /// itself); one that failed readiness after passing it is left out until it passes again.
     pub backends: Vec<SocketAddr>,
     pub container_concurrency: u32,
     pub timeout: Duration,
@@ -50,7 +54,7 @@ pub trait Networking: Send + Sync + 'static {
     fn set_routes(&self, routes: Vec<HostRoute>);
     /// Replaces how a revision is reached, in one swap.
     fn set_revision(&self, namespace: &str, revision: &str, traffic: RevisionTraffic);
-    /// Forgets a deleted revision.
+    /// Forgets a deleted revision; requests still routed to it are refused at once (503).
     fn remove_revision(&self, namespace: &str, revision: &str);
     /// True when requests for the revision now land on the activator (the scale-to-zero
     /// gate's confirmation, read from the same state the request path reads).
@@ -69,6 +73,12 @@ impl Networking for LocalNetworking {
     fn set_routes(&self, routes: Vec<HostRoute>) {
         let mut table = RoutingTable::new();
         for r in routes {
+            if r.targets.is_empty() {
+                if let Some(why) = r.unavailable {
+                    table.insert_unavailable(r.host, why);
+                }
+                continue;
+            }
             let targets = r
                 .targets
                 .into_iter()
@@ -105,9 +115,8 @@ impl Networking for LocalNetworking {
     }
 
     fn remove_revision(&self, namespace: &str, revision: &str) {
-        let h2c = self.gateway.is_h2c(namespace, revision);
-        self.gateway
-            .set_revision(namespace, revision, Mode::Proxy, Vec::new(), h2c);
+        // Routes may still name it: its requests are answered 503 at once from now on.
+        self.gateway.mark_removed(namespace, revision);
         self.activator.remove_revision(namespace, revision);
     }
 

@@ -49,6 +49,9 @@ struct RevisionEntry {
     backends: Backends,
     /// Requests of the revision in the gateway, kept across swaps.
     in_flight: InFlight,
+    /// The revision was deleted while routes still name it: its requests are answered 503 at
+    /// once, never queued for an activation that cannot come.
+    removed: bool,
 }
 
 type RevisionMap = HashMap<String, HashMap<String, Arc<RevisionEntry>>>;
@@ -119,6 +122,7 @@ impl Gateway {
                 h2c,
                 backends: Backends::new(endpoints.clone(), old.map(|o| &o.backends)),
                 in_flight: old.map(|o| o.in_flight.clone()).unwrap_or_default(),
+                removed: false,
             });
             next.entry(namespace.to_string())
                 .or_default()
@@ -146,6 +150,32 @@ impl Gateway {
             }
             next
         });
+    }
+
+    /// Marks a revision deleted: requests routed to it anyway get an immediate 503 naming it
+    /// (as Knative's ingress answers for a split whose revision is gone) instead of waiting in
+    /// the activator. Setting the revision again ([`Gateway::set_revision`]) clears the mark.
+    pub fn mark_removed(&self, namespace: &str, revision: &str) {
+        self.revisions.rcu(|current| {
+            let mut next = RevisionMap::clone(current);
+            let old = current.get(namespace).and_then(|r| r.get(revision));
+            let entry = Arc::new(RevisionEntry {
+                mode: Mode::Proxy,
+                h2c: old.is_some_and(|o| o.h2c),
+                backends: Backends::new(Vec::new(), None),
+                in_flight: old.map(|o| o.in_flight.clone()).unwrap_or_default(),
+                removed: true,
+            });
+            next.entry(namespace.to_string())
+                .or_default()
+                .insert(revision.to_string(), entry);
+            next
+        });
+    }
+
+    /// Whether the revision is marked deleted ([`Gateway::mark_removed`]).
+    pub fn is_removed(&self, namespace: &str, revision: &str) -> bool {
+        self.entry(namespace, revision).is_some_and(|e| e.removed)
     }
 
     fn entry(&self, namespace: &str, revision: &str) -> Option<Arc<RevisionEntry>> {
@@ -241,6 +271,9 @@ impl Gateway {
         // The table stays alive with the request: its target names are borrowed, not copied.
         let routes = self.routes.load_full();
         let Some(targets) = routes.get(host) else {
+            if let Some(why) = routes.unavailable(host) {
+                return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
+            }
             return text_response(
                 StatusCode::NOT_FOUND,
                 format!("no route for host {:?}", normalize_host(host)),
@@ -258,6 +291,12 @@ impl Gateway {
         };
         let (namespace, revision) = (target.namespace.as_str(), target.revision.as_str());
         let entry = self.entry(namespace, revision);
+        if entry.as_ref().is_some_and(|e| e.removed) {
+            return text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                removed_text(namespace, revision),
+            );
+        }
         let guards = (counted, entry.as_ref().map(|e| e.in_flight.start()));
         let (mut parts, body) = req.into_parts();
         strip_internal(&mut parts.headers);
@@ -402,6 +441,12 @@ impl FrontRouter for FastRouter {
         else {
             return Route::General;
         };
+        if entry.removed {
+            return Route::Answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                removed_text(&target.namespace, &target.revision),
+            );
+        }
         if entry.h2c {
             return Route::General;
         }
@@ -461,6 +506,13 @@ impl FrontRouter for FastRouter {
             permit.answered(status);
         }
     }
+}
+
+/// The answer for a request routed to a deleted revision.
+fn removed_text(namespace: &str, revision: &str) -> String {
+    format!(
+        "revision {revision:?} in namespace {namespace:?} no longer exists: it was deleted while the route's traffic still names it (the Route reports RevisionMissing)\n"
+    )
 }
 
 /// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` (when absent) and an RFC 7239

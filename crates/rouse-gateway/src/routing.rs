@@ -17,6 +17,8 @@ pub struct RouteTarget {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoutingTable {
     hosts: HashMap<String, Vec<RouteTarget>>,
+    /// Hosts of routes that exist but have no traffic yet, with why (answered 503, not 404).
+    unavailable: HashMap<String, String>,
 }
 
 impl RoutingTable {
@@ -43,6 +45,19 @@ impl RoutingTable {
             return self.hosts.get(host).map(Vec::as_slice);
         }
         self.hosts.get(&normalize_host(host)).map(Vec::as_slice)
+    }
+
+    /// Marks `host` (normalized) as a route that exists but cannot serve yet: requests for it
+    /// get 503 with `why` instead of the 404 for unknown hosts. A routed host wins.
+    pub fn insert_unavailable(&mut self, host: String, why: String) {
+        self.unavailable.insert(normalize_host(&host), why);
+    }
+
+    /// Why `host` cannot serve, if it is a known route without traffic.
+    pub fn unavailable(&self, host: &str) -> Option<&str> {
+        self.unavailable
+            .get(&normalize_host(host))
+            .map(String::as_str)
     }
 
     /// The hosts routed, in no particular order.
@@ -125,6 +140,12 @@ mod tests {
             "a"
         );
         assert!(table.get("other.default.localhost").is_none());
+        assert_eq!(table.unavailable("other.default.localhost"), None);
+        table.insert_unavailable("Other.default.localhost".into(), "not ready".into());
+        assert_eq!(
+            table.unavailable("other.default.localhost:8080"),
+            Some("not ready")
+        );
     }
 
     #[test]

@@ -1725,7 +1725,7 @@ async fn requests_wait_in_the_activator_refused_timed_out_or_abandoned() {
     })
     .await;
 
-    // A short wait budget: 504 when it runs out.
+    // A short wait budget: 503 with the reason when it runs out (as Knative's activator).
     act.set_revision(
         NS,
         REV,
@@ -1737,7 +1737,12 @@ async fn requests_wait_in_the_activator_refused_timed_out_or_abandoned() {
     let mut d = st.conn().await;
     let started = Instant::now();
     let r = d.call(&get("/")).await;
-    assert_eq!(r.status, 504, "{}", r.head);
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert!(
+        r.text().contains("context deadline exceeded"),
+        "{}",
+        r.text()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",

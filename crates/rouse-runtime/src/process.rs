@@ -35,6 +35,9 @@ pub const LIVENESS_PERIOD: Duration = Duration::from_secs(10);
 const TAIL_LINES: usize = 10;
 /// Bytes of output read to find those lines.
 const TAIL_BYTES: u64 = 4096;
+/// After an instance's first stop (a warning), a crash loop is logged at warning level once
+/// per this many restarts, as a summary.
+const CRASH_SUMMARY_EVERY: u32 = 10;
 
 type Key = (String, String);
 
@@ -435,8 +438,20 @@ impl Supervisor {
                     // Anything the process left behind in its group goes with it.
                     let _ = sys::signal_group(pid, libc::SIGKILL);
                     let t = termination(status, &log_path, offset);
-                    tracing::warn!(revision = %self.key.1, pid, reason = %t.reason,
-                        code = ?t.exit_code, signal = ?t.signal, "process stopped");
+                    // A crash loop restarts every 10 s: warn on the first stop, then only a
+                    // summary every CRASH_SUMMARY_EVERY restarts (the rest at debug).
+                    let restarts = lock(&self.info).restarts;
+                    if restarts == 0 {
+                        tracing::warn!(revision = %self.key.1, pid, reason = %t.reason,
+                            code = ?t.exit_code, signal = ?t.signal, "process stopped");
+                    } else if restarts.is_multiple_of(CRASH_SUMMARY_EVERY) {
+                        tracing::warn!(revision = %self.key.1, restarts, reason = %t.reason,
+                            code = ?t.exit_code, signal = ?t.signal,
+                            "process keeps stopping (crash loop); restarting with backoff");
+                    } else {
+                        tracing::debug!(revision = %self.key.1, pid, restarts, reason = %t.reason,
+                            code = ?t.exit_code, signal = ?t.signal, "process stopped again");
+                    }
                     return self.down(t);
                 }
                 changed = ready.changed() => {

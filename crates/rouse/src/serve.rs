@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::api::admission::{Target, admit};
 use crate::api::{ApiState, serve_api_tls};
+use crate::cli::gateway::GATEWAY_INFO_METRIC;
 
 /// Longest wait for in-flight work at shutdown before giving up on it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -73,13 +74,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(load_config(&args.config)?);
     let tls_wanted = args.tls || args.tls_cert.is_some();
     check_api_exposure(args.api_listen, args.insecure, tls_wanted)?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let token: Arc<str> = crate::api::auth::load_or_create_token(&args.data_dir)?.into();
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&args.data_dir)
-            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
-    );
+    // Bind first: a port in use fails before anything is written (no stray data dir).
     let gateway_listener = listen(args.listen, GATEWAY_BACKLOG)
         .with_context(|| format!("gateway cannot listen on {}", args.listen))?;
     let api_listener = std::net::TcpListener::bind(args.api_listen)
@@ -87,6 +82,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     api_listener.set_nonblocking(true)?;
     let gateway_addr = gateway_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let token: Arc<str> = crate::api::auth::load_or_create_token(&args.data_dir)?.into();
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&args.data_dir)
+            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+    );
     let api_tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(crate::api::tls::from_files(cert, key)?),
         _ if args.tls => Some(crate::api::tls::generated(
@@ -127,7 +129,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let metrics_activator = activator.clone();
     let metrics: Arc<dyn Fn() -> String + Send + Sync> =
-        Arc::new(move || platform_metrics(&metrics_activator));
+        Arc::new(move || platform_metrics(&metrics_activator, gateway_addr));
     let api_done = spawn_api_thread(
         api_listener,
         api_state,
@@ -159,6 +161,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "  API token: {} (rouse reads it from there; `rouse kubeconfig` prints a kubeconfig)",
         args.data_dir.join(crate::api::auth::TOKEN_FILE).display()
     );
+    let mut services = Vec::new();
     for path in &args.files {
         for (kind, ns, name, outcome) in apply_path(store.as_ref(), &config, path)? {
             println!(
@@ -166,13 +169,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 kind.name().to_lowercase()
             );
             if kind == Kind::Service {
-                let host = config.network.route_host(&name, &ns, &args.domain);
-                println!(
-                    "  {name}: curl http://{host}:{port}/   (or: curl -H 'Host: {host}' http://{gateway_addr}/)",
-                    port = gateway_addr.port()
-                );
+                services.push((ns, name));
             }
         }
+    }
+    if !services.is_empty() {
+        let (store, config, domain) = (store.clone(), config.clone(), args.domain.clone());
+        let stopping = stopped();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = report_services(store, config, domain, gateway_addr, services) => {}
+                _ = stopping => {}
+            }
+        });
     }
 
     wait_for_signal().await?;
@@ -397,7 +406,11 @@ fn apply_path(
             .with_context(|| format!("reading {}", file.display()))?;
         let docs =
             parse_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        for doc in docs {
+        for mut doc in docs {
+            // Relative command paths resolve against the manifest's directory, as `apply -f`.
+            if let Some(dir) = file.parent() {
+                crate::cli::manifest::resolve_commands(&mut doc, dir);
+            }
             out.push(
                 apply_one(store, config, doc)
                     .with_context(|| format!("applying {}", file.display()))?,
@@ -451,10 +464,72 @@ fn apply_one(
     Ok((kind, ns, name, outcome))
 }
 
-/// Prometheus text for `/metrics`.
-fn platform_metrics(activator: &Activator) -> String {
+/// How often `serve -f` looks at the services it applied until each is Ready or failed.
+const REPORT_POLL: Duration = Duration::from_millis(500);
+
+/// Says, per service applied by `serve -f`, when it is Ready (with a curl line that works) or
+/// that it failed and why (the newest revision's container failure included). Returns once
+/// every service has an outcome; Knative's progress deadline bounds how long a failure takes.
+async fn report_services(
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+    domain: String,
+    gateway: SocketAddr,
+    mut pending: Vec<(String, String)>,
+) {
+    use crate::cli::apply::{Readiness, readiness};
+    while !pending.is_empty() {
+        pending.retain(|(ns, name)| {
+            let Ok(svc) = store.get(Kind::Service, ns, name) else {
+                println!("service/{name} was deleted (namespace {ns})");
+                return false;
+            };
+            match readiness(&svc) {
+                Readiness::Ready => {
+                    let host = config.network.route_host(name, ns, &domain);
+                    let port = gateway.port();
+                    let url = if port == 80 {
+                        format!("http://{host}/")
+                    } else {
+                        format!("http://{host}:{port}/")
+                    };
+                    println!(
+                        "service/{name} is Ready (namespace {ns}): curl {url}   (or: curl -H 'Host: {host}' http://{gateway}/)"
+                    );
+                    false
+                }
+                Readiness::Failed { reason, message } => {
+                    let latest = svc
+                        .pointer("/status/latestCreatedRevisionName")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    let cause = store
+                        .get(Kind::Revision, ns, latest)
+                        .ok()
+                        .and_then(|r| crate::cli::table::container_failure(&r))
+                        .filter(|c| !message.contains(c.as_str()))
+                        .map(|c| format!(" ({c})"))
+                        .unwrap_or_default();
+                    println!(
+                        "service/{name} failed (namespace {ns}): {reason}: {message}{cause}"
+                    );
+                    false
+                }
+                Readiness::Pending(_) => true,
+            }
+        });
+        tokio::time::sleep(REPORT_POLL).await;
+    }
+}
+
+/// Prometheus text for `/metrics`, with the gateway's address as an info metric (the CLI reads
+/// it to print URLs with the port).
+fn platform_metrics(activator: &Activator, gateway: SocketAddr) -> String {
     let mut out = "# HELP rouse_up 1 while rouse serve runs.\n# TYPE rouse_up gauge\nrouse_up 1\n"
         .to_string();
+    out.push_str(&format!(
+        "# HELP {GATEWAY_INFO_METRIC} The gateway's listening address.\n# TYPE {GATEWAY_INFO_METRIC} gauge\n{GATEWAY_INFO_METRIC}{{address=\"{gateway}\"}} 1\n"
+    ));
     out.push_str(&activator.metrics_text());
     out
 }

@@ -94,20 +94,17 @@ pub struct SimulateOptions {
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
+    // The messages include the cause themselves and name no `source`: an error chain
+    // printer (anyhow's `{:#}`) would print it a second time.
     /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The trace is malformed.
-    #[error("{}: {source}", path.display())]
-    Trace {
-        path: PathBuf,
-        #[source]
-        source: TraceError,
-    },
+    #[error("{}: {error}", path.display())]
+    Trace { path: PathBuf, error: TraceError },
     /// An annotation key the simulator does not know.
     #[error(
         "unknown annotation {key:?}: expected one of the autoscaling.knative.dev/ keys (class, metric, target, target-utilization-percentage, min-scale, max-scale, initial-scale, activation-scale, scale-down-delay, window, panic-window-percentage, panic-threshold-percentage, target-burst-capacity, scale-to-zero-pod-retention-period, metric-aggregation-algorithm)"
@@ -139,18 +136,18 @@ pub fn run(opts: &SimulateOptions) -> Result<String, SimulateError> {
             opts.container_concurrency,
         ));
     }
-    let text = std::fs::read_to_string(&opts.trace).map_err(|source| SimulateError::Io {
+    let text = std::fs::read_to_string(&opts.trace).map_err(|error| SimulateError::Io {
         path: opts.trace.clone(),
-        source,
+        error,
     })?;
     let metric = if scaling.is_rps() {
         Metric::Rps
     } else {
         Metric::Concurrency
     };
-    let trace = trace::parse(&text, metric).map_err(|source| SimulateError::Trace {
+    let trace = trace::parse(&text, metric).map_err(|error| SimulateError::Trace {
         path: opts.trace.clone(),
-        source,
+        error,
     })?;
     let ticks = simulate(
         &trace,
@@ -167,11 +164,18 @@ pub fn run(opts: &SimulateOptions) -> Result<String, SimulateError> {
                 |n| n.to_string_lossy().into(),
             );
             let spec = DeciderSpec::new(&scaling, opts.container_concurrency, &cfg, true);
+            // Knative's target is the total per instance times the utilisation.
+            let utilisation = if spec.total_value > 0.0 {
+                100.0 * spec.target_value / spec.total_value
+            } else {
+                100.0
+            };
             let subtitle = format!(
-                "metric {} · target {} per instance (total {}) · stable window {}s · panic window {}s at {}% · TBC {} · startup delay {}s",
+                "metric {} · target {} × {}% utilisation = {} per instance · stable window {}s · panic window {}s at {}% · TBC {} · startup delay {}s",
                 trace::column(metric),
-                fmt_num(spec.target_value),
                 fmt_num(spec.total_value),
+                fmt_num((utilisation * 10.0).round() / 10.0),
+                fmt_num(spec.target_value),
                 scaling.window.as_secs(),
                 scaling.panic_window().as_secs(),
                 fmt_num(scaling.panic_threshold_percentage),
@@ -214,9 +218,9 @@ pub fn resolve_annotations(
 /// Reads `config-autoscaler` from a file of YAML documents; other documents are ignored, and
 /// a file without it gives Knative's defaults.
 pub fn load_config(path: &Path) -> Result<AutoscalerConfig, SimulateError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SimulateError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| SimulateError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let bad = |message: String| SimulateError::Config {
         path: path.to_path_buf(),

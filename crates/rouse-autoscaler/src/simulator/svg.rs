@@ -48,12 +48,12 @@ pub fn render(trace: &Trace, ticks: &[Tick], title: &str, subtitle: &str) -> Str
         .map(|r| r.1)
         .chain(ticks.iter().flat_map(|t| [t.stable, t.panic]))
         .fold(0.0, f64::max);
-    let (load_top, load_step) = nice_axis(load_max);
+    let (load_top, load_step) = axis_above(load_max);
     let inst_max = ticks
         .iter()
         .flat_map(|t| [t.desired, t.applied, t.ready])
         .fold(1, i32::max) as f64;
-    let (inst_top, inst_step) = nice_axis(inst_max);
+    let (inst_top, inst_step) = axis_above(inst_max);
     let inst_step = inst_step.max(1.0);
 
     let x = |s: f64| LEFT + (W - LEFT - RIGHT) * s / x_max;
@@ -317,6 +317,17 @@ fn spans(ticks: &[Tick], x_max: f64, f: impl Fn(&Tick) -> bool) -> Vec<(f64, f64
     out
 }
 
+/// [`nice_axis`] with room above the highest value: a peak that lands exactly on a round top
+/// would run along the panel's edge, where it reads as cut off. One more step then.
+fn axis_above(max: f64) -> (f64, f64) {
+    let (top, step) = nice_axis(max);
+    if max > 0.0 && top - max < step * 0.1 {
+        (top + step, step)
+    } else {
+        (top, step)
+    }
+}
+
 /// A round axis top and tick step (1, 2 or 5 × 10^k) covering `max` in about 5 steps.
 fn nice_axis(max: f64) -> (f64, f64) {
     if max <= 0.0 {
@@ -359,6 +370,32 @@ mod tests {
         assert_eq!(nice_axis(100.0), (100.0, 20.0));
         assert_eq!(nice_axis(420.0), (500.0, 100.0));
         assert_eq!(nice_axis(3.0), (3.0, 1.0));
+    }
+
+    #[test]
+    fn a_peak_on_a_round_top_gets_room_above() {
+        assert_eq!(axis_above(100.0), (120.0, 20.0));
+        assert_eq!(axis_above(7.0), (8.0, 2.0));
+        assert_eq!(axis_above(0.0), (1.0, 1.0));
+        // The load line's highest point sits below the panel's top edge.
+        let trace = Trace {
+            metric: crate::decider::Metric::Concurrency,
+            rows: vec![(0, 10.0), (1, 100.0), (2, 50.0)],
+        };
+        let svg = render(&trace, &[], "t", "s");
+        let path = svg.split("id=\"series-load\"").nth(1).unwrap();
+        let d = path
+            .split("d=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let top_y = d
+            .split_whitespace()
+            .filter_map(|p| p[1..].split(',').nth(1)?.parse::<f64>().ok())
+            .fold(f64::MAX, f64::min);
+        assert!(top_y > LOAD_TOP + 10.0, "peak at y={top_y}: {d}");
     }
 
     #[test]

@@ -227,6 +227,12 @@ fn svg_has_every_series() {
     assert!(svg.contains("time (s)"));
     assert!(svg.contains("load (concurrent requests)"));
     assert!(svg.contains(">instances<"));
+    // Knative's defaults: target 100 × 70% utilisation = 70 per instance.
+    assert!(
+        svg.contains("target 100 × 70% utilisation = 70 per instance"),
+        "{}",
+        svg.lines().nth(3).unwrap_or_default()
+    );
     // The wake-up at 42 panics: at least one shaded rectangle.
     let panic_group = svg.split("id=\"panic-periods\"").nth(1).unwrap();
     let panic_group = panic_group.split("</g>").next().unwrap();

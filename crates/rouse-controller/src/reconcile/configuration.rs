@@ -64,7 +64,7 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
             status.mark_false(
                 "Ready",
                 "RevisionFailed",
-                &format!("Revision {rev_name:?} failed with message: {msg}."),
+                &revision_failed_message(&rev_name, &msg),
             );
         }
         _ => {
@@ -125,4 +125,30 @@ fn make_revision(config: &Configuration, rev_name: &str) -> Revision {
     rev.metadata.owner_references = vec![config.owner_ref()];
     rev.spec = template.spec.clone();
     rev
+}
+
+/// Knative's "Revision %q failed with message: %s." — the revision's message often ends a
+/// sentence already: one period, not two ("within 15s..").
+fn revision_failed_message(rev_name: &str, msg: &str) -> String {
+    format!(
+        "Revision {rev_name:?} failed with message: {}.",
+        msg.trim_end().trim_end_matches('.')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::revision_failed_message;
+
+    #[test]
+    fn one_period_at_the_end() {
+        assert_eq!(
+            revision_failed_message("r-00001", "did not become ready within 15s."),
+            "Revision \"r-00001\" failed with message: did not become ready within 15s."
+        );
+        assert_eq!(
+            revision_failed_message("r-00001", "Container failed with: boom"),
+            "Revision \"r-00001\" failed with message: Container failed with: boom."
+        );
+    }
 }

@@ -17,6 +17,11 @@ use super::{Requeue, ensure_child};
 use crate::workload::workload_for;
 use crate::{Context, ReconcileError};
 
+/// How often a deploying revision's instance report (state, last output) is refreshed.
+const DEPLOYING_REFRESH: Duration = Duration::from_secs(5);
+/// Output lines of a starting instance quoted in its revision's status.
+const TAIL_LINES: usize = 3;
+
 /// Knative's default `progress-deadline` (config-deployment).
 const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -87,11 +92,18 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
                 "Initial scale was never achieved",
             );
         } else {
-            status.mark_unknown("ResourcesAvailable", "Deploying", "");
+            // Say what the instances are doing, refreshed while deploying, so a wait shows
+            // an app that never listens instead of a bare "Deploying".
+            let starting = starting_instances(ctx, ns, name);
+            status.mark_unknown("ResourcesAvailable", "Deploying", &starting);
             if status.get_condition("ContainerHealthy").is_none() {
                 status.mark_unknown("ContainerHealthy", "Deploying", "");
             }
-            requeue = Some(deadline - age);
+            requeue = Some(if ctx.runtime.instances(ns, name).is_empty() {
+                deadline - age
+            } else {
+                (deadline - age).min(DEPLOYING_REFRESH)
+            });
         }
     }
     if let Some(pa) = &pa {
@@ -117,6 +129,49 @@ fn write(
         ctx.client.update_status(&updated)?;
     }
     Ok(requeue)
+}
+
+/// What the revision's live instances are doing while none is ready yet: pid, `PORT`, that
+/// the readiness probe has not passed, and the last lines of output. Empty with no instance.
+fn starting_instances(ctx: &Context, ns: &str, name: &str) -> String {
+    let mut parts = Vec::new();
+    for i in ctx.runtime.instances(ns, name) {
+        let Some(pid) = i.pid else { continue };
+        let mut part = format!(
+            "Instance {} started (pid {pid}, PORT {}); its readiness probe has not passed yet.",
+            i.id, i.app_port
+        );
+        let tail = log_tail(&i.log_path, TAIL_LINES);
+        if !tail.is_empty() {
+            part.push_str(&format!(" Last output: {tail}"));
+        }
+        parts.push(part);
+    }
+    parts.join(" ")
+}
+
+/// The last `lines` non-empty lines of a log file, joined with " | " (empty when unreadable).
+fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 4096;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if f.seek(SeekFrom::Start(len.saturating_sub(MAX))).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    if f.take(MAX).read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    all[all.len().saturating_sub(lines)..].join(" | ")
 }
 
 /// Knative's reason and message for a container that stopped: `ExitCode<N>` and

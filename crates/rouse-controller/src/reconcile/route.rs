@@ -25,7 +25,8 @@ pub(super) async fn reconcile(
     let entries = match ctx.client.get::<Route>(ns, name)? {
         Some(route) => {
             let status = reconcile_route(ctx, &route)?;
-            host_routes(ctx, ns, name, &status)
+            refuse_deleted_revisions(ctx, ns, &status)?;
+            host_routes(ctx, ns, name, &status)?
         }
         None => Vec::new(),
     };
@@ -182,10 +183,41 @@ fn resolve(
     Ok(Ok(out))
 }
 
+/// When traffic could not be resolved, the last resolved traffic keeps serving (as Knative
+/// keeps the last ingress when a route fails to reconcile). Any revision it names that no
+/// longer exists is marked removed in the data plane, so its share and its tag are answered
+/// 503 at once instead of waiting for an activation that cannot come (also after a restart,
+/// when no delete event will be seen).
+fn refuse_deleted_revisions(
+    ctx: &Context,
+    ns: &str,
+    status: &RouteStatus,
+) -> Result<(), ReconcileError> {
+    if status.is_true("AllTrafficAssigned") {
+        return Ok(());
+    }
+    for t in &status.traffic {
+        if ctx.client.get::<Revision>(ns, &t.revision_name)?.is_none() {
+            ctx.networking.remove_revision(ns, &t.revision_name);
+        }
+    }
+    Ok(())
+}
+
 /// A route's entries in the gateway's table: its host split by revision, and one host per tag.
-fn host_routes(ctx: &Context, ns: &str, name: &str, status: &RouteStatus) -> Vec<HostRoute> {
+/// A route with no traffic yet gets its host marked unavailable, with why.
+fn host_routes(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    status: &RouteStatus,
+) -> Result<Vec<HostRoute>, ReconcileError> {
     if status.traffic.is_empty() {
-        return Vec::new();
+        return Ok(vec![HostRoute {
+            host: ctx.config.network.route_host(name, ns, &ctx.domain),
+            targets: Vec::new(),
+            unavailable: Some(not_ready_text(ctx, ns, name, status)?),
+        }]);
     }
     let mut shares: BTreeMap<String, u32> = BTreeMap::new();
     for t in &status.traffic {
@@ -200,14 +232,62 @@ fn host_routes(ctx: &Context, ns: &str, name: &str, status: &RouteStatus) -> Vec
             .into_iter()
             .map(|(rev, p)| (ns.to_string(), rev, p))
             .collect(),
+        unavailable: None,
     }];
     for t in status.traffic.iter().filter(|t| !t.tag.is_empty()) {
         out.push(HostRoute {
             host: ctx.config.network.tag_host(&t.tag, name, ns, &ctx.domain),
             targets: vec![(ns.to_string(), t.revision_name.clone(), 100)],
+            unavailable: None,
         });
     }
-    out
+    Ok(out)
+}
+
+/// Why a route serves nothing yet, for the 503 its host answers: the route's own condition,
+/// then what its configurations' newest revisions report (the cause a person needs, e.g.
+/// `Container failed with: ...`).
+fn not_ready_text(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    status: &RouteStatus,
+) -> Result<String, ReconcileError> {
+    let mut text = format!("route {name:?} in namespace {ns:?} exists but is not ready");
+    if let Some(c) = status.get_condition("AllTrafficAssigned")
+        && c.status != ConditionStatus::True
+    {
+        text.push_str(&format!(": {}: {}", c.reason, c.message));
+    }
+    let Some(route) = ctx.client.get::<Route>(ns, name)? else {
+        return Ok(text);
+    };
+    let mut seen = Vec::new();
+    for t in &route.spec.traffic {
+        let revision = if t.revision_name.is_empty() {
+            match ctx.client.get::<Configuration>(ns, &t.configuration_name)? {
+                Some(c) => c.status.latest_created_revision_name,
+                None => continue,
+            }
+        } else {
+            t.revision_name.clone()
+        };
+        if revision.is_empty() || seen.contains(&revision) {
+            continue;
+        }
+        if let Some(rev) = ctx.client.get::<Revision>(ns, &revision)? {
+            for c in &rev.status.conditions {
+                if c.status != ConditionStatus::True && !c.message.is_empty() {
+                    text.push_str(&format!(
+                        "\nrevision {revision:?} {}={:?} {}: {}",
+                        c.type_, c.status, c.reason, c.message
+                    ));
+                }
+            }
+        }
+        seen.push(revision);
+    }
+    Ok(text)
 }
 
 /// Replaces one route's entries (none: the route is gone) and reprograms the gateway when they
@@ -236,7 +316,7 @@ async fn rebuild_gateway(ctx: &Context) -> Result<(), ReconcileError> {
     table.clear();
     for r in &routes {
         let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
-        let entries = host_routes(ctx, ns, name, &r.status);
+        let entries = host_routes(ctx, ns, name, &r.status)?;
         if !entries.is_empty() {
             table.insert((ns.clone(), name.clone()), entries);
         }

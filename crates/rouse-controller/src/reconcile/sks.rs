@@ -1,6 +1,11 @@
 //! ServerlessService → how the revision is reached: in Serve mode its ready instances'
-//! queue-proxies, in Proxy mode the activator (which is told every live instance and probes
-//! them itself). With no ready instance the activator is always in the path.
+//! queue-proxies, in Proxy mode the activator (which is told every instance that is ready or
+//! still starting, and probes them itself). With no ready instance the activator is always in
+//! the path.
+//!
+//! An instance that fails readiness after it passed (NotReady) leaves both sets at once, as
+//! Knative takes a pod out of its endpoints within `periodSeconds × failureThreshold`; it
+//! comes back, and is probed again by the activator, when it passes again.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -69,9 +74,10 @@ pub(super) fn program(
         .map(|i| i.endpoint)
         .collect();
     ready.sort();
+    // Starting instances too: the activator's own probe lets it use one the moment it is up.
     let mut backends: Vec<_> = instances
         .iter()
-        .filter(|i| i.state != InstanceState::Terminating)
+        .filter(|i| matches!(i.state, InstanceState::Starting | InstanceState::Ready))
         .map(|i| i.endpoint)
         .collect();
     backends.sort();

@@ -12,8 +12,9 @@ use serde_json::Value;
 use super::paths::resource_name;
 use super::status::ApiError;
 
-/// The webhook's prefix on every validation failure, as Knative prints it.
-const WEBHOOK_DENIED: &str = "admission webhook \"validation.webhook.serving.knative.dev\" denied the request: validation failed: ";
+/// The prefix on every validation failure: Knative's text without its webhook wording
+/// ("admission webhook ... denied the request: "), since no webhook runs in a local binary.
+const WEBHOOK_DENIED: &str = "validation failed: ";
 
 /// An object ready to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -344,7 +345,7 @@ mod tests {
         );
         assert_eq!(
             e.message,
-            "admission webhook \"validation.webhook.serving.knative.dev\" denied the request: validation failed: Traffic targets sum to 90, want 100: spec.traffic"
+            "validation failed: Traffic targets sum to 90, want 100: spec.traffic"
         );
 
         let t = Target {

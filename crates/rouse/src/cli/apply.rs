@@ -10,9 +10,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::client::{ApiClient, ClientError};
+use super::gateway::{display_url, gateway_port};
 use super::manifest::{self, Manifest};
-use super::table::{arr_at, condition, str_at};
-use super::{Reported, kind_ref, parse_duration};
+use super::table::{arr_at, condition, container_failure, human_duration, str_at};
+use super::{ApiTarget, Reported, kind_ref, parse_duration};
 use crate::api::paths;
 
 /// `rouse apply` arguments.
@@ -29,9 +30,13 @@ pub struct ApplyArgs {
     /// Wait until every applied Service, Configuration and Route is Ready.
     #[arg(long)]
     pub wait: bool,
-    /// How long `--wait` waits (a Go duration).
-    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    /// How long `--wait` waits (a Go duration). The default outlasts Knative's 600 s
+    /// progress deadline, so a revision that never becomes ready is reported as failed, with
+    /// why, instead of the wait timing out first.
+    #[arg(long, default_value = "11m", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub target: ApiTarget,
 }
 
 /// What applying one object did.
@@ -56,6 +61,8 @@ impl Outcome {
 const ATTEMPTS: usize = 5;
 /// How often `--wait` polls.
 const POLL: Duration = Duration::from_millis(500);
+/// How often `--wait` says what it is still waiting for (on stderr) when nothing changed.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Runs `rouse apply`.
 pub async fn run(client: &ApiClient, namespace: &str, args: &ApplyArgs) -> anyhow::Result<()> {
@@ -231,17 +238,25 @@ pub fn readiness(obj: &Value) -> Readiness {
 }
 
 /// Polls `targets` until each is Ready, one fails, or `timeout` passes, printing each change of
-/// state. True when all became Ready.
+/// state, and every [`HEARTBEAT`] the time waited and what the newest revision's instances
+/// are doing (on stderr). True when all became Ready.
 async fn wait_ready(
     client: &ApiClient,
     targets: &[(Kind, String, String)],
     timeout: Duration,
 ) -> anyhow::Result<bool> {
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let port = gateway_port(client).await;
     let mut last: Vec<Option<String>> = vec![None; targets.len()];
     let mut done = vec![false; targets.len()];
     let mut ok = true;
+    let mut next_heartbeat = start + HEARTBEAT;
     loop {
+        let heartbeat = Instant::now() >= next_heartbeat;
+        if heartbeat {
+            next_heartbeat = Instant::now() + HEARTBEAT;
+        }
         for (i, (kind, ns, name)) in targets.iter().enumerate() {
             if done[i] {
                 continue;
@@ -262,18 +277,32 @@ async fn wait_ready(
                     done[i] = true;
                     match str_at(&obj, "/status/url") {
                         "" => println!("{label} is Ready"),
-                        url => println!("{label} is Ready at {url}"),
+                        url => println!("{label} is Ready at {}", display_url(url, port)),
                     }
                 }
                 Readiness::Failed { reason, message } => {
                     done[i] = true;
                     ok = false;
-                    eprintln!("error: {label} failed: {reason}: {message}");
+                    let cause = match newest_revision(client, *kind, ns, &obj).await {
+                        Some(rev) => container_failure(&rev)
+                            .filter(|c| !message.contains(c.as_str()))
+                            .map(|c| format!(" ({c})"))
+                            .unwrap_or_default(),
+                        None => String::new(),
+                    };
+                    eprintln!("error: {label} failed: {reason}: {message}{cause}");
                 }
                 Readiness::Pending(why) => {
                     if last[i].as_deref() != Some(why.as_str()) {
                         println!("{label}: {why}");
                         last[i] = Some(why);
+                    } else if heartbeat {
+                        let waited = human_duration(start.elapsed().as_secs());
+                        let doing = match newest_revision(client, *kind, ns, &obj).await {
+                            Some(rev) => revision_progress(&rev),
+                            None => String::new(),
+                        };
+                        eprintln!("{label}: still waiting after {waited}{doing}");
                     }
                 }
             }
@@ -298,10 +327,84 @@ async fn wait_ready(
     }
 }
 
+/// The newest revision of a Service or Configuration (its `latestCreatedRevisionName`).
+async fn newest_revision(client: &ApiClient, kind: Kind, ns: &str, obj: &Value) -> Option<Value> {
+    if !matches!(kind, Kind::Service | Kind::Configuration) {
+        return None;
+    }
+    let name = str_at(obj, "/status/latestCreatedRevisionName");
+    if name.is_empty() {
+        return None;
+    }
+    client
+        .get(&paths::item(Kind::Revision, ns, name))
+        .await
+        .ok()
+}
+
+/// What a revision that is not ready yet is doing, from its status: ` (revision r: 0 of 1
+/// instances ready)` and one indented line per condition that explains something, e.g.
+/// `ResourcesAvailable=Unknown Deploying for 35s: Instance ... started (pid 4242, PORT 40123);
+/// its readiness probe has not passed yet. Last output: ...`.
+pub fn revision_progress(rev: &Value) -> String {
+    let mut out = format!(" (revision {}", str_at(rev, "/metadata/name"));
+    let actual = rev
+        .pointer("/status/actualReplicas")
+        .and_then(Value::as_i64);
+    let desired = rev
+        .pointer("/status/desiredReplicas")
+        .and_then(Value::as_i64)
+        .filter(|d| *d >= 0);
+    match (actual, desired) {
+        (Some(a), Some(d)) => out.push_str(&format!(": {a} of {d} instances ready")),
+        (Some(a), None) => out.push_str(&format!(": {a} instances ready")),
+        _ => {}
+    }
+    out.push(')');
+    let now = super::get::now_secs();
+    for c in arr_at(rev, "/status/conditions") {
+        let (t, status, message) = (
+            str_at(c, "/type"),
+            str_at(c, "/status"),
+            str_at(c, "/message"),
+        );
+        // Ready repeats another condition; Active only says requests are buffered.
+        if status == "True" || message.is_empty() || matches!(t, "Ready" | "Active") {
+            continue;
+        }
+        out.push_str(&format!("\n  {t}={status} {}", str_at(c, "/reason")));
+        if let Some(since) = rouse_api::clock::parse_rfc3339(str_at(c, "/lastTransitionTime")) {
+            out.push_str(&format!(
+                " for {}",
+                human_duration(now.saturating_sub(since))
+            ));
+        }
+        out.push_str(&format!(": {message}"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn progress_says_what_the_instances_do() {
+        let rev = json!({
+            "metadata": {"name": "s-00001"},
+            "status": {"actualReplicas": 0, "desiredReplicas": 1, "conditions": [
+                {"type": "Active", "status": "Unknown", "reason": "Queued", "message": "buffered"},
+                {"type": "ResourcesAvailable", "status": "Unknown", "reason": "Deploying",
+                 "message": "Instance s-00001-abcde started (pid 42, PORT 4000); its readiness probe has not passed yet."},
+                {"type": "Ready", "status": "Unknown", "reason": "Deploying", "message": "same"},
+            ]}
+        });
+        assert_eq!(
+            revision_progress(&rev),
+            " (revision s-00001: 0 of 1 instances ready)\n  ResourcesAvailable=Unknown Deploying: Instance s-00001-abcde started (pid 42, PORT 4000); its readiness probe has not passed yet."
+        );
+    }
 
     #[test]
     fn readiness_needs_the_current_generation() {

@@ -20,14 +20,37 @@ pub struct DescribeArgs {
     pub kind: String,
     /// The object's name.
     pub name: String,
+    #[command(flatten)]
+    pub target: super::ApiTarget,
 }
 
 /// Runs `rouse describe`.
 pub async fn run(client: &ApiClient, namespace: &str, args: &DescribeArgs) -> anyhow::Result<()> {
     let kind = parse_kind(&args.kind).map_err(anyhow::Error::msg)?;
-    let obj = client
+    let mut obj = client
         .get(&paths::item(kind, namespace, &args.name))
         .await?;
+    // URLs a person can use from here: with the gateway's port.
+    let port = super::gateway::gateway_port(client).await;
+    if let Some(url) = obj.pointer_mut("/status/url") {
+        *url = Value::String(super::gateway::display_url(
+            url.as_str().unwrap_or(""),
+            port,
+        ));
+    }
+    if let Some(traffic) = obj
+        .pointer_mut("/status/traffic")
+        .and_then(Value::as_array_mut)
+    {
+        for t in traffic {
+            if let Some(url) = t.get_mut("url") {
+                *url = Value::String(super::gateway::display_url(
+                    url.as_str().unwrap_or(""),
+                    port,
+                ));
+            }
+        }
+    }
     print!("{}", describe(kind, &obj, now_secs()));
     Ok(())
 }

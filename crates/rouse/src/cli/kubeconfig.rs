@@ -3,6 +3,15 @@
 
 use serde_json::json;
 
+use super::ApiTarget;
+
+/// `rouse kubeconfig` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubeconfigArgs {
+    #[command(flatten)]
+    pub target: ApiTarget,
+}
+
 /// The kubeconfig (YAML) naming the API at `api` with `token`, in namespace `namespace`; for an
 /// `https://` API, `ca_pem` is the CA its certificate is verified against.
 pub fn render(

@@ -65,7 +65,49 @@ fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 fn parse_file(path: &Path) -> Result<Vec<Manifest>, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    parse(&path.display().to_string(), &text)
+    let mut ms = parse(&path.display().to_string(), &text)?;
+    if let Some(dir) = path.parent() {
+        for m in &mut ms {
+            resolve_commands(&mut m.value, dir);
+        }
+    }
+    Ok(ms)
+}
+
+/// Makes a manifest work from any directory: a container `command` that is a relative path
+/// (it has a `/`), in a container without `workingDir`, becomes absolute when it names a file
+/// relative to the manifest's directory `dir`. Anything else is left for the runtime's rule
+/// (a bare name on `PATH`; a relative path against `workingDir`, else `rouse serve`'s
+/// directory).
+pub fn resolve_commands(obj: &mut Value, dir: &Path) {
+    for ptr in ["/spec/template/spec/containers", "/spec/containers"] {
+        let Some(containers) = obj.pointer_mut(ptr).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for c in containers {
+            let has_working_dir = c
+                .get("workingDir")
+                .and_then(Value::as_str)
+                .is_some_and(|w| !w.is_empty());
+            if has_working_dir {
+                continue;
+            }
+            let Some(first) = c.pointer_mut("/command/0") else {
+                continue;
+            };
+            let Some(cmd) = first.as_str() else { continue };
+            let relative = Path::new(cmd);
+            if relative.is_absolute() || !cmd.contains('/') {
+                continue;
+            }
+            let candidate = dir.join(relative);
+            if candidate.is_file()
+                && let Ok(abs) = std::fs::canonicalize(&candidate)
+            {
+                *first = Value::String(abs.display().to_string());
+            }
+        }
+    }
 }
 
 /// Parses one source's documents and checks each strictly (the server checks again).
@@ -111,6 +153,39 @@ mod tests {
         assert!(e.contains("document 2") && e.contains("\"Pod\""), "{e}");
         let e = parse("x.yaml", &SVC.replace("- image", "- imag")).unwrap_err();
         assert!(e.ends_with("spec.template.spec.containers[0].imag"), "{e}");
+    }
+
+    #[test]
+    fn relative_commands_resolve_against_the_manifest_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        std::fs::write(dir.path().join("bin/app"), "").unwrap();
+        let svc = SVC.replace(
+            "- image: x",
+            "- image: x\n          command: [\"./bin/app\", \"--flag\"]",
+        );
+        std::fs::write(dir.path().join("svc.yaml"), &svc).unwrap();
+        let ms = load(&[dir.path().join("svc.yaml")]).unwrap();
+        let cmd = &ms[0].value["spec"]["template"]["spec"]["containers"][0]["command"];
+        let want = std::fs::canonicalize(dir.path().join("bin/app")).unwrap();
+        assert_eq!(cmd[0], want.display().to_string());
+        assert_eq!(cmd[1], "--flag");
+        // Missing there, a bare name, or with a workingDir: left for the runtime.
+        for (from, to) in [("./bin/app", "./bin/missing"), ("./bin/app", "python3")] {
+            std::fs::write(dir.path().join("svc.yaml"), svc.replace(from, to)).unwrap();
+            let ms = load(&[dir.path().join("svc.yaml")]).unwrap();
+            assert_eq!(
+                ms[0].value["spec"]["template"]["spec"]["containers"][0]["command"][0],
+                to
+            );
+        }
+        let with_wd = svc.replace("command:", "workingDir: /tmp\n          command:");
+        std::fs::write(dir.path().join("svc.yaml"), with_wd).unwrap();
+        let ms = load(&[dir.path().join("svc.yaml")]).unwrap();
+        assert_eq!(
+            ms[0].value["spec"]["template"]["spec"]["containers"][0]["command"][0],
+            "./bin/app"
+        );
     }
 
     #[test]

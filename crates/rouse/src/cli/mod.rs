@@ -4,9 +4,11 @@
 pub mod apply;
 pub mod client;
 pub mod describe;
+pub mod gateway;
 pub mod get;
 pub mod kubeconfig;
 pub mod manifest;
+pub mod selector;
 pub mod simulate;
 pub mod table;
 
@@ -24,23 +26,16 @@ use client::{ApiClient, ClientError};
 #[derive(Debug, Parser)]
 #[command(name = "rouse", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The Rouse API to talk to.
+    /// The Rouse API to talk to (also accepted after the subcommand).
     #[arg(
         long,
-        global = true,
         env = "ROUSE_API",
         default_value = "http://127.0.0.1:8081",
         value_name = "URL"
     )]
     pub api: String,
-    /// The namespace to work in.
-    #[arg(
-        short = 'n',
-        long,
-        global = true,
-        default_value = "default",
-        value_name = "NS"
-    )]
+    /// The namespace to work in (also accepted after the subcommand).
+    #[arg(short = 'n', long, default_value = "default", value_name = "NS")]
     pub namespace: String,
     /// The data dir: `rouse serve` keeps its store and API token there; the CLI reads the
     /// token from `<data-dir>/api-token`.
@@ -52,16 +47,42 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub data_dir: PathBuf,
-    /// A file holding the API token (instead of `<data-dir>/api-token`; `ROUSE_TOKEN` wins
-    /// over both).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// Where `rouse serve` keeps its state when `--data-dir` is not given.
 pub const DEFAULT_DATA_DIR: &str = ".rouse";
+
+/// `--api` and `-n` for the commands that talk to the API: given after the subcommand they
+/// win over the same flags before it. Not global, so `serve` and `autoscaler simulate`, which
+/// take neither, do not list them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ApiTarget {
+    /// The Rouse API to talk to [env: ROUSE_API] [default: http://127.0.0.1:8081]
+    #[arg(long = "api", value_name = "URL")]
+    pub api: Option<String>,
+    /// The namespace to work in [default: default]
+    #[arg(short = 'n', long = "namespace", value_name = "NS")]
+    pub namespace: Option<String>,
+    /// A file holding the API token (instead of `<data-dir>/api-token`; `ROUSE_TOKEN` wins
+    /// over both)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The API URL and namespace in force for a subcommand's `target`.
+    pub fn resolve(&self, target: &ApiTarget) -> (String, String) {
+        (
+            target.api.clone().unwrap_or_else(|| self.api.clone()),
+            target
+                .namespace
+                .clone()
+                .unwrap_or_else(|| self.namespace.clone()),
+        )
+    }
+}
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
@@ -74,10 +95,11 @@ pub enum Command {
     Get(get::GetArgs),
     /// Show one object in detail: metadata, spec, traffic and conditions.
     Describe(describe::DescribeArgs),
-    /// Delete an object (and what it owns).
+    /// Delete objects (and what they own): by kind and name, or those of manifests (`-f`).
     Delete(get::DeleteArgs),
-    /// Print a kubeconfig for this API (server URL and token) that kubectl accepts.
-    Kubeconfig,
+    /// Print a kubeconfig for this API (server URL, token, and CA for https) that kubectl
+    /// accepts.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Autoscaler tools.
     #[command(subcommand)]
     Autoscaler(AutoscalerCommand),
@@ -145,48 +167,64 @@ fn report(e: &anyhow::Error) {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides. The CLI's own commands only log warnings.
+/// Logs go to stderr; `RUST_LOG` overrides. The CLI's own commands only log warnings. Colour
+/// only when stderr is a terminal: a log file or pipe gets plain text.
 fn init_tracing(serving: bool) {
+    use std::io::IsTerminal as _;
     let default = if serving { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let token = || client::find_token(cli.token_file.as_deref(), &cli.data_dir);
-    let client = || -> anyhow::Result<ApiClient> {
-        let mut c = ApiClient::new(&cli.api)
+    let token =
+        |target: &ApiTarget| client::find_token(target.token_file.as_deref(), &cli.data_dir);
+    let client = |target: &ApiTarget| -> anyhow::Result<(ApiClient, String)> {
+        let (api, ns) = cli.resolve(target);
+        let mut c = ApiClient::new(&api)
             .map_err(anyhow::Error::msg)?
-            .with_found_token(token());
+            .with_found_token(token(target));
         if c.is_https()
             && let Some(ca) = client::find_ca(&cli.data_dir)
         {
             c = c.with_ca(&ca).map_err(anyhow::Error::msg)?;
         }
-        Ok(c)
+        Ok((c, ns))
     };
     match cli.command {
-        Command::Serve(mut args) => {
+        Command::Serve(ref args) => {
+            let mut args = args.clone();
             args.data_dir = cli.data_dir.clone();
             crate::serve::run(args).await
         }
-        Command::Kubeconfig => {
-            let token = token().map_err(anyhow::Error::msg)?;
+        Command::Kubeconfig(ref args) => {
+            let (api, ns) = cli.resolve(&args.target);
+            let token = token(&args.target).map_err(anyhow::Error::msg)?;
             let ca = client::find_ca(&cli.data_dir);
-            print!(
-                "{}",
-                kubeconfig::render(&cli.api, &token, &cli.namespace, ca.as_deref())?
-            );
+            print!("{}", kubeconfig::render(&api, &token, &ns, ca.as_deref())?);
             Ok(())
         }
-        Command::Apply(ref args) => apply::run(&client()?, &cli.namespace, args).await,
-        Command::Get(ref args) => get::run_get(&client()?, &cli.namespace, args).await,
-        Command::Describe(ref args) => describe::run(&client()?, &cli.namespace, args).await,
-        Command::Delete(ref args) => get::run_delete(&client()?, &cli.namespace, args).await,
+        Command::Apply(ref args) => {
+            let (c, ns) = client(&args.target)?;
+            apply::run(&c, &ns, args).await
+        }
+        Command::Get(ref args) => {
+            let (c, ns) = client(&args.target)?;
+            get::run_get(&c, &ns, args).await
+        }
+        Command::Describe(ref args) => {
+            let (c, ns) = client(&args.target)?;
+            describe::run(&c, &ns, args).await
+        }
+        Command::Delete(ref args) => {
+            let (c, ns) = client(&args.target)?;
+            get::run_delete(&c, &ns, args).await
+        }
         Command::Autoscaler(AutoscalerCommand::Simulate(ref args)) => simulate::run(args),
     }
 }
@@ -245,13 +283,13 @@ mod tests {
     }
 
     #[test]
-    fn global_flags_and_defaults() {
+    fn api_flags_before_or_after_the_subcommand() {
         let cli = Cli::try_parse_from(["rouse", "get", "ksvc"]).unwrap();
-        assert_eq!(cli.namespace, "default");
         let Command::Get(g) = &cli.command else {
             panic!("not get")
         };
         assert_eq!(g.output, OutputFormat::Table);
+        assert_eq!(cli.resolve(&g.target).1, "default");
         let cli = Cli::try_parse_from([
             "rouse",
             "get",
@@ -265,8 +303,31 @@ mod tests {
             "http://127.0.0.1:9",
         ])
         .unwrap();
-        assert_eq!(cli.namespace, "ns1");
-        assert_eq!(cli.api, "http://127.0.0.1:9");
+        let Command::Get(g) = &cli.command else {
+            panic!("not get")
+        };
+        assert_eq!(
+            cli.resolve(&g.target),
+            ("http://127.0.0.1:9".to_string(), "ns1".to_string())
+        );
+        let cli = Cli::try_parse_from([
+            "rouse",
+            "--api",
+            "http://127.0.0.1:7",
+            "-n",
+            "before",
+            "describe",
+            "ksvc",
+            "x",
+        ])
+        .unwrap();
+        let Command::Describe(d) = &cli.command else {
+            panic!("not describe")
+        };
+        assert_eq!(
+            cli.resolve(&d.target),
+            ("http://127.0.0.1:7".to_string(), "before".to_string())
+        );
         let cli =
             Cli::try_parse_from(["rouse", "apply", "-f", "-", "--wait", "--timeout", "1m30s"])
                 .unwrap();
@@ -281,7 +342,29 @@ mod tests {
         let Command::Delete(d) = &cli.command else {
             panic!("not delete")
         };
-        assert_eq!((d.kind.as_str(), d.name.as_str()), ("rt", "r1"));
+        assert_eq!(
+            (d.kind.as_deref(), d.name.as_deref()),
+            (Some("rt"), Some("r1"))
+        );
+        assert!(Cli::try_parse_from(["rouse", "delete", "-f", "x.yaml"]).is_ok());
+        assert!(Cli::try_parse_from(["rouse", "delete", "rt"]).is_err());
+        assert!(Cli::try_parse_from(["rouse", "delete", "rt", "r1", "-f", "x.yaml"]).is_err());
         assert_eq!(kind_ref(Kind::Service), "service.serving.knative.dev");
+    }
+
+    #[test]
+    fn serve_and_simulate_do_not_take_api_flags() {
+        assert!(Cli::try_parse_from(["rouse", "serve", "--api", "http://x:1"]).is_err());
+        assert!(
+            Cli::try_parse_from(["rouse", "autoscaler", "simulate", "--trace", "t", "-n", "x"])
+                .is_err()
+        );
+        let mut cmd = Cli::command();
+        let serve = cmd.find_subcommand_mut("serve").unwrap();
+        let help = serve.render_help().to_string();
+        assert!(
+            !help.contains("--api ") && !help.contains("--namespace"),
+            "{help}"
+        );
     }
 }

@@ -7,8 +7,10 @@ use super::parse_duration;
 
 /// `rouse autoscaler simulate` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_long_help = TRACE_FORMAT, after_help = "The trace format: see --help.")]
 pub struct SimulateArgs {
-    /// The load trace (CSV).
+    /// The load trace: CSV with a header `second,concurrency` (or `second,rps` with
+    /// autoscaling.knative.dev/metric=rps), one row per recorded second. See --help.
     #[arg(long, value_name = "FILE")]
     pub trace: PathBuf,
     /// A revision annotation (`autoscaling.knative.dev/...`), repeatable.
@@ -27,6 +29,25 @@ pub struct SimulateArgs {
     #[arg(long, value_enum, default_value = "csv")]
     pub output: SimOutput,
 }
+
+/// The trace CSV format, shown by `--help`.
+const TRACE_FORMAT: &str = "\
+The trace (--trace FILE) is CSV:
+  - a header row naming the columns `second` and the metric's column: `concurrency` (requests
+    in flight, the default metric) or `rps` (requests per second, with
+    --annotation autoscaling.knative.dev/metric=rps), in either order;
+  - then one row per recorded second: a whole second (0 or more, each row later than the
+    previous one, at most a week) and the revision's total load in that second (a
+    non-negative number). A second left out means nothing was recorded then; blank lines
+    are skipped.
+Example:
+  second,concurrency
+  0,0
+  30,20
+  60,0
+Samples: examples/autoscaling/*.csv.
+Output: CSV with one row per autoscaler tick (second,stable,panic,desired,applied,ready,
+panic_mode,ebc,mode), or with --output svg a chart of load and instances.";
 
 /// The simulator's output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

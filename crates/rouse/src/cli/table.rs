@@ -70,22 +70,88 @@ pub fn traffic_by_revision(routes: &[Value]) -> BTreeMap<String, RevisionTraffic
     out
 }
 
+/// What other kinds add to a table.
+#[derive(Debug, Clone, Default)]
+pub enum Extra {
+    #[default]
+    None,
+    /// For revisions: their traffic and tags from the routes, by `namespace/revision`.
+    Traffic(BTreeMap<String, RevisionTraffic>),
+    /// For services and configurations: revisions by `namespace/name`, whose failure cause
+    /// (a container's exit and output) goes into REASON.
+    Revisions(BTreeMap<String, Value>),
+}
+
+/// Revisions by `namespace/name`.
+pub fn revisions_by_name(revisions: &[Value]) -> BTreeMap<String, Value> {
+    revisions
+        .iter()
+        .map(|r| {
+            (
+                format!(
+                    "{}/{}",
+                    str_at(r, "/metadata/namespace"),
+                    str_at(r, "/metadata/name")
+                ),
+                r.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Why a revision's container fails, when it does: `ContainerHealthy=False`'s message
+/// (`Container failed with: ...`), kept by the revision when a later condition (the progress
+/// deadline) decides its Ready.
+pub fn container_failure(revision: &Value) -> Option<String> {
+    let c = condition(arr_at(revision, "/status/conditions"), "ContainerHealthy")?;
+    (str_at(c, "/status") == "False" && !str_at(c, "/message").is_empty())
+        .then(|| str_at(c, "/message").to_string())
+}
+
+/// REASON for a service or configuration: Ready's reason (kubectl's column); when it is not
+/// Ready and its newest revision's container failed, that failure too, since Ready's own
+/// message may only say the deadline passed.
+fn reason_with_cause(
+    o: &Value,
+    conds: &[Value],
+    revisions: Option<&BTreeMap<String, Value>>,
+) -> String {
+    let reason = ready_reason(conds);
+    if ready_status(conds) == "True" {
+        return reason;
+    }
+    let ns = str_at(o, "/metadata/namespace");
+    let latest = str_at(o, "/status/latestCreatedRevisionName");
+    let cause = revisions
+        .and_then(|r| r.get(&format!("{ns}/{latest}")))
+        .and_then(container_failure);
+    match cause {
+        Some(cause) if reason.is_empty() => cause,
+        Some(cause) => format!("{reason}: {cause}"),
+        None => reason,
+    }
+}
+
 /// The table of `items` of `kind`; `now` (seconds since the epoch) is for the AGE column, and
-/// `traffic` fills the revisions' TRAFFIC and TAGS. With `namespaces`, a NAMESPACE column leads.
-pub fn table(
-    kind: Kind,
-    items: &[Value],
-    now: u64,
-    traffic: &BTreeMap<String, RevisionTraffic>,
-    namespaces: bool,
-) -> Table {
+/// `extra` fills the revisions' TRAFFIC and TAGS and the services' failure causes. With
+/// `namespaces`, a NAMESPACE column leads.
+pub fn table(kind: Kind, items: &[Value], now: u64, extra: &Extra, namespaces: bool) -> Table {
+    let no_traffic = BTreeMap::new();
+    let traffic = match extra {
+        Extra::Traffic(t) => t,
+        _ => &no_traffic,
+    };
+    let revisions = match extra {
+        Extra::Revisions(r) => Some(r),
+        _ => None,
+    };
     let headers: Vec<&'static str> = match kind {
+        // As Knative's `kubectl get ksvc` prints them.
         Kind::Service => vec![
             "NAME",
             "URL",
-            "LATEST",
-            "AGE",
-            "CONDITIONS",
+            "LATESTCREATED",
+            "LATESTREADY",
             "READY",
             "REASON",
         ],
@@ -126,10 +192,9 @@ pub fn table(
                     name,
                     str_at(o, "/status/url").to_string(),
                     str_at(o, "/status/latestCreatedRevisionName").to_string(),
-                    age,
-                    conditions_summary(conds),
+                    str_at(o, "/status/latestReadyRevisionName").to_string(),
                     ready,
-                    not_ready_reason(conds),
+                    reason_with_cause(o, conds, revisions),
                 ],
                 Kind::Revision => {
                     let ns = str_at(o, "/metadata/namespace");
@@ -152,7 +217,7 @@ pub fn table(
                     str_at(o, "/status/latestCreatedRevisionName").to_string(),
                     str_at(o, "/status/latestReadyRevisionName").to_string(),
                     ready,
-                    ready_reason(conds),
+                    reason_with_cause(o, conds, revisions),
                 ],
                 Kind::PodAutoscaler => vec![
                     name,
@@ -329,31 +394,50 @@ mod tests {
     const JAN1: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
     #[test]
-    fn service_table_like_kn() {
-        let items = vec![
-            ksvc("hello", "True", "", ""),
-            ksvc(
-                "broken",
-                "False",
-                "RevisionFailed",
-                "Revision \"broken-00001\" failed with message: exit status 1.",
-            ),
-        ];
-        let t = table(Kind::Service, &items, JAN1 + 300, &BTreeMap::new(), false);
+    fn service_table_like_kubectl_with_the_failure_cause() {
+        let mut broken = ksvc(
+            "broken",
+            "False",
+            "RevisionFailed",
+            "Revision \"broken-00001\" failed with message: Initial scale was never achieved.",
+        );
+        broken["status"]["latestReadyRevisionName"] = json!("");
+        let mut hello = ksvc("hello", "True", "", "");
+        hello["status"]["latestReadyRevisionName"] = json!("hello-00001");
+        let items = vec![hello, broken];
+        let revs = revisions_by_name(&[json!({
+            "metadata": {"name": "broken-00001", "namespace": "default"},
+            "status": {"conditions": [
+                {"type": "ContainerHealthy", "status": "False", "reason": "ExitCode1",
+                 "message": "Container failed with: boom: missing DATABASE_URL"},
+                {"type": "ResourcesAvailable", "status": "False", "reason": "ProgressDeadlineExceeded",
+                 "message": "Initial scale was never achieved"},
+            ]}
+        })]);
+        let t = table(
+            Kind::Service,
+            &items,
+            JAN1 + 300,
+            &Extra::Revisions(revs),
+            false,
+        );
         let out = t.render();
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME     URL                               LATEST         AGE   CONDITIONS   READY   REASON"
+            "NAME     URL                               LATESTCREATED   LATESTREADY   READY   REASON"
         );
         assert_eq!(
             lines[1],
-            "hello    http://hello.default.localhost    hello-00001    5m    3 OK / 3     True"
+            "hello    http://hello.default.localhost    hello-00001     hello-00001   True"
         );
         assert_eq!(
             lines[2],
-            "broken   http://broken.default.localhost   broken-00001   5m    1 OK / 3     False   RevisionFailed : Revision \"broken-00001\" failed with message: exit status 1."
+            "broken   http://broken.default.localhost   broken-00001                  False   RevisionFailed: Container failed with: boom: missing DATABASE_URL"
         );
+        // Without the revisions, Ready's reason alone.
+        let t = table(Kind::Service, &items, JAN1, &Extra::None, false);
+        assert_eq!(t.rows[1][5], "RevisionFailed");
     }
 
     #[test]
@@ -372,7 +456,13 @@ mod tests {
                 "labels": {"serving.knative.dev/service": "hello", "serving.knative.dev/configurationGeneration": "2"}},
             "status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "Deploying"}]}
         });
-        let t = table(Kind::Revision, &[rev], JAN1, &traffic, false);
+        let t = table(
+            Kind::Revision,
+            &[rev],
+            JAN1,
+            &Extra::Traffic(traffic),
+            false,
+        );
         assert_eq!(
             t.headers,
             vec![
@@ -408,7 +498,7 @@ mod tests {
         let kpa = json!({"metadata": {"name": "r-00001", "namespace": "ns1"},
             "status": {"desiredScale": 1, "actualScale": 0,
                 "conditions": [{"type": "Ready", "status": "Unknown", "reason": "Queued"}]}});
-        let t = table(Kind::PodAutoscaler, &[kpa], 0, &BTreeMap::new(), true);
+        let t = table(Kind::PodAutoscaler, &[kpa], 0, &Extra::None, true);
         assert_eq!(
             t.headers,
             vec![
@@ -427,7 +517,7 @@ mod tests {
         let sks = json!({"metadata": {"name": "r-00001"}, "spec": {"mode": "Proxy", "numActivators": 1},
             "status": {"serviceName": "r-00001", "privateServiceName": "r-00001-private",
                 "endpoints": ["activator"]}});
-        let t = table(Kind::ServerlessService, &[sks], 0, &BTreeMap::new(), false);
+        let t = table(Kind::ServerlessService, &[sks], 0, &Extra::None, false);
         assert_eq!(
             t.rows[0],
             vec![

@@ -1,0 +1,31 @@
+//! Knative Serving's conformance cases (test/conformance/api/v1 and runtime) and the e2e cases
+//! that apply to one machine, each a test named after Knative's, run against the real
+//! `rouse serve` with `rouse-testapp` playing Knative's test images. The cases use only
+//! [`platform::Platform`], so a Kubernetes e2e suite can run the same cases. The case table,
+//! with the cases that do not apply locally and why, is in docs/conformance.md.
+
+#![allow(non_snake_case)]
+
+#[path = "conformance/clients.rs"]
+mod clients;
+mod common;
+#[path = "conformance/platform.rs"]
+mod platform;
+
+use platform::{Local, Needs, Platform};
+
+/// The platform each case runs on in this target: its own local `rouse serve`. A Kubernetes
+/// e2e target includes the same case files and defines this for its cluster.
+pub fn platform(test: &str, needs: Needs) -> Box<dyn Platform> {
+    Box::new(match needs {
+        Needs::Defaults => Local::start(test),
+        Needs::FastAutoscaler => Local::fast(test, &[]),
+    })
+}
+
+#[path = "conformance/api_v1.rs"]
+mod api_v1;
+#[path = "conformance/e2e.rs"]
+mod e2e;
+#[path = "conformance/runtime.rs"]
+mod runtime;
