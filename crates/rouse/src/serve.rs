@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::admission::{Target, admit};
-use crate::api::{ApiState, serve_api};
+use crate::api::{ApiState, serve_api_tls};
 use crate::cli::gateway::GATEWAY_INFO_METRIC;
 use crate::host::{self, DESCRIPTOR_RESERVE, HostArgs};
 
@@ -37,8 +37,9 @@ pub struct ServeArgs {
     /// Knative ConfigMaps (file or directory), repeatable.
     #[arg(long)]
     pub config: Vec<PathBuf>,
-    /// Where the database, logs and instance files live.
-    #[arg(long, default_value = ".rouse")]
+    /// Where the database, logs, instance files and the API token live (the global
+    /// `--data-dir`, copied in by the CLI).
+    #[arg(skip = PathBuf::from(crate::cli::DEFAULT_DATA_DIR))]
     pub data_dir: PathBuf,
     /// The gateway's address (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -52,26 +53,57 @@ pub struct ServeArgs {
     /// Workloads and client connections.
     #[command(flatten)]
     pub host: HostArgs,
+    /// Serve the API on a non-loopback `--api-listen` over plain HTTP (the token then crosses
+    /// the network in the clear).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Serve the API over TLS with a certificate signed by a CA Rouse keeps in
+    /// `<data-dir>/tls` (the CLI and `rouse kubeconfig` trust it).
+    #[arg(long)]
+    pub tls: bool,
+    /// Serve the API over TLS with this certificate chain (PEM) instead.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A host name the API also answers to (besides localhost, loopback and the listen
+    /// address), e.g. the name in `--tls-cert`; repeatable.
+    #[arg(long = "api-host", value_name = "NAME")]
+    pub api_hosts: Vec<String>,
 }
 
 /// Runs the platform until SIGINT or SIGTERM, then drains and stops every instance.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(load_config(&args.config)?);
     let descriptors = host::descriptors(args.host.max_connections);
+    let tls_wanted = args.tls || args.tls_cert.is_some();
+    check_api_exposure(args.api_listen, args.insecure, tls_wanted)?;
     // Bind first: a port in use fails before anything is written (no stray data dir).
     let gateway_listener = listen(args.listen, GATEWAY_BACKLOG)
         .with_context(|| format!("gateway cannot listen on {}", args.listen))?;
-    let api_listener = TcpListener::bind(args.api_listen)
-        .await
+    let api_listener = std::net::TcpListener::bind(args.api_listen)
         .with_context(|| format!("API cannot listen on {}", args.api_listen))?;
+    api_listener.set_nonblocking(true)?;
     let gateway_addr = gateway_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let token: Arc<str> = crate::api::auth::load_or_create_token(&args.data_dir)?.into();
     let store: Arc<dyn Store> = Arc::new(
         EmbeddedStore::open(&args.data_dir)
             .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
     );
+    let api_tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::api::tls::from_files(cert, key)?),
+        _ if args.tls => Some(crate::api::tls::generated(
+            &args.data_dir,
+            api_addr,
+            &args.api_hosts,
+        )?),
+        _ => None,
+    };
+    let api_scheme = if api_tls.is_some() { "https" } else { "http" };
 
     let runtime = ProcessRuntime::with_options(
         std::fs::canonicalize(&args.data_dir)?,
@@ -116,11 +148,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api_state = ApiState {
         store: store.clone(),
         config: config.clone(),
+        token,
     };
     let metrics_activator = activator.clone();
     let metrics: Arc<dyn Fn() -> String + Send + Sync> =
         Arc::new(move || platform_metrics(&metrics_activator, gateway_addr));
-    let api_task = tokio::spawn(serve_api(api_listener, api_state, metrics, stopped()));
+    let api_done = spawn_api_thread(
+        api_listener,
+        api_state,
+        metrics,
+        api_tls.map(|t| t.config),
+        args.api_hosts.clone(),
+        stopped(),
+    )?;
     let networking: Arc<dyn Networking> = Arc::new(LocalNetworking {
         gateway: gateway.clone(),
         activator: activator.clone(),
@@ -139,7 +179,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     println!("Rouse is serving.");
     println!("  Gateway: http://{gateway_addr}");
-    println!("  API: http://{api_addr}");
+    println!("  API: {api_scheme}://{api_addr}");
+    println!(
+        "  API token: {} (rouse reads it from there; `rouse kubeconfig` prints a kubeconfig)",
+        args.data_dir.join(crate::api::auth::TOKEN_FILE).display()
+    );
     println!(
         "  Client connections: at most {} (open-file limit {})",
         descriptors.max_connections, descriptors.limit
@@ -174,11 +218,67 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("Instances did not stop in time.");
     }
-    for task in [gateway_task, api_task, controller_task] {
+    for task in [gateway_task, controller_task] {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
     }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, api_done).await;
     println!("Stopped.");
     Ok(())
+}
+
+/// Refuses a non-loopback API address over plain HTTP unless `--insecure` says so.
+fn check_api_exposure(api_listen: SocketAddr, insecure: bool, tls: bool) -> anyhow::Result<()> {
+    if api_listen.ip().is_loopback() || tls {
+        return Ok(());
+    }
+    if !insecure {
+        bail!(
+            "--api-listen {api_listen} is reachable from other machines and the API speaks plain HTTP: \
+             its token would cross the network in the clear. Serve it over TLS (--tls, or \
+             --tls-cert FILE --tls-key FILE), keep it on loopback (reach it through an SSH \
+             tunnel), or pass --insecure to accept the risk"
+        );
+    }
+    eprintln!(
+        "WARNING: the API listens on {api_listen} over plain HTTP (--insecure): anyone on the path can read its token"
+    );
+    Ok(())
+}
+
+/// Runs the API on a runtime of its own (one worker on its own OS thread), so parsing or
+/// admitting a hostile manifest can never take a thread from the data path. The returned
+/// receiver completes when the API has stopped.
+fn spawn_api_thread(
+    listener: std::net::TcpListener,
+    state: ApiState,
+    metrics: crate::api::MetricsFn,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    extra_hosts: Vec<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_name("rouse-api")
+        .enable_all()
+        .build()
+        .context("starting the API's runtime")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("rouse-api-main".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        serve_api_tls(listener, state, metrics, tls, &extra_hosts, shutdown).await
+                    }
+                    Err(e) => tracing::error!(error = %e, "api: cannot use the listener"),
+                }
+            });
+            let _ = done_tx.send(());
+        })
+        .context("starting the API's thread")?;
+    Ok(done_rx)
 }
 
 /// Sets the allocator up for a long-running server whose resident memory matters. Call it

@@ -22,6 +22,8 @@ use tokio::sync::oneshot;
 struct Api {
     addr: SocketAddr,
     url: String,
+    token: String,
+    data_dir: std::path::PathBuf,
     store: Arc<EmbeddedStore>,
     dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -31,13 +33,20 @@ struct Api {
 impl Api {
     async fn start() -> Api {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(EmbeddedStore::open(&dir.path().join("data")).unwrap());
+        Self::start_with(dir, Config::default()).await
+    }
+
+    async fn start_with(dir: tempfile::TempDir, config: Config) -> Api {
+        let data_dir = dir.path().join("data");
+        let store = Arc::new(EmbeddedStore::open(&data_dir).unwrap());
+        let token = rouse::api::auth::load_or_create_token(&data_dir).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let state = ApiState {
             store: store.clone(),
-            config: Arc::new(Config::default()),
+            config: Arc::new(config),
+            token: token.clone().into(),
         };
         let metrics: Arc<dyn Fn() -> String + Send + Sync> =
             Arc::new(|| "rouse_test_metric 1\n".to_string());
@@ -47,6 +56,8 @@ impl Api {
         Api {
             addr,
             url: format!("http://{addr}"),
+            token,
+            data_dir,
             store,
             dir,
             stop: Some(tx),
@@ -55,7 +66,9 @@ impl Api {
     }
 
     fn client(&self) -> ApiClient {
-        ApiClient::new(&self.url).unwrap()
+        ApiClient::new(&self.url)
+            .unwrap()
+            .with_token(self.token.clone())
     }
 
     /// Writes a manifest file into the test's temp dir.
@@ -66,11 +79,11 @@ impl Api {
     }
 
     async fn rouse(&self, args: &[&str]) -> Out {
-        run_rouse(&self.url, args, None).await
+        run_rouse(&self.url, Some(&self.data_dir), args, None).await
     }
 
     async fn rouse_stdin(&self, args: &[&str], stdin: &str) -> Out {
-        run_rouse(&self.url, args, Some(stdin)).await
+        run_rouse(&self.url, Some(&self.data_dir), args, Some(stdin)).await
     }
 
     fn count(&self, kind: Kind) -> usize {
@@ -93,12 +106,19 @@ struct Out {
     stderr: String,
 }
 
-async fn run_rouse(api: &str, args: &[&str], stdin: Option<&str>) -> Out {
+async fn run_rouse(
+    api: &str,
+    data_dir: Option<&std::path::Path>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Out {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rouse"));
     cmd.arg("--api")
         .arg(api)
         .args(args)
         .env_remove("ROUSE_API")
+        .env_remove("ROUSE_TOKEN")
+        .env_remove("ROUSE_DATA_DIR")
         .env_remove("RUST_LOG")
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -108,6 +128,9 @@ async fn run_rouse(api: &str, args: &[&str], stdin: Option<&str>) -> Out {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if let Some(dir) = data_dir {
+        cmd.env("ROUSE_DATA_DIR", dir);
+    }
     let mut child = cmd.spawn().unwrap();
     if let Some(text) = stdin {
         let mut w = child.stdin.take().unwrap();
@@ -195,7 +218,9 @@ async fn apply_get_describe_delete_round_trip() {
     // YAML says the same, and applying it back changes nothing.
     let out = api.rouse(&["get", "service", "hello", "-o", "yaml"]).await;
     assert_eq!(out.code, 0, "{out:?}");
-    let from_yaml: Value = serde_yaml::from_str(&out.stdout).unwrap();
+    let from_yaml: Value = rouse_api::decode::parse_documents(&out.stdout)
+        .unwrap()
+        .remove(0);
     assert_eq!(from_yaml, obj);
     let out = api.rouse_stdin(&["apply", "-f", "-"], &out.stdout).await;
     assert_eq!(out.code, 0, "{out:?}");
@@ -438,9 +463,10 @@ async fn raw_api_statuses() {
     .await;
     assert_eq!(code, 201, "{v}");
     assert_eq!(v["metadata"]["generation"], 1);
-    let as_json =
-        serde_json::to_string(&serde_yaml::from_str::<Value>(&service_yaml("j", "x")).unwrap())
-            .unwrap();
+    let as_json = serde_json::to_string(
+        &rouse_api::decode::parse_documents(&service_yaml("j", "x")).unwrap()[0],
+    )
+    .unwrap();
     let (code, v, _) = send(Method::POST, svc_path, None, as_json.clone()).await;
     assert_eq!(code, 201, "{v}");
 
@@ -628,7 +654,8 @@ async fn oversized_bodies_are_refused() {
     // Without a Content-Length (chunked), the limit holds while reading.
     let mut s = TcpStream::connect(api.addr).await.unwrap();
     let head = format!(
-        "POST {svc_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/yaml\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "POST {svc_path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nContent-Type: application/yaml\r\nTransfer-Encoding: chunked\r\n\r\n",
+        api.addr, api.token
     );
     s.write_all(head.as_bytes()).await.unwrap();
     for chunk in big.as_bytes().chunks(64 << 10) {
@@ -660,13 +687,13 @@ async fn unreachable_api_says_so() {
         l.local_addr().unwrap().port()
     };
     let url = format!("http://127.0.0.1:{port}");
-    let out = run_rouse(&url, &["get", "ksvc"], None).await;
+    let out = run_rouse(&url, None, &["get", "ksvc"], None).await;
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(
         out.stderr.trim(),
         format!("cannot reach the Rouse API at {url}: is `rouse serve` running?")
     );
-    let out = run_rouse(&url, &["get", "pods"], None).await;
+    let out = run_rouse(&url, None, &["get", "pods"], None).await;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         out.stderr
@@ -726,6 +753,8 @@ async fn wait_follows_the_ready_condition() {
             "--timeout",
             "30s",
         ])
+        .env("ROUSE_DATA_DIR", &api.data_dir)
+        .env_remove("ROUSE_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -769,9 +798,11 @@ async fn wait_follows_the_ready_condition() {
     // Ready=False fails with the condition's reason and message.
     let f = api.file("fail.yaml", &service_yaml("fail", "x"));
     let url = api.url.clone();
+    let data_dir = api.data_dir.clone();
     let child = tokio::spawn(async move {
         run_rouse(
             &url,
+            Some(&data_dir),
             &["apply", "-f", &f, "--wait", "--timeout", "30s"],
             None,
         )

@@ -341,6 +341,8 @@ fn kubectl_habits_delete_by_file_watch_and_label_selectors() {
     // -w: the listing, then a row again when the object changes.
     let mut watch = Command::new(rouse_bin())
         .args(["--api", &p.api, "get", "ksvc", "beta", "-w"])
+        .env("ROUSE_DATA_DIR", &p.data_dir)
+        .env_remove("ROUSE_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

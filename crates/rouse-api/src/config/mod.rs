@@ -1,5 +1,6 @@
 //! Knative's ConfigMaps (`config-defaults`, `config-autoscaler`, `config-network`, `config-gc`,
-//! `config-features`), parsed once into typed, immutable values with Knative's keys and defaults.
+//! `config-features`) and Rouse's own `config-rouse`, parsed once into typed, immutable values
+//! with Knative's keys and defaults.
 //!
 //! Parsing is stricter than Knative's on purpose: a key Knative does not know, or a value
 //! Knative would silently ignore, stops start-up with the ConfigMap, the key and the reason.
@@ -11,10 +12,11 @@ pub mod defaults;
 pub mod features;
 pub mod gc;
 pub mod network;
+pub mod rouse;
 
 use std::collections::BTreeMap;
 
-use serde_yaml::Value as Yaml;
+use serde_json::Value as Yaml;
 
 /// A config error: which ConfigMap and key, and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -50,15 +52,18 @@ pub struct Config {
     pub network: network::NetworkConfig,
     pub gc: gc::GcConfig,
     pub features: features::FeaturesConfig,
+    /// Rouse's own limits (`config-rouse`).
+    pub rouse: rouse::RouseConfig,
 }
 
 /// The ConfigMaps Rouse reads, by `metadata.name`.
-pub const CONFIGMAP_NAMES: [&str; 5] = [
+pub const CONFIGMAP_NAMES: [&str; 6] = [
     defaults::NAME,
     AUTOSCALER_NAME,
     network::NAME,
     gc::NAME,
     features::NAME,
+    rouse::NAME,
 ];
 
 /// `config-autoscaler`'s name.
@@ -70,7 +75,7 @@ pub const EXAMPLE_KEY: &str = "_example";
 impl Config {
     /// Parses one or more ConfigMap YAML documents (multi-document text, `kind: ConfigMap`,
     /// `metadata.name` one of config-defaults|config-autoscaler|config-network|config-gc|
-    /// config-features; others -> error). Keys missing take Knative defaults; the `_example`
+    /// config-features|config-rouse; others -> error). Keys missing take Knative defaults; the `_example`
     /// key is ignored; an unknown key or invalid value -> ConfigError naming configmap+key+why.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
         Self::from_yaml_texts(&[text.to_string()])
@@ -81,19 +86,26 @@ impl Config {
     pub fn from_yaml_texts(texts: &[String]) -> Result<Config, ConfigError> {
         let mut maps: BTreeMap<String, ConfigData> = BTreeMap::new();
         for (t, text) in texts.iter().enumerate() {
-            for (d, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-                // Documents are numbered within their text (and texts, when there are several).
-                let label = if texts.len() > 1 {
-                    format!("text {} document {}", t + 1, d + 1)
-                } else {
-                    format!("document {}", d + 1)
+            // Documents are numbered within their text (and texts, when there are several).
+            let text_label = if texts.len() > 1 {
+                format!("text {} ", t + 1)
+            } else {
+                String::new()
+            };
+            let docs = crate::decode::parse_documents(text).map_err(|e| {
+                let (doc, reason) = match e {
+                    crate::decode::DecodeError::Malformed { doc, reason } => (doc, reason),
+                    other => (1, other.to_string()),
                 };
-                let value = <Yaml as serde::Deserialize>::deserialize(doc)
-                    .map_err(|e| ConfigError::new(&label, "yaml", format!("malformed: {e}")))?;
-                if value.is_null() {
-                    continue;
-                }
-                let (name, data) = configmap_of(&label, &value)?;
+                ConfigError::new(
+                    &format!("{text_label}document {doc}"),
+                    "yaml",
+                    format!("malformed: {reason}"),
+                )
+            })?;
+            for (d, value) in docs.iter().enumerate() {
+                let label = format!("{text_label}document {}", d + 1);
+                let (name, data) = configmap_of(&label, value)?;
                 maps.insert(name, data);
             }
         }
@@ -104,6 +116,7 @@ impl Config {
                 network::NAME => cfg.network = network::NetworkConfig::from_data(data)?,
                 gc::NAME => cfg.gc = gc::GcConfig::from_data(data)?,
                 features::NAME => cfg.features = features::FeaturesConfig::from_data(data)?,
+                rouse::NAME => cfg.rouse = rouse::RouseConfig::from_data(data)?,
                 _ => cfg.autoscaler = parse_autoscaler(data)?,
             }
         }
@@ -119,9 +132,9 @@ fn parse_autoscaler(data: &ConfigData) -> Result<autoscaler::AutoscalerConfig, C
 /// Checks one YAML document is a ConfigMap Rouse reads; returns its name and string data.
 fn configmap_of(doc: &str, v: &Yaml) -> Result<(String, ConfigData), ConfigError> {
     let map = v
-        .as_mapping()
+        .as_object()
         .ok_or_else(|| ConfigError::new(doc, "kind", "expected a ConfigMap object"))?;
-    let field = |k: &str| map.get(Yaml::String(k.to_string()));
+    let field = |k: &str| map.get(k);
     let kind = field("kind").and_then(Yaml::as_str).unwrap_or("");
     if kind != "ConfigMap" {
         return Err(ConfigError::new(
@@ -155,8 +168,8 @@ fn configmap_of(doc: &str, v: &Yaml) -> Result<(String, ConfigData), ConfigError
             ),
         ));
     }
-    for key in map.keys() {
-        let k = key.as_str().unwrap_or("");
+    for k in map.keys() {
+        let k = k.as_str();
         if !matches!(
             k,
             "apiVersion" | "kind" | "metadata" | "data" | "binaryData" | "immutable"
@@ -174,11 +187,10 @@ fn configmap_of(doc: &str, v: &Yaml) -> Result<(String, ConfigData), ConfigError
     let mut data = ConfigData::new();
     if let Some(d) = field("data").filter(|d| !d.is_null()) {
         let d = d
-            .as_mapping()
+            .as_object()
             .ok_or_else(|| ConfigError::new(name, "data", "expected a map of strings"))?;
         for (k, v) in d {
-            let key = scalar_string(k)
-                .ok_or_else(|| ConfigError::new(name, "data", "keys must be strings"))?;
+            let key = k.clone();
             let value = scalar_string(v)
                 .ok_or_else(|| ConfigError::new(name, &key, "value must be a string (quote it)"))?;
             data.insert(key, value);
@@ -368,7 +380,7 @@ data:
             ),
             (
                 "kind: ConfigMap\nmetadata: {name: config-deployment}\n",
-                "config-deployment: metadata.name: not a ConfigMap Rouse reads (expected one of config-defaults, config-autoscaler, config-network, config-gc, config-features)",
+                "config-deployment: metadata.name: not a ConfigMap Rouse reads (expected one of config-defaults, config-autoscaler, config-network, config-gc, config-features, config-rouse)",
             ),
             (
                 "kind: ConfigMap\nmetadata: {}\n",

@@ -160,8 +160,8 @@ impl NetworkConfig {
         }
         if let Some((_, v)) = pick("namespace-wildcard-cert-selector", None) {
             if !v.is_empty() {
-                let ok = serde_yaml::from_str::<serde_yaml::Value>(v)
-                    .is_ok_and(|s| s.is_mapping() || s.is_null());
+                let ok = crate::decode::parse_documents(v)
+                    .is_ok_and(|d| d.is_empty() || (d.len() == 1 && d[0].is_object()));
                 if !ok {
                     return Err(ConfigError::new(
                         NAME,

@@ -52,7 +52,6 @@ use std::time::Duration;
 use rouse_api::autoscaling::annotations::{self, RevisionScaling};
 use rouse_api::config::ConfigData;
 use rouse_api::config::autoscaler::{AutoscalerConfig, CONFIG_NAME};
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::apply::{Observed, PaState, ScalingParams, SksMode, reconcile};
@@ -227,8 +226,8 @@ pub fn load_config(path: &Path) -> Result<AutoscalerConfig, SimulateError> {
         path: path.to_path_buf(),
         message,
     };
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = serde_yaml::Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
+    let docs = rouse_api::decode::parse_documents(&text).map_err(|e| bad(e.to_string()))?;
+    for v in docs {
         let name = v
             .get("metadata")
             .and_then(|m| m.get("name"))
@@ -239,16 +238,13 @@ pub fn load_config(path: &Path) -> Result<AutoscalerConfig, SimulateError> {
         let mut data = ConfigData::new();
         if let Some(d) = v.get("data").filter(|d| !d.is_null()) {
             let map = d
-                .as_mapping()
+                .as_object()
                 .ok_or_else(|| bad(format!("{CONFIG_NAME}: data must be a map")))?;
-            for (k, val) in map {
-                let key = k
-                    .as_str()
-                    .ok_or_else(|| bad(format!("{CONFIG_NAME}: data keys must be strings")))?;
+            for (key, val) in map {
                 let value = match val {
-                    serde_yaml::Value::String(s) => s.clone(),
-                    serde_yaml::Value::Bool(b) => b.to_string(),
-                    serde_yaml::Value::Number(n) => n.to_string(),
+                    rouse_api::decode::JsonValue::String(s) => s.clone(),
+                    rouse_api::decode::JsonValue::Bool(b) => b.to_string(),
+                    rouse_api::decode::JsonValue::Number(n) => n.to_string(),
                     _ => {
                         return Err(bad(format!("{CONFIG_NAME}: data.{key} must be a string")));
                     }

@@ -80,6 +80,12 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
             }
         }
     }
+    super::gc::collect(
+        ctx,
+        &config,
+        &status.latest_created_revision_name,
+        &status.latest_ready_revision_name,
+    )?;
     write(ctx, &config, status)
 }
 

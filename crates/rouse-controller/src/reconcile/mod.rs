@@ -2,6 +2,7 @@
 
 mod autoscaler;
 mod configuration;
+mod gc;
 mod revision;
 mod route;
 mod service;

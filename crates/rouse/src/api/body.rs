@@ -1,5 +1,5 @@
-//! Reading a request body into one JSON object: bounded in size, JSON or YAML by Content-Type
-//! (sniffed when absent).
+//! Reading a request body into one JSON object: bounded in size and time, JSON or YAML by
+//! Content-Type (sniffed when absent), decoded strictly (no duplicate keys, bounded nesting).
 
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -34,8 +34,53 @@ const DRAIN_LIMIT: usize = 16 << 20;
 /// How long draining may take.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Reads the body of a POST/PUT and decodes it into a single JSON object.
-pub async fn read_object(headers: &HeaderMap, body: Incoming) -> Result<Value, ApiError> {
+/// How long a body may take: in all, and between two pieces of it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline {
+    pub total: std::time::Duration,
+    pub idle: std::time::Duration,
+}
+
+impl BodyDeadline {
+    /// From `config-rouse`.
+    pub fn from_config(c: &rouse_api::config::rouse::RouseConfig) -> Self {
+        Self {
+            total: c.api_body_timeout,
+            idle: c.api_body_idle_timeout,
+        }
+    }
+}
+
+/// 408: the body came too slowly. The connection is closed after the answer.
+fn too_slow(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "Timeout",
+        format!("the request body {what}; send it faster"),
+    )
+}
+
+/// Reads the body of a POST/PUT and decodes it into a single JSON object, within `deadline`.
+pub async fn read_object(
+    headers: &HeaderMap,
+    body: Incoming,
+    deadline: BodyDeadline,
+) -> Result<Value, ApiError> {
+    let until = tokio::time::Instant::now() + deadline.total;
+    match tokio::time::timeout_at(until, read_object_inner(headers, body, deadline.idle)).await {
+        Ok(res) => res,
+        Err(_) => Err(too_slow(&format!(
+            "did not arrive within {}s",
+            deadline.total.as_secs_f64()
+        ))),
+    }
+}
+
+async fn read_object_inner(
+    headers: &HeaderMap,
+    body: Incoming,
+    idle: std::time::Duration,
+) -> Result<Value, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -49,7 +94,14 @@ pub async fn read_object(headers: &HeaderMap, body: Incoming) -> Result<Value, A
     }
     let mut body = body;
     let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(too_slow(&format!(
+                "stalled: no data for {}s",
+                idle.as_secs_f64()
+            )));
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > MAX_BODY_BYTES {
@@ -97,8 +149,12 @@ fn parse_object(bytes: &[u8], format: Option<Format>) -> Result<Value, ApiError>
         _ => Format::Yaml,
     });
     let value = match format {
-        Format::Json => serde_json::from_slice::<Value>(bytes)
-            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?,
+        Format::Json => rouse_api::decode::parse_json(bytes).map_err(|e| match e {
+            rouse_api::decode::DecodeError::Malformed { reason, .. } => {
+                ApiError::bad_request(format!("malformed JSON: {reason}"))
+            }
+            other => ApiError::bad_request(other.to_string()),
+        })?,
         Format::Yaml => {
             let text = std::str::from_utf8(bytes)
                 .map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
@@ -154,6 +210,26 @@ mod tests {
         assert!(e.message.contains("no object"), "{}", e.message);
         let e = parse_object(b"[1, 2]", None).unwrap_err();
         assert_eq!(e.code, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn duplicate_keys_and_deep_nesting() {
+        let e = parse_object(br#"{"spec":{"x":1,"x":2}}"#, Some(Format::Json)).unwrap_err();
+        assert_eq!(e.code, StatusCode::BAD_REQUEST);
+        assert!(
+            e.message.contains(r#"duplicate field "spec.x""#),
+            "{}",
+            e.message
+        );
+        let e = parse_object(b"spec:\n  x: 1\n  x: 2\n", None).unwrap_err();
+        assert!(
+            e.message.contains(r#"duplicate field "spec.x""#),
+            "{}",
+            e.message
+        );
+        let bomb = format!("x: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = parse_object(bomb.as_bytes(), Some(Format::Yaml)).unwrap_err();
+        assert!(e.message.contains("at most 64 levels"), "{}", e.message);
     }
 
     #[test]

@@ -3,11 +3,15 @@
 //! Writes of the user-facing kinds go through admission (strict decoding, Knative's defaulting
 //! and validation); the internal kinds are read-only here, since only the controller writes
 //! them. Failures are Kubernetes `Status` objects. `/healthz` and `/metrics` sit beside.
+//! Every request but the health checks carries the API token (see [`auth`]), and every request's
+//! `Host` must name this API.
 
 pub mod admission;
+pub mod auth;
 pub mod body;
 pub mod paths;
 pub mod status;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,6 +39,8 @@ use status::{json_response, text_response};
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
+    /// The bearer token every request but the health checks must carry.
+    pub token: Arc<str>,
 }
 
 /// The Prometheus text `/metrics` returns, rendered on each scrape.
@@ -43,6 +49,10 @@ pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 struct Shared {
     state: ApiState,
     metrics: MetricsFn,
+    hosts: auth::HostPolicy,
+    /// Held from counting to storing a capped create, so concurrent creates cannot both slip
+    /// under a limit.
+    create_lock: tokio::sync::Mutex<()>,
 }
 
 /// How long in-flight requests may run on after shutdown is asked.
@@ -50,15 +60,44 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// How many times a replace without a resourceVersion retries a lost compare-and-swap.
 const REPLACE_ATTEMPTS: usize = 5;
 
-/// Serves the API on `listener` until `shutdown` completes, then lets in-flight requests finish
-/// (bounded) and returns.
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API (plain HTTP) on `listener` until `shutdown` completes, then lets in-flight
+/// requests finish (bounded) and returns.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
     state: ApiState,
     metrics: MetricsFn,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let shared = Arc::new(Shared { state, metrics });
+    serve_api_tls(listener, state, metrics, None, &[], shutdown).await
+}
+
+/// [`serve_api`], over TLS when `tls` is given, also answering to the host names
+/// `extra_hosts`.
+pub async fn serve_api_tls(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    metrics: MetricsFn,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    extra_hosts: &[String],
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let hosts = match listener.local_addr() {
+        Ok(addr) => auth::HostPolicy::new(addr).with_names(extra_hosts),
+        Err(e) => {
+            tracing::error!(error = %e, "api: the listener has no address");
+            return;
+        }
+    };
+    let shared = Arc::new(Shared {
+        state,
+        metrics,
+        hosts,
+        create_lock: tokio::sync::Mutex::new(()),
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -67,7 +106,24 @@ pub async fn serve_api(
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    conns.spawn(serve_conn(stream, shared.clone(), stop_rx.clone()));
+                    let (shared, stop) = (shared.clone(), stop_rx.clone());
+                    match &acceptor {
+                        None => {
+                            conns.spawn(serve_conn(stream, shared, stop));
+                        }
+                        Some(acceptor) => {
+                            let accept = acceptor.accept(stream);
+                            conns.spawn(async move {
+                                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                                    Ok(Ok(tls)) => serve_conn(tls, shared, stop).await,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(error = %e, "api: TLS handshake failed");
+                                    }
+                                    Err(_) => tracing::debug!("api: TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off rather than spin.
@@ -88,11 +144,10 @@ pub async fn serve_api(
     }
 }
 
-async fn serve_conn(
-    stream: tokio::net::TcpStream,
-    shared: Arc<Shared>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn serve_conn<S>(stream: S, shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(&shared, req).await) }
@@ -128,20 +183,19 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
 
 async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     let method = req.method().clone();
-    match req.uri().path() {
-        "/healthz" | "/readyz" | "/livez" => {
-            only_get(&method)?;
-            return Ok(text_response(StatusCode::OK, "text/plain", "ok".into()));
-        }
-        "/metrics" => {
-            only_get(&method)?;
-            return Ok(text_response(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                (shared.metrics)(),
-            ));
-        }
-        _ => {}
+    shared.hosts.check(req.uri(), req.headers())?;
+    if let "/healthz" | "/readyz" | "/livez" = req.uri().path() {
+        only_get(&method)?;
+        return Ok(text_response(StatusCode::OK, "text/plain", "ok".into()));
+    }
+    auth::check_bearer(req.headers(), &shared.state.token)?;
+    if req.uri().path() == "/metrics" {
+        only_get(&method)?;
+        return Ok(text_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            (shared.metrics)(),
+        ));
     }
     let api_path = paths::parse(req.uri().path()).ok_or_else(ApiError::unknown_path)?;
     let state = &shared.state;
@@ -161,7 +215,13 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
             }
             check_namespace(&ns)?;
             let (parts, body) = req.into_parts();
-            let body = body::read_object(&parts.headers, body).await?;
+            let body = body::read_object(&parts.headers, body, body_deadline(state)).await?;
+            let _capped = match kind {
+                Kind::Service | Kind::Configuration | Kind::Revision => {
+                    Some(shared.create_lock.lock().await)
+                }
+                _ => None,
+            };
             create(state, kind, &ns, body).await
         }
         (
@@ -192,7 +252,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
             }
             check_namespace(&namespace)?;
             let (parts, body) = req.into_parts();
-            let body = body::read_object(&parts.headers, body).await?;
+            let body = body::read_object(&parts.headers, body, body_deadline(state)).await?;
             replace(state, kind, &namespace, &name, body).await
         }
         (
@@ -228,6 +288,10 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
             "{m} is not allowed on an object; use GET, PUT or DELETE"
         ))),
     }
+}
+
+fn body_deadline(state: &ApiState) -> body::BodyDeadline {
+    body::BodyDeadline::from_config(&state.config.rouse)
 }
 
 fn only_get(method: &Method) -> Result<(), ApiError> {
@@ -301,11 +365,56 @@ async fn create(
         .as_str()
         .unwrap_or("")
         .to_string();
+    check_quota(state, kind, ns, &name).await?;
     let store = state.store.clone();
     let created = blocking(move || store.create(kind, admitted.object))
         .await?
         .map_err(|e| ApiError::from_store(e, kind, &name))?;
     Ok(json_response(StatusCode::CREATED, &created))
+}
+
+/// Refuses a create of a Service, Configuration or Revision past `config-rouse`'s limits (403, worded as
+/// Kubernetes words an exceeded ResourceQuota).
+async fn check_quota(state: &ApiState, kind: Kind, ns: &str, name: &str) -> Result<(), ApiError> {
+    let limits = &state.config.rouse;
+    let checks = match kind {
+        Kind::Service | Kind::Configuration => vec![
+            (
+                "max-services-per-namespace",
+                limits.max_services_per_namespace,
+                Some(ns.to_string()),
+            ),
+            ("max-services", limits.max_services, None),
+        ],
+        // Revisions made by Configurations are bounded by config-gc; this bounds those
+        // created directly.
+        Kind::Revision => vec![("max-revisions", limits.max_revisions, None)],
+        _ => return Ok(()),
+    };
+    for (key, limit, namespace) in checks {
+        let Some(limit) = limit else { continue };
+        let store = state.store.clone();
+        let used = blocking(move || store.list(kind, namespace.as_deref()))
+            .await?
+            .map_err(|e| ApiError::from_store(e, kind, name))?
+            .0
+            .len() as u64;
+        if used >= limit {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "{} \"{name}\" is forbidden: exceeded quota: config-rouse, requested: {}=1, used: {}={used}, limited: {}={limit}",
+                    paths::resource_name(kind),
+                    kind.plural(),
+                    kind.plural(),
+                    key,
+                ),
+            )
+            .for_object(kind, name));
+        }
+    }
+    Ok(())
 }
 
 async fn replace(

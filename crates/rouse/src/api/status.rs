@@ -101,6 +101,13 @@ impl ApiError {
     /// The HTTP response carrying the `Status`.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let mut resp = json_response(self.code, &self.to_status());
+        if self.code == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a slow body is not waited for: the connection ends with the answer.
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         if self.code == StatusCode::METHOD_NOT_ALLOWED {
             // Every path's methods are a subset of these; the message says which apply.
             resp.headers_mut().insert(

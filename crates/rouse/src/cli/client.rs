@@ -1,6 +1,7 @@
 //! A small HTTP/1 client for the Rouse API (hyper, pooled), reading failures as Kubernetes
 //! `Status` objects.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -62,6 +63,35 @@ impl ClientError {
 pub struct ApiClient {
     base: String,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// `Authorization: Bearer <token>`, sent with every request.
+    auth: Option<header::HeaderValue>,
+    /// Why no token is sent, added to a 401's message.
+    no_token: Option<String>,
+    /// For an `https://` API: the connector trusting its CA.
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// The API token the CLI sends: `ROUSE_TOKEN`, else `token_file`, else `<data_dir>/api-token`.
+/// `Err` names where the token was looked for and why it is not usable (missing, or readable by
+/// others).
+pub fn find_token(token_file: Option<&Path>, data_dir: &Path) -> Result<String, String> {
+    if let Ok(t) = std::env::var("ROUSE_TOKEN") {
+        let t = t.trim();
+        if !t.is_empty() {
+            return Ok(t.to_string());
+        }
+    }
+    let path = match token_file {
+        Some(p) => p.to_path_buf(),
+        None => data_dir.join(crate::api::auth::TOKEN_FILE),
+    };
+    if !path.exists() {
+        return Err(format!(
+            "no API token: {} does not exist (point --data-dir or ROUSE_DATA_DIR at `rouse serve`'s data dir, or pass --token-file FILE or ROUSE_TOKEN)",
+            path.display()
+        ));
+    }
+    crate::api::auth::read_token_file(&path).map_err(|e| e.to_string())
 }
 
 impl ApiClient {
@@ -71,13 +101,51 @@ impl ApiClient {
         let uri: Uri = base
             .parse()
             .map_err(|e| format!("invalid API URL {base:?}: {e}"))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
             return Err(format!(
-                "invalid API URL {base:?}: expected http://HOST:PORT"
+                "invalid API URL {base:?}: expected http://HOST:PORT or https://HOST:PORT"
             ));
         }
         let http = Client::builder(TokioExecutor::new()).build_http();
-        Ok(Self { base, http })
+        Ok(Self {
+            base,
+            http,
+            auth: None,
+            no_token: None,
+            tls: None,
+        })
+    }
+
+    /// True when the API URL is `https://`.
+    pub fn is_https(&self) -> bool {
+        self.base.starts_with("https://")
+    }
+
+    /// Trusts the CA certificates in `ca_pem` (PEM) for an `https://` API.
+    pub fn with_ca(mut self, ca_pem: &[u8]) -> Result<Self, String> {
+        let config = crate::api::tls::client_config(ca_pem).map_err(|e| e.to_string())?;
+        self.tls = Some(tokio_rustls::TlsConnector::from(config));
+        Ok(self)
+    }
+
+    /// Sends the token found (or, when none was, says why on a 401).
+    pub fn with_found_token(self, found: Result<String, String>) -> Self {
+        match found {
+            Ok(token) => self.with_token(token),
+            Err(why) => Self {
+                no_token: Some(why),
+                ..self
+            },
+        }
+    }
+
+    /// Sends `token` as a bearer token with every request.
+    pub fn with_token(mut self, token: String) -> Self {
+        let mut value = header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .unwrap_or_else(|_| header::HeaderValue::from_static("Bearer invalid"));
+        value.set_sensitive(true);
+        self.auth = Some(value);
+        self
     }
 
     /// The API's base URL.
@@ -103,7 +171,17 @@ impl ApiClient {
         let ct = body.map(|_| "application/json");
         let (code, reply) = self.raw(method, path, ct, bytes).await?;
         if !code.is_success() {
-            return Err(server_error(code, &reply));
+            let mut e = server_error(code, &reply);
+            if let (
+                ClientError::Server {
+                    code: 401, message, ..
+                },
+                Some(why),
+            ) = (&mut e, &self.no_token)
+            {
+                message.push_str(&format!("; {why}"));
+            }
+            return Err(e);
         }
         serde_json::from_slice(&reply).map_err(|e| ClientError::Transport {
             url: self.base.clone(),
@@ -127,12 +205,23 @@ impl ApiClient {
         if let Some(ct) = content_type {
             req = req.header(header::CONTENT_TYPE, ct);
         }
+        if let Some(auth) = &self.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
         let req = req
             .body(Full::new(body))
             .map_err(|e| ClientError::Transport {
                 url: url.clone(),
                 message: e.to_string(),
             })?;
+        if self.is_https() {
+            return tokio::time::timeout(REQUEST_TIMEOUT, self.exchange_tls(req))
+                .await
+                .map_err(|_| ClientError::Transport {
+                    url: self.base.clone(),
+                    message: format!("no reply within {}s", REQUEST_TIMEOUT.as_secs()),
+                })?;
+        }
         let exchange = async {
             let resp = self.http.request(req).await.map_err(|e| {
                 if e.is_connect() {
@@ -165,6 +254,70 @@ impl ApiClient {
                 message: format!("no reply within {}s", REQUEST_TIMEOUT.as_secs()),
             })?
     }
+}
+
+impl ApiClient {
+    /// One request over a new TLS connection (the CLI makes few requests; no pool needed).
+    async fn exchange_tls(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let transport = |message: String| ClientError::Transport {
+            url: self.base.clone(),
+            message,
+        };
+        let Some(tls) = &self.tls else {
+            return Err(transport(
+                "no CA to verify the API's certificate: set ROUSE_CA_FILE or point --data-dir at `rouse serve --tls`'s data dir".to_string(),
+            ));
+        };
+        let uri = req.uri().clone();
+        let host = uri
+            .host()
+            .unwrap_or("localhost")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(443);
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                url: self.base.clone(),
+            })?;
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| transport(format!("invalid host {host:?}: {e}")))?;
+        let stream = tls
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| transport(format!("TLS: {e}")))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| transport(error_chain(&e)))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| transport(error_chain(&e)))?;
+        let code = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| transport(format!("reading the reply: {e}")))?
+            .to_bytes();
+        Ok((code, bytes))
+    }
+}
+
+/// The CA an `https://` API is verified against: `ROUSE_CA_FILE`, else the CA `rouse serve
+/// --tls` keeps in `<data_dir>/tls/ca.crt`.
+pub fn find_ca(data_dir: &Path) -> Option<Vec<u8>> {
+    let path = std::env::var_os("ROUSE_CA_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::api::tls::ca_cert_path(data_dir));
+    std::fs::read(path).ok()
 }
 
 /// A refusal, from the `Status` in the body when there is one.
@@ -232,7 +385,8 @@ mod tests {
     #[test]
     fn checks_the_base_url() {
         assert!(ApiClient::new("http://127.0.0.1:8081/").is_ok());
-        assert!(ApiClient::new("https://127.0.0.1:8081").is_err());
+        assert!(ApiClient::new("https://127.0.0.1:8081").is_ok());
+        assert!(ApiClient::new("ftp://127.0.0.1:8081").is_err());
         assert!(ApiClient::new("127.0.0.1:8081").is_err());
     }
 }

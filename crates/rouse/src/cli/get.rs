@@ -237,7 +237,7 @@ async fn watch(
 
 /// YAML for `-o yaml` (one place for the YAML library).
 fn to_yaml(v: &Value) -> anyhow::Result<String> {
-    Ok(serde_yaml::to_string(v)?)
+    Ok(rouse_api::decode::to_yaml(v))
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {

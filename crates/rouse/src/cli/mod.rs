@@ -6,11 +6,13 @@ pub mod client;
 pub mod describe;
 pub mod gateway;
 pub mod get;
+pub mod kubeconfig;
 pub mod manifest;
 pub mod selector;
 pub mod simulate;
 pub mod table;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -35,9 +37,22 @@ pub struct Cli {
     /// The namespace to work in (also accepted after the subcommand).
     #[arg(short = 'n', long, default_value = "default", value_name = "NS")]
     pub namespace: String,
+    /// The data dir: `rouse serve` keeps its store and API token there; the CLI reads the
+    /// token from `<data-dir>/api-token`.
+    #[arg(
+        long,
+        global = true,
+        env = "ROUSE_DATA_DIR",
+        default_value = DEFAULT_DATA_DIR,
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Where `rouse serve` keeps its state when `--data-dir` is not given.
+pub const DEFAULT_DATA_DIR: &str = ".rouse";
 
 /// `--api` and `-n` for the commands that talk to the API: given after the subcommand they
 /// win over the same flags before it. Not global, so `serve` and `autoscaler simulate`, which
@@ -50,6 +65,10 @@ pub struct ApiTarget {
     /// The namespace to work in [default: default]
     #[arg(short = 'n', long = "namespace", value_name = "NS")]
     pub namespace: Option<String>,
+    /// A file holding the API token (instead of `<data-dir>/api-token`; `ROUSE_TOKEN` wins
+    /// over both)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Cli {
@@ -78,6 +97,9 @@ pub enum Command {
     Describe(describe::DescribeArgs),
     /// Delete objects (and what they own): by kind and name, or those of manifests (`-f`).
     Delete(get::DeleteArgs),
+    /// Print a kubeconfig for this API (server URL, token, and CA for https) that kubectl
+    /// accepts.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Autoscaler tools.
     #[command(subcommand)]
     Autoscaler(AutoscalerCommand),
@@ -160,12 +182,33 @@ fn init_tracing(serving: bool) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let token =
+        |target: &ApiTarget| client::find_token(target.token_file.as_deref(), &cli.data_dir);
     let client = |target: &ApiTarget| -> anyhow::Result<(ApiClient, String)> {
         let (api, ns) = cli.resolve(target);
-        Ok((ApiClient::new(&api).map_err(anyhow::Error::msg)?, ns))
+        let mut c = ApiClient::new(&api)
+            .map_err(anyhow::Error::msg)?
+            .with_found_token(token(target));
+        if c.is_https()
+            && let Some(ca) = client::find_ca(&cli.data_dir)
+        {
+            c = c.with_ca(&ca).map_err(anyhow::Error::msg)?;
+        }
+        Ok((c, ns))
     };
     match cli.command {
-        Command::Serve(ref args) => crate::serve::run(args.clone()).await,
+        Command::Serve(ref args) => {
+            let mut args = args.clone();
+            args.data_dir = cli.data_dir.clone();
+            crate::serve::run(args).await
+        }
+        Command::Kubeconfig(ref args) => {
+            let (api, ns) = cli.resolve(&args.target);
+            let token = token(&args.target).map_err(anyhow::Error::msg)?;
+            let ca = client::find_ca(&cli.data_dir);
+            print!("{}", kubeconfig::render(&api, &token, &ns, ca.as_deref())?);
+            Ok(())
+        }
         Command::Apply(ref args) => {
             let (c, ns) = client(&args.target)?;
             apply::run(&c, &ns, args).await

@@ -115,6 +115,9 @@ impl Platform {
             if let Some(rest) = line.split("API: http://").nth(1) {
                 api = Some(format!("http://{}", rest.trim()));
             }
+            if let Some(rest) = line.split("API: https://").nth(1) {
+                api = Some(format!("https://{}", rest.trim()));
+            }
             early_lines.push(line);
         }
         Platform {
@@ -129,11 +132,30 @@ impl Platform {
         }
     }
 
-    /// Runs the CLI against this platform.
+    /// The API token `rouse serve` generated into its data dir.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("api-token"))
+            .expect("rouse serve wrote its API token")
+            .trim()
+            .to_string()
+    }
+
+    /// The API's address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap()
+    }
+
+    /// Runs the CLI against this platform (finding the token through the data dir).
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(rouse_bin())
             .arg("--api")
             .arg(&self.api)
+            .env("ROUSE_DATA_DIR", &self.data_dir)
+            .env_remove("ROUSE_TOKEN")
             .args(args)
             .output()
             .expect("run rouse CLI")
@@ -168,6 +190,8 @@ impl Platform {
         let mut child = Command::new(rouse_bin())
             .arg("--api")
             .arg(&self.api)
+            .env("ROUSE_DATA_DIR", &self.data_dir)
+            .env_remove("ROUSE_TOKEN")
             .args(["apply", "-f", "-"])
             .args(flags)
             .stdin(Stdio::piped())
@@ -283,6 +307,49 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<Htt
         s,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: rouse-e2e\r\n\r\n"
     )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+/// One request to the platform's API with its token and a loopback `Host` (Connection:
+/// close); `headers` are added as given.
+pub fn api_request(
+    p: &Platform,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<HttpResponse> {
+    api_request_to(p.api_addr(), &p.token(), method, path, headers, body)
+}
+
+/// [`api_request`] to an API address with a token.
+pub fn api_request_to(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<HttpResponse> {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    raw_exchange(addr, req.as_bytes())
+}
+
+/// Writes `bytes` to `addr` and reads the whole answer (the server closes the connection).
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(bytes)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse_response(&raw)
@@ -465,8 +532,7 @@ pub fn sks_mode(p: &Platform, rev: &str) -> String {
 }
 
 pub fn metric_value(p: &Platform, name: &str, label: &str) -> f64 {
-    let api = p.api.trim_start_matches("http://");
-    let r = http_get(api.parse().unwrap(), "metrics", "/metrics").unwrap();
+    let r = api_request(p, "GET", "/metrics", &[], "").unwrap();
     r.body
         .lines()
         .filter(|l| l.starts_with(name) && l.contains(label))
