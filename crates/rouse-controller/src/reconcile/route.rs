@@ -24,9 +24,14 @@ pub(super) async fn reconcile(
     }
     let entries = match ctx.client.get::<Route>(ns, name)? {
         Some(route) => {
-            let status = reconcile_route(ctx, &route)?;
+            let status = resolve_status(ctx, &route)?;
             refuse_deleted_revisions(ctx, ns, &status)?;
-            host_routes(ctx, ns, name, &status)?
+            let entries = host_routes(ctx, ns, name, &status)?;
+            // The gateway is programmed before the status says Ready, so a client that waits
+            // for Ready never finds the host unrouted (IngressReady means what it says).
+            program_route(ctx, ns, name, entries).await;
+            write(ctx, &route, status)?;
+            return Ok(None);
         }
         None => Vec::new(),
     };
@@ -37,8 +42,9 @@ pub(super) async fn reconcile(
 /// Why a target could not be resolved: the condition status, reason and message.
 type Unresolved = (ConditionStatus, &'static str, String);
 
-/// Resolves the route and writes its status; returns that status.
-fn reconcile_route(ctx: &Context, route: &Route) -> Result<RouteStatus, ReconcileError> {
+/// Resolves the route into the status it should have (written by the caller once the gateway
+/// serves it).
+fn resolve_status(ctx: &Context, route: &Route) -> Result<RouteStatus, ReconcileError> {
     let ns = &route.metadata.namespace;
     let name = &route.metadata.name;
     let mut status = route.status.clone();
@@ -71,7 +77,7 @@ fn reconcile_route(ctx: &Context, route: &Route) -> Result<RouteStatus, Reconcil
         "IngressReady",
         "CertificateProvisioned",
     ]);
-    write(ctx, route, status)
+    Ok(status)
 }
 
 fn write(ctx: &Context, route: &Route, status: RouteStatus) -> Result<RouteStatus, ReconcileError> {
