@@ -1,0 +1,284 @@
+//! The CRDs generated from the API types: Knative's names, structural schemas, and the YAML
+//! `rouse install` prints for them.
+
+use rouse_kube::crd;
+use rouse_kube::schema::structural_violations;
+use serde_json::{Value, json};
+
+fn crds() -> Vec<Value> {
+    crd::all()
+        .expect("CRDs generate")
+        .into_iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect()
+}
+
+fn by_name(name: &str) -> Value {
+    crds()
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no CRD {name}"))
+}
+
+/// group, version, kind, short names, categories.
+type Names = (String, String, String, Vec<String>, Vec<String>);
+
+#[test]
+fn knative_groups_kinds_plurals_short_names_and_categories() {
+    let got: Vec<Names> = crds()
+        .iter()
+        .map(|c| {
+            let s = &c["spec"];
+            let strings = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap().to_string())
+                    .collect()
+            };
+            assert_eq!(s["scope"], "Namespaced");
+            assert_eq!(
+                c["metadata"]["name"],
+                format!(
+                    "{}.{}",
+                    s["names"]["plural"].as_str().unwrap(),
+                    s["group"].as_str().unwrap()
+                )
+            );
+            (
+                s["group"].as_str().unwrap().to_string(),
+                s["versions"][0]["name"].as_str().unwrap().to_string(),
+                s["names"]["kind"].as_str().unwrap().to_string(),
+                strings(&s["names"]["shortNames"]),
+                strings(&s["names"]["categories"]),
+            )
+        })
+        .collect();
+    let want = [
+        (
+            "serving.knative.dev",
+            "v1",
+            "Service",
+            &["kservice", "ksvc"][..],
+            &["all", "knative", "serving"][..],
+        ),
+        (
+            "serving.knative.dev",
+            "v1",
+            "Configuration",
+            &["config", "cfg"],
+            &["all", "knative", "serving"],
+        ),
+        (
+            "serving.knative.dev",
+            "v1",
+            "Revision",
+            &["rev"],
+            &["all", "knative", "serving"],
+        ),
+        (
+            "serving.knative.dev",
+            "v1",
+            "Route",
+            &["rt"],
+            &["all", "knative", "serving"],
+        ),
+        (
+            "autoscaling.internal.knative.dev",
+            "v1alpha1",
+            "PodAutoscaler",
+            &["kpa", "pa"],
+            &["all", "knative-internal", "autoscaling"],
+        ),
+        (
+            "networking.internal.knative.dev",
+            "v1alpha1",
+            "ServerlessService",
+            &["sks"],
+            &["all", "knative-internal", "networking"],
+        ),
+        (
+            "networking.internal.knative.dev",
+            "v1alpha1",
+            "Ingress",
+            &["kingress", "king"],
+            &["all", "knative-internal", "networking"],
+        ),
+    ];
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.0, w.0);
+        assert_eq!(g.1, w.1);
+        assert_eq!(g.2, w.2);
+        assert_eq!(g.3, w.3);
+        assert_eq!(g.4, w.4);
+    }
+}
+
+#[test]
+fn every_schema_is_structural_and_every_crd_has_a_status_subresource() {
+    for c in crds() {
+        let name = c["metadata"]["name"].as_str().unwrap().to_string();
+        let v = &c["spec"]["versions"][0];
+        assert_eq!(v["served"], true);
+        assert_eq!(v["storage"], true);
+        assert_eq!(v["subresources"]["status"], json!({}), "{name}");
+        let schema = &v["schema"]["openAPIV3Schema"];
+        let text = schema.to_string();
+        for bad in [
+            "$ref",
+            "definitions",
+            "$defs",
+            "anyOf",
+            "oneOf",
+            "allOf",
+            "\"null\"",
+            "additionalProperties\":false",
+            "\"default\"",
+        ] {
+            assert!(!text.contains(bad), "{name}: schema contains {bad}");
+        }
+        assert_eq!(
+            structural_violations(schema),
+            Vec::<String>::new(),
+            "{name}"
+        );
+        // Root metadata is the API server's: typed object only.
+        assert_eq!(
+            schema["properties"]["metadata"],
+            json!({"type": "object"}),
+            "{name}"
+        );
+        for k in ["apiVersion", "kind", "spec", "status"] {
+            assert!(schema["properties"].get(k).is_some(), "{name}: no {k}");
+        }
+    }
+}
+
+#[test]
+fn service_schema_shapes() {
+    let c = by_name("services.serving.knative.dev");
+    let s = &c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+    let container = &s["spec"]["properties"]["template"]["properties"]["spec"]["properties"]["containers"]
+        ["items"]["properties"];
+    // IntOrString -> x-kubernetes-int-or-string.
+    assert_eq!(
+        container["readinessProbe"]["properties"]["httpGet"]["properties"]["port"]["x-kubernetes-int-or-string"],
+        true
+    );
+    // Open-ended JSON (securityContext, envFrom items) preserves unknown fields.
+    assert_eq!(
+        container["securityContext"]["x-kubernetes-preserve-unknown-fields"],
+        true
+    );
+    assert_eq!(
+        container["envFrom"]["items"]["x-kubernetes-preserve-unknown-fields"],
+        true
+    );
+    assert_eq!(
+        container["ports"]["items"]["properties"]["containerPort"]["type"],
+        "integer"
+    );
+    assert_eq!(container["image"]["type"], "string");
+    // Maps: labels under the template's metadata.
+    assert_eq!(
+        s["spec"]["properties"]["template"]["properties"]["metadata"]["properties"]["labels"]["additionalProperties"]
+            ["type"],
+        "string"
+    );
+    // Conditions: status and enum.
+    let cond = &s["status"]["properties"]["conditions"]["items"];
+    assert_eq!(
+        cond["properties"]["status"]["enum"],
+        json!(["True", "False", "Unknown"])
+    );
+    assert_eq!(cond["required"], json!(["type", "status"]));
+    // Doc comments become descriptions (kubectl explain).
+    assert!(
+        s["spec"]["properties"]["template"]["properties"]["spec"]["properties"]
+            ["containerConcurrency"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("concurrent requests")
+    );
+    // SKS mode is an enum of Knative's values.
+    let sks = by_name("serverlessservices.networking.internal.knative.dev");
+    assert_eq!(
+        sks["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["mode"]["enum"],
+        json!(["Serve", "Proxy"])
+    );
+}
+
+#[test]
+fn printer_columns_match_knative() {
+    let cols = |name: &str| -> Vec<String> {
+        by_name(name)["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // kubectl prints NAME first, then these: NAME URL LATESTCREATED LATESTREADY READY REASON.
+    assert_eq!(
+        cols("services.serving.knative.dev"),
+        ["URL", "LatestCreated", "LatestReady", "Ready", "Reason"]
+    );
+    assert_eq!(
+        cols("configurations.serving.knative.dev"),
+        ["LatestCreated", "LatestReady", "Ready", "Reason"]
+    );
+    assert_eq!(
+        cols("revisions.serving.knative.dev"),
+        [
+            "Config Name",
+            "Generation",
+            "Ready",
+            "Reason",
+            "Actual Replicas",
+            "Desired Replicas"
+        ]
+    );
+    assert_eq!(
+        cols("routes.serving.knative.dev"),
+        ["URL", "Ready", "Reason"]
+    );
+    let ksvc = by_name("services.serving.knative.dev");
+    let ready = &ksvc["spec"]["versions"][0]["additionalPrinterColumns"][3];
+    assert_eq!(
+        ready["jsonPath"],
+        ".status.conditions[?(@.type=='Ready')].status"
+    );
+    assert_eq!(ready["type"], "string");
+}
+
+#[test]
+fn crd_yaml_snapshot_of_key_fields() {
+    let ksvc = crd::all().unwrap().remove(0);
+    let yaml = serde_saphyr::to_string(&ksvc).unwrap();
+    // The YAML parses back to the same object.
+    let back: Value = serde_saphyr::from_str(&yaml).unwrap();
+    assert_eq!(back, serde_json::to_value(&ksvc).unwrap());
+    for line in [
+        "apiVersion: apiextensions.k8s.io/v1",
+        "kind: CustomResourceDefinition",
+        "  name: services.serving.knative.dev",
+        "  group: serving.knative.dev",
+        "    kind: Service",
+        "    listKind: ServiceList",
+        "    plural: services",
+        "    singular: service",
+        "  scope: Namespaced",
+        "      status: {}",
+        "        x-kubernetes-int-or-string: true",
+        "    - jsonPath: .status.url",
+    ] {
+        assert!(
+            yaml.lines()
+                .any(|l| l.trim_end() == line || l.trim() == line.trim()),
+            "missing line {line:?} in\n{}",
+            &yaml[..yaml.len().min(3000)]
+        );
+    }
+}
