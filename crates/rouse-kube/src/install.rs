@@ -384,8 +384,8 @@ fn flag_name(f: rouse_api::config::features::Flag) -> String {
 const EXAMPLE_HEADER: &str = "################################\n\
 #    EXAMPLE CONFIGURATION     #\n\
 ################################\n\
-# The keys below are the defaults. Copy a key out of _example (to the top level of `data`)\n\
-# to change it; Rouse reads changes live.\n";
+# The keys below are the defaults. To change one, copy it out of _example to the top\n\
+# level of `data` and edit it there.\n";
 
 fn example_text(name: &str, defaults: &[(&str, &str)]) -> String {
     let mut s = format!("{EXAMPLE_HEADER}# {name}\n");

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod client;
 pub mod describe;
 pub mod get;
+pub mod install;
 pub mod manifest;
 pub mod simulate;
 pub mod table;
@@ -60,6 +61,8 @@ pub enum Command {
     /// Autoscaler tools.
     #[command(subcommand)]
     Autoscaler(AutoscalerCommand),
+    /// Print the manifests that install Rouse on Kubernetes (pipe to `kubectl apply`).
+    Install(install::InstallArgs),
 }
 
 /// `rouse autoscaler ...`.
@@ -144,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Describe(ref args) => describe::run(&client()?, &cli.namespace, args).await,
         Command::Delete(ref args) => get::run_delete(&client()?, &cli.namespace, args).await,
         Command::Autoscaler(AutoscalerCommand::Simulate(ref args)) => simulate::run(args),
+        Command::Install(ref args) => install::run(args),
     }
 }
 
