@@ -7,4 +7,6 @@
 
 pub mod crd;
 pub mod install;
+pub mod revision;
+pub mod route;
 pub mod schema;
