@@ -1,6 +1,7 @@
 //! Kubernetes mode: Knative's CRDs generated from the API types ([`crd`], [`schema`]), the
 //! manifests `rouse install` prints ([`install`]), and the Kubernetes objects Knative makes per
-//! revision and per route ([`revision`], [`route`]).
+//! revision and per route ([`revision`], [`route`]), and the store's operations over the
+//! Kubernetes API ([`store`]).
 //!
 //! Built on `k8s-openapi`'s types; this library picks no Kubernetes version (the `rouse`
 //! binary does, through k8s-openapi's `v1_*` feature).
@@ -10,3 +11,4 @@ pub mod install;
 pub mod revision;
 pub mod route;
 pub mod schema;
+pub mod store;

@@ -1,0 +1,380 @@
+//! `KubeStore` against a scripted API server on loopback: each test lists the requests it
+//! expects (method and path) and the answers to give, the way kube's mock service is scripted,
+//! but over a real socket and through kube's real client.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rouse_kube::store::{CONFLICT_RETRIES, KubeStore};
+use rouse_store::{Kind, StoreError};
+use serde_json::{Value, json};
+
+/// One expected request (method and exact path; the query is not matched) and the answer.
+struct Step {
+    method: &'static str,
+    path: String,
+    status: u16,
+    body: Value,
+}
+
+fn step(method: &'static str, path: &str, status: u16, body: Value) -> Step {
+    Step {
+        method,
+        path: path.to_string(),
+        status,
+        body,
+    }
+}
+
+/// A request the server saw: method, path with query, JSON body (Null when empty).
+type Seen = (String, String, Value);
+
+struct Scripted {
+    store: KubeStore,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    left: Arc<Mutex<VecDeque<Step>>>,
+}
+
+impl Scripted {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    fn assert_done(&self) {
+        assert!(
+            self.left.lock().unwrap().is_empty(),
+            "the client stopped before the script ended; saw {:?}",
+            self.seen()
+        );
+    }
+}
+
+async fn serve(script: Vec<Step>) -> Scripted {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let left = Arc::new(Mutex::new(VecDeque::from(script)));
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let (l, s) = (left.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (l, s) = (l.clone(), s.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (l, s) = (l.clone(), s.clone());
+                    async move {
+                        let method = req.method().to_string();
+                        let bare_path = req.uri().path().to_string();
+                        let path = req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default();
+                        let bytes = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                        s.lock().unwrap().push((method.clone(), path.clone(), body));
+                        let next = l.lock().unwrap().pop_front();
+                        let (status, body) = match next {
+                            Some(st) if st.method == method && bare_path == st.path => {
+                                (st.status, st.body)
+                            }
+                            Some(st) => (
+                                500,
+                                json!({"kind": "Status", "status": "Failure", "code": 500,
+                                       "message": format!("script wanted {} {}, got {method} {path}", st.method, st.path)}),
+                            ),
+                            None => (
+                                500,
+                                json!({"kind": "Status", "status": "Failure", "code": 500, "message": "script ended"}),
+                            ),
+                        };
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(body.to_string())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    Scripted {
+        store: KubeStore::new(client),
+        seen,
+        left,
+    }
+}
+
+const KSVC: &str = "/apis/serving.knative.dev/v1/namespaces/shop/services";
+
+fn ksvc(name: &str, rv: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"), "resourceVersion": rv},
+        "spec": spec,
+    })
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+           "reason": reason, "message": message})
+}
+
+#[tokio::test]
+async fn get_and_list_address_knatives_resources() {
+    let s = serve(vec![
+        step("GET", &format!("{KSVC}/cart"), 200, ksvc("cart", "7", json!({}))),
+        step("GET", &format!("{KSVC}/gone"), 404, status(404, "NotFound", "services.serving.knative.dev \"gone\" not found")),
+        step("GET", KSVC, 200, json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "ServiceList",
+            "metadata": {"resourceVersion": "42"},
+            "items": [ksvc("zeta", "5", json!({})), ksvc("alpha", "6", json!({}))],
+        })),
+        step("GET", "/apis/autoscaling.internal.knative.dev/v1alpha1/podautoscalers", 200, json!({
+            "apiVersion": "autoscaling.internal.knative.dev/v1alpha1", "kind": "PodAutoscalerList",
+            "metadata": {"resourceVersion": "43"}, "items": [],
+        })),
+    ])
+    .await;
+    let got = s.store.get(Kind::Service, "shop", "cart").await.unwrap();
+    assert_eq!(got["metadata"]["resourceVersion"], "7");
+    assert_eq!(got["kind"], "Service");
+    let err = s
+        .store
+        .get(Kind::Service, "shop", "gone")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound { kind: Kind::Service, name, .. } if name == "gone"),
+        "{err:?}"
+    );
+    let (items, rv) = s.store.list(Kind::Service, Some("shop")).await.unwrap();
+    assert_eq!(rv, 42);
+    let names: Vec<&str> = items
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alpha", "zeta"]);
+    let (items, rv) = s.store.list(Kind::PodAutoscaler, None).await.unwrap();
+    assert!(items.is_empty());
+    assert_eq!(rv, 43);
+    s.assert_done();
+}
+
+#[tokio::test]
+async fn create_sends_the_object_and_maps_already_exists() {
+    let s = serve(vec![
+        step(
+            "POST",
+            KSVC,
+            201,
+            ksvc("cart", "1", json!({"template": {}})),
+        ),
+        step(
+            "POST",
+            KSVC,
+            409,
+            status(
+                409,
+                "AlreadyExists",
+                "services.serving.knative.dev \"cart\" already exists",
+            ),
+        ),
+    ])
+    .await;
+    let mut obj = ksvc("cart", "99", json!({"template": {}}));
+    obj["apiVersion"] = json!("wrong/v0");
+    let created = s.store.create(Kind::Service, obj.clone()).await.unwrap();
+    assert_eq!(created["metadata"]["resourceVersion"], "1");
+    let sent = &s.seen()[0].2;
+    assert_eq!(
+        sent["apiVersion"], "serving.knative.dev/v1",
+        "the kind's apiVersion is sent"
+    );
+    assert!(
+        sent["metadata"].get("resourceVersion").is_none(),
+        "no stale resourceVersion on create"
+    );
+    assert!(sent["metadata"].get("uid").is_none());
+    let err = s.store.create(Kind::Service, obj).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
+    s.assert_done();
+}
+
+#[tokio::test]
+async fn status_goes_through_the_subresource_and_conflicts_map() {
+    let s = serve(vec![
+        step("PUT", &format!("{KSVC}/cart/status"), 200, ksvc("cart", "8", json!({}))),
+        step("PUT", &format!("{KSVC}/cart"), 409, status(409, "Conflict",
+            "Operation cannot be fulfilled on services.serving.knative.dev \"cart\": the object has been modified; please apply your changes to the latest version and try again")),
+    ])
+    .await;
+    let mut obj = ksvc("cart", "7", json!({}));
+    obj["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+    s.store
+        .update_status(Kind::Service, obj.clone())
+        .await
+        .unwrap();
+    assert_eq!(s.seen()[0].2["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(s.seen()[0].2["metadata"]["resourceVersion"], "7");
+    let err = s.store.update(Kind::Service, obj).await.unwrap_err();
+    match err {
+        StoreError::Conflict {
+            kind,
+            name,
+            message,
+            ..
+        } => {
+            assert_eq!((kind, name.as_str()), (Kind::Service, "cart"));
+            assert!(message.contains("has been modified"));
+        }
+        other => panic!("want Conflict, got {other:?}"),
+    }
+    s.assert_done();
+}
+
+#[tokio::test]
+async fn a_lost_race_is_retried_from_fresh_state() {
+    let path = format!("{KSVC}/cart");
+    let conflict = status(409, "Conflict", "the object has been modified");
+    let s = serve(vec![
+        step("GET", &path, 200, ksvc("cart", "1", json!({"a": 1}))),
+        step("PUT", &path, 409, conflict.clone()),
+        step("GET", &path, 200, ksvc("cart", "2", json!({"a": 2}))),
+        step(
+            "PUT",
+            &path,
+            200,
+            ksvc("cart", "3", json!({"a": 2, "b": true})),
+        ),
+    ])
+    .await;
+    let out = s
+        .store
+        .update_with_retry(Kind::Service, "shop", "cart", false, |o| {
+            o["spec"]["b"] = json!(true);
+            true
+        })
+        .await
+        .unwrap();
+    assert_eq!(out["metadata"]["resourceVersion"], "3");
+    let seen = s.seen();
+    // The second write is the change applied to the fresh copy, at its resourceVersion.
+    assert_eq!(seen[3].2["metadata"]["resourceVersion"], "2");
+    assert_eq!(seen[3].2["spec"], json!({"a": 2, "b": true}));
+    s.assert_done();
+
+    // Conflicts every time: give up after the retries, with the Conflict.
+    let mut script = Vec::new();
+    for _ in 0..=CONFLICT_RETRIES {
+        script.push(step("GET", &path, 200, ksvc("cart", "1", json!({}))));
+        script.push(step("PUT", &path, 409, conflict.clone()));
+    }
+    let s = serve(script).await;
+    let err = s
+        .store
+        .update_with_retry(Kind::Service, "shop", "cart", false, |_| true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    s.assert_done();
+}
+
+#[tokio::test]
+async fn an_object_deleted_during_a_reconcile_is_not_recreated() {
+    let path = format!("{KSVC}/cart");
+    let s = serve(vec![
+        step("GET", &path, 200, ksvc("cart", "1", json!({}))),
+        step(
+            "PUT",
+            &path,
+            404,
+            status(
+                404,
+                "NotFound",
+                "services.serving.knative.dev \"cart\" not found",
+            ),
+        ),
+    ])
+    .await;
+    let err = s
+        .store
+        .update_with_retry(Kind::Service, "shop", "cart", false, |o| {
+            o["spec"]["x"] = json!(1);
+            true
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    assert!(
+        s.seen().iter().all(|(m, _, _)| m != "POST"),
+        "nothing was created"
+    );
+    s.assert_done();
+}
+
+#[tokio::test]
+async fn delete_cascades_in_the_background_with_a_uid_precondition() {
+    let path = format!("{KSVC}/cart");
+    let s = serve(vec![
+        step("GET", &path, 200, ksvc("cart", "4", json!({}))),
+        step("DELETE", &path, 200, ksvc("cart", "5", json!({}))),
+    ])
+    .await;
+    let gone = s.store.delete(Kind::Service, "shop", "cart").await.unwrap();
+    assert_eq!(gone["metadata"]["name"], "cart");
+    let body = &s.seen()[1].2;
+    assert_eq!(body["propagationPolicy"], "Background");
+    assert_eq!(body["preconditions"]["uid"], "uid-cart");
+    s.assert_done();
+}
+
+#[tokio::test]
+async fn missing_crds_and_permissions_are_named() {
+    let s = serve(vec![
+        step("GET", "/apis/networking.internal.knative.dev/v1alpha1/namespaces/shop/serverlessservices/x", 404,
+             status(404, "NotFound", "the server could not find the requested resource")),
+        step("GET", "/apis/serving.knative.dev/v1/namespaces/shop/revisions/x", 403,
+             status(403, "Forbidden", "revisions.serving.knative.dev \"x\" is forbidden: User \"system:serviceaccount:knative-serving:rouse-activator\" cannot get resource \"revisions\"")),
+    ])
+    .await;
+    let err = s
+        .store
+        .get(Kind::ServerlessService, "shop", "x")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("serverlessservices.networking.internal.knative.dev") && err.contains("CRD"),
+        "{err}"
+    );
+    let err = s
+        .store
+        .get(Kind::Revision, "shop", "x")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("forbidden") && err.contains("RBAC") && err.contains("revisions"),
+        "{err}"
+    );
+    s.assert_done();
+}
