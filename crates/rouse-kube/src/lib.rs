@@ -6,6 +6,7 @@
 //! Built on `k8s-openapi`'s types; this library picks no Kubernetes version (the `rouse`
 //! binary does, through k8s-openapi's `v1_*` feature).
 
+pub mod apply;
 pub mod crd;
 pub mod install;
 pub mod revision;

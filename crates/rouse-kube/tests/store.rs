@@ -34,8 +34,13 @@ fn step(method: &'static str, path: &str, status: u16, body: Value) -> Step {
 /// A request the server saw: method, path with query, JSON body (Null when empty).
 type Seen = (String, String, Value);
 
+/// The content type of each request the server saw, in order.
+type ContentTypes = Arc<Mutex<Vec<String>>>;
+
 struct Scripted {
     store: KubeStore,
+    client: kube::Client,
+    content_types: ContentTypes,
     seen: Arc<Mutex<Vec<Seen>>>,
     left: Arc<Mutex<VecDeque<Step>>>,
 }
@@ -58,18 +63,26 @@ async fn serve(script: Vec<Step>) -> Scripted {
     let addr = listener.local_addr().unwrap();
     let left = Arc::new(Mutex::new(VecDeque::from(script)));
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let (l, s) = (left.clone(), seen.clone());
+    let content_types: ContentTypes = Arc::default();
+    let (l, s, ct) = (left.clone(), seen.clone(), content_types.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let (l, s) = (l.clone(), s.clone());
+            let (l, s, ct) = (l.clone(), s.clone(), ct.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (l, s) = (l.clone(), s.clone());
+                    let (l, s, ct) = (l.clone(), s.clone(), ct.clone());
                     async move {
                         let method = req.method().to_string();
+                        let content_type = req
+                            .headers()
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        ct.lock().unwrap().push(content_type);
                         let bare_path = req.uri().path().to_string();
                         let path = req
                             .uri()
@@ -117,7 +130,9 @@ async fn serve(script: Vec<Step>) -> Scripted {
     let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
     let client = kube::Client::try_from(config).unwrap();
     Scripted {
-        store: KubeStore::new(client),
+        store: KubeStore::new(client.clone()),
+        client,
+        content_types,
         seen,
         left,
     }
@@ -377,4 +392,122 @@ async fn missing_crds_and_permissions_are_named() {
         "{err}"
     );
     s.assert_done();
+}
+
+#[tokio::test]
+async fn a_revisions_objects_and_a_routes_ingress_are_server_side_applied() {
+    use rouse_api::meta::Resource;
+    use rouse_api::networking::{ServerlessService, SksMode};
+    use rouse_api::serving::{Revision, Route};
+    use rouse_kube::apply::{apply, apply_ingress};
+    use rouse_kube::revision::{
+        DeploymentConfig, deployment, private_service, public_endpoint_slices, public_endpoints,
+        public_service,
+    };
+    use rouse_kube::route::{IngressConfig, ResolvedTarget, ingress};
+
+    let mut rev = Revision::new_named("shop", "cart-00001");
+    rev.metadata.uid = "rev-uid".into();
+    rev.spec =
+        serde_json::from_value(json!({"containers": [{"image": "example.org/cart"}]})).unwrap();
+    let mut sks = ServerlessService::new_named("shop", "cart-00001");
+    sks.metadata.uid = "sks-uid".into();
+    sks.spec.mode = SksMode::Proxy;
+    let mut route = Route::new_named("shop", "cart");
+    route.metadata.uid = "route-uid".into();
+
+    let d = deployment(&rev, &DeploymentConfig::default(), 1);
+    let private = private_service(&sks, "rev-uid");
+    let public = public_service(&sks);
+    let slices = public_endpoint_slices(&sks, &public_endpoints(&sks, &[], &[]));
+    let ing = ingress(
+        &route,
+        &[ResolvedTarget {
+            tag: String::new(),
+            revision: "cart-00001".into(),
+            percent: 100,
+            h2c: false,
+        }],
+        &IngressConfig {
+            network: Default::default(),
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    );
+    let s = serve(vec![
+        step(
+            "PATCH",
+            "/apis/apps/v1/namespaces/shop/deployments/cart-00001-deployment",
+            200,
+            echo(&d),
+        ),
+        step(
+            "PATCH",
+            "/api/v1/namespaces/shop/services/cart-00001-private",
+            200,
+            echo(&private),
+        ),
+        step(
+            "PATCH",
+            "/api/v1/namespaces/shop/services/cart-00001",
+            200,
+            echo(&public),
+        ),
+        step(
+            "PATCH",
+            "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices/cart-00001-ipv4-0",
+            200,
+            echo(&slices[0]),
+        ),
+        step(
+            "PATCH",
+            "/apis/networking.internal.knative.dev/v1alpha1/namespaces/shop/ingresses/cart",
+            200,
+            echo(&ing),
+        ),
+    ])
+    .await;
+    let applied = apply(&s.client, &d).await.unwrap();
+    assert_eq!(
+        applied.metadata.name.as_deref(),
+        Some("cart-00001-deployment")
+    );
+    apply(&s.client, &private).await.unwrap();
+    apply(&s.client, &public).await.unwrap();
+    apply(&s.client, &slices[0]).await.unwrap();
+    let stored = apply_ingress(&s.client, &ing).await.unwrap();
+    assert_eq!(
+        stored["spec"]["rules"][0]["http"]["paths"][0]["splits"][0]["serviceName"],
+        "cart-00001"
+    );
+    for (i, (method, path, body)) in s.seen().iter().enumerate() {
+        assert_eq!(method, "PATCH");
+        assert!(
+            path.contains("fieldManager=rouse-controller") && path.contains("force=true"),
+            "{path}"
+        );
+        assert_eq!(
+            s.content_types.lock().unwrap()[i],
+            "application/apply-patch+yaml"
+        );
+        // The whole object is stated, owner reference included.
+        assert!(
+            body["apiVersion"].is_string() && body["kind"].is_string(),
+            "{body}"
+        );
+        assert!(
+            body["metadata"]["ownerReferences"][0]["uid"].is_string(),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        s.seen()[0].2["spec"]["template"]["spec"]["containers"][1]["name"],
+        "queue-proxy"
+    );
+    s.assert_done();
+}
+
+/// The answer that echoes what was applied, as an API server would.
+fn echo<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap()
 }
