@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod crd;
 pub mod install;
+pub mod leader;
 pub mod revision;
 pub mod route;
 pub mod schema;

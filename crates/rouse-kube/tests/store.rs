@@ -2,141 +2,13 @@
 //! expects (method and path) and the answers to give, the way kube's mock service is scripted,
 //! but over a real socket and through kube's real client.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use rouse_kube::store::{CONFLICT_RETRIES, KubeStore};
+use rouse_kube::store::CONFLICT_RETRIES;
 use rouse_store::{Kind, StoreError};
 use serde_json::{Value, json};
 
-/// One expected request (method and exact path; the query is not matched) and the answer.
-struct Step {
-    method: &'static str,
-    path: String,
-    status: u16,
-    body: Value,
-}
+mod common;
 
-fn step(method: &'static str, path: &str, status: u16, body: Value) -> Step {
-    Step {
-        method,
-        path: path.to_string(),
-        status,
-        body,
-    }
-}
-
-/// A request the server saw: method, path with query, JSON body (Null when empty).
-type Seen = (String, String, Value);
-
-/// The content type of each request the server saw, in order.
-type ContentTypes = Arc<Mutex<Vec<String>>>;
-
-struct Scripted {
-    store: KubeStore,
-    client: kube::Client,
-    content_types: ContentTypes,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    left: Arc<Mutex<VecDeque<Step>>>,
-}
-
-impl Scripted {
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-    fn assert_done(&self) {
-        assert!(
-            self.left.lock().unwrap().is_empty(),
-            "the client stopped before the script ended; saw {:?}",
-            self.seen()
-        );
-    }
-}
-
-async fn serve(script: Vec<Step>) -> Scripted {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let left = Arc::new(Mutex::new(VecDeque::from(script)));
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let content_types: ContentTypes = Arc::default();
-    let (l, s, ct) = (left.clone(), seen.clone(), content_types.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (l, s, ct) = (l.clone(), s.clone(), ct.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (l, s, ct) = (l.clone(), s.clone(), ct.clone());
-                    async move {
-                        let method = req.method().to_string();
-                        let content_type = req
-                            .headers()
-                            .get("content-type")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        ct.lock().unwrap().push(content_type);
-                        let bare_path = req.uri().path().to_string();
-                        let path = req
-                            .uri()
-                            .path_and_query()
-                            .map(|p| p.to_string())
-                            .unwrap_or_default();
-                        let bytes = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                        s.lock().unwrap().push((method.clone(), path.clone(), body));
-                        let next = l.lock().unwrap().pop_front();
-                        let (status, body) = match next {
-                            Some(st) if st.method == method && bare_path == st.path => {
-                                (st.status, st.body)
-                            }
-                            Some(st) => (
-                                500,
-                                json!({"kind": "Status", "status": "Failure", "code": 500,
-                                       "message": format!("script wanted {} {}, got {method} {path}", st.method, st.path)}),
-                            ),
-                            None => (
-                                500,
-                                json!({"kind": "Status", "status": "Failure", "code": 500, "message": "script ended"}),
-                            ),
-                        };
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .status(status)
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(body.to_string())))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
-    Scripted {
-        store: KubeStore::new(client.clone()),
-        client,
-        content_types,
-        seen,
-        left,
-    }
-}
+use common::{serve, status, step};
 
 const KSVC: &str = "/apis/serving.knative.dev/v1/namespaces/shop/services";
 
@@ -146,11 +18,6 @@ fn ksvc(name: &str, rv: &str, spec: Value) -> Value {
         "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"), "resourceVersion": rv},
         "spec": spec,
     })
-}
-
-fn status(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
-           "reason": reason, "message": message})
 }
 
 #[tokio::test]
