@@ -9,12 +9,15 @@
 //! embedded store's own, so the reconcilers reach this through the seam once it is async (see
 //! docs/kubernetes.md).
 
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams, Preconditions,
+    WatchEvent as KubeEvent, WatchParams,
 };
 use kube::core::GroupVersionKind;
 use rouse_api::Kind;
-use rouse_store::StoreError;
+use rouse_store::{EventType, StoreError, WatchEvent};
 use serde_json::Value;
 
 use crate::crd::{self, CrdInfo};
@@ -206,6 +209,68 @@ impl KubeStore {
             .map_err(|e| map_error(e, kind, namespace, name, "delete"))?;
         Ok(current)
     }
+}
+
+impl KubeStore {
+    /// The changes to objects of `kind` in `namespace` (`None` = all) after resourceVersion
+    /// `from` (a list's), as the store's events. Bookmarks are skipped; the server ending the
+    /// watch ends the stream (watch again from the last event's resourceVersion); a `from`
+    /// the server no longer has is [`StoreError::Expired`] (list again).
+    pub async fn watch(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        from: u64,
+    ) -> Result<BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError> {
+        let wp = WatchParams::default();
+        let stream = self
+            .api(kind, namespace)
+            .watch(&wp, &from.to_string())
+            .await
+            .map_err(|e| map_error(e, kind, namespace.unwrap_or(""), "", "watch"))?;
+        Ok(stream
+            .filter_map(move |ev| async move {
+                let (event_type, obj) = match ev {
+                    Ok(KubeEvent::Added(o)) => (EventType::Added, o),
+                    Ok(KubeEvent::Modified(o)) => (EventType::Modified, o),
+                    Ok(KubeEvent::Deleted(o)) => (EventType::Deleted, o),
+                    Ok(KubeEvent::Bookmark(_)) => return None,
+                    Ok(KubeEvent::Error(status)) if status.code == 410 => {
+                        return Some(Err(StoreError::Expired {
+                            requested: from,
+                            oldest: oldest_in(&status.message),
+                        }));
+                    }
+                    Ok(KubeEvent::Error(status)) => {
+                        return Some(Err(StoreError::Backend(format!(
+                            "watch: {} ({})",
+                            status.message, status.code
+                        ))));
+                    }
+                    Err(e) => return Some(Err(StoreError::Backend(format!("watch: {e}")))),
+                };
+                let rv = obj.metadata.resource_version.as_deref().unwrap_or("0");
+                Some(parse_rv(rv).and_then(|resource_version| {
+                    Ok(WatchEvent {
+                        event_type,
+                        kind,
+                        object: to_value(obj)?,
+                        resource_version,
+                    })
+                }))
+            })
+            .boxed())
+    }
+}
+
+/// The current resourceVersion a 410 names: "too old resource version: 5 (1234)" -> 1234
+/// (0 when the message does not say).
+fn oldest_in(message: &str) -> u64 {
+    message
+        .rsplit_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn to_value(obj: DynamicObject) -> Result<Value, StoreError> {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::{serve, status, step};
+use common::{serve, status, step, watch_step};
 
 const KSVC: &str = "/apis/serving.knative.dev/v1/namespaces/shop/services";
 
@@ -377,4 +377,72 @@ async fn a_revisions_objects_and_a_routes_ingress_are_server_side_applied() {
 /// The answer that echoes what was applied, as an API server would.
 fn echo<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap()
+}
+
+#[tokio::test]
+async fn watch_turns_kubernetes_events_into_the_stores() {
+    use futures_util::StreamExt;
+    use rouse_store::EventType;
+
+    let ev = |t: &str, o: Value| json!({"type": t, "object": o});
+    let s = serve(vec![
+        watch_step(
+            KSVC,
+            &[
+                ev("ADDED", ksvc("cart", "11", json!({}))),
+                ev(
+                    "BOOKMARK",
+                    json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                                  "metadata": {"resourceVersion": "12"}}),
+                ),
+                ev("MODIFIED", ksvc("cart", "13", json!({"x": 1}))),
+                ev("DELETED", ksvc("cart", "14", json!({"x": 1}))),
+            ],
+        ),
+        watch_step(
+            KSVC,
+            &[ev(
+                "ERROR",
+                status(410, "Expired", "too old resource version: 3 (1234)"),
+            )],
+        ),
+    ])
+    .await;
+    let events: Vec<_> = s
+        .store
+        .watch(Kind::Service, Some("shop"), 10)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let got: Vec<(EventType, u64)> = events
+        .iter()
+        .map(|e| {
+            let e = e.as_ref().unwrap();
+            assert_eq!(e.kind, Kind::Service);
+            assert_eq!(e.object["metadata"]["name"], "cart");
+            (e.event_type, e.resource_version)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (EventType::Added, 11),
+            (EventType::Modified, 13),
+            (EventType::Deleted, 14)
+        ]
+    );
+    let (_, path, _) = &s.seen()[0];
+    assert!(
+        path.contains("watch=true") && path.contains("resourceVersion=10"),
+        "{path}"
+    );
+    let mut expired = s.store.watch(Kind::Service, Some("shop"), 3).await.unwrap();
+    match expired.next().await {
+        Some(Err(StoreError::Expired { requested, oldest })) => {
+            assert_eq!((requested, oldest), (3, 1234))
+        }
+        other => panic!("want Expired, got {other:?}"),
+    }
+    s.assert_done();
 }

@@ -20,7 +20,9 @@ pub struct Step {
     method: &'static str,
     path: String,
     status: u16,
+    /// The JSON answer (a JSON string is sent as raw text: see `watch_step`).
     body: Value,
+    raw: Option<String>,
 }
 
 pub fn step(method: &'static str, path: &str, status: u16, body: Value) -> Step {
@@ -29,6 +31,20 @@ pub fn step(method: &'static str, path: &str, status: u16, body: Value) -> Step 
         path: path.to_string(),
         status,
         body,
+        raw: None,
+    }
+}
+
+/// A watch answer: one JSON event per line.
+pub fn watch_step(path: &str, events: &[Value]) -> Step {
+    let mut text = String::new();
+    for e in events {
+        text.push_str(&e.to_string());
+        text.push('\n');
+    }
+    Step {
+        raw: Some(text),
+        ..step("GET", path, 200, Value::Null)
     }
 }
 
@@ -101,7 +117,7 @@ pub async fn serve(script: Vec<Step>) -> Scripted {
                         let next = l.lock().unwrap().pop_front();
                         let (status, body) = match next {
                             Some(st) if st.method == method && bare_path == st.path => {
-                                (st.status, st.body)
+                                (st.status, st.raw.map(Value::String).unwrap_or(st.body))
                             }
                             Some(st) => (
                                 500,
@@ -117,7 +133,11 @@ pub async fn serve(script: Vec<Step>) -> Scripted {
                             Response::builder()
                                 .status(status)
                                 .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(body.to_string())))
+                                .body(Full::new(Bytes::from(match body {
+                                    // Raw text (a watch stream) goes as is.
+                                    Value::String(text) => text,
+                                    other => other.to_string(),
+                                })))
                                 .unwrap(),
                         )
                     }
