@@ -168,12 +168,12 @@ pub fn deployment(rev: &Revision, cfg: &DeploymentConfig, replicas: i32) -> Depl
     let timeout = spec.timeout_seconds.unwrap_or(cfg.revision_timeout_seconds);
     let serving_name = spec.serving_container().map(|c| c.name.clone());
 
-    let mut labels = revision_labels(rev);
+    let labels = revision_labels(rev);
+    // Pods also carry `app` (the revision's name unless the user set one), as Knative's do.
     let mut pod_labels = labels.clone();
     pod_labels
         .entry("app".into())
         .or_insert_with(|| name.clone());
-    labels.remove("app");
     let annotations = revision_annotations(rev);
     let progress_deadline = annotations
         .get(serving::ANNOTATION_PROGRESS_DEADLINE)
