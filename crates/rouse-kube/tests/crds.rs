@@ -282,3 +282,221 @@ fn crd_yaml_snapshot_of_key_fields() {
         );
     }
 }
+
+/// Checks `value` against a structural schema the way the API server prunes and validates:
+/// a field no schema names would be dropped, a value of the wrong type refused. Returns every
+/// problem as `path: reason`.
+fn validate(value: &Value, schema: &Value, path: &str, out: &mut Vec<String>) {
+    if schema["x-kubernetes-preserve-unknown-fields"] == true {
+        return;
+    }
+    if schema["x-kubernetes-int-or-string"] == true {
+        if !(value.is_i64() || value.is_u64() || value.is_string()) {
+            out.push(format!("{path}: want an integer or a string, got {value}"));
+        }
+        return;
+    }
+    let ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        other => panic!("{path}: schema type {other:?}"),
+    };
+    if !ok {
+        out.push(format!("{path}: want {}, got {value}", schema["type"]));
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array().filter(|a| !a.contains(value)) {
+        out.push(format!("{path}: {value} is not one of {allowed:?}"));
+    }
+    if let Some(m) = value.as_object() {
+        for (k, v) in m {
+            let child = format!("{path}.{k}");
+            if let Some(s) = schema["properties"].get(k) {
+                validate(v, s, &child, out);
+            } else if let Some(s) = schema.get("additionalProperties") {
+                validate(v, s, &child, out);
+            } else {
+                out.push(format!(
+                    "{child}: unknown field (the API server would drop it)"
+                ));
+            }
+        }
+        for r in schema["required"].as_array().into_iter().flatten() {
+            if !m.contains_key(r.as_str().unwrap()) {
+                out.push(format!("{path}.{}: required", r.as_str().unwrap()));
+            }
+        }
+    }
+    if let (Some(items), Some(s)) = (value.as_array(), schema.get("items")) {
+        for (i, v) in items.iter().enumerate() {
+            validate(v, s, &format!("{path}[{i}]"), out);
+        }
+    }
+}
+
+/// The problems the CRD of the manifest's kind finds in it (root metadata is the API
+/// server's own ObjectMeta and not checked here).
+fn problems(manifest: &Value) -> Vec<String> {
+    let kind = manifest["kind"].as_str().unwrap();
+    let group = manifest["apiVersion"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let c = crds()
+        .into_iter()
+        .find(|c| c["spec"]["names"]["kind"] == kind && c["spec"]["group"] == group)
+        .unwrap_or_else(|| panic!("no CRD for {kind}"));
+    let schema = &c["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut m = manifest.clone();
+    m.as_object_mut().unwrap().remove("metadata");
+    let mut out = Vec::new();
+    validate(&m, schema, "", &mut out);
+    out
+}
+
+/// Knative manifests as users write them (the samples of Knative's docs, in their shapes).
+const KNATIVE_MANIFESTS: &str = r#"
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+  labels: {networking.knative.dev/visibility: cluster-local}
+spec:
+  template:
+    metadata:
+      name: hello-v2
+      annotations:
+        autoscaling.knative.dev/target: "10"
+        autoscaling.knative.dev/min-scale: "1"
+    spec:
+      containerConcurrency: 50
+      timeoutSeconds: 120
+      serviceAccountName: builder
+      containers:
+        - name: app
+          image: ghcr.io/knative/helloworld-go:latest
+          imagePullPolicy: IfNotPresent
+          ports:
+            - name: h2c
+              containerPort: 8080
+          env:
+            - name: TARGET
+              value: World
+            - name: SECRET
+              valueFrom:
+                secretKeyRef: {name: creds, key: token}
+          envFrom:
+            - configMapRef: {name: settings}
+          resources:
+            requests: {cpu: 100m, memory: 64Mi}
+            limits: {cpu: "1", memory: 1Gi}
+          readinessProbe:
+            httpGet:
+              path: /healthz
+              port: 8080
+              httpHeaders: [{name: X-Probe, value: "1"}]
+            periodSeconds: 0
+            successThreshold: 1
+          livenessProbe:
+            tcpSocket: {port: http}
+            initialDelaySeconds: 3
+          securityContext:
+            runAsNonRoot: true
+            allowPrivilegeEscalation: false
+            capabilities: {drop: [ALL]}
+          volumeMounts:
+            - name: config
+              mountPath: /etc/config
+              readOnly: true
+        - name: sidecar
+          image: ghcr.io/example/sidecar
+      volumes:
+        - name: config
+          configMap: {name: settings}
+  traffic:
+    - latestRevision: true
+      percent: 80
+    - revisionName: hello-v1
+      percent: 20
+      tag: old
+---
+apiVersion: serving.knative.dev/v1
+kind: Route
+metadata:
+  name: blue-green
+spec:
+  traffic:
+    - configurationName: app
+      latestRevision: true
+      percent: 50
+    - revisionName: app-00001
+      percent: 50
+      tag: blue
+---
+apiVersion: serving.knative.dev/v1
+kind: Configuration
+metadata:
+  name: app
+spec:
+  template:
+    spec:
+      containers:
+        - image: ghcr.io/knative/autoscale-go:latest
+          args: ["--sleep", "100ms"]
+"#;
+
+#[test]
+fn knative_manifests_fit_the_schemas_unchanged() {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(KNATIVE_MANIFESTS).unwrap();
+    let hello: Vec<Value> =
+        serde_saphyr::from_multiple(include_str!("../../../examples/hello.yaml")).unwrap();
+    for m in docs.iter().chain(hello.iter()) {
+        assert_eq!(
+            problems(m),
+            Vec::<String>::new(),
+            "{}",
+            m["metadata"]["name"]
+        );
+    }
+    // Statuses as the controller writes them fit the status schema too.
+    let status = json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "status": {
+            "observedGeneration": 2,
+            "url": "http://hello.default.example.com",
+            "latestCreatedRevisionName": "hello-00002",
+            "latestReadyRevisionName": "hello-00002",
+            "address": {"url": "http://hello.default.svc.cluster.local"},
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "traffic": [{"revisionName": "hello-00002", "percent": 100, "latestRevision": true}],
+        },
+    });
+    assert_eq!(problems(&status), Vec::<String>::new());
+}
+
+#[test]
+fn the_schema_check_finds_unknown_fields_and_wrong_types() {
+    let bad = json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "spec": {"template": {"spec": {
+            "containerConcurrency": "ten",
+            "containerz": [],
+            "containers": [{"image": "x", "ports": [{"containerPort": "80"}]}],
+        }}},
+    });
+    let found = problems(&bad);
+    assert_eq!(
+        found,
+        [
+            ".spec.template.spec.containerConcurrency: want \"integer\", got \"ten\"",
+            ".spec.template.spec.containers[0].ports[0].containerPort: want \"integer\", got \"80\"",
+            ".spec.template.spec.containerz: unknown field (the API server would drop it)",
+        ]
+    );
+}
