@@ -500,3 +500,33 @@ fn the_schema_check_finds_unknown_fields_and_wrong_types() {
         ]
     );
 }
+
+#[test]
+fn the_route_ingress_fits_the_ingress_crd() {
+    use rouse_kube::route::{IngressConfig, ResolvedTarget, ingress};
+    let mut route = rouse_api::serving::Route::default();
+    route.metadata.name = "cart".into();
+    route.metadata.namespace = "shop".into();
+    let t = |tag: &str, rev: &str, percent: i64| ResolvedTarget {
+        tag: tag.into(),
+        revision: rev.into(),
+        percent,
+        h2c: false,
+    };
+    let ing = ingress(
+        &route,
+        &[
+            t("", "cart-00001", 70),
+            t("", "cart-00002", 30),
+            t("beta", "cart-00002", 100),
+        ],
+        &IngressConfig {
+            network: Default::default(),
+            domain: "example.com".into(),
+            tag_header_routing: true,
+        },
+    );
+    let v = serde_json::to_value(&ing).unwrap();
+    assert!(!v["spec"]["rules"].as_array().unwrap().is_empty());
+    assert_eq!(problems(&v), Vec::<String>::new());
+}
