@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// `True`, `False` or `Unknown`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ConditionStatus {
     True,
     False,
@@ -25,6 +26,7 @@ impl ConditionStatus {
 
 /// One condition of a resource's status.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]

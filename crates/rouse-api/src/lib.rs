@@ -12,6 +12,7 @@ pub mod decode;
 pub mod defaults;
 pub mod duration;
 pub mod error;
+pub mod ingress;
 pub mod kind;
 pub mod meta;
 pub mod networking;

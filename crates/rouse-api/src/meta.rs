@@ -7,6 +7,7 @@ use crate::kind::Kind;
 
 /// `metadata` of every object, with the fields Knative users write and the store maintains.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -47,6 +48,7 @@ fn is_zero(v: &i64) -> bool {
 
 /// A reference from a child to the object that owns it; deleting the owner deletes the child.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OwnerReference {
     pub api_version: String,
@@ -75,6 +77,12 @@ impl ObjectMeta {
 
 /// The envelope every resource shares: `apiVersion`, `kind`, `metadata`, `spec`, `status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(bound = "S: schemars::JsonSchema + Default + Serialize, \
+                      T: schemars::JsonSchema + Default + Serialize")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Object<S, T> {
     #[serde(default)]

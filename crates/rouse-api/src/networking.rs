@@ -18,6 +18,7 @@ impl KindOf for ServerlessService {
 
 /// Where the revision's public endpoints point.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum SksMode {
     /// Public endpoints are the revision's instances.
     #[default]
@@ -28,6 +29,7 @@ pub enum SksMode {
 
 /// `ServerlessService.spec`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerlessServiceSpec {
     #[serde(default)]
@@ -42,6 +44,7 @@ pub struct ServerlessServiceSpec {
 
 /// `ServerlessService.status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ServerlessServiceStatus {
     #[serde(default, skip_serializing_if = "is_zero")]

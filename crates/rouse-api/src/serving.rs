@@ -62,6 +62,7 @@ pub const LABEL_VISIBILITY: &str = "networking.knative.dev/visibility";
 
 /// `Service.spec`: the Configuration's template and the Route's traffic, inlined.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceSpec {
     #[serde(default)]
@@ -72,6 +73,7 @@ pub struct ServiceSpec {
 
 /// `Service.status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -96,6 +98,7 @@ pub struct ServiceStatus {
 
 /// `Configuration.spec`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigurationSpec {
     #[serde(default)]
@@ -104,6 +107,7 @@ pub struct ConfigurationSpec {
 
 /// `Configuration.status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigurationStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -120,6 +124,7 @@ pub struct ConfigurationStatus {
 
 /// `spec.template`: metadata and spec of the revisions to stamp out.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevisionTemplateSpec {
     #[serde(default)]
@@ -132,6 +137,7 @@ pub struct RevisionTemplateSpec {
 
 /// `Revision.spec`: the pod spec inlined, plus Knative's per-revision data-plane settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevisionSpec {
     /// Hard limit of concurrent requests per instance; 0 = unlimited.
@@ -216,6 +222,7 @@ impl RevisionSpec {
 
 /// A container of a revision. In local mode `command` + `args` name the program to run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Container {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -262,6 +269,7 @@ pub struct Container {
 
 /// A container port.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerPort {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -278,6 +286,7 @@ pub struct ContainerPort {
 
 /// An environment variable: a literal value, or a reference (refused in local mode).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
     pub name: String,
@@ -289,6 +298,7 @@ pub struct EnvVar {
 
 /// CPU/memory requests and limits (quantities kept as strings).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceRequirements {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -299,6 +309,7 @@ pub struct ResourceRequirements {
 
 /// A volume mount.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VolumeMount {
     pub name: String,
@@ -311,6 +322,7 @@ pub struct VolumeMount {
 
 /// A readiness, liveness or startup probe.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Probe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -352,6 +364,7 @@ impl Probe {
 
 /// A port given by number or by name (Kubernetes `IntOrString`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum IntOrString {
     Int(i64),
@@ -360,6 +373,7 @@ pub enum IntOrString {
 
 /// `httpGet` probe handler.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpGetAction {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -376,6 +390,7 @@ pub struct HttpGetAction {
 
 /// A header sent by an HTTP probe.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpHeader {
     pub name: String,
@@ -384,6 +399,7 @@ pub struct HttpHeader {
 
 /// `tcpSocket` probe handler.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSocketAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -394,6 +410,7 @@ pub struct TcpSocketAction {
 
 /// `grpc` probe handler.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcAction {
     #[serde(default)]
@@ -404,6 +421,7 @@ pub struct GrpcAction {
 
 /// `exec` probe handler.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecAction {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -412,6 +430,7 @@ pub struct ExecAction {
 
 /// `Revision.status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -434,6 +453,7 @@ pub struct RevisionStatus {
 
 /// Name and image digest of a container (local mode reports the resolved program).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStatus {
     pub name: String,
@@ -445,6 +465,7 @@ pub struct ContainerStatus {
 
 /// `Route.spec`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -453,6 +474,7 @@ pub struct RouteSpec {
 
 /// One traffic target: a revision or a configuration's latest ready revision, a share, a tag.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficTarget {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -471,6 +493,7 @@ pub struct TrafficTarget {
 
 /// `Route.status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -489,6 +512,7 @@ pub struct RouteStatus {
 
 /// Duck-typed `Addressable`: where the resource can be reached.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Addressable {
     #[serde(default, skip_serializing_if = "String::is_empty")]

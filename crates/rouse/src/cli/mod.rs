@@ -6,6 +6,7 @@ pub mod client;
 pub mod describe;
 pub mod gateway;
 pub mod get;
+pub mod install;
 pub mod kubeconfig;
 pub mod manifest;
 pub mod selector;
@@ -103,6 +104,8 @@ pub enum Command {
     /// Autoscaler tools.
     #[command(subcommand)]
     Autoscaler(AutoscalerCommand),
+    /// Print the manifests that install Rouse on Kubernetes (pipe to `kubectl apply`).
+    Install(install::InstallArgs),
 }
 
 /// `rouse autoscaler ...`.
@@ -226,6 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             get::run_delete(&c, &ns, args).await
         }
         Command::Autoscaler(AutoscalerCommand::Simulate(ref args)) => simulate::run(args),
+        Command::Install(ref args) => install::run(args),
     }
 }
 

@@ -1,0 +1,21 @@
+# The Rouse image: one static `rouse` binary and nothing else (no shell, no libc, no package
+# manager), running as a non-root user. Every role is a subcommand: `controller`, `activator`,
+# `gateway`, and `queue-proxy` (the sidecar in every revision pod).
+#
+# The binary is built on the host (the build needs no registry), statically linked against
+# glibc, then copied in:
+#
+#   RUSTFLAGS="-C target-feature=+crt-static" \
+#     cargo build --release --locked -p rouse --bin rouse --target x86_64-unknown-linux-gnu
+#   docker build -t rouse:dev .
+#
+# `--target` keeps the static build apart from the ordinary one (and keeps RUSTFLAGS away from
+# build scripts). A debug build works too:
+#   docker build --build-arg PROFILE=debug -t rouse:dev .
+# See docs/kubernetes.md.
+FROM scratch
+ARG PROFILE=release
+COPY target/x86_64-unknown-linux-gnu/${PROFILE}/rouse /rouse
+# A numeric user: the image has no /etc/passwd. Kubernetes' runAsNonRoot checks the number.
+USER 65532:65532
+ENTRYPOINT ["/rouse"]

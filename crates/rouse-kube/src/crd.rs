@@ -1,0 +1,244 @@
+//! Knative's CustomResourceDefinitions — groups, versions, kinds, plurals, short names,
+//! categories, status subresources and printer columns as Knative installs them — with
+//! OpenAPI schemas generated from the Rust types (see [`crate::schema`]).
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
+    CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresourceStatus,
+    CustomResourceSubresources, CustomResourceValidation, JSONSchemaProps,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use rouse_api::autoscaling::PodAutoscaler;
+use rouse_api::ingress::Ingress;
+use rouse_api::networking::ServerlessService;
+use rouse_api::serving::{Configuration, Revision, Route, Service};
+use schemars::JsonSchema;
+use std::collections::BTreeMap;
+
+use crate::schema::{SchemaError, object_schema};
+
+/// How one kind is registered with the API server.
+#[derive(Debug, Clone, Copy)]
+pub struct CrdInfo {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// (name, JSONPath, type) of each printer column, after NAME.
+    pub columns: &'static [(&'static str, &'static str, &'static str)],
+}
+
+const READY: (&str, &str, &str) = (
+    "Ready",
+    ".status.conditions[?(@.type=='Ready')].status",
+    "string",
+);
+const REASON: (&str, &str, &str) = (
+    "Reason",
+    ".status.conditions[?(@.type=='Ready')].reason",
+    "string",
+);
+const SERVING: &str = "serving.knative.dev";
+const SERVING_CATEGORIES: &[&str] = &["all", "knative", "serving"];
+
+pub const SERVICE: CrdInfo = CrdInfo {
+    group: SERVING,
+    version: "v1",
+    kind: "Service",
+    plural: "services",
+    singular: "service",
+    short_names: &["kservice", "ksvc"],
+    categories: SERVING_CATEGORIES,
+    columns: &[
+        ("URL", ".status.url", "string"),
+        (
+            "LatestCreated",
+            ".status.latestCreatedRevisionName",
+            "string",
+        ),
+        ("LatestReady", ".status.latestReadyRevisionName", "string"),
+        READY,
+        REASON,
+    ],
+};
+
+pub const CONFIGURATION: CrdInfo = CrdInfo {
+    group: SERVING,
+    version: "v1",
+    kind: "Configuration",
+    plural: "configurations",
+    singular: "configuration",
+    short_names: &["config", "cfg"],
+    categories: SERVING_CATEGORIES,
+    columns: &[
+        (
+            "LatestCreated",
+            ".status.latestCreatedRevisionName",
+            "string",
+        ),
+        ("LatestReady", ".status.latestReadyRevisionName", "string"),
+        READY,
+        REASON,
+    ],
+};
+
+pub const REVISION: CrdInfo = CrdInfo {
+    group: SERVING,
+    version: "v1",
+    kind: "Revision",
+    plural: "revisions",
+    singular: "revision",
+    short_names: &["rev"],
+    categories: SERVING_CATEGORIES,
+    columns: &[
+        (
+            "Config Name",
+            ".metadata.labels['serving\\.knative\\.dev/configuration']",
+            "string",
+        ),
+        (
+            "Generation",
+            ".metadata.labels['serving\\.knative\\.dev/configurationGeneration']",
+            "string",
+        ),
+        READY,
+        REASON,
+        ("Actual Replicas", ".status.actualReplicas", "integer"),
+        ("Desired Replicas", ".status.desiredReplicas", "integer"),
+    ],
+};
+
+pub const ROUTE: CrdInfo = CrdInfo {
+    group: SERVING,
+    version: "v1",
+    kind: "Route",
+    plural: "routes",
+    singular: "route",
+    short_names: &["rt"],
+    categories: SERVING_CATEGORIES,
+    columns: &[("URL", ".status.url", "string"), READY, REASON],
+};
+
+pub const POD_AUTOSCALER: CrdInfo = CrdInfo {
+    group: "autoscaling.internal.knative.dev",
+    version: "v1alpha1",
+    kind: "PodAutoscaler",
+    plural: "podautoscalers",
+    singular: "podautoscaler",
+    short_names: &["kpa", "pa"],
+    categories: &["all", "knative-internal", "autoscaling"],
+    columns: &[
+        ("DesiredScale", ".status.desiredScale", "integer"),
+        ("ActualScale", ".status.actualScale", "integer"),
+        READY,
+        REASON,
+    ],
+};
+
+pub const SERVERLESS_SERVICE: CrdInfo = CrdInfo {
+    group: "networking.internal.knative.dev",
+    version: "v1alpha1",
+    kind: "ServerlessService",
+    plural: "serverlessservices",
+    singular: "serverlessservice",
+    short_names: &["sks"],
+    categories: &["all", "knative-internal", "networking"],
+    columns: &[
+        ("Mode", ".spec.mode", "string"),
+        ("Activators", ".spec.numActivators", "integer"),
+        ("ServiceName", ".status.serviceName", "string"),
+        ("PrivateServiceName", ".status.privateServiceName", "string"),
+        READY,
+        REASON,
+    ],
+};
+
+pub const INGRESS: CrdInfo = CrdInfo {
+    group: "networking.internal.knative.dev",
+    version: "v1alpha1",
+    kind: "Ingress",
+    plural: "ingresses",
+    singular: "ingress",
+    short_names: &["kingress", "king"],
+    categories: &["all", "knative-internal", "networking"],
+    columns: &[READY, REASON],
+};
+
+/// Every CRD Rouse installs, in the order `rouse install` prints them.
+pub fn all() -> Result<Vec<CustomResourceDefinition>, SchemaError> {
+    Ok(vec![
+        crd::<Service>(&SERVICE)?,
+        crd::<Configuration>(&CONFIGURATION)?,
+        crd::<Revision>(&REVISION)?,
+        crd::<Route>(&ROUTE)?,
+        crd::<PodAutoscaler>(&POD_AUTOSCALER)?,
+        crd::<ServerlessService>(&SERVERLESS_SERVICE)?,
+        crd::<Ingress>(&INGRESS)?,
+    ])
+}
+
+/// The CRD of one kind, its schema generated from `T`.
+pub fn crd<T: JsonSchema>(info: &CrdInfo) -> Result<CustomResourceDefinition, SchemaError> {
+    let schema = object_schema::<T>()?;
+    let schema: JSONSchemaProps = serde_json::from_value(schema).map_err(|e| SchemaError {
+        path: ".".into(),
+        reason: format!("not a JSONSchemaProps: {e}"),
+    })?;
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    Ok(CustomResourceDefinition {
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{}", info.plural, info.group)),
+            labels: Some(BTreeMap::from([
+                ("knative.dev/crd-install".to_string(), "true".to_string()),
+                (
+                    "app.kubernetes.io/name".to_string(),
+                    "knative-serving".to_string(),
+                ),
+                ("app.kubernetes.io/part-of".to_string(), "rouse".to_string()),
+            ])),
+            ..Default::default()
+        },
+        spec: CustomResourceDefinitionSpec {
+            group: info.group.to_string(),
+            names: CustomResourceDefinitionNames {
+                kind: info.kind.to_string(),
+                list_kind: Some(format!("{}List", info.kind)),
+                plural: info.plural.to_string(),
+                singular: Some(info.singular.to_string()),
+                short_names: Some(strings(info.short_names)),
+                categories: Some(strings(info.categories)),
+            },
+            scope: "Namespaced".to_string(),
+            versions: vec![CustomResourceDefinitionVersion {
+                name: info.version.to_string(),
+                served: true,
+                storage: true,
+                subresources: Some(CustomResourceSubresources {
+                    // `{}` enables the subresource; the type's default (`null`) would not.
+                    status: Some(CustomResourceSubresourceStatus(serde_json::json!({}))),
+                    scale: None,
+                }),
+                schema: Some(CustomResourceValidation {
+                    open_api_v3_schema: Some(schema),
+                }),
+                additional_printer_columns: Some(
+                    info.columns
+                        .iter()
+                        .map(|(name, path, ty)| CustomResourceColumnDefinition {
+                            name: name.to_string(),
+                            json_path: path.to_string(),
+                            type_: ty.to_string(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        status: None,
+    })
+}

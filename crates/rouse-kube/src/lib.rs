@@ -1,0 +1,16 @@
+//! Kubernetes mode: Knative's CRDs generated from the API types ([`crd`], [`schema`]), the
+//! manifests `rouse install` prints ([`install`]), and the Kubernetes objects Knative makes per
+//! revision and per route ([`revision`], [`route`]), and the store's operations over the
+//! Kubernetes API ([`store`]).
+//!
+//! Built on `k8s-openapi`'s types; this library picks no Kubernetes version (the `rouse`
+//! binary does, through k8s-openapi's `v1_*` feature).
+
+pub mod apply;
+pub mod crd;
+pub mod install;
+pub mod leader;
+pub mod revision;
+pub mod route;
+pub mod schema;
+pub mod store;
