@@ -13,7 +13,7 @@ use rouse_api::config::Config;
 use rouse_api::decode::parse_documents;
 use rouse_controller::networking::LocalNetworking;
 use rouse_controller::{Controller, Networking};
-use rouse_gateway::Gateway;
+use rouse_gateway::{Gateway, TrustedProxies};
 use rouse_runtime::{ProcessRuntime, Runtime};
 use rouse_store::{EmbeddedStore, Store, StoreError};
 use serde_json::Value;
@@ -79,6 +79,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }),
     );
     let gateway = Gateway::new(activator.clone());
+    rouse_queue::http::set_allow_underscores_in_headers(
+        config.network.allow_underscores_in_headers,
+    );
+    gateway.set_trusted_proxies(
+        TrustedProxies::parse(&config.network.trusted_proxies.join(","))
+            .context("config-network trusted-proxies")?,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();

@@ -8,7 +8,9 @@
 
 use std::cell::RefCell;
 
-use super::headers::{is_hop_by_hop_name, is_internal_name, push_token_or_quoted};
+use super::headers::{
+    drops_underscored, is_hop_by_hop_name, is_internal_name, push_token_or_quoted,
+};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -131,8 +133,9 @@ impl<'a> FastRequest<'a> {
     }
 
     /// Writes the head for the next hop into `out`: the same request line and headers minus
-    /// hop-by-hop and platform-internal ones, plus `X-Forwarded-For`, `X-Forwarded-Proto`
-    /// (when absent) and an RFC 7239 `Forwarded` element for `client`.
+    /// hop-by-hop, platform-internal and underscored ones, plus `X-Forwarded-For`,
+    /// `X-Forwarded-Proto` (`http`, or a trusted client's own) and an RFC 7239 `Forwarded`
+    /// element for `client`.
     pub fn write_upstream_head(&self, client: &ClientAddr, out: &mut Vec<u8>) {
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
@@ -155,10 +158,16 @@ impl<'a> FastRequest<'a> {
                     .any(|t| trimmed(t).eq_ignore_ascii_case(b"trailers"));
                 continue;
             }
-            if is_hop_by_hop(name) || is_internal_name(name) {
+            if is_hop_by_hop(name) || is_internal_name(name) || drops_underscored(name) {
                 continue;
             }
-            has_proto |= name.eq_ignore_ascii_case("x-forwarded-proto");
+            if name.eq_ignore_ascii_case("x-forwarded-proto") {
+                // The scheme is this connection's, unless a trusted proxy in front says.
+                if !client.trusted {
+                    continue;
+                }
+                has_proto = true;
+            }
             header_line(out, name.as_bytes(), h.value);
         }
         // Straight into `out`, earlier values first: no list is built apart.
@@ -190,6 +199,8 @@ pub struct ClientAddr {
     ip: String,
     /// For `Forwarded: for=` (IPv6 bracketed and quoted).
     node: String,
+    /// A proxy in front whose `X-Forwarded-Proto` is kept.
+    trusted: bool,
 }
 
 impl ClientAddr {
@@ -204,7 +215,22 @@ impl ClientAddr {
             IpAddr::V4(_) => text.clone(),
             IpAddr::V6(_) => format!("\"[{text}]\""),
         };
-        ClientAddr { ip: text, node }
+        ClientAddr {
+            ip: text,
+            node,
+            trusted: false,
+        }
+    }
+
+    /// Marks the client as a trusted proxy (its `X-Forwarded-Proto` is kept).
+    pub fn trusted(mut self, trusted: bool) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// Whether the client is a trusted proxy.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted
     }
 
     /// The form `X-Forwarded-For` lists.
