@@ -368,20 +368,67 @@ impl RawBody {
     }
 }
 
+/// A chunk-size line (without its CRLF): 1 to 15 hex digits, then blanks and an extension
+/// or nothing; no control characters (a bare LF, say).
 fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.split(|b| *b == b';').next()?;
-    let digits = std::str::from_utf8(digits).ok()?.trim_matches([' ', '\t']);
-    if digits.is_empty() || digits.len() > 15 {
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    if digits == 0 || digits > 15 {
         return None;
     }
-    u64::from_str_radix(digits, 16).ok()
+    let rest = &line[digits..];
+    let ext = rest
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(rest.len());
+    let rest = &rest[ext..];
+    if rest.first().is_some_and(|b| *b != b';')
+        || rest.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
 }
 
 fn trailer(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
     let colon = line.iter().position(|b| *b == b':')?;
     let name = HeaderName::from_bytes(&line[..colon]).ok()?;
-    let value = std::str::from_utf8(&line[colon + 1..]).ok()?.trim();
-    Some((name, HeaderValue::from_str(value).ok()?))
+    Some((
+        name,
+        HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?,
+    ))
+}
+
+/// Decodes a chunked body held whole in `data` as the general path's response reader does:
+/// `Ok(Some((data, end)))` when it ends after `end` bytes, `Ok(None)` when more is needed.
+/// For the fuzz targets.
+#[doc(hidden)]
+pub fn decode_chunked(data: &[u8]) -> Result<Option<(Vec<u8>, usize)>, BoxError> {
+    let mut body = RawBody {
+        conn: None,
+        pool: Arc::new(UpstreamPool::new(([127, 0, 0, 1], 9).into())),
+        reusable: false,
+        buf: BytesMut::from(data),
+        left: Left::Chunked(Chunk::Size),
+        trailers_len: 0,
+        trailers: None,
+    };
+    let mut out = Vec::new();
+    loop {
+        match body.decode()? {
+            Some(frame) => {
+                if let Some(d) = frame.data_ref() {
+                    out.extend_from_slice(d);
+                }
+            }
+            None if matches!(body.left, Left::Done) => {
+                return Ok(Some((out, data.len() - body.buf.len())));
+            }
+            None => return Ok(None),
+        }
+    }
 }
 
 impl HttpBody for RawBody {

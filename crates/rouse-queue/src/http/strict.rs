@@ -30,7 +30,7 @@ pub enum BadHead {
 /// Settles a request as the first hop to see it: refuses ([`BadHead`]) duplicate Host lines,
 /// an invalid Host, a missing one (HTTP/1.1), and targets no app can be asked for (`*`,
 /// authority-form, no leading slash); makes an absolute-form target's authority the Host
-/// (it wins, RFC 9112 §3.2.2); and drops an `Upgrade: h2c` offer (the hop speaks HTTP/1.1 to
+/// (it wins, RFC 9112 §3.2.2; over HTTP/2 a Host header, if any, stays); and drops an `Upgrade: h2c` offer (the hop speaks HTTP/1.1 to
 /// the app; nginx does the same), with its `HTTP2-Settings` and `Connection` options.
 pub fn settle_request<B>(req: &mut Request<B>) -> Result<(), BadHead> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
@@ -44,12 +44,16 @@ pub fn settle_request<B>(req: &mut Request<B>) -> Result<(), BadHead> {
     let uri = req.uri();
     let origin_form =
         uri.scheme().is_none() && uri.authority().is_none() && uri.path().starts_with('/');
-    let absolute_form = uri.scheme().is_some() && uri.authority().is_some();
+    let absolute_form = uri.scheme().is_some()
+        && uri.authority().is_some()
+        && (uri.path().starts_with('/') || uri.path().is_empty());
     if !(origin_form || absolute_form) || req.method() == Method::CONNECT {
         return Err(BadHead::BadTarget);
     }
-    if absolute_form {
-        // Over HTTP/2 this is `:authority`, which also wins over a Host header.
+    // Over HTTP/2 the URI always carries `:authority`; a Host header beside it is kept, as
+    // before (clients that connect by address and name the site in Host rely on it).
+    let http2 = req.version() >= Version::HTTP_2;
+    if absolute_form && !(http2 && host.is_some()) {
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
         if !valid_host(authority.as_bytes()) {
             return Err(BadHead::InvalidHost);
@@ -65,7 +69,7 @@ pub fn settle_request<B>(req: &mut Request<B>) -> Result<(), BadHead> {
 
 /// Whether `v` may be a Host value: a registered name, IPv4 or bracketed IPv6 with an
 /// optional port; no whitespace, userinfo, path, list or control characters.
-fn valid_host(v: &[u8]) -> bool {
+pub(crate) fn valid_host(v: &[u8]) -> bool {
     v.iter()
         .all(|&c| c.is_ascii_alphanumeric() || b"-._~%!$&'()*+;=:[]".contains(&c))
 }
