@@ -235,7 +235,7 @@ impl Resp {
         self.head.contains("\r\nX-App: raw\r\n")
     }
 
-    fn from_app(&self) -> bool {
+    fn answered_by_app(&self) -> bool {
         header_of(&self.head, "x-app") == Some("raw")
     }
 }
@@ -435,7 +435,7 @@ async fn bad_chunk_sizes_get_400_and_the_app_never_sees_the_request() {
                 "{:?} to {addr}: {r:?}",
                 String::from_utf8_lossy(body)
             );
-            assert!(!r.from_app());
+            assert!(!r.answered_by_app());
         }
     }
     assert!(
@@ -505,7 +505,7 @@ async fn an_h2c_upgrade_offer_is_stripped_before_the_app() {
     for addr in [st.gw_addr, st.qp.addr()] {
         let r = exchange(addr, &raw).await;
         assert_eq!(r.status, 200, "{r:?}");
-        assert!(r.from_app());
+        assert!(r.answered_by_app());
         let names = header_names(&r.body);
         for gone in ["upgrade", "http2-settings", "connection"] {
             assert!(!names.iter().any(|n| n == gone), "{gone} in {}", r.body);

@@ -70,8 +70,12 @@ pub fn settle_request<B>(req: &mut Request<B>) -> Result<(), BadHead> {
 /// Whether `v` may be a Host value: a registered name, IPv4 or bracketed IPv6 with an
 /// optional port; no whitespace, userinfo, path, list or control characters.
 pub(crate) fn valid_host(v: &[u8]) -> bool {
-    v.iter()
-        .all(|&c| c.is_ascii_alphanumeric() || b"-._~%!$&'()*+;=:[]".contains(&c))
+    v.iter().all(|&c| {
+        matches!(c,
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+            | b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\''
+            | b'(' | b')' | b'*' | b'+' | b';' | b'=' | b':' | b'[' | b']')
+    })
 }
 
 /// Removes an `Upgrade` that offers `h2c` (with `HTTP2-Settings` and the `Connection`
