@@ -395,10 +395,15 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 fn trailer(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
     let colon = line.iter().position(|b| *b == b':')?;
     let name = HeaderName::from_bytes(&line[..colon]).ok()?;
-    Some((
-        name,
-        HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?,
-    ))
+    // Only blanks are trimmed: a CR or LF inside the line is refused, not cut off.
+    let value = &line[colon + 1..];
+    let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+    let value = match (start, end) {
+        (Some(s), Some(e)) => &value[s..=e],
+        _ => &[],
+    };
+    Some((name, HeaderValue::from_bytes(value).ok()?))
 }
 
 /// Decodes a chunked body held whole in `data` as the general path's response reader does:
@@ -497,5 +502,25 @@ mod tests {
         let (n, v) = trailer(b"grpc-status: 0").unwrap();
         assert_eq!((n.as_str(), v.to_str().unwrap()), ("grpc-status", "0"));
         assert!(trailer(b"no colon").is_none());
+        // Found by the `chunked` fuzz target: a CR inside a trailer was trimmed away.
+        assert!(trailer(b"V: \r\xc4\x87").is_none());
+        for bad in [
+            &b"5g"[..],
+            b"0x5",
+            b"-5",
+            b"10000000000000000",
+            b"5\n",
+            b"5 x",
+            b"5;a\x01",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{bad:?}");
+        }
+        assert_eq!(chunk_size(b"5 \t;ext"), Some(5));
+        let (body, end) = decode_chunked(b"3\r\nabc\r\n0\r\nX: 1\r\n\r\nNEXT")
+            .unwrap()
+            .unwrap();
+        assert_eq!((body.as_slice(), end), (&b"abc"[..], 19));
+        assert!(decode_chunked(b"3\r\nabc\r\n0\r\nX:\r1\r\n\r\n").is_err());
+        assert!(decode_chunked(b"3\r\nab").unwrap().is_none());
     }
 }

@@ -313,6 +313,10 @@ pub fn parse_response(
         httparse::Status::Partial => return Ok(ParsedResponse::Partial),
     };
     let status = resp.code.unwrap_or(0);
+    if !(100..=999).contains(&status) {
+        // `059` parses as 59: written back it would not be a status line.
+        return Err(ResponseError::Unusable("an invalid status code"));
+    }
     if status == 101 {
         return Err(ResponseError::Unusable(
             "a protocol switch that was not asked for",
@@ -874,6 +878,16 @@ mod tests {
             ),
             Ok(ParsedResponse::Partial)
         ));
+        assert!(
+            parse_response(
+                b"HTTP/1.1 059 X\r\n\r\n",
+                false,
+                false,
+                b"",
+                &mut Vec::new()
+            )
+            .is_err()
+        );
         assert!(
             parse_response(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
