@@ -9,6 +9,7 @@
 //! path served it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -516,19 +517,34 @@ async fn an_h2c_upgrade_offer_is_stripped_before_the_app() {
 // ---------------------------------------------------------------------------------------------
 // Slow uploads
 
-/// Sends a chunked POST of `pieces` 3-byte chunks, one every `gap`, then reads the answer.
-async fn trickle(addr: SocketAddr, pieces: usize, gap: Duration) -> Resp {
+/// Sends a POST of `pieces` times `abc`, one piece every `gap` (chunked: the general path; or
+/// with a Content-Length: the fast path), counting each piece in `sent`, then reads the answer.
+async fn trickle(
+    addr: SocketAddr,
+    chunked: bool,
+    pieces: usize,
+    gap: Duration,
+    sent: Arc<AtomicUsize>,
+) -> Resp {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&req(
-        "POST /upload HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n",
-    ))
-    .await
-    .unwrap();
+    let head = if chunked {
+        "POST /upload HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+    } else {
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: {{HOST}}\r\nContent-Length: {}\r\n\r\n",
+            3 * pieces
+        )
+    };
+    s.write_all(&req(&head)).await.unwrap();
     for _ in 0..pieces {
+        let piece: &[u8] = if chunked { b"3\r\nabc\r\n" } else { b"abc" };
+        s.write_all(piece).await.unwrap();
+        sent.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(gap).await;
-        s.write_all(b"3\r\nabc\r\n").await.unwrap();
     }
-    s.write_all(b"0\r\n\r\n").await.unwrap();
+    if chunked {
+        s.write_all(b"0\r\n\r\n").await.unwrap();
+    }
     read_response(&mut s).await
 }
 
@@ -536,13 +552,23 @@ async fn trickle(addr: SocketAddr, pieces: usize, gap: Duration) -> Resp {
 /// goes through while they trickle, and each upload reaches the app whole.
 async fn slow_uploads_do_not_block(st: &Stack, addr: SocketAddr) {
     let before = st.app.requests();
-    let uploaders: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(trickle(addr, 20, Duration::from_millis(100))))
+    let sent = Arc::new(AtomicUsize::new(0));
+    // Two chunked (general path) and, through the gateway, two with a length (fast path).
+    let kinds: &[bool] = if addr == st.gw_addr {
+        &[true, true, false, false]
+    } else {
+        &[true, true]
+    };
+    let uploaders: Vec<_> = kinds
+        .iter()
+        .map(|&chunked| {
+            let sent = sent.clone();
+            tokio::spawn(trickle(addr, chunked, 20, Duration::from_millis(100), sent))
+        })
         .collect();
     // Every uploader has sent its head and begun its body.
-    tokio::time::sleep(Duration::from_millis(50)).await;
     wait_until("uploads to start", || {
-        st.act.waiting(NS, REV) == 0 && st.qp.in_flight() + st.gw.in_flight() >= 3
+        sent.load(Ordering::SeqCst) >= 2 * kinds.len()
     })
     .await;
     let r = exchange(addr, &req("GET /normal HTTP/1.1\r\nHost: {HOST}\r\n\r\n")).await;
@@ -551,17 +577,19 @@ async fn slow_uploads_do_not_block(st: &Stack, addr: SocketAddr) {
         uploaders.iter().all(|u| !u.is_finished()),
         "the normal request waited for the uploads"
     );
+    // Nor do the uploads wait in the activator for a slot.
+    assert_eq!(st.act.waiting(NS, REV), 0);
     for u in uploaders {
         let r = u.await.unwrap();
         assert_eq!(r.status, 200, "{r:?}");
     }
     let seen = st.app.seen.lock().unwrap();
-    assert_eq!(seen.heads.len(), before + 4);
+    assert_eq!(seen.heads.len(), before + 1 + kinds.len());
     let uploads: Vec<_> = seen.bodies[before..]
         .iter()
         .filter(|b| !b.is_empty())
         .collect();
-    assert_eq!(uploads.len(), 3);
+    assert_eq!(uploads.len(), kinds.len());
     assert!(
         uploads
             .iter()
