@@ -14,6 +14,7 @@ use rouse_api::decode::parse_documents;
 use rouse_controller::networking::LocalNetworking;
 use rouse_controller::{Controller, Networking};
 use rouse_gateway::{Gateway, TrustedProxies};
+use rouse_queue::http::{DEFAULT_MIN_BODY_RATE, MinBodyRate, ServerLimits};
 use rouse_runtime::{ProcessRuntime, Runtime};
 use rouse_store::{EmbeddedStore, Store, StoreError};
 use serde_json::Value;
@@ -94,7 +95,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
-    let gateway_task = tokio::spawn(gateway.clone().serve(gateway_listener, stopped()));
+    let limits = ServerLimits {
+        min_body_rate: (config.network.request_body_min_rate > 0).then_some(MinBodyRate {
+            bytes_per_second: config.network.request_body_min_rate,
+            ..DEFAULT_MIN_BODY_RATE
+        }),
+        ..ServerLimits::default()
+    };
+    let gateway_task = tokio::spawn(gateway.clone().serve_with(
+        gateway_listener,
+        stopped(),
+        limits,
+    ));
     let api_state = ApiState {
         store: store.clone(),
         config: config.clone(),

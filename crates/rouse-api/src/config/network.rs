@@ -53,6 +53,10 @@ pub struct NetworkConfig {
     /// `trusted-proxies` (Rouse): address ranges (`10.0.0.0/8, ::1`) of proxies in front of
     /// the gateway whose `X-Forwarded-Proto` is kept; from anyone else the gateway sets it.
     pub trusted_proxies: Vec<String>,
+    /// `request-body-min-rate` (Rouse): the least average rate, in bytes per second, an
+    /// HTTP/1 request body must arrive at once its reader waited 10 s in all (slower: 408);
+    /// 0 sets none. Default 512.
+    pub request_body_min_rate: u64,
 }
 
 impl Default for NetworkConfig {
@@ -76,6 +80,7 @@ impl Default for NetworkConfig {
             cluster_domain: "cluster.local".to_string(),
             allow_underscores_in_headers: false,
             trusted_proxies: Vec::new(),
+            request_body_min_rate: 512,
         }
     }
 }
@@ -104,6 +109,7 @@ const KEYS: &[&str] = &[
     "internal-encryption",
     "mesh-compatibility-mode",
     "namespace-wildcard-cert-selector",
+    "request-body-min-rate",
     "rollout-duration",
     "rolloutDuration",
     "system-internal-tls",
@@ -211,6 +217,15 @@ impl NetworkConfig {
         }
         if let Some((k, v)) = pick("allow-underscores-in-headers", None) {
             c.allow_underscores_in_headers = parse_bool(NAME, k, v)?;
+        }
+        if let Some((k, v)) = pick("request-body-min-rate", None) {
+            c.request_body_min_rate = v.parse().map_err(|_| {
+                ConfigError::new(
+                    NAME,
+                    k,
+                    format!("invalid rate {v:?}: want bytes per second"),
+                )
+            })?;
         }
         if let Some((k, v)) = pick("trusted-proxies", None) {
             c.trusted_proxies = parse_ranges(v).map_err(|why| ConfigError::new(NAME, k, why))?;
@@ -535,7 +550,10 @@ mod data_path_keys_tests {
         let mut d = ConfigData::new();
         d.insert("allow-underscores-in-headers".into(), "true".into());
         d.insert("trusted-proxies".into(), "10.0.0.0/8, ::1".into());
+        d.insert("request-body-min-rate".into(), "0".into());
         let c = NetworkConfig::from_data(&d).unwrap();
+        assert_eq!(c.request_body_min_rate, 0);
+        assert_eq!(NetworkConfig::default().request_body_min_rate, 512);
         assert!(c.allow_underscores_in_headers);
         assert_eq!(c.trusted_proxies, vec!["10.0.0.0/8", "::1"]);
         let mut d = ConfigData::new();
