@@ -43,7 +43,10 @@ fuzz_target!(|input: &[u8]| {
     let reference = reference(data);
     let raw = decode_chunked(data);
     let scanned_end = whole.ok().flatten();
-    let raw_end = raw.as_ref().ok().and_then(|r| r.as_ref().map(|(_, end)| *end));
+    let raw_end = raw
+        .as_ref()
+        .ok()
+        .and_then(|r| r.as_ref().map(|(_, end)| *end));
     match &reference {
         Verdict::Complete(end, body) => {
             assert_eq!(scanned_end, Some(*end), "scanner");
@@ -51,8 +54,14 @@ fuzz_target!(|input: &[u8]| {
             assert_eq!(&raw.unwrap().unwrap().0, body);
         }
         Verdict::Incomplete | Verdict::Bad => {
-            assert_eq!(scanned_end, None, "scanner accepted what the grammar does not: {reference:?}");
-            assert_eq!(raw_end, None, "decoder accepted what the grammar does not: {reference:?}");
+            assert_eq!(
+                scanned_end, None,
+                "scanner accepted what the grammar does not: {reference:?}"
+            );
+            assert_eq!(
+                raw_end, None,
+                "decoder accepted what the grammar does not: {reference:?}"
+            );
         }
     }
 });
@@ -67,7 +76,10 @@ fn is_tchar(b: u8) -> bool {
 
 /// The next CRLF-ended line at `at`: its end (before the CRLF).
 fn line_end(d: &[u8], at: usize) -> Option<usize> {
-    d[at..].windows(2).position(|w| w == b"\r\n").map(|p| at + p)
+    d[at..]
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|p| at + p)
 }
 
 /// chunk-size = 1*15HEXDIG, then optional blanks, then nothing or `;` and an extension; no
@@ -78,7 +90,10 @@ fn size_line(line: &[u8]) -> Option<u64> {
         return None;
     }
     let rest = &line[digits..];
-    let blanks = rest.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+    let blanks = rest
+        .iter()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count();
     let rest = &rest[blanks..];
     if !rest.is_empty() && rest[0] != b';' {
         return None;

@@ -71,7 +71,12 @@ fn request(data: &[u8]) {
         b = b.header(h.name, h.value);
     }
     if let Ok(mut r) = b.body(()) {
-        assert_eq!(settle_request(&mut r), Ok(()), "{:?}", String::from_utf8_lossy(data));
+        assert_eq!(
+            settle_request(&mut r),
+            Ok(()),
+            "{:?}",
+            String::from_utf8_lossy(data)
+        );
     }
 
     // The head for the app parses back to the same request.
@@ -82,7 +87,10 @@ fn request(data: &[u8]) {
     let mut back = httparse::Request::new(&mut back_headers);
     match back.parse(&out) {
         Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len()),
-        other => panic!("rewritten head does not parse: {other:?} {:?}", String::from_utf8_lossy(&out)),
+        other => panic!(
+            "rewritten head does not parse: {other:?} {:?}",
+            String::from_utf8_lossy(&out)
+        ),
     }
     assert_eq!(back.method, Some(req.method));
     assert_eq!(back.path, Some(req.target));
@@ -108,7 +116,11 @@ fn request(data: &[u8]) {
         } else if eq(h.name, "te") {
             assert_eq!(h.value, b"trailers");
         } else {
-            assert!(!dropped_before_the_app(h.name), "{} reached the app", h.name);
+            assert!(
+                !dropped_before_the_app(h.name),
+                "{} reached the app",
+                h.name
+            );
             written.push((h.name, h.value));
         }
     }
@@ -135,7 +147,10 @@ fn response(data: &[u8]) {
     let mut back = httparse::Response::new(&mut headers);
     match back.parse(&out) {
         Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len()),
-        other => panic!("rewritten response does not parse: {other:?} {:?}", String::from_utf8_lossy(&out)),
+        other => panic!(
+            "rewritten response does not parse: {other:?} {:?}",
+            String::from_utf8_lossy(&out)
+        ),
     }
     assert_eq!(back.code, Some(head.status));
     let lengths: Vec<&[u8]> = back
@@ -144,10 +159,7 @@ fn response(data: &[u8]) {
         .filter(|h| eq(h.name, "content-length"))
         .map(|h| h.value.trim_ascii())
         .collect();
-    let chunked = back
-        .headers
-        .iter()
-        .any(|h| eq(h.name, "transfer-encoding"));
+    let chunked = back.headers.iter().any(|h| eq(h.name, "transfer-encoding"));
     match head.framing {
         Framing::Chunked => {
             assert!(chunked);
@@ -157,10 +169,12 @@ fn response(data: &[u8]) {
             assert!(!chunked);
             assert!(!lengths.is_empty());
             // As written (leading zeros kept), but every one says the same length.
-            assert!(lengths.iter().all(|l| std::str::from_utf8(l)
-                .ok()
-                .and_then(|l| l.parse::<u64>().ok())
-                == Some(n)));
+            assert!(lengths.iter().all(|l| {
+                std::str::from_utf8(l)
+                    .ok()
+                    .and_then(|l| l.parse::<u64>().ok())
+                    == Some(n)
+            }));
         }
         Framing::UntilClose => assert!(head.closes),
         Framing::Empty => {}

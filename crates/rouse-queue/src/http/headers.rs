@@ -20,7 +20,12 @@ pub fn set_allow_underscores_in_headers(allow: bool) {
 /// Whether a request header named `name` is dropped before the app for its underscore.
 #[inline]
 pub(crate) fn drops_underscored(name: &str) -> bool {
-    name.as_bytes().contains(&b'_') && !ALLOW_UNDERSCORES.load(Ordering::Relaxed)
+    dropped_for_underscore(name, ALLOW_UNDERSCORES.load(Ordering::Relaxed))
+}
+
+#[inline]
+fn dropped_for_underscore(name: &str, allow: bool) -> bool {
+    !allow && name.as_bytes().contains(&b'_')
 }
 
 /// Removes request headers whose names contain `_` (unless allowed, see
@@ -216,6 +221,10 @@ mod tests {
         strip_underscored(&mut h);
         let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
+        // `allow-underscores-in-headers: "true"` keeps them.
+        assert!(dropped_for_underscore("X_Forwarded_For", false));
+        assert!(!dropped_for_underscore("X_Forwarded_For", true));
+        assert!(!dropped_for_underscore("X-Forwarded-For", false));
     }
 
     #[test]
