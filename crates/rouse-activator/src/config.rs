@@ -43,6 +43,9 @@ pub struct RevisionParams {
     /// its queue-proxies over h2c (pooled, multiplexed), so trailers (gRPC) and full-duplex
     /// streams survive the hop. Probes stay HTTP/1.1 either way.
     pub h2c: bool,
+    /// Request bodies of up to this many bytes are received whole before the request waits
+    /// for an instance or takes its slot (0: streamed; never for h2c).
+    pub request_body_buffer: u64,
 }
 
 impl Default for RevisionParams {
@@ -53,6 +56,7 @@ impl Default for RevisionParams {
             timeout: DEFAULT_REVISION_TIMEOUT,
             response_start_timeout: None,
             h2c: false,
+            request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
         }
     }
 }

@@ -12,7 +12,8 @@ use std::time::Duration;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use rouse_queue::http::{
-    Body, GuardedBody, ProxyClient, Tunnel, boxed, is_upgrade, strip_internal, text_response,
+    Body, BodyRefused, GuardedBody, ProxyClient, Tunnel, boxed, buffer_body, is_upgrade,
+    strip_internal, text_response,
 };
 use rouse_queue::{LocalQueue, ORIGINAL_HOST_HEADER};
 use tokio::sync::oneshot;
@@ -492,6 +493,37 @@ impl Revision {
         }))
     }
 
+    /// Receives a request's body whole when the revision buffers bodies and it is small
+    /// enough (see [`RevisionParams::request_body_buffer`]), within the request's timeout; the
+    /// answer when it cannot be (408 slow, 400 malformed, 504 past the timeout).
+    async fn receive_body(
+        &self,
+        req: Request<Body>,
+        arrived: Instant,
+    ) -> Result<Request<Body>, Response<Body>> {
+        let (limit, total) = {
+            let st = self.state();
+            let limit = if st.params.h2c {
+                0
+            } else {
+                st.params.request_body_buffer
+            };
+            (limit, st.params.total_timeout())
+        };
+        if limit == 0 || http_body::Body::is_end_stream(req.body()) || is_upgrade(&req) {
+            return Ok(req);
+        }
+        let (parts, body) = req.into_parts();
+        match tokio::time::timeout_at(arrived + total, buffer_body(body, limit)).await {
+            Err(_) => Err(self.timed_out()),
+            Ok(Ok(body)) => Ok(Request::from_parts(parts, body)),
+            Ok(Err(e @ BodyRefused::TooSlow(_))) => {
+                Err(text_response(StatusCode::REQUEST_TIMEOUT, e.to_string()))
+            }
+            Ok(Err(e)) => Err(text_response(StatusCode::BAD_REQUEST, e.to_string())),
+        }
+    }
+
     /// Admits a request (counting it) or refuses it when the queue is full.
     fn admit(self: &Arc<Self>, now: Instant) -> (Held, Admission, RevisionParams) {
         let mut st = self.state();
@@ -598,6 +630,12 @@ impl Revision {
         hold: &mut Option<Box<dyn Send>>,
     ) -> Response<Body> {
         let arrived = Instant::now();
+        // The body first, whole when small: a slow upload waits for no instance and holds
+        // no slot meanwhile.
+        let req = match self.receive_body(req, arrived).await {
+            Ok(req) => req,
+            Err(resp) => return resp,
+        };
         let (mut held, admission, params) = self.admit(arrived);
         let (mut waiting, mut cold, poke) = match admission {
             Admission::Queued {

@@ -48,6 +48,7 @@ fn params(cc: u32, timeout: Duration) -> RevisionParams {
         timeout,
         response_start_timeout: None,
         h2c: false,
+        request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
     }
 }
 
@@ -96,6 +97,7 @@ async fn fifty_requests_at_zero_make_one_activation_and_all_get_200() {
         timeout: None,
         response_start_timeout: None,
         idle_timeout: None,
+        request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
     })
     .await
     .unwrap();
@@ -451,6 +453,7 @@ async fn the_timeout_bounds_the_forwarded_request_too() {
             timeout: Duration::from_secs(30),
             response_start_timeout: Some(Duration::from_millis(200)),
             h2c: false,
+            request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
         },
     );
     let (status, _, _) = read(act.handle(NS, "r", get("/slow?ms=3000")).await).await;

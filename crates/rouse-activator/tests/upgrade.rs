@@ -114,6 +114,7 @@ fn params(cc: u32, timeout: Duration) -> RevisionParams {
         timeout,
         response_start_timeout: None,
         h2c: false,
+        request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
     }
 }
 

@@ -37,6 +37,8 @@ pub struct RevisionTraffic {
     pub response_start_timeout: Option<Duration>,
     /// The app speaks HTTP/2 cleartext (its port is named `h2c`): every hop reaches it over h2c.
     pub h2c: bool,
+    /// Request bodies up to this many bytes are received before they take a slot.
+    pub request_body_buffer: u64,
 }
 
 /// Load the activator saw for a revision over the last second.
@@ -106,6 +108,7 @@ impl Networking for LocalNetworking {
                 timeout: t.timeout,
                 response_start_timeout: t.response_start_timeout,
                 h2c: t.h2c,
+                request_body_buffer: t.request_body_buffer,
             },
         );
         self.activator.set_backends(namespace, revision, t.backends);

@@ -64,10 +64,49 @@ pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
             timeout: (!timeout.is_zero()).then_some(timeout),
             response_start_timeout: positive_secs(spec.response_start_timeout_seconds),
             idle_timeout: positive_secs(spec.idle_timeout_seconds),
+            request_body_buffer: request_body_buffer(rev),
         },
         drain_timeout: timeout,
         liveness: container.liveness_probe.as_ref().map(liveness_spec),
     })
+}
+
+/// The annotation setting how much of a request body is received before the request takes a
+/// slot (`"1Mi"`, `"65536"`, `"0"` = stream every body).
+pub const ANNOTATION_REQUEST_BODY_BUFFER: &str = "rouse.dev/request-body-buffer";
+
+/// The revision's body buffer: its annotation, else the default (1 MiB).
+pub(crate) fn request_body_buffer(rev: &Revision) -> u64 {
+    let default = rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER;
+    let Some(raw) = rev.metadata.annotations.get(ANNOTATION_REQUEST_BODY_BUFFER) else {
+        return default;
+    };
+    byte_quantity(raw).unwrap_or_else(|| {
+        tracing::warn!(
+            revision = %rev.metadata.name,
+            value = %raw,
+            "invalid {ANNOTATION_REQUEST_BODY_BUFFER}; using the default"
+        );
+        default
+    })
+}
+
+/// A byte count as a whole number with an optional binary or decimal suffix (`1Mi`, `64k`).
+fn byte_quantity(raw: &str) -> Option<u64> {
+    let raw = raw.trim();
+    let end = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (num, suffix) = raw.split_at(end);
+    let factor: u64 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000 * 1000,
+        "G" => 1000 * 1000 * 1000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    num.parse::<u64>().ok()?.checked_mul(factor)
 }
 
 /// A timeout in seconds, where absent or 0 means none.
@@ -248,5 +287,21 @@ mod tests {
         };
         let s = liveness_spec(&p);
         assert_eq!((s.period, s.failure_threshold), (Duration::from_secs(1), 1));
+    }
+}
+
+#[cfg(test)]
+mod body_buffer_tests {
+    use super::byte_quantity;
+
+    #[test]
+    fn byte_quantities_parse() {
+        assert_eq!(byte_quantity("1Mi"), Some(1 << 20));
+        assert_eq!(byte_quantity("0"), Some(0));
+        assert_eq!(byte_quantity("64k"), Some(64_000));
+        assert_eq!(byte_quantity("65536"), Some(65536));
+        assert_eq!(byte_quantity("1.5Mi"), None);
+        assert_eq!(byte_quantity("-1"), None);
+        assert_eq!(byte_quantity("99999999999Gi"), None);
     }
 }

@@ -18,13 +18,15 @@ use rouse_activator::{
 use rouse_queue::InFlightGuard;
 use rouse_queue::http::{
     Body, ClientAddr, FastRoute, FrontRouter, GuardedBody, ProxyClient, Route, ServerLimits,
-    Tunnel, boxed, is_upgrade, push_token_or_quoted, serve_front, strip_internal, text_response,
+    Tunnel, boxed, is_upgrade, push_token_or_quoted, serve_front, settle_request, strip_internal,
+    text_response,
 };
 use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
 
 use crate::backends::Backends;
 use crate::routing::{self, RoutingTable, normalize_host};
+use crate::trust::TrustedProxies;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -69,6 +71,8 @@ pub struct Gateway {
     /// To h2c revisions' queue-proxies (pooled, multiplexed).
     h2c_client: ProxyClient,
     in_flight: InFlight,
+    /// Clients whose `X-Forwarded-Proto` is kept (proxies in front of the gateway).
+    trusted: ArcSwap<TrustedProxies>,
 }
 
 impl Gateway {
@@ -81,7 +85,19 @@ impl Gateway {
             client: ProxyClient::http1(),
             h2c_client: ProxyClient::h2c(),
             in_flight: InFlight::new(),
+            trusted: ArcSwap::from_pointee(TrustedProxies::default()),
         })
+    }
+
+    /// Sets the proxies in front of the gateway whose `X-Forwarded-Proto` is kept (config-network
+    /// `trusted-proxies`); from any other client the gateway, as the edge, sets it to the
+    /// scheme it was reached with. Connections already open keep what they were told.
+    pub fn set_trusted_proxies(&self, trusted: TrustedProxies) {
+        self.trusted.store(Arc::new(trusted));
+    }
+
+    fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted.load().contains(ip)
     }
 
     /// The activator Proxy-mode requests go to.
@@ -242,7 +258,7 @@ impl Gateway {
         let make = |remote: SocketAddr| {
             let gw = self.clone();
             // Formatted once per connection, not per request (an HTTP/2 connection has many).
-            let client = Arc::new(ClientAddr::new(remote.ip()));
+            let client = Arc::new(ClientAddr::new(remote.ip()).trusted(gw.trusts(remote.ip())));
             service_fn(move |req| {
                 let (gw, client) = (gw.clone(), client.clone());
                 async move { Ok::<_, Infallible>(gw.handle(&client, req).await) }
@@ -252,7 +268,10 @@ impl Gateway {
         serve_front(listener, make, router, shutdown, limits).await;
     }
 
-    async fn handle(&self, client: &ClientAddr, req: Request<Body>) -> Response<Body> {
+    async fn handle(&self, client: &ClientAddr, mut req: Request<Body>) -> Response<Body> {
+        if let Err(e) = settle_request(&mut req) {
+            return text_response(StatusCode::BAD_REQUEST, e.to_string());
+        }
         let counted = self.in_flight.start();
         // A handle on the header's bytes (no copy), kept past taking the request apart.
         let host_value = req
@@ -506,6 +525,10 @@ impl FrontRouter for FastRouter {
             permit.answered(status);
         }
     }
+
+    fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.0.trusts(ip)
+    }
 }
 
 /// The answer for a request routed to a deleted revision.
@@ -515,11 +538,14 @@ fn removed_text(namespace: &str, revision: &str) -> String {
     )
 }
 
-/// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` (when absent) and an RFC 7239
-/// `Forwarded` element (appended) for a client at `client` asking for `host`: the same forms
-/// the fast path writes ([`ClientAddr`]).
+/// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` (`http`, or a trusted proxy's own)
+/// and an RFC 7239 `Forwarded` element (appended) for a client at `client` asking for `host`:
+/// the same forms the fast path writes ([`ClientAddr`]).
 fn add_forwarding(headers: &mut HeaderMap, client: &ClientAddr, host: &str) {
     append_list(headers, X_FORWARDED_FOR, client.ip().as_bytes());
+    if !client.is_trusted() {
+        headers.remove(X_FORWARDED_PROTO);
+    }
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
@@ -571,7 +597,7 @@ mod tests {
         h.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
         add_forwarding(
             &mut h,
-            &ClientAddr::new("::1".parse().unwrap()),
+            &ClientAddr::new("::1".parse().unwrap()).trusted(true),
             "hello.localhost",
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, ::1");
@@ -580,5 +606,11 @@ mod tests {
             h["forwarded"],
             "for=1.1.1.1, for=\"[::1]\";host=hello.localhost;proto=http"
         );
+
+        // From a client that is not a trusted proxy, the scheme is the gateway's own.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        add_forwarding(&mut h, &ClientAddr::new("10.0.0.7".parse().unwrap()), "h");
+        assert_eq!(h["x-forwarded-proto"], "http");
     }
 }

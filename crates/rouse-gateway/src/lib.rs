@@ -30,6 +30,8 @@
 mod backends;
 mod gateway;
 mod routing;
+mod trust;
 
 pub use gateway::{Gateway, Mode};
 pub use routing::{RouteTarget, RoutingTable, normalize_host};
+pub use trust::{BadRange, TrustedProxies};

@@ -31,4 +31,11 @@ pub use queue::{
     QUEUE_FULL_BODY, QueueConfig, QueueProxy,
 };
 pub use stats::QueueStats;
+
+/// The parsers the fuzz targets (`fuzz/`) drive; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::h1::{ChunkedScanner, ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed};
+    pub use crate::raw::decode_chunked;
+}
 pub use timeout::{BodyTimeout, TIMEOUT_BODY};

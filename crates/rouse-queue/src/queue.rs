@@ -19,8 +19,9 @@ use tokio::time::Instant;
 use crate::breaker::{Breaker, QUEUE_DEPTH_PER_SLOT};
 use crate::fast::UpstreamPool;
 use crate::http::{
-    Body, ForwardError, GuardedBody, ProxyClient, boxed, forward_retryable, full, is_upgrade,
-    strip_internal, text_response,
+    Body, BodyRefused, DEFAULT_REQUEST_BODY_BUFFER, ForwardError, GuardedBody, ProxyClient, boxed,
+    buffer_body, forward_retryable, full, is_upgrade, settle_request, strip_internal,
+    strip_underscored, text_response,
 };
 use crate::inflight::InFlight;
 use crate::probe::{ProbeSpec, Prober};
@@ -67,6 +68,10 @@ pub struct QueueConfig {
     /// The longest the app may stay silent, before its head or between body chunks
     /// (`idleTimeoutSeconds`); `None` means no limit.
     pub idle_timeout: Option<Duration>,
+    /// Request bodies of up to this many bytes are received whole before the request takes
+    /// a concurrency slot or an app connection (larger ones stream); 0 switches it off. Never
+    /// for an h2c app (streaming RPCs).
+    pub request_body_buffer: u64,
 }
 
 impl QueueConfig {
@@ -97,6 +102,7 @@ impl QueueConfig {
             timeout: None,
             response_start_timeout: None,
             idle_timeout: None,
+            request_body_buffer: DEFAULT_REQUEST_BODY_BUFFER,
         }
     }
 }
@@ -349,19 +355,42 @@ async fn probe_loop(shared: Arc<Shared>, mut app_run: watch::Receiver<Option<u64
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Result<Response<Body>, Infallible> {
+async fn handle(shared: Arc<Shared>, mut req: Request<Body>) -> Result<Response<Body>, Infallible> {
     if let Some(probe) = req.headers().get(&PROBE_HEADER) {
         return Ok(shared.health(probe));
     }
+    if let Err(e) = settle_request(&mut req) {
+        return Ok(text_response(StatusCode::BAD_REQUEST, e.to_string()));
+    }
+    strip_underscored(req.headers_mut());
     let cfg = &shared.cfg;
     let deadlines = cfg.deadlines();
     let proxied = req
         .headers()
         .get(&PROXY_HEADER)
         .is_some_and(|v| v == PROXY_ACTIVATOR);
-    // Held until the response body ends or is dropped: the "out" event, the end of drain.
-    let stats = shared.stats.start(proxied);
+    // Held until the response body ends or is dropped: the end of drain.
     let in_flight = shared.in_flight.start();
+    // The body first, whole when small: a slow upload holds no slot, no app connection and
+    // counts as no load.
+    let buffer = if cfg.h2c { 0 } else { cfg.request_body_buffer };
+    if buffer > 0 && !http_body::Body::is_end_stream(req.body()) && !is_upgrade(&req) {
+        let (parts, body) = req.into_parts();
+        let received = until(deadlines.head(), buffer_body(body, buffer)).await;
+        let body = match received {
+            None => return Ok(timeout_response()),
+            Some(Ok(body)) => body,
+            Some(Err(BodyRefused::TooSlow(e))) => {
+                return Ok(text_response(StatusCode::REQUEST_TIMEOUT, e.to_string()));
+            }
+            Some(Err(e @ BodyRefused::Malformed(_))) => {
+                return Ok(text_response(StatusCode::BAD_REQUEST, e.to_string()));
+            }
+        };
+        req = Request::from_parts(parts, body);
+    }
+    // Held until the response body ends or is dropped: the "out" event.
+    let stats = shared.stats.start(proxied);
     let slot = match &shared.breaker {
         None => None,
         Some(breaker) => {

@@ -368,20 +368,72 @@ impl RawBody {
     }
 }
 
+/// A chunk-size line (without its CRLF): 1 to 15 hex digits, then blanks and an extension
+/// or nothing; no control characters (a bare LF, say).
 fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.split(|b| *b == b';').next()?;
-    let digits = std::str::from_utf8(digits).ok()?.trim_matches([' ', '\t']);
-    if digits.is_empty() || digits.len() > 15 {
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    if digits == 0 || digits > 15 {
         return None;
     }
-    u64::from_str_radix(digits, 16).ok()
+    let rest = &line[digits..];
+    let ext = rest
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(rest.len());
+    let rest = &rest[ext..];
+    if rest.first().is_some_and(|b| *b != b';')
+        || rest.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
 }
 
 fn trailer(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
     let colon = line.iter().position(|b| *b == b':')?;
     let name = HeaderName::from_bytes(&line[..colon]).ok()?;
-    let value = std::str::from_utf8(&line[colon + 1..]).ok()?.trim();
-    Some((name, HeaderValue::from_str(value).ok()?))
+    // Only blanks are trimmed: a CR or LF inside the line is refused, not cut off.
+    let value = &line[colon + 1..];
+    let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+    let value = match (start, end) {
+        (Some(s), Some(e)) => &value[s..=e],
+        _ => &[],
+    };
+    Some((name, HeaderValue::from_bytes(value).ok()?))
+}
+
+/// Decodes a chunked body held whole in `data` as the general path's response reader does:
+/// `Ok(Some((data, end)))` when it ends after `end` bytes, `Ok(None)` when more is needed.
+/// For the fuzz targets.
+#[doc(hidden)]
+pub fn decode_chunked(data: &[u8]) -> Result<Option<(Vec<u8>, usize)>, BoxError> {
+    let mut body = RawBody {
+        conn: None,
+        pool: Arc::new(UpstreamPool::new(([127, 0, 0, 1], 9).into())),
+        reusable: false,
+        buf: BytesMut::from(data),
+        left: Left::Chunked(Chunk::Size),
+        trailers_len: 0,
+        trailers: None,
+    };
+    let mut out = Vec::new();
+    loop {
+        match body.decode()? {
+            Some(frame) => {
+                if let Some(d) = frame.data_ref() {
+                    out.extend_from_slice(d);
+                }
+            }
+            None if matches!(body.left, Left::Done) => {
+                return Ok(Some((out, data.len() - body.buf.len())));
+            }
+            None => return Ok(None),
+        }
+    }
 }
 
 impl HttpBody for RawBody {
@@ -450,5 +502,25 @@ mod tests {
         let (n, v) = trailer(b"grpc-status: 0").unwrap();
         assert_eq!((n.as_str(), v.to_str().unwrap()), ("grpc-status", "0"));
         assert!(trailer(b"no colon").is_none());
+        // Found by the `chunked` fuzz target: a CR inside a trailer was trimmed away.
+        assert!(trailer(b"V: \r\xc4\x87").is_none());
+        for bad in [
+            &b"5g"[..],
+            b"0x5",
+            b"-5",
+            b"10000000000000000",
+            b"5\n",
+            b"5 x",
+            b"5;a\x01",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{bad:?}");
+        }
+        assert_eq!(chunk_size(b"5 \t;ext"), Some(5));
+        let (body, end) = decode_chunked(b"3\r\nabc\r\n0\r\nX: 1\r\n\r\nNEXT")
+            .unwrap()
+            .unwrap();
+        assert_eq!((body.as_slice(), end), (&b"abc"[..], 19));
+        assert!(decode_chunked(b"3\r\nabc\r\n0\r\nX:\r1\r\n\r\n").is_err());
+        assert!(decode_chunked(b"3\r\nab").unwrap().is_none());
     }
 }

@@ -504,7 +504,8 @@ async fn a_client_hanging_up_while_queued_releases_its_place_and_its_count_at_on
     let mut quitters = Vec::new();
     for _ in 0..5 {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+        // A whole (small) body: bodies are received before the request queues for a slot.
+        tcp.write_all(b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789")
             .await
             .unwrap();
         quitters.push(tcp);

@@ -348,9 +348,14 @@ async fn response_bodies_stream_unbuffered_and_count_in_flight() {
 #[tokio::test]
 async fn request_bodies_stream_unbuffered() {
     let app = App::start(false).await;
-    let qp = QueueProxy::start(cfg(app.addr, ProbeSpec::default()))
-        .await
-        .unwrap();
+    // Body buffering off (`rouse.dev/request-body-buffer: "0"`): a request body streams both
+    // ways at once.
+    let qp = QueueProxy::start(QueueConfig {
+        request_body_buffer: 0,
+        ..cfg(app.addr, ProbeSpec::default())
+    })
+    .await
+    .unwrap();
     let (tx, rx) = mpsc::channel(4);
     let req = Request::post(format!("http://{}/echo", qp.addr()))
         .body(channel_body(rx))
@@ -498,4 +503,30 @@ async fn local_handle_serves_in_process_until_stopped() {
     let addr = qp.addr();
     drop(qp);
     assert!(rouse_queue::LocalQueue::lookup(addr).is_none());
+}
+
+#[tokio::test]
+async fn a_request_body_in_pieces_is_received_then_forwarded_whole() {
+    let app = App::start(false).await;
+    let qp = QueueProxy::start(cfg(app.addr, ProbeSpec::default()))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let req = Request::post(format!("http://{}/echo", qp.addr()))
+        .body(channel_body(rx))
+        .unwrap();
+    let c = client();
+    let pending = tokio::spawn(async move { c.request(req).await });
+    for piece in ["ping-1", " ping-2", " ping-3"] {
+        tx.send(Bytes::from(piece)).await.unwrap();
+    }
+    drop(tx);
+    let resp = tokio::time::timeout(BOUND, pending)
+        .await
+        .expect("response")
+        .unwrap()
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ping-1 ping-2 ping-3");
+    wait_until("in-flight back to 0", || qp.in_flight() == 0).await;
 }

@@ -412,6 +412,7 @@ fn queue_config(spec: &WorkloadSpec, app_port: u16, base: &[(String, String)]) -
         timeout: t.timeout,
         response_start_timeout: t.response_start_timeout,
         idle_timeout: t.idle_timeout,
+        request_body_buffer: t.request_body_buffer,
     }
 }
 

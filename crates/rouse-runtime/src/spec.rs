@@ -61,6 +61,9 @@ pub struct QueueTemplate {
     pub response_start_timeout: Option<Duration>,
     /// The revision's `idleTimeoutSeconds`; `None` means no limit.
     pub idle_timeout: Option<Duration>,
+    /// Request bodies up to this many bytes are received whole before they take a slot
+    /// (`rouse.dev/request-body-buffer`); 0 streams them.
+    pub request_body_buffer: u64,
 }
 
 /// Where an instance is in its life.

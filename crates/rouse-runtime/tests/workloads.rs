@@ -31,6 +31,7 @@ fn sh(revision: &str, script: &str) -> WorkloadSpec {
             timeout: None,
             response_start_timeout: None,
             idle_timeout: None,
+            request_body_buffer: 0,
         },
         drain_timeout: Duration::from_secs(1),
         liveness: None,

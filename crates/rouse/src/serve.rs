@@ -13,7 +13,8 @@ use rouse_api::config::Config;
 use rouse_api::decode::parse_documents;
 use rouse_controller::networking::LocalNetworking;
 use rouse_controller::{Controller, Networking};
-use rouse_gateway::Gateway;
+use rouse_gateway::{Gateway, TrustedProxies};
+use rouse_queue::http::{DEFAULT_MIN_BODY_RATE, MinBodyRate, ServerLimits};
 use rouse_runtime::{ProcessRuntime, Runtime};
 use rouse_store::{EmbeddedStore, Store, StoreError};
 use serde_json::Value;
@@ -124,6 +125,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }),
     );
     let gateway = Gateway::new(activator.clone());
+    rouse_queue::http::set_allow_underscores_in_headers(
+        config.network.allow_underscores_in_headers,
+    );
+    gateway.set_trusted_proxies(
+        TrustedProxies::parse(&config.network.trusted_proxies.join(","))
+            .context("config-network trusted-proxies")?,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -132,18 +140,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
-    let client_limits = rouse_queue::http::ServerLimits {
+    let limits = ServerLimits {
         connections: rouse_queue::http::ConnectionLimit {
             max: Some(descriptors.max_connections),
             descriptor_limit: Some(descriptors.limit),
             descriptor_reserve: DESCRIPTOR_RESERVE,
         },
-        ..Default::default()
+        min_body_rate: (config.network.request_body_min_rate > 0).then_some(MinBodyRate {
+            bytes_per_second: config.network.request_body_min_rate,
+            ..DEFAULT_MIN_BODY_RATE
+        }),
+        ..ServerLimits::default()
     };
     let gateway_task = tokio::spawn(gateway.clone().serve_with(
         gateway_listener,
         stopped(),
-        client_limits,
+        limits,
     ));
     let api_state = ApiState {
         store: store.clone(),

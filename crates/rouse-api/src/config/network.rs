@@ -46,6 +46,17 @@ pub struct NetworkConfig {
     pub namespace_wildcard_cert_selector: String,
     /// `cluster-domain` (accepted for older Knative files).
     pub cluster_domain: String,
+    /// `allow-underscores-in-headers` (Rouse): pass request headers whose names contain `_`
+    /// to apps. Off by default (nginx's `underscores_in_headers off`): CGI/WSGI apps would read
+    /// `X_Forwarded_For` as `X-Forwarded-For`.
+    pub allow_underscores_in_headers: bool,
+    /// `trusted-proxies` (Rouse): address ranges (`10.0.0.0/8, ::1`) of proxies in front of
+    /// the gateway whose `X-Forwarded-Proto` is kept; from anyone else the gateway sets it.
+    pub trusted_proxies: Vec<String>,
+    /// `request-body-min-rate` (Rouse): the least average rate, in bytes per second, an
+    /// HTTP/1 request body must arrive at once its reader waited 10 s in all (slower: 408);
+    /// 0 sets none. Default 512.
+    pub request_body_min_rate: u64,
 }
 
 impl Default for NetworkConfig {
@@ -67,12 +78,16 @@ impl Default for NetworkConfig {
             autocreate_cluster_domain_claims: false,
             namespace_wildcard_cert_selector: String::new(),
             cluster_domain: "cluster.local".to_string(),
+            allow_underscores_in_headers: false,
+            trusted_proxies: Vec::new(),
+            request_body_min_rate: 512,
         }
     }
 }
 
 /// Every key Knative's networking config reads, current names and legacy camelCase ones.
 const KEYS: &[&str] = &[
+    "allow-underscores-in-headers",
     "autocreate-cluster-domain-claims",
     "autocreateClusterDomainClaims",
     "auto-tls",
@@ -94,11 +109,13 @@ const KEYS: &[&str] = &[
     "internal-encryption",
     "mesh-compatibility-mode",
     "namespace-wildcard-cert-selector",
+    "request-body-min-rate",
     "rollout-duration",
     "rolloutDuration",
     "system-internal-tls",
     "tag-template",
     "tagTemplate",
+    "trusted-proxies",
 ];
 
 impl NetworkConfig {
@@ -197,6 +214,21 @@ impl NetworkConfig {
         }
         if let Some((_, v)) = pick("cluster-domain", None) {
             c.cluster_domain = v.to_string();
+        }
+        if let Some((k, v)) = pick("allow-underscores-in-headers", None) {
+            c.allow_underscores_in_headers = parse_bool(NAME, k, v)?;
+        }
+        if let Some((k, v)) = pick("request-body-min-rate", None) {
+            c.request_body_min_rate = v.parse().map_err(|_| {
+                ConfigError::new(
+                    NAME,
+                    k,
+                    format!("invalid rate {v:?}: want bytes per second"),
+                )
+            })?;
+        }
+        if let Some((k, v)) = pick("trusted-proxies", None) {
+            c.trusted_proxies = parse_ranges(v).map_err(|why| ConfigError::new(NAME, k, why))?;
         }
         Ok(c)
     }
@@ -479,5 +511,54 @@ mod tests {
             let err = NetworkConfig::from_data(&data(&[(k, v)])).unwrap_err();
             assert_eq!(err.to_string(), *want, "{k}={v}");
         }
+    }
+}
+
+/// A comma- or space-separated list of IP addresses, each optionally with `/prefix-length`.
+fn parse_ranges(v: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in v
+        .split([',', ' ', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let bad = || {
+            format!(
+                "invalid address range {item:?}: want an IP address, optionally with /prefix-length"
+            )
+        };
+        let (addr, prefix) = match item.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (item, None),
+        };
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix.is_some_and(|p| p > max) {
+            return Err(bad());
+        }
+        out.push(item.to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod data_path_keys_tests {
+    use super::*;
+
+    #[test]
+    fn header_keys_parse_and_bad_ranges_are_refused() {
+        let mut d = ConfigData::new();
+        d.insert("allow-underscores-in-headers".into(), "true".into());
+        d.insert("trusted-proxies".into(), "10.0.0.0/8, ::1".into());
+        d.insert("request-body-min-rate".into(), "0".into());
+        let c = NetworkConfig::from_data(&d).unwrap();
+        assert_eq!(c.request_body_min_rate, 0);
+        assert_eq!(NetworkConfig::default().request_body_min_rate, 512);
+        assert!(c.allow_underscores_in_headers);
+        assert_eq!(c.trusted_proxies, vec!["10.0.0.0/8", "::1"]);
+        let mut d = ConfigData::new();
+        d.insert("trusted-proxies".into(), "10.0.0.0/40".into());
+        let e = NetworkConfig::from_data(&d).unwrap_err();
+        assert!(e.to_string().contains("trusted-proxies"), "{e}");
     }
 }

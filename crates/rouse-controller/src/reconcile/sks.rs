@@ -98,6 +98,7 @@ pub(super) fn program(
             timeout: secs(rev.spec.timeout_seconds).unwrap_or(Duration::from_secs(300)),
             response_start_timeout: secs(rev.spec.response_start_timeout_seconds),
             h2c: rev.spec.is_h2c(),
+            request_body_buffer: crate::workload::request_body_buffer(rev),
         },
     );
 

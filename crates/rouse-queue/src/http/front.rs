@@ -48,6 +48,11 @@ pub trait FrontRouter: Send + Sync + 'static {
 
     /// The request was answered with `status` (before its body streamed).
     fn answered(&self, _hold: &Self::Hold, _status: u16) {}
+
+    /// Whether a client at `ip` is a proxy whose forwarding headers are kept.
+    fn trusts(&self, _ip: std::net::IpAddr) -> bool {
+        false
+    }
 }
 
 /// Where a fast-path request goes.
@@ -375,7 +380,7 @@ async fn run<R: FrontRouter>(
     let mut kept = FastConn::default();
     // The client's read deadlines, one timer for the connection's life.
     let mut reads = ConnTimer::new();
-    let client = ClientAddr::new(remote.ip());
+    let client = ClientAddr::new(remote.ip()).trusted(router.trusts(remote.ip()));
     let mut idle_since = accepted;
     let mut served = false;
     // When the first byte of the head being waited for arrived (after the first request).

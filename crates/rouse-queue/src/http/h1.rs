@@ -8,7 +8,9 @@
 
 use std::cell::RefCell;
 
-use super::headers::{is_hop_by_hop_name, is_internal_name, push_token_or_quoted};
+use super::headers::{
+    drops_underscored, is_hop_by_hop_name, is_internal_name, push_token_or_quoted,
+};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -108,7 +110,8 @@ impl<'a> FastRequest<'a> {
                 return None;
             }
         }
-        let host = host.filter(|h| !h.is_empty())?;
+        // What the general path would refuse (400) never goes the fast way.
+        let host = host.filter(|h| !h.is_empty() && super::strict::valid_host(h.as_bytes()))?;
         Some((host, body_len.unwrap_or(0)))
     }
 
@@ -131,8 +134,9 @@ impl<'a> FastRequest<'a> {
     }
 
     /// Writes the head for the next hop into `out`: the same request line and headers minus
-    /// hop-by-hop and platform-internal ones, plus `X-Forwarded-For`, `X-Forwarded-Proto`
-    /// (when absent) and an RFC 7239 `Forwarded` element for `client`.
+    /// hop-by-hop, platform-internal and underscored ones, plus `X-Forwarded-For`,
+    /// `X-Forwarded-Proto` (`http`, or a trusted client's own) and an RFC 7239 `Forwarded`
+    /// element for `client`.
     pub fn write_upstream_head(&self, client: &ClientAddr, out: &mut Vec<u8>) {
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
@@ -155,10 +159,16 @@ impl<'a> FastRequest<'a> {
                     .any(|t| trimmed(t).eq_ignore_ascii_case(b"trailers"));
                 continue;
             }
-            if is_hop_by_hop(name) || is_internal_name(name) {
+            if is_hop_by_hop(name) || is_internal_name(name) || drops_underscored(name) {
                 continue;
             }
-            has_proto |= name.eq_ignore_ascii_case("x-forwarded-proto");
+            if name.eq_ignore_ascii_case("x-forwarded-proto") {
+                // The scheme is this connection's, unless a trusted proxy in front says.
+                if !client.trusted {
+                    continue;
+                }
+                has_proto = true;
+            }
             header_line(out, name.as_bytes(), h.value);
         }
         // Straight into `out`, earlier values first: no list is built apart.
@@ -190,6 +200,8 @@ pub struct ClientAddr {
     ip: String,
     /// For `Forwarded: for=` (IPv6 bracketed and quoted).
     node: String,
+    /// A proxy in front whose `X-Forwarded-Proto` is kept.
+    trusted: bool,
 }
 
 impl ClientAddr {
@@ -204,7 +216,22 @@ impl ClientAddr {
             IpAddr::V4(_) => text.clone(),
             IpAddr::V6(_) => format!("\"[{text}]\""),
         };
-        ClientAddr { ip: text, node }
+        ClientAddr {
+            ip: text,
+            node,
+            trusted: false,
+        }
+    }
+
+    /// Marks the client as a trusted proxy (its `X-Forwarded-Proto` is kept).
+    pub fn trusted(mut self, trusted: bool) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// Whether the client is a trusted proxy.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted
     }
 
     /// The form `X-Forwarded-For` lists.
@@ -286,6 +313,10 @@ pub fn parse_response(
         httparse::Status::Partial => return Ok(ParsedResponse::Partial),
     };
     let status = resp.code.unwrap_or(0);
+    if !(100..=999).contains(&status) {
+        // `059` parses as 59: written back it would not be a status line.
+        return Err(ResponseError::Unusable("an invalid status code"));
+    }
     if status == 101 {
         return Err(ResponseError::Unusable(
             "a protocol switch that was not asked for",
@@ -459,6 +490,8 @@ enum ChunkState {
     /// Reading the chunk size's hex digits.
     #[default]
     Size,
+    /// After the size, blanks: before an extension or the line end.
+    SizeBws,
     /// After the size: an extension, up to the line end.
     Extension,
     /// Expecting the LF of the size line.
@@ -471,7 +504,9 @@ enum ChunkState {
     DataLf,
     /// At the start of a trailer line (or the final blank line).
     TrailerStart,
-    /// Inside a trailer field line.
+    /// Inside a trailer field's name.
+    TrailerName,
+    /// Inside a trailer field's value.
     Trailer,
     /// Expecting the LF that ends a trailer line.
     TrailerLf,
@@ -503,15 +538,20 @@ impl ChunkedScanner {
                     }
                     None if self.digits == 0 => return Err(BadChunk),
                     None if b == b'\r' => self.state = ChunkState::SizeLf,
-                    None if b == b';' || b == b' ' || b == b'\t' => {
-                        self.state = ChunkState::Extension;
-                    }
+                    None if b == b';' => self.state = ChunkState::Extension,
+                    None if b == b' ' || b == b'\t' => self.state = ChunkState::SizeBws,
                     None => return Err(BadChunk),
+                },
+                ChunkState::SizeBws => match b {
+                    b' ' | b'\t' => {}
+                    b';' => self.state = ChunkState::Extension,
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    _ => return Err(BadChunk),
                 },
                 ChunkState::Extension => {
                     if b == b'\r' {
                         self.state = ChunkState::SizeLf;
-                    } else if b == b'\n' {
+                    } else if is_ctl(b) {
                         return Err(BadChunk);
                     }
                 }
@@ -551,15 +591,24 @@ impl ChunkedScanner {
                 ChunkState::TrailerStart => {
                     self.state = if b == b'\r' {
                         ChunkState::EndLf
-                    } else if b == b'\n' {
-                        return Err(BadChunk);
+                    } else if is_tchar(b) {
+                        ChunkState::TrailerName
                     } else {
-                        ChunkState::Trailer
+                        return Err(BadChunk);
                     };
+                }
+                ChunkState::TrailerName => {
+                    if b == b':' {
+                        self.state = ChunkState::Trailer;
+                    } else if !is_tchar(b) {
+                        return Err(BadChunk);
+                    }
                 }
                 ChunkState::Trailer => {
                     if b == b'\r' {
                         self.state = ChunkState::TrailerLf;
+                    } else if is_ctl(b) {
+                        return Err(BadChunk);
                     }
                 }
                 ChunkState::TrailerLf => {
@@ -591,6 +640,16 @@ fn digits(v: &[u8]) -> Option<u64> {
         return None;
     }
     Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// A control character other than HTAB: never inside a field or chunk line.
+fn is_ctl(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
+/// An RFC 9110 token character.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -821,6 +880,16 @@ mod tests {
         ));
         assert!(
             parse_response(
+                b"HTTP/1.1 059 X\r\n\r\n",
+                false,
+                false,
+                b"",
+                &mut Vec::new()
+            )
+            .is_err()
+        );
+        assert!(
+            parse_response(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 false,
                 false,
@@ -846,7 +915,21 @@ mod tests {
         }
         let mut s = ChunkedScanner::default();
         assert_eq!(s.feed(b"0\r\n\r\n").unwrap(), Some(5));
-        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"5\n", b"\r\n"] {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"5\n",
+            b"\r\n",
+            b"5g\r\n",
+            b"0x5\r\n",
+            b"-5\r\n",
+            b"10000000000000000\r\n",
+            b"5 x\r\n",
+            b"5;a\nb\r\n",
+            b"0\r\nX: a\nY: b\r\n\r\n",
+            b"0\r\n: a\r\n\r\n",
+            b"0\r\n X: a\r\n\r\n",
+        ] {
             assert!(ChunkedScanner::default().feed(bad).is_err(), "{bad:?}");
         }
     }

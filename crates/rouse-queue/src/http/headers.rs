@@ -1,7 +1,60 @@
 //! Header hygiene shared by every proxy hop.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
+
+/// Whether header names with `_` reach apps (`allow-underscores-in-headers` of
+/// config-network); off by default, as nginx's `underscores_in_headers off`.
+static ALLOW_UNDERSCORES: AtomicBool = AtomicBool::new(false);
+
+/// Sets whether request headers whose names contain `_` are passed to apps (process-wide, as
+/// the config-network key it comes from). Off, they are dropped: CGI and WSGI apps read
+/// `X_Forwarded_For` and `X-Forwarded-For` both as `HTTP_X_FORWARDED_FOR`, so an underscore
+/// variant would spoof what the platform sets.
+pub fn set_allow_underscores_in_headers(allow: bool) {
+    ALLOW_UNDERSCORES.store(allow, Ordering::Relaxed);
+}
+
+/// Whether a request header named `name` is dropped before the app for its underscore.
+#[inline]
+pub(crate) fn drops_underscored(name: &str) -> bool {
+    dropped_for_underscore(name, ALLOW_UNDERSCORES.load(Ordering::Relaxed))
+}
+
+#[inline]
+fn dropped_for_underscore(name: &str, allow: bool) -> bool {
+    !allow && name.as_bytes().contains(&b'_')
+}
+
+/// Removes request headers whose names contain `_` (unless allowed, see
+/// [`set_allow_underscores_in_headers`]).
+pub fn strip_underscored(headers: &mut HeaderMap) {
+    if !headers.keys().any(|n| drops_underscored(n.as_str())) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| drops_underscored(n.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Headers a `Connection` option can never remove: the Host, the forwarding headers the
+/// platform sets and its internal ones. A client naming them there is ignored (as nginx,
+/// which never lets `Connection` drop what it sets itself).
+pub(crate) fn is_protected_name(name: &str) -> bool {
+    name.eq_ignore_ascii_case("host")
+        || name.eq_ignore_ascii_case("x-forwarded-for")
+        || name.eq_ignore_ascii_case("x-forwarded-proto")
+        || name.eq_ignore_ascii_case("x-forwarded-host")
+        || name.eq_ignore_ascii_case("forwarded")
+        || is_internal_name(name)
+}
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -20,15 +73,18 @@ pub(crate) fn is_hop_by_hop_name(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Removes hop-by-hop headers, including any named in `Connection`, and `Transfer-Encoding`
-/// (the next hop frames the body itself). `TE: trailers` survives: gRPC needs it end to end.
+/// Removes hop-by-hop headers, including any named in `Connection` (but never a protected
+/// one: Host, the forwarding headers, the internal ones), and `Transfer-Encoding` (the next
+/// hop frames the body itself). `TE: trailers` survives: gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| !is_protected_name(n))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -124,6 +180,51 @@ mod tests {
         let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, vec!["x-user", "te"]);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn connection_never_removes_host_forwarding_or_internal_headers() {
+        let mut h = map(&[
+            (
+                "Connection",
+                "Host, X-Forwarded-For, forwarded, X-Forwarded-Proto, K-Original-Host, X-Gone",
+            ),
+            ("Host", "h"),
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("Forwarded", "for=1.2.3.4"),
+            ("X-Forwarded-Proto", "http"),
+            ("K-Original-Host", "o"),
+            ("X-Gone", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                "forwarded",
+                "host",
+                "k-original-host",
+                "x-forwarded-for",
+                "x-forwarded-proto"
+            ]
+        );
+    }
+
+    #[test]
+    fn underscored_names_go() {
+        let mut h = map(&[
+            ("X_Forwarded_For", "6.6.6.6"),
+            ("K_Original_Host", "admin.internal"),
+            ("X-Kept", "1"),
+        ]);
+        strip_underscored(&mut h);
+        let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+        // `allow-underscores-in-headers: "true"` keeps them.
+        assert!(dropped_for_underscore("X_Forwarded_For", false));
+        assert!(!dropped_for_underscore("X_Forwarded_For", true));
+        assert!(!dropped_for_underscore("X-Forwarded-For", false));
     }
 
     #[test]

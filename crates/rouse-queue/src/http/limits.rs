@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 pub use super::conn_cap::ConnectionLimit;
+use super::read_timeout::MinBodyRate;
 
 /// Default [`ServerLimits::header_read_timeout`]: long enough for any real client, short
 /// enough that slow-header (slowloris) connections do not pile up.
@@ -13,6 +14,11 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default [`ServerLimits::body_read_timeout`].
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`ServerLimits::min_body_rate`]: 512 bytes/s once the reader waited 10 s in all.
+pub const DEFAULT_MIN_BODY_RATE: MinBodyRate = MinBodyRate {
+    bytes_per_second: 512,
+    grace: Duration::from_secs(10),
+};
 /// Default [`ServerLimits::max_header_size`]: 64 KiB.
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 /// Default [`ServerLimits::max_headers`] (hyper's own default).
@@ -40,6 +46,11 @@ pub struct ServerLimits {
     /// response otherwise. Applies to services taking [`super::Body`] requests (see
     /// [`super::FromIncoming`]); hyper's own `Incoming` cannot carry it.
     pub body_read_timeout: Option<Duration>,
+    /// The least average rate an HTTP/1 request body must arrive at while it is read (the
+    /// time its reader waited counts, time nobody reads does not), once its grace passed;
+    /// slower fails as a stall does (408 before the response started). Only where
+    /// `body_read_timeout` applies; `None` sets no rate.
+    pub min_body_rate: Option<MinBodyRate>,
     /// The largest request head (request line and headers) in bytes; a larger one gets 431
     /// Request Header Fields Too Large. On HTTP/2 this is the maximum header list size (431
     /// too). Values under [`MIN_MAX_HEADER_SIZE`] are raised to it. On HTTP/1.1 this is also
@@ -60,6 +71,7 @@ impl Default for ServerLimits {
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             body_read_timeout: Some(DEFAULT_BODY_READ_TIMEOUT),
+            min_body_rate: Some(DEFAULT_MIN_BODY_RATE),
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
             max_headers: DEFAULT_MAX_HEADERS,
             h2_keep_alive_interval: Some(DEFAULT_H2_KEEP_ALIVE_INTERVAL),

@@ -34,7 +34,7 @@ use super::conn::{ActiveGuard, ConnWatch, WatchedIo, client_gone, linger, peer_h
 use super::conn_cap::{Admission, Ticket};
 use super::front::{self, FrontRouter, Handoff, NoFront};
 use super::limits::{MIN_MAX_HEADER_SIZE, ServerLimits};
-use super::read_timeout::{BodyReadTimeout, ReadTimeoutBody};
+use super::read_timeout::{BodyReadTimeout, MinBodyRate, ReadTimeoutBody};
 
 /// The body of the 408 a request gets when its body stalled before its response started.
 pub const BODY_TIMEOUT_BODY: &str = "request body read timeout";
@@ -261,6 +261,7 @@ async fn connection<S, B>(
         inner: Arc::new(service),
         watch: watch.clone(),
         body_read_timeout: limits.body_read_timeout,
+        min_body_rate: limits.min_body_rate,
         body: PhantomData,
     };
     let gone = async {
@@ -344,6 +345,7 @@ struct Limited<S, B> {
     inner: Arc<S>,
     watch: Arc<ConnWatch>,
     body_read_timeout: Option<Duration>,
+    min_body_rate: Option<MinBodyRate>,
     body: PhantomData<fn(B)>,
 }
 
@@ -368,7 +370,7 @@ where
         let timeout = self
             .body_read_timeout
             .filter(|_| B::READ_TIMEOUT && !incoming.is_end_stream() && version != Version::HTTP_2);
-        let body = ReadTimeoutBody::new(incoming, timeout);
+        let body = ReadTimeoutBody::with_min_rate(incoming, timeout, self.min_body_rate);
         let timed_out = timeout.map(|_| body.timed_out());
         let req = Request::from_parts(parts, B::from_incoming(body));
         let inner = self.inner.clone();
