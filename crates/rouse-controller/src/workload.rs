@@ -4,24 +4,26 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rouse_api::serving::{LABEL_CONFIGURATION, LABEL_SERVICE, Probe, Revision};
+use rouse_api::serving::{Container, LABEL_CONFIGURATION, LABEL_SERVICE, Probe, Revision};
 use rouse_queue::{ProbeAction, ProbeSpec};
-use rouse_runtime::{QueueTemplate, WorkloadSpec};
+use rouse_runtime::{ContainerSpec, PullPolicy, QueueTemplate, WorkloadSpec};
+use serde_json::Value;
 
-/// Why a revision cannot run as local processes.
+/// Why a revision cannot run locally.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WorkloadError {
-    /// The container names an image but no command.
-    #[error(
-        "container {container:?} names only an image ({image}); the process runtime runs programs: set `command` (and `args`) to the program to run, or use the Docker runtime"
-    )]
-    ImageOnly { container: String, image: String },
+    /// The container names neither an image nor a command.
+    #[error("container {0:?} names neither an image nor a command")]
+    NothingToRun(String),
+    /// A resource limit that is not a Kubernetes quantity.
+    #[error("resources.limits.{name}: {value:?} is not a quantity (e.g. 500m, 1, 128Mi)")]
+    Quantity { name: String, value: String },
     /// No containers at all.
     #[error("the revision has no container")]
     NoContainer,
     /// An env var needs a Kubernetes source.
     #[error(
-        "env var {0:?} uses valueFrom, which the process runtime cannot resolve; give it a literal value"
+        "env var {0:?} uses valueFrom (ConfigMaps, Secrets and the Downward API do not exist locally); give it a literal value"
     )]
     EnvValueFrom(String),
 }
@@ -30,11 +32,8 @@ pub enum WorkloadError {
 pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
     let spec = &rev.spec;
     let container = spec.serving_container().ok_or(WorkloadError::NoContainer)?;
-    if container.command.is_empty() {
-        return Err(WorkloadError::ImageOnly {
-            container: container.name.clone(),
-            image: container.image.clone(),
-        });
+    if container.command.is_empty() && container.image.is_empty() {
+        return Err(WorkloadError::NothingToRun(container.name.clone()));
     }
     let mut env = Vec::new();
     for e in &container.env {
@@ -67,7 +66,114 @@ pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
         },
         drain_timeout: timeout,
         liveness: container.liveness_probe.as_ref().map(liveness_spec),
+        container: container_spec(rev, container)?,
     })
+}
+
+/// The container settings of the serving container, when it names an image; the digest is
+/// the one recorded in the revision's status (once resolved, instances run from it).
+fn container_spec(rev: &Revision, c: &Container) -> Result<Option<ContainerSpec>, WorkloadError> {
+    if c.image.is_empty() {
+        return Ok(None);
+    }
+    let digest = rev
+        .status
+        .container_statuses
+        .iter()
+        .find(|s| s.name == c.name && !s.image_digest.is_empty())
+        .map(|s| s.image_digest.clone());
+    let limits = c.resources.as_ref().map(|r| &r.limits);
+    let limit =
+        |name: &str, parse: fn(&str) -> Option<f64>| -> Result<Option<f64>, WorkloadError> {
+            let Some(v) = limits.and_then(|l| l.get(name)) else {
+                return Ok(None);
+            };
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            parse(&text).map(Some).ok_or(WorkloadError::Quantity {
+                name: name.to_string(),
+                value: text,
+            })
+        };
+    let sc = c.security_context.as_ref();
+    let pod_sc = rev.spec.security_context.as_ref();
+    let id_of = |key: &str| {
+        sc.and_then(|s| s.get(key))
+            .or_else(|| pod_sc.and_then(|s| s.get(key)))
+            .and_then(Value::as_i64)
+    };
+    let user = match (id_of("runAsUser"), id_of("runAsGroup")) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        // Docker needs a user to set a group; 0 keeps the image's default user's rights.
+        (None, Some(g)) => Some(format!("0:{g}")),
+        (None, None) => None,
+    };
+    let caps = |key: &str| -> Vec<String> {
+        sc.and_then(|s| s.pointer(&format!("/capabilities/{key}")))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(Some(ContainerSpec {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        digest,
+        pull_policy: match c.image_pull_policy.as_deref() {
+            Some("Always") => PullPolicy::Always,
+            Some("Never") => PullPolicy::Never,
+            _ => PullPolicy::IfNotPresent,
+        },
+        port: c
+            .ports
+            .first()
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .filter(|p| *p > 0)
+            .unwrap_or(8080),
+        nano_cpus: limit("cpu", parse_quantity)?.map(|cpus| (cpus * 1e9).round() as i64),
+        memory_bytes: limit("memory", parse_quantity)?.map(|b| b.round() as i64),
+        user,
+        read_only_root: sc
+            .and_then(|s| s.get("readOnlyRootFilesystem"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        cap_add: caps("add"),
+        cap_drop: caps("drop"),
+    }))
+}
+
+/// A Kubernetes quantity as a number: `500m` = 0.5, `2` = 2, `128Mi` = 134217728,
+/// `1G` = 1e9, `1e3` = 1000.
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let suffixes: [(&str, f64); 13] = [
+        ("Ki", 1024.0),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+        ("Ti", 1024f64.powi(4)),
+        ("Pi", 1024f64.powi(5)),
+        ("Ei", 1024f64.powi(6)),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    let (num, factor) = suffixes
+        .iter()
+        .find_map(|(s, f)| q.strip_suffix(s).map(|n| (n, *f)))
+        .unwrap_or((q, 1.0));
+    let n: f64 = num.parse().ok()?;
+    (n.is_finite() && n >= 0.0).then_some(n * factor)
 }
 
 /// A timeout in seconds, where absent or 0 means none.
@@ -137,6 +243,17 @@ fn probe_action(p: &Probe) -> ProbeAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantities_parse_like_kubernetes() {
+        assert_eq!(parse_quantity("500m"), Some(0.5));
+        assert_eq!(parse_quantity("2"), Some(2.0));
+        assert_eq!(parse_quantity("128Mi"), Some(134_217_728.0));
+        assert_eq!(parse_quantity("1G"), Some(1e9));
+        assert_eq!(parse_quantity("1e3"), Some(1000.0));
+        assert_eq!(parse_quantity("lots"), None);
+        assert_eq!(parse_quantity("-1"), None);
+    }
     use rouse_api::serving::{ExecAction, GrpcAction, HttpGetAction, HttpHeader, TcpSocketAction};
 
     #[test]

@@ -309,6 +309,7 @@ mod tests {
             },
             drain_timeout: Duration::from_secs(1),
             liveness: None,
+            container: None,
         }
     }
 
