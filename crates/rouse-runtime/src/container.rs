@@ -34,6 +34,15 @@ pub(crate) struct Containers {
     /// Names this platform instance (a hash of its data dir).
     pub(crate) platform: String,
     images: Mutex<HashMap<Key, Resolution>>,
+    /// Per revision, a container created ahead (not started) for its next instance; `None`
+    /// while one is being made.
+    warm: Mutex<HashMap<Key, Option<Warm>>>,
+}
+
+/// A container created ahead, with the loopback port it publishes on.
+pub(crate) struct Warm {
+    pub(crate) id: String,
+    pub(crate) port: u16,
 }
 
 struct Resolution {
@@ -57,6 +66,7 @@ impl Containers {
             client,
             platform: platform_id(data_dir),
             images: Mutex::new(HashMap::new()),
+            warm: Mutex::new(HashMap::new()),
         }
     }
 
@@ -110,9 +120,99 @@ impl Containers {
             .map_or(ImageState::Resolving, |r| r.state.clone())
     }
 
-    /// Forgets a removed revision's resolution.
-    pub(crate) fn forget(&self, namespace: &str, revision: &str) {
-        crate::process::lock(&self.images).remove(&(namespace.to_string(), revision.to_string()));
+    /// Forgets a removed revision's resolution, and removes its container made ahead.
+    pub(crate) fn forget(
+        self: &Arc<Self>,
+        namespace: &str,
+        revision: &str,
+        handle: &tokio::runtime::Handle,
+    ) {
+        let key = (namespace.to_string(), revision.to_string());
+        crate::process::lock(&self.images).remove(&key);
+        if let Some(Some(w)) = crate::process::lock(&self.warm).remove(&key) {
+            let this = self.clone();
+            handle.spawn(async move {
+                let _ = this.client.remove(&w.id).await;
+            });
+        }
+    }
+
+    /// The revision's container made ahead, if one is ready.
+    pub(crate) fn take_warm(&self, namespace: &str, revision: &str) -> Option<Warm> {
+        let key = (namespace.to_string(), revision.to_string());
+        let mut warm = crate::process::lock(&self.warm);
+        match warm.get(&key) {
+            Some(Some(_)) => warm.remove(&key).flatten(),
+            _ => None,
+        }
+    }
+
+    /// Makes a container ahead for the revision's next instance, unless it has one (or one
+    /// is being made): the image resolved, the whole configuration, a free loopback port.
+    /// A cold start then only starts it.
+    pub(crate) fn prepare_warm(
+        self: &Arc<Self>,
+        spec: Arc<WorkloadSpec>,
+        handle: &tokio::runtime::Handle,
+    ) {
+        let key = (spec.namespace.clone(), spec.revision.clone());
+        {
+            let mut warm = crate::process::lock(&self.warm);
+            if warm.contains_key(&key) {
+                return;
+            }
+            warm.insert(key.clone(), None);
+        }
+        let this = self.clone();
+        handle.spawn(async move {
+            let made = async {
+                let image = this.image_for(&spec).await.ok()?;
+                let port = crate::process::free_port().ok()?;
+                let suffix: String = (0..5)
+                    .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+                    .collect();
+                let name = format!("rouse-{}-{}-warm-{suffix}", key.0, key.1);
+                let config = this.config(&spec, &image, &format!("{}-warm", key.1), port);
+                match this.client.create(&name, &config).await {
+                    Ok(id) => Some(Warm { id, port }),
+                    Err(e) => {
+                        tracing::debug!(revision = %key.1, error = %e, "cannot make a container ahead");
+                        None
+                    }
+                }
+            }
+            .await;
+            let unwanted = {
+                let mut warm = crate::process::lock(&this.warm);
+                match (warm.get(&key), made) {
+                    // Still wanted (not forgotten meanwhile).
+                    (Some(None), Some(w)) => {
+                        warm.insert(key, Some(w));
+                        None
+                    }
+                    (Some(None), None) => {
+                        // Failed: tried again on the next look.
+                        warm.remove(&key);
+                        None
+                    }
+                    (_, made) => made,
+                }
+            };
+            if let Some(w) = unwanted {
+                let _ = this.client.remove(&w.id).await;
+            }
+        });
+    }
+
+    /// Removes every container made ahead (at shutdown).
+    pub(crate) async fn remove_all_warm(&self) {
+        let all: Vec<Warm> = crate::process::lock(&self.warm)
+            .drain()
+            .filter_map(|(_, w)| w)
+            .collect();
+        for w in all {
+            let _ = self.client.remove(&w.id).await;
+        }
     }
 
     /// The image an instance of `spec` runs: the recorded digest, else the revision's

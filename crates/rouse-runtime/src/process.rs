@@ -188,6 +188,10 @@ impl Runtime for ProcessRuntime {
             return;
         }
         let key = (spec.namespace.clone(), spec.revision.clone());
+        if sh.uses_container(&spec) {
+            sh.containers
+                .prepare_warm(Arc::new(spec.clone()), &sh.handle);
+        }
         // Back (re-created under the same name): its logs stay.
         if desired > 0 {
             lock(&sh.log_removals).remove(&key);
@@ -326,7 +330,9 @@ impl Runtime for ProcessRuntime {
 
     fn remove(&self, namespace: &str, revision: &str) {
         let key = (namespace.to_string(), revision.to_string());
-        self.shared.containers.forget(namespace, revision);
+        self.shared
+            .containers
+            .forget(namespace, revision, &self.shared.handle);
         lock(&self.shared.refusals).remove(&key);
         // Its logs stay a while, for debugging.
         let due = Instant::now() + self.shared.options.log_retention;
@@ -358,6 +364,7 @@ impl Runtime for ProcessRuntime {
             self.shared.stop_all();
             let mut live = self.shared.live.subscribe();
             let _ = live.wait_for(|n| *n == 0).await;
+            self.shared.containers.remove_all_warm().await;
         })
     }
 }
@@ -410,7 +417,18 @@ impl Shared {
                 break id;
             }
         };
-        let app_port = free_port()?;
+        // A container made ahead for this revision saves its creation on this cold start.
+        let warm = if self.uses_container(spec) {
+            let warm = self.containers.take_warm(&spec.namespace, &spec.revision);
+            self.containers.prepare_warm(spec.clone(), &self.handle);
+            warm
+        } else {
+            None
+        };
+        let app_port = match &warm {
+            Some(w) => w.port,
+            None => free_port()?,
+        };
         let qp_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         qp_listener.set_nonblocking(true)?;
         let endpoint = qp_listener.local_addr()?;
@@ -451,6 +469,7 @@ impl Shared {
             spec: spec.clone(),
             info: info.clone(),
             stop: stop_rx,
+            warm: warm.map(|w| w.id),
         };
         self.handle.spawn(sup.run(queue.clone()));
         Ok(Instance { info, stop, queue })
@@ -474,7 +493,7 @@ fn queue_config(spec: &WorkloadSpec, app_port: u16, base: &[(String, String)]) -
 }
 
 /// A free loopback port for an app (the OS may hand it out again later, but rarely soon).
-fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port())
@@ -492,6 +511,8 @@ struct Supervisor {
     spec: Arc<WorkloadSpec>,
     info: Arc<Mutex<InstanceInfo>>,
     stop: watch::Receiver<bool>,
+    /// A container created ahead for the first run (its port is the instance's).
+    warm: Option<String>,
 }
 
 /// How a run ended: its exit code or signal, or why it could not be waited for.
@@ -762,7 +783,12 @@ impl Supervisor {
         };
         let name = format!("rouse-{}-{instance}-{restarts}", self.spec.namespace);
         let config = cs.config(&self.spec, &image, &instance, app_port);
-        let id = cs.client.create(&name, &config).await.map_err(|e| {
+        let warm = self.warm.take();
+        let created = match warm {
+            Some(id) => Ok(id),
+            None => cs.client.create(&name, &config).await,
+        };
+        let id = created.map_err(|e| {
             let reason = if e.is_not_found() {
                 container::REASON_IMAGE
             } else {

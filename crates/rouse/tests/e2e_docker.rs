@@ -323,8 +323,12 @@ fn scales_to_zero_and_back() {
     let rev = format!("{name}-00001");
     let host = format!("{name}.default.localhost");
     assert_eq!(p.http_get(&host, "/").unwrap().status, 200);
-    eventually("scaled to zero, no container left", PATIENCE * 2, || {
-        (pa_scale(&p, &rev) == (0, 0) && containers_of(&rev, false).is_empty()).then_some(())
+    // At zero no container runs; one is kept created (not started) for the next cold start.
+    eventually("scaled to zero, no container running", PATIENCE * 2, || {
+        (pa_scale(&p, &rev) == (0, 0) && containers_of(&rev, true).is_empty()).then_some(())
+    });
+    eventually("a container made ahead", PATIENCE, || {
+        (containers_of(&rev, false).len() == 1).then_some(())
     });
     let r = p.http_get(&host, "/").unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
@@ -389,7 +393,10 @@ fn cold_start_container_vs_process() {
         for name in [&proc_name, &ctr_name] {
             let rev = format!("{name}-00001");
             eventually("at zero", PATIENCE * 2, || {
-                (pa_scale(&p, &rev).1 == 0 && containers_of(&rev, false).is_empty()).then_some(())
+                // A container is kept created (not started) for the next cold start.
+                let made_ahead = name == &proc_name || containers_of(&rev, false).len() == 1;
+                (pa_scale(&p, &rev).1 == 0 && containers_of(&rev, true).is_empty() && made_ahead)
+                    .then_some(())
             });
             let host = format!("{name}.default.localhost");
             let t0 = Instant::now();
@@ -407,4 +414,31 @@ fn cold_start_container_vs_process() {
     for line in report {
         println!("COLD START {line}");
     }
+}
+
+#[test]
+fn a_crashing_container_fails_the_revision_with_its_exit_code_and_output() {
+    let Some(image) = test_image() else { return };
+    let p = Platform::start_with(&["--runtime", "docker"]);
+    let name = unique("crash");
+    let extra = r#"          command: ["/app"]
+          args: ["--print", "about to fail", "--exit-immediately", "3"]
+"#;
+    p.apply(&image_service(&name, &image, "", extra), &[]);
+    let rev = format!("{name}-00001");
+    let healthy = eventually("the revision reports the exit", PATIENCE, || {
+        let r = p.get_json("revision", &rev)?;
+        let c = condition(&r, "ContainerHealthy")?.clone();
+        (c["status"] == "False").then_some(c)
+    });
+    assert_eq!(healthy["reason"], "ExitCode3", "{healthy}");
+    let msg = healthy["message"].as_str().unwrap();
+    assert!(msg.contains("about to fail"), "{msg}");
+    // Restarted with back-off, a new container each time, all writing to the instance's log.
+    let logs = p.data_dir.join("logs/default").join(&rev);
+    eventually("restarted", PATIENCE, || {
+        let entry = std::fs::read_dir(&logs).ok()?.flatten().next()?;
+        let text = std::fs::read_to_string(entry.path()).ok()?;
+        (text.matches("about to fail").count() >= 2).then_some(())
+    });
 }
