@@ -204,6 +204,14 @@ impl Containers {
         });
     }
 
+    /// Removes a container made ahead that will not be used.
+    pub(crate) fn discard(self: &Arc<Self>, id: String, handle: &tokio::runtime::Handle) {
+        let this = self.clone();
+        handle.spawn(async move {
+            let _ = this.client.remove(&id).await;
+        });
+    }
+
     /// Removes every container made ahead (at shutdown).
     pub(crate) async fn remove_all_warm(&self) {
         let all: Vec<Warm> = crate::process::lock(&self.warm)

@@ -421,7 +421,14 @@ impl Shared {
         let warm = if self.uses_container(spec) {
             let warm = self.containers.take_warm(&spec.namespace, &spec.revision);
             self.containers.prepare_warm(spec.clone(), &self.handle);
-            warm
+            // Its port was only reserved: another program may have taken it since.
+            warm.filter(|w| {
+                let free = std::net::TcpListener::bind(("127.0.0.1", w.port)).is_ok();
+                if !free {
+                    self.containers.discard(w.id.clone(), &self.handle);
+                }
+                free
+            })
         } else {
             None
         };
