@@ -470,7 +470,12 @@ impl Shared {
         let record = format!("{}.{}", spec.namespace, lock(&info).id);
         let sup = Supervisor {
             shared: self.clone(),
-            cgroup: self.tracker.make_cgroup(&record),
+            // A container lives in Docker's cgroup, not ours.
+            cgroup: if self.uses_container(spec) {
+                None
+            } else {
+                self.tracker.make_cgroup(&record)
+            },
             record,
             key: (spec.namespace.clone(), spec.revision.clone()),
             spec: spec.clone(),
@@ -637,8 +642,12 @@ impl Supervisor {
             Err(t) => return self.down(t),
         };
         let pid = run.pid();
-        tracing::info!(revision = %self.key.1, instance = %lock(&self.info).id, pid,
-            container = run.container_id().unwrap_or(""), "started");
+        match run.container_id() {
+            None => tracing::info!(revision = %self.key.1, instance = %lock(&self.info).id, pid,
+                "started"),
+            Some(c) => tracing::info!(revision = %self.key.1, instance = %lock(&self.info).id, pid,
+                container = &c[..12.min(c.len())], "started"),
+        }
         self.update(|i| {
             i.pid = Some(pid);
             if i.state != InstanceState::Terminating {
