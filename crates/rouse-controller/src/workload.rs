@@ -153,7 +153,8 @@ fn container_spec(rev: &Revision, c: &Container) -> Result<Option<ContainerSpec>
 /// `1G` = 1e9, `1e3` = 1000.
 pub fn parse_quantity(q: &str) -> Option<f64> {
     let q = q.trim();
-    let suffixes: [(&str, f64); 13] = [
+    let q = q.strip_prefix('+').unwrap_or(q);
+    let suffixes: [(&str, f64); 15] = [
         ("Ki", 1024.0),
         ("Mi", 1024f64.powi(2)),
         ("Gi", 1024f64.powi(3)),
@@ -167,6 +168,8 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
         ("M", 1e6),
         ("G", 1e9),
         ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
     ];
     let (num, factor) = suffixes
         .iter()
@@ -251,6 +254,8 @@ mod tests {
         assert_eq!(parse_quantity("128Mi"), Some(134_217_728.0));
         assert_eq!(parse_quantity("1G"), Some(1e9));
         assert_eq!(parse_quantity("1e3"), Some(1000.0));
+        assert_eq!(parse_quantity("+1Ei"), Some(1024f64.powi(6)));
+        assert_eq!(parse_quantity("2P"), Some(2e15));
         assert_eq!(parse_quantity("lots"), None);
         assert_eq!(parse_quantity("-1"), None);
     }
