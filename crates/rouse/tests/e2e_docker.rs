@@ -442,3 +442,28 @@ fn a_crashing_container_fails_the_revision_with_its_exit_code_and_output() {
         (text.matches("about to fail").count() >= 2).then_some(())
     });
 }
+
+#[test]
+fn without_docker_an_image_only_revision_fails_saying_so() {
+    // Runs whatever the machine: Docker is made unreachable on purpose.
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Platform::spawn_wrapped(
+        &["env", "DOCKER_HOST=unix:///nonexistent/docker.sock"],
+        &tmp.path().join("data"),
+        &[],
+    );
+    let name = unique("nodocker");
+    p.apply(&image_service(&name, "rouse/any:v1", "", ""), &[]);
+    let ready = eventually("the revision fails", PATIENCE, || {
+        let r = p.get_json("revision", &format!("{name}-00001"))?;
+        let c = condition(&r, "Ready")?.clone();
+        (c["status"] == "False").then_some(c)
+    });
+    assert_eq!(ready["reason"], "ContainerMissing", "{ready}");
+    let msg = ready["message"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot reach Docker Engine at /nonexistent/docker.sock"),
+        "{msg}"
+    );
+    assert!(msg.contains("give the container a command"), "{msg}");
+}
