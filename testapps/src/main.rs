@@ -34,6 +34,7 @@
 //! largest prime below N, N ≤ 40 000 000).
 //!
 //! Environment (besides `PORT` and `MESSAGE`):
+//! - `LISTEN_HOST` — the address to listen on (default `127.0.0.1`; `0.0.0.0` in a container).
 //! - `FAIL_ON_CONCURRENCY=1` — like Knative's `singlethreaded` image: a request that overlaps
 //!   another (from its arrival until its response head) answers 500 `concurrent requests
 //!   detected`; both overlapping requests fail.
@@ -232,15 +233,17 @@ fn main() {
 
 async fn serve(port: u16, opts: Options) {
     tokio::time::sleep(opts.startup_delay).await;
-    let listener = match TcpListener::bind(("127.0.0.1", port)).await {
+    // In a container the app must listen on all addresses (`LISTEN_HOST=0.0.0.0`).
+    let host = std::env::var("LISTEN_HOST").unwrap_or_else(|_| "127.0.0.1".to_string());
+    let listener = match TcpListener::bind((host.as_str(), port)).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("rouse-testapp: cannot listen on 127.0.0.1:{port}: {e}");
+            eprintln!("rouse-testapp: cannot listen on {host}:{port}: {e}");
             std::process::exit(1);
         }
     };
     let proto = if opts.h2c { "h2c" } else { "http/1.1" };
-    println!("rouse-testapp listening on 127.0.0.1:{port} ({proto})");
+    println!("rouse-testapp listening on {host}:{port} ({proto})");
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;

@@ -55,6 +55,9 @@ pub const ANNOTATION_LAST_MODIFIER: &str = "serving.knative.dev/lastModifier";
 pub const ANNOTATION_ROLLOUT_DURATION: &str = "serving.knative.dev/rollout-duration";
 /// Annotation: progress deadline of a revision.
 pub const ANNOTATION_PROGRESS_DEADLINE: &str = "serving.knative.dev/progress-deadline";
+/// Annotation (Rouse's own): how much of a request body is received before the request takes
+/// a slot, as a whole number of bytes (`1Mi`, `65536`; `0` streams every body).
+pub const ANNOTATION_REQUEST_BODY_BUFFER: &str = "rouse.dev/request-body-buffer";
 /// Label on Route/Service: `cluster-local` visibility.
 pub const LABEL_VISIBILITY: &str = "networking.knative.dev/visibility";
 

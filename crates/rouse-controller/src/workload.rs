@@ -4,24 +4,26 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rouse_api::serving::{LABEL_CONFIGURATION, LABEL_SERVICE, Probe, Revision};
+use rouse_api::serving::{Container, LABEL_CONFIGURATION, LABEL_SERVICE, Probe, Revision};
 use rouse_queue::{ProbeAction, ProbeSpec};
-use rouse_runtime::{QueueTemplate, WorkloadSpec};
+use rouse_runtime::{ContainerSpec, PullPolicy, QueueTemplate, WorkloadSpec};
+use serde_json::Value;
 
-/// Why a revision cannot run as local processes.
+/// Why a revision cannot run locally.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WorkloadError {
-    /// The container names an image but no command.
-    #[error(
-        "container {container:?} names only an image ({image}); the process runtime runs programs: set `command` (and `args`) to the program to run, or use the Docker runtime"
-    )]
-    ImageOnly { container: String, image: String },
+    /// The container names neither an image nor a command.
+    #[error("container {0:?} names neither an image nor a command")]
+    NothingToRun(String),
+    /// A resource limit that is not a Kubernetes quantity.
+    #[error("resources.limits.{name}: {value:?} is not a quantity (e.g. 500m, 1, 128Mi)")]
+    Quantity { name: String, value: String },
     /// No containers at all.
     #[error("the revision has no container")]
     NoContainer,
     /// An env var needs a Kubernetes source.
     #[error(
-        "env var {0:?} uses valueFrom, which the process runtime cannot resolve; give it a literal value"
+        "env var {0:?} uses valueFrom (ConfigMaps, Secrets and the Downward API do not exist locally); give it a literal value"
     )]
     EnvValueFrom(String),
 }
@@ -30,11 +32,8 @@ pub enum WorkloadError {
 pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
     let spec = &rev.spec;
     let container = spec.serving_container().ok_or(WorkloadError::NoContainer)?;
-    if container.command.is_empty() {
-        return Err(WorkloadError::ImageOnly {
-            container: container.name.clone(),
-            image: container.image.clone(),
-        });
+    if container.command.is_empty() && container.image.is_empty() {
+        return Err(WorkloadError::NothingToRun(container.name.clone()));
     }
     let mut env = Vec::new();
     for e in &container.env {
@@ -68,12 +67,13 @@ pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
         },
         drain_timeout: timeout,
         liveness: container.liveness_probe.as_ref().map(liveness_spec),
+        container: container_spec(rev, container)?,
     })
 }
 
 /// The annotation setting how much of a request body is received before the request takes a
-/// slot (`"1Mi"`, `"65536"`, `"0"` = stream every body).
-pub const ANNOTATION_REQUEST_BODY_BUFFER: &str = "rouse.dev/request-body-buffer";
+/// slot (validated by the API: `"1Mi"`, `"65536"`, `"0"` = stream every body).
+pub use rouse_api::serving::ANNOTATION_REQUEST_BODY_BUFFER;
 
 /// The revision's body buffer: its annotation, else the default (1 MiB).
 pub(crate) fn request_body_buffer(rev: &Revision) -> u64 {
@@ -91,22 +91,119 @@ pub(crate) fn request_body_buffer(rev: &Revision) -> u64 {
     })
 }
 
-/// A byte count as a whole number with an optional binary or decimal suffix (`1Mi`, `64k`).
+/// A byte count: a Kubernetes quantity that is a whole number of bytes (`1Mi`, `64k`, `65536`).
 fn byte_quantity(raw: &str) -> Option<u64> {
-    let raw = raw.trim();
-    let end = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (num, suffix) = raw.split_at(end);
-    let factor: u64 = match suffix {
-        "" => 1,
-        "k" => 1000,
-        "M" => 1000 * 1000,
-        "G" => 1000 * 1000 * 1000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        _ => return None,
+    let bytes = parse_quantity(raw)?;
+    (bytes.fract() == 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// The container settings of the serving container, when it names an image; the digest is
+/// the one recorded in the revision's status (once resolved, instances run from it).
+fn container_spec(rev: &Revision, c: &Container) -> Result<Option<ContainerSpec>, WorkloadError> {
+    if c.image.is_empty() {
+        return Ok(None);
+    }
+    let digest = rev
+        .status
+        .container_statuses
+        .iter()
+        .find(|s| s.name == c.name && !s.image_digest.is_empty())
+        .map(|s| s.image_digest.clone());
+    let limits = c.resources.as_ref().map(|r| &r.limits);
+    let limit =
+        |name: &str, parse: fn(&str) -> Option<f64>| -> Result<Option<f64>, WorkloadError> {
+            let Some(v) = limits.and_then(|l| l.get(name)) else {
+                return Ok(None);
+            };
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            parse(&text).map(Some).ok_or(WorkloadError::Quantity {
+                name: name.to_string(),
+                value: text,
+            })
+        };
+    let sc = c.security_context.as_ref();
+    let pod_sc = rev.spec.security_context.as_ref();
+    let id_of = |key: &str| {
+        sc.and_then(|s| s.get(key))
+            .or_else(|| pod_sc.and_then(|s| s.get(key)))
+            .and_then(Value::as_i64)
     };
-    num.parse::<u64>().ok()?.checked_mul(factor)
+    let user = match (id_of("runAsUser"), id_of("runAsGroup")) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        // Docker needs a user to set a group; 0 keeps the image's default user's rights.
+        (None, Some(g)) => Some(format!("0:{g}")),
+        (None, None) => None,
+    };
+    let caps = |key: &str| -> Vec<String> {
+        sc.and_then(|s| s.pointer(&format!("/capabilities/{key}")))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(Some(ContainerSpec {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        digest,
+        pull_policy: match c.image_pull_policy.as_deref() {
+            Some("Always") => PullPolicy::Always,
+            Some("Never") => PullPolicy::Never,
+            _ => PullPolicy::IfNotPresent,
+        },
+        port: c
+            .ports
+            .first()
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .filter(|p| *p > 0)
+            .unwrap_or(8080),
+        nano_cpus: limit("cpu", parse_quantity)?.map(|cpus| (cpus * 1e9).round() as i64),
+        memory_bytes: limit("memory", parse_quantity)?.map(|b| b.round() as i64),
+        user,
+        read_only_root: sc
+            .and_then(|s| s.get("readOnlyRootFilesystem"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        cap_add: caps("add"),
+        cap_drop: caps("drop"),
+    }))
+}
+
+/// A Kubernetes quantity as a number: `500m` = 0.5, `2` = 2, `128Mi` = 134217728,
+/// `1G` = 1e9, `1e3` = 1000.
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let q = q.strip_prefix('+').unwrap_or(q);
+    let suffixes: [(&str, f64); 15] = [
+        ("Ki", 1024.0),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+        ("Ti", 1024f64.powi(4)),
+        ("Pi", 1024f64.powi(5)),
+        ("Ei", 1024f64.powi(6)),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let (num, factor) = suffixes
+        .iter()
+        .find_map(|(s, f)| q.strip_suffix(s).map(|n| (n, *f)))
+        .unwrap_or((q, 1.0));
+    let n: f64 = num.parse().ok()?;
+    (n.is_finite() && n >= 0.0).then_some(n * factor)
 }
 
 /// A timeout in seconds, where absent or 0 means none.
@@ -176,6 +273,19 @@ fn probe_action(p: &Probe) -> ProbeAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantities_parse_like_kubernetes() {
+        assert_eq!(parse_quantity("500m"), Some(0.5));
+        assert_eq!(parse_quantity("2"), Some(2.0));
+        assert_eq!(parse_quantity("128Mi"), Some(134_217_728.0));
+        assert_eq!(parse_quantity("1G"), Some(1e9));
+        assert_eq!(parse_quantity("1e3"), Some(1000.0));
+        assert_eq!(parse_quantity("+1Ei"), Some(1024f64.powi(6)));
+        assert_eq!(parse_quantity("2P"), Some(2e15));
+        assert_eq!(parse_quantity("lots"), None);
+        assert_eq!(parse_quantity("-1"), None);
+    }
     use rouse_api::serving::{ExecAction, GrpcAction, HttpGetAction, HttpHeader, TcpSocketAction};
 
     #[test]
@@ -300,7 +410,8 @@ mod body_buffer_tests {
         assert_eq!(byte_quantity("0"), Some(0));
         assert_eq!(byte_quantity("64k"), Some(64_000));
         assert_eq!(byte_quantity("65536"), Some(65536));
-        assert_eq!(byte_quantity("1.5Mi"), None);
+        assert_eq!(byte_quantity("1.5Mi"), Some(1_572_864));
+        assert_eq!(byte_quantity("0.5"), None);
         assert_eq!(byte_quantity("-1"), None);
         assert_eq!(byte_quantity("99999999999Gi"), None);
     }

@@ -1,11 +1,14 @@
 //! The runtime seam: what runs a revision's instances. [`Runtime`] is the trait the reconcilers
 //! drive (make a revision's instances number N, report them, stop them); [`ProcessRuntime`] is
 //! the local backend, which runs each instance as a child process behind an in-process
-//! queue-proxy. Docker and Kubernetes backends come later behind the same trait.
+//! queue-proxy, or as a Docker container (a revision naming only an image) behind the same
+//! queue-proxy.
 
 #![warn(missing_docs)]
 
 mod command;
+mod container;
+mod docker;
 mod leftovers;
 mod logs;
 mod process;
@@ -16,14 +19,15 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use command::{DEFAULT_PATH, base_env};
+pub use docker::DockerError;
 pub use process::{
     BACKOFF_MAX, BACKOFF_RESET_AFTER, BACKOFF_START, KILL_GRACE, LIVENESS_PERIOD, ProcessRuntime,
 };
 pub use rouse_queue::{ProbeAction, ProbeFailure, ProbeSpec};
 pub use spec::{
-    DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_RETENTION, DEFAULT_MAX_INSTANCES,
-    InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED, QueueTemplate, RuntimeOptions, Termination,
-    WorkloadSpec,
+    Backend, ContainerSpec, DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_RETENTION,
+    DEFAULT_MAX_INSTANCES, ImageState, InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED,
+    PullPolicy, QueueTemplate, RuntimeOptions, Termination, WorkloadSpec,
 };
 pub use sys::{nofile_limit, raise_nofile_limit};
 
@@ -46,6 +50,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// Why the revision's last scale-up was refused, while it is (a limit on instances).
     fn scale_refusal(&self, _namespace: &str, _revision: &str) -> Option<String> {
         None
+    }
+    /// Where the revision's image stands (resolved once, to a digest, when the revision is
+    /// new; the runtime notifies the revision when a resolution ends). Runtimes that run
+    /// programs, not images, say [`ImageState::NotImage`].
+    fn image(&self, _spec: &WorkloadSpec) -> ImageState {
+        ImageState::NotImage
     }
     /// Notifies (namespace, revision) whenever any instance of it changes state.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(String, String)>;

@@ -7,7 +7,6 @@ use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,10 +17,13 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::command::{self, REASON_MISSING, REASON_START, base_env, instance_probe, start_failure};
+use crate::container::{self, Containers};
+use crate::docker::{DockerClient, default_socket};
 use crate::leftovers::{self, Tracker};
 use crate::logs;
 use crate::spec::{
-    InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED, RuntimeOptions, Termination, WorkloadSpec,
+    Backend, ImageState, InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED, RuntimeOptions,
+    Termination, WorkloadSpec,
 };
 use crate::{Runtime, sys};
 
@@ -47,7 +49,9 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 type Key = (String, String);
 
-/// Runs revisions as local processes: each instance gets a free `PORT`, a log file under
+/// Runs revisions locally, as processes or (a revision naming only an image, or all with
+/// `Backend::Docker`) as Docker containers: each instance gets a free loopback port (its
+/// `PORT`, or the one its container's port is published on), a log file under
 /// `<data_dir>/logs/<namespace>/<revision>/<instance>.log` (rotated by size, removed a while
 /// after the revision) and a queue-proxy in front. Crashed processes restart with exponential
 /// backoff; every process dies with the platform, and what a killed platform left is found
@@ -63,6 +67,8 @@ struct Shared {
     /// What every workload gets of the platform's environment.
     base_env: Vec<(String, String)>,
     tracker: Tracker,
+    /// The container backend (Docker Engine is only contacted when an image runs).
+    containers: Arc<Containers>,
     revisions: Mutex<HashMap<Key, RevisionEntry>>,
     /// Why a revision's scale-up was refused, until one is not.
     refusals: Mutex<HashMap<Key, String>>,
@@ -96,7 +102,7 @@ impl Instance {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not take the runtime down with it.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -124,8 +130,10 @@ impl ProcessRuntime {
     pub fn with_options(data_dir: PathBuf, options: RuntimeOptions) -> Arc<Self> {
         let (events, _) = broadcast::channel(1024);
         let (live, _) = watch::channel(0);
+        let socket = options.docker_socket.clone().unwrap_or_else(default_socket);
         let shared = Arc::new(Shared {
             tracker: Tracker::new(&data_dir),
+            containers: Arc::new(Containers::new(DockerClient::new(socket), &data_dir)),
             data_dir,
             handle: Handle::current(),
             base_env: base_env(&options.pass_env),
@@ -146,8 +154,22 @@ impl ProcessRuntime {
     /// instance cgroup. Returns a line per thing stopped. Call it once at start, before any
     /// instance runs, and only while holding the data dir (another platform's instances
     /// would go too). Blocks while the killed processes exit (bounded).
+    /// Containers this platform left (found by its label) are removed too.
     pub fn clean_leftovers(&self) -> Vec<String> {
-        self.shared.tracker.clean()
+        let mut lines = self.shared.tracker.clean();
+        let containers = self.shared.containers.clone();
+        // Its own little runtime: this is called from synchronous start-up code.
+        let removed = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(containers.clean_leftovers()))
+                .unwrap_or_default()
+        })
+        .join()
+        .unwrap_or_default();
+        lines.extend(removed);
+        lines
     }
 }
 
@@ -166,6 +188,10 @@ impl Runtime for ProcessRuntime {
             return;
         }
         let key = (spec.namespace.clone(), spec.revision.clone());
+        if sh.uses_container(&spec) {
+            sh.containers
+                .prepare_warm(Arc::new(spec.clone()), &sh.handle);
+        }
         // Back (re-created under the same name): its logs stay.
         if desired > 0 {
             lock(&sh.log_removals).remove(&key);
@@ -277,8 +303,36 @@ impl Runtime for ProcessRuntime {
             .collect()
     }
 
+    fn image(&self, spec: &WorkloadSpec) -> ImageState {
+        let sh = &self.shared;
+        if spec.command.is_empty() && sh.options.backend == Backend::Process {
+            return ImageState::Failed {
+                reason: container::REASON_IMAGE.to_string(),
+                message: format!(
+                    "the container names only an image ({}), and rouse serve runs programs \
+                     only (--runtime process): set `command` (and `args`) to the program to \
+                     run, or use --runtime auto or docker",
+                    spec.container.as_ref().map_or("", |c| c.image.as_str())
+                ),
+            };
+        }
+        if !sh.uses_container(spec) {
+            return ImageState::NotImage;
+        }
+        let weak = Arc::downgrade(sh);
+        let key = (spec.namespace.clone(), spec.revision.clone());
+        sh.containers.image_state(spec, &sh.handle, move || {
+            if let Some(sh) = weak.upgrade() {
+                sh.notify(&key);
+            }
+        })
+    }
+
     fn remove(&self, namespace: &str, revision: &str) {
         let key = (namespace.to_string(), revision.to_string());
+        self.shared
+            .containers
+            .forget(namespace, revision, &self.shared.handle);
         lock(&self.shared.refusals).remove(&key);
         // Its logs stay a while, for debugging.
         let due = Instant::now() + self.shared.options.log_retention;
@@ -310,11 +364,22 @@ impl Runtime for ProcessRuntime {
             self.shared.stop_all();
             let mut live = self.shared.live.subscribe();
             let _ = live.wait_for(|n| *n == 0).await;
+            self.shared.containers.remove_all_warm().await;
         })
     }
 }
 
 impl Shared {
+    /// Whether an instance of `spec` runs as a container.
+    fn uses_container(&self, spec: &WorkloadSpec) -> bool {
+        spec.container.is_some()
+            && match self.options.backend {
+                Backend::Auto => spec.command.is_empty(),
+                Backend::Docker => true,
+                Backend::Process => false,
+            }
+    }
+
     fn notify(&self, key: &Key) {
         let _ = self.events.send(key.clone());
     }
@@ -352,7 +417,25 @@ impl Shared {
                 break id;
             }
         };
-        let app_port = free_port()?;
+        // A container made ahead for this revision saves its creation on this cold start.
+        let warm = if self.uses_container(spec) {
+            let warm = self.containers.take_warm(&spec.namespace, &spec.revision);
+            self.containers.prepare_warm(spec.clone(), &self.handle);
+            // Its port was only reserved: another program may have taken it since.
+            warm.filter(|w| {
+                let free = std::net::TcpListener::bind(("127.0.0.1", w.port)).is_ok();
+                if !free {
+                    self.containers.discard(w.id.clone(), &self.handle);
+                }
+                free
+            })
+        } else {
+            None
+        };
+        let app_port = match &warm {
+            Some(w) => w.port,
+            None => free_port()?,
+        };
         let qp_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         qp_listener.set_nonblocking(true)?;
         let endpoint = qp_listener.local_addr()?;
@@ -387,12 +470,18 @@ impl Shared {
         let record = format!("{}.{}", spec.namespace, lock(&info).id);
         let sup = Supervisor {
             shared: self.clone(),
-            cgroup: self.tracker.make_cgroup(&record),
+            // A container lives in Docker's cgroup, not ours.
+            cgroup: if self.uses_container(spec) {
+                None
+            } else {
+                self.tracker.make_cgroup(&record)
+            },
             record,
             key: (spec.namespace.clone(), spec.revision.clone()),
             spec: spec.clone(),
             info: info.clone(),
             stop: stop_rx,
+            warm: warm.map(|w| w.id),
         };
         self.handle.spawn(sup.run(queue.clone()));
         Ok(Instance { info, stop, queue })
@@ -417,7 +506,7 @@ fn queue_config(spec: &WorkloadSpec, app_port: u16, base: &[(String, String)]) -
 }
 
 /// A free loopback port for an app (the OS may hand it out again later, but rarely soon).
-fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port())
@@ -435,6 +524,44 @@ struct Supervisor {
     spec: Arc<WorkloadSpec>,
     info: Arc<Mutex<InstanceInfo>>,
     stop: watch::Receiver<bool>,
+    /// A container created ahead for the first run (its port is the instance's).
+    warm: Option<String>,
+}
+
+/// How a run ended: its exit code or signal, or why it could not be waited for.
+struct Exited {
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+type ExitRx = oneshot::Receiver<Result<Exited, String>>;
+
+/// A started run: a process or a container.
+enum Run {
+    Process { pid: u32 },
+    Container { id: String, pid: u32 },
+}
+
+impl Run {
+    fn pid(&self) -> u32 {
+        match self {
+            Run::Process { pid } | Run::Container { pid, .. } => *pid,
+        }
+    }
+
+    fn container_id(&self) -> Option<&str> {
+        match self {
+            Run::Process { .. } => None,
+            Run::Container { id, .. } => Some(id),
+        }
+    }
+}
+
+/// A run just started: what stops it, its exit, and when its app can be probed.
+struct Started {
+    run: Run,
+    exit: ExitRx,
+    listening: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 enum RunEnd {
@@ -491,13 +618,9 @@ impl Supervisor {
         }
     }
 
-    /// One run of the process, from spawn to exit (or stop).
+    /// One run of the instance, from start to exit (or stop).
     async fn run_once(&mut self, qp: &QueueProxy) -> RunEnd {
         let app_port = lock(&self.info).app_port;
-        let launch = match command::plan(&self.spec, app_port, &self.shared.base_env) {
-            Ok(l) => l,
-            Err(t) => return self.down(t),
-        };
         let log_path = lock(&self.info).log_path.clone();
         let (log, offset) = match open_log(&log_path) {
             Ok(l) => l,
@@ -506,46 +629,35 @@ impl Supervisor {
                 return self.down(start_failure(REASON_START, msg));
             }
         };
-        let procs = self.cgroup.as_deref().and_then(|dir| {
-            leftovers::open_procs(dir)
-                .inspect_err(|e| {
-                    tracing::warn!(cgroup = %dir.display(), error = %e, "cannot open cgroup.procs")
-                })
-                .ok()
-        });
-        let mut child = match sys::spawn(&launch, log, procs).await {
-            Ok(c) => c,
-            Err(e) => {
-                let reason = match e.raw_os_error() {
-                    Some(libc::ENOENT | libc::EACCES | libc::ENOEXEC | libc::ENOTDIR) => {
-                        REASON_MISSING
-                    }
-                    _ => REASON_START,
-                };
-                let msg = format!("cannot run {}: {e}", launch.program.display());
-                return self.down(start_failure(reason, msg));
-            }
+        let started = if self.shared.uses_container(&self.spec) {
+            self.start_container(log, app_port).await
+        } else {
+            self.start_process(log, app_port).await
         };
-        let pid = child.id();
-        if let Some(errno) = child.cgroup_error {
-            tracing::warn!(instance = %self.record, error = %std::io::Error::from_raw_os_error(errno),
-                "the process could not join its cgroup; its process group still holds it");
+        let Started {
+            run,
+            mut exit,
+            listening,
+        } = match started {
+            Ok(s) => s,
+            Err(t) => return self.down(t),
+        };
+        let pid = run.pid();
+        match run.container_id() {
+            None => tracing::info!(revision = %self.key.1, instance = %lock(&self.info).id, pid,
+                "started"),
+            Some(c) => tracing::info!(revision = %self.key.1, instance = %lock(&self.info).id, pid,
+                container = &c[..12.min(c.len())], "started"),
         }
-        self.shared
-            .tracker
-            .record(&self.record, pid, self.cgroup.as_deref());
-        tracing::info!(revision = %self.key.1, instance = %lock(&self.info).id, pid, "started");
-        qp.app_started();
         self.update(|i| {
             i.pid = Some(pid);
             if i.state != InstanceState::Terminating {
                 i.state = InstanceState::Starting;
             }
         });
-        let (exit_tx, mut exit_rx) = oneshot::channel();
-        tokio::task::spawn_blocking(move || {
-            let _ = exit_tx.send(child.wait());
-        });
+        // The queue-proxy probes once the app can be reached (at once for a process).
+        let mut listening = listening;
+        let mut probing = false;
         let liveness = self.spec.liveness.as_ref().map(|l| {
             let spec = instance_probe(l, &self.spec, app_port, &self.shared.base_env);
             let app = ([127, 0, 0, 1], app_port).into();
@@ -566,29 +678,34 @@ impl Supervisor {
         let mut stop = self.stop.clone();
         loop {
             tokio::select! {
+                () = &mut listening, if !probing => {
+                    probing = true;
+                    qp.app_started();
+                }
                 why = &mut dead => {
                     return self
-                        .restart_unhealthy(qp, pid, &mut exit_rx, why, &log_path, offset)
+                        .restart_unhealthy(qp, &run, &mut exit, why, &log_path, offset)
                         .await;
                 }
-                status = &mut exit_rx => {
+                status = &mut exit => {
                     qp.app_stopped();
-                    // Anything the process left behind (its group, its cgroup) goes with it.
-                    self.kill_leftovers(pid);
+                    // Anything the run left behind (its group, its cgroup, its container)
+                    // goes with it.
+                    self.clean_run(&run).await;
                     let t = termination(status, &log_path, offset);
                     // A crash loop restarts every 10 s: warn on the first stop, then only a
                     // summary every CRASH_SUMMARY_EVERY restarts (the rest at debug).
                     let restarts = lock(&self.info).restarts;
                     if restarts == 0 {
                         tracing::warn!(revision = %self.key.1, pid, reason = %t.reason,
-                            code = ?t.exit_code, signal = ?t.signal, "process stopped");
+                            code = ?t.exit_code, signal = ?t.signal, "instance stopped");
                     } else if restarts.is_multiple_of(CRASH_SUMMARY_EVERY) {
                         tracing::warn!(revision = %self.key.1, restarts, reason = %t.reason,
                             code = ?t.exit_code, signal = ?t.signal,
-                            "process keeps stopping (crash loop); restarting with backoff");
+                            "instance keeps stopping (crash loop); restarting with backoff");
                     } else {
                         tracing::debug!(revision = %self.key.1, pid, restarts, reason = %t.reason,
-                            code = ?t.exit_code, signal = ?t.signal, "process stopped again");
+                            code = ?t.exit_code, signal = ?t.signal, "instance stopped again");
                     }
                     return self.down(t);
                 }
@@ -611,34 +728,149 @@ impl Supervisor {
                     });
                 }
                 _ = stopped(&mut stop) => {
-                    self.stop_process(qp, pid, &mut exit_rx).await;
+                    self.stop_run(qp, &run, &mut exit).await;
                     return RunEnd::Stopped;
                 }
             }
         }
     }
 
-    /// Drain, SIGTERM, then SIGKILL after the grace.
-    async fn stop_process(
-        &self,
-        qp: &QueueProxy,
-        pid: u32,
-        exit: &mut oneshot::Receiver<std::io::Result<ExitStatus>>,
-    ) {
+    /// Spawns the instance's process, its output going to `log`.
+    async fn start_process(&mut self, log: File, app_port: u16) -> Result<Started, Termination> {
+        let launch = command::plan(&self.spec, app_port, &self.shared.base_env)?;
+        let procs = self.cgroup.as_deref().and_then(|dir| {
+            leftovers::open_procs(dir)
+                .inspect_err(|e| {
+                    tracing::warn!(cgroup = %dir.display(), error = %e, "cannot open cgroup.procs")
+                })
+                .ok()
+        });
+        let mut child = match sys::spawn(&launch, log, procs).await {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = match e.raw_os_error() {
+                    Some(libc::ENOENT | libc::EACCES | libc::ENOEXEC | libc::ENOTDIR) => {
+                        REASON_MISSING
+                    }
+                    _ => REASON_START,
+                };
+                let msg = format!("cannot run {}: {e}", launch.program.display());
+                return Err(start_failure(reason, msg));
+            }
+        };
+        let pid = child.id();
+        if let Some(errno) = child.cgroup_error {
+            tracing::warn!(instance = %self.record, error = %std::io::Error::from_raw_os_error(errno),
+                "the process could not join its cgroup; its process group still holds it");
+        }
+        self.shared
+            .tracker
+            .record(&self.record, pid, self.cgroup.as_deref());
+        let (exit_tx, exit) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::process::ExitStatusExt;
+            let _ = exit_tx.send(
+                child
+                    .wait()
+                    .map(|st| Exited {
+                        code: st.code(),
+                        signal: st.signal(),
+                    })
+                    .map_err(|e| format!("waiting for the process: {e}")),
+            );
+        });
+        Ok(Started {
+            run: Run::Process { pid },
+            exit,
+            listening: Box::pin(std::future::ready(())),
+        })
+    }
+
+    /// Creates and starts the instance's container (its port published on `app_port`), its
+    /// output followed into `log`.
+    async fn start_container(&mut self, log: File, app_port: u16) -> Result<Started, Termination> {
+        let cs = self.shared.containers.clone();
+        let image = cs
+            .image_for(&self.spec)
+            .await
+            .map_err(|(reason, message)| start_failure(&reason, message))?;
+        let (instance, restarts) = {
+            let i = lock(&self.info);
+            (i.id.clone(), i.restarts)
+        };
+        let name = format!("rouse-{}-{instance}-{restarts}", self.spec.namespace);
+        let config = cs.config(&self.spec, &image, &instance, app_port);
+        let warm = self.warm.take();
+        let created = match warm {
+            Some(id) => Ok(id),
+            None => cs.client.create(&name, &config).await,
+        };
+        let id = created.map_err(|e| {
+            let reason = if e.is_not_found() {
+                container::REASON_IMAGE
+            } else {
+                REASON_START
+            };
+            start_failure(reason, format!("cannot create the container: {e}"))
+        })?;
+        if let Err(e) = cs.client.start(&id).await {
+            let _ = cs.client.remove(&id).await;
+            return Err(start_failure(
+                REASON_START,
+                format!("cannot start the container: {e}"),
+            ));
+        }
+        let follow = cs.clone();
+        let follow_id = id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = follow.client.follow_logs(&follow_id, log).await {
+                tracing::debug!(container = %follow_id, error = %e, "container logs ended");
+            }
+        });
+        let inspected = cs.client.inspect(&id).await.unwrap_or_default();
+        let pid = inspected["State"]["Pid"].as_u64().unwrap_or(0) as u32;
+        let port = self.spec.container.as_ref().map_or(8080, |c| c.port);
+        let ip = inspected["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        let (exit_tx, exit) = oneshot::channel();
+        let waiter = cs.clone();
+        let wait_id = id.clone();
+        tokio::spawn(async move {
+            let status = waiter.client.wait(&wait_id).await.map(|code| Exited {
+                code: Some(code as i32),
+                signal: None,
+            });
+            let _ = exit_tx.send(status.map_err(|e| format!("waiting for the container: {e}")));
+        });
+        // Docker's port proxy accepts connections before the app listens, so a TCP probe
+        // through it would pass at once: probing starts when the app answers on the
+        // container's own address (where the host can reach it).
+        let listening: Pin<Box<dyn Future<Output = ()> + Send>> = match ip {
+            Some(ip) => Box::pin(app_listening((ip, port).into())),
+            None => Box::pin(std::future::ready(())),
+        };
+        Ok(Started {
+            run: Run::Container { id, pid },
+            exit,
+            listening,
+        })
+    }
+
+    /// Drain, then ask the run to stop (SIGTERM), then kill it after the grace.
+    async fn stop_run(&self, qp: &QueueProxy, run: &Run, exit: &mut ExitRx) {
         self.update(|i| i.state = InstanceState::Terminating);
         qp.drain(self.spec.drain_timeout).await;
-        if let Err(e) = sys::signal_group(pid, libc::SIGTERM) {
-            tracing::warn!(pid, error = %e, "SIGTERM failed");
-        }
+        self.terminate(run);
         if tokio::time::timeout(self.shared.options.kill_grace, &mut *exit)
             .await
             .is_err()
         {
-            tracing::warn!(revision = %self.key.1, pid, "no exit after SIGTERM; sending SIGKILL");
-            let _ = sys::signal_group(pid, libc::SIGKILL);
+            tracing::warn!(revision = %self.key.1, pid = run.pid(), "no exit after SIGTERM; killing it");
+            self.kill(run);
             let _ = exit.await;
         }
-        self.kill_leftovers(pid);
+        self.clean_run(run).await;
         qp.app_stopped();
         self.update(|i| i.pid = None);
     }
@@ -648,13 +880,13 @@ impl Supervisor {
     async fn restart_unhealthy(
         &self,
         qp: &QueueProxy,
-        pid: u32,
-        exit: &mut oneshot::Receiver<std::io::Result<ExitStatus>>,
+        run: &Run,
+        exit: &mut ExitRx,
         why: String,
         log_path: &Path,
         offset: u64,
     ) -> RunEnd {
-        tracing::warn!(revision = %self.key.1, instance = %lock(&self.info).id, pid,
+        tracing::warn!(revision = %self.key.1, instance = %lock(&self.info).id, pid = run.pid(),
             reason = %why, "restarting an instance that failed its liveness probe");
         qp.app_stopped();
         self.update(|i| {
@@ -662,24 +894,70 @@ impl Supervisor {
                 i.state = InstanceState::NotReady;
             }
         });
-        if let Err(e) = sys::signal_group(pid, libc::SIGTERM) {
-            tracing::warn!(pid, error = %e, "SIGTERM failed");
-        }
+        self.terminate(run);
         let status = match tokio::time::timeout(self.shared.options.kill_grace, &mut *exit).await {
             Ok(status) => status,
             Err(_) => {
-                tracing::warn!(revision = %self.key.1, pid, "no exit after SIGTERM; sending SIGKILL");
-                let _ = sys::signal_group(pid, libc::SIGKILL);
+                tracing::warn!(revision = %self.key.1, pid = run.pid(), "no exit after SIGTERM; killing it");
+                self.kill(run);
                 exit.await
             }
         };
-        self.kill_leftovers(pid);
+        self.clean_run(run).await;
         let t = Termination {
             reason: LIVENESS_PROBE_FAILED.to_string(),
             message: why,
             ..termination(status, log_path, offset)
         };
         self.down(t)
+    }
+
+    /// SIGTERM to the process group, or a container stop (its stop signal, then SIGKILL after
+    /// the grace).
+    fn terminate(&self, run: &Run) {
+        match run {
+            Run::Process { pid } => {
+                if let Err(e) = sys::signal_group(*pid, libc::SIGTERM) {
+                    tracing::warn!(pid, error = %e, "SIGTERM failed");
+                }
+            }
+            Run::Container { id, .. } => {
+                let cs = self.shared.containers.clone();
+                let (id, grace) = (id.clone(), self.shared.options.kill_grace);
+                tokio::spawn(async move {
+                    if let Err(e) = cs.client.stop(&id, grace).await {
+                        tracing::warn!(container = %id, error = %e, "stopping the container failed");
+                    }
+                });
+            }
+        }
+    }
+
+    fn kill(&self, run: &Run) {
+        match run {
+            Run::Process { pid } => {
+                let _ = sys::signal_group(*pid, libc::SIGKILL);
+            }
+            Run::Container { id, .. } => {
+                let cs = self.shared.containers.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let _ = cs.client.kill(&id).await;
+                });
+            }
+        }
+    }
+
+    /// What is left of an ended run goes: its process group and cgroup, or its container.
+    async fn clean_run(&self, run: &Run) {
+        match run {
+            Run::Process { pid } => self.kill_leftovers(*pid),
+            Run::Container { id, .. } => {
+                if let Err(e) = self.shared.containers.client.remove(id).await {
+                    tracing::warn!(container = %id, error = %e, "cannot remove the container");
+                }
+            }
+        }
     }
 
     fn down(&self, t: Termination) -> RunEnd {
@@ -786,21 +1064,37 @@ fn open_log(path: &Path) -> std::io::Result<(File, u64)> {
 }
 
 fn termination(
-    status: Result<std::io::Result<ExitStatus>, oneshot::error::RecvError>,
+    status: Result<Result<Exited, String>, oneshot::error::RecvError>,
     log: &Path,
     offset: u64,
 ) -> Termination {
-    use std::os::unix::process::ExitStatusExt;
     let message = log_tail(log, offset).unwrap_or_default();
     match status {
         Ok(Ok(st)) => Termination {
-            exit_code: st.code(),
-            signal: st.signal(),
-            reason: if st.success() { "Completed" } else { "Error" }.to_string(),
+            exit_code: st.code,
+            signal: st.signal,
+            reason: if st.code == Some(0) {
+                "Completed"
+            } else {
+                "Error"
+            }
+            .to_string(),
             message,
         },
-        Ok(Err(e)) => start_failure("Error", format!("waiting for the process: {e}")),
+        Ok(Err(e)) => start_failure("Error", e),
         Err(_) => start_failure("Error", "lost track of the process".into()),
+    }
+}
+
+/// Resolves once a TCP connection to `addr` succeeds (tried every 20 ms).
+async fn app_listening(addr: std::net::SocketAddr) {
+    loop {
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr));
+        if let Ok(Ok(_)) = attempt.await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -36,6 +36,82 @@ pub struct WorkloadSpec {
     /// consecutive failures the process is restarted ([`LIVENESS_PROBE_FAILED`]). An exec
     /// probe runs with the instance's environment and working directory.
     pub liveness: Option<ProbeSpec>,
+    /// The container image and its settings, for the Docker runtime. An instance runs as a
+    /// container when the spec has no `command` (or the runtime is forced to Docker).
+    pub container: Option<ContainerSpec>,
+}
+
+/// `imagePullPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Pull only when the image is not on the machine (the default here).
+    #[default]
+    IfNotPresent,
+    /// Pull on every resolution (at revision creation), even when the image is present.
+    Always,
+    /// Never pull: the image must be on the machine.
+    Never,
+}
+
+/// What a container instance needs beyond [`WorkloadSpec`]'s program and environment.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ContainerSpec {
+    /// The container's name (`containers[0].name`), reported in `containerStatuses`.
+    pub name: String,
+    /// The image as written (`containers[0].image`).
+    pub image: String,
+    /// The image's digest recorded when the revision was created (its
+    /// `containerStatuses[].imageDigest`); instances run from it once known.
+    pub digest: Option<String>,
+    /// `imagePullPolicy`.
+    pub pull_policy: PullPolicy,
+    /// The port the app listens on inside the container (`PORT`): `ports[0].containerPort`,
+    /// else 8080.
+    pub port: u16,
+    /// `resources.limits.cpu` in billionths of a CPU.
+    pub nano_cpus: Option<i64>,
+    /// `resources.limits.memory` in bytes.
+    pub memory_bytes: Option<i64>,
+    /// `securityContext.runAsUser` (and `runAsGroup`): `uid` or `uid:gid`.
+    pub user: Option<String>,
+    /// `securityContext.readOnlyRootFilesystem`.
+    pub read_only_root: bool,
+    /// `securityContext.capabilities.add`.
+    pub cap_add: Vec<String>,
+    /// `securityContext.capabilities.drop`.
+    pub cap_drop: Vec<String>,
+}
+
+/// Where a revision's image stands: resolved to a digest once, when the revision is new.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageState {
+    /// The revision runs no image (a process).
+    NotImage,
+    /// Being inspected or pulled; the runtime notifies the revision when done.
+    Resolving,
+    /// Found: its digest (`repo@sha256:…`, or the image id when it has no repo digest).
+    Resolved(String),
+    /// Cannot be found or pulled: Knative's reason (`ContainerMissing`) and a message with
+    /// the daemon's.
+    Failed {
+        /// One word.
+        reason: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Which backend runs image-only and command revisions (`rouse serve --runtime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// A revision with a `command` runs as a process, one naming only an image as a
+    /// container.
+    #[default]
+    Auto,
+    /// Everything runs as a process (image-only revisions fail).
+    Process,
+    /// Everything runs as a container (a `command` overrides the image's entrypoint).
+    Docker,
 }
 
 /// The [`Termination::reason`] of a run ended because its liveness probe failed.
@@ -144,6 +220,11 @@ pub struct RuntimeOptions {
     pub log_max_files: u32,
     /// How long a removed revision's logs are kept, for debugging.
     pub log_retention: Duration,
+    /// Which backend runs which revisions.
+    pub backend: Backend,
+    /// Docker Engine's socket (`None`: `DOCKER_HOST` when it is `unix://…`, else
+    /// `/var/run/docker.sock`).
+    pub docker_socket: Option<PathBuf>,
 }
 
 impl Default for RuntimeOptions {
@@ -155,6 +236,8 @@ impl Default for RuntimeOptions {
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             log_max_files: DEFAULT_LOG_MAX_FILES,
             log_retention: DEFAULT_LOG_RETENTION,
+            backend: Backend::Auto,
+            docker_socket: None,
         }
     }
 }

@@ -37,6 +37,7 @@ fn spec(revision: &str, command: Vec<String>) -> WorkloadSpec {
         },
         drain_timeout: Duration::from_secs(5),
         liveness: None,
+        container: None,
     }
 }
 

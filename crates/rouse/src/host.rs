@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rouse_runtime::{
-    DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES, DEFAULT_MAX_INSTANCES, ProcessRuntime,
+    Backend, DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES, DEFAULT_MAX_INSTANCES, ProcessRuntime,
     RuntimeOptions,
 };
 
@@ -39,6 +39,21 @@ pub struct HostArgs {
     /// idle, new ones are refused.
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// What runs revisions: `auto` runs a container with a `command` as a process and one
+    /// naming only an image as a Docker container; `process` runs only programs; `docker`
+    /// runs every revision as a container (a `command` overrides the image's entrypoint).
+    #[arg(long = "runtime", value_name = "process|docker|auto", default_value = "auto",
+        value_parser = parse_backend)]
+    pub runtime: Backend,
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    match s {
+        "auto" => Ok(Backend::Auto),
+        "process" => Ok(Backend::Process),
+        "docker" => Ok(Backend::Docker),
+        other => Err(format!("{other:?}: expected process, docker or auto")),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -54,6 +69,7 @@ impl HostArgs {
             log_max_bytes: self.log_max_size,
             log_max_files: self.log_max_files,
             log_retention: self.log_retention,
+            backend: self.runtime,
             ..RuntimeOptions::default()
         }
     }

@@ -12,7 +12,7 @@ use crate::error::{FieldError, FieldErrors};
 use crate::meta::ObjectMeta;
 use crate::serving::{
     ANNOTATION_CREATOR, ANNOTATION_LAST_MODIFIER, ANNOTATION_PROGRESS_DEADLINE,
-    ANNOTATION_ROLLOUT_DURATION,
+    ANNOTATION_REQUEST_BODY_BUFFER, ANNOTATION_ROLLOUT_DURATION,
 };
 
 type Annotations = BTreeMap<String, String>;
@@ -80,6 +80,20 @@ pub(crate) fn progress_deadline(annotations: &Annotations) -> FieldErrors {
         &[ANNOTATION_PROGRESS_DEADLINE],
         "progress-deadline",
     )
+}
+
+/// `rouse.dev/request-body-buffer` (revision template): a non-negative quantity of bytes.
+pub(crate) fn request_body_buffer(annotations: &Annotations) -> FieldErrors {
+    match annotations.get(ANNOTATION_REQUEST_BODY_BUFFER) {
+        Some(v) if !is_quantity(v) || v.starts_with('-') || v.contains(['m', 'u', 'n']) => {
+            FieldError::new(
+                format!("invalid value: {v}: want a whole number of bytes, such as 1Mi or 65536"),
+                &[ANNOTATION_REQUEST_BODY_BUFFER],
+            )
+            .into()
+        }
+        _ => FieldErrors::new(),
+    }
 }
 
 /// A Go duration annotation at whole-second precision; `keys` in priority order.

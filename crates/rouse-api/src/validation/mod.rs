@@ -131,6 +131,10 @@ pub fn validate_revision(
         "annotations",
         metadata::progress_deadline(&new.metadata.annotations),
     );
+    meta.extend_via(
+        "annotations",
+        metadata::request_body_buffer(&new.metadata.annotations),
+    );
     meta.extend(metadata::label_matches_owner(
         &new.metadata,
         LABEL_CONFIGURATION,
@@ -190,6 +194,10 @@ fn template(tpl: &RevisionTemplateSpec, parent: &ObjectMeta, cfg: &Config) -> Fi
     );
     errs.extend(revision_name(&tpl.metadata, parent));
     errs.extend(metadata::queue_sidecar_annotations(annotations));
+    errs.extend_via(
+        "metadata.annotations",
+        metadata::request_body_buffer(annotations),
+    );
     errs.extend_via(
         "metadata.annotations",
         metadata::progress_deadline(annotations),

@@ -1468,3 +1468,32 @@ fn reapplying_the_same_manifest_is_accepted() {
     default_revision(&mut again, Some(&stored), &cfg());
     validate_revision(&again, Some(&stored), &cfg()).unwrap();
 }
+
+#[test]
+fn request_body_buffer_annotation_is_a_whole_byte_quantity() {
+    let key = "rouse.dev/request-body-buffer";
+    for good in ["1Mi", "65536", "0", "64k"] {
+        let errs = svc_errs(|s| {
+            s.spec
+                .template
+                .metadata
+                .annotations
+                .insert(key.into(), good.into());
+        });
+        assert!(errs.is_empty(), "{good}: {errs}");
+    }
+    for bad in ["lots", "-1", "500m"] {
+        let errs = svc_errs(|s| {
+            s.spec
+                .template
+                .metadata
+                .annotations
+                .insert(key.into(), bad.into());
+        });
+        assert!(
+            errs.to_string()
+                .contains("spec.template.metadata.annotations.rouse.dev/request-body-buffer"),
+            "{bad}: {errs}"
+        );
+    }
+}

@@ -10,8 +10,8 @@ use rouse_api::condition::{ConditionStatus, Conditions};
 use rouse_api::duration::parse_go_duration;
 use rouse_api::meta::Resource;
 use rouse_api::networking::{ServerlessService, SksMode};
-use rouse_api::serving::{ANNOTATION_PROGRESS_DEADLINE, Revision, RevisionStatus};
-use rouse_runtime::Termination;
+use rouse_api::serving::{ANNOTATION_PROGRESS_DEADLINE, ContainerStatus, Revision, RevisionStatus};
+use rouse_runtime::{ImageState, Termination};
 
 use super::{Requeue, ensure_child};
 use crate::workload::workload_for;
@@ -19,6 +19,8 @@ use crate::{Context, ReconcileError};
 
 /// How often a deploying revision's instance report (state, last output) is refreshed.
 const DEPLOYING_REFRESH: Duration = Duration::from_secs(5);
+/// How soon an image that could not be found or pulled is looked for again.
+const IMAGE_RETRY: Duration = Duration::from_secs(15);
 /// Output lines of a starting instance quoted in its revision's status.
 const TAIL_LINES: usize = 3;
 
@@ -34,11 +36,42 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
     let mut status = rev.status.clone();
     status.observed_generation = rev.metadata.generation;
 
-    if let Err(e) = workload_for(&rev) {
-        status.mark_false("ContainerHealthy", "InvalidWorkload", &e.to_string());
-        status.mark_false("ResourcesAvailable", "InvalidWorkload", &e.to_string());
-        status.derive_ready(&["ResourcesAvailable", "ContainerHealthy"]);
-        return write(ctx, &rev, status, None);
+    let workload = match workload_for(&rev) {
+        Ok(w) => w,
+        Err(e) => {
+            status.mark_false("ContainerHealthy", "InvalidWorkload", &e.to_string());
+            status.mark_false("ResourcesAvailable", "InvalidWorkload", &e.to_string());
+            status.derive_ready(&["ResourcesAvailable", "ContainerHealthy"]);
+            return write(ctx, &rev, status, None);
+        }
+    };
+    // Like Knative, the image is resolved to a digest before anything runs, and the digest
+    // recorded: the revision's instances run from it, whatever the tag names later.
+    match ctx.runtime.image(&workload) {
+        ImageState::NotImage => {}
+        ImageState::Resolved(digest) => {
+            let name = workload.container.as_ref().map(|c| c.name.clone());
+            let want = vec![ContainerStatus {
+                name: name.unwrap_or_default(),
+                image_digest: digest,
+            }];
+            if status.container_statuses != want {
+                status.container_statuses = want;
+            }
+        }
+        ImageState::Resolving => {
+            status.mark_unknown("ContainerHealthy", "ResolvingDigests", "");
+            status.mark_unknown("ResourcesAvailable", "ResolvingDigests", "");
+            status.derive_ready(&["ResourcesAvailable", "ContainerHealthy"]);
+            return write(ctx, &rev, status, None);
+        }
+        ImageState::Failed { reason, message } => {
+            status.mark_false("ContainerHealthy", &reason, &message);
+            status.mark_false("ResourcesAvailable", &reason, &message);
+            status.derive_ready(&["ResourcesAvailable", "ContainerHealthy"]);
+            // A failed resolution is tried again a while later.
+            return write(ctx, &rev, status, Some(IMAGE_RETRY));
+        }
     }
     ensure_autoscaler(ctx, &rev)?;
     ensure_sks(ctx, &rev)?;
