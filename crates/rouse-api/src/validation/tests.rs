@@ -1473,14 +1473,13 @@ fn reapplying_the_same_manifest_is_accepted() {
 fn request_body_buffer_annotation_is_a_whole_byte_quantity() {
     let key = "rouse.dev/request-body-buffer";
     for good in ["1Mi", "65536", "0", "64k"] {
-        let errs = svc_errs(|s| {
+        svc_ok_raw(&cfg(), |s| {
             s.spec
                 .template
                 .metadata
                 .annotations
                 .insert(key.into(), good.into());
         });
-        assert!(errs.is_empty(), "{good}: {errs}");
     }
     for bad in ["lots", "-1", "500m"] {
         let errs = svc_errs(|s| {
