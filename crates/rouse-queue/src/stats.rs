@@ -25,6 +25,43 @@ pub struct QueueStats {
     pub process_uptime: f64,
 }
 
+impl QueueStats {
+    /// The report in Knative's wire format: the protobuf `Stat` message the autoscaler
+    /// scrapes from `:9090/metrics` (`pod_name` = 1, the averages and counts = 2–6 as doubles,
+    /// `timestamp` = 7 left unset: the autoscaler stamps it). Zero fields are omitted, as
+    /// proto3 does.
+    pub fn to_protobuf(&self, pod_name: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(pod_name.len() + 48);
+        if !pod_name.is_empty() {
+            out.push(1 << 3 | 2);
+            push_varint(&mut out, pod_name.len() as u64);
+            out.extend_from_slice(pod_name.as_bytes());
+        }
+        let doubles = [
+            (2, self.average_concurrency),
+            (3, self.average_proxied_concurrency),
+            (4, self.request_count),
+            (5, self.proxied_request_count),
+            (6, self.process_uptime),
+        ];
+        for (field, v) in doubles {
+            if v != 0.0 {
+                out.push(field << 3 | 1);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+}
+
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// Collects in/out events and turns them into [`QueueStats`]. Clones share the same counts.
 #[derive(Clone, Debug)]
 pub(crate) struct Stats {
