@@ -37,9 +37,10 @@ const REVISION_HEADER: &str = "knative-serving-revision";
 /// `rouse activator` / `rouse gateway` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct HopArgs {
-    /// Where to listen (port 0: a free one; the address is printed on stdout).
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+    /// Where to listen (port 0: a free one; the address is printed on stdout). Default: the
+    /// install manifests' ports, 0.0.0.0:8012 for the activator, 0.0.0.0:8080 for the gateway.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// The static description of revisions, pods, activators and routes (JSON), re-read
     /// when it changes.
     #[arg(long)]
@@ -71,7 +72,10 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
     let activator = Activator::new(ActivatorConfig::default(), poke);
     let mut known = HashSet::new();
     apply_to_activator(&activator, &first, &mut known);
-    let listener = bind(args.listen, "activator").await?;
+    let listen = args
+        .listen
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8012)));
+    let listener = bind(listen, "activator").await?;
     let source = FileSource::new(args.endpoints.clone(), args.poll);
     let act = activator.clone();
     let watcher = tokio::spawn(follow(source, move |t| {
@@ -147,7 +151,10 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
     let gateway = Gateway::new(fallback);
     let mut known = HashSet::new();
     apply_to_gateway(&gateway, &first, &mut known);
-    let listener = bind(args.listen, "gateway").await?;
+    let listen = args
+        .listen
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
+    let listener = bind(listen, "gateway").await?;
     let source = FileSource::new(args.endpoints.clone(), args.poll);
     let gw = gateway.clone();
     let watcher = tokio::spawn(follow(source, move |t| {
