@@ -184,6 +184,30 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_stat_message_in_protobuf_wire_format() {
+        let stats = QueueStats {
+            average_concurrency: 1.5,
+            average_proxied_concurrency: 0.0,
+            request_count: 3.0,
+            proxied_request_count: 0.0,
+            process_uptime: 2.0,
+        };
+        let mut want = vec![0x0a, 3, b'p', b'o', b'd'];
+        want.push(0x11);
+        want.extend_from_slice(&1.5f64.to_le_bytes());
+        want.push(0x21);
+        want.extend_from_slice(&3.0f64.to_le_bytes());
+        want.push(0x31);
+        want.extend_from_slice(&2.0f64.to_le_bytes());
+        assert_eq!(stats.to_protobuf("pod"), want);
+        // A long name takes a multi-byte length.
+        let long = "p".repeat(200);
+        let bytes = QueueStats::default().to_protobuf(&long);
+        assert_eq!(&bytes[..3], &[0x0a, 0xc8, 0x01]);
+        assert_eq!(bytes.len(), 203);
+    }
+
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
