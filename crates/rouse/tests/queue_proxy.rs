@@ -365,19 +365,14 @@ fn sigterm_drains_while_an_in_flight_request_finishes() {
 struct Hop {
     child: Child,
     addr: SocketAddr,
+    admin: SocketAddr,
 }
 
 impl Hop {
     fn start(role: &str, endpoints: &std::path::Path) -> Hop {
         let mut child = Command::new(rouse_bin())
-            .args([
-                role,
-                "--listen",
-                "127.0.0.1:0",
-                "--poll",
-                "20ms",
-                "--endpoints",
-            ])
+            .args([role, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--metrics", "127.0.0.1:0", "--poll", "20ms", "--endpoints"])
             .arg(endpoints)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -387,12 +382,19 @@ impl Hop {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line
-            .trim()
-            .rsplit_once("listening=")
-            .and_then(|(_, a)| a.parse().ok())
-            .unwrap_or_else(|| panic!("{role} printed {line:?}"));
-        Hop { child, addr }
+        let addrs: HashMap<&str, SocketAddr> = line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect();
+        let (Some(addr), Some(admin)) = (addrs.get("listening"), addrs.get("admin")) else {
+            panic!("{role} printed {line:?}");
+        };
+        Hop {
+            child,
+            addr: *addr,
+            admin: *admin,
+        }
     }
 }
 
@@ -456,7 +458,19 @@ fn separate_processes_buffer_at_zero_wake_and_leave_the_activator_without_losing
     // The activator answers its own probe while the request waits.
     let (status, _, body) = exchange(activator.addr, "/", &[("K-Network-Probe", "activator")]);
     assert_eq!((status, body.as_slice()), (200, b"activator".as_slice()));
+    // It waits in the activator's queue (the activator's metrics on its admin port).
+    eventually("the request queued in the activator", PATIENCE, || {
+        let (status, _, body) = exchange(activator.admin, "/metrics", &[]);
+        assert_eq!(status, 200);
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("rouse_activator_requests_queued{") && l.ends_with(" 1"))
+            .then_some(())
+    });
     assert!(!cold.is_finished(), "nothing can serve the request yet");
+    let (status, _, _) = exchange(gateway.admin, "/readyz", &[]);
+    assert_eq!(status, 200);
 
     // The revision wakes: its pod (app + sidecar) starts and the file names it.
     let app_port = free_port();

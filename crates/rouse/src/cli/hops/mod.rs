@@ -45,6 +45,13 @@ pub struct HopArgs {
     /// when it changes.
     #[arg(long)]
     pub endpoints: PathBuf,
+    /// Health checks (`/healthz`, `/readyz`) and metrics (`/metrics`), as the install
+    /// manifests' probes expect them.
+    #[arg(long, default_value = "0.0.0.0:8022")]
+    pub admin: SocketAddr,
+    /// The same, on the metrics port.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub metrics: SocketAddr,
     /// How often the file is looked at.
     #[arg(long, default_value = "100ms", value_parser = parse_millis)]
     pub poll: Duration,
@@ -75,7 +82,8 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
     let listen = args
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8012)));
-    let listener = bind(listen, "activator").await?;
+    let act = activator.clone();
+    let (listener, admin) = bind(listen, args, "activator", move || act.metrics_text()).await?;
     let source = FileSource::new(args.endpoints.clone(), args.poll);
     let act = activator.clone();
     let watcher = tokio::spawn(follow(source, move |t| {
@@ -88,7 +96,7 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
             async move { Ok::<_, Infallible>(activate(&activator, req).await) }
         })
     };
-    rouse_queue::http::serve(listener, make, terminated()).await;
+    rouse_queue::http::serve(listener, make, terminated_then(admin)).await;
     watcher.abort();
     Ok(())
 }
@@ -154,13 +162,14 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
     let listen = args
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
-    let listener = bind(listen, "gateway").await?;
+    let gw = gateway.clone();
+    let (listener, admin) = bind(listen, args, "gateway", move || gateway_metrics(&gw)).await?;
     let source = FileSource::new(args.endpoints.clone(), args.poll);
     let gw = gateway.clone();
     let watcher = tokio::spawn(follow(source, move |t| {
         apply_to_gateway(&gw, &t, &mut known)
     }));
-    gateway.serve(listener, terminated()).await;
+    gateway.serve(listener, terminated_then(admin)).await;
     watcher.abort();
     Ok(())
 }
@@ -211,13 +220,76 @@ async fn follow<S: EndpointsSource>(mut source: S, mut apply: impl FnMut(Topolog
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
-    println!("rouse {what}: listening={}", l.local_addr()?);
+fn gateway_metrics(gateway: &Gateway) -> String {
+    format!(
+        "# HELP rouse_gateway_requests_in_flight Requests in the gateway now.\n\
+         # TYPE rouse_gateway_requests_in_flight gauge\n\
+         rouse_gateway_requests_in_flight {}\n",
+        gateway.in_flight()
+    )
+}
+
+/// Whether the process is draining (SIGTERM came): health checks answer 503 from then on.
+type Draining = Arc<std::sync::atomic::AtomicBool>;
+
+/// Binds the serving listener and the admin and metrics ports (health checks and `metrics`
+/// on both), and prints one line with the addresses.
+async fn bind(
+    listen: SocketAddr,
+    args: &HopArgs,
+    what: &str,
+    metrics: impl Fn() -> String + Send + Sync + 'static,
+) -> anyhow::Result<(TcpListener, Draining)> {
+    let bind_one = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))
+    };
+    let l = bind_one(listen).await?;
+    let admin = bind_one(args.admin).await?;
+    let metrics_port = bind_one(args.metrics).await?;
+    println!(
+        "rouse {what}: listening={} admin={} metrics={}",
+        l.local_addr()?,
+        admin.local_addr()?,
+        metrics_port.local_addr()?
+    );
     let _ = std::io::stdout().flush();
-    Ok(l)
+    let draining = Draining::default();
+    let metrics: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(metrics);
+    for port in [admin, metrics_port] {
+        tokio::spawn(serve_admin(port, draining.clone(), metrics.clone()));
+    }
+    Ok((l, draining))
+}
+
+async fn serve_admin(
+    listener: TcpListener,
+    draining: Draining,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
+) {
+    let make = |_remote| {
+        let draining = draining.clone();
+        let metrics = metrics.clone();
+        service_fn(move |req: Request<Body>| {
+            let resp = match req.uri().path() {
+                "/healthz" | "/readyz" if draining.load(std::sync::atomic::Ordering::SeqCst) => {
+                    text_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+                }
+                "/healthz" | "/readyz" => text_response(StatusCode::OK, "ok"),
+                "/metrics" => text_response(StatusCode::OK, metrics()),
+                _ => text_response(StatusCode::NOT_FOUND, "not found"),
+            };
+            async move { Ok::<_, Infallible>(resp) }
+        })
+    };
+    rouse_queue::http::serve(listener, make, std::future::pending()).await;
+}
+
+/// Resolves at SIGTERM or SIGINT, marking the process draining.
+async fn terminated_then(draining: Draining) {
+    terminated().await;
+    draining.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Resolves at SIGTERM or SIGINT.
