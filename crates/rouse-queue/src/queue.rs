@@ -351,7 +351,18 @@ impl LocalQueue {
 async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let make = |_remote| {
         let shared = shared.clone();
-        service_fn(move |req| handle(shared.clone(), req))
+        service_fn(move |req: Request<Body>| {
+            let shared = shared.clone();
+            async move {
+                // The kubelet's, activator's or autoscaler's probe without the probe header:
+                // refused, as Knative's queue-proxy does (it never reaches the app). Only on
+                // the socket: in-process hand-overs come from this process's own hops.
+                if is_probe_agent(req.headers()) && !req.headers().contains_key(&PROBE_HEADER) {
+                    return Ok(shared.health(&HeaderValue::from_static("")));
+                }
+                handle(shared, req).await
+            }
+        })
     };
     crate::http::serve(listener, make, async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -383,11 +394,6 @@ async fn probe_loop(shared: Arc<Shared>, mut app_run: watch::Receiver<Option<u64
 async fn handle(shared: Arc<Shared>, mut req: Request<Body>) -> Result<Response<Body>, Infallible> {
     if let Some(probe) = req.headers().get(&PROBE_HEADER) {
         return Ok(shared.health(probe));
-    }
-    if is_probe_agent(req.headers()) {
-        // The kubelet's, activator's or autoscaler's probe without the header: refused, as
-        // Knative does (these never reach the app).
-        return Ok(shared.health(&HeaderValue::from_static("")));
     }
     if let Err(e) = settle_request(&mut req) {
         return Ok(text_response(StatusCode::BAD_REQUEST, e.to_string()));
