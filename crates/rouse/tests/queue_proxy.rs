@@ -522,3 +522,87 @@ fn separate_processes_buffer_at_zero_wake_and_leave_the_activator_without_losing
         statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
     );
 }
+
+/// Opens a WebSocket to the test app's `/ws` echo through `addr`.
+fn ws_connect(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: hello.default.example.com\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "handshake cut short");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// One masked client frame.
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [7u8, 1, 9, 3];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Sends a text frame and reads the echo.
+fn ws_echo(s: &mut TcpStream, text: &str) -> String {
+    s.write_all(&ws_frame(1, text.as_bytes())).unwrap();
+    let mut hdr = [0u8; 2];
+    s.read_exact(&mut hdr).unwrap();
+    assert_eq!(hdr[0] & 0x0f, 1, "a text frame");
+    let mut payload = vec![0u8; (hdr[1] & 0x7f) as usize];
+    s.read_exact(&mut payload).unwrap();
+    String::from_utf8(payload).unwrap()
+}
+
+#[test]
+fn sigterm_keeps_an_open_websocket_until_it_closes() {
+    let app_port = free_port();
+    let _app = start_app(app_port);
+    let mut env = sidecar_env(app_port);
+    env.push(("ROUSE_QUEUE_DRAIN_QUIET_SECONDS", "1".into()));
+    let mut sidecar = Sidecar::start(&env);
+    wait_ready(&sidecar);
+    let mut ws = ws_connect(sidecar.addr("serving"));
+    assert_eq!(ws_echo(&mut ws, "before"), "before");
+
+    let term = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &sidecar.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let serving = sidecar.addr("serving");
+    eventually("probes answer shutting down", PATIENCE, || {
+        let (status, _, _) = exchange(serving, "/", &[("K-Network-Probe", "queue")]);
+        (status == 503).then_some(())
+    });
+    // Past the quiet period the socket still carries messages both ways, and the sidecar
+    // stays up for it.
+    let mut n = 0;
+    while term.elapsed() < Duration::from_secs(3) {
+        let text = format!("during-{n}");
+        assert_eq!(ws_echo(&mut ws, &text), text);
+        assert!(
+            sidecar.child.try_wait().unwrap().is_none(),
+            "exited with a socket open"
+        );
+        n += 1;
+    }
+    // The client closes it: the drain is over and the sidecar exits cleanly.
+    ws.write_all(&ws_frame(8, &[0x03, 0xe8])).unwrap();
+    drop(ws);
+    let exit = eventually("the sidecar exits", PATIENCE, || {
+        sidecar.child.try_wait().unwrap()
+    });
+    assert!(exit.success(), "{exit:?}");
+}
