@@ -333,6 +333,10 @@ impl Gateway {
                 let resp = queue.handle(req).await;
                 return resp.map(|b| boxed(GuardedBody::new(b, (guards, busy))));
             }
+            // Over the network the next hop may be an activator (Proxy mode on Kubernetes):
+            // it learns the revision from these, as from Knative's ingresses. The
+            // queue-proxy strips them.
+            name_revision(req.headers_mut(), namespace, revision);
             match Box::pin(self.forward(req, backend.addr, e.h2c)).await {
                 Ok((resp, Some(tunnel))) => {
                     // Switched: the connection counts as in flight until it closes.
@@ -385,6 +389,17 @@ impl Gateway {
                 .await
                 .map(|resp| (resp, None))
         }
+    }
+}
+
+/// Names the revision a request is for (`Knative-Serving-Namespace`, `-Revision`).
+fn name_revision(headers: &mut HeaderMap, namespace: &str, revision: &str) {
+    if let (Ok(ns), Ok(rev)) = (
+        HeaderValue::from_str(namespace),
+        HeaderValue::from_str(revision),
+    ) {
+        headers.insert(HeaderName::from_static("knative-serving-namespace"), ns);
+        headers.insert(HeaderName::from_static("knative-serving-revision"), rev);
     }
 }
 

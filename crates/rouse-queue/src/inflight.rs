@@ -1,7 +1,7 @@
 //! Counting requests in flight, and waiting for them to finish.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -15,6 +15,8 @@ pub struct InFlight {
 #[derive(Debug, Default)]
 struct Inner {
     count: AtomicUsize,
+    /// Requests ever started (the drain's quiet period watches it move).
+    started: AtomicU64,
     idle: Notify,
 }
 
@@ -33,9 +35,15 @@ impl InFlight {
     /// Counts one more request until the returned guard is dropped.
     pub fn start(&self) -> InFlightGuard {
         self.inner.count.fetch_add(1, Ordering::SeqCst);
+        self.inner.started.fetch_add(1, Ordering::Relaxed);
         InFlightGuard {
             inner: self.inner.clone(),
         }
+    }
+
+    /// Requests started since the counter was made.
+    pub fn started(&self) -> u64 {
+        self.inner.started.load(Ordering::Relaxed)
     }
 
     /// Requests in flight now.

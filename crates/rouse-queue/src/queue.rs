@@ -116,7 +116,8 @@ pub struct QueueProxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    server: Mutex<Option<JoinHandle<()>>>,
+    /// The accept loops, one per listener.
+    servers: Mutex<Vec<JoinHandle<()>>>,
     prober: JoinHandle<()>,
 }
 
@@ -178,7 +179,7 @@ impl QueueProxy {
             addr,
             shared,
             stop,
-            server: Mutex::new(Some(server)),
+            servers: Mutex::new(vec![server]),
             prober,
         })
     }
@@ -246,14 +247,36 @@ impl QueueProxy {
         self.shared.in_flight.wait_idle(timeout).await;
         let _ = self.stop.send(true);
         unregister(self.addr, &self.shared);
-        let server = self.server.lock().expect("server lock").take();
-        if let Some(mut server) = server {
-            // Idle connections close at once; give a request that raced in a moment to end.
-            let until = deadline.max(Instant::now() + Duration::from_millis(100));
+        let servers = std::mem::take(&mut *self.servers.lock().expect("server lock"));
+        // Idle connections close at once; give a request that raced in a moment to end.
+        let until = deadline.max(Instant::now() + Duration::from_millis(100));
+        for mut server in servers {
             if tokio::time::timeout_at(until, &mut server).await.is_err() {
                 server.abort();
             }
         }
+    }
+
+    /// Serves on one more listener as well (the sidecar's h2c port beside its HTTP port):
+    /// the same handling, load report and drain. Must be called inside a Tokio runtime.
+    pub fn serve_also(&self, listener: TcpListener) {
+        let stop = self.shared.stop.clone();
+        let server = tokio::spawn(serve(listener, self.shared.clone(), stop));
+        if let Ok(mut servers) = self.servers.lock() {
+            servers.push(server);
+        }
+    }
+
+    /// Health checks fail from now on (the drain's quiet period: the load balancers take the
+    /// instance out) while requests are still served; [`QueueProxy::drain`] follows.
+    pub fn begin_drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests (not health checks) that arrived since the start: the drain's quiet period
+    /// ends when it stops moving.
+    pub fn requests_started(&self) -> u64 {
+        self.shared.in_flight.started()
     }
 
     /// Whether [`QueueProxy::drain`] has begun.
@@ -265,8 +288,10 @@ impl QueueProxy {
 impl Drop for QueueProxy {
     fn drop(&mut self) {
         unregister(self.addr, &self.shared);
-        if let Some(server) = self.server.lock().map(|mut s| s.take()).ok().flatten() {
-            server.abort();
+        if let Ok(mut servers) = self.servers.lock() {
+            for server in servers.drain(..) {
+                server.abort();
+            }
         }
         self.prober.abort();
     }
@@ -326,7 +351,18 @@ impl LocalQueue {
 async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let make = |_remote| {
         let shared = shared.clone();
-        service_fn(move |req| handle(shared.clone(), req))
+        service_fn(move |req: Request<Body>| {
+            let shared = shared.clone();
+            async move {
+                // The kubelet's, activator's or autoscaler's probe without the probe header:
+                // refused, as Knative's queue-proxy does (it never reaches the app). Only on
+                // the socket: in-process hand-overs come from this process's own hops.
+                if is_probe_agent(req.headers()) && !req.headers().contains_key(&PROBE_HEADER) {
+                    return Ok(shared.health(&HeaderValue::from_static("")));
+                }
+                handle(shared, req).await
+            }
+        })
     };
     crate::http::serve(listener, make, async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -532,6 +568,25 @@ async fn forward_to_app(
             }
         }
     }
+}
+
+/// The `User-Agent` prefixes of Knative's health checks (besides the kubelet's `kube-probe/`).
+const PROBE_AGENT_PREFIXES: [&str; 3] = [
+    "kube-probe/",
+    "Knative-Activator-Probe",
+    "Knative-Autoscaling-Probe",
+];
+
+/// Whether a request is a health check by its agent: the kubelet (`kube-probe/...` or a
+/// `K-Kubelet-Probe` header), the activator or the autoscaler.
+fn is_probe_agent(headers: &http::HeaderMap) -> bool {
+    if headers.contains_key("k-kubelet-probe") {
+        return true;
+    }
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|ua| ua.to_str().ok())
+        .is_some_and(|ua| PROBE_AGENT_PREFIXES.iter().any(|p| ua.starts_with(p)))
 }
 
 fn is_idempotent(m: &http::Method) -> bool {

@@ -25,6 +25,43 @@ pub struct QueueStats {
     pub process_uptime: f64,
 }
 
+impl QueueStats {
+    /// The report in Knative's wire format: the protobuf `Stat` message the autoscaler
+    /// scrapes from `:9090/metrics` (`pod_name` = 1, the averages and counts = 2–6 as doubles,
+    /// `timestamp` = 7 left unset: the autoscaler stamps it). Zero fields are omitted, as
+    /// proto3 does.
+    pub fn to_protobuf(&self, pod_name: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(pod_name.len() + 48);
+        if !pod_name.is_empty() {
+            out.push(1 << 3 | 2);
+            push_varint(&mut out, pod_name.len() as u64);
+            out.extend_from_slice(pod_name.as_bytes());
+        }
+        let doubles = [
+            (2, self.average_concurrency),
+            (3, self.average_proxied_concurrency),
+            (4, self.request_count),
+            (5, self.proxied_request_count),
+            (6, self.process_uptime),
+        ];
+        for (field, v) in doubles {
+            if v != 0.0 {
+                out.push(field << 3 | 1);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+}
+
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// Collects in/out events and turns them into [`QueueStats`]. Clones share the same counts.
 #[derive(Clone, Debug)]
 pub(crate) struct Stats {
@@ -146,6 +183,30 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn the_stat_message_in_protobuf_wire_format() {
+        let stats = QueueStats {
+            average_concurrency: 1.5,
+            average_proxied_concurrency: 0.0,
+            request_count: 3.0,
+            proxied_request_count: 0.0,
+            process_uptime: 2.0,
+        };
+        let mut want = vec![0x0a, 3, b'p', b'o', b'd'];
+        want.push(0x11);
+        want.extend_from_slice(&1.5f64.to_le_bytes());
+        want.push(0x21);
+        want.extend_from_slice(&3.0f64.to_le_bytes());
+        want.push(0x31);
+        want.extend_from_slice(&2.0f64.to_le_bytes());
+        assert_eq!(stats.to_protobuf("pod"), want);
+        // A long name takes a multi-byte length.
+        let long = "p".repeat(200);
+        let bytes = QueueStats::default().to_protobuf(&long);
+        assert_eq!(&bytes[..3], &[0x0a, 0xc8, 0x01]);
+        assert_eq!(bytes.len(), 203);
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

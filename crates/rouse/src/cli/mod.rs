@@ -6,9 +6,11 @@ pub mod client;
 pub mod describe;
 pub mod gateway;
 pub mod get;
+pub mod hops;
 pub mod install;
 pub mod kubeconfig;
 pub mod manifest;
+pub mod queue_proxy;
 pub mod selector;
 pub mod simulate;
 pub mod table;
@@ -106,6 +108,15 @@ pub enum Command {
     Autoscaler(AutoscalerCommand),
     /// Print the manifests that install Rouse on Kubernetes (pipe to `kubectl apply`).
     Install(install::InstallArgs),
+    /// Run the queue-proxy sidecar of a Kubernetes pod, configured by Knative's environment
+    /// contract (SERVING_*, QUEUE_SERVING_PORT, USER_PORT, CONTAINER_CONCURRENCY, ...).
+    QueueProxy,
+    /// Run the activator as a process of its own: it buffers requests for revisions with no
+    /// ready pod, fed by a static description of revisions and pods (`--endpoints FILE`).
+    Activator(hops::HopArgs),
+    /// Run the gateway as a process of its own: routes by host to pods or activators, fed by
+    /// a static description of routes, revisions and pods (`--endpoints FILE`).
+    Gateway(hops::HopArgs),
 }
 
 /// `rouse autoscaler ...`.
@@ -131,7 +142,10 @@ pub struct Reported;
 /// Parses the command line, runs it and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Serve(_));
+    let serving = matches!(
+        cli.command,
+        Command::Serve(_) | Command::QueueProxy | Command::Activator(_) | Command::Gateway(_)
+    );
     if serving {
         crate::serve::tune_allocator();
     }
@@ -230,6 +244,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Autoscaler(AutoscalerCommand::Simulate(ref args)) => simulate::run(args),
         Command::Install(ref args) => install::run(args),
+        Command::QueueProxy => queue_proxy::run().await,
+        Command::Activator(ref args) => hops::run_activator(args).await,
+        Command::Gateway(ref args) => hops::run_gateway(args).await,
     }
 }
 

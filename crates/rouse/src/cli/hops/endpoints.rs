@@ -1,0 +1,176 @@
+//! What the activator and the gateway processes learn about revisions: their pods, their
+//! ServerlessService mode, the activators, and the routes by host. On Kubernetes the informers
+//! provide it (SKS, EndpointSlices, Ingresses); without a cluster a static file does
+//! ([`FileSource`]). Both sit behind [`EndpointsSource`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The data-plane view: every revision with its pods and mode, the activators, the routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Topology {
+    /// The activators' addresses (the public Services' endpoints in Proxy mode).
+    #[serde(default)]
+    pub activators: Vec<SocketAddr>,
+    /// The revisions.
+    #[serde(default)]
+    pub revisions: Vec<RevisionEndpoints>,
+    /// Hosts and the revisions their traffic goes to.
+    #[serde(default)]
+    pub routes: Vec<HostRoute>,
+}
+
+/// One revision as the data plane sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevisionEndpoints {
+    /// The revision's namespace.
+    pub namespace: String,
+    /// The revision.
+    pub name: String,
+    /// Its ServerlessService mode: `serve` (the gateway goes to the pods) or `proxy` (through
+    /// the activators).
+    pub mode: SksMode,
+    /// Its pods' queue-proxy addresses (ready or starting: the activator probes them).
+    #[serde(default)]
+    pub pods: Vec<SocketAddr>,
+    /// `containerConcurrency` (0 = unlimited).
+    #[serde(default)]
+    pub container_concurrency: u32,
+    /// `timeoutSeconds` (absent: 300).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// The app speaks HTTP/2 cleartext.
+    #[serde(default)]
+    pub h2c: bool,
+}
+
+/// A ServerlessService mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SksMode {
+    /// Straight to the pods.
+    Serve,
+    /// Through the activators.
+    Proxy,
+}
+
+/// One host's traffic split.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostRoute {
+    /// The host (port ignored, case-insensitive).
+    pub host: String,
+    /// The revisions and their percentages.
+    pub targets: Vec<Target>,
+}
+
+/// A share of a host's traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Target {
+    /// The revision's namespace.
+    pub namespace: String,
+    /// The revision.
+    pub revision: String,
+    /// Its percentage.
+    pub percent: u32,
+}
+
+/// Why a description could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The file is not a valid description.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Field path and reason.
+        reason: String,
+    },
+}
+
+/// Where the processes learn the [`Topology`] from: each call gives the next version (the
+/// first, the current one). A failed read keeps the previous version in force.
+pub trait EndpointsSource: Send + 'static {
+    /// Waits for the next version.
+    fn next(&mut self) -> impl Future<Output = Result<Topology, SourceError>> + Send;
+}
+
+/// A JSON file, re-read when its content changes (polled: works on every file system and
+/// with editors that replace the file).
+pub struct FileSource {
+    path: PathBuf,
+    poll: Duration,
+    last: Option<Vec<u8>>,
+}
+
+impl FileSource {
+    /// Watches `path`, looking every `poll`.
+    pub fn new(path: PathBuf, poll: Duration) -> Self {
+        FileSource {
+            path,
+            poll,
+            last: None,
+        }
+    }
+
+    /// Reads and checks the file once.
+    pub fn read(path: &std::path::Path) -> Result<Topology, SourceError> {
+        let bytes = std::fs::read(path).map_err(|source| SourceError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        parse(path, &bytes)
+    }
+}
+
+fn parse(path: &std::path::Path, bytes: &[u8]) -> Result<Topology, SourceError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| SourceError::Invalid {
+        path: path.to_owned(),
+        reason: format!("{}: {}", e.path(), e.inner()),
+    })
+}
+
+impl EndpointsSource for FileSource {
+    async fn next(&mut self) -> Result<Topology, SourceError> {
+        loop {
+            if self.last.is_some() {
+                tokio::time::sleep(self.poll).await;
+            }
+            let bytes = match tokio::fs::read(&self.path).await {
+                Ok(b) => b,
+                // Missing for a moment (replaced by rename): look again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.last.is_some() => {
+                    continue;
+                }
+                Err(source) => {
+                    self.last.get_or_insert_with(Vec::new);
+                    return Err(SourceError::Read {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            };
+            if self.last.as_deref() == Some(bytes.as_slice()) {
+                continue;
+            }
+            let parsed = parse(&self.path, &bytes);
+            self.last = Some(bytes);
+            return parsed;
+        }
+    }
+}
