@@ -167,6 +167,33 @@ pub const INGRESS: CrdInfo = CrdInfo {
     columns: &[READY, REASON],
 };
 
+/// How `kind` is registered: the one table of plurals, short names, categories and printer
+/// columns that the CRDs, the local API's discovery and its tables share.
+pub fn info(kind: rouse_api::Kind) -> &'static CrdInfo {
+    use rouse_api::Kind;
+    match kind {
+        Kind::Service => &SERVICE,
+        Kind::Configuration => &CONFIGURATION,
+        Kind::Revision => &REVISION,
+        Kind::Route => &ROUTE,
+        Kind::PodAutoscaler => &POD_AUTOSCALER,
+        Kind::ServerlessService => &SERVERLESS_SERVICE,
+    }
+}
+
+/// The structural OpenAPI v3 schema of `kind` (the one its CRD carries).
+pub fn schema(kind: rouse_api::Kind) -> Result<serde_json::Value, SchemaError> {
+    use rouse_api::Kind;
+    match kind {
+        Kind::Service => object_schema::<Service>(),
+        Kind::Configuration => object_schema::<Configuration>(),
+        Kind::Revision => object_schema::<Revision>(),
+        Kind::Route => object_schema::<Route>(),
+        Kind::PodAutoscaler => object_schema::<PodAutoscaler>(),
+        Kind::ServerlessService => object_schema::<ServerlessService>(),
+    }
+}
+
 /// Every CRD Rouse installs, in the order `rouse install` prints them.
 pub fn all() -> Result<Vec<CustomResourceDefinition>, SchemaError> {
     Ok(vec![
