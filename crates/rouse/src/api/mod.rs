@@ -726,7 +726,8 @@ fn apply_managed_fields(old: &Value, kind: Kind, req: &PatchRequest) -> Result<V
         patch::leaves(&entry["fieldsV1"], "", &mut theirs);
         for field in theirs.iter().filter(|f| mine.contains(f)) {
             let pointer = format!("/{}", field.replace('.', "/"));
-            if old.pointer(&pointer) != req.patch.pointer(&pointer) {
+            let (was, wants) = (old.pointer(&pointer), req.patch.pointer(&pointer));
+            if !wants.zip(was).is_some_and(|(w, o)| patch::within(w, o)) {
                 conflicts.push((
                     entry["manager"].as_str().unwrap_or("").to_string(),
                     field.clone(),

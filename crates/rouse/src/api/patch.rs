@@ -151,6 +151,20 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
     gone.ok_or(format!("{path}: not found"))
 }
 
+/// True when `applied` says nothing `stored` contradicts: every field it sets has that value
+/// there (lists item by item), so fields the server defaulted do not count as a change.
+pub fn within(applied: &Value, stored: &Value) -> bool {
+    match (applied, stored) {
+        (Value::Object(a), Value::Object(s)) => a
+            .iter()
+            .all(|(k, v)| s.get(k).is_some_and(|sv| within(v, sv))),
+        (Value::Array(a), Value::Array(s)) => {
+            a.len() == s.len() && a.iter().zip(s).all(|(x, y)| within(x, y))
+        }
+        _ => applied == stored,
+    }
+}
+
 /// The field paths a server-side apply configuration sets (`f:`-prefixed, as `managedFields`'
 /// FieldsV1 names them), minus the identity fields every manager shares.
 pub fn fields_v1(applied: &Value) -> Value {
@@ -229,6 +243,14 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn applied_within_defaulted() {
+        let stored = json!({"containers": [{"image": "a", "name": "user-container"}]});
+        assert!(within(&json!({"containers": [{"image": "a"}]}), &stored));
+        assert!(!within(&json!({"containers": [{"image": "b"}]}), &stored));
+        assert!(!within(&json!({"containers": []}), &stored));
     }
 
     #[test]
