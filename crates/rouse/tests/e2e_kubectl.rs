@@ -298,6 +298,17 @@ fn kubectl_drives_rouse() {
     );
     assert!(String::from_utf8_lossy(&made.stdout).starts_with("service.serving.knative.dev/gen-"));
 
+    // Validation errors name the field, as kubectl prints Kubernetes' causes.
+    let bad = ssa("c").replace("name: ssa", "name: bad")
+        + "  traffic:\n    - latestRevision: true\n      percent: 90\n";
+    let out = k.run_stdin(&["apply", "-f", "-"], &bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is invalid") && err.contains("spec.traffic"),
+        "{err}"
+    );
+
     // Namespaces; delete.
     assert!(words(&k.ok(&["get", "ns", "-o", "name"])).contains(&"namespace/default".to_string()));
     assert!(k.ok(&["delete", "ksvc", "ssa"]).contains("deleted"));
