@@ -309,8 +309,82 @@ fn kubectl_drives_rouse() {
         "{err}"
     );
 
+    // Knative's ConfigMaps: listed, patched, edited and replaced, validated as `--config` is, and
+    // in effect for the next write without a restart.
+    let cms = k.ok(&["get", "cm", "-n", "knative-serving", "-o", "name"]);
+    assert!(cms.contains("configmap/config-defaults"), "{cms}");
+    k.ok(&[
+        "patch",
+        "cm",
+        "config-defaults",
+        "-n",
+        "knative-serving",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"revision-timeout-seconds":"77"}}"#,
+    ]);
+    let edited = k
+        .command(&["edit", "cm", "config-defaults", "-n", "knative-serving"])
+        .env("KUBE_EDITOR", "sed -i s/\"77\"/\"123\"/")
+        .output()
+        .unwrap();
+    assert!(
+        edited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edited.stderr)
+    );
+    let data = k.ok(&[
+        "get",
+        "cm",
+        "config-defaults",
+        "-n",
+        "knative-serving",
+        "-o",
+        "jsonpath={.data}",
+    ]);
+    assert_eq!(data, r#"{"revision-timeout-seconds":"123"}"#);
+    let mut cm: serde_json::Value = serde_json::from_str(&k.ok(&[
+        "get",
+        "cm",
+        "config-defaults",
+        "-n",
+        "knative-serving",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    cm["data"]["revision-timeout-seconds"] = "abc".into();
+    let out = k.run_stdin(&["replace", "-f", "-"], &cm.to_string());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data[revision-timeout-seconds]: invalid integer"),
+        "{err}"
+    );
+    let out = k.run_stdin(
+        &["apply", "-f", "-"],
+        &ssa("c").replace("name: ssa", "name: timed"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "ksvc",
+            "timed",
+            "-o",
+            "jsonpath={.spec.template.spec.timeoutSeconds}"
+        ]),
+        "123"
+    );
+
     // Namespaces; delete.
-    assert!(words(&k.ok(&["get", "ns", "-o", "name"])).contains(&"namespace/default".to_string()));
+    let namespaces = words(&k.ok(&["get", "ns", "-o", "name"]));
+    assert!(namespaces.contains(&"namespace/default".to_string()));
+    assert!(namespaces.contains(&"namespace/knative-serving".to_string()));
     assert!(k.ok(&["delete", "ksvc", "ssa"]).contains("deleted"));
     let gone = k.run(&["get", "ksvc", "ssa"]);
     assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"));

@@ -123,7 +123,7 @@ fn resource_list(group_version: &str, kinds: &[Kind]) -> Value {
     })
 }
 
-/// The core group: Namespaces (listed from the objects stored).
+/// The core group: Namespaces (listed from the objects stored) and Knative's ConfigMaps.
 fn core_resources() -> Value {
     json!({
         "kind": "APIResourceList",
@@ -135,6 +135,13 @@ fn core_resources() -> Value {
             "kind": "Namespace",
             "verbs": ["get", "list"],
             "shortNames": ["ns"],
+        }, {
+            "name": "configmaps",
+            "singularName": "configmap",
+            "namespaced": true,
+            "kind": "ConfigMap",
+            "verbs": ["get", "list", "patch", "update"],
+            "shortNames": ["cm"],
         }],
     })
 }

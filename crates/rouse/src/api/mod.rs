@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod auth;
 pub mod body;
+pub mod configmaps;
 pub mod discovery;
 pub mod openapi;
 pub mod patch;
@@ -31,7 +32,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rouse_api::Kind;
-use rouse_api::config::Config;
+use rouse_api::config::SharedConfig;
 use rouse_store::{Store, StoreError};
 use serde_json::{Value, json};
 
@@ -53,7 +54,10 @@ fn whole(resp: Response<Full<Bytes>>) -> Response<Body> {
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
-    pub config: Arc<Config>,
+    /// The running config: read afresh per request, replaced by ConfigMap writes.
+    pub config: SharedConfig,
+    /// Knative's ConfigMaps as written (seeded from `--config`).
+    pub configmaps: Arc<configmaps::ConfigMaps>,
     /// The bearer token every request but the health checks must carry.
     pub token: Arc<str>,
 }
@@ -222,10 +226,15 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         return Ok(whole(json_response(StatusCode::OK, &doc)));
     }
     let as_table = table::wants_table(req.headers());
-    if let Some(rest) = path.strip_prefix("/api/v1/namespaces") {
-        only_get(&method)?;
-        let name = rest.trim_matches('/');
-        return namespaces(&shared.state, name, as_table).await.map(whole);
+    if let Some(rest) = path.strip_prefix("/api/v1/") {
+        return core(
+            shared,
+            rest.trim_end_matches('/').to_string(),
+            req,
+            as_table,
+        )
+        .await
+        .map(whole);
     }
     let api_path = paths::parse(path).ok_or_else(ApiError::unknown_path)?;
     let opts = if method == Method::GET {
@@ -449,7 +458,7 @@ async fn route_object(
 }
 
 fn body_deadline(state: &ApiState) -> body::BodyDeadline {
-    body::BodyDeadline::from_config(&state.config.rouse)
+    body::BodyDeadline::from_config(&state.config.get().rouse)
 }
 
 fn only_get(method: &Method) -> Result<(), ApiError> {
@@ -520,6 +529,107 @@ async fn list(
     Ok(json_response(StatusCode::OK, &list))
 }
 
+/// The core group: Namespaces (read-only) and Knative's ConfigMaps.
+async fn core(
+    shared: &Shared,
+    rest: String,
+    req: Request<Incoming>,
+    as_table: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let state = &shared.state;
+    let method = req.method().clone();
+    let segs: Vec<&str> = rest.split('/').collect();
+    let (namespace, name) = match segs.as_slice() {
+        ["namespaces"] => {
+            only_get(&method)?;
+            return namespaces(state, "", as_table).await;
+        }
+        ["namespaces", n] => {
+            only_get(&method)?;
+            return namespaces(state, n, as_table).await;
+        }
+        ["configmaps"] => (None, None),
+        ["namespaces", ns, "configmaps"] => (Some(ns.to_string()), None),
+        ["namespaces", ns, "configmaps", name] => (Some(ns.to_string()), Some(name.to_string())),
+        _ => return Err(ApiError::unknown_path()),
+    };
+    let maps = &state.configmaps;
+    match (name, method) {
+        (None, Method::GET) => {
+            let (items, rv) = maps.list(namespace.as_deref());
+            if as_table {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &configmaps::table(&items, rv),
+                ));
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"kind": "ConfigMapList", "apiVersion": "v1",
+                        "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+            ))
+        }
+        (Some(name), Method::GET) => {
+            let ns = namespace.unwrap_or_default();
+            let cm = maps.get(&ns, &name)?;
+            if as_table {
+                let rv = cm["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(0);
+                return Ok(json_response(StatusCode::OK, &configmaps::table(&[cm], rv)));
+            }
+            Ok(json_response(StatusCode::OK, &cm))
+        }
+        (Some(name), m @ (Method::PUT | Method::PATCH)) => {
+            let ns = namespace.unwrap_or_default();
+            let ct = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let (parts, body) = req.into_parts();
+            let bytes = body::read_bytes(&parts.headers, body, body_deadline(state)).await?;
+            let (stored, config) = if m == Method::PUT {
+                let new = body::parse_object(&bytes, None)?;
+                maps.write(&ns, &name, |_| Ok(new))?
+            } else {
+                let patch_type = PatchType::from_content_type(&ct).ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        format!("the body's media type {ct:?} is not a patch"),
+                    )
+                })?;
+                let patch: Value = match patch_type {
+                    PatchType::Apply => body::parse_object(&bytes, None)?,
+                    _ => serde_json::from_slice(&bytes)
+                        .map_err(|e| ApiError::bad_request(format!("malformed patch: {e}")))?,
+                };
+                maps.write(&ns, &name, |cur| {
+                    let mut new = cur.clone();
+                    match patch_type {
+                        // A ConfigMap's data is a map of strings: a strategic merge is a merge.
+                        PatchType::Json => patch::json_patch(&mut new, &patch).map_err(|e| {
+                            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e)
+                        })?,
+                        _ => patch::merge_patch(&mut new, &patch),
+                    }
+                    Ok(new)
+                })?
+            };
+            state.config.set(config);
+            tracing::info!(configmap = %name, "config changed through the API");
+            Ok(json_response(StatusCode::OK, &stored))
+        }
+        (_, m) => Err(ApiError::method_not_allowed(format!(
+            "{m} is not allowed on configmaps; Rouse's are fixed: use GET, PUT or PATCH"
+        ))),
+    }
+}
+
 /// `/api/v1/namespaces[/{name}]`: the namespaces that hold objects, and `default`.
 async fn namespaces(
     state: &ApiState,
@@ -528,7 +638,10 @@ async fn namespaces(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let store = state.store.clone();
     let names = blocking(move || {
-        let mut names = std::collections::BTreeSet::from(["default".to_string()]);
+        let mut names = std::collections::BTreeSet::from([
+            "default".to_string(),
+            configmaps::NAMESPACE.to_string(),
+        ]);
         for kind in Kind::ALL {
             for obj in store.list(kind, None)?.0 {
                 if let Some(ns) = obj["metadata"]["namespace"].as_str() {
@@ -824,7 +937,7 @@ async fn create_with(
         namespace: ns,
         url_name: None,
     };
-    let mut admitted = admit(target, body, None, &state.config)?;
+    let mut admitted = admit(target, body, None, &state.config.get())?;
     let name = admitted.object["metadata"]["name"]
         .as_str()
         .unwrap_or("")
@@ -847,7 +960,8 @@ async fn create_with(
 /// Refuses a create of a Service, Configuration or Revision past `config-rouse`'s limits (403, worded as
 /// Kubernetes words an exceeded ResourceQuota).
 async fn check_quota(state: &ApiState, kind: Kind, ns: &str, name: &str) -> Result<(), ApiError> {
-    let limits = &state.config.rouse;
+    let config = state.config.get();
+    let limits = &config.rouse;
     let checks = match kind {
         Kind::Service | Kind::Configuration => vec![
             (
@@ -918,7 +1032,7 @@ async fn replace(
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let mut admitted = admit(target, body.clone(), Some(&old), &state.config)?;
+        let mut admitted = admit(target, body.clone(), Some(&old), &state.config.get())?;
         if !client_rv.is_empty() && client_rv != old_rv {
             return Err(ApiError::conflict(
                 kind,

@@ -57,8 +57,13 @@ pub fn answer(path: &str) -> Option<Value> {
                     json!({"serverRelativeURL": format!("/openapi/v3/{key}")}),
                 );
             }
+            paths.insert(
+                "api/v1".into(),
+                json!({"serverRelativeURL": "/openapi/v3/api/v1"}),
+            );
             Some(json!({"paths": paths}))
         }
+        "/openapi/v3/api/v1" => Some(core_v1()),
         _ => {
             let gv = path.strip_prefix("/openapi/v3/apis/")?;
             let kinds: Vec<Kind> = Kind::ALL
@@ -116,6 +121,42 @@ pub fn answer(path: &str) -> Option<Value> {
             }))
         }
     }
+}
+
+/// The core group as far as Rouse serves it: Knative's ConfigMaps.
+fn core_v1() -> Value {
+    let gvk = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
+    let params: Vec<Value> = ["fieldValidation", "dryRun", "fieldManager", "force"]
+        .iter()
+        .map(|p| json!({"name": p, "in": "query", "schema": {"type": "string"}}))
+        .collect();
+    let op = |id: &str| {
+        json!({"operationId": format!("{id}CoreV1NamespacedConfigMap"),
+               "x-kubernetes-group-version-kind": gvk, "parameters": params,
+               "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {
+                   "$ref": "#/components/schemas/io.k8s.api.core.v1.ConfigMap"}}}}}})
+    };
+    json!({
+        "openapi": "3.0.0",
+        "info": info(),
+        "paths": {
+            "/api/v1/namespaces/{namespace}/configmaps": {"get": op("list")},
+            "/api/v1/namespaces/{namespace}/configmaps/{name}":
+                {"get": op("read"), "put": op("replace"), "patch": op("patch")},
+        },
+        "components": {"schemas": {"io.k8s.api.core.v1.ConfigMap": {
+            "description": "One of Knative's ConfigMaps in namespace knative-serving; `data` holds its keys.",
+            "type": "object",
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "metadata": {"type": "object"},
+                "data": {"type": "object", "additionalProperties": {"type": "string"},
+                         "description": "The keys and values, as `--config` takes them."},
+            },
+            "x-kubernetes-group-version-kind": [gvk],
+        }}},
+    })
 }
 
 #[cfg(test)]
