@@ -72,6 +72,8 @@ struct Shared {
     /// Held from counting to storing a capped create, so concurrent creates cannot both slip
     /// under a limit.
     create_lock: tokio::sync::Mutex<()>,
+    /// Turns true at shutdown, ending open watches so the drain need not wait for them.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How long in-flight requests may run on after shutdown is asked.
@@ -111,13 +113,14 @@ pub async fn serve_api_tls(
             return;
         }
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         state,
         metrics,
         hosts,
         create_lock: tokio::sync::Mutex::new(()),
+        stopping: stop_rx.clone(),
     });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -257,7 +260,14 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
             }
         };
         opts.watch = true;
-        let body = watch::start(shared.state.clone(), kind, namespace, opts, as_table);
+        let body = watch::start(
+            shared.state.clone(),
+            kind,
+            namespace,
+            opts,
+            as_table,
+            shared.stopping.clone(),
+        );
         return Ok(Response::builder()
             .status(StatusCode::OK)
             .header(http::header::CONTENT_TYPE, "application/json")

@@ -203,9 +203,16 @@ pub fn start(
     namespace: Option<String>,
     opts: ListOptions,
     as_table: bool,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> StreamedBody {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(WATCH_BUFFER);
-    tokio::spawn(run(state, kind, namespace, opts, as_table, tx));
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = run(state, kind, namespace, opts, as_table, tx) => {}
+            // Shutdown ends the stream; clients re-watch from their last resourceVersion.
+            _ = stopping.wait_for(|stopped| *stopped) => {}
+        }
+    });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
     });
