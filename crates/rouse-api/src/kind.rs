@@ -32,7 +32,7 @@ impl Kind {
     ];
 
     /// The `kind` field value.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Kind::Service => "Service",
             Kind::Configuration => "Configuration",
@@ -44,7 +44,7 @@ impl Kind {
     }
 
     /// The API group.
-    pub fn group(self) -> &'static str {
+    pub const fn group(self) -> &'static str {
         match self {
             Kind::PodAutoscaler => "autoscaling.internal.knative.dev",
             Kind::ServerlessService => "networking.internal.knative.dev",
@@ -53,7 +53,7 @@ impl Kind {
     }
 
     /// The group's version.
-    pub fn version(self) -> &'static str {
+    pub const fn version(self) -> &'static str {
         match self {
             Kind::PodAutoscaler | Kind::ServerlessService => "v1alpha1",
             _ => "v1",
@@ -70,7 +70,7 @@ impl Kind {
     }
 
     /// The plural used in API paths.
-    pub fn plural(self) -> &'static str {
+    pub const fn plural(self) -> &'static str {
         match self {
             Kind::Service => "services",
             Kind::Configuration => "configurations",
@@ -91,20 +91,50 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Looks a kind up the way the CLI does: kind, singular, plural or short name, any case.
+    /// The singular resource name (`kubectl get service`).
+    pub const fn singular(self) -> &'static str {
+        match self {
+            Kind::Service => "service",
+            Kind::Configuration => "configuration",
+            Kind::Revision => "revision",
+            Kind::Route => "route",
+            Kind::PodAutoscaler => "podautoscaler",
+            Kind::ServerlessService => "serverlessservice",
+        }
+    }
+
+    /// Knative's short names: one table for the CLI, the API's discovery and the CRDs.
+    pub const fn short_names(self) -> &'static [&'static str] {
+        match self {
+            Kind::Service => &["kservice", "ksvc"],
+            Kind::Configuration => &["config", "cfg"],
+            Kind::Revision => &["rev"],
+            Kind::Route => &["rt"],
+            Kind::PodAutoscaler => &["kpa", "pa"],
+            Kind::ServerlessService => &["sks"],
+        }
+    }
+
+    /// Knative's categories (`kubectl get knative`, `kubectl get all`).
+    pub const fn categories(self) -> &'static [&'static str] {
+        match self {
+            Kind::PodAutoscaler => &["all", "knative-internal", "autoscaling"],
+            Kind::ServerlessService => &["all", "knative-internal", "networking"],
+            _ => &["all", "knative", "serving"],
+        }
+    }
+
+    /// Looks a kind up the way the CLI does: kind, singular, plural or short name (or a short
+    /// name with an `s`), any case, optionally qualified by its group.
     pub fn from_cli(s: &str) -> Option<Kind> {
         let s = s.to_ascii_lowercase();
         let s = s.split('.').next().unwrap_or("");
-        Some(match s {
-            "service" | "services" | "ksvc" | "ksvcs" => Kind::Service,
-            "configuration" | "configurations" | "config" | "configs" | "cfg" => {
-                Kind::Configuration
-            }
-            "revision" | "revisions" | "rev" | "revs" => Kind::Revision,
-            "route" | "routes" | "rt" => Kind::Route,
-            "podautoscaler" | "podautoscalers" | "kpa" | "pa" => Kind::PodAutoscaler,
-            "serverlessservice" | "serverlessservices" | "sks" => Kind::ServerlessService,
-            _ => return None,
+        Kind::ALL.into_iter().find(|k| {
+            s == k.singular()
+                || s == k.plural()
+                || k.short_names()
+                    .iter()
+                    .any(|n| s == *n || s.strip_suffix('s') == Some(n))
         })
     }
 
@@ -136,6 +166,9 @@ mod tests {
             Some(Kind::Service)
         );
         assert_eq!(Kind::from_cli("pods"), None);
+        assert_eq!(Kind::from_cli("revs"), Some(Kind::Revision));
+        assert_eq!(Kind::from_cli("configs"), Some(Kind::Configuration));
+        assert_eq!(Kind::from_cli("pa"), Some(Kind::PodAutoscaler));
         for k in Kind::ALL {
             assert_eq!(Kind::from_plural(k.plural()), Some(k));
             assert_eq!(Kind::from_name(k.name()), Some(k));

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rouse_api::Kind;
-use rouse_api::config::Config;
+use rouse_api::config::SharedConfig;
 use rouse_runtime::Runtime;
 use rouse_store::{EventType, Store, StoreError};
 use serde_json::Value;
@@ -70,7 +70,8 @@ pub struct Context {
     pub client: Client,
     pub runtime: Arc<dyn Runtime>,
     pub networking: Arc<dyn Networking>,
-    pub config: Arc<Config>,
+    /// Read afresh on each reconcile: ConfigMaps written through the API take effect.
+    pub config: SharedConfig,
     /// The domain routes are served under (`--domain`).
     pub domain: String,
     pub queue: WorkQueue<Key>,
@@ -95,7 +96,7 @@ impl Controller {
         store: Arc<dyn Store>,
         runtime: Arc<dyn Runtime>,
         networking: Arc<dyn Networking>,
-        config: Arc<Config>,
+        config: SharedConfig,
         domain: String,
     ) -> Self {
         Self {

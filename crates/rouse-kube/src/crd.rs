@@ -8,6 +8,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceSubresources, CustomResourceValidation, JSONSchemaProps,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use rouse_api::Kind;
 use rouse_api::autoscaling::PodAutoscaler;
 use rouse_api::ingress::Ingress;
 use rouse_api::networking::ServerlessService;
@@ -41,17 +42,15 @@ const REASON: (&str, &str, &str) = (
     ".status.conditions[?(@.type=='Ready')].reason",
     "string",
 );
-const SERVING: &str = "serving.knative.dev";
-const SERVING_CATEGORIES: &[&str] = &["all", "knative", "serving"];
 
 pub const SERVICE: CrdInfo = CrdInfo {
-    group: SERVING,
-    version: "v1",
-    kind: "Service",
-    plural: "services",
-    singular: "service",
-    short_names: &["kservice", "ksvc"],
-    categories: SERVING_CATEGORIES,
+    group: Kind::Service.group(),
+    version: Kind::Service.version(),
+    kind: Kind::Service.name(),
+    plural: Kind::Service.plural(),
+    singular: Kind::Service.singular(),
+    short_names: Kind::Service.short_names(),
+    categories: Kind::Service.categories(),
     columns: &[
         ("URL", ".status.url", "string"),
         (
@@ -66,13 +65,13 @@ pub const SERVICE: CrdInfo = CrdInfo {
 };
 
 pub const CONFIGURATION: CrdInfo = CrdInfo {
-    group: SERVING,
-    version: "v1",
-    kind: "Configuration",
-    plural: "configurations",
-    singular: "configuration",
-    short_names: &["config", "cfg"],
-    categories: SERVING_CATEGORIES,
+    group: Kind::Configuration.group(),
+    version: Kind::Configuration.version(),
+    kind: Kind::Configuration.name(),
+    plural: Kind::Configuration.plural(),
+    singular: Kind::Configuration.singular(),
+    short_names: Kind::Configuration.short_names(),
+    categories: Kind::Configuration.categories(),
     columns: &[
         (
             "LatestCreated",
@@ -86,13 +85,13 @@ pub const CONFIGURATION: CrdInfo = CrdInfo {
 };
 
 pub const REVISION: CrdInfo = CrdInfo {
-    group: SERVING,
-    version: "v1",
-    kind: "Revision",
-    plural: "revisions",
-    singular: "revision",
-    short_names: &["rev"],
-    categories: SERVING_CATEGORIES,
+    group: Kind::Revision.group(),
+    version: Kind::Revision.version(),
+    kind: Kind::Revision.name(),
+    plural: Kind::Revision.plural(),
+    singular: Kind::Revision.singular(),
+    short_names: Kind::Revision.short_names(),
+    categories: Kind::Revision.categories(),
     columns: &[
         (
             "Config Name",
@@ -112,24 +111,24 @@ pub const REVISION: CrdInfo = CrdInfo {
 };
 
 pub const ROUTE: CrdInfo = CrdInfo {
-    group: SERVING,
-    version: "v1",
-    kind: "Route",
-    plural: "routes",
-    singular: "route",
-    short_names: &["rt"],
-    categories: SERVING_CATEGORIES,
+    group: Kind::Route.group(),
+    version: Kind::Route.version(),
+    kind: Kind::Route.name(),
+    plural: Kind::Route.plural(),
+    singular: Kind::Route.singular(),
+    short_names: Kind::Route.short_names(),
+    categories: Kind::Route.categories(),
     columns: &[("URL", ".status.url", "string"), READY, REASON],
 };
 
 pub const POD_AUTOSCALER: CrdInfo = CrdInfo {
-    group: "autoscaling.internal.knative.dev",
-    version: "v1alpha1",
-    kind: "PodAutoscaler",
-    plural: "podautoscalers",
-    singular: "podautoscaler",
-    short_names: &["kpa", "pa"],
-    categories: &["all", "knative-internal", "autoscaling"],
+    group: Kind::PodAutoscaler.group(),
+    version: Kind::PodAutoscaler.version(),
+    kind: Kind::PodAutoscaler.name(),
+    plural: Kind::PodAutoscaler.plural(),
+    singular: Kind::PodAutoscaler.singular(),
+    short_names: Kind::PodAutoscaler.short_names(),
+    categories: Kind::PodAutoscaler.categories(),
     columns: &[
         ("DesiredScale", ".status.desiredScale", "integer"),
         ("ActualScale", ".status.actualScale", "integer"),
@@ -139,13 +138,13 @@ pub const POD_AUTOSCALER: CrdInfo = CrdInfo {
 };
 
 pub const SERVERLESS_SERVICE: CrdInfo = CrdInfo {
-    group: "networking.internal.knative.dev",
-    version: "v1alpha1",
-    kind: "ServerlessService",
-    plural: "serverlessservices",
-    singular: "serverlessservice",
-    short_names: &["sks"],
-    categories: &["all", "knative-internal", "networking"],
+    group: Kind::ServerlessService.group(),
+    version: Kind::ServerlessService.version(),
+    kind: Kind::ServerlessService.name(),
+    plural: Kind::ServerlessService.plural(),
+    singular: Kind::ServerlessService.singular(),
+    short_names: Kind::ServerlessService.short_names(),
+    categories: Kind::ServerlessService.categories(),
     columns: &[
         ("Mode", ".spec.mode", "string"),
         ("Activators", ".spec.numActivators", "integer"),
@@ -166,6 +165,31 @@ pub const INGRESS: CrdInfo = CrdInfo {
     categories: &["all", "knative-internal", "networking"],
     columns: &[READY, REASON],
 };
+
+/// How `kind` is registered: the one table of plurals, short names, categories and printer
+/// columns that the CRDs, the local API's discovery and its tables share.
+pub fn info(kind: Kind) -> &'static CrdInfo {
+    match kind {
+        Kind::Service => &SERVICE,
+        Kind::Configuration => &CONFIGURATION,
+        Kind::Revision => &REVISION,
+        Kind::Route => &ROUTE,
+        Kind::PodAutoscaler => &POD_AUTOSCALER,
+        Kind::ServerlessService => &SERVERLESS_SERVICE,
+    }
+}
+
+/// The structural OpenAPI v3 schema of `kind` (the one its CRD carries).
+pub fn schema(kind: Kind) -> Result<serde_json::Value, SchemaError> {
+    match kind {
+        Kind::Service => object_schema::<Service>(),
+        Kind::Configuration => object_schema::<Configuration>(),
+        Kind::Revision => object_schema::<Revision>(),
+        Kind::Route => object_schema::<Route>(),
+        Kind::PodAutoscaler => object_schema::<PodAutoscaler>(),
+        Kind::ServerlessService => object_schema::<ServerlessService>(),
+    }
+}
 
 /// Every CRD Rouse installs, in the order `rouse install` prints them.
 pub fn all() -> Result<Vec<CustomResourceDefinition>, SchemaError> {

@@ -76,7 +76,13 @@ pub struct ServeArgs {
 
 /// Runs the platform until SIGINT or SIGTERM, then drains and stops every instance.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Arc::new(load_config(&args.config)?);
+    let config_texts = load_config_texts(&args.config)?;
+    let config = Arc::new(
+        Config::from_yaml_texts(&config_texts)
+            .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?,
+    );
+    // What the API and the controller read: ConfigMap writes through the API replace it.
+    let shared_config = rouse_api::config::SharedConfig::new((*config).clone());
     let descriptors = host::descriptors(args.host.max_connections);
     let tls_wanted = args.tls || args.tls_cert.is_some();
     check_api_exposure(args.api_listen, args.insecure, tls_wanted)?;
@@ -159,7 +165,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let api_state = ApiState {
         store: store.clone(),
-        config: config.clone(),
+        config: shared_config.clone(),
+        configmaps: Arc::new(crate::api::configmaps::ConfigMaps::seeded(&config_texts)),
         token,
     };
     let metrics_activator = activator.clone();
@@ -182,7 +189,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store.clone(),
         runtime_dyn,
         networking,
-        config.clone(),
+        shared_config.clone(),
         args.domain.clone(),
     )
     .with_pokes(poke_rx);
@@ -401,6 +408,12 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 /// Reads `--config` files and directories into one config (Knative defaults for the rest).
 pub fn load_config(paths: &[PathBuf]) -> anyhow::Result<Config> {
+    let texts = load_config_texts(paths)?;
+    Config::from_yaml_texts(&texts).map_err(|e| anyhow::anyhow!("invalid config: {e}"))
+}
+
+/// The texts of the `--config` files, in order.
+pub fn load_config_texts(paths: &[PathBuf]) -> anyhow::Result<Vec<String>> {
     let mut texts = Vec::new();
     for p in paths {
         for file in manifest_files(p)? {
@@ -410,7 +423,7 @@ pub fn load_config(paths: &[PathBuf]) -> anyhow::Result<Config> {
             );
         }
     }
-    Config::from_yaml_texts(&texts).map_err(|e| anyhow::anyhow!("invalid config: {e}"))
+    Ok(texts)
 }
 
 /// The YAML/JSON files of a path: the file itself, or a directory's files sorted by name.

@@ -48,7 +48,8 @@ impl Api {
         let (tx, rx) = oneshot::channel::<()>();
         let state = ApiState {
             store: store.clone(),
-            config: Arc::new(config),
+            config: rouse_api::config::SharedConfig::new(config),
+            configmaps: Default::default(),
             token: token.clone().into(),
         };
         let metrics: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(|| "m 1\n".to_string());

@@ -45,7 +45,8 @@ impl Api {
         let (tx, rx) = oneshot::channel::<()>();
         let state = ApiState {
             store: store.clone(),
-            config: Arc::new(config),
+            config: rouse_api::config::SharedConfig::new(config),
+            configmaps: Default::default(),
             token: token.clone().into(),
         };
         let metrics: Arc<dyn Fn() -> String + Send + Sync> =
@@ -585,8 +586,9 @@ async fn raw_api_statuses() {
     )
     .await;
     assert_eq!(code, 404);
+    // A PATCH needs a patch media type.
     let (code, _, _) = send(Method::PATCH, &format!("{svc_path}/j"), None, "{}".into()).await;
-    assert_eq!(code, 405);
+    assert_eq!(code, 415);
     let (code, _, _) = send(
         Method::POST,
         "/apis/serving.knative.dev/v1/services",

@@ -66,6 +66,37 @@ pub const CONFIGMAP_NAMES: [&str; 6] = [
     rouse::NAME,
 ];
 
+/// The platform's config, replaceable while running (the ConfigMaps written through the API):
+/// readers take the current value with [`SharedConfig::get`] each time they act.
+#[derive(Debug, Clone, Default)]
+pub struct SharedConfig(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Config>>>);
+
+impl SharedConfig {
+    /// Shares `config`.
+    pub fn new(config: Config) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(config),
+        )))
+    }
+
+    /// The current config.
+    pub fn get(&self) -> std::sync::Arc<Config> {
+        match self.0.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the config; readers see it from their next [`SharedConfig::get`].
+    pub fn set(&self, config: Config) {
+        let config = std::sync::Arc::new(config);
+        match self.0.write() {
+            Ok(mut c) => *c = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+    }
+}
+
 /// `config-autoscaler`'s name.
 const AUTOSCALER_NAME: &str = "config-autoscaler";
 

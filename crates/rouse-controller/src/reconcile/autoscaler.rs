@@ -31,7 +31,8 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
     let Some(rev) = ctx.client.get::<Revision>(ns, name)? else {
         return Ok(None);
     };
-    let cfg = &ctx.config.autoscaler;
+    let config = ctx.config.get();
+    let cfg = &config.autoscaler;
     let scaling = RevisionScaling::from_annotations(&rev.metadata.annotations, cfg);
     let cc = rev.spec.container_concurrency.unwrap_or(0);
     let reachable = is_routed(ctx, &rev)?;
@@ -205,7 +206,6 @@ mod tests {
     use std::sync::Arc;
 
     use rouse_activator::{Activator, ActivatorConfig};
-    use rouse_api::config::Config;
     use rouse_api::meta::Resource;
     use rouse_api::serving::{Configuration, LABEL_CONFIGURATION};
     use rouse_gateway::Gateway;
@@ -247,7 +247,7 @@ mod tests {
             store,
             runtime,
             networking,
-            Arc::new(Config::default()),
+            rouse_api::config::SharedConfig::default(),
             "localhost".into(),
         )
         .context();

@@ -19,7 +19,8 @@ pub(super) fn collect(
     latest_created: &str,
     latest_ready: &str,
 ) -> Result<Vec<String>, ReconcileError> {
-    let gc = &ctx.config.gc;
+    let platform = ctx.config.get();
+    let gc = &platform.gc;
     let ns = config.metadata.namespace.as_str();
     let owned: Vec<Revision> = ctx
         .client

@@ -49,7 +49,7 @@ fn resolve_status(ctx: &Context, route: &Route) -> Result<RouteStatus, Reconcile
     let name = &route.metadata.name;
     let mut status = route.status.clone();
     status.observed_generation = route.metadata.generation;
-    let host = ctx.config.network.route_host(name, ns, &ctx.domain);
+    let host = ctx.config.get().network.route_host(name, ns, &ctx.domain);
     status.url = format!("http://{host}");
     status.address = Some(Addressable {
         url: status.url.clone(),
@@ -173,6 +173,7 @@ fn resolve(
             format!(
                 "http://{}",
                 ctx.config
+                    .get()
                     .network
                     .tag_host(&t.tag, &route.metadata.name, ns, &ctx.domain)
             )
@@ -220,7 +221,7 @@ fn host_routes(
 ) -> Result<Vec<HostRoute>, ReconcileError> {
     if status.traffic.is_empty() {
         return Ok(vec![HostRoute {
-            host: ctx.config.network.route_host(name, ns, &ctx.domain),
+            host: ctx.config.get().network.route_host(name, ns, &ctx.domain),
             targets: Vec::new(),
             unavailable: Some(not_ready_text(ctx, ns, name, status)?),
         }]);
@@ -233,7 +234,7 @@ fn host_routes(
         }
     }
     let mut out = vec![HostRoute {
-        host: ctx.config.network.route_host(name, ns, &ctx.domain),
+        host: ctx.config.get().network.route_host(name, ns, &ctx.domain),
         targets: shares
             .into_iter()
             .map(|(rev, p)| (ns.to_string(), rev, p))
@@ -242,7 +243,11 @@ fn host_routes(
     }];
     for t in status.traffic.iter().filter(|t| !t.tag.is_empty()) {
         out.push(HostRoute {
-            host: ctx.config.network.tag_host(&t.tag, name, ns, &ctx.domain),
+            host: ctx
+                .config
+                .get()
+                .network
+                .tag_host(&t.tag, name, ns, &ctx.domain),
             targets: vec![(ns.to_string(), t.revision_name.clone(), 100)],
             unavailable: None,
         });

@@ -173,12 +173,26 @@ fn admit_typed<T: Resource>(
     }
     default(&mut obj, old.as_ref(), cfg);
     validate(&obj, old.as_ref(), cfg).map_err(|errs| {
-        ApiError::new(
+        let mut err = ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
             format!("{WEBHOOK_DENIED}{errs}"),
         )
-        .for_object(kind, &obj.meta().name)
+        .for_object(kind, &obj.meta().name);
+        // kubectl prints each cause with its field path.
+        if let Some(d) = err.details.as_mut() {
+            d["kind"] = serde_json::json!(kind.name());
+            d["causes"] = errs
+                .0
+                .iter()
+                .flat_map(|e| {
+                    e.paths.iter().map(move |p| {
+                        serde_json::json!({"reason": "FieldValueInvalid", "message": e.message, "field": p})
+                    })
+                })
+                .collect();
+        }
+        err
     })?;
     if obj.meta().name.is_empty() && obj.meta().generate_name.is_empty() {
         return Err(ApiError::new(

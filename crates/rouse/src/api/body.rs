@@ -14,7 +14,7 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// How the body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub enum Format {
     Json,
     Yaml,
 }
@@ -81,11 +81,37 @@ async fn read_object_inner(
     body: Incoming,
     idle: std::time::Duration,
 ) -> Result<Value, ApiError> {
+    let format = format_of(headers)?;
+    let buf = read_bytes_inner(headers, body, idle).await?;
+    parse_object(&buf, format)
+}
+
+/// Reads the body of a PATCH (whose media types [`read_object`] does not take) as bytes,
+/// within `deadline` and the same size bound.
+pub async fn read_bytes(
+    headers: &HeaderMap,
+    body: Incoming,
+    deadline: BodyDeadline,
+) -> Result<Vec<u8>, ApiError> {
+    let until = tokio::time::Instant::now() + deadline.total;
+    match tokio::time::timeout_at(until, read_bytes_inner(headers, body, deadline.idle)).await {
+        Ok(res) => res,
+        Err(_) => Err(too_slow(&format!(
+            "did not arrive within {}s",
+            deadline.total.as_secs_f64()
+        ))),
+    }
+}
+
+async fn read_bytes_inner(
+    headers: &HeaderMap,
+    body: Incoming,
+    idle: std::time::Duration,
+) -> Result<Vec<u8>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let format = format_of(headers)?;
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         if declared.is_some_and(|n| n <= DRAIN_LIMIT as u64) {
             drain(body).await;
@@ -111,7 +137,7 @@ async fn read_object_inner(
             buf.extend_from_slice(&data);
         }
     }
-    parse_object(&buf, format)
+    Ok(buf)
 }
 
 /// Reads and discards the rest of a body, bounded in size and time.
@@ -143,7 +169,7 @@ fn format_of(headers: &HeaderMap) -> Result<Option<Format>, ApiError> {
 }
 
 /// Decodes `bytes` as one object; `format` `None` sniffs (JSON starts with `{`).
-fn parse_object(bytes: &[u8], format: Option<Format>) -> Result<Value, ApiError> {
+pub fn parse_object(bytes: &[u8], format: Option<Format>) -> Result<Value, ApiError> {
     let format = format.unwrap_or_else(|| match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => Format::Json,
         _ => Format::Yaml,

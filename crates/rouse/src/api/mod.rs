@@ -9,9 +9,15 @@
 pub mod admission;
 pub mod auth;
 pub mod body;
+pub mod configmaps;
+pub mod discovery;
+pub mod openapi;
+pub mod patch;
 pub mod paths;
 pub mod status;
+pub mod table;
 pub mod tls;
+pub mod watch;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,26 +25,39 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rouse_api::Kind;
-use rouse_api::config::Config;
+use rouse_api::config::SharedConfig;
 use rouse_store::{Store, StoreError};
 use serde_json::{Value, json};
 
 use admission::{Target, admit, read_only};
+use patch::PatchType;
 use paths::ApiPath;
 pub use status::ApiError;
 use status::{json_response, text_response};
+use watch::ListOptions;
+
+/// The body of an API response: whole, or a watch's stream.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn whole(resp: Response<Full<Bytes>>) -> Response<Body> {
+    resp.map(BodyExt::boxed_unsync)
+}
 
 /// What the API serves from: the store and the platform's config (for defaulting/validation).
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
-    pub config: Arc<Config>,
+    /// The running config: read afresh per request, replaced by ConfigMap writes.
+    pub config: SharedConfig,
+    /// Knative's ConfigMaps as written (seeded from `--config`).
+    pub configmaps: Arc<configmaps::ConfigMaps>,
     /// The bearer token every request but the health checks must carry.
     pub token: Arc<str>,
 }
@@ -53,6 +72,8 @@ struct Shared {
     /// Held from counting to storing a capped create, so concurrent creates cannot both slip
     /// under a limit.
     create_lock: tokio::sync::Mutex<()>,
+    /// Turns true at shutdown, ending open watches so the drain need not wait for them.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How long in-flight requests may run on after shutdown is asked.
@@ -92,13 +113,14 @@ pub async fn serve_api_tls(
             return;
         }
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         state,
         metrics,
         hosts,
         create_lock: tokio::sync::Mutex::new(()),
+        stopping: stop_rx.clone(),
     });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -170,38 +192,113 @@ where
     }
 }
 
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let resp = match route(shared, req).await {
         Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Err(e) => whole(e.into_response()),
     };
     tracing::debug!(%method, %path, status = resp.status().as_u16(), "api request");
     resp
 }
 
-async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
     shared.hosts.check(req.uri(), req.headers())?;
     if let "/healthz" | "/readyz" | "/livez" = req.uri().path() {
         only_get(&method)?;
-        return Ok(text_response(StatusCode::OK, "text/plain", "ok".into()));
+        return Ok(whole(text_response(
+            StatusCode::OK,
+            "text/plain",
+            "ok".into(),
+        )));
     }
     auth::check_bearer(req.headers(), &shared.state.token)?;
-    if req.uri().path() == "/metrics" {
+    let path = req.uri().path();
+    if path == "/metrics" {
         only_get(&method)?;
-        return Ok(text_response(
+        return Ok(whole(text_response(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             (shared.metrics)(),
-        ));
+        )));
     }
-    let api_path = paths::parse(req.uri().path()).ok_or_else(ApiError::unknown_path)?;
+    if let Some(doc) = discovery::answer(path).or_else(|| openapi::answer(path)) {
+        only_get(&method)?;
+        return Ok(whole(json_response(StatusCode::OK, &doc)));
+    }
+    let as_table = table::wants_table(req.headers());
+    if let Some(rest) = path.strip_prefix("/api/v1/") {
+        return core(
+            shared,
+            rest.trim_end_matches('/').to_string(),
+            req,
+            as_table,
+        )
+        .await
+        .map(whole);
+    }
+    let api_path = paths::parse(path).ok_or_else(ApiError::unknown_path)?;
+    let opts = if method == Method::GET {
+        ListOptions::parse(req.uri().query())?
+    } else {
+        ListOptions::default()
+    };
+    if opts.watch {
+        let (kind, namespace, mut opts) = match api_path {
+            ApiPath::Collection { kind, namespace } => (kind, namespace, opts),
+            ApiPath::Item {
+                kind,
+                namespace,
+                name,
+            } => {
+                // The old per-object watch path: a watch of that one name.
+                let mut opts = opts;
+                opts.fields.push(("metadata.name".into(), name, true));
+                (kind, Some(namespace), opts)
+            }
+        };
+        opts.watch = true;
+        let body = watch::start(
+            shared.state.clone(),
+            kind,
+            namespace,
+            opts,
+            as_table,
+            shared.stopping.clone(),
+        );
+        return Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.boxed_unsync())
+            .expect("static response parts are valid"));
+    }
+    route_object(shared, api_path, req, opts, as_table)
+        .await
+        .map(whole)
+}
+
+async fn route_object(
+    shared: &Shared,
+    api_path: ApiPath,
+    req: Request<Incoming>,
+    opts: ListOptions,
+    as_table: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let method = req.method().clone();
     let state = &shared.state;
+    let query = watch::query_pairs(req.uri().query().unwrap_or(""));
+    let param = |k: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let dry_run = param("dryRun").is_some_and(|v| v == "All");
     match (api_path, method) {
         (ApiPath::Collection { kind, namespace }, Method::GET) => {
-            list(state, kind, namespace).await
+            list(state, kind, namespace, &opts, as_table).await
         }
         (
             ApiPath::Collection {
@@ -222,7 +319,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
                 }
                 _ => None,
             };
-            create(state, kind, &ns, body).await
+            create(state, kind, &ns, body, dry_run).await
         }
         (
             ApiPath::Item {
@@ -237,7 +334,64 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
             let obj = blocking(move || store.get(kind, &ns, &n))
                 .await?
                 .map_err(|e| ApiError::from_store(e, kind, &name))?;
+            if as_table {
+                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::table(kind, &[obj], meta),
+                ));
+            }
             Ok(json_response(StatusCode::OK, &obj))
+        }
+        (
+            ApiPath::Item {
+                kind,
+                namespace,
+                name,
+            },
+            Method::PATCH,
+        ) => {
+            if !kind.is_user_facing() {
+                return Err(read_only(kind));
+            }
+            check_namespace(&namespace)?;
+            let ct = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let patch_type = PatchType::from_content_type(&ct).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    format!("the body's media type {ct:?} is not a patch: send application/merge-patch+json, application/json-patch+json or application/apply-patch+yaml"),
+                )
+            })?;
+            if patch_type == PatchType::StrategicMerge {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (strategic merge patch is not supported for custom resources; use --type=merge)",
+                ));
+            }
+            let manager = param("fieldManager").unwrap_or_default();
+            let force = param("force").is_some_and(|v| v == "true");
+            let (parts, body) = req.into_parts();
+            let bytes = body::read_bytes(&parts.headers, body, body_deadline(state)).await?;
+            let patch = match patch_type {
+                PatchType::Apply => body::parse_object(&bytes, None)?,
+                _ => serde_json::from_slice(&bytes)
+                    .map_err(|e| ApiError::bad_request(format!("malformed JSON patch: {e}")))?,
+            };
+            let req = PatchRequest {
+                patch_type,
+                patch,
+                manager,
+                force,
+                dry_run,
+            };
+            patch_object(shared, kind, &namespace, &name, req).await
         }
         (
             ApiPath::Item {
@@ -253,7 +407,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
             check_namespace(&namespace)?;
             let (parts, body) = req.into_parts();
             let body = body::read_object(&parts.headers, body, body_deadline(state)).await?;
-            replace(state, kind, &namespace, &name, body).await
+            replace(state, kind, &namespace, &name, body, None, dry_run).await
         }
         (
             ApiPath::Item {
@@ -265,6 +419,29 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
         ) => {
             if !kind.is_user_facing() {
                 return Err(read_only(kind));
+            }
+            let (parts, body) = req.into_parts();
+            let options = if parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v != "0")
+            {
+                body::read_object(&parts.headers, body, body_deadline(state)).await?
+            } else {
+                Value::Null
+            };
+            check_delete_options(state, kind, &namespace, &name, &options).await?;
+            if dry_run
+                || options["dryRun"]
+                    .as_array()
+                    .is_some_and(|a| a.contains(&json!("All")))
+            {
+                let store = state.store.clone();
+                let (ns, n) = (namespace.clone(), name.clone());
+                let obj = blocking(move || store.get(kind, &ns, &n))
+                    .await?
+                    .map_err(|e| ApiError::from_store(e, kind, &name))?;
+                return Ok(json_response(StatusCode::OK, &obj));
             }
             let store = state.store.clone();
             let (ns, n) = (namespace.clone(), name.clone());
@@ -285,13 +462,13 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<
             "{m} is not allowed on a collection; use GET or POST"
         ))),
         (ApiPath::Item { .. }, m) => Err(ApiError::method_not_allowed(format!(
-            "{m} is not allowed on an object; use GET, PUT or DELETE"
+            "{m} is not allowed on an object; use GET, PUT, PATCH or DELETE"
         ))),
     }
 }
 
 fn body_deadline(state: &ApiState) -> body::BodyDeadline {
-    body::BodyDeadline::from_config(&state.config.rouse)
+    body::BodyDeadline::from_config(&state.config.get().rouse)
 }
 
 fn only_get(method: &Method) -> Result<(), ApiError> {
@@ -335,18 +512,416 @@ async fn list(
     state: &ApiState,
     kind: Kind,
     namespace: Option<String>,
+    opts: &ListOptions,
+    as_table: bool,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let store = state.store.clone();
     let (items, rv) = blocking(move || store.list(kind, namespace.as_deref()))
         .await?
         .map_err(|e| ApiError::from_store(e, kind, ""))?;
+    let (items, next) = watch::page(items, opts);
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(next) = next {
+        meta["continue"] = Value::String(next);
+    }
+    if as_table {
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(kind, &items, meta),
+        ));
+    }
     let list = json!({
         "apiVersion": kind.api_version(),
         "kind": format!("{}List", kind.name()),
-        "metadata": {"resourceVersion": rv.to_string()},
+        "metadata": meta,
         "items": items,
     });
     Ok(json_response(StatusCode::OK, &list))
+}
+
+/// The core group: Namespaces (read-only) and Knative's ConfigMaps.
+async fn core(
+    shared: &Shared,
+    rest: String,
+    req: Request<Incoming>,
+    as_table: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let state = &shared.state;
+    let method = req.method().clone();
+    let segs: Vec<&str> = rest.split('/').collect();
+    let (namespace, name) = match segs.as_slice() {
+        ["namespaces"] => {
+            only_get(&method)?;
+            return namespaces(state, "", as_table).await;
+        }
+        ["namespaces", n] => {
+            only_get(&method)?;
+            return namespaces(state, n, as_table).await;
+        }
+        ["configmaps"] => (None, None),
+        ["namespaces", ns, "configmaps"] => (Some(ns.to_string()), None),
+        ["namespaces", ns, "configmaps", name] => (Some(ns.to_string()), Some(name.to_string())),
+        _ => return Err(ApiError::unknown_path()),
+    };
+    let maps = &state.configmaps;
+    match (name, method) {
+        (None, Method::GET) => {
+            let (items, rv) = maps.list(namespace.as_deref());
+            if as_table {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &configmaps::table(&items, rv),
+                ));
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"kind": "ConfigMapList", "apiVersion": "v1",
+                        "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+            ))
+        }
+        (Some(name), Method::GET) => {
+            let ns = namespace.unwrap_or_default();
+            let cm = maps.get(&ns, &name)?;
+            if as_table {
+                let rv = cm["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(0);
+                return Ok(json_response(StatusCode::OK, &configmaps::table(&[cm], rv)));
+            }
+            Ok(json_response(StatusCode::OK, &cm))
+        }
+        (Some(name), m @ (Method::PUT | Method::PATCH)) => {
+            let ns = namespace.unwrap_or_default();
+            let ct = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let (parts, body) = req.into_parts();
+            let bytes = body::read_bytes(&parts.headers, body, body_deadline(state)).await?;
+            let (stored, config) = if m == Method::PUT {
+                let new = body::parse_object(&bytes, None)?;
+                maps.write(&ns, &name, |_| Ok(new))?
+            } else {
+                let patch_type = PatchType::from_content_type(&ct).ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        format!("the body's media type {ct:?} is not a patch"),
+                    )
+                })?;
+                let patch: Value = match patch_type {
+                    PatchType::Apply => body::parse_object(&bytes, None)?,
+                    _ => serde_json::from_slice(&bytes)
+                        .map_err(|e| ApiError::bad_request(format!("malformed patch: {e}")))?,
+                };
+                maps.write(&ns, &name, |cur| {
+                    let mut new = cur.clone();
+                    match patch_type {
+                        // A ConfigMap's data is a map of strings: a strategic merge is a merge.
+                        PatchType::Json => patch::json_patch(&mut new, &patch).map_err(|e| {
+                            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e)
+                        })?,
+                        _ => patch::merge_patch(&mut new, &patch),
+                    }
+                    Ok(new)
+                })?
+            };
+            state.config.set(config);
+            tracing::info!(configmap = %name, "config changed through the API");
+            Ok(json_response(StatusCode::OK, &stored))
+        }
+        (_, m) => Err(ApiError::method_not_allowed(format!(
+            "{m} is not allowed on configmaps; Rouse's are fixed: use GET, PUT or PATCH"
+        ))),
+    }
+}
+
+/// `/api/v1/namespaces[/{name}]`: the namespaces that hold objects, and `default`.
+async fn namespaces(
+    state: &ApiState,
+    name: &str,
+    as_table: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let store = state.store.clone();
+    let names = blocking(move || {
+        let mut names = std::collections::BTreeSet::from([
+            "default".to_string(),
+            configmaps::NAMESPACE.to_string(),
+        ]);
+        for kind in Kind::ALL {
+            for obj in store.list(kind, None)?.0 {
+                if let Some(ns) = obj["metadata"]["namespace"].as_str() {
+                    names.insert(ns.to_string());
+                }
+            }
+        }
+        Ok::<_, StoreError>(names)
+    })
+    .await?
+    .map_err(|e| ApiError::from_store(e, Kind::Service, ""))?;
+    let objects: Vec<Value> = names
+        .iter()
+        .filter(|n| name.is_empty() || *n == name)
+        .map(|n| discovery::namespace_object(n))
+        .collect();
+    if !name.is_empty() && objects.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("namespaces \"{name}\" not found"),
+        ));
+    }
+    if as_table {
+        let rows: Vec<Value> = objects
+            .iter()
+            .map(|o| {
+                json!({"cells": [o["metadata"]["name"], "Active"],
+                       "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                  "metadata": o["metadata"]}})
+            })
+            .collect();
+        let t = json!({
+            "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {},
+            "columnDefinitions": [
+                {"name": "Name", "type": "string", "format": "name", "priority": 0, "description": ""},
+                {"name": "Status", "type": "string", "format": "", "priority": 0, "description": ""},
+            ],
+            "rows": rows,
+        });
+        return Ok(json_response(StatusCode::OK, &t));
+    }
+    if name.is_empty() {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": "NamespaceList", "apiVersion": "v1", "metadata": {}, "items": objects}),
+        ));
+    }
+    Ok(json_response(StatusCode::OK, &objects[0]))
+}
+
+/// A DELETE's `preconditions` (uid, resourceVersion) must match the stored object (409).
+async fn check_delete_options(
+    state: &ApiState,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    options: &Value,
+) -> Result<(), ApiError> {
+    let pre = &options["preconditions"];
+    if let Some(policy) = options["propagationPolicy"].as_str()
+        && !matches!(policy, "Background" | "Foreground" | "Orphan")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!(
+                "propagationPolicy: Unsupported value: {policy:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+            ),
+        ));
+    }
+    if options["propagationPolicy"] == "Orphan" {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "propagationPolicy: Unsupported value: \"Orphan\": Rouse deletes owned objects with their owner",
+        ));
+    }
+    if !pre.is_object() {
+        return Ok(());
+    }
+    let store = state.store.clone();
+    let (nsc, n) = (ns.to_string(), name.to_string());
+    let obj = blocking(move || store.get(kind, &nsc, &n))
+        .await?
+        .map_err(|e| ApiError::from_store(e, kind, name))?;
+    for field in ["uid", "resourceVersion"] {
+        if let Some(want) = pre[field].as_str()
+            && obj["metadata"][field].as_str() != Some(want)
+        {
+            let got = obj["metadata"][field].as_str().unwrap_or("");
+            return Err(ApiError::conflict(
+                kind,
+                name,
+                &format!("Precondition failed: {field}: {want}, object's {field}: {got}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A PATCH as the request gave it.
+struct PatchRequest {
+    patch_type: PatchType,
+    patch: Value,
+    manager: String,
+    force: bool,
+    dry_run: bool,
+}
+
+/// Applies a patch to the stored object and writes the result through admission, retrying
+/// when the object changed in between (unless the patch names a resourceVersion).
+async fn patch_object(
+    shared: &Shared,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    req: PatchRequest,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let state = &shared.state;
+    let pinned = req.patch.pointer("/metadata/resourceVersion").is_some();
+    if req.patch_type == PatchType::Apply && req.manager.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
+    }
+    for _ in 0..REPLACE_ATTEMPTS {
+        let store = state.store.clone();
+        let (nsc, n) = (ns.to_string(), name.to_string());
+        let old = match blocking(move || store.get(kind, &nsc, &n)).await? {
+            Ok(old) => old,
+            Err(StoreError::NotFound { .. }) if req.patch_type == PatchType::Apply => {
+                // Server-side apply creates what is not there yet.
+                let mut body = req.patch.clone();
+                body["metadata"]["name"] = json!(name);
+                body["metadata"]["namespace"] = json!(ns);
+                let managed = apply_managed_fields(&Value::Null, kind, &req)?;
+                let _capped = shared.create_lock.lock().await;
+                return create_with(state, kind, ns, body, req.dry_run, Some(managed)).await;
+            }
+            Err(e) => return Err(ApiError::from_store(e, kind, name)),
+        };
+        let mut new = old.clone();
+        let mut managed = None;
+        match req.patch_type {
+            PatchType::Merge | PatchType::StrategicMerge => {
+                patch::merge_patch(&mut new, &req.patch)
+            }
+            PatchType::Json => patch::json_patch(&mut new, &req.patch).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("the JSON patch could not be applied: {e}"),
+                )
+            })?,
+            PatchType::Apply => {
+                managed = Some(apply_managed_fields(&old, kind, &req)?);
+                patch::merge_patch(&mut new, &req.patch);
+            }
+        }
+        if !pinned {
+            new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        }
+        match replace(state, kind, ns, name, new, managed, req.dry_run).await {
+            Err(e) if e.reason == "Conflict" && !pinned => continue,
+            other => return other,
+        }
+    }
+    Err(ApiError::conflict(
+        kind,
+        name,
+        "the object kept changing while it was being patched; try again",
+    ))
+}
+
+/// The `managedFields` after `req`'s apply onto `old`: the manager's entry names the fields
+/// it applied. A field another apply manager owns with a different value is a conflict (409)
+/// unless `force`, which moves the field to this manager.
+fn apply_managed_fields(old: &Value, kind: Kind, req: &PatchRequest) -> Result<Value, ApiError> {
+    let applied = patch::fields_v1(&req.patch);
+    let mut mine = Vec::new();
+    patch::leaves(&applied, "", &mut mine);
+    let mut entries: Vec<Value> = old["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut conflicts = Vec::new();
+    for entry in entries.iter_mut() {
+        if entry["manager"] == req.manager.as_str() {
+            continue;
+        }
+        let mut theirs = Vec::new();
+        patch::leaves(&entry["fieldsV1"], "", &mut theirs);
+        for field in theirs.iter().filter(|f| mine.contains(f)) {
+            let pointer = format!("/{}", field.replace('.', "/"));
+            let (was, wants) = (old.pointer(&pointer), req.patch.pointer(&pointer));
+            if !wants.zip(was).is_some_and(|(w, o)| patch::within(w, o)) {
+                conflicts.push((
+                    entry["manager"].as_str().unwrap_or("").to_string(),
+                    field.clone(),
+                ));
+            }
+        }
+        if req.force {
+            // The forced fields leave the other manager's set.
+            let mut kept = entry["fieldsV1"].clone();
+            for field in &mine {
+                remove_leaf(&mut kept, field);
+            }
+            entry["fieldsV1"] = kept;
+        }
+    }
+    if !conflicts.is_empty() && !req.force {
+        let name = req.patch["metadata"]["name"].as_str().unwrap_or("");
+        let listed: Vec<String> = conflicts
+            .iter()
+            .map(|(m, f)| format!("conflict with \"{m}\": .{f}"))
+            .collect();
+        let mut err = ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Apply failed with {} conflict{}: {}",
+                conflicts.len(),
+                if conflicts.len() == 1 { "" } else { "s" },
+                listed.join("\n")
+            ),
+        )
+        .for_object(kind, name);
+        if let Some(d) = err.details.as_mut() {
+            d["causes"] = conflicts
+                .iter()
+                .map(|(m, f)| {
+                    json!({"reason": "FieldManagerConflict",
+                           "message": format!("conflict with \"{m}\""), "field": format!(".{f}")})
+                })
+                .collect();
+        }
+        return Err(err);
+    }
+    entries.retain(|e| e["manager"] != req.manager.as_str());
+    entries.push(json!({
+        "manager": req.manager,
+        "operation": "Apply",
+        "apiVersion": kind.api_version(),
+        "time": rouse_api::clock::now_rfc3339(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": applied,
+    }));
+    Ok(Value::Array(entries))
+}
+
+fn remove_leaf(fields: &mut Value, dotted: &str) {
+    let mut parts = dotted
+        .split('.')
+        .map(|p| format!("f:{p}"))
+        .collect::<Vec<_>>();
+    let Some(last) = parts.pop() else { return };
+    let mut cur = fields;
+    for p in &parts {
+        match cur.get_mut(p) {
+            Some(next) => cur = next,
+            None => return,
+        }
+    }
+    if let Some(m) = cur.as_object_mut() {
+        m.remove(&last);
+    }
 }
 
 async fn create(
@@ -354,18 +929,37 @@ async fn create(
     kind: Kind,
     ns: &str,
     body: Value,
+    dry_run: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    create_with(state, kind, ns, body, dry_run, None).await
+}
+
+async fn create_with(
+    state: &ApiState,
+    kind: Kind,
+    ns: &str,
+    body: Value,
+    dry_run: bool,
+    managed: Option<Value>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let target = Target {
         kind,
         namespace: ns,
         url_name: None,
     };
-    let admitted = admit(target, body, None, &state.config)?;
+    let mut admitted = admit(target, body, None, &state.config.get())?;
     let name = admitted.object["metadata"]["name"]
         .as_str()
         .unwrap_or("")
         .to_string();
     check_quota(state, kind, ns, &name).await?;
+    if let Some(managed) = managed {
+        admitted.object["metadata"]["managedFields"] = managed;
+    }
+    if dry_run {
+        // Admitted and within quota, as a create would be; nothing is stored.
+        return Ok(json_response(StatusCode::CREATED, &admitted.object));
+    }
     let store = state.store.clone();
     let created = blocking(move || store.create(kind, admitted.object))
         .await?
@@ -376,7 +970,8 @@ async fn create(
 /// Refuses a create of a Service, Configuration or Revision past `config-rouse`'s limits (403, worded as
 /// Kubernetes words an exceeded ResourceQuota).
 async fn check_quota(state: &ApiState, kind: Kind, ns: &str, name: &str) -> Result<(), ApiError> {
-    let limits = &state.config.rouse;
+    let config = state.config.get();
+    let limits = &config.rouse;
     let checks = match kind {
         Kind::Service | Kind::Configuration => vec![
             (
@@ -423,6 +1018,8 @@ async fn replace(
     ns: &str,
     name: &str,
     body: Value,
+    managed: Option<Value>,
+    dry_run: bool,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let target = Target {
         kind,
@@ -445,7 +1042,7 @@ async fn replace(
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let mut admitted = admit(target, body.clone(), Some(&old), &state.config)?;
+        let mut admitted = admit(target, body.clone(), Some(&old), &state.config.get())?;
         if !client_rv.is_empty() && client_rv != old_rv {
             return Err(ApiError::conflict(
                 kind,
@@ -453,9 +1050,24 @@ async fn replace(
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
-        if admitted.unchanged {
+        let managed_changed = managed
+            .as_ref()
+            .is_some_and(|m| old["metadata"]["managedFields"] != *m);
+        if admitted.unchanged && !managed_changed {
             // A no-op write leaves the stored object (and its resourceVersion) as it was.
             return Ok(json_response(StatusCode::OK, &old));
+        }
+        match &managed {
+            Some(m) => admitted.object["metadata"]["managedFields"] = m.clone(),
+            // Writes other than apply keep the apply managers' record.
+            None => {
+                if let Some(m) = old["metadata"].get("managedFields") {
+                    admitted.object["metadata"]["managedFields"] = m.clone();
+                }
+            }
+        }
+        if dry_run {
+            return Ok(json_response(StatusCode::OK, &admitted.object));
         }
         // Validation ran against `old`, so write only over `old`: a concurrent change
         // makes the compare-and-swap fail and the replace start over.

@@ -112,7 +112,7 @@ impl ApiError {
             // Every path's methods are a subset of these; the message says which apply.
             resp.headers_mut().insert(
                 header::ALLOW,
-                header::HeaderValue::from_static("GET, POST, PUT, DELETE"),
+                header::HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
             );
         }
         resp

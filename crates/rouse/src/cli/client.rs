@@ -257,11 +257,76 @@ impl ApiClient {
 }
 
 impl ApiClient {
+    /// GETs `path` (a watch) and returns the body unread, to be read as it streams; a
+    /// non-success answer is an error. Only the connection and the head are time-bounded.
+    pub async fn stream(&self, path: &str) -> Result<hyper::body::Incoming, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .header(header::ACCEPT, "application/json");
+        if let Some(auth) = &self.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        let head = async {
+            if self.is_https() {
+                self.send_tls(req).await
+            } else {
+                self.http
+                    .request(req)
+                    .await
+                    .map_err(|e| ClientError::Transport {
+                        url: self.base.clone(),
+                        message: error_chain(&e),
+                    })
+            }
+        };
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, head)
+            .await
+            .map_err(|_| ClientError::Transport {
+                url: self.base.clone(),
+                message: format!("no reply within {}s", REQUEST_TIMEOUT.as_secs()),
+            })??;
+        if !resp.status().is_success() {
+            return Err(ClientError::Transport {
+                url: self.base.clone(),
+                message: format!("the watch was refused: {}", resp.status()),
+            });
+        }
+        Ok(resp.into_body())
+    }
+
     /// One request over a new TLS connection (the CLI makes few requests; no pool needed).
     async fn exchange_tls(
         &self,
         req: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let transport = |message: String| ClientError::Transport {
+            url: self.base.clone(),
+            message,
+        };
+        let resp = self.send_tls(req).await?;
+        let code = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| transport(format!("reading the reply: {e}")))?
+            .to_bytes();
+        Ok((code, bytes))
+    }
+
+    /// Sends a request over a new TLS connection; the response's body is left to the caller.
+    async fn send_tls(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let transport = |message: String| ClientError::Transport {
             url: self.base.clone(),
             message,
@@ -296,18 +361,10 @@ impl ApiClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let resp = sender
+        sender
             .send_request(req)
             .await
-            .map_err(|e| transport(error_chain(&e)))?;
-        let code = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| transport(format!("reading the reply: {e}")))?
-            .to_bytes();
-        Ok((code, bytes))
+            .map_err(|e| transport(error_chain(&e)))
     }
 }
 

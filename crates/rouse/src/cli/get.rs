@@ -64,7 +64,8 @@ pub struct DeleteArgs {
     pub target: ApiTarget,
 }
 
-/// How often `get -w` polls the API (it has no watch endpoint; see docs/api.md).
+/// How long `get -w` waits before looking again when the API's watch is not open (it could not
+/// be opened, or it ended).
 const WATCH_POLL: Duration = Duration::from_secs(1);
 
 /// Runs `rouse get`.
@@ -89,7 +90,8 @@ pub async fn run_get(client: &ApiClient, namespace: &str, args: &GetArgs) -> any
         }
     }
     if args.watch {
-        watch(client, kind, namespace, ns, args, items, port).await?;
+        let rv = str_at(&whole, "/metadata/resourceVersion").to_string();
+        watch(client, kind, namespace, ns, args, items, port, rv).await?;
     }
     Ok(())
 }
@@ -165,8 +167,42 @@ async fn render(
     t
 }
 
-/// `get -w`: polls the API and prints each object's row again whenever it changed (by
-/// `resourceVersion`), and a line when one is deleted. Rows only, like kubectl's watch.
+/// Waits for the API's watch to report a change (any event line), opening the watch from `rv`
+/// when it is not open; when it cannot be opened or ends, waits [`WATCH_POLL`] instead.
+async fn next_change(client: &ApiClient, stream: &mut Option<hyper::body::Incoming>, path: &str) {
+    use http_body_util::BodyExt as _;
+    if stream.is_none() {
+        match client.stream(path).await {
+            Ok(body) => *stream = Some(body),
+            Err(e) => {
+                tracing::debug!(error = %e, "get -w: the watch could not be opened; polling");
+                tokio::time::sleep(WATCH_POLL).await;
+                return;
+            }
+        }
+    }
+    if let Some(body) = stream.as_mut() {
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if frame.data_ref().is_some_and(|d| d.contains(&b'\n')) {
+                        return;
+                    }
+                }
+                _ => {
+                    *stream = None;
+                    tokio::time::sleep(WATCH_POLL).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `get -w`: lists again whenever the API's watch reports a change, and prints each object's
+/// row again when it changed (by `resourceVersion`), and a line when one is deleted. Rows
+/// only, like kubectl's watch.
+#[allow(clippy::too_many_arguments)]
 async fn watch(
     client: &ApiClient,
     kind: Kind,
@@ -175,7 +211,9 @@ async fn watch(
     args: &GetArgs,
     first: Vec<Value>,
     port: Option<u16>,
+    mut rv: String,
 ) -> anyhow::Result<()> {
+    let mut stream = None;
     use std::io::Write as _;
     let key = |o: &Value| {
         format!(
@@ -189,9 +227,19 @@ async fn watch(
         .map(|o| (key(o), str_at(o, "/metadata/resourceVersion").to_string()))
         .collect();
     loop {
-        tokio::time::sleep(WATCH_POLL).await;
+        let mut path = format!("{}?watch=1", paths::collection(kind, ns));
+        if !rv.is_empty() {
+            path.push_str(&format!("&resourceVersion={rv}"));
+        }
+        if let Some(name) = &args.name {
+            path.push_str(&format!("&fieldSelector=metadata.name%3D{name}"));
+        }
+        next_change(client, &mut stream, &path).await;
         let items = match fetch(client, kind, namespace, ns, args).await {
-            Ok((items, _)) => items,
+            Ok((items, whole)) => {
+                rv = str_at(&whole, "/metadata/resourceVersion").to_string();
+                items
+            }
             Err(e) if args.name.is_some() && is_not_found(&e) => Vec::new(),
             Err(e) => return Err(e),
         };
