@@ -77,12 +77,8 @@ pub struct ServeArgs {
 /// Runs the platform until SIGINT or SIGTERM, then drains and stops every instance.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config_texts = load_config_texts(&args.config)?;
-    let config = Arc::new(
-        Config::from_yaml_texts(&config_texts)
-            .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?,
-    );
-    // What the API and the controller read: ConfigMap writes through the API replace it.
-    let shared_config = rouse_api::config::SharedConfig::new((*config).clone());
+    // `--config` must be valid on its own (its errors name its files' documents).
+    Config::from_yaml_texts(&config_texts).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let descriptors = host::descriptors(args.host.max_connections);
     let tls_wanted = args.tls || args.tls_cert.is_some();
     check_api_exposure(args.api_listen, args.insecure, tls_wanted)?;
@@ -97,6 +93,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let token: Arc<str> = crate::api::auth::load_or_create_token(&args.data_dir)?.into();
+    // ConfigMaps written through the API by an earlier run win over `--config`'s.
+    let (configmaps, config) = crate::api::configmaps::ConfigMaps::seeded(&config_texts)
+        .persisted_in(&args.data_dir.join("configmaps"))?;
+    let config = Arc::new(config);
+    // What the API and the controller read: ConfigMap writes through the API replace it.
+    let shared_config = rouse_api::config::SharedConfig::new((*config).clone());
     let store: Arc<dyn Store> = Arc::new(
         EmbeddedStore::open(&args.data_dir)
             .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
@@ -166,7 +168,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api_state = ApiState {
         store: store.clone(),
         config: shared_config.clone(),
-        configmaps: Arc::new(crate::api::configmaps::ConfigMaps::seeded(&config_texts)),
+        configmaps: Arc::new(configmaps),
         token,
     };
     let metrics_activator = activator.clone();

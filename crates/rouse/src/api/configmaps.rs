@@ -3,9 +3,14 @@
 //! through the core API: readable, and writable (replace or patch) with the same validation
 //! and messages as `--config`. A write that passes replaces the running config at once (the
 //! API's defaulting, validation and limits, and the controller's reconcilers read it afresh);
-//! `--config` seeds them at start-up.
+//! `--config` seeds them at start-up. A written ConfigMap is kept in
+//! `<data-dir>/configmaps/<name>.json` (written whole, then renamed into place) and wins over
+//! `--config`'s map of the same name at the next start; removing the file goes back to
+//! `--config`.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use http::StatusCode;
@@ -21,6 +26,8 @@ pub const NAMESPACE: &str = "knative-serving";
 #[derive(Debug)]
 pub struct ConfigMaps {
     inner: Mutex<(BTreeMap<String, Value>, u64)>,
+    /// Where written maps are kept across restarts (none: in memory only, as in tests).
+    dir: Option<PathBuf>,
 }
 
 impl Default for ConfigMaps {
@@ -71,7 +78,61 @@ impl ConfigMaps {
         }
         Self {
             inner: Mutex::new((maps, 1)),
+            dir: None,
         }
+    }
+
+    /// Keeps written maps in `dir`, and lays the maps an earlier run wrote there over the
+    /// seeded ones. Returns the maps and the config they make together.
+    pub fn persisted_in(mut self, dir: &Path) -> anyhow::Result<(Self, Config)> {
+        let mut maps = self.lock().0.clone();
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                let mut files: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                    .collect();
+                files.sort();
+                for file in files {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+                    let doc: Value = serde_json::from_str(&text)
+                        .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", file.display()))?;
+                    if let Some(name) = doc["metadata"]["name"].as_str()
+                        && maps.contains_key(name)
+                    {
+                        let data = doc.get("data").cloned().unwrap_or(json!({}));
+                        maps.insert(name.to_string(), object(name, data, 1));
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("reading {}: {e}", dir.display()),
+        }
+        let texts: Vec<String> = maps.values().map(Value::to_string).collect();
+        let config = Config::from_yaml_texts(&texts).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid config (with the ConfigMaps kept in {}): {e}",
+                dir.display()
+            )
+        })?;
+        self.lock().0 = maps;
+        self.dir = Some(dir.to_path_buf());
+        Ok((self, config))
+    }
+
+    /// Writes one map to the persistence dir: whole to a temporary file, synced, then renamed.
+    fn persist(&self, name: &str, stored: &Value) -> std::io::Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{name}.json.tmp"));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(stored.to_string().as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join(format!("{name}.json")))?;
+        std::fs::File::open(dir)?.sync_all()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeMap<String, Value>, u64)> {
@@ -160,6 +221,10 @@ impl ConfigMaps {
             }));
             err
         })?;
+        // Kept on disk before it takes effect: an acknowledged write survives a restart.
+        self.persist(name, &stored).map_err(|e| {
+            ApiError::internal(format!("keeping ConfigMap \"{name}\" on disk failed: {e}"))
+        })?;
         g.1 = rv;
         g.0.insert(name.to_string(), stored.clone());
         Ok((stored, config))
@@ -219,5 +284,40 @@ mod tests {
         assert_eq!(stored["metadata"]["resourceVersion"], "2");
         assert_eq!(cfg.defaults.revision_timeout_seconds, 42);
         assert!(maps.write(NAMESPACE, "other", |c| Ok(c.clone())).is_err());
+    }
+
+    #[test]
+    fn written_maps_survive_a_restart_and_win_over_the_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = dir.path().join("configmaps");
+        let seed = vec![
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-defaults\n  namespace: knative-serving\ndata:\n  revision-timeout-seconds: \"100\"\n".to_string(),
+        ];
+        let (maps, cfg) = ConfigMaps::seeded(&seed).persisted_in(&keep).unwrap();
+        assert_eq!(cfg.defaults.revision_timeout_seconds, 100);
+        maps.write(NAMESPACE, "config-defaults", |cur| {
+            let mut v = cur.clone();
+            v["data"] = json!({"revision-timeout-seconds": "42"});
+            Ok(v)
+        })
+        .unwrap();
+        // A refused write changes nothing on disk.
+        maps.write(NAMESPACE, "config-defaults", |cur| {
+            let mut v = cur.clone();
+            v["data"] = json!({"revision-timeout-seconds": "abc"});
+            Ok(v)
+        })
+        .unwrap_err();
+        drop(maps);
+
+        let (again, cfg) = ConfigMaps::seeded(&seed).persisted_in(&keep).unwrap();
+        assert_eq!(cfg.defaults.revision_timeout_seconds, 42);
+        let stored = again.get(NAMESPACE, "config-defaults").unwrap();
+        assert_eq!(stored["data"]["revision-timeout-seconds"], "42");
+
+        // Without the kept file, the seed is back.
+        std::fs::remove_file(keep.join("config-defaults.json")).unwrap();
+        let (_, cfg) = ConfigMaps::seeded(&seed).persisted_in(&keep).unwrap();
+        assert_eq!(cfg.defaults.revision_timeout_seconds, 100);
     }
 }
