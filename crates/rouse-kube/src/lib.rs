@@ -7,6 +7,7 @@
 //! binary does, through k8s-openapi's `v1_*` feature).
 
 pub mod apply;
+pub mod cache;
 pub mod crd;
 pub mod install;
 pub mod leader;
