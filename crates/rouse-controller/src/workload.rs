@@ -26,11 +26,12 @@ pub enum WorkloadError {
     EnvValueFrom(String),
 }
 
-/// Builds the runtime's spec for a revision.
-pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
+/// Builds the runtime's spec for a revision; `runs_images`: the runtime runs container
+/// images ([`rouse_runtime::Runtime::runs_images`]), so a container needs no `command`.
+pub fn workload_for(rev: &Revision, runs_images: bool) -> Result<WorkloadSpec, WorkloadError> {
     let spec = &rev.spec;
     let container = spec.serving_container().ok_or(WorkloadError::NoContainer)?;
-    if container.command.is_empty() {
+    if container.command.is_empty() && !runs_images {
         return Err(WorkloadError::ImageOnly {
             container: container.name.clone(),
             image: container.image.clone(),

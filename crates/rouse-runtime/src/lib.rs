@@ -43,6 +43,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// new period, so one scraper should call it, about once a second. Local mode reads the
     /// in-process queue-proxies.
     fn scrape(&self, namespace: &str, revision: &str) -> Vec<(String, rouse_queue::QueueStats)>;
+    /// True when instances run from their container image (Kubernetes, Docker), so a
+    /// container needs no `command`; the process runtime runs programs and needs one.
+    fn runs_images(&self) -> bool {
+        false
+    }
     /// Why the revision's last scale-up was refused, while it is (a limit on instances).
     fn scale_refusal(&self, _namespace: &str, _revision: &str) -> Option<String> {
         None

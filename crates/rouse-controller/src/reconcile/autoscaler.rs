@@ -81,7 +81,7 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
         },
     );
 
-    if let Ok(workload) = workload_for(&rev) {
+    if let Ok(workload) = workload_for(&rev, ctx.runtime.runs_images()) {
         ctx.runtime.ensure(workload, scale.max(0) as u32);
     }
     // A scale-up past the limit on instances: requests get 503 with why, not a long wait.

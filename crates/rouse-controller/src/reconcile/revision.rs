@@ -34,7 +34,7 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
     let mut status = rev.status.clone();
     status.observed_generation = rev.metadata.generation;
 
-    if let Err(e) = workload_for(&rev) {
+    if let Err(e) = workload_for(&rev, ctx.runtime.runs_images()) {
         status.mark_false("ContainerHealthy", "InvalidWorkload", &e.to_string());
         status.mark_false("ResourcesAvailable", "InvalidWorkload", &e.to_string());
         status.derive_ready(&["ResourcesAvailable", "ContainerHealthy"]);

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod controller;
 pub mod describe;
 pub mod gateway;
 pub mod get;
@@ -106,6 +107,8 @@ pub enum Command {
     Autoscaler(AutoscalerCommand),
     /// Print the manifests that install Rouse on Kubernetes (pipe to `kubectl apply`).
     Install(install::InstallArgs),
+    /// Run the controller against a Kubernetes cluster (leader-elected).
+    Controller(controller::ControllerArgs),
 }
 
 /// `rouse autoscaler ...`.
@@ -230,6 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Autoscaler(AutoscalerCommand::Simulate(ref args)) => simulate::run(args),
         Command::Install(ref args) => install::run(args),
+        Command::Controller(ref args) => controller::run(args).await,
     }
 }
 
