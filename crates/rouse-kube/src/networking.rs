@@ -130,10 +130,46 @@ pub fn resolved_targets(route: &Route) -> Vec<ResolvedTarget> {
         .collect()
 }
 
+/// A Route's targets from the routing table: its default host `{name}.{ns}.{domain}` and its
+/// tag hosts `{tag}-{name}.{ns}.{domain}` (Knative's default domain and tag templates).
+pub fn targets_from_table(route: &Route, table: &[HostRoute], domain: &str) -> Vec<ResolvedTarget> {
+    let suffix = format!(
+        "{}.{}.{domain}",
+        route.metadata.name, route.metadata.namespace
+    );
+    let mut out = Vec::new();
+    for hr in table {
+        let tag = if hr.host == suffix {
+            String::new()
+        } else if let Some(tag) = hr
+            .host
+            .strip_suffix(suffix.as_str())
+            .and_then(|p| p.strip_suffix('-'))
+            .filter(|t| !t.is_empty() && !t.contains('.'))
+        {
+            tag.to_string()
+        } else {
+            continue;
+        };
+        for (ns, revision, percent) in &hr.targets {
+            if *ns == route.metadata.namespace {
+                out.push(ResolvedTarget {
+                    tag: tag.clone(),
+                    revision: revision.clone(),
+                    percent: i64::from(*percent),
+                    h2c: false,
+                });
+            }
+        }
+    }
+    out
+}
+
 impl Networking for KubeNetworking {
-    /// The table itself is the gateway's to build (from the Ingresses): each Route with
-    /// resolved traffic gets its Ingress written.
-    fn set_routes(&self, _routes: Vec<HostRoute>) {
+    /// The table itself is the gateway's to build (from the Ingresses): each Route gets its
+    /// Ingress written with the targets the table gives its hosts (the Route's status may
+    /// not say them yet: the table is programmed before the Route is marked Ready).
+    fn set_routes(&self, table: Vec<HostRoute>) {
         let routes = match self.store.list(Kind::Route, None) {
             Ok((routes, _)) => routes,
             Err(e) => {
@@ -141,11 +177,19 @@ impl Networking for KubeNetworking {
                 return;
             }
         };
+        let domain = &self.ingress.domain;
         let ingresses: Vec<_> = routes
             .into_iter()
             .filter_map(|v| Route::from_value(v).ok())
-            .filter(|r| !r.status.traffic.is_empty())
-            .map(|r| ingress(&r, &resolved_targets(&r), &self.ingress))
+            .filter_map(|r| {
+                let targets = targets_from_table(&r, &table, domain);
+                let targets = if targets.is_empty() {
+                    resolved_targets(&r)
+                } else {
+                    targets
+                };
+                (!targets.is_empty()).then(|| ingress(&r, &targets, &self.ingress))
+            })
             .collect();
         let client = self.client.clone();
         self.handle.spawn(async move {
