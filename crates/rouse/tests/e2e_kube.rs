@@ -122,14 +122,17 @@ fn a_knative_service_on_a_real_api_server() {
     let (ok, out) = kubectl(&kc, &["apply", "-f", "-"], Some(ksvc.as_bytes()));
     assert!(ok, "apply ksvc: {out}");
 
-    let _controller = Controller(
-        Command::new(rouse_bin())
-            .args(["controller", "--kubeconfig", &kc, "--identity", "e2e"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let start = |identity: &str| {
+        Controller(
+            Command::new(rouse_bin())
+                .args(["controller", "--kubeconfig", &kc, "--identity", identity])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let first = start("e2e-a");
 
     // The objects per revision (a previous holder's Lease may take its 15 s to expire).
     let deploy = until("the Deployment", Duration::from_secs(90), || {
@@ -223,7 +226,35 @@ fn a_knative_service_on_a_real_api_server() {
     );
     assert!(hosts.contains("\"serviceName\":\"hello-00001\""), "{hosts}");
 
-    // Deleting the Service cascades through Kubernetes' garbage collector.
+    // Leader hand-over: a second replica follows while the first leads, and takes the Lease
+    // once the first is gone (after the Lease's 15 s duration).
+    let holder = |kc: &str| {
+        let (_, out) = kubectl(
+            kc,
+            &[
+                "get",
+                "lease",
+                "-n",
+                "knative-serving",
+                "rouse-controller",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            None,
+        );
+        out
+    };
+    until("e2e-a leading", Duration::from_secs(60), || {
+        (holder(&kc) == "e2e-a").then_some(())
+    });
+    let _second = start("e2e-b");
+    drop(first);
+    until("e2e-b taking over", Duration::from_secs(60), || {
+        (holder(&kc) == "e2e-b").then_some(())
+    });
+
+    // Deleting the Service cascades through Kubernetes' garbage collector (the new leader
+    // is the one running now).
     let (ok, out) = kubectl(&kc, &["delete", "-n", NS, "ksvc", "hello"], None);
     assert!(ok, "delete: {out}");
     until("the cascade", Duration::from_secs(90), || {
