@@ -42,6 +42,8 @@ pub struct KubeRuntime {
     pods: Arc<Mutex<HashMap<RevisionKey, BTreeMap<String, Pod>>>>,
     /// The replicas last written per revision, so an unchanged decision writes nothing.
     scaled: Arc<Mutex<HashMap<RevisionKey, u32>>>,
+    /// The last error writing each revision's Deployment.
+    failures: Arc<Mutex<HashMap<RevisionKey, String>>>,
     events: broadcast::Sender<RevisionKey>,
 }
 
@@ -62,6 +64,7 @@ impl KubeRuntime {
             config,
             pods: Arc::default(),
             scaled: Arc::default(),
+            failures: Arc::default(),
             events: events.clone(),
         });
         handle.spawn(inform_pods(client, rt.pods.clone(), events));
@@ -159,9 +162,27 @@ impl Runtime for KubeRuntime {
         self.scaled().insert(key.clone(), desired);
         let (client, config) = (self.client.clone(), self.config.clone());
         let (scaled, events) = (self.scaled.clone(), self.events.clone());
+        let failures = self.failures.clone();
         self.handle.spawn(async move {
-            if let Err(e) = KubeRuntime::converge(client, rev, config, desired, applied).await {
-                tracing::warn!(error = %e, "scaling a revision failed; retrying");
+            let result = KubeRuntime::converge(client, rev, config, desired, applied).await;
+            let failed = {
+                let mut last = failures.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    // Logged once per distinct error, not on every retry.
+                    Err(e) => {
+                        if last.get(&key) != Some(&e) {
+                            tracing::warn!(error = %e, "scaling a revision failed; retrying");
+                            last.insert(key.clone(), e);
+                        }
+                        true
+                    }
+                    Ok(()) => {
+                        last.remove(&key);
+                        false
+                    }
+                }
+            };
+            if failed {
                 // Forgotten, so the next ensure applies again; the event makes one happen.
                 scaled
                     .lock()
