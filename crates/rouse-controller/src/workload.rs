@@ -28,7 +28,8 @@ pub enum WorkloadError {
     EnvValueFrom(String),
 }
 
-/// Builds the runtime's spec for a revision.
+/// Builds the runtime's spec for a revision (a container with a `command` runs that program;
+/// one naming only an `image` runs the image, in Docker locally or in a pod on Kubernetes).
 pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
     let spec = &rev.spec;
     let container = spec.serving_container().ok_or(WorkloadError::NoContainer)?;

@@ -7,10 +7,13 @@
 //! binary does, through k8s-openapi's `v1_*` feature).
 
 pub mod apply;
+pub mod cache;
 pub mod crd;
 pub mod install;
 pub mod leader;
+pub mod networking;
 pub mod revision;
 pub mod route;
+pub mod runtime;
 pub mod schema;
 pub mod store;

@@ -326,6 +326,10 @@ pub fn deployment(rev: &Revision, cfg: &DeploymentConfig, replicas: i32) -> Depl
 /// that waits for the queue-proxy to drain.
 fn user_container(c: &Container, serving: bool, user_port: i32, k_env: &[(&str, String)]) -> Value {
     let mut c = c.clone();
+    if c.name.is_empty() {
+        // Knative's webhook names an unnamed container; Kubernetes requires a name.
+        c.name = "user-container".into();
+    }
     c.stdin = Some(false);
     c.tty = Some(false);
     c.termination_message_policy

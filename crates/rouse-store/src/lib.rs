@@ -18,7 +18,7 @@ pub use embedded::{
 };
 pub use error::StoreError;
 pub use rouse_api::Kind;
-pub use watch::Watch;
+pub use watch::{Hub as EventHub, Watch};
 
 use serde_json::Value;
 
@@ -77,6 +77,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The objects of `kind` in `namespace` (`None` = all namespaces), sorted by namespace
     /// then name, and the store's resourceVersion at the time of the read (to watch from).
+    ///
+    /// The number is the position in the store's event stream: the embedded store's global
+    /// resourceVersion; for a backend whose objects carry opaque resourceVersions (Kubernetes),
+    /// the sequence of the events it has published. Objects' `metadata.resourceVersion` is
+    /// always an opaque string, compared only for equality.
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError>;
 
     /// Stores a new object and returns it as stored.

@@ -60,9 +60,13 @@ impl Watch {
     }
 }
 
-/// Events since the process started (the last `limit` of them) and the open watchers.
+/// Events since the process started (the last `limit` of them) and the open watchers: the
+/// watch fan-out of any [`crate::Store`] backend. The embedded store numbers its events with
+/// its own resourceVersions; a backend whose objects carry opaque resourceVersions (the
+/// Kubernetes one) numbers the events it publishes with a local sequence instead, and that
+/// sequence is what its `list` returns and its `watch` resumes from.
 #[derive(Debug)]
-pub(crate) struct Hub {
+pub struct Hub {
     /// The store's current resourceVersion (the last committed write).
     rv: u64,
     history: VecDeque<Arc<Encoded>>,
@@ -71,7 +75,7 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub(crate) fn new(rv: u64, limit: usize) -> Hub {
+    pub fn new(rv: u64, limit: usize) -> Hub {
         Hub {
             rv,
             history: VecDeque::new(),
@@ -81,12 +85,12 @@ impl Hub {
     }
 
     /// The last committed resourceVersion.
-    pub(crate) fn rv(&self) -> u64 {
+    pub fn rv(&self) -> u64 {
         self.rv
     }
 
     /// Records committed events (in resourceVersion order) and sends them to every watcher.
-    pub(crate) fn publish(&mut self, events: Vec<WatchEvent>) {
+    pub fn publish(&mut self, events: Vec<WatchEvent>) {
         for ev in events {
             if ev.resource_version != self.rv + 1 {
                 // Only after a commit that failed yet reached the disk: the history would have
@@ -124,7 +128,7 @@ impl Hub {
     }
 
     /// A new watcher that first gets the retained events after `from`, then live ones.
-    pub(crate) fn watch(&mut self, from: u64) -> Result<Watch, StoreError> {
+    pub fn watch(&mut self, from: u64) -> Result<Watch, StoreError> {
         if from > self.rv {
             return Err(StoreError::Invalid(format!(
                 "resourceVersion {from} is newer than the store's current {}",

@@ -4,6 +4,8 @@
 //! script, or past its end, gets a 500.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod controller;
 pub mod describe;
 pub mod gateway;
 pub mod get;
@@ -117,6 +118,8 @@ pub enum Command {
     /// Run the gateway as a process of its own: routes by host to pods or activators, fed by
     /// a static description of routes, revisions and pods (`--endpoints FILE`).
     Gateway(hops::HopArgs),
+    /// Run the controller against a Kubernetes cluster (leader-elected).
+    Controller(controller::ControllerArgs),
 }
 
 /// `rouse autoscaler ...`.
@@ -247,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::QueueProxy => queue_proxy::run().await,
         Command::Activator(ref args) => hops::run_activator(args).await,
         Command::Gateway(ref args) => hops::run_gateway(args).await,
+        Command::Controller(ref args) => controller::run(args).await,
     }
 }
 

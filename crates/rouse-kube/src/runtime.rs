@@ -1,0 +1,326 @@
+//! [`KubeRuntime`]: the [`Runtime`] seam as Deployments. A revision's instances are the pods of
+//! its Deployment `{rev}-deployment`, built by [`crate::revision::deployment`] and applied
+//! server-side; the autoscaler's decision is written through the Deployment's `scale`
+//! subresource; instances are read from a pod informer (Ready condition, pod IP), and every
+//! pod change is announced to the controller.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use rouse_api::meta::Resource;
+use rouse_api::serving::Revision;
+use rouse_runtime::{InstanceInfo, InstanceState, Runtime, WorkloadSpec};
+use rouse_store::{Kind, Store};
+use tokio::runtime::Handle;
+use tokio::sync::broadcast;
+
+use crate::apply::apply;
+use crate::revision::{DeploymentConfig, deployment, deployment_name};
+
+/// The label every revision pod carries.
+pub const LABEL_REVISION: &str = "serving.knative.dev/revision";
+/// The queue-proxy's serving port: where an instance's requests go.
+pub const QUEUE_PORT: u16 = 8012;
+
+type RevisionKey = (String, String);
+
+/// Revisions' instances as the pods of their Deployments.
+pub struct KubeRuntime {
+    client: kube::Client,
+    handle: Handle,
+    store: Arc<dyn Store>,
+    config: DeploymentConfig,
+    pods: Arc<Mutex<HashMap<RevisionKey, BTreeMap<String, Pod>>>>,
+    /// The replicas last written per revision, so an unchanged decision writes nothing.
+    scaled: Arc<Mutex<HashMap<RevisionKey, u32>>>,
+    /// The last error writing each revision's Deployment.
+    failures: Arc<Mutex<HashMap<RevisionKey, String>>>,
+    events: broadcast::Sender<RevisionKey>,
+}
+
+impl KubeRuntime {
+    /// A runtime on `client`, running its calls and pod informer on `handle`; revisions are
+    /// read from `store` (the controller's).
+    pub fn start(
+        client: kube::Client,
+        handle: Handle,
+        store: Arc<dyn Store>,
+        config: DeploymentConfig,
+    ) -> Arc<KubeRuntime> {
+        let (events, _) = broadcast::channel(1024);
+        let rt = Arc::new(KubeRuntime {
+            client: client.clone(),
+            handle: handle.clone(),
+            store,
+            config,
+            pods: Arc::default(),
+            scaled: Arc::default(),
+            failures: Arc::default(),
+            events: events.clone(),
+        });
+        handle.spawn(inform_pods(client, rt.pods.clone(), events));
+        rt
+    }
+
+    fn scaled(&self) -> MutexGuard<'_, HashMap<RevisionKey, u32>> {
+        self.scaled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies the revision's Deployment (first time, or after a failure) and writes
+    /// `desired` through the scale subresource.
+    async fn converge(
+        client: kube::Client,
+        rev: Revision,
+        config: DeploymentConfig,
+        desired: u32,
+        applied: bool,
+    ) -> Result<(), String> {
+        let ns = rev.metadata.namespace.clone();
+        let name = deployment_name(&rev.metadata.name);
+        let replicas = i32::try_from(desired).unwrap_or(i32::MAX);
+        if !applied {
+            apply(&client, &deployment(&rev, &config, replicas))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let api: Api<Deployment> = Api::namespaced(client, &ns);
+        let scale = serde_json::json!({"spec": {"replicas": replicas}});
+        api.patch_scale(&name, &PatchParams::default(), &Patch::Merge(&scale))
+            .await
+            .map_err(|e| format!("scale Deployment {ns}/{name}: {e}"))?;
+        Ok(())
+    }
+}
+
+fn instance(pod: &Pod) -> Option<InstanceInfo> {
+    let status = pod.status.as_ref()?;
+    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let restarts = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+        .sum();
+    let state = if pod.metadata.deletion_timestamp.is_some() {
+        InstanceState::Terminating
+    } else if ready {
+        InstanceState::Ready
+    } else {
+        InstanceState::Starting
+    };
+    Some(InstanceInfo {
+        id: pod.metadata.name.clone().unwrap_or_default(),
+        endpoint: SocketAddr::new(ip, QUEUE_PORT),
+        app_port: 8080,
+        pid: None,
+        state,
+        restarts,
+        last_termination: None,
+        log_path: PathBuf::new(),
+        ever_ready: ready,
+    })
+}
+
+impl Runtime for KubeRuntime {
+    fn ensure(&self, spec: WorkloadSpec, desired: u32) {
+        let key = (spec.namespace.clone(), spec.revision.clone());
+        let applied = match self.scaled().get(&key) {
+            Some(n) if *n == desired => return,
+            Some(_) => true,
+            None => false,
+        };
+        let rev = match self
+            .store
+            .get(Kind::Revision, &spec.namespace, &spec.revision)
+        {
+            Ok(v) => match Revision::from_value(v) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(revision = %spec.revision, error = %e, "revision does not decode");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::debug!(revision = %spec.revision, error = %e, "revision gone; not scaling");
+                return;
+            }
+        };
+        self.scaled().insert(key.clone(), desired);
+        let (client, config) = (self.client.clone(), self.config.clone());
+        let (scaled, events) = (self.scaled.clone(), self.events.clone());
+        let failures = self.failures.clone();
+        self.handle.spawn(async move {
+            let result = KubeRuntime::converge(client, rev, config, desired, applied).await;
+            let failed = {
+                let mut last = failures.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    // Logged once per distinct error, not on every retry.
+                    Err(e) => {
+                        if last.get(&key) != Some(&e) {
+                            tracing::warn!(error = %e, "scaling a revision failed; retrying");
+                            last.insert(key.clone(), e);
+                        }
+                        true
+                    }
+                    Ok(()) => {
+                        last.remove(&key);
+                        false
+                    }
+                }
+            };
+            if failed {
+                // Forgotten, so the next ensure applies again; the event makes one happen.
+                scaled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = events.send(key);
+            }
+        });
+    }
+
+    fn instances(&self, namespace: &str, revision: &str) -> Vec<InstanceInfo> {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(Option<String>, InstanceInfo)> = pods
+            .get(&(namespace.to_string(), revision.to_string()))
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|p| {
+                let created = p
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string());
+                instance(p).map(|i| (created, i))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+        out.into_iter().map(|(_, i)| i).collect()
+    }
+
+    fn remove(&self, namespace: &str, revision: &str) {
+        self.scaled()
+            .remove(&(namespace.to_string(), revision.to_string()));
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let name = deployment_name(revision);
+        self.handle.spawn(async move {
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(deployment = %name, error = %e, "deleting a Deployment failed")
+                }
+            }
+        });
+    }
+
+    /// Pods' queue-proxy stats are not scraped yet (the autoscaler on the cluster, issue 12
+    /// item 5): no load is reported, so the autoscaler keeps the scale it has.
+    fn scrape(&self, _namespace: &str, _revision: &str) -> Vec<(String, rouse_queue::QueueStats)> {
+        Vec::new()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<(String, String)> {
+        self.events.subscribe()
+    }
+
+    /// The pods belong to the cluster: nothing to stop here.
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+}
+
+/// Lists and watches the revision pods of every namespace into `pods`, announcing each
+/// revision whose pods change; relists with backoff on any failure. Never ends.
+async fn inform_pods(
+    client: kube::Client,
+    pods: Arc<Mutex<HashMap<RevisionKey, BTreeMap<String, Pod>>>>,
+    events: broadcast::Sender<RevisionKey>,
+) {
+    let api: Api<Pod> = Api::all(client);
+    let mut backoff = Duration::from_millis(200);
+    let mut failing = false;
+    let key_of = |p: &Pod| -> Option<(RevisionKey, String)> {
+        let rev = p.metadata.labels.as_ref()?.get(LABEL_REVISION)?.clone();
+        Some((
+            (p.metadata.namespace.clone().unwrap_or_default(), rev),
+            p.metadata.name.clone().unwrap_or_default(),
+        ))
+    };
+    loop {
+        let list = match api
+            .list(&ListParams::default().labels(LABEL_REVISION))
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot list pods; retrying with backoff");
+                    failing = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        failing = false;
+        backoff = Duration::from_millis(200);
+        let rv = list.metadata.resource_version.clone().unwrap_or_default();
+        let mut touched: Vec<RevisionKey> = Vec::new();
+        {
+            let mut map = pods.lock().unwrap_or_else(|p| p.into_inner());
+            touched.extend(map.keys().cloned());
+            map.clear();
+            for p in list.items {
+                if let Some((rk, name)) = key_of(&p) {
+                    touched.push(rk.clone());
+                    map.entry(rk).or_default().insert(name, p);
+                }
+            }
+        }
+        for k in touched {
+            let _ = events.send(k);
+        }
+        let wp = WatchParams::default().labels(LABEL_REVISION);
+        let mut stream = match api.watch(&wp, &rv).await {
+            Ok(s) => s.boxed(),
+            Err(_) => continue,
+        };
+        while let Some(ev) = stream.next().await {
+            let (pod, deleted) = match ev {
+                Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) => (p, false),
+                Ok(WatchEvent::Deleted(p)) => (p, true),
+                Ok(WatchEvent::Bookmark(_)) => continue,
+                Ok(WatchEvent::Error(_)) | Err(_) => break,
+            };
+            let Some((rk, name)) = key_of(&pod) else {
+                continue;
+            };
+            {
+                let mut map = pods.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = map.entry(rk.clone()).or_default();
+                if deleted {
+                    entry.remove(&name);
+                } else {
+                    entry.insert(name, pod);
+                }
+            }
+            let _ = events.send(rk);
+        }
+    }
+}

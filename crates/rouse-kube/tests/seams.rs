@@ -1,0 +1,244 @@
+//! The Runtime and Networking seams on Kubernetes against a stateful API server on loopback,
+//! through kube's real client: the Deployment applied and scaled through its scale
+//! subresource, instances from the pods, and the public EndpointSlices in Serve and Proxy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rouse_api::meta::Resource;
+use rouse_api::networking::SksMode;
+use rouse_api::serving::Revision;
+use rouse_controller::networking::{Networking, RevisionTraffic};
+use rouse_kube::cache::ClusterStore;
+use rouse_kube::networking::KubeNetworking;
+use rouse_kube::revision::DeploymentConfig;
+use rouse_kube::route::IngressConfig;
+use rouse_kube::runtime::KubeRuntime;
+use rouse_runtime::{InstanceState, Runtime};
+use rouse_store::{Kind, Store};
+use serde_json::{Value, json};
+
+mod common;
+
+use common::fake::Fake;
+
+const REVS: &str = "apis/serving.knative.dev/v1/revisions";
+const SKS: &str = "apis/networking.internal.knative.dev/v1alpha1/serverlessservices";
+const DEPLOYS: &str = "apis/apps/v1/deployments";
+const PODS: &str = "api/v1/pods";
+const SLICES: &str = "apis/discovery.k8s.io/v1/endpointslices";
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn revision() -> Value {
+    json!({"apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+           "metadata": {"name": "cart-00001", "namespace": "shop", "uid": "rev-uid",
+                        "labels": {"serving.knative.dev/service": "cart",
+                                   "serving.knative.dev/configuration": "cart"}},
+           "spec": {"containers": [{"image": "example.org/cart"}]}})
+}
+
+fn sks(mode: &str) -> Value {
+    json!({"apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "ServerlessService",
+           "metadata": {"name": "cart-00001", "namespace": "shop", "uid": "sks-uid",
+                        "labels": {"serving.knative.dev/revision": "cart-00001"}},
+           "spec": {"mode": mode, "numActivators": 2}})
+}
+
+async fn started(fake: &Fake) -> (Arc<ClusterStore>, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(ClusterStore::start(
+        fake.client.clone(),
+        rt.handle().clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(20), store.wait_synced())
+        .await
+        .expect("caches sync");
+    (store, rt)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_applies_scales_and_reads_pods() {
+    let fake = Fake::start().await;
+    fake.put(REVS, revision());
+    let (store, rt) = started(&fake).await;
+    let runtime = KubeRuntime::start(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        DeploymentConfig::default(),
+    );
+    let rev =
+        Revision::from_value(store.get(Kind::Revision, "shop", "cart-00001").unwrap()).unwrap();
+    let spec = rouse_controller::workload::workload_for(&rev).unwrap();
+    let mut events = runtime.subscribe();
+
+    runtime.ensure(spec.clone(), 2);
+    until("the Deployment at 2", || {
+        fake.object(DEPLOYS, "shop", "cart-00001-deployment")
+            .is_some_and(|d| d["spec"]["replicas"] == 2)
+    })
+    .await;
+    let d = fake
+        .object(DEPLOYS, "shop", "cart-00001-deployment")
+        .unwrap();
+    assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "rev-uid");
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(containers[0]["name"], "user-container");
+    assert_eq!(containers[1]["name"], "queue-proxy");
+
+    // A new decision goes through the scale subresource, not another apply.
+    let applies = |f: &Fake| {
+        f.seen()
+            .iter()
+            .filter(|(m, p)| m == "PATCH" && p.contains("/deployments/cart-00001-deployment?"))
+            .count()
+    };
+    let before = applies(&fake);
+    runtime.ensure(spec.clone(), 0);
+    until("the Deployment at 0", || {
+        fake.object(DEPLOYS, "shop", "cart-00001-deployment")
+            .is_some_and(|d| d["spec"]["replicas"] == 0)
+    })
+    .await;
+    assert!(fake.seen().iter().any(|(m, p)| m == "PATCH"
+        && p.starts_with("/apis/apps/v1/namespaces/shop/deployments/cart-00001-deployment/scale")));
+    assert_eq!(applies(&fake), before);
+
+    // Pods are the instances: Ready condition, pod IP, queue-proxy port.
+    fake.put(
+        PODS,
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "cart-00001-deployment-abc", "namespace": "shop",
+                     "labels": {"serving.knative.dev/revision": "cart-00001"}},
+        "status": {"podIP": "10.1.2.3", "conditions": [{"type": "Ready", "status": "True"}]}}),
+    );
+    until("the pod as an instance", || {
+        runtime.instances("shop", "cart-00001").len() == 1
+    })
+    .await;
+    let inst = &runtime.instances("shop", "cart-00001")[0];
+    assert_eq!(inst.state, InstanceState::Ready);
+    assert_eq!(inst.endpoint, "10.1.2.3:8012".parse().unwrap());
+    let ev = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(ev) = events.recv().await {
+                return ev;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ev, ("shop".to_string(), "cart-00001".to_string()));
+    rt.shutdown_background();
+}
+
+fn traffic(mode: SksMode, ready: &[&str]) -> RevisionTraffic {
+    let ready: Vec<_> = ready.iter().map(|a| a.parse().unwrap()).collect();
+    RevisionTraffic {
+        mode,
+        backends: ready.clone(),
+        ready,
+        container_concurrency: 0,
+        timeout: Duration::from_secs(300),
+        response_start_timeout: None,
+        h2c: false,
+        request_body_buffer: 0,
+    }
+}
+
+fn slice_addresses(fake: &Fake) -> Vec<String> {
+    fake.object(SLICES, "shop", "cart-00001-ipv4-0")
+        .map(|s| {
+            s["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["addresses"][0].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slices_in_serve_and_proxy() {
+    let fake = Fake::start().await;
+    fake.put(REVS, revision());
+    fake.put(SKS, sks("Serve"));
+    fake.put(
+        SLICES,
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "activator-service-x", "namespace": "knative-serving",
+                     "labels": {"kubernetes.io/service-name": "activator-service"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.9.0.1"], "conditions": {"ready": true}},
+                      {"addresses": ["10.9.0.2"], "conditions": {"ready": true}}]}),
+    );
+    let (store, rt) = started(&fake).await;
+    let net = KubeNetworking::new(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        IngressConfig {
+            network: Default::default(),
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    );
+
+    net.set_revision(
+        "shop",
+        "cart-00001",
+        traffic(SksMode::Serve, &["10.1.0.7:8012"]),
+    );
+    until("the pod in the public slice", || {
+        slice_addresses(&fake) == ["10.1.0.7"]
+    })
+    .await;
+    assert!(!net.serving_through_activator("shop", "cart-00001"));
+    assert!(
+        fake.object("api/v1/services", "shop", "cart-00001")
+            .is_some()
+    );
+    let private = fake
+        .object("api/v1/services", "shop", "cart-00001-private")
+        .unwrap();
+    assert_eq!(
+        private["spec"]["selector"]["serving.knative.dev/revisionUID"],
+        "rev-uid"
+    );
+
+    // Proxy (scaled to zero): the public Service points at the activators.
+    fake.put(SKS, sks("Proxy"));
+    until("the SKS in Proxy in the cache", || {
+        store
+            .get(Kind::ServerlessService, "shop", "cart-00001")
+            .unwrap()["spec"]["mode"]
+            == "Proxy"
+    })
+    .await;
+    net.set_revision("shop", "cart-00001", traffic(SksMode::Proxy, &[]));
+    until("the activators in the public slice", || {
+        let mut a = slice_addresses(&fake);
+        a.sort();
+        a == ["10.9.0.1", "10.9.0.2"]
+    })
+    .await;
+    until("the mode confirmed", || {
+        net.serving_through_activator("shop", "cart-00001")
+    })
+    .await;
+    rt.shutdown_background();
+}

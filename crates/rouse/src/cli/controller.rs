@@ -1,0 +1,159 @@
+//! `rouse controller`: the reconcilers local mode runs, over a Kubernetes cluster. The store
+//! is the API server (informer caches, writes with conflicts retried by the reconcilers'
+//! backoff), the runtime is Deployments, networking is Services, EndpointSlices and Ingresses.
+//! One replica leads at a time, elected on a Lease; a follower waits, and a leader that loses
+//! its Lease stops its reconcilers (stops writing) and goes back to waiting.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use rouse_api::config::Config;
+use rouse_controller::Controller;
+use rouse_kube::cache::ClusterStore;
+use rouse_kube::install::NAMESPACE;
+use rouse_kube::leader::{LeaseConfig, LeaseLock, elect};
+use rouse_kube::networking::KubeNetworking;
+use rouse_kube::revision::DeploymentConfig;
+use rouse_kube::route::IngressConfig;
+use rouse_kube::runtime::KubeRuntime;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// The Lease the controllers elect their leader on.
+pub const LEASE: &str = "rouse-controller";
+
+/// `rouse controller` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// A kubeconfig for the cluster; without it, the in-cluster service account.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The domain Routes are served under (config-domain's default).
+    #[arg(long, default_value = "example.com")]
+    pub domain: String,
+    /// This replica's name in the Lease (default: $POD_NAME, else host name and pid).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// The image the queue-proxy sidecar runs (config-deployment `queue-sidecar-image`).
+    #[arg(long, default_value = rouse_kube::install::DEFAULT_IMAGE)]
+    pub queue_image: String,
+}
+
+async fn kube_client(args: &ControllerArgs) -> anyhow::Result<kube::Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        None => {
+            kube::Config::incluster().context("no --kubeconfig and not running in a cluster")?
+        }
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn identity(args: &ControllerArgs) -> String {
+    args.identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "rouse".into());
+            format!("{host}-{}", std::process::id())
+        })
+}
+
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs until SIGINT/SIGTERM.
+pub async fn run(args: &ControllerArgs) -> anyhow::Result<()> {
+    // The Kubernetes client, the informers and the writes run on their own threads: the
+    // store's synchronous calls block their caller until this runtime answers.
+    let kube_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rouse-kube")
+        .enable_all()
+        .build()?;
+    let handle = kube_rt.handle().clone();
+    let result = lead_and_reconcile(args, handle).await;
+    kube_rt.shutdown_background();
+    result
+}
+
+async fn lead_and_reconcile(
+    args: &ControllerArgs,
+    handle: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
+    let a = args.clone();
+    let client = handle.spawn(async move { kube_client(&a).await }).await??;
+    let me = identity(args);
+    let lock = LeaseLock::new(client.clone(), LeaseConfig::new(NAMESPACE, LEASE, &me));
+    let mut leading: watch::Receiver<bool> = handle.spawn(async move { elect(lock) }).await?;
+
+    let store = Arc::new(ClusterStore::start(client.clone(), handle.clone()));
+    let config = rouse_api::config::SharedConfig::new(Config::default());
+    let deployment = DeploymentConfig {
+        queue_image: args.queue_image.clone(),
+        ..DeploymentConfig::default()
+    };
+    let runtime = KubeRuntime::start(client.clone(), handle.clone(), store.clone(), deployment);
+    let networking = Arc::new(KubeNetworking::new(
+        client,
+        handle,
+        store.clone(),
+        IngressConfig {
+            network: config.get().network.clone(),
+            domain: args.domain.clone(),
+            tag_header_routing: false,
+        },
+    ));
+    info!(identity = %me, "waiting for the caches and the lease");
+    let stop = terminated();
+    tokio::pin!(stop);
+    tokio::select! {
+        _ = store.wait_synced() => {}
+        _ = &mut stop => return Ok(()),
+    }
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => { r?; }
+            _ = &mut stop => return Ok(()),
+        }
+        info!(identity = %me, "leading: reconciling");
+        let controller = Controller::new(
+            store.clone(),
+            runtime.clone(),
+            networking.clone(),
+            config.clone(),
+            args.domain.clone(),
+        );
+        let mut lost = leading.clone();
+        let mut stopped = false;
+        controller
+            .run(async {
+                tokio::select! {
+                    _ = lost.wait_for(|l| !*l) => {}
+                    _ = &mut stop => stopped = true,
+                }
+            })
+            .await;
+        if stopped {
+            return Ok(());
+        }
+        warn!(identity = %me, "lost the lease: stopped reconciling");
+    }
+}

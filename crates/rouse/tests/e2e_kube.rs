@@ -1,0 +1,267 @@
+//! End to end against a real Kubernetes API server, when `ROUSE_E2E_KUBECONFIG` names one
+//! (skipped, with the reason printed, otherwise): `rouse install` applied with kubectl, a
+//! Knative Service applied with kubectl, `rouse controller --kubeconfig` as a process, the
+//! per-revision objects shaped as Knative makes them; the test plays the kubelet (a Node, the
+//! pod bound to it and reported Ready with an IP) so the Service becomes Ready; deleting the
+//! Service cascades. Needs `kubectl` on PATH and `cargo build -p rouse --bins`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const NS: &str = "rouse-e2e";
+
+fn kubeconfig() -> Option<String> {
+    std::env::var("ROUSE_E2E_KUBECONFIG")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+fn rouse_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rouse"))
+}
+
+fn kubectl(kc: &str, args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
+    let mut cmd = Command::new("kubectl");
+    cmd.env("KUBECONFIG", kc)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn get_json(kc: &str, what: &str) -> Option<Value> {
+    let (ok, out) = kubectl(kc, &["get", "-n", NS, what, "-o", "json"], None);
+    ok.then(|| serde_json::from_str(&out).ok()).flatten()
+}
+
+fn until<T>(what: &str, bound: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ready(obj: &Value) -> bool {
+    obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+#[test]
+fn a_knative_service_on_a_real_api_server() {
+    let Some(kc) = kubeconfig() else {
+        eprintln!(
+            "skipped: set ROUSE_E2E_KUBECONFIG to a kubeconfig file to run against that cluster"
+        );
+        return;
+    };
+    // Install: CRDs established.
+    let install = Command::new(rouse_bin()).arg("install").output().unwrap();
+    assert!(install.status.success());
+    let (ok, out) = kubectl(
+        &kc,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&install.stdout),
+    );
+    assert!(ok, "install: {out}");
+    let (ok, out) = kubectl(
+        &kc,
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=60s",
+            "crd/services.serving.knative.dev",
+            "crd/revisions.serving.knative.dev",
+            "crd/ingresses.networking.internal.knative.dev",
+        ],
+        None,
+    );
+    assert!(ok, "CRDs established: {out}");
+    let _ = kubectl(&kc, &["create", "namespace", NS], None);
+
+    let ksvc = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  namespace: {NS}\n\
+         spec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/min-scale: \"1\"\n\
+         \x20   spec:\n      containers:\n        - image: ghcr.io/knative/helloworld-go:latest\n"
+    );
+    let (ok, out) = kubectl(&kc, &["apply", "-f", "-"], Some(ksvc.as_bytes()));
+    assert!(ok, "apply ksvc: {out}");
+
+    let start = |identity: &str| {
+        Controller(
+            Command::new(rouse_bin())
+                .args(["controller", "--kubeconfig", &kc, "--identity", identity])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let first = start("e2e-a");
+
+    // The objects per revision (a previous holder's Lease may take its 15 s to expire).
+    let deploy = until("the Deployment", Duration::from_secs(90), || {
+        get_json(&kc, "deployment/hello-00001-deployment")
+    });
+    let pod_spec = &deploy["spec"]["template"]["spec"];
+    let names: Vec<&str> = pod_spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["user-container", "queue-proxy"]);
+    assert_eq!(
+        deploy["spec"]["template"]["metadata"]["labels"]["serving.knative.dev/revision"],
+        "hello-00001"
+    );
+    assert!(
+        deploy["spec"]["selector"]["matchLabels"]["serving.knative.dev/revisionUID"].is_string()
+    );
+    assert_eq!(deploy["metadata"]["ownerReferences"][0]["kind"], "Revision");
+    let private = until("the private Service", Duration::from_secs(60), || {
+        get_json(&kc, "service/hello-00001-private")
+    });
+    assert!(private["spec"]["selector"].is_object());
+    let public = until("the public Service", Duration::from_secs(60), || {
+        get_json(&kc, "service/hello-00001")
+    });
+    assert!(public["spec"]["selector"].is_null());
+
+    // Play the kubelet: a Node, the pod bound to it, Ready with an IP.
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: rouse-e2e-node\n";
+    let (ok, out) = kubectl(&kc, &["apply", "-f", "-"], Some(node.as_bytes()));
+    assert!(ok, "node: {out}");
+    let pod = until("the revision's pod", Duration::from_secs(60), || {
+        let pods = get_json(&kc, "pods")?;
+        pods["items"]
+            .as_array()?
+            .iter()
+            .find(|p| p["metadata"]["labels"]["serving.knative.dev/revision"] == "hello-00001")
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
+    });
+    let binding = format!(
+        "apiVersion: v1\nkind: Binding\nmetadata:\n  name: {pod}\n  namespace: {NS}\ntarget:\n  apiVersion: v1\n  kind: Node\n  name: rouse-e2e-node\n"
+    );
+    let _ = kubectl(&kc, &["create", "-f", "-"], Some(binding.as_bytes()));
+    let status = r#"{"status":{"phase":"Running","podIP":"10.244.9.9","podIPs":[{"ip":"10.244.9.9"}],"conditions":[{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"}]}}"#;
+    let (ok, out) = kubectl(
+        &kc,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "pod",
+            &pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status,
+        ],
+        None,
+    );
+    assert!(ok, "pod status: {out}");
+
+    let svc = until("the Service Ready", Duration::from_secs(90), || {
+        get_json(&kc, "ksvc/hello").filter(ready)
+    });
+    assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00001");
+    let slice = until(
+        "the public EndpointSlice with the pod",
+        Duration::from_secs(60),
+        || {
+            get_json(&kc, "endpointslice/hello-00001-ipv4-0").filter(|s| {
+                s["endpoints"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["addresses"][0] == "10.244.9.9"))
+            })
+        },
+    );
+    assert_eq!(
+        slice["metadata"]["labels"]["kubernetes.io/service-name"],
+        "hello-00001"
+    );
+    let ing = until("the Ingress", Duration::from_secs(60), || {
+        get_json(&kc, "ingresses.networking.internal.knative.dev/hello")
+    });
+    let hosts = ing["spec"]["rules"].to_string();
+    assert!(
+        hosts.contains(&format!("hello.{NS}.example.com")),
+        "{hosts}"
+    );
+    assert!(hosts.contains("\"serviceName\":\"hello-00001\""), "{hosts}");
+
+    // Leader hand-over: a second replica follows while the first leads, and takes the Lease
+    // once the first is gone (after the Lease's 15 s duration).
+    let holder = |kc: &str| {
+        let (_, out) = kubectl(
+            kc,
+            &[
+                "get",
+                "lease",
+                "-n",
+                "knative-serving",
+                "rouse-controller",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            None,
+        );
+        out
+    };
+    until("e2e-a leading", Duration::from_secs(60), || {
+        (holder(&kc) == "e2e-a").then_some(())
+    });
+    let _second = start("e2e-b");
+    drop(first);
+    until("e2e-b taking over", Duration::from_secs(60), || {
+        (holder(&kc) == "e2e-b").then_some(())
+    });
+
+    // Deleting the Service cascades through Kubernetes' garbage collector (the new leader
+    // is the one running now).
+    let (ok, out) = kubectl(&kc, &["delete", "-n", NS, "ksvc", "hello"], None);
+    assert!(ok, "delete: {out}");
+    until("the cascade", Duration::from_secs(90), || {
+        (get_json(&kc, "deployment/hello-00001-deployment").is_none()
+            && get_json(&kc, "revision/hello-00001").is_none()
+            && get_json(&kc, "service/hello-00001").is_none())
+        .then_some(())
+    });
+    let _ = kubectl(&kc, &["delete", "node", "rouse-e2e-node"], None);
+}
