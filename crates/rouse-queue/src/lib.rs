@@ -23,8 +23,8 @@ pub use breaker::QUEUE_DEPTH_PER_SLOT;
 pub use fast::{FastConn, FastExchange, FastOutcome};
 pub use inflight::{InFlight, InFlightGuard};
 pub use probe::{
-    AGGRESSIVE_INTERVAL, AGGRESSIVE_TIMEOUT, AppProbe, BACKGROUND_INTERVAL, PROBE_USER_AGENT,
-    ProbeAction, ProbeFailure, ProbeSpec, retry_pause,
+    AGGRESSIVE_INTERVAL, AGGRESSIVE_TIMEOUT, AppProbe, BACKGROUND_INTERVAL, CommandRunner,
+    HostCommand, PROBE_USER_AGENT, ProbeAction, ProbeFailure, ProbeSpec, RunFuture, retry_pause,
 };
 pub use queue::{
     LocalQueue, ORIGINAL_HOST_HEADER, PROBE_HEADER, PROBE_OK_BODY, PROXY_ACTIVATOR, PROXY_HEADER,

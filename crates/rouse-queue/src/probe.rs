@@ -12,10 +12,13 @@
 mod exec;
 mod grpc;
 
+pub use exec::{CommandRunner, HostCommand, RunFuture};
+
 use std::error::Error as _;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, header};
@@ -228,6 +231,8 @@ pub struct AppProbe {
     action: ProbeAction,
     app: SocketAddr,
     client: ProxyClient,
+    /// Where an exec probe's command runs.
+    runner: Arc<dyn CommandRunner>,
 }
 
 impl AppProbe {
@@ -238,7 +243,14 @@ impl AppProbe {
             action,
             app,
             client: ProxyClient::unpooled(h2c),
+            runner: Arc::new(HostCommand),
         }
+    }
+
+    /// The same probe, its exec command run by `runner` (a process on the host by default).
+    pub fn with_runner(mut self, runner: Arc<dyn CommandRunner>) -> Self {
+        self.runner = runner;
+        self
     }
 
     /// The check it runs.
@@ -265,7 +277,7 @@ impl AppProbe {
                 command,
                 env,
                 working_dir,
-            } => exec::run(command, env, working_dir.as_deref()).await,
+            } => self.runner.run(command, env, working_dir.as_deref()).await,
         }
     }
 
@@ -300,9 +312,14 @@ pub(crate) struct Prober {
 }
 
 impl Prober {
-    pub(crate) fn new(spec: ProbeSpec, app: SocketAddr, h2c: bool) -> Self {
+    pub(crate) fn new(
+        spec: ProbeSpec,
+        app: SocketAddr,
+        h2c: bool,
+        runner: Arc<dyn CommandRunner>,
+    ) -> Self {
         Prober {
-            probe: AppProbe::new(spec.action.clone(), app, h2c),
+            probe: AppProbe::new(spec.action.clone(), app, h2c).with_runner(runner),
             spec,
         }
     }

@@ -24,7 +24,7 @@ use crate::http::{
     strip_underscored, text_response,
 };
 use crate::inflight::InFlight;
-use crate::probe::{ProbeSpec, Prober};
+use crate::probe::{CommandRunner, HostCommand, ProbeSpec, Prober};
 use crate::raw::{self, RawError};
 use crate::stats::{QueueStats, Stats};
 use crate::timeout::{Deadlines, timeout_response, until};
@@ -136,6 +136,8 @@ pub(crate) struct Shared {
     stop: watch::Receiver<bool>,
     /// `Some(n)` while the app's n-th run is up, `None` while it is down.
     app_run: watch::Sender<Option<u64>>,
+    /// Where an exec readiness probe's command runs.
+    runner: Arc<dyn CommandRunner>,
 }
 
 impl QueueProxy {
@@ -149,6 +151,16 @@ impl QueueProxy {
     /// Like [`QueueProxy::start`], on a listener the caller bound (so its address can be known
     /// before the queue-proxy runs). Must be called inside a Tokio runtime.
     pub fn with_listener(cfg: QueueConfig, listener: TcpListener) -> std::io::Result<QueueProxy> {
+        Self::with_listener_and_runner(cfg, listener, Arc::new(HostCommand))
+    }
+
+    /// Like [`QueueProxy::with_listener`], an exec readiness probe's command run by `runner`
+    /// (e.g. inside the app's container) rather than as a process on this machine.
+    pub fn with_listener_and_runner(
+        cfg: QueueConfig,
+        listener: TcpListener,
+        runner: Arc<dyn CommandRunner>,
+    ) -> std::io::Result<QueueProxy> {
         let addr = listener.local_addr()?;
         let (ready, _) = watch::channel(false);
         let (app_run, app_rx) = watch::channel(Some(0));
@@ -171,6 +183,7 @@ impl QueueProxy {
             ready,
             draining: AtomicBool::new(false),
             app_run,
+            runner,
         });
         let server = tokio::spawn(serve(listener, shared.clone(), stop_rx));
         let prober = tokio::spawn(probe_loop(shared.clone(), app_rx));
@@ -372,7 +385,12 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rece
 
 async fn probe_loop(shared: Arc<Shared>, mut app_run: watch::Receiver<Option<u64>>) {
     let cfg = &shared.cfg;
-    let prober = Prober::new(cfg.readiness.clone(), cfg.app_addr, cfg.h2c);
+    let prober = Prober::new(
+        cfg.readiness.clone(),
+        cfg.app_addr,
+        cfg.h2c,
+        shared.runner.clone(),
+    );
     loop {
         let running = app_run.borrow_and_update().is_some();
         if running {

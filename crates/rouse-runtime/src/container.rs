@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rouse_queue::{CommandRunner, ProbeAction, ProbeFailure, ProbeSpec, RunFuture};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -392,6 +393,93 @@ impl Containers {
             }
         }
         lines
+    }
+}
+
+/// Runs exec probes inside an instance's container through the engine's exec API, as the
+/// kubelet does: the container's own environment, user and working directory apply.
+#[derive(Debug)]
+pub(crate) struct ContainerExec {
+    client: DockerClient,
+    /// The container of the instance's current run (a new one each restart).
+    current: Mutex<Option<String>>,
+}
+
+impl ContainerExec {
+    pub(crate) fn new(client: DockerClient) -> Self {
+        ContainerExec {
+            client,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// Probes run in `id` from now on.
+    pub(crate) fn set_container(&self, id: &str) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.to_string());
+    }
+}
+
+impl CommandRunner for ContainerExec {
+    fn run<'a>(
+        &'a self,
+        command: &'a [String],
+        env: &'a [(String, String)],
+        dir: Option<&'a Path>,
+    ) -> RunFuture<'a> {
+        Box::pin(async move {
+            let program = command.first().cloned().unwrap_or_default();
+            let spawn = |reason: String| ProbeFailure::Spawn {
+                program: program.clone(),
+                reason,
+            };
+            if command.is_empty() {
+                return Err(spawn("the exec probe has no command".into()));
+            }
+            let id = self
+                .current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .ok_or_else(|| spawn("the container is not running".into()))?;
+            match self.client.exec(&id, command, env, dir).await {
+                Ok((Some(0), _)) => Ok(()),
+                Ok((code, output)) => Err(ProbeFailure::exited(
+                    code.and_then(|c| i32::try_from(c).ok()),
+                    &output,
+                )),
+                Err(e) => Err(spawn(format!("in its container: {e}"))),
+            }
+        })
+    }
+}
+
+/// A probe as it runs for a container instance: an exec probe's `$(VAR)` references expand
+/// from the container's variables (its `PORT` is the container port), and nothing of the
+/// host is added: the command runs inside the container, with its environment, `PATH` and
+/// working directory. Other probes are unchanged.
+pub(crate) fn container_probe(probe: &ProbeSpec, spec: &WorkloadSpec) -> ProbeSpec {
+    let ProbeAction::Exec {
+        command,
+        env,
+        working_dir,
+    } = &probe.action
+    else {
+        return probe.clone();
+    };
+    let port = spec.container.as_ref().map_or(8080, |c| c.port);
+    let mut declared = instance_env(spec, port);
+    declared.extend(env.iter().cloned());
+    let vars: HashMap<&str, &str> = declared
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    ProbeSpec {
+        action: ProbeAction::Exec {
+            command: command.iter().map(|a| expand(a, &vars)).collect(),
+            env: env.clone(),
+            working_dir: working_dir.clone(),
+        },
+        ..probe.clone()
     }
 }
 

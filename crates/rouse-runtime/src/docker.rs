@@ -1,9 +1,9 @@
 //! A small Docker Engine API client over its Unix socket: only the calls the container
 //! backend makes (ping, image inspect and pull, container create/start/stop/kill/wait/logs,
-//! list by label, remove). One connection per call; the engine is local.
+//! exec, list by label, remove). One connection per call; the engine is local.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -19,6 +19,11 @@ const API_VERSION: &str = "v1.41";
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// How long connecting and a plain (non-streaming) call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most of an exec's output kept (its end).
+const EXEC_OUTPUT_KEPT: usize = 4096;
+/// The pause between looks at an exec whose output ended but which the engine still reports
+/// running.
+const EXEC_POLL: Duration = Duration::from_millis(5);
 
 /// What went wrong talking to Docker Engine.
 #[derive(Debug, thiserror::Error)]
@@ -337,7 +342,7 @@ impl DockerClient {
             )
             .await?;
         let status = resp.status();
-        let mut body = resp.into_body();
+        let body = resp.into_body();
         if !status.is_success() {
             let bytes = body
                 .collect()
@@ -346,28 +351,111 @@ impl DockerClient {
                 .to_bytes();
             return answer(status, &bytes).map(drop);
         }
-        let mut buf = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| DockerError::Http(e.to_string()))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            buf.extend_from_slice(&data);
-            // Frames: stream byte, 3 zero bytes, big-endian length, payload.
-            while buf.len() >= 8 {
-                let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
-                if buf.len() < 8 + len {
-                    break;
-                }
-                buf.advance(8);
-                let payload = buf.split_to(len);
-                if let Err(e) = out.write_all(&payload) {
-                    tracing::warn!(container = id, error = %e, "cannot write a container's log");
-                }
+        demux(body, |payload| {
+            if let Err(e) = out.write_all(payload) {
+                tracing::warn!(container = id, error = %e, "cannot write a container's log");
             }
-        }
-        Ok(())
+        })
+        .await
     }
+
+    /// Runs `command` inside the running container `id` (its environment plus `env`, in `dir`
+    /// or its working directory) and waits for it to end: its exit code (`None` when the
+    /// engine reports none) and the end of its stdout and stderr. No timeout: the caller
+    /// drops the future when the command takes too long (the command itself then runs on in
+    /// the container until it ends; the engine offers no way to stop an exec).
+    pub(crate) async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        env: &[(String, String)],
+        dir: Option<&Path>,
+    ) -> Result<(Option<i64>, String), DockerError> {
+        let mut config = json!({
+            "Cmd": command,
+            "AttachStdin": false,
+            "AttachStdout": true,
+            "AttachStderr": true,
+            "Tty": false,
+        });
+        if !env.is_empty() {
+            let list: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            config["Env"] = json!(list);
+        }
+        if let Some(dir) = dir {
+            config["WorkingDir"] = json!(dir.display().to_string());
+        }
+        let created = self
+            .call(
+                Method::POST,
+                &format!("/containers/{id}/exec"),
+                Some(&config),
+            )
+            .await?;
+        let exec_id = created["Id"]
+            .as_str()
+            .ok_or_else(|| DockerError::Http("exec create answered no Id".into()))?
+            .to_string();
+        // Attached: the engine streams the output and ends the answer when the command ends.
+        let resp = self
+            .send(
+                Method::POST,
+                &format!("/exec/{exec_id}/start"),
+                Some(&json!({"Detach": false, "Tty": false})),
+            )
+            .await?;
+        let status = resp.status();
+        let body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| DockerError::Http(e.to_string()))?
+                .to_bytes();
+            return answer(status, &bytes).map(|_| (None, String::new()));
+        }
+        let mut output = Vec::new();
+        demux(body, |payload| {
+            output.extend_from_slice(payload);
+            if output.len() > 2 * EXEC_OUTPUT_KEPT {
+                output.drain(..output.len() - EXEC_OUTPUT_KEPT);
+            }
+        })
+        .await?;
+        let output = String::from_utf8_lossy(&output).into_owned();
+        loop {
+            let v = self
+                .call(Method::GET, &format!("/exec/{exec_id}/json"), None)
+                .await?;
+            if v["Running"].as_bool() != Some(true) {
+                return Ok((v["ExitCode"].as_i64(), output));
+            }
+            tokio::time::sleep(EXEC_POLL).await;
+        }
+    }
+}
+
+/// Reads a multiplexed stdout/stderr stream (frames: stream byte, 3 zero bytes, big-endian
+/// length, payload) to its end, handing each payload to `out`.
+async fn demux(mut body: Incoming, mut out: impl FnMut(&[u8])) -> Result<(), DockerError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| DockerError::Http(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while buf.len() >= 8 {
+            let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+            if buf.len() < 8 + len {
+                break;
+            }
+            buf.advance(8);
+            let payload = buf.split_to(len);
+            out(&payload);
+        }
+    }
+    Ok(())
 }
 
 /// The JSON of a successful answer, or the engine's message as an error.

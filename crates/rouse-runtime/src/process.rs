@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::command::{self, REASON_MISSING, REASON_START, base_env, instance_probe, start_failure};
-use crate::container::{self, Containers};
+use crate::container::{self, ContainerExec, Containers, container_probe};
 use crate::docker::{DockerClient, default_socket};
 use crate::leftovers::{self, Tracker};
 use crate::logs;
@@ -436,6 +436,10 @@ impl Shared {
             Some(w) => w.port,
             None => free_port()?,
         };
+        // A container's exec probes run inside its current container.
+        let container_exec = self
+            .uses_container(spec)
+            .then(|| Arc::new(ContainerExec::new(self.containers.client.clone())));
         let qp_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         qp_listener.set_nonblocking(true)?;
         let endpoint = qp_listener.local_addr()?;
@@ -443,10 +447,13 @@ impl Shared {
             // The queue-proxy spawns its tasks on the runtime's Tokio runtime.
             let _rt = self.handle.enter();
             let listener = tokio::net::TcpListener::from_std(qp_listener)?;
-            Arc::new(QueueProxy::with_listener(
-                queue_config(spec, app_port, &self.base_env),
-                listener,
-            )?)
+            let cfg = queue_config(spec, app_port, &self.base_env, container_exec.is_some());
+            Arc::new(match &container_exec {
+                Some(runner) => {
+                    QueueProxy::with_listener_and_runner(cfg, listener, runner.clone())?
+                }
+                None => QueueProxy::with_listener(cfg, listener)?,
+            })
         };
         let log_path = self
             .data_dir
@@ -482,20 +489,31 @@ impl Shared {
             info: info.clone(),
             stop: stop_rx,
             warm: warm.map(|w| w.id),
+            container_exec,
         };
         self.handle.spawn(sup.run(queue.clone()));
         Ok(Instance { info, stop, queue })
     }
 }
 
-/// The queue-proxy settings of an instance whose app listens on `app_port`.
-fn queue_config(spec: &WorkloadSpec, app_port: u16, base: &[(String, String)]) -> QueueConfig {
+/// The queue-proxy settings of an instance whose app listens on `app_port` (published there
+/// from a container when `in_container`).
+fn queue_config(
+    spec: &WorkloadSpec,
+    app_port: u16,
+    base: &[(String, String)],
+    in_container: bool,
+) -> QueueConfig {
     let t = &spec.queue;
     QueueConfig {
         app_addr: ([127, 0, 0, 1], app_port).into(),
         h2c: t.h2c,
         container_concurrency: t.container_concurrency,
-        readiness: instance_probe(&t.readiness, spec, app_port, base),
+        readiness: if in_container {
+            container_probe(&t.readiness, spec)
+        } else {
+            instance_probe(&t.readiness, spec, app_port, base)
+        },
         revision: t.revision.clone(),
         namespace: t.namespace.clone(),
         timeout: t.timeout,
@@ -526,6 +544,8 @@ struct Supervisor {
     stop: watch::Receiver<bool>,
     /// A container created ahead for the first run (its port is the instance's).
     warm: Option<String>,
+    /// For a container instance: runs its exec probes inside its current container.
+    container_exec: Option<Arc<ContainerExec>>,
 }
 
 /// How a run ended: its exit code or signal, or why it could not be waited for.
@@ -659,12 +679,20 @@ impl Supervisor {
         let mut listening = listening;
         let mut probing = false;
         let liveness = self.spec.liveness.as_ref().map(|l| {
-            let spec = instance_probe(l, &self.spec, app_port, &self.shared.base_env);
             let app = ([127, 0, 0, 1], app_port).into();
-            (
-                AppProbe::new(spec.action.clone(), app, self.spec.queue.h2c),
-                spec,
-            )
+            match &self.container_exec {
+                Some(runner) => {
+                    let spec = container_probe(l, &self.spec);
+                    let probe = AppProbe::new(spec.action.clone(), app, self.spec.queue.h2c)
+                        .with_runner(runner.clone());
+                    (probe, spec)
+                }
+                None => {
+                    let spec = instance_probe(l, &self.spec, app_port, &self.shared.base_env);
+                    let probe = AppProbe::new(spec.action.clone(), app, self.spec.queue.h2c);
+                    (probe, spec)
+                }
+            }
         });
         let dead = async {
             match &liveness {
@@ -813,6 +841,9 @@ impl Supervisor {
             };
             start_failure(reason, format!("cannot create the container: {e}"))
         })?;
+        if let Some(runner) = &self.container_exec {
+            runner.set_container(&id);
+        }
         if let Err(e) = cs.client.start(&id).await {
             let _ = cs.client.remove(&id).await;
             return Err(start_failure(

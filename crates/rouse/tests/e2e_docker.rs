@@ -467,3 +467,93 @@ fn without_docker_an_image_only_revision_fails_saying_so() {
     );
     assert!(msg.contains("give the container a command"), "{msg}");
 }
+
+/// Exec probes run inside the container, as the kubelet runs them: `/app` exists only in the
+/// image (not on this machine), and the probe's `$(VAR)`s expand from the container's.
+#[test]
+fn exec_probes_run_inside_the_container() {
+    let Some(image) = test_image() else { return };
+    assert!(
+        !std::path::Path::new("/app").exists(),
+        "/app on the host would let a host-side exec probe pass"
+    );
+    let p = Platform::start();
+    // Fails every readiness check (exit 1): applied first, so by the time the passing one is
+    // Ready it has been probed for at least as long.
+    let bad = unique("exec-bad");
+    let bad_extra = r#"          readinessProbe:
+            exec:
+              command: ["/app", "--print", "not ready on $(PORT)", "--exit-immediately", "1"]
+"#;
+    let out = p.apply(&image_service(&bad, &image, "", bad_extra), &[]);
+    assert!(out.status.success(), "{out:?}");
+    let good = unique("exec-ok");
+    let good_extra = r#"          readinessProbe:
+            exec:
+              command: ["/app", "--print", "$(PORT)", "--exit-immediately", "0"]
+            periodSeconds: 1
+          livenessProbe:
+            exec:
+              command: ["/app", "--exit-immediately", "0"]
+            periodSeconds: 1
+"#;
+    p.apply_wait(&image_service(&good, &image, "", good_extra));
+    let r = p
+        .http_get(&format!("{good}.default.localhost"), "/")
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    // The failing one runs and serves inside its container, yet is never Ready.
+    let bad_rev = format!("{bad}-00001");
+    let logs = p.data_dir.join("logs/default").join(&bad_rev);
+    eventually("the failing one's app listening", PATIENCE, || {
+        let entry = std::fs::read_dir(&logs).ok()?.flatten().next()?;
+        let text = std::fs::read_to_string(entry.path()).ok()?;
+        text.contains("rouse-testapp listening").then_some(())
+    });
+    assert_eq!(containers_of(&bad_rev, true).len(), 1);
+    let ready = eventually("the failing one reported as not ready", PATIENCE, || {
+        let rev = p.get_json("revision", &bad_rev)?;
+        let c = condition(&rev, "Ready")?.clone();
+        let msg = c["message"].as_str()?;
+        msg.contains("readiness probe has not passed yet")
+            .then_some(c)
+    });
+    assert_eq!(ready["status"], "Unknown", "{ready}");
+}
+
+/// A failing exec liveness probe restarts the container, and the revision (never Ready: its
+/// exec readiness probe fails too) says why with the command's output from inside it.
+#[test]
+fn a_failing_exec_liveness_probe_restarts_the_container_saying_why() {
+    let Some(image) = test_image() else { return };
+    let p = Platform::start();
+    let name = unique("exec-dead");
+    let extra = r#"          readinessProbe:
+            exec:
+              command: ["/app", "--exit-immediately", "1"]
+          livenessProbe:
+            exec:
+              command: ["/app", "--print", "dead on $(PORT)", "--exit-immediately", "1"]
+            periodSeconds: 1
+            failureThreshold: 1
+"#;
+    p.apply(&image_service(&name, &image, "", extra), &[]);
+    let rev = format!("{name}-00001");
+    let healthy = eventually(
+        "the revision reports the liveness failure",
+        PATIENCE,
+        || {
+            let r = p.get_json("revision", &rev)?;
+            let c = condition(&r, "ContainerHealthy")?.clone();
+            (c["status"] == "False").then_some(c)
+        },
+    );
+    let msg = healthy["message"].as_str().unwrap();
+    assert!(
+        msg.contains("liveness probe exec")
+            && msg.contains("exited with code 1")
+            && msg.contains("dead on 8080"),
+        "{msg}"
+    );
+}
