@@ -117,6 +117,9 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
+/// How long opening waits for the store's lock to be released by a `rouse` that is exiting.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `data_dir`, keeping the last
     /// [`DEFAULT_HISTORY`] events for watches to replay.
@@ -133,16 +136,32 @@ impl EmbeddedStore {
             ))
         })?;
         let path = data_dir.join(DB_FILE);
-        let mut builder = Database::builder();
-        builder.create_with_file_format_v3(true);
-        builder.set_cache_size(CACHE_BYTES);
-        let db = builder.create(&path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
-                "data dir {} is in use by another rouse",
-                data_dir.display()
-            )),
-            e => StoreError::Backend(format!("cannot open store {}: {e}", path.display())),
-        })?;
+        // A `rouse` killed a moment ago may still be exiting (a child it was starting can
+        // hold the file's lock for a few milliseconds): wait for the lock, bounded.
+        let give_up = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            let mut builder = Database::builder();
+            builder.create_with_file_format_v3(true);
+            builder.set_cache_size(CACHE_BYTES);
+            match builder.create(&path) {
+                Ok(db) => break db,
+                Err(DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(StoreError::Backend(format!(
+                        "data dir {} is in use by another rouse",
+                        data_dir.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(StoreError::Backend(format!(
+                        "cannot open store {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        };
 
         // Create every table up front so reads never meet a missing one. Versions continue
         // above any a lost relaxed write may have used.
