@@ -487,7 +487,8 @@ class Rouse:
         path = os.path.join(self.dir, f"{label}.yaml")
         with open(path, "w") as f:
             f.write(yaml_text)
-        argv = [self.h.rouse, "--api", self.api, "apply", "-f", path]
+        # The CLI finds the API token in the platform's data dir.
+        argv = [self.h.rouse, "--api", self.api, "--data-dir", self.data_dir, "apply", "-f", path]
         if wait:
             argv += ["--wait", "--timeout", f"{timeout_s}s"]
         t0 = time.perf_counter()
@@ -497,14 +498,20 @@ class Rouse:
             raise RuntimeError(f"rouse apply {label} failed (exit {rc}): {err.strip()[-600:]}")
         return elapsed
 
+    def auth(self):
+        """The API's bearer token header (the token `rouse serve` wrote into its data dir)."""
+        with open(os.path.join(self.data_dir, "api-token")) as f:
+            return {"Authorization": "Bearer " + f.read().strip()}
+
     def api_get(self, path):
-        with urllib.request.urlopen(self.api + path, timeout=10) as r:
+        req = urllib.request.Request(self.api + path, headers=self.auth())
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
     def delete_service(self, name):
         req = urllib.request.Request(
             f"{self.api}/apis/serving.knative.dev/v1/namespaces/default/services/{name}",
-            method="DELETE")
+            method="DELETE", headers=self.auth())
         try:
             urllib.request.urlopen(req, timeout=10).read()
         except urllib.error.HTTPError as e:
