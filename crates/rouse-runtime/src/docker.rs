@@ -141,12 +141,7 @@ impl DockerClient {
         let work = async {
             let resp = self.send(method, path_and_query, body).await?;
             let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| DockerError::Http(e.to_string()))?
-                .to_bytes();
+            let bytes = read_all(resp.into_body()).await?;
             answer(status, &bytes)
         };
         tokio::time::timeout(CALL_TIMEOUT, work)
@@ -184,12 +179,7 @@ impl DockerClient {
             )
             .await?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| DockerError::Http(e.to_string()))?
-            .to_bytes();
+        let bytes = read_all(resp.into_body()).await?;
         answer(status, &bytes)?;
         for line in bytes.split(|b| *b == b'\n') {
             if let Ok(v) = serde_json::from_slice::<Value>(line)
@@ -243,12 +233,7 @@ impl DockerClient {
                 )
                 .await?;
             let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| DockerError::Http(e.to_string()))?
-                .to_bytes();
+            let bytes = read_all(resp.into_body()).await?;
             // 304: already stopped.
             if status == StatusCode::NOT_MODIFIED {
                 return Ok(Value::Null);
@@ -274,12 +259,7 @@ impl DockerClient {
             .send(Method::POST, &format!("/containers/{id}/wait"), None)
             .await?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| DockerError::Http(e.to_string()))?
-            .to_bytes();
+        let bytes = read_all(resp.into_body()).await?;
         let v = answer(status, &bytes)?;
         if let Some(msg) = v["Error"]["Message"].as_str().filter(|m| !m.is_empty()) {
             return Err(DockerError::Api {
@@ -344,11 +324,7 @@ impl DockerClient {
         let status = resp.status();
         let body = resp.into_body();
         if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| DockerError::Http(e.to_string()))?
-                .to_bytes();
+            let bytes = read_all(body).await?;
             return answer(status, &bytes).map(drop);
         }
         demux(body, |payload| {
@@ -407,11 +383,7 @@ impl DockerClient {
         let status = resp.status();
         let body = resp.into_body();
         if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| DockerError::Http(e.to_string()))?
-                .to_bytes();
+            let bytes = read_all(body).await?;
             return answer(status, &bytes).map(|_| (None, String::new()));
         }
         let mut output = Vec::new();
@@ -459,6 +431,15 @@ async fn demux(mut body: Incoming, mut out: impl FnMut(&[u8])) -> Result<(), Doc
 }
 
 /// The JSON of a successful answer, or the engine's message as an error.
+/// A whole response body.
+async fn read_all(body: Incoming) -> Result<Bytes, DockerError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| DockerError::Http(e.to_string()))?
+        .to_bytes())
+}
+
 fn answer(status: StatusCode, bytes: &[u8]) -> Result<Value, DockerError> {
     if status.is_success() {
         if bytes.is_empty() {

@@ -375,7 +375,7 @@ fn kill_9_of_rouse_serve_leaves_no_container_after_restart() {
 /// First request to first byte from zero, for the same app as a process and as a container,
 /// in one run. Run it with `cargo test -p rouse --test e2e_docker -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a measurement, not a check: it prints cold-start times (run by hand with --ignored --nocapture)"]
 fn cold_start_container_vs_process() {
     let Some(image) = test_image() else { return };
     let dir = tempfile::tempdir().unwrap();
