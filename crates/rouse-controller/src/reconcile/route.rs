@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use rouse_api::condition::{ConditionStatus, Conditions};
+use rouse_api::config::features::{Flag, TAG_HEADER_BASED_ROUTING};
 use rouse_api::serving::{Addressable, Configuration, Revision, Route, RouteStatus, TrafficTarget};
 
 use super::Requeue;
@@ -224,6 +225,7 @@ fn host_routes(
             host: ctx.config.get().network.route_host(name, ns, &ctx.domain),
             targets: Vec::new(),
             unavailable: Some(not_ready_text(ctx, ns, name, status)?),
+            tags: Vec::new(),
         }]);
     }
     let mut shares: BTreeMap<String, u32> = BTreeMap::new();
@@ -233,23 +235,36 @@ fn host_routes(
             *shares.entry(t.revision_name.clone()).or_default() += p;
         }
     }
+    let config = ctx.config.get();
+    let tagged = status.traffic.iter().filter(|t| !t.tag.is_empty());
+    // With tag-header-based routing, the route's own host also sends a request naming a tag
+    // in `Knative-Serving-Tag` to that tag's revision (whatever its percent).
+    let tags = if config.features.get(TAG_HEADER_BASED_ROUTING) == Flag::Enabled {
+        tagged
+            .clone()
+            .map(|t| {
+                let target = (ns.to_string(), t.revision_name.clone(), 100);
+                (t.tag.clone(), vec![target])
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut out = vec![HostRoute {
-        host: ctx.config.get().network.route_host(name, ns, &ctx.domain),
+        host: config.network.route_host(name, ns, &ctx.domain),
         targets: shares
             .into_iter()
             .map(|(rev, p)| (ns.to_string(), rev, p))
             .collect(),
         unavailable: None,
+        tags,
     }];
-    for t in status.traffic.iter().filter(|t| !t.tag.is_empty()) {
+    for t in tagged {
         out.push(HostRoute {
-            host: ctx
-                .config
-                .get()
-                .network
-                .tag_host(&t.tag, name, ns, &ctx.domain),
+            host: config.network.tag_host(&t.tag, name, ns, &ctx.domain),
             targets: vec![(ns.to_string(), t.revision_name.clone(), 100)],
             unavailable: None,
+            tags: Vec::new(),
         });
     }
     Ok(out)
