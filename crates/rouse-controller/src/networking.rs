@@ -10,20 +10,23 @@ use rouse_activator::{Activator, RevisionParams};
 use rouse_api::networking::SksMode;
 use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
 
+/// Where traffic goes: `(namespace, revision, percent)` each.
+pub type Targets = Vec<(String, String, u32)>;
+
 /// One host and where its traffic goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostRoute {
     /// Lowercase host without port.
     pub host: String,
     /// `(namespace, revision, percent)`, summing to 100.
-    pub targets: Vec<(String, String, u32)>,
+    pub targets: Targets,
     /// With no targets: the route exists but has no traffic yet, and this says why (its
     /// requests get 503 with it, not the 404 for unknown hosts).
     pub unavailable: Option<String>,
     /// Tag-header-based routing (`config-features` `tag-header-based-routing`): each tag and
     /// its `(namespace, revision, percent)` targets, for requests to this host that name the
     /// tag in `Knative-Serving-Tag`. Empty when the feature is off.
-    pub tags: Vec<(String, Vec<(String, String, u32)>)>,
+    pub tags: Vec<(String, Targets)>,
 }
 
 /// How a revision is reached: its SKS mode, its instances and its request settings.
@@ -78,7 +81,7 @@ pub struct LocalNetworking {
     pub activator: Arc<Activator>,
 }
 
-fn route_targets(targets: Vec<(String, String, u32)>) -> Vec<RouteTarget> {
+fn route_targets(targets: Targets) -> Vec<RouteTarget> {
     targets
         .into_iter()
         .map(|(namespace, revision, percent)| RouteTarget {
