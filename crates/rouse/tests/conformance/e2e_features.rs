@@ -271,4 +271,9 @@ fn TestMinScale_ConfigurationAndRoute() {
     eventually("the new revision below min-scale", PATIENCE, || {
         (p.live_instances("minscale-cfg-00002") < MIN_SCALE).then_some(())
     });
+    // No longer routed: in reserve.
+    eventually("the new revision in reserve", PATIENCE, || {
+        let rev = p.get("rev", "minscale-cfg-00002")?;
+        (rev["metadata"]["labels"]["serving.knative.dev/routingState"] == "reserve").then_some(())
+    });
 }
