@@ -25,12 +25,15 @@ use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
 
 use crate::backends::Backends;
-use crate::routing::{self, RoutingTable, normalize_host};
+use crate::routing::{self, RouteTarget, RoutingTable, normalize_host};
 use crate::trust::TrustedProxies;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// Names the tag whose targets a request wants (tag-header-based routing); internal, so it
+/// is stripped before the request goes on.
+const TAG_HEADER: HeaderName = HeaderName::from_static("knative-serving-tag");
 
 /// Where a revision's requests go (the ServerlessService mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -298,6 +301,7 @@ impl Gateway {
                 format!("no route for host {:?}", normalize_host(host)),
             );
         };
+        let targets = tagged(&routes, host, req.headers()).unwrap_or(targets);
         let total = routing::total(targets);
         let Some(target) = (total > 0)
             .then(|| routing::pick(targets, fastrand::u64(0..total)))
@@ -392,6 +396,17 @@ impl Gateway {
     }
 }
 
+/// The targets of the tag a request names in `Knative-Serving-Tag`, when its host is routed by
+/// tag and has that tag (exact match); `None` sends it to the host's own targets.
+fn tagged<'a>(
+    routes: &'a RoutingTable,
+    host: &str,
+    headers: &HeaderMap,
+) -> Option<&'a [RouteTarget]> {
+    let tag = headers.get(TAG_HEADER)?.to_str().ok()?;
+    routes.get_tagged(host, tag)
+}
+
 /// Names the revision a request is for (`Knative-Serving-Namespace`, `-Revision`).
 fn name_revision(headers: &mut HeaderMap, namespace: &str, revision: &str) {
     if let (Ok(ns), Ok(rev)) = (
@@ -461,6 +476,10 @@ impl FrontRouter for FastRouter {
         let Some(targets) = routes.get(host) else {
             return Route::General;
         };
+        if routes.routes_by_tag(host) {
+            // The fast path sees no headers: the general path reads the tag.
+            return Route::General;
+        }
         let total = routing::total(targets);
         let Some(target) = (total > 0)
             .then(|| routing::pick(targets, fastrand::u64(0..total)))

@@ -17,6 +17,10 @@ pub struct RouteTarget {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoutingTable {
     hosts: HashMap<String, Vec<RouteTarget>>,
+    /// Tag-header-based routing (`config-features`): per host, the targets of each tag a
+    /// request may name in `Knative-Serving-Tag`; a request naming no known tag takes the
+    /// host's own targets.
+    tags: HashMap<String, HashMap<String, Vec<RouteTarget>>>,
     /// Hosts of routes that exist but have no traffic yet, with why (answered 503, not 404).
     unavailable: HashMap<String, String>,
 }
@@ -35,16 +39,29 @@ impl RoutingTable {
 
     /// The targets of `host` (normalized as by [`RoutingTable::insert`]).
     pub fn get(&self, host: &str) -> Option<&[RouteTarget]> {
-        let plain = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| !b.is_ascii_uppercase() && !b.is_ascii_whitespace() && b != b':')
-            && !host.ends_with('.');
-        if plain {
-            // Already normalized (the common case): no allocation.
-            return self.hosts.get(host).map(Vec::as_slice);
-        }
-        self.hosts.get(&normalize_host(host)).map(Vec::as_slice)
+        lookup(&self.hosts, host).map(Vec::as_slice)
+    }
+
+    /// Requests for `host` (normalized) carrying `Knative-Serving-Tag: tag` go to `targets`
+    /// instead of the host's own (tag-header-based routing).
+    pub fn insert_tag(&mut self, host: String, tag: String, targets: Vec<RouteTarget>) {
+        self.tags
+            .entry(normalize_host(&host))
+            .or_default()
+            .insert(tag, targets);
+    }
+
+    /// Whether requests for `host` are routed by their `Knative-Serving-Tag` header.
+    pub fn routes_by_tag(&self, host: &str) -> bool {
+        lookup(&self.tags, host).is_some()
+    }
+
+    /// The targets of a request for `host` naming `tag` in `Knative-Serving-Tag`: the tag's,
+    /// or `None` when the host has no such tag (the request takes the host's own targets).
+    pub fn get_tagged(&self, host: &str, tag: &str) -> Option<&[RouteTarget]> {
+        lookup(&self.tags, host)
+            .and_then(|tags| tags.get(tag))
+            .map(Vec::as_slice)
     }
 
     /// Marks `host` (normalized) as a route that exists but cannot serve yet: requests for it
@@ -74,6 +91,20 @@ impl RoutingTable {
     pub fn is_empty(&self) -> bool {
         self.hosts.is_empty()
     }
+}
+
+/// `host`'s entry in a map keyed by normalized hosts.
+fn lookup<'a, T>(map: &'a HashMap<String, T>, host: &str) -> Option<&'a T> {
+    let plain = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| !b.is_ascii_uppercase() && !b.is_ascii_whitespace() && b != b':')
+        && !host.ends_with('.');
+    if plain {
+        // Already normalized (the common case): no allocation.
+        return map.get(host);
+    }
+    map.get(&normalize_host(host))
 }
 
 /// Lowercases a Host value and drops its port and any trailing dot
@@ -145,6 +176,31 @@ mod tests {
         assert_eq!(
             table.unavailable("other.default.localhost:8080"),
             Some("not ready")
+        );
+    }
+
+    #[test]
+    fn a_tag_names_its_own_targets_on_the_host() {
+        let mut table = RoutingTable::new();
+        table.insert("svc.default.localhost".into(), vec![t("two", 100)]);
+        assert!(!table.routes_by_tag("svc.default.localhost"));
+        table.insert_tag(
+            "Svc.Default.localhost".into(),
+            "rev1".into(),
+            vec![t("one", 100)],
+        );
+        assert!(table.routes_by_tag("svc.default.localhost:80"));
+        assert_eq!(
+            table.get_tagged("svc.default.localhost", "rev1").unwrap()[0].revision,
+            "one"
+        );
+        // Tags match exactly; an unknown tag or another host has none.
+        assert!(table.get_tagged("svc.default.localhost", "REV1").is_none());
+        assert!(table.get_tagged("svc.default.localhost", "rev2").is_none());
+        assert!(
+            table
+                .get_tagged("other.default.localhost", "rev1")
+                .is_none()
         );
     }
 

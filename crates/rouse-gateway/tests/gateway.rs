@@ -168,6 +168,41 @@ async fn routes_by_host_ignoring_case_and_port() {
 }
 
 #[tokio::test]
+async fn a_tag_header_picks_the_tags_revision_and_never_reaches_the_app() {
+    let g = gateway().await;
+    let (one, two) = (backend("one").await, backend("two").await);
+    let host = "t.default.example.com";
+    let mut routes = table(&[(host, vec![target("t-00002", 100)])]);
+    routes.insert_tag(host.into(), "rev1".into(), vec![target("t-00001", 100)]);
+    g.gw.set_routes(routes);
+    g.gw.set_endpoints(NS, "t-00001", vec![one]);
+    g.gw.set_endpoints(NS, "t-00002", vec![two]);
+    let c = client();
+    let tagged = |tag: &str, path: &str| {
+        let mut req = get(g.addr, host, path);
+        req.headers_mut()
+            .insert("knative-serving-tag", tag.parse().unwrap());
+        req
+    };
+    for _ in 0..5 {
+        assert_eq!(send(&c, tagged("rev1", "/")).await.1, "one");
+        // An unknown tag (tags match exactly) and no header take the default route.
+        assert_eq!(send(&c, tagged("rev-wrong", "/")).await.1, "two");
+        assert_eq!(send(&c, tagged("REV1", "/")).await.1, "two");
+        assert_eq!(send(&c, get(g.addr, host, "/")).await.1, "two");
+    }
+    let (_, seen) = send(&c, tagged("rev1", "/headers")).await;
+    assert!(seen.starts_with("backend: one\n"), "{seen}");
+    assert!(!seen.contains("knative-serving-tag"), "{seen}");
+
+    // Without tag routes (the feature off) the header changes nothing and is dropped.
+    g.gw.set_routes(table(&[(host, vec![target("t-00002", 100)])]));
+    assert_eq!(send(&c, tagged("rev1", "/")).await.1, "two");
+    let (_, seen) = send(&c, tagged("rev1", "/headers")).await;
+    assert!(!seen.contains("knative-serving-tag"), "{seen}");
+}
+
+#[tokio::test]
 async fn h2c_clients_are_served() {
     let g = gateway().await;
     g.gw.set_routes(table(&[(
