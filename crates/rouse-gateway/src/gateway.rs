@@ -289,8 +289,10 @@ impl Gateway {
         };
         // The table stays alive with the request: its target names are borrowed, not copied.
         let routes = self.routes.load_full();
-        let Some(targets) = routes.get(host) else {
-            if let Some(why) = routes.unavailable(host) {
+        // A mapped domain takes its target host's traffic, and the app sees the target host.
+        let rewrite = routes.alias(host);
+        let Some(targets) = routes.get(rewrite.unwrap_or(host)) else {
+            if let Some(why) = routes.unavailable(rewrite.unwrap_or(host)) {
                 return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
             }
             return text_response(
@@ -320,6 +322,9 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         strip_internal(&mut parts.headers);
         add_forwarding(&mut parts.headers, client, host);
+        if let Some(target) = rewrite {
+            rewrite_host(&mut parts, target);
+        }
         let mut req = Request::from_parts(parts, body);
         if let Some(e) = entry.as_ref().filter(|e| e.mode == Mode::Serve)
             && let Some(backend) = e.backends.pick()
@@ -392,6 +397,23 @@ impl Gateway {
     }
 }
 
+/// Sends the request on as one for `host` (a DomainMapping's Host rewrite): the Host header,
+/// and the URI's authority when it carries one (HTTP/2, absolute form). The client's own host
+/// stays in `Forwarded`.
+fn rewrite_host(parts: &mut http::request::Parts, host: &str) {
+    let Ok(value) = HeaderValue::from_str(host) else {
+        return;
+    };
+    if parts.uri.authority().is_some() {
+        let mut uri = parts.uri.clone().into_parts();
+        uri.authority = http::uri::Authority::from_maybe_shared(value.clone()).ok();
+        if let Ok(uri) = http::Uri::from_parts(uri) {
+            parts.uri = uri;
+        }
+    }
+    parts.headers.insert(header::HOST, value);
+}
+
 /// Names the revision a request is for (`Knative-Serving-Namespace`, `-Revision`).
 fn name_revision(headers: &mut HeaderMap, namespace: &str, revision: &str) {
     if let (Ok(ns), Ok(rev)) = (
@@ -458,6 +480,10 @@ impl FrontRouter for FastRouter {
     fn route(&self, host: &str) -> FastAnswer {
         let gw = &self.0;
         let routes = gw.routes.load();
+        // A mapped domain needs its Host rewritten: the general path does that.
+        if routes.alias(host).is_some() {
+            return Route::General;
+        }
         let Some(targets) = routes.get(host) else {
             return Route::General;
         };

@@ -19,6 +19,9 @@ pub struct RoutingTable {
     hosts: HashMap<String, Vec<RouteTarget>>,
     /// Hosts of routes that exist but have no traffic yet, with why (answered 503, not 404).
     unavailable: HashMap<String, String>,
+    /// Hosts served as another host (a DomainMapping's domain → its target's host): looked up
+    /// as that host, and forwarded with the Host header rewritten to it.
+    aliases: HashMap<String, String>,
 }
 
 impl RoutingTable {
@@ -58,6 +61,21 @@ impl RoutingTable {
         self.unavailable
             .get(&normalize_host(host))
             .map(String::as_str)
+    }
+
+    /// Serves `host` (normalized) as `target` (normalized): requests for it take `target`'s
+    /// traffic and reach the app with `Host: target`. A routed host wins over an alias.
+    pub fn insert_alias(&mut self, host: String, target: String) {
+        self.aliases
+            .insert(normalize_host(&host), normalize_host(&target));
+    }
+
+    /// The host `host` is served as, if it is an alias (a mapped domain).
+    pub fn alias(&self, host: &str) -> Option<&str> {
+        if self.aliases.is_empty() {
+            return None;
+        }
+        self.aliases.get(&normalize_host(host)).map(String::as_str)
     }
 
     /// The hosts routed, in no particular order.
@@ -145,6 +163,12 @@ mod tests {
         assert_eq!(
             table.unavailable("other.default.localhost:8080"),
             Some("not ready")
+        );
+        assert_eq!(table.alias("app.example.com"), None);
+        table.insert_alias("App.Example.com".into(), "Hello.default.localhost".into());
+        assert_eq!(
+            table.alias("app.example.COM:8080"),
+            Some("hello.default.localhost")
         );
     }
 
