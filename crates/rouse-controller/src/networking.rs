@@ -20,6 +20,9 @@ pub struct HostRoute {
     /// With no targets: the route exists but has no traffic yet, and this says why (its
     /// requests get 503 with it, not the 404 for unknown hosts).
     pub unavailable: Option<String>,
+    /// A DomainMapping's domain: served as this host (its target's), with the Host header
+    /// rewritten to it (Knative's `rewriteHost`); `targets` is then empty.
+    pub rewrite_host: Option<String>,
 }
 
 /// How a revision is reached: its SKS mode, its instances and its request settings.
@@ -78,6 +81,10 @@ impl Networking for LocalNetworking {
     fn set_routes(&self, routes: Vec<HostRoute>) {
         let mut table = RoutingTable::new();
         for r in routes {
+            if let Some(target) = r.rewrite_host {
+                table.insert_alias(r.host, target);
+                continue;
+            }
             if r.targets.is_empty() {
                 if let Some(why) = r.unavailable {
                     table.insert_unavailable(r.host, why);

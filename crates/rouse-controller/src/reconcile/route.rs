@@ -3,9 +3,11 @@
 //! route in memory and reprogrammed only when a route's entries change; the empty key rebuilds
 //! it from every stored route.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use rouse_api::Kind;
 use rouse_api::condition::{ConditionStatus, Conditions};
+use rouse_api::domainmapping::DomainMapping;
 use rouse_api::serving::{Addressable, Configuration, Revision, Route, RouteStatus, TrafficTarget};
 
 use super::Requeue;
@@ -37,6 +39,31 @@ pub(super) async fn reconcile(
     };
     program_route(ctx, ns, name, entries).await;
     Ok(None)
+}
+
+/// Replaces the entries of one route (`Kind::Route`) or mapping (`Kind::DomainMapping`) in the
+/// gateway's table (none: it is gone) and reprograms the gateway when they changed.
+pub(super) async fn program(
+    ctx: &Context,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    entries: Vec<HostRoute>,
+) {
+    let mut table = ctx.routing.lock().await;
+    let key = (kind, ns.to_string(), name.to_string());
+    let changed = if entries.is_empty() {
+        table.remove(&key).is_some()
+    } else if table.get(&key) != Some(&entries) {
+        table.insert(key, entries);
+        true
+    } else {
+        false
+    };
+    if changed {
+        ctx.networking
+            .set_routes(table.values().flatten().cloned().collect());
+    }
 }
 
 /// Why a target could not be resolved: the condition status, reason and message.
@@ -224,6 +251,7 @@ fn host_routes(
             host: ctx.config.get().network.route_host(name, ns, &ctx.domain),
             targets: Vec::new(),
             unavailable: Some(not_ready_text(ctx, ns, name, status)?),
+            rewrite_host: None,
         }]);
     }
     let mut shares: BTreeMap<String, u32> = BTreeMap::new();
@@ -240,6 +268,7 @@ fn host_routes(
             .map(|(rev, p)| (ns.to_string(), rev, p))
             .collect(),
         unavailable: None,
+        rewrite_host: None,
     }];
     for t in status.traffic.iter().filter(|t| !t.tag.is_empty()) {
         out.push(HostRoute {
@@ -250,6 +279,7 @@ fn host_routes(
                 .tag_host(&t.tag, name, ns, &ctx.domain),
             targets: vec![(ns.to_string(), t.revision_name.clone(), 100)],
             unavailable: None,
+            rewrite_host: None,
         });
     }
     Ok(out)
@@ -304,32 +334,28 @@ fn not_ready_text(
 /// Replaces one route's entries (none: the route is gone) and reprograms the gateway when they
 /// changed.
 async fn program_route(ctx: &Context, ns: &str, name: &str, entries: Vec<HostRoute>) {
-    let mut table = ctx.routing.lock().await;
-    let key = (ns.to_string(), name.to_string());
-    let changed = if entries.is_empty() {
-        table.remove(&key).is_some()
-    } else if table.get(&key) != Some(&entries) {
-        table.insert(key, entries);
-        true
-    } else {
-        false
-    };
-    if changed {
-        ctx.networking
-            .set_routes(table.values().flatten().cloned().collect());
-    }
+    program(ctx, Kind::Route, ns, name, entries).await;
 }
 
-/// Rebuilds the gateway's whole routing table from every stored route's resolved traffic.
+/// Rebuilds the gateway's whole routing table from every stored route's resolved traffic;
+/// mappings keep their entries unless they are gone (each is reconciled after a relist).
 async fn rebuild_gateway(ctx: &Context) -> Result<(), ReconcileError> {
     let mut table = ctx.routing.lock().await;
     let routes = ctx.client.list::<Route>(None)?;
-    table.clear();
+    let mappings: BTreeSet<(String, String)> = ctx
+        .client
+        .list::<DomainMapping>(None)?
+        .into_iter()
+        .map(|m| (m.metadata.namespace, m.metadata.name))
+        .collect();
+    table.retain(|(kind, ns, name), _| {
+        *kind == Kind::DomainMapping && mappings.contains(&(ns.clone(), name.clone()))
+    });
     for r in &routes {
         let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
         let entries = host_routes(ctx, ns, name, &r.status)?;
         if !entries.is_empty() {
-            table.insert((ns.clone(), name.clone()), entries);
+            table.insert((Kind::Route, ns.clone(), name.clone()), entries);
         }
     }
     ctx.networking

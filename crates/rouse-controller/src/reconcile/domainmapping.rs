@@ -1,0 +1,170 @@
+//! DomainMapping → the domain's claim, the resolved target and the domain's entry in the
+//! gateway's routing table: requests for the domain take the target route's traffic, with the
+//! Host rewritten to the route's own host (Knative's `rewriteHost`).
+//!
+//! Claims are implicit (Knative's ClusterDomainClaim with `autocreate-cluster-domain-claims`):
+//! of all mappings of one domain, the oldest (then the first namespace by name) owns it; the
+//! others report `DomainClaimed=False DomainAlreadyClaimed` and serve nothing. Deleting the
+//! owner hands the domain to the next one.
+
+use rouse_api::Kind;
+use rouse_api::condition::{ConditionStatus, Conditions};
+use rouse_api::domainmapping::{
+    CONDITION_CERTIFICATE_PROVISIONED, CONDITION_DOMAIN_CLAIMED, CONDITION_INGRESS_READY,
+    CONDITION_REFERENCE_RESOLVED, DomainMapping, DomainMappingStatus, READY_DEPENDENTS,
+};
+use rouse_api::serving::{Addressable, Route, Service};
+
+use super::Requeue;
+use super::route::program;
+use crate::networking::HostRoute;
+use crate::{Context, ReconcileError};
+
+/// The `apiVersion` of the kinds a mapping may point at.
+const SERVING_V1: &str = "serving.knative.dev/v1";
+
+pub(super) async fn reconcile(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Requeue, ReconcileError> {
+    let Some(dm) = ctx.client.get::<DomainMapping>(ns, name)? else {
+        program(ctx, Kind::DomainMapping, ns, name, Vec::new()).await;
+        return Ok(None);
+    };
+    let mut status = dm.status.clone();
+    status.observed_generation = dm.metadata.generation;
+    let scheme = if dm.spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    status.url = format!("{scheme}://{name}");
+    status.address = Some(Addressable {
+        url: status.url.clone(),
+    });
+    certificate(&dm, &mut status);
+
+    let target = if claimed(ctx, &dm)? {
+        status.mark_true(CONDITION_DOMAIN_CLAIMED);
+        match resolve(ctx, &dm)? {
+            Ok(host) => {
+                status.mark_true(CONDITION_REFERENCE_RESOLVED);
+                Some(host)
+            }
+            Err(why) => {
+                status.mark_false(CONDITION_REFERENCE_RESOLVED, "ResolveFailed", &why);
+                None
+            }
+        }
+    } else {
+        status.mark_false(
+            CONDITION_DOMAIN_CLAIMED,
+            "DomainAlreadyClaimed",
+            "The domain name is already in use by another DomainMapping",
+        );
+        None
+    };
+
+    let entries: Vec<HostRoute> = target
+        .iter()
+        .map(|host| HostRoute {
+            host: name.to_ascii_lowercase(),
+            targets: Vec::new(),
+            unavailable: None,
+            rewrite_host: Some(host.clone()),
+        })
+        .collect();
+    let serving = !entries.is_empty();
+    // Programmed before the status says Ready, so a client that waits for Ready finds the
+    // domain served.
+    program(ctx, Kind::DomainMapping, ns, name, entries).await;
+    if serving {
+        status.mark_true(CONDITION_INGRESS_READY);
+    } else {
+        status.mark_unknown(
+            CONDITION_INGRESS_READY,
+            "IngressNotConfigured",
+            "Ingress has not yet been reconciled.",
+        );
+    }
+    status.derive_ready(&READY_DEPENDENTS);
+    if status != dm.status {
+        let mut updated = dm;
+        updated.status = status;
+        ctx.client.update_status(&updated)?;
+    }
+    Ok(None)
+}
+
+/// `CertificateProvisioned`: a given secret is the ingress's to use; without one, no TLS.
+fn certificate(dm: &DomainMapping, status: &mut DomainMappingStatus) {
+    let (reason, message) = match dm.spec.tls {
+        Some(_) => (
+            "CertificateExternallyProvided",
+            "TLS certificate was provided externally",
+        ),
+        None => ("TLSNotEnabled", "autoTLS is not enabled"),
+    };
+    status.set_condition(
+        CONDITION_CERTIFICATE_PROVISIONED,
+        ConditionStatus::True,
+        reason,
+        message,
+    );
+}
+
+/// True when the mapping's namespace owns its domain: no mapping of the same domain in another
+/// namespace is older (equally old: comes first by namespace).
+fn claimed(ctx: &Context, dm: &DomainMapping) -> Result<bool, ReconcileError> {
+    let rank = |m: &DomainMapping| {
+        (
+            m.metadata.creation_timestamp.clone(),
+            m.metadata.namespace.clone(),
+        )
+    };
+    let mine = rank(dm);
+    Ok(!ctx
+        .client
+        .list::<DomainMapping>(None)?
+        .iter()
+        .filter(|m| m.metadata.name == dm.metadata.name)
+        .any(|m| rank(m) < mine))
+}
+
+/// The host the mapping's target is served at, or why it cannot be resolved (Knative's
+/// `ResolveFailed` message). A Knative Service is reached through its Route of the same name.
+fn resolve(ctx: &Context, dm: &DomainMapping) -> Result<Result<String, String>, ReconcileError> {
+    let ns = &dm.metadata.namespace;
+    let r = &dm.spec.ref_;
+    if !r.namespace.is_empty() && r.namespace != *ns {
+        return Ok(Err(format!(
+            "the reference {}/{} must be in same namespace as DomainMapping",
+            r.namespace, r.name
+        )));
+    }
+    let exists = match (r.api_version.as_str(), r.kind.as_str()) {
+        (SERVING_V1, "Service") => ctx.client.get::<Service>(ns, &r.name)?.is_some(),
+        (SERVING_V1, "Route") => ctx.client.get::<Route>(ns, &r.name)?.is_some(),
+        (api_version, kind) => {
+            return Ok(Err(format!(
+                "a DomainMapping can point at a Knative Service or Route ({SERVING_V1}), not {kind} in {api_version}"
+            )));
+        }
+    };
+    if !exists {
+        let plural = match r.kind.as_str() {
+            "Service" => Kind::Service.plural(),
+            _ => Kind::Route.plural(),
+        };
+        return Ok(Err(format!(
+            "{plural}.serving.knative.dev {:?} not found",
+            r.name
+        )));
+    }
+    Ok(Ok(ctx
+        .config
+        .get()
+        .network
+        .route_host(&r.name, ns, &ctx.domain)))
+}
