@@ -89,8 +89,60 @@ pub struct DomainMappingStatus {
     pub address: Option<Addressable>,
 }
 
+/// Which of `mappings` holds `domain`'s claim: of those named `domain`, the oldest, then the
+/// first by namespace (Knative's ClusterDomainClaim, created by the first mapping and
+/// released when it goes).
+pub fn claim_holder<'a>(
+    mappings: impl IntoIterator<Item = &'a DomainMapping>,
+    domain: &str,
+) -> Option<&'a DomainMapping> {
+    mappings
+        .into_iter()
+        .filter(|m| m.metadata.name == domain)
+        .min_by(|a, b| {
+            (&a.metadata.creation_timestamp, &a.metadata.namespace)
+                .cmp(&(&b.metadata.creation_timestamp, &b.metadata.namespace))
+        })
+}
+
 fn is_zero(v: &i64) -> bool {
     *v == 0
 }
 
 crate::condition::impl_conditions!(DomainMappingStatus);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dm(ns: &str, name: &str, created: &str) -> DomainMapping {
+        let mut m = DomainMapping::default();
+        m.metadata.namespace = ns.into();
+        m.metadata.name = name.into();
+        m.metadata.creation_timestamp = created.into();
+        m
+    }
+
+    #[test]
+    fn the_oldest_mapping_holds_the_claim_then_the_first_namespace() {
+        let all = [
+            dm("b", "app.example.com", "2026-01-01T00:00:01Z"),
+            dm("a", "app.example.com", "2026-01-01T00:00:02Z"),
+            dm("c", "other.example.com", "2026-01-01T00:00:00Z"),
+        ];
+        let holder = claim_holder(&all, "app.example.com").unwrap();
+        assert_eq!(holder.metadata.namespace, "b");
+        let tied = [
+            dm("b", "app.example.com", "2026-01-01T00:00:01Z"),
+            dm("a", "app.example.com", "2026-01-01T00:00:01Z"),
+        ];
+        assert_eq!(
+            claim_holder(&tied, "app.example.com")
+                .unwrap()
+                .metadata
+                .namespace,
+            "a"
+        );
+        assert!(claim_holder(&all, "none.example.com").is_none());
+    }
+}

@@ -276,7 +276,10 @@ async fn a_mapped_domain_is_served_as_its_target_host() {
     let g = gateway().await;
     let mut t = table(&[("h.default.example.com", vec![target("h-00001", 100)])]);
     t.insert_alias("app.example.org".into(), "h.default.example.com".into());
-    t.insert_alias("gone.example.org".into(), "nothing.default.example.com".into());
+    t.insert_alias(
+        "gone.example.org".into(),
+        "nothing.default.example.com".into(),
+    );
     g.gw.set_routes(t);
     g.gw.set_endpoints(NS, "h-00001", vec![backend("h").await]);
     let c = client();

@@ -42,7 +42,8 @@ fn fqdn_error(name: &str) -> Option<String> {
         return Some("name: Required value".to_string());
     }
     let name = name.strip_suffix('.').unwrap_or(name);
-    let invalid = |value: &str, why: String| format!("name: Invalid value: {}: {why}", quote(value));
+    let invalid =
+        |value: &str, why: String| format!("name: Invalid value: {}: {why}", quote(value));
     let errs = dns1123_subdomain_errors(name);
     if !errs.is_empty() {
         return Some(invalid(name, errs.join(",")));
@@ -74,8 +75,7 @@ pub(super) fn reference(r: &KReference, parent_namespace: &str) -> FieldErrors {
     if !missing.is_empty() {
         errs.push(FieldError::missing_field(&missing));
     }
-    if !r.namespace.is_empty() && !parent_namespace.is_empty() && r.namespace != parent_namespace
-    {
+    if !r.namespace.is_empty() && !parent_namespace.is_empty() && r.namespace != parent_namespace {
         errs.push(
             FieldError::new("mismatched namespaces", &["namespace"]).with_details(format!(
                 "parent namespace: {} does not match ref: {}",
@@ -206,10 +206,9 @@ mod tests {
     fn updates_keep_the_creator() {
         let old = mapping("app.example.com");
         let mut new = old.clone();
-        new.metadata.annotations.insert(
-            crate::serving::ANNOTATION_CREATOR.into(),
-            "mallory".into(),
-        );
+        new.metadata
+            .annotations
+            .insert(crate::serving::ANNOTATION_CREATOR.into(), "mallory".into());
         let err = validate_domain_mapping(&new, Some(&old), &Config::default()).unwrap_err();
         assert_eq!(
             err.to_string(),

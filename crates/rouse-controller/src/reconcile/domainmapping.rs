@@ -12,6 +12,7 @@ use rouse_api::condition::{ConditionStatus, Conditions};
 use rouse_api::domainmapping::{
     CONDITION_CERTIFICATE_PROVISIONED, CONDITION_DOMAIN_CLAIMED, CONDITION_INGRESS_READY,
     CONDITION_REFERENCE_RESOLVED, DomainMapping, DomainMappingStatus, READY_DEPENDENTS,
+    claim_holder,
 };
 use rouse_api::serving::{Addressable, Route, Service};
 
@@ -114,22 +115,11 @@ fn certificate(dm: &DomainMapping, status: &mut DomainMappingStatus) {
     );
 }
 
-/// True when the mapping's namespace owns its domain: no mapping of the same domain in another
-/// namespace is older (equally old: comes first by namespace).
+/// True when the mapping's namespace holds its domain's claim ([`claim_holder`]).
 fn claimed(ctx: &Context, dm: &DomainMapping) -> Result<bool, ReconcileError> {
-    let rank = |m: &DomainMapping| {
-        (
-            m.metadata.creation_timestamp.clone(),
-            m.metadata.namespace.clone(),
-        )
-    };
-    let mine = rank(dm);
-    Ok(!ctx
-        .client
-        .list::<DomainMapping>(None)?
-        .iter()
-        .filter(|m| m.metadata.name == dm.metadata.name)
-        .any(|m| rank(m) < mine))
+    let all = ctx.client.list::<DomainMapping>(None)?;
+    Ok(claim_holder(&all, &dm.metadata.name)
+        .is_some_and(|holder| holder.metadata.namespace == dm.metadata.namespace))
 }
 
 /// The host the mapping's target is served at, or why it cannot be resolved (Knative's
@@ -162,9 +152,9 @@ fn resolve(ctx: &Context, dm: &DomainMapping) -> Result<Result<String, String>, 
             r.name
         )));
     }
-    Ok(Ok(ctx
-        .config
-        .get()
-        .network
-        .route_host(&r.name, ns, &ctx.domain)))
+    Ok(Ok(ctx.config.get().network.route_host(
+        &r.name,
+        ns,
+        &ctx.domain,
+    )))
 }
