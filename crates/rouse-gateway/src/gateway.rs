@@ -289,10 +289,11 @@ impl Gateway {
         };
         // The table stays alive with the request: its target names are borrowed, not copied.
         let routes = self.routes.load_full();
-        // A mapped domain takes its target host's traffic, and the app sees the target host.
-        let rewrite = routes.alias(host);
-        let Some(targets) = routes.get(rewrite.unwrap_or(host)) else {
-            if let Some(why) = routes.unavailable(rewrite.unwrap_or(host)) {
+        // A mapped domain takes its target host's traffic, and the app sees the target host
+        // (the fast path leaves unrouted hosts, mapped ones among them, to this path).
+        let (lookup, rewrite) = routes.serving_host(host);
+        let Some(targets) = routes.get(lookup) else {
+            if let Some(why) = routes.unavailable(lookup) {
                 return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
             }
             return text_response(
@@ -480,10 +481,6 @@ impl FrontRouter for FastRouter {
     fn route(&self, host: &str) -> FastAnswer {
         let gw = &self.0;
         let routes = gw.routes.load();
-        // A mapped domain needs its Host rewritten: the general path does that.
-        if routes.alias(host).is_some() {
-            return Route::General;
-        }
         let Some(targets) = routes.get(host) else {
             return Route::General;
         };

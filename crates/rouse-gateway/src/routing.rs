@@ -78,6 +78,19 @@ impl RoutingTable {
         self.aliases.get(&normalize_host(host)).map(String::as_str)
     }
 
+    /// The host to look `host` up as, and the Host to send when that is another (a mapped
+    /// domain's target). A route's own host, served or not, always wins over a mapping of the
+    /// same name, so no mapping can take a route's traffic.
+    pub fn serving_host<'a>(&'a self, host: &'a str) -> (&'a str, Option<&'a str>) {
+        if self.aliases.is_empty() || self.get(host).is_some() || self.unavailable(host).is_some() {
+            return (host, None);
+        }
+        match self.alias(host) {
+            Some(target) => (target, Some(target)),
+            None => (host, None),
+        }
+    }
+
     /// The hosts routed, in no particular order.
     pub fn hosts(&self) -> impl Iterator<Item = &str> {
         self.hosts.keys().map(String::as_str)
@@ -169,6 +182,27 @@ mod tests {
         assert_eq!(
             table.alias("app.example.COM:8080"),
             Some("hello.default.localhost")
+        );
+        assert_eq!(
+            table.serving_host("App.example.com"),
+            ("hello.default.localhost", Some("hello.default.localhost"))
+        );
+        // A route's host is never taken over by a mapping of the same name.
+        table.insert_alias(
+            "hello.default.localhost".into(),
+            "b.default.localhost".into(),
+        );
+        table.insert_alias(
+            "other.default.localhost".into(),
+            "b.default.localhost".into(),
+        );
+        assert_eq!(
+            table.serving_host("hello.default.localhost"),
+            ("hello.default.localhost", None)
+        );
+        assert_eq!(
+            table.serving_host("other.default.localhost"),
+            ("other.default.localhost", None)
         );
     }
 

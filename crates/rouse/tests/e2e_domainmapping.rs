@@ -17,7 +17,11 @@ fn mapping(namespace: &str, domain: &str, service: &str) -> String {
 }
 
 fn in_namespace(manifest: &str, namespace: &str) -> String {
-    manifest.replacen("metadata:\n", &format!("metadata:\n  namespace: {namespace}\n"), 1)
+    manifest.replacen(
+        "metadata:\n",
+        &format!("metadata:\n  namespace: {namespace}\n"),
+        1,
+    )
 }
 
 fn get_in(p: &Platform, namespace: &str, kind: &str, name: &str) -> Option<serde_json::Value> {
@@ -122,12 +126,25 @@ fn a_domain_mapping_serves_its_domain_and_one_namespace_holds_it() {
     );
     assert_eq!(p.http_get("missing.example.org", "/").unwrap().status, 404);
 
+    // A mapping named like another namespace's route host cannot take its traffic.
+    p.apply(&mapping("other", "hello.default.localhost", "hello"), &[]);
+    eventually("the hijacking mapping reconciled", PATIENCE, || {
+        let dm = get_in(&p, "other", "dm", "hello.default.localhost")?;
+        (condition(&dm, "Ready").0 == "True").then_some(())
+    });
+    let r = p.http_get("hello.default.localhost", "/").unwrap();
+    assert_eq!((r.status, r.body.trim()), (200, HELLO));
+
     // Deleting the holder hands the domain to the other namespace's mapping.
     p.cli_ok(&["delete", "dm", DOMAIN]);
-    eventually("the domain served from the other namespace", PATIENCE, || {
-        let r = p.http_get(DOMAIN, "/").ok()?;
-        (r.status == 200 && r.body.trim() == "other namespace").then_some(())
-    });
+    eventually(
+        "the domain served from the other namespace",
+        PATIENCE,
+        || {
+            let r = p.http_get(DOMAIN, "/").ok()?;
+            (r.status == 200 && r.body.trim() == "other namespace").then_some(())
+        },
+    );
     eventually("the rival holds the claim", PATIENCE, || {
         let dm = get_in(&p, "other", "dm", DOMAIN)?;
         (condition(&dm, "Ready").0 == "True").then_some(())
