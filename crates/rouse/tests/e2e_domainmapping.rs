@@ -91,6 +91,9 @@ fn a_domain_mapping_serves_its_domain_and_one_namespace_holds_it() {
         "{table}"
     );
 
+    let described = p.cli_ok(&["describe", "dm", DOMAIN]);
+    assert!(described.contains("Service default/hello"), "{described}");
+
     // The same domain in another namespace: the claim is taken.
     let out = p.apply(&mapping("other", DOMAIN, "hello"), &[]);
     assert!(out.status.success(), "{out:?}");
