@@ -302,17 +302,27 @@ fn enqueue_for(ctx: &Context, kind: Kind, obj: &Value, deleted: bool) {
     }
 }
 
-/// Enqueues the DomainMappings in `ns` whose `spec.ref` names this Service or Route: its
-/// coming or going resolves them or not.
+/// Enqueues the DomainMappings in `ns` whose `spec.ref` names this Service or Route (its
+/// coming or going resolves them or not) and, for a Route, those in any namespace named like
+/// its own host (which the route then takes).
 fn enqueue_mappings_to(ctx: &Context, kind: Kind, ns: &str, name: &str) {
-    let Ok((mappings, _)) = ctx.client.store().list(Kind::DomainMapping, Some(ns)) else {
+    let Ok((mappings, _)) = ctx.client.store().list(Kind::DomainMapping, None) else {
         return;
     };
+    let host =
+        (kind == Kind::Route).then(|| ctx.config.get().network.route_host(name, ns, &ctx.domain));
     for m in &mappings {
+        let meta = &m["metadata"];
+        let (dm_ns, dm) = (
+            meta["namespace"].as_str().unwrap_or(""),
+            meta["name"].as_str().unwrap_or(""),
+        );
         let r = &m["spec"]["ref"];
-        if r["kind"].as_str() == Some(kind.name()) && r["name"].as_str() == Some(name) {
-            let dm = m["metadata"]["name"].as_str().unwrap_or("");
-            ctx.queue.add(Key::new(Kind::DomainMapping, ns, dm));
+        let refers = dm_ns == ns
+            && r["kind"].as_str() == Some(kind.name())
+            && r["name"].as_str() == Some(name);
+        if refers || host.as_deref() == Some(dm) {
+            ctx.queue.add(Key::new(Kind::DomainMapping, dm_ns, dm));
         }
     }
 }

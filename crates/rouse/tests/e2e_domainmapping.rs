@@ -131,12 +131,33 @@ fn a_domain_mapping_serves_its_domain_and_one_namespace_holds_it() {
 
     // A mapping named like another namespace's route host cannot take its traffic.
     p.apply(&mapping("other", "hello.default.localhost", "hello"), &[]);
-    eventually("the hijacking mapping reconciled", PATIENCE, || {
+    let shadowed = eventually("the hijacking mapping refused", PATIENCE, || {
         let dm = get_in(&p, "other", "dm", "hello.default.localhost")?;
-        (condition(&dm, "Ready").0 == "True").then_some(())
+        (condition(&dm, "DomainClaimed").0 == "False").then_some(dm)
     });
+    assert_eq!(
+        condition(&shadowed, "DomainClaimed").2,
+        "The domain name is the host of Route default/hello"
+    );
     let r = p.http_get("hello.default.localhost", "/").unwrap();
     assert_eq!((r.status, r.body.trim()), (200, HELLO));
+    // Mapped first, the route created later: the route takes its host back.
+    p.apply_wait(&mapping("other", "late.default.localhost", "hello"));
+    let r = p.http_get("late.default.localhost", "/").unwrap();
+    assert_eq!(r.body.trim(), "other namespace");
+    p.apply_wait(&service_yaml("late", &marker, &[]));
+    eventually("the late route's own host served", PATIENCE, || {
+        let r = p.http_get("late.default.localhost", "/").ok()?;
+        (r.body.trim() == HELLO).then_some(())
+    });
+    eventually(
+        "the mapping of the late route's host refused",
+        PATIENCE,
+        || {
+            let dm = get_in(&p, "other", "dm", "late.default.localhost")?;
+            (condition(&dm, "DomainClaimed").1 == "DomainAlreadyClaimed").then_some(())
+        },
+    );
 
     // Deleting the holder hands the domain to the other namespace's mapping.
     p.cli_ok(&["delete", "dm", DOMAIN]);

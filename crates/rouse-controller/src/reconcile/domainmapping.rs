@@ -46,7 +46,16 @@ pub(super) async fn reconcile(
     });
     certificate(&dm, &mut status);
 
-    let target = if claimed(ctx, &dm)? {
+    let route_host = route_with_host(ctx, name)?;
+    let target = if let Some(route) = route_host {
+        // The gateway serves a route's own host first: the mapping would serve nothing.
+        status.mark_false(
+            CONDITION_DOMAIN_CLAIMED,
+            "DomainAlreadyClaimed",
+            &format!("The domain name is the host of Route {route}"),
+        );
+        None
+    } else if claimed(ctx, &dm)? {
         status.mark_true(CONDITION_DOMAIN_CLAIMED);
         match resolve(ctx, &dm)? {
             Ok(host) => {
@@ -120,6 +129,25 @@ fn claimed(ctx: &Context, dm: &DomainMapping) -> Result<bool, ReconcileError> {
     let all = ctx.client.list::<DomainMapping>(None)?;
     Ok(claim_holder(&all, &dm.metadata.name)
         .is_some_and(|holder| holder.metadata.namespace == dm.metadata.namespace))
+}
+
+/// The Route (`namespace/name`) whose own host, or one of its tags' hosts, is `domain`.
+fn route_with_host(ctx: &Context, domain: &str) -> Result<Option<String>, ReconcileError> {
+    let config = ctx.config.get();
+    let network = &config.network;
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    for r in ctx.client.list::<Route>(None)? {
+        let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
+        let tags = r.status.traffic.iter().filter(|t| !t.tag.is_empty());
+        let taken = network.route_host(name, ns, &ctx.domain) == domain
+            || tags
+                .into_iter()
+                .any(|t| network.tag_host(&t.tag, name, ns, &ctx.domain) == domain);
+        if taken {
+            return Ok(Some(format!("{ns}/{name}")));
+        }
+    }
+    Ok(None)
 }
 
 /// The host the mapping's target is served at, or why it cannot be resolved (Knative's
