@@ -5,7 +5,8 @@
 //! Claims are implicit (Knative's ClusterDomainClaim with `autocreate-cluster-domain-claims`):
 //! of all mappings of one domain, the oldest (then the first namespace by name) owns it; the
 //! others report `DomainClaimed=False DomainAlreadyClaimed` and serve nothing. Deleting the
-//! owner hands the domain to the next one.
+//! owner hands the domain to the next one. A route's own host is never a mapping's: the
+//! gateway serves the route first, and the mapping says so.
 
 use rouse_api::Kind;
 use rouse_api::condition::{ConditionStatus, Conditions};
@@ -46,35 +47,7 @@ pub(super) async fn reconcile(
     });
     certificate(&dm, &mut status);
 
-    let route_host = route_with_host(ctx, name)?;
-    let target = if let Some(route) = route_host {
-        // The gateway serves a route's own host first: the mapping would serve nothing.
-        status.mark_false(
-            CONDITION_DOMAIN_CLAIMED,
-            "DomainAlreadyClaimed",
-            &format!("The domain name is the host of Route {route}"),
-        );
-        None
-    } else if claimed(ctx, &dm)? {
-        status.mark_true(CONDITION_DOMAIN_CLAIMED);
-        match resolve(ctx, &dm)? {
-            Ok(host) => {
-                status.mark_true(CONDITION_REFERENCE_RESOLVED);
-                Some(host)
-            }
-            Err(why) => {
-                status.mark_false(CONDITION_REFERENCE_RESOLVED, "ResolveFailed", &why);
-                None
-            }
-        }
-    } else {
-        status.mark_false(
-            CONDITION_DOMAIN_CLAIMED,
-            "DomainAlreadyClaimed",
-            "The domain name is already in use by another DomainMapping",
-        );
-        None
-    };
+    let target = claim_and_resolve(ctx, &dm, &mut status)?;
 
     let entries: Vec<HostRoute> = target
         .iter()
@@ -105,6 +78,40 @@ pub(super) async fn reconcile(
         ctx.client.update_status(&updated)?;
     }
     Ok(None)
+}
+
+/// Sets `DomainClaimed` and `ReferenceResolved`; the host to serve the domain as when both
+/// hold.
+fn claim_and_resolve(
+    ctx: &Context,
+    dm: &DomainMapping,
+    status: &mut DomainMappingStatus,
+) -> Result<Option<String>, ReconcileError> {
+    if let Some(route) = route_with_host(ctx, &dm.metadata.name)? {
+        // The gateway serves a route's own host first: the mapping would serve nothing.
+        let message = format!("The domain name is the host of Route {route}");
+        status.mark_false(CONDITION_DOMAIN_CLAIMED, "DomainAlreadyClaimed", &message);
+        return Ok(None);
+    }
+    if !claimed(ctx, dm)? {
+        status.mark_false(
+            CONDITION_DOMAIN_CLAIMED,
+            "DomainAlreadyClaimed",
+            "The domain name is already in use by another DomainMapping",
+        );
+        return Ok(None);
+    }
+    status.mark_true(CONDITION_DOMAIN_CLAIMED);
+    Ok(match resolve(ctx, dm)? {
+        Ok(host) => {
+            status.mark_true(CONDITION_REFERENCE_RESOLVED);
+            Some(host)
+        }
+        Err(why) => {
+            status.mark_false(CONDITION_REFERENCE_RESOLVED, "ResolveFailed", &why);
+            None
+        }
+    })
 }
 
 /// `CertificateProvisioned`: a given secret is the ingress's to use; without one, no TLS.
