@@ -135,7 +135,13 @@ fn rbac() -> Vec<Value> {
                 vec![
                     rule(
                         &[serving],
-                        &["services", "configurations", "revisions", "routes"],
+                        &[
+                            "services",
+                            "configurations",
+                            "revisions",
+                            "routes",
+                            "domainmappings",
+                        ],
                         WRITE,
                     ),
                     rule(
@@ -145,10 +151,12 @@ fn rbac() -> Vec<Value> {
                             "configurations/status",
                             "revisions/status",
                             "routes/status",
+                            "domainmappings/status",
                             "services/finalizers",
                             "configurations/finalizers",
                             "revisions/finalizers",
                             "routes/finalizers",
+                            "domainmappings/finalizers",
                         ],
                         STATUS,
                     ),
@@ -244,7 +252,13 @@ fn rbac() -> Vec<Value> {
         }));
     }
     // Users' roles: namespace admins and editors manage Knative Services, viewers read them.
-    let user_kinds = ["services", "configurations", "revisions", "routes"];
+    let user_kinds = [
+        "services",
+        "configurations",
+        "revisions",
+        "routes",
+        "domainmappings",
+    ];
     out.push(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "knative-serving-aggregated-edit", "labels": {

@@ -97,7 +97,7 @@ fn kinds_and_names() {
         .collect();
     assert_eq!(names[0], "Namespace/knative-serving");
     // CRDs come right after the namespace, before anything that could use them.
-    let crds: Vec<&str> = names[1..8].iter().map(String::as_str).collect();
+    let crds: Vec<&str> = names[1..9].iter().map(String::as_str).collect();
     assert_eq!(
         crds,
         [
@@ -107,6 +107,7 @@ fn kinds_and_names() {
             "CustomResourceDefinition/routes.serving.knative.dev",
             "CustomResourceDefinition/podautoscalers.autoscaling.internal.knative.dev",
             "CustomResourceDefinition/serverlessservices.networking.internal.knative.dev",
+            "CustomResourceDefinition/domainmappings.serving.knative.dev",
             "CustomResourceDefinition/ingresses.networking.internal.knative.dev",
         ]
     );

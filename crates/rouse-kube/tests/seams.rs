@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rouse_api::meta::Resource;
 use rouse_api::networking::SksMode;
 use rouse_api::serving::Revision;
-use rouse_controller::networking::{Networking, RevisionTraffic};
+use rouse_controller::networking::{HostRoute, Networking, RevisionTraffic};
 use rouse_kube::cache::ClusterStore;
 use rouse_kube::networking::KubeNetworking;
 use rouse_kube::revision::DeploymentConfig;
@@ -240,5 +240,83 @@ async fn endpoint_slices_in_serve_and_proxy() {
         net.serving_through_activator("shop", "cart-00001")
     })
     .await;
+    rt.shutdown_background();
+}
+
+const MAPPINGS: &str = "apis/serving.knative.dev/v1beta1/domainmappings";
+const INGRESSES: &str = "apis/networking.internal.knative.dev/v1alpha1/ingresses";
+
+fn mapping(ns: &str, created: &str) -> Value {
+    json!({"apiVersion": "serving.knative.dev/v1beta1", "kind": "DomainMapping",
+           "metadata": {"name": "shop.example.org", "namespace": ns, "uid": format!("dm-{ns}"),
+                        "creationTimestamp": created},
+           "spec": {"ref": {"kind": "Service", "name": "cart", "namespace": ns,
+                            "apiVersion": "serving.knative.dev/v1"},
+                    "tls": {"secretName": "shop-cert"}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_domain_mapping_gets_its_ingress() {
+    let fake = Fake::start().await;
+    fake.put(MAPPINGS, mapping("shop", "2026-01-01T00:00:00Z"));
+    // A later mapping of the same domain in another namespace does not hold the claim.
+    fake.put(MAPPINGS, mapping("rival", "2026-01-01T00:00:05Z"));
+    let (store, rt) = started(&fake).await;
+    let net = KubeNetworking::new(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        IngressConfig {
+            network: rouse_api::config::network::NetworkConfig {
+                ingress_class: "rouse.ingress.networking.knative.dev".into(),
+                ..Default::default()
+            },
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    );
+    net.set_routes(vec![HostRoute {
+        host: "shop.example.org".into(),
+        targets: Vec::new(),
+        unavailable: None,
+        tags: Vec::new(),
+        rewrite_host: Some("cart.shop.example.com".into()),
+    }]);
+    until("the mapping's Ingress", || {
+        fake.object(INGRESSES, "shop", "shop.example.org").is_some()
+    })
+    .await;
+    let ing = fake.object(INGRESSES, "shop", "shop.example.org").unwrap();
+    assert_eq!(
+        ing["metadata"]["annotations"]["networking.knative.dev/ingress.class"],
+        "rouse.ingress.networking.knative.dev"
+    );
+    assert_eq!(
+        ing["metadata"]["labels"]["serving.knative.dev/domainMappingUID"],
+        "dm-shop"
+    );
+    assert_eq!(
+        ing["metadata"]["ownerReferences"][0]["kind"],
+        "DomainMapping"
+    );
+    assert_eq!(
+        ing["spec"]["tls"],
+        json!([{"hosts": ["shop.example.org"], "secretName": "shop-cert",
+                "secretNamespace": "shop"}])
+    );
+    let rule = &ing["spec"]["rules"][0];
+    assert_eq!(rule["hosts"], json!(["shop.example.org"]));
+    assert_eq!(rule["visibility"], "ExternalIP");
+    let path = &rule["http"]["paths"][0];
+    assert_eq!(path["rewriteHost"], "cart.shop.svc.cluster.local");
+    assert_eq!(
+        path["splits"],
+        json!([{"serviceNamespace": "shop", "serviceName": "cart", "servicePort": 80,
+                "percent": 100, "appendHeaders": {"K-Original-Host": "shop.example.org"}}])
+    );
+    assert!(
+        fake.object(INGRESSES, "rival", "shop.example.org")
+            .is_none()
+    );
     rt.shutdown_background();
 }

@@ -258,7 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn parse_kind(s: &str) -> Result<Kind, String> {
     Kind::from_cli(s).ok_or_else(|| {
         format!(
-            "the server doesn't have a resource type {s:?} (known: services|ksvc, configurations|config, revisions|rev, routes|rt, podautoscalers|kpa|pa, serverlessservices|sks)"
+            "the server doesn't have a resource type {s:?} (known: services|ksvc, configurations|config, revisions|rev, routes|rt, podautoscalers|kpa|pa, serverlessservices|sks, domainmappings|dm)"
         )
     })
 }
@@ -300,6 +300,8 @@ mod tests {
             ("podautoscalers", Kind::PodAutoscaler),
             ("sks", Kind::ServerlessService),
             ("serverlessservice", Kind::ServerlessService),
+            ("dm", Kind::DomainMapping),
+            ("domainmappings", Kind::DomainMapping),
         ] {
             assert_eq!(parse_kind(s), Ok(k), "{s}");
         }
