@@ -16,4 +16,5 @@ pub mod revision;
 pub mod route;
 pub mod runtime;
 pub mod schema;
+pub mod scrape;
 pub mod store;
