@@ -17,4 +17,5 @@ pub mod route;
 pub mod runtime;
 pub mod schema;
 pub mod scrape;
+pub mod stat_stream;
 pub mod store;
