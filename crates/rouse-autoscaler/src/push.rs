@@ -7,9 +7,11 @@
 //! - `{"stats":[{"namespace":"ns","revision":"rev","averageConcurrency":1.5,"requestCount":3}]}`:
 //!   the last second's load per revision, every second (an empty list keeps the stream alive).
 //!
-//! The autoscaler answers only when the stream ends: 200 when the activator closed it, 400 at
-//! a malformed line, 401 for a wrong token, 503 when it is not (or no longer) the leader; the
-//! activator then connects again. The pull side (the queue-proxy's `Stat`) is
+//! The autoscaler refuses a stream at once (401 for a wrong token, 503 when it is not the
+//! leader) or accepts it with a 200 whose body stays open and ends with one line saying why
+//! the stream ended (closed, silent for [`IDLE_LIMIT`], a malformed line, no longer the
+//! leader). The activator writes nothing before the 200, and connects again whenever a stream
+//! ends. The pull side (the queue-proxy's `Stat`) is
 //! `rouse_queue::QueueStats`' wire format.
 
 use serde::{Deserialize, Serialize};

@@ -17,10 +17,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use bytes::Buf;
+use std::convert::Infallible;
+
+use bytes::{Buf, Bytes};
 use http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -29,10 +31,10 @@ use kube::api::{Api, PostParams};
 use rouse_autoscaler::push::{self, Message};
 use rouse_controller::autoscaling::RevisionId;
 use rouse_controller::networking::ActivatorLoad;
-use rouse_queue::http::{Body, text_response};
+use rouse_queue::http::{Body, boxed, text_response};
 use rouse_store::StoreError;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::apply::apply;
 use crate::install::{AUTOSCALER_PORT, AUTOSCALER_SERVICE, NAMESPACE};
@@ -155,15 +157,18 @@ pub async fn serve(
         let end = end.clone();
         service_fn(move |req: Request<Incoming>| {
             let end = end.clone();
-            async move { Ok::<_, std::convert::Infallible>(stream(&end, req).await) }
+            async move { Ok::<_, Infallible>(stream(end, req).await) }
         })
     };
     rouse_queue::http::serve(listener, make, shutdown).await;
 }
 
-/// One activator's stream: checked, then read line by line until it ends, goes silent, sends
-/// a bad line, or this replica stops leading.
-async fn stream(end: &StreamEnd, req: Request<Incoming>) -> http::Response<Body> {
+/// One activator's stream: checked (refusals answer at once, before any line is read), then
+/// accepted with a 200 whose body stays open while the lines are read, and carries one line
+/// saying why the stream ended: the activator closed it, it went silent, a bad line, or this
+/// replica stopped leading. An activator sends nothing before the 200, so no message is lost
+/// to a refused stream.
+async fn stream(end: Arc<StreamEnd>, req: Request<Incoming>) -> http::Response<Body> {
     if req.uri().path() != push::PATH {
         return text_response(StatusCode::NOT_FOUND, "not found");
     }
@@ -187,27 +192,40 @@ async fn stream(end: &StreamEnd, req: Request<Incoming>) -> http::Response<Body>
             "Authorization: Bearer <the autoscaler-token Secret's token> is required",
         );
     }
-    let mut leading = end.leading.clone();
-    if !*leading.borrow_and_update() {
+    if !*end.leading.borrow() {
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "not the leading autoscaler");
     }
-    let mut body = req.into_body();
+    let (ended, why) = oneshot::channel::<String>();
+    let body = req.into_body();
+    tokio::spawn(async move {
+        let _ = ended.send(read_lines(&end, body).await);
+    });
+    let outcome = futures_util::stream::once(async move {
+        let mut why = why.await.unwrap_or_default();
+        why.push('\n');
+        Ok::<_, Infallible>(Frame::data(Bytes::from(why)))
+    });
+    let mut resp = http::Response::new(boxed(StreamBody::new(outcome)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Reads and records the stream's lines; returns why it ended.
+async fn read_lines(end: &StreamEnd, mut body: Incoming) -> String {
+    let mut leading = end.leading.clone();
     let mut line: Vec<u8> = Vec::new();
     loop {
         let frame = tokio::select! {
             f = tokio::time::timeout(push::IDLE_LIMIT, body.frame()) => f,
-            _ = leading.wait_for(|l| !*l) => {
-                return text_response(StatusCode::SERVICE_UNAVAILABLE, "no longer the leading autoscaler");
-            }
+            _ = leading.wait_for(|l| !*l) => return "no longer the leading autoscaler".into(),
         };
         let mut data = match frame {
-            Err(_) => {
-                return text_response(StatusCode::REQUEST_TIMEOUT, "the stream went silent");
-            }
-            Ok(None) => return text_response(StatusCode::OK, "stream closed"),
-            Ok(Some(Err(e))) => {
-                return text_response(StatusCode::BAD_REQUEST, format!("reading the stream: {e}"));
-            }
+            Err(_) => return format!("silent for {:?}", push::IDLE_LIMIT),
+            Ok(None) => return "closed by the activator".into(),
+            Ok(Some(Err(e))) => return format!("reading the stream: {e}"),
             Ok(Some(Ok(frame))) => match frame.into_data() {
                 Ok(d) => d,
                 Err(_) => continue,
@@ -220,10 +238,7 @@ async fn stream(end: &StreamEnd, req: Request<Incoming>) -> http::Response<Body>
                 None => (chunk, false),
             };
             if line.len() + part.len() > push::MAX_LINE {
-                return text_response(
-                    StatusCode::BAD_REQUEST,
-                    format!("a line longer than {} bytes", push::MAX_LINE),
-                );
+                return format!("bad line: longer than {} bytes", push::MAX_LINE);
             }
             line.extend_from_slice(part);
             let used = part.len() + usize::from(complete);
@@ -231,7 +246,7 @@ async fn stream(end: &StreamEnd, req: Request<Incoming>) -> http::Response<Body>
             if complete {
                 match Message::decode(&line) {
                     Ok(msg) => end.stats.record(msg),
-                    Err(e) => return text_response(StatusCode::BAD_REQUEST, e.to_string()),
+                    Err(e) => return format!("bad line: {e}"),
                 }
                 line.clear();
             }

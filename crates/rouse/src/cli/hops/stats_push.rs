@@ -5,9 +5,9 @@
 //! broke); messages wait in a bounded queue meanwhile, and stats that grew stale waiting are
 //! dropped rather than reported late.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::path::PathBuf;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ const IN_FLIGHT: usize = 64;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a sent poke is kept to be sent again if its connection breaks.
+const POKE_REPLAY: Duration = Duration::from_secs(2);
 
 /// `rouse activator`'s autoscaler flags.
 #[derive(Debug, Clone, Args)]
@@ -154,9 +156,10 @@ pub async fn report_every_second(activator: Arc<rouse_activator::Activator>, pus
 async fn run(target: Target, mut rx: mpsc::Receiver<(Instant, Message)>) {
     let mut backoff = BACKOFF_START;
     let mut last_reason = String::new();
+    let mut recent_pokes = VecDeque::new();
     loop {
         let started = Instant::now();
-        let reason = match stream(&target, &mut rx).await {
+        let reason = match stream(&target, &mut rx, &mut recent_pokes).await {
             Ended::Shutdown => return,
             Ended::Broken(reason) => reason,
         };
@@ -178,8 +181,14 @@ enum Ended {
     Broken(String),
 }
 
-/// One connection: the request, then every message as a line, until something ends it.
-async fn stream(target: &Target, rx: &mut mpsc::Receiver<(Instant, Message)>) -> Ended {
+/// One connection: the request, then every message as a line, until something ends it. A
+/// line written just before a connection broke may be lost with it: pokes younger than
+/// [`POKE_REPLAY`] are sent again on the next connection (a repeated poke is harmless).
+async fn stream(
+    target: &Target,
+    rx: &mut mpsc::Receiver<(Instant, Message)>,
+    recent_pokes: &mut VecDeque<(Instant, Message)>,
+) -> Ended {
     let tcp = match connect(target).await {
         Ok(c) => c,
         Err(e) => return Ended::Broken(format!("{e:#}")),
@@ -214,24 +223,44 @@ async fn stream(target: &Target, rx: &mut mpsc::Receiver<(Instant, Message)>) ->
         Ok(r) => r,
         Err(e) => return Ended::Broken(format!("the request: {e}")),
     };
-    let mut response = pin!(sender.send_request(req));
+    // Nothing is taken from the queue until the autoscaler accepts the stream.
+    let resp = match tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req)).await {
+        Err(_) => return Ended::Broken("the autoscaler did not answer".into()),
+        Ok(Err(e)) => return Ended::Broken(format!("the connection failed: {e}")),
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status();
+    if status != http::StatusCode::OK {
+        let text = Limited::new(resp.into_body(), 1024)
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Ended::Broken(format!("the autoscaler answered {status}: {}", text.trim()));
+    }
     tracing::info!(autoscaler = %target.authority, "streaming stats to the autoscaler");
+    // The answer's body stays open while the stream lives and ends with the reason.
+    let mut answer = resp.into_body();
+    let mut why = Vec::new();
+    recent_pokes.retain(|(at, _)| at.elapsed() < POKE_REPLAY);
+    for (_, poke) in recent_pokes.iter() {
+        let _ = lines.try_send(Bytes::from(poke.encode()));
+    }
     loop {
         tokio::select! {
-            r = &mut response => {
-                return Ended::Broken(match r {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let text = Limited::new(resp.into_body(), 1024)
-                            .collect()
-                            .await
-                            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                            .unwrap_or_default();
-                        format!("the autoscaler answered {status}: {}", text.trim())
+            f = answer.frame() => match f {
+                Some(Ok(frame)) => {
+                    if let Ok(d) = frame.into_data() {
+                        let room = 1024usize.saturating_sub(why.len());
+                        why.extend_from_slice(&d[..d.len().min(room)]);
                     }
-                    Err(e) => format!("the connection failed: {e}"),
-                });
-            }
+                }
+                Some(Err(e)) => return Ended::Broken(format!("the connection failed: {e}")),
+                None => {
+                    let why = String::from_utf8_lossy(&why).trim().to_string();
+                    return Ended::Broken(format!("the autoscaler ended the stream: {why}"));
+                }
+            },
             m = rx.recv() => {
                 let Some((at, msg)) = m else { return Ended::Shutdown };
                 // Stats that waited through a reconnect would be recorded in the wrong second.
@@ -240,6 +269,12 @@ async fn stream(target: &Target, rx: &mut mpsc::Receiver<(Instant, Message)>) ->
                 }
                 if lines.try_send(Bytes::from(msg.encode())).is_err() {
                     return Ended::Broken("the autoscaler stopped reading".into());
+                }
+                if matches!(msg, Message::Poke(_)) {
+                    recent_pokes.retain(|(at, _)| at.elapsed() < POKE_REPLAY);
+                    if recent_pokes.len() < QUEUE {
+                        recent_pokes.push_back((at, msg));
+                    }
                 }
             }
         }
