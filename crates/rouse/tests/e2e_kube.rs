@@ -5,10 +5,13 @@
 //! pod bound to it and reported Ready with an IP) so the Service becomes Ready; deleting the
 //! Service cascades. Needs `kubectl` on PATH and `cargo build -p rouse --bins`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sidecar::{Sidecar, sidecar_env, start_app};
 use serde_json::Value;
 
 const NS: &str = "rouse-e2e";
@@ -113,6 +116,8 @@ fn a_knative_service_on_a_real_api_server() {
     );
     assert!(ok, "CRDs established: {out}");
     let _ = kubectl(&kc, &["create", "namespace", NS], None);
+    // An earlier run's stand-in activator would put every revision behind it.
+    remove_stand_in_activator(&kc);
 
     let ksvc = format!(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  namespace: {NS}\n\
@@ -126,6 +131,7 @@ fn a_knative_service_on_a_real_api_server() {
         Controller(
             Command::new(rouse_bin())
                 .args(["controller", "--kubeconfig", &kc, "--identity", identity])
+                .args(["--autoscaler-listen", "127.0.0.1:0"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -167,35 +173,8 @@ fn a_knative_service_on_a_real_api_server() {
     let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: rouse-e2e-node\n";
     let (ok, out) = kubectl(&kc, &["apply", "-f", "-"], Some(node.as_bytes()));
     assert!(ok, "node: {out}");
-    let pod = until("the revision's pod", Duration::from_secs(60), || {
-        let pods = get_json(&kc, "pods")?;
-        pods["items"]
-            .as_array()?
-            .iter()
-            .find(|p| p["metadata"]["labels"]["serving.knative.dev/revision"] == "hello-00001")
-            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
-    });
-    let binding = format!(
-        "apiVersion: v1\nkind: Binding\nmetadata:\n  name: {pod}\n  namespace: {NS}\ntarget:\n  apiVersion: v1\n  kind: Node\n  name: rouse-e2e-node\n"
-    );
-    let _ = kubectl(&kc, &["create", "-f", "-"], Some(binding.as_bytes()));
-    let status = r#"{"status":{"phase":"Running","podIP":"10.244.9.9","podIPs":[{"ip":"10.244.9.9"}],"conditions":[{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"}]}}"#;
-    let (ok, out) = kubectl(
-        &kc,
-        &[
-            "patch",
-            "-n",
-            NS,
-            "pod",
-            &pod,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            status,
-        ],
-        None,
-    );
-    assert!(ok, "pod status: {out}");
+    let pod = revision_pod(&kc, "hello-00001");
+    report_ready(&kc, &pod, "10.244.9.9");
 
     let svc = until("the Service Ready", Duration::from_secs(90), || {
         get_json(&kc, "ksvc/hello").filter(ready)
@@ -253,6 +232,8 @@ fn a_knative_service_on_a_real_api_server() {
         (holder(&kc) == "e2e-b").then_some(())
     });
 
+    scale_to_zero(&kc);
+
     // Deleting the Service cascades through Kubernetes' garbage collector (the new leader
     // is the one running now).
     let (ok, out) = kubectl(&kc, &["delete", "-n", NS, "ksvc", "hello"], None);
@@ -264,4 +245,156 @@ fn a_knative_service_on_a_real_api_server() {
         .then_some(())
     });
     let _ = kubectl(&kc, &["delete", "node", "rouse-e2e-node"], None);
+}
+
+/// The name of the revision's (first) pod, once the ReplicaSet made it (not one still
+/// terminating from an earlier run: without a kubelet, deleted pods linger).
+fn revision_pod(kc: &str, rev: &str) -> String {
+    until(&format!("{rev}'s pod"), Duration::from_secs(60), || {
+        let pods = get_json(kc, "pods")?;
+        pods["items"]
+            .as_array()?
+            .iter()
+            .find(|p| {
+                p["metadata"]["labels"]["serving.knative.dev/revision"] == rev
+                    && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
+    })
+}
+
+/// Plays the kubelet for a pod: bound to the test's Node, running and Ready at `ip`.
+fn report_ready(kc: &str, pod: &str, ip: &str) {
+    let binding = format!(
+        "apiVersion: v1\nkind: Binding\nmetadata:\n  name: {pod}\n  namespace: {NS}\ntarget:\n  apiVersion: v1\n  kind: Node\n  name: rouse-e2e-node\n"
+    );
+    let _ = kubectl(kc, &["create", "-f", "-"], Some(binding.as_bytes()));
+    let status = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"startTime":"2026-01-01T00:00:00Z","conditions":[{{"type":"Ready","status":"True"}},{{"type":"ContainersReady","status":"True"}}]}}}}"#
+    );
+    let (ok, out) = kubectl(
+        kc,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "pod",
+            pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+        None,
+    );
+    assert!(ok, "pod status: {out}");
+}
+
+/// The pod of `zero` answers the autoscaler's scrape for real: a `rouse queue-proxy` in front
+/// of the test app, its stats port on 127.0.0.2:9090, the address the test reports as the pod's
+/// IP. Load through that sidecar (concurrency 3 against a target of 1) scales the Deployment up;
+/// with the load gone, the autoscaler scales the revision to zero: the public EndpointSlice
+/// points at the activator (one the test lists as ready) and the Deployment's replicas go to 0.
+fn scale_to_zero(kc: &str) {
+    const POD_IP: &str = "127.0.0.2";
+    const ACTIVATOR_IP: &str = "10.244.7.7";
+    let app_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _app = start_app(app_port);
+    let mut env = sidecar_env(app_port);
+    for (k, v) in env.iter_mut() {
+        match *k {
+            "ROUSE_QUEUE_BIND" => *v = POD_IP.into(),
+            "ROUSE_QUEUE_METRICS_PORT" => *v = "9090".into(),
+            _ => {}
+        }
+    }
+    let sidecar = Sidecar::start(&env);
+
+    // An activator the SKS can point at (no activator runs here: its address is enough).
+    let activator = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: activator-service-e2e\n  namespace: knative-serving\n  labels:\n    kubernetes.io/service-name: activator-service\n    endpointslice.kubernetes.io/managed-by: rouse-e2e\naddressType: IPv4\nendpoints:\n  - addresses: [\"{ACTIVATOR_IP}\"]\n    conditions: {{ready: true}}\nports:\n  - name: http\n    port: 8012\n    protocol: TCP\n"
+    );
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(activator.as_bytes()));
+    assert!(ok, "activator slice: {out}");
+
+    let ksvc = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: zero\n  namespace: {NS}\n\
+         spec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/window: \"6s\"\n        autoscaling.knative.dev/target: \"1\"\n\
+         \x20   spec:\n      containers:\n        - image: ghcr.io/knative/helloworld-go:latest\n"
+    );
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(ksvc.as_bytes()));
+    assert!(ok, "apply ksvc zero: {out}");
+    let pod = revision_pod(kc, "zero-00001");
+    report_ready(kc, &pod, POD_IP);
+    until("zero Ready", Duration::from_secs(90), || {
+        get_json(kc, "ksvc/zero").filter(ready)
+    });
+    // Three requests at a time through the pod's sidecar, until the autoscaler reacts.
+    let serving = sidecar.addr("serving");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                    && started.elapsed() < Duration::from_secs(120)
+                {
+                    let _ = common::http_get(serving, "zero.rouse-e2e", "/?sleep=300");
+                }
+            })
+        })
+        .collect();
+    until("zero scaled up by its load", Duration::from_secs(90), || {
+        get_json(kc, "deployment/zero-00001-deployment")
+            .filter(|d| d["spec"]["replicas"].as_i64() >= Some(2))
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for l in load {
+        l.join().unwrap();
+    }
+    let idle = Instant::now();
+    until(
+        "zero's Deployment scaled to 0",
+        Duration::from_secs(180),
+        || {
+            get_json(kc, "deployment/zero-00001-deployment")
+                .filter(|d| d["spec"]["replicas"] == 0)
+        },
+    );
+    println!("scaled to zero {:?} after the load stopped", idle.elapsed());
+    until(
+        "zero's public EndpointSlice on the activator",
+        Duration::from_secs(60),
+        || {
+            get_json(kc, "endpointslice/zero-00001-ipv4-0").filter(|s| {
+                s["endpoints"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().all(|e| e["addresses"][0] == ACTIVATOR_IP) && !e.is_empty())
+            })
+        },
+    );
+    let sks = get_json(kc, "serverlessservices.networking.internal.knative.dev/zero-00001").unwrap();
+    assert_eq!(sks["spec"]["mode"], "Proxy", "{sks}");
+    let _ = kubectl(kc, &["delete", "-n", NS, "ksvc", "zero"], None);
+    remove_stand_in_activator(kc);
+}
+
+fn remove_stand_in_activator(kc: &str) {
+    let _ = kubectl(
+        kc,
+        &[
+            "delete",
+            "-n",
+            "knative-serving",
+            "endpointslice",
+            "activator-service-e2e",
+            "--ignore-not-found",
+        ],
+        None,
+    );
 }
