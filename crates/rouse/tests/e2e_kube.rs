@@ -67,7 +67,8 @@ fn until<T>(what: &str, bound: Duration, mut f: impl FnMut() -> Option<T>) -> T 
     }
 }
 
-struct Controller(Child);
+/// A `rouse controller` process and the address of its autoscaler stream.
+struct Controller(Child, std::net::SocketAddr);
 
 impl Drop for Controller {
     fn drop(&mut self) {
@@ -128,15 +129,25 @@ fn a_knative_service_on_a_real_api_server() {
     assert!(ok, "apply ksvc: {out}");
 
     let start = |identity: &str| {
-        Controller(
-            Command::new(rouse_bin())
-                .args(["controller", "--kubeconfig", &kc, "--identity", identity])
-                .args(["--autoscaler-listen", "127.0.0.1:0"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
+        let mut child = Command::new(rouse_bin())
+            .args(["controller", "--kubeconfig", &kc, "--identity", identity])
+            .args(["--autoscaler-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // "rouse controller: autoscaler stream on ADDR", then anything else drained.
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let stream = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("the controller printed {line:?}"));
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Controller(child, stream)
     };
     let first = start("e2e-a");
 
@@ -226,13 +237,13 @@ fn a_knative_service_on_a_real_api_server() {
     until("e2e-a leading", Duration::from_secs(60), || {
         (holder(&kc) == "e2e-a").then_some(())
     });
-    let _second = start("e2e-b");
+    let second = start("e2e-b");
     drop(first);
     until("e2e-b taking over", Duration::from_secs(60), || {
         (holder(&kc) == "e2e-b").then_some(())
     });
 
-    scale_to_zero(&kc);
+    scale_to_zero(&kc, second.1);
 
     // Deleting the Service cascades through Kubernetes' garbage collector (the new leader
     // is the one running now).
@@ -295,7 +306,7 @@ fn report_ready(kc: &str, pod: &str, ip: &str) {
 /// IP. Load through that sidecar (concurrency 3 against a target of 1) scales the Deployment up;
 /// with the load gone, the autoscaler scales the revision to zero: the public EndpointSlice
 /// points at the activator (one the test lists as ready) and the Deployment's replicas go to 0.
-fn scale_to_zero(kc: &str) {
+fn scale_to_zero(kc: &str, autoscaler: std::net::SocketAddr) {
     const POD_IP: &str = "127.0.0.2";
     const ACTIVATOR_IP: &str = "10.244.7.7";
     let app_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -380,8 +391,86 @@ fn scale_to_zero(kc: &str) {
     );
     let sks = get_json(kc, "serverlessservices.networking.internal.knative.dev/zero-00001").unwrap();
     assert_eq!(sks["spec"]["mode"], "Proxy", "{sks}");
+    wake_through_the_activator(kc, autoscaler);
     let _ = kubectl(kc, &["delete", "-n", NS, "ksvc", "zero"], None);
     remove_stand_in_activator(kc);
+}
+
+/// A request at zero through a real `rouse activator` (out of the cluster, pointed at the
+/// leader's stream with the token from the controller's Secret) pokes the autoscaler, which
+/// scales the Deployment up from zero.
+fn wake_through_the_activator(kc: &str, autoscaler: std::net::SocketAddr) {
+    use std::io::{BufRead, Write};
+    let (ok, token) = kubectl(
+        kc,
+        &[
+            "get",
+            "secret",
+            "-n",
+            "knative-serving",
+            "autoscaler-token",
+            "-o",
+            "jsonpath={.data.token}",
+        ],
+        None,
+    );
+    assert!(ok, "the token Secret: {token}");
+    let token = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .expect("base64 token")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), &token).unwrap();
+    let endpoints = serde_json::json!({"revisions": [
+        {"namespace": NS, "name": "zero-00001", "mode": "proxy", "pods": []}
+    ]});
+    std::fs::write(dir.path().join("endpoints.json"), endpoints.to_string()).unwrap();
+    let mut activator = Command::new(rouse_bin())
+        .args(["activator", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--metrics", "127.0.0.1:0", "--endpoints"])
+        .arg(dir.path().join("endpoints.json"))
+        .args(["--autoscaler", &format!("http://{autoscaler}")])
+        .arg("--autoscaler-token-file")
+        .arg(dir.path().join("token"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(activator.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listening=")?.parse().ok())
+        .unwrap_or_else(|| panic!("the activator printed {line:?}"));
+    let activator = Controller(activator, addr);
+    // The request waits in the activator (no pod is reachable): the poke is what counts.
+    let mut req = std::net::TcpStream::connect(addr).unwrap();
+    let sent = Instant::now();
+    req.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nHost: zero.{NS}.example.com\r\nKnative-Serving-Namespace: {NS}\r\nKnative-Serving-Revision: zero-00001\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    until(
+        "zero's Deployment scaled up by the activator's poke",
+        Duration::from_secs(30),
+        || {
+            get_json(kc, "deployment/zero-00001-deployment")
+                .filter(|d| d["spec"]["replicas"].as_i64() >= Some(1))
+        },
+    );
+    println!(
+        "request at zero through rouse activator -> Deployment replicas >= 1 on the API server: {:?}",
+        sent.elapsed()
+    );
+    drop(req);
+    drop(activator);
 }
 
 fn remove_stand_in_activator(kc: &str) {
