@@ -150,13 +150,21 @@ mod tests {
     #[test]
     fn bad_lines_are_refused_with_the_field() {
         let bad = |line: &str| Message::decode(line.as_bytes()).unwrap_err().to_string();
-        assert!(bad("{\"poke\":{\"namespace\":\"\",\"revision\":\"r\"}}").contains("poke.namespace"));
+        assert!(
+            bad("{\"poke\":{\"namespace\":\"\",\"revision\":\"r\"}}").contains("poke.namespace")
+        );
         let neg = "{\"stats\":[{\"namespace\":\"n\",\"revision\":\"r\",\"averageConcurrency\":-1,\"requestCount\":0}]}";
         assert!(bad(neg).contains("stats[0].averageConcurrency"));
         assert!(bad("{\"shout\":1}").contains("unknown variant"));
-        assert!(bad("{\"poke\":{\"namespace\":\"n\",\"revision\":\"r\",\"extra\":1}}").contains("extra"));
+        assert!(
+            bad("{\"poke\":{\"namespace\":\"n\",\"revision\":\"r\",\"extra\":1}}")
+                .contains("extra")
+        );
         assert!(bad("not json").contains("expected"));
-        let long = format!("{{\"poke\":{{\"namespace\":\"{}\",\"revision\":\"r\"}}}}", "n".repeat(300));
+        let long = format!(
+            "{{\"poke\":{{\"namespace\":\"{}\",\"revision\":\"r\"}}}}",
+            "n".repeat(300)
+        );
         assert!(bad(&long).contains("1 to 253"));
         assert!(bad(&"x".repeat(MAX_LINE + 1)).contains("longer than"));
     }

@@ -17,10 +17,10 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
-use rouse_api::meta::Resource;
-use rouse_api::serving::Revision;
 use rouse_api::autoscaling::annotations::WINDOW;
 use rouse_api::duration::parse_go_duration;
+use rouse_api::meta::Resource;
+use rouse_api::serving::Revision;
 use rouse_autoscaler::collector::SCRAPER_POD_NAME;
 use rouse_runtime::{InstanceInfo, InstanceState, Runtime, Scrape, WorkloadSpec};
 use rouse_store::{Kind, Store};
@@ -101,9 +101,8 @@ impl KubeRuntime {
                     .and_then(|w| parse_go_duration(w).ok())
                     .unwrap_or(DEFAULT_STABLE_WINDOW);
                 let started = p.status.as_ref().and_then(|s| s.start_time.as_ref());
-                let old = started.is_some_and(|t| {
-                    now.as_second() - t.0.as_second() >= window.as_secs() as i64
-                });
+                let old = started
+                    .is_some_and(|t| now.as_second() - t.0.as_second() >= window.as_secs() as i64);
                 Some(Target {
                     pod: inst.id,
                     addr: SocketAddr::new(inst.endpoint.ip(), QUEUE_AUTOSCALER_METRICS_PORT as u16),

@@ -133,7 +133,9 @@ impl StreamToken {
     fn accepts(&self, presented: &str) -> bool {
         let token = self.0.read().unwrap_or_else(|p| p.into_inner());
         let (a, b) = (token.as_bytes(), presented.as_bytes());
-        !a.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+        !a.is_empty()
+            && a.len() == b.len()
+            && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
     }
 }
 
@@ -193,7 +195,10 @@ async fn stream(end: Arc<StreamEnd>, req: Request<Incoming>) -> http::Response<B
         );
     }
     if !*end.leading.borrow() {
-        return text_response(StatusCode::SERVICE_UNAVAILABLE, "not the leading autoscaler");
+        return text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not the leading autoscaler",
+        );
     }
     let (ended, why) = oneshot::channel::<String>();
     let body = req.into_body();
@@ -340,7 +345,10 @@ pub fn leader_endpoints(ip: IpAddr, pod: Option<&str>) -> EndpointSlice {
             labels: Some(
                 [
                     ("kubernetes.io/service-name", AUTOSCALER_SERVICE),
-                    ("endpointslice.kubernetes.io/managed-by", "rouse.knative.dev"),
+                    (
+                        "endpointslice.kubernetes.io/managed-by",
+                        "rouse.knative.dev",
+                    ),
                     ("app.kubernetes.io/part-of", "rouse"),
                 ]
                 .into_iter()

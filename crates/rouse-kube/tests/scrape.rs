@@ -220,9 +220,21 @@ async fn a_pod_that_does_not_answer_times_out() {
     assert!(started.elapsed() < Duration::from_secs(3));
     // Beside a good pod (both read: 2 ≤ 3), the silent one makes the sample short.
     let targets = vec![target(0, &silent, true), target(1, &good, true)];
-    let r = scrape_revision(targets, Duration::from_millis(200), &mut fastrand::Rng::new()).await;
+    let r = scrape_revision(
+        targets,
+        Duration::from_millis(200),
+        &mut fastrand::Rng::new(),
+    )
+    .await;
     assert!(
-        matches!(r, Err(ScrapeError::Incomplete { got: 1, wanted: 2, .. })),
+        matches!(
+            r,
+            Err(ScrapeError::Incomplete {
+                got: 1,
+                wanted: 2,
+                ..
+            })
+        ),
         "{r:?}"
     );
 }

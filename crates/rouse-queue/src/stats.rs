@@ -85,7 +85,9 @@ impl QueueStats {
             let (field, wire_type) = (key >> 3, (key & 7) as u8);
             match (field, wire_type) {
                 (2..=6, 1) => {
-                    let (v, rest) = b.split_first_chunk::<8>().ok_or(StatDecodeError::Truncated)?;
+                    let (v, rest) = b
+                        .split_first_chunk::<8>()
+                        .ok_or(StatDecodeError::Truncated)?;
                     b = rest;
                     let v = f64::from_le_bytes(*v);
                     if !v.is_finite() || v < 0.0 {

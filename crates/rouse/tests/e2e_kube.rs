@@ -360,10 +360,14 @@ fn scale_to_zero(kc: &str, autoscaler: std::net::SocketAddr) {
             })
         })
         .collect();
-    until("zero scaled up by its load", Duration::from_secs(90), || {
-        get_json(kc, "deployment/zero-00001-deployment")
-            .filter(|d| d["spec"]["replicas"].as_i64() >= Some(2))
-    });
+    until(
+        "zero scaled up by its load",
+        Duration::from_secs(90),
+        || {
+            get_json(kc, "deployment/zero-00001-deployment")
+                .filter(|d| d["spec"]["replicas"].as_i64() >= Some(2))
+        },
+    );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for l in load {
         l.join().unwrap();
@@ -372,10 +376,7 @@ fn scale_to_zero(kc: &str, autoscaler: std::net::SocketAddr) {
     until(
         "zero's Deployment scaled to 0",
         Duration::from_secs(180),
-        || {
-            get_json(kc, "deployment/zero-00001-deployment")
-                .filter(|d| d["spec"]["replicas"] == 0)
-        },
+        || get_json(kc, "deployment/zero-00001-deployment").filter(|d| d["spec"]["replicas"] == 0),
     );
     println!("scaled to zero {:?} after the load stopped", idle.elapsed());
     until(
@@ -383,13 +384,17 @@ fn scale_to_zero(kc: &str, autoscaler: std::net::SocketAddr) {
         Duration::from_secs(60),
         || {
             get_json(kc, "endpointslice/zero-00001-ipv4-0").filter(|s| {
-                s["endpoints"]
-                    .as_array()
-                    .is_some_and(|e| e.iter().all(|e| e["addresses"][0] == ACTIVATOR_IP) && !e.is_empty())
+                s["endpoints"].as_array().is_some_and(|e| {
+                    e.iter().all(|e| e["addresses"][0] == ACTIVATOR_IP) && !e.is_empty()
+                })
             })
         },
     );
-    let sks = get_json(kc, "serverlessservices.networking.internal.knative.dev/zero-00001").unwrap();
+    let sks = get_json(
+        kc,
+        "serverlessservices.networking.internal.knative.dev/zero-00001",
+    )
+    .unwrap();
     assert_eq!(sks["spec"]["mode"], "Proxy", "{sks}");
     wake_through_the_activator(kc, autoscaler);
     let _ = kubectl(kc, &["delete", "-n", NS, "ksvc", "zero"], None);
@@ -428,7 +433,13 @@ fn wake_through_the_activator(kc: &str, autoscaler: std::net::SocketAddr) {
     ]});
     std::fs::write(dir.path().join("endpoints.json"), endpoints.to_string()).unwrap();
     let mut activator = Command::new(rouse_bin())
-        .args(["activator", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args([
+            "activator",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
         .args(["--metrics", "127.0.0.1:0", "--endpoints"])
         .arg(dir.path().join("endpoints.json"))
         .args(["--autoscaler", &format!("http://{autoscaler}")])

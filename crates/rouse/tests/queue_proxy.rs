@@ -469,7 +469,12 @@ fn a_request_at_zero_through_the_activator_process_pokes_the_autoscaler() {
     let activator = Hop::start_with(
         "activator",
         &file,
-        &["--autoscaler", &url, "--autoscaler-token-file", token.to_str().unwrap()],
+        &[
+            "--autoscaler",
+            &url,
+            "--autoscaler-token-file",
+            token.to_str().unwrap(),
+        ],
     );
     let act = activator.addr;
     let named = [
@@ -488,20 +493,29 @@ fn a_request_at_zero_through_the_activator_process_pokes_the_autoscaler() {
     );
     assert_eq!(poke, ("default".to_string(), "hello-00001".to_string()));
     // The waiting request is load in the activator's per-second report.
-    eventually("the activator's stats show the waiting request", PATIENCE, || {
-        stats
-            .take()
-            .iter()
-            .any(|l| l.revision == "hello-00001" && l.average_concurrency > 0.0)
-            .then_some(())
-    });
+    eventually(
+        "the activator's stats show the waiting request",
+        PATIENCE,
+        || {
+            stats
+                .take()
+                .iter()
+                .any(|l| l.revision == "hello-00001" && l.average_concurrency > 0.0)
+                .then_some(())
+        },
+    );
     assert!(!cold.is_finished(), "nothing can serve the request yet");
 
     // The controller's answer: a pod starts and the activator learns it.
     let app_port = free_port();
     let _app = start_app(app_port);
     let sidecar = Sidecar::start(&sidecar_env(app_port));
-    write_endpoints(&file, &[activator.addr], "proxy", &[sidecar.addr("serving")]);
+    write_endpoints(
+        &file,
+        &[activator.addr],
+        "proxy",
+        &[sidecar.addr("serving")],
+    );
     let (status, _, body) = cold.join().unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 }

@@ -138,10 +138,11 @@ async fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
             }
             if out.windows(4).any(|w| w == b"\r\n\r\n") && !out.starts_with(b"HTTP/1.1 100") {
                 let text = String::from_utf8_lossy(&out);
-                if let Some(len) = text
-                    .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
-                {
+                if let Some(len) = text.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                }) {
                     let head_end = text.find("\r\n\r\n").unwrap() + 4;
                     if out.len() >= head_end + len {
                         break;
@@ -181,9 +182,19 @@ async fn callers_without_the_token_or_with_bad_lines_are_refused() {
     let (status, _) = raw(a, &stream_head(a, "Authorization: Bearer wrong\r\n"), &[]).await;
     assert_eq!(status, 401);
     let auth = format!("Authorization: Bearer {TOKEN}\r\n");
-    let (status, _) = raw(a, &format!("GET /v1/activator-stats HTTP/1.1\r\nHost: x\r\n{auth}\r\n"), &[]).await;
+    let (status, _) = raw(
+        a,
+        &format!("GET /v1/activator-stats HTTP/1.1\r\nHost: x\r\n{auth}\r\n"),
+        &[],
+    )
+    .await;
     assert_eq!(status, 405);
-    let (status, _) = raw(a, &format!("POST /elsewhere HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n"), &[]).await;
+    let (status, _) = raw(
+        a,
+        &format!("POST /elsewhere HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n"),
+        &[],
+    )
+    .await;
     assert_eq!(status, 404);
     // Accepted: a good line is taken; the bad one after it ends the stream, and the answer's
     // body says why.
@@ -191,7 +202,10 @@ async fn callers_without_the_token_or_with_bad_lines_are_refused() {
     body.extend(chunk("{\"stats\":[{\"namespace\":\"ns\",\"revision\":\"r\",\"averageConcurrency\":-4,\"requestCount\":1}]}\n"));
     let (status, text) = raw(a, &stream_head(a, &auth), &body).await;
     assert_eq!(status, 200, "{text}");
-    assert!(text.contains("bad line: stats[0].averageConcurrency"), "{text}");
+    assert!(
+        text.contains("bad line: stats[0].averageConcurrency"),
+        "{text}"
+    );
     assert_eq!(next_poke(&mut pokes).await, ("ns".into(), "ok".into()));
     // An over-long line ends the stream before it is all read.
     let long = "x".repeat(rouse_autoscaler::push::MAX_LINE + 10);
@@ -280,10 +294,22 @@ async fn a_wrong_token_file_is_read_again_at_each_connection() {
 
 #[test]
 fn the_autoscaler_url_is_checked() {
-    let t = |u: &str| Target::new(u, "t".into()).map(|_| ()).map_err(|e| e.to_string());
+    let t = |u: &str| {
+        Target::new(u, "t".into())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
     assert!(t("http://autoscaler.knative-serving.svc:8080").is_ok());
     assert!(t("http://[::1]:8080/").is_ok());
-    assert!(t("https://autoscaler:8080").unwrap_err().contains("http://"));
-    assert!(t("http://autoscaler:8080/path").unwrap_err().contains("no path"));
+    assert!(
+        t("https://autoscaler:8080")
+            .unwrap_err()
+            .contains("http://")
+    );
+    assert!(
+        t("http://autoscaler:8080/path")
+            .unwrap_err()
+            .contains("no path")
+    );
     assert!(t("autoscaler:8080").is_err());
 }

@@ -105,4 +105,3 @@ impl Drop for Sidecar {
         let _ = self.child.wait();
     }
 }
-

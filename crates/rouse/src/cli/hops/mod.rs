@@ -80,7 +80,8 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
     let first = FileSource::read(&args.endpoints)?;
     // Without an autoscaler to push to, the wake-up comes from outside (an operator scaling
     // the Deployment, or a test).
-    let push = stats_push::Target::from_args(&activator_args.push)?.map(stats_push::StatsPush::start);
+    let push =
+        stats_push::Target::from_args(&activator_args.push)?.map(stats_push::StatsPush::start);
     let pusher = push.clone();
     let poke: rouse_activator::Poke = Arc::new(move |ns: &str, rev: &str| {
         if let Some(p) = &pusher {
@@ -93,7 +94,8 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
         );
     });
     let activator = Activator::new(ActivatorConfig::default(), poke);
-    let reporter = push.map(|p| tokio::spawn(stats_push::report_every_second(activator.clone(), p)));
+    let reporter =
+        push.map(|p| tokio::spawn(stats_push::report_every_second(activator.clone(), p)));
     let mut known = HashSet::new();
     apply_to_activator(&activator, &first, &mut known);
     let listen = args

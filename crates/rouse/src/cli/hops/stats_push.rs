@@ -86,7 +86,10 @@ impl Target {
             return Err(bad("must have no path (http://HOST:PORT)"));
         }
         let authority = uri.authority().ok_or_else(|| bad("names no host"))?;
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if host.is_empty() {
             return Err(bad("names no host"));
         }
@@ -193,8 +196,7 @@ async fn stream(
         Ok(c) => c,
         Err(e) => return Ended::Broken(format!("{e:#}")),
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
-    {
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
         Ok(c) => c,
         Err(e) => return Ended::Broken(format!("the connection failed: {e}")),
     };
