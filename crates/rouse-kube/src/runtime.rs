@@ -5,7 +5,7 @@
 //! pod change is announced to the controller. The ready pods' queue-proxies are scraped over
 //! the network for the autoscaler ([`crate::scrape`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -53,8 +53,8 @@ pub struct KubeRuntime {
     scaled: Arc<Mutex<HashMap<RevisionKey, u32>>>,
     /// The last error writing each revision's Deployment.
     failures: Arc<Mutex<HashMap<RevisionKey, String>>>,
-    /// The last error scraping each revision's pods.
-    scrape_failures: Arc<Mutex<HashMap<RevisionKey, String>>>,
+    /// The revisions whose last scrape failed.
+    scrape_failures: Arc<Mutex<HashSet<RevisionKey>>>,
     events: broadcast::Sender<RevisionKey>,
 }
 
@@ -255,8 +255,12 @@ impl Runtime for KubeRuntime {
     }
 
     fn remove(&self, namespace: &str, revision: &str) {
-        self.scaled()
-            .remove(&(namespace.to_string(), revision.to_string()));
+        let key = (namespace.to_string(), revision.to_string());
+        self.scaled().remove(&key);
+        self.scrape_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
         let name = deployment_name(revision);
         self.handle.spawn(async move {
@@ -280,21 +284,23 @@ impl Runtime for KubeRuntime {
         Box::pin(async move {
             let mut rng = fastrand::Rng::new();
             let result = scrape_revision(targets, SCRAPE_TIMEOUT, &mut rng).await;
-            let mut last = failures.lock().unwrap_or_else(|p| p.into_inner());
+            let mut failing = failures.lock().unwrap_or_else(|p| p.into_inner());
             match result {
                 Ok(report) => {
-                    last.remove(&key);
+                    if failing.remove(&key) {
+                        tracing::info!(namespace = %key.0, revision = %key.1, "scraping the revision's pods works again");
+                    }
                     report
                         .map(|r| (SCRAPER_POD_NAME.to_string(), r))
                         .into_iter()
                         .collect()
                 }
                 Err(e) => {
-                    // Logged once per distinct failure, not every second.
-                    let text = e.to_string();
-                    if last.get(&key) != Some(&text) {
-                        tracing::warn!(namespace = %key.0, revision = %key.1, error = %text, "scraping the revision's pods failed; nothing recorded");
-                        last.insert(key, text);
+                    // A warning when scraping starts failing, not every second it goes on.
+                    if failing.insert(key.clone()) {
+                        tracing::warn!(namespace = %key.0, revision = %key.1, error = %e, "scraping the revision's pods failed; nothing recorded until it works");
+                    } else {
+                        tracing::debug!(namespace = %key.0, revision = %key.1, error = %e, "scraping the revision's pods failed");
                     }
                     Vec::new()
                 }
