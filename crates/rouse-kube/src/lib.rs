@@ -17,4 +17,6 @@ pub mod revision;
 pub mod route;
 pub mod runtime;
 pub mod schema;
+pub mod scrape;
+pub mod stat_stream;
 pub mod store;

@@ -28,6 +28,7 @@ use crate::revision::{
     Backend, private_service, public_endpoint_slices, public_endpoints, public_service,
 };
 use crate::route::{IngressConfig, ResolvedTarget, ingress};
+use crate::stat_stream::ActivatorStats;
 
 /// The activator's Service, whose EndpointSlices list the activators.
 pub const ACTIVATOR_SERVICE: &str = "activator-service";
@@ -42,6 +43,8 @@ pub struct KubeNetworking {
     ingress: IngressConfig,
     /// The mode each revision's public endpoints were last written in.
     modes: Arc<Mutex<HashMap<RevisionKey, SksMode>>>,
+    /// What the activators pushed over their stat streams.
+    activator_stats: Arc<ActivatorStats>,
 }
 
 impl KubeNetworking {
@@ -58,7 +61,14 @@ impl KubeNetworking {
             store,
             ingress,
             modes: Arc::default(),
+            activator_stats: Arc::default(),
         }
+    }
+
+    /// Reports the loads the activators push to `stats` (the stat stream's collector).
+    pub fn with_activator_stats(mut self, stats: Arc<ActivatorStats>) -> KubeNetworking {
+        self.activator_stats = stats;
+        self
     }
 
     fn modes(&self) -> MutexGuard<'_, HashMap<RevisionKey, SksMode>> {
@@ -295,8 +305,8 @@ impl Networking for KubeNetworking {
             == Some(&SksMode::Proxy)
     }
 
-    /// The activators' pushed stats are not collected yet (issue 12 item 5).
+    /// What the activators pushed since the last call ([`crate::stat_stream`]).
     fn take_activator_stats(&self) -> Vec<ActivatorLoad> {
-        Vec::new()
+        self.activator_stats.take()
     }
 }

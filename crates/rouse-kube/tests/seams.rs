@@ -320,3 +320,110 @@ async fn a_served_domain_mapping_gets_its_ingress() {
     );
     rt.shutdown_background();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_token_is_made_once_and_read_after() {
+    use rouse_kube::stat_stream::ensure_token;
+    const SECRETS: &str = "api/v1/secrets";
+    let fake = Fake::start().await;
+    // None yet: one is made, 32 random bytes as hex.
+    let made = ensure_token(&fake.client).await.unwrap();
+    assert_eq!(made.len(), 64);
+    assert!(made.chars().all(|c| c.is_ascii_hexdigit()), "{made}");
+    let secret = fake
+        .object(SECRETS, "knative-serving", "autoscaler-token")
+        .expect("the Secret was created");
+    assert_eq!(secret["stringData"]["token"], made.as_str());
+    assert_ne!(
+        ensure_token(&Fake::start().await.client).await.unwrap(),
+        made
+    );
+    // One exists (the API server keeps it as base64 data): it is read, not replaced.
+    let fake = Fake::start().await;
+    fake.put(
+        SECRETS,
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "autoscaler-token", "namespace": "knative-serving"},
+               "data": {"token": "a2VwdC10b2tlbgo="}}),
+    );
+    assert_eq!(ensure_token(&fake.client).await.unwrap(), "kept-token");
+    assert!(
+        !fake.seen().iter().any(|(m, _)| m == "POST"),
+        "an existing token is never replaced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_publishes_itself_as_the_autoscaler_endpoint() {
+    let fake = Fake::start().await;
+    let ip: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+    rouse_kube::stat_stream::advertise(&fake.client, ip, Some("controller-7d9-abc"))
+        .await
+        .unwrap();
+    let slice = fake
+        .object(SLICES, "knative-serving", "autoscaler")
+        .expect("the autoscaler's EndpointSlice");
+    assert_eq!(
+        slice["metadata"]["labels"]["kubernetes.io/service-name"],
+        "autoscaler"
+    );
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["endpoints"][0]["addresses"], json!(["10.1.2.3"]));
+    assert_eq!(slice["endpoints"][0]["conditions"]["ready"], true);
+    assert_eq!(
+        slice["endpoints"][0]["targetRef"]["name"],
+        "controller-7d9-abc"
+    );
+    assert_eq!(slice["ports"][0]["port"], 8080);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networking_reports_what_the_activators_pushed() {
+    use rouse_autoscaler::push::{Message, RevisionLoad};
+    use rouse_kube::stat_stream::ActivatorStats;
+    let fake = Fake::start().await;
+    let (store, rt) = started(&fake).await;
+    let stats = Arc::new(ActivatorStats::default());
+    let net = KubeNetworking::new(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        IngressConfig {
+            network: Default::default(),
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    )
+    .with_activator_stats(stats.clone());
+    stats.record(Message::Stats(vec![RevisionLoad {
+        namespace: "shop".into(),
+        revision: "cart-00001".into(),
+        average_concurrency: 4.0,
+        request_count: 9.0,
+    }]));
+    let taken = net.take_activator_stats();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        (
+            taken[0].revision.as_str(),
+            taken[0].average_concurrency,
+            taken[0].request_count
+        ),
+        ("cart-00001", 4.0, 9.0)
+    );
+    assert!(
+        net.take_activator_stats().is_empty(),
+        "each load is taken once"
+    );
+    // A poke goes to the current term's channel only.
+    let mut pokes = stats.begin_term();
+    stats.record(Message::Poke(rouse_autoscaler::push::RevisionRef {
+        namespace: "shop".into(),
+        revision: "cart-00001".into(),
+    }));
+    assert_eq!(
+        pokes.try_recv().unwrap(),
+        ("shop".into(), "cart-00001".into())
+    );
+    rt.shutdown_background();
+}

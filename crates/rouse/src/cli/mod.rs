@@ -114,7 +114,7 @@ pub enum Command {
     QueueProxy,
     /// Run the activator as a process of its own: it buffers requests for revisions with no
     /// ready pod, fed by a static description of revisions and pods (`--endpoints FILE`).
-    Activator(hops::HopArgs),
+    Activator(hops::ActivatorArgs),
     /// Run the gateway as a process of its own: routes by host to pods or activators, fed by
     /// a static description of routes, revisions and pods (`--endpoints FILE`).
     Gateway(hops::HopArgs),
