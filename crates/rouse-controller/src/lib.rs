@@ -12,6 +12,7 @@ pub mod names;
 pub mod networking;
 mod priority;
 pub mod reconcile;
+pub mod rollout;
 pub mod workload;
 pub mod workqueue;
 

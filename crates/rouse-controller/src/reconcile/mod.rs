@@ -5,6 +5,7 @@ mod configuration;
 mod gc;
 mod revision;
 mod route;
+mod route_rollout;
 mod service;
 mod sks;
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use rouse_api::condition::{ConditionStatus, Conditions};
 use rouse_api::serving::{Addressable, Configuration, Revision, Route, RouteStatus, TrafficTarget};
 
-use super::Requeue;
+use super::{Requeue, route_rollout};
 use crate::networking::HostRoute;
 use crate::{Context, ReconcileError};
 
@@ -24,14 +24,17 @@ pub(super) async fn reconcile(
     }
     let entries = match ctx.client.get::<Route>(ns, name)? {
         Some(route) => {
-            let status = resolve_status(ctx, &route)?;
+            let mut status = resolve_status(ctx, &route)?;
+            let rolling = route_rollout::step(ctx, &route, &mut status, route_rollout::now_nanos());
+            status.derive_ready(&READY_DEPENDENTS);
             refuse_deleted_revisions(ctx, ns, &status)?;
             let entries = host_routes(ctx, ns, name, &status)?;
             // The gateway is programmed before the status says Ready, so a client that waits
             // for Ready never finds the host unrouted (IngressReady means what it says).
             program_route(ctx, ns, name, entries).await;
+            let next_step = rolling.and_then(|r| r.served(&mut status, route_rollout::now_nanos()));
             write(ctx, &route, status)?;
-            return Ok(None);
+            return Ok(next_step);
         }
         None => Vec::new(),
     };
@@ -39,11 +42,18 @@ pub(super) async fn reconcile(
     Ok(None)
 }
 
+/// The conditions a Route's Ready is derived from.
+const READY_DEPENDENTS: [&str; 3] = [
+    "AllTrafficAssigned",
+    "IngressReady",
+    "CertificateProvisioned",
+];
+
 /// Why a target could not be resolved: the condition status, reason and message.
 type Unresolved = (ConditionStatus, &'static str, String);
 
-/// Resolves the route into the status it should have (written by the caller once the gateway
-/// serves it).
+/// Resolves the route into the status it should have (the caller derives Ready once a rollout
+/// has had its say, and writes it once the gateway serves it).
 fn resolve_status(ctx: &Context, route: &Route) -> Result<RouteStatus, ReconcileError> {
     let ns = &route.metadata.namespace;
     let name = &route.metadata.name;
@@ -72,11 +82,6 @@ fn resolve_status(ctx: &Context, route: &Route) -> Result<RouteStatus, Reconcile
         "TLSNotEnabled",
         "autoTLS is not enabled",
     );
-    status.derive_ready(&[
-        "AllTrafficAssigned",
-        "IngressReady",
-        "CertificateProvisioned",
-    ]);
     Ok(status)
 }
 
@@ -241,18 +246,53 @@ fn host_routes(
             .collect(),
         unavailable: None,
     }];
+    let mut tags: Vec<&str> = Vec::new();
     for t in status.traffic.iter().filter(|t| !t.tag.is_empty()) {
+        if !tags.contains(&t.tag.as_str()) {
+            tags.push(&t.tag);
+        }
+    }
+    for tag in tags {
+        let entries: Vec<&TrafficTarget> = status.traffic.iter().filter(|t| t.tag == tag).collect();
         out.push(HostRoute {
             host: ctx
                 .config
                 .get()
                 .network
-                .tag_host(&t.tag, name, ns, &ctx.domain),
-            targets: vec![(ns.to_string(), t.revision_name.clone(), 100)],
+                .tag_host(tag, name, ns, &ctx.domain),
+            targets: tag_shares(&entries)
+                .into_iter()
+                .map(|(rev, p)| (ns.to_string(), rev, p))
+                .collect(),
             unavailable: None,
         });
     }
     Ok(out)
+}
+
+/// A tag host's split: all to its one revision, or, while the tag's target is rolling out
+/// over several, their shares scaled to 100 (the remainder to the newest).
+fn tag_shares(entries: &[&TrafficTarget]) -> Vec<(String, u32)> {
+    let total: i64 = entries.iter().map(|t| t.percent.unwrap_or(0).max(0)).sum();
+    if entries.len() < 2 || total == 0 {
+        return entries
+            .first()
+            .map(|t| vec![(t.revision_name.clone(), 100)])
+            .unwrap_or_default();
+    }
+    let mut out: Vec<(String, u32)> = entries
+        .iter()
+        .map(|t| {
+            let share = t.percent.unwrap_or(0).max(0) * 100 / total;
+            (t.revision_name.clone(), share as u32)
+        })
+        .collect();
+    let given: u32 = out.iter().map(|(_, p)| p).sum();
+    if let Some(newest) = out.last_mut() {
+        newest.1 += 100 - given;
+    }
+    out.retain(|(_, p)| *p > 0);
+    out
 }
 
 /// Why a route serves nothing yet, for the 503 its host answers: the route's own condition,
