@@ -645,6 +645,110 @@ fn TestRollbackBYOName() {
     );
 }
 
+// --- rollout_test.go ---
+
+/// The shares of a status' traffic, `(revision, percent)`.
+fn shares(obj: &serde_json::Value) -> Vec<(String, i64)> {
+    obj["status"]["traffic"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    (
+                        t["revisionName"].as_str().unwrap_or_default().to_string(),
+                        t["percent"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn TestGradualRollout() {
+    // Knative's case with a 12 s rollout instead of 1 min: the first 1 % takes about a
+    // second, then 11 steps of 9 % a second apart.
+    const ROLLOUT: Duration = Duration::from_secs(12);
+    let p = crate::platform("gradualrollout", Needs::Defaults);
+    let p = &*p;
+    let svc = |msg: &str| {
+        Svc::new("gradual", Image::PizzaPlanet)
+            .env("MESSAGE", msg)
+            .yaml(p)
+            .replace(
+                "  name: gradual\n",
+                "  name: gradual\n  annotations:\n    serving.knative.dev/rollout-duration: 12s\n",
+            )
+    };
+    p.apply_ready(&svc("v1"));
+    let first = p.get("ksvc", "gradual").unwrap()["status"]["latestReadyRevisionName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = p.target(
+        p.get("ksvc", "gradual").unwrap()["status"]["url"]
+            .as_str()
+            .unwrap(),
+    );
+
+    p.apply(&svc("v2")).expect("update accepted");
+    let updated = Instant::now();
+    let second = eventually("SecondRevision", PATIENCE, || {
+        let s = p.get("ksvc", "gradual")?;
+        let latest = s["status"]["latestCreatedRevisionName"].as_str()?;
+        (latest != first).then(|| latest.to_string())
+    });
+    eventually("RolloutStarted", PATIENCE, || {
+        let s = p.get("ksvc", "gradual")?;
+        (condition(&s, "RoutesReady")["reason"] == "RolloutInProgress").then_some(())
+    });
+    eventually("TrafficSplit", PATIENCE, || {
+        (shares(&p.get("ksvc", "gradual")?).len() == 2).then_some(())
+    });
+
+    // Until Ready: two targets (old, new) summing to 100 with the new one's share growing, or
+    // the new one alone at 100 % just before Ready. The gateway serves both meanwhile.
+    let mut new_shares = Vec::new();
+    let mut bodies = std::collections::BTreeSet::new();
+    let done = eventually("RolloutFinished", PATIENCE, || {
+        let s = p.get("ksvc", "gradual")?;
+        let traffic = shares(&s);
+        if condition(&s, "Ready")["status"] == "True" {
+            return Some(traffic);
+        }
+        match traffic.as_slice() {
+            [(old, a), (new, b)] => {
+                assert_eq!((old, new), (&first, &second), "{traffic:?}");
+                assert_eq!(a + b, 100, "{traffic:?}");
+                new_shares.push(*b);
+            }
+            [(only, 100)] => assert_eq!(only, &second, "{traffic:?}"),
+            other => panic!("expected two items in traffic but got {other:?}"),
+        }
+        if let Ok(r) = t.get("/") {
+            bodies.insert(r.body.trim().to_string());
+        }
+        None
+    });
+    let took = updated.elapsed();
+    assert_eq!(done, vec![(second.clone(), 100)], "final traffic");
+    assert!(
+        new_shares.windows(2).all(|w| w[0] <= w[1]) && new_shares.len() > 3,
+        "the new revision's share grows step by step: {new_shares:?}"
+    );
+    assert!(
+        new_shares.iter().any(|b| (20..=80).contains(b)),
+        "a share mid-way was seen: {new_shares:?}"
+    );
+    assert!(
+        took >= ROLLOUT - Duration::from_secs(3),
+        "the rollout took {took:?}, not about {ROLLOUT:?}"
+    );
+    assert!(bodies.contains("v1") && bodies.contains("v2"), "{bodies:?}");
+    let r = t.get("/").unwrap();
+    assert_eq!((r.status, r.body.trim()), (200, "v2"));
+}
+
 // --- autoscale_test.go: stepping up one instance at a time ---
 
 /// Knative's upper bound on the instances for `want` instances' worth of load:
