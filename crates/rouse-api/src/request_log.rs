@@ -197,31 +197,59 @@ impl Template {
         })
     }
 
-    /// Renders one line into `out` (cleared first; its capacity is reused).
+    /// Renders one line into `out` (cleared first; its capacity is reused, as is that of
+    /// this thread's buffers for function arguments).
     pub fn render(&self, fields: &dyn Fields, out: &mut String) {
         out.clear();
-        let mut scratch = String::new();
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Action(ops, funcs) if funcs.is_empty() || funcs == &[Func::Print] => {
                     write_operands(ops, fields, out);
                 }
-                Piece::Action(ops, funcs) => {
-                    scratch.clear();
-                    write_operands(ops, fields, &mut scratch);
-                    for (i, f) in funcs.iter().enumerate() {
-                        let last = i + 1 == funcs.len();
-                        if last {
-                            apply(*f, &scratch, out);
-                        } else {
-                            let mut next = String::new();
-                            apply(*f, &scratch, &mut next);
-                            scratch = next;
-                        }
+                Piece::Action(ops, funcs) => SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut bufs) => {
+                        let (arg, next) = &mut *bufs;
+                        call(ops, funcs, fields, arg, next, out);
                     }
-                }
+                    Err(_) => call(
+                        ops,
+                        funcs,
+                        fields,
+                        &mut String::new(),
+                        &mut String::new(),
+                        out,
+                    ),
+                }),
             }
+        }
+    }
+}
+
+thread_local! {
+    /// A function's argument and an intermediate result, kept from one line to the next.
+    static SCRATCH: std::cell::RefCell<(String, String)> =
+        const { std::cell::RefCell::new((String::new(), String::new())) };
+}
+
+/// Evaluates the operands into `arg`, then applies `funcs` in order, the last into `out`.
+fn call(
+    ops: &[Operand],
+    funcs: &[Func],
+    fields: &dyn Fields,
+    arg: &mut String,
+    next: &mut String,
+    out: &mut String,
+) {
+    arg.clear();
+    write_operands(ops, fields, arg);
+    for (i, f) in funcs.iter().enumerate() {
+        if i + 1 == funcs.len() {
+            apply(*f, arg, out);
+        } else {
+            next.clear();
+            apply(*f, arg, next);
+            std::mem::swap(arg, next);
         }
     }
 }
@@ -657,6 +685,10 @@ mod tests {
         );
         assert_eq!(render("{{print .Response.Code .Response.Size}}"), "200 42");
         assert_eq!(render(r#"{{print "}}" .Request.Method}}"#), "}}GET");
+        assert_eq!(
+            render(r#"{{"<a b>" | html | urlquery}}"#),
+            "%26lt%3Ba+b%26gt%3B"
+        );
         let t = Template::parse(r#"{{.Request.Header.Get "X-Id"}}{{.Request.Header.Get "B"}}"#)
             .unwrap();
         assert_eq!(t.header_names().collect::<Vec<_>>(), vec!["X-Id", "B"]);

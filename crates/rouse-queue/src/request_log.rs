@@ -42,6 +42,8 @@ impl Eq for RequestLogSwitch {}
 #[derive(Debug)]
 struct Settings {
     template: Arc<Template>,
+    /// The headers `.Request.Header.Get` reads, as the template names them.
+    named_headers: Vec<(String, Option<header::HeaderName>)>,
     requests: bool,
     probes: bool,
 }
@@ -56,6 +58,15 @@ impl RequestLogSwitch {
     pub fn set(&self, cfg: &ObservabilityConfig) {
         let settings = cfg.request_log().map(|t| {
             Arc::new(Settings {
+                named_headers: t
+                    .header_names()
+                    .map(|n| {
+                        (
+                            n.to_string(),
+                            header::HeaderName::from_bytes(n.as_bytes()).ok(),
+                        )
+                    })
+                    .collect(),
                 template: t.clone(),
                 requests: cfg.enable_request_log,
                 probes: cfg.enable_probe_request_log,
@@ -186,7 +197,11 @@ impl RequestLogger {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
-            headers: settings.template.reads_headers().then(|| h.clone()),
+            headers: settings
+                .template
+                .reads_headers()
+                .then(|| Captured::from(h, &settings.named_headers))
+                .unwrap_or_default(),
             content_length: content_length(h),
             trace_id: trace_id(h),
             remote,
@@ -231,6 +246,34 @@ enum Remote {
     Forwarded(Option<std::net::IpAddr>),
 }
 
+/// The request headers a template reads (cheap clones of the values).
+#[derive(Default)]
+struct Captured {
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+    /// In the order of `Settings::named_headers`.
+    named: Vec<Option<HeaderValue>>,
+}
+
+impl Captured {
+    fn from(h: &HeaderMap, named: &[(String, Option<header::HeaderName>)]) -> Captured {
+        Captured {
+            user_agent: h.get(header::USER_AGENT).cloned(),
+            referer: h.get(header::REFERER).cloned(),
+            host: h.get(header::HOST).cloned(),
+            named: named
+                .iter()
+                .map(|(_, n)| n.as_ref().and_then(|n| h.get(n)).cloned())
+                .collect(),
+        }
+    }
+}
+
+fn text(v: Option<&HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
 /// A request's entry, written when its response is over.
 pub(crate) struct Pending {
     logger: Arc<RequestLogger>,
@@ -239,7 +282,7 @@ pub(crate) struct Pending {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: Option<HeaderMap>,
+    headers: Captured,
     content_length: i64,
     trace_id: [u8; 32],
     remote: Remote,
@@ -301,13 +344,7 @@ impl Fields for View<'_> {
     fn write(&self, field: &Field, out: &mut String) {
         use std::fmt::Write as _;
         let p = &self.done.pending;
-        let header = |name: &header::HeaderName| -> &str {
-            p.headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-        };
+        let h = &p.headers;
         match field {
             Field::Method => out.push_str(p.method.as_str()),
             Field::RequestUri => match p.uri.path_and_query() {
@@ -327,7 +364,7 @@ impl Fields for View<'_> {
             ),
             Field::Host => match p.uri.authority() {
                 Some(a) => out.push_str(a.as_str()),
-                None => out.push_str(header(&header::HOST)),
+                None => out.push_str(text(h.host.as_ref())),
             },
             Field::RemoteAddr => match p.remote {
                 Remote::Addr(a) => {
@@ -341,12 +378,11 @@ impl Fields for View<'_> {
             Field::ContentLength => {
                 let _ = write!(out, "{}", p.content_length);
             }
-            Field::UserAgent => out.push_str(header(&header::USER_AGENT)),
-            Field::Referer => out.push_str(header(&header::REFERER)),
+            Field::UserAgent => out.push_str(text(h.user_agent.as_ref())),
+            Field::Referer => out.push_str(text(h.referer.as_ref())),
             Field::Header(name) => {
-                if let Ok(name) = header::HeaderName::from_bytes(name.as_bytes()) {
-                    out.push_str(header(&name));
-                }
+                let at = p.settings.named_headers.iter().position(|(n, _)| n == name);
+                out.push_str(text(at.and_then(|i| h.named.get(i)?.as_ref())));
             }
             Field::Code => {
                 let _ = write!(out, "{}", self.done.code);

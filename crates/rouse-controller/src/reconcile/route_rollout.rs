@@ -7,13 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rouse_api::condition::Conditions;
 use rouse_api::duration::parse_go_duration;
-use rouse_api::serving::{ANNOTATION_ROLLOUT_DURATION, Route, RouteStatus, TrafficTarget};
+use rouse_api::serving::{
+    ANNOTATION_ROLLOUT_DURATION, ANNOTATION_ROLLOUT_DURATION_LEGACY, Route, RouteStatus,
+    TrafficTarget,
+};
 
 use crate::Context;
 use crate::rollout::{ANNOTATION_ROLLOUT, Rollout};
-
-/// Knative's older spelling of the duration annotation (used when the new one is absent).
-const ROLLOUT_DURATION_LEGACY: &str = "serving.knative.dev/rolloutDuration";
 
 /// A rollout being served: what to keep once the data plane serves it.
 pub(super) struct Rolling {
@@ -32,12 +32,15 @@ pub(super) fn now_nanos() -> i64 {
 /// `config-network`'s `rollout-duration`. Validation already refused malformed values.
 fn duration_secs(ctx: &Context, route: &Route) -> u64 {
     let annotations = &route.metadata.annotations;
-    let own = [ANNOTATION_ROLLOUT_DURATION, ROLLOUT_DURATION_LEGACY]
-        .iter()
-        .find_map(|k| annotations.get(*k).filter(|v| !v.is_empty()))
-        .and_then(|v| parse_go_duration(v).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let own = [
+        ANNOTATION_ROLLOUT_DURATION,
+        ANNOTATION_ROLLOUT_DURATION_LEGACY,
+    ]
+    .iter()
+    .find_map(|k| annotations.get(*k).filter(|v| !v.is_empty()))
+    .and_then(|v| parse_go_duration(v).ok())
+    .map(|d| d.as_secs())
+    .unwrap_or(0);
     if own > 0 {
         own
     } else {
