@@ -197,11 +197,11 @@ impl RequestLogger {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
-            headers: settings
-                .template
-                .reads_headers()
-                .then(|| Captured::from(h, &settings.named_headers))
-                .unwrap_or_default(),
+            headers: if settings.template.reads_headers() {
+                Captured::from(h, &settings.named_headers)
+            } else {
+                Captured::default()
+            },
             content_length: content_length(h),
             trace_id: trace_id(h),
             remote,
