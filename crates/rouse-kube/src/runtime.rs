@@ -44,6 +44,8 @@ pub struct KubeRuntime {
     scaled: Arc<Mutex<HashMap<RevisionKey, u32>>>,
     /// The last error writing each revision's Deployment.
     failures: Arc<Mutex<HashMap<RevisionKey, String>>>,
+    /// One write at a time per revision, so an older decision never lands after a newer one.
+    turns: Arc<Mutex<HashMap<RevisionKey, Arc<tokio::sync::Mutex<()>>>>>,
     events: broadcast::Sender<RevisionKey>,
 }
 
@@ -65,6 +67,7 @@ impl KubeRuntime {
             pods: Arc::default(),
             scaled: Arc::default(),
             failures: Arc::default(),
+            turns: Arc::default(),
             events: events.clone(),
         });
         handle.spawn(inform_pods(client, rt.pods.clone(), events));
@@ -163,7 +166,23 @@ impl Runtime for KubeRuntime {
         let (client, config) = (self.client.clone(), self.config.clone());
         let (scaled, events) = (self.scaled.clone(), self.events.clone());
         let failures = self.failures.clone();
+        let turn = self
+            .turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
         self.handle.spawn(async move {
+            // Writes of one revision go one at a time, each with the newest decision (tasks
+            // may start in any order).
+            let _turn = turn.lock().await;
+            let desired = scaled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .copied()
+                .unwrap_or(desired);
             let result = KubeRuntime::converge(client, rev, config, desired, applied).await;
             let failed = {
                 let mut last = failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -214,8 +233,12 @@ impl Runtime for KubeRuntime {
     }
 
     fn remove(&self, namespace: &str, revision: &str) {
-        self.scaled()
-            .remove(&(namespace.to_string(), revision.to_string()));
+        let key = (namespace.to_string(), revision.to_string());
+        self.scaled().remove(&key);
+        self.turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
         let name = deployment_name(revision);
         self.handle.spawn(async move {
