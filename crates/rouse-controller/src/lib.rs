@@ -12,6 +12,7 @@ pub mod names;
 pub mod networking;
 mod priority;
 pub mod reconcile;
+pub mod rollout;
 pub mod workload;
 pub mod workqueue;
 
@@ -137,7 +138,7 @@ impl Controller {
         // headers): rebuild the routing table from the stored routes.
         let queue = ctx.queue.clone();
         ctx.config
-            .on_change(move || queue.add(Key::new(Kind::Route, "", "")));
+            .on_change(move |_| queue.add(Key::new(Kind::Route, "", "")));
         let own = match priority::control_runtime() {
             Ok(rt) => Some(OwnRuntime(Some(rt))),
             Err(e) => {

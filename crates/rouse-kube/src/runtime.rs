@@ -55,6 +55,8 @@ pub struct KubeRuntime {
     failures: Arc<Mutex<HashMap<RevisionKey, String>>>,
     /// The revisions whose last scrape failed.
     scrape_failures: Arc<Mutex<HashSet<RevisionKey>>>,
+    /// One write at a time per revision, so an older decision never lands after a newer one.
+    turns: Arc<Mutex<HashMap<RevisionKey, Arc<tokio::sync::Mutex<()>>>>>,
     events: broadcast::Sender<RevisionKey>,
 }
 
@@ -77,6 +79,7 @@ impl KubeRuntime {
             scaled: Arc::default(),
             failures: Arc::default(),
             scrape_failures: Arc::default(),
+            turns: Arc::default(),
             events: events.clone(),
         });
         handle.spawn(inform_pods(client, rt.pods.clone(), events));
@@ -204,7 +207,23 @@ impl Runtime for KubeRuntime {
         let (client, config) = (self.client.clone(), self.config.clone());
         let (scaled, events) = (self.scaled.clone(), self.events.clone());
         let failures = self.failures.clone();
+        let turn = self
+            .turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
         self.handle.spawn(async move {
+            // Writes of one revision go one at a time, each with the newest decision (tasks
+            // may start in any order).
+            let _turn = turn.lock().await;
+            let desired = scaled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .copied()
+                .unwrap_or(desired);
             let result = KubeRuntime::converge(client, rev, config, desired, applied).await;
             let failed = {
                 let mut last = failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,6 +277,10 @@ impl Runtime for KubeRuntime {
         let key = (namespace.to_string(), revision.to_string());
         self.scaled().remove(&key);
         self.scrape_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        self.turns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
