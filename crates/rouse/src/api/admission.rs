@@ -132,6 +132,7 @@ fn admit_typed<T: Resource>(
             meta.generation = 0;
             meta.creation_timestamp.clear();
             meta.deletion_timestamp = None;
+            meta.deletion_grace_period_seconds = None;
             None
         }
         Some(old) => {
@@ -153,6 +154,7 @@ fn admit_typed<T: Resource>(
             meta.generation = o.generation;
             meta.creation_timestamp = o.creation_timestamp.clone();
             meta.deletion_timestamp = o.deletion_timestamp.clone();
+            meta.deletion_grace_period_seconds = o.deletion_grace_period_seconds;
             Some(old)
         }
     };
@@ -221,7 +223,7 @@ fn user_owned(v: &Value) -> Value {
 }
 
 /// A decoding failure as a 400 whose message names the field path.
-fn decode_error(kind: Kind, e: DecodeError) -> ApiError {
+pub(super) fn decode_error(kind: Kind, e: DecodeError) -> ApiError {
     let message = match e {
         DecodeError::Malformed { reason, .. } => format!("malformed object: {reason}"),
         DecodeError::UnknownKind { reason, .. } => {

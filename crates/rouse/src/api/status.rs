@@ -129,7 +129,17 @@ impl ApiError {
             StoreError::Expired { .. } => (StatusCode::GONE, "Expired"),
             StoreError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
-        Self::new(code, reason, message).for_object(kind, name)
+        let mut err = Self::new(code, reason, message).for_object(kind, name);
+        if reason == "Invalid"
+            && let Some((field, why)) = err.message.split_once(": ")
+            && !field.contains(' ')
+            && let Some(d) = err.details.as_mut()
+        {
+            // "metadata.finalizers: Forbidden: ...": kubectl prints the cause with its field.
+            d["kind"] = json!(kind.name());
+            d["causes"] = json!([{"reason": "FieldValueInvalid", "message": why, "field": field}]);
+        }
+        err
     }
 }
 
