@@ -161,7 +161,7 @@ fn core_resources() -> Value {
             "singularName": "namespace",
             "namespaced": false,
             "kind": "Namespace",
-            "verbs": ["get", "list"],
+            "verbs": ["create", "delete", "get", "list", "patch", "update"],
             "shortNames": ["ns"],
         }, {
             "name": "configmaps",
@@ -279,17 +279,6 @@ fn core_aggregated() -> Vec<Value> {
             })
         })
         .collect()
-}
-
-/// A Namespace object as Kubernetes shows one.
-pub fn namespace_object(name: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": name},
-        "spec": {"finalizers": ["kubernetes"]},
-        "status": {"phase": "Active"},
-    })
 }
 
 #[cfg(test)]

@@ -12,9 +12,11 @@ pub mod body;
 pub mod configmaps;
 pub mod deletion;
 pub mod discovery;
+pub mod namespaces;
 pub mod openapi;
 pub mod patch;
 pub mod paths;
+pub mod protobuf;
 pub mod status;
 pub mod subresource;
 pub mod table;
@@ -60,6 +62,8 @@ pub struct ApiState {
     pub config: SharedConfig,
     /// Knative's ConfigMaps as written (seeded from `--config`).
     pub configmaps: Arc<configmaps::ConfigMaps>,
+    /// The namespaces created, changed or being deleted through the API.
+    pub namespaces: Arc<namespaces::Namespaces>,
     /// The bearer token every request but the health checks must carry.
     pub token: Arc<str>,
 }
@@ -330,6 +334,15 @@ async fn route_object(
                 return Err(read_only(kind));
             }
             check_namespace(&ns)?;
+            if state.namespaces.is_terminating(&ns) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    ),
+                ));
+            }
             let (parts, body) = req.into_parts();
             let body = body::read_object(&parts.headers, body, body_deadline(state)).await?;
             let _capped = match kind {
@@ -486,6 +499,23 @@ async fn read_patch(
     state: &ApiState,
     req: Request<Incoming>,
 ) -> Result<(PatchType, Value), ApiError> {
+    let (patch_type, patch) = read_patch_any(state, req).await?;
+    if patch_type == PatchType::StrategicMerge {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (strategic merge patch is not supported for custom resources; use --type=merge)",
+        ));
+    }
+    Ok((patch_type, patch))
+}
+
+/// [`read_patch`] taking strategic merge too, for the core kinds whose strategic merge is a
+/// merge.
+async fn read_patch_any(
+    state: &ApiState,
+    req: Request<Incoming>,
+) -> Result<(PatchType, Value), ApiError> {
     let ct = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -499,13 +529,6 @@ async fn read_patch(
             format!("the body's media type {ct:?} is not a patch: send application/merge-patch+json, application/json-patch+json or application/apply-patch+yaml"),
         )
     })?;
-    if patch_type == PatchType::StrategicMerge {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (strategic merge patch is not supported for custom resources; use --type=merge)",
-        ));
-    }
     let (parts, body) = req.into_parts();
     let bytes = body::read_bytes(&parts.headers, body, body_deadline(state)).await?;
     let patch = match patch_type {
@@ -595,14 +618,8 @@ async fn core(
     let method = req.method().clone();
     let segs: Vec<&str> = rest.split('/').collect();
     let (namespace, name) = match segs.as_slice() {
-        ["namespaces"] => {
-            only_get(&method)?;
-            return namespaces(state, "", as_table).await;
-        }
-        ["namespaces", n] => {
-            only_get(&method)?;
-            return namespaces(state, n, as_table).await;
-        }
+        ["namespaces"] => return namespaces::serve(state, None, req, as_table).await,
+        ["namespaces", n] => return namespaces::serve(state, Some(n), req, as_table).await,
         ["configmaps"] => (None, None),
         ["namespaces", ns, "configmaps"] => (Some(ns.to_string()), None),
         ["namespaces", ns, "configmaps", name] => (Some(ns.to_string()), Some(name.to_string())),
@@ -683,69 +700,6 @@ async fn core(
             "{m} is not allowed on configmaps; Rouse's are fixed: use GET, PUT or PATCH"
         ))),
     }
-}
-
-/// `/api/v1/namespaces[/{name}]`: the namespaces that hold objects, and `default`.
-async fn namespaces(
-    state: &ApiState,
-    name: &str,
-    as_table: bool,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let store = state.store.clone();
-    let names = blocking(move || {
-        let mut names = std::collections::BTreeSet::from([
-            "default".to_string(),
-            configmaps::NAMESPACE.to_string(),
-        ]);
-        for kind in Kind::ALL {
-            for obj in store.list(kind, None)?.0 {
-                if let Some(ns) = obj["metadata"]["namespace"].as_str() {
-                    names.insert(ns.to_string());
-                }
-            }
-        }
-        Ok::<_, StoreError>(names)
-    })
-    .await?
-    .map_err(|e| ApiError::from_store(e, Kind::Service, ""))?;
-    let objects: Vec<Value> = names
-        .iter()
-        .filter(|n| name.is_empty() || *n == name)
-        .map(|n| discovery::namespace_object(n))
-        .collect();
-    if !name.is_empty() && objects.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("namespaces \"{name}\" not found"),
-        ));
-    }
-    if as_table {
-        let rows: Vec<Value> = objects
-            .iter()
-            .map(|o| {
-                json!({"cells": [o["metadata"]["name"], "Active"],
-                       "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                                  "metadata": o["metadata"]}})
-            })
-            .collect();
-        let t = json!({
-            "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {},
-            "columnDefinitions": [
-                {"name": "Name", "type": "string", "format": "name", "priority": 0, "description": ""},
-                {"name": "Status", "type": "string", "format": "", "priority": 0, "description": ""},
-            ],
-            "rows": rows,
-        });
-        return Ok(json_response(StatusCode::OK, &t));
-    }
-    if name.is_empty() {
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({"kind": "NamespaceList", "apiVersion": "v1", "metadata": {}, "items": objects}),
-        ));
-    }
-    Ok(json_response(StatusCode::OK, &objects[0]))
 }
 
 /// A PATCH as the request gave it.
