@@ -80,10 +80,13 @@ pub fn admit(
 
 /// 405 for the kinds only the controller writes.
 pub fn read_only(kind: Kind) -> ApiError {
-    ApiError::method_not_allowed(format!(
-        "{} are managed by the controller and are read-only through the API",
-        resource_name(kind)
-    ))
+    ApiError::method_not_allowed(
+        "GET",
+        format!(
+            "{} are managed by the controller and are read-only through the API",
+            resource_name(kind)
+        ),
+    )
 }
 
 type Defaulter<T> = fn(&mut T, Option<&T>, &Config);

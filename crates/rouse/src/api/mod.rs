@@ -278,6 +278,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
             }
             ApiPath::Status { .. } => {
                 return Err(ApiError::method_not_allowed(
+                    "GET, PUT, PATCH",
                     "watch is not allowed on the status subresource; watch the object",
                 ));
             }
@@ -455,9 +456,12 @@ async fn route_object(
                 return subresource::get(state, kind, &namespace, &name, as_table).await;
             }
             if !matches!(method, Method::PUT | Method::PATCH) {
-                return Err(ApiError::method_not_allowed(format!(
-                    "{method} is not allowed on the status subresource; use GET, PUT or PATCH"
-                )));
+                return Err(ApiError::method_not_allowed(
+                    "GET, PUT, PATCH",
+                    format!(
+                        "{method} is not allowed on the status subresource; use GET, PUT or PATCH"
+                    ),
+                ));
             }
             if !kind.is_user_facing() {
                 return Err(read_only(kind));
@@ -477,15 +481,20 @@ async fn route_object(
                 namespace: None, ..
             },
             m,
-        ) => Err(ApiError::method_not_allowed(format!(
-            "{m} is not allowed on a list across namespaces; only GET is (name a namespace)"
-        ))),
-        (ApiPath::Collection { .. }, m) => Err(ApiError::method_not_allowed(format!(
-            "{m} is not allowed on a collection; use GET, POST or DELETE"
-        ))),
-        (ApiPath::Item { .. }, m) => Err(ApiError::method_not_allowed(format!(
-            "{m} is not allowed on an object; use GET, PUT, PATCH or DELETE"
-        ))),
+        ) => Err(ApiError::method_not_allowed(
+            "GET",
+            format!(
+                "{m} is not allowed on a list across namespaces; only GET is (name a namespace)"
+            ),
+        )),
+        (ApiPath::Collection { .. }, m) => Err(ApiError::method_not_allowed(
+            "GET, POST, DELETE",
+            format!("{m} is not allowed on a collection; use GET, POST or DELETE"),
+        )),
+        (ApiPath::Item { .. }, m) => Err(ApiError::method_not_allowed(
+            "GET, PUT, PATCH, DELETE",
+            format!("{m} is not allowed on an object; use GET, PUT, PATCH or DELETE"),
+        )),
     }
 }
 
@@ -543,9 +552,10 @@ fn only_get(method: &Method) -> Result<(), ApiError> {
     if method == Method::GET || method == Method::HEAD {
         Ok(())
     } else {
-        Err(ApiError::method_not_allowed(format!(
-            "{method} is not allowed here; use GET"
-        )))
+        Err(ApiError::method_not_allowed(
+            "GET",
+            format!("{method} is not allowed here; use GET"),
+        ))
     }
 }
 
@@ -696,9 +706,14 @@ async fn core(
             tracing::info!(configmap = %name, "config changed through the API");
             Ok(json_response(StatusCode::OK, &stored))
         }
-        (_, m) => Err(ApiError::method_not_allowed(format!(
-            "{m} is not allowed on configmaps; Rouse's are fixed: use GET, PUT or PATCH"
-        ))),
+        (Some(_), m) => Err(ApiError::method_not_allowed(
+            "GET, PUT, PATCH",
+            format!("{m} is not allowed on a configmap; Rouse's are fixed: use GET, PUT or PATCH"),
+        )),
+        (None, m) => Err(ApiError::method_not_allowed(
+            "GET",
+            format!("{m} is not allowed on the configmap list; Rouse's are fixed: use GET"),
+        )),
     }
 }
 

@@ -169,14 +169,14 @@ pub async fn serve(
             Ok(json_response(StatusCode::OK, &stored))
         }
         (Some(name), Method::DELETE) => delete(state, name).await,
-        (_, m) => Err(ApiError::method_not_allowed(format!(
-            "{m} is not allowed on {}; use GET, POST, PUT, PATCH or DELETE on a namespace",
-            if name.is_some() {
-                "a namespace"
-            } else {
-                "the namespace list"
-            }
-        ))),
+        (Some(_), m) => Err(ApiError::method_not_allowed(
+            "GET, PUT, PATCH, DELETE",
+            format!("{m} is not allowed on a namespace; use GET, PUT, PATCH or DELETE"),
+        )),
+        (None, m) => Err(ApiError::method_not_allowed(
+            "GET, POST",
+            format!("{m} is not allowed on the namespace list; use GET or POST"),
+        )),
     }
 }
 
