@@ -47,7 +47,10 @@ impl Api {
             store: store.clone(),
             config: rouse_api::config::SharedConfig::new(config),
             configmaps: Default::default(),
-            namespaces: Default::default(),
+            namespaces: Arc::new(
+                rouse::api::namespaces::Namespaces::persisted_in(&data_dir.join("namespaces.json"))
+                    .unwrap(),
+            ),
             token: token.clone().into(),
         };
         let metrics: Arc<dyn Fn() -> String + Send + Sync> =
@@ -1028,4 +1031,109 @@ async fn raw_get(addr: SocketAddr, token: &str, path: &str, accept: &str) -> (St
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     (head.to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_namespaces_outlive_a_restart() {
+    let api = Api::start().await;
+    let c = api.client();
+    let send = |c: ApiClient, m: Method, p: &'static str, body: Value| async move {
+        let (code, bytes) = c
+            .raw(
+                m,
+                p,
+                Some("application/json"),
+                Bytes::from(body.to_string()),
+            )
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (code.as_u16(), v)
+    };
+    let ns = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "labels": {"team": "a"}}})
+    };
+    let (code, v) = send(c.clone(), Method::POST, "/api/v1/namespaces", ns("kept")).await;
+    assert_eq!(code, 201, "{v}");
+    let (code, v) = send(c.clone(), Method::POST, "/api/v1/namespaces", ns("kept")).await;
+    assert_eq!((code, v["reason"].as_str()), (409, Some("AlreadyExists")));
+    let (code, v) = send(
+        c.clone(),
+        Method::POST,
+        "/api/v1/namespaces",
+        ns("Bad_Name"),
+    )
+    .await;
+    assert_eq!((code, v["reason"].as_str()), (422, Some("Invalid")), "{v}");
+    let (code, v) = send(
+        c.clone(),
+        Method::POST,
+        "/api/v1/namespaces",
+        json!({"kind": "Pod"}),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    let (code, _) = send(c.clone(), Method::POST, "/api/v1/namespaces", ns("gone")).await;
+    assert_eq!(code, 201);
+    let (code, v) = send(
+        c.clone(),
+        Method::DELETE,
+        "/api/v1/namespaces/gone",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (code, v["status"]["phase"].as_str()),
+        (200, Some("Terminating")),
+        "{v}"
+    );
+    let (code, v) = send(
+        c.clone(),
+        Method::DELETE,
+        "/api/v1/namespaces/default",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (403, Some("Forbidden")),
+        "{v}"
+    );
+    let (code, v) = send(c.clone(), Method::PUT, "/api/v1/namespaces", Value::Null).await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (405, Some("MethodNotAllowed")),
+        "{v}"
+    );
+
+    // The next run (a fresh store) reads the namespaces kept in the data dir.
+    let kept = std::fs::read(api.data_dir.join("namespaces.json")).unwrap();
+    api.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/namespaces.json"), kept).unwrap();
+    let api = Api::start_with(dir, Config::default()).await;
+    let c = api.client();
+    let (code, v) = send(
+        c.clone(),
+        Method::GET,
+        "/api/v1/namespaces/kept",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (code, v["metadata"]["labels"]["team"].as_str()),
+        (200, Some("a")),
+        "{v}"
+    );
+    let (code, _) = send(
+        c.clone(),
+        Method::GET,
+        "/api/v1/namespaces/gone",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(code, 404);
+    api.shutdown().await;
 }

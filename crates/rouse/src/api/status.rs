@@ -212,4 +212,23 @@ mod tests {
         let be = ApiError::from_store(StoreError::Backend("disk".into()), Kind::Route, "x");
         assert_eq!(be.code, StatusCode::INTERNAL_SERVER_ERROR);
     }
+
+    #[test]
+    fn refusals_carry_their_allowed_methods_and_field_causes() {
+        let resp = ApiError::method_not_allowed("GET, PUT, PATCH", "no").into_response();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[header::ALLOW], "GET, PUT, PATCH");
+        let forbidden = ApiError::from_store(
+            StoreError::Invalid("metadata.finalizers: Forbidden: no new finalizers".into()),
+            Kind::Service,
+            "x",
+        )
+        .to_status();
+        assert_eq!(forbidden["details"]["kind"], "Service");
+        assert_eq!(
+            forbidden["details"]["causes"][0],
+            json!({"reason": "FieldValueInvalid", "message": "Forbidden: no new finalizers",
+                   "field": "metadata.finalizers"})
+        );
+    }
 }
