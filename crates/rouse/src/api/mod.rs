@@ -263,7 +263,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     } else {
         ListOptions::default()
     };
-    if opts.watch {
+    if opts.watch && method == Method::GET {
         let (kind, namespace, mut opts) = match api_path {
             ApiPath::Collection { kind, namespace } => (kind, namespace, opts),
             ApiPath::Item {
@@ -335,15 +335,6 @@ async fn route_object(
                 return Err(read_only(kind));
             }
             check_namespace(&ns)?;
-            if state.namespaces.is_terminating(&ns) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    format!(
-                        "unable to create new content in namespace {ns} because it is being terminated"
-                    ),
-                ));
-            }
             let (parts, body) = req.into_parts();
             let body = body::read_object(&parts.headers, body, body_deadline(state)).await?;
             let _capped = match kind {
@@ -906,6 +897,15 @@ async fn create_with(
     dry_run: bool,
     managed: Option<Value>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    if state.namespaces.is_terminating(ns) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        ));
+    }
     let target = Target {
         kind,
         namespace: ns,
