@@ -178,6 +178,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store: store.clone(),
         config: shared_config.clone(),
         configmaps: Arc::new(configmaps),
+        namespaces: Arc::new(crate::api::namespaces::Namespaces::persisted_in(
+            &args.data_dir.join("namespaces.json"),
+        )?),
         token,
     };
     let metrics_activator = activator.clone();
