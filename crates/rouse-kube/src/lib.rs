@@ -1,13 +1,15 @@
 //! Kubernetes mode: Knative's CRDs generated from the API types ([`crd`], [`schema`]), the
 //! manifests `rouse install` prints ([`install`]), and the Kubernetes objects Knative makes per
 //! revision and per route ([`revision`], [`route`]), and the store's operations over the
-//! Kubernetes API ([`store`]).
+//! Kubernetes API ([`store`]), the admission webhooks ([`webhook`]) and Knative's ConfigMaps read
+//! live ([`config_watch`]).
 //!
 //! Built on `k8s-openapi`'s types; this library picks no Kubernetes version (the `rouse`
 //! binary does, through k8s-openapi's `v1_*` feature).
 
 pub mod apply;
 pub mod cache;
+pub mod config_watch;
 pub mod crd;
 pub mod install;
 pub mod leader;
@@ -17,3 +19,4 @@ pub mod route;
 pub mod runtime;
 pub mod schema;
 pub mod store;
+pub mod webhook;
