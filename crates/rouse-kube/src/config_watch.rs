@@ -193,6 +193,8 @@ pub struct LiveConfig {
     pub deployment: watch::Receiver<DeploymentSettings>,
     /// True once the ConfigMaps were listed once.
     pub synced: watch::Receiver<bool>,
+    /// Counts the configs published: changes when a ConfigMap change took effect.
+    pub changes: watch::Receiver<u64>,
 }
 
 impl LiveConfig {
@@ -212,6 +214,7 @@ pub fn start(
 ) -> LiveConfig {
     let (deployment_tx, deployment) = watch::channel(DeploymentSettings::default());
     let (synced_tx, synced) = watch::channel(false);
+    let (changes_tx, changes) = watch::channel(0u64);
     let watcher = Watcher {
         api: Api::namespaced(client.clone(), namespace),
         events: Api::namespaced(client, namespace),
@@ -220,12 +223,14 @@ pub fn start(
         reported: BTreeMap::new(),
         config: config.clone(),
         deployment: deployment_tx,
+        changes: changes_tx,
     };
     handle.spawn(watcher.run(synced_tx));
     LiveConfig {
         config,
         deployment,
         synced,
+        changes,
     }
 }
 
@@ -238,6 +243,7 @@ struct Watcher {
     reported: BTreeMap<String, String>,
     config: SharedConfig,
     deployment: watch::Sender<DeploymentSettings>,
+    changes: watch::Sender<u64>,
 }
 
 impl Watcher {
@@ -331,6 +337,7 @@ impl Watcher {
         tracing::info!(configmaps = ?self.set.names(), "config applied");
         self.config.set(config);
         self.deployment.send_replace(self.set.deployment());
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// A Warning Event on the ConfigMap (`kubectl describe configmap` shows it).

@@ -35,7 +35,8 @@ pub struct KubeNetworking {
     client: kube::Client,
     handle: Handle,
     store: Arc<dyn Store>,
-    ingress: IngressConfig,
+    /// Replaced when config-network or config-features change.
+    ingress: Mutex<IngressConfig>,
     /// The mode each revision's public endpoints were last written in.
     modes: Arc<Mutex<HashMap<RevisionKey, SksMode>>>,
 }
@@ -52,9 +53,14 @@ impl KubeNetworking {
             client,
             handle,
             store,
-            ingress,
+            ingress: Mutex::new(ingress),
             modes: Arc::default(),
         }
+    }
+
+    /// The settings Ingresses are built with from now on.
+    pub fn set_ingress_config(&self, ingress: IngressConfig) {
+        *lock(&self.ingress) = ingress;
     }
 
     fn modes(&self) -> MutexGuard<'_, HashMap<RevisionKey, SksMode>> {
@@ -177,7 +183,8 @@ impl Networking for KubeNetworking {
                 return;
             }
         };
-        let domain = &self.ingress.domain;
+        let cfg = lock(&self.ingress).clone();
+        let domain = &cfg.domain;
         let ingresses: Vec<_> = routes
             .into_iter()
             .filter_map(|v| Route::from_value(v).ok())
@@ -188,7 +195,7 @@ impl Networking for KubeNetworking {
                 } else {
                     targets
                 };
-                (!targets.is_empty()).then(|| ingress(&r, &targets, &self.ingress))
+                (!targets.is_empty()).then(|| ingress(&r, &targets, &cfg))
             })
             .collect();
         let client = self.client.clone();

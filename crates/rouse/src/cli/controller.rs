@@ -3,20 +3,28 @@
 //! backoff), the runtime is Deployments, networking is Services, EndpointSlices and Ingresses.
 //! One replica leads at a time, elected on a Lease; a follower waits, and a leader that loses
 //! its Lease stops its reconcilers (stops writing) and goes back to waiting.
+//!
+//! Every replica, leader or not, serves Knative's admission webhooks and reads Knative's
+//! ConfigMaps live: a change takes effect without a restart.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use rouse_api::config::Config;
+use rouse_api::config::SharedConfig;
+use rouse_api::config::features::{Flag, TAG_HEADER_BASED_ROUTING};
 use rouse_controller::Controller;
 use rouse_kube::cache::ClusterStore;
-use rouse_kube::install::NAMESPACE;
+use rouse_kube::config_watch::{self, LiveConfig, deployment_config};
+use rouse_kube::install::{NAMESPACE, WEBHOOK_PORT};
 use rouse_kube::leader::{LeaseConfig, LeaseLock, elect};
 use rouse_kube::networking::KubeNetworking;
 use rouse_kube::revision::DeploymentConfig;
 use rouse_kube::route::IngressConfig;
 use rouse_kube::runtime::KubeRuntime;
+use rouse_kube::webhook::{self, WebhookOptions};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -38,6 +46,18 @@ pub struct ControllerArgs {
     /// The image the queue-proxy sidecar runs (config-deployment `queue-sidecar-image`).
     #[arg(long, default_value = rouse_kube::install::DEFAULT_IMAGE)]
     pub queue_image: String,
+    /// Where the admission webhooks listen (HTTPS).
+    #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], WEBHOOK_PORT as u16)))]
+    pub webhook_listen: SocketAddr,
+    /// Outside the cluster: the https:// URL the API server reaches the webhooks at (this
+    /// process's --webhook-listen); the WebhookConfigurations are pointed at it instead of
+    /// the `webhook` Service.
+    #[arg(long, value_name = "URL", value_parser = parse_webhook_url)]
+    pub webhook_url: Option<String>,
+}
+
+fn parse_webhook_url(s: &str) -> Result<String, String> {
+    webhook::check_url(s).map(|()| s.trim_end_matches('/').to_string())
 }
 
 async fn kube_client(args: &ControllerArgs) -> anyhow::Result<kube::Client> {
@@ -105,27 +125,43 @@ async fn lead_and_reconcile(
     let mut leading: watch::Receiver<bool> = handle.spawn(async move { elect(lock) }).await?;
 
     let store = Arc::new(ClusterStore::start(client.clone(), handle.clone()));
-    let config = rouse_api::config::SharedConfig::new(Config::default());
-    let deployment = DeploymentConfig {
+    let config = SharedConfig::new(Config::default());
+    let live = config_watch::start(client.clone(), &handle, NAMESPACE, config.clone());
+    serve_webhooks(args, &client, &handle, config.clone()).await?;
+    let base = DeploymentConfig {
         queue_image: args.queue_image.clone(),
         ..DeploymentConfig::default()
     };
-    let runtime = KubeRuntime::start(client.clone(), handle.clone(), store.clone(), deployment);
+    let runtime = KubeRuntime::start(
+        client.clone(),
+        handle.clone(),
+        store.clone(),
+        deployment_config(&config.get(), &live.deployment.borrow(), &base),
+    );
     let networking = Arc::new(KubeNetworking::new(
         client,
-        handle,
+        handle.clone(),
         store.clone(),
-        IngressConfig {
-            network: config.get().network.clone(),
-            domain: args.domain.clone(),
-            tag_header_routing: false,
-        },
+        ingress_config(&live, &args.domain),
     ));
+    {
+        // The seams' own settings follow the ConfigMaps too.
+        let (live, runtime, networking) = (live.clone(), runtime.clone(), networking.clone());
+        let domain = args.domain.clone();
+        let mut changes = live.changes.clone();
+        handle.spawn(async move {
+            while changes.changed().await.is_ok() {
+                let cfg = live.config.get();
+                runtime.set_config(deployment_config(&cfg, &live.deployment.borrow(), &base));
+                networking.set_ingress_config(ingress_config(&live, &domain));
+            }
+        });
+    }
     info!(identity = %me, "waiting for the caches and the lease");
     let stop = terminated();
     tokio::pin!(stop);
     tokio::select! {
-        _ = store.wait_synced() => {}
+        _ = async { tokio::join!(store.wait_synced(), live.wait_synced()) } => {}
         _ = &mut stop => return Ok(()),
     }
     loop {
@@ -156,4 +192,34 @@ async fn lead_and_reconcile(
         }
         warn!(identity = %me, "lost the lease: stopped reconciling");
     }
+}
+
+fn ingress_config(live: &LiveConfig, domain: &str) -> IngressConfig {
+    let cfg = live.config.get();
+    IngressConfig {
+        network: cfg.network.clone(),
+        domain: domain.to_string(),
+        tag_header_routing: cfg.features.get(TAG_HEADER_BASED_ROUTING) == Flag::Enabled,
+    }
+}
+
+/// Binds the webhooks' port (a failure ends the process: another process holds it) and
+/// serves them on the Kubernetes runtime, keeping their certificates and registration current.
+async fn serve_webhooks(
+    args: &ControllerArgs,
+    client: &kube::Client,
+    handle: &tokio::runtime::Handle,
+    config: SharedConfig,
+) -> anyhow::Result<()> {
+    let addr = args.webhook_listen;
+    let listener = handle
+        .spawn(async move { tokio::net::TcpListener::bind(addr).await })
+        .await?
+        .with_context(|| format!("--webhook-listen {addr}"))?;
+    let opts = WebhookOptions {
+        url: args.webhook_url.clone(),
+        ..WebhookOptions::new(NAMESPACE)
+    };
+    handle.spawn(webhook::run(client.clone(), opts, listener, config));
+    Ok(())
 }
