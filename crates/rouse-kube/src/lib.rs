@@ -14,6 +14,7 @@ pub mod crd;
 pub mod install;
 pub mod leader;
 pub mod networking;
+pub mod preflight;
 pub mod revision;
 pub mod route;
 pub mod runtime;

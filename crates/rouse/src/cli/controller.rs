@@ -124,6 +124,11 @@ async fn lead_and_reconcile(
     let lock = LeaseLock::new(client.clone(), LeaseConfig::new(NAMESPACE, LEASE, &me));
     let mut leading: watch::Receiver<bool> = handle.spawn(async move { elect(lock) }).await?;
 
+    // A half-done install (a CRD or a permission missing) is reported once, by name.
+    handle.spawn(rouse_kube::preflight::report(
+        client.clone(),
+        rouse_kube::install::Role::Controller,
+    ));
     let store = Arc::new(ClusterStore::start(client.clone(), handle.clone()));
     let config = SharedConfig::new(Config::default());
     let live = config_watch::start(client.clone(), &handle, NAMESPACE, config.clone());
