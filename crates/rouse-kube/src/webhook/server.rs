@@ -86,6 +86,8 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, config
             tracing::warn!(%peer, "webhook: too many connections; closing one");
             continue;
         };
+        // Small answers go out at once (no wait for the client's delayed ACK).
+        let _ = tcp.set_nodelay(true);
         let (acceptor, config) = (acceptor.clone(), config.clone());
         tokio::spawn(async move {
             let _permit = permit;
