@@ -205,7 +205,12 @@ fn admit_typed<T: Resource>(
         Hook::Defaulting => {
             let before = obj.to_value();
             default(&mut obj, old.as_ref(), cfg);
-            if records_user && !req.user_info.username.is_empty() {
+            // As Knative: objects the controller made (owned by a Service) carry their
+            // parent's annotations, not the controller's identity.
+            if records_user
+                && !req.user_info.username.is_empty()
+                && obj.meta().owner_references.is_empty()
+            {
                 record_user(&mut obj, old.as_ref(), &req.user_info.username);
             }
             let after = obj.to_value();
@@ -359,6 +364,85 @@ mod tests {
                          "managedFields": [{"manager": "kubectl"}]},
             "spec": {"template": {"spec": {"containers": [{"image": image}]}}},
         })
+    }
+
+    fn response_ops(out: &Value) -> Vec<Value> {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(out["response"]["patch"].as_str().unwrap_or(""))
+            .unwrap();
+        serde_json::from_slice(&raw).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_user_is_recorded_on_what_users_write_only() {
+        let cfg = Config::default();
+        let config = json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Configuration",
+            "metadata": {"name": "hello", "namespace": "shop"},
+            "spec": {"template": {"spec": {"containers": [{"image": "nginx"}]}}},
+        });
+        let out = review(
+            Hook::Defaulting,
+            &request("Configuration", "CREATE", config.clone(), None),
+            &cfg,
+        )
+        .unwrap();
+        let ops = response_ops(&out);
+        assert!(
+            ops.iter().any(|o| o["path"] == "/metadata/annotations"
+                && o["value"]["serving.knative.dev/creator"] == "alice@example.com"),
+            "{ops:?}"
+        );
+        let mut owned = config;
+        owned["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "hello",
+            "uid": "u1", "controller": true, "blockOwnerDeletion": true,
+        }]);
+        let out = review(
+            Hook::Defaulting,
+            &request("Configuration", "CREATE", owned, None),
+            &cfg,
+        )
+        .unwrap();
+        let ops = response_ops(&out);
+        assert!(!ops.is_empty(), "still defaulted");
+        assert!(
+            !ops.iter()
+                .any(|o| o["path"].as_str().unwrap().starts_with("/metadata")),
+            "{ops:?}"
+        );
+
+        // On update, lastModifier follows a spec change only.
+        let mut old = json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Route",
+            "metadata": {"name": "r", "namespace": "shop",
+                         "annotations": {"serving.knative.dev/creator": "bob",
+                                         "serving.knative.dev/lastModifier": "bob"}},
+            "spec": {"traffic": [{"revisionName": "a", "percent": 100, "latestRevision": false}]},
+        });
+        let mut labelled = old.clone();
+        labelled["metadata"]["labels"] = json!({"team": "x"});
+        let out = review(
+            Hook::Defaulting,
+            &request("Route", "UPDATE", labelled, Some(old.clone())),
+            &cfg,
+        )
+        .unwrap();
+        assert!(out["response"].get("patch").is_none(), "{out}");
+        let mut moved = old.clone();
+        moved["spec"]["traffic"][0]["revisionName"] = json!("b");
+        let out = review(
+            Hook::Defaulting,
+            &request("Route", "UPDATE", moved, Some(old.take())),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(
+            response_ops(&out),
+            vec![
+                json!({"op": "replace", "path": "/metadata/annotations/serving.knative.dev~1lastModifier", "value": "alice@example.com"})
+            ]
+        );
     }
 
     #[test]
