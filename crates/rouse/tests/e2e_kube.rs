@@ -2,7 +2,8 @@
 //! (skipped, with the reason printed, otherwise): `rouse install` applied with kubectl, writes
 //! refused while no webhook answers, `rouse controller --kubeconfig --webhook-url` as a
 //! process serving the admission webhooks (a bad manifest refused with Knative's message, a
-//! good one defaulted, a ConfigMap change taking effect live, a bad ConfigMap refused), the
+//! good one defaulted, ConfigMap changes taking effect live in the webhook and the reconcilers,
+//! a bad ConfigMap refused), the
 //! per-revision objects shaped as Knative makes them; the test plays the kubelet (a Node, the
 //! pod bound to it and reported Ready with an IP) so the Service becomes Ready; leader
 //! hand-over; deleting the Service cascades. Needs `kubectl` on PATH and
@@ -384,6 +385,40 @@ fn a_knative_service_on_a_real_api_server() {
     until("e2e-b taking over", Duration::from_secs(60), || {
         (holder(&kc) == "e2e-b").then_some(())
     });
+
+    // A ConfigMap change reaches the reconcilers too: a new domain template renames the URL of
+    // a Service that did not change itself (the leader resyncs on config changes).
+    let patch_network = |value: &str| {
+        let p = format!("{{\"data\":{{\"domain-template\":{value}}}}}");
+        let args = [
+            "patch",
+            "configmap",
+            "-n",
+            "knative-serving",
+            "config-network",
+        ];
+        kubectl(
+            &kc,
+            &[&args[..], &["--type", "merge", "-p", &p]].concat(),
+            None,
+        )
+    };
+    let (ok, out) = patch_network("\"{{.Name}}-{{.Namespace}}.{{.Domain}}\"");
+    assert!(ok, "config-network: {out}");
+    let url = format!("http://hello-{NS}.example.com");
+    until(
+        "the URL from the new domain template",
+        Duration::from_secs(60),
+        || get_json(&kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
+    );
+    let (ok, out) = patch_network("null");
+    assert!(ok, "config-network restored: {out}");
+    let url = format!("http://hello.{NS}.example.com");
+    until(
+        "the URL from the default template",
+        Duration::from_secs(60),
+        || get_json(&kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
+    );
 
     // Deleting the Service cascades through Kubernetes' garbage collector (the new leader
     // is the one running now).

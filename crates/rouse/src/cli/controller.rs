@@ -9,13 +9,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use rouse_api::config::Config;
 use rouse_api::config::SharedConfig;
 use rouse_api::config::features::{Flag, TAG_HEADER_BASED_ROUTING};
-use rouse_controller::Controller;
+use rouse_controller::{Context, Controller};
 use rouse_kube::cache::ClusterStore;
 use rouse_kube::config_watch::{self, LiveConfig, deployment_config};
 use rouse_kube::install::{NAMESPACE, WEBHOOK_PORT};
@@ -149,16 +149,28 @@ async fn lead_and_reconcile(
         store.clone(),
         ingress_config(&live, &args.domain),
     ));
+    // The reconcilers of the current term, if leading: a config change resyncs them.
+    let reconciling: Arc<Mutex<Option<Arc<Context>>>> = Arc::default();
     {
         // The seams' own settings follow the ConfigMaps too.
         let (live, runtime, networking) = (live.clone(), runtime.clone(), networking.clone());
-        let domain = args.domain.clone();
+        let (domain, reconciling) = (args.domain.clone(), reconciling.clone());
         let mut changes = live.changes.clone();
         handle.spawn(async move {
+            // The first publication (the ConfigMaps as listed) comes here too: the seams
+            // were built before it.
             while changes.changed().await.is_ok() {
                 let cfg = live.config.get();
                 runtime.set_config(deployment_config(&cfg, &live.deployment.borrow(), &base));
                 networking.set_ingress_config(ingress_config(&live, &domain));
+                let current = reconciling
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(ctx) = current {
+                    info!("config changed: reconciling everything again");
+                    ctx.resync();
+                }
             }
         });
     }
@@ -182,6 +194,7 @@ async fn lead_and_reconcile(
             config.clone(),
             args.domain.clone(),
         );
+        *reconciling.lock().unwrap_or_else(|p| p.into_inner()) = Some(controller.context());
         let mut lost = leading.clone();
         let mut stopped = false;
         controller
@@ -192,6 +205,7 @@ async fn lead_and_reconcile(
                 }
             })
             .await;
+        *reconciling.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if stopped {
             return Ok(());
         }
