@@ -11,6 +11,7 @@ pub mod apply;
 pub mod cache;
 pub mod config_watch;
 pub mod crd;
+pub mod health;
 pub mod install;
 pub mod leader;
 pub mod networking;

@@ -88,6 +88,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The status code of `GET path` on a loopback port, if it answers.
+fn probe(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split(' ').nth(1)?.parse().ok()
+}
+
 const WEBHOOK_CONFIGS: [&str; 3] = [
     "mutatingwebhookconfiguration/webhook.serving.knative.dev",
     "validatingwebhookconfiguration/validation.webhook.serving.knative.dev",
@@ -177,12 +192,13 @@ fn a_knative_service_on_a_real_api_server() {
         "{out}"
     );
 
-    let start = |identity: &str, port: u16| {
+    let start = |identity: &str, port: u16, health: u16| {
         Controller(
             Command::new(rouse_bin())
                 .args(["controller", "--kubeconfig", &kc, "--identity", identity])
                 .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
                 .args(["--webhook-url", &format!("https://127.0.0.1:{port}")])
+                .args(["--health-listen", &format!("127.0.0.1:{health}")])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -190,10 +206,15 @@ fn a_knative_service_on_a_real_api_server() {
         )
     };
     let port_a = free_port();
-    let first = start("e2e-a", port_a);
+    let health_a = free_port();
+    let first = start("e2e-a", port_a, health_a);
     until("the webhooks registered", Duration::from_secs(60), || {
         webhooks_registered(&kc, &format!("https://127.0.0.1:{port_a}")).then_some(())
     });
+    until("the controller ready", Duration::from_secs(60), || {
+        (probe(health_a, "/readyz") == Some(200)).then_some(())
+    });
+    assert_eq!(probe(health_a, "/healthz"), Some(200));
 
     // A bad manifest is refused with Knative's message and field path.
     let split = "  traffic:\n    - latestRevision: true\n      percent: 90\n";
@@ -380,7 +401,7 @@ fn a_knative_service_on_a_real_api_server() {
     until("e2e-a leading", Duration::from_secs(60), || {
         (holder(&kc) == "e2e-a").then_some(())
     });
-    let _second = start("e2e-b", free_port());
+    let _second = start("e2e-b", free_port(), free_port());
     drop(first);
     until("e2e-b taking over", Duration::from_secs(60), || {
         (holder(&kc) == "e2e-b").then_some(())

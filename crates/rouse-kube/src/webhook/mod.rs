@@ -113,11 +113,13 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// Serves the webhooks on `listener` and keeps their certificates and registration current.
 /// Never returns: failures (the API server unreachable, a permission missing) are logged
 /// once each and retried.
+/// `serving` turns true once reviews are answered.
 pub async fn run(
     client: kube::Client,
     opts: WebhookOptions,
     listener: TcpListener,
     config: SharedConfig,
+    serving: tokio::sync::watch::Sender<bool>,
 ) {
     let mut reporter = Reporter::default();
     let mut backoff = Duration::from_millis(500);
@@ -150,6 +152,7 @@ pub async fn run(
         tracing::info!(%addr, url = ?opts.url, "serving the admission webhooks");
     }
     tokio::spawn(server::serve(listener, tls, config));
+    serving.send_replace(true);
     loop {
         // The bundle goes to the API server before a new certificate is served with it.
         match register(&client, &opts, &certs.ca_bundle_pem).await {

@@ -18,7 +18,7 @@ use rouse_api::config::features::{Flag, TAG_HEADER_BASED_ROUTING};
 use rouse_controller::{Context, Controller};
 use rouse_kube::cache::ClusterStore;
 use rouse_kube::config_watch::{self, LiveConfig, deployment_config};
-use rouse_kube::install::{NAMESPACE, WEBHOOK_PORT};
+use rouse_kube::install::{HEALTH_PORT, NAMESPACE, WEBHOOK_PORT};
 use rouse_kube::leader::{LeaseConfig, LeaseLock, elect};
 use rouse_kube::networking::KubeNetworking;
 use rouse_kube::revision::DeploymentConfig;
@@ -54,6 +54,9 @@ pub struct ControllerArgs {
     /// the `webhook` Service.
     #[arg(long, value_name = "URL", value_parser = parse_webhook_url)]
     pub webhook_url: Option<String>,
+    /// Where `/healthz` and `/readyz` are served (the Deployment's probes).
+    #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], HEALTH_PORT as u16)))]
+    pub health_listen: SocketAddr,
 }
 
 fn parse_webhook_url(s: &str) -> Result<String, String> {
@@ -132,7 +135,8 @@ async fn lead_and_reconcile(
     let store = Arc::new(ClusterStore::start(client.clone(), handle.clone()));
     let config = SharedConfig::new(Config::default());
     let live = config_watch::start(client.clone(), &handle, NAMESPACE, config.clone());
-    serve_webhooks(args, &client, &handle, config.clone()).await?;
+    let serving = serve_webhooks(args, &client, &handle, config.clone()).await?;
+    serve_probes(args, &handle, &store, &live, serving).await?;
     let base = DeploymentConfig {
         queue_image: args.queue_image.clone(),
         ..DeploymentConfig::default()
@@ -222,6 +226,33 @@ fn ingress_config(live: &LiveConfig, domain: &str) -> IngressConfig {
     }
 }
 
+/// Serves `/healthz` and `/readyz`; ready once the caches and ConfigMaps are synced and the
+/// webhooks answer (every replica serves them, leader or not).
+async fn serve_probes(
+    args: &ControllerArgs,
+    handle: &tokio::runtime::Handle,
+    store: &Arc<ClusterStore>,
+    live: &LiveConfig,
+    mut serving: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let addr = args.health_listen;
+    let listener = handle
+        .spawn(async move { tokio::net::TcpListener::bind(addr).await })
+        .await?
+        .with_context(|| format!("--health-listen {addr}"))?;
+    let (ready_tx, ready) = watch::channel(false);
+    handle.spawn(rouse_kube::health::serve(listener, ready));
+    let (store, live) = (store.clone(), live.clone());
+    handle.spawn(async move {
+        let webhooks = async move {
+            let _ = serving.wait_for(|s| *s).await;
+        };
+        tokio::join!(store.wait_synced(), live.wait_synced(), webhooks);
+        ready_tx.send_replace(true);
+    });
+    Ok(())
+}
+
 /// Binds the webhooks' port (a failure ends the process: another process holds it) and
 /// serves them on the Kubernetes runtime, keeping their certificates and registration current.
 async fn serve_webhooks(
@@ -229,7 +260,7 @@ async fn serve_webhooks(
     client: &kube::Client,
     handle: &tokio::runtime::Handle,
     config: SharedConfig,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<watch::Receiver<bool>> {
     let addr = args.webhook_listen;
     let listener = handle
         .spawn(async move { tokio::net::TcpListener::bind(addr).await })
@@ -239,6 +270,13 @@ async fn serve_webhooks(
         url: args.webhook_url.clone(),
         ..WebhookOptions::new(NAMESPACE)
     };
-    handle.spawn(webhook::run(client.clone(), opts, listener, config));
-    Ok(())
+    let (serving_tx, serving) = watch::channel(false);
+    handle.spawn(webhook::run(
+        client.clone(),
+        opts,
+        listener,
+        config,
+        serving_tx,
+    ));
+    Ok(serving)
 }
