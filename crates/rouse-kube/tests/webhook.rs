@@ -76,18 +76,25 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// One request over a fresh TLS connection that trusts only `ca_pem`, verifying the name
-/// the API server uses for the Service.
-async fn send(w: &Webhook, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Answer {
+/// A TLS connection that trusts only the webhook's CA, verifying the name the API server
+/// uses for the Service, offering `alpn`.
+async fn connect(
+    w: &Webhook,
+    alpn: &[u8],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    CertificateDer<'static>,
+) {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(w.certs.ca_bundle_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let client = rustls::ClientConfig::builder_with_provider(provider())
+    let mut client = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    client.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::net::TcpStream::connect(w.addr).await.unwrap();
     let name = ServerName::try_from("webhook.knative-serving.svc").unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
@@ -97,6 +104,12 @@ async fn send(w: &Webhook, method: &str, path: &str, content_type: &str, body: V
     let peer = tls.get_ref().1.peer_certificates().unwrap()[0]
         .clone()
         .into_owned();
+    (tls, peer)
+}
+
+/// One HTTP/1.1 request over a fresh TLS connection.
+async fn send(w: &Webhook, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Answer {
+    let (tls, peer) = connect(w, b"http/1.1").await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -362,6 +375,39 @@ async fn configmaps_are_validated_with_the_controllers_parser() {
     )
     .await;
     assert_eq!(r["allowed"], true, "{r}");
+}
+
+#[tokio::test]
+async fn reviews_over_http2() {
+    let w = start_webhook().await;
+    let (tls, _) = connect(&w, b"h2").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("https://webhook.knative-serving.svc/defaulting")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(review(
+                "Service",
+                "CREATE",
+                ksvc(),
+                None,
+            ))))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body["response"]["allowed"], true);
+        assert_eq!(body["response"]["patchType"], "JSONPatch");
+    }
 }
 
 #[tokio::test]

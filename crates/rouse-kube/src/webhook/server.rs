@@ -24,6 +24,8 @@ use super::{CONFIG_VALIDATION_PATH, DEFAULTING_PATH, VALIDATION_PATH};
 const MAX_BODY: usize = 8 << 20;
 /// Connections served at once; more are closed at once (the API server retries).
 const MAX_CONNECTIONS: usize = 256;
+/// Reviews in flight on one HTTP/2 connection.
+const MAX_STREAMS: u32 = 8;
 /// A client must finish its TLS handshake, and send its headers, this fast.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -108,6 +110,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, config
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT);
+            // Bodies are read whole: few at once per connection bounds the memory one client
+            // can hold.
+            builder.http2().max_concurrent_streams(MAX_STREAMS);
             let _ = builder.serve_connection(TokioIo::new(tls), service).await;
         });
     }
