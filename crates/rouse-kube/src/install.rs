@@ -131,113 +131,114 @@ const WRITE: &[&str] = &[
 ];
 const STATUS: &[&str] = &["get", "update", "patch"];
 
-/// The rules of a role: cluster-wide (what it touches in users' namespaces) and namespaced
-/// (what it touches in `knative-serving` only). `rouse controller` checks its own at start.
-pub fn role_rules(role: Role) -> (Vec<Value>, Vec<Value>) {
-    let serving = "serving.knative.dev";
-    let autoscaling = "autoscaling.internal.knative.dev";
-    let networking = "networking.internal.knative.dev";
-    match role {
-        Role::Controller => (
-            vec![
-                rule(
-                    &[serving],
-                    &["services", "configurations", "revisions", "routes"],
-                    WRITE,
-                ),
-                rule(
-                    &[serving],
-                    &[
-                        "services/status",
-                        "configurations/status",
-                        "revisions/status",
-                        "routes/status",
-                        "services/finalizers",
-                        "configurations/finalizers",
-                        "revisions/finalizers",
-                        "routes/finalizers",
-                    ],
-                    STATUS,
-                ),
-                rule(&[autoscaling], &["podautoscalers"], WRITE),
-                rule(&[autoscaling], &["podautoscalers/status"], STATUS),
-                rule(&[networking], &["serverlessservices", "ingresses"], WRITE),
-                rule(
-                    &[networking],
-                    &["serverlessservices/status", "ingresses/status"],
-                    STATUS,
-                ),
-                rule(&["apps"], &["deployments"], WRITE),
-                rule(&["apps"], &["deployments/scale"], STATUS),
-                rule(&[""], &["services"], WRITE),
-                rule(&["discovery.k8s.io"], &["endpointslices"], WRITE),
-                rule(&[""], &["pods"], READ),
-                rule(&[""], &["namespaces"], READ),
-                rule(&[""], &["events"], &["create", "patch"]),
-                rule(
-                    &["apiextensions.k8s.io"],
-                    &["customresourcedefinitions"],
-                    READ,
-                ),
-                // The webhook writes its CA bundle into its own configurations only.
-                named_rule(
-                    &["admissionregistration.k8s.io"],
-                    &["mutatingwebhookconfigurations"],
-                    &[webhook::DEFAULTING_WEBHOOK],
-                    &["get", "update"],
-                ),
-                named_rule(
-                    &["admissionregistration.k8s.io"],
-                    &["validatingwebhookconfigurations"],
-                    &[webhook::VALIDATION_WEBHOOK, webhook::CONFIG_WEBHOOK],
-                    &["get", "update"],
-                ),
-            ],
-            vec![
-                rule(&[""], &["configmaps"], READ),
-                // Its certificates: creating the Secret cannot be limited by name.
-                rule(&[""], &["secrets"], &["create"]),
-                named_rule(
-                    &[""],
-                    &["secrets"],
-                    &[webhook::certs::SECRET_NAME],
-                    &["get", "update"],
-                ),
-                rule(
-                    &["coordination.k8s.io"],
-                    &["leases"],
-                    &["get", "list", "watch", "create", "update", "patch"],
-                ),
-            ],
-        ),
-        Role::Activator => (
-            vec![
-                rule(&[serving], &["revisions"], READ),
-                rule(&[networking], &["serverlessservices"], READ),
-                rule(&[""], &["services"], READ),
-                rule(&["discovery.k8s.io"], &["endpointslices"], READ),
-            ],
-            vec![rule(&[""], &["configmaps"], READ)],
-        ),
-        Role::Gateway => (
-            vec![
-                rule(&[networking], &["ingresses"], READ),
-                rule(&[networking], &["ingresses/status"], STATUS),
-                rule(&[""], &["services"], READ),
-                rule(&["discovery.k8s.io"], &["endpointslices"], READ),
-            ],
-            vec![rule(&[""], &["configmaps"], READ)],
-        ),
-    }
-}
-
 /// ServiceAccounts, cluster-wide rules for what each role touches in users' namespaces, and
 /// namespaced rules for what it touches in `knative-serving` only.
 fn rbac() -> Vec<Value> {
     let serving = "serving.knative.dev";
+    let autoscaling = "autoscaling.internal.knative.dev";
+    let networking = "networking.internal.knative.dev";
     let mut out = Vec::new();
     for role in Role::ALL {
-        let (cluster_rules, ns_rules) = role_rules(role);
+        let (cluster_rules, ns_rules) = match role {
+            Role::Controller => (
+                vec![
+                    rule(
+                        &[serving],
+                        &[
+                            "services",
+                            "configurations",
+                            "revisions",
+                            "routes",
+                            "domainmappings",
+                        ],
+                        WRITE,
+                    ),
+                    rule(
+                        &[serving],
+                        &[
+                            "services/status",
+                            "configurations/status",
+                            "revisions/status",
+                            "routes/status",
+                            "domainmappings/status",
+                            "services/finalizers",
+                            "configurations/finalizers",
+                            "revisions/finalizers",
+                            "routes/finalizers",
+                            "domainmappings/finalizers",
+                        ],
+                        STATUS,
+                    ),
+                    rule(&[autoscaling], &["podautoscalers"], WRITE),
+                    rule(&[autoscaling], &["podautoscalers/status"], STATUS),
+                    rule(&[networking], &["serverlessservices", "ingresses"], WRITE),
+                    rule(
+                        &[networking],
+                        &["serverlessservices/status", "ingresses/status"],
+                        STATUS,
+                    ),
+                    rule(&["apps"], &["deployments"], WRITE),
+                    rule(&["apps"], &["deployments/scale"], STATUS),
+                    rule(&[""], &["services"], WRITE),
+                    rule(&["discovery.k8s.io"], &["endpointslices"], WRITE),
+                    rule(&[""], &["pods"], READ),
+                    rule(&[""], &["namespaces"], READ),
+                    rule(&[""], &["events"], &["create", "patch"]),
+                    rule(
+                        &["apiextensions.k8s.io"],
+                        &["customresourcedefinitions"],
+                        READ,
+                    ),
+                    // The webhook writes its CA bundle into its own configurations only.
+                    named_rule(
+                        &["admissionregistration.k8s.io"],
+                        &["mutatingwebhookconfigurations"],
+                        &[webhook::DEFAULTING_WEBHOOK],
+                        &["get", "update"],
+                    ),
+                    named_rule(
+                        &["admissionregistration.k8s.io"],
+                        &["validatingwebhookconfigurations"],
+                        &[webhook::VALIDATION_WEBHOOK, webhook::CONFIG_WEBHOOK],
+                        &["get", "update"],
+                    ),
+                ],
+                vec![
+                    rule(&[""], &["configmaps"], READ),
+                    // Its certificates: creating the Secret cannot be limited by name.
+                    rule(&[""], &["secrets"], &["create"]),
+                    named_rule(
+                        &[""],
+                        &["secrets"],
+                        &[webhook::certs::SECRET_NAME],
+                        &["get", "update"],
+                    ),
+                    rule(
+                        &["coordination.k8s.io"],
+                        &["leases"],
+                        &["get", "list", "watch", "create", "update", "patch"],
+                    ),
+                ],
+            ),
+            Role::Activator => (
+                vec![
+                    rule(&[serving], &["revisions"], READ),
+                    rule(&[networking], &["serverlessservices"], READ),
+                    rule(&[""], &["services"], READ),
+                    rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+                ],
+                vec![rule(&[""], &["configmaps"], READ)],
+            ),
+            Role::Gateway => (
+                vec![
+                    rule(&[networking], &["ingresses"], READ),
+                    rule(&[networking], &["ingresses/status"], STATUS),
+                    rule(&[""], &["services"], READ),
+                    rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+                ],
+                vec![rule(&[""], &["configmaps"], READ)],
+            ),
+        };
         let name = role.account();
         let subject = json!([{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]);
         out.push(json!({
@@ -268,7 +269,13 @@ fn rbac() -> Vec<Value> {
         }));
     }
     // Users' roles: namespace admins and editors manage Knative Services, viewers read them.
-    let user_kinds = ["services", "configurations", "revisions", "routes"];
+    let user_kinds = [
+        "services",
+        "configurations",
+        "revisions",
+        "routes",
+        "domainmappings",
+    ];
     out.push(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "knative-serving-aggregated-edit", "labels": {
@@ -285,6 +292,21 @@ fn rbac() -> Vec<Value> {
         "rules": [rule(&[serving], &user_kinds, READ)],
     }));
     out
+}
+
+/// The rules `rouse install` grants a role: cluster-wide (what it touches in users'
+/// namespaces) and namespaced (what it touches in `knative-serving` only). `rouse controller`
+/// checks its own at start.
+pub fn role_rules(role: Role) -> (Vec<Value>, Vec<Value>) {
+    let name = role.account();
+    let docs = rbac();
+    let rules = |kind: &str| -> Vec<Value> {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name.as_str())
+            .and_then(|d| d["rules"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    (rules("ClusterRole"), rules("Role"))
 }
 
 /// Knative's defaults, key by key, per ConfigMap (from `rouse_api::config`'s defaults; a test
