@@ -10,16 +10,26 @@ use rouse_activator::{Activator, RevisionParams};
 use rouse_api::networking::SksMode;
 use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
 
+/// Where traffic goes: `(namespace, revision, percent)` each.
+pub type Targets = Vec<(String, String, u32)>;
+
 /// One host and where its traffic goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostRoute {
     /// Lowercase host without port.
     pub host: String,
     /// `(namespace, revision, percent)`, summing to 100.
-    pub targets: Vec<(String, String, u32)>,
+    pub targets: Targets,
     /// With no targets: the route exists but has no traffic yet, and this says why (its
     /// requests get 503 with it, not the 404 for unknown hosts).
     pub unavailable: Option<String>,
+    /// Tag-header-based routing (`config-features` `tag-header-based-routing`): each tag and
+    /// its `(namespace, revision, percent)` targets, for requests to this host that name the
+    /// tag in `Knative-Serving-Tag`. Empty when the feature is off.
+    pub tags: Vec<(String, Targets)>,
+    /// A DomainMapping's domain: served as this host (its target's), with the Host header
+    /// rewritten to it (Knative's `rewriteHost`); `targets` is then empty.
+    pub rewrite_host: Option<String>,
 }
 
 /// How a revision is reached: its SKS mode, its instances and its request settings.
@@ -74,26 +84,35 @@ pub struct LocalNetworking {
     pub activator: Arc<Activator>,
 }
 
+fn route_targets(targets: Targets) -> Vec<RouteTarget> {
+    targets
+        .into_iter()
+        .map(|(namespace, revision, percent)| RouteTarget {
+            namespace,
+            revision,
+            percent,
+        })
+        .collect()
+}
+
 impl Networking for LocalNetworking {
     fn set_routes(&self, routes: Vec<HostRoute>) {
         let mut table = RoutingTable::new();
         for r in routes {
+            if let Some(target) = r.rewrite_host {
+                table.insert_alias(r.host, target);
+                continue;
+            }
             if r.targets.is_empty() {
                 if let Some(why) = r.unavailable {
                     table.insert_unavailable(r.host, why);
                 }
                 continue;
             }
-            let targets = r
-                .targets
-                .into_iter()
-                .map(|(namespace, revision, percent)| RouteTarget {
-                    namespace,
-                    revision,
-                    percent,
-                })
-                .collect();
-            table.insert(r.host, targets);
+            for (tag, targets) in r.tags {
+                table.insert_tag(r.host.clone(), tag, route_targets(targets));
+            }
+            table.insert(r.host, route_targets(r.targets));
         }
         self.gateway.set_routes(table);
     }

@@ -25,12 +25,15 @@ use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
 
 use crate::backends::Backends;
-use crate::routing::{self, RoutingTable, normalize_host};
+use crate::routing::{self, RouteTarget, RoutingTable, normalize_host};
 use crate::trust::TrustedProxies;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// Names the tag whose targets a request wants (tag-header-based routing); internal, so it
+/// is stripped before the request goes on.
+const TAG_HEADER: HeaderName = HeaderName::from_static("knative-serving-tag");
 
 /// Where a revision's requests go (the ServerlessService mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -289,8 +292,11 @@ impl Gateway {
         };
         // The table stays alive with the request: its target names are borrowed, not copied.
         let routes = self.routes.load_full();
-        let Some(targets) = routes.get(host) else {
-            if let Some(why) = routes.unavailable(host) {
+        // A mapped domain takes its target host's traffic, and the app sees the target host
+        // (the fast path leaves unrouted hosts, mapped ones among them, to this path).
+        let (lookup, rewrite) = routes.serving_host(host);
+        let Some(targets) = routes.get(lookup) else {
+            if let Some(why) = routes.unavailable(lookup) {
                 return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
             }
             return text_response(
@@ -298,6 +304,7 @@ impl Gateway {
                 format!("no route for host {:?}", normalize_host(host)),
             );
         };
+        let targets = tagged(&routes, host, req.headers()).unwrap_or(targets);
         let total = routing::total(targets);
         let Some(target) = (total > 0)
             .then(|| routing::pick(targets, fastrand::u64(0..total)))
@@ -320,6 +327,9 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         strip_internal(&mut parts.headers);
         add_forwarding(&mut parts.headers, client, host);
+        if let Some(target) = rewrite {
+            rewrite_host(&mut parts, target);
+        }
         let mut req = Request::from_parts(parts, body);
         if let Some(e) = entry.as_ref().filter(|e| e.mode == Mode::Serve)
             && let Some(backend) = e.backends.pick()
@@ -392,6 +402,34 @@ impl Gateway {
     }
 }
 
+/// The targets of the tag a request names in `Knative-Serving-Tag`, when its host is routed by
+/// tag and has that tag (exact match); `None` sends it to the host's own targets.
+fn tagged<'a>(
+    routes: &'a RoutingTable,
+    host: &str,
+    headers: &HeaderMap,
+) -> Option<&'a [RouteTarget]> {
+    let tag = headers.get(TAG_HEADER)?.to_str().ok()?;
+    routes.get_tagged(host, tag)
+}
+
+/// Sends the request on as one for `host` (a DomainMapping's Host rewrite): the Host header,
+/// and the URI's authority when it carries one (HTTP/2, absolute form). The client's own host
+/// stays in `Forwarded`.
+fn rewrite_host(parts: &mut http::request::Parts, host: &str) {
+    let Ok(value) = HeaderValue::from_str(host) else {
+        return;
+    };
+    if parts.uri.authority().is_some() {
+        let mut uri = parts.uri.clone().into_parts();
+        uri.authority = http::uri::Authority::from_maybe_shared(value.clone()).ok();
+        if let Ok(uri) = http::Uri::from_parts(uri) {
+            parts.uri = uri;
+        }
+    }
+    parts.headers.insert(header::HOST, value);
+}
+
 /// Names the revision a request is for (`Knative-Serving-Namespace`, `-Revision`).
 fn name_revision(headers: &mut HeaderMap, namespace: &str, revision: &str) {
     if let (Ok(ns), Ok(rev)) = (
@@ -461,6 +499,10 @@ impl FrontRouter for FastRouter {
         let Some(targets) = routes.get(host) else {
             return Route::General;
         };
+        if routes.routes_by_tag(host) {
+            // The fast path sees no headers: the general path reads the tag.
+            return Route::General;
+        }
         let total = routing::total(targets);
         let Some(target) = (total > 0)
             .then(|| routing::pick(targets, fastrand::u64(0..total)))

@@ -8,6 +8,11 @@
 //! - Proxy, or Serve without endpoints, or a revision never set: handed in-process to the
 //!   [`rouse_activator::Activator`], which buffers while the revision wakes.
 //!
+//! With tag-header-based routing on (`config-features`), a host may also carry per-tag
+//! targets: a request naming one of its tags in `Knative-Serving-Tag` goes to that tag's
+//! revision, any other (no header, an unknown tag) to the host's own split. Such hosts are
+//! served by the general path, which sees the header.
+//!
 //! Client-sent internal headers are stripped and `X-Forwarded-*`/`Forwarded` added.
 //!
 //! Clients may speak HTTP/1.1 or h2c (prior knowledge). Each revision has a protocol too: an

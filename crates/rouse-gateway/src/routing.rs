@@ -17,8 +17,15 @@ pub struct RouteTarget {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoutingTable {
     hosts: HashMap<String, Vec<RouteTarget>>,
+    /// Tag-header-based routing (`config-features`): per host, the targets of each tag a
+    /// request may name in `Knative-Serving-Tag`; a request naming no known tag takes the
+    /// host's own targets.
+    tags: HashMap<String, HashMap<String, Vec<RouteTarget>>>,
     /// Hosts of routes that exist but have no traffic yet, with why (answered 503, not 404).
     unavailable: HashMap<String, String>,
+    /// Hosts served as another host (a DomainMapping's domain → its target's host): looked up
+    /// as that host, and forwarded with the Host header rewritten to it.
+    aliases: HashMap<String, String>,
 }
 
 impl RoutingTable {
@@ -35,16 +42,29 @@ impl RoutingTable {
 
     /// The targets of `host` (normalized as by [`RoutingTable::insert`]).
     pub fn get(&self, host: &str) -> Option<&[RouteTarget]> {
-        let plain = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| !b.is_ascii_uppercase() && !b.is_ascii_whitespace() && b != b':')
-            && !host.ends_with('.');
-        if plain {
-            // Already normalized (the common case): no allocation.
-            return self.hosts.get(host).map(Vec::as_slice);
-        }
-        self.hosts.get(&normalize_host(host)).map(Vec::as_slice)
+        lookup(&self.hosts, host).map(Vec::as_slice)
+    }
+
+    /// Requests for `host` (normalized) carrying `Knative-Serving-Tag: tag` go to `targets`
+    /// instead of the host's own (tag-header-based routing).
+    pub fn insert_tag(&mut self, host: String, tag: String, targets: Vec<RouteTarget>) {
+        self.tags
+            .entry(normalize_host(&host))
+            .or_default()
+            .insert(tag, targets);
+    }
+
+    /// Whether requests for `host` are routed by their `Knative-Serving-Tag` header.
+    pub fn routes_by_tag(&self, host: &str) -> bool {
+        lookup(&self.tags, host).is_some()
+    }
+
+    /// The targets of a request for `host` naming `tag` in `Knative-Serving-Tag`: the tag's,
+    /// or `None` when the host has no such tag (the request takes the host's own targets).
+    pub fn get_tagged(&self, host: &str, tag: &str) -> Option<&[RouteTarget]> {
+        lookup(&self.tags, host)
+            .and_then(|tags| tags.get(tag))
+            .map(Vec::as_slice)
     }
 
     /// Marks `host` (normalized) as a route that exists but cannot serve yet: requests for it
@@ -58,6 +78,34 @@ impl RoutingTable {
         self.unavailable
             .get(&normalize_host(host))
             .map(String::as_str)
+    }
+
+    /// Serves `host` (normalized) as `target` (normalized): requests for it take `target`'s
+    /// traffic and reach the app with `Host: target`. A routed host wins over an alias.
+    pub fn insert_alias(&mut self, host: String, target: String) {
+        self.aliases
+            .insert(normalize_host(&host), normalize_host(&target));
+    }
+
+    /// The host `host` is served as, if it is an alias (a mapped domain).
+    pub fn alias(&self, host: &str) -> Option<&str> {
+        if self.aliases.is_empty() {
+            return None;
+        }
+        self.aliases.get(&normalize_host(host)).map(String::as_str)
+    }
+
+    /// The host to look `host` up as, and the Host to send when that is another (a mapped
+    /// domain's target). A route's own host, served or not, always wins over a mapping of the
+    /// same name, so no mapping can take a route's traffic.
+    pub fn serving_host<'a>(&'a self, host: &'a str) -> (&'a str, Option<&'a str>) {
+        if self.aliases.is_empty() || self.get(host).is_some() || self.unavailable(host).is_some() {
+            return (host, None);
+        }
+        match self.alias(host) {
+            Some(target) => (target, Some(target)),
+            None => (host, None),
+        }
     }
 
     /// The hosts routed, in no particular order.
@@ -74,6 +122,20 @@ impl RoutingTable {
     pub fn is_empty(&self) -> bool {
         self.hosts.is_empty()
     }
+}
+
+/// `host`'s entry in a map keyed by normalized hosts.
+fn lookup<'a, T>(map: &'a HashMap<String, T>, host: &str) -> Option<&'a T> {
+    let plain = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| !b.is_ascii_uppercase() && !b.is_ascii_whitespace() && b != b':')
+        && !host.ends_with('.');
+    if plain {
+        // Already normalized (the common case): no allocation.
+        return map.get(host);
+    }
+    map.get(&normalize_host(host))
 }
 
 /// Lowercases a Host value and drops its port and any trailing dot
@@ -145,6 +207,58 @@ mod tests {
         assert_eq!(
             table.unavailable("other.default.localhost:8080"),
             Some("not ready")
+        );
+        assert_eq!(table.alias("app.example.com"), None);
+        table.insert_alias("App.Example.com".into(), "Hello.default.localhost".into());
+        assert_eq!(
+            table.alias("app.example.COM:8080"),
+            Some("hello.default.localhost")
+        );
+        assert_eq!(
+            table.serving_host("App.example.com"),
+            ("hello.default.localhost", Some("hello.default.localhost"))
+        );
+        // A route's host is never taken over by a mapping of the same name.
+        table.insert_alias(
+            "hello.default.localhost".into(),
+            "b.default.localhost".into(),
+        );
+        table.insert_alias(
+            "other.default.localhost".into(),
+            "b.default.localhost".into(),
+        );
+        assert_eq!(
+            table.serving_host("hello.default.localhost"),
+            ("hello.default.localhost", None)
+        );
+        assert_eq!(
+            table.serving_host("other.default.localhost"),
+            ("other.default.localhost", None)
+        );
+    }
+
+    #[test]
+    fn a_tag_names_its_own_targets_on_the_host() {
+        let mut table = RoutingTable::new();
+        table.insert("svc.default.localhost".into(), vec![t("two", 100)]);
+        assert!(!table.routes_by_tag("svc.default.localhost"));
+        table.insert_tag(
+            "Svc.Default.localhost".into(),
+            "rev1".into(),
+            vec![t("one", 100)],
+        );
+        assert!(table.routes_by_tag("svc.default.localhost:80"));
+        assert_eq!(
+            table.get_tagged("svc.default.localhost", "rev1").unwrap()[0].revision,
+            "one"
+        );
+        // Tags match exactly; an unknown tag or another host has none.
+        assert!(table.get_tagged("svc.default.localhost", "REV1").is_none());
+        assert!(table.get_tagged("svc.default.localhost", "rev2").is_none());
+        assert!(
+            table
+                .get_tagged("other.default.localhost", "rev1")
+                .is_none()
         );
     }
 

@@ -168,6 +168,41 @@ async fn routes_by_host_ignoring_case_and_port() {
 }
 
 #[tokio::test]
+async fn a_tag_header_picks_the_tags_revision_and_never_reaches_the_app() {
+    let g = gateway().await;
+    let (one, two) = (backend("one").await, backend("two").await);
+    let host = "t.default.example.com";
+    let mut routes = table(&[(host, vec![target("t-00002", 100)])]);
+    routes.insert_tag(host.into(), "rev1".into(), vec![target("t-00001", 100)]);
+    g.gw.set_routes(routes);
+    g.gw.set_endpoints(NS, "t-00001", vec![one]);
+    g.gw.set_endpoints(NS, "t-00002", vec![two]);
+    let c = client();
+    let tagged = |tag: &str, path: &str| {
+        let mut req = get(g.addr, host, path);
+        req.headers_mut()
+            .insert("knative-serving-tag", tag.parse().unwrap());
+        req
+    };
+    for _ in 0..5 {
+        assert_eq!(send(&c, tagged("rev1", "/")).await.1, "one");
+        // An unknown tag (tags match exactly) and no header take the default route.
+        assert_eq!(send(&c, tagged("rev-wrong", "/")).await.1, "two");
+        assert_eq!(send(&c, tagged("REV1", "/")).await.1, "two");
+        assert_eq!(send(&c, get(g.addr, host, "/")).await.1, "two");
+    }
+    let (_, seen) = send(&c, tagged("rev1", "/headers")).await;
+    assert!(seen.starts_with("backend: one\n"), "{seen}");
+    assert!(!seen.contains("knative-serving-tag"), "{seen}");
+
+    // Without tag routes (the feature off) the header changes nothing and is dropped.
+    g.gw.set_routes(table(&[(host, vec![target("t-00002", 100)])]));
+    assert_eq!(send(&c, tagged("rev1", "/")).await.1, "two");
+    let (_, seen) = send(&c, tagged("rev1", "/headers")).await;
+    assert!(!seen.contains("knative-serving-tag"), "{seen}");
+}
+
+#[tokio::test]
 async fn h2c_clients_are_served() {
     let g = gateway().await;
     g.gw.set_routes(table(&[(
@@ -269,6 +304,40 @@ async fn spreads_across_instances_avoiding_busy_ones() {
     let (_, slow_body) = slow.await.unwrap();
     let busy = slow_body.trim_end_matches(" slept").to_string();
     assert!(others.iter().all(|o| *o != busy), "busy {busy}: {others:?}");
+}
+
+#[tokio::test]
+async fn a_mapped_domain_is_served_as_its_target_host() {
+    let g = gateway().await;
+    let mut t = table(&[("h.default.example.com", vec![target("h-00001", 100)])]);
+    t.insert_alias("app.example.org".into(), "h.default.example.com".into());
+    t.insert_alias(
+        "gone.example.org".into(),
+        "nothing.default.example.com".into(),
+    );
+    g.gw.set_routes(t);
+    g.gw.set_endpoints(NS, "h-00001", vec![backend("h").await]);
+    let c = client();
+    // HTTP/1.1 (which the fast path would take for a plain host) and the Host rewritten.
+    let (status, body) = send(&c, get(g.addr, "App.Example.org:8080", "/headers")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("host: h.default.example.com\n"), "{body}");
+    // The client's own host is still what Forwarded says it asked for.
+    assert!(
+        body.contains("forwarded: for=127.0.0.1;host=\"App.Example.org:8080\";proto=http\n"),
+        "{body}"
+    );
+    // HTTP/2 carries the host in :authority: rewritten as well.
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = get(g.addr, "app.example.org", "/headers");
+    let (status, body) = send(&h2, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("host: h.default.example.com\n"), "{body}");
+    // A mapping whose target serves nothing is an unknown host.
+    let (status, _) = send(&c, get(g.addr, "gone.example.org", "/")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -17,21 +17,26 @@ use crate::install::{NAMESPACE, Role, role_rules};
 const CONCURRENCY: usize = 16;
 
 /// Every CRD Rouse installs.
-const CRDS: [&CrdInfo; 7] = [
+const CRDS: [&CrdInfo; 8] = [
     &crd::SERVICE,
     &crd::CONFIGURATION,
     &crd::REVISION,
     &crd::ROUTE,
     &crd::POD_AUTOSCALER,
     &crd::SERVERLESS_SERVICE,
+    &crd::DOMAIN_MAPPING,
     &crd::INGRESS,
 ];
 
 /// The CRDs the API server does not serve, as `plural.group`.
 pub async fn missing_crds(client: &kube::Client) -> Result<Vec<String>, kube::Error> {
     let mut missing = Vec::new();
-    let mut groups: Vec<(&str, &str)> = CRDS.iter().map(|c| (c.group, c.version)).collect();
-    groups.dedup();
+    let mut groups: Vec<(&str, &str)> = Vec::new();
+    for c in CRDS {
+        if !groups.contains(&(c.group, c.version)) {
+            groups.push((c.group, c.version));
+        }
+    }
     for (group, version) in groups {
         let served: Vec<String> = match client
             .list_api_group_resources(&format!("{group}/{version}"))
@@ -41,7 +46,10 @@ pub async fn missing_crds(client: &kube::Client) -> Result<Vec<String>, kube::Er
             Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
             Err(e) => return Err(e),
         };
-        for c in CRDS.iter().filter(|c| c.group == group) {
+        for c in CRDS
+            .iter()
+            .filter(|c| c.group == group && c.version == version)
+        {
             if !served.iter().any(|r| r == c.plural) {
                 missing.push(format!("{}.{}", c.plural, c.group));
             }

@@ -42,6 +42,7 @@ async fn missing_crds_are_named() {
             "revisions.serving.knative.dev",
             "serverlessservices.networking.internal.knative.dev",
             "ingresses.networking.internal.knative.dev",
+            "domainmappings.serving.knative.dev",
         ]
     );
 }
@@ -79,6 +80,7 @@ async fn missing_permissions_are_named() {
             "update apps/deployments/scale",
             "patch apps/deployments/scale",
             "update core/secrets \"webhook-certs\" in knative-serving",
+            "update core/secrets \"autoscaler-token\" in knative-serving",
         ]
     );
     // One review per permission the install grants, cluster-wide or in knative-serving.

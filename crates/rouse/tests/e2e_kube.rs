@@ -11,10 +11,13 @@
 //! webhooks listen there); the suite removes the WebhookConfigurations when it ends, since they
 //! then name a URL nobody serves.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sidecar::{Sidecar, sidecar_env, start_app};
 use serde_json::Value;
 
 const NS: &str = "rouse-e2e";
@@ -70,7 +73,8 @@ fn until<T>(what: &str, bound: Duration, mut f: impl FnMut() -> Option<T>) -> T 
     }
 }
 
-struct Controller(Child);
+/// A `rouse controller` process and the address of its autoscaler stream.
+struct Controller(Child, std::net::SocketAddr);
 
 impl Drop for Controller {
     fn drop(&mut self) {
@@ -172,6 +176,8 @@ fn a_knative_service_on_a_real_api_server() {
     );
     assert!(ok, "CRDs established: {out}");
     let _ = kubectl(&kc, &["create", "namespace", NS], None);
+    // An earlier run's stand-in activator would put every revision behind it.
+    remove_stand_in_activator(&kc);
 
     let ksvc = |name: &str, traffic: &str| {
         format!(
@@ -193,17 +199,28 @@ fn a_knative_service_on_a_real_api_server() {
     );
 
     let start = |identity: &str, port: u16, health: u16| {
-        Controller(
-            Command::new(rouse_bin())
-                .args(["controller", "--kubeconfig", &kc, "--identity", identity])
-                .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
-                .args(["--webhook-url", &format!("https://127.0.0.1:{port}")])
-                .args(["--health-listen", &format!("127.0.0.1:{health}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
+        let mut child = Command::new(rouse_bin())
+            .args(["controller", "--kubeconfig", &kc, "--identity", identity])
+            .args(["--autoscaler-listen", "127.0.0.1:0"])
+            .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
+            .args(["--webhook-url", &format!("https://127.0.0.1:{port}")])
+            .args(["--health-listen", &format!("127.0.0.1:{health}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // "rouse controller: autoscaler stream on ADDR", then anything else drained.
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let stream = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("the controller printed {line:?}"));
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Controller(child, stream)
     };
     let port_a = free_port();
     let health_a = free_port();
@@ -321,35 +338,8 @@ fn a_knative_service_on_a_real_api_server() {
     let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: rouse-e2e-node\n";
     let (ok, out) = kubectl(&kc, &["apply", "-f", "-"], Some(node.as_bytes()));
     assert!(ok, "node: {out}");
-    let pod = until("the revision's pod", Duration::from_secs(60), || {
-        let pods = get_json(&kc, "pods")?;
-        pods["items"]
-            .as_array()?
-            .iter()
-            .find(|p| p["metadata"]["labels"]["serving.knative.dev/revision"] == "hello-00001")
-            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
-    });
-    let binding = format!(
-        "apiVersion: v1\nkind: Binding\nmetadata:\n  name: {pod}\n  namespace: {NS}\ntarget:\n  apiVersion: v1\n  kind: Node\n  name: rouse-e2e-node\n"
-    );
-    let _ = kubectl(&kc, &["create", "-f", "-"], Some(binding.as_bytes()));
-    let status = r#"{"status":{"phase":"Running","podIP":"10.244.9.9","podIPs":[{"ip":"10.244.9.9"}],"conditions":[{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"}]}}"#;
-    let (ok, out) = kubectl(
-        &kc,
-        &[
-            "patch",
-            "-n",
-            NS,
-            "pod",
-            &pod,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            status,
-        ],
-        None,
-    );
-    assert!(ok, "pod status: {out}");
+    let pod = revision_pod(&kc, "hello-00001");
+    report_ready(&kc, &pod, "10.244.9.9");
 
     let svc = until("the Service Ready", Duration::from_secs(90), || {
         get_json(&kc, "ksvc/hello").filter(ready)
@@ -401,7 +391,7 @@ fn a_knative_service_on_a_real_api_server() {
     until("e2e-a leading", Duration::from_secs(60), || {
         (holder(&kc) == "e2e-a").then_some(())
     });
-    let _second = start("e2e-b", free_port(), free_port());
+    let second = start("e2e-b", free_port(), free_port());
     drop(first);
     until("e2e-b taking over", Duration::from_secs(60), || {
         (holder(&kc) == "e2e-b").then_some(())
@@ -441,6 +431,8 @@ fn a_knative_service_on_a_real_api_server() {
         || get_json(&kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
     );
 
+    scale_to_zero(&kc, second.1);
+
     // Deleting the Service cascades through Kubernetes' garbage collector (the new leader
     // is the one running now).
     let (ok, out) = kubectl(&kc, &["delete", "-n", NS, "ksvc", "hello"], None);
@@ -453,4 +445,245 @@ fn a_knative_service_on_a_real_api_server() {
     });
     let _ = kubectl(&kc, &["delete", "node", "rouse-e2e-node"], None);
     remove_webhook_configs(&kc);
+}
+
+/// The name of the revision's (first) pod, once the ReplicaSet made it (not one still
+/// terminating from an earlier run: without a kubelet, deleted pods linger).
+fn revision_pod(kc: &str, rev: &str) -> String {
+    until(&format!("{rev}'s pod"), Duration::from_secs(60), || {
+        let pods = get_json(kc, "pods")?;
+        pods["items"]
+            .as_array()?
+            .iter()
+            .find(|p| {
+                p["metadata"]["labels"]["serving.knative.dev/revision"] == rev
+                    && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
+    })
+}
+
+/// Plays the kubelet for a pod: bound to the test's Node, running and Ready at `ip`.
+fn report_ready(kc: &str, pod: &str, ip: &str) {
+    let binding = format!(
+        "apiVersion: v1\nkind: Binding\nmetadata:\n  name: {pod}\n  namespace: {NS}\ntarget:\n  apiVersion: v1\n  kind: Node\n  name: rouse-e2e-node\n"
+    );
+    let _ = kubectl(kc, &["create", "-f", "-"], Some(binding.as_bytes()));
+    let status = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"startTime":"2026-01-01T00:00:00Z","conditions":[{{"type":"Ready","status":"True"}},{{"type":"ContainersReady","status":"True"}}]}}}}"#
+    );
+    let (ok, out) = kubectl(
+        kc,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "pod",
+            pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+        None,
+    );
+    assert!(ok, "pod status: {out}");
+}
+
+/// The pod of `zero` answers the autoscaler's scrape for real: a `rouse queue-proxy` in front
+/// of the test app, its stats port on 127.0.0.2:9090, the address the test reports as the pod's
+/// IP. Load through that sidecar (concurrency 3 against a target of 1) scales the Deployment up;
+/// with the load gone, the autoscaler scales the revision to zero: the public EndpointSlice
+/// points at the activator (one the test lists as ready) and the Deployment's replicas go to 0.
+fn scale_to_zero(kc: &str, autoscaler: std::net::SocketAddr) {
+    const POD_IP: &str = "127.0.0.2";
+    const ACTIVATOR_IP: &str = "10.244.7.7";
+    let app_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _app = start_app(app_port);
+    let mut env = sidecar_env(app_port);
+    for (k, v) in env.iter_mut() {
+        match *k {
+            "ROUSE_QUEUE_BIND" => *v = POD_IP.into(),
+            "ROUSE_QUEUE_METRICS_PORT" => *v = "9090".into(),
+            _ => {}
+        }
+    }
+    let sidecar = Sidecar::start(&env);
+
+    // An activator the SKS can point at (no activator runs here: its address is enough).
+    let activator = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: activator-service-e2e\n  namespace: knative-serving\n  labels:\n    kubernetes.io/service-name: activator-service\n    endpointslice.kubernetes.io/managed-by: rouse-e2e\naddressType: IPv4\nendpoints:\n  - addresses: [\"{ACTIVATOR_IP}\"]\n    conditions: {{ready: true}}\nports:\n  - name: http\n    port: 8012\n    protocol: TCP\n"
+    );
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(activator.as_bytes()));
+    assert!(ok, "activator slice: {out}");
+
+    let ksvc = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: zero\n  namespace: {NS}\n\
+         spec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/window: \"6s\"\n        autoscaling.knative.dev/target: \"1\"\n\
+         \x20   spec:\n      containers:\n        - image: ghcr.io/knative/helloworld-go:latest\n"
+    );
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(ksvc.as_bytes()));
+    assert!(ok, "apply ksvc zero: {out}");
+    let pod = revision_pod(kc, "zero-00001");
+    report_ready(kc, &pod, POD_IP);
+    until("zero Ready", Duration::from_secs(90), || {
+        get_json(kc, "ksvc/zero").filter(ready)
+    });
+    // Three requests at a time through the pod's sidecar, until the autoscaler reacts.
+    let serving = sidecar.addr("serving");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                    && started.elapsed() < Duration::from_secs(120)
+                {
+                    let _ = common::http_get(serving, "zero.rouse-e2e", "/?sleep=300");
+                }
+            })
+        })
+        .collect();
+    until(
+        "zero scaled up by its load",
+        Duration::from_secs(90),
+        || {
+            get_json(kc, "deployment/zero-00001-deployment")
+                .filter(|d| d["spec"]["replicas"].as_i64() >= Some(2))
+        },
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for l in load {
+        l.join().unwrap();
+    }
+    let idle = Instant::now();
+    until(
+        "zero's Deployment scaled to 0",
+        Duration::from_secs(180),
+        || get_json(kc, "deployment/zero-00001-deployment").filter(|d| d["spec"]["replicas"] == 0),
+    );
+    println!("scaled to zero {:?} after the load stopped", idle.elapsed());
+    until(
+        "zero's public EndpointSlice on the activator",
+        Duration::from_secs(60),
+        || {
+            get_json(kc, "endpointslice/zero-00001-ipv4-0").filter(|s| {
+                s["endpoints"].as_array().is_some_and(|e| {
+                    e.iter().all(|e| e["addresses"][0] == ACTIVATOR_IP) && !e.is_empty()
+                })
+            })
+        },
+    );
+    let sks = get_json(
+        kc,
+        "serverlessservices.networking.internal.knative.dev/zero-00001",
+    )
+    .unwrap();
+    assert_eq!(sks["spec"]["mode"], "Proxy", "{sks}");
+    wake_through_the_activator(kc, autoscaler);
+    let _ = kubectl(kc, &["delete", "-n", NS, "ksvc", "zero"], None);
+    remove_stand_in_activator(kc);
+}
+
+/// A request at zero through a real `rouse activator` (out of the cluster, pointed at the
+/// leader's stream with the token from the controller's Secret) pokes the autoscaler, which
+/// scales the Deployment up from zero.
+fn wake_through_the_activator(kc: &str, autoscaler: std::net::SocketAddr) {
+    use std::io::{BufRead, Write};
+    let (ok, token) = kubectl(
+        kc,
+        &[
+            "get",
+            "secret",
+            "-n",
+            "knative-serving",
+            "autoscaler-token",
+            "-o",
+            "jsonpath={.data.token}",
+        ],
+        None,
+    );
+    assert!(ok, "the token Secret: {token}");
+    let token = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .expect("base64 token")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), &token).unwrap();
+    let endpoints = serde_json::json!({"revisions": [
+        {"namespace": NS, "name": "zero-00001", "mode": "proxy", "pods": []}
+    ]});
+    std::fs::write(dir.path().join("endpoints.json"), endpoints.to_string()).unwrap();
+    let mut activator = Command::new(rouse_bin())
+        .args([
+            "activator",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics", "127.0.0.1:0", "--endpoints"])
+        .arg(dir.path().join("endpoints.json"))
+        .args(["--autoscaler", &format!("http://{autoscaler}")])
+        .arg("--autoscaler-token-file")
+        .arg(dir.path().join("token"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(activator.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listening=")?.parse().ok())
+        .unwrap_or_else(|| panic!("the activator printed {line:?}"));
+    let activator = Controller(activator, addr);
+    // The request waits in the activator (no pod is reachable): the poke is what counts.
+    let mut req = std::net::TcpStream::connect(addr).unwrap();
+    let sent = Instant::now();
+    req.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nHost: zero.{NS}.example.com\r\nKnative-Serving-Namespace: {NS}\r\nKnative-Serving-Revision: zero-00001\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    until(
+        "zero's Deployment scaled up by the activator's poke",
+        Duration::from_secs(30),
+        || {
+            get_json(kc, "deployment/zero-00001-deployment")
+                .filter(|d| d["spec"]["replicas"].as_i64() >= Some(1))
+        },
+    );
+    println!(
+        "request at zero through rouse activator -> Deployment replicas >= 1 on the API server: {:?}",
+        sent.elapsed()
+    );
+    drop(req);
+    drop(activator);
+}
+
+fn remove_stand_in_activator(kc: &str) {
+    let _ = kubectl(
+        kc,
+        &[
+            "delete",
+            "-n",
+            "knative-serving",
+            "endpointslice",
+            "activator-service-e2e",
+            "--ignore-not-found",
+        ],
+        None,
+    );
 }

@@ -7,7 +7,8 @@
 //! Every replica, leader or not, serves Knative's admission webhooks and reads Knative's
 //! ConfigMaps live: a change takes effect without a restart.
 
-use std::net::SocketAddr;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +25,7 @@ use rouse_kube::networking::KubeNetworking;
 use rouse_kube::revision::DeploymentConfig;
 use rouse_kube::route::IngressConfig;
 use rouse_kube::runtime::KubeRuntime;
+use rouse_kube::stat_stream::{self, ActivatorStats, StreamEnd, StreamToken};
 use rouse_kube::webhook::{self, WebhookOptions};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -54,6 +56,10 @@ pub struct ControllerArgs {
     /// the `webhook` Service.
     #[arg(long, value_name = "URL", value_parser = parse_webhook_url)]
     pub webhook_url: Option<String>,
+    /// Where the activators' stat streams are accepted (the `autoscaler` Service's port; port
+    /// 0 picks a free one). The address is printed on stdout.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub autoscaler_listen: SocketAddr,
     /// Where `/healthz` and `/readyz` are served (the Deployment's probes).
     #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], HEALTH_PORT as u16)))]
     pub health_listen: SocketAddr,
@@ -147,12 +153,16 @@ async fn lead_and_reconcile(
         store.clone(),
         deployment_config(&config.get(), &live.deployment.borrow(), &base),
     );
-    let networking = Arc::new(KubeNetworking::new(
-        client,
-        handle.clone(),
-        store.clone(),
-        ingress_config(&live, &args.domain),
-    ));
+    let activator_stats = start_stat_stream(args, &client, &handle, &leading).await?;
+    let networking = Arc::new(
+        KubeNetworking::new(
+            client.clone(),
+            handle.clone(),
+            store.clone(),
+            ingress_config(&live, &args.domain),
+        )
+        .with_activator_stats(activator_stats.clone()),
+    );
     // The reconcilers of the current term, if leading: a config change resyncs them.
     let reconciling: Arc<Mutex<Option<Arc<Context>>>> = Arc::default();
     {
@@ -191,13 +201,15 @@ async fn lead_and_reconcile(
             _ = &mut stop => return Ok(()),
         }
         info!(identity = %me, "leading: reconciling");
+        advertise_autoscaler(&client, &handle, &leading);
         let controller = Controller::new(
             store.clone(),
             runtime.clone(),
             networking.clone(),
             config.clone(),
             args.domain.clone(),
-        );
+        )
+        .with_pokes(activator_stats.begin_term());
         *reconciling.lock().unwrap_or_else(|p| p.into_inner()) = Some(controller.context());
         let mut lost = leading.clone();
         let mut stopped = false;
@@ -279,4 +291,66 @@ async fn serve_webhooks(
         serving_tx,
     ));
     Ok(serving)
+}
+
+/// Binds the activators' stat stream endpoint and serves it on the Kubernetes runtime, with
+/// the token kept from its Secret; streams are accepted only while this replica leads.
+async fn start_stat_stream(
+    args: &ControllerArgs,
+    client: &kube::Client,
+    handle: &tokio::runtime::Handle,
+    leading: &watch::Receiver<bool>,
+) -> anyhow::Result<Arc<ActivatorStats>> {
+    let addr = args.autoscaler_listen;
+    let listener = handle
+        .spawn(async move { tokio::net::TcpListener::bind(addr).await })
+        .await?
+        .with_context(|| format!("--autoscaler-listen {addr}"))?;
+    println!(
+        "rouse controller: autoscaler stream on {}",
+        listener.local_addr()?
+    );
+    let _ = std::io::stdout().flush();
+    let stats = Arc::new(ActivatorStats::default());
+    let token = Arc::new(StreamToken::default());
+    handle.spawn(stat_stream::keep_token(client.clone(), token.clone()));
+    let end = Arc::new(StreamEnd {
+        stats: stats.clone(),
+        token,
+        leading: leading.clone(),
+    });
+    handle.spawn(stat_stream::serve(listener, end, std::future::pending()));
+    Ok(stats)
+}
+
+/// In a pod ($POD_IP set), publishes this replica as the `autoscaler` Service's endpoint, so
+/// the activators' streams reach the leader. Out of the cluster the activators are pointed at
+/// the controller with `--autoscaler URL` instead.
+/// Retried while this replica still leads.
+fn advertise_autoscaler(
+    client: &kube::Client,
+    handle: &tokio::runtime::Handle,
+    leading: &watch::Receiver<bool>,
+) {
+    let Some(ip) = std::env::var("POD_IP")
+        .ok()
+        .and_then(|v| v.parse::<IpAddr>().ok())
+    else {
+        return;
+    };
+    let pod = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty());
+    let (client, leading) = (client.clone(), leading.clone());
+    handle.spawn(async move {
+        let mut backoff = std::time::Duration::from_millis(200);
+        while *leading.borrow() {
+            match stat_stream::advertise(&client, ip, pod.as_deref()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = %e, "publishing this replica as the autoscaler's endpoint failed; retrying")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+        }
+    });
 }

@@ -9,6 +9,7 @@
 //! one of the revision's pods passes its probe.
 
 pub mod endpoints;
+pub mod stats_push;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -57,6 +58,15 @@ pub struct HopArgs {
     pub poll: Duration,
 }
 
+/// `rouse activator` arguments: the hop's, and where to push stats and pokes.
+#[derive(Debug, Clone, Args)]
+pub struct ActivatorArgs {
+    #[command(flatten)]
+    pub hop: HopArgs,
+    #[command(flatten)]
+    pub push: stats_push::PushArgs,
+}
+
 fn parse_millis(s: &str) -> Result<Duration, String> {
     let n = s.strip_suffix("ms").unwrap_or(s);
     n.parse::<u64>()
@@ -65,11 +75,18 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs the activator until SIGTERM.
-pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
+pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()> {
+    let args = &activator_args.hop;
     let first = FileSource::read(&args.endpoints)?;
-    let poke: rouse_activator::Poke = Arc::new(|ns: &str, rev: &str| {
-        // No autoscaler connection yet: the wake-up comes from outside (the test, or an
-        // operator scaling the Deployment).
+    // Without an autoscaler to push to, the wake-up comes from outside (an operator scaling
+    // the Deployment, or a test).
+    let push =
+        stats_push::Target::from_args(&activator_args.push)?.map(stats_push::StatsPush::start);
+    let pusher = push.clone();
+    let poke: rouse_activator::Poke = Arc::new(move |ns: &str, rev: &str| {
+        if let Some(p) = &pusher {
+            p.poke(ns, rev);
+        }
         tracing::info!(
             namespace = ns,
             revision = rev,
@@ -77,6 +94,8 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
         );
     });
     let activator = Activator::new(ActivatorConfig::default(), poke);
+    let reporter =
+        push.map(|p| tokio::spawn(stats_push::report_every_second(activator.clone(), p)));
     let mut known = HashSet::new();
     apply_to_activator(&activator, &first, &mut known);
     let listen = args
@@ -98,6 +117,9 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
     };
     rouse_queue::http::serve(listener, make, terminated_then(admin)).await;
     watcher.abort();
+    if let Some(r) = reporter {
+        r.abort();
+    }
     Ok(())
 }
 
