@@ -666,13 +666,22 @@ fn webhook_configurations() -> Vec<Value> {
             "rules": rules,
         })
     };
-    let knative_rules = json!([{
-        "apiGroups": ["serving.knative.dev"],
-        "apiVersions": ["v1"],
-        "operations": ["CREATE", "UPDATE"],
-        "resources": ["services", "configurations", "revisions", "routes"],
-        "scope": "Namespaced",
-    }]);
+    let knative_rules = json!([
+        {
+            "apiGroups": ["serving.knative.dev"],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["services", "configurations", "revisions", "routes"],
+            "scope": "Namespaced",
+        },
+        {
+            "apiGroups": ["serving.knative.dev"],
+            "apiVersions": ["v1beta1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["domainmappings"],
+            "scope": "Namespaced",
+        },
+    ]);
     let mut defaulting = hook(
         webhook::DEFAULTING_WEBHOOK,
         webhook::DEFAULTING_PATH,

@@ -225,6 +225,8 @@ fn webhooks_fail_closed_for_knatives_kinds_and_open_for_configmaps() {
         w["rules"][0]["resources"],
         json!(["services", "configurations", "revisions", "routes"])
     );
+    assert_eq!(w["rules"][1]["apiVersions"], json!(["v1beta1"]));
+    assert_eq!(w["rules"][1]["resources"], json!(["domainmappings"]));
     let v = find(
         &docs,
         "ValidatingWebhookConfiguration",

@@ -281,6 +281,56 @@ async fn validation_refuses_with_knatives_message_and_field_path() {
 }
 
 #[tokio::test]
+async fn domain_mappings_get_local_modes_rules() {
+    let w = start_webhook().await;
+    let dm = |ref_ns: &str| {
+        json!({
+            "apiVersion": "serving.knative.dev/v1beta1", "kind": "DomainMapping",
+            "metadata": {"name": "shop.example.org", "namespace": "shop"},
+            "spec": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                             "name": "hello", "namespace": ref_ns}},
+        })
+    };
+    let r = post(
+        &w,
+        "/resource-validation",
+        review("DomainMapping", "CREATE", dm("shop"), None),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let r = post(
+        &w,
+        "/resource-validation",
+        review("DomainMapping", "CREATE", dm("elsewhere"), None),
+    )
+    .await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(
+        r["status"]["details"]["causes"][0]["field"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("spec.ref")),
+        "{r}"
+    );
+    // Defaulting fills the reference's namespace with the mapping's own.
+    let mut bare = dm("shop");
+    bare["spec"]["ref"]
+        .as_object_mut()
+        .unwrap()
+        .remove("namespace");
+    let r = post(
+        &w,
+        "/defaulting",
+        review("DomainMapping", "CREATE", bare, None),
+    )
+    .await;
+    assert!(
+        patch_ops(&r)
+            .contains(&json!({"op": "add", "path": "/spec/ref/namespace", "value": "shop"})),
+        "{r}"
+    );
+}
+
+#[tokio::test]
 async fn updates_follow_knatives_rules() {
     let w = start_webhook().await;
     let mut old = ksvc();

@@ -6,6 +6,7 @@
 use base64::Engine as _;
 use rouse_api::config::{Config, ConfigData};
 use rouse_api::decode::{DecodeError, decode_typed};
+use rouse_api::domainmapping::DomainMapping;
 use rouse_api::meta::Resource;
 use rouse_api::serving::{
     ANNOTATION_CREATOR, ANNOTATION_LAST_MODIFIER, Configuration, Revision, Route, Service,
@@ -170,6 +171,14 @@ fn admit(hook: Hook, req: &AdmissionRequest, cfg: &Config) -> Verdict {
             defaults::default_route,
             validation::validate_route,
             true,
+        ),
+        Some(Kind::DomainMapping) => admit_typed::<DomainMapping>(
+            hook,
+            req,
+            cfg,
+            defaults::default_domain_mapping,
+            validation::validate_domain_mapping,
+            false,
         ),
         _ => Verdict::Allow,
     }
