@@ -86,6 +86,22 @@ pub struct Context {
     pub autoscaling: autoscaling::Autoscaling,
 }
 
+impl Context {
+    /// Enqueues every object, as after a relist: a config change then reaches the objects
+    /// that did not change themselves (Knative's global resync).
+    pub fn resync(&self) {
+        let store = self.client.store().clone();
+        for kind in Kind::ALL {
+            if let Ok((items, _)) = store.list(kind, None) {
+                for obj in &items {
+                    enqueue_for(self, kind, obj, false);
+                }
+            }
+        }
+        self.queue.add(Key::new(Kind::Route, "", ""));
+    }
+}
+
 /// The controller: owns the queue, the watch and the workers.
 pub struct Controller {
     ctx: Arc<Context>,

@@ -47,7 +47,8 @@ pub struct KubeRuntime {
     client: kube::Client,
     handle: Handle,
     store: Arc<dyn Store>,
-    config: DeploymentConfig,
+    /// Replaced when the ConfigMaps change; Deployments written after that use it.
+    config: Mutex<DeploymentConfig>,
     pods: Arc<Mutex<HashMap<RevisionKey, BTreeMap<String, Pod>>>>,
     /// The replicas last written per revision, so an unchanged decision writes nothing.
     scaled: Arc<Mutex<HashMap<RevisionKey, u32>>>,
@@ -74,7 +75,7 @@ impl KubeRuntime {
             client: client.clone(),
             handle: handle.clone(),
             store,
-            config,
+            config: Mutex::new(config),
             pods: Arc::default(),
             scaled: Arc::default(),
             failures: Arc::default(),
@@ -84,6 +85,12 @@ impl KubeRuntime {
         });
         handle.spawn(inform_pods(client, rt.pods.clone(), events));
         rt
+    }
+
+    /// The settings Deployments are built with from now on (config-deployment, config-defaults
+    /// and config-features changed).
+    pub fn set_config(&self, config: DeploymentConfig) {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     /// The revision's ready pods as scrape targets; a pod is old once it has run for the
@@ -204,7 +211,12 @@ impl Runtime for KubeRuntime {
             }
         };
         self.scaled().insert(key.clone(), desired);
-        let (client, config) = (self.client.clone(), self.config.clone());
+        let client = self.client.clone();
+        let config = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let (scaled, events) = (self.scaled.clone(), self.events.clone());
         let failures = self.failures.clone();
         let turn = self

@@ -175,8 +175,14 @@ impl Config {
                 maps.insert(name, data);
             }
         }
+        Self::from_maps(&maps)
+    }
+
+    /// The config from ConfigMaps' data by name (as a cluster's API server holds them); a
+    /// ConfigMap not given takes Knative's defaults, a name Rouse does not read is refused.
+    pub fn from_maps(maps: &BTreeMap<String, ConfigData>) -> Result<Config, ConfigError> {
         let mut cfg = Config::default();
-        for (name, data) in &maps {
+        for (name, data) in maps {
             match name.as_str() {
                 defaults::NAME => cfg.defaults = defaults::DefaultsConfig::from_data(data)?,
                 network::NAME => cfg.network = network::NetworkConfig::from_data(data)?,
@@ -186,7 +192,14 @@ impl Config {
                     cfg.observability = observability::ObservabilityConfig::from_data(data)?
                 }
                 rouse::NAME => cfg.rouse = rouse::RouseConfig::from_data(data)?,
-                _ => cfg.autoscaler = parse_autoscaler(data)?,
+                AUTOSCALER_NAME => cfg.autoscaler = parse_autoscaler(data)?,
+                other => {
+                    return Err(ConfigError::new(
+                        other,
+                        "metadata.name",
+                        "not a ConfigMap Rouse reads",
+                    ));
+                }
             }
         }
         Ok(cfg)
