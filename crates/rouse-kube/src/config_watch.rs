@@ -133,6 +133,7 @@ pub fn deployment_config(
         revision_timeout_seconds: d.revision_timeout_seconds,
         revision_response_start_timeout_seconds: d.revision_response_start_timeout_seconds,
         revision_idle_timeout_seconds: d.revision_idle_timeout_seconds,
+        observability: cfg.observability.clone(),
     }
 }
 
