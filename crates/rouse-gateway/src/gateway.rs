@@ -298,6 +298,11 @@ impl Gateway {
                 format!("no route for host {:?}", normalize_host(host)),
             );
         };
+        // Header rules look at what the client sent, before internal headers are stripped.
+        let (targets, set_headers) = match routes.extras(host) {
+            Some(extras) => extras.select(req.headers(), targets),
+            None => (targets, &[][..]),
+        };
         let total = routing::total(targets);
         let Some(target) = (total > 0)
             .then(|| routing::pick(targets, fastrand::u64(0..total)))
@@ -320,6 +325,9 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         strip_internal(&mut parts.headers);
         add_forwarding(&mut parts.headers, client, host);
+        for (name, value) in set_headers {
+            parts.headers.insert(name.clone(), value.clone());
+        }
         let mut req = Request::from_parts(parts, body);
         if let Some(e) = entry.as_ref().filter(|e| e.mode == Mode::Serve)
             && let Some(backend) = e.backends.pick()
@@ -461,6 +469,10 @@ impl FrontRouter for FastRouter {
         let Some(targets) = routes.get(host) else {
             return Route::General;
         };
+        if routes.extras(host).is_some() {
+            // Header rules need the request's headers: the general path reads them.
+            return Route::General;
+        }
         let total = routing::total(targets);
         let Some(target) = (total > 0)
             .then(|| routing::pick(targets, fastrand::u64(0..total)))

@@ -33,5 +33,5 @@ mod routing;
 mod trust;
 
 pub use gateway::{Gateway, Mode};
-pub use routing::{RouteTarget, RoutingTable, normalize_host};
+pub use routing::{HeaderRule, HostExtras, RouteTarget, RoutingTable, SetHeader, normalize_host};
 pub use trust::{BadRange, TrustedProxies};

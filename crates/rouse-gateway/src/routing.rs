@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
 /// One revision a host's traffic goes to, and its share.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteTarget {
@@ -19,6 +21,54 @@ pub struct RoutingTable {
     hosts: HashMap<String, Vec<RouteTarget>>,
     /// Hosts of routes that exist but have no traffic yet, with why (answered 503, not 404).
     unavailable: HashMap<String, String>,
+    /// Hosts whose requests are routed by header too, or get headers set (Kubernetes
+    /// Ingresses); most tables have none, and their requests skip the lookup.
+    extras: HashMap<String, HostExtras>,
+}
+
+/// A header set on requests on their way to a revision.
+pub type SetHeader = (HeaderName, HeaderValue);
+
+/// What a host's requests get besides its weighted targets: header rules tried first, and
+/// headers set on the way (an Ingress path's `appendHeaders`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostExtras {
+    /// Tried in order; the first whose headers all match takes the request.
+    pub rules: Vec<HeaderRule>,
+    /// Set on requests that match no rule.
+    pub append: Vec<SetHeader>,
+}
+
+/// Requests carrying these exact header values go to these targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderRule {
+    /// Every header must be present with exactly this value.
+    pub matches: Vec<SetHeader>,
+    /// Where matching requests go.
+    pub targets: Vec<RouteTarget>,
+    /// Set on matching requests.
+    pub append: Vec<SetHeader>,
+}
+
+impl HostExtras {
+    /// The targets and headers to set for a request with `headers`, `default` when no rule
+    /// matches.
+    pub fn select<'a>(
+        &'a self,
+        headers: &HeaderMap,
+        default: &'a [RouteTarget],
+    ) -> (&'a [RouteTarget], &'a [SetHeader]) {
+        self.rules
+            .iter()
+            .find(|r| {
+                r.matches
+                    .iter()
+                    .all(|(name, value)| headers.get(name) == Some(value))
+            })
+            .map_or((default, self.append.as_slice()), |r| {
+                (r.targets.as_slice(), r.append.as_slice())
+            })
+    }
 }
 
 impl RoutingTable {
@@ -58,6 +108,21 @@ impl RoutingTable {
         self.unavailable
             .get(&normalize_host(host))
             .map(String::as_str)
+    }
+
+    /// Gives `host` (normalized) header rules and headers to set; see [`HostExtras`].
+    pub fn set_extras(&mut self, host: String, extras: HostExtras) {
+        if extras != HostExtras::default() {
+            self.extras.insert(normalize_host(&host), extras);
+        }
+    }
+
+    /// The header rules and headers to set of `host`, if it has any.
+    pub fn extras(&self, host: &str) -> Option<&HostExtras> {
+        if self.extras.is_empty() {
+            return None;
+        }
+        self.extras.get(&normalize_host(host))
     }
 
     /// The hosts routed, in no particular order.
@@ -146,6 +211,40 @@ mod tests {
             table.unavailable("other.default.localhost:8080"),
             Some("not ready")
         );
+    }
+
+    #[test]
+    fn header_rules_pick_targets_and_headers() {
+        let set = |n: &'static str, v: &'static str| {
+            (HeaderName::from_static(n), HeaderValue::from_static(v))
+        };
+        let mut table = RoutingTable::new();
+        let default = vec![t("a", 100)];
+        table.insert("h.example.com".into(), default.clone());
+        assert!(table.extras("h.example.com").is_none());
+        table.set_extras(
+            "H.example.com:80".into(),
+            HostExtras {
+                rules: vec![HeaderRule {
+                    matches: vec![set("knative-serving-tag", "blue")],
+                    targets: vec![t("b", 100)],
+                    append: vec![set("knative-serving-tag", "blue")],
+                }],
+                append: vec![set("knative-serving-default-route", "true")],
+            },
+        );
+        let extras = table.extras("h.example.com").expect("extras kept");
+        let mut headers = HeaderMap::new();
+        let (targets, append) = extras.select(&headers, &default);
+        assert_eq!(targets[0].revision, "a");
+        assert_eq!(append[0].0, "knative-serving-default-route");
+        headers.insert("knative-serving-tag", HeaderValue::from_static("green"));
+        assert_eq!(extras.select(&headers, &default).0[0].revision, "a");
+        headers.insert("knative-serving-tag", HeaderValue::from_static("blue"));
+        let (targets, append) = extras.select(&headers, &default);
+        assert_eq!(targets[0].revision, "b");
+        assert_eq!(append[0].1, "blue");
+        assert!(table.extras("other.example.com").is_none());
     }
 
     #[test]

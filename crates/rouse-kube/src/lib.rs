@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod cache;
 pub mod crd;
+pub mod informer;
 pub mod install;
 pub mod leader;
 pub mod networking;

@@ -4,7 +4,7 @@
 //! One replica leads at a time, elected on a Lease; a follower waits, and a leader that loses
 //! its Lease stops its reconcilers (stops writing) and goes back to waiting.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -40,8 +40,9 @@ pub struct ControllerArgs {
     pub queue_image: String,
 }
 
-async fn kube_client(args: &ControllerArgs) -> anyhow::Result<kube::Client> {
-    let config = match &args.kubeconfig {
+/// A client from `kubeconfig`, or from the in-cluster service account without one.
+pub(crate) async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig {}", path.display()))?;
@@ -99,13 +100,19 @@ async fn lead_and_reconcile(
     handle: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     let a = args.clone();
-    let client = handle.spawn(async move { kube_client(&a).await }).await??;
+    let client = handle
+        .spawn(async move { kube_client(a.kubeconfig.as_deref()).await })
+        .await??;
     let me = identity(args);
     let lock = LeaseLock::new(client.clone(), LeaseConfig::new(NAMESPACE, LEASE, &me));
     let mut leading: watch::Receiver<bool> = handle.spawn(async move { elect(lock) }).await?;
 
     let store = Arc::new(ClusterStore::start(client.clone(), handle.clone()));
-    let config = rouse_api::config::SharedConfig::new(Config::default());
+    // Rouse's install sets config-network's ingress class to its gateway's; until the
+    // ConfigMap is read, the Ingresses are written for that class too, not Knative's default.
+    let mut defaults = Config::default();
+    defaults.network.ingress_class = rouse_api::ingress::ROUSE_CLASS.to_string();
+    let config = rouse_api::config::SharedConfig::new(defaults);
     let deployment = DeploymentConfig {
         queue_image: args.queue_image.clone(),
         ..DeploymentConfig::default()

@@ -1,7 +1,8 @@
 //! `rouse activator` and `rouse gateway` as processes of their own: the same behaviours local
 //! mode fuses into one process ([`rouse_activator::Activator`], [`rouse_gateway::Gateway`]),
-//! fed by an [`endpoints::EndpointsSource`] (a static file today; the Kubernetes informers
-//! later) and talking to each other and to the queue-proxy sidecars over the network.
+//! fed by an [`endpoints::EndpointsSource`] (a static file, or the Kubernetes API:
+//! [`kube::KubeSource`]) and talking to each other and to the queue-proxy sidecars over the
+//! network. With the Kubernetes API, `/readyz` answers 503 until the first full sync.
 //!
 //! The gateway sends a revision's requests to its pods in Serve mode and to the activators in
 //! Proxy mode (as Knative's public Service endpoints do), naming the revision in
@@ -9,25 +10,28 @@
 //! one of the revision's pods passes its probe.
 
 pub mod endpoints;
+pub mod kube;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
 use http::{Request, StatusCode};
 use hyper::service::service_fn;
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
-use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
+use rouse_gateway::{Gateway, HeaderRule, HostExtras, Mode, RouteTarget, RoutingTable, SetHeader};
 use rouse_queue::PROBE_HEADER;
 use rouse_queue::http::{Body, full, text_response};
 use tokio::net::TcpListener;
 
-use endpoints::{EndpointsSource, FileSource, SksMode, Topology};
+use endpoints::{EndpointsSource, FileSource, SksMode, SourceError, Target, Topology};
+use kube::KubeSource;
 
 /// The header naming the revision's namespace on requests sent to an activator.
 const NAMESPACE_HEADER: &str = "knative-serving-namespace";
@@ -42,9 +46,20 @@ pub struct HopArgs {
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// The static description of revisions, pods, activators and routes (JSON), re-read
-    /// when it changes.
-    #[arg(long)]
-    pub endpoints: PathBuf,
+    /// when it changes. Without it, the Kubernetes API (`--kubeconfig`, else in-cluster).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub endpoints: Option<PathBuf>,
+    /// A kubeconfig for the cluster to follow (the gateway: Ingresses and public
+    /// EndpointSlices; the activator: Revisions and their EndpointSlices). Without it and
+    /// without `--endpoints`, the in-cluster service account.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The gateway's Ingress class.
+    #[arg(long, default_value = rouse_api::ingress::ROUSE_CLASS)]
+    pub ingress_class: String,
+    /// This activator's pod IP, to find its share of each revision's pods.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<IpAddr>,
     /// Health checks (`/healthz`, `/readyz`) and metrics (`/metrics`), as the install
     /// manifests' probes expect them.
     #[arg(long, default_value = "0.0.0.0:8022")]
@@ -66,7 +81,8 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
 
 /// Runs the activator until SIGTERM.
 pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
-    let first = FileSource::read(&args.endpoints)?;
+    let (source, first) =
+        open_source(args, |client| KubeSource::activator(client, args.pod_ip)).await?;
     let poke: rouse_activator::Poke = Arc::new(|ns: &str, rev: &str| {
         // No autoscaler connection yet: the wake-up comes from outside (the test, or an
         // operator scaling the Deployment).
@@ -78,15 +94,17 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
     });
     let activator = Activator::new(ActivatorConfig::default(), poke);
     let mut known = HashSet::new();
-    apply_to_activator(&activator, &first, &mut known);
+    if let Some(first) = &first {
+        apply_to_activator(&activator, first, &mut known);
+    }
     let listen = args
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8012)));
     let act = activator.clone();
-    let (listener, admin) = bind(listen, args, "activator", move || act.metrics_text()).await?;
-    let source = FileSource::new(args.endpoints.clone(), args.poll);
+    let (listener, health) = bind(listen, args, "activator", move || act.metrics_text()).await?;
+    health.ready.store(first.is_some(), Ordering::SeqCst);
     let act = activator.clone();
-    let watcher = tokio::spawn(follow(source, move |t| {
+    let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
         apply_to_activator(&act, &t, &mut known)
     }));
     let make = |_remote| {
@@ -96,7 +114,7 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
             async move { Ok::<_, Infallible>(activate(&activator, req).await) }
         })
     };
-    rouse_queue::http::serve(listener, make, terminated_then(admin)).await;
+    rouse_queue::http::serve(listener, make, terminated_then(health)).await;
     watcher.abort();
     Ok(())
 }
@@ -138,6 +156,7 @@ fn apply_to_activator(activator: &Activator, t: &Topology, known: &mut HashSet<(
             timeout: r
                 .timeout_seconds
                 .map_or(Duration::ZERO, Duration::from_secs),
+            response_start_timeout: r.response_start_timeout_seconds.map(Duration::from_secs),
             h2c: r.h2c,
             ..RevisionParams::default()
         };
@@ -153,23 +172,33 @@ fn apply_to_activator(activator: &Activator, t: &Topology, known: &mut HashSet<(
 
 /// Runs the gateway until SIGTERM.
 pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
-    let first = FileSource::read(&args.endpoints)?;
+    let (source, first) = open_source(args, |client| {
+        let domain = format!(
+            "{}.{}.svc.cluster.local",
+            rouse_kube::install::GATEWAY_SERVICE,
+            rouse_kube::install::NAMESPACE
+        );
+        KubeSource::gateway(client, args.ingress_class.clone(), domain)
+    })
+    .await?;
     // Used only while no activator is listed: then the gateway buffers itself.
     let fallback = Activator::new(ActivatorConfig::default(), Arc::new(|_: &str, _: &str| {}));
     let gateway = Gateway::new(fallback);
     let mut known = HashSet::new();
-    apply_to_gateway(&gateway, &first, &mut known);
+    if let Some(first) = &first {
+        apply_to_gateway(&gateway, first, &mut known);
+    }
     let listen = args
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
     let gw = gateway.clone();
-    let (listener, admin) = bind(listen, args, "gateway", move || gateway_metrics(&gw)).await?;
-    let source = FileSource::new(args.endpoints.clone(), args.poll);
+    let (listener, health) = bind(listen, args, "gateway", move || gateway_metrics(&gw)).await?;
+    health.ready.store(first.is_some(), Ordering::SeqCst);
     let gw = gateway.clone();
-    let watcher = tokio::spawn(follow(source, move |t| {
+    let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
         apply_to_gateway(&gw, &t, &mut known)
     }));
-    gateway.serve(listener, terminated_then(admin)).await;
+    gateway.serve(listener, terminated_then(health)).await;
     watcher.abort();
     Ok(())
 }
@@ -189,16 +218,20 @@ fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut HashSet<(String
     }
     let mut table = RoutingTable::new();
     for route in &t.routes {
-        let targets = route
-            .targets
-            .iter()
-            .map(|x| RouteTarget {
-                namespace: x.namespace.clone(),
-                revision: x.revision.clone(),
-                percent: x.percent,
-            })
-            .collect();
-        table.insert(route.host.clone(), targets);
+        table.insert(route.host.clone(), route_targets(&route.targets));
+        let extras = HostExtras {
+            rules: route
+                .header_rules
+                .iter()
+                .map(|r| HeaderRule {
+                    matches: set_headers(&r.headers),
+                    targets: route_targets(&r.targets),
+                    append: set_headers(&r.append_headers),
+                })
+                .collect(),
+            append: set_headers(&route.append_headers),
+        };
+        table.set_extras(route.host.clone(), extras);
     }
     gateway.set_routes(table);
     for (ns, rev) in known.difference(&now) {
@@ -207,14 +240,85 @@ fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut HashSet<(String
     *known = now;
 }
 
+fn route_targets(targets: &[Target]) -> Vec<RouteTarget> {
+    targets
+        .iter()
+        .map(|x| RouteTarget {
+            namespace: x.namespace.clone(),
+            revision: x.revision.clone(),
+            percent: x.percent,
+        })
+        .collect()
+}
+
+/// Header names and values as the gateway sets them; an invalid one is left out (logged).
+fn set_headers(headers: &std::collections::BTreeMap<String, String>) -> Vec<SetHeader> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            match (
+                http::HeaderName::try_from(name.as_str()),
+                http::HeaderValue::try_from(value.as_str()),
+            ) {
+                (Ok(n), Ok(v)) => Some((n, v)),
+                _ => {
+                    tracing::warn!(header = %name, "not a valid header; left out");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The file or the Kubernetes API, as the arguments say.
+enum Source {
+    File(FileSource),
+    Kube(Box<KubeSource>),
+}
+
+impl EndpointsSource for Source {
+    async fn next(&mut self) -> Result<Topology, SourceError> {
+        match self {
+            Source::File(f) => f.next().await,
+            Source::Kube(k) => k.next().await,
+        }
+    }
+}
+
+/// The source the arguments name, with the file's first version (read now, so a bad file
+/// stops the process at start). The API's first version comes once it is synced.
+async fn open_source(
+    args: &HopArgs,
+    kube_source: impl FnOnce(::kube::Client) -> KubeSource,
+) -> anyhow::Result<(Source, Option<Topology>)> {
+    if let Some(path) = &args.endpoints {
+        let first = FileSource::read(path)?;
+        return Ok((
+            Source::File(FileSource::new(path.clone(), args.poll)),
+            Some(first),
+        ));
+    }
+    let client = super::controller::kube_client(args.kubeconfig.as_deref()).await?;
+    Ok((Source::Kube(Box::new(kube_source(client))), None))
+}
+
 /// Applies every new version of the description; a bad one is reported and the last good one
-/// stays in force.
-async fn follow<S: EndpointsSource>(mut source: S, mut apply: impl FnMut(Topology) + Send) {
-    // The first version was applied before serving; applying it again changes nothing, and
-    // a change made since is not missed.
+/// stays in force. The process is ready once one version is applied.
+async fn follow<S: EndpointsSource>(
+    mut source: S,
+    health: Arc<Health>,
+    mut apply: impl FnMut(Topology) + Send,
+) {
+    // A file's first version was applied before serving; applying it again changes nothing,
+    // and a change made since is not missed.
     loop {
         match source.next().await {
-            Ok(t) => apply(t),
+            Ok(t) => {
+                apply(t);
+                if !health.ready.swap(true, Ordering::SeqCst) {
+                    tracing::info!("synced: serving what the source describes");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "endpoints not updated"),
         }
     }
@@ -229,8 +333,13 @@ fn gateway_metrics(gateway: &Gateway) -> String {
     )
 }
 
-/// Whether the process is draining (SIGTERM came): health checks answer 503 from then on.
-type Draining = Arc<std::sync::atomic::AtomicBool>;
+/// The process's health: live unless draining (SIGTERM came); ready once its source was
+/// synced and while not draining.
+#[derive(Default)]
+struct Health {
+    draining: AtomicBool,
+    ready: AtomicBool,
+}
 
 /// Binds the serving listener and the admin and metrics ports (health checks and `metrics`
 /// on both), and prints one line with the addresses.
@@ -239,7 +348,7 @@ async fn bind(
     args: &HopArgs,
     what: &str,
     metrics: impl Fn() -> String + Send + Sync + 'static,
-) -> anyhow::Result<(TcpListener, Draining)> {
+) -> anyhow::Result<(TcpListener, Arc<Health>)> {
     let bind_one = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -255,27 +364,31 @@ async fn bind(
         metrics_port.local_addr()?
     );
     let _ = std::io::stdout().flush();
-    let draining = Draining::default();
+    let health = Arc::new(Health::default());
     let metrics: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(metrics);
     for port in [admin, metrics_port] {
-        tokio::spawn(serve_admin(port, draining.clone(), metrics.clone()));
+        tokio::spawn(serve_admin(port, health.clone(), metrics.clone()));
     }
-    Ok((l, draining))
+    Ok((l, health))
 }
 
 async fn serve_admin(
     listener: TcpListener,
-    draining: Draining,
+    health: Arc<Health>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
 ) {
     let make = |_remote| {
-        let draining = draining.clone();
+        let health = health.clone();
         let metrics = metrics.clone();
         service_fn(move |req: Request<Body>| {
             let resp = match req.uri().path() {
-                "/healthz" | "/readyz" if draining.load(std::sync::atomic::Ordering::SeqCst) => {
+                "/healthz" | "/readyz" if health.draining.load(Ordering::SeqCst) => {
                     text_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
                 }
+                "/readyz" if !health.ready.load(Ordering::SeqCst) => text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not synced with the source yet",
+                ),
                 "/healthz" | "/readyz" => text_response(StatusCode::OK, "ok"),
                 "/metrics" => text_response(StatusCode::OK, metrics()),
                 _ => text_response(StatusCode::NOT_FOUND, "not found"),
@@ -287,9 +400,9 @@ async fn serve_admin(
 }
 
 /// Resolves at SIGTERM or SIGINT, marking the process draining.
-async fn terminated_then(draining: Draining) {
+async fn terminated_then(health: Arc<Health>) {
     terminated().await;
-    draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    health.draining.store(true, Ordering::SeqCst);
 }
 
 /// Resolves at SIGTERM or SIGINT.
