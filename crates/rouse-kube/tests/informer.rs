@@ -48,7 +48,11 @@ async fn until(what: &str, informer: &Informer, cond: impl Fn(&Snapshot) -> bool
 fn address(objects: &BTreeMap<ObjectKey, Value>, name: &str) -> Option<String> {
     objects
         .get(&("shop".to_string(), name.to_string()))
-        .and_then(|o| o["endpoints"][0]["addresses"][0].as_str().map(str::to_string))
+        .and_then(|o| {
+            o["endpoints"][0]["addresses"][0]
+                .as_str()
+                .map(str::to_string)
+        })
 }
 
 #[tokio::test]
@@ -70,7 +74,8 @@ async fn lists_then_follows_additions_changes_and_deletions() {
     fake.put(SLICES, slice("b", "10.0.0.2"));
     fake.put(SLICES, slice("a", "10.0.0.9"));
     let s = until("the additions and the change", &informer, |s| {
-        address(&s.objects, "b").is_some() && address(&s.objects, "a").as_deref() == Some("10.0.0.9")
+        address(&s.objects, "b").is_some()
+            && address(&s.objects, "a").as_deref() == Some("10.0.0.9")
     })
     .await;
     assert_eq!(s.objects.len(), 2);
@@ -100,5 +105,8 @@ async fn an_api_server_that_is_not_there_yet_is_waited_for() {
     let s = until("the list once the server is up", &informer, |s| s.synced).await;
     assert_eq!(address(&s.objects, "a").as_deref(), Some("10.0.0.1"));
     fake.put(SLICES, slice("b", "10.0.0.2"));
-    until("a change after the outage", &informer, |s| s.objects.len() == 2).await;
+    until("a change after the outage", &informer, |s| {
+        s.objects.len() == 2
+    })
+    .await;
 }

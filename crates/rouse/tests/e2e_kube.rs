@@ -2,9 +2,14 @@
 //! (skipped, with the reason printed, otherwise): `rouse install` applied with kubectl, a
 //! Knative Service applied with kubectl, `rouse controller --kubeconfig` as a process, the
 //! per-revision objects shaped as Knative makes them; the test plays the kubelet (a Node, the
-//! pod bound to it and reported Ready with an IP) so the Service becomes Ready; deleting the
-//! Service cascades. Needs `kubectl` on PATH and `cargo build -p rouse --bins`.
+//! pod bound to it and reported Ready with an IP) so the Service becomes Ready; the pod's
+//! containers run here (the test app and `rouse queue-proxy` on this machine's own address,
+//! which is the pod's IP), so a request through `rouse gateway --kubeconfig` reaches the app
+//! and the gateway marks the Ingress Ready; `rouse activator --kubeconfig` syncs; deleting the
+//! Service cascades. Needs `kubectl` on PATH and `cargo build --workspace --bins`.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,6 +69,7 @@ fn until<T>(what: &str, bound: Duration, mut f: impl FnMut() -> Option<T>) -> T 
     }
 }
 
+/// A process of the test, killed when dropped.
 struct Controller(Child);
 
 impl Drop for Controller {
@@ -71,6 +77,108 @@ impl Drop for Controller {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// This machine's own non-loopback address (the route to a non-local address starts there;
+/// nothing is sent): the pod IP, so that it is a real pod address and reaches here.
+fn own_address() -> Option<IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.255:9")
+        .or_else(|_| s.connect("10.255.255.255:9"))
+        .ok()?;
+    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// The pod's containers, run here: the test app on a free port and the sidecar on the pod
+/// IP's port 8012 (where the public EndpointSlice sends).
+fn run_pod(pod_ip: IpAddr) -> (Controller, Controller) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = Controller(
+        Command::new(rouse_bin().with_file_name("rouse-testapp"))
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the test app starts (cargo build --workspace --bins)"),
+    );
+    let env = [
+        ("SERVING_NAMESPACE", NS.to_string()),
+        ("SERVING_SERVICE", "hello".into()),
+        ("SERVING_CONFIGURATION", "hello".into()),
+        ("SERVING_REVISION", "hello-00001".into()),
+        ("SERVING_POD", "hello-00001-deployment-e2e".into()),
+        ("SERVING_POD_IP", pod_ip.to_string()),
+        ("QUEUE_SERVING_PORT", "8012".into()),
+        ("QUEUE_SERVING_TLS_PORT", "8112".into()),
+        ("USER_PORT", port.to_string()),
+        ("CONTAINER_CONCURRENCY", "0".into()),
+        ("REVISION_TIMEOUT_SECONDS", "300".into()),
+        ("REVISION_RESPONSE_START_TIMEOUT_SECONDS", "0".into()),
+        ("REVISION_IDLE_TIMEOUT_SECONDS", "0".into()),
+        ("SERVING_LOGGING_CONFIG", String::new()),
+        ("SERVING_LOGGING_LEVEL", String::new()),
+        (
+            "SERVING_READINESS_PROBE",
+            r#"{"tcpSocket":{"port":0},"successThreshold":1}"#.into(),
+        ),
+        ("ENABLE_HTTP2_AUTO_DETECTION", "false".into()),
+        ("ROUSE_QUEUE_BIND", pod_ip.to_string()),
+        ("ROUSE_QUEUE_H2C_PORT", "0".into()),
+        ("ROUSE_QUEUE_ADMIN_PORT", "0".into()),
+        ("ROUSE_QUEUE_METRICS_PORT", "0".into()),
+        ("ROUSE_QUEUE_USER_METRICS_PORT", "0".into()),
+    ];
+    let sidecar = Controller(
+        Command::new(rouse_bin())
+            .arg("queue-proxy")
+            .env_clear()
+            .envs(env)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    (app, sidecar)
+}
+
+/// `rouse activator` or `rouse gateway` with `--kubeconfig`, and its serving and admin
+/// addresses.
+fn start_hop(role: &str, kc: &str) -> (Controller, SocketAddr, SocketAddr) {
+    let mut child = Command::new(rouse_bin())
+        .args([role, "--kubeconfig", kc, "--listen", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .env_remove("POD_IP")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = |key: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("{role} printed {line:?}"))
+    };
+    let (serving, admin) = (addr("listening="), addr("admin="));
+    (Controller(child), serving, admin)
+}
+
+/// One HTTP/1.1 GET; the status and body.
+fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, raw.split_once("\r\n\r\n")?.1.to_string()))
 }
 
 fn ready(obj: &Value) -> bool {
@@ -179,7 +287,14 @@ fn a_knative_service_on_a_real_api_server() {
         "apiVersion: v1\nkind: Binding\nmetadata:\n  name: {pod}\n  namespace: {NS}\ntarget:\n  apiVersion: v1\n  kind: Node\n  name: rouse-e2e-node\n"
     );
     let _ = kubectl(&kc, &["create", "-f", "-"], Some(binding.as_bytes()));
-    let status = r#"{"status":{"phase":"Running","podIP":"10.244.9.9","podIPs":[{"ip":"10.244.9.9"}],"conditions":[{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"}]}}"#;
+    // The pod's containers run here when this machine has an address other than loopback
+    // (a pod IP is a routable address, not loopback); otherwise the pod only pretends.
+    let pod_ip = own_address();
+    let _pod = pod_ip.map(run_pod);
+    let ip = pod_ip.map_or_else(|| "10.244.9.9".to_string(), |ip| ip.to_string());
+    let status = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"True"}},{{"type":"ContainersReady","status":"True"}}]}}}}"#
+    );
     let (ok, out) = kubectl(
         &kc,
         &[
@@ -191,7 +306,7 @@ fn a_knative_service_on_a_real_api_server() {
             "--subresource=status",
             "--type=merge",
             "-p",
-            status,
+            &status,
         ],
         None,
     );
@@ -208,7 +323,7 @@ fn a_knative_service_on_a_real_api_server() {
             get_json(&kc, "endpointslice/hello-00001-ipv4-0").filter(|s| {
                 s["endpoints"]
                     .as_array()
-                    .is_some_and(|e| e.iter().any(|e| e["addresses"][0] == "10.244.9.9"))
+                    .is_some_and(|e| e.iter().any(|e| e["addresses"][0] == ip.as_str()))
             })
         },
     );
@@ -225,6 +340,38 @@ fn a_knative_service_on_a_real_api_server() {
         "{hosts}"
     );
     assert!(hosts.contains("\"serviceName\":\"hello-00001\""), "{hosts}");
+
+    // The data plane from the API: the gateway routes the Ingress's host to the pod and marks
+    // the Ingress Ready; the activator syncs its Revisions and EndpointSlices.
+    let (_gateway, gateway, gateway_admin) = start_hop("gateway", &kc);
+    let (_activator, _, activator_admin) = start_hop("activator", &kc);
+    for admin in [gateway_admin, activator_admin] {
+        until("the hops synced", Duration::from_secs(60), || {
+            (get(admin, "localhost", "/readyz")?.0 == 200).then_some(())
+        });
+    }
+    until(
+        "the Ingress marked Ready by the gateway",
+        Duration::from_secs(60),
+        || get_json(&kc, "ingresses.networking.internal.knative.dev/hello").filter(ready),
+    );
+    let host = format!("hello.{NS}.example.com");
+    if pod_ip.is_some() {
+        let (status, body) = until(
+            "a request through the gateway",
+            Duration::from_secs(60),
+            || get(gateway, &host, "/").filter(|(s, _)| *s == 200),
+        );
+        assert_eq!(status, 200, "{body}");
+    } else {
+        eprintln!(
+            "no address other than loopback here: the request through the gateway is not sent"
+        );
+    }
+    assert_eq!(
+        get(gateway, "nobody.example.com", "/").map(|r| r.0),
+        Some(404)
+    );
 
     // Leader hand-over: a second replica follows while the first leads, and takes the Lease
     // once the first is gone (after the Lease's 15 s duration).

@@ -663,7 +663,10 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     // The API server's address, before it is up.
-    let api = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let api = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let kc = kubeconfig(dir.path(), api);
     let activator = Hop::start_from("activator", "--kubeconfig", &kc);
     let gateway = Hop::start_from("gateway", "--kubeconfig", &kc);
@@ -713,8 +716,9 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
             .as_array()?
             .iter()
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        (ready && ing["status"]["publicLoadBalancer"]["ingress"][0]["domainInternal"]
-            == "rouse-gateway.knative-serving.svc.cluster.local")
+        (ready
+            && ing["status"]["publicLoadBalancer"]["ingress"][0]["domainInternal"]
+                == "rouse-gateway.knative-serving.svc.cluster.local")
             .then_some(())
     });
 
@@ -739,7 +743,10 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
     fake.put(SLICES, slice("hello-00001-private", "Private", 0, pod));
     let (status, head, body) = cold.join().unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert!(head.contains("k-cold-start:"), "waited in the activator: {head}");
+    assert!(
+        head.contains("k-cold-start:"),
+        "waited in the activator: {head}"
+    );
 
     // A bounded stream of requests while the public slice switches to the pod (Serve).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
