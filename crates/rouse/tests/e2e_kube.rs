@@ -143,11 +143,38 @@ fn run_pod(pod_ip: IpAddr) -> (Controller, Controller) {
     (app, sidecar)
 }
 
-/// `rouse activator` or `rouse gateway` with `--kubeconfig`, and its serving and admin
-/// addresses.
-fn start_hop(role: &str, kc: &str) -> (Controller, SocketAddr, SocketAddr) {
+/// A kubeconfig like `kc` that acts as the install's ServiceAccount `account`, so what the
+/// role does is checked against its RBAC.
+fn impersonating(kc: &str, account: &str, dir: &std::path::Path) -> PathBuf {
+    let (ok, out) = kubectl(
+        kc,
+        &[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(ok, "kubectl config view: {out}");
+    let mut config: Value = serde_json::from_str(&out).expect("kubeconfig as JSON");
+    config["users"][0]["user"]["as"] =
+        format!("system:serviceaccount:knative-serving:{account}").into();
+    let path = dir.join(format!("{account}.kubeconfig"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// `rouse activator` or `rouse gateway` with `--kubeconfig`, acting as its ServiceAccount, and
+/// its serving and admin addresses.
+fn start_hop(role: &str, kc: &str, dir: &std::path::Path) -> (Controller, SocketAddr, SocketAddr) {
+    let kc = impersonating(kc, &format!("rouse-{role}"), dir);
     let mut child = Command::new(rouse_bin())
-        .args([role, "--kubeconfig", kc, "--listen", "127.0.0.1:0"])
+        .args([role, "--listen", "127.0.0.1:0", "--kubeconfig"])
+        .arg(&kc)
         .args(["--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
         .env_remove("POD_IP")
         .stdout(Stdio::piped())
@@ -341,10 +368,12 @@ fn a_knative_service_on_a_real_api_server() {
     );
     assert!(hosts.contains("\"serviceName\":\"hello-00001\""), "{hosts}");
 
-    // The data plane from the API: the gateway routes the Ingress's host to the pod and marks
-    // the Ingress Ready; the activator syncs its Revisions and EndpointSlices.
-    let (_gateway, gateway, gateway_admin) = start_hop("gateway", &kc);
-    let (_activator, _, activator_admin) = start_hop("activator", &kc);
+    // The data plane from the API, each hop with its install RBAC only: the gateway routes the
+    // Ingress's host to the pod and marks the Ingress Ready; the activator syncs its
+    // Revisions and EndpointSlices.
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, gateway, gateway_admin) = start_hop("gateway", &kc, dir.path());
+    let (_activator, _, activator_admin) = start_hop("activator", &kc, dir.path());
     for admin in [gateway_admin, activator_admin] {
         until("the hops synced", Duration::from_secs(60), || {
             (get(admin, "localhost", "/readyz")?.0 == 200).then_some(())
