@@ -369,6 +369,8 @@ struct Hop {
     child: Child,
     addr: SocketAddr,
     admin: SocketAddr,
+    /// The activator's second (h2c) port.
+    h2c: Option<SocketAddr>,
 }
 
 impl Hop {
@@ -383,6 +385,11 @@ impl Hop {
             .args([role, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(["--metrics", "127.0.0.1:0", "--poll", "20ms", source])
             .arg(path)
+            .args(if role == "activator" {
+                &["--listen-h2c", "127.0.0.1:0"][..]
+            } else {
+                &[]
+            })
             .env_remove("POD_IP")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -404,6 +411,7 @@ impl Hop {
             child,
             addr: *addr,
             admin: *admin,
+            h2c: addrs.get("h2c").copied(),
         }
     }
 }
@@ -465,9 +473,11 @@ fn separate_processes_buffer_at_zero_wake_and_leave_the_activator_without_losing
     // At zero: the request goes gateway → activator and waits there.
     let gw = gateway.addr;
     let cold = std::thread::spawn(move || exchange(gw, "/", &[]));
-    // The activator answers its own probe while the request waits.
-    let (status, _, body) = exchange(activator.addr, "/", &[("K-Network-Probe", "activator")]);
-    assert_eq!((status, body.as_slice()), (200, b"activator".as_slice()));
+    // The activator answers its own probe while the request waits, on both its ports.
+    for port in [activator.addr, activator.h2c.expect("the h2c port printed")] {
+        let (status, _, body) = exchange(port, "/", &[("K-Network-Probe", "activator")]);
+        assert_eq!((status, body.as_slice()), (200, b"activator".as_slice()));
+    }
     // It waits in the activator's queue (the activator's metrics on its admin port).
     eventually("the request queued in the activator", PATIENCE, || {
         let (status, _, body) = exchange(activator.admin, "/metrics", &[]);

@@ -54,6 +54,10 @@ pub struct HopArgs {
     /// without `--endpoints`, the in-cluster service account.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// The activator's second port (Knative's 8013, where the public Services send h2c
+    /// revisions' requests). Default: 0.0.0.0:8013 when `--listen` is not given, else none.
+    #[arg(long)]
+    pub listen_h2c: Option<SocketAddr>,
     /// The gateway's Ingress class.
     #[arg(long, default_value = rouse_api::ingress::ROUSE_CLASS)]
     pub ingress_class: String,
@@ -100,21 +104,57 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
     let listen = args
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8012)));
+    // Knative's h2c port too: the public Services send h2c revisions' requests there. Both
+    // ports take HTTP/1.1 and h2c alike.
+    let h2c_listen = args.listen_h2c.or_else(|| {
+        args.listen
+            .is_none()
+            .then(|| SocketAddr::from(([0, 0, 0, 0], 8013)))
+    });
+    let h2c_listener = match h2c_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    let also = match &h2c_listener {
+        Some(l) => vec![("h2c", l.local_addr()?)],
+        None => Vec::new(),
+    };
     let act = activator.clone();
-    let (listener, health) = bind(listen, args, "activator", move || act.metrics_text()).await?;
+    let (listener, health) =
+        bind(listen, args, "activator", &also, move || act.metrics_text()).await?;
     health.ready.store(first.is_some(), Ordering::SeqCst);
     let act = activator.clone();
     let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
         apply_to_activator(&act, &t, &mut known)
     }));
-    let make = |_remote| {
+    let make = move |_remote| {
         let activator = activator.clone();
         service_fn(move |req: Request<Body>| {
             let activator = activator.clone();
             async move { Ok::<_, Infallible>(activate(&activator, req).await) }
         })
     };
-    rouse_queue::http::serve(listener, make, terminated_then(health)).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let h2c =
+        h2c_listener.map(|l| tokio::spawn(rouse_queue::http::serve(l, make.clone(), stopped())));
+    tokio::spawn(async move {
+        terminated_then(health).await;
+        let _ = stop_tx.send(true);
+    });
+    rouse_queue::http::serve(listener, make, stopped()).await;
+    if let Some(h2c) = h2c {
+        let _ = h2c.await;
+    }
     watcher.abort();
     Ok(())
 }
@@ -192,7 +232,8 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
     let gw = gateway.clone();
-    let (listener, health) = bind(listen, args, "gateway", move || gateway_metrics(&gw)).await?;
+    let (listener, health) =
+        bind(listen, args, "gateway", &[], move || gateway_metrics(&gw)).await?;
     health.ready.store(first.is_some(), Ordering::SeqCst);
     let gw = gateway.clone();
     let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
@@ -342,11 +383,12 @@ struct Health {
 }
 
 /// Binds the serving listener and the admin and metrics ports (health checks and `metrics`
-/// on both), and prints one line with the addresses.
+/// on both), and prints one line with the addresses (and those of `also`, bound already).
 async fn bind(
     listen: SocketAddr,
     args: &HopArgs,
     what: &str,
+    also: &[(&str, SocketAddr)],
     metrics: impl Fn() -> String + Send + Sync + 'static,
 ) -> anyhow::Result<(TcpListener, Arc<Health>)> {
     let bind_one = |addr: SocketAddr| async move {
@@ -357,8 +399,9 @@ async fn bind(
     let l = bind_one(listen).await?;
     let admin = bind_one(args.admin).await?;
     let metrics_port = bind_one(args.metrics).await?;
+    let also: String = also.iter().map(|(k, a)| format!(" {k}={a}")).collect();
     println!(
-        "rouse {what}: listening={} admin={} metrics={}",
+        "rouse {what}: listening={} admin={} metrics={}{also}",
         l.local_addr()?,
         admin.local_addr()?,
         metrics_port.local_addr()?
