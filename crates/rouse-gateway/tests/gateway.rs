@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
-use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
+use rouse_gateway::{Gateway, HeaderRule, HostExtras, Mode, RouteTarget, RoutingTable};
 use rouse_queue::{ProbeSpec, QueueConfig, QueueProxy};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -269,6 +269,68 @@ async fn spreads_across_instances_avoiding_busy_ones() {
     let (_, slow_body) = slow.await.unwrap();
     let busy = slow_body.trim_end_matches(" slept").to_string();
     assert!(others.iter().all(|o| *o != busy), "busy {busy}: {others:?}");
+}
+
+/// Tag-header-based routing as an Ingress asks for it: a request carrying
+/// `Knative-Serving-Tag: blue` goes to the tag's revision with the tag set, any other request
+/// takes the default route, marked as such; a client cannot forge the mark.
+#[tokio::test]
+async fn header_rules_route_by_header_and_set_the_paths_headers() {
+    let g = gateway().await;
+    let host = "h.default.example.com";
+    let mut t = table(&[(host, vec![target("main-00001", 100)])]);
+    let set = |n: &'static str, v: &'static str| {
+        (
+            http::HeaderName::from_static(n),
+            http::HeaderValue::from_static(v),
+        )
+    };
+    t.set_extras(
+        host.into(),
+        HostExtras {
+            rules: vec![HeaderRule {
+                matches: vec![set("knative-serving-tag", "blue")],
+                targets: vec![target("blue-00001", 100)],
+                append: vec![set("knative-serving-tag", "blue")],
+            }],
+            append: vec![set("knative-serving-default-route", "true")],
+        },
+    );
+    g.gw.set_routes(t);
+    g.gw.set_endpoints(NS, "main-00001", vec![backend("main").await]);
+    g.gw.set_endpoints(NS, "blue-00001", vec![backend("blue").await]);
+    let c = client();
+    let with = |headers: &[(&str, &str)]| {
+        let mut req = Request::get(format!("http://{}/headers", g.addr)).header("Host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Full::default()).unwrap()
+    };
+
+    let (status, body) = send(&c, with(&[("Knative-Serving-Tag", "blue")])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("backend: blue\n"), "{body}");
+    assert!(body.contains("knative-serving-tag: blue\n"), "{body}");
+    assert!(!body.contains("default-route"), "{body}");
+
+    for headers in [
+        &[][..],
+        &[("Knative-Serving-Tag", "green")][..],
+        &[("Knative-Serving-Default-Route", "false")][..],
+    ] {
+        let (status, body) = send(&c, with(headers)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with("backend: main\n"), "{headers:?}: {body}");
+        assert!(
+            body.contains("knative-serving-default-route: true\n"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("green") && !body.contains(": false"),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test]
