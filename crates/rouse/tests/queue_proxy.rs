@@ -713,13 +713,19 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
                                       "Knative-Serving-Namespace": "default"}}]}]}}]},
         }),
     );
-    // Proxy mode: the public Service's endpoints are the activator.
-    fake.put(SLICES, slice("hello-00001", "Public", 0, activator.addr));
     for hop in [&activator, &gateway] {
         eventually("synced with the API server", PATIENCE, || {
             (exchange(hop.admin, "/readyz", &[]).0 == 200).then_some(())
         });
     }
+    // No endpoints at all yet (no pod, no activator): refused at once, not held.
+    eventually("the route known, without endpoints", PATIENCE, || {
+        let (status, _, body) = exchange(gateway.addr, "/", &[]);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        (status == 503 && text.contains("no endpoints")).then_some(())
+    });
+    // Proxy mode: the public Service's endpoints are the activator.
+    fake.put(SLICES, slice("hello-00001", "Public", 0, activator.addr));
     eventually("the Ingress marked Ready by the gateway", PATIENCE, || {
         let ing = fake.object(INGRESSES, "default", "hello")?;
         let ready = ing["status"]["conditions"]

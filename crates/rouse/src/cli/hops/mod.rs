@@ -221,7 +221,8 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
         KubeSource::gateway(client, args.ingress_class.clone(), domain)
     })
     .await?;
-    // Used only while no activator is listed: then the gateway buffers itself.
+    // Used only while a revision has nowhere to send: it refuses at once (see
+    // `apply_to_gateway`).
     let fallback = Activator::new(ActivatorConfig::default(), Arc::new(|_: &str, _: &str| {}));
     let gateway = Gateway::new(fallback);
     let mut known = HashSet::new();
@@ -247,13 +248,23 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
 fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut HashSet<(String, String)>) {
     let mut now = HashSet::new();
     for r in &t.revisions {
-        // Proxy mode: the activators are the revision's endpoints (as on Kubernetes); with
-        // none listed, the gateway's own activator takes the requests.
+        // Proxy mode: the activators are the revision's endpoints (as on Kubernetes). With
+        // nowhere to send, the gateway's own activator answers 503 at once (as an ingress
+        // with no healthy upstream does) instead of holding requests nothing can release.
         let (mode, endpoints) = match r.mode {
             SksMode::Serve if !r.pods.is_empty() => (Mode::Serve, r.pods.clone()),
             _ if !t.activators.is_empty() => (Mode::Serve, t.activators.clone()),
             _ => (Mode::Proxy, Vec::new()),
         };
+        let refusal = (mode == Mode::Proxy).then(|| {
+            format!(
+                "revision {}/{} has no endpoints: no pod and no activator is ready",
+                r.namespace, r.name
+            )
+        });
+        gateway
+            .activator()
+            .set_refusal(&r.namespace, &r.name, refusal);
         gateway.set_revision(&r.namespace, &r.name, mode, endpoints, r.h2c);
         now.insert((r.namespace.clone(), r.name.clone()));
     }
@@ -277,6 +288,7 @@ fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut HashSet<(String
     gateway.set_routes(table);
     for (ns, rev) in known.difference(&now) {
         gateway.remove_revision(ns, rev);
+        gateway.activator().remove_revision(ns, rev);
     }
     *known = now;
 }
