@@ -12,7 +12,7 @@
 pub mod endpoints;
 pub mod kube;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +30,9 @@ use rouse_queue::PROBE_HEADER;
 use rouse_queue::http::{Body, full, text_response};
 use tokio::net::TcpListener;
 
-use endpoints::{EndpointsSource, FileSource, SksMode, SourceError, Target, Topology};
+use endpoints::{
+    EndpointsSource, FileSource, RevisionEndpoints, SksMode, SourceError, Target, Topology,
+};
 use kube::KubeSource;
 
 /// The header naming the revision's namespace on requests sent to an activator.
@@ -97,7 +99,7 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
         );
     });
     let activator = Activator::new(ActivatorConfig::default(), poke);
-    let mut known = HashSet::new();
+    let mut known = Applied::new();
     if let Some(first) = &first {
         apply_to_activator(&activator, first, &mut known);
     }
@@ -188,9 +190,38 @@ fn header_text(req: &Request<Body>, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn apply_to_activator(activator: &Activator, t: &Topology, known: &mut HashSet<(String, String)>) {
-    let mut now = HashSet::new();
+/// What was last applied per revision, so that a new version touches only the revisions
+/// it changes (a cluster's every event would otherwise re-set them all).
+type Applied<T> = HashMap<(String, String), T>;
+
+/// Applies `t`'s revisions through `set`, skipping those applied unchanged; returns those no
+/// longer listed, for the caller to remove once nothing routes to them.
+fn apply_revisions<T: PartialEq>(
+    t: &Topology,
+    known: &mut Applied<T>,
+    state: impl Fn(&RevisionEndpoints) -> T,
+    mut set: impl FnMut(&RevisionEndpoints, &T),
+) -> Vec<(String, String)> {
+    let mut now = Applied::new();
     for r in &t.revisions {
+        let key = (r.namespace.clone(), r.name.clone());
+        let wanted = state(r);
+        if known.get(&key) != Some(&wanted) {
+            set(r, &wanted);
+        }
+        now.insert(key, wanted);
+    }
+    let gone = known
+        .keys()
+        .filter(|k| !now.contains_key(*k))
+        .cloned()
+        .collect();
+    *known = now;
+    gone
+}
+
+fn apply_to_activator(activator: &Activator, t: &Topology, known: &mut Applied<RevisionEndpoints>) {
+    let set = |r: &RevisionEndpoints, _: &RevisionEndpoints| {
         let params = RevisionParams {
             container_concurrency: r.container_concurrency,
             timeout: r
@@ -202,12 +233,10 @@ fn apply_to_activator(activator: &Activator, t: &Topology, known: &mut HashSet<(
         };
         activator.set_revision(&r.namespace, &r.name, params);
         activator.set_backends(&r.namespace, &r.name, r.pods.clone());
-        now.insert((r.namespace.clone(), r.name.clone()));
+    };
+    for (ns, rev) in apply_revisions(t, known, Clone::clone, set) {
+        activator.remove_revision(&ns, &rev);
     }
-    for (ns, rev) in known.difference(&now) {
-        activator.remove_revision(ns, rev);
-    }
-    *known = now;
 }
 
 /// Runs the gateway until SIGTERM.
@@ -225,7 +254,7 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
     // `apply_to_gateway`).
     let fallback = Activator::new(ActivatorConfig::default(), Arc::new(|_: &str, _: &str| {}));
     let gateway = Gateway::new(fallback);
-    let mut known = HashSet::new();
+    let mut known = Applied::new();
     if let Some(first) = &first {
         apply_to_gateway(&gateway, first, &mut known);
     }
@@ -245,18 +274,22 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut HashSet<(String, String)>) {
-    let mut now = HashSet::new();
-    for r in &t.revisions {
-        // Proxy mode: the activators are the revision's endpoints (as on Kubernetes). With
-        // nowhere to send, the gateway's own activator answers 503 at once (as an ingress
-        // with no healthy upstream does) instead of holding requests nothing can release.
-        let (mode, endpoints) = match r.mode {
-            SksMode::Serve if !r.pods.is_empty() => (Mode::Serve, r.pods.clone()),
-            _ if !t.activators.is_empty() => (Mode::Serve, t.activators.clone()),
-            _ => (Mode::Proxy, Vec::new()),
-        };
-        let refusal = (mode == Mode::Proxy).then(|| {
+/// Where the gateway sends a revision's requests: mode, endpoints, h2c.
+type GatewayRoute = (Mode, Vec<SocketAddr>, bool);
+
+fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut Applied<GatewayRoute>) {
+    // Proxy mode: the activators are the revision's endpoints (as on Kubernetes). With
+    // nowhere to send, the gateway's own activator answers 503 at once (as an ingress with
+    // no healthy upstream does) instead of holding requests nothing can release.
+    let route = |r: &RevisionEndpoints| -> GatewayRoute {
+        match r.mode {
+            SksMode::Serve if !r.pods.is_empty() => (Mode::Serve, r.pods.clone(), r.h2c),
+            _ if !t.activators.is_empty() => (Mode::Serve, t.activators.clone(), r.h2c),
+            _ => (Mode::Proxy, Vec::new(), r.h2c),
+        }
+    };
+    let set = |r: &RevisionEndpoints, (mode, endpoints, h2c): &GatewayRoute| {
+        let refusal = (*mode == Mode::Proxy).then(|| {
             format!(
                 "revision {}/{} has no endpoints: no pod and no activator is ready",
                 r.namespace, r.name
@@ -265,9 +298,9 @@ fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut HashSet<(String
         gateway
             .activator()
             .set_refusal(&r.namespace, &r.name, refusal);
-        gateway.set_revision(&r.namespace, &r.name, mode, endpoints, r.h2c);
-        now.insert((r.namespace.clone(), r.name.clone()));
-    }
+        gateway.set_revision(&r.namespace, &r.name, *mode, endpoints.clone(), *h2c);
+    };
+    let gone = apply_revisions(t, known, route, set);
     let mut table = RoutingTable::new();
     for route in &t.routes {
         table.insert(route.host.clone(), route_targets(&route.targets));
@@ -286,11 +319,11 @@ fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut HashSet<(String
         table.set_extras(route.host.clone(), extras);
     }
     gateway.set_routes(table);
-    for (ns, rev) in known.difference(&now) {
-        gateway.remove_revision(ns, rev);
-        gateway.activator().remove_revision(ns, rev);
+    // Only now that no route names them.
+    for (ns, rev) in gone {
+        gateway.remove_revision(&ns, &rev);
+        gateway.activator().remove_revision(&ns, &rev);
     }
-    *known = now;
 }
 
 fn route_targets(targets: &[Target]) -> Vec<RouteTarget> {
