@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use kube::api::{Api, DynamicObject, ListParams, WatchEvent, WatchParams};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -143,7 +143,8 @@ async fn follow(
     }
 }
 
-/// Follows one watch request from `rv`, applying and publishing each change.
+/// Follows one watch request from `rv`, applying each change and publishing once per burst
+/// (the events already arrived), not once per event.
 async fn watch_once(
     api: &Api<DynamicObject>,
     labels: &str,
@@ -160,27 +161,52 @@ async fn watch_once(
         Err(e) => return Ended::Failed(e.to_string()),
     };
     let mut stream = std::pin::pin!(stream);
-    while let Some(event) = stream.next().await {
-        let (obj, deleted) = match event {
-            Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => (o, false),
-            Ok(WatchEvent::Deleted(o)) => (o, true),
-            Ok(WatchEvent::Bookmark(b)) => {
-                *rv = b.metadata.resource_version;
-                continue;
+    while let Some(first) = stream.next().await {
+        let mut changed = false;
+        let mut event = Some(first);
+        while let Some(ev) = event {
+            match apply_event(ev, rv, objects) {
+                Ok(c) => changed |= c,
+                Err(ended) => {
+                    if changed {
+                        publish(tx, objects);
+                    }
+                    return ended;
+                }
             }
-            Ok(WatchEvent::Error(status)) => return Ended::Failed(status.message),
-            Err(e) => return Ended::Failed(e.to_string()),
-        };
-        if let Some(v) = obj.metadata.resource_version.clone() {
-            *rv = v;
+            event = stream.next().now_or_never().flatten();
         }
-        let key = key_of(&obj);
-        if deleted {
-            objects.remove(&key);
-        } else if let Ok(v) = serde_json::to_value(&obj) {
-            objects.insert(key, v);
+        if changed {
+            publish(tx, objects);
         }
-        publish(tx, objects);
     }
     Ended::TimedOut
+}
+
+/// Applies one watch event to `objects`; whether they changed, or why the watch is over.
+fn apply_event(
+    event: kube::Result<WatchEvent<DynamicObject>>,
+    rv: &mut String,
+    objects: &mut BTreeMap<ObjectKey, Value>,
+) -> Result<bool, Ended> {
+    let (obj, deleted) = match event {
+        Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => (o, false),
+        Ok(WatchEvent::Deleted(o)) => (o, true),
+        Ok(WatchEvent::Bookmark(b)) => {
+            *rv = b.metadata.resource_version;
+            return Ok(false);
+        }
+        Ok(WatchEvent::Error(status)) => return Err(Ended::Failed(status.message)),
+        Err(e) => return Err(Ended::Failed(e.to_string())),
+    };
+    if let Some(v) = obj.metadata.resource_version.clone() {
+        *rv = v;
+    }
+    let key = key_of(&obj);
+    if deleted {
+        objects.remove(&key);
+    } else if let Ok(v) = serde_json::to_value(&obj) {
+        objects.insert(key, v);
+    }
+    Ok(true)
 }
