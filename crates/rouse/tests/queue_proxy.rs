@@ -738,9 +738,16 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
             .then_some(())
     });
 
-    // At zero: gateway → activator, where the request waits.
+    // At zero: gateway → activator, where the request waits (once the gateway has seen the
+    // slice: until then it refuses at once, and the request is sent again).
     let gw = gateway.addr;
-    let cold = std::thread::spawn(move || exchange(gw, "/", &[]));
+    let cold = std::thread::spawn(move || {
+        eventually("the gateway sending to the activator", PATIENCE, || {
+            let (status, head, body) = exchange(gw, "/", &[]);
+            let refused = status == 503 && String::from_utf8_lossy(&body).contains("no endpoints");
+            (!refused).then_some((status, head, body))
+        })
+    });
     eventually("the request queued in the activator", PATIENCE, || {
         let (_, _, body) = exchange(activator.admin, "/metrics", &[]);
         String::from_utf8(body)
