@@ -193,24 +193,23 @@ impl EndpointsSource for KubeSource {
     }
 }
 
-/// The Ingresses of `class`, in namespace/name order; ones that do not decode are skipped
-/// (and logged).
+/// The Ingresses of `class`, in namespace/name order. The class is read before decoding, so
+/// other implementations' Ingresses (whatever fields they carry) are never decoded; one of
+/// ours that does not decode is skipped and logged.
 fn decode_ingresses(objects: &Objects, class: &str) -> Vec<Ingress> {
     objects
         .values()
+        .filter(|v| {
+            let annotated = &v["metadata"]["annotations"][rouse_api::ingress::ANNOTATION_CLASS];
+            annotated.as_str().map_or(class == ROUSE_CLASS, |c| c == class)
+                && v["metadata"]["deletionTimestamp"].is_null()
+        })
         .filter_map(|v| match serde_json::from_value::<Ingress>(v.clone()) {
             Ok(i) => Some(i),
             Err(e) => {
                 tracing::warn!(name = %v["metadata"]["name"], error = %e, "an Ingress does not decode; ignored");
                 None
             }
-        })
-        .filter(|i| {
-            i.metadata
-                .annotations
-                .get(rouse_api::ingress::ANNOTATION_CLASS)
-                .map_or(class == ROUSE_CLASS, |c| c == class)
-                && i.metadata.deletion_timestamp.is_none()
         })
         .collect()
 }
@@ -681,12 +680,17 @@ mod tests {
         let mut later = ours.clone();
         later.metadata.name = "c".into();
         later.spec.rules[0].http.as_mut().unwrap().paths[0].splits[0].service_name = "other".into();
-        let objs = objects(
-            [&ours, &theirs, &later]
-                .iter()
-                .map(|i| serde_json::to_value(i).unwrap())
-                .collect(),
-        );
+        let mut values: Vec<Value> = [&ours, &theirs, &later]
+            .iter()
+            .map(|i| serde_json::to_value(i).unwrap())
+            .collect();
+        // Another implementation's Ingress with fields Rouse's types do not know: not ours,
+        // so never decoded.
+        let mut foreign = values[1].clone();
+        foreign["metadata"]["name"] = "d".into();
+        foreign["spec"]["someoneElsesField"] = json!({"x": 1});
+        values.push(foreign);
+        let objs = objects(values);
         let decoded = decode_ingresses(&objs, ROUSE_CLASS);
         let names: Vec<&str> = decoded.iter().map(|i| i.metadata.name.as_str()).collect();
         assert_eq!(names, ["a", "c"]);
