@@ -427,6 +427,10 @@ def autoscaler_config(data):
 
 
 ANN = "autoscaling.knative.dev/"
+# The hosts the separate gateway serves (issue 13's procs rows): Serve mode, Proxy mode, and
+# a revision with no pods (requests wait in the activator).
+PROCS_HOSTS = {"serve": "serve.bench.example.com", "proxy": "proxy.bench.example.com",
+               "zero": "zero.bench.example.com"}
 
 
 class Rouse:
@@ -823,10 +827,29 @@ class Harness:
                 ("rouse-serve-h2", "h2c", gw, "hop-serve", None),
                 ("rouse-activator-h2", "h2c", gw, "hop-act", None),
             ]
+        hp = getattr(self, "hops", None)
+        if self.want("procs") and hp:
+            serve, proxy = PROCS_HOSTS["serve"], PROCS_HOSTS["proxy"]
+            rows += [
+                ("procs-sidecar", "http/1.1", hp["sidecar"], None, None),
+                ("procs-gateway-sidecar", "http/1.1", hp["gateway"], serve, None),
+                ("procs-gateway-activator-sidecar", "http/1.1", hp["gateway"], proxy, None),
+                ("procs-sidecar-h2", "h2c", hp["sidecar_h2c"], None, None),
+                ("procs-gateway-sidecar-h2", "h2c", hp["gateway"], serve, None),
+                ("procs-gateway-activator-sidecar-h2", "h2c", hp["gateway"], proxy, None),
+            ]
         return rows
 
     def server_roots(self, name):
         """The processes that serve a hop row (with their descendants)."""
+        if name.startswith("procs-"):
+            hp = self.hops
+            roots = [hp["sidecar_proc"].pid, self.backend.pid]
+            if "gateway" in name:
+                roots.append(hp["gateway_proc"].pid)
+            if "activator" in name:
+                roots.append(hp["activator_proc"].pid)
+            return roots
         if name.startswith("rouse-"):
             return [self.main.pid]
         backend = self.backend_h2.pid if name == "direct-h2" else self.backend.pid
@@ -840,7 +863,8 @@ class Harness:
         name, proto, port, svc, _cc = row
         if port is None:
             raise RuntimeError("rouse serve did not start")
-        host = f"{svc}.default.localhost" if svc else None
+        # A row names a service of the main rouse serve, or a whole host (the procs rows).
+        host = (svc if "." in svc else f"{svc}.default.localhost") if svc else None
         if proto == "http/1.1":
             url = f"http://127.0.0.1:{port}/"
             if self.warmup > 0:
@@ -860,6 +884,141 @@ class Harness:
         out["server_cpu_us_per_req"] = used_s * 1e6 / out["requests"] if out["requests"] else None
         out["server_cpu_s"] = used_s
         return out
+
+    # --- the hops as separate processes (issue 13) -----------------------------------------
+    def start_printing(self, name, argv, env, key):
+        """Starts a rouse role that prints its addresses on its first stdout line."""
+        p = self.procs.start(name, argv, env=env, pipe_stdout=True)
+        line = p.stdout.readline().decode(errors="replace")
+        addrs = dict(w.split("=", 1) for w in line.split() if "=" in w)
+        if key not in addrs:
+            raise RuntimeError(f"{name} printed {line!r} (log: {self.workdir}/{name}.log)")
+        return p, addrs
+
+    def start_hop_procs(self):
+        """`rouse queue-proxy` in front of the backend, `rouse activator` and `rouse gateway`
+        fed by a static endpoints file: the data plane of Kubernetes mode on loopback."""
+        env = {
+            "SERVING_NAMESPACE": "default", "SERVING_SERVICE": "bench",
+            "SERVING_CONFIGURATION": "bench", "SERVING_REVISION": "bench-00001",
+            "SERVING_POD": "bench-00001-deployment-1", "SERVING_POD_IP": "127.0.0.1",
+            "QUEUE_SERVING_PORT": "0", "QUEUE_SERVING_TLS_PORT": "8112",
+            "USER_PORT": str(self.ports["backend"]), "CONTAINER_CONCURRENCY": "0",
+            "REVISION_TIMEOUT_SECONDS": "300", "REVISION_RESPONSE_START_TIMEOUT_SECONDS": "0",
+            "REVISION_IDLE_TIMEOUT_SECONDS": "0", "SERVING_LOGGING_CONFIG": "",
+            "SERVING_LOGGING_LEVEL": "",
+            "SERVING_READINESS_PROBE": '{"tcpSocket":{"port":0},"successThreshold":1}',
+            "ENABLE_HTTP2_AUTO_DETECTION": "false", "ROUSE_QUEUE_BIND": "127.0.0.1",
+            "ROUSE_QUEUE_H2C_PORT": "0", "ROUSE_QUEUE_ADMIN_PORT": "0",
+            "ROUSE_QUEUE_METRICS_PORT": "0", "ROUSE_QUEUE_USER_METRICS_PORT": "0",
+        }
+        sidecar, sa = self.start_printing("procs-sidecar", [self.rouse, "queue-proxy"], env,
+                                          "serving")
+        sidecar_addr = sa["serving"]
+        path = os.path.join(self.workdir, "endpoints.json")
+
+        def write(activators):
+            revs = [{"namespace": "default", "name": rev, "mode": mode, "pods": pods,
+                     "timeoutSeconds": 300}
+                    for rev, mode, pods in (("bench-serve", "serve", [sidecar_addr]),
+                                            ("bench-proxy", "proxy", [sidecar_addr]),
+                                            ("bench-zero", "proxy", []))]
+            routes = [{"host": PROCS_HOSTS[k], "targets": [
+                {"namespace": "default", "revision": f"bench-{k}", "percent": 100}]}
+                for k in ("serve", "proxy", "zero")]
+            doc = {"activators": activators, "revisions": revs, "routes": routes}
+            with open(path + ".tmp", "w") as f:
+                json.dump(doc, f)
+            os.replace(path + ".tmp", path)
+
+        write([])
+        hop = ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+               "--endpoints", path]
+        activator, aa = self.start_printing("procs-activator", [self.rouse, "activator", *hop],
+                                            None, "listening")
+        write([aa["listening"]])
+        gateway, ga = self.start_printing("procs-gateway", [self.rouse, "gateway", *hop], None,
+                                          "listening")
+        self.hops = {
+            "sidecar": int(sidecar_addr.rsplit(":", 1)[1]),
+            "sidecar_h2c": int(sa["h2c"].rsplit(":", 1)[1]),
+            "gateway": int(ga["listening"].rsplit(":", 1)[1]),
+            "gateway_addr": ("127.0.0.1", int(ga["listening"].rsplit(":", 1)[1])),
+            "sidecar_proc": sidecar, "activator_proc": activator, "gateway_proc": gateway,
+        }
+        for k in ("serve", "proxy"):
+            wait_until(lambda k=k: http_request(self.hops["gateway_addr"],
+                                                PROCS_HOSTS[k])[0] == 200,
+                       30, interval=0.1, what=f"the {k} path through the separate processes")
+        self.hops["idle_kb"] = {n: rss_kb(self.hops[n + "_proc"].pid)
+                                for n in ("sidecar", "activator", "gateway")}
+
+    def procs_memory_round(self, r):
+        """Requests waiting in the separate activator (a revision with no pods): its RSS
+        per waiting request, and the gateway's; the sidecar's idle and peak RSS."""
+        hp = self.hops
+        n = min(self.waiting_n, 9000)  # under the activator's default queue depth, 10000
+        act, gw = hp["activator_proc"].pid, hp["gateway_proc"].pid
+
+        def settled(pid):
+            last, t0 = rss_kb(pid), time.monotonic()
+            while time.monotonic() - t0 < 15:
+                time.sleep(0.5)
+                now = rss_kb(pid)
+                if abs(now - last) < 64 and time.monotonic() - t0 >= 1.0:
+                    return now
+                last = now
+            return last
+
+        base = {act: settled(act), gw: settled(gw)}
+        result = {}
+
+        async def flood():
+            conns, holders, early = [], [], 0
+
+            async def hold(rd):
+                nonlocal early
+                if await rd.read(1):
+                    early += 1
+
+            req = f"GET / HTTP/1.1\r\nHost: {PROCS_HOSTS['zero']}\r\n\r\n".encode()
+            for i in range(0, n, 500):
+                opened = await asyncio.gather(
+                    *(asyncio.open_connection(*hp["gateway_addr"]) for _ in range(min(500, n - i))),
+                    return_exceptions=True)
+                for o in opened:
+                    if isinstance(o, BaseException):
+                        raise RuntimeError(f"connect failed: {o!r}")
+                    rd, wr = o
+                    wr.write(req)
+                    conns.append(wr)
+                    holders.append(asyncio.ensure_future(hold(rd)))
+                await asyncio.gather(*(w.drain() for w in conns[-len(opened):]))
+            loop = asyncio.get_running_loop()
+            result["act"] = await loop.run_in_executor(None, lambda: settled(act))
+            result["gw"] = await loop.run_in_executor(None, lambda: settled(gw))
+            result["early"] = early
+            for t in holders:
+                t.cancel()
+            for wr in conns:
+                wr.close()
+            await asyncio.gather(*holders, return_exceptions=True)
+
+        asyncio.run(asyncio.wait_for(flood(), 300))
+        if result["early"]:
+            raise RuntimeError(f"{result['early']} of {n} requests were answered instead of "
+                               "waiting")
+        peak = 0
+        with open(f"/proc/{hp['sidecar_proc'].pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    peak = int(line.split()[1])
+        return {"waiting": n,
+                "activator_per_request_bytes": (result["act"] - base[act]) * 1024 / n,
+                "gateway_per_request_bytes": (result["gw"] - base[gw]) * 1024 / n,
+                "sidecar_idle_kb": hp["idle_kb"]["sidecar"], "sidecar_peak_kb": peak,
+                "activator_idle_kb": hp["idle_kb"]["activator"],
+                "gateway_idle_kb": hp["idle_kb"]["gateway"]}
 
     # --- cold start ----------------------------------------------------------------------
     def app_listen_times(self, n):
@@ -1119,6 +1278,14 @@ class Harness:
             self.main = None
             raw["main:errors"] = [str(e)]
 
+        if self.want("procs"):
+            try:
+                self.start_hop_procs()
+            except Exception as e:
+                log(f"the separate hop processes failed to start: {e}")
+                self.hops = None
+                raw["procs:errors"] = [str(e)]
+
         rows = self.hop_rows()
         cold_per_round = [self.cold_tries // self.rounds + (1 if i < self.cold_tries % self.rounds
                                                             else 0) for i in range(self.rounds)]
@@ -1138,6 +1305,9 @@ class Harness:
             if self.want("burst"):
                 log(f"  burst of {self.burst_n}")
                 self.attempt(raw, "burst", lambda: self.burst_round(r))
+            if self.want("procs") and getattr(self, "hops", None):
+                log("  separate activator: waiting requests")
+                self.attempt(raw, "procs-memory", lambda: self.procs_memory_round(r))
             if self.want("memory"):
                 log(f"  {self.waiting_n} waiting requests")
                 self.attempt(raw, "memory", lambda: self.memory_round(r))
@@ -1149,7 +1319,7 @@ class Harness:
                 self.attempt(raw, "control", lambda: self.control_round(r))
 
         res["during_run"] = self.monitor.summary()
-        res["scenarios_run"] = sorted(n for n in ("hop", "h2", "cold", "burst", "memory",
+        res["scenarios_run"] = sorted(n for n in ("hop", "h2", "procs", "cold", "burst", "memory",
                                                   "idle", "control") if self.want(n))
         res["sks_modes"] = getattr(self, "sks_seen", None)
         res["hop"] = self.summarize_hop(raw, rows)
@@ -1163,6 +1333,10 @@ class Harness:
             raw, "idle", ["rss_empty_kb", "rss_idle_kb", "per_service_kb", "per_instance_kb",
                           "app_rss_per_instance_kb"])
         res["control_plane"] = self.summarize_rounds(raw, "control", ["ready_s"])
+        res["procs_memory"] = self.summarize_rounds(
+            raw, "procs-memory", ["activator_per_request_bytes", "gateway_per_request_bytes",
+                                  "sidecar_idle_kb", "sidecar_peak_kb", "activator_idle_kb",
+                                  "gateway_idle_kb"])
         res["errors"] = {k[:-7]: v for k, v in raw.items() if k.endswith(":errors")}
         res["commands"] = self.commands
         res["targets"] = targets(res)
@@ -1309,6 +1483,16 @@ def targets(res):
             f"{i['per_instance_kb']:.0f} KB", i["per_instance_kb"] <= 200)
     else:
         add("<= 200 KB added per running instance", "not measured", None)
+    ran = set(res.get("scenarios_run", []))
+    if "procs" in ran:
+        procs_targets(res, hop, add)
+    if "h2" in ran:
+        h2 = hop.get("rouse-serve-h2", {})
+        if h2.get("rps_vs_nginx") is not None:
+            add("HTTP/2 in local mode (Serve) >= 1.0x nginx rps (issue 13)",
+                f"{h2['rps_vs_nginx']:.2f}x", h2["rps_vs_nginx"] >= 1.0 and not h2.get("errors"))
+        else:
+            add("HTTP/2 in local mode (Serve) >= 1.0x nginx rps (issue 13)", "not measured", None)
     cp = res.get("control_plane", {})
     n_cp = (cp.get("rounds") or [{}])[0].get("services")
     if cp.get("ready_s") is not None:
@@ -1317,6 +1501,35 @@ def targets(res):
     else:
         add("100 services Ready within 5 s", "not measured", None)
     return t
+
+
+def procs_targets(res, hop, add):
+    """Issue 13's targets for the hops as separate processes."""
+    for row, peer, floor, p99 in (("procs-sidecar", "nginx", 1.0, True),
+                                  ("procs-sidecar-h2", "nginx-h2", 1.0, True),
+                                  ("procs-gateway-activator-sidecar", "nginx", 0.8, False)):
+        e, ref = hop.get(row, {}), hop.get(peer, {})
+        what = f"{row} >= {floor}x {peer} rps" + (", p99 no worse" if p99 else "")
+        if e.get("rps_vs_nginx") is None:
+            add(what, "not measured", None)
+            continue
+        ok = e["rps_vs_nginx"] >= floor and not e.get("errors")
+        if p99:
+            ok = ok and e["p99_ms"] <= ref["p99_ms"]
+        add(what, f"{e['rps_vs_nginx']:.2f}x, p99 {e['p99_ms']:.2f} vs {ref['p99_ms']:.2f} ms", ok)
+    m = res.get("procs_memory", {})
+    if m.get("sidecar_idle_kb") is not None:
+        add("Sidecar <= 5 MB RSS idle", f"{m['sidecar_idle_kb'] / 1024:.1f} MB",
+            m["sidecar_idle_kb"] <= 5 * 1024)
+        add("Sidecar <= 10 MB RSS under load (peak)", f"{m['sidecar_peak_kb'] / 1024:.1f} MB",
+            m["sidecar_peak_kb"] <= 10 * 1024)
+        add("Separate activator <= 2 KB per waiting request",
+            f"{m['activator_per_request_bytes'] / 1024:.2f} KB",
+            m["activator_per_request_bytes"] <= 2048)
+    else:
+        for what in ("Sidecar <= 5 MB RSS idle", "Sidecar <= 10 MB RSS under load (peak)",
+                     "Separate activator <= 2 KB per waiting request"):
+            add(what, "not measured", None)
 
 
 def fmt(v, spec=".0f", unit=""):
@@ -1444,6 +1657,22 @@ def markdown(res):
             f"{fmt(i.get('app_rss_per_instance_kb'), '.0f')} KB RSS)", i)
     else:
         failed("Idle footprint", i)
+    pm = res.get("procs_memory", {})
+    if "procs" not in ran:
+        pass
+    elif pm.get("activator_per_request_bytes") is not None:
+        n = pm["rounds"][0]["waiting"]
+        row("Separate processes: idle RSS",
+            f"sidecar **{pm['sidecar_idle_kb'] / 1024:.1f} MB**, activator "
+            f"{pm['activator_idle_kb'] / 1024:.1f} MB, gateway "
+            f"{pm['gateway_idle_kb'] / 1024:.1f} MB", pm)
+        row("Sidecar peak RSS (VmHWM) after the load rows",
+            f"**{pm['sidecar_peak_kb'] / 1024:.1f} MB**", pm)
+        row(f"Separate activator: memory per waiting request ({n} waiting)",
+            f"**{pm['activator_per_request_bytes'] / 1024:.2f} KB** (the gateway in front: "
+            f"{pm['gateway_per_request_bytes'] / 1024:.2f} KB per held request)", pm)
+    else:
+        failed("Separate processes: memory", pm)
     cp = res["control_plane"]
     if "control" not in ran:
         pass
@@ -1459,7 +1688,7 @@ def markdown(res):
              "the quiet rounds when at least two were quiet, else over all rounds "
              "(`bench/results/latest.json` has each round's figures and its `window`).")
     L.append("")
-    L.append("### Targets of issue 6 (this run)")
+    L.append("### Targets of issues 6 and 13 (this run)")
     L.append("")
     L.append("| target | measured | met |")
     L.append("|---|---|---|")
@@ -1521,7 +1750,7 @@ def main():
     ap.add_argument("--retry-disturbed", type=int, default=2)
     ap.add_argument("--no-update-doc", action="store_true")
     a = ap.parse_args()
-    known = {"hop", "h2", "cold", "burst", "memory", "idle", "control"}
+    known = {"hop", "h2", "procs", "cold", "burst", "memory", "idle", "control"}
     if a.only and not set(a.only.split(",")) <= known:
         raise SystemExit(f"--only takes {','.join(sorted(known))}")
     h = Harness(a)

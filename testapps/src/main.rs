@@ -19,7 +19,8 @@
 //! - `/crash-on-first-request` — exits with code 1 without answering if this is the process's
 //!   first request (see `MARKER_DIR`), else answers like `/`
 //!
-//! - `/readyz` — 200 `ready`, or 503 `not ready` once switched (for `readinessProbe`s);
+//! - `/readyz` (also `/healthz/readiness`, `/healthz/liveness`) — 200 `ready`, or 503
+//!   `not ready` once switched or until `READY_DELAY` has passed (for probes);
 //!   `/toggle-ready` flips that, `/start-failing` makes it fail, both per process and with
 //!   `?restore-after=MS` to switch back by themselves; they answer `pid=<pid> ready=<bool>`
 //! - `/whoami` — the process id (tells instances apart)
@@ -40,6 +41,8 @@
 //!   detected`; both overlapping requests fail.
 //! - `CRASH_ON_FIRST_REQUEST=1` — the process exits with code 1, without answering, on its
 //!   first request, whatever the path.
+//! - `READY_DELAY=10s` (or `500ms`) — like Knative's `readiness` image: the health routes fail
+//!   for that long after the process starts.
 //! - `MARKER_DIR=DIR` — a crash on a first request writes `DIR/crashed-on-first-request`;
 //!   while that file exists no process crashes that way again (so a restarted instance
 //!   serves).
@@ -199,6 +202,7 @@ fn parse_args() -> Result<Options, String> {
 }
 
 fn main() {
+    roles::mark_started();
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {
@@ -389,7 +393,7 @@ async fn answer(mut req: Request<Incoming>, q: &BTreeMap<String, String>) -> Res
             ),
         },
         path if grpc::is_method(path) => grpc::serve(req).await,
-        "/readyz" => roles::readyz(),
+        "/readyz" | "/healthz/readiness" | "/healthz/liveness" => roles::readyz(),
         "/toggle-ready" => roles::switch_ready(true, q),
         "/start-failing" => roles::switch_ready(false, q),
         "/whoami" => roles::whoami(),

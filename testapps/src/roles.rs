@@ -21,9 +21,45 @@ static READY: AtomicBool = AtomicBool::new(true);
 /// Bumped by every switch, so a timed restore only undoes its own switch.
 static READY_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// `/readyz`: 200 `ready` while ready, else 503 `not ready` (any query is ignored, so a probe
-/// path like `/readyz?probe=1` works).
+/// When the process started, for `READY_DELAY`.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Notes the process's start (`READY_DELAY` counts from here).
+pub fn mark_started() {
+    STARTED.get_or_init(std::time::Instant::now);
+}
+
+/// `READY_DELAY` (`10s`, `500ms`; like the `readiness` image's): how long after the start
+/// the health routes keep failing.
+fn ready_delay() -> Duration {
+    let Ok(raw) = std::env::var("READY_DELAY") else {
+        return Duration::ZERO;
+    };
+    let parsed = match raw.strip_suffix("ms") {
+        Some(ms) => ms.parse().ok().map(Duration::from_millis),
+        None => raw
+            .strip_suffix('s')
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs),
+    };
+    parsed.unwrap_or_else(|| {
+        eprintln!("rouse-testapp: READY_DELAY {raw:?} is not like 10s or 500ms; ignored");
+        Duration::ZERO
+    })
+}
+
+/// `/readyz`, `/healthz/readiness`, `/healthz/liveness`: 200 `ready` while ready, else 503
+/// `not ready` (any query is ignored, so a probe path like `/readyz?probe=1` works); all fail
+/// until `READY_DELAY` has passed since the start.
 pub fn readyz() -> Response<Body> {
+    let since = STARTED.get().map_or(Duration::MAX, |t| t.elapsed());
+    if since < ready_delay() {
+        return full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready yet (READY_DELAY)\n",
+        );
+    }
     if READY.load(Ordering::SeqCst) {
         full(StatusCode::OK, "text/plain", "ready\n")
     } else {

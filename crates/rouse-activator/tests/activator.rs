@@ -376,6 +376,8 @@ async fn cold_start_header_only_after_a_wait_and_the_probe_answers() {
         tokio::spawn(async move { read(act.handle(NS, "r", get("/")).await).await })
     };
     wait_until("waiting", || act.waiting(NS, "r") == 1).await;
+    // Not a wait for a condition: the request must stay queued for a known minimum time, so
+    // the K-Cold-Start header it gets can be checked against that time below.
     tokio::time::sleep(Duration::from_millis(30)).await;
     let b = TestBackend::start("b", true).await;
     act.set_backends(NS, "r", vec![b.addr]);

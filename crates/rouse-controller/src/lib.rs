@@ -132,6 +132,11 @@ impl Controller {
     /// runtime.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
         let ctx = self.ctx.clone();
+        // A ConfigMap written through the API can change every route's entries (hosts, tag
+        // headers): rebuild the routing table from the stored routes.
+        let queue = ctx.queue.clone();
+        ctx.config
+            .on_change(move || queue.add(Key::new(Kind::Route, "", "")));
         let own = match priority::control_runtime() {
             Ok(rt) => Some(OwnRuntime(Some(rt))),
             Err(e) => {

@@ -10,16 +10,23 @@ use rouse_activator::{Activator, RevisionParams};
 use rouse_api::networking::SksMode;
 use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
 
+/// Where traffic goes: `(namespace, revision, percent)` each.
+pub type Targets = Vec<(String, String, u32)>;
+
 /// One host and where its traffic goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostRoute {
     /// Lowercase host without port.
     pub host: String,
     /// `(namespace, revision, percent)`, summing to 100.
-    pub targets: Vec<(String, String, u32)>,
+    pub targets: Targets,
     /// With no targets: the route exists but has no traffic yet, and this says why (its
     /// requests get 503 with it, not the 404 for unknown hosts).
     pub unavailable: Option<String>,
+    /// Tag-header-based routing (`config-features` `tag-header-based-routing`): each tag and
+    /// its `(namespace, revision, percent)` targets, for requests to this host that name the
+    /// tag in `Knative-Serving-Tag`. Empty when the feature is off.
+    pub tags: Vec<(String, Targets)>,
 }
 
 /// How a revision is reached: its SKS mode, its instances and its request settings.
@@ -74,6 +81,17 @@ pub struct LocalNetworking {
     pub activator: Arc<Activator>,
 }
 
+fn route_targets(targets: Targets) -> Vec<RouteTarget> {
+    targets
+        .into_iter()
+        .map(|(namespace, revision, percent)| RouteTarget {
+            namespace,
+            revision,
+            percent,
+        })
+        .collect()
+}
+
 impl Networking for LocalNetworking {
     fn set_routes(&self, routes: Vec<HostRoute>) {
         let mut table = RoutingTable::new();
@@ -84,16 +102,10 @@ impl Networking for LocalNetworking {
                 }
                 continue;
             }
-            let targets = r
-                .targets
-                .into_iter()
-                .map(|(namespace, revision, percent)| RouteTarget {
-                    namespace,
-                    revision,
-                    percent,
-                })
-                .collect();
-            table.insert(r.host, targets);
+            for (tag, targets) in r.tags {
+                table.insert_tag(r.host.clone(), tag, route_targets(targets));
+            }
+            table.insert(r.host, route_targets(r.targets));
         }
         self.gateway.set_routes(table);
     }

@@ -68,6 +68,8 @@ pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
         },
         drain_timeout: timeout,
         liveness: container.liveness_probe.as_ref().map(liveness_spec),
+        // The kubelet's defaults are the same for both.
+        startup: container.startup_probe.as_ref().map(liveness_spec),
         container: container_spec(rev, container)?,
     })
 }
@@ -222,8 +224,9 @@ pub fn probe_spec(probe: Option<&Probe>) -> ProbeSpec {
     from_probe(p, Duration::ZERO)
 }
 
-/// The runtime's liveness probe from the container's `livenessProbe`, with Kubernetes'
-/// defaults (every 10 s, 1 s per try, restart after 3 failures in a row).
+/// The runtime's liveness (or startup) probe from the container's `livenessProbe`
+/// (`startupProbe`), with Kubernetes' defaults (every 10 s, 1 s per try, restart after 3
+/// failures in a row).
 pub fn liveness_spec(probe: &Probe) -> ProbeSpec {
     from_probe(probe, Duration::from_secs(10))
 }

@@ -25,12 +25,15 @@ use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
 
 use crate::backends::Backends;
-use crate::routing::{self, RoutingTable, normalize_host};
+use crate::routing::{self, RouteTarget, RoutingTable, normalize_host};
 use crate::trust::TrustedProxies;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// Names the tag whose targets a request wants (tag-header-based routing); internal, so it
+/// is stripped before the request goes on.
+const TAG_HEADER: HeaderName = HeaderName::from_static("knative-serving-tag");
 
 /// Where a revision's requests go (the ServerlessService mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -298,11 +301,10 @@ impl Gateway {
                 format!("no route for host {:?}", normalize_host(host)),
             );
         };
-        // Header rules look at what the client sent, before internal headers are stripped.
-        let (targets, set_headers) = match routes.extras(host) {
-            Some(extras) => extras.select(req.headers(), targets),
-            None => (targets, &[][..]),
-        };
+        let tag = tagged(&routes, host, req.headers());
+        let targets = tag.map_or(targets, |(_, t)| t);
+        // Looked up now, while the tag (borrowed from the request) is at hand.
+        let set_headers = routes.appended(host, tag.map(|(tag, _)| tag));
         let total = routing::total(targets);
         let Some(target) = (total > 0)
             .then(|| routing::pick(targets, fastrand::u64(0..total)))
@@ -400,6 +402,17 @@ impl Gateway {
     }
 }
 
+/// The tag a request names in `Knative-Serving-Tag` and its targets, when its host is routed
+/// by tag and has that tag (exact match); `None` sends it to the host's own targets.
+fn tagged<'a, 'h>(
+    routes: &'a RoutingTable,
+    host: &str,
+    headers: &'h HeaderMap,
+) -> Option<(&'h str, &'a [RouteTarget])> {
+    let tag = headers.get(TAG_HEADER)?.to_str().ok()?;
+    routes.get_tagged(host, tag).map(|t| (tag, t))
+}
+
 /// Names the revision a request is for (`Knative-Serving-Namespace`, `-Revision`).
 fn name_revision(headers: &mut HeaderMap, namespace: &str, revision: &str) {
     if let (Ok(ns), Ok(rev)) = (
@@ -469,8 +482,8 @@ impl FrontRouter for FastRouter {
         let Some(targets) = routes.get(host) else {
             return Route::General;
         };
-        if routes.extras(host).is_some() {
-            // Header rules need the request's headers: the general path reads them.
+        if routes.routes_by_tag(host) || routes.appends_headers(host) {
+            // The fast path sees no headers and sets none: the general path does.
             return Route::General;
         }
         let total = routing::total(targets);

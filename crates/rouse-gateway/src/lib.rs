@@ -8,6 +8,12 @@
 //! - Proxy, or Serve without endpoints, or a revision never set: handed in-process to the
 //!   [`rouse_activator::Activator`], which buffers while the revision wakes.
 //!
+//! With tag-header-based routing on (`config-features`), a host may also carry per-tag
+//! targets: a request naming one of its tags in `Knative-Serving-Tag` goes to that tag's
+//! revision, any other (no header, an unknown tag) to the host's own split. Such hosts are
+//! served by the general path, which sees the header. A host may also have headers set on
+//! its requests, per the route they took (a Kubernetes Ingress path's `appendHeaders`).
+//!
 //! Client-sent internal headers are stripped and `X-Forwarded-*`/`Forwarded` added.
 //!
 //! Clients may speak HTTP/1.1 or h2c (prior knowledge). Each revision has a protocol too: an
@@ -33,5 +39,5 @@ mod routing;
 mod trust;
 
 pub use gateway::{Gateway, Mode};
-pub use routing::{HeaderRule, HostExtras, RouteTarget, RoutingTable, SetHeader, normalize_host};
+pub use routing::{RouteTarget, RoutingTable, SetHeader, normalize_host};
 pub use trust::{BadRange, TrustedProxies};

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 
 /// One revision a host's traffic goes to, and its share.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,57 +19,20 @@ pub struct RouteTarget {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoutingTable {
     hosts: HashMap<String, Vec<RouteTarget>>,
+    /// Tag-header-based routing (`config-features`): per host, the targets of each tag a
+    /// request may name in `Knative-Serving-Tag`; a request naming no known tag takes the
+    /// host's own targets.
+    tags: HashMap<String, HashMap<String, Vec<RouteTarget>>>,
     /// Hosts of routes that exist but have no traffic yet, with why (answered 503, not 404).
     unavailable: HashMap<String, String>,
-    /// Hosts whose requests are routed by header too, or get headers set (Kubernetes
-    /// Ingresses); most tables have none, and their requests skip the lookup.
-    extras: HashMap<String, HostExtras>,
+    /// Headers set on requests on their way (a Kubernetes Ingress path's `appendHeaders`):
+    /// per host, per tag a request was routed by ("" for the host's own targets). Most
+    /// tables have none.
+    appended: HashMap<String, HashMap<String, Vec<SetHeader>>>,
 }
 
 /// A header set on requests on their way to a revision.
 pub type SetHeader = (HeaderName, HeaderValue);
-
-/// What a host's requests get besides its weighted targets: header rules tried first, and
-/// headers set on the way (an Ingress path's `appendHeaders`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HostExtras {
-    /// Tried in order; the first whose headers all match takes the request.
-    pub rules: Vec<HeaderRule>,
-    /// Set on requests that match no rule.
-    pub append: Vec<SetHeader>,
-}
-
-/// Requests carrying these exact header values go to these targets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeaderRule {
-    /// Every header must be present with exactly this value.
-    pub matches: Vec<SetHeader>,
-    /// Where matching requests go.
-    pub targets: Vec<RouteTarget>,
-    /// Set on matching requests.
-    pub append: Vec<SetHeader>,
-}
-
-impl HostExtras {
-    /// The targets and headers to set for a request with `headers`, `default` when no rule
-    /// matches.
-    pub fn select<'a>(
-        &'a self,
-        headers: &HeaderMap,
-        default: &'a [RouteTarget],
-    ) -> (&'a [RouteTarget], &'a [SetHeader]) {
-        self.rules
-            .iter()
-            .find(|r| {
-                r.matches
-                    .iter()
-                    .all(|(name, value)| headers.get(name) == Some(value))
-            })
-            .map_or((default, self.append.as_slice()), |r| {
-                (r.targets.as_slice(), r.append.as_slice())
-            })
-    }
-}
 
 impl RoutingTable {
     /// An empty table (every host unknown).
@@ -85,16 +48,56 @@ impl RoutingTable {
 
     /// The targets of `host` (normalized as by [`RoutingTable::insert`]).
     pub fn get(&self, host: &str) -> Option<&[RouteTarget]> {
-        let plain = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| !b.is_ascii_uppercase() && !b.is_ascii_whitespace() && b != b':')
-            && !host.ends_with('.');
-        if plain {
-            // Already normalized (the common case): no allocation.
-            return self.hosts.get(host).map(Vec::as_slice);
+        lookup(&self.hosts, host).map(Vec::as_slice)
+    }
+
+    /// Requests for `host` (normalized) carrying `Knative-Serving-Tag: tag` go to `targets`
+    /// instead of the host's own (tag-header-based routing).
+    pub fn insert_tag(&mut self, host: String, tag: String, targets: Vec<RouteTarget>) {
+        self.tags
+            .entry(normalize_host(&host))
+            .or_default()
+            .insert(tag, targets);
+    }
+
+    /// Whether requests for `host` are routed by their `Knative-Serving-Tag` header.
+    pub fn routes_by_tag(&self, host: &str) -> bool {
+        lookup(&self.tags, host).is_some()
+    }
+
+    /// The targets of a request for `host` naming `tag` in `Knative-Serving-Tag`: the tag's,
+    /// or `None` when the host has no such tag (the request takes the host's own targets).
+    pub fn get_tagged(&self, host: &str, tag: &str) -> Option<&[RouteTarget]> {
+        lookup(&self.tags, host)
+            .and_then(|tags| tags.get(tag))
+            .map(Vec::as_slice)
+    }
+
+    /// Sets `headers` on requests for `host` (normalized) that take the targets of `tag`
+    /// (`""`: the host's own), replacing what was set for them; see [`RoutingTable::appended`].
+    pub fn insert_appended(&mut self, host: String, tag: String, headers: Vec<SetHeader>) {
+        if !headers.is_empty() {
+            self.appended
+                .entry(normalize_host(&host))
+                .or_default()
+                .insert(tag, headers);
         }
-        self.hosts.get(&normalize_host(host)).map(Vec::as_slice)
+    }
+
+    /// Whether requests for `host` get headers set.
+    pub fn appends_headers(&self, host: &str) -> bool {
+        !self.appended.is_empty() && lookup(&self.appended, host).is_some()
+    }
+
+    /// The headers to set on a request for `host` that took the targets of `tag` (`None`:
+    /// the host's own).
+    pub fn appended(&self, host: &str, tag: Option<&str>) -> &[SetHeader] {
+        if self.appended.is_empty() {
+            return &[];
+        }
+        lookup(&self.appended, host)
+            .and_then(|tags| tags.get(tag.unwrap_or("")))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Marks `host` (normalized) as a route that exists but cannot serve yet: requests for it
@@ -108,21 +111,6 @@ impl RoutingTable {
         self.unavailable
             .get(&normalize_host(host))
             .map(String::as_str)
-    }
-
-    /// Gives `host` (normalized) header rules and headers to set; see [`HostExtras`].
-    pub fn set_extras(&mut self, host: String, extras: HostExtras) {
-        if extras != HostExtras::default() {
-            self.extras.insert(normalize_host(&host), extras);
-        }
-    }
-
-    /// The header rules and headers to set of `host`, if it has any.
-    pub fn extras(&self, host: &str) -> Option<&HostExtras> {
-        if self.extras.is_empty() {
-            return None;
-        }
-        self.extras.get(&normalize_host(host))
     }
 
     /// The hosts routed, in no particular order.
@@ -139,6 +127,20 @@ impl RoutingTable {
     pub fn is_empty(&self) -> bool {
         self.hosts.is_empty()
     }
+}
+
+/// `host`'s entry in a map keyed by normalized hosts.
+fn lookup<'a, T>(map: &'a HashMap<String, T>, host: &str) -> Option<&'a T> {
+    let plain = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| !b.is_ascii_uppercase() && !b.is_ascii_whitespace() && b != b':')
+        && !host.ends_with('.');
+    if plain {
+        // Already normalized (the common case): no allocation.
+        return map.get(host);
+    }
+    map.get(&normalize_host(host))
 }
 
 /// Lowercases a Host value and drops its port and any trailing dot
@@ -214,37 +216,52 @@ mod tests {
     }
 
     #[test]
-    fn header_rules_pick_targets_and_headers() {
-        let set = |n: &'static str, v: &'static str| {
-            (HeaderName::from_static(n), HeaderValue::from_static(v))
+    fn a_tag_names_its_own_targets_on_the_host() {
+        let mut table = RoutingTable::new();
+        table.insert("svc.default.localhost".into(), vec![t("two", 100)]);
+        assert!(!table.routes_by_tag("svc.default.localhost"));
+        table.insert_tag(
+            "Svc.Default.localhost".into(),
+            "rev1".into(),
+            vec![t("one", 100)],
+        );
+        assert!(table.routes_by_tag("svc.default.localhost:80"));
+        assert_eq!(
+            table.get_tagged("svc.default.localhost", "rev1").unwrap()[0].revision,
+            "one"
+        );
+        // Tags match exactly; an unknown tag or another host has none.
+        assert!(table.get_tagged("svc.default.localhost", "REV1").is_none());
+        assert!(table.get_tagged("svc.default.localhost", "rev2").is_none());
+        assert!(
+            table
+                .get_tagged("other.default.localhost", "rev1")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn appended_headers_follow_the_targets_a_request_took() {
+        let set = |v: &'static str| {
+            vec![(
+                HeaderName::from_static("knative-serving-tag"),
+                HeaderValue::from_static(v),
+            )]
         };
         let mut table = RoutingTable::new();
-        let default = vec![t("a", 100)];
-        table.insert("h.example.com".into(), default.clone());
-        assert!(table.extras("h.example.com").is_none());
-        table.set_extras(
-            "H.example.com:80".into(),
-            HostExtras {
-                rules: vec![HeaderRule {
-                    matches: vec![set("knative-serving-tag", "blue")],
-                    targets: vec![t("b", 100)],
-                    append: vec![set("knative-serving-tag", "blue")],
-                }],
-                append: vec![set("knative-serving-default-route", "true")],
-            },
+        assert!(!table.appends_headers("h.example.com"));
+        table.insert_appended("H.example.com:80".into(), String::new(), set("default"));
+        table.insert_appended("h.example.com".into(), "blue".into(), set("blue"));
+        table.insert_appended("empty.example.com".into(), String::new(), Vec::new());
+        assert!(table.appends_headers("h.example.com"));
+        assert!(!table.appends_headers("empty.example.com"));
+        assert_eq!(table.appended("h.example.com", None)[0].1, "default");
+        assert_eq!(
+            table.appended("h.example.com:8080", Some("blue"))[0].1,
+            "blue"
         );
-        let extras = table.extras("h.example.com").expect("extras kept");
-        let mut headers = HeaderMap::new();
-        let (targets, append) = extras.select(&headers, &default);
-        assert_eq!(targets[0].revision, "a");
-        assert_eq!(append[0].0, "knative-serving-default-route");
-        headers.insert("knative-serving-tag", HeaderValue::from_static("green"));
-        assert_eq!(extras.select(&headers, &default).0[0].revision, "a");
-        headers.insert("knative-serving-tag", HeaderValue::from_static("blue"));
-        let (targets, append) = extras.select(&headers, &default);
-        assert_eq!(targets[0].revision, "b");
-        assert_eq!(append[0].1, "blue");
-        assert!(table.extras("other.example.com").is_none());
+        assert!(table.appended("h.example.com", Some("green")).is_empty());
+        assert!(table.appended("other.example.com", None).is_empty());
     }
 
     #[test]

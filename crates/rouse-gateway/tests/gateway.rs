@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
-use rouse_gateway::{Gateway, HeaderRule, HostExtras, Mode, RouteTarget, RoutingTable};
+use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
 use rouse_queue::{ProbeSpec, QueueConfig, QueueProxy};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -168,6 +168,41 @@ async fn routes_by_host_ignoring_case_and_port() {
 }
 
 #[tokio::test]
+async fn a_tag_header_picks_the_tags_revision_and_never_reaches_the_app() {
+    let g = gateway().await;
+    let (one, two) = (backend("one").await, backend("two").await);
+    let host = "t.default.example.com";
+    let mut routes = table(&[(host, vec![target("t-00002", 100)])]);
+    routes.insert_tag(host.into(), "rev1".into(), vec![target("t-00001", 100)]);
+    g.gw.set_routes(routes);
+    g.gw.set_endpoints(NS, "t-00001", vec![one]);
+    g.gw.set_endpoints(NS, "t-00002", vec![two]);
+    let c = client();
+    let tagged = |tag: &str, path: &str| {
+        let mut req = get(g.addr, host, path);
+        req.headers_mut()
+            .insert("knative-serving-tag", tag.parse().unwrap());
+        req
+    };
+    for _ in 0..5 {
+        assert_eq!(send(&c, tagged("rev1", "/")).await.1, "one");
+        // An unknown tag (tags match exactly) and no header take the default route.
+        assert_eq!(send(&c, tagged("rev-wrong", "/")).await.1, "two");
+        assert_eq!(send(&c, tagged("REV1", "/")).await.1, "two");
+        assert_eq!(send(&c, get(g.addr, host, "/")).await.1, "two");
+    }
+    let (_, seen) = send(&c, tagged("rev1", "/headers")).await;
+    assert!(seen.starts_with("backend: one\n"), "{seen}");
+    assert!(!seen.contains("knative-serving-tag"), "{seen}");
+
+    // Without tag routes (the feature off) the header changes nothing and is dropped.
+    g.gw.set_routes(table(&[(host, vec![target("t-00002", 100)])]));
+    assert_eq!(send(&c, tagged("rev1", "/")).await.1, "two");
+    let (_, seen) = send(&c, tagged("rev1", "/headers")).await;
+    assert!(!seen.contains("knative-serving-tag"), "{seen}");
+}
+
+#[tokio::test]
 async fn h2c_clients_are_served() {
     let g = gateway().await;
     g.gw.set_routes(table(&[(
@@ -271,30 +306,31 @@ async fn spreads_across_instances_avoiding_busy_ones() {
     assert!(others.iter().all(|o| *o != busy), "busy {busy}: {others:?}");
 }
 
-/// Tag-header-based routing as an Ingress asks for it: a request carrying
-/// `Knative-Serving-Tag: blue` goes to the tag's revision with the tag set, any other request
-/// takes the default route, marked as such; a client cannot forge the mark.
+/// Tag-header-based routing as a Kubernetes Ingress asks for it, with its paths' appended
+/// headers: a request carrying `Knative-Serving-Tag: blue` goes to the tag's revision with the
+/// tag set, any other request takes the default route, marked as such; a client cannot forge
+/// the mark.
 #[tokio::test]
-async fn header_rules_route_by_header_and_set_the_paths_headers() {
+async fn appended_headers_follow_the_route_a_request_took() {
     let g = gateway().await;
     let host = "h.default.example.com";
     let mut t = table(&[(host, vec![target("main-00001", 100)])]);
     let set = |n: &'static str, v: &'static str| {
-        (
+        vec![(
             http::HeaderName::from_static(n),
             http::HeaderValue::from_static(v),
-        )
+        )]
     };
-    t.set_extras(
+    t.insert_tag(host.into(), "blue".into(), vec![target("blue-00001", 100)]);
+    t.insert_appended(
         host.into(),
-        HostExtras {
-            rules: vec![HeaderRule {
-                matches: vec![set("knative-serving-tag", "blue")],
-                targets: vec![target("blue-00001", 100)],
-                append: vec![set("knative-serving-tag", "blue")],
-            }],
-            append: vec![set("knative-serving-default-route", "true")],
-        },
+        "blue".into(),
+        set("knative-serving-tag", "blue"),
+    );
+    t.insert_appended(
+        host.into(),
+        String::new(),
+        set("knative-serving-default-route", "true"),
     );
     g.gw.set_routes(t);
     g.gw.set_endpoints(NS, "main-00001", vec![backend("main").await]);

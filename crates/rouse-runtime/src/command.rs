@@ -310,6 +310,7 @@ mod tests {
             },
             drain_timeout: Duration::from_secs(1),
             liveness: None,
+            startup: None,
             container: None,
         }
     }

@@ -550,6 +550,7 @@ mod tests {
             },
             drain_timeout: Duration::from_secs(1),
             liveness: None,
+            startup: None,
             container: Some(ContainerSpec {
                 image: "img:1".into(),
                 port: 9000,

@@ -27,7 +27,7 @@ pub use rouse_queue::{ProbeAction, ProbeFailure, ProbeSpec};
 pub use spec::{
     Backend, ContainerSpec, DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_RETENTION,
     DEFAULT_MAX_INSTANCES, ImageState, InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED,
-    PullPolicy, QueueTemplate, RuntimeOptions, Termination, WorkloadSpec,
+    PullPolicy, QueueTemplate, RuntimeOptions, STARTUP_PROBE_FAILED, Termination, WorkloadSpec,
 };
 pub use sys::{nofile_limit, raise_nofile_limit};
 

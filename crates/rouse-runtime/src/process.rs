@@ -23,7 +23,7 @@ use crate::leftovers::{self, Tracker};
 use crate::logs;
 use crate::spec::{
     Backend, ImageState, InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED, RuntimeOptions,
-    Termination, WorkloadSpec,
+    STARTUP_PROBE_FAILED, Termination, WorkloadSpec,
 };
 use crate::{Runtime, sys};
 
@@ -675,10 +675,11 @@ impl Supervisor {
                 i.state = InstanceState::Starting;
             }
         });
-        // The queue-proxy probes once the app can be reached (at once for a process).
+        // The queue-proxy probes once the app can be reached (at once for a process) and its
+        // startup probe, if any, has passed; liveness is probed only from then on too.
         let mut listening = listening;
         let mut probing = false;
-        let liveness = self.spec.liveness.as_ref().map(|l| {
+        let app_probe = |l: &ProbeSpec| {
             let app = ([127, 0, 0, 1], app_port).into();
             match &self.container_exec {
                 Some(runner) => {
@@ -693,10 +694,21 @@ impl Supervisor {
                     (probe, spec)
                 }
             }
-        });
+        };
+        let startup = self.spec.startup.as_ref().map(app_probe);
+        let liveness = self.spec.liveness.as_ref().map(app_probe);
+        let mut started_up = startup.is_none();
+        let starting = async {
+            match &startup {
+                Some((probe, spec)) => probe_loop(probe, spec, "startup", true).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(starting);
+        // Lazy: not polled (so not probing) until the startup probe has passed.
         let dead = async {
             match &liveness {
-                Some((probe, spec)) => liveness_failure(probe, spec).await,
+                Some((probe, spec)) => probe_loop(probe, spec, "liveness", false).await,
                 None => std::future::pending().await,
             }
         };
@@ -708,11 +720,26 @@ impl Supervisor {
             tokio::select! {
                 () = &mut listening, if !probing => {
                     probing = true;
-                    qp.app_started();
+                    if started_up {
+                        qp.app_started();
+                    }
                 }
-                why = &mut dead => {
+                failed = &mut starting, if !started_up => {
+                    if let Some(why) = failed {
+                        let t = (STARTUP_PROBE_FAILED, why);
+                        return self
+                            .restart_unhealthy(qp, &run, &mut exit, t, &log_path, offset)
+                            .await;
+                    }
+                    started_up = true;
+                    if probing {
+                        qp.app_started();
+                    }
+                }
+                failed = &mut dead, if started_up => {
+                    let t = (LIVENESS_PROBE_FAILED, failed.unwrap_or_default());
                     return self
-                        .restart_unhealthy(qp, &run, &mut exit, why, &log_path, offset)
+                        .restart_unhealthy(qp, &run, &mut exit, t, &log_path, offset)
                         .await;
                 }
                 status = &mut exit => {
@@ -906,19 +933,21 @@ impl Supervisor {
         self.update(|i| i.pid = None);
     }
 
-    /// Ends a run whose liveness probe failed: readiness drops at once, then SIGTERM, and
-    /// SIGKILL after the grace. No drain: the app is deemed broken.
+    /// Ends a run whose liveness or startup probe failed (`reason` says which, and why):
+    /// readiness drops at once, then SIGTERM, and SIGKILL after the grace. No drain: the app
+    /// is deemed broken.
     async fn restart_unhealthy(
         &self,
         qp: &QueueProxy,
         run: &Run,
         exit: &mut ExitRx,
-        why: String,
+        (reason, why): (&str, String),
         log_path: &Path,
         offset: u64,
     ) -> RunEnd {
         tracing::warn!(revision = %self.key.1, instance = %lock(&self.info).id, pid = run.pid(),
-            reason = %why, "restarting an instance that failed its liveness probe");
+            reason = %why, "restarting an instance that failed its {} probe",
+            if reason == STARTUP_PROBE_FAILED { "startup" } else { "liveness" });
         qp.app_stopped();
         self.update(|i| {
             if i.state != InstanceState::Terminating {
@@ -936,7 +965,7 @@ impl Supervisor {
         };
         self.clean_run(run).await;
         let t = Termination {
-            reason: LIVENESS_PROBE_FAILED.to_string(),
+            reason: reason.to_string(),
             message: why,
             ..termination(status, log_path, offset)
         };
@@ -1045,9 +1074,15 @@ impl Supervisor {
     }
 }
 
-/// Resolves when the liveness probe has failed `failure_threshold` times in a row (tries
-/// every period from the initial delay on), with a message saying which probe and how.
-async fn liveness_failure(probe: &AppProbe, spec: &ProbeSpec) -> String {
+/// Tries a probe every period (10 s when zero) from its initial delay on. Resolves with why
+/// once it has failed `failure_threshold` times in a row; with `until_pass` (a startup probe),
+/// with `None` at its first pass instead.
+async fn probe_loop(
+    probe: &AppProbe,
+    spec: &ProbeSpec,
+    what: &str,
+    until_pass: bool,
+) -> Option<String> {
     tokio::time::sleep(spec.initial_delay).await;
     let period = if spec.period.is_zero() {
         LIVENESS_PERIOD
@@ -1062,17 +1097,18 @@ async fn liveness_failure(probe: &AppProbe, spec: &ProbeSpec) -> String {
     loop {
         tick.tick().await;
         match probe.check(timeout).await {
+            Ok(()) if until_pass => return None,
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
                 tracing::debug!(probe = %probe.action(), failures, error = %e,
-                    "liveness probe failed");
+                    "{what} probe failed");
                 if failures >= threshold {
                     let times = if failures == 1 { "time" } else { "times" };
-                    return format!(
-                        "liveness probe {} failed {failures} {times} in a row: {e}",
+                    return Some(format!(
+                        "{what} probe {} failed {failures} {times} in a row: {e}",
                         probe.action()
-                    );
+                    ));
                 }
             }
         }

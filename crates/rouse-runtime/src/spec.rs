@@ -36,6 +36,11 @@ pub struct WorkloadSpec {
     /// consecutive failures the process is restarted ([`LIVENESS_PROBE_FAILED`]). An exec
     /// probe runs with the instance's environment and working directory.
     pub liveness: Option<ProbeSpec>,
+    /// The app's startup probe: tried every period (10 s when zero) from the start of each
+    /// run until it passes once; until then neither readiness nor liveness is probed (the
+    /// instance is not Ready). After `failure_threshold` consecutive failures the process is
+    /// restarted ([`STARTUP_PROBE_FAILED`]), as the kubelet does.
+    pub startup: Option<ProbeSpec>,
     /// The container image and its settings, for the Docker runtime. An instance runs as a
     /// container when the spec has no `command` (or the runtime is forced to Docker).
     pub container: Option<ContainerSpec>,
@@ -116,6 +121,9 @@ pub enum Backend {
 
 /// The [`Termination::reason`] of a run ended because its liveness probe failed.
 pub const LIVENESS_PROBE_FAILED: &str = "LivenessProbeFailed";
+
+/// The [`Termination::reason`] of a run ended because its startup probe failed.
+pub const STARTUP_PROBE_FAILED: &str = "StartupProbeFailed";
 
 /// A [`rouse_queue::QueueConfig`] without the app's address (which each instance gets).
 #[derive(Clone, Debug, PartialEq, Eq)]

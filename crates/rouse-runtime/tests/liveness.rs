@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rouse_runtime::{
     InstanceInfo, InstanceState, LIVENESS_PROBE_FAILED, ProbeAction, ProbeSpec, ProcessRuntime,
-    QueueTemplate, Runtime, WorkloadSpec,
+    QueueTemplate, Runtime, STARTUP_PROBE_FAILED, WorkloadSpec,
 };
 
 mod common;
@@ -37,6 +37,7 @@ fn spec(revision: &str, command: Vec<String>) -> WorkloadSpec {
         },
         drain_timeout: Duration::from_secs(5),
         liveness: None,
+        startup: None,
         container: None,
     }
 }
@@ -237,6 +238,88 @@ async fn a_process_that_never_listens_fails_tcp_liveness_and_is_killed_past_the_
         (t.exit_code, t.signal),
         (None, Some(libc::SIGKILL)),
         "SIGKILL after the grace"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_startup_probe_holds_readiness_and_liveness_until_it_passes() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (started, startup_log, live_log) = (
+        work.path().join("started"),
+        work.path().join("startup.log"),
+        work.path().join("live.log"),
+    );
+    let rt = runtime(data.path(), Duration::from_secs(5));
+    let mut s = spec("startup-gate", vec![testapp().display().to_string()]);
+    s.working_dir = Some(work.path().to_path_buf());
+    // Each startup try leaves a line; it passes once `started` exists.
+    s.startup = Some(every_100ms(
+        sh("echo try >> startup.log; test -f started"),
+        1000,
+    ));
+    // A liveness probe that always fails: it would restart the app within 200 ms of running.
+    s.liveness = Some(every_100ms(sh("echo try >> live.log; false"), 2));
+    rt.ensure(s, 1);
+    // Ten startup tries: the app listens, yet neither readiness nor liveness has run.
+    wait_lines(&startup_log, 10).await;
+    let insts = rt.instances(NS, "startup-gate");
+    assert_eq!(one(&insts).state, InstanceState::Starting, "{insts:#?}");
+    assert_eq!(one(&insts).restarts, 0);
+    assert!(
+        !live_log.exists(),
+        "liveness ran before the startup probe passed"
+    );
+    let pid = one(&insts).pid.unwrap();
+
+    // Started: readiness (TCP) passes, and liveness runs from now on (and restarts it).
+    std::fs::write(&started, "").unwrap();
+    wait_for(&rt, "startup-gate", "ready", |i| {
+        i.len() == 1 && i[0].pid == Some(pid) && i[0].ever_ready
+    })
+    .await;
+    let insts = wait_for(
+        &rt,
+        "startup-gate",
+        "a liveness restart",
+        restarted_by_liveness,
+    )
+    .await;
+    assert!(lines(&live_log) >= 2, "{insts:#?}");
+    let tries = lines(&startup_log);
+    // The next run starts with its startup probe again (`started` still exists: one try).
+    wait_lines(&startup_log, tries + 1).await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_startup_probe_failing_its_threshold_restarts_the_instance() {
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(data.path(), Duration::from_secs(5));
+    let mut s = spec("startup-fail", vec![testapp().display().to_string()]);
+    s.startup = Some(every_100ms(sh("exit 3"), 3));
+    rt.ensure(s, 1);
+    let insts = wait_for(&rt, "startup-fail", "a startup restart", |i| {
+        i.len() == 1
+            && i[0].restarts >= 1
+            && i[0]
+                .last_termination
+                .as_ref()
+                .is_some_and(|t| t.reason == STARTUP_PROBE_FAILED)
+    })
+    .await;
+    let t = one(&insts).last_termination.clone().unwrap();
+    assert!(
+        t.message.starts_with("startup probe exec [")
+            && t.message
+                .ends_with("failed 3 times in a row: exited with code 3"),
+        "{}",
+        t.message
+    );
+    assert!(
+        !one(&insts).ever_ready,
+        "never ready before its startup probe passed"
     );
     rt.shutdown().await;
 }

@@ -41,6 +41,7 @@ fn spec(revision: &str, command: Vec<String>, args: &[&str]) -> WorkloadSpec {
         },
         drain_timeout: Duration::from_secs(10),
         liveness: None,
+        startup: None,
         container: None,
     }
 }

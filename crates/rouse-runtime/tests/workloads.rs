@@ -35,6 +35,7 @@ fn sh(revision: &str, script: &str) -> WorkloadSpec {
         },
         drain_timeout: Duration::from_secs(1),
         liveness: None,
+        startup: None,
         container: None,
     }
 }

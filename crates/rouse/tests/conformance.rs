@@ -27,5 +27,7 @@ pub fn platform(test: &str, needs: Needs) -> Box<dyn Platform> {
 mod api_v1;
 #[path = "conformance/e2e.rs"]
 mod e2e;
+#[path = "conformance/e2e_features.rs"]
+mod e2e_features;
 #[path = "conformance/runtime.rs"]
 mod runtime;

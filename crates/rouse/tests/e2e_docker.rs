@@ -522,6 +522,42 @@ fn exec_probes_run_inside_the_container() {
     assert_eq!(ready["status"], "Unknown", "{ready}");
 }
 
+/// A container's exec startup probe runs inside it, before liveness: failing its threshold
+/// restarts the container, and the revision says so with the command's output (the liveness
+/// probe, which would fail at once, never runs).
+#[test]
+fn a_failing_exec_startup_probe_restarts_the_container_before_liveness_runs() {
+    let Some(image) = test_image() else { return };
+    let p = Platform::start();
+    let name = unique("exec-unstarted");
+    let extra = r#"          startupProbe:
+            exec:
+              command: ["/app", "--print", "not started on $(PORT)", "--exit-immediately", "1"]
+            periodSeconds: 1
+            failureThreshold: 2
+          livenessProbe:
+            exec:
+              command: ["/app", "--exit-immediately", "1"]
+            periodSeconds: 1
+            failureThreshold: 1
+"#;
+    p.apply(&image_service(&name, &image, "", extra), &[]);
+    let rev = format!("{name}-00001");
+    let healthy = eventually("the revision reports the startup failure", PATIENCE, || {
+        let r = p.get_json("revision", &rev)?;
+        let c = condition(&r, "ContainerHealthy")?.clone();
+        (c["status"] == "False").then_some(c)
+    });
+    let msg = healthy["message"].as_str().unwrap();
+    assert!(
+        msg.contains("startup probe exec")
+            && msg.contains("failed 2 times in a row: exited with code 1")
+            && msg.contains("not started on 8080")
+            && !msg.contains("liveness"),
+        "{msg}"
+    );
+}
+
 /// A failing exec liveness probe restarts the container, and the revision (never Ready: its
 /// exec readiness probe fails too) says why with the command's output from inside it.
 #[test]

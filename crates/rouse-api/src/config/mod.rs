@@ -15,6 +15,7 @@ pub mod network;
 pub mod rouse;
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde_json::Value as Yaml;
 
@@ -67,32 +68,65 @@ pub const CONFIGMAP_NAMES: [&str; 6] = [
 ];
 
 /// The platform's config, replaceable while running (the ConfigMaps written through the API):
-/// readers take the current value with [`SharedConfig::get`] each time they act.
-#[derive(Debug, Clone, Default)]
-pub struct SharedConfig(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Config>>>);
+/// readers take the current value with [`SharedConfig::get`] each time they act; what must act
+/// on a change itself (the routing table) registers with [`SharedConfig::on_change`].
+#[derive(Clone, Default)]
+pub struct SharedConfig(std::sync::Arc<SharedInner>);
+
+/// Called after each replacement of the config.
+type Listener = Box<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
+struct SharedInner {
+    current: std::sync::RwLock<std::sync::Arc<Config>>,
+    listeners: std::sync::Mutex<Vec<Listener>>,
+}
+
+impl fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SharedConfig").field(&self.get()).finish()
+    }
+}
 
 impl SharedConfig {
     /// Shares `config`.
     pub fn new(config: Config) -> Self {
-        Self(std::sync::Arc::new(std::sync::RwLock::new(
-            std::sync::Arc::new(config),
-        )))
+        Self(std::sync::Arc::new(SharedInner {
+            current: std::sync::RwLock::new(std::sync::Arc::new(config)),
+            listeners: Default::default(),
+        }))
     }
 
     /// The current config.
     pub fn get(&self) -> std::sync::Arc<Config> {
-        match self.0.read() {
+        match self.0.current.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// Replaces the config; readers see it from their next [`SharedConfig::get`].
+    /// Replaces the config; readers see it from their next [`SharedConfig::get`], then every
+    /// [`SharedConfig::on_change`] listener is called.
     pub fn set(&self, config: Config) {
         let config = std::sync::Arc::new(config);
-        match self.0.write() {
+        match self.0.current.write() {
             Ok(mut c) => *c = config,
             Err(poisoned) => *poisoned.into_inner() = config,
+        }
+        let listeners = match self.0.listeners.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for listener in listeners.iter() {
+            listener();
+        }
+    }
+
+    /// Calls `listener` after every later [`SharedConfig::set`] (it must not call `set`).
+    pub fn on_change(&self, listener: impl Fn() + Send + Sync + 'static) {
+        match self.0.listeners.lock() {
+            Ok(mut l) => l.push(Box::new(listener)),
+            Err(poisoned) => poisoned.into_inner().push(Box::new(listener)),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::image::parse_image_reference;
-use super::names::{dns1123_subdomain_errors, quote};
+use super::names::{dns1123_label_errors, dns1123_subdomain_errors, quote};
 use super::probes::{ServingPort, probe, probe_set_fields, readiness_probe};
 use super::security::{pod_security_context, security_context};
 use super::volumes::{Volumes, volume_mounts, volumes};
@@ -374,6 +374,12 @@ fn container(c: &Container, role: Role, volumes: &Volumes, cfg: &Config) -> Fiel
             format!("{} is a reserved container name", quote(&c.name)),
             &["name"],
         ));
+    }
+    // What Kubernetes' pod validation (Knative's dry run of the pod) refuses.
+    if !c.name.is_empty() {
+        for e in dns1123_label_errors(&c.name) {
+            errs.push(FieldError::invalid_value(&c.name, "name").with_details(e));
+        }
     }
     errs.extend_via("env", env(c, role, &cfg.features));
     errs.extend_via("envFrom", env_from(&c.env_from));

@@ -591,6 +591,20 @@ fn container_names_are_unique_and_queue_proxy_is_reserved() {
 }
 
 #[test]
+fn a_container_name_must_be_a_dns_label() {
+    let errs = svc_errs(|s| s.spec.template.spec.containers[0].name = "&InvalidValue".into());
+    assert_eq!(
+        errs.to_string(),
+        format!(
+            "invalid value: &InvalidValue: {C0}.name\na lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+        )
+    );
+    svc_ok_raw(&Config::default(), |s| {
+        s.spec.template.spec.containers[0].name = "user-container".into()
+    });
+}
+
+#[test]
 fn command_or_image_is_required() {
     let errs = svc_errs(|s| s.spec.template.spec.containers[0].command.clear());
     assert_has(&errs, "missing field(s)", &format!("{C0}.command"));

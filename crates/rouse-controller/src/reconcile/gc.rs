@@ -2,14 +2,15 @@
 //! way Knative's v2 collector works: a Configuration's non-active revisions (not its latest
 //! created or ready one, and named by no route's traffic) are ordered newest first; past the
 //! `min-non-active-revisions` newest, those outside both retention times are deleted; then,
-//! while more than `max-non-active-revisions` remain, the oldest go. Rouse keeps no
-//! `routingStateModified` time, so a revision's creation time stands for its last activity.
+//! while more than `max-non-active-revisions` remain, the oldest go. A revision's last
+//! activity is its `routingStateModified` time (when it went to reserve), else its creation.
 
 use rouse_api::Kind;
 use rouse_api::config::gc::GcConfig;
 use rouse_api::serving::{Configuration, LABEL_CONFIGURATION_GENERATION, Revision};
 use rouse_store::StoreError;
 
+use super::routing_state::ANNOTATION_ROUTING_STATE_MODIFIED;
 use crate::{Context, ReconcileError, RouteRef};
 
 /// Deletes the revisions of `config` that `config-gc` no longer keeps; returns their names.
@@ -61,15 +62,25 @@ struct Candidate {
     name: String,
     /// Seconds since the epoch.
     created: u64,
+    /// When it was last routed (seconds since the epoch): its routing state's last change,
+    /// else its creation.
+    last_active: u64,
     /// The Configuration generation it was made from (orders revisions created the same second).
     generation: u64,
 }
 
 impl Candidate {
     fn of(r: &Revision) -> Self {
+        let created = rouse_api::clock::parse_rfc3339(&r.metadata.creation_timestamp).unwrap_or(0);
+        let modified = r
+            .metadata
+            .annotations
+            .get(ANNOTATION_ROUTING_STATE_MODIFIED)
+            .and_then(|t| rouse_api::clock::parse_rfc3339(t));
         Self {
             name: r.metadata.name.clone(),
-            created: rouse_api::clock::parse_rfc3339(&r.metadata.creation_timestamp).unwrap_or(0),
+            created,
+            last_active: modified.unwrap_or(created).max(created),
             generation: r
                 .metadata
                 .labels
@@ -98,8 +109,11 @@ fn choose(gc: &GcConfig, mut revs: Vec<Candidate>, now: u64) -> Vec<String> {
         if create.is_none() && active.is_none() {
             return false;
         }
-        let age = now.saturating_sub(r.created);
-        !(create.is_some_and(|keep| age < keep) || active.is_some_and(|keep| age < keep))
+        let (age, idle) = (
+            now.saturating_sub(r.created),
+            now.saturating_sub(r.last_active),
+        );
+        !(create.is_some_and(|keep| age < keep) || active.is_some_and(|keep| idle < keep))
     };
     let mut doomed = Vec::new();
     let mut kept = revs[..min].to_vec();
@@ -129,6 +143,7 @@ mod tests {
         Candidate {
             name: name.to_string(),
             created,
+            last_active: created,
             generation,
         }
     }
@@ -176,5 +191,20 @@ mod tests {
         // min 0: the recent one stays by its age.
         let got = choose(&cfg(0, Some(1000), Some(48 * h), Some(15 * h)), revs, now);
         assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn an_old_revision_routed_until_lately_stays() {
+        let h = 3600;
+        let mut lately = rev("old-but-lately-routed", 0, 1);
+        lately.last_active = 100 * h;
+        let revs = vec![rev("old", 1, 2), lately];
+        // Created long ago, but in reserve only for 10 s: within 15 h of its last activity.
+        let got = choose(
+            &cfg(0, None, Some(48 * h), Some(15 * h)),
+            revs,
+            100 * h + 10,
+        );
+        assert_eq!(got, ["old"]);
     }
 }

@@ -5,6 +5,7 @@ mod configuration;
 mod gc;
 mod revision;
 mod route;
+mod routing_state;
 mod service;
 mod sks;
 

@@ -3,12 +3,13 @@
 //! route in memory and reprogrammed only when a route's entries change; the empty key rebuilds
 //! it from every stored route.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rouse_api::condition::{ConditionStatus, Conditions};
+use rouse_api::config::features::{Flag, TAG_HEADER_BASED_ROUTING};
 use rouse_api::serving::{Addressable, Configuration, Revision, Route, RouteStatus, TrafficTarget};
 
-use super::Requeue;
+use super::{Requeue, routing_state};
 use crate::networking::HostRoute;
 use crate::{Context, ReconcileError};
 
@@ -22,21 +23,42 @@ pub(super) async fn reconcile(
         rebuild_gateway(ctx).await?;
         return Ok(None);
     }
-    let entries = match ctx.client.get::<Route>(ns, name)? {
-        Some(route) => {
-            let status = resolve_status(ctx, &route)?;
-            refuse_deleted_revisions(ctx, ns, &status)?;
-            let entries = host_routes(ctx, ns, name, &status)?;
-            // The gateway is programmed before the status says Ready, so a client that waits
-            // for Ready never finds the host unrouted (IngressReady means what it says).
-            program_route(ctx, ns, name, entries).await;
-            write(ctx, &route, status)?;
-            return Ok(None);
-        }
-        None => Vec::new(),
+    let Some(route) = ctx.client.get::<Route>(ns, name)? else {
+        // Gone: what it served, as last programmed, may now be in reserve.
+        let before: BTreeSet<String> = ctx
+            .routing
+            .lock()
+            .await
+            .get(&(ns.to_string(), name.to_string()))
+            .into_iter()
+            .flatten()
+            .flat_map(|h| h.targets.iter().chain(h.tags.iter().flat_map(|t| &t.1)))
+            .map(|(_, rev, _)| rev.clone())
+            .collect();
+        program_route(ctx, ns, name, Vec::new()).await;
+        routing_state::relabel(ctx, ns, name, &before, &BTreeSet::new())?;
+        return Ok(None);
     };
+    let status = resolve_status(ctx, &route)?;
+    refuse_deleted_revisions(ctx, ns, &status)?;
+    let entries = host_routes(ctx, ns, name, &status)?;
+    // The gateway is programmed before the status says Ready, so a client that waits for
+    // Ready never finds the host unrouted (IngressReady means what it says).
     program_route(ctx, ns, name, entries).await;
+    let before = serving(&route.status);
+    let status = write(ctx, &route, status)?;
+    routing_state::relabel(ctx, ns, name, &before, &serving(&status))?;
     Ok(None)
+}
+
+/// The revisions a route's resolved traffic names (with or without a share).
+fn serving(status: &RouteStatus) -> BTreeSet<String> {
+    status
+        .traffic
+        .iter()
+        .map(|t| t.revision_name.clone())
+        .filter(|r| !r.is_empty())
+        .collect()
 }
 
 /// Why a target could not be resolved: the condition status, reason and message.
@@ -224,6 +246,7 @@ fn host_routes(
             host: ctx.config.get().network.route_host(name, ns, &ctx.domain),
             targets: Vec::new(),
             unavailable: Some(not_ready_text(ctx, ns, name, status)?),
+            tags: Vec::new(),
         }]);
     }
     let mut shares: BTreeMap<String, u32> = BTreeMap::new();
@@ -233,23 +256,36 @@ fn host_routes(
             *shares.entry(t.revision_name.clone()).or_default() += p;
         }
     }
+    let config = ctx.config.get();
+    let tagged = status.traffic.iter().filter(|t| !t.tag.is_empty());
+    // With tag-header-based routing, the route's own host also sends a request naming a tag
+    // in `Knative-Serving-Tag` to that tag's revision (whatever its percent).
+    let tags = if config.features.get(TAG_HEADER_BASED_ROUTING) == Flag::Enabled {
+        tagged
+            .clone()
+            .map(|t| {
+                let target = (ns.to_string(), t.revision_name.clone(), 100);
+                (t.tag.clone(), vec![target])
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut out = vec![HostRoute {
-        host: ctx.config.get().network.route_host(name, ns, &ctx.domain),
+        host: config.network.route_host(name, ns, &ctx.domain),
         targets: shares
             .into_iter()
             .map(|(rev, p)| (ns.to_string(), rev, p))
             .collect(),
         unavailable: None,
+        tags,
     }];
-    for t in status.traffic.iter().filter(|t| !t.tag.is_empty()) {
+    for t in tagged {
         out.push(HostRoute {
-            host: ctx
-                .config
-                .get()
-                .network
-                .tag_host(&t.tag, name, ns, &ctx.domain),
+            host: config.network.tag_host(&t.tag, name, ns, &ctx.domain),
             targets: vec![(ns.to_string(), t.revision_name.clone(), 100)],
             unavailable: None,
+            tags: Vec::new(),
         });
     }
     Ok(out)

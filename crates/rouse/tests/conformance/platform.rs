@@ -31,6 +31,23 @@ impl Target {
         common::http_get(self.addr, &self.host, path)
     }
 
+    /// One GET (HTTP/1.1, Connection: close) with extra request headers.
+    pub fn get_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<common::HttpResponse> {
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: rouse-e2e\r\n",
+            self.host
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        common::raw_exchange(self.addr, req.as_bytes())
+    }
+
     /// One GET read as raw bytes until the server closes (a body cut off mid-way is kept as
     /// received); the status and the raw text.
     pub fn get_raw(&self, path: &str) -> (u16, String) {
@@ -104,6 +121,19 @@ pub trait Platform {
     fn container(&self, image: Image, args: &[&str]) -> String;
     /// Instances of a revision whose process is alive now (pods on Kubernetes).
     fn live_instances(&self, revision: &str) -> usize;
+    /// Sets keys of one of Knative's ConfigMaps (`config-features`, ...) while running.
+    fn set_config(&self, configmap: &str, data: &[(&str, &str)]);
+    /// One write through the API as a client sends it, for a Knative Service: `POST`
+    /// (create; `name` None), `PUT` (replace) or `PATCH` (a JSON merge patch); `dry_run` asks
+    /// the server to admit it and answer without storing anything. The object the server
+    /// answered, or its status code and message.
+    fn write(
+        &self,
+        method: &str,
+        name: Option<&str>,
+        body: &Value,
+        dry_run: bool,
+    ) -> Result<Value, (u16, String)>;
 }
 
 /// `rouse serve` on this machine.
@@ -195,6 +225,54 @@ impl Platform for Local {
             app = common::testapp_bin().display().to_string(),
             args = args.join(", "),
         )
+    }
+
+    fn set_config(&self, configmap: &str, data: &[(&str, &str)]) {
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        let patch = serde_json::json!({ "data": data }).to_string();
+        let path = format!("/api/v1/namespaces/knative-serving/configmaps/{configmap}");
+        let ct = [("Content-Type", "application/merge-patch+json")];
+        let r = common::api_request(&self.serve, "PATCH", &path, &ct, &patch).expect("API");
+        assert_eq!(r.status, 200, "setting {configmap}: {}", r.body);
+    }
+
+    fn write(
+        &self,
+        method: &str,
+        name: Option<&str>,
+        body: &Value,
+        dry_run: bool,
+    ) -> Result<Value, (u16, String)> {
+        let mut path = "/apis/serving.knative.dev/v1/namespaces/default/services".to_string();
+        if let Some(n) = name {
+            path.push_str(&format!("/{n}"));
+        }
+        if dry_run {
+            path.push_str("?dryRun=All");
+        }
+        let ct = if method == "PATCH" {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        let r = common::api_request(
+            &self.serve,
+            method,
+            &path,
+            &[("Content-Type", ct)],
+            &body.to_string(),
+        )
+        .map_err(|e| (0, e.to_string()))?;
+        let answer: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+        if (200..300).contains(&r.status) {
+            Ok(answer)
+        } else {
+            let message = answer["message"].as_str().unwrap_or(&r.body).to_string();
+            Err((r.status, message))
+        }
     }
 
     fn live_instances(&self, revision: &str) -> usize {

@@ -71,21 +71,21 @@ pub struct HostRoute {
     pub host: String,
     /// The revisions and their percentages.
     pub targets: Vec<Target>,
-    /// Headers set on the way to the revisions (an Ingress path's `appendHeaders`).
+    /// Headers set on the way to `targets` (an Ingress path's `appendHeaders`).
     #[serde(default)]
     pub append_headers: BTreeMap<String, String>,
-    /// Requests carrying these headers go elsewhere (tag-header-based routing); the first
-    /// rule that matches wins, the rest take `targets`.
+    /// Tag-header-based routing: requests naming one of these tags in `Knative-Serving-Tag`
+    /// go to its targets instead.
     #[serde(default)]
-    pub header_rules: Vec<HeaderRoute>,
+    pub tag_routes: Vec<TagRoute>,
 }
 
-/// A host's traffic for requests carrying given header values.
+/// A host's traffic for requests naming a tag in `Knative-Serving-Tag`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HeaderRoute {
-    /// Header name → the exact value it must have (all must match).
-    pub headers: BTreeMap<String, String>,
+pub struct TagRoute {
+    /// The tag (matched exactly).
+    pub tag: String,
     /// The revisions and their percentages.
     pub targets: Vec<Target>,
     /// Headers set on the way.

@@ -26,8 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::endpoints::{
-    EndpointsSource, HeaderRoute, HostRoute, RevisionEndpoints, SksMode, SourceError, Target,
-    Topology,
+    EndpointsSource, HostRoute, RevisionEndpoints, SksMode, SourceError, TagRoute, Target, Topology,
 };
 
 /// The endpoint port a Service port is reached on: `http` (HTTP/1.1) or `http2` (h2c).
@@ -280,6 +279,19 @@ fn addresses(eps: Option<&Vec<SliceEndpoint>>, port: &str, ready_only: bool) -> 
     out
 }
 
+/// The tag a path matches when its only header match is `Knative-Serving-Tag` (what Knative's
+/// Routes write for tag-header-based routing).
+fn tag_match(headers: &BTreeMap<String, rouse_api::ingress::HeaderMatch>) -> Option<String> {
+    match headers.iter().next() {
+        Some((name, m))
+            if headers.len() == 1 && name.eq_ignore_ascii_case(rouse_kube::route::HEADER_TAG) =>
+        {
+            Some(m.exact.clone())
+        }
+        _ => None,
+    }
+}
+
 fn is_h2c_port(port: &IntOrString) -> bool {
     match port {
         IntOrString::Int(n) => *n == SERVICE_PORT_H2C,
@@ -299,7 +311,7 @@ pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects) -> Topology {
         for rule in &ing.spec.rules {
             let Some(http) = &rule.http else { continue };
             let mut default: Option<(Vec<Target>, BTreeMap<String, String>)> = None;
-            let mut header_rules = Vec::new();
+            let mut tag_routes = Vec::new();
             for path in &http.paths {
                 if !matches!(path.path.as_str(), "" | "/") {
                     tracing::debug!(ingress = %ing.metadata.name, path = %path.path, "path rules are not served; skipped");
@@ -335,16 +347,14 @@ pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects) -> Topology {
                 }
                 if path.headers.is_empty() {
                     default.get_or_insert((targets, path.append_headers.clone()));
-                } else {
-                    header_rules.push(HeaderRoute {
-                        headers: path
-                            .headers
-                            .iter()
-                            .map(|(k, m)| (k.clone(), m.exact.clone()))
-                            .collect(),
+                } else if let Some(tag) = tag_match(&path.headers) {
+                    tag_routes.push(TagRoute {
+                        tag,
                         targets,
                         append_headers: path.append_headers.clone(),
                     });
+                } else {
+                    tracing::debug!(ingress = %ing.metadata.name, "header matches other than Knative-Serving-Tag are not served; skipped");
                 }
             }
             let (targets, append_headers) = default.unwrap_or_default();
@@ -354,7 +364,7 @@ pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects) -> Topology {
                         host: host.clone(),
                         targets: targets.clone(),
                         append_headers: append_headers.clone(),
-                        header_rules: header_rules.clone(),
+                        tag_routes: tag_routes.clone(),
                     });
                 }
             }
@@ -608,7 +618,7 @@ mod tests {
             .map(|x| (x.revision.as_str(), x.percent))
             .collect();
         assert_eq!(split, [("hello-00001", 80), ("hello-00002", 20)]);
-        assert!(main.header_rules.is_empty());
+        assert!(main.tag_routes.is_empty());
         // Cluster-local forms of the host route the same way.
         assert_eq!(route("hello.shop.svc.cluster.local").targets, main.targets);
         assert_eq!(
@@ -629,7 +639,7 @@ mod tests {
     }
 
     #[test]
-    fn tag_header_paths_become_header_rules_with_their_headers() {
+    fn tag_header_paths_become_tag_routes_with_their_headers() {
         let ing = route_ingress(
             &[
                 target("", "hello-00001", 100, false),
@@ -650,12 +660,9 @@ mod tests {
                 .map(String::as_str),
             Some("true")
         );
-        assert_eq!(main.header_rules.len(), 1);
-        let rule = &main.header_rules[0];
-        assert_eq!(
-            rule.headers.get("Knative-Serving-Tag").map(String::as_str),
-            Some("blue")
-        );
+        assert_eq!(main.tag_routes.len(), 1);
+        let rule = &main.tag_routes[0];
+        assert_eq!(rule.tag, "blue");
         assert_eq!(rule.targets[0].revision, "hello-00002");
         assert_eq!(
             rule.append_headers

@@ -25,7 +25,7 @@ use clap::Args;
 use http::{Request, StatusCode};
 use hyper::service::service_fn;
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
-use rouse_gateway::{Gateway, HeaderRule, HostExtras, Mode, RouteTarget, RoutingTable, SetHeader};
+use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable, SetHeader};
 use rouse_queue::PROBE_HEADER;
 use rouse_queue::http::{Body, full, text_response};
 use tokio::net::TcpListener;
@@ -303,20 +303,17 @@ fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut Applied<Gateway
     let gone = apply_revisions(t, known, route, set);
     let mut table = RoutingTable::new();
     for route in &t.routes {
-        table.insert(route.host.clone(), route_targets(&route.targets));
-        let extras = HostExtras {
-            rules: route
-                .header_rules
-                .iter()
-                .map(|r| HeaderRule {
-                    matches: set_headers(&r.headers),
-                    targets: route_targets(&r.targets),
-                    append: set_headers(&r.append_headers),
-                })
-                .collect(),
-            append: set_headers(&route.append_headers),
-        };
-        table.set_extras(route.host.clone(), extras);
+        let host = &route.host;
+        table.insert(host.clone(), route_targets(&route.targets));
+        table.insert_appended(
+            host.clone(),
+            String::new(),
+            set_headers(&route.append_headers),
+        );
+        for t in &route.tag_routes {
+            table.insert_tag(host.clone(), t.tag.clone(), route_targets(&t.targets));
+            table.insert_appended(host.clone(), t.tag.clone(), set_headers(&t.append_headers));
+        }
     }
     gateway.set_routes(table);
     // Only now that no route names them.
