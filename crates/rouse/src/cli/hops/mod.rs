@@ -381,7 +381,9 @@ async fn open_source(
             Some(first),
         ));
     }
-    let client = super::controller::kube_client(args.kubeconfig.as_deref()).await?;
+    let client = super::controller::kube_client(args.kubeconfig.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#} (without a cluster, give --endpoints FILE)"))?;
     Ok((Source::Kube(Box::new(kube_source(client))), None))
 }
 
