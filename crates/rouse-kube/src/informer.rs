@@ -99,6 +99,9 @@ async fn follow(
     tx: watch::Sender<Snapshot>,
 ) {
     let mut backoff = MIN_BACKOFF;
+    // Separate from the list's: a watch refused at once (no permission to watch, say) must
+    // not turn into a relist every 200 ms.
+    let mut watch_backoff = MIN_BACKOFF;
     let mut failing = false;
     loop {
         let mut lp = ListParams::default();
@@ -131,11 +134,18 @@ async fn follow(
         }
         publish(&tx, &objects);
         loop {
+            let from = rv.clone();
             match watch_once(&api, &labels, &mut rv, &mut objects, &tx).await {
-                Ended::TimedOut => continue,
+                Ended::TimedOut => watch_backoff = MIN_BACKOFF,
                 Ended::Failed(why) => {
                     tracing::debug!(%what, %why, "watch ended; listing again");
-                    tokio::time::sleep(backoff).await;
+                    if rv != from {
+                        // It delivered before failing (a 410 Gone in time, a dropped
+                        // connection): relist soon.
+                        watch_backoff = MIN_BACKOFF;
+                    }
+                    tokio::time::sleep(watch_backoff).await;
+                    watch_backoff = (watch_backoff * 2).min(MAX_BACKOFF);
                     break;
                 }
             }
