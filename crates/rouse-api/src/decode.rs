@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::autoscaling::PodAutoscaler;
+use crate::domainmapping::DomainMapping;
 use crate::kind::Kind;
 use crate::meta::Resource;
 use crate::networking::ServerlessService;
@@ -38,6 +39,7 @@ pub enum AnyObject {
     Route(Route),
     PodAutoscaler(PodAutoscaler),
     ServerlessService(ServerlessService),
+    DomainMapping(DomainMapping),
 }
 
 impl AnyObject {
@@ -50,6 +52,7 @@ impl AnyObject {
             AnyObject::Route(_) => Kind::Route,
             AnyObject::PodAutoscaler(_) => Kind::PodAutoscaler,
             AnyObject::ServerlessService(_) => Kind::ServerlessService,
+            AnyObject::DomainMapping(_) => Kind::DomainMapping,
         }
     }
 
@@ -62,6 +65,7 @@ impl AnyObject {
             AnyObject::Route(o) => &o.metadata,
             AnyObject::PodAutoscaler(o) => &o.metadata,
             AnyObject::ServerlessService(o) => &o.metadata,
+            AnyObject::DomainMapping(o) => &o.metadata,
         }
     }
 
@@ -74,6 +78,7 @@ impl AnyObject {
             AnyObject::Route(o) => &mut o.metadata,
             AnyObject::PodAutoscaler(o) => &mut o.metadata,
             AnyObject::ServerlessService(o) => &mut o.metadata,
+            AnyObject::DomainMapping(o) => &mut o.metadata,
         }
     }
 
@@ -86,6 +91,7 @@ impl AnyObject {
             AnyObject::Route(o) => o.to_value(),
             AnyObject::PodAutoscaler(o) => o.to_value(),
             AnyObject::ServerlessService(o) => o.to_value(),
+            AnyObject::DomainMapping(o) => o.to_value(),
         }
     }
 }
@@ -406,6 +412,7 @@ pub fn decode_value(doc: usize, v: Value) -> Result<AnyObject, DecodeError> {
         Kind::Route => AnyObject::Route(typed(doc, v)?),
         Kind::PodAutoscaler => AnyObject::PodAutoscaler(typed(doc, v)?),
         Kind::ServerlessService => AnyObject::ServerlessService(typed(doc, v)?),
+        Kind::DomainMapping => AnyObject::DomainMapping(typed(doc, v)?),
     })
 }
 
@@ -439,7 +446,7 @@ fn kind_of(doc: usize, v: &Value) -> Result<Kind, DecodeError> {
     let kind = Kind::from_name(kind_name).ok_or_else(|| DecodeError::UnknownKind {
         doc,
         reason: format!(
-            "no kind {kind_name:?} is served in {api_version:?} (served: Service, Configuration, Revision, Route in serving.knative.dev/v1)"
+            "no kind {kind_name:?} is served in {api_version:?} (served: Service, Configuration, Revision, Route in serving.knative.dev/v1; DomainMapping in serving.knative.dev/v1beta1)"
         ),
     })?;
     if kind.api_version() != api_version {

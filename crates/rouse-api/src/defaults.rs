@@ -72,6 +72,19 @@ pub fn default_route(r: &mut Route, old: Option<&Route>, cfg: &Config) {
     default_traffic(&mut r.spec.traffic, false);
 }
 
+/// Defaults a DomainMapping: `spec.ref.namespace` is the mapping's own (Knative's
+/// `KReference` defaulting within its parent).
+pub fn default_domain_mapping(
+    dm: &mut crate::domainmapping::DomainMapping,
+    old: Option<&crate::domainmapping::DomainMapping>,
+    cfg: &Config,
+) {
+    let _ = (old, cfg);
+    if dm.spec.ref_.namespace.is_empty() {
+        dm.spec.ref_.namespace = dm.metadata.namespace.clone();
+    }
+}
+
 /// Defaults a revision spec as on create, with no parent metadata for name templates.
 pub fn default_revision_spec(spec: &mut RevisionSpec, cfg: &Config) {
     default_spec(spec, cfg, &Parent::default(), true);

@@ -18,17 +18,20 @@ pub enum Kind {
     PodAutoscaler,
     /// `networking.internal.knative.dev/v1alpha1` ServerlessService.
     ServerlessService,
+    /// `serving.knative.dev/v1beta1` DomainMapping.
+    DomainMapping,
 }
 
 impl Kind {
     /// Every kind, in the order a cascade or a listing walks them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Service,
         Kind::Configuration,
         Kind::Revision,
         Kind::Route,
         Kind::PodAutoscaler,
         Kind::ServerlessService,
+        Kind::DomainMapping,
     ];
 
     /// The `kind` field value.
@@ -40,6 +43,7 @@ impl Kind {
             Kind::Route => "Route",
             Kind::PodAutoscaler => "PodAutoscaler",
             Kind::ServerlessService => "ServerlessService",
+            Kind::DomainMapping => "DomainMapping",
         }
     }
 
@@ -56,6 +60,7 @@ impl Kind {
     pub const fn version(self) -> &'static str {
         match self {
             Kind::PodAutoscaler | Kind::ServerlessService => "v1alpha1",
+            Kind::DomainMapping => "v1beta1",
             _ => "v1",
         }
     }
@@ -65,6 +70,7 @@ impl Kind {
         match self {
             Kind::PodAutoscaler => "autoscaling.internal.knative.dev/v1alpha1",
             Kind::ServerlessService => "networking.internal.knative.dev/v1alpha1",
+            Kind::DomainMapping => "serving.knative.dev/v1beta1",
             _ => "serving.knative.dev/v1",
         }
     }
@@ -78,6 +84,7 @@ impl Kind {
             Kind::Route => "routes",
             Kind::PodAutoscaler => "podautoscalers",
             Kind::ServerlessService => "serverlessservices",
+            Kind::DomainMapping => "domainmappings",
         }
     }
 
@@ -100,6 +107,7 @@ impl Kind {
             Kind::Route => "route",
             Kind::PodAutoscaler => "podautoscaler",
             Kind::ServerlessService => "serverlessservice",
+            Kind::DomainMapping => "domainmapping",
         }
     }
 
@@ -112,6 +120,7 @@ impl Kind {
             Kind::Route => &["rt"],
             Kind::PodAutoscaler => &["kpa", "pa"],
             Kind::ServerlessService => &["sks"],
+            Kind::DomainMapping => &["dm"],
         }
     }
 
@@ -169,6 +178,11 @@ mod tests {
         assert_eq!(Kind::from_cli("revs"), Some(Kind::Revision));
         assert_eq!(Kind::from_cli("configs"), Some(Kind::Configuration));
         assert_eq!(Kind::from_cli("pa"), Some(Kind::PodAutoscaler));
+        assert_eq!(Kind::from_cli("dm"), Some(Kind::DomainMapping));
+        assert_eq!(
+            Kind::from_cli("domainmappings.serving.knative.dev"),
+            Some(Kind::DomainMapping)
+        );
         for k in Kind::ALL {
             assert_eq!(Kind::from_plural(k.plural()), Some(k));
             assert_eq!(Kind::from_name(k.name()), Some(k));

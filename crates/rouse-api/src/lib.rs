@@ -1,5 +1,6 @@
 //! The Knative API as Rouse speaks it: resource types for `serving.knative.dev/v1` (Service,
-//! Configuration, Revision, Route) and the internal PodAutoscaler and ServerlessService, their
+//! Configuration, Revision, Route), `v1beta1` DomainMapping, and the internal PodAutoscaler and
+//! ServerlessService, their
 //! defaulting and validation (the webhook's rules), conditions, and the ConfigMap-keyed config.
 //!
 //! Pure data and rules: nothing here does I/O, so every rule is unit-tested in isolation.
@@ -10,6 +11,7 @@ pub mod condition;
 pub mod config;
 pub mod decode;
 pub mod defaults;
+pub mod domainmapping;
 pub mod duration;
 pub mod error;
 pub mod ingress;

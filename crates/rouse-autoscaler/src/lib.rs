@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod collector;
 pub mod decider;
+pub mod push;
 pub mod revision;
 pub mod simulator;
 pub mod window;

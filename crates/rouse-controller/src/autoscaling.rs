@@ -15,6 +15,7 @@ use rouse_autoscaler::{
 };
 use rouse_runtime::InstanceState;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::{Context, Key};
@@ -148,51 +149,81 @@ pub fn ready_count(ctx: &Context, ns: &str, rev: &str) -> i32 {
         .count() as i32
 }
 
-/// Scrapes every instance each second and records the sum (plus the activator's stats).
+/// Scrapes every revision each second and records the sum (plus the activator's stats). Each
+/// revision's scrape runs on its own, so one whose pods answer slowly delays only itself; it is
+/// not started again while the previous one runs.
 pub(crate) async fn scrape_loop(ctx: Arc<Context>) {
     let mut every = tokio::time::interval(SCRAPE_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Dropped with the loop, which aborts the scrapes still running.
+    let mut scrapes = JoinSet::new();
+    let mut in_flight: HashMap<tokio::task::Id, RevisionId> = HashMap::new();
     loop {
-        every.tick().await;
-        let now = Instant::now();
-        let mut poked = Vec::new();
-        for id in ctx.autoscaling.ids() {
-            let reports = ctx.runtime.scrape(&id.0, &id.1);
-            if reports.is_empty() {
-                continue;
+        tokio::select! {
+            _ = every.tick() => {
+                for id in ctx.autoscaling.ids() {
+                    if in_flight.values().any(|r| *r == id) {
+                        continue;
+                    }
+                    let scrape = ctx.runtime.scrape(&id.0, &id.1);
+                    let task = scrapes.spawn(scrape);
+                    in_flight.insert(task.id(), id);
+                }
+                record_activator_stats(&ctx);
             }
-            // In-process scraping is free, so every instance is read: the sample is the
-            // population and nothing is extrapolated.
-            let mut total = Stat {
-                pod_name: rouse_autoscaler::collector::SCRAPER_POD_NAME.to_string(),
-                ..Stat::default()
-            };
-            for (_, q) in &reports {
-                total.average_concurrent_requests += q.average_concurrency;
-                total.average_proxied_concurrent_requests += q.average_proxied_concurrency;
-                total.request_count += q.request_count;
-                total.proxied_request_count += q.proxied_request_count;
-                total.process_uptime = total.process_uptime.max(q.process_uptime);
-            }
-            if ctx.autoscaling.record(&id, now, &total) {
-                poked.push(id);
+            Some(done) = scrapes.join_next_with_id() => {
+                let (task, reports) = match done {
+                    Ok((task, reports)) => (task, reports),
+                    Err(e) => (e.id(), Vec::new()),
+                };
+                if let Some(id) = in_flight.remove(&task) {
+                    record_scrape(&ctx, &id, &reports);
+                }
             }
         }
-        for a in ctx.networking.take_activator_stats() {
-            let id = (a.namespace, a.revision);
-            let stat = Stat {
-                pod_name: "activator".to_string(),
-                average_concurrent_requests: a.average_concurrency,
-                request_count: a.request_count,
-                ..Stat::default()
-            };
-            if ctx.autoscaling.record(&id, now, &stat) {
-                poked.push(id);
-            }
+    }
+}
+
+/// Records one revision's scrape as one stat: the sum of its reports (a runtime that samples
+/// has extrapolated its one report to every instance already).
+fn record_scrape(ctx: &Context, id: &RevisionId, reports: &[(String, rouse_queue::QueueStats)]) {
+    if reports.is_empty() {
+        return;
+    }
+    let mut total = Stat {
+        pod_name: rouse_autoscaler::collector::SCRAPER_POD_NAME.to_string(),
+        ..Stat::default()
+    };
+    for (_, q) in reports {
+        total.average_concurrent_requests += q.average_concurrency;
+        total.average_proxied_concurrent_requests += q.average_proxied_concurrency;
+        total.request_count += q.request_count;
+        total.proxied_request_count += q.proxied_request_count;
+        total.process_uptime = total.process_uptime.max(q.process_uptime);
+    }
+    if ctx.autoscaling.record(id, Instant::now(), &total) {
+        decide_now(ctx, id);
+    }
+}
+
+/// Records what the activators reported since the last call.
+fn record_activator_stats(ctx: &Context) {
+    let now = Instant::now();
+    let mut poked = Vec::new();
+    for a in ctx.networking.take_activator_stats() {
+        let id = (a.namespace, a.revision);
+        let stat = Stat {
+            pod_name: "activator".to_string(),
+            average_concurrent_requests: a.average_concurrency,
+            request_count: a.request_count,
+            ..Stat::default()
+        };
+        if ctx.autoscaling.record(&id, now, &stat) {
+            poked.push(id);
         }
-        for id in poked {
-            decide_now(&ctx, &id);
-        }
+    }
+    for id in poked {
+        decide_now(ctx, &id);
     }
 }
 

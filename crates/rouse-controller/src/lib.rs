@@ -75,9 +75,10 @@ pub struct Context {
     /// The domain routes are served under (`--domain`).
     pub domain: String,
     pub queue: WorkQueue<Key>,
-    /// Each route's entries in the gateway's routing table as last programmed, by
-    /// `(namespace, name)`; the lock serializes reprogramming so the newest always wins.
-    pub routing: AsyncMutex<BTreeMap<(String, String), Vec<HostRoute>>>,
+    /// Each route's and domain mapping's entries in the gateway's routing table as last
+    /// programmed, by `(kind, namespace, name)`; the lock serializes reprogramming so the
+    /// newest always wins.
+    pub routing: AsyncMutex<BTreeMap<(Kind, String, String), Vec<HostRoute>>>,
     /// Which routes name which configurations and revisions, from the watch.
     pub route_refs: RouteRefs,
     /// Every revision's KPA state.
@@ -277,7 +278,12 @@ fn enqueue_for(ctx: &Context, kind: Kind, obj: &Value, deleted: bool) {
         }
     }
     match kind {
-        Kind::Route => index_route(ctx, obj, deleted),
+        Kind::Route => {
+            index_route(ctx, obj, deleted);
+            enqueue_mappings_to(ctx, kind, ns, name);
+        }
+        Kind::Service => enqueue_mappings_to(ctx, kind, ns, name),
+        Kind::DomainMapping => enqueue_rival_mappings(ctx, ns, name),
         Kind::Configuration => {
             // Routes resolve configurations by name: recheck those following it.
             for route in ctx
@@ -298,6 +304,46 @@ fn enqueue_for(ctx: &Context, kind: Kind, obj: &Value, deleted: bool) {
             ctx.queue.add(Key::new(Kind::ServerlessService, ns, name));
         }
         _ => {}
+    }
+}
+
+/// Enqueues the DomainMappings in `ns` whose `spec.ref` names this Service or Route (its
+/// coming or going resolves them or not) and, for a Route, those in any namespace named like
+/// its own host (which the route then takes).
+fn enqueue_mappings_to(ctx: &Context, kind: Kind, ns: &str, name: &str) {
+    let Ok((mappings, _)) = ctx.client.store().list(Kind::DomainMapping, None) else {
+        return;
+    };
+    let host =
+        (kind == Kind::Route).then(|| ctx.config.get().network.route_host(name, ns, &ctx.domain));
+    for m in &mappings {
+        let meta = &m["metadata"];
+        let (dm_ns, dm) = (
+            meta["namespace"].as_str().unwrap_or(""),
+            meta["name"].as_str().unwrap_or(""),
+        );
+        let r = &m["spec"]["ref"];
+        let refers = dm_ns == ns
+            && r["kind"].as_str() == Some(kind.name())
+            && r["name"].as_str() == Some(name);
+        if refers || host.as_deref() == Some(dm) {
+            ctx.queue.add(Key::new(Kind::DomainMapping, dm_ns, dm));
+        }
+    }
+}
+
+/// Enqueues the mappings of the same domain in other namespaces: one coming or going can move
+/// the domain's claim.
+fn enqueue_rival_mappings(ctx: &Context, ns: &str, name: &str) {
+    let Ok((mappings, _)) = ctx.client.store().list(Kind::DomainMapping, None) else {
+        return;
+    };
+    for m in &mappings {
+        let meta = &m["metadata"];
+        let other_ns = meta["namespace"].as_str().unwrap_or("");
+        if meta["name"].as_str() == Some(name) && other_ns != ns {
+            ctx.queue.add(Key::new(Kind::DomainMapping, other_ns, name));
+        }
     }
 }
 

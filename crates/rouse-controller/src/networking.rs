@@ -27,6 +27,9 @@ pub struct HostRoute {
     /// its `(namespace, revision, percent)` targets, for requests to this host that name the
     /// tag in `Knative-Serving-Tag`. Empty when the feature is off.
     pub tags: Vec<(String, Targets)>,
+    /// A DomainMapping's domain: served as this host (its target's), with the Host header
+    /// rewritten to it (Knative's `rewriteHost`); `targets` is then empty.
+    pub rewrite_host: Option<String>,
 }
 
 /// How a revision is reached: its SKS mode, its instances and its request settings.
@@ -96,6 +99,10 @@ impl Networking for LocalNetworking {
     fn set_routes(&self, routes: Vec<HostRoute>) {
         let mut table = RoutingTable::new();
         for r in routes {
+            if let Some(target) = r.rewrite_host {
+                table.insert_alias(r.host, target);
+                continue;
+            }
             if r.targets.is_empty() {
                 if let Some(why) = r.unavailable {
                     table.insert_unavailable(r.host, why);

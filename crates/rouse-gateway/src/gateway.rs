@@ -292,8 +292,11 @@ impl Gateway {
         };
         // The table stays alive with the request: its target names are borrowed, not copied.
         let routes = self.routes.load_full();
-        let Some(targets) = routes.get(host) else {
-            if let Some(why) = routes.unavailable(host) {
+        // A mapped domain takes its target host's traffic, and the app sees the target host
+        // (the fast path leaves unrouted hosts, mapped ones among them, to this path).
+        let (lookup, rewrite) = routes.serving_host(host);
+        let Some(targets) = routes.get(lookup) else {
+            if let Some(why) = routes.unavailable(lookup) {
                 return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
             }
             return text_response(
@@ -329,6 +332,9 @@ impl Gateway {
         add_forwarding(&mut parts.headers, client, host);
         for (name, value) in set_headers {
             parts.headers.insert(name.clone(), value.clone());
+        }
+        if let Some(target) = rewrite {
+            rewrite_host(&mut parts, target);
         }
         let mut req = Request::from_parts(parts, body);
         if let Some(e) = entry.as_ref().filter(|e| e.mode == Mode::Serve)
@@ -411,6 +417,23 @@ fn tagged<'a, 'h>(
 ) -> Option<(&'h str, &'a [RouteTarget])> {
     let tag = headers.get(TAG_HEADER)?.to_str().ok()?;
     routes.get_tagged(host, tag).map(|t| (tag, t))
+}
+
+/// Sends the request on as one for `host` (a DomainMapping's Host rewrite): the Host header,
+/// and the URI's authority when it carries one (HTTP/2, absolute form). The client's own host
+/// stays in `Forwarded`.
+fn rewrite_host(parts: &mut http::request::Parts, host: &str) {
+    let Ok(value) = HeaderValue::from_str(host) else {
+        return;
+    };
+    if parts.uri.authority().is_some() {
+        let mut uri = parts.uri.clone().into_parts();
+        uri.authority = http::uri::Authority::from_maybe_shared(value.clone()).ok();
+        if let Ok(uri) = http::Uri::from_parts(uri) {
+            parts.uri = uri;
+        }
+    }
+    parts.headers.insert(header::HOST, value);
 }
 
 /// Names the revision a request is for (`Knative-Serving-Namespace`, `-Revision`).

@@ -29,6 +29,9 @@ pub struct RoutingTable {
     /// per host, per tag a request was routed by ("" for the host's own targets). Most
     /// tables have none.
     appended: HashMap<String, HashMap<String, Vec<SetHeader>>>,
+    /// Hosts served as another host (a DomainMapping's domain → its target's host): looked up
+    /// as that host, and forwarded with the Host header rewritten to it.
+    aliases: HashMap<String, String>,
 }
 
 /// A header set on requests on their way to a revision.
@@ -111,6 +114,34 @@ impl RoutingTable {
         self.unavailable
             .get(&normalize_host(host))
             .map(String::as_str)
+    }
+
+    /// Serves `host` (normalized) as `target` (normalized): requests for it take `target`'s
+    /// traffic and reach the app with `Host: target`. A routed host wins over an alias.
+    pub fn insert_alias(&mut self, host: String, target: String) {
+        self.aliases
+            .insert(normalize_host(&host), normalize_host(&target));
+    }
+
+    /// The host `host` is served as, if it is an alias (a mapped domain).
+    pub fn alias(&self, host: &str) -> Option<&str> {
+        if self.aliases.is_empty() {
+            return None;
+        }
+        self.aliases.get(&normalize_host(host)).map(String::as_str)
+    }
+
+    /// The host to look `host` up as, and the Host to send when that is another (a mapped
+    /// domain's target). A route's own host, served or not, always wins over a mapping of the
+    /// same name, so no mapping can take a route's traffic.
+    pub fn serving_host<'a>(&'a self, host: &'a str) -> (&'a str, Option<&'a str>) {
+        if self.aliases.is_empty() || self.get(host).is_some() || self.unavailable(host).is_some() {
+            return (host, None);
+        }
+        match self.alias(host) {
+            Some(target) => (target, Some(target)),
+            None => (host, None),
+        }
     }
 
     /// The hosts routed, in no particular order.
@@ -212,6 +243,33 @@ mod tests {
         assert_eq!(
             table.unavailable("other.default.localhost:8080"),
             Some("not ready")
+        );
+        assert_eq!(table.alias("app.example.com"), None);
+        table.insert_alias("App.Example.com".into(), "Hello.default.localhost".into());
+        assert_eq!(
+            table.alias("app.example.COM:8080"),
+            Some("hello.default.localhost")
+        );
+        assert_eq!(
+            table.serving_host("App.example.com"),
+            ("hello.default.localhost", Some("hello.default.localhost"))
+        );
+        // A route's host is never taken over by a mapping of the same name.
+        table.insert_alias(
+            "hello.default.localhost".into(),
+            "b.default.localhost".into(),
+        );
+        table.insert_alias(
+            "other.default.localhost".into(),
+            "b.default.localhost".into(),
+        );
+        assert_eq!(
+            table.serving_host("hello.default.localhost"),
+            ("hello.default.localhost", None)
+        );
+        assert_eq!(
+            table.serving_host("other.default.localhost"),
+            ("other.default.localhost", None)
         );
     }
 

@@ -370,6 +370,40 @@ async fn appended_headers_follow_the_route_a_request_took() {
 }
 
 #[tokio::test]
+async fn a_mapped_domain_is_served_as_its_target_host() {
+    let g = gateway().await;
+    let mut t = table(&[("h.default.example.com", vec![target("h-00001", 100)])]);
+    t.insert_alias("app.example.org".into(), "h.default.example.com".into());
+    t.insert_alias(
+        "gone.example.org".into(),
+        "nothing.default.example.com".into(),
+    );
+    g.gw.set_routes(t);
+    g.gw.set_endpoints(NS, "h-00001", vec![backend("h").await]);
+    let c = client();
+    // HTTP/1.1 (which the fast path would take for a plain host) and the Host rewritten.
+    let (status, body) = send(&c, get(g.addr, "App.Example.org:8080", "/headers")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("host: h.default.example.com\n"), "{body}");
+    // The client's own host is still what Forwarded says it asked for.
+    assert!(
+        body.contains("forwarded: for=127.0.0.1;host=\"App.Example.org:8080\";proto=http\n"),
+        "{body}"
+    );
+    // HTTP/2 carries the host in :authority: rewritten as well.
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = get(g.addr, "app.example.org", "/headers");
+    let (status, body) = send(&h2, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("host: h.default.example.com\n"), "{body}");
+    // A mapping whose target serves nothing is an unknown host.
+    let (status, _) = send(&c, get(g.addr, "gone.example.org", "/")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn internal_headers_are_stripped_and_forwarding_added() {
     let g = gateway().await;
     g.gw.set_routes(table(&[(

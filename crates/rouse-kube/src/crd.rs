@@ -10,6 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rouse_api::Kind;
 use rouse_api::autoscaling::PodAutoscaler;
+use rouse_api::domainmapping::DomainMapping;
 use rouse_api::ingress::Ingress;
 use rouse_api::networking::ServerlessService;
 use rouse_api::serving::{Configuration, Revision, Route, Service};
@@ -155,6 +156,17 @@ pub const SERVERLESS_SERVICE: CrdInfo = CrdInfo {
     ],
 };
 
+pub const DOMAIN_MAPPING: CrdInfo = CrdInfo {
+    group: Kind::DomainMapping.group(),
+    version: Kind::DomainMapping.version(),
+    kind: Kind::DomainMapping.name(),
+    plural: Kind::DomainMapping.plural(),
+    singular: Kind::DomainMapping.singular(),
+    short_names: Kind::DomainMapping.short_names(),
+    categories: Kind::DomainMapping.categories(),
+    columns: &[("URL", ".status.url", "string"), READY, REASON],
+};
+
 pub const INGRESS: CrdInfo = CrdInfo {
     group: "networking.internal.knative.dev",
     version: "v1alpha1",
@@ -176,6 +188,7 @@ pub fn info(kind: Kind) -> &'static CrdInfo {
         Kind::Route => &ROUTE,
         Kind::PodAutoscaler => &POD_AUTOSCALER,
         Kind::ServerlessService => &SERVERLESS_SERVICE,
+        Kind::DomainMapping => &DOMAIN_MAPPING,
     }
 }
 
@@ -188,6 +201,7 @@ pub fn schema(kind: Kind) -> Result<serde_json::Value, SchemaError> {
         Kind::Route => object_schema::<Route>(),
         Kind::PodAutoscaler => object_schema::<PodAutoscaler>(),
         Kind::ServerlessService => object_schema::<ServerlessService>(),
+        Kind::DomainMapping => object_schema::<DomainMapping>(),
     }
 }
 
@@ -200,6 +214,7 @@ pub fn all() -> Result<Vec<CustomResourceDefinition>, SchemaError> {
         crd::<Route>(&ROUTE)?,
         crd::<PodAutoscaler>(&POD_AUTOSCALER)?,
         crd::<ServerlessService>(&SERVERLESS_SERVICE)?,
+        crd::<DomainMapping>(&DOMAIN_MAPPING)?,
         crd::<Ingress>(&INGRESS)?,
     ])
 }

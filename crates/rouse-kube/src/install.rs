@@ -26,6 +26,15 @@ pub const GATEWAY_HTTP_PORT: i32 = 8080;
 pub const ACTIVATOR_SERVICE: &str = "activator-service";
 /// The name of the gateway's LoadBalancer Service.
 pub const GATEWAY_SERVICE: &str = "rouse-gateway";
+/// The Service the activators push their stats to (Knative's name); no selector: the leading
+/// controller writes its own address as the endpoint.
+pub const AUTOSCALER_SERVICE: &str = "autoscaler";
+/// The port of the autoscaler's stat stream (Knative's).
+pub const AUTOSCALER_PORT: u16 = 8080;
+/// Where the activators find the autoscaler in the cluster.
+pub const AUTOSCALER_URL: &str = "http://autoscaler.knative-serving.svc:8080";
+/// Where the activator's container mounts the stream token's Secret.
+pub const AUTOSCALER_TOKEN_DIR: &str = "/var/run/rouse/autoscaler";
 
 /// What `rouse install` may vary.
 #[derive(Debug, Clone)]
@@ -135,7 +144,13 @@ fn rbac() -> Vec<Value> {
                 vec![
                     rule(
                         &[serving],
-                        &["services", "configurations", "revisions", "routes"],
+                        &[
+                            "services",
+                            "configurations",
+                            "revisions",
+                            "routes",
+                            "domainmappings",
+                        ],
                         WRITE,
                     ),
                     rule(
@@ -145,10 +160,12 @@ fn rbac() -> Vec<Value> {
                             "configurations/status",
                             "revisions/status",
                             "routes/status",
+                            "domainmappings/status",
                             "services/finalizers",
                             "configurations/finalizers",
                             "revisions/finalizers",
                             "routes/finalizers",
+                            "domainmappings/finalizers",
                         ],
                         STATUS,
                     ),
@@ -243,7 +260,13 @@ fn rbac() -> Vec<Value> {
         }));
     }
     // Users' roles: namespace admins and editors manage Knative Services, viewers read them.
-    let user_kinds = ["services", "configurations", "revisions", "routes"];
+    let user_kinds = [
+        "services",
+        "configurations",
+        "revisions",
+        "routes",
+        "domainmappings",
+    ];
     out.push(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "knative-serving-aggregated-edit", "labels": {
@@ -406,6 +429,7 @@ fn deployment(role: Role, opts: &InstallOptions) -> Value {
             "500Mi",
             json!([
                 {"name": "https-webhook", "containerPort": WEBHOOK_PORT},
+                {"name": "http-autoscaler", "containerPort": AUTOSCALER_PORT},
                 {"name": "http-metrics", "containerPort": METRICS_PORT},
                 {"name": "http-health", "containerPort": HEALTH_PORT},
             ]),
@@ -444,7 +468,17 @@ fn deployment(role: Role, opts: &InstallOptions) -> Value {
     let env_field = |env: &str, path: &str| json!({"name": env, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}});
     // The activator drains its waiting requests on SIGTERM; give it Knative's 600 s.
     let grace = if role == Role::Activator { 600 } else { 30 };
-    json!({
+    let mut env = vec![
+        env_field("SYSTEM_NAMESPACE", "metadata.namespace"),
+        env_field("POD_NAME", "metadata.name"),
+        env_field("POD_IP", "status.podIP"),
+    ];
+    if role == Role::Activator {
+        env.push(json!({"name": "ROUSE_AUTOSCALER_URL", "value": AUTOSCALER_URL}));
+        env.push(json!({"name": "ROUSE_AUTOSCALER_TOKEN_FILE",
+            "value": format!("{AUTOSCALER_TOKEN_DIR}/{}", crate::stat_stream::TOKEN_KEY)}));
+    }
+    let mut d = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": meta(name, name),
         "spec": {
@@ -476,11 +510,7 @@ fn deployment(role: Role, opts: &InstallOptions) -> Value {
                         "imagePullPolicy": "IfNotPresent",
                         "args": [name],
                         "ports": ports,
-                        "env": [
-                            env_field("SYSTEM_NAMESPACE", "metadata.namespace"),
-                            env_field("POD_NAME", "metadata.name"),
-                            env_field("POD_IP", "status.podIP"),
-                        ],
+                        "env": env,
                         "resources": {
                             "requests": {"cpu": cpu, "memory": memory},
                             "limits": {"memory": memory_limit},
@@ -497,7 +527,22 @@ fn deployment(role: Role, opts: &InstallOptions) -> Value {
                 },
             },
         },
-    })
+    });
+    if role == Role::Activator {
+        mount_autoscaler_token(&mut d);
+    }
+    d
+}
+
+/// The activator pushes its stats to the leading controller with the token the controller
+/// keeps in a Secret, mounted (a rotated token reaches the file without a restart; the pod
+/// starts once the controller has made the Secret).
+fn mount_autoscaler_token(deployment: &mut Value) {
+    let spec = &mut deployment["spec"]["template"]["spec"];
+    spec["volumes"] = json!([{"name": "autoscaler-token",
+        "secret": {"secretName": crate::stat_stream::TOKEN_SECRET}}]);
+    spec["containers"][0]["volumeMounts"] = json!([{"name": "autoscaler-token",
+        "mountPath": AUTOSCALER_TOKEN_DIR, "readOnly": true}]);
 }
 
 fn pdb(role: Role) -> Value {
@@ -535,6 +580,13 @@ fn services() -> Vec<Value> {
             "spec": {
                 "selector": {"app": "controller"},
                 "ports": [port("https-webhook", 443, WEBHOOK_PORT)],
+            },
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": meta(AUTOSCALER_SERVICE, "controller"),
+            "spec": {
+                "ports": [port("http", i32::from(AUTOSCALER_PORT), i32::from(AUTOSCALER_PORT))],
             },
         }),
         json!({

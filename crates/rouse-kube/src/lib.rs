@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod cache;
 pub mod crd;
+pub mod domainmapping;
 pub mod informer;
 pub mod install;
 pub mod leader;
@@ -17,4 +18,6 @@ pub mod revision;
 pub mod route;
 pub mod runtime;
 pub mod schema;
+pub mod scrape;
+pub mod stat_stream;
 pub mod store;

@@ -2,15 +2,18 @@
 //! becomes its ServerlessService's Services (`{rev}-private` with a selector on the pods,
 //! `{rev}` without one) and the public Service's EndpointSlices: the ready pods in Serve mode,
 //! a subset of the activator's pods in Proxy mode. The routing table becomes one Knative
-//! Ingress per Route, served by the gateway of class `rouse.ingress.networking.knative.dev`.
+//! Ingress per Route and one per served DomainMapping, served by the gateway of class
+//! `rouse.ingress.networking.knative.dev`.
 //! Writes are server-side applies run on the seam's runtime; the seam's calls return at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
+use rouse_api::domainmapping::{DomainMapping, claim_holder};
+use rouse_api::ingress::Ingress;
 use rouse_api::meta::Resource;
 use rouse_api::networking::{ServerlessService, SksMode};
 use rouse_api::serving::{Revision, Route};
@@ -19,11 +22,13 @@ use rouse_store::{Kind, Store, StoreError};
 use tokio::runtime::Handle;
 
 use crate::apply::{apply, apply_ingress};
+use crate::domainmapping;
 use crate::install::NAMESPACE;
 use crate::revision::{
     Backend, private_service, public_endpoint_slices, public_endpoints, public_service,
 };
 use crate::route::{IngressConfig, ResolvedTarget, ingress};
+use crate::stat_stream::ActivatorStats;
 
 /// The activator's Service, whose EndpointSlices list the activators.
 pub const ACTIVATOR_SERVICE: &str = "activator-service";
@@ -38,6 +43,8 @@ pub struct KubeNetworking {
     ingress: IngressConfig,
     /// The mode each revision's public endpoints were last written in.
     modes: Arc<Mutex<HashMap<RevisionKey, SksMode>>>,
+    /// What the activators pushed over their stat streams.
+    activator_stats: Arc<ActivatorStats>,
 }
 
 impl KubeNetworking {
@@ -54,7 +61,14 @@ impl KubeNetworking {
             store,
             ingress,
             modes: Arc::default(),
+            activator_stats: Arc::default(),
         }
+    }
+
+    /// Reports the loads the activators push to `stats` (the stat stream's collector).
+    pub fn with_activator_stats(mut self, stats: Arc<ActivatorStats>) -> KubeNetworking {
+        self.activator_stats = stats;
+        self
     }
 
     fn modes(&self) -> MutexGuard<'_, HashMap<RevisionKey, SksMode>> {
@@ -165,6 +179,40 @@ pub fn targets_from_table(route: &Route, table: &[HostRoute], domain: &str) -> V
     out
 }
 
+impl KubeNetworking {
+    /// The Ingresses of the DomainMappings the table serves: a mapped domain is in it only
+    /// once its mapping holds the claim and resolved its target.
+    fn mapping_ingresses(&self, table: &[HostRoute]) -> Vec<Ingress> {
+        let mapped: HashSet<&str> = table
+            .iter()
+            .filter(|hr| hr.rewrite_host.is_some())
+            .map(|hr| hr.host.as_str())
+            .collect();
+        if mapped.is_empty() {
+            return Vec::new();
+        }
+        let mappings: Vec<DomainMapping> = match self.store.list(Kind::DomainMapping, None) {
+            Ok((items, _)) => items
+                .into_iter()
+                .filter_map(|v| DomainMapping::from_value(v).ok())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing domain mappings for their Ingresses failed");
+                return Vec::new();
+            }
+        };
+        mappings
+            .iter()
+            .filter(|dm| mapped.contains(dm.metadata.name.to_ascii_lowercase().as_str()))
+            .filter(|dm| {
+                claim_holder(&mappings, &dm.metadata.name)
+                    .is_some_and(|h| h.metadata.namespace == dm.metadata.namespace)
+            })
+            .map(|dm| domainmapping::ingress(dm, &self.ingress))
+            .collect()
+    }
+}
+
 impl Networking for KubeNetworking {
     /// The table itself is the gateway's to build (from the Ingresses): each Route gets its
     /// Ingress written with the targets the table gives its hosts (the Route's status may
@@ -178,7 +226,7 @@ impl Networking for KubeNetworking {
             }
         };
         let domain = &self.ingress.domain;
-        let ingresses: Vec<_> = routes
+        let mut ingresses: Vec<_> = routes
             .into_iter()
             .filter_map(|v| Route::from_value(v).ok())
             .filter_map(|r| {
@@ -191,6 +239,7 @@ impl Networking for KubeNetworking {
                 (!targets.is_empty()).then(|| ingress(&r, &targets, &self.ingress))
             })
             .collect();
+        ingresses.extend(self.mapping_ingresses(&table));
         let client = self.client.clone();
         self.handle.spawn(async move {
             for ing in ingresses {
@@ -256,8 +305,8 @@ impl Networking for KubeNetworking {
             == Some(&SksMode::Proxy)
     }
 
-    /// The activators' pushed stats are not collected yet (issue 12 item 5).
+    /// What the activators pushed since the last call ([`crate::stat_stream`]).
     fn take_activator_stats(&self) -> Vec<ActivatorLoad> {
-        Vec::new()
+        self.activator_stats.take()
     }
 }

@@ -2,9 +2,10 @@
 //! its Deployment `{rev}-deployment`, built by [`crate::revision::deployment`] and applied
 //! server-side; the autoscaler's decision is written through the Deployment's `scale`
 //! subresource; instances are read from a pod informer (Ready condition, pod IP), and every
-//! pod change is announced to the controller.
+//! pod change is announced to the controller. The ready pods' queue-proxies are scraped over
+//! the network for the autoscaler ([`crate::scrape`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -16,20 +17,28 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use rouse_api::autoscaling::annotations::WINDOW;
+use rouse_api::duration::parse_go_duration;
 use rouse_api::meta::Resource;
 use rouse_api::serving::Revision;
-use rouse_runtime::{InstanceInfo, InstanceState, Runtime, WorkloadSpec};
+use rouse_autoscaler::collector::SCRAPER_POD_NAME;
+use rouse_runtime::{InstanceInfo, InstanceState, Runtime, Scrape, WorkloadSpec};
 use rouse_store::{Kind, Store};
 use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 
 use crate::apply::apply;
-use crate::revision::{DeploymentConfig, deployment, deployment_name};
+use crate::revision::{
+    DeploymentConfig, QUEUE_AUTOSCALER_METRICS_PORT, deployment, deployment_name,
+};
+use crate::scrape::{SCRAPE_TIMEOUT, Target, scrape_revision};
 
 /// The label every revision pod carries.
 pub const LABEL_REVISION: &str = "serving.knative.dev/revision";
 /// The queue-proxy's serving port: where an instance's requests go.
 pub const QUEUE_PORT: u16 = 8012;
+/// config-autoscaler's default `stable-window`, for pods whose revision sets none.
+const DEFAULT_STABLE_WINDOW: Duration = Duration::from_secs(60);
 
 type RevisionKey = (String, String);
 
@@ -44,6 +53,8 @@ pub struct KubeRuntime {
     scaled: Arc<Mutex<HashMap<RevisionKey, u32>>>,
     /// The last error writing each revision's Deployment.
     failures: Arc<Mutex<HashMap<RevisionKey, String>>>,
+    /// The revisions whose last scrape failed.
+    scrape_failures: Arc<Mutex<HashSet<RevisionKey>>>,
     events: broadcast::Sender<RevisionKey>,
 }
 
@@ -65,10 +76,40 @@ impl KubeRuntime {
             pods: Arc::default(),
             scaled: Arc::default(),
             failures: Arc::default(),
+            scrape_failures: Arc::default(),
             events: events.clone(),
         });
         handle.spawn(inform_pods(client, rt.pods.clone(), events));
         rt
+    }
+
+    /// The revision's ready pods as scrape targets; a pod is old once it has run for the
+    /// revision's stable window (its `autoscaling.knative.dev/window`, else 60 s).
+    fn scrape_targets(&self, key: &RevisionKey) -> Vec<Target> {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let now = k8s_openapi::jiff::Timestamp::now();
+        pods.get(key)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|p| {
+                let inst = instance(p).filter(|i| i.state == InstanceState::Ready)?;
+                let window = p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(WINDOW))
+                    .and_then(|w| parse_go_duration(w).ok())
+                    .unwrap_or(DEFAULT_STABLE_WINDOW);
+                let started = p.status.as_ref().and_then(|s| s.start_time.as_ref());
+                let old = started
+                    .is_some_and(|t| now.as_second() - t.0.as_second() >= window.as_secs() as i64);
+                Some(Target {
+                    pod: inst.id,
+                    addr: SocketAddr::new(inst.endpoint.ip(), QUEUE_AUTOSCALER_METRICS_PORT as u16),
+                    old,
+                })
+            })
+            .collect()
     }
 
     fn scaled(&self) -> MutexGuard<'_, HashMap<RevisionKey, u32>> {
@@ -214,8 +255,12 @@ impl Runtime for KubeRuntime {
     }
 
     fn remove(&self, namespace: &str, revision: &str) {
-        self.scaled()
-            .remove(&(namespace.to_string(), revision.to_string()));
+        let key = (namespace.to_string(), revision.to_string());
+        self.scaled().remove(&key);
+        self.scrape_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
         let name = deployment_name(revision);
         self.handle.spawn(async move {
@@ -229,10 +274,38 @@ impl Runtime for KubeRuntime {
         });
     }
 
-    /// Pods' queue-proxy stats are not scraped yet (the autoscaler on the cluster, issue 12
-    /// item 5): no load is reported, so the autoscaler keeps the scale it has.
-    fn scrape(&self, _namespace: &str, _revision: &str) -> Vec<(String, rouse_queue::QueueStats)> {
-        Vec::new()
+    /// The ready pods' queue-proxies, read over the network with Knative's sampling
+    /// ([`crate::scrape`]): one report for the whole revision, or none when it has no ready
+    /// pod or too few answered.
+    fn scrape(&self, namespace: &str, revision: &str) -> Scrape {
+        let key = (namespace.to_string(), revision.to_string());
+        let targets = self.scrape_targets(&key);
+        let failures = self.scrape_failures.clone();
+        Box::pin(async move {
+            let mut rng = fastrand::Rng::new();
+            let result = scrape_revision(targets, SCRAPE_TIMEOUT, &mut rng).await;
+            let mut failing = failures.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(report) => {
+                    if failing.remove(&key) {
+                        tracing::info!(namespace = %key.0, revision = %key.1, "scraping the revision's pods works again");
+                    }
+                    report
+                        .map(|r| (SCRAPER_POD_NAME.to_string(), r))
+                        .into_iter()
+                        .collect()
+                }
+                Err(e) => {
+                    // A warning when scraping starts failing, not every second it goes on.
+                    if failing.insert(key.clone()) {
+                        tracing::warn!(namespace = %key.0, revision = %key.1, error = %e, "scraping the revision's pods failed; nothing recorded until it works");
+                    } else {
+                        tracing::debug!(namespace = %key.0, revision = %key.1, error = %e, "scraping the revision's pods failed");
+                    }
+                    Vec::new()
+                }
+            }
+        })
     }
 
     fn subscribe(&self) -> broadcast::Receiver<(String, String)> {

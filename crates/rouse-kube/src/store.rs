@@ -27,14 +27,7 @@ pub const CONFLICT_RETRIES: usize = 5;
 
 /// The CRD registration of a kind.
 pub fn crd_info(kind: Kind) -> &'static CrdInfo {
-    match kind {
-        Kind::Service => &crd::SERVICE,
-        Kind::Configuration => &crd::CONFIGURATION,
-        Kind::Revision => &crd::REVISION,
-        Kind::Route => &crd::ROUTE,
-        Kind::PodAutoscaler => &crd::POD_AUTOSCALER,
-        Kind::ServerlessService => &crd::SERVERLESS_SERVICE,
-    }
+    crd::info(kind)
 }
 
 /// The dynamic API resource of a CRD.

@@ -98,6 +98,13 @@ fn knative_groups_kinds_plurals_short_names_and_categories() {
             &["all", "knative-internal", "networking"],
         ),
         (
+            "serving.knative.dev",
+            "v1beta1",
+            "DomainMapping",
+            &["dm"],
+            &["all", "knative", "serving"],
+        ),
+        (
             "networking.internal.knative.dev",
             "v1alpha1",
             "Ingress",
@@ -242,6 +249,10 @@ fn printer_columns_match_knative() {
     );
     assert_eq!(
         cols("routes.serving.knative.dev"),
+        ["URL", "Ready", "Reason"]
+    );
+    assert_eq!(
+        cols("domainmappings.serving.knative.dev"),
         ["URL", "Ready", "Reason"]
     );
     let ksvc = by_name("services.serving.knative.dev");

@@ -97,7 +97,7 @@ fn kinds_and_names() {
         .collect();
     assert_eq!(names[0], "Namespace/knative-serving");
     // CRDs come right after the namespace, before anything that could use them.
-    let crds: Vec<&str> = names[1..8].iter().map(String::as_str).collect();
+    let crds: Vec<&str> = names[1..9].iter().map(String::as_str).collect();
     assert_eq!(
         crds,
         [
@@ -107,6 +107,7 @@ fn kinds_and_names() {
             "CustomResourceDefinition/routes.serving.knative.dev",
             "CustomResourceDefinition/podautoscalers.autoscaling.internal.knative.dev",
             "CustomResourceDefinition/serverlessservices.networking.internal.knative.dev",
+            "CustomResourceDefinition/domainmappings.serving.knative.dev",
             "CustomResourceDefinition/ingresses.networking.internal.knative.dev",
         ]
     );
@@ -135,6 +136,7 @@ fn kinds_and_names() {
         "Service/activator-service",
         "Service/webhook",
         "Service/controller",
+        "Service/autoscaler",
         "Service/rouse-gateway",
     ] {
         assert!(
@@ -188,6 +190,58 @@ fn deployments_are_locked_down_probed_and_sized() {
     let gw = find(&docs, "Service", "rouse-gateway");
     assert_eq!(gw["spec"]["type"], "LoadBalancer");
     assert_eq!(gw["spec"]["selector"]["app"], "gateway");
+}
+
+#[test]
+fn activators_reach_the_leading_autoscaler_with_the_token() {
+    let docs = docs();
+    // No selector: the leading controller writes its own address as the endpoint.
+    let svc = find(&docs, "Service", "autoscaler");
+    assert!(svc["spec"]["selector"].is_null(), "{svc}");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
+    let controller = find(&docs, "Deployment", "controller");
+    let ports = &controller["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert!(
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["containerPort"] == 8080)
+    );
+    // The activator is told where, and reads the token from the mounted Secret.
+    let activator = find(&docs, "Deployment", "activator");
+    let pod = &activator["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        env("ROUSE_AUTOSCALER_URL"),
+        Some("http://autoscaler.knative-serving.svc:8080".into())
+    );
+    assert_eq!(
+        env("ROUSE_AUTOSCALER_TOKEN_FILE"),
+        Some("/var/run/rouse/autoscaler/token".into())
+    );
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"],
+        "autoscaler-token"
+    );
+    assert_eq!(
+        c["volumeMounts"][0]["mountPath"],
+        "/var/run/rouse/autoscaler"
+    );
+    assert_eq!(c["volumeMounts"][0]["readOnly"], true);
+    // Only the controller (which makes the Secret) may touch Secrets.
+    for role in ["activator", "gateway"] {
+        let r = find(&docs, "Role", &format!("rouse-{role}"));
+        assert!(!r["rules"].to_string().contains("secrets"), "{role}: {r}");
+    }
 }
 
 #[test]

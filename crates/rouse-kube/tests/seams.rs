@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rouse_api::meta::Resource;
 use rouse_api::networking::SksMode;
 use rouse_api::serving::Revision;
-use rouse_controller::networking::{Networking, RevisionTraffic};
+use rouse_controller::networking::{HostRoute, Networking, RevisionTraffic};
 use rouse_kube::cache::ClusterStore;
 use rouse_kube::networking::KubeNetworking;
 use rouse_kube::revision::DeploymentConfig;
@@ -240,5 +240,190 @@ async fn endpoint_slices_in_serve_and_proxy() {
         net.serving_through_activator("shop", "cart-00001")
     })
     .await;
+    rt.shutdown_background();
+}
+
+const MAPPINGS: &str = "apis/serving.knative.dev/v1beta1/domainmappings";
+const INGRESSES: &str = "apis/networking.internal.knative.dev/v1alpha1/ingresses";
+
+fn mapping(ns: &str, created: &str) -> Value {
+    json!({"apiVersion": "serving.knative.dev/v1beta1", "kind": "DomainMapping",
+           "metadata": {"name": "shop.example.org", "namespace": ns, "uid": format!("dm-{ns}"),
+                        "creationTimestamp": created},
+           "spec": {"ref": {"kind": "Service", "name": "cart", "namespace": ns,
+                            "apiVersion": "serving.knative.dev/v1"},
+                    "tls": {"secretName": "shop-cert"}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_domain_mapping_gets_its_ingress() {
+    let fake = Fake::start().await;
+    fake.put(MAPPINGS, mapping("shop", "2026-01-01T00:00:00Z"));
+    // A later mapping of the same domain in another namespace does not hold the claim.
+    fake.put(MAPPINGS, mapping("rival", "2026-01-01T00:00:05Z"));
+    let (store, rt) = started(&fake).await;
+    let net = KubeNetworking::new(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        IngressConfig {
+            network: rouse_api::config::network::NetworkConfig {
+                ingress_class: "rouse.ingress.networking.knative.dev".into(),
+                ..Default::default()
+            },
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    );
+    net.set_routes(vec![HostRoute {
+        host: "shop.example.org".into(),
+        targets: Vec::new(),
+        unavailable: None,
+        tags: Vec::new(),
+        rewrite_host: Some("cart.shop.example.com".into()),
+    }]);
+    until("the mapping's Ingress", || {
+        fake.object(INGRESSES, "shop", "shop.example.org").is_some()
+    })
+    .await;
+    let ing = fake.object(INGRESSES, "shop", "shop.example.org").unwrap();
+    assert_eq!(
+        ing["metadata"]["annotations"]["networking.knative.dev/ingress.class"],
+        "rouse.ingress.networking.knative.dev"
+    );
+    assert_eq!(
+        ing["metadata"]["labels"]["serving.knative.dev/domainMappingUID"],
+        "dm-shop"
+    );
+    assert_eq!(
+        ing["metadata"]["ownerReferences"][0]["kind"],
+        "DomainMapping"
+    );
+    assert_eq!(
+        ing["spec"]["tls"],
+        json!([{"hosts": ["shop.example.org"], "secretName": "shop-cert",
+                "secretNamespace": "shop"}])
+    );
+    let rule = &ing["spec"]["rules"][0];
+    assert_eq!(rule["hosts"], json!(["shop.example.org"]));
+    assert_eq!(rule["visibility"], "ExternalIP");
+    let path = &rule["http"]["paths"][0];
+    assert_eq!(path["rewriteHost"], "cart.shop.svc.cluster.local");
+    assert_eq!(
+        path["splits"],
+        json!([{"serviceNamespace": "shop", "serviceName": "cart", "servicePort": 80,
+                "percent": 100, "appendHeaders": {"K-Original-Host": "shop.example.org"}}])
+    );
+    assert!(
+        fake.object(INGRESSES, "rival", "shop.example.org")
+            .is_none()
+    );
+    rt.shutdown_background();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_token_is_made_once_and_read_after() {
+    use rouse_kube::stat_stream::ensure_token;
+    const SECRETS: &str = "api/v1/secrets";
+    let fake = Fake::start().await;
+    // None yet: one is made, 32 random bytes as hex.
+    let made = ensure_token(&fake.client).await.unwrap();
+    assert_eq!(made.len(), 64);
+    assert!(made.chars().all(|c| c.is_ascii_hexdigit()), "{made}");
+    let secret = fake
+        .object(SECRETS, "knative-serving", "autoscaler-token")
+        .expect("the Secret was created");
+    assert_eq!(secret["stringData"]["token"], made.as_str());
+    assert_ne!(
+        ensure_token(&Fake::start().await.client).await.unwrap(),
+        made
+    );
+    // One exists (the API server keeps it as base64 data): it is read, not replaced.
+    let fake = Fake::start().await;
+    fake.put(
+        SECRETS,
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "autoscaler-token", "namespace": "knative-serving"},
+               "data": {"token": "a2VwdC10b2tlbgo="}}),
+    );
+    assert_eq!(ensure_token(&fake.client).await.unwrap(), "kept-token");
+    assert!(
+        !fake.seen().iter().any(|(m, _)| m == "POST"),
+        "an existing token is never replaced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_publishes_itself_as_the_autoscaler_endpoint() {
+    let fake = Fake::start().await;
+    let ip: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+    rouse_kube::stat_stream::advertise(&fake.client, ip, Some("controller-7d9-abc"))
+        .await
+        .unwrap();
+    let slice = fake
+        .object(SLICES, "knative-serving", "autoscaler")
+        .expect("the autoscaler's EndpointSlice");
+    assert_eq!(
+        slice["metadata"]["labels"]["kubernetes.io/service-name"],
+        "autoscaler"
+    );
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["endpoints"][0]["addresses"], json!(["10.1.2.3"]));
+    assert_eq!(slice["endpoints"][0]["conditions"]["ready"], true);
+    assert_eq!(
+        slice["endpoints"][0]["targetRef"]["name"],
+        "controller-7d9-abc"
+    );
+    assert_eq!(slice["ports"][0]["port"], 8080);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networking_reports_what_the_activators_pushed() {
+    use rouse_autoscaler::push::{Message, RevisionLoad};
+    use rouse_kube::stat_stream::ActivatorStats;
+    let fake = Fake::start().await;
+    let (store, rt) = started(&fake).await;
+    let stats = Arc::new(ActivatorStats::default());
+    let net = KubeNetworking::new(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        IngressConfig {
+            network: Default::default(),
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    )
+    .with_activator_stats(stats.clone());
+    stats.record(Message::Stats(vec![RevisionLoad {
+        namespace: "shop".into(),
+        revision: "cart-00001".into(),
+        average_concurrency: 4.0,
+        request_count: 9.0,
+    }]));
+    let taken = net.take_activator_stats();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        (
+            taken[0].revision.as_str(),
+            taken[0].average_concurrency,
+            taken[0].request_count
+        ),
+        ("cart-00001", 4.0, 9.0)
+    );
+    assert!(
+        net.take_activator_stats().is_empty(),
+        "each load is taken once"
+    );
+    // A poke goes to the current term's channel only.
+    let mut pokes = stats.begin_term();
+    stats.record(Message::Poke(rouse_autoscaler::push::RevisionRef {
+        namespace: "shop".into(),
+        revision: "cart-00001".into(),
+    }));
+    assert_eq!(
+        pokes.try_recv().unwrap(),
+        ("shop".into(), "cart-00001".into())
+    );
     rt.shutdown_background();
 }

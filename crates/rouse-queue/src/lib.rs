@@ -30,7 +30,7 @@ pub use queue::{
     LocalQueue, ORIGINAL_HOST_HEADER, PROBE_HEADER, PROBE_OK_BODY, PROXY_ACTIVATOR, PROXY_HEADER,
     QUEUE_FULL_BODY, QueueConfig, QueueProxy,
 };
-pub use stats::QueueStats;
+pub use stats::{QueueStats, StatDecodeError};
 
 /// The parsers the fuzz targets (`fuzz/`) drive; not an API.
 #[doc(hidden)]

@@ -54,6 +54,89 @@ impl QueueStats {
     }
 }
 
+/// Why a protobuf `Stat` could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatDecodeError {
+    /// The message ends inside a field.
+    #[error("the Stat message is truncated")]
+    Truncated,
+    /// A field's wire type is not the one `Stat` gives it, or is unknown.
+    #[error("field {field} has wire type {wire_type}, not the Stat message's")]
+    WireType {
+        /// The field number.
+        field: u64,
+        /// The wire type found.
+        wire_type: u8,
+    },
+    /// A load figure that is negative or not a number.
+    #[error("field {0} is not a finite, non-negative number")]
+    Value(u64),
+}
+
+impl QueueStats {
+    /// Reads Knative's protobuf `Stat` (what [`QueueStats::to_protobuf`] writes, or Knative's
+    /// own queue-proxy), returning the stats and the pod name. Unknown fields are skipped, as
+    /// protobuf readers do; the timestamp (7) is ignored: the scraper stamps its own time.
+    pub fn from_protobuf(mut b: &[u8]) -> Result<(QueueStats, String), StatDecodeError> {
+        let mut stats = QueueStats::default();
+        let mut pod = String::new();
+        while !b.is_empty() {
+            let key = read_varint(&mut b)?;
+            let (field, wire_type) = (key >> 3, (key & 7) as u8);
+            match (field, wire_type) {
+                (2..=6, 1) => {
+                    let (v, rest) = b
+                        .split_first_chunk::<8>()
+                        .ok_or(StatDecodeError::Truncated)?;
+                    b = rest;
+                    let v = f64::from_le_bytes(*v);
+                    if !v.is_finite() || v < 0.0 {
+                        return Err(StatDecodeError::Value(field));
+                    }
+                    *match field {
+                        2 => &mut stats.average_concurrency,
+                        3 => &mut stats.average_proxied_concurrency,
+                        4 => &mut stats.request_count,
+                        5 => &mut stats.proxied_request_count,
+                        _ => &mut stats.process_uptime,
+                    } = v;
+                }
+                (1 | 7, 2) | (8.., 2) => {
+                    let len = usize::try_from(read_varint(&mut b)?)
+                        .map_err(|_| StatDecodeError::Truncated)?;
+                    if len > b.len() {
+                        return Err(StatDecodeError::Truncated);
+                    }
+                    if field == 1 {
+                        pod = String::from_utf8_lossy(&b[..len]).into_owned();
+                    }
+                    b = &b[len..];
+                }
+                (8.., 0) => {
+                    read_varint(&mut b)?;
+                }
+                (8.., 1) => b = b.get(8..).ok_or(StatDecodeError::Truncated)?,
+                (8.., 5) => b = b.get(4..).ok_or(StatDecodeError::Truncated)?,
+                _ => return Err(StatDecodeError::WireType { field, wire_type }),
+            }
+        }
+        Ok((stats, pod))
+    }
+}
+
+fn read_varint(b: &mut &[u8]) -> Result<u64, StatDecodeError> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first().ok_or(StatDecodeError::Truncated)?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(StatDecodeError::Truncated)
+}
+
 fn push_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -206,6 +289,51 @@ mod tests {
         let bytes = QueueStats::default().to_protobuf(&long);
         assert_eq!(&bytes[..3], &[0x0a, 0xc8, 0x01]);
         assert_eq!(bytes.len(), 203);
+    }
+
+    #[test]
+    fn the_stat_message_reads_back_and_bad_ones_are_refused() {
+        let stats = QueueStats {
+            average_concurrency: 2.25,
+            average_proxied_concurrency: 0.5,
+            request_count: 7.0,
+            proxied_request_count: 1.0,
+            process_uptime: 90.0,
+        };
+        let long = "p".repeat(200);
+        let mut bytes = stats.to_protobuf(&long);
+        // A timestamp (field 7, a message) and an unknown varint field are skipped.
+        bytes.extend_from_slice(&[0x3a, 2, 0x08, 0x01, 0x48, 0x96, 0x01]);
+        assert_eq!(QueueStats::from_protobuf(&bytes), Ok((stats, long)));
+        assert_eq!(
+            QueueStats::from_protobuf(&[]),
+            Ok((QueueStats::default(), String::new()))
+        );
+        let truncated = &stats.to_protobuf("pod")[..10];
+        assert_eq!(
+            QueueStats::from_protobuf(truncated),
+            Err(StatDecodeError::Truncated)
+        );
+        // Concurrency as a varint: not Knative's Stat.
+        assert_eq!(
+            QueueStats::from_protobuf(&[0x10, 0x01]),
+            Err(StatDecodeError::WireType {
+                field: 2,
+                wire_type: 0
+            })
+        );
+        let mut negative = vec![0x11];
+        negative.extend_from_slice(&(-1.0f64).to_le_bytes());
+        assert_eq!(
+            QueueStats::from_protobuf(&negative),
+            Err(StatDecodeError::Value(2))
+        );
+        let mut nan = vec![0x21];
+        nan.extend_from_slice(&f64::NAN.to_le_bytes());
+        assert_eq!(
+            QueueStats::from_protobuf(&nan),
+            Err(StatDecodeError::Value(4))
+        );
     }
 
     fn ms(n: u64) -> Duration {

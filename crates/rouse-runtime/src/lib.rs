@@ -31,6 +31,10 @@ pub use spec::{
 };
 pub use sys::{nofile_limit, raise_nofile_limit};
 
+/// What [`Runtime::scrape`] resolves to: `(instance id, stats)` per report.
+pub type Scrape =
+    Pin<Box<dyn Future<Output = Vec<(String, rouse_queue::QueueStats)>> + Send + 'static>>;
+
 /// Runs revisions' instances. Calls return at once; the work happens in the background and
 /// every change is announced on [`Runtime::subscribe`].
 pub trait Runtime: Send + Sync + 'static {
@@ -45,8 +49,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// terminating ones included, since their requests in flight are load), covering the time
     /// since the previous call for that instance: `(instance id, stats)`. Each call starts a
     /// new period, so one scraper should call it, about once a second. Local mode reads the
-    /// in-process queue-proxies.
-    fn scrape(&self, namespace: &str, revision: &str) -> Vec<(String, rouse_queue::QueueStats)>;
+    /// in-process queue-proxies (the future is ready at once). A runtime that reads its
+    /// instances over the network may sample them (Kubernetes: Knative's sample size) and then
+    /// answers one report already extrapolated to all of them; an empty answer records
+    /// nothing (no instance, or the sample could not be completed).
+    fn scrape(&self, namespace: &str, revision: &str) -> Scrape;
     /// Why the revision's last scale-up was refused, while it is (a limit on instances).
     fn scale_refusal(&self, _namespace: &str, _revision: &str) -> Option<String> {
         None

@@ -285,7 +285,7 @@ impl Runtime for ProcessRuntime {
             .unwrap_or_default()
     }
 
-    fn scrape(&self, namespace: &str, revision: &str) -> Vec<(String, QueueStats)> {
+    fn scrape(&self, namespace: &str, revision: &str) -> crate::Scrape {
         let queues: Vec<(String, Arc<QueueProxy>)> = {
             let revs = lock(&self.shared.revisions);
             revs.get(&(namespace.to_string(), revision.to_string()))
@@ -297,10 +297,11 @@ impl Runtime for ProcessRuntime {
                 })
                 .unwrap_or_default()
         };
-        queues
+        let reports: Vec<(String, QueueStats)> = queues
             .into_iter()
             .map(|(id, q)| (id, q.take_stats()))
-            .collect()
+            .collect();
+        Box::pin(std::future::ready(reports))
     }
 
     fn image(&self, spec: &WorkloadSpec) -> ImageState {

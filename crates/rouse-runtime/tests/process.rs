@@ -398,14 +398,14 @@ async fn scrape_reports_each_instance_once_per_period() {
     let rt = ProcessRuntime::new(dir.path().to_path_buf());
     rt.ensure(app_spec("scrape-00001", &[]), 2);
     let insts = wait_for(&rt, "scrape-00001", "two ready", all_ready(2)).await;
-    rt.scrape(NS, "scrape-00001");
+    rt.scrape(NS, "scrape-00001").await;
     for _ in 0..3 {
         assert_eq!(get(insts[0].endpoint, "/").await.0, 200);
     }
     let proxied = [("K-Proxy-Request", "activator")];
     assert_eq!(get_with(insts[1].endpoint, "/", &proxied).await.0, 200);
 
-    let mut report = rt.scrape(NS, "scrape-00001");
+    let mut report = rt.scrape(NS, "scrape-00001").await;
     report.sort_by_key(|(id, _)| insts.iter().position(|i| i.id == *id));
     let ids: Vec<&str> = report.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, vec![insts[0].id.as_str(), insts[1].id.as_str()]);
@@ -415,11 +415,11 @@ async fn scrape_reports_each_instance_once_per_period() {
     assert!(a.process_uptime > 0.0);
 
     // Each call covers the time since the previous one.
-    for (_, s) in rt.scrape(NS, "scrape-00001") {
+    for (_, s) in rt.scrape(NS, "scrape-00001").await {
         assert_eq!(s.request_count, 0.0);
         assert_eq!(s.average_concurrency, 0.0);
     }
-    assert!(rt.scrape(NS, "no-such-00001").is_empty());
+    assert!(rt.scrape(NS, "no-such-00001").await.is_empty());
     rt.shutdown().await;
 }
 

@@ -3,20 +3,23 @@
 //! Knative Service applied with kubectl, `rouse controller --kubeconfig` as a process, the
 //! per-revision objects shaped as Knative makes them; the test plays the kubelet (a Node, the
 //! pod bound to it and reported Ready with an IP) so the Service becomes Ready; the pod's
-//! containers run here (the test app and `rouse queue-proxy` on this machine's own address,
-//! which is the pod's IP), so a request through `rouse gateway --kubeconfig` reaches the app
-//! and the gateway marks the Ingress Ready; `rouse activator --kubeconfig` syncs; deleting the
+//! containers run here (the test app and `rouse queue-proxy` on port 8012 of a loopback address
+//! that is the pod's IP), so a request through `rouse gateway --kubeconfig` reaches the app and
+//! the gateway marks the Ingress Ready; `rouse activator --kubeconfig` syncs; deleting the
 //! Service cascades. Needs `kubectl` on PATH and `cargo build --workspace --bins`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sidecar::{Sidecar, sidecar_env, start_app};
 use serde_json::Value;
 
 const NS: &str = "rouse-e2e";
+/// The pod IP of `hello`'s pod, where its sidecar listens (port 8012, as on a cluster).
+const HELLO_POD_IP: &str = "127.0.0.3";
 
 fn kubeconfig() -> Option<String> {
     std::env::var("ROUSE_E2E_KUBECONFIG")
@@ -69,143 +72,14 @@ fn until<T>(what: &str, bound: Duration, mut f: impl FnMut() -> Option<T>) -> T 
     }
 }
 
-/// A process of the test, killed when dropped.
-struct Controller(Child);
+/// A `rouse controller` process and the address of its autoscaler stream.
+struct Controller(Child, std::net::SocketAddr);
 
 impl Drop for Controller {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// This machine's own non-loopback address (the route to a non-local address starts there;
-/// nothing is sent): the pod IP, so that it is a real pod address and reaches here.
-fn own_address() -> Option<IpAddr> {
-    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    s.connect("192.0.2.255:9")
-        .or_else(|_| s.connect("10.255.255.255:9"))
-        .ok()?;
-    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
-}
-
-/// The pod's containers, run here: the test app on a free port and the sidecar on the pod
-/// IP's port 8012 (where the public EndpointSlice sends).
-fn run_pod(pod_ip: IpAddr) -> (Controller, Controller) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let app = Controller(
-        Command::new(rouse_bin().with_file_name("rouse-testapp"))
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the test app starts (cargo build --workspace --bins)"),
-    );
-    let env = [
-        ("SERVING_NAMESPACE", NS.to_string()),
-        ("SERVING_SERVICE", "hello".into()),
-        ("SERVING_CONFIGURATION", "hello".into()),
-        ("SERVING_REVISION", "hello-00001".into()),
-        ("SERVING_POD", "hello-00001-deployment-e2e".into()),
-        ("SERVING_POD_IP", pod_ip.to_string()),
-        ("QUEUE_SERVING_PORT", "8012".into()),
-        ("QUEUE_SERVING_TLS_PORT", "8112".into()),
-        ("USER_PORT", port.to_string()),
-        ("CONTAINER_CONCURRENCY", "0".into()),
-        ("REVISION_TIMEOUT_SECONDS", "300".into()),
-        ("REVISION_RESPONSE_START_TIMEOUT_SECONDS", "0".into()),
-        ("REVISION_IDLE_TIMEOUT_SECONDS", "0".into()),
-        ("SERVING_LOGGING_CONFIG", String::new()),
-        ("SERVING_LOGGING_LEVEL", String::new()),
-        (
-            "SERVING_READINESS_PROBE",
-            r#"{"tcpSocket":{"port":0},"successThreshold":1}"#.into(),
-        ),
-        ("ENABLE_HTTP2_AUTO_DETECTION", "false".into()),
-        ("ROUSE_QUEUE_BIND", pod_ip.to_string()),
-        ("ROUSE_QUEUE_H2C_PORT", "0".into()),
-        ("ROUSE_QUEUE_ADMIN_PORT", "0".into()),
-        ("ROUSE_QUEUE_METRICS_PORT", "0".into()),
-        ("ROUSE_QUEUE_USER_METRICS_PORT", "0".into()),
-    ];
-    let sidecar = Controller(
-        Command::new(rouse_bin())
-            .arg("queue-proxy")
-            .env_clear()
-            .envs(env)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    (app, sidecar)
-}
-
-/// A kubeconfig like `kc` that acts as the install's ServiceAccount `account`, so what the
-/// role does is checked against its RBAC.
-fn impersonating(kc: &str, account: &str, dir: &std::path::Path) -> PathBuf {
-    let (ok, out) = kubectl(
-        kc,
-        &[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "--flatten",
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    assert!(ok, "kubectl config view: {out}");
-    let mut config: Value = serde_json::from_str(&out).expect("kubeconfig as JSON");
-    config["users"][0]["user"]["as"] =
-        format!("system:serviceaccount:knative-serving:{account}").into();
-    let path = dir.join(format!("{account}.kubeconfig"));
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
-}
-
-/// `rouse activator` or `rouse gateway` with `--kubeconfig`, acting as its ServiceAccount, and
-/// its serving and admin addresses.
-fn start_hop(role: &str, kc: &str, dir: &std::path::Path) -> (Controller, SocketAddr, SocketAddr) {
-    let kc = impersonating(kc, &format!("rouse-{role}"), dir);
-    let mut child = Command::new(rouse_bin())
-        .args([role, "--listen", "127.0.0.1:0", "--kubeconfig"])
-        .arg(&kc)
-        .args(["--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
-        .env_remove("POD_IP")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = |key: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key)?.parse().ok())
-            .unwrap_or_else(|| panic!("{role} printed {line:?}"))
-    };
-    let (serving, admin) = (addr("listening="), addr("admin="));
-    (Controller(child), serving, admin)
-}
-
-/// One HTTP/1.1 GET; the status and body.
-fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, raw.split_once("\r\n\r\n")?.1.to_string()))
 }
 
 fn ready(obj: &Value) -> bool {
@@ -248,6 +122,8 @@ fn a_knative_service_on_a_real_api_server() {
     );
     assert!(ok, "CRDs established: {out}");
     let _ = kubectl(&kc, &["create", "namespace", NS], None);
+    // An earlier run's stand-in activator would put every revision behind it.
+    remove_stand_in_activator(&kc);
 
     let ksvc = format!(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  namespace: {NS}\n\
@@ -258,14 +134,25 @@ fn a_knative_service_on_a_real_api_server() {
     assert!(ok, "apply ksvc: {out}");
 
     let start = |identity: &str| {
-        Controller(
-            Command::new(rouse_bin())
-                .args(["controller", "--kubeconfig", &kc, "--identity", identity])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
+        let mut child = Command::new(rouse_bin())
+            .args(["controller", "--kubeconfig", &kc, "--identity", identity])
+            .args(["--autoscaler-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // "rouse controller: autoscaler stream on ADDR", then anything else drained.
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let stream = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("the controller printed {line:?}"));
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Controller(child, stream)
     };
     let first = start("e2e-a");
 
@@ -302,42 +189,9 @@ fn a_knative_service_on_a_real_api_server() {
     let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: rouse-e2e-node\n";
     let (ok, out) = kubectl(&kc, &["apply", "-f", "-"], Some(node.as_bytes()));
     assert!(ok, "node: {out}");
-    let pod = until("the revision's pod", Duration::from_secs(60), || {
-        let pods = get_json(&kc, "pods")?;
-        pods["items"]
-            .as_array()?
-            .iter()
-            .find(|p| p["metadata"]["labels"]["serving.knative.dev/revision"] == "hello-00001")
-            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
-    });
-    let binding = format!(
-        "apiVersion: v1\nkind: Binding\nmetadata:\n  name: {pod}\n  namespace: {NS}\ntarget:\n  apiVersion: v1\n  kind: Node\n  name: rouse-e2e-node\n"
-    );
-    let _ = kubectl(&kc, &["create", "-f", "-"], Some(binding.as_bytes()));
-    // The pod's containers run here when this machine has an address other than loopback
-    // (a pod IP is a routable address, not loopback); otherwise the pod only pretends.
-    let pod_ip = own_address();
-    let _pod = pod_ip.map(run_pod);
-    let ip = pod_ip.map_or_else(|| "10.244.9.9".to_string(), |ip| ip.to_string());
-    let status = format!(
-        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"True"}},{{"type":"ContainersReady","status":"True"}}]}}}}"#
-    );
-    let (ok, out) = kubectl(
-        &kc,
-        &[
-            "patch",
-            "-n",
-            NS,
-            "pod",
-            &pod,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status,
-        ],
-        None,
-    );
-    assert!(ok, "pod status: {out}");
+    let pod = revision_pod(&kc, "hello-00001");
+    let _pod = run_hello_pod();
+    report_ready(&kc, &pod, HELLO_POD_IP);
 
     let svc = until("the Service Ready", Duration::from_secs(90), || {
         get_json(&kc, "ksvc/hello").filter(ready)
@@ -350,7 +204,7 @@ fn a_knative_service_on_a_real_api_server() {
             get_json(&kc, "endpointslice/hello-00001-ipv4-0").filter(|s| {
                 s["endpoints"]
                     .as_array()
-                    .is_some_and(|e| e.iter().any(|e| e["addresses"][0] == ip.as_str()))
+                    .is_some_and(|e| e.iter().any(|e| e["addresses"][0] == HELLO_POD_IP))
             })
         },
     );
@@ -367,40 +221,7 @@ fn a_knative_service_on_a_real_api_server() {
         "{hosts}"
     );
     assert!(hosts.contains("\"serviceName\":\"hello-00001\""), "{hosts}");
-
-    // The data plane from the API, each hop with its install RBAC only: the gateway routes the
-    // Ingress's host to the pod and marks the Ingress Ready; the activator syncs its
-    // Revisions and EndpointSlices.
-    let dir = tempfile::tempdir().unwrap();
-    let (_gateway, gateway, gateway_admin) = start_hop("gateway", &kc, dir.path());
-    let (_activator, _, activator_admin) = start_hop("activator", &kc, dir.path());
-    for admin in [gateway_admin, activator_admin] {
-        until("the hops synced", Duration::from_secs(60), || {
-            (get(admin, "localhost", "/readyz")?.0 == 200).then_some(())
-        });
-    }
-    until(
-        "the Ingress marked Ready by the gateway",
-        Duration::from_secs(60),
-        || get_json(&kc, "ingresses.networking.internal.knative.dev/hello").filter(ready),
-    );
-    let host = format!("hello.{NS}.example.com");
-    if pod_ip.is_some() {
-        let (status, body) = until(
-            "a request through the gateway",
-            Duration::from_secs(60),
-            || get(gateway, &host, "/").filter(|(s, _)| *s == 200),
-        );
-        assert_eq!(status, 200, "{body}");
-    } else {
-        eprintln!(
-            "no address other than loopback here: the request through the gateway is not sent"
-        );
-    }
-    assert_eq!(
-        get(gateway, "nobody.example.com", "/").map(|r| r.0),
-        Some(404)
-    );
+    through_the_gateway(&kc);
 
     // Leader hand-over: a second replica follows while the first leads, and takes the Lease
     // once the first is gone (after the Lease's 15 s duration).
@@ -423,11 +244,13 @@ fn a_knative_service_on_a_real_api_server() {
     until("e2e-a leading", Duration::from_secs(60), || {
         (holder(&kc) == "e2e-a").then_some(())
     });
-    let _second = start("e2e-b");
+    let second = start("e2e-b");
     drop(first);
     until("e2e-b taking over", Duration::from_secs(60), || {
         (holder(&kc) == "e2e-b").then_some(())
     });
+
+    scale_to_zero(&kc, second.1);
 
     // Deleting the Service cascades through Kubernetes' garbage collector (the new leader
     // is the one running now).
@@ -440,4 +263,347 @@ fn a_knative_service_on_a_real_api_server() {
         .then_some(())
     });
     let _ = kubectl(&kc, &["delete", "node", "rouse-e2e-node"], None);
+}
+
+/// The name of the revision's (first) pod, once the ReplicaSet made it (not one still
+/// terminating from an earlier run: without a kubelet, deleted pods linger).
+fn revision_pod(kc: &str, rev: &str) -> String {
+    until(&format!("{rev}'s pod"), Duration::from_secs(60), || {
+        let pods = get_json(kc, "pods")?;
+        pods["items"]
+            .as_array()?
+            .iter()
+            .find(|p| {
+                p["metadata"]["labels"]["serving.knative.dev/revision"] == rev
+                    && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
+    })
+}
+
+/// Plays the kubelet for a pod: bound to the test's Node, running and Ready at `ip`.
+fn report_ready(kc: &str, pod: &str, ip: &str) {
+    let binding = format!(
+        "apiVersion: v1\nkind: Binding\nmetadata:\n  name: {pod}\n  namespace: {NS}\ntarget:\n  apiVersion: v1\n  kind: Node\n  name: rouse-e2e-node\n"
+    );
+    let _ = kubectl(kc, &["create", "-f", "-"], Some(binding.as_bytes()));
+    let status = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"startTime":"2026-01-01T00:00:00Z","conditions":[{{"type":"Ready","status":"True"}},{{"type":"ContainersReady","status":"True"}}]}}}}"#
+    );
+    let (ok, out) = kubectl(
+        kc,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "pod",
+            pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+        None,
+    );
+    assert!(ok, "pod status: {out}");
+}
+
+/// The pod of `zero` answers the autoscaler's scrape for real: a `rouse queue-proxy` in front
+/// of the test app, its stats port on 127.0.0.2:9090, the address the test reports as the pod's
+/// IP. Load through that sidecar (concurrency 3 against a target of 1) scales the Deployment up;
+/// with the load gone, the autoscaler scales the revision to zero: the public EndpointSlice
+/// points at the activator (one the test lists as ready) and the Deployment's replicas go to 0.
+fn scale_to_zero(kc: &str, autoscaler: std::net::SocketAddr) {
+    const POD_IP: &str = "127.0.0.2";
+    const ACTIVATOR_IP: &str = "10.244.7.7";
+    let app_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _app = start_app(app_port);
+    let mut env = sidecar_env(app_port);
+    for (k, v) in env.iter_mut() {
+        match *k {
+            "ROUSE_QUEUE_BIND" => *v = POD_IP.into(),
+            "ROUSE_QUEUE_METRICS_PORT" => *v = "9090".into(),
+            _ => {}
+        }
+    }
+    let sidecar = Sidecar::start(&env);
+
+    // An activator the SKS can point at (no activator runs here: its address is enough).
+    let activator = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: activator-service-e2e\n  namespace: knative-serving\n  labels:\n    kubernetes.io/service-name: activator-service\n    endpointslice.kubernetes.io/managed-by: rouse-e2e\naddressType: IPv4\nendpoints:\n  - addresses: [\"{ACTIVATOR_IP}\"]\n    conditions: {{ready: true}}\nports:\n  - name: http\n    port: 8012\n    protocol: TCP\n"
+    );
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(activator.as_bytes()));
+    assert!(ok, "activator slice: {out}");
+
+    let ksvc = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: zero\n  namespace: {NS}\n\
+         spec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/window: \"6s\"\n        autoscaling.knative.dev/target: \"1\"\n\
+         \x20   spec:\n      containers:\n        - image: ghcr.io/knative/helloworld-go:latest\n"
+    );
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(ksvc.as_bytes()));
+    assert!(ok, "apply ksvc zero: {out}");
+    let pod = revision_pod(kc, "zero-00001");
+    report_ready(kc, &pod, POD_IP);
+    until("zero Ready", Duration::from_secs(90), || {
+        get_json(kc, "ksvc/zero").filter(ready)
+    });
+    // Three requests at a time through the pod's sidecar, until the autoscaler reacts.
+    let serving = sidecar.addr("serving");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                    && started.elapsed() < Duration::from_secs(120)
+                {
+                    let _ = common::http_get(serving, "zero.rouse-e2e", "/?sleep=300");
+                }
+            })
+        })
+        .collect();
+    until(
+        "zero scaled up by its load",
+        Duration::from_secs(90),
+        || {
+            get_json(kc, "deployment/zero-00001-deployment")
+                .filter(|d| d["spec"]["replicas"].as_i64() >= Some(2))
+        },
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for l in load {
+        l.join().unwrap();
+    }
+    let idle = Instant::now();
+    until(
+        "zero's Deployment scaled to 0",
+        Duration::from_secs(180),
+        || get_json(kc, "deployment/zero-00001-deployment").filter(|d| d["spec"]["replicas"] == 0),
+    );
+    println!("scaled to zero {:?} after the load stopped", idle.elapsed());
+    until(
+        "zero's public EndpointSlice on the activator",
+        Duration::from_secs(60),
+        || {
+            get_json(kc, "endpointslice/zero-00001-ipv4-0").filter(|s| {
+                s["endpoints"].as_array().is_some_and(|e| {
+                    e.iter().all(|e| e["addresses"][0] == ACTIVATOR_IP) && !e.is_empty()
+                })
+            })
+        },
+    );
+    let sks = get_json(
+        kc,
+        "serverlessservices.networking.internal.knative.dev/zero-00001",
+    )
+    .unwrap();
+    assert_eq!(sks["spec"]["mode"], "Proxy", "{sks}");
+    wake_through_the_activator(kc, autoscaler);
+    let _ = kubectl(kc, &["delete", "-n", NS, "ksvc", "zero"], None);
+    remove_stand_in_activator(kc);
+}
+
+/// A request at zero through a real `rouse activator` (out of the cluster, pointed at the
+/// leader's stream with the token from the controller's Secret) pokes the autoscaler, which
+/// scales the Deployment up from zero.
+fn wake_through_the_activator(kc: &str, autoscaler: std::net::SocketAddr) {
+    use std::io::{BufRead, Write};
+    let (ok, token) = kubectl(
+        kc,
+        &[
+            "get",
+            "secret",
+            "-n",
+            "knative-serving",
+            "autoscaler-token",
+            "-o",
+            "jsonpath={.data.token}",
+        ],
+        None,
+    );
+    assert!(ok, "the token Secret: {token}");
+    let token = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .expect("base64 token")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), &token).unwrap();
+    let endpoints = serde_json::json!({"revisions": [
+        {"namespace": NS, "name": "zero-00001", "mode": "proxy", "pods": []}
+    ]});
+    std::fs::write(dir.path().join("endpoints.json"), endpoints.to_string()).unwrap();
+    let mut activator = Command::new(rouse_bin())
+        .args([
+            "activator",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics", "127.0.0.1:0", "--endpoints"])
+        .arg(dir.path().join("endpoints.json"))
+        .args(["--autoscaler", &format!("http://{autoscaler}")])
+        .arg("--autoscaler-token-file")
+        .arg(dir.path().join("token"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(activator.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listening=")?.parse().ok())
+        .unwrap_or_else(|| panic!("the activator printed {line:?}"));
+    let activator = Controller(activator, addr);
+    // The request waits in the activator (no pod is reachable): the poke is what counts.
+    let mut req = std::net::TcpStream::connect(addr).unwrap();
+    let sent = Instant::now();
+    req.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nHost: zero.{NS}.example.com\r\nKnative-Serving-Namespace: {NS}\r\nKnative-Serving-Revision: zero-00001\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    until(
+        "zero's Deployment scaled up by the activator's poke",
+        Duration::from_secs(30),
+        || {
+            get_json(kc, "deployment/zero-00001-deployment")
+                .filter(|d| d["spec"]["replicas"].as_i64() >= Some(1))
+        },
+    );
+    println!(
+        "request at zero through rouse activator -> Deployment replicas >= 1 on the API server: {:?}",
+        sent.elapsed()
+    );
+    drop(req);
+    drop(activator);
+}
+
+fn remove_stand_in_activator(kc: &str) {
+    let _ = kubectl(
+        kc,
+        &[
+            "delete",
+            "-n",
+            "knative-serving",
+            "endpointslice",
+            "activator-service-e2e",
+            "--ignore-not-found",
+        ],
+        None,
+    );
+}
+
+/// `hello`'s pod, run here: the test app and its sidecar on the pod IP's port 8012 (where the
+/// public EndpointSlice sends).
+fn run_hello_pod() -> (common::sidecar::Killed, Sidecar) {
+    let app_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = start_app(app_port);
+    let mut env = sidecar_env(app_port);
+    for (k, v) in env.iter_mut() {
+        match *k {
+            "ROUSE_QUEUE_BIND" | "SERVING_POD_IP" => *v = HELLO_POD_IP.into(),
+            "QUEUE_SERVING_PORT" => *v = "8012".into(),
+            "SERVING_NAMESPACE" => *v = NS.into(),
+            _ => {}
+        }
+    }
+    (app, Sidecar::start(&env))
+}
+
+/// A kubeconfig like `kc` that acts as the install's ServiceAccount `account`, so what the
+/// role does is checked against its RBAC.
+fn impersonating(kc: &str, account: &str, dir: &std::path::Path) -> PathBuf {
+    let (ok, out) = kubectl(
+        kc,
+        &[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(ok, "kubectl config view: {out}");
+    let mut config: Value = serde_json::from_str(&out).expect("kubeconfig as JSON");
+    config["users"][0]["user"]["as"] =
+        format!("system:serviceaccount:knative-serving:{account}").into();
+    let path = dir.join(format!("{account}.kubeconfig"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// `rouse activator` or `rouse gateway` with `--kubeconfig`, acting as its ServiceAccount; the
+/// process (with its serving address) and its admin address.
+fn start_hop(role: &str, kc: &str, dir: &std::path::Path) -> (Controller, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let kc = impersonating(kc, &format!("rouse-{role}"), dir);
+    let mut child = Command::new(rouse_bin())
+        .args([role, "--listen", "127.0.0.1:0", "--kubeconfig"])
+        .arg(&kc)
+        .args(["--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .env_remove("POD_IP")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = |key: &str| -> std::net::SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("{role} printed {line:?}"))
+    };
+    (Controller(child, addr("listening=")), addr("admin="))
+}
+
+/// The data plane from the API, each hop with its install RBAC only: the gateway routes the
+/// Ingress's host to `hello`'s pod and marks the Ingress Ready; the activator syncs its
+/// Revisions and EndpointSlices.
+fn through_the_gateway(kc: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, gateway_admin) = start_hop("gateway", kc, dir.path());
+    let (_activator, activator_admin) = start_hop("activator", kc, dir.path());
+    for admin in [gateway_admin, activator_admin] {
+        until("the hops synced", Duration::from_secs(60), || {
+            let r = common::http_get(admin, "localhost", "/readyz").ok()?;
+            (r.status == 200).then_some(())
+        });
+    }
+    until(
+        "the Ingress marked Ready by the gateway",
+        Duration::from_secs(60),
+        || get_json(kc, "ingresses.networking.internal.knative.dev/hello").filter(ready),
+    );
+    let host = format!("hello.{NS}.example.com");
+    until(
+        "a request through the gateway",
+        Duration::from_secs(60),
+        || {
+            let r = common::http_get(gateway.1, &host, "/").ok()?;
+            (r.status == 200).then_some(())
+        },
+    );
+    let r = common::http_get(gateway.1, "nobody.example.com", "/").unwrap();
+    assert_eq!(r.status, 404);
 }

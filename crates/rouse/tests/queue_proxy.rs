@@ -13,7 +13,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, eventually, rouse_bin, testapp_bin};
+use common::sidecar::{Sidecar, sidecar_env, start_app};
+use common::{PATIENCE, eventually, rouse_bin};
 
 /// A free loopback port for the test app (which takes a fixed `PORT`).
 fn free_port() -> u16 {
@@ -22,99 +23,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_app(port: u16) -> Killed {
-    Killed(
-        Command::new(testapp_bin())
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("test app starts"),
-    )
-}
-
-fn sidecar_env(user_port: u16) -> Vec<(&'static str, String)> {
-    [
-        ("SERVING_NAMESPACE", "default"),
-        ("SERVING_SERVICE", "hello"),
-        ("SERVING_CONFIGURATION", "hello"),
-        ("SERVING_REVISION", "hello-00001"),
-        ("SERVING_POD", "hello-00001-deployment-x1"),
-        ("SERVING_POD_IP", "127.0.0.1"),
-        ("QUEUE_SERVING_PORT", "0"),
-        ("QUEUE_SERVING_TLS_PORT", "8112"),
-        ("CONTAINER_CONCURRENCY", "0"),
-        ("REVISION_TIMEOUT_SECONDS", "300"),
-        ("REVISION_RESPONSE_START_TIMEOUT_SECONDS", "0"),
-        ("REVISION_IDLE_TIMEOUT_SECONDS", "0"),
-        ("SERVING_LOGGING_CONFIG", ""),
-        ("SERVING_LOGGING_LEVEL", ""),
-        (
-            "SERVING_READINESS_PROBE",
-            r#"{"tcpSocket":{"port":0},"successThreshold":1}"#,
-        ),
-        ("ENABLE_HTTP2_AUTO_DETECTION", "false"),
-        ("ROUSE_QUEUE_BIND", "127.0.0.1"),
-        ("ROUSE_QUEUE_H2C_PORT", "0"),
-        ("ROUSE_QUEUE_ADMIN_PORT", "0"),
-        ("ROUSE_QUEUE_METRICS_PORT", "0"),
-        ("ROUSE_QUEUE_USER_METRICS_PORT", "0"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k, v.to_string()))
-    .chain([("USER_PORT", user_port.to_string())])
-    .collect()
-}
-
-/// A running sidecar and the addresses it printed.
-struct Sidecar {
-    child: Child,
-    addrs: HashMap<String, SocketAddr>,
-}
-
-impl Sidecar {
-    fn start(env: &[(&str, String)]) -> Sidecar {
-        let mut child = Command::new(rouse_bin())
-            .arg("queue-proxy")
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (*k, v)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("rouse queue-proxy starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addrs = line
-            .split_whitespace()
-            .filter_map(|w| w.split_once('='))
-            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-            .collect::<HashMap<_, SocketAddr>>();
-        assert!(addrs.contains_key("serving"), "first line: {line:?}");
-        Sidecar { child, addrs }
-    }
-
-    fn addr(&self, name: &str) -> SocketAddr {
-        self.addrs[name]
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One request (`Connection: close`); the status, head (lowercase) and raw body.
@@ -376,11 +284,11 @@ struct Hop {
 impl Hop {
     /// Fed by the endpoints file.
     fn start(role: &str, endpoints: &std::path::Path) -> Hop {
-        Hop::start_from(role, "--endpoints", endpoints)
+        Hop::start_from(role, "--endpoints", endpoints, &[])
     }
 
-    /// Fed by `source` (`--endpoints` or `--kubeconfig`) naming `path`.
-    fn start_from(role: &str, source: &str, path: &std::path::Path) -> Hop {
+    /// Fed by `source` (`--endpoints` or `--kubeconfig`) naming `path`, with `extra` flags.
+    fn start_from(role: &str, source: &str, path: &std::path::Path, extra: &[&str]) -> Hop {
         let mut child = Command::new(rouse_bin())
             .args([role, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(["--metrics", "127.0.0.1:0", "--poll", "20ms", source])
@@ -390,6 +298,7 @@ impl Hop {
             } else {
                 &[]
             })
+            .args(extra)
             .env_remove("POD_IP")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -543,6 +452,91 @@ fn separate_processes_buffer_at_zero_wake_and_leave_the_activator_without_losing
     );
 }
 
+/// The activator's push over the network: `rouse activator` as a process, the autoscaler's
+/// stream endpoint (the controller's code) in this test. A request at zero waiting in the
+/// activator pokes the autoscaler and shows in the activator's per-second stats; the test,
+/// playing the controller, then starts the pod and the request is served.
+#[test]
+fn a_request_at_zero_through_the_activator_process_pokes_the_autoscaler() {
+    use rouse_kube::stat_stream::{self, ActivatorStats, StreamEnd, StreamToken};
+    use std::sync::Arc;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stats = Arc::new(ActivatorStats::default());
+    let mut pokes = stats.begin_term();
+    let (_leading, leading_rx) = tokio::sync::watch::channel(true);
+    let end = Arc::new(StreamEnd {
+        stats: stats.clone(),
+        token: Arc::new(StreamToken::new("loopback-token")),
+        leading: leading_rx,
+    });
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let autoscaler = listener.local_addr().unwrap();
+    rt.spawn(stat_stream::serve(listener, end, std::future::pending()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "loopback-token\n").unwrap();
+    let file = dir.path().join("endpoints.json");
+    write_endpoints(&file, &[], "proxy", &[]);
+    let url = format!("http://{autoscaler}");
+    let activator = Hop::start_from(
+        "activator",
+        "--endpoints",
+        &file,
+        &[
+            "--autoscaler",
+            &url,
+            "--autoscaler-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    let act = activator.addr;
+    let named = [
+        ("Knative-Serving-Namespace", "default"),
+        ("Knative-Serving-Revision", "hello-00001"),
+    ];
+    let sent = Instant::now();
+    let cold = std::thread::spawn(move || exchange(act, "/", &named));
+    let poke = rt
+        .block_on(async { tokio::time::timeout(PATIENCE, pokes.recv()).await })
+        .expect("a poke within the bound")
+        .expect("the poke channel is open");
+    println!(
+        "request at zero -> poke at the autoscaler, across processes: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(poke, ("default".to_string(), "hello-00001".to_string()));
+    // The waiting request is load in the activator's per-second report.
+    eventually(
+        "the activator's stats show the waiting request",
+        PATIENCE,
+        || {
+            stats
+                .take()
+                .iter()
+                .any(|l| l.revision == "hello-00001" && l.average_concurrency > 0.0)
+                .then_some(())
+        },
+    );
+    assert!(!cold.is_finished(), "nothing can serve the request yet");
+
+    // The controller's answer: a pod starts and the activator learns it.
+    let app_port = free_port();
+    let _app = start_app(app_port);
+    let sidecar = Sidecar::start(&sidecar_env(app_port));
+    write_endpoints(
+        &file,
+        &[activator.addr],
+        "proxy",
+        &[sidecar.addr("serving")],
+    );
+    let (status, _, body) = cold.join().unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
 /// Opens a WebSocket to the test app's `/ws` echo through `addr`.
 fn ws_connect(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -678,8 +672,8 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
         .local_addr()
         .unwrap();
     let kc = kubeconfig(dir.path(), api);
-    let activator = Hop::start_from("activator", "--kubeconfig", &kc);
-    let gateway = Hop::start_from("gateway", "--kubeconfig", &kc);
+    let activator = Hop::start_from("activator", "--kubeconfig", &kc, &[]);
+    let gateway = Hop::start_from("gateway", "--kubeconfig", &kc, &[]);
     // Unreachable API server: the processes run, not ready.
     for hop in [&activator, &gateway] {
         let (status, _, body) = exchange(hop.admin, "/readyz", &[]);

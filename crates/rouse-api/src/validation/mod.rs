@@ -6,6 +6,7 @@
 //! `successThreshold >= 1`, hold only for defaulted objects.
 
 mod diff;
+mod domain;
 mod image;
 mod metadata;
 mod names;
@@ -22,6 +23,7 @@ pub use names::is_dns1035_label;
 
 use crate::autoscaling::annotations as autoscaling_annotations;
 use crate::config::Config;
+use crate::domainmapping::DomainMapping;
 use crate::error::{FieldError, FieldErrors};
 use crate::meta::ObjectMeta;
 use crate::serving::{
@@ -174,6 +176,33 @@ pub fn validate_route(new: &Route, old: Option<&Route>, cfg: &Config) -> Result<
             "metadata.annotations",
             metadata::creator_and_modifier(&old.metadata, &new.metadata, old.spec == new.spec),
         );
+    }
+    errs.into_result()
+}
+
+/// Validates a DomainMapping on create or update: its name is a fully qualified domain outside
+/// the cluster-local domain, no `generateName`, `spec.ref` complete and in the mapping's own
+/// namespace, and `spec.tls` names a secret.
+pub fn validate_domain_mapping(
+    new: &DomainMapping,
+    old: Option<&DomainMapping>,
+    cfg: &Config,
+) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::new();
+    let mut meta = domain::mapping_name(&new.metadata, &cfg.network.cluster_domain);
+    if let Some(old) = old {
+        meta.extend_via(
+            "annotations",
+            metadata::creator_and_modifier(&old.metadata, &new.metadata, old.spec == new.spec),
+        );
+    }
+    errs.extend_via("metadata", meta);
+    errs.extend_via(
+        "spec.ref",
+        domain::reference(&new.spec.ref_, &new.metadata.namespace),
+    );
+    if let Some(tls) = &new.spec.tls {
+        errs.extend_via("spec.tls", domain::secret(tls));
     }
     errs.into_result()
 }

@@ -2,6 +2,7 @@
 
 mod autoscaler;
 mod configuration;
+mod domainmapping;
 mod gc;
 mod revision;
 mod route;
@@ -28,6 +29,7 @@ pub async fn reconcile(ctx: &Context, key: &Key) -> Result<Requeue, ReconcileErr
         Kind::Route => route::reconcile(ctx, ns, name).await,
         Kind::PodAutoscaler => autoscaler::reconcile(ctx, ns, name),
         Kind::ServerlessService => sks::reconcile(ctx, ns, name),
+        Kind::DomainMapping => domainmapping::reconcile(ctx, ns, name).await,
     }
 }
 

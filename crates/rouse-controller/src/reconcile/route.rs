@@ -5,8 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rouse_api::Kind;
 use rouse_api::condition::{ConditionStatus, Conditions};
 use rouse_api::config::features::{Flag, TAG_HEADER_BASED_ROUTING};
+use rouse_api::domainmapping::DomainMapping;
 use rouse_api::serving::{Addressable, Configuration, Revision, Route, RouteStatus, TrafficTarget};
 
 use super::{Requeue, routing_state};
@@ -29,7 +31,7 @@ pub(super) async fn reconcile(
             .routing
             .lock()
             .await
-            .get(&(ns.to_string(), name.to_string()))
+            .get(&(Kind::Route, ns.to_string(), name.to_string()))
             .into_iter()
             .flatten()
             .flat_map(|h| h.targets.iter().chain(h.tags.iter().flat_map(|t| &t.1)))
@@ -59,6 +61,31 @@ fn serving(status: &RouteStatus) -> BTreeSet<String> {
         .map(|t| t.revision_name.clone())
         .filter(|r| !r.is_empty())
         .collect()
+}
+
+/// Replaces the entries of one route (`Kind::Route`) or mapping (`Kind::DomainMapping`) in the
+/// gateway's table (none: it is gone) and reprograms the gateway when they changed.
+pub(super) async fn program(
+    ctx: &Context,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    entries: Vec<HostRoute>,
+) {
+    let mut table = ctx.routing.lock().await;
+    let key = (kind, ns.to_string(), name.to_string());
+    let changed = if entries.is_empty() {
+        table.remove(&key).is_some()
+    } else if table.get(&key) != Some(&entries) {
+        table.insert(key, entries);
+        true
+    } else {
+        false
+    };
+    if changed {
+        ctx.networking
+            .set_routes(table.values().flatten().cloned().collect());
+    }
 }
 
 /// Why a target could not be resolved: the condition status, reason and message.
@@ -247,6 +274,7 @@ fn host_routes(
             targets: Vec::new(),
             unavailable: Some(not_ready_text(ctx, ns, name, status)?),
             tags: Vec::new(),
+            rewrite_host: None,
         }]);
     }
     let mut shares: BTreeMap<String, u32> = BTreeMap::new();
@@ -279,6 +307,7 @@ fn host_routes(
             .collect(),
         unavailable: None,
         tags,
+        rewrite_host: None,
     }];
     for t in tagged {
         out.push(HostRoute {
@@ -286,6 +315,7 @@ fn host_routes(
             targets: vec![(ns.to_string(), t.revision_name.clone(), 100)],
             unavailable: None,
             tags: Vec::new(),
+            rewrite_host: None,
         });
     }
     Ok(out)
@@ -340,32 +370,28 @@ fn not_ready_text(
 /// Replaces one route's entries (none: the route is gone) and reprograms the gateway when they
 /// changed.
 async fn program_route(ctx: &Context, ns: &str, name: &str, entries: Vec<HostRoute>) {
-    let mut table = ctx.routing.lock().await;
-    let key = (ns.to_string(), name.to_string());
-    let changed = if entries.is_empty() {
-        table.remove(&key).is_some()
-    } else if table.get(&key) != Some(&entries) {
-        table.insert(key, entries);
-        true
-    } else {
-        false
-    };
-    if changed {
-        ctx.networking
-            .set_routes(table.values().flatten().cloned().collect());
-    }
+    program(ctx, Kind::Route, ns, name, entries).await;
 }
 
-/// Rebuilds the gateway's whole routing table from every stored route's resolved traffic.
+/// Rebuilds the gateway's whole routing table from every stored route's resolved traffic;
+/// mappings keep their entries unless they are gone (each is reconciled after a relist).
 async fn rebuild_gateway(ctx: &Context) -> Result<(), ReconcileError> {
     let mut table = ctx.routing.lock().await;
     let routes = ctx.client.list::<Route>(None)?;
-    table.clear();
+    let mappings: BTreeSet<(String, String)> = ctx
+        .client
+        .list::<DomainMapping>(None)?
+        .into_iter()
+        .map(|m| (m.metadata.namespace, m.metadata.name))
+        .collect();
+    table.retain(|(kind, ns, name), _| {
+        *kind == Kind::DomainMapping && mappings.contains(&(ns.clone(), name.clone()))
+    });
     for r in &routes {
         let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
         let entries = host_routes(ctx, ns, name, &r.status)?;
         if !entries.is_empty() {
-            table.insert((ns.clone(), name.clone()), entries);
+            table.insert((Kind::Route, ns.clone(), name.clone()), entries);
         }
     }
     ctx.networking

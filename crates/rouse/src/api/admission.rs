@@ -4,6 +4,7 @@
 use http::StatusCode;
 use rouse_api::config::Config;
 use rouse_api::decode::{DecodeError, decode_typed};
+use rouse_api::domainmapping::DomainMapping;
 use rouse_api::meta::Resource;
 use rouse_api::serving::{Configuration, Revision, Route, Service};
 use rouse_api::{FieldErrors, Kind, defaults, validation};
@@ -73,6 +74,14 @@ pub fn admit(
             cfg,
             defaults::default_route,
             validation::validate_route,
+        ),
+        Kind::DomainMapping => admit_typed::<DomainMapping>(
+            target,
+            body,
+            old,
+            cfg,
+            defaults::default_domain_mapping,
+            validation::validate_domain_mapping,
         ),
         Kind::PodAutoscaler | Kind::ServerlessService => Err(read_only(target.kind)),
     }

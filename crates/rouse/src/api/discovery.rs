@@ -77,14 +77,22 @@ fn groups() -> Vec<String> {
     out
 }
 
+/// A group with its versions (`serving.knative.dev`: v1, preferred, and v1beta1 for
+/// DomainMapping), in the order of [`Kind::ALL`].
 fn group(name: &str) -> Value {
-    let version = Kind::ALL
-        .into_iter()
-        .find(|k| k.group() == name)
-        .map(|k| k.version())
-        .unwrap_or("v1");
-    let gv = json!({"groupVersion": format!("{name}/{version}"), "version": version});
-    json!({"name": name, "versions": [gv.clone()], "preferredVersion": gv})
+    let mut versions: Vec<&str> = Vec::new();
+    for k in Kind::ALL.into_iter().filter(|k| k.group() == name) {
+        if !versions.contains(&k.version()) {
+            versions.push(k.version());
+        }
+    }
+    let gv = |v: &str| json!({"groupVersion": format!("{name}/{v}"), "version": v});
+    let preferred = gv(versions.first().copied().unwrap_or("v1"));
+    json!({
+        "name": name,
+        "versions": versions.iter().map(|v| gv(v)).collect::<Vec<_>>(),
+        "preferredVersion": preferred,
+    })
 }
 
 /// The verbs `kind` is served with: users write the serving kinds; the controller alone writes
@@ -173,6 +181,12 @@ mod tests {
         let pa = answer("/apis/autoscaling.internal.knative.dev/v1alpha1").unwrap();
         assert_eq!(pa["resources"][0]["verbs"], json!(["get", "list", "watch"]));
         assert_eq!(answer("/apis/serving.knative.dev/v2"), None);
+        let versions = &answer("/apis/serving.knative.dev").unwrap()["versions"];
+        assert_eq!(versions[0]["groupVersion"], "serving.knative.dev/v1");
+        assert_eq!(versions[1]["groupVersion"], "serving.knative.dev/v1beta1");
+        let dm = answer("/apis/serving.knative.dev/v1beta1").unwrap();
+        assert_eq!(dm["resources"][0]["name"], "domainmappings");
+        assert_eq!(dm["resources"][0]["shortNames"], json!(["dm"]));
         assert_eq!(answer("/apis/nope"), None);
         assert_eq!(answer("/version").unwrap()["major"], "1");
     }

@@ -104,7 +104,12 @@ pub async fn run(client: &ApiClient, namespace: &str, args: &ApplyArgs) -> anyho
     if args.wait {
         let targets: Vec<_> = applied
             .into_iter()
-            .filter(|(k, _, _)| matches!(k, Kind::Service | Kind::Configuration | Kind::Route))
+            .filter(|(k, _, _)| {
+                matches!(
+                    k,
+                    Kind::Service | Kind::Configuration | Kind::Route | Kind::DomainMapping
+                )
+            })
             .collect();
         if !wait_ready(client, &targets, args.timeout).await? {
             failed = true;

@@ -4,6 +4,8 @@
 //! One replica leads at a time, elected on a Lease; a follower waits, and a leader that loses
 //! its Lease stops its reconcilers (stops writing) and goes back to waiting.
 
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use rouse_kube::networking::KubeNetworking;
 use rouse_kube::revision::DeploymentConfig;
 use rouse_kube::route::IngressConfig;
 use rouse_kube::runtime::KubeRuntime;
+use rouse_kube::stat_stream::{self, ActivatorStats, StreamEnd, StreamToken};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -38,6 +41,10 @@ pub struct ControllerArgs {
     /// The image the queue-proxy sidecar runs (config-deployment `queue-sidecar-image`).
     #[arg(long, default_value = rouse_kube::install::DEFAULT_IMAGE)]
     pub queue_image: String,
+    /// Where the activators' stat streams are accepted (the `autoscaler` Service's port; port
+    /// 0 picks a free one). The address is printed on stdout.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub autoscaler_listen: SocketAddr,
 }
 
 /// A client from `kubeconfig`, or from the in-cluster service account without one.
@@ -118,16 +125,20 @@ async fn lead_and_reconcile(
         ..DeploymentConfig::default()
     };
     let runtime = KubeRuntime::start(client.clone(), handle.clone(), store.clone(), deployment);
-    let networking = Arc::new(KubeNetworking::new(
-        client,
-        handle,
-        store.clone(),
-        IngressConfig {
-            network: config.get().network.clone(),
-            domain: args.domain.clone(),
-            tag_header_routing: false,
-        },
-    ));
+    let activator_stats = start_stat_stream(args, &client, &handle, &leading).await?;
+    let networking = Arc::new(
+        KubeNetworking::new(
+            client.clone(),
+            handle.clone(),
+            store.clone(),
+            IngressConfig {
+                network: config.get().network.clone(),
+                domain: args.domain.clone(),
+                tag_header_routing: false,
+            },
+        )
+        .with_activator_stats(activator_stats.clone()),
+    );
     info!(identity = %me, "waiting for the caches and the lease");
     let stop = terminated();
     tokio::pin!(stop);
@@ -141,13 +152,15 @@ async fn lead_and_reconcile(
             _ = &mut stop => return Ok(()),
         }
         info!(identity = %me, "leading: reconciling");
+        advertise_autoscaler(&client, &handle, &leading);
         let controller = Controller::new(
             store.clone(),
             runtime.clone(),
             networking.clone(),
             config.clone(),
             args.domain.clone(),
-        );
+        )
+        .with_pokes(activator_stats.begin_term());
         let mut lost = leading.clone();
         let mut stopped = false;
         controller
@@ -163,4 +176,66 @@ async fn lead_and_reconcile(
         }
         warn!(identity = %me, "lost the lease: stopped reconciling");
     }
+}
+
+/// Binds the activators' stat stream endpoint and serves it on the Kubernetes runtime, with
+/// the token kept from its Secret; streams are accepted only while this replica leads.
+async fn start_stat_stream(
+    args: &ControllerArgs,
+    client: &kube::Client,
+    handle: &tokio::runtime::Handle,
+    leading: &watch::Receiver<bool>,
+) -> anyhow::Result<Arc<ActivatorStats>> {
+    let addr = args.autoscaler_listen;
+    let listener = handle
+        .spawn(async move { tokio::net::TcpListener::bind(addr).await })
+        .await?
+        .with_context(|| format!("--autoscaler-listen {addr}"))?;
+    println!(
+        "rouse controller: autoscaler stream on {}",
+        listener.local_addr()?
+    );
+    let _ = std::io::stdout().flush();
+    let stats = Arc::new(ActivatorStats::default());
+    let token = Arc::new(StreamToken::default());
+    handle.spawn(stat_stream::keep_token(client.clone(), token.clone()));
+    let end = Arc::new(StreamEnd {
+        stats: stats.clone(),
+        token,
+        leading: leading.clone(),
+    });
+    handle.spawn(stat_stream::serve(listener, end, std::future::pending()));
+    Ok(stats)
+}
+
+/// In a pod ($POD_IP set), publishes this replica as the `autoscaler` Service's endpoint, so
+/// the activators' streams reach the leader. Out of the cluster the activators are pointed at
+/// the controller with `--autoscaler URL` instead.
+/// Retried while this replica still leads.
+fn advertise_autoscaler(
+    client: &kube::Client,
+    handle: &tokio::runtime::Handle,
+    leading: &watch::Receiver<bool>,
+) {
+    let Some(ip) = std::env::var("POD_IP")
+        .ok()
+        .and_then(|v| v.parse::<IpAddr>().ok())
+    else {
+        return;
+    };
+    let pod = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty());
+    let (client, leading) = (client.clone(), leading.clone());
+    handle.spawn(async move {
+        let mut backoff = std::time::Duration::from_millis(200);
+        while *leading.borrow() {
+            match stat_stream::advertise(&client, ip, pod.as_deref()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = %e, "publishing this replica as the autoscaler's endpoint failed; retrying")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+        }
+    });
 }

@@ -187,6 +187,24 @@ pub fn describe(kind: Kind, obj: &Value, now: u64) -> String {
             kv(&mut out, 0, "Actual", &num(obj, "/status/actualReplicas"));
         }
         Kind::Route => {}
+        Kind::DomainMapping => {
+            out.push('\n');
+            kv(
+                &mut out,
+                0,
+                "Reference",
+                &format!(
+                    "{} {}/{}",
+                    str_at(obj, "/spec/ref/kind"),
+                    str_at(obj, "/spec/ref/namespace"),
+                    str_at(obj, "/spec/ref/name")
+                ),
+            );
+            let secret = str_at(obj, "/spec/tls/secretName");
+            if !secret.is_empty() {
+                kv(&mut out, 0, "TLS secret", secret);
+            }
+        }
         Kind::PodAutoscaler => {
             out.push('\n');
             kv(

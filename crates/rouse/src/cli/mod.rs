@@ -114,7 +114,7 @@ pub enum Command {
     QueueProxy,
     /// Run the activator as a process of its own: it buffers requests for revisions with no
     /// ready pod, fed by a static description of revisions and pods (`--endpoints FILE`).
-    Activator(hops::HopArgs),
+    Activator(hops::ActivatorArgs),
     /// Run the gateway as a process of its own: routes by host to pods or activators, fed by
     /// a static description of routes, revisions and pods (`--endpoints FILE`).
     Gateway(hops::HopArgs),
@@ -263,7 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn parse_kind(s: &str) -> Result<Kind, String> {
     Kind::from_cli(s).ok_or_else(|| {
         format!(
-            "the server doesn't have a resource type {s:?} (known: services|ksvc, configurations|config, revisions|rev, routes|rt, podautoscalers|kpa|pa, serverlessservices|sks)"
+            "the server doesn't have a resource type {s:?} (known: services|ksvc, configurations|config, revisions|rev, routes|rt, podautoscalers|kpa|pa, serverlessservices|sks, domainmappings|dm)"
         )
     })
 }
@@ -305,6 +305,8 @@ mod tests {
             ("podautoscalers", Kind::PodAutoscaler),
             ("sks", Kind::ServerlessService),
             ("serverlessservice", Kind::ServerlessService),
+            ("dm", Kind::DomainMapping),
+            ("domainmappings", Kind::DomainMapping),
         ] {
             assert_eq!(parse_kind(s), Ok(k), "{s}");
         }

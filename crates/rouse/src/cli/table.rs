@@ -179,6 +179,7 @@ pub fn table(kind: Kind, items: &[Value], now: u64, extra: &Extra, namespaces: b
             "READY",
             "REASON",
         ],
+        Kind::DomainMapping => vec!["NAME", "URL", "READY", "REASON"],
     };
     let rows = items
         .iter()
@@ -237,6 +238,12 @@ pub fn table(kind: Kind, items: &[Value], now: u64, extra: &Extra, namespaces: b
                         .filter_map(|e| e.as_str())
                         .collect::<Vec<_>>()
                         .join(","),
+                    ready,
+                    ready_reason(conds),
+                ],
+                Kind::DomainMapping => vec![
+                    name,
+                    str_at(o, "/status/url").to_string(),
                     ready,
                     ready_reason(conds),
                 ],

@@ -763,3 +763,38 @@ fn TestScaleToN_10() {
         assert_success_rate(&results, 1.0);
     }
 }
+
+// --- test/e2e/domainmapping ---
+
+fn domain_mapping(domain: &str, kind: &str, name: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1beta1\nkind: DomainMapping\nmetadata:\n  name: {domain}\nspec:\n  ref:\n    kind: {kind}\n    name: {name}\n    apiVersion: serving.knative.dev/v1\n"
+    )
+}
+
+#[test]
+fn TestDomainMapping() {
+    let p = crate::platform("domainmapping", Needs::Defaults);
+    let p = &*p;
+    Svc::new("dm-target", Image::HelloWorld).deploy(p);
+    let domain = "dm-target.example.org";
+    p.apply_ready(&domain_mapping(domain, "Service", "dm-target"));
+    let dm = p.get("dm", domain).unwrap();
+    let url = dm["status"]["url"].as_str().unwrap().to_string();
+    assert_eq!(url, format!("http://{domain}"));
+    assert_eq!(condition(&dm, "DomainClaimed")["status"], "True", "{dm}");
+    let t = p.target(&url);
+    let r = eventually("the domain served", PATIENCE, || {
+        t.get("/").ok().filter(|r| r.status == 200)
+    });
+    assert_eq!(r.body.trim(), HELLO);
+
+    // The Service's Route is an Addressable as well.
+    p.apply_ready(&domain_mapping(domain, "Route", "dm-target"));
+    assert_eq!(t.get("/").unwrap().body.trim(), HELLO);
+
+    p.delete("dm", domain).unwrap();
+    eventually("the domain unknown", PATIENCE, || {
+        (t.get("/").ok()?.status == 404).then_some(())
+    });
+}

@@ -11,6 +11,7 @@
 
 pub mod endpoints;
 pub mod kube;
+pub mod stats_push;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -78,6 +79,15 @@ pub struct HopArgs {
     pub poll: Duration,
 }
 
+/// `rouse activator` arguments: the hop's, and where to push stats and pokes.
+#[derive(Debug, Clone, Args)]
+pub struct ActivatorArgs {
+    #[command(flatten)]
+    pub hop: HopArgs,
+    #[command(flatten)]
+    pub push: stats_push::PushArgs,
+}
+
 fn parse_millis(s: &str) -> Result<Duration, String> {
     let n = s.strip_suffix("ms").unwrap_or(s);
     n.parse::<u64>()
@@ -86,12 +96,19 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs the activator until SIGTERM.
-pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
+pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()> {
+    let args = &activator_args.hop;
     let (source, first) =
         open_source(args, |client| KubeSource::activator(client, args.pod_ip)).await?;
-    let poke: rouse_activator::Poke = Arc::new(|ns: &str, rev: &str| {
-        // No autoscaler connection yet: the wake-up comes from outside (the test, or an
-        // operator scaling the Deployment).
+    // Without an autoscaler to push to, the wake-up comes from outside (an operator scaling
+    // the Deployment, or a test).
+    let push =
+        stats_push::Target::from_args(&activator_args.push)?.map(stats_push::StatsPush::start);
+    let pusher = push.clone();
+    let poke: rouse_activator::Poke = Arc::new(move |ns: &str, rev: &str| {
+        if let Some(p) = &pusher {
+            p.poke(ns, rev);
+        }
         tracing::info!(
             namespace = ns,
             revision = rev,
@@ -99,6 +116,8 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
         );
     });
     let activator = Activator::new(ActivatorConfig::default(), poke);
+    let reporter =
+        push.map(|p| tokio::spawn(stats_push::report_every_second(activator.clone(), p)));
     let mut known = Applied::new();
     if let Some(first) = &first {
         apply_to_activator(&activator, first, &mut known);
@@ -158,6 +177,9 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
         let _ = h2c.await;
     }
     watcher.abort();
+    if let Some(r) = reporter {
+        r.abort();
+    }
     Ok(())
 }
 
