@@ -98,6 +98,7 @@ async fn fifty_requests_at_zero_make_one_activation_and_all_get_200() {
         response_start_timeout: None,
         idle_timeout: None,
         request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
+        request_log: None,
     })
     .await
     .unwrap();

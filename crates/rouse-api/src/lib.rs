@@ -18,6 +18,7 @@ pub mod ingress;
 pub mod kind;
 pub mod meta;
 pub mod networking;
+pub mod request_log;
 pub mod serving;
 pub mod suggest;
 pub mod validation;

@@ -53,6 +53,8 @@ pub const ANNOTATION_CREATOR: &str = "serving.knative.dev/creator";
 pub const ANNOTATION_LAST_MODIFIER: &str = "serving.knative.dev/lastModifier";
 /// Annotation: gradual rollout duration.
 pub const ANNOTATION_ROLLOUT_DURATION: &str = "serving.knative.dev/rollout-duration";
+/// Knative's older spelling of [`ANNOTATION_ROLLOUT_DURATION`] (read when that is absent).
+pub const ANNOTATION_ROLLOUT_DURATION_LEGACY: &str = "serving.knative.dev/rolloutDuration";
 /// Annotation: progress deadline of a revision.
 pub const ANNOTATION_PROGRESS_DEADLINE: &str = "serving.knative.dev/progress-deadline";
 /// Annotation (Rouse's own): how much of a request body is received before the request takes

@@ -12,6 +12,7 @@ pub mod names;
 pub mod networking;
 mod priority;
 pub mod reconcile;
+pub mod rollout;
 pub mod workload;
 pub mod workqueue;
 
@@ -85,6 +86,22 @@ pub struct Context {
     pub autoscaling: autoscaling::Autoscaling,
 }
 
+impl Context {
+    /// Enqueues every object, as after a relist: a config change then reaches the objects
+    /// that did not change themselves (Knative's global resync).
+    pub fn resync(&self) {
+        let store = self.client.store().clone();
+        for kind in Kind::ALL {
+            if let Ok((items, _)) = store.list(kind, None) {
+                for obj in &items {
+                    enqueue_for(self, kind, obj, false);
+                }
+            }
+        }
+        self.queue.add(Key::new(Kind::Route, "", ""));
+    }
+}
+
 /// The controller: owns the queue, the watch and the workers.
 pub struct Controller {
     ctx: Arc<Context>,
@@ -137,7 +154,7 @@ impl Controller {
         // headers): rebuild the routing table from the stored routes.
         let queue = ctx.queue.clone();
         ctx.config
-            .on_change(move || queue.add(Key::new(Kind::Route, "", "")));
+            .on_change(move |_| queue.add(Key::new(Kind::Route, "", "")));
         let own = match priority::control_runtime() {
             Ok(rt) => Some(OwnRuntime(Some(rt))),
             Err(e) => {

@@ -473,6 +473,7 @@ async fn a_client_cannot_reach_the_queue_proxy_health_check() {
         response_start_timeout: None,
         idle_timeout: None,
         request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
+        request_log: None,
     })
     .await
     .unwrap();
@@ -613,6 +614,7 @@ async fn queue_proxy(rev: &str, app: SocketAddr) -> QueueProxy {
         response_start_timeout: None,
         idle_timeout: None,
         request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
+        request_log: None,
     })
     .await
     .unwrap()

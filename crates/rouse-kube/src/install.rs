@@ -1,11 +1,13 @@
 //! The manifests `rouse install` prints: namespace, CRDs, least-privilege RBAC, the roles'
-//! Deployments, PodDisruptionBudgets and Services, and Knative's ConfigMaps with their defaults.
+//! Deployments, PodDisruptionBudgets and Services, Knative's ConfigMaps with their defaults, and
+//! the admission webhooks' configurations.
 //! `rouse install | kubectl apply --server-side -f -` installs Rouse on a cluster.
 
 use serde_json::{Value, json};
 
 use crate::crd;
 use crate::schema::SchemaError;
+use crate::webhook;
 
 /// The namespace everything is installed in (Knative's).
 pub const NAMESPACE: &str = "knative-serving";
@@ -71,6 +73,7 @@ pub fn manifests(opts: &InstallOptions) -> Result<Vec<Value>, SchemaError> {
         out.push(pdb(role));
     }
     out.extend(services());
+    out.extend(webhook_configurations());
     Ok(out)
 }
 
@@ -123,6 +126,12 @@ fn meta(name: &str, component: &str) -> Value {
 
 fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
     json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
+}
+
+fn named_rule(groups: &[&str], resources: &[&str], names: &[&str], verbs: &[&str]) -> Value {
+    let mut r = rule(groups, resources, verbs);
+    r["resourceNames"] = json!(names);
+    r
 }
 
 const READ: &[&str] = &["get", "list", "watch"];
@@ -189,21 +198,33 @@ fn rbac() -> Vec<Value> {
                         &["customresourcedefinitions"],
                         READ,
                     ),
-                    rule(
+                    // The webhook writes its CA bundle into its own configurations only.
+                    named_rule(
                         &["admissionregistration.k8s.io"],
-                        &[
-                            "mutatingwebhookconfigurations",
-                            "validatingwebhookconfigurations",
-                        ],
-                        &["get", "list", "watch", "create", "update", "patch"],
+                        &["mutatingwebhookconfigurations"],
+                        &[webhook::DEFAULTING_WEBHOOK],
+                        &["get", "update"],
+                    ),
+                    named_rule(
+                        &["admissionregistration.k8s.io"],
+                        &["validatingwebhookconfigurations"],
+                        &[webhook::VALIDATION_WEBHOOK, webhook::CONFIG_WEBHOOK],
+                        &["get", "update"],
                     ),
                 ],
                 vec![
                     rule(&[""], &["configmaps"], READ),
-                    rule(
+                    // The webhook's certificates and the activators' stream token: creating a
+                    // Secret cannot be limited by name.
+                    rule(&[""], &["secrets"], &["create"]),
+                    named_rule(
                         &[""],
                         &["secrets"],
-                        &["get", "list", "watch", "create", "update"],
+                        &[
+                            webhook::certs::SECRET_NAME,
+                            crate::stat_stream::TOKEN_SECRET,
+                        ],
+                        &["get", "update"],
                     ),
                     rule(
                         &["coordination.k8s.io"],
@@ -283,6 +304,21 @@ fn rbac() -> Vec<Value> {
         "rules": [rule(&[serving], &user_kinds, READ)],
     }));
     out
+}
+
+/// The rules `rouse install` grants a role: cluster-wide (what it touches in users'
+/// namespaces) and namespaced (what it touches in `knative-serving` only). `rouse controller`
+/// checks its own at start.
+pub fn role_rules(role: Role) -> (Vec<Value>, Vec<Value>) {
+    let name = role.account();
+    let docs = rbac();
+    let rules = |kind: &str| -> Vec<Value> {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name.as_str())
+            .and_then(|d| d["rules"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    (rules("ClusterRole"), rules("Role"))
 }
 
 /// Knative's defaults, key by key, per ConfigMap (from `rouse_api::config`'s defaults; a test
@@ -605,6 +641,88 @@ fn services() -> Vec<Value> {
                 "selector": {"app": "gateway"},
                 "ports": [port("http", 80, GATEWAY_HTTP_PORT)],
             },
+        }),
+    ]
+}
+
+/// Knative's admission webhooks, served by the controllers through the `webhook` Service. No
+/// CA bundle: the controller writes its own. Until it has, the API server cannot reach the
+/// webhook and, failing closed, refuses writes of Knative's kinds. ConfigMaps are validated
+/// failing open: the controller also refuses a bad one (keeping the last good config), and
+/// re-applying the install must not need a running controller.
+fn webhook_configurations() -> Vec<Value> {
+    let hook = |name: &str, path: &str, failure: &str, rules: Value| {
+        json!({
+            "name": name,
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"service": {
+                "name": webhook::SERVICE_NAME, "namespace": NAMESPACE, "path": path, "port": 443,
+            }},
+            "failurePolicy": failure,
+            "sideEffects": "None",
+            "timeoutSeconds": 10,
+            "matchPolicy": "Equivalent",
+            "rules": rules,
+        })
+    };
+    let knative_rules = json!([
+        {
+            "apiGroups": ["serving.knative.dev"],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["services", "configurations", "revisions", "routes"],
+            "scope": "Namespaced",
+        },
+        {
+            "apiGroups": ["serving.knative.dev"],
+            "apiVersions": ["v1beta1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["domainmappings"],
+            "scope": "Namespaced",
+        },
+    ]);
+    let mut defaulting = hook(
+        webhook::DEFAULTING_WEBHOOK,
+        webhook::DEFAULTING_PATH,
+        "Fail",
+        knative_rules.clone(),
+    );
+    defaulting["reinvocationPolicy"] = json!("IfNeeded");
+    let mut config = hook(
+        webhook::CONFIG_WEBHOOK,
+        webhook::CONFIG_VALIDATION_PATH,
+        "Ignore",
+        json!([{
+            "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+            "resources": ["configmaps"], "scope": "Namespaced",
+        }]),
+    );
+    config["namespaceSelector"] =
+        json!({"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}});
+    let meta = |name: &str| json!({"name": name, "labels": labels("controller")});
+    vec![
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": meta(webhook::DEFAULTING_WEBHOOK),
+            "webhooks": [defaulting],
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": meta(webhook::VALIDATION_WEBHOOK),
+            "webhooks": [hook(
+                webhook::VALIDATION_WEBHOOK,
+                webhook::VALIDATION_PATH,
+                "Fail",
+                knative_rules,
+            )],
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": meta(webhook::CONFIG_WEBHOOK),
+            "webhooks": [config],
         }),
     ]
 }

@@ -165,6 +165,8 @@ pub fn elect(lock: LeaseLock) -> watch::Receiver<bool> {
         let mut ticker = tokio::time::interval(lock.cfg.retry_period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_renewed: Option<tokio::time::Instant> = None;
+        // The error last logged: a lasting one (a missing permission) is logged once.
+        let mut last_error = String::new();
         loop {
             ticker.tick().await;
             if tx.is_closed() {
@@ -184,15 +186,21 @@ pub fn elect(lock: LeaseLock) -> watch::Receiver<bool> {
                     false
                 }
                 Ok(Ok(Attempt::Leader)) => {
+                    last_error.clear();
                     last_renewed = Some(started);
                     true
                 }
                 Ok(Ok(Attempt::Follower { .. })) => {
+                    last_error.clear();
                     last_renewed = None;
                     false
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "leader election: could not reach the Lease");
+                    let message = e.to_string();
+                    if message != last_error {
+                        tracing::warn!(error = %message, "leader election: could not reach the Lease");
+                        last_error = message;
+                    }
                     last_renewed.is_some_and(|t| t.elapsed() < lock.cfg.renew_deadline)
                 }
             };

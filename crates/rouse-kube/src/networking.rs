@@ -40,7 +40,8 @@ pub struct KubeNetworking {
     client: kube::Client,
     handle: Handle,
     store: Arc<dyn Store>,
-    ingress: IngressConfig,
+    /// Replaced when config-network or config-features change.
+    ingress: Mutex<IngressConfig>,
     /// The mode each revision's public endpoints were last written in.
     modes: Arc<Mutex<HashMap<RevisionKey, SksMode>>>,
     /// What the activators pushed over their stat streams.
@@ -59,10 +60,15 @@ impl KubeNetworking {
             client,
             handle,
             store,
-            ingress,
+            ingress: Mutex::new(ingress),
             modes: Arc::default(),
             activator_stats: Arc::default(),
         }
+    }
+
+    /// The settings Ingresses are built with from now on.
+    pub fn set_ingress_config(&self, ingress: IngressConfig) {
+        *lock(&self.ingress) = ingress;
     }
 
     /// Reports the loads the activators push to `stats` (the stat stream's collector).
@@ -208,7 +214,7 @@ impl KubeNetworking {
                 claim_holder(&mappings, &dm.metadata.name)
                     .is_some_and(|h| h.metadata.namespace == dm.metadata.namespace)
             })
-            .map(|dm| domainmapping::ingress(dm, &self.ingress))
+            .map(|dm| domainmapping::ingress(dm, &lock(&self.ingress)))
             .collect()
     }
 }
@@ -225,7 +231,8 @@ impl Networking for KubeNetworking {
                 return;
             }
         };
-        let domain = &self.ingress.domain;
+        let cfg = lock(&self.ingress).clone();
+        let domain = &cfg.domain;
         let mut ingresses: Vec<_> = routes
             .into_iter()
             .filter_map(|v| Route::from_value(v).ok())
@@ -236,7 +243,7 @@ impl Networking for KubeNetworking {
                 } else {
                     targets
                 };
-                (!targets.is_empty()).then(|| ingress(&r, &targets, &self.ingress))
+                (!targets.is_empty()).then(|| ingress(&r, &targets, &cfg))
             })
             .collect();
         ingresses.extend(self.mapping_ingresses(&table));

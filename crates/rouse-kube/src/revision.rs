@@ -67,6 +67,8 @@ pub struct DeploymentConfig {
     pub revision_timeout_seconds: i64,
     pub revision_response_start_timeout_seconds: i64,
     pub revision_idle_timeout_seconds: i64,
+    /// `config-observability`: the queue-proxy's request log (`OBSERVABILITY_CONFIG`).
+    pub observability: rouse_api::config::observability::ObservabilityConfig,
 }
 
 impl Default for DeploymentConfig {
@@ -82,8 +84,20 @@ impl Default for DeploymentConfig {
             revision_timeout_seconds: 300,
             revision_response_start_timeout_seconds: 0,
             revision_idle_timeout_seconds: 0,
+            observability: Default::default(),
         }
     }
+}
+
+/// `OBSERVABILITY_CONFIG`: the request-log part of `config-observability` as Knative's
+/// queue-proxy reads it (JSON).
+fn observability_json(o: &rouse_api::config::observability::ObservabilityConfig) -> String {
+    json!({
+        "enableRequestLog": o.enable_request_log,
+        "enableProbeRequestLog": o.enable_probe_request_log,
+        "requestLogTemplate": o.request_log_template.as_ref().map_or("", |t| t.source()),
+    })
+    .to_string()
 }
 
 /// `{rev}-deployment`.
@@ -244,6 +258,10 @@ pub fn deployment(rev: &Revision, cfg: &DeploymentConfig, replicas: i32) -> Depl
             cfg.multi_container_probing.to_string(),
         ),
         lit("SYSTEM_NAMESPACE", cfg.system_namespace.clone()),
+        lit(
+            "OBSERVABILITY_CONFIG",
+            observability_json(&cfg.observability),
+        ),
     ];
     // kubelet asks the queue-proxy, which runs the user's probe (aggressively by default).
     let mut qp_probe = json!({

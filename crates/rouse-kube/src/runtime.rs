@@ -47,7 +47,8 @@ pub struct KubeRuntime {
     client: kube::Client,
     handle: Handle,
     store: Arc<dyn Store>,
-    config: DeploymentConfig,
+    /// Replaced when the ConfigMaps change; Deployments written after that use it.
+    config: Mutex<DeploymentConfig>,
     pods: Arc<Mutex<HashMap<RevisionKey, BTreeMap<String, Pod>>>>,
     /// The replicas last written per revision, so an unchanged decision writes nothing.
     scaled: Arc<Mutex<HashMap<RevisionKey, u32>>>,
@@ -55,6 +56,8 @@ pub struct KubeRuntime {
     failures: Arc<Mutex<HashMap<RevisionKey, String>>>,
     /// The revisions whose last scrape failed.
     scrape_failures: Arc<Mutex<HashSet<RevisionKey>>>,
+    /// One write at a time per revision, so an older decision never lands after a newer one.
+    turns: Arc<Mutex<HashMap<RevisionKey, Arc<tokio::sync::Mutex<()>>>>>,
     events: broadcast::Sender<RevisionKey>,
 }
 
@@ -72,15 +75,22 @@ impl KubeRuntime {
             client: client.clone(),
             handle: handle.clone(),
             store,
-            config,
+            config: Mutex::new(config),
             pods: Arc::default(),
             scaled: Arc::default(),
             failures: Arc::default(),
             scrape_failures: Arc::default(),
+            turns: Arc::default(),
             events: events.clone(),
         });
         handle.spawn(inform_pods(client, rt.pods.clone(), events));
         rt
+    }
+
+    /// The settings Deployments are built with from now on (config-deployment, config-defaults
+    /// and config-features changed).
+    pub fn set_config(&self, config: DeploymentConfig) {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     /// The revision's ready pods as scrape targets; a pod is old once it has run for the
@@ -201,10 +211,31 @@ impl Runtime for KubeRuntime {
             }
         };
         self.scaled().insert(key.clone(), desired);
-        let (client, config) = (self.client.clone(), self.config.clone());
+        let client = self.client.clone();
+        let config = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let (scaled, events) = (self.scaled.clone(), self.events.clone());
         let failures = self.failures.clone();
+        let turn = self
+            .turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
         self.handle.spawn(async move {
+            // Writes of one revision go one at a time, each with the newest decision (tasks
+            // may start in any order).
+            let _turn = turn.lock().await;
+            let desired = scaled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .copied()
+                .unwrap_or(desired);
             let result = KubeRuntime::converge(client, rev, config, desired, applied).await;
             let failed = {
                 let mut last = failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,6 +289,10 @@ impl Runtime for KubeRuntime {
         let key = (namespace.to_string(), revision.to_string());
         self.scaled().remove(&key);
         self.scrape_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        self.turns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);

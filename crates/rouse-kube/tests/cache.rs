@@ -4,7 +4,7 @@
 //! subresource, deletes, and an API server that goes away and comes back.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rouse_kube::cache::ClusterStore;
 use rouse_store::{EventType, Kind, Store, StoreError};
@@ -13,17 +13,10 @@ use serde_json::json;
 mod common;
 
 use common::fake::Fake;
+use common::until;
 
 const KSVC: &str = "apis/serving.knative.dev/v1/services";
 const ROUTES: &str = "apis/serving.knative.dev/v1/routes";
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn ksvc(name: &str) -> serde_json::Value {
     json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",

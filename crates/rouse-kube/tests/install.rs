@@ -1,6 +1,9 @@
 //! The manifests `rouse install` prints: every document parses, is a well-formed Kubernetes
 //! object (strictly: no field the typed API would drop), and has the expected shape.
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -8,7 +11,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use rouse_api::config::ConfigData;
 use rouse_kube::install::{CONFIG_DEFAULTS, InstallOptions, manifests, render_yaml};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn docs() -> Vec<Value> {
     manifests(&InstallOptions {
@@ -66,11 +69,18 @@ fn every_document_is_a_well_formed_object_of_its_kind() {
             "Deployment" => strict::<Deployment>(d),
             "PodDisruptionBudget" => strict::<PodDisruptionBudget>(d),
             "Service" => strict::<Service>(d),
+            "MutatingWebhookConfiguration" => strict::<MutatingWebhookConfiguration>(d),
+            "ValidatingWebhookConfiguration" => strict::<ValidatingWebhookConfiguration>(d),
             other => panic!("unexpected kind {other}"),
         }
         let namespaced = !matches!(
             d["kind"].as_str().unwrap(),
-            "Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding"
+            "Namespace"
+                | "CustomResourceDefinition"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+                | "MutatingWebhookConfiguration"
+                | "ValidatingWebhookConfiguration"
         );
         assert_eq!(
             d["metadata"]["namespace"].as_str() == Some("knative-serving"),
@@ -138,6 +148,9 @@ fn kinds_and_names() {
         "Service/controller",
         "Service/autoscaler",
         "Service/rouse-gateway",
+        "MutatingWebhookConfiguration/webhook.serving.knative.dev",
+        "ValidatingWebhookConfiguration/validation.webhook.serving.knative.dev",
+        "ValidatingWebhookConfiguration/config.webhook.serving.knative.dev",
     ] {
         assert!(
             names.iter().any(|n| n == want),
@@ -190,6 +203,58 @@ fn deployments_are_locked_down_probed_and_sized() {
     let gw = find(&docs, "Service", "rouse-gateway");
     assert_eq!(gw["spec"]["type"], "LoadBalancer");
     assert_eq!(gw["spec"]["selector"]["app"], "gateway");
+}
+
+#[test]
+fn webhooks_fail_closed_for_knatives_kinds_and_open_for_configmaps() {
+    let docs = docs();
+    let m = find(
+        &docs,
+        "MutatingWebhookConfiguration",
+        "webhook.serving.knative.dev",
+    );
+    let w = &m["webhooks"][0];
+    assert_eq!(w["failurePolicy"], "Fail");
+    assert_eq!(w["clientConfig"]["service"]["name"], "webhook");
+    assert_eq!(w["clientConfig"]["service"]["path"], "/defaulting");
+    assert!(
+        w["clientConfig"].get("caBundle").is_none(),
+        "the controller writes it"
+    );
+    assert_eq!(
+        w["rules"][0]["resources"],
+        json!(["services", "configurations", "revisions", "routes"])
+    );
+    assert_eq!(w["rules"][1]["apiVersions"], json!(["v1beta1"]));
+    assert_eq!(w["rules"][1]["resources"], json!(["domainmappings"]));
+    let v = find(
+        &docs,
+        "ValidatingWebhookConfiguration",
+        "validation.webhook.serving.knative.dev",
+    );
+    assert_eq!(v["webhooks"][0]["failurePolicy"], "Fail");
+    assert_eq!(
+        v["webhooks"][0]["clientConfig"]["service"]["path"],
+        "/resource-validation"
+    );
+    let c = find(
+        &docs,
+        "ValidatingWebhookConfiguration",
+        "config.webhook.serving.knative.dev",
+    );
+    assert_eq!(c["webhooks"][0]["failurePolicy"], "Ignore");
+    assert_eq!(
+        c["webhooks"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "knative-serving"
+    );
+    // Webhook configurations come last: what they guard is applied before them.
+    let last = &docs[docs.len() - 3..];
+    assert!(last.iter().all(|d| {
+        d["kind"]
+            .as_str()
+            .unwrap()
+            .ends_with("WebhookConfiguration")
+    }));
 }
 
 #[test]
@@ -305,6 +370,37 @@ fn rbac_is_least_privilege() {
     assert!(!cluster.contains("secrets") && !cluster.contains("leases"));
     let ns = find(&docs, "Role", "rouse-controller").to_string();
     assert!(ns.contains("secrets") && ns.contains("leases"));
+    // The webhook touches only its own Secret and configurations (create cannot be named).
+    for (kind, resource) in [
+        ("Role", "secrets"),
+        ("ClusterRole", "mutatingwebhookconfigurations"),
+        ("ClusterRole", "validatingwebhookconfigurations"),
+    ] {
+        for r in find(&docs, kind, "rouse-controller")["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
+            })
+        {
+            let verbs = r["verbs"].as_array().unwrap();
+            let named = r["resourceNames"].as_array().is_some_and(|n| !n.is_empty());
+            assert!(
+                named || verbs == &[json!("create")],
+                "{resource}: {verbs:?} without resourceNames"
+            );
+            assert!(
+                !verbs
+                    .iter()
+                    .any(|v| v == "list" || v == "watch" || v == "delete")
+            );
+        }
+    }
     // Bindings name their role's account.
     let b = find(&docs, "ClusterRoleBinding", "rouse-gateway");
     assert_eq!(b["subjects"][0]["name"], "rouse-gateway");

@@ -192,6 +192,14 @@ fn deployment_is_knatives_shape() {
         let f = e.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
         assert_eq!(f.field_path, path, "{k}");
     }
+    // config-observability's request log, as Knative's queue-proxy reads it (off by default).
+    let o11y: serde_json::Value = serde_json::from_str(&value(qp, "OBSERVABILITY_CONFIG")).unwrap();
+    assert_eq!(o11y["enableRequestLog"], false);
+    assert!(
+        o11y["requestLogTemplate"]
+            .as_str()
+            .is_some_and(|t| t.contains("{{.Request.Method}}"))
+    );
     // The user's readiness probe, moved to the queue-proxy with the port resolved.
     let probe: serde_json::Value =
         serde_json::from_str(&value(qp, "SERVING_READINESS_PROBE")).unwrap();

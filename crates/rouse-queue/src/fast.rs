@@ -240,6 +240,10 @@ impl LocalQueue {
     ) -> (FastOutcome, Option<u16>) {
         let shared = &self.0;
         let cfg = &shared.cfg;
+        // A logged request takes the general path, which keeps what its line needs.
+        if cfg.request_log.as_ref().is_some_and(|l| l.is_on()) {
+            return (FastOutcome::Refused, None);
+        }
         let deadlines = cfg.deadlines();
         // Held until the response is over: the load report, drain, the concurrency slot.
         let _stats = shared.stats.start(ex.proxied);

@@ -16,6 +16,7 @@ mod inflight;
 mod probe;
 mod queue;
 mod raw;
+mod request_log;
 mod stats;
 mod timeout;
 
@@ -30,6 +31,7 @@ pub use queue::{
     LocalQueue, ORIGINAL_HOST_HEADER, PROBE_HEADER, PROBE_OK_BODY, PROXY_ACTIVATOR, PROXY_HEADER,
     QUEUE_FULL_BODY, QueueConfig, QueueProxy,
 };
+pub use request_log::{LogOutput, RequestLogSwitch, RequestLogger, RevisionInfo};
 pub use stats::{QueueStats, StatDecodeError};
 
 /// The parsers the fuzz targets (`fuzz/`) drive; not an API.

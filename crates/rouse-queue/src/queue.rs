@@ -26,6 +26,7 @@ use crate::http::{
 use crate::inflight::InFlight;
 use crate::probe::{CommandRunner, HostCommand, ProbeSpec, Prober};
 use crate::raw::{self, RawError};
+use crate::request_log::{PeerAddr, RequestLogger};
 use crate::stats::{QueueStats, Stats};
 use crate::timeout::{Deadlines, timeout_response, until};
 
@@ -72,6 +73,8 @@ pub struct QueueConfig {
     /// a concurrency slot or an app connection (larger ones stream); 0 switches it off. Never
     /// for an h2c app (streaming RPCs).
     pub request_body_buffer: u64,
+    /// Where requests are logged, when `config-observability` asks for it.
+    pub request_log: Option<Arc<RequestLogger>>,
 }
 
 impl QueueConfig {
@@ -103,6 +106,7 @@ impl QueueConfig {
             response_start_timeout: None,
             idle_timeout: None,
             request_body_buffer: DEFAULT_REQUEST_BODY_BUFFER,
+            request_log: None,
         }
     }
 }
@@ -362,11 +366,14 @@ impl LocalQueue {
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let make = |_remote| {
+    let make = |remote| {
         let shared = shared.clone();
-        service_fn(move |req: Request<Body>| {
+        service_fn(move |mut req: Request<Body>| {
             let shared = shared.clone();
             async move {
+                if shared.cfg.request_log.as_ref().is_some_and(|l| l.is_on()) {
+                    req.extensions_mut().insert(PeerAddr(remote));
+                }
                 // The kubelet's, activator's or autoscaler's probe without the probe header:
                 // refused, as Knative's queue-proxy does (it never reaches the app). Only on
                 // the socket: in-process hand-overs come from this process's own hops.
@@ -409,7 +416,23 @@ async fn probe_loop(shared: Arc<Shared>, mut app_run: watch::Receiver<Option<u64
     }
 }
 
-async fn handle(shared: Arc<Shared>, mut req: Request<Body>) -> Result<Response<Body>, Infallible> {
+/// Handles one request, logged when `config-observability` asks for it.
+async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Result<Response<Body>, Infallible> {
+    let entry = shared.cfg.request_log.as_ref().and_then(|log| {
+        let probe = req.headers().contains_key(&PROBE_HEADER);
+        log.begin(&req, probe)
+    });
+    let resp = handle_request(shared, req).await?;
+    Ok(match entry {
+        Some(entry) => entry.wrap(resp),
+        None => resp,
+    })
+}
+
+async fn handle_request(
+    shared: Arc<Shared>,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, Infallible> {
     if let Some(probe) = req.headers().get(&PROBE_HEADER) {
         return Ok(shared.health(probe));
     }

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rouse_queue::{AppProbe, ProbeSpec, QueueConfig, QueueProxy, QueueStats};
+use rouse_queue::{
+    AppProbe, LogOutput, ProbeSpec, QueueConfig, QueueProxy, QueueStats, RequestLogger,
+    RevisionInfo,
+};
 use tokio::runtime::Handle;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
@@ -441,6 +444,12 @@ impl Shared {
         let container_exec = self
             .uses_container(spec)
             .then(|| Arc::new(ContainerExec::new(self.containers.client.clone())));
+        let log_path = self
+            .data_dir
+            .join("logs")
+            .join(&spec.namespace)
+            .join(&spec.revision)
+            .join(format!("{id}.log"));
         let qp_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         qp_listener.set_nonblocking(true)?;
         let endpoint = qp_listener.local_addr()?;
@@ -448,7 +457,21 @@ impl Shared {
             // The queue-proxy spawns its tasks on the runtime's Tokio runtime.
             let _rt = self.handle.enter();
             let listener = tokio::net::TcpListener::from_std(qp_listener)?;
-            let cfg = queue_config(spec, app_port, &self.base_env, container_exec.is_some());
+            let mut cfg = queue_config(spec, app_port, &self.base_env, container_exec.is_some());
+            cfg.request_log = self.options.request_log.as_ref().map(|switch| {
+                Arc::new(RequestLogger::new(
+                    switch.clone(),
+                    LogOutput::File(log_path.clone()),
+                    RevisionInfo {
+                        name: spec.revision.clone(),
+                        namespace: spec.namespace.clone(),
+                        service: spec.service.clone(),
+                        configuration: spec.configuration.clone(),
+                        pod_name: id.clone(),
+                        pod_ip: "127.0.0.1".into(),
+                    },
+                ))
+            });
             Arc::new(match &container_exec {
                 Some(runner) => {
                     QueueProxy::with_listener_and_runner(cfg, listener, runner.clone())?
@@ -456,12 +479,6 @@ impl Shared {
                 None => QueueProxy::with_listener(cfg, listener)?,
             })
         };
-        let log_path = self
-            .data_dir
-            .join("logs")
-            .join(&spec.namespace)
-            .join(&spec.revision)
-            .join(format!("{id}.log"));
         let info = Arc::new(Mutex::new(InstanceInfo {
             id,
             endpoint,
@@ -521,6 +538,7 @@ fn queue_config(
         response_start_timeout: t.response_start_timeout,
         idle_timeout: t.idle_timeout,
         request_body_buffer: t.request_body_buffer,
+        request_log: None,
     }
 }
 

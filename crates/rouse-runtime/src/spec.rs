@@ -233,6 +233,9 @@ pub struct RuntimeOptions {
     /// Docker Engine's socket (`None`: `DOCKER_HOST` when it is `unix://…`, else
     /// `/var/run/docker.sock`).
     pub docker_socket: Option<PathBuf>,
+    /// `config-observability`'s request log, followed by every instance's queue-proxy (its
+    /// lines go to the instance's log). `None`: never logged.
+    pub request_log: Option<std::sync::Arc<rouse_queue::RequestLogSwitch>>,
 }
 
 impl Default for RuntimeOptions {
@@ -246,6 +249,7 @@ impl Default for RuntimeOptions {
             log_retention: DEFAULT_LOG_RETENTION,
             backend: Backend::Auto,
             docker_socket: None,
+            request_log: None,
         }
     }
 }

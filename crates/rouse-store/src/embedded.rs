@@ -15,7 +15,9 @@
 //! relaxed write that finds the reserve used up commits durably and reserves the next span),
 //! and opening after a crash starts above the reserve. A clean close releases it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod deletion;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -31,7 +33,8 @@ use serde_json::Value;
 use crate::error::MODIFIED;
 use crate::object::{self, meta_str};
 use crate::watch::{Hub, Watch};
-use crate::{Durability as WriteDurability, EventType, Store, StoreError, WatchEvent};
+use crate::{Durability as WriteDurability, EventType, Propagation, Store, StoreError, WatchEvent};
+use deletion::Deletion;
 
 /// The database file inside the data dir.
 pub const DB_FILE: &str = "store.redb";
@@ -603,6 +606,9 @@ impl Store for EmbeddedStore {
             rouse_api::clock::now_rfc3339(),
         );
         object::set_meta(&mut obj, "generation", 1);
+        for field in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+            object::meta_mut(&mut obj).remove(field);
+        }
         self.inner.write(durability, |txn| {
             let name = if !given_name.is_empty() {
                 if txn.exists(kind, &namespace, &given_name)? {
@@ -643,8 +649,16 @@ impl Store for EmbeddedStore {
     ) -> Result<Value, StoreError> {
         self.inner.write(durability, |txn| {
             let (mut new, stored) = load_for_update(txn, kind, obj)?;
-            // Identity and bookkeeping come from the stored object; status is written apart.
-            for field in ["uid", "creationTimestamp", "resourceVersion", "generation"] {
+            // Identity and bookkeeping come from the stored object; status is written apart;
+            // only a delete marks an object for deletion.
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "resourceVersion",
+                "generation",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+            ] {
                 object::copy_meta(&mut new, &stored, field);
             }
             object::copy_top(&mut new, &stored, "status");
@@ -653,6 +667,20 @@ impl Store for EmbeddedStore {
             }
             if new == stored {
                 return Ok(stored);
+            }
+            if deletion::is_marked(&stored) {
+                let added: Vec<&str> = deletion::finalizers(&new)
+                    .filter(|f| !deletion::finalizers(&stored).any(|s| s == *f))
+                    .collect();
+                if !added.is_empty() {
+                    return Err(StoreError::Invalid(format!(
+                        "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                    )));
+                }
+                if deletion::finalizers(&new).next().is_none() {
+                    // The last finalizer is cleared: the marked object goes.
+                    return Deletion::new(txn).finalized(kind, new);
+                }
             }
             txn.put(kind, new, EventType::Modified)
         })
@@ -676,38 +704,25 @@ impl Store for EmbeddedStore {
     }
 
     fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, StoreError> {
+        self.delete_propagating(kind, namespace, name, Propagation::Background)
+    }
+
+    fn delete_propagating(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        propagation: Propagation,
+    ) -> Result<Value, StoreError> {
         self.inner.write(WriteDurability::Durable, |txn| {
-            let root = txn
-                .remove(kind, namespace, name)?
-                .ok_or_else(|| not_found(kind, namespace, name))?;
-            let mut index: Option<HashMap<String, Vec<ObjectKey>>> = None;
-            let mut removed: HashSet<ObjectKey> = HashSet::from([ObjectKey {
+            let key = ObjectKey {
                 kind,
                 namespace: namespace.to_string(),
                 name: name.to_string(),
-            }]);
-            let mut owners: VecDeque<String> = VecDeque::from([meta_str(&root, "uid").to_string()]);
-            // Breadth first: owners are deleted (and their events sent) before what they own.
-            while let Some(uid) = owners.pop_front() {
-                if uid.is_empty() {
-                    continue;
-                }
-                if index.is_none() {
-                    index = Some(txn.children_by_owner()?);
-                }
-                let Some(children) = index.as_mut().and_then(|i| i.remove(&uid)) else {
-                    continue;
-                };
-                for child in children {
-                    if !removed.insert(child.clone()) {
-                        continue;
-                    }
-                    if let Some(obj) = txn.remove(child.kind, &child.namespace, &child.name)? {
-                        owners.push_back(meta_str(&obj, "uid").to_string());
-                    }
-                }
-            }
-            Ok(root)
+            };
+            Deletion::new(txn)
+                .delete(&key, propagation)?
+                .ok_or_else(|| not_found(kind, namespace, name))
         })
     }
 

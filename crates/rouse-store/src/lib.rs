@@ -47,6 +47,22 @@ pub struct WatchEvent {
     pub resource_version: u64,
 }
 
+/// How a delete treats the objects the deleted one owns (Kubernetes' `propagationPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Propagation {
+    /// The object goes first; what it owns goes after it (each held by its own finalizers).
+    #[default]
+    Background,
+    /// What the object owns goes first; the object stays, marked, with the
+    /// `foregroundDeletion` finalizer, while an owned object is held by finalizers.
+    Foreground,
+    /// What the object owns stays, no longer owned by it.
+    Orphan,
+}
+
+/// The finalizer that holds an owner deleted in the foreground until its dependents are gone.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
 /// How far a write has got when the call that made it returns.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Durability {
@@ -137,7 +153,29 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an object and, in the same transaction, every object of any kind whose
     /// `metadata.ownerReferences` names a deleted object's uid, recursively. Returns the
     /// object deleted.
+    ///
+    /// As in Kubernetes, an object with `metadata.finalizers` is not removed but marked: its
+    /// `deletionTimestamp` is set (and it is returned so); it goes once an update clears its
+    /// last finalizer. Such an object among the dependents is marked likewise and keeps what it
+    /// owns until it goes.
     fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, StoreError>;
+
+    /// [`Store::delete`] with a propagation policy. Stores that only cascade in the background
+    /// refuse the others.
+    fn delete_propagating(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        propagation: Propagation,
+    ) -> Result<Value, StoreError> {
+        match propagation {
+            Propagation::Background => self.delete(kind, namespace, name),
+            other => Err(StoreError::Invalid(format!(
+                "propagationPolicy {other:?} is not supported by this store"
+            ))),
+        }
+    }
 
     /// A stream of the events with a resourceVersion above `from`, in order: first those
     /// retained in memory, then live ones. [`StoreError::Expired`] when `from` is older than

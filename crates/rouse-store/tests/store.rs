@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rouse_store::{
-    Durability, EmbeddedStore, EventType, FLUSH_INTERVAL, Kind, Store, StoreError, Watch,
-    WatchEvent,
+    Durability, EmbeddedStore, EventType, FLUSH_INTERVAL, FOREGROUND_FINALIZER, Kind, Propagation,
+    Store, StoreError, Watch, WatchEvent,
 };
 use serde_json::{Value, json};
 
@@ -482,6 +482,172 @@ fn delete_cascades_through_three_levels_and_across_kinds() {
         err.to_string(),
         "services.serving.knative.dev \"hello\" not found"
     );
+}
+
+fn with_finalizers(mut obj: Value, finalizers: &[&str]) -> Value {
+    obj["metadata"]["finalizers"] = json!(finalizers);
+    obj
+}
+
+fn exists(s: &EmbeddedStore, kind: Kind, name: &str) -> bool {
+    s.get(kind, "default", name).is_ok()
+}
+
+#[test]
+fn finalizers_hold_a_deleted_object_until_an_update_clears_them() {
+    let (_d, s) = open();
+    let service = s
+        .create(
+            Kind::Service,
+            with_finalizers(svc("held", "a"), &["example.com/a", "example.com/b"]),
+        )
+        .unwrap();
+    s.create(Kind::Configuration, owned("held", &service, Kind::Service))
+        .unwrap();
+    let mut w = s.watch(s.resource_version()).unwrap();
+
+    // Marked, not removed; what it owns stays while it does.
+    let marked = s.delete(Kind::Service, "default", "held").unwrap();
+    let stamp = marked["metadata"]["deletionTimestamp"].clone();
+    assert!(stamp.is_string(), "{marked}");
+    assert_eq!(recv(&mut w).event_type, EventType::Modified);
+    assert!(exists(&s, Kind::Configuration, "held"));
+    // Deleting again changes nothing.
+    let again = s.delete(Kind::Service, "default", "held").unwrap();
+    assert_eq!(again["metadata"]["deletionTimestamp"], stamp);
+    assert!(recv_within(&mut w, Duration::from_millis(50)).is_none());
+
+    // An update can neither unset the mark nor add a finalizer.
+    let mut cleared = marked.clone();
+    cleared["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("deletionTimestamp");
+    cleared["metadata"]["labels"] = json!({"x": "y"});
+    let updated = s.update(Kind::Service, cleared).unwrap();
+    assert_eq!(updated["metadata"]["deletionTimestamp"], stamp);
+    let added = with_finalizers(updated.clone(), &["example.com/a", "example.com/b", "new"]);
+    let err = s.update(Kind::Service, added).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("metadata.finalizers: Forbidden: no new finalizers"),
+        "{err}"
+    );
+
+    // Clearing one keeps it; clearing the last removes it and cascades.
+    let one = s
+        .update(Kind::Service, with_finalizers(updated, &["example.com/b"]))
+        .unwrap();
+    assert!(exists(&s, Kind::Service, "held"));
+    let mut w = s.watch(s.resource_version()).unwrap();
+    s.update(Kind::Service, with_finalizers(one, &[])).unwrap();
+    assert!(!exists(&s, Kind::Service, "held"));
+    assert!(!exists(&s, Kind::Configuration, "held"));
+    let kinds: Vec<(EventType, Kind)> = (0..3)
+        .map(|_| recv(&mut w))
+        .map(|e| (e.event_type, e.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventType::Modified, Kind::Service),
+            (EventType::Deleted, Kind::Service),
+            (EventType::Deleted, Kind::Configuration)
+        ]
+    );
+
+    // A new object never starts out marked.
+    let fresh = s
+        .create(
+            Kind::Service,
+            json!({"metadata": {"name": "fresh", "deletionTimestamp": "2020-01-01T00:00:00Z"}, "spec": {}}),
+        )
+        .unwrap();
+    assert!(fresh["metadata"].get("deletionTimestamp").is_none());
+}
+
+#[test]
+fn background_cascade_marks_dependents_with_finalizers() {
+    let (_d, s) = open();
+    let service = s.create(Kind::Service, svc("bg", "a")).unwrap();
+    let config = s
+        .create(
+            Kind::Configuration,
+            with_finalizers(owned("bg", &service, Kind::Service), &["hold"]),
+        )
+        .unwrap();
+    s.create(
+        Kind::Revision,
+        owned("bg-00001", &config, Kind::Configuration),
+    )
+    .unwrap();
+    s.delete(Kind::Service, "default", "bg").unwrap();
+    assert!(!exists(&s, Kind::Service, "bg"));
+    let held = s.get(Kind::Configuration, "default", "bg").unwrap();
+    assert!(held["metadata"]["deletionTimestamp"].is_string());
+    assert!(exists(&s, Kind::Revision, "bg-00001"));
+    s.update(Kind::Configuration, with_finalizers(held, &[]))
+        .unwrap();
+    assert!(!exists(&s, Kind::Configuration, "bg"));
+    assert!(!exists(&s, Kind::Revision, "bg-00001"));
+}
+
+#[test]
+fn orphan_keeps_dependents_without_the_owner_reference() {
+    let (_d, s) = open();
+    let service = s.create(Kind::Service, svc("or", "a")).unwrap();
+    s.create(Kind::Configuration, owned("or", &service, Kind::Service))
+        .unwrap();
+    s.create(Kind::Route, owned("or", &service, Kind::Service))
+        .unwrap();
+    s.delete_propagating(Kind::Service, "default", "or", Propagation::Orphan)
+        .unwrap();
+    assert!(!exists(&s, Kind::Service, "or"));
+    for kind in [Kind::Configuration, Kind::Route] {
+        let kept = s.get(kind, "default", "or").unwrap();
+        assert!(kept["metadata"].get("ownerReferences").is_none(), "{kept}");
+    }
+}
+
+#[test]
+fn foreground_deletes_dependents_first_and_waits_for_held_ones() {
+    let (_d, s) = open();
+    // Nothing held: dependents go before the owner, all at once.
+    let service = s.create(Kind::Service, svc("fg", "a")).unwrap();
+    s.create(Kind::Configuration, owned("fg", &service, Kind::Service))
+        .unwrap();
+    let mut w = s.watch(s.resource_version()).unwrap();
+    s.delete_propagating(Kind::Service, "default", "fg", Propagation::Foreground)
+        .unwrap();
+    assert_eq!(recv(&mut w).kind, Kind::Configuration);
+    assert_eq!(recv(&mut w).kind, Kind::Service);
+
+    // A dependent held by a finalizer keeps the owner, marked with foregroundDeletion, until
+    // it goes.
+    let service = s.create(Kind::Service, svc("fg2", "a")).unwrap();
+    let config = s
+        .create(
+            Kind::Configuration,
+            with_finalizers(owned("fg2", &service, Kind::Service), &["hold"]),
+        )
+        .unwrap();
+    s.create(Kind::Route, owned("fg2", &service, Kind::Service))
+        .unwrap();
+    let owner = s
+        .delete_propagating(Kind::Service, "default", "fg2", Propagation::Foreground)
+        .unwrap();
+    assert_eq!(
+        owner["metadata"]["finalizers"],
+        json!([FOREGROUND_FINALIZER])
+    );
+    assert!(!exists(&s, Kind::Route, "fg2"));
+    let held = s.get(Kind::Configuration, "default", "fg2").unwrap();
+    assert!(held["metadata"]["deletionTimestamp"].is_string());
+    let _ = config;
+    s.update(Kind::Configuration, with_finalizers(held, &[]))
+        .unwrap();
+    assert!(!exists(&s, Kind::Configuration, "fg2"));
+    assert!(!exists(&s, Kind::Service, "fg2"));
 }
 
 #[test]

@@ -114,9 +114,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let api_scheme = if api_tls.is_some() { "https" } else { "http" };
 
+    // Every queue-proxy follows config-observability's request log as it is changed.
+    let request_log = rouse_queue::RequestLogSwitch::new();
+    {
+        let switch = request_log.clone();
+        shared_config.on_change(move |c| switch.set(&c.observability));
+    }
     let runtime = ProcessRuntime::with_options(
         std::fs::canonicalize(&args.data_dir)?,
-        args.host.runtime_options(),
+        rouse_runtime::RuntimeOptions {
+            request_log: Some(request_log),
+            ..args.host.runtime_options()
+        },
     );
     // The store holds the data dir now: what is recorded there is an earlier run's.
     host::clean_leftovers(&runtime);
@@ -169,6 +178,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store: store.clone(),
         config: shared_config.clone(),
         configmaps: Arc::new(configmaps),
+        namespaces: Arc::new(crate::api::namespaces::Namespaces::persisted_in(
+            &args.data_dir.join("namespaces.json"),
+        )?),
         token,
     };
     let metrics_activator = activator.clone();

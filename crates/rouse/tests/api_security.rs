@@ -50,6 +50,7 @@ impl Api {
             store: store.clone(),
             config: rouse_api::config::SharedConfig::new(config),
             configmaps: Default::default(),
+            namespaces: Default::default(),
             token: token.clone().into(),
         };
         let metrics: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(|| "m 1\n".to_string());

@@ -54,6 +54,7 @@ async fn watch_from_a_resource_version() {
         store: store.clone(),
         config: Default::default(),
         configmaps: Default::default(),
+        namespaces: Default::default(),
         token: token.clone().into(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

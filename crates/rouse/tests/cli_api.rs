@@ -47,6 +47,10 @@ impl Api {
             store: store.clone(),
             config: rouse_api::config::SharedConfig::new(config),
             configmaps: Default::default(),
+            namespaces: Arc::new(
+                rouse::api::namespaces::Namespaces::persisted_in(&data_dir.join("namespaces.json"))
+                    .unwrap(),
+            ),
             token: token.clone().into(),
         };
         let metrics: Arc<dyn Fn() -> String + Send + Sync> =
@@ -578,11 +582,12 @@ async fn raw_api_statuses() {
     )
     .await;
     assert_eq!((code, v["kind"].as_str()), (404, Some("Status")));
+    // Knative's kinds have a status subresource and no scale subresource.
     let (code, _, _) = send(
-        Method::PUT,
-        &format!("{svc_path}/j/status"),
+        Method::GET,
+        &format!("{svc_path}/j/scale"),
         None,
-        fresh.to_string(),
+        String::new(),
     )
     .await;
     assert_eq!(code, 404);
@@ -820,5 +825,315 @@ async fn wait_follows_the_ready_condition() {
         out.stderr.contains("service.serving.knative.dev/fail failed: RevisionFailed: Revision \"fail-00001\" failed with message: exit status 3."),
         "{out:?}"
     );
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_subresource_deletecollection_and_discovery() {
+    let api = Api::start().await;
+    let c = api.client();
+    let svc_path = "/apis/serving.knative.dev/v1/namespaces/default/services";
+    let send = |m: Method, p: &str, ct: Option<&str>, body: String| {
+        let c = c.clone();
+        let (p, ct) = (p.to_string(), ct.map(str::to_string));
+        async move {
+            let (code, bytes) = c
+                .raw(m, &p, ct.as_deref(), Bytes::from(body))
+                .await
+                .unwrap();
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (code.as_u16(), v)
+        }
+    };
+    let merge = Some("application/merge-patch+json");
+    for (name, tier) in [("a", "web"), ("b", "db"), ("c", "cache")] {
+        let yaml = service_yaml(name, "x").replace(
+            &format!("name: {name}\n"),
+            &format!("name: {name}\n  labels:\n    tier: {tier}\n"),
+        );
+        let (code, v) = send(Method::POST, svc_path, Some("application/yaml"), yaml).await;
+        assert_eq!(code, 201, "{v}");
+    }
+
+    // PUT .../status writes the status alone: spec and labels in the body are ignored.
+    let (_, current) = send(Method::GET, &format!("{svc_path}/a"), None, String::new()).await;
+    let mut body = current.clone();
+    body["status"] = json!({"observedGeneration": 1, "url": "http://a.example"});
+    body["metadata"]["labels"]["tier"] = json!("changed");
+    body["spec"]["template"]["spec"]["containerConcurrency"] = json!(3);
+    let (code, v) = send(
+        Method::PUT,
+        &format!("{svc_path}/a/status"),
+        None,
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"]["url"], "http://a.example");
+    let stored = api.store.get(Kind::Service, "default", "a").unwrap();
+    assert_eq!(stored["status"]["url"], "http://a.example");
+    assert_eq!(stored["metadata"]["labels"]["tier"], "web");
+    assert_eq!(stored["metadata"]["generation"], 1);
+    assert_eq!(stored["spec"], current["spec"]);
+    // The stale resourceVersion of that PUT is now a conflict.
+    let (code, v) = send(
+        Method::PUT,
+        &format!("{svc_path}/a/status"),
+        None,
+        body.to_string(),
+    )
+    .await;
+    assert_eq!((code, v["reason"].as_str()), (409, Some("Conflict")), "{v}");
+    // A dry run answers without storing; unknown status fields are pruned.
+    let (code, v) = send(
+        Method::PATCH,
+        &format!("{svc_path}/a/status?dryRun=All"),
+        merge,
+        r#"{"status":{"url":"http://dry.example","madeUp":1}}"#.into(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"]["url"], "http://dry.example");
+    assert!(v["status"].get("madeUp").is_none(), "{v}");
+    let stored = api.store.get(Kind::Service, "default", "a").unwrap();
+    assert_eq!(stored["status"]["url"], "http://a.example");
+    // A write to the object ignores status.
+    let (code, v) = send(
+        Method::PATCH,
+        &format!("{svc_path}/a"),
+        merge,
+        r#"{"status":{"url":"http://ignored.example"}}"#.into(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"]["url"], "http://a.example");
+    // Verbs the subresource lacks; the controller's kinds are read-only there too.
+    let (code, v) = send(
+        Method::DELETE,
+        &format!("{svc_path}/a/status"),
+        None,
+        String::new(),
+    )
+    .await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (405, Some("MethodNotAllowed")),
+        "{v}"
+    );
+    let (code, _) = send(
+        Method::PATCH,
+        "/apis/autoscaling.internal.knative.dev/v1alpha1/namespaces/default/podautoscalers/a/status",
+        merge,
+        "{}".into(),
+    )
+    .await;
+    assert_eq!(code, 405);
+
+    // deletecollection: set-based and field selectors choose; the answer lists the deleted.
+    let (code, v) = send(
+        Method::DELETE,
+        &format!("{svc_path}?labelSelector=tier%20notin%20(web)&fieldSelector=metadata.name!=c"),
+        None,
+        String::new(),
+    )
+    .await;
+    assert_eq!(
+        (code, v["kind"].as_str()),
+        (200, Some("ServiceList")),
+        "{v}"
+    );
+    let names: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b"]);
+    assert_eq!(api.count(Kind::Service), 2);
+    let (code, v) = send(
+        Method::DELETE,
+        &format!("{svc_path}?labelSelector=tier%20in%20(web"),
+        None,
+        String::new(),
+    )
+    .await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (400, Some("BadRequest")),
+        "{v}"
+    );
+    let (code, _) = send(
+        Method::DELETE,
+        "/apis/serving.knative.dev/v1/services",
+        None,
+        String::new(),
+    )
+    .await;
+    assert_eq!(code, 405);
+    // A dry-run deletecollection removes nothing; a bad policy is 422.
+    let (code, v) = send(
+        Method::DELETE,
+        &format!("{svc_path}?dryRun=All"),
+        None,
+        String::new(),
+    )
+    .await;
+    assert_eq!(
+        (code, v["items"].as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{v}"
+    );
+    assert_eq!(api.count(Kind::Service), 2);
+    let (code, _) = send(
+        Method::DELETE,
+        &format!("{svc_path}/a"),
+        Some("application/json"),
+        r#"{"propagationPolicy":"Sideways"}"#.into(),
+    )
+    .await;
+    assert_eq!(code, 422);
+
+    // Aggregated discovery when asked for, with its media type; the legacy form otherwise.
+    for (accept, kind) in [
+        (
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+            "APIGroupDiscoveryList",
+        ),
+        ("application/json", "APIGroupList"),
+    ] {
+        let (head, body) = raw_get(api.addr, &api.token, "/apis", accept).await;
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["kind"], kind, "{body}");
+        if kind == "APIGroupDiscoveryList" {
+            assert!(
+                head.to_ascii_lowercase().contains(
+                    "content-type: application/json;g=apidiscovery.k8s.io;v=v2;as=apigroupdiscoverylist"
+                ),
+                "{head}"
+            );
+        }
+    }
+    api.shutdown().await;
+}
+
+/// A GET with an `Accept` header; returns the response head and body.
+async fn raw_get(addr: SocketAddr, token: &str, path: &str, accept: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_namespaces_outlive_a_restart() {
+    let api = Api::start().await;
+    let c = api.client();
+    let send = |c: ApiClient, m: Method, p: &'static str, body: Value| async move {
+        let (code, bytes) = c
+            .raw(
+                m,
+                p,
+                Some("application/json"),
+                Bytes::from(body.to_string()),
+            )
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (code.as_u16(), v)
+    };
+    let ns = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "labels": {"team": "a"}}})
+    };
+    let (code, v) = send(c.clone(), Method::POST, "/api/v1/namespaces", ns("kept")).await;
+    assert_eq!(code, 201, "{v}");
+    let (code, v) = send(c.clone(), Method::POST, "/api/v1/namespaces", ns("kept")).await;
+    assert_eq!((code, v["reason"].as_str()), (409, Some("AlreadyExists")));
+    let (code, v) = send(
+        c.clone(),
+        Method::POST,
+        "/api/v1/namespaces",
+        ns("Bad_Name"),
+    )
+    .await;
+    assert_eq!((code, v["reason"].as_str()), (422, Some("Invalid")), "{v}");
+    let (code, v) = send(
+        c.clone(),
+        Method::POST,
+        "/api/v1/namespaces",
+        json!({"kind": "Pod"}),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    let (code, _) = send(c.clone(), Method::POST, "/api/v1/namespaces", ns("gone")).await;
+    assert_eq!(code, 201);
+    let (code, v) = send(
+        c.clone(),
+        Method::DELETE,
+        "/api/v1/namespaces/gone",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (code, v["status"]["phase"].as_str()),
+        (200, Some("Terminating")),
+        "{v}"
+    );
+    let (code, v) = send(
+        c.clone(),
+        Method::DELETE,
+        "/api/v1/namespaces/default",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (403, Some("Forbidden")),
+        "{v}"
+    );
+    let (code, v) = send(c.clone(), Method::PUT, "/api/v1/namespaces", Value::Null).await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (405, Some("MethodNotAllowed")),
+        "{v}"
+    );
+
+    // The next run (a fresh store) reads the namespaces kept in the data dir.
+    let kept = std::fs::read(api.data_dir.join("namespaces.json")).unwrap();
+    api.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/namespaces.json"), kept).unwrap();
+    let api = Api::start_with(dir, Config::default()).await;
+    let c = api.client();
+    let (code, v) = send(
+        c.clone(),
+        Method::GET,
+        "/api/v1/namespaces/kept",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (code, v["metadata"]["labels"]["team"].as_str()),
+        (200, Some("a")),
+        "{v}"
+    );
+    let (code, _) = send(
+        c.clone(),
+        Method::GET,
+        "/api/v1/namespaces/gone",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(code, 404);
     api.shutdown().await;
 }

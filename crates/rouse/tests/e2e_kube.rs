@@ -1,12 +1,18 @@
 //! End to end against a real Kubernetes API server, when `ROUSE_E2E_KUBECONFIG` names one
-//! (skipped, with the reason printed, otherwise): `rouse install` applied with kubectl, a
-//! Knative Service applied with kubectl, `rouse controller --kubeconfig` as a process, the
+//! (skipped, with the reason printed, otherwise): `rouse install` applied with kubectl, writes
+//! refused while no webhook answers, `rouse controller --kubeconfig --webhook-url` as a
+//! process serving the admission webhooks (a bad manifest refused with Knative's message, a
+//! good one defaulted, ConfigMap changes taking effect live in the webhook and the reconcilers,
+//! a bad ConfigMap refused), the
 //! per-revision objects shaped as Knative makes them; the test plays the kubelet (a Node, the
 //! pod bound to it and reported Ready with an IP) so the Service becomes Ready; the pod's
 //! containers run here (the test app and `rouse queue-proxy` on port 8012 of this machine's own
-//! address, which is the pod's IP), so a request through `rouse gateway --kubeconfig` reaches the app and
-//! the gateway marks the Ingress Ready; `rouse activator --kubeconfig` syncs; deleting the
-//! Service cascades. Needs `kubectl` on PATH and `cargo build --workspace --bins`.
+//! address, which is the pod's IP), so a request through `rouse gateway --kubeconfig` reaches
+//! the app and the gateway marks the Ingress Ready; `rouse activator --kubeconfig` syncs;
+//! leader hand-over; deleting the Service cascades. Needs `kubectl` on PATH and
+//! `cargo build --workspace --bins`. The API server must reach 127.0.0.1 (the controllers'
+//! webhooks listen there); the suite removes the WebhookConfigurations when it ends, since they
+//! then name a URL nobody serves.
 
 mod common;
 
@@ -83,6 +89,58 @@ impl Drop for Controller {
     }
 }
 
+/// A free loopback port for a controller's webhooks.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The status code of `GET path` on a loopback port, if it answers.
+fn probe(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split(' ').nth(1)?.parse().ok()
+}
+
+const WEBHOOK_CONFIGS: [&str; 3] = [
+    "mutatingwebhookconfiguration/webhook.serving.knative.dev",
+    "validatingwebhookconfiguration/validation.webhook.serving.knative.dev",
+    "validatingwebhookconfiguration/config.webhook.serving.knative.dev",
+];
+
+/// Removes the WebhookConfigurations: a controller out of the cluster rewrote them to its URL,
+/// which `kubectl apply` of the install cannot merge back, and which nobody serves once the
+/// suite ends.
+fn remove_webhook_configs(kc: &str) {
+    let mut args = vec!["delete", "--ignore-not-found"];
+    args.extend(WEBHOOK_CONFIGS);
+    let (ok, out) = kubectl(kc, &args, None);
+    assert!(ok, "removing the webhook configurations: {out}");
+}
+
+/// True once every WebhookConfiguration names `url` and carries a CA bundle.
+fn webhooks_registered(kc: &str, url: &str) -> bool {
+    WEBHOOK_CONFIGS.iter().all(|c| {
+        let (_, out) = kubectl(kc, &["get", c, "-o", "json"], None);
+        serde_json::from_str::<Value>(&out).is_ok_and(|v| {
+            let cc = &v["webhooks"][0]["clientConfig"];
+            cc["url"].as_str().is_some_and(|u| u.starts_with(url))
+                && cc["caBundle"].as_str().is_some_and(|b| !b.is_empty())
+        })
+    })
+}
+
 fn ready(obj: &Value) -> bool {
     obj["status"]["conditions"]
         .as_array()
@@ -100,6 +158,7 @@ fn a_knative_service_on_a_real_api_server() {
         return;
     };
     // Install: CRDs established.
+    remove_webhook_configs(&kc);
     let install = Command::new(rouse_bin()).arg("install").output().unwrap();
     assert!(install.status.success());
     let (ok, out) = kubectl(
@@ -126,18 +185,32 @@ fn a_knative_service_on_a_real_api_server() {
     // An earlier run's stand-in activator would put every revision behind it.
     remove_stand_in_activator(&kc);
 
-    let ksvc = format!(
-        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  namespace: {NS}\n\
-         spec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/min-scale: \"1\"\n\
-         \x20   spec:\n      containers:\n        - image: ghcr.io/knative/helloworld-go:latest\n"
+    let ksvc = |name: &str, traffic: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {NS}\n\
+             spec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/min-scale: \"1\"\n\
+             \x20   spec:\n      containers:\n        - image: ghcr.io/knative/helloworld-go:latest\n{traffic}"
+        )
+    };
+    // No webhook answers yet: writes of Knative's kinds fail closed, saying why.
+    let (ok, out) = kubectl(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(ksvc("hello", "").as_bytes()),
     );
-    let (ok, out) = kubectl(&kc, &["apply", "-f", "-"], Some(ksvc.as_bytes()));
-    assert!(ok, "apply ksvc: {out}");
+    assert!(!ok, "a write with no webhook serving must fail: {out}");
+    assert!(
+        out.contains("failed calling webhook \"webhook.serving.knative.dev\""),
+        "{out}"
+    );
 
-    let start = |identity: &str| {
+    let start = |identity: &str, port: u16, health: u16| {
         let mut child = Command::new(rouse_bin())
             .args(["controller", "--kubeconfig", &kc, "--identity", identity])
             .args(["--autoscaler-listen", "127.0.0.1:0"])
+            .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
+            .args(["--webhook-url", &format!("https://127.0.0.1:{port}")])
+            .args(["--health-listen", &format!("127.0.0.1:{health}")])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -155,7 +228,88 @@ fn a_knative_service_on_a_real_api_server() {
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         Controller(child, stream)
     };
-    let first = start("e2e-a");
+    let port_a = free_port();
+    let health_a = free_port();
+    let first = start("e2e-a", port_a, health_a);
+    until("the webhooks registered", Duration::from_secs(60), || {
+        webhooks_registered(&kc, &format!("https://127.0.0.1:{port_a}")).then_some(())
+    });
+    until("the controller ready", Duration::from_secs(60), || {
+        (probe(health_a, "/readyz") == Some(200)).then_some(())
+    });
+    assert_eq!(probe(health_a, "/healthz"), Some(200));
+
+    // A bad manifest is refused with Knative's message and field path.
+    let split = "  traffic:\n    - latestRevision: true\n      percent: 90\n";
+    let (ok, out) = kubectl(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(ksvc("bad", split).as_bytes()),
+    );
+    assert!(!ok, "a bad manifest must be refused: {out}");
+    assert!(
+        out.contains(
+            "admission webhook \"validation.webhook.serving.knative.dev\" denied the request: \
+             validation failed: Traffic targets sum to 90, want 100: spec.traffic"
+        ),
+        "{out}"
+    );
+    // A good one is stored with Knative's defaults and who made it.
+    let (ok, out) = kubectl(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(ksvc("hello", "").as_bytes()),
+    );
+    assert!(ok, "apply ksvc: {out}");
+    let stored = get_json(&kc, "ksvc/hello").unwrap();
+    let tmpl = &stored["spec"]["template"]["spec"];
+    assert_eq!(tmpl["containers"][0]["name"], "user-container");
+    assert_eq!(tmpl["timeoutSeconds"], 300);
+    assert_eq!(stored["spec"]["traffic"][0]["percent"], 100);
+    assert!(stored["metadata"]["annotations"]["serving.knative.dev/creator"].is_string());
+
+    // A ConfigMap change takes effect without a restart (the webhook defaults with it) ...
+    let patch_defaults = |value: &str| {
+        let p = format!("{{\"data\":{{\"revision-timeout-seconds\":{value}}}}}");
+        let args = [
+            "patch",
+            "configmap",
+            "-n",
+            "knative-serving",
+            "config-defaults",
+        ];
+        kubectl(
+            &kc,
+            &[&args[..], &["--type", "merge", "-p", &p]].concat(),
+            None,
+        )
+    };
+    let (ok, out) = patch_defaults("\"120\"");
+    assert!(ok, "config-defaults: {out}");
+    until(
+        "the new revision-timeout-seconds",
+        Duration::from_secs(30),
+        || {
+            let (ok, out) = kubectl(
+                &kc,
+                &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+                Some(ksvc("hello2", "").as_bytes()),
+            );
+            let v: Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+            (v["spec"]["template"]["spec"]["timeoutSeconds"] == 120).then_some(())
+        },
+    );
+    // ... and a bad one is refused with the key and the reason.
+    let (ok, out) = patch_defaults("\"soon\"");
+    assert!(!ok, "a bad ConfigMap must be refused: {out}");
+    assert!(
+        out.contains(
+            "validation failed: config-defaults: revision-timeout-seconds: invalid integer \"soon\""
+        ),
+        "{out}"
+    );
+    let (ok, out) = patch_defaults("null");
+    assert!(ok, "config-defaults restored: {out}");
 
     // The objects per revision (a previous holder's Lease may take its 15 s to expire).
     let deploy = until("the Deployment", Duration::from_secs(90), || {
@@ -249,11 +403,45 @@ fn a_knative_service_on_a_real_api_server() {
     until("e2e-a leading", Duration::from_secs(60), || {
         (holder(&kc) == "e2e-a").then_some(())
     });
-    let second = start("e2e-b");
+    let second = start("e2e-b", free_port(), free_port());
     drop(first);
     until("e2e-b taking over", Duration::from_secs(60), || {
         (holder(&kc) == "e2e-b").then_some(())
     });
+
+    // A ConfigMap change reaches the reconcilers too: a new domain template renames the URL of
+    // a Service that did not change itself (the leader resyncs on config changes).
+    let patch_network = |value: &str| {
+        let p = format!("{{\"data\":{{\"domain-template\":{value}}}}}");
+        let args = [
+            "patch",
+            "configmap",
+            "-n",
+            "knative-serving",
+            "config-network",
+        ];
+        kubectl(
+            &kc,
+            &[&args[..], &["--type", "merge", "-p", &p]].concat(),
+            None,
+        )
+    };
+    let (ok, out) = patch_network("\"{{.Name}}-{{.Namespace}}.{{.Domain}}\"");
+    assert!(ok, "config-network: {out}");
+    let url = format!("http://hello-{NS}.example.com");
+    until(
+        "the URL from the new domain template",
+        Duration::from_secs(60),
+        || get_json(&kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
+    );
+    let (ok, out) = patch_network("null");
+    assert!(ok, "config-network restored: {out}");
+    let url = format!("http://hello.{NS}.example.com");
+    until(
+        "the URL from the default template",
+        Duration::from_secs(60),
+        || get_json(&kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
+    );
 
     scale_to_zero(&kc, second.1);
 
@@ -268,6 +456,7 @@ fn a_knative_service_on_a_real_api_server() {
         .then_some(())
     });
     let _ = kubectl(&kc, &["delete", "node", "rouse-e2e-node"], None);
+    remove_webhook_configs(&kc);
 }
 
 /// The name of the revision's (first) pod, once the ReplicaSet made it (not one still

@@ -1,6 +1,7 @@
 //! End to end: kube-rs (a Kubernetes client library) through its dynamic API against the real
 //! `rouse serve --tls`, configured only by the kubeconfig `rouse kubeconfig` prints: discovery,
-//! create, get, list with a label selector, merge patch, watch and delete.
+//! create, get, list with a label selector, merge patch, watch and delete; aggregated
+//! discovery, the status subresource and deletecollection with a set-based selector.
 
 mod common;
 
@@ -113,4 +114,92 @@ async fn kube_rs_dynamic_api() {
         .unwrap();
     let gone = api.get_opt("dyn").await.unwrap();
     assert!(gone.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_status_and_delete_collection() {
+    let p = Platform::start_with(&["--tls"]);
+    let kubeconfig = Kubeconfig::from_yaml(&p.cli_ok(&["kubeconfig"])).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+
+    // Aggregated discovery (apidiscovery.k8s.io/v2) finds the kinds and their status.
+    let discovery = Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .unwrap();
+    let gvk = GroupVersionKind::gvk("serving.knative.dev", "v1", "Service");
+    let (ar, caps) = discovery.resolve_gvk(&gvk).expect("Service discovered");
+    assert!(caps.supports_operation("deletecollection"));
+    assert!(
+        caps.subresources
+            .iter()
+            .any(|(sub, _)| sub.plural == "status"),
+        "{:?}",
+        caps.subresources
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    for (name, tier) in [("one", "a"), ("two", "b"), ("three", "c")] {
+        let svc: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "metadata": {"name": name, "labels": {"tier": tier}},
+            "spec": {"template": {"spec": {"containers": [{"command": ["/bin/sleep", "1000"]}]}}},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &svc).await.unwrap();
+    }
+
+    // The status subresource: written alone, checked against the schema.
+    let read = api.get_status("one").await.unwrap();
+    assert_eq!(read.metadata.name.as_deref(), Some("one"));
+    let written = api
+        .patch_status(
+            "one",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"observedGeneration": 42}, "metadata": {"labels": {"tier": "z"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.data["status"]["observedGeneration"], 42);
+    assert_eq!(written.metadata.labels.unwrap()["tier"], "a");
+    let err = api
+        .patch_status(
+            "one",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": "no"}})),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("not a Status: {err}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+
+    // deletecollection with a set-based selector deletes just what it matches.
+    let deleted = api
+        .delete_collection(
+            &DeleteParams::background(),
+            &ListParams::default().labels("tier in (a,b)"),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = deleted
+        .left()
+        .expect("the deleted objects")
+        .items
+        .into_iter()
+        .filter_map(|o| o.metadata.name)
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+    let left: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|o| o.metadata.name)
+        .collect();
+    assert_eq!(left, ["three"]);
 }

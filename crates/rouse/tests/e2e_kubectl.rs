@@ -389,3 +389,332 @@ fn kubectl_drives_rouse() {
     let gone = k.run(&["get", "ksvc", "ssa"]);
     assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"));
 }
+
+/// A Service that never needs to get ready, in `ns`, labelled `tier`.
+fn idle_service(name: &str, ns: &str, tier: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    tier: {tier}\nspec:\n  template:\n    spec:\n      containers:\n        - command: [\"/bin/sleep\", \"1000\"]\n"
+    )
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn kubectl_subresources_selectors_deletion_and_namespaces() {
+    let Some(bin) = kubectl_bin() else {
+        println!("SKIPPED: kubectl is not installed (/usr/bin/kubectl, /usr/local/bin/kubectl)");
+        return;
+    };
+    let p = Platform::start_with(&["--tls"]);
+    let k = Kubectl::new(bin, &p);
+
+    // Aggregated discovery: kubectl learns every group from /api and /apis alone.
+    let out = k.run(&["api-resources", "-v=6"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let log = stderr_of(&out);
+    assert!(log.contains("/apis?timeout"), "{log}");
+    assert!(!log.contains("/apis/serving.knative.dev/v1?"), "{log}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kservice,ksvc"));
+
+    // Namespaces: created by kubectl (protobuf) and by a manifest, with objects in them.
+    assert!(
+        k.ok(&["create", "namespace", "demo"])
+            .contains("namespace/demo created")
+    );
+    let out = k.run(&["create", "namespace", "default"]);
+    assert!(
+        stderr_of(&out).contains("AlreadyExists"),
+        "{}",
+        stderr_of(&out)
+    );
+    let manifest = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    team: a\n---\n{}---\n{}---\n{}",
+        idle_service("web", "shop", "web"),
+        idle_service("db", "shop", "db"),
+        idle_service("cache", "shop", "cache"),
+    );
+    let out = k.run_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = k.run_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("namespace/shop unchanged"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    k.ok(&["label", "ns", "shop", "env=dev"]);
+    assert_eq!(
+        k.ok(&["get", "ns", "shop", "-o", "jsonpath={.metadata.labels.env}"]),
+        "dev"
+    );
+    let namespaces = words(&k.ok(&["get", "ns", "-o", "name"]));
+    for ns in ["default", "demo", "knative-serving", "shop"] {
+        assert!(
+            namespaces.contains(&format!("namespace/{ns}")),
+            "{namespaces:?}"
+        );
+    }
+
+    // Set-based label selectors and field selectors.
+    let names = |args: &[&str]| {
+        let mut all = vec!["get", "ksvc", "-n", "shop", "-o", "name"];
+        all.extend_from_slice(args);
+        let mut got = words(&k.ok(&all));
+        got.sort();
+        got
+    };
+    let svc = |n: &str| format!("service.serving.knative.dev/{n}");
+    assert_eq!(names(&["-l", "tier in (web,db)"]), [svc("db"), svc("web")]);
+    assert_eq!(names(&["-l", "tier notin (web,db)"]), [svc("cache")]);
+    assert_eq!(names(&["-l", "tier,!missing"]).len(), 3);
+    assert_eq!(
+        names(&["--field-selector", "metadata.name=db"]),
+        [svc("db")]
+    );
+    assert_eq!(
+        names(&[
+            "--field-selector",
+            "metadata.name!=db",
+            "-l",
+            "tier in (db,web)"
+        ]),
+        [svc("web")]
+    );
+
+    // The status subresource: read and written on its own; the object's writes ignore status.
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "ksvc",
+            "web",
+            "-n",
+            "shop",
+            "--subresource=status",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        svc("web")
+    );
+    let table = k.ok(&["get", "ksvc", "web", "-n", "shop", "--subresource=status"]);
+    assert!(table.starts_with("NAME "), "{table}");
+    let written = k.ok(&[
+        "patch",
+        "ksvc",
+        "web",
+        "-n",
+        "shop",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"observedGeneration":99},"spec":{"traffic":[]}}"#,
+        "-o",
+        "jsonpath={.status.observedGeneration} {.metadata.generation}",
+    ]);
+    assert_eq!(written, "99 1");
+    let out = k.run(&[
+        "patch",
+        "ksvc",
+        "web",
+        "-n",
+        "shop",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"observedGeneration":"many"}}"#,
+    ]);
+    assert!(
+        stderr_of(&out).contains("observedGeneration"),
+        "{}",
+        stderr_of(&out)
+    );
+    let ignored = k.ok(&[
+        "patch",
+        "ksvc",
+        "web",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"url":"http://elsewhere"}}"#,
+        "-o",
+        "jsonpath={.status.url}",
+    ]);
+    assert_ne!(ignored, "http://elsewhere");
+    // Knative's CRDs have no scale subresource.
+    let out = k.run(&["scale", "ksvc", "web", "-n", "shop", "--replicas=2"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("NotFound") || stderr_of(&out).contains("not found"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // Finalizers: a delete marks the object; clearing the last finalizer removes it and what
+    // it owns.
+    k.ok(&[
+        "patch",
+        "ksvc",
+        "web",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    eventually("web's Route", Duration::from_secs(30), || {
+        k.run(&["get", "rt", "web", "-n", "shop"])
+            .status
+            .success()
+            .then_some(())
+    });
+    k.ok(&["delete", "ksvc", "web", "-n", "shop", "--wait=false"]);
+    let marked = k.ok(&[
+        "get",
+        "ksvc",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    assert!(!marked.is_empty());
+    k.ok(&["get", "rt", "web", "-n", "shop"]);
+    let out = k.run(&[
+        "patch",
+        "ksvc",
+        "web",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold","example.com/more"]}}"#,
+    ]);
+    assert!(
+        stderr_of(&out).contains("no new finalizers"),
+        "{}",
+        stderr_of(&out)
+    );
+    k.ok(&[
+        "patch",
+        "ksvc",
+        "web",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    for kind in ["ksvc", "rt", "cfg"] {
+        let gone = k.run(&["get", kind, "web", "-n", "shop"]);
+        assert!(
+            stderr_of(&gone).contains("NotFound"),
+            "{kind}: {}",
+            stderr_of(&gone)
+        );
+    }
+
+    // Orphan keeps what the Service owns, unowned; foreground takes the owned objects first.
+    eventually("db's Configuration", Duration::from_secs(30), || {
+        k.run(&["get", "cfg", "db", "-n", "shop"])
+            .status
+            .success()
+            .then_some(())
+    });
+    k.ok(&["delete", "ksvc", "db", "-n", "shop", "--cascade=orphan"]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "cfg",
+            "db",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.ownerReferences}"
+        ]),
+        ""
+    );
+    eventually("db's Revision", Duration::from_secs(30), || {
+        k.run(&["get", "rev", "db-00001", "-n", "shop"])
+            .status
+            .success()
+            .then_some(())
+    });
+    k.ok(&["delete", "cfg", "db", "-n", "shop", "--cascade=foreground"]);
+    let gone = k.run(&["get", "rev", "db-00001", "-n", "shop"]);
+    assert!(
+        stderr_of(&gone).contains("NotFound"),
+        "{}",
+        stderr_of(&gone)
+    );
+    k.ok(&["delete", "rt", "db", "-n", "shop"]);
+
+    // 405 for a verb a resource lacks, as a Status kubectl prints.
+    let out = k.run(&["create", "configmap", "extra", "-n", "knative-serving"]);
+    assert!(
+        stderr_of(&out).contains("POST is not allowed on the configmap list"),
+        "{}",
+        stderr_of(&out)
+    );
+    eventually("cache's PodAutoscaler", Duration::from_secs(30), || {
+        k.run(&["get", "kpa", "cache-00001", "-n", "shop"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let out = k.run(&["delete", "kpa", "cache-00001", "-n", "shop"]);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("MethodNotAllowed") && err.contains("read-only"),
+        "{err}"
+    );
+
+    // Deleting a namespace deletes what is in it; while a finalizer holds an object the
+    // namespace is Terminating and takes nothing new.
+    k.ok(&[
+        "patch",
+        "ksvc",
+        "cache",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    k.ok(&["delete", "namespace", "shop", "--wait=false"]);
+    assert_eq!(
+        k.ok(&["get", "ns", "shop", "-o", "jsonpath={.status.phase}"]),
+        "Terminating"
+    );
+    let out = k.run_stdin(&["apply", "-f", "-"], &idle_service("late", "shop", "web"));
+    assert!(
+        stderr_of(&out).contains("being terminated"),
+        "{}",
+        stderr_of(&out)
+    );
+    k.ok(&[
+        "patch",
+        "ksvc",
+        "cache",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    let gone = k.run(&["get", "ns", "shop"]);
+    assert!(
+        stderr_of(&gone).contains("NotFound"),
+        "{}",
+        stderr_of(&gone)
+    );
+    assert!(
+        k.ok(&["get", "ksvc", "-n", "shop", "-o", "name"])
+            .trim()
+            .is_empty()
+    );
+    let out = k.run(&["delete", "namespace", "default"]);
+    assert!(stderr_of(&out).contains("Forbidden"), "{}", stderr_of(&out));
+    k.ok(&["delete", "namespace", "demo"]);
+}

@@ -1,5 +1,5 @@
 //! Knative's ConfigMaps (`config-defaults`, `config-autoscaler`, `config-network`, `config-gc`,
-//! `config-features`) and Rouse's own `config-rouse`, parsed once into typed, immutable values
+//! `config-features`, `config-observability`) and Rouse's own `config-rouse`, parsed once into typed, immutable values
 //! with Knative's keys and defaults.
 //!
 //! Parsing is stricter than Knative's on purpose: a key Knative does not know, or a value
@@ -12,10 +12,10 @@ pub mod defaults;
 pub mod features;
 pub mod gc;
 pub mod network;
+pub mod observability;
 pub mod rouse;
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde_json::Value as Yaml;
 
@@ -53,37 +53,36 @@ pub struct Config {
     pub network: network::NetworkConfig,
     pub gc: gc::GcConfig,
     pub features: features::FeaturesConfig,
+    pub observability: observability::ObservabilityConfig,
     /// Rouse's own limits (`config-rouse`).
     pub rouse: rouse::RouseConfig,
 }
 
 /// The ConfigMaps Rouse reads, by `metadata.name`.
-pub const CONFIGMAP_NAMES: [&str; 6] = [
+pub const CONFIGMAP_NAMES: [&str; 7] = [
     defaults::NAME,
     AUTOSCALER_NAME,
     network::NAME,
     gc::NAME,
     features::NAME,
+    observability::NAME,
     rouse::NAME,
 ];
 
+/// A function told of each new config.
+type Listener = std::sync::Arc<dyn Fn(&Config) + Send + Sync>;
+
 /// The platform's config, replaceable while running (the ConfigMaps written through the API):
-/// readers take the current value with [`SharedConfig::get`] each time they act; what must act
-/// on a change itself (the routing table) registers with [`SharedConfig::on_change`].
+/// readers take the current value with [`SharedConfig::get`] each time they act; parts that
+/// keep their own copy on a hot path are told of changes ([`SharedConfig::on_change`]).
 #[derive(Clone, Default)]
-pub struct SharedConfig(std::sync::Arc<SharedInner>);
-
-/// Called after each replacement of the config.
-type Listener = Box<dyn Fn() + Send + Sync>;
-
-#[derive(Default)]
-struct SharedInner {
-    current: std::sync::RwLock<std::sync::Arc<Config>>,
-    listeners: std::sync::Mutex<Vec<Listener>>,
+pub struct SharedConfig {
+    current: std::sync::Arc<std::sync::RwLock<std::sync::Arc<Config>>>,
+    listeners: std::sync::Arc<std::sync::Mutex<Vec<Listener>>>,
 }
 
-impl fmt::Debug for SharedConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl std::fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("SharedConfig").field(&self.get()).finish()
     }
 }
@@ -91,42 +90,44 @@ impl fmt::Debug for SharedConfig {
 impl SharedConfig {
     /// Shares `config`.
     pub fn new(config: Config) -> Self {
-        Self(std::sync::Arc::new(SharedInner {
-            current: std::sync::RwLock::new(std::sync::Arc::new(config)),
+        Self {
+            current: std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(config))),
             listeners: Default::default(),
-        }))
+        }
     }
 
     /// The current config.
     pub fn get(&self) -> std::sync::Arc<Config> {
-        match self.0.current.read() {
+        match self.current.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// Replaces the config; readers see it from their next [`SharedConfig::get`], then every
-    /// [`SharedConfig::on_change`] listener is called.
+    /// Replaces the config; readers see it from their next [`SharedConfig::get`], and every
+    /// listener is called with it.
     pub fn set(&self, config: Config) {
         let config = std::sync::Arc::new(config);
-        match self.0.current.write() {
-            Ok(mut c) => *c = config,
-            Err(poisoned) => *poisoned.into_inner() = config,
+        match self.current.write() {
+            Ok(mut c) => *c = config.clone(),
+            Err(poisoned) => *poisoned.into_inner() = config.clone(),
         }
-        let listeners = match self.0.listeners.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
+        let listeners = match self.listeners.lock() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         };
-        for listener in listeners.iter() {
-            listener();
+        for listener in listeners {
+            listener(&config);
         }
     }
 
-    /// Calls `listener` after every later [`SharedConfig::set`] (it must not call `set`).
-    pub fn on_change(&self, listener: impl Fn() + Send + Sync + 'static) {
-        match self.0.listeners.lock() {
-            Ok(mut l) => l.push(Box::new(listener)),
-            Err(poisoned) => poisoned.into_inner().push(Box::new(listener)),
+    /// Calls `f` with the current config now and with each new one from then on.
+    pub fn on_change(&self, f: impl Fn(&Config) + Send + Sync + 'static) {
+        let f: Listener = std::sync::Arc::new(f);
+        f(&self.get());
+        match self.listeners.lock() {
+            Ok(mut l) => l.push(f),
+            Err(poisoned) => poisoned.into_inner().push(f),
         }
     }
 }
@@ -140,7 +141,7 @@ pub const EXAMPLE_KEY: &str = "_example";
 impl Config {
     /// Parses one or more ConfigMap YAML documents (multi-document text, `kind: ConfigMap`,
     /// `metadata.name` one of config-defaults|config-autoscaler|config-network|config-gc|
-    /// config-features|config-rouse; others -> error). Keys missing take Knative defaults; the `_example`
+    /// config-features|config-observability|config-rouse; others -> error). Keys missing take Knative defaults; the `_example`
     /// key is ignored; an unknown key or invalid value -> ConfigError naming configmap+key+why.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
         Self::from_yaml_texts(&[text.to_string()])
@@ -174,15 +175,31 @@ impl Config {
                 maps.insert(name, data);
             }
         }
+        Self::from_maps(&maps)
+    }
+
+    /// The config from ConfigMaps' data by name (as a cluster's API server holds them); a
+    /// ConfigMap not given takes Knative's defaults, a name Rouse does not read is refused.
+    pub fn from_maps(maps: &BTreeMap<String, ConfigData>) -> Result<Config, ConfigError> {
         let mut cfg = Config::default();
-        for (name, data) in &maps {
+        for (name, data) in maps {
             match name.as_str() {
                 defaults::NAME => cfg.defaults = defaults::DefaultsConfig::from_data(data)?,
                 network::NAME => cfg.network = network::NetworkConfig::from_data(data)?,
                 gc::NAME => cfg.gc = gc::GcConfig::from_data(data)?,
                 features::NAME => cfg.features = features::FeaturesConfig::from_data(data)?,
+                observability::NAME => {
+                    cfg.observability = observability::ObservabilityConfig::from_data(data)?
+                }
                 rouse::NAME => cfg.rouse = rouse::RouseConfig::from_data(data)?,
-                _ => cfg.autoscaler = parse_autoscaler(data)?,
+                AUTOSCALER_NAME => cfg.autoscaler = parse_autoscaler(data)?,
+                other => {
+                    return Err(ConfigError::new(
+                        other,
+                        "metadata.name",
+                        "not a ConfigMap Rouse reads",
+                    ));
+                }
             }
         }
         Ok(cfg)
@@ -445,7 +462,7 @@ data:
             ),
             (
                 "kind: ConfigMap\nmetadata: {name: config-deployment}\n",
-                "config-deployment: metadata.name: not a ConfigMap Rouse reads (expected one of config-defaults, config-autoscaler, config-network, config-gc, config-features, config-rouse)",
+                "config-deployment: metadata.name: not a ConfigMap Rouse reads (expected one of config-defaults, config-autoscaler, config-network, config-gc, config-features, config-observability, config-rouse)",
             ),
             (
                 "kind: ConfigMap\nmetadata: {}\n",

@@ -13,12 +13,10 @@ use crate::meta::ObjectMeta;
 use crate::serving::{
     ANNOTATION_CREATOR, ANNOTATION_LAST_MODIFIER, ANNOTATION_PROGRESS_DEADLINE,
     ANNOTATION_REQUEST_BODY_BUFFER, ANNOTATION_ROLLOUT_DURATION,
+    ANNOTATION_ROLLOUT_DURATION_LEGACY,
 };
 
 type Annotations = BTreeMap<String, String>;
-
-/// Knative's legacy spelling of the rollout-duration annotation (lower priority).
-const ROLLOUT_DURATION_LEGACY: &str = "serving.knative.dev/rolloutDuration";
 
 /// Name or generateName, as Kubernetes requires; paths `name`/`generateName` (first error only).
 pub(crate) fn object_name(meta: &ObjectMeta) -> FieldErrors {
@@ -68,7 +66,10 @@ pub(crate) fn no_autoscaling_annotations(annotations: &Annotations) -> FieldErro
 pub(crate) fn rollout_duration(annotations: &Annotations) -> FieldErrors {
     duration_annotation(
         annotations,
-        &[ANNOTATION_ROLLOUT_DURATION, ROLLOUT_DURATION_LEGACY],
+        &[
+            ANNOTATION_ROLLOUT_DURATION,
+            ANNOTATION_ROLLOUT_DURATION_LEGACY,
+        ],
         "rollout-duration",
     )
 }

@@ -11,8 +11,8 @@ use rouse_api::config::features::{Flag, TAG_HEADER_BASED_ROUTING};
 use rouse_api::domainmapping::DomainMapping;
 use rouse_api::serving::{Addressable, Configuration, Revision, Route, RouteStatus, TrafficTarget};
 
-use super::{Requeue, routing_state};
-use crate::networking::HostRoute;
+use super::{Requeue, route_rollout, routing_state};
+use crate::networking::{HostRoute, Targets};
 use crate::{Context, ReconcileError};
 
 pub(super) async fn reconcile(
@@ -41,16 +41,19 @@ pub(super) async fn reconcile(
         routing_state::relabel(ctx, ns, name, &before, &BTreeSet::new())?;
         return Ok(None);
     };
-    let status = resolve_status(ctx, &route)?;
+    let mut status = resolve_status(ctx, &route)?;
+    let rolling = route_rollout::step(ctx, &route, &mut status, route_rollout::now_nanos());
+    status.derive_ready(&READY_DEPENDENTS);
     refuse_deleted_revisions(ctx, ns, &status)?;
     let entries = host_routes(ctx, ns, name, &status)?;
     // The gateway is programmed before the status says Ready, so a client that waits for
     // Ready never finds the host unrouted (IngressReady means what it says).
     program_route(ctx, ns, name, entries).await;
+    let next_step = rolling.and_then(|r| r.served(&mut status, route_rollout::now_nanos()));
     let before = serving(&route.status);
     let status = write(ctx, &route, status)?;
     routing_state::relabel(ctx, ns, name, &before, &serving(&status))?;
-    Ok(None)
+    Ok(next_step)
 }
 
 /// The revisions a route's resolved traffic names (with or without a share).
@@ -88,11 +91,18 @@ pub(super) async fn program(
     }
 }
 
+/// The conditions a Route's Ready is derived from.
+const READY_DEPENDENTS: [&str; 3] = [
+    "AllTrafficAssigned",
+    "IngressReady",
+    "CertificateProvisioned",
+];
+
 /// Why a target could not be resolved: the condition status, reason and message.
 type Unresolved = (ConditionStatus, &'static str, String);
 
-/// Resolves the route into the status it should have (written by the caller once the gateway
-/// serves it).
+/// Resolves the route into the status it should have (the caller derives Ready once a rollout
+/// has had its say, and writes it once the gateway serves it).
 fn resolve_status(ctx: &Context, route: &Route) -> Result<RouteStatus, ReconcileError> {
     let ns = &route.metadata.namespace;
     let name = &route.metadata.name;
@@ -121,11 +131,6 @@ fn resolve_status(ctx: &Context, route: &Route) -> Result<RouteStatus, Reconcile
         "TLSNotEnabled",
         "autoTLS is not enabled",
     );
-    status.derive_ready(&[
-        "AllTrafficAssigned",
-        "IngressReady",
-        "CertificateProvisioned",
-    ]);
     Ok(status)
 }
 
@@ -285,17 +290,29 @@ fn host_routes(
         }
     }
     let config = ctx.config.get();
-    let tagged = status.traffic.iter().filter(|t| !t.tag.is_empty());
+    // Each tag's targets: one revision, or several while a rollout moves the tag's traffic.
+    let mut tag_names: Vec<&str> = Vec::new();
+    for t in status.traffic.iter().filter(|t| !t.tag.is_empty()) {
+        if !tag_names.contains(&t.tag.as_str()) {
+            tag_names.push(&t.tag);
+        }
+    }
+    let tagged: Vec<(String, Targets)> = tag_names
+        .into_iter()
+        .map(|tag| {
+            let entries: Vec<&TrafficTarget> =
+                status.traffic.iter().filter(|t| t.tag == tag).collect();
+            let targets = tag_shares(&entries)
+                .into_iter()
+                .map(|(rev, p)| (ns.to_string(), rev, p))
+                .collect();
+            (tag.to_string(), targets)
+        })
+        .collect();
     // With tag-header-based routing, the route's own host also sends a request naming a tag
     // in `Knative-Serving-Tag` to that tag's revision (whatever its percent).
     let tags = if config.features.get(TAG_HEADER_BASED_ROUTING) == Flag::Enabled {
-        tagged
-            .clone()
-            .map(|t| {
-                let target = (ns.to_string(), t.revision_name.clone(), 100);
-                (t.tag.clone(), vec![target])
-            })
-            .collect()
+        tagged.clone()
     } else {
         Vec::new()
     };
@@ -309,16 +326,41 @@ fn host_routes(
         tags,
         rewrite_host: None,
     }];
-    for t in tagged {
+    for (tag, targets) in tagged {
         out.push(HostRoute {
-            host: config.network.tag_host(&t.tag, name, ns, &ctx.domain),
-            targets: vec![(ns.to_string(), t.revision_name.clone(), 100)],
+            host: config.network.tag_host(&tag, name, ns, &ctx.domain),
+            targets,
             unavailable: None,
             tags: Vec::new(),
             rewrite_host: None,
         });
     }
     Ok(out)
+}
+
+/// A tag host's split: all to its one revision, or, while the tag's target is rolling out
+/// over several, their shares scaled to 100 (the remainder to the newest).
+fn tag_shares(entries: &[&TrafficTarget]) -> Vec<(String, u32)> {
+    let total: i64 = entries.iter().map(|t| t.percent.unwrap_or(0).max(0)).sum();
+    if entries.len() < 2 || total == 0 {
+        return entries
+            .first()
+            .map(|t| vec![(t.revision_name.clone(), 100)])
+            .unwrap_or_default();
+    }
+    let mut out: Vec<(String, u32)> = entries
+        .iter()
+        .map(|t| {
+            let share = t.percent.unwrap_or(0).max(0) * 100 / total;
+            (t.revision_name.clone(), share as u32)
+        })
+        .collect();
+    let given: u32 = out.iter().map(|(_, p)| p).sum();
+    if let Some(newest) = out.last_mut() {
+        newest.1 += 100 - given;
+    }
+    out.retain(|(_, p)| *p > 0);
+    out
 }
 
 /// Why a route serves nothing yet, for the 503 its host answers: the route's own condition,

@@ -338,8 +338,16 @@ impl Fake {
                     Some("status") => next["status"] = body["status"].clone(),
                     Some("scale") => next["spec"]["replicas"] = body["spec"]["replicas"].clone(),
                     _ => {
-                        next["spec"] = body["spec"].clone();
-                        next["metadata"] = body["metadata"].clone();
+                        // The whole object is replaced, but for its status (a subresource).
+                        next = body.clone();
+                        match current.get("status") {
+                            Some(st) => next["status"] = st.clone(),
+                            None => {
+                                if let Some(m) = next.as_object_mut() {
+                                    m.remove("status");
+                                }
+                            }
+                        }
                         if next["spec"] != current["spec"] {
                             let g = current["metadata"]["generation"].as_i64().unwrap_or(1);
                             next["metadata"]["generation"] = (g + 1).into();

@@ -89,10 +89,13 @@ pub fn admit(
 
 /// 405 for the kinds only the controller writes.
 pub fn read_only(kind: Kind) -> ApiError {
-    ApiError::method_not_allowed(format!(
-        "{} are managed by the controller and are read-only through the API",
-        resource_name(kind)
-    ))
+    ApiError::method_not_allowed(
+        "GET",
+        format!(
+            "{} are managed by the controller and are read-only through the API",
+            resource_name(kind)
+        ),
+    )
 }
 
 type Defaulter<T> = fn(&mut T, Option<&T>, &Config);
@@ -141,6 +144,7 @@ fn admit_typed<T: Resource>(
             meta.generation = 0;
             meta.creation_timestamp.clear();
             meta.deletion_timestamp = None;
+            meta.deletion_grace_period_seconds = None;
             None
         }
         Some(old) => {
@@ -162,6 +166,7 @@ fn admit_typed<T: Resource>(
             meta.generation = o.generation;
             meta.creation_timestamp = o.creation_timestamp.clone();
             meta.deletion_timestamp = o.deletion_timestamp.clone();
+            meta.deletion_grace_period_seconds = o.deletion_grace_period_seconds;
             Some(old)
         }
     };
@@ -230,7 +235,7 @@ fn user_owned(v: &Value) -> Value {
 }
 
 /// A decoding failure as a 400 whose message names the field path.
-fn decode_error(kind: Kind, e: DecodeError) -> ApiError {
+pub(super) fn decode_error(kind: Kind, e: DecodeError) -> ApiError {
     let message = match e {
         DecodeError::Malformed { reason, .. } => format!("malformed object: {reason}"),
         DecodeError::UnknownKind { reason, .. } => {

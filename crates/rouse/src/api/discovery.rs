@@ -1,8 +1,11 @@
 //! Kubernetes API discovery (`/version`, `/api`, `/apis`, `/apis/{group}[/{version}]`) in the
-//! legacy form, which every kubectl and client library falls back to when the aggregated form is
-//! not offered. Names, short names and categories come from the CRD table in `rouse-kube`, so
-//! discovery, the CRDs and the tables agree.
+//! legacy form, and on `/api` and `/apis` in the aggregated form (`apidiscovery.k8s.io` `v2`,
+//! and `v2beta1` for older clients) when the `Accept` header asks for it, as kubectl 1.30+
+//! does: one request then describes every group. Names, short names and categories come from
+//! the CRD table in `rouse-kube`, so discovery, the CRDs and the tables agree.
 
+use http::HeaderMap;
+use http::header::ACCEPT;
 use rouse_api::Kind;
 use serde_json::{Value, json};
 
@@ -100,27 +103,52 @@ fn group(name: &str) -> Value {
 pub fn verbs(kind: Kind) -> &'static [&'static str] {
     if kind.is_user_facing() {
         &[
-            "create", "delete", "get", "list", "patch", "update", "watch",
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
         ]
     } else {
         &["get", "list", "watch"]
     }
 }
 
+/// The verbs of `kind`'s `status` subresource.
+pub fn status_verbs(kind: Kind) -> &'static [&'static str] {
+    if kind.is_user_facing() {
+        &["get", "patch", "update"]
+    } else {
+        &["get"]
+    }
+}
+
 fn resource_list(group_version: &str, kinds: &[Kind]) -> Value {
     let resources: Vec<Value> = kinds
         .iter()
-        .map(|&k| {
+        .flat_map(|&k| {
             let info = rouse_kube::crd::info(k);
-            json!({
-                "name": info.plural,
-                "singularName": info.singular,
-                "namespaced": true,
-                "kind": info.kind,
-                "verbs": verbs(k),
-                "shortNames": info.short_names,
-                "categories": info.categories,
-            })
+            [
+                json!({
+                    "name": info.plural,
+                    "singularName": info.singular,
+                    "namespaced": true,
+                    "kind": info.kind,
+                    "verbs": verbs(k),
+                    "shortNames": info.short_names,
+                    "categories": info.categories,
+                }),
+                json!({
+                    "name": format!("{}/status", info.plural),
+                    "singularName": "",
+                    "namespaced": true,
+                    "kind": info.kind,
+                    "verbs": status_verbs(k),
+                }),
+            ]
         })
         .collect();
     json!({
@@ -141,7 +169,7 @@ fn core_resources() -> Value {
             "singularName": "namespace",
             "namespaced": false,
             "kind": "Namespace",
-            "verbs": ["get", "list"],
+            "verbs": ["create", "delete", "get", "list", "patch", "update"],
             "shortNames": ["ns"],
         }, {
             "name": "configmaps",
@@ -154,15 +182,111 @@ fn core_resources() -> Value {
     })
 }
 
-/// A Namespace object as Kubernetes shows one.
-pub fn namespace_object(name: &str) -> Value {
+/// The aggregated discovery versions served, newest first, with the `apiVersion` each answers in.
+const AGGREGATED: [(&str, &str); 2] = [
+    ("v2", "apidiscovery.k8s.io/v2"),
+    ("v2beta1", "apidiscovery.k8s.io/v2beta1"),
+];
+
+/// The aggregated discovery version the `Accept` header asks for, if any (the first media
+/// range naming `as=APIGroupDiscoveryList` in a version served).
+pub fn wants_aggregated(headers: &HeaderMap) -> Option<&'static str> {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|range| {
+            let params: Vec<&str> = range.split(';').map(str::trim).collect();
+            let has = |p: &str| params.iter().any(|x| x.eq_ignore_ascii_case(p));
+            if !has("as=APIGroupDiscoveryList") || !has("g=apidiscovery.k8s.io") {
+                return None;
+            }
+            AGGREGATED
+                .iter()
+                .find(|(v, _)| has(&format!("v={v}")))
+                .map(|(v, _)| *v)
+        })
+}
+
+/// The media type of an aggregated discovery answer in `version`: clients check it to tell
+/// the aggregated answer from the legacy one.
+pub fn aggregated_content_type(version: &str) -> String {
+    format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList")
+}
+
+/// The aggregated discovery document for `/api` (the core group) or `/apis` (every other
+/// group), in `version`; `None` for any other path.
+pub fn aggregated(path: &str, version: &str) -> Option<Value> {
+    let api_version = AGGREGATED.iter().find(|(v, _)| *v == version)?.1;
+    let items: Vec<Value> = match path.strip_suffix('/').unwrap_or(path) {
+        "/api" => vec![json!({
+            "metadata": {"creationTimestamp": null},
+            "versions": [{"version": "v1", "resources": core_aggregated(), "freshness": "Current"}],
+        })],
+        "/apis" => groups()
+            .iter()
+            .map(|g| {
+                let kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| k.group() == g).collect();
+                let version = kinds.first().map_or("v1", |k| k.version());
+                json!({
+                    "metadata": {"name": g, "creationTimestamp": null},
+                    "versions": [{
+                        "version": version,
+                        "resources": kinds.iter().map(|&k| aggregated_resource(k)).collect::<Vec<_>>(),
+                        "freshness": "Current",
+                    }],
+                })
+            })
+            .collect(),
+        _ => return None,
+    };
+    Some(json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": api_version,
+        "metadata": {},
+        "items": items,
+    }))
+}
+
+fn aggregated_resource(kind: Kind) -> Value {
+    let info = rouse_kube::crd::info(kind);
+    let response_kind =
+        json!({"group": kind.group(), "version": kind.version(), "kind": info.kind});
     json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": name},
-        "spec": {"finalizers": ["kubernetes"]},
-        "status": {"phase": "Active"},
+        "resource": info.plural,
+        "responseKind": response_kind,
+        "scope": "Namespaced",
+        "singularResource": info.singular,
+        "verbs": verbs(kind),
+        "shortNames": info.short_names,
+        "categories": info.categories,
+        "subresources": [{
+            "subresource": "status",
+            "responseKind": response_kind,
+            "verbs": status_verbs(kind),
+        }],
     })
+}
+
+/// The core group's resources in the aggregated form, from the legacy list.
+fn core_aggregated() -> Vec<Value> {
+    let legacy = core_resources();
+    legacy["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            json!({
+                "resource": r["name"],
+                "responseKind": {"group": "", "version": "v1", "kind": r["kind"]},
+                "scope": if r["namespaced"] == true { "Namespaced" } else { "Cluster" },
+                "singularResource": r["singularName"],
+                "verbs": r["verbs"],
+                "shortNames": r["shortNames"],
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -189,5 +313,51 @@ mod tests {
         assert_eq!(dm["resources"][0]["shortNames"], json!(["dm"]));
         assert_eq!(answer("/apis/nope"), None);
         assert_eq!(answer("/version").unwrap()["major"], "1");
+    }
+
+    #[test]
+    fn aggregated_discovery_is_chosen_by_accept_and_agrees_with_legacy() {
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT, "application/json".parse().unwrap());
+        assert_eq!(wants_aggregated(&h), None);
+        // kubectl 1.30+'s header: v2 first, then v2beta1, then the legacy form.
+        h.insert(ACCEPT, "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json".parse().unwrap());
+        assert_eq!(wants_aggregated(&h), Some("v2"));
+        h.insert(
+            ACCEPT,
+            "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(wants_aggregated(&h), Some("v2beta1"));
+        h.insert(
+            ACCEPT,
+            "application/json;g=apidiscovery.k8s.io;v=v9;as=APIGroupDiscoveryList"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(wants_aggregated(&h), None);
+
+        let apis = aggregated("/apis", "v2").unwrap();
+        assert_eq!(apis["apiVersion"], "apidiscovery.k8s.io/v2");
+        let serving = &apis["items"][0];
+        assert_eq!(serving["metadata"]["name"], "serving.knative.dev");
+        let ksvc = &serving["versions"][0]["resources"][0];
+        assert_eq!(ksvc["resource"], "services");
+        assert_eq!(ksvc["responseKind"]["kind"], "Service");
+        assert_eq!(ksvc["subresources"][0]["subresource"], "status");
+        let legacy = answer("/apis/serving.knative.dev/v1").unwrap();
+        assert_eq!(ksvc["verbs"], legacy["resources"][0]["verbs"]);
+        assert_eq!(ksvc["shortNames"], legacy["resources"][0]["shortNames"]);
+        let core = aggregated("/api", "v2beta1").unwrap();
+        assert_eq!(
+            core["items"][0]["versions"][0]["resources"][0]["resource"],
+            "namespaces"
+        );
+        assert_eq!(
+            core["items"][0]["versions"][0]["resources"][0]["scope"],
+            "Cluster"
+        );
+        assert_eq!(aggregated("/apis/serving.knative.dev", "v2"), None);
     }
 }

@@ -10,11 +10,15 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod configmaps;
+pub mod deletion;
 pub mod discovery;
+pub mod namespaces;
 pub mod openapi;
 pub mod patch;
 pub mod paths;
+pub mod protobuf;
 pub mod status;
+pub mod subresource;
 pub mod table;
 pub mod tls;
 pub mod watch;
@@ -58,6 +62,8 @@ pub struct ApiState {
     pub config: SharedConfig,
     /// Knative's ConfigMaps as written (seeded from `--config`).
     pub configmaps: Arc<configmaps::ConfigMaps>,
+    /// The namespaces created, changed or being deleted through the API.
+    pub namespaces: Arc<namespaces::Namespaces>,
     /// The bearer token every request but the health checks must carry.
     pub token: Arc<str>,
 }
@@ -224,6 +230,18 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
             (shared.metrics)(),
         )));
     }
+    if let Some(version) = discovery::wants_aggregated(req.headers())
+        && let Some(doc) = discovery::aggregated(path, version)
+    {
+        only_get(&method)?;
+        let mut resp = json_response(StatusCode::OK, &doc);
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_str(&discovery::aggregated_content_type(version))
+                .expect("a static media type"),
+        );
+        return Ok(whole(resp));
+    }
     if let Some(doc) = discovery::answer(path).or_else(|| openapi::answer(path)) {
         only_get(&method)?;
         return Ok(whole(json_response(StatusCode::OK, &doc)));
@@ -240,12 +258,12 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         .map(whole);
     }
     let api_path = paths::parse(path).ok_or_else(ApiError::unknown_path)?;
-    let opts = if method == Method::GET {
+    let opts = if method == Method::GET || method == Method::DELETE {
         ListOptions::parse(req.uri().query())?
     } else {
         ListOptions::default()
     };
-    if opts.watch {
+    if opts.watch && method == Method::GET {
         let (kind, namespace, mut opts) = match api_path {
             ApiPath::Collection { kind, namespace } => (kind, namespace, opts),
             ApiPath::Item {
@@ -257,6 +275,12 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
                 let mut opts = opts;
                 opts.fields.push(("metadata.name".into(), name, true));
                 (kind, Some(namespace), opts)
+            }
+            ApiPath::Status { .. } => {
+                return Err(ApiError::method_not_allowed(
+                    "GET, PUT, PATCH",
+                    "watch is not allowed on the status subresource; watch the object",
+                ));
             }
         };
         opts.watch = true;
@@ -355,35 +379,9 @@ async fn route_object(
                 return Err(read_only(kind));
             }
             check_namespace(&namespace)?;
-            let ct = req
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            let patch_type = PatchType::from_content_type(&ct).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "UnsupportedMediaType",
-                    format!("the body's media type {ct:?} is not a patch: send application/merge-patch+json, application/json-patch+json or application/apply-patch+yaml"),
-                )
-            })?;
-            if patch_type == PatchType::StrategicMerge {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "UnsupportedMediaType",
-                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (strategic merge patch is not supported for custom resources; use --type=merge)",
-                ));
-            }
             let manager = param("fieldManager").unwrap_or_default();
             let force = param("force").is_some_and(|v| v == "true");
-            let (parts, body) = req.into_parts();
-            let bytes = body::read_bytes(&parts.headers, body, body_deadline(state)).await?;
-            let patch = match patch_type {
-                PatchType::Apply => body::parse_object(&bytes, None)?,
-                _ => serde_json::from_slice(&bytes)
-                    .map_err(|e| ApiError::bad_request(format!("malformed JSON patch: {e}")))?,
-            };
+            let (patch_type, patch) = read_patch(state, req).await?;
             let req = PatchRequest {
                 patch_type,
                 patch,
@@ -420,50 +418,74 @@ async fn route_object(
             if !kind.is_user_facing() {
                 return Err(read_only(kind));
             }
-            let (parts, body) = req.into_parts();
-            let options = if parts
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .is_some_and(|v| v != "0")
-            {
-                body::read_object(&parts.headers, body, body_deadline(state)).await?
-            } else {
-                Value::Null
-            };
-            check_delete_options(state, kind, &namespace, &name, &options).await?;
-            if dry_run
-                || options["dryRun"]
-                    .as_array()
-                    .is_some_and(|a| a.contains(&json!("All")))
-            {
-                let store = state.store.clone();
-                let (ns, n) = (namespace.clone(), name.clone());
-                let obj = blocking(move || store.get(kind, &ns, &n))
-                    .await?
-                    .map_err(|e| ApiError::from_store(e, kind, &name))?;
-                return Ok(json_response(StatusCode::OK, &obj));
-            }
-            let store = state.store.clone();
-            let (ns, n) = (namespace.clone(), name.clone());
-            let obj = blocking(move || store.delete(kind, &ns, &n))
-                .await?
-                .map_err(|e| ApiError::from_store(e, kind, &name))?;
+            let options = deletion::DeleteOptions::read(state, req).await?;
+            let obj = deletion::delete_one(state, kind, &namespace, &name, &options).await?;
             Ok(json_response(StatusCode::OK, &obj))
+        }
+        (
+            ApiPath::Collection {
+                kind,
+                namespace: Some(ns),
+            },
+            Method::DELETE,
+        ) => {
+            if !kind.is_user_facing() {
+                return Err(read_only(kind));
+            }
+            let options = deletion::DeleteOptions::read(state, req).await?;
+            deletion::delete_collection(state, kind, &ns, &opts, &options).await
+        }
+        (
+            ApiPath::Status {
+                kind,
+                namespace,
+                name,
+            },
+            method,
+        ) => {
+            if method == Method::GET {
+                return subresource::get(state, kind, &namespace, &name, as_table).await;
+            }
+            if !matches!(method, Method::PUT | Method::PATCH) {
+                return Err(ApiError::method_not_allowed(
+                    "GET, PUT, PATCH",
+                    format!(
+                        "{method} is not allowed on the status subresource; use GET, PUT or PATCH"
+                    ),
+                ));
+            }
+            if !kind.is_user_facing() {
+                return Err(read_only(kind));
+            }
+            let write = if method == Method::PUT {
+                let (parts, body) = req.into_parts();
+                let body = body::read_object(&parts.headers, body, body_deadline(state)).await?;
+                subresource::StatusWrite::Replace(body)
+            } else {
+                let (patch_type, patch) = read_patch(state, req).await?;
+                subresource::StatusWrite::Patch(patch_type, patch)
+            };
+            subresource::write(state, kind, &namespace, &name, write, dry_run).await
         }
         (
             ApiPath::Collection {
                 namespace: None, ..
             },
             m,
-        ) => Err(ApiError::method_not_allowed(format!(
-            "{m} is not allowed on a list across namespaces; only GET is"
-        ))),
-        (ApiPath::Collection { .. }, m) => Err(ApiError::method_not_allowed(format!(
-            "{m} is not allowed on a collection; use GET or POST"
-        ))),
-        (ApiPath::Item { .. }, m) => Err(ApiError::method_not_allowed(format!(
-            "{m} is not allowed on an object; use GET, PUT, PATCH or DELETE"
-        ))),
+        ) => Err(ApiError::method_not_allowed(
+            "GET",
+            format!(
+                "{m} is not allowed on a list across namespaces; only GET is (name a namespace)"
+            ),
+        )),
+        (ApiPath::Collection { .. }, m) => Err(ApiError::method_not_allowed(
+            "GET, POST, DELETE",
+            format!("{m} is not allowed on a collection; use GET, POST or DELETE"),
+        )),
+        (ApiPath::Item { .. }, m) => Err(ApiError::method_not_allowed(
+            "GET, PUT, PATCH, DELETE",
+            format!("{m} is not allowed on an object; use GET, PUT, PATCH or DELETE"),
+        )),
     }
 }
 
@@ -471,13 +493,60 @@ fn body_deadline(state: &ApiState) -> body::BodyDeadline {
     body::BodyDeadline::from_config(&state.config.get().rouse)
 }
 
+/// A PATCH request's type (from its `Content-Type`) and body. Strategic merge is 415, as
+/// Kubernetes answers for custom resources.
+async fn read_patch(
+    state: &ApiState,
+    req: Request<Incoming>,
+) -> Result<(PatchType, Value), ApiError> {
+    let (patch_type, patch) = read_patch_any(state, req).await?;
+    if patch_type == PatchType::StrategicMerge {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (strategic merge patch is not supported for custom resources; use --type=merge)",
+        ));
+    }
+    Ok((patch_type, patch))
+}
+
+/// [`read_patch`] taking strategic merge too, for the core kinds whose strategic merge is a
+/// merge.
+async fn read_patch_any(
+    state: &ApiState,
+    req: Request<Incoming>,
+) -> Result<(PatchType, Value), ApiError> {
+    let ct = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let patch_type = PatchType::from_content_type(&ct).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("the body's media type {ct:?} is not a patch: send application/merge-patch+json, application/json-patch+json or application/apply-patch+yaml"),
+        )
+    })?;
+    let (parts, body) = req.into_parts();
+    let bytes = body::read_bytes(&parts.headers, body, body_deadline(state)).await?;
+    let patch = match patch_type {
+        PatchType::Apply => body::parse_object(&bytes, None)?,
+        _ => serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON patch: {e}")))?,
+    };
+    Ok((patch_type, patch))
+}
+
 fn only_get(method: &Method) -> Result<(), ApiError> {
     if method == Method::GET || method == Method::HEAD {
         Ok(())
     } else {
-        Err(ApiError::method_not_allowed(format!(
-            "{method} is not allowed here; use GET"
-        )))
+        Err(ApiError::method_not_allowed(
+            "GET",
+            format!("{method} is not allowed here; use GET"),
+        ))
     }
 }
 
@@ -550,14 +619,8 @@ async fn core(
     let method = req.method().clone();
     let segs: Vec<&str> = rest.split('/').collect();
     let (namespace, name) = match segs.as_slice() {
-        ["namespaces"] => {
-            only_get(&method)?;
-            return namespaces(state, "", as_table).await;
-        }
-        ["namespaces", n] => {
-            only_get(&method)?;
-            return namespaces(state, n, as_table).await;
-        }
+        ["namespaces"] => return namespaces::serve(state, None, req, as_table).await,
+        ["namespaces", n] => return namespaces::serve(state, Some(n), req, as_table).await,
         ["configmaps"] => (None, None),
         ["namespaces", ns, "configmaps"] => (Some(ns.to_string()), None),
         ["namespaces", ns, "configmaps", name] => (Some(ns.to_string()), Some(name.to_string())),
@@ -634,123 +697,15 @@ async fn core(
             tracing::info!(configmap = %name, "config changed through the API");
             Ok(json_response(StatusCode::OK, &stored))
         }
-        (_, m) => Err(ApiError::method_not_allowed(format!(
-            "{m} is not allowed on configmaps; Rouse's are fixed: use GET, PUT or PATCH"
-        ))),
+        (Some(_), m) => Err(ApiError::method_not_allowed(
+            "GET, PUT, PATCH",
+            format!("{m} is not allowed on a configmap; Rouse's are fixed: use GET, PUT or PATCH"),
+        )),
+        (None, m) => Err(ApiError::method_not_allowed(
+            "GET",
+            format!("{m} is not allowed on the configmap list; Rouse's are fixed: use GET"),
+        )),
     }
-}
-
-/// `/api/v1/namespaces[/{name}]`: the namespaces that hold objects, and `default`.
-async fn namespaces(
-    state: &ApiState,
-    name: &str,
-    as_table: bool,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let store = state.store.clone();
-    let names = blocking(move || {
-        let mut names = std::collections::BTreeSet::from([
-            "default".to_string(),
-            configmaps::NAMESPACE.to_string(),
-        ]);
-        for kind in Kind::ALL {
-            for obj in store.list(kind, None)?.0 {
-                if let Some(ns) = obj["metadata"]["namespace"].as_str() {
-                    names.insert(ns.to_string());
-                }
-            }
-        }
-        Ok::<_, StoreError>(names)
-    })
-    .await?
-    .map_err(|e| ApiError::from_store(e, Kind::Service, ""))?;
-    let objects: Vec<Value> = names
-        .iter()
-        .filter(|n| name.is_empty() || *n == name)
-        .map(|n| discovery::namespace_object(n))
-        .collect();
-    if !name.is_empty() && objects.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("namespaces \"{name}\" not found"),
-        ));
-    }
-    if as_table {
-        let rows: Vec<Value> = objects
-            .iter()
-            .map(|o| {
-                json!({"cells": [o["metadata"]["name"], "Active"],
-                       "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                                  "metadata": o["metadata"]}})
-            })
-            .collect();
-        let t = json!({
-            "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {},
-            "columnDefinitions": [
-                {"name": "Name", "type": "string", "format": "name", "priority": 0, "description": ""},
-                {"name": "Status", "type": "string", "format": "", "priority": 0, "description": ""},
-            ],
-            "rows": rows,
-        });
-        return Ok(json_response(StatusCode::OK, &t));
-    }
-    if name.is_empty() {
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({"kind": "NamespaceList", "apiVersion": "v1", "metadata": {}, "items": objects}),
-        ));
-    }
-    Ok(json_response(StatusCode::OK, &objects[0]))
-}
-
-/// A DELETE's `preconditions` (uid, resourceVersion) must match the stored object (409).
-async fn check_delete_options(
-    state: &ApiState,
-    kind: Kind,
-    ns: &str,
-    name: &str,
-    options: &Value,
-) -> Result<(), ApiError> {
-    let pre = &options["preconditions"];
-    if let Some(policy) = options["propagationPolicy"].as_str()
-        && !matches!(policy, "Background" | "Foreground" | "Orphan")
-    {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            format!(
-                "propagationPolicy: Unsupported value: {policy:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
-            ),
-        ));
-    }
-    if options["propagationPolicy"] == "Orphan" {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            "propagationPolicy: Unsupported value: \"Orphan\": Rouse deletes owned objects with their owner",
-        ));
-    }
-    if !pre.is_object() {
-        return Ok(());
-    }
-    let store = state.store.clone();
-    let (nsc, n) = (ns.to_string(), name.to_string());
-    let obj = blocking(move || store.get(kind, &nsc, &n))
-        .await?
-        .map_err(|e| ApiError::from_store(e, kind, name))?;
-    for field in ["uid", "resourceVersion"] {
-        if let Some(want) = pre[field].as_str()
-            && obj["metadata"][field].as_str() != Some(want)
-        {
-            let got = obj["metadata"][field].as_str().unwrap_or("");
-            return Err(ApiError::conflict(
-                kind,
-                name,
-                &format!("Precondition failed: {field}: {want}, object's {field}: {got}"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// A PATCH as the request gave it.
@@ -942,6 +897,15 @@ async fn create_with(
     dry_run: bool,
     managed: Option<Value>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    if state.namespaces.is_terminating(ns) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        ));
+    }
     let target = Target {
         kind,
         namespace: ns,

@@ -123,39 +123,67 @@ pub fn answer(path: &str) -> Option<Value> {
     }
 }
 
-/// The core group as far as Rouse serves it: Knative's ConfigMaps.
+/// The core group as far as Rouse serves it: Knative's ConfigMaps and Namespaces.
 fn core_v1() -> Value {
-    let gvk = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
     let params: Vec<Value> = ["fieldValidation", "dryRun", "fieldManager", "force"]
         .iter()
         .map(|p| json!({"name": p, "in": "query", "schema": {"type": "string"}}))
         .collect();
-    let op = |id: &str| {
-        json!({"operationId": format!("{id}CoreV1NamespacedConfigMap"),
-               "x-kubernetes-group-version-kind": gvk, "parameters": params,
+    let op = |id: &str, kind: &str, scope: &str| {
+        json!({"operationId": format!("{id}CoreV1{scope}{kind}"),
+               "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": kind},
+               "parameters": params,
                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {
-                   "$ref": "#/components/schemas/io.k8s.api.core.v1.ConfigMap"}}}}}})
+                   "$ref": format!("#/components/schemas/io.k8s.api.core.v1.{kind}")}}}}}})
+    };
+    let schema = |kind: &str, description: &str, body: Value| {
+        let mut properties = json!({
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+        });
+        if let (Some(props), Value::Object(extra)) = (properties.as_object_mut(), body) {
+            props.extend(extra);
+        }
+        json!({
+            "description": description,
+            "type": "object",
+            "properties": properties,
+            "x-kubernetes-group-version-kind": [{"group": "", "version": "v1", "kind": kind}],
+        })
     };
     json!({
         "openapi": "3.0.0",
         "info": info(),
         "paths": {
-            "/api/v1/namespaces/{namespace}/configmaps": {"get": op("list")},
-            "/api/v1/namespaces/{namespace}/configmaps/{name}":
-                {"get": op("read"), "put": op("replace"), "patch": op("patch")},
-        },
-        "components": {"schemas": {"io.k8s.api.core.v1.ConfigMap": {
-            "description": "One of Knative's ConfigMaps in namespace knative-serving; `data` holds its keys.",
-            "type": "object",
-            "properties": {
-                "apiVersion": {"type": "string"},
-                "kind": {"type": "string"},
-                "metadata": {"type": "object"},
-                "data": {"type": "object", "additionalProperties": {"type": "string"},
-                         "description": "The keys and values, as `--config` takes them."},
+            "/api/v1/namespaces/{namespace}/configmaps": {"get": op("list", "ConfigMap", "Namespaced")},
+            "/api/v1/namespaces/{namespace}/configmaps/{name}": {
+                "get": op("read", "ConfigMap", "Namespaced"),
+                "put": op("replace", "ConfigMap", "Namespaced"),
+                "patch": op("patch", "ConfigMap", "Namespaced"),
             },
-            "x-kubernetes-group-version-kind": [gvk],
-        }}},
+            "/api/v1/namespaces": {"get": op("list", "Namespace", ""), "post": op("create", "Namespace", "")},
+            "/api/v1/namespaces/{name}": {
+                "get": op("read", "Namespace", ""),
+                "put": op("replace", "Namespace", ""),
+                "patch": op("patch", "Namespace", ""),
+                "delete": op("delete", "Namespace", ""),
+            },
+        },
+        "components": {"schemas": {
+            "io.k8s.api.core.v1.ConfigMap": schema(
+                "ConfigMap",
+                "One of Knative's ConfigMaps in namespace knative-serving; `data` holds its keys.",
+                json!({"data": {"type": "object", "additionalProperties": {"type": "string"},
+                                "description": "The keys and values, as `--config` takes them."}}),
+            ),
+            "io.k8s.api.core.v1.Namespace": schema(
+                "Namespace",
+                "A namespace: created explicitly or by the first object in it; its labels and annotations are kept.",
+                json!({"spec": {"type": "object", "properties": {"finalizers": {"type": "array", "items": {"type": "string"}}}},
+                       "status": {"type": "object", "properties": {"phase": {"type": "string"}}}}),
+            ),
+        }},
     })
 }
 

@@ -17,6 +17,13 @@ pub enum ApiPath {
         namespace: String,
         name: String,
     },
+    /// `.../{plural}/{name}/status`: one object's status subresource. Knative's CRDs declare
+    /// `status` (and no `scale`) for every kind, so every kind has it.
+    Status {
+        kind: Kind,
+        namespace: String,
+        name: String,
+    },
 }
 
 /// Parses a request path; `None` when it names nothing the API serves (404).
@@ -40,6 +47,20 @@ pub fn parse(path: &str) -> Option<ApiPath> {
             namespace: Some(ns.to_string()),
         }),
         ["apis", group, version, "namespaces", ns, plural, name] => Some(ApiPath::Item {
+            kind: kind_at(group, version, plural)?,
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        }),
+        [
+            "apis",
+            group,
+            version,
+            "namespaces",
+            ns,
+            plural,
+            name,
+            "status",
+        ] => Some(ApiPath::Status {
             kind: kind_at(group, version, plural)?,
             namespace: ns.to_string(),
             name: name.to_string(),
@@ -108,6 +129,14 @@ mod tests {
                 })
             );
             assert_eq!(parse(&format!("{i}/")), parse(&i));
+            assert_eq!(
+                parse(&format!("{i}/status")),
+                Some(ApiPath::Status {
+                    kind,
+                    namespace: "ns1".into(),
+                    name: "hello".into()
+                })
+            );
         }
         assert_eq!(
             item(Kind::Service, "default", "hello"),
@@ -124,7 +153,8 @@ mod tests {
             // Right plural, wrong group or version.
             "/apis/serving.knative.dev/v1alpha1/services",
             "/apis/serving.knative.dev/v1/podautoscalers",
-            "/apis/serving.knative.dev/v1/namespaces/default/services/hello/status",
+            "/apis/serving.knative.dev/v1/namespaces/default/services/hello/scale",
+            "/apis/serving.knative.dev/v1/namespaces/default/services/hello/status/x",
             "/apis/serving.knative.dev/v1/namespaces//services",
             "/apis/serving.knative.dev/v1/namespaces/default",
         ] {

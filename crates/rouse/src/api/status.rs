@@ -21,6 +21,8 @@ pub struct ApiError {
     pub message: String,
     /// `details` of the Status (the object's name, group and kind), when one object is concerned.
     pub details: Option<Value>,
+    /// For a 405: the methods the path does take (the `Allow` header).
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            allow: None,
         }
     }
 
@@ -48,9 +51,11 @@ impl ApiError {
         )
     }
 
-    /// 405.
-    pub fn method_not_allowed(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
+    /// 405 for a method the path does not take; `allow` lists those it does.
+    pub fn method_not_allowed(allow: &'static str, message: impl Into<String>) -> Self {
+        let mut err = Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message);
+        err.allow = Some(allow);
+        err
     }
 
     /// 409 Conflict: a stale resourceVersion or uid.
@@ -108,12 +113,9 @@ impl ApiError {
                 header::HeaderValue::from_static("close"),
             );
         }
-        if self.code == StatusCode::METHOD_NOT_ALLOWED {
-            // Every path's methods are a subset of these; the message says which apply.
-            resp.headers_mut().insert(
-                header::ALLOW,
-                header::HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
-            );
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
         }
         resp
     }
@@ -129,7 +131,17 @@ impl ApiError {
             StoreError::Expired { .. } => (StatusCode::GONE, "Expired"),
             StoreError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
-        Self::new(code, reason, message).for_object(kind, name)
+        let mut err = Self::new(code, reason, message).for_object(kind, name);
+        if reason == "Invalid"
+            && let Some((field, why)) = err.message.split_once(": ")
+            && !field.contains(' ')
+            && let Some(d) = err.details.as_mut()
+        {
+            // "metadata.finalizers: Forbidden: ...": kubectl prints the cause with its field.
+            d["kind"] = json!(kind.name());
+            d["causes"] = json!([{"reason": "FieldValueInvalid", "message": why, "field": field}]);
+        }
+        err
     }
 }
 
@@ -199,5 +211,24 @@ mod tests {
         );
         let be = ApiError::from_store(StoreError::Backend("disk".into()), Kind::Route, "x");
         assert_eq!(be.code, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn refusals_carry_their_allowed_methods_and_field_causes() {
+        let resp = ApiError::method_not_allowed("GET, PUT, PATCH", "no").into_response();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[header::ALLOW], "GET, PUT, PATCH");
+        let forbidden = ApiError::from_store(
+            StoreError::Invalid("metadata.finalizers: Forbidden: no new finalizers".into()),
+            Kind::Service,
+            "x",
+        )
+        .to_status();
+        assert_eq!(forbidden["details"]["kind"], "Service");
+        assert_eq!(
+            forbidden["details"]["causes"][0],
+            json!({"reason": "FieldValueInvalid", "message": "Forbidden: no new finalizers",
+                   "field": "metadata.finalizers"})
+        );
     }
 }

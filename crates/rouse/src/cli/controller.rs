@@ -3,23 +3,30 @@
 //! backoff), the runtime is Deployments, networking is Services, EndpointSlices and Ingresses.
 //! One replica leads at a time, elected on a Lease; a follower waits, and a leader that loses
 //! its Lease stops its reconcilers (stops writing) and goes back to waiting.
+//!
+//! Every replica, leader or not, serves Knative's admission webhooks and reads Knative's
+//! ConfigMaps live: a change takes effect without a restart.
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use rouse_api::config::Config;
-use rouse_controller::Controller;
+use rouse_api::config::SharedConfig;
+use rouse_api::config::features::{Flag, TAG_HEADER_BASED_ROUTING};
+use rouse_controller::{Context, Controller};
 use rouse_kube::cache::ClusterStore;
-use rouse_kube::install::NAMESPACE;
+use rouse_kube::config_watch::{self, LiveConfig, deployment_config};
+use rouse_kube::install::{HEALTH_PORT, NAMESPACE, WEBHOOK_PORT};
 use rouse_kube::leader::{LeaseConfig, LeaseLock, elect};
 use rouse_kube::networking::KubeNetworking;
 use rouse_kube::revision::DeploymentConfig;
 use rouse_kube::route::IngressConfig;
 use rouse_kube::runtime::KubeRuntime;
 use rouse_kube::stat_stream::{self, ActivatorStats, StreamEnd, StreamToken};
+use rouse_kube::webhook::{self, WebhookOptions};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -41,10 +48,25 @@ pub struct ControllerArgs {
     /// The image the queue-proxy sidecar runs (config-deployment `queue-sidecar-image`).
     #[arg(long, default_value = rouse_kube::install::DEFAULT_IMAGE)]
     pub queue_image: String,
+    /// Where the admission webhooks listen (HTTPS).
+    #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], WEBHOOK_PORT as u16)))]
+    pub webhook_listen: SocketAddr,
+    /// Outside the cluster: the https:// URL the API server reaches the webhooks at (this
+    /// process's --webhook-listen); the WebhookConfigurations are pointed at it instead of
+    /// the `webhook` Service.
+    #[arg(long, value_name = "URL", value_parser = parse_webhook_url)]
+    pub webhook_url: Option<String>,
     /// Where the activators' stat streams are accepted (the `autoscaler` Service's port; port
     /// 0 picks a free one). The address is printed on stdout.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub autoscaler_listen: SocketAddr,
+    /// Where `/healthz` and `/readyz` are served (the Deployment's probes).
+    #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], HEALTH_PORT as u16)))]
+    pub health_listen: SocketAddr,
+}
+
+fn parse_webhook_url(s: &str) -> Result<String, String> {
+    webhook::check_url(s).map(|()| s.trim_end_matches('/').to_string())
 }
 
 /// A client from `kubeconfig`, or from the in-cluster service account without one.
@@ -114,36 +136,70 @@ async fn lead_and_reconcile(
     let lock = LeaseLock::new(client.clone(), LeaseConfig::new(NAMESPACE, LEASE, &me));
     let mut leading: watch::Receiver<bool> = handle.spawn(async move { elect(lock) }).await?;
 
+    // A half-done install (a CRD or a permission missing) is reported once, by name.
+    handle.spawn(rouse_kube::preflight::report(
+        client.clone(),
+        rouse_kube::install::Role::Controller,
+    ));
     let store = Arc::new(ClusterStore::start(client.clone(), handle.clone()));
     // Rouse's install sets config-network's ingress class to its gateway's; until the
     // ConfigMap is read, the Ingresses are written for that class too, not Knative's default.
     let mut defaults = Config::default();
     defaults.network.ingress_class = rouse_api::ingress::ROUSE_CLASS.to_string();
-    let config = rouse_api::config::SharedConfig::new(defaults);
-    let deployment = DeploymentConfig {
+    let config = SharedConfig::new(defaults);
+    let live = config_watch::start(client.clone(), &handle, NAMESPACE, config.clone());
+    let serving = serve_webhooks(args, &client, &handle, config.clone()).await?;
+    serve_probes(args, &handle, &store, &live, serving).await?;
+    let base = DeploymentConfig {
         queue_image: args.queue_image.clone(),
         ..DeploymentConfig::default()
     };
-    let runtime = KubeRuntime::start(client.clone(), handle.clone(), store.clone(), deployment);
+    let runtime = KubeRuntime::start(
+        client.clone(),
+        handle.clone(),
+        store.clone(),
+        deployment_config(&config.get(), &live.deployment.borrow(), &base),
+    );
     let activator_stats = start_stat_stream(args, &client, &handle, &leading).await?;
     let networking = Arc::new(
         KubeNetworking::new(
             client.clone(),
             handle.clone(),
             store.clone(),
-            IngressConfig {
-                network: config.get().network.clone(),
-                domain: args.domain.clone(),
-                tag_header_routing: false,
-            },
+            ingress_config(&live, &args.domain),
         )
         .with_activator_stats(activator_stats.clone()),
     );
+    // The reconcilers of the current term, if leading: a config change resyncs them.
+    let reconciling: Arc<Mutex<Option<Arc<Context>>>> = Arc::default();
+    {
+        // The seams' own settings follow the ConfigMaps too.
+        let (live, runtime, networking) = (live.clone(), runtime.clone(), networking.clone());
+        let (domain, reconciling) = (args.domain.clone(), reconciling.clone());
+        let mut changes = live.changes.clone();
+        handle.spawn(async move {
+            // The first publication (the ConfigMaps as listed) comes here too: the seams
+            // were built before it.
+            while changes.changed().await.is_ok() {
+                let cfg = live.config.get();
+                runtime.set_config(deployment_config(&cfg, &live.deployment.borrow(), &base));
+                networking.set_ingress_config(ingress_config(&live, &domain));
+                let current = reconciling
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(ctx) = current {
+                    info!("config changed: reconciling everything again");
+                    ctx.resync();
+                }
+            }
+        });
+    }
     info!(identity = %me, "waiting for the caches and the lease");
     let stop = terminated();
     tokio::pin!(stop);
     tokio::select! {
-        _ = store.wait_synced() => {}
+        _ = async { tokio::join!(store.wait_synced(), live.wait_synced()) } => {}
         _ = &mut stop => return Ok(()),
     }
     loop {
@@ -161,6 +217,7 @@ async fn lead_and_reconcile(
             args.domain.clone(),
         )
         .with_pokes(activator_stats.begin_term());
+        *reconciling.lock().unwrap_or_else(|p| p.into_inner()) = Some(controller.context());
         let mut lost = leading.clone();
         let mut stopped = false;
         controller
@@ -171,11 +228,76 @@ async fn lead_and_reconcile(
                 }
             })
             .await;
+        *reconciling.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if stopped {
             return Ok(());
         }
         warn!(identity = %me, "lost the lease: stopped reconciling");
     }
+}
+
+fn ingress_config(live: &LiveConfig, domain: &str) -> IngressConfig {
+    let cfg = live.config.get();
+    IngressConfig {
+        network: cfg.network.clone(),
+        domain: domain.to_string(),
+        tag_header_routing: cfg.features.get(TAG_HEADER_BASED_ROUTING) == Flag::Enabled,
+    }
+}
+
+/// Serves `/healthz` and `/readyz`; ready once the caches and ConfigMaps are synced and the
+/// webhooks answer (every replica serves them, leader or not).
+async fn serve_probes(
+    args: &ControllerArgs,
+    handle: &tokio::runtime::Handle,
+    store: &Arc<ClusterStore>,
+    live: &LiveConfig,
+    mut serving: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let addr = args.health_listen;
+    let listener = handle
+        .spawn(async move { tokio::net::TcpListener::bind(addr).await })
+        .await?
+        .with_context(|| format!("--health-listen {addr}"))?;
+    let (ready_tx, ready) = watch::channel(false);
+    handle.spawn(rouse_kube::health::serve(listener, ready));
+    let (store, live) = (store.clone(), live.clone());
+    handle.spawn(async move {
+        let webhooks = async move {
+            let _ = serving.wait_for(|s| *s).await;
+        };
+        tokio::join!(store.wait_synced(), live.wait_synced(), webhooks);
+        ready_tx.send_replace(true);
+    });
+    Ok(())
+}
+
+/// Binds the webhooks' port (a failure ends the process: another process holds it) and
+/// serves them on the Kubernetes runtime, keeping their certificates and registration current.
+async fn serve_webhooks(
+    args: &ControllerArgs,
+    client: &kube::Client,
+    handle: &tokio::runtime::Handle,
+    config: SharedConfig,
+) -> anyhow::Result<watch::Receiver<bool>> {
+    let addr = args.webhook_listen;
+    let listener = handle
+        .spawn(async move { tokio::net::TcpListener::bind(addr).await })
+        .await?
+        .with_context(|| format!("--webhook-listen {addr}"))?;
+    let opts = WebhookOptions {
+        url: args.webhook_url.clone(),
+        ..WebhookOptions::new(NAMESPACE)
+    };
+    let (serving_tx, serving) = watch::channel(false);
+    handle.spawn(webhook::run(
+        client.clone(),
+        opts,
+        listener,
+        config,
+        serving_tx,
+    ));
+    Ok(serving)
 }
 
 /// Binds the activators' stat stream endpoint and serves it on the Kubernetes runtime, with

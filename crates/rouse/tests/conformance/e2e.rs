@@ -645,6 +645,220 @@ fn TestRollbackBYOName() {
     );
 }
 
+// --- rollout_test.go ---
+
+/// The shares of a status' traffic, `(revision, percent)`.
+fn shares(obj: &serde_json::Value) -> Vec<(String, i64)> {
+    obj["status"]["traffic"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    (
+                        t["revisionName"].as_str().unwrap_or_default().to_string(),
+                        t["percent"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn TestGradualRollout() {
+    // Knative's case with a 12 s rollout instead of 1 min: the first 1 % takes about a
+    // second, then 11 steps of 9 % a second apart.
+    const ROLLOUT: Duration = Duration::from_secs(12);
+    let p = crate::platform("gradualrollout", Needs::Defaults);
+    let p = &*p;
+    let svc = |msg: &str| {
+        Svc::new("gradual", Image::PizzaPlanet)
+            .env("MESSAGE", msg)
+            .yaml(p)
+            .replace(
+                "  name: gradual\n",
+                "  name: gradual\n  annotations:\n    serving.knative.dev/rollout-duration: 12s\n",
+            )
+    };
+    p.apply_ready(&svc("v1"));
+    let first = p.get("ksvc", "gradual").unwrap()["status"]["latestReadyRevisionName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = p.target(
+        p.get("ksvc", "gradual").unwrap()["status"]["url"]
+            .as_str()
+            .unwrap(),
+    );
+
+    p.apply(&svc("v2")).expect("update accepted");
+    let updated = Instant::now();
+    let second = eventually("SecondRevision", PATIENCE, || {
+        let s = p.get("ksvc", "gradual")?;
+        let latest = s["status"]["latestCreatedRevisionName"].as_str()?;
+        (latest != first).then(|| latest.to_string())
+    });
+    eventually("RolloutStarted", PATIENCE, || {
+        let s = p.get("ksvc", "gradual")?;
+        (condition(&s, "RoutesReady")["reason"] == "RolloutInProgress").then_some(())
+    });
+    eventually("TrafficSplit", PATIENCE, || {
+        (shares(&p.get("ksvc", "gradual")?).len() == 2).then_some(())
+    });
+
+    // Until Ready: two targets (old, new) summing to 100 with the new one's share growing, or
+    // the new one alone at 100 % just before Ready. The gateway serves both meanwhile.
+    let mut new_shares = Vec::new();
+    let mut bodies = std::collections::BTreeSet::new();
+    let done = eventually("RolloutFinished", PATIENCE, || {
+        let s = p.get("ksvc", "gradual")?;
+        let traffic = shares(&s);
+        if condition(&s, "Ready")["status"] == "True" {
+            return Some(traffic);
+        }
+        match traffic.as_slice() {
+            [(old, a), (new, b)] => {
+                assert_eq!((old, new), (&first, &second), "{traffic:?}");
+                assert_eq!(a + b, 100, "{traffic:?}");
+                new_shares.push(*b);
+            }
+            [(only, 100)] => assert_eq!(only, &second, "{traffic:?}"),
+            other => panic!("expected two items in traffic but got {other:?}"),
+        }
+        if let Ok(r) = t.get("/") {
+            bodies.insert(r.body.trim().to_string());
+        }
+        None
+    });
+    let took = updated.elapsed();
+    assert_eq!(done, vec![(second.clone(), 100)], "final traffic");
+    assert!(
+        new_shares.windows(2).all(|w| w[0] <= w[1]) && new_shares.len() > 3,
+        "the new revision's share grows step by step: {new_shares:?}"
+    );
+    assert!(
+        new_shares.iter().any(|b| (20..=80).contains(b)),
+        "a share mid-way was seen: {new_shares:?}"
+    );
+    assert!(
+        took >= ROLLOUT - Duration::from_secs(3),
+        "the rollout took {took:?}, not about {ROLLOUT:?}"
+    );
+    assert!(bodies.contains("v1") && bodies.contains("v2"), "{bodies:?}");
+    let r = t.get("/").unwrap();
+    assert_eq!((r.status, r.body.trim()), (200, "v2"));
+}
+
+// --- logging_test.go ---
+
+/// Knative's test template (`test/e2e/logging_test.go`, also its default).
+const REQUEST_LOG_TEMPLATE: &str = r#"{"httpRequest": {"requestMethod": "{{.Request.Method}}", "requestUrl": "{{js .Request.RequestURI}}", "requestSize": "{{.Request.ContentLength}}", "status": {{.Response.Code}}, "responseSize": "{{.Response.Size}}", "userAgent": "{{js .Request.UserAgent}}", "remoteIp": "{{js .Request.RemoteAddr}}", "serverIp": "{{.Revision.PodIP}}", "referer": "{{js .Request.Referer}}", "latency": "{{.Response.Latency}}s", "protocol": "{{.Request.Proto}}"}, "traceId": "{{.TraceID}}"}"#;
+
+/// The revision's request-log lines (JSON objects with `httpRequest`).
+fn request_log_lines(p: &dyn Platform, rev: &str) -> Vec<serde_json::Value> {
+    p.logs(rev)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("httpRequest").is_some())
+        .collect()
+}
+
+#[test]
+fn TestRequestLogs() {
+    let p = crate::platform("requestlogs", Needs::Defaults);
+    let p = &*p;
+    p.configure(
+        "config-observability",
+        &[
+            ("logging.enable-request-log", "true"),
+            ("logging.request-log-template", REQUEST_LOG_TEMPLATE),
+        ],
+    )
+    .expect("config-observability accepted");
+    let t = Svc::new("requestlogs", Image::HelloWorld)
+        .annotation("autoscaling.knative.dev/min-scale", "1")
+        .annotation("autoscaling.knative.dev/max-scale", "1")
+        .deploy(p);
+    let rev = p.get("ksvc", "requestlogs").unwrap()["status"]["latestReadyRevisionName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = t.get("/").unwrap();
+    assert_eq!((r.status, r.body.trim()), (200, HELLO));
+
+    // A request was sent to /: its line, with Knative's fields.
+    let line = eventually("the request's log line", PATIENCE, || {
+        request_log_lines(p, &rev)
+            .into_iter()
+            .find(|l| l["httpRequest"]["requestUrl"] == "/")
+    });
+    let req = &line["httpRequest"];
+    assert_eq!(req["requestMethod"], "GET", "{line}");
+    assert_eq!(req["status"], 200, "{line}");
+    assert_eq!(req["responseSize"], r.body.len().to_string(), "{line}");
+    assert_eq!(req["userAgent"], "rouse-e2e", "{line}");
+    assert_eq!(req["protocol"], "HTTP/1.1", "{line}");
+    assert_eq!(req["requestSize"], "0", "{line}");
+    let latency = req["latency"].as_str().unwrap_or_default();
+    assert!(
+        latency
+            .strip_suffix('s')
+            .and_then(|l| l.parse::<f64>().ok())
+            .is_some_and(|l| l > 0.0 && l < 30.0),
+        "{line}"
+    );
+    assert_eq!(line["traceId"].as_str().map(str::len), Some(32), "{line}");
+
+    // Switched off while running: no line; on again: lines again.
+    p.configure(
+        "config-observability",
+        &[("logging.enable-request-log", "false")],
+    )
+    .unwrap();
+    assert_eq!(t.get("/?while=off").unwrap().status, 200);
+    p.configure(
+        "config-observability",
+        &[("logging.enable-request-log", "true")],
+    )
+    .unwrap();
+    assert_eq!(t.get("/?while=on").unwrap().status, 200);
+    eventually(
+        "the line of the request after switching on",
+        PATIENCE,
+        || {
+            request_log_lines(p, &rev)
+                .iter()
+                .any(|l| l["httpRequest"]["requestUrl"] == "/?while=on")
+                .then_some(())
+        },
+    );
+    let urls: Vec<String> = request_log_lines(p, &rev)
+        .iter()
+        .map(|l| {
+            l["httpRequest"]["requestUrl"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert!(!urls.iter().any(|u| u.contains("off")), "{urls:?}");
+
+    // A template Knative's language cannot run here is refused, with the reason.
+    let err = p
+        .configure(
+            "config-observability",
+            &[(
+                "logging.request-log-template",
+                "{{if .Request.Method}}x{{end}}",
+            )],
+        )
+        .unwrap_err();
+    assert!(
+        err.contains("logging.request-log-template") && err.contains("is not supported"),
+        "{err}"
+    );
+}
+
 // --- autoscale_test.go: stepping up one instance at a time ---
 
 /// Knative's upper bound on the instances for `want` instances' worth of load:

@@ -121,8 +121,13 @@ pub trait Platform {
     fn container(&self, image: Image, args: &[&str]) -> String;
     /// Instances of a revision whose process is alive now (pods on Kubernetes).
     fn live_instances(&self, revision: &str) -> usize;
-    /// Sets keys of one of Knative's ConfigMaps (`config-features`, ...) while running.
-    fn set_config(&self, configmap: &str, data: &[(&str, &str)]);
+    /// Sets keys of one of Knative's ConfigMaps (`config-features`, ...) while running,
+    /// failing the test when the platform refuses them.
+    fn set_config(&self, configmap: &str, data: &[(&str, &str)]) {
+        if let Err(e) = self.configure(configmap, data) {
+            panic!("setting {configmap}: {e}");
+        }
+    }
     /// One write through the API as a client sends it, for a Knative Service: `POST`
     /// (create; `name` None), `PUT` (replace) or `PATCH` (a JSON merge patch); `dry_run` asks
     /// the server to admit it and answer without storing anything. The object the server
@@ -134,6 +139,12 @@ pub trait Platform {
         body: &Value,
         dry_run: bool,
     ) -> Result<Value, (u16, String)>;
+    /// Sets keys of one of Knative's ConfigMaps in `knative-serving`, taking effect while
+    /// the platform runs.
+    fn configure(&self, configmap: &str, data: &[(&str, &str)]) -> Result<(), String>;
+    /// What a revision's instances logged, the queue-proxy's lines included (the pods'
+    /// `queue-proxy` containers on Kubernetes).
+    fn logs(&self, revision: &str) -> String;
 }
 
 /// `rouse serve` on this machine.
@@ -227,18 +238,6 @@ impl Platform for Local {
         )
     }
 
-    fn set_config(&self, configmap: &str, data: &[(&str, &str)]) {
-        let data: serde_json::Map<String, Value> = data
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::from(*v)))
-            .collect();
-        let patch = serde_json::json!({ "data": data }).to_string();
-        let path = format!("/api/v1/namespaces/knative-serving/configmaps/{configmap}");
-        let ct = [("Content-Type", "application/merge-patch+json")];
-        let r = common::api_request(&self.serve, "PATCH", &path, &ct, &patch).expect("API");
-        assert_eq!(r.status, 200, "setting {configmap}: {}", r.body);
-    }
-
     fn write(
         &self,
         method: &str,
@@ -273,6 +272,45 @@ impl Platform for Local {
             let message = answer["message"].as_str().unwrap_or(&r.body).to_string();
             Err((r.status, message))
         }
+    }
+
+    fn configure(&self, configmap: &str, data: &[(&str, &str)]) -> Result<(), String> {
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        let body = serde_json::json!({ "data": data }).to_string();
+        let path = format!("/api/v1/namespaces/knative-serving/configmaps/{configmap}");
+        let r = common::api_request(
+            &self.serve,
+            "PATCH",
+            &path,
+            &[("Content-Type", "application/merge-patch+json")],
+            &body,
+        )
+        .map_err(|e| e.to_string())?;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{}: {}", r.status, r.body))
+        }
+    }
+
+    fn logs(&self, revision: &str) -> String {
+        let dir = self
+            .serve
+            .data_dir
+            .join("logs")
+            .join("default")
+            .join(revision);
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .collect()
     }
 
     fn live_instances(&self, revision: &str) -> usize {

@@ -3,10 +3,14 @@
 //! a few `ROUSE_QUEUE_*` variables for what Knative fixes (ports, bind address, quiet period).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rouse_api::config::observability;
 use rouse_api::serving::Probe;
-use rouse_queue::{ProbeSpec, QueueConfig};
+use rouse_queue::{
+    LogOutput, ProbeSpec, QueueConfig, RequestLogSwitch, RequestLogger, RevisionInfo,
+};
 
 /// Knative's fixed ports, the defaults of the `ROUSE_QUEUE_*_PORT` overrides.
 pub const DEFAULT_H2C_PORT: u16 = 8013;
@@ -180,6 +184,19 @@ impl SidecarEnv {
         queue.timeout = timeout;
         queue.response_start_timeout = response_start_timeout;
         queue.idle_timeout = idle_timeout;
+        if let Some(v) = get("OBSERVABILITY_CONFIG").filter(|v| !v.trim().is_empty()) {
+            queue.request_log = request_log(
+                &v,
+                RevisionInfo {
+                    name: queue.revision.clone(),
+                    namespace: queue.namespace.clone(),
+                    service: service.clone(),
+                    configuration: configuration.clone(),
+                    pod_name: pod.clone(),
+                    pod_ip: pod_ip.to_string(),
+                },
+            )?;
+        }
         Ok(SidecarEnv {
             queue,
             pod,
@@ -198,6 +215,47 @@ impl SidecarEnv {
             http2_auto_detection,
         })
     }
+}
+
+/// `OBSERVABILITY_CONFIG` (Knative's JSON of `config-observability`): the request log to
+/// write to stdout, if it is on.
+fn request_log(json: &str, revision: RevisionInfo) -> Result<Option<Arc<RequestLogger>>, EnvError> {
+    const VAR: &str = "OBSERVABILITY_CONFIG";
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| bad(VAR, format!("not JSON: {e}")))?;
+    let mut data = rouse_api::config::ConfigData::new();
+    for (field, key) in [
+        ("enableRequestLog", observability::ENABLE_REQUEST_LOG),
+        (
+            "enableProbeRequestLog",
+            observability::ENABLE_PROBE_REQUEST_LOG,
+        ),
+    ] {
+        if let Some(on) = v.get(field).and_then(serde_json::Value::as_bool) {
+            data.insert(key.to_string(), on.to_string());
+        }
+    }
+    if let Some(t) = v
+        .get("requestLogTemplate")
+        .and_then(serde_json::Value::as_str)
+    {
+        data.insert(
+            observability::REQUEST_LOG_TEMPLATE.to_string(),
+            t.to_string(),
+        );
+    }
+    let cfg = observability::ObservabilityConfig::from_data(&data)
+        .map_err(|e| bad(VAR, e.to_string()))?;
+    if cfg.request_log().is_none() {
+        return Ok(None);
+    }
+    let switch = RequestLogSwitch::new();
+    switch.set(&cfg);
+    Ok(Some(Arc::new(RequestLogger::new(
+        switch,
+        LogOutput::Stdout,
+        revision,
+    ))))
 }
 
 fn bad(var: &'static str, problem: impl Into<String>) -> EnvError {
@@ -303,6 +361,32 @@ mod tests {
         );
         assert_eq!(e.h2c_port, Some(8013));
         assert_eq!(e.quiet_period, DEFAULT_QUIET_PERIOD);
+    }
+
+    #[test]
+    fn observability_config_turns_the_request_log_on() {
+        let mut m = base();
+        assert!(parse(&m).unwrap().queue.request_log.is_none());
+        m.insert(
+            "OBSERVABILITY_CONFIG",
+            r#"{"enableRequestLog":true,"requestLogTemplate":"{{.Request.Method}}"}"#.into(),
+        );
+        let log = parse(&m).unwrap().queue.request_log.expect("on");
+        assert!(log.is_on());
+        m.insert(
+            "OBSERVABILITY_CONFIG",
+            r#"{"enableRequestLog":false}"#.into(),
+        );
+        assert!(parse(&m).unwrap().queue.request_log.is_none());
+        m.insert(
+            "OBSERVABILITY_CONFIG",
+            r#"{"enableRequestLog":true,"requestLogTemplate":"{{range .X}}"}"#.into(),
+        );
+        let err = parse(&m).unwrap_err().to_string();
+        assert!(
+            err.starts_with("OBSERVABILITY_CONFIG: config-observability: logging.request-log-template: template: at byte 0: \"range\" is not supported"),
+            "{err}"
+        );
     }
 
     #[test]
