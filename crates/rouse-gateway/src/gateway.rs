@@ -304,7 +304,10 @@ impl Gateway {
                 format!("no route for host {:?}", normalize_host(host)),
             );
         };
-        let targets = tagged(&routes, host, req.headers()).unwrap_or(targets);
+        let tag = tagged(&routes, host, req.headers());
+        let targets = tag.map_or(targets, |(_, t)| t);
+        // Looked up now, while the tag (borrowed from the request) is at hand.
+        let set_headers = routes.appended(host, tag.map(|(tag, _)| tag));
         let total = routing::total(targets);
         let Some(target) = (total > 0)
             .then(|| routing::pick(targets, fastrand::u64(0..total)))
@@ -327,6 +330,9 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         strip_internal(&mut parts.headers);
         add_forwarding(&mut parts.headers, client, host);
+        for (name, value) in set_headers {
+            parts.headers.insert(name.clone(), value.clone());
+        }
         if let Some(target) = rewrite {
             rewrite_host(&mut parts, target);
         }
@@ -402,15 +408,15 @@ impl Gateway {
     }
 }
 
-/// The targets of the tag a request names in `Knative-Serving-Tag`, when its host is routed by
-/// tag and has that tag (exact match); `None` sends it to the host's own targets.
-fn tagged<'a>(
+/// The tag a request names in `Knative-Serving-Tag` and its targets, when its host is routed
+/// by tag and has that tag (exact match); `None` sends it to the host's own targets.
+fn tagged<'a, 'h>(
     routes: &'a RoutingTable,
     host: &str,
-    headers: &HeaderMap,
-) -> Option<&'a [RouteTarget]> {
+    headers: &'h HeaderMap,
+) -> Option<(&'h str, &'a [RouteTarget])> {
     let tag = headers.get(TAG_HEADER)?.to_str().ok()?;
-    routes.get_tagged(host, tag)
+    routes.get_tagged(host, tag).map(|t| (tag, t))
 }
 
 /// Sends the request on as one for `host` (a DomainMapping's Host rewrite): the Host header,
@@ -499,8 +505,8 @@ impl FrontRouter for FastRouter {
         let Some(targets) = routes.get(host) else {
             return Route::General;
         };
-        if routes.routes_by_tag(host) {
-            // The fast path sees no headers: the general path reads the tag.
+        if routes.routes_by_tag(host) || routes.appends_headers(host) {
+            // The fast path sees no headers and sets none: the general path does.
             return Route::General;
         }
         let total = routing::total(targets);

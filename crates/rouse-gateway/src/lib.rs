@@ -11,7 +11,8 @@
 //! With tag-header-based routing on (`config-features`), a host may also carry per-tag
 //! targets: a request naming one of its tags in `Knative-Serving-Tag` goes to that tag's
 //! revision, any other (no header, an unknown tag) to the host's own split. Such hosts are
-//! served by the general path, which sees the header.
+//! served by the general path, which sees the header. A host may also have headers set on
+//! its requests, per the route they took (a Kubernetes Ingress path's `appendHeaders`).
 //!
 //! Client-sent internal headers are stripped and `X-Forwarded-*`/`Forwarded` added.
 //!
@@ -38,5 +39,5 @@ mod routing;
 mod trust;
 
 pub use gateway::{Gateway, Mode};
-pub use routing::{RouteTarget, RoutingTable, normalize_host};
+pub use routing::{RouteTarget, RoutingTable, SetHeader, normalize_host};
 pub use trust::{BadRange, TrustedProxies};

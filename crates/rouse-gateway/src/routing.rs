@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use http::header::{HeaderName, HeaderValue};
+
 /// One revision a host's traffic goes to, and its share.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteTarget {
@@ -23,10 +25,17 @@ pub struct RoutingTable {
     tags: HashMap<String, HashMap<String, Vec<RouteTarget>>>,
     /// Hosts of routes that exist but have no traffic yet, with why (answered 503, not 404).
     unavailable: HashMap<String, String>,
+    /// Headers set on requests on their way (a Kubernetes Ingress path's `appendHeaders`):
+    /// per host, per tag a request was routed by ("" for the host's own targets). Most
+    /// tables have none.
+    appended: HashMap<String, HashMap<String, Vec<SetHeader>>>,
     /// Hosts served as another host (a DomainMapping's domain → its target's host): looked up
     /// as that host, and forwarded with the Host header rewritten to it.
     aliases: HashMap<String, String>,
 }
+
+/// A header set on requests on their way to a revision.
+pub type SetHeader = (HeaderName, HeaderValue);
 
 impl RoutingTable {
     /// An empty table (every host unknown).
@@ -65,6 +74,33 @@ impl RoutingTable {
         lookup(&self.tags, host)
             .and_then(|tags| tags.get(tag))
             .map(Vec::as_slice)
+    }
+
+    /// Sets `headers` on requests for `host` (normalized) that take the targets of `tag`
+    /// (`""`: the host's own), replacing what was set for them; see [`RoutingTable::appended`].
+    pub fn insert_appended(&mut self, host: String, tag: String, headers: Vec<SetHeader>) {
+        if !headers.is_empty() {
+            self.appended
+                .entry(normalize_host(&host))
+                .or_default()
+                .insert(tag, headers);
+        }
+    }
+
+    /// Whether requests for `host` get headers set.
+    pub fn appends_headers(&self, host: &str) -> bool {
+        !self.appended.is_empty() && lookup(&self.appended, host).is_some()
+    }
+
+    /// The headers to set on a request for `host` that took the targets of `tag` (`None`:
+    /// the host's own).
+    pub fn appended(&self, host: &str, tag: Option<&str>) -> &[SetHeader] {
+        if self.appended.is_empty() {
+            return &[];
+        }
+        lookup(&self.appended, host)
+            .and_then(|tags| tags.get(tag.unwrap_or("")))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Marks `host` (normalized) as a route that exists but cannot serve yet: requests for it
@@ -260,6 +296,30 @@ mod tests {
                 .get_tagged("other.default.localhost", "rev1")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn appended_headers_follow_the_targets_a_request_took() {
+        let set = |v: &'static str| {
+            vec![(
+                HeaderName::from_static("knative-serving-tag"),
+                HeaderValue::from_static(v),
+            )]
+        };
+        let mut table = RoutingTable::new();
+        assert!(!table.appends_headers("h.example.com"));
+        table.insert_appended("H.example.com:80".into(), String::new(), set("default"));
+        table.insert_appended("h.example.com".into(), "blue".into(), set("blue"));
+        table.insert_appended("empty.example.com".into(), String::new(), Vec::new());
+        assert!(table.appends_headers("h.example.com"));
+        assert!(!table.appends_headers("empty.example.com"));
+        assert_eq!(table.appended("h.example.com", None)[0].1, "default");
+        assert_eq!(
+            table.appended("h.example.com:8080", Some("blue"))[0].1,
+            "blue"
+        );
+        assert!(table.appended("h.example.com", Some("green")).is_empty());
+        assert!(table.appended("other.example.com", None).is_empty());
     }
 
     #[test]

@@ -306,6 +306,69 @@ async fn spreads_across_instances_avoiding_busy_ones() {
     assert!(others.iter().all(|o| *o != busy), "busy {busy}: {others:?}");
 }
 
+/// Tag-header-based routing as a Kubernetes Ingress asks for it, with its paths' appended
+/// headers: a request carrying `Knative-Serving-Tag: blue` goes to the tag's revision with the
+/// tag set, any other request takes the default route, marked as such; a client cannot forge
+/// the mark.
+#[tokio::test]
+async fn appended_headers_follow_the_route_a_request_took() {
+    let g = gateway().await;
+    let host = "h.default.example.com";
+    let mut t = table(&[(host, vec![target("main-00001", 100)])]);
+    let set = |n: &'static str, v: &'static str| {
+        vec![(
+            http::HeaderName::from_static(n),
+            http::HeaderValue::from_static(v),
+        )]
+    };
+    t.insert_tag(host.into(), "blue".into(), vec![target("blue-00001", 100)]);
+    t.insert_appended(
+        host.into(),
+        "blue".into(),
+        set("knative-serving-tag", "blue"),
+    );
+    t.insert_appended(
+        host.into(),
+        String::new(),
+        set("knative-serving-default-route", "true"),
+    );
+    g.gw.set_routes(t);
+    g.gw.set_endpoints(NS, "main-00001", vec![backend("main").await]);
+    g.gw.set_endpoints(NS, "blue-00001", vec![backend("blue").await]);
+    let c = client();
+    let with = |headers: &[(&str, &str)]| {
+        let mut req = Request::get(format!("http://{}/headers", g.addr)).header("Host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Full::default()).unwrap()
+    };
+
+    let (status, body) = send(&c, with(&[("Knative-Serving-Tag", "blue")])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("backend: blue\n"), "{body}");
+    assert!(body.contains("knative-serving-tag: blue\n"), "{body}");
+    assert!(!body.contains("default-route"), "{body}");
+
+    for headers in [
+        &[][..],
+        &[("Knative-Serving-Tag", "green")][..],
+        &[("Knative-Serving-Default-Route", "false")][..],
+    ] {
+        let (status, body) = send(&c, with(headers)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with("backend: main\n"), "{headers:?}: {body}");
+        assert!(
+            body.contains("knative-serving-default-route: true\n"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("green") && !body.contains(": false"),
+            "{body}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_mapped_domain_is_served_as_its_target_host() {
     let g = gateway().await;

@@ -233,11 +233,11 @@ fn rbac() -> Vec<Value> {
                     ),
                 ],
             ),
+            // The activator follows Revisions and their Services' EndpointSlices; the gateway
+            // follows Ingresses and the public EndpointSlices, and patches Ingress status.
             Role::Activator => (
                 vec![
                     rule(&[serving], &["revisions"], READ),
-                    rule(&[networking], &["serverlessservices"], READ),
-                    rule(&[""], &["services"], READ),
                     rule(&["discovery.k8s.io"], &["endpointslices"], READ),
                 ],
                 vec![rule(&[""], &["configmaps"], READ)],
@@ -245,8 +245,7 @@ fn rbac() -> Vec<Value> {
             Role::Gateway => (
                 vec![
                     rule(&[networking], &["ingresses"], READ),
-                    rule(&[networking], &["ingresses/status"], STATUS),
-                    rule(&[""], &["services"], READ),
+                    rule(&[networking], &["ingresses/status"], &["patch"]),
                     rule(&["discovery.k8s.io"], &["endpointslices"], READ),
                 ],
                 vec![rule(&[""], &["configmaps"], READ)],

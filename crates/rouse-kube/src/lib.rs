@@ -13,6 +13,7 @@ pub mod config_watch;
 pub mod crd;
 pub mod domainmapping;
 pub mod health;
+pub mod informer;
 pub mod install;
 pub mod leader;
 pub mod networking;

@@ -347,6 +347,24 @@ fn rbac_is_least_privilege() {
     };
     assert_eq!(writes("rouse-activator"), Vec::<String>::new());
     assert_eq!(writes("rouse-gateway"), ["ingresses/status"]);
+    // Cluster-wide, each data-plane role reaches exactly what it follows.
+    let cluster_resources = |name: &str| -> Vec<String> {
+        find(&docs, "ClusterRole", name)["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["resources"].as_array().unwrap().clone())
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        cluster_resources("rouse-activator"),
+        ["revisions", "endpointslices"]
+    );
+    assert_eq!(
+        cluster_resources("rouse-gateway"),
+        ["ingresses", "ingresses/status", "endpointslices"]
+    );
     // Secrets (webhook certificates) and leases only in knative-serving, never cluster-wide.
     let cluster = find(&docs, "ClusterRole", "rouse-controller").to_string();
     assert!(!cluster.contains("secrets") && !cluster.contains("leases"));

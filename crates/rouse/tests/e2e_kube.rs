@@ -5,9 +5,12 @@
 //! good one defaulted, ConfigMap changes taking effect live in the webhook and the reconcilers,
 //! a bad ConfigMap refused), the
 //! per-revision objects shaped as Knative makes them; the test plays the kubelet (a Node, the
-//! pod bound to it and reported Ready with an IP) so the Service becomes Ready; leader
-//! hand-over; deleting the Service cascades. Needs `kubectl` on PATH and
-//! `cargo build -p rouse --bins`. The API server must reach 127.0.0.1 (the controllers'
+//! pod bound to it and reported Ready with an IP) so the Service becomes Ready; the pod's
+//! containers run here (the test app and `rouse queue-proxy` on port 8012 of this machine's own
+//! address, which is the pod's IP), so a request through `rouse gateway --kubeconfig` reaches
+//! the app and the gateway marks the Ingress Ready; `rouse activator --kubeconfig` syncs;
+//! leader hand-over; deleting the Service cascades. Needs `kubectl` on PATH and
+//! `cargo build --workspace --bins`. The API server must reach 127.0.0.1 (the controllers'
 //! webhooks listen there); the suite removes the WebhookConfigurations when it ends, since they
 //! then name a URL nobody serves.
 
@@ -21,6 +24,9 @@ use common::sidecar::{Sidecar, sidecar_env, start_app};
 use serde_json::Value;
 
 const NS: &str = "rouse-e2e";
+/// `hello`'s pod IP when the pod only pretends (this machine has no address but loopback,
+/// which an EndpointSlice may not hold).
+const PRETEND_POD_IP: &str = "10.244.9.9";
 
 fn kubeconfig() -> Option<String> {
     std::env::var("ROUSE_E2E_KUBECONFIG")
@@ -339,7 +345,12 @@ fn a_knative_service_on_a_real_api_server() {
     let (ok, out) = kubectl(&kc, &["apply", "-f", "-"], Some(node.as_bytes()));
     assert!(ok, "node: {out}");
     let pod = revision_pod(&kc, "hello-00001");
-    report_ready(&kc, &pod, "10.244.9.9");
+    // The pod's containers run here, on this machine's own address (an EndpointSlice may not
+    // hold a loopback one); without one the pod only pretends.
+    let pod_ip = own_address();
+    let _pod = pod_ip.map(run_hello_pod);
+    let hello_ip = pod_ip.map_or_else(|| PRETEND_POD_IP.to_string(), |ip| ip.to_string());
+    report_ready(&kc, &pod, &hello_ip);
 
     let svc = until("the Service Ready", Duration::from_secs(90), || {
         get_json(&kc, "ksvc/hello").filter(ready)
@@ -352,7 +363,7 @@ fn a_knative_service_on_a_real_api_server() {
             get_json(&kc, "endpointslice/hello-00001-ipv4-0").filter(|s| {
                 s["endpoints"]
                     .as_array()
-                    .is_some_and(|e| e.iter().any(|e| e["addresses"][0] == "10.244.9.9"))
+                    .is_some_and(|e| e.iter().any(|e| e["addresses"][0] == hello_ip.as_str()))
             })
         },
     );
@@ -369,6 +380,7 @@ fn a_knative_service_on_a_real_api_server() {
         "{hosts}"
     );
     assert!(hosts.contains("\"serviceName\":\"hello-00001\""), "{hosts}");
+    through_the_gateway(&kc, pod_ip.is_some());
 
     // Leader hand-over: a second replica follows while the first leads, and takes the Lease
     // once the first is gone (after the Lease's 15 s duration).
@@ -686,4 +698,120 @@ fn remove_stand_in_activator(kc: &str) {
         ],
         None,
     );
+}
+
+/// This machine's own non-loopback address (the route to a non-local address starts there;
+/// nothing is sent).
+fn own_address() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.255:9")
+        .or_else(|_| s.connect("10.255.255.255:9"))
+        .ok()?;
+    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// `hello`'s pod, run here: the test app and its sidecar on the pod IP's port 8012 (where the
+/// public EndpointSlice sends).
+fn run_hello_pod(pod_ip: std::net::IpAddr) -> (common::sidecar::Killed, Sidecar) {
+    let app_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = start_app(app_port);
+    let mut env = sidecar_env(app_port);
+    for (k, v) in env.iter_mut() {
+        match *k {
+            "ROUSE_QUEUE_BIND" | "SERVING_POD_IP" => *v = pod_ip.to_string(),
+            "QUEUE_SERVING_PORT" => *v = "8012".into(),
+            "SERVING_NAMESPACE" => *v = NS.into(),
+            _ => {}
+        }
+    }
+    (app, Sidecar::start(&env))
+}
+
+/// A kubeconfig like `kc` that acts as the install's ServiceAccount `account`, so what the
+/// role does is checked against its RBAC.
+fn impersonating(kc: &str, account: &str, dir: &std::path::Path) -> PathBuf {
+    let (ok, out) = kubectl(
+        kc,
+        &[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(ok, "kubectl config view: {out}");
+    let mut config: Value = serde_json::from_str(&out).expect("kubeconfig as JSON");
+    config["users"][0]["user"]["as"] =
+        format!("system:serviceaccount:knative-serving:{account}").into();
+    let path = dir.join(format!("{account}.kubeconfig"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// `rouse activator` or `rouse gateway` with `--kubeconfig`, acting as its ServiceAccount; the
+/// process (with its serving address) and its admin address.
+fn start_hop(role: &str, kc: &str, dir: &std::path::Path) -> (Controller, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let kc = impersonating(kc, &format!("rouse-{role}"), dir);
+    let mut child = Command::new(rouse_bin())
+        .args([role, "--listen", "127.0.0.1:0", "--kubeconfig"])
+        .arg(&kc)
+        .args(["--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .env_remove("POD_IP")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = |key: &str| -> std::net::SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("{role} printed {line:?}"))
+    };
+    (Controller(child, addr("listening=")), addr("admin="))
+}
+
+/// The data plane from the API, each hop with its install RBAC only: the gateway routes the
+/// Ingress's host to `hello`'s pod and marks the Ingress Ready; the activator syncs its
+/// Revisions and EndpointSlices.
+fn through_the_gateway(kc: &str, pod_runs: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, gateway_admin) = start_hop("gateway", kc, dir.path());
+    let (_activator, activator_admin) = start_hop("activator", kc, dir.path());
+    for admin in [gateway_admin, activator_admin] {
+        until("the hops synced", Duration::from_secs(60), || {
+            let r = common::http_get(admin, "localhost", "/readyz").ok()?;
+            (r.status == 200).then_some(())
+        });
+    }
+    until(
+        "the Ingress marked Ready by the gateway",
+        Duration::from_secs(60),
+        || get_json(kc, "ingresses.networking.internal.knative.dev/hello").filter(ready),
+    );
+    let host = format!("hello.{NS}.example.com");
+    if pod_runs {
+        until(
+            "a request through the gateway",
+            Duration::from_secs(60),
+            || {
+                let r = common::http_get(gateway.1, &host, "/").ok()?;
+                (r.status == 200).then_some(())
+            },
+        );
+    } else {
+        eprintln!("no address but loopback here: the request through the gateway is not sent");
+    }
+    let r = common::http_get(gateway.1, "nobody.example.com", "/").unwrap();
+    assert_eq!(r.status, 404);
 }

@@ -3,6 +3,9 @@
 //! the autoscaler scrapes, bad environment, and the drain on SIGTERM.
 
 mod common;
+/// The stateful loopback API server rouse-kube's tests use, standing in for a cluster.
+#[path = "../../rouse-kube/tests/common/fake.rs"]
+mod fake;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -274,19 +277,29 @@ struct Hop {
     child: Child,
     addr: SocketAddr,
     admin: SocketAddr,
+    /// The activator's second (h2c) port.
+    h2c: Option<SocketAddr>,
 }
 
 impl Hop {
+    /// Fed by the endpoints file.
     fn start(role: &str, endpoints: &std::path::Path) -> Hop {
-        Hop::start_with(role, endpoints, &[])
+        Hop::start_from(role, "--endpoints", endpoints, &[])
     }
 
-    fn start_with(role: &str, endpoints: &std::path::Path, extra: &[&str]) -> Hop {
+    /// Fed by `source` (`--endpoints` or `--kubeconfig`) naming `path`, with `extra` flags.
+    fn start_from(role: &str, source: &str, path: &std::path::Path, extra: &[&str]) -> Hop {
         let mut child = Command::new(rouse_bin())
             .args([role, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(["--metrics", "127.0.0.1:0", "--poll", "20ms", "--endpoints"])
-            .arg(endpoints)
+            .args(["--metrics", "127.0.0.1:0", "--poll", "20ms", source])
+            .arg(path)
+            .args(if role == "activator" {
+                &["--listen-h2c", "127.0.0.1:0"][..]
+            } else {
+                &[]
+            })
             .args(extra)
+            .env_remove("POD_IP")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -307,6 +320,7 @@ impl Hop {
             child,
             addr: *addr,
             admin: *admin,
+            h2c: addrs.get("h2c").copied(),
         }
     }
 }
@@ -368,9 +382,11 @@ fn separate_processes_buffer_at_zero_wake_and_leave_the_activator_without_losing
     // At zero: the request goes gateway → activator and waits there.
     let gw = gateway.addr;
     let cold = std::thread::spawn(move || exchange(gw, "/", &[]));
-    // The activator answers its own probe while the request waits.
-    let (status, _, body) = exchange(activator.addr, "/", &[("K-Network-Probe", "activator")]);
-    assert_eq!((status, body.as_slice()), (200, b"activator".as_slice()));
+    // The activator answers its own probe while the request waits, on both its ports.
+    for port in [activator.addr, activator.h2c.expect("the h2c port printed")] {
+        let (status, _, body) = exchange(port, "/", &[("K-Network-Probe", "activator")]);
+        assert_eq!((status, body.as_slice()), (200, b"activator".as_slice()));
+    }
     // It waits in the activator's queue (the activator's metrics on its admin port).
     eventually("the request queued in the activator", PATIENCE, || {
         let (status, _, body) = exchange(activator.admin, "/metrics", &[]);
@@ -466,8 +482,9 @@ fn a_request_at_zero_through_the_activator_process_pokes_the_autoscaler() {
     let file = dir.path().join("endpoints.json");
     write_endpoints(&file, &[], "proxy", &[]);
     let url = format!("http://{autoscaler}");
-    let activator = Hop::start_with(
+    let activator = Hop::start_from(
         "activator",
+        "--endpoints",
         &file,
         &[
             "--autoscaler",
@@ -602,4 +619,190 @@ fn sigterm_keeps_an_open_websocket_until_it_closes() {
         sidecar.child.try_wait().unwrap()
     });
     assert!(exit.success(), "{exit:?}");
+}
+
+const INGRESSES: &str = "apis/networking.internal.knative.dev/v1alpha1/ingresses";
+const REVISIONS: &str = "apis/serving.knative.dev/v1/revisions";
+const SLICES: &str = "apis/discovery.k8s.io/v1/endpointslices";
+
+/// An EndpointSlice of Service `service` (in `default`) with one address per backend, each
+/// in its own slice so that each can have its own loopback port (on a cluster every pod
+/// listens on the same one).
+fn slice(service: &str, service_type: &str, n: usize, backend: SocketAddr) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-{n}"), "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service,
+                       "networking.internal.knative.dev/serviceType": service_type}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [backend.ip().to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": backend.port(), "protocol": "TCP"}],
+    })
+}
+
+fn kubeconfig(dir: &std::path::Path, api: SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{api}\n\
+         users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+         current-context: fake\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The same proof fed by the Kubernetes API instead of a file: `rouse gateway --kubeconfig`
+/// and `rouse activator --kubeconfig` against a loopback API server holding the objects the
+/// controller writes (the Ingress, the Revision, the public EndpointSlice pointing at the
+/// activator, then at the pod) and the private one Kubernetes writes. Neither is ready before
+/// the API server answers; a request at zero waits in the activator until the pod appears,
+/// the activator leaves the path when the public slice names the pod, no request is lost,
+/// and the gateway marks the Ingress Ready.
+#[test]
+fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activator() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The API server's address, before it is up.
+    let api = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let kc = kubeconfig(dir.path(), api);
+    let activator = Hop::start_from("activator", "--kubeconfig", &kc, &[]);
+    let gateway = Hop::start_from("gateway", "--kubeconfig", &kc, &[]);
+    // Unreachable API server: the processes run, not ready.
+    for hop in [&activator, &gateway] {
+        let (status, _, body) = exchange(hop.admin, "/readyz", &[]);
+        assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+        let (status, _, _) = exchange(hop.admin, "/healthz", &[]);
+        assert_eq!(status, 200);
+    }
+
+    let fake = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(api).await.unwrap();
+        fake::Fake::start_on(listener)
+    });
+    fake.put(
+        REVISIONS,
+        serde_json::json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+            "metadata": {"name": "hello-00001", "namespace": "default"},
+            "spec": {"timeoutSeconds": 120, "containers": [{"image": "testapp"}]},
+        }),
+    );
+    fake.put(
+        INGRESSES,
+        serde_json::json!({
+            "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
+            "metadata": {"name": "hello", "namespace": "default",
+                "annotations": {"networking.knative.dev/ingress.class": "rouse.ingress.networking.knative.dev"}},
+            "spec": {"rules": [{"hosts": ["hello.default.example.com"], "visibility": "ExternalIP",
+                "http": {"paths": [{"splits": [{"serviceNamespace": "default", "serviceName": "hello-00001",
+                    "servicePort": 80, "percent": 100,
+                    "appendHeaders": {"Knative-Serving-Revision": "hello-00001",
+                                      "Knative-Serving-Namespace": "default"}}]}]}}]},
+        }),
+    );
+    for hop in [&activator, &gateway] {
+        eventually("synced with the API server", PATIENCE, || {
+            (exchange(hop.admin, "/readyz", &[]).0 == 200).then_some(())
+        });
+    }
+    // No endpoints at all yet (no pod, no activator): refused at once, not held.
+    eventually("the route known, without endpoints", PATIENCE, || {
+        let (status, _, body) = exchange(gateway.addr, "/", &[]);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        (status == 503 && text.contains("no endpoints")).then_some(())
+    });
+    // Proxy mode: the public Service's endpoints are the activator.
+    fake.put(SLICES, slice("hello-00001", "Public", 0, activator.addr));
+    eventually("the Ingress marked Ready by the gateway", PATIENCE, || {
+        let ing = fake.object(INGRESSES, "default", "hello")?;
+        let ready = ing["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        (ready
+            && ing["status"]["publicLoadBalancer"]["ingress"][0]["domainInternal"]
+                == "rouse-gateway.knative-serving.svc.cluster.local")
+            .then_some(())
+    });
+
+    // At zero: gateway → activator, where the request waits (once the gateway has seen the
+    // slice: until then it refuses at once, and the request is sent again).
+    let gw = gateway.addr;
+    let cold = std::thread::spawn(move || {
+        eventually("the gateway sending to the activator", PATIENCE, || {
+            let (status, head, body) = exchange(gw, "/", &[]);
+            let refused = status == 503 && String::from_utf8_lossy(&body).contains("no endpoints");
+            (!refused).then_some((status, head, body))
+        })
+    });
+    eventually("the request queued in the activator", PATIENCE, || {
+        let (_, _, body) = exchange(activator.admin, "/metrics", &[]);
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("rouse_activator_requests_queued{") && l.ends_with(" 1"))
+            .then_some(())
+    });
+    assert!(!cold.is_finished(), "nothing can serve the request yet");
+
+    // The pod starts; Kubernetes lists it in the private Service's slice.
+    let app_port = free_port();
+    let _app = start_app(app_port);
+    let sidecar = Sidecar::start(&sidecar_env(app_port));
+    let pod = sidecar.addr("serving");
+    fake.put(SLICES, slice("hello-00001-private", "Private", 0, pod));
+    let (status, head, body) = cold.join().unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        head.contains("k-cold-start:"),
+        "waited in the activator: {head}"
+    );
+
+    // A bounded stream of requests while the public slice switches to the pod (Serve).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            let started = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && statuses.len() < 5_000
+                && started.elapsed() < PATIENCE
+            {
+                statuses.push(exchange(gw, "/", &[]).0);
+            }
+            statuses
+        })
+    };
+    eventually("requests proxied by the activator", PATIENCE, || {
+        (sidecar_report(&sidecar)["proxiedRequestCount"].as_f64() > Some(0.0)).then_some(())
+    });
+    fake.put(SLICES, slice("hello-00001", "Public", 0, pod));
+    eventually("a period served without the activator", PATIENCE, || {
+        let r = sidecar_report(&sidecar);
+        (r["requestCount"].as_f64() > Some(0.0) && r["proxiedRequestCount"].as_f64() == Some(0.0))
+            .then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let statuses = load.join().unwrap();
+    assert!(statuses.len() > 1, "the load ran");
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every request served: {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+
+    // An unknown host is still the gateway's 404, and a deleted Ingress takes its host away.
+    fake.remove(INGRESSES, "default", "hello");
+    eventually("the host gone with its Ingress", PATIENCE, || {
+        (exchange(gw, "/", &[]).0 == 404).then_some(())
+    });
+    drop(rt);
 }

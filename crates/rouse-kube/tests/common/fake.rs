@@ -81,6 +81,11 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 impl Fake {
     pub async fn start() -> Fake {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Fake::start_on(listener)
+    }
+
+    /// Serves on `listener` (an address clients were given before the server came up).
+    pub fn start_on(listener: tokio::net::TcpListener) -> Fake {
         let addr = listener.local_addr().unwrap();
         let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
         let fake = Fake {

@@ -9,7 +9,7 @@
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -69,8 +69,9 @@ fn parse_webhook_url(s: &str) -> Result<String, String> {
     webhook::check_url(s).map(|()| s.trim_end_matches('/').to_string())
 }
 
-async fn kube_client(args: &ControllerArgs) -> anyhow::Result<kube::Client> {
-    let config = match &args.kubeconfig {
+/// A client from `kubeconfig`, or from the in-cluster service account without one.
+pub(crate) async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig {}", path.display()))?;
@@ -128,7 +129,9 @@ async fn lead_and_reconcile(
     handle: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     let a = args.clone();
-    let client = handle.spawn(async move { kube_client(&a).await }).await??;
+    let client = handle
+        .spawn(async move { kube_client(a.kubeconfig.as_deref()).await })
+        .await??;
     let me = identity(args);
     let lock = LeaseLock::new(client.clone(), LeaseConfig::new(NAMESPACE, LEASE, &me));
     let mut leading: watch::Receiver<bool> = handle.spawn(async move { elect(lock) }).await?;
@@ -139,7 +142,11 @@ async fn lead_and_reconcile(
         rouse_kube::install::Role::Controller,
     ));
     let store = Arc::new(ClusterStore::start(client.clone(), handle.clone()));
-    let config = SharedConfig::new(Config::default());
+    // Rouse's install sets config-network's ingress class to its gateway's; until the
+    // ConfigMap is read, the Ingresses are written for that class too, not Knative's default.
+    let mut defaults = Config::default();
+    defaults.network.ingress_class = rouse_api::ingress::ROUSE_CLASS.to_string();
+    let config = SharedConfig::new(defaults);
     let live = config_watch::start(client.clone(), &handle, NAMESPACE, config.clone());
     let serving = serve_webhooks(args, &client, &handle, config.clone()).await?;
     serve_probes(args, &handle, &store, &live, serving).await?;

@@ -188,10 +188,15 @@ fn report(e: &anyhow::Error) {
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides. The CLI's own commands only log warnings. Colour
-/// only when stderr is a terminal: a log file or pipe gets plain text.
+/// only when stderr is a terminal: a log file or pipe gets plain text. The Kubernetes
+/// client's log of every failed connection is left out: the informers report an outage once.
 fn init_tracing(serving: bool) {
     use std::io::IsTerminal as _;
-    let default = if serving { "info" } else { "warn" };
+    let default = if serving {
+        "info,kube_client::client::builder=off"
+    } else {
+        "warn,kube_client::client::builder=off"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

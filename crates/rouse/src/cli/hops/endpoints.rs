@@ -1,8 +1,9 @@
 //! What the activator and the gateway processes learn about revisions: their pods, their
-//! ServerlessService mode, the activators, and the routes by host. On Kubernetes the informers
-//! provide it (SKS, EndpointSlices, Ingresses); without a cluster a static file does
-//! ([`FileSource`]). Both sit behind [`EndpointsSource`].
+//! ServerlessService mode, the activators, and the routes by host. Without a cluster a static
+//! file gives it ([`FileSource`]); on a cluster the API server does (Revisions, EndpointSlices,
+//! Ingresses: [`super::kube::KubeSource`]). Both sit behind [`EndpointsSource`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +45,9 @@ pub struct RevisionEndpoints {
     /// `timeoutSeconds` (absent: 300).
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    /// `responseStartTimeoutSeconds` (absent: none).
+    #[serde(default)]
+    pub response_start_timeout_seconds: Option<u64>,
     /// The app speaks HTTP/2 cleartext.
     #[serde(default)]
     pub h2c: bool,
@@ -67,6 +71,26 @@ pub struct HostRoute {
     pub host: String,
     /// The revisions and their percentages.
     pub targets: Vec<Target>,
+    /// Headers set on the way to `targets` (an Ingress path's `appendHeaders`).
+    #[serde(default)]
+    pub append_headers: BTreeMap<String, String>,
+    /// Tag-header-based routing: requests naming one of these tags in `Knative-Serving-Tag`
+    /// go to its targets instead.
+    #[serde(default)]
+    pub tag_routes: Vec<TagRoute>,
+}
+
+/// A host's traffic for requests naming a tag in `Knative-Serving-Tag`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TagRoute {
+    /// The tag (matched exactly).
+    pub tag: String,
+    /// The revisions and their percentages.
+    pub targets: Vec<Target>,
+    /// Headers set on the way.
+    #[serde(default)]
+    pub append_headers: BTreeMap<String, String>,
 }
 
 /// A share of a host's traffic.
@@ -84,6 +108,9 @@ pub struct Target {
 /// Why a description could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The Kubernetes API could not be reached or answered badly.
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
     /// The file could not be read.
     #[error("reading {path}: {source}")]
     Read {

@@ -1,7 +1,8 @@
 //! `rouse activator` and `rouse gateway` as processes of their own: the same behaviours local
 //! mode fuses into one process ([`rouse_activator::Activator`], [`rouse_gateway::Gateway`]),
-//! fed by an [`endpoints::EndpointsSource`] (a static file today; the Kubernetes informers
-//! later) and talking to each other and to the queue-proxy sidecars over the network.
+//! fed by an [`endpoints::EndpointsSource`] (a static file, or the Kubernetes API:
+//! [`kube::KubeSource`]) and talking to each other and to the queue-proxy sidecars over the
+//! network. With the Kubernetes API, `/readyz` answers 503 until the first full sync.
 //!
 //! The gateway sends a revision's requests to its pods in Serve mode and to the activators in
 //! Proxy mode (as Knative's public Service endpoints do), naming the revision in
@@ -9,26 +10,31 @@
 //! one of the revision's pods passes its probe.
 
 pub mod endpoints;
+pub mod kube;
 pub mod stats_push;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
 use http::{Request, StatusCode};
 use hyper::service::service_fn;
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
-use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
+use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable, SetHeader};
 use rouse_queue::PROBE_HEADER;
 use rouse_queue::http::{Body, full, text_response};
 use tokio::net::TcpListener;
 
-use endpoints::{EndpointsSource, FileSource, SksMode, Topology};
+use endpoints::{
+    EndpointsSource, FileSource, RevisionEndpoints, SksMode, SourceError, Target, Topology,
+};
+use kube::KubeSource;
 
 /// The header naming the revision's namespace on requests sent to an activator.
 const NAMESPACE_HEADER: &str = "knative-serving-namespace";
@@ -43,9 +49,24 @@ pub struct HopArgs {
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// The static description of revisions, pods, activators and routes (JSON), re-read
-    /// when it changes.
+    /// when it changes. Without it, the Kubernetes API (`--kubeconfig`, else in-cluster).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub endpoints: Option<PathBuf>,
+    /// A kubeconfig for the cluster to follow (the gateway: Ingresses and public
+    /// EndpointSlices; the activator: Revisions and their EndpointSlices). Without it and
+    /// without `--endpoints`, the in-cluster service account.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The activator's second port (Knative's 8013, where the public Services send h2c
+    /// revisions' requests). Default: 0.0.0.0:8013 when `--listen` is not given, else none.
     #[arg(long)]
-    pub endpoints: PathBuf,
+    pub listen_h2c: Option<SocketAddr>,
+    /// The gateway's Ingress class.
+    #[arg(long, default_value = rouse_api::ingress::ROUSE_CLASS)]
+    pub ingress_class: String,
+    /// This activator's pod IP, to find its share of each revision's pods.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<IpAddr>,
     /// Health checks (`/healthz`, `/readyz`) and metrics (`/metrics`), as the install
     /// manifests' probes expect them.
     #[arg(long, default_value = "0.0.0.0:8022")]
@@ -77,7 +98,8 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
 /// Runs the activator until SIGTERM.
 pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()> {
     let args = &activator_args.hop;
-    let first = FileSource::read(&args.endpoints)?;
+    let (source, first) =
+        open_source(args, |client| KubeSource::activator(client, args.pod_ip)).await?;
     // Without an autoscaler to push to, the wake-up comes from outside (an operator scaling
     // the Deployment, or a test).
     let push =
@@ -96,26 +118,64 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
     let activator = Activator::new(ActivatorConfig::default(), poke);
     let reporter =
         push.map(|p| tokio::spawn(stats_push::report_every_second(activator.clone(), p)));
-    let mut known = HashSet::new();
-    apply_to_activator(&activator, &first, &mut known);
+    let mut known = Applied::new();
+    if let Some(first) = &first {
+        apply_to_activator(&activator, first, &mut known);
+    }
     let listen = args
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8012)));
+    // Knative's h2c port too: the public Services send h2c revisions' requests there. Both
+    // ports take HTTP/1.1 and h2c alike.
+    let h2c_listen = args.listen_h2c.or_else(|| {
+        args.listen
+            .is_none()
+            .then(|| SocketAddr::from(([0, 0, 0, 0], 8013)))
+    });
+    let h2c_listener = match h2c_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    let also = match &h2c_listener {
+        Some(l) => vec![("h2c", l.local_addr()?)],
+        None => Vec::new(),
+    };
     let act = activator.clone();
-    let (listener, admin) = bind(listen, args, "activator", move || act.metrics_text()).await?;
-    let source = FileSource::new(args.endpoints.clone(), args.poll);
+    let (listener, health) =
+        bind(listen, args, "activator", &also, move || act.metrics_text()).await?;
+    health.ready.store(first.is_some(), Ordering::SeqCst);
     let act = activator.clone();
-    let watcher = tokio::spawn(follow(source, move |t| {
+    let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
         apply_to_activator(&act, &t, &mut known)
     }));
-    let make = |_remote| {
+    let make = move |_remote| {
         let activator = activator.clone();
         service_fn(move |req: Request<Body>| {
             let activator = activator.clone();
             async move { Ok::<_, Infallible>(activate(&activator, req).await) }
         })
     };
-    rouse_queue::http::serve(listener, make, terminated_then(admin)).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let h2c =
+        h2c_listener.map(|l| tokio::spawn(rouse_queue::http::serve(l, make.clone(), stopped())));
+    tokio::spawn(async move {
+        terminated_then(health).await;
+        let _ = stop_tx.send(true);
+    });
+    rouse_queue::http::serve(listener, make, stopped()).await;
+    if let Some(h2c) = h2c {
+        let _ = h2c.await;
+    }
     watcher.abort();
     if let Some(r) = reporter {
         r.abort();
@@ -152,91 +212,220 @@ fn header_text(req: &Request<Body>, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn apply_to_activator(activator: &Activator, t: &Topology, known: &mut HashSet<(String, String)>) {
-    let mut now = HashSet::new();
+/// What was last applied per revision, so that a new version touches only the revisions
+/// it changes (a cluster's every event would otherwise re-set them all).
+type Applied<T> = HashMap<(String, String), T>;
+
+/// Applies `t`'s revisions through `set`, skipping those applied unchanged; returns those no
+/// longer listed, for the caller to remove once nothing routes to them.
+fn apply_revisions<T: PartialEq>(
+    t: &Topology,
+    known: &mut Applied<T>,
+    state: impl Fn(&RevisionEndpoints) -> T,
+    mut set: impl FnMut(&RevisionEndpoints, &T),
+) -> Vec<(String, String)> {
+    let mut now = Applied::new();
     for r in &t.revisions {
+        let key = (r.namespace.clone(), r.name.clone());
+        let wanted = state(r);
+        if known.get(&key) != Some(&wanted) {
+            set(r, &wanted);
+        }
+        now.insert(key, wanted);
+    }
+    let gone = known
+        .keys()
+        .filter(|k| !now.contains_key(*k))
+        .cloned()
+        .collect();
+    *known = now;
+    gone
+}
+
+fn apply_to_activator(activator: &Activator, t: &Topology, known: &mut Applied<RevisionEndpoints>) {
+    let set = |r: &RevisionEndpoints, _: &RevisionEndpoints| {
         let params = RevisionParams {
             container_concurrency: r.container_concurrency,
             timeout: r
                 .timeout_seconds
                 .map_or(Duration::ZERO, Duration::from_secs),
+            response_start_timeout: r.response_start_timeout_seconds.map(Duration::from_secs),
             h2c: r.h2c,
             ..RevisionParams::default()
         };
         activator.set_revision(&r.namespace, &r.name, params);
         activator.set_backends(&r.namespace, &r.name, r.pods.clone());
-        now.insert((r.namespace.clone(), r.name.clone()));
+    };
+    for (ns, rev) in apply_revisions(t, known, Clone::clone, set) {
+        activator.remove_revision(&ns, &rev);
     }
-    for (ns, rev) in known.difference(&now) {
-        activator.remove_revision(ns, rev);
-    }
-    *known = now;
 }
 
 /// Runs the gateway until SIGTERM.
 pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
-    let first = FileSource::read(&args.endpoints)?;
-    // Used only while no activator is listed: then the gateway buffers itself.
+    let (source, first) = open_source(args, |client| {
+        let domain = format!(
+            "{}.{}.svc.cluster.local",
+            rouse_kube::install::GATEWAY_SERVICE,
+            rouse_kube::install::NAMESPACE
+        );
+        KubeSource::gateway(client, args.ingress_class.clone(), domain)
+    })
+    .await?;
+    // Used only while a revision has nowhere to send: it refuses at once (see
+    // `apply_to_gateway`).
     let fallback = Activator::new(ActivatorConfig::default(), Arc::new(|_: &str, _: &str| {}));
     let gateway = Gateway::new(fallback);
-    let mut known = HashSet::new();
-    apply_to_gateway(&gateway, &first, &mut known);
+    let mut known = Applied::new();
+    if let Some(first) = &first {
+        apply_to_gateway(&gateway, first, &mut known);
+    }
     let listen = args
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
     let gw = gateway.clone();
-    let (listener, admin) = bind(listen, args, "gateway", move || gateway_metrics(&gw)).await?;
-    let source = FileSource::new(args.endpoints.clone(), args.poll);
+    let (listener, health) =
+        bind(listen, args, "gateway", &[], move || gateway_metrics(&gw)).await?;
+    health.ready.store(first.is_some(), Ordering::SeqCst);
     let gw = gateway.clone();
-    let watcher = tokio::spawn(follow(source, move |t| {
+    let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
         apply_to_gateway(&gw, &t, &mut known)
     }));
-    gateway.serve(listener, terminated_then(admin)).await;
+    gateway.serve(listener, terminated_then(health)).await;
     watcher.abort();
     Ok(())
 }
 
-fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut HashSet<(String, String)>) {
-    let mut now = HashSet::new();
-    for r in &t.revisions {
-        // Proxy mode: the activators are the revision's endpoints (as on Kubernetes); with
-        // none listed, the gateway's own activator takes the requests.
-        let (mode, endpoints) = match r.mode {
-            SksMode::Serve if !r.pods.is_empty() => (Mode::Serve, r.pods.clone()),
-            _ if !t.activators.is_empty() => (Mode::Serve, t.activators.clone()),
-            _ => (Mode::Proxy, Vec::new()),
-        };
-        gateway.set_revision(&r.namespace, &r.name, mode, endpoints, r.h2c);
-        now.insert((r.namespace.clone(), r.name.clone()));
-    }
+/// Where the gateway sends a revision's requests: mode, endpoints, h2c.
+type GatewayRoute = (Mode, Vec<SocketAddr>, bool);
+
+fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut Applied<GatewayRoute>) {
+    // Proxy mode: the activators are the revision's endpoints (as on Kubernetes). With
+    // nowhere to send, the gateway's own activator answers 503 at once (as an ingress with
+    // no healthy upstream does) instead of holding requests nothing can release.
+    let route = |r: &RevisionEndpoints| -> GatewayRoute {
+        match r.mode {
+            SksMode::Serve if !r.pods.is_empty() => (Mode::Serve, r.pods.clone(), r.h2c),
+            _ if !t.activators.is_empty() => (Mode::Serve, t.activators.clone(), r.h2c),
+            _ => (Mode::Proxy, Vec::new(), r.h2c),
+        }
+    };
+    let set = |r: &RevisionEndpoints, (mode, endpoints, h2c): &GatewayRoute| {
+        let refusal = (*mode == Mode::Proxy).then(|| {
+            format!(
+                "revision {}/{} has no endpoints: no pod and no activator is ready",
+                r.namespace, r.name
+            )
+        });
+        gateway
+            .activator()
+            .set_refusal(&r.namespace, &r.name, refusal);
+        gateway.set_revision(&r.namespace, &r.name, *mode, endpoints.clone(), *h2c);
+    };
+    let gone = apply_revisions(t, known, route, set);
     let mut table = RoutingTable::new();
     for route in &t.routes {
-        let targets = route
-            .targets
-            .iter()
-            .map(|x| RouteTarget {
-                namespace: x.namespace.clone(),
-                revision: x.revision.clone(),
-                percent: x.percent,
-            })
-            .collect();
-        table.insert(route.host.clone(), targets);
+        let host = &route.host;
+        table.insert(host.clone(), route_targets(&route.targets));
+        table.insert_appended(
+            host.clone(),
+            String::new(),
+            set_headers(&route.append_headers),
+        );
+        for t in &route.tag_routes {
+            table.insert_tag(host.clone(), t.tag.clone(), route_targets(&t.targets));
+            table.insert_appended(host.clone(), t.tag.clone(), set_headers(&t.append_headers));
+        }
     }
     gateway.set_routes(table);
-    for (ns, rev) in known.difference(&now) {
-        gateway.remove_revision(ns, rev);
+    // Only now that no route names them.
+    for (ns, rev) in gone {
+        gateway.remove_revision(&ns, &rev);
+        gateway.activator().remove_revision(&ns, &rev);
     }
-    *known = now;
+}
+
+fn route_targets(targets: &[Target]) -> Vec<RouteTarget> {
+    targets
+        .iter()
+        .map(|x| RouteTarget {
+            namespace: x.namespace.clone(),
+            revision: x.revision.clone(),
+            percent: x.percent,
+        })
+        .collect()
+}
+
+/// Header names and values as the gateway sets them; an invalid one is left out (logged).
+fn set_headers(headers: &std::collections::BTreeMap<String, String>) -> Vec<SetHeader> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            match (
+                http::HeaderName::try_from(name.as_str()),
+                http::HeaderValue::try_from(value.as_str()),
+            ) {
+                (Ok(n), Ok(v)) => Some((n, v)),
+                _ => {
+                    tracing::warn!(header = %name, "not a valid header; left out");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The file or the Kubernetes API, as the arguments say.
+enum Source {
+    File(FileSource),
+    Kube(Box<KubeSource>),
+}
+
+impl EndpointsSource for Source {
+    async fn next(&mut self) -> Result<Topology, SourceError> {
+        match self {
+            Source::File(f) => f.next().await,
+            Source::Kube(k) => k.next().await,
+        }
+    }
+}
+
+/// The source the arguments name, with the file's first version (read now, so a bad file
+/// stops the process at start). The API's first version comes once it is synced.
+async fn open_source(
+    args: &HopArgs,
+    kube_source: impl FnOnce(::kube::Client) -> KubeSource,
+) -> anyhow::Result<(Source, Option<Topology>)> {
+    if let Some(path) = &args.endpoints {
+        let first = FileSource::read(path)?;
+        return Ok((
+            Source::File(FileSource::new(path.clone(), args.poll)),
+            Some(first),
+        ));
+    }
+    let client = super::controller::kube_client(args.kubeconfig.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#} (without a cluster, give --endpoints FILE)"))?;
+    Ok((Source::Kube(Box::new(kube_source(client))), None))
 }
 
 /// Applies every new version of the description; a bad one is reported and the last good one
-/// stays in force.
-async fn follow<S: EndpointsSource>(mut source: S, mut apply: impl FnMut(Topology) + Send) {
-    // The first version was applied before serving; applying it again changes nothing, and
-    // a change made since is not missed.
+/// stays in force. The process is ready once one version is applied.
+async fn follow<S: EndpointsSource>(
+    mut source: S,
+    health: Arc<Health>,
+    mut apply: impl FnMut(Topology) + Send,
+) {
+    // A file's first version was applied before serving; applying it again changes nothing,
+    // and a change made since is not missed.
     loop {
         match source.next().await {
-            Ok(t) => apply(t),
+            Ok(t) => {
+                apply(t);
+                if !health.ready.swap(true, Ordering::SeqCst) {
+                    tracing::info!("synced: serving what the source describes");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "endpoints not updated"),
         }
     }
@@ -251,17 +440,23 @@ fn gateway_metrics(gateway: &Gateway) -> String {
     )
 }
 
-/// Whether the process is draining (SIGTERM came): health checks answer 503 from then on.
-type Draining = Arc<std::sync::atomic::AtomicBool>;
+/// The process's health: live unless draining (SIGTERM came); ready once its source was
+/// synced and while not draining.
+#[derive(Default)]
+struct Health {
+    draining: AtomicBool,
+    ready: AtomicBool,
+}
 
 /// Binds the serving listener and the admin and metrics ports (health checks and `metrics`
-/// on both), and prints one line with the addresses.
+/// on both), and prints one line with the addresses (and those of `also`, bound already).
 async fn bind(
     listen: SocketAddr,
     args: &HopArgs,
     what: &str,
+    also: &[(&str, SocketAddr)],
     metrics: impl Fn() -> String + Send + Sync + 'static,
-) -> anyhow::Result<(TcpListener, Draining)> {
+) -> anyhow::Result<(TcpListener, Arc<Health>)> {
     let bind_one = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -270,34 +465,39 @@ async fn bind(
     let l = bind_one(listen).await?;
     let admin = bind_one(args.admin).await?;
     let metrics_port = bind_one(args.metrics).await?;
+    let also: String = also.iter().map(|(k, a)| format!(" {k}={a}")).collect();
     println!(
-        "rouse {what}: listening={} admin={} metrics={}",
+        "rouse {what}: listening={} admin={} metrics={}{also}",
         l.local_addr()?,
         admin.local_addr()?,
         metrics_port.local_addr()?
     );
     let _ = std::io::stdout().flush();
-    let draining = Draining::default();
+    let health = Arc::new(Health::default());
     let metrics: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(metrics);
     for port in [admin, metrics_port] {
-        tokio::spawn(serve_admin(port, draining.clone(), metrics.clone()));
+        tokio::spawn(serve_admin(port, health.clone(), metrics.clone()));
     }
-    Ok((l, draining))
+    Ok((l, health))
 }
 
 async fn serve_admin(
     listener: TcpListener,
-    draining: Draining,
+    health: Arc<Health>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
 ) {
     let make = |_remote| {
-        let draining = draining.clone();
+        let health = health.clone();
         let metrics = metrics.clone();
         service_fn(move |req: Request<Body>| {
             let resp = match req.uri().path() {
-                "/healthz" | "/readyz" if draining.load(std::sync::atomic::Ordering::SeqCst) => {
+                "/healthz" | "/readyz" if health.draining.load(Ordering::SeqCst) => {
                     text_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
                 }
+                "/readyz" if !health.ready.load(Ordering::SeqCst) => text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not synced with the source yet",
+                ),
                 "/healthz" | "/readyz" => text_response(StatusCode::OK, "ok"),
                 "/metrics" => text_response(StatusCode::OK, metrics()),
                 _ => text_response(StatusCode::NOT_FOUND, "not found"),
@@ -309,9 +509,9 @@ async fn serve_admin(
 }
 
 /// Resolves at SIGTERM or SIGINT, marking the process draining.
-async fn terminated_then(draining: Draining) {
+async fn terminated_then(health: Arc<Health>) {
     terminated().await;
-    draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    health.draining.store(true, Ordering::SeqCst);
 }
 
 /// Resolves at SIGTERM or SIGINT.

@@ -1,0 +1,836 @@
+//! [`KubeSource`]: the [`Topology`] of `rouse gateway` and `rouse activator` read from the
+//! Kubernetes API, as Knative's ingress and activator read it.
+//!
+//! - The gateway follows the Ingresses of its class (all namespaces) and the public Services'
+//!   EndpointSlices: each rule's hosts route over its splits (revision = the split's Service),
+//!   header-matched paths become header rules, and a revision's endpoints are its public
+//!   slice's addresses — its pods in Serve mode, activators in Proxy mode, as the
+//!   ServerlessService wrote them. Once a version is programmed it marks the Ingresses Ready.
+//! - The activator follows Revisions (containerConcurrency, timeouts, protocol) and the
+//!   revisions' EndpointSlices: the private Service's (its pods, ready or not: it probes them
+//!   itself) and the public one's (the activators in the revision's path). With a
+//!   containerConcurrency it takes only its share of the pods (reference §4.4), so the
+//!   activators together never send a pod more than its capacity.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+use futures_util::future::select_all;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use rouse_api::ingress::{Ingress, ROUSE_CLASS};
+use rouse_api::serving::{IntOrString, Revision};
+use rouse_kube::informer::{Informer, ObjectKey, Snapshot};
+use rouse_kube::revision::{LABEL_SERVICE_TYPE, LABEL_SLICE_SERVICE};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::endpoints::{
+    EndpointsSource, HostRoute, RevisionEndpoints, SksMode, SourceError, TagRoute, Target, Topology,
+};
+
+/// The endpoint port a Service port is reached on: `http` (HTTP/1.1) or `http2` (h2c).
+const PORT_HTTP: &str = "http";
+const PORT_H2C: &str = "http2";
+/// The public Service port that carries h2c (Knative's).
+const SERVICE_PORT_H2C: i64 = 81;
+
+type Objects = BTreeMap<ObjectKey, Value>;
+
+/// What the process follows, and what it makes of it.
+enum Role {
+    Gateway {
+        class: String,
+        client: kube::Client,
+        /// Where the gateway's Service is reached (the Ingresses' load balancer).
+        domain_internal: String,
+        /// Ingresses of the version last handed out, marked Ready once it was applied.
+        unmarked: Vec<Ingress>,
+    },
+    Activator {
+        /// This activator's own address, to find its place among the revision's activators.
+        me: Option<IpAddr>,
+    },
+}
+
+/// The Kubernetes API as an [`EndpointsSource`]: the first version once every kind has been
+/// listed, then a new one whenever what the process sees changes.
+pub struct KubeSource {
+    role: Role,
+    /// Kept for their tasks; read through `receivers`.
+    _informers: Vec<Informer>,
+    receivers: Vec<watch::Receiver<Snapshot>>,
+    last: Option<Topology>,
+}
+
+fn informers(list: Vec<Informer>) -> (Vec<Informer>, Vec<watch::Receiver<Snapshot>>) {
+    let receivers = list.iter().map(Informer::subscribe).collect();
+    (list, receivers)
+}
+
+fn slices_api(client: &kube::Client) -> Api<DynamicObject> {
+    Api::all_with(client.clone(), &ApiResource::erase::<EndpointSlice>(&()))
+}
+
+impl KubeSource {
+    /// The gateway's view: Ingresses of `class` and the public Services' EndpointSlices.
+    /// `domain_internal` is written into the Ingresses' status as their load balancer.
+    pub fn gateway(client: kube::Client, class: String, domain_internal: String) -> KubeSource {
+        let ingress = rouse_kube::store::api_resource(&rouse_kube::crd::INGRESS);
+        let (_informers, receivers) = informers(vec![
+            Informer::start(
+                Api::all_with(client.clone(), &ingress),
+                "",
+                "ingresses.networking.internal.knative.dev",
+            ),
+            Informer::start(
+                slices_api(&client),
+                &format!("{LABEL_SERVICE_TYPE}=Public"),
+                "public endpointslices",
+            ),
+        ]);
+        KubeSource {
+            role: Role::Gateway {
+                class,
+                client,
+                domain_internal,
+                unmarked: Vec::new(),
+            },
+            _informers,
+            receivers,
+            last: None,
+        }
+    }
+
+    /// The activator's view: Revisions and their Services' EndpointSlices. `me` is this
+    /// activator's pod IP (`POD_IP`), if it runs in the cluster.
+    pub fn activator(client: kube::Client, me: Option<IpAddr>) -> KubeSource {
+        let revision = rouse_kube::store::api_resource(&rouse_kube::crd::REVISION);
+        let (_informers, receivers) = informers(vec![
+            Informer::start(
+                Api::all_with(client.clone(), &revision),
+                "",
+                "revisions.serving.knative.dev",
+            ),
+            Informer::start(
+                slices_api(&client),
+                LABEL_SERVICE_TYPE,
+                "revision endpointslices",
+            ),
+        ]);
+        KubeSource {
+            role: Role::Activator { me },
+            _informers,
+            receivers,
+            last: None,
+        }
+    }
+
+    fn build(&mut self) -> Topology {
+        let sets: Vec<Snapshot> = self.receivers.iter().map(|r| r.borrow().clone()).collect();
+        match &mut self.role {
+            Role::Gateway {
+                class, unmarked, ..
+            } => {
+                let ingresses = decode_ingresses(&sets[0].objects, class);
+                let t = gateway_topology(&ingresses, &sets[1].objects);
+                *unmarked = ingresses.into_iter().filter(|i| !is_marked(i)).collect();
+                t
+            }
+            Role::Activator { me } => activator_topology(&sets[0].objects, &sets[1].objects, *me),
+        }
+    }
+
+    /// The version handed out last was applied by the caller (it asks for the next one only
+    /// then): its Ingresses are programmed, so their status says so.
+    fn mark_applied(&mut self) {
+        if let Role::Gateway {
+            client,
+            domain_internal,
+            unmarked,
+            ..
+        } = &mut self.role
+        {
+            for ing in std::mem::take(unmarked) {
+                let (client, domain) = (client.clone(), domain_internal.clone());
+                tokio::spawn(async move { mark_ready(&client, &ing, &domain).await });
+            }
+        }
+    }
+}
+
+impl EndpointsSource for KubeSource {
+    async fn next(&mut self) -> Result<Topology, SourceError> {
+        self.mark_applied();
+        if self.last.is_none() {
+            // Nothing is handed out before every kind was listed once: an empty view would
+            // route nothing.
+            for rx in &mut self.receivers {
+                rx.wait_for(|s| s.synced)
+                    .await
+                    .map_err(|_| SourceError::Kube("an informer stopped".into()))?;
+            }
+        } else {
+            loop {
+                let changed = self.receivers.iter_mut().map(|r| Box::pin(r.changed()));
+                let (res, _, _) = select_all(changed).await;
+                res.map_err(|_| SourceError::Kube("an informer stopped".into()))?;
+                // Mark everything seen, so one change is not reported twice.
+                for rx in &mut self.receivers {
+                    rx.borrow_and_update();
+                }
+                let t = self.build();
+                if self.last.as_ref() != Some(&t) {
+                    break;
+                }
+                self.mark_applied();
+            }
+        }
+        let t = self.build();
+        self.last = Some(t.clone());
+        Ok(t)
+    }
+}
+
+/// The Ingresses of `class`, in namespace/name order. The class is read before decoding, so
+/// other implementations' Ingresses (whatever fields they carry) are never decoded; one of
+/// ours that does not decode is skipped and logged.
+fn decode_ingresses(objects: &Objects, class: &str) -> Vec<Ingress> {
+    objects
+        .values()
+        .filter(|v| {
+            let annotated = &v["metadata"]["annotations"][rouse_api::ingress::ANNOTATION_CLASS];
+            annotated.as_str().map_or(class == ROUSE_CLASS, |c| c == class)
+                && v["metadata"]["deletionTimestamp"].is_null()
+        })
+        .filter_map(|v| match serde_json::from_value::<Ingress>(v.clone()) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::warn!(name = %v["metadata"]["name"], error = %e, "an Ingress does not decode; ignored");
+                None
+            }
+        })
+        .collect()
+}
+
+/// One endpoint of an EndpointSlice: its address, readiness and ports by name.
+struct SliceEndpoint {
+    ip: IpAddr,
+    ready: bool,
+    ports: HashMap<String, u16>,
+}
+
+/// The endpoints of the slices of Service `(namespace, service)`.
+fn slice_endpoints(slices: &Objects) -> HashMap<(String, String), Vec<SliceEndpoint>> {
+    let mut out: HashMap<(String, String), Vec<SliceEndpoint>> = HashMap::new();
+    for v in slices.values() {
+        let Ok(slice) = serde_json::from_value::<EndpointSlice>(v.clone()) else {
+            continue;
+        };
+        let ns = slice.metadata.namespace.clone().unwrap_or_default();
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SLICE_SERVICE))
+            .cloned()
+        else {
+            continue;
+        };
+        let ports: HashMap<String, u16> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.port?).ok()?)))
+            .collect();
+        let list = out.entry((ns, service)).or_default();
+        for ep in &slice.endpoints {
+            let conditions = ep.conditions.as_ref();
+            if conditions.and_then(|c| c.terminating) == Some(true) {
+                continue;
+            }
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            for a in &ep.addresses {
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    list.push(SliceEndpoint {
+                        ip,
+                        ready,
+                        ports: ports.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The addresses of `eps` on the port named `port` (ready ones only, if `ready_only`),
+/// sorted.
+fn addresses(eps: Option<&Vec<SliceEndpoint>>, port: &str, ready_only: bool) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = eps
+        .into_iter()
+        .flatten()
+        .filter(|e| e.ready || !ready_only)
+        .filter_map(|e| Some(SocketAddr::new(e.ip, *e.ports.get(port)?)))
+        .collect();
+    // Knative orders backends by their address text; so does every activator here.
+    out.sort_by_key(ToString::to_string);
+    out.dedup();
+    out
+}
+
+/// The tag a path matches when its only header match is `Knative-Serving-Tag` (what Knative's
+/// Routes write for tag-header-based routing).
+fn tag_match(headers: &BTreeMap<String, rouse_api::ingress::HeaderMatch>) -> Option<String> {
+    match headers.iter().next() {
+        Some((name, m))
+            if headers.len() == 1 && name.eq_ignore_ascii_case(rouse_kube::route::HEADER_TAG) =>
+        {
+            Some(m.exact.clone())
+        }
+        _ => None,
+    }
+}
+
+fn is_h2c_port(port: &IntOrString) -> bool {
+    match port {
+        IntOrString::Int(n) => *n == SERVICE_PORT_H2C,
+        IntOrString::String(s) => s == PORT_H2C || s == "h2c",
+    }
+}
+
+/// The gateway's [`Topology`]: hosts from the Ingresses' rules (the first Ingress naming a
+/// host wins), revisions reached on their public Services' endpoints.
+pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects) -> Topology {
+    let endpoints = slice_endpoints(slices);
+    let mut revisions: BTreeMap<(String, String), RevisionEndpoints> = BTreeMap::new();
+    let mut routes = Vec::new();
+    let mut hosts_seen = HashSet::new();
+    for ing in ingresses {
+        let ns = &ing.metadata.namespace;
+        for rule in &ing.spec.rules {
+            let Some(http) = &rule.http else { continue };
+            let mut default: Option<(Vec<Target>, BTreeMap<String, String>)> = None;
+            let mut tag_routes = Vec::new();
+            for path in &http.paths {
+                if !matches!(path.path.as_str(), "" | "/") {
+                    tracing::debug!(ingress = %ing.metadata.name, path = %path.path, "path rules are not served; skipped");
+                    continue;
+                }
+                let mut targets = Vec::new();
+                for split in &path.splits {
+                    let split_ns = if split.service_namespace.is_empty() {
+                        ns.clone()
+                    } else {
+                        split.service_namespace.clone()
+                    };
+                    let h2c = is_h2c_port(&split.service_port);
+                    let key = (split_ns.clone(), split.service_name.clone());
+                    revisions.entry(key.clone()).or_insert_with(|| {
+                        let port = if h2c { PORT_H2C } else { PORT_HTTP };
+                        RevisionEndpoints {
+                            namespace: key.0.clone(),
+                            name: key.1.clone(),
+                            mode: SksMode::Serve,
+                            pods: addresses(endpoints.get(&key), port, true),
+                            container_concurrency: 0,
+                            timeout_seconds: None,
+                            response_start_timeout_seconds: None,
+                            h2c,
+                        }
+                    });
+                    targets.push(Target {
+                        namespace: split_ns,
+                        revision: split.service_name.clone(),
+                        percent: u32::try_from(split.percent.clamp(0, 100)).unwrap_or(0),
+                    });
+                }
+                if path.headers.is_empty() {
+                    default.get_or_insert((targets, path.append_headers.clone()));
+                } else if let Some(tag) = tag_match(&path.headers) {
+                    tag_routes.push(TagRoute {
+                        tag,
+                        targets,
+                        append_headers: path.append_headers.clone(),
+                    });
+                } else {
+                    tracing::debug!(ingress = %ing.metadata.name, "header matches other than Knative-Serving-Tag are not served; skipped");
+                }
+            }
+            let (targets, append_headers) = default.unwrap_or_default();
+            for host in &rule.hosts {
+                if hosts_seen.insert(rouse_gateway::normalize_host(host)) {
+                    routes.push(HostRoute {
+                        host: host.clone(),
+                        targets: targets.clone(),
+                        append_headers: append_headers.clone(),
+                        tag_routes: tag_routes.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Topology {
+        activators: Vec::new(),
+        revisions: revisions.into_values().collect(),
+        routes,
+    }
+}
+
+/// The activator's [`Topology`]: every revision with its parameters and the pods this
+/// activator sends to.
+pub fn activator_topology(revisions: &Objects, slices: &Objects, me: Option<IpAddr>) -> Topology {
+    let endpoints = slice_endpoints(slices);
+    let mut out = Vec::new();
+    for v in revisions.values() {
+        let Ok(rev) = serde_json::from_value::<Revision>(v.clone()) else {
+            tracing::warn!(name = %v["metadata"]["name"], "a Revision does not decode; ignored");
+            continue;
+        };
+        let (ns, name) = (&rev.metadata.namespace, &rev.metadata.name);
+        let h2c = rev.spec.is_h2c();
+        let port = if h2c { PORT_H2C } else { PORT_HTTP };
+        let private = (ns.clone(), rouse_kube::revision::private_service_name(name));
+        let pods = addresses(endpoints.get(&private), port, false);
+        let cc = u32::try_from(rev.spec.container_concurrency.unwrap_or(0).max(0)).unwrap_or(0);
+        // The activators in the revision's path: its public endpoints in Proxy mode.
+        let public: Vec<IpAddr> =
+            addresses(endpoints.get(&(ns.clone(), name.clone())), PORT_HTTP, true)
+                .into_iter()
+                .map(|a| a.ip())
+                .collect();
+        let index = me.and_then(|me| public.iter().position(|ip| *ip == me));
+        let pods = match index {
+            Some(i) if cc > 0 => share_of_pods(&pods, i, public.len()),
+            _ => pods,
+        };
+        let secs = |s: Option<i64>| s.and_then(|s| u64::try_from(s).ok());
+        out.push(RevisionEndpoints {
+            namespace: ns.clone(),
+            name: name.clone(),
+            mode: SksMode::Proxy,
+            pods,
+            container_concurrency: cc,
+            timeout_seconds: secs(rev.spec.timeout_seconds),
+            response_start_timeout_seconds: secs(rev.spec.response_start_timeout_seconds),
+            h2c,
+        });
+    }
+    Topology {
+        activators: Vec::new(),
+        revisions: out,
+        routes: Vec::new(),
+    }
+}
+
+/// The pods activator `index` of `activators` sends to, so that each pod's capacity is
+/// handed out once across the activators (reference §4.4): with more activators than pods,
+/// activator i takes pod i mod pods; otherwise each takes a contiguous run of
+/// ⌊pods/activators⌋ and the first (pods mod activators) take one of the rest each.
+pub fn share_of_pods(pods: &[SocketAddr], index: usize, activators: usize) -> Vec<SocketAddr> {
+    if activators <= 1 || pods.is_empty() || index >= activators {
+        return pods.to_vec();
+    }
+    if activators > pods.len() {
+        return vec![pods[index % pods.len()]];
+    }
+    let size = pods.len() / activators;
+    let mut out = pods[index * size..(index + 1) * size].to_vec();
+    let rest = pods.len() % activators;
+    if index < rest {
+        out.push(pods[activators * size + index]);
+    }
+    out
+}
+
+fn is_marked(ing: &Ingress) -> bool {
+    ing.status.observed_generation == ing.metadata.generation
+        && ing
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == rouse_api::condition::ConditionStatus::True)
+}
+
+/// Writes an Ingress's status as Knative's ingresses do once its config is on the data
+/// plane: LoadBalancerReady, NetworkConfigured and Ready, the gateway's Service as its load
+/// balancer (public and private alike: one gateway serves both visibilities).
+async fn mark_ready(client: &kube::Client, ing: &Ingress, domain_internal: &str) {
+    let ar = rouse_kube::store::api_resource(&rouse_kube::crd::INGRESS);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ing.metadata.namespace, &ar);
+    let patch = ready_status(
+        ing.metadata.generation,
+        domain_internal,
+        &rouse_api::clock::now_rfc3339(),
+    );
+    if let Err(e) = api
+        .patch_status(
+            &ing.metadata.name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::warn!(ingress = %ing.metadata.name, namespace = %ing.metadata.namespace, error = %e, "marking the Ingress Ready failed");
+    }
+}
+
+/// The status patch of a programmed Ingress.
+pub fn ready_status(generation: i64, domain_internal: &str, now: &str) -> Value {
+    let condition = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+    let lb = json!({"ingress": [{"domainInternal": domain_internal}]});
+    json!({"status": {
+        "observedGeneration": generation,
+        "conditions": [condition("LoadBalancerReady"), condition("NetworkConfigured"), condition("Ready")],
+        "publicLoadBalancer": lb,
+        "privateLoadBalancer": lb,
+    }})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rouse_api::config::network::NetworkConfig;
+    use rouse_api::networking::ServerlessService;
+    use rouse_api::serving::Route;
+    use rouse_kube::revision::{Backend, public_endpoint_slices, public_endpoints};
+    use rouse_kube::route::{IngressConfig, ResolvedTarget, ingress};
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn objects(values: Vec<Value>) -> Objects {
+        values
+            .into_iter()
+            .map(|v| {
+                let key = (
+                    v["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                    v["metadata"]["name"].as_str().unwrap().to_string(),
+                );
+                (key, v)
+            })
+            .collect()
+    }
+
+    fn target(tag: &str, revision: &str, percent: i64, h2c: bool) -> ResolvedTarget {
+        ResolvedTarget {
+            tag: tag.into(),
+            revision: revision.into(),
+            percent,
+            h2c,
+        }
+    }
+
+    /// The Ingress the controller writes for Route `hello` in `shop`.
+    fn route_ingress(targets: &[ResolvedTarget], tag_header_routing: bool) -> Ingress {
+        let mut route = Route::default();
+        route.metadata.name = "hello".into();
+        route.metadata.namespace = "shop".into();
+        let network = NetworkConfig {
+            ingress_class: ROUSE_CLASS.into(),
+            ..NetworkConfig::default()
+        };
+        let cfg = IngressConfig {
+            network,
+            domain: "example.com".into(),
+            tag_header_routing,
+        };
+        ingress(&route, targets, &cfg)
+    }
+
+    /// The public EndpointSlices the SKS reconciler writes for `revision`.
+    fn public_slices(revision: &str, mode: SksMode, pods: &[&str], acts: &[&str]) -> Vec<Value> {
+        let mut sks = ServerlessService::default();
+        sks.metadata.name = revision.into();
+        sks.metadata.namespace = "shop".into();
+        sks.spec.mode = match mode {
+            SksMode::Serve => rouse_api::networking::SksMode::Serve,
+            SksMode::Proxy => rouse_api::networking::SksMode::Proxy,
+        };
+        let backend = |ip: &&str| Backend {
+            ip: ip.parse().unwrap(),
+            ready: true,
+            pod: None,
+            node: None,
+        };
+        let pods: Vec<Backend> = pods.iter().map(backend).collect();
+        let acts: Vec<Backend> = acts.iter().map(backend).collect();
+        let eps = public_endpoints(&sks, &pods, &acts);
+        public_endpoint_slices(&sks, &eps)
+            .into_iter()
+            .map(|s| serde_json::to_value(s).unwrap())
+            .collect()
+    }
+
+    /// A private Service's slice as Kubernetes' EndpointSlice controller writes it.
+    fn private_slice(revision: &str, n: usize, eps: &[(&str, bool)], port: u16) -> Value {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{revision}-private-{n}"), "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": format!("{revision}-private"),
+                           "networking.internal.knative.dev/serviceType": "Private"}},
+            "addressType": "IPv4",
+            "endpoints": eps.iter().map(|(ip, ready)| json!({"addresses": [ip], "conditions": {"ready": ready}})).collect::<Vec<_>>(),
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"},
+                      {"name": "http2", "port": 8013, "protocol": "TCP"}],
+        })
+    }
+
+    #[test]
+    fn ingress_rules_become_hosts_splits_and_endpoints() {
+        let ing = route_ingress(
+            &[
+                target("", "hello-00001", 80, false),
+                target("", "hello-00002", 20, true),
+                target("canary", "hello-00002", 100, true),
+            ],
+            false,
+        );
+        let mut slices = public_slices(
+            "hello-00001",
+            SksMode::Serve,
+            &["10.0.0.1", "10.0.0.2"],
+            &[],
+        );
+        slices.extend(public_slices(
+            "hello-00002",
+            SksMode::Proxy,
+            &[],
+            &["10.1.0.9"],
+        ));
+        let t = gateway_topology(&[ing], &objects(slices));
+
+        let route = |host: &str| {
+            t.routes
+                .iter()
+                .find(|r| r.host == host)
+                .unwrap_or_else(|| panic!("no {host} in {:?}", t.routes))
+        };
+        let main = route("hello.shop.example.com");
+        let split: Vec<(&str, u32)> = main
+            .targets
+            .iter()
+            .map(|x| (x.revision.as_str(), x.percent))
+            .collect();
+        assert_eq!(split, [("hello-00001", 80), ("hello-00002", 20)]);
+        assert!(main.tag_routes.is_empty());
+        // Cluster-local forms of the host route the same way.
+        assert_eq!(route("hello.shop.svc.cluster.local").targets, main.targets);
+        assert_eq!(
+            route("canary-hello.shop.example.com").targets[0].revision,
+            "hello-00002"
+        );
+
+        // Serve mode: the pods on the HTTP/1.1 port; Proxy mode: the activator on h2c's.
+        let rev = |name: &str| t.revisions.iter().find(|r| r.name == name).unwrap();
+        assert_eq!(
+            rev("hello-00001").pods,
+            [addr("10.0.0.1:8012"), addr("10.0.0.2:8012")]
+        );
+        assert!(!rev("hello-00001").h2c);
+        assert_eq!(rev("hello-00002").pods, [addr("10.1.0.9:8013")]);
+        assert!(rev("hello-00002").h2c);
+        assert_eq!(rev("hello-00002").namespace, "shop");
+    }
+
+    #[test]
+    fn tag_header_paths_become_tag_routes_with_their_headers() {
+        let ing = route_ingress(
+            &[
+                target("", "hello-00001", 100, false),
+                target("blue", "hello-00002", 100, false),
+            ],
+            true,
+        );
+        let t = gateway_topology(&[ing], &Objects::new());
+        let main = t
+            .routes
+            .iter()
+            .find(|r| r.host == "hello.shop.example.com")
+            .unwrap();
+        assert_eq!(main.targets[0].revision, "hello-00001");
+        assert_eq!(
+            main.append_headers
+                .get("Knative-Serving-Default-Route")
+                .map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(main.tag_routes.len(), 1);
+        let rule = &main.tag_routes[0];
+        assert_eq!(rule.tag, "blue");
+        assert_eq!(rule.targets[0].revision, "hello-00002");
+        assert_eq!(
+            rule.append_headers
+                .get("Knative-Serving-Tag")
+                .map(String::as_str),
+            Some("blue")
+        );
+        // No slices yet: the revisions are known, with nowhere to send.
+        assert!(t.revisions.iter().all(|r| r.pods.is_empty()));
+    }
+
+    #[test]
+    fn only_the_gateways_class_is_served_and_the_first_ingress_wins_a_host() {
+        let mut ours = route_ingress(&[target("", "hello-00001", 100, false)], false);
+        ours.metadata.name = "a".into();
+        let mut theirs = ours.clone();
+        theirs.metadata.name = "b".into();
+        theirs.metadata.annotations.insert(
+            rouse_api::ingress::ANNOTATION_CLASS.into(),
+            "istio.ingress.networking.knative.dev".into(),
+        );
+        let mut later = ours.clone();
+        later.metadata.name = "c".into();
+        later.spec.rules[0].http.as_mut().unwrap().paths[0].splits[0].service_name = "other".into();
+        let mut values: Vec<Value> = [&ours, &theirs, &later]
+            .iter()
+            .map(|i| serde_json::to_value(i).unwrap())
+            .collect();
+        // Another implementation's Ingress with fields Rouse's types do not know: not ours,
+        // so never decoded.
+        let mut foreign = values[1].clone();
+        foreign["metadata"]["name"] = "d".into();
+        foreign["spec"]["someoneElsesField"] = json!({"x": 1});
+        values.push(foreign);
+        let objs = objects(values);
+        let decoded = decode_ingresses(&objs, ROUSE_CLASS);
+        let names: Vec<&str> = decoded.iter().map(|i| i.metadata.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        let t = gateway_topology(&decoded, &Objects::new());
+        let hosts: Vec<&HostRoute> = t
+            .routes
+            .iter()
+            .filter(|r| r.host == "hello.shop.svc.cluster.local")
+            .collect();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].targets[0].revision, "hello-00001");
+    }
+
+    fn revision(name: &str, cc: i64, h2c: bool) -> Value {
+        let port = if h2c {
+            json!([{"name": "h2c", "containerPort": 8080}])
+        } else {
+            json!([])
+        };
+        json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"containerConcurrency": cc, "timeoutSeconds": 42,
+                     "responseStartTimeoutSeconds": 7,
+                     "containers": [{"image": "app", "ports": port}]},
+        })
+    }
+
+    #[test]
+    fn the_activator_learns_parameters_and_all_pods_probing_the_unready_too() {
+        let revisions = objects(vec![
+            revision("hello-00001", 0, false),
+            revision("grpc-00001", 0, true),
+        ]);
+        let slices = objects(vec![
+            private_slice(
+                "hello-00001",
+                0,
+                &[("10.0.0.2", true), ("10.0.0.1", false)],
+                8012,
+            ),
+            private_slice("grpc-00001", 0, &[("10.0.0.5", true)], 8012),
+        ]);
+        let t = activator_topology(&revisions, &slices, None);
+        let rev = |name: &str| t.revisions.iter().find(|r| r.name == name).unwrap();
+        let hello = rev("hello-00001");
+        assert_eq!(hello.pods, [addr("10.0.0.1:8012"), addr("10.0.0.2:8012")]);
+        assert_eq!(
+            (
+                hello.timeout_seconds,
+                hello.response_start_timeout_seconds,
+                hello.h2c
+            ),
+            (Some(42), Some(7), false)
+        );
+        // An h2c revision is reached on the pods' h2c port.
+        let grpc = rev("grpc-00001");
+        assert_eq!(
+            (grpc.pods.as_slice(), grpc.h2c),
+            ([addr("10.0.0.5:8013")].as_slice(), true)
+        );
+    }
+
+    #[test]
+    fn with_a_concurrency_each_activator_in_the_path_takes_its_share_of_the_pods() {
+        let revisions = objects(vec![revision("hello-00001", 10, false)]);
+        let pods = [("10.0.0.1", true), ("10.0.0.2", true), ("10.0.0.3", true)];
+        let mut slices = vec![private_slice("hello-00001", 0, &pods, 8012)];
+        slices.extend(public_slices(
+            "hello-00001",
+            SksMode::Proxy,
+            &[],
+            &["10.9.0.1", "10.9.0.2"],
+        ));
+        let slices = objects(slices);
+        let pods_of = |me: Option<&str>| {
+            let t = activator_topology(&revisions, &slices, me.map(|m| m.parse().unwrap()));
+            t.revisions[0].pods.clone()
+        };
+        // Three pods over two activators: one each, and the first takes the third.
+        assert_eq!(
+            pods_of(Some("10.9.0.1")),
+            [addr("10.0.0.1:8012"), addr("10.0.0.3:8012")]
+        );
+        assert_eq!(pods_of(Some("10.9.0.2")), [addr("10.0.0.2:8012")]);
+        // An activator outside the revision's path (or outside the cluster) takes all.
+        assert_eq!(pods_of(Some("10.9.0.7")).len(), 3);
+        assert_eq!(pods_of(None).len(), 3);
+    }
+
+    #[test]
+    fn shares_cover_every_pod_once_and_spread_when_activators_outnumber_pods() {
+        let pods: Vec<SocketAddr> = (1..=7).map(|i| addr(&format!("10.0.0.{i}:8012"))).collect();
+        for activators in 1..=7 {
+            let mut all: Vec<SocketAddr> = (0..activators)
+                .flat_map(|i| share_of_pods(&pods, i, activators))
+                .collect();
+            all.sort();
+            assert_eq!(all, pods, "{activators} activators");
+        }
+        let two = &pods[..2];
+        let picks: Vec<SocketAddr> = (0..5).map(|i| share_of_pods(two, i, 5)[0]).collect();
+        assert_eq!(picks, [two[0], two[1], two[0], two[1], two[0]]);
+        assert!(share_of_pods(&[], 0, 3).is_empty());
+    }
+
+    #[test]
+    fn a_programmed_ingress_is_marked_ready_with_the_gateway_as_its_load_balancer() {
+        let mut ing = route_ingress(&[target("", "hello-00001", 100, false)], false);
+        ing.metadata.generation = 3;
+        assert!(!is_marked(&ing));
+        let patch = ready_status(
+            3,
+            "rouse-gateway.knative-serving.svc.cluster.local",
+            "2026-01-01T00:00:00Z",
+        );
+        let status: rouse_api::ingress::IngressStatus =
+            serde_json::from_value(patch["status"].clone()).unwrap();
+        ing.status = status;
+        assert!(is_marked(&ing));
+        let types: Vec<&str> = ing
+            .status
+            .conditions
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(types, ["LoadBalancerReady", "NetworkConfigured", "Ready"]);
+        assert_eq!(
+            ing.status.public_load_balancer.as_ref().unwrap().ingress[0].domain_internal,
+            "rouse-gateway.knative-serving.svc.cluster.local"
+        );
+        // A new generation needs marking again.
+        ing.metadata.generation = 4;
+        assert!(!is_marked(&ing));
+    }
+}
