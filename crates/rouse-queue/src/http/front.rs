@@ -53,6 +53,13 @@ pub trait FrontRouter: Send + Sync + 'static {
     fn trusts(&self, _ip: std::net::IpAddr) -> bool {
         false
     }
+
+    /// Whether this is the platform's edge (the gateway), where clients are strangers: it
+    /// adds the forwarding headers. A hop behind it (a sidecar queue-proxy) passes them on as
+    /// they came and believes the activator's `K-Proxy-Request` mark.
+    fn is_edge(&self) -> bool {
+        true
+    }
 }
 
 /// Where a fast-path request goes.
@@ -174,9 +181,14 @@ fn next<R: FrontRouter>(
         Route::General => Next::General,
         Route::Wait(w) => Next::Wait(w),
         Route::Answer(status, text) => Next::Answer(status, text, total),
-        Route::Go(route) => {
+        Route::Go(mut route) => {
             request.clear();
-            req.write_upstream_head(client, request);
+            if router.is_edge() {
+                req.write_upstream_head(client, request);
+            } else {
+                req.write_inner_head(request);
+                route.proxied |= req.from_activator;
+            }
             request.extend_from_slice(&buf[req.head_len..total]);
             Next::Serve(Prepared {
                 route,

@@ -36,6 +36,8 @@ pub struct FastRequest<'a> {
     pub head_len: usize,
     /// The body's length (Content-Length; 0 without).
     pub body_len: usize,
+    /// Marked `K-Proxy-Request: activator` (honoured only by a hop behind the activator).
+    pub from_activator: bool,
 }
 
 /// What parsing the start of a buffer gave.
@@ -67,23 +69,25 @@ impl<'a> FastRequest<'a> {
         }
         let headers: &'a [httparse::Header<'a>] = req.headers;
         match Self::check(headers) {
-            Some((host, body_len)) => Parsed::Fast(FastRequest {
+            Some((host, body_len, from_activator)) => Parsed::Fast(FastRequest {
                 method,
                 target,
                 host,
                 headers,
                 head_len,
                 body_len,
+                from_activator,
             }),
             None => Parsed::Other,
         }
     }
 
-    /// The Host and body length of a plain request; `None` for anything the general server
-    /// must handle.
-    fn check(headers: &'a [httparse::Header<'a>]) -> Option<(&'a str, usize)> {
+    /// The Host, body length and activator mark of a plain request; `None` for anything the
+    /// general server must handle (health checks and a `K-Original-Host` among them).
+    fn check(headers: &'a [httparse::Header<'a>]) -> Option<(&'a str, usize, bool)> {
         let mut host = None;
         let mut body_len = None;
+        let mut from_activator = false;
         for h in headers {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
@@ -106,13 +110,21 @@ impl<'a> FastRequest<'a> {
                 || name.eq_ignore_ascii_case("expect")
                 || name.eq_ignore_ascii_case("upgrade")
                 || name.eq_ignore_ascii_case("k-network-probe")
+                || name.eq_ignore_ascii_case("k-kubelet-probe")
+                || name.eq_ignore_ascii_case("k-original-host")
             {
                 return None;
+            } else if name.eq_ignore_ascii_case("user-agent") {
+                if is_probe_agent(h.value) {
+                    return None;
+                }
+            } else if name.eq_ignore_ascii_case("k-proxy-request") {
+                from_activator |= h.value == crate::PROXY_ACTIVATOR.as_bytes();
             }
         }
         // What the general path would refuse (400) never goes the fast way.
         let host = host.filter(|h| !h.is_empty() && super::strict::valid_host(h.as_bytes()))?;
-        Some((host, body_len.unwrap_or(0)))
+        Some((host, body_len.unwrap_or(0), from_activator))
     }
 
     /// Whether a retry of this request is safe (RFC 9110 idempotent methods that proxies
@@ -131,6 +143,32 @@ impl<'a> FastRequest<'a> {
             out.extend_from_slice(h.value);
             out.extend_from_slice(b", ");
         }
+    }
+
+    /// Writes the head for the app behind a hop that is not the edge (a sidecar queue-proxy):
+    /// the same request line and headers minus hop-by-hop, platform-internal and underscored
+    /// ones; the forwarding headers go on as the edge wrote them.
+    pub fn write_inner_head(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut te_trailers = false;
+        for h in self.headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("te") {
+                te_trailers |= asks_for_trailers(h.value);
+                continue;
+            }
+            if is_hop_by_hop(name) || is_internal_name(name) || drops_underscored(name) {
+                continue;
+            }
+            header_line(out, name.as_bytes(), h.value);
+        }
+        if te_trailers {
+            out.extend_from_slice(b"te: trailers\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
     }
 
     /// Writes the head for the next hop into `out`: the same request line and headers minus
@@ -153,10 +191,7 @@ impl<'a> FastRequest<'a> {
                 continue;
             }
             if name.eq_ignore_ascii_case("te") {
-                te_trailers |= h
-                    .value
-                    .split(|b| *b == b',')
-                    .any(|t| trimmed(t).eq_ignore_ascii_case(b"trailers"));
+                te_trailers |= asks_for_trailers(h.value);
                 continue;
             }
             if is_hop_by_hop(name) || is_internal_name(name) || drops_underscored(name) {
@@ -659,6 +694,21 @@ fn hex(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// Whether a `TE` value lists `trailers` (the one TE a proxy passes on).
+fn asks_for_trailers(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| trimmed(t).eq_ignore_ascii_case(b"trailers"))
+}
+
+/// Whether a `User-Agent` is one of Knative's health checkers' (the kubelet, the activator,
+/// the autoscaler): a queue-proxy answers those itself.
+fn is_probe_agent(agent: &[u8]) -> bool {
+    crate::queue::PROBE_AGENT_PREFIXES
+        .iter()
+        .any(|p| agent.starts_with(p.as_bytes()))
 }
 
 fn trimmed(v: &[u8]) -> &[u8] {
