@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::breaker::{Breaker, QUEUE_DEPTH_PER_SLOT};
 use crate::fast::UpstreamPool;
 use crate::http::{
-    Body, BodyRefused, DEFAULT_REQUEST_BODY_BUFFER, FastRoute, ForwardError, FrontRouter,
+    Body, BodyRefused, DEFAULT_REQUEST_BODY_BUFFER, FastDest, FastRoute, ForwardError, FrontRouter,
     GuardedBody, ProxyClient, Route, ServerLimits, boxed, buffer_body, forward_retryable, full,
     is_upgrade, settle_request, strip_internal, strip_underscored, text_response,
 };
@@ -395,14 +395,15 @@ impl FrontRouter for SidecarFront {
     type Wait = ();
     type Expiry = ();
 
-    fn route(&self, _host: &str) -> Route<(), ()> {
+    fn route(&self, _req: &crate::http::h1::FastRequest<'_>) -> Route<(), ()> {
         if self.0.0.cfg.h2c {
             return Route::General;
         }
         Route::Go(FastRoute {
-            queue: self.0.clone(),
+            dest: FastDest::Local(self.0.clone()),
             hold: (),
             proxied: false,
+            extra_request_headers: bytes::Bytes::new(),
             extra_response_headers: Vec::new(),
         })
     }

@@ -36,8 +36,19 @@ pub struct FastRequest<'a> {
     pub head_len: usize,
     /// The body's length (Content-Length; 0 without).
     pub body_len: usize,
-    /// Marked `K-Proxy-Request: activator` (honoured only by a hop behind the activator).
+    /// Marked `K-Proxy-Request: activator` (honoured only by a hop behind the edge).
     pub from_activator: bool,
+    /// The client's Host as a proxy hop moved it aside (`K-Original-Host`; honoured only by a
+    /// hop behind the edge).
+    pub original_host: Option<&'a [u8]>,
+}
+
+/// What [`FastRequest::check`] found in a plain request's headers.
+struct Checked<'a> {
+    host: &'a str,
+    body_len: usize,
+    from_activator: bool,
+    original_host: Option<&'a [u8]>,
 }
 
 /// What parsing the start of a buffer gave.
@@ -69,7 +80,12 @@ impl<'a> FastRequest<'a> {
         }
         let headers: &'a [httparse::Header<'a>] = req.headers;
         match Self::check(headers) {
-            Some((host, body_len, from_activator)) => Parsed::Fast(FastRequest {
+            Some(Checked {
+                host,
+                body_len,
+                from_activator,
+                original_host,
+            }) => Parsed::Fast(FastRequest {
                 method,
                 target,
                 host,
@@ -77,17 +93,19 @@ impl<'a> FastRequest<'a> {
                 head_len,
                 body_len,
                 from_activator,
+                original_host,
             }),
             None => Parsed::Other,
         }
     }
 
-    /// The Host, body length and activator mark of a plain request; `None` for anything the
-    /// general server must handle (health checks and a `K-Original-Host` among them).
-    fn check(headers: &'a [httparse::Header<'a>]) -> Option<(&'a str, usize, bool)> {
+    /// What the fast path needs of a plain request's headers; `None` for anything the general
+    /// server must handle (health checks among them).
+    fn check(headers: &'a [httparse::Header<'a>]) -> Option<Checked<'a>> {
         let mut host = None;
         let mut body_len = None;
         let mut from_activator = false;
+        let mut original_host = None;
         for h in headers {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
@@ -111,9 +129,13 @@ impl<'a> FastRequest<'a> {
                 || name.eq_ignore_ascii_case("upgrade")
                 || name.eq_ignore_ascii_case("k-network-probe")
                 || name.eq_ignore_ascii_case("k-kubelet-probe")
-                || name.eq_ignore_ascii_case("k-original-host")
             {
                 return None;
+            } else if name.eq_ignore_ascii_case("k-original-host") {
+                if original_host.is_some() {
+                    return None;
+                }
+                original_host = Some(h.value);
             } else if name.eq_ignore_ascii_case("user-agent") {
                 if is_probe_agent(h.value) {
                     return None;
@@ -124,7 +146,23 @@ impl<'a> FastRequest<'a> {
         }
         // What the general path would refuse (400) never goes the fast way.
         let host = host.filter(|h| !h.is_empty() && super::strict::valid_host(h.as_bytes()))?;
-        Some((host, body_len.unwrap_or(0), from_activator))
+        if original_host.is_some_and(|h| h.is_empty() || !super::strict::valid_host(h)) {
+            return None;
+        }
+        Some(Checked {
+            host,
+            body_len: body_len.unwrap_or(0),
+            from_activator,
+            original_host,
+        })
+    }
+
+    /// The value of the (first) `name` header, if any.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
     }
 
     /// Whether a retry of this request is safe (RFC 9110 idempotent methods that proxies
@@ -147,7 +185,8 @@ impl<'a> FastRequest<'a> {
 
     /// Writes the head for the app behind a hop that is not the edge (a sidecar queue-proxy):
     /// the same request line and headers minus hop-by-hop, platform-internal and underscored
-    /// ones; the forwarding headers go on as the edge wrote them.
+    /// ones, the Host a proxy hop moved aside restored; the forwarding headers go on as the
+    /// edge wrote them.
     pub fn write_inner_head(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
@@ -163,7 +202,12 @@ impl<'a> FastRequest<'a> {
             if is_hop_by_hop(name) || is_internal_name(name) || drops_underscored(name) {
                 continue;
             }
-            header_line(out, name.as_bytes(), h.value);
+            match self.original_host {
+                Some(original) if name.eq_ignore_ascii_case("host") => {
+                    header_line(out, name.as_bytes(), original);
+                }
+                _ => header_line(out, name.as_bytes(), h.value),
+            }
         }
         if te_trailers {
             out.extend_from_slice(b"te: trailers\r\n");

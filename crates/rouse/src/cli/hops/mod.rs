@@ -96,7 +96,11 @@ pub async fn run_activator(args: &HopArgs) -> anyhow::Result<()> {
             async move { Ok::<_, Infallible>(activate(&activator, req).await) }
         })
     };
-    rouse_queue::http::serve(listener, make, terminated_then(admin)).await;
+    // Plain requests are admitted and relayed on the lean fast path; the rest go to `make`.
+    let front = Arc::new(rouse_activator::ActivatorFront::new(activator.clone()));
+    let limits = rouse_queue::http::ServerLimits::default();
+    let stop = terminated_then(admin);
+    rouse_queue::http::serve_front(listener, make, front, stop, limits).await;
     watcher.abort();
     Ok(())
 }
