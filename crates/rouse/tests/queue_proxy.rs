@@ -79,10 +79,21 @@ struct Sidecar {
     addrs: HashMap<String, SocketAddr>,
 }
 
+/// The sidecar's own lean binary (the same code as `rouse queue-proxy`).
+fn sidecar_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_rouse-queue-proxy"))
+}
+
+/// The two ways to start the sidecar: `rouse queue-proxy` and `rouse-queue-proxy`.
+fn sidecar_commands() -> [Command; 2] {
+    let mut full = Command::new(rouse_bin());
+    full.arg("queue-proxy");
+    [full, Command::new(sidecar_bin())]
+}
+
 impl Sidecar {
     fn start(env: &[(&str, String)]) -> Sidecar {
-        let mut child = Command::new(rouse_bin())
-            .arg("queue-proxy")
+        let mut child = Command::new(sidecar_bin())
             .env_clear()
             .envs(env.iter().map(|(k, v)| (*k, v)))
             .stdout(Stdio::piped())
@@ -299,17 +310,18 @@ fn bad_environment_exits_with_one_line_naming_the_variable() {
         if let Some(v) = value {
             env.push((var, v.to_string()));
         }
-        let out = Command::new(rouse_bin())
-            .arg("queue-proxy")
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (*k, v)))
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{var}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.lines().count(), 1, "{var}: {stderr:?}");
-        assert!(stderr.starts_with(&format!("error: {var}: ")), "{stderr:?}");
-        assert!(out.stdout.is_empty(), "nothing was bound for {var}");
+        for mut cmd in sidecar_commands() {
+            let out = cmd
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (*k, v)))
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{var}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(stderr.lines().count(), 1, "{var}: {stderr:?}");
+            assert!(stderr.starts_with(&format!("error: {var}: ")), "{stderr:?}");
+            assert!(out.stdout.is_empty(), "nothing was bound for {var}");
+        }
     }
 }
 
