@@ -651,6 +651,13 @@ class Harness:
             shutil.copy2(os.path.join(a.bin_dir, b), bindir)
         self.rouse = os.path.join(bindir, "rouse")
         self.testapp = os.path.join(bindir, "rouse-testapp")
+        # The sidecar's own lean binary when built (else `rouse queue-proxy`, the same code).
+        sidecar = os.path.join(a.bin_dir, "rouse-queue-proxy")
+        if os.path.exists(sidecar):
+            shutil.copy2(sidecar, bindir)
+            self.sidecar_cmd = [os.path.join(bindir, "rouse-queue-proxy")]
+        else:
+            self.sidecar_cmd = [self.rouse, "queue-proxy"]
         self.procs = Procs(self.workdir, self.pin)
         self.commands = {}
         self.failures = []
@@ -912,8 +919,7 @@ class Harness:
             "ROUSE_QUEUE_H2C_PORT": "0", "ROUSE_QUEUE_ADMIN_PORT": "0",
             "ROUSE_QUEUE_METRICS_PORT": "0", "ROUSE_QUEUE_USER_METRICS_PORT": "0",
         }
-        sidecar, sa = self.start_printing("procs-sidecar", [self.rouse, "queue-proxy"], env,
-                                          "serving")
+        sidecar, sa = self.start_printing("procs-sidecar", self.sidecar_cmd, env, "serving")
         sidecar_addr = sa["serving"]
         path = os.path.join(self.workdir, "endpoints.json")
 

@@ -42,6 +42,7 @@
 mod activator;
 mod config;
 mod forward;
+mod front;
 mod lb;
 mod metrics;
 mod probe;
@@ -52,6 +53,7 @@ pub use config::{ActivatorConfig, ActivatorStat, DEFAULT_REVISION_TIMEOUT, Poke,
 pub use forward::{
     BodyDeadline, ForwardError, forward_retryable, forward_upgrade_retryable, spawn_tunnel,
 };
+pub use front::{ActivatorFront, NAMESPACE_HEADER, REVISION_HEADER};
 pub use probe::PROBE_USER_AGENT;
 pub use revision::{
     COLD_START_HEADER, Expiry, FastAdmit, PROXY_REQUEST_HEADER, Permit, Ticket, WAIT_EXPIRED_TEXT,

@@ -1,15 +1,18 @@
 //! A revision's endpoints and the spread of requests across them.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rouse_queue::InFlight;
+use rouse_queue::{InFlight, RemoteHop};
 
 /// One endpoint and the requests the gateway has in flight to it.
 #[derive(Debug)]
 pub(crate) struct Backend {
     pub addr: SocketAddr,
     pub in_flight: InFlight,
+    /// Kept-alive raw connections to it, for the fast path when it is another process.
+    pub hop: Arc<RemoteHop>,
 }
 
 /// A revision's endpoints.
@@ -25,12 +28,13 @@ impl Backends {
     pub fn new(addrs: Vec<SocketAddr>, old: Option<&Backends>) -> Self {
         let list = addrs
             .into_iter()
-            .map(|addr| Backend {
-                addr,
-                in_flight: old
-                    .and_then(|o| o.list.iter().find(|b| b.addr == addr))
-                    .map(|b| b.in_flight.clone())
-                    .unwrap_or_default(),
+            .map(|addr| {
+                let kept = old.and_then(|o| o.list.iter().find(|b| b.addr == addr));
+                Backend {
+                    addr,
+                    in_flight: kept.map(|b| b.in_flight.clone()).unwrap_or_default(),
+                    hop: kept.map_or_else(|| Arc::new(RemoteHop::new(addr)), |b| b.hop.clone()),
+                }
             })
             .collect();
         Backends {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -16,10 +17,11 @@ use rouse_activator::{
     forward_retryable, forward_upgrade_retryable, spawn_tunnel,
 };
 use rouse_queue::InFlightGuard;
+use rouse_queue::http::h1::FastRequest;
 use rouse_queue::http::{
-    Body, ClientAddr, FastRoute, FrontRouter, GuardedBody, ProxyClient, Route, ServerLimits,
-    Tunnel, boxed, is_upgrade, push_token_or_quoted, serve_front, settle_request, strip_internal,
-    text_response,
+    Body, ClientAddr, FastDest, FastRoute, FrontRouter, GuardedBody, ProxyClient, Route,
+    ServerLimits, Tunnel, boxed, is_upgrade, push_token_or_quoted, serve_front, settle_request,
+    strip_internal, text_response,
 };
 use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
@@ -57,6 +59,20 @@ struct RevisionEntry {
     /// The revision was deleted while routes still name it: its requests are answered 503 at
     /// once, never queued for an activation that cannot come.
     removed: bool,
+    /// `Knative-Serving-Namespace` / `-Revision` header lines, for the fast path to a hop in
+    /// another process (an activator learns the revision from them).
+    named: Bytes,
+}
+
+/// The header lines naming a revision (as [`name_revision`] sets them).
+fn revision_lines(namespace: &str, revision: &str) -> Bytes {
+    let valid = |v: &str| HeaderValue::from_str(v).is_ok();
+    if !valid(namespace) || !valid(revision) {
+        return Bytes::new();
+    }
+    Bytes::from(format!(
+        "knative-serving-namespace: {namespace}\r\nknative-serving-revision: {revision}\r\n"
+    ))
 }
 
 type RevisionMap = HashMap<String, HashMap<String, Arc<RevisionEntry>>>;
@@ -142,6 +158,7 @@ impl Gateway {
                 backends: Backends::new(endpoints.clone(), old.map(|o| &o.backends)),
                 in_flight: old.map(|o| o.in_flight.clone()).unwrap_or_default(),
                 removed: false,
+                named: revision_lines(namespace, revision),
             });
             next.entry(namespace.to_string())
                 .or_default()
@@ -184,6 +201,7 @@ impl Gateway {
                 backends: Backends::new(Vec::new(), None),
                 in_flight: old.map(|o| o.in_flight.clone()).unwrap_or_default(),
                 removed: true,
+                named: Bytes::new(),
             });
             next.entry(namespace.to_string())
                 .or_default()
@@ -484,9 +502,10 @@ impl FastRouter {
             .map(|ms| format!("{COLD_START_HEADER}: {ms}\r\n").into_bytes())
             .unwrap_or_default();
         Route::Go(FastRoute {
-            queue,
+            dest: FastDest::Local(queue),
             hold: (counts.0, counts.1, Slot::Activator(permit)),
             proxied: true,
+            extra_request_headers: Bytes::new(),
             extra_response_headers,
         })
     }
@@ -499,7 +518,8 @@ impl FrontRouter for FastRouter {
     type Wait = FastWait;
     type Expiry = Expiry;
 
-    fn route(&self, host: &str) -> FastAnswer {
+    fn route(&self, req: &FastRequest<'_>) -> FastAnswer {
+        let host = req.host;
         let gw = &self.0;
         let routes = gw.routes.load();
         let Some(targets) = routes.get(host) else {
@@ -535,8 +555,11 @@ impl FrontRouter for FastRouter {
         if entry.mode == Mode::Serve
             && let Some(backend) = entry.backends.pick()
         {
-            let Some(queue) = LocalQueue::lookup(backend.addr) else {
-                return Route::General;
+            // In this process: handed over directly. Another process (a sidecar, or an
+            // activator on Kubernetes): over kept-alive raw connections, naming the revision.
+            let (dest, extra_request_headers) = match LocalQueue::lookup(backend.addr) {
+                Some(queue) => (FastDest::Local(queue), Bytes::new()),
+                None => (FastDest::Remote(backend.hop.clone()), entry.named.clone()),
             };
             let hold = (
                 gw.in_flight.start(),
@@ -544,9 +567,10 @@ impl FrontRouter for FastRouter {
                 Slot::Endpoint(backend.in_flight.start()),
             );
             return Route::Go(FastRoute {
-                queue,
+                dest,
                 hold,
                 proxied: false,
+                extra_request_headers,
                 extra_response_headers: Vec::new(),
             });
         }

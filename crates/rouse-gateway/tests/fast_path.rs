@@ -1547,13 +1547,18 @@ async fn proxy_mode_requests_go_fast_or_wait_in_the_activator() {
     assert!(r.header("k-cold-start").is_some(), "{}", r.head);
     st.settled().await;
 
-    // An endpoint that is not a queue-proxy of this process (here the app itself).
+    // An endpoint that is not a queue-proxy of this process (here the app itself): still the
+    // fast path, over kept-alive raw connections, naming the revision for an activator.
     st.gw.set_endpoints(NS, REV, vec![app.addr]);
     let mut c = st.conn().await;
     for _ in 0..2 {
-        let r = c.call(&get("/")).await;
-        r.assert_ok("hello");
-        assert!(r.general(), "{}", r.head);
+        let r = c.call(&get("/headers")).await;
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert!(r.fast(), "{}", r.head);
+        let h = headers_of(&r.text());
+        let named = |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        assert_eq!(named("knative-serving-namespace").as_deref(), Some(NS));
+        assert_eq!(named("knative-serving-revision").as_deref(), Some(REV));
     }
     st.settled().await;
 }

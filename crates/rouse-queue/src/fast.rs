@@ -116,7 +116,7 @@ impl UpstreamPool {
         stream.set_nodelay(true)?;
         Ok(Upstream {
             stream,
-            buf: Vec::with_capacity(UPSTREAM_BUF),
+            buf: Vec::new(),
         })
     }
 }
@@ -172,6 +172,13 @@ impl Upstream {
             if self.buf.len() >= MAX_RESPONSE_HEAD {
                 return Err(HeadError::Bad("response head too large".into()));
             }
+            if self.buf.capacity() == 0 {
+                // A new connection takes room for the answer only once it comes: one that
+                // waits (a request held for a revision to wake) holds no buffer.
+                if let Err(e) = self.stream.readable().await {
+                    return Err(HeadError::Unanswered(e));
+                }
+            }
             self.buf.reserve(UPSTREAM_BUF);
             match self.stream.read_buf(&mut self.buf).await {
                 Ok(0) if self.buf.is_empty() => {
@@ -226,6 +233,8 @@ enum Failure {
     Timeout,
     /// The client went away.
     ClientGone,
+    /// No connection could be made: nothing was sent.
+    Refused,
 }
 
 impl LocalQueue {
@@ -272,72 +281,115 @@ impl LocalQueue {
                 }
             }
         };
-        let pool = &shared.fast_pool;
-        let FastConn { out, timer } = kept;
-        out.clear();
-        let (mut conn, head) = match pool.checkout() {
-            Some(conn) => match exchange(conn, client, &ex, &deadlines, out, timer).await {
-                Ok(done) => done,
-                // A kept-alive connection the app had closed: a request that is safe to send
-                // again goes once more on a new connection.
-                Err(Failure::Unanswered(_)) if ex.idempotent => {
-                    let Ok(conn) = pool.connect().await else {
-                        return (FastOutcome::Refused, None);
-                    };
-                    out.clear();
-                    match exchange(conn, client, &ex, &deadlines, out, timer).await {
-                        Ok(done) => done,
-                        Err(f) => return fail(client, f, &ex, cfg).await,
-                    }
-                }
-                Err(f) => return fail(client, f, &ex, cfg).await,
-            },
-            None => {
-                let Ok(conn) = pool.connect().await else {
-                    return (FastOutcome::Refused, None);
-                };
-                match exchange(conn, client, &ex, &deadlines, out, timer).await {
-                    Ok(done) => done,
-                    Err(f) => return fail(client, f, &ex, cfg).await,
-                }
+        match relay(&shared.fast_pool, client, &ex, &deadlines, kept).await {
+            Ok(done) => done,
+            Err(Failure::Refused) => (FastOutcome::Refused, None),
+            Err(f) => {
+                let who = Some((cfg.namespace.as_str(), cfg.revision.as_str()));
+                fail(client, f, &ex, cfg.app_addr, who).await
             }
-        };
-        // The head and whatever body came with it go to the client in one write.
-        let start = head.head_len;
-        let already = conn.buf.len() - start;
-        let mut left = match head.framing {
-            Framing::Empty => Left::Done,
-            Framing::Length(n) => Left::Bytes(n),
-            Framing::Chunked => Left::Chunked(ChunkedScanner::default()),
-            Framing::UntilClose => Left::UntilClose,
-        };
-        let (take, complete) = left.advance(&conn.buf[start..]);
-        let status = Some(head.status);
-        let Some(take) = take else {
-            return (FastOutcome::Close, None);
-        };
-        out.extend_from_slice(&conn.buf[start..start + take]);
-        let extra = already > take;
-        if client.write_all(out).await.is_err() {
-            return (FastOutcome::Close, status);
         }
-        let mut reusable = head.reusable && !extra;
-        if !complete {
-            match stream_body(&mut conn, client, &mut left, &deadlines).await {
-                Ok(()) => {}
-                Err(_) => return (FastOutcome::Close, status),
+    }
+}
+
+/// Raw keep-alive connections to a hop in another process (a sidecar queue-proxy, an
+/// activator), for a front's fast path: the request goes on as bytes, and its admission
+/// (queue, timeouts, load report) is the next hop's.
+#[derive(Debug)]
+pub struct RemoteHop(UpstreamPool);
+
+impl RemoteHop {
+    /// Connections to the hop at `addr`, opened as needed.
+    pub fn new(addr: SocketAddr) -> Self {
+        RemoteHop(UpstreamPool::new(addr))
+    }
+
+    /// Where the hop listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+
+    /// Serves one fast-path request on the client connection `client` through the hop; also
+    /// returns the status the client got, if it got one. When no connection can be made
+    /// nothing was sent ([`FastOutcome::Refused`]).
+    pub async fn serve_fast(
+        &self,
+        client: &mut TcpStream,
+        ex: FastExchange<'_>,
+        kept: &mut FastConn,
+    ) -> (FastOutcome, Option<u16>) {
+        let deadlines = Deadlines::new(Instant::now(), None, None, None);
+        match relay(&self.0, client, &ex, &deadlines, kept).await {
+            Ok(done) => done,
+            Err(Failure::Refused) => (FastOutcome::Refused, None),
+            Err(f) => fail(client, f, &ex, self.0.addr, None).await,
+        }
+    }
+}
+
+/// Exchanges the request over a pooled connection from `pool` (a new one if the kept-alive
+/// one turns out dead and the request is safe to repeat) and streams the answer back.
+async fn relay(
+    pool: &UpstreamPool,
+    client: &mut TcpStream,
+    ex: &FastExchange<'_>,
+    deadlines: &Deadlines,
+    kept: &mut FastConn,
+) -> Result<(FastOutcome, Option<u16>), Failure> {
+    let FastConn { out, timer } = kept;
+    out.clear();
+    let (mut conn, head) = match pool.checkout() {
+        Some(conn) => match exchange(conn, client, ex, deadlines, out, timer).await {
+            Ok(done) => done,
+            // A kept-alive connection the other end had closed: a request that is safe to
+            // send again goes once more on a new connection.
+            Err(Failure::Unanswered(_)) if ex.idempotent => {
+                let conn = pool.connect().await.map_err(|_| Failure::Refused)?;
+                out.clear();
+                exchange(conn, client, ex, deadlines, out, timer).await?
             }
-            reusable &= matches!(left, Left::Done);
+            Err(f) => return Err(f),
+        },
+        None => {
+            let conn = pool.connect().await.map_err(|_| Failure::Refused)?;
+            exchange(conn, client, ex, deadlines, out, timer).await?
         }
-        if reusable {
-            pool.checkin(conn);
+    };
+    // The head and whatever body came with it go to the client in one write.
+    let start = head.head_len;
+    let already = conn.buf.len() - start;
+    let mut left = match head.framing {
+        Framing::Empty => Left::Done,
+        Framing::Length(n) => Left::Bytes(n),
+        Framing::Chunked => Left::Chunked(ChunkedScanner::default()),
+        Framing::UntilClose => Left::UntilClose,
+    };
+    let (take, complete) = left.advance(&conn.buf[start..]);
+    let status = Some(head.status);
+    let Some(take) = take else {
+        return Ok((FastOutcome::Close, None));
+    };
+    out.extend_from_slice(&conn.buf[start..start + take]);
+    let extra = already > take;
+    if client.write_all(out).await.is_err() {
+        return Ok((FastOutcome::Close, status));
+    }
+    let mut reusable = head.reusable && !extra;
+    if !complete {
+        match stream_body(&mut conn, client, &mut left, deadlines).await {
+            Ok(()) => {}
+            Err(_) => return Ok((FastOutcome::Close, status)),
         }
-        let close = head.closes || head.framing == Framing::UntilClose;
-        if close {
-            (FastOutcome::Close, status)
-        } else {
-            (FastOutcome::KeepAlive, status)
-        }
+        reusable &= matches!(left, Left::Done);
+    }
+    if reusable {
+        pool.checkin(conn);
+    }
+    let close = head.closes || head.framing == Framing::UntilClose;
+    if close {
+        Ok((FastOutcome::Close, status))
+    } else {
+        Ok((FastOutcome::KeepAlive, status))
     }
 }
 
@@ -490,28 +542,30 @@ async fn answer(
     }
 }
 
-/// Answers a failed exchange: 504 for a timeout, 502 for the app's failure.
+/// Answers a failed exchange: 504 for a timeout, 502 for the upstream's failure (logged with
+/// the revision `who` serves, when known).
 async fn fail(
     client: &mut TcpStream,
     failure: Failure,
     ex: &FastExchange<'_>,
-    cfg: &crate::QueueConfig,
+    upstream: SocketAddr,
+    who: Option<(&str, &str)>,
 ) -> (FastOutcome, Option<u16>) {
     let text = match failure {
-        Failure::ClientGone => return (FastOutcome::Close, None),
+        Failure::ClientGone | Failure::Refused => return (FastOutcome::Close, None),
         Failure::Timeout => {
             let status = StatusCode::GATEWAY_TIMEOUT;
             return (answer(client, status, TIMEOUT_BODY, ex).await, Some(504));
         }
-        Failure::Unanswered(e) => format!("upstream {} failed: {e}", cfg.app_addr),
-        Failure::Bad(e) => format!("upstream {} failed: {e}", cfg.app_addr),
+        Failure::Unanswered(e) => format!("upstream {upstream} failed: {e}"),
+        Failure::Bad(e) => format!("upstream {upstream} failed: {e}"),
     };
-    tracing::warn!(
-        revision = %cfg.revision,
-        namespace = %cfg.namespace,
-        error = %text,
-        "proxying to the app failed"
-    );
+    match who {
+        Some((namespace, revision)) => {
+            tracing::warn!(%revision, %namespace, error = %text, "proxying to the app failed");
+        }
+        None => tracing::warn!(error = %text, "proxying to the next hop failed"),
+    }
     (
         answer(client, StatusCode::BAD_GATEWAY, &text, ex).await,
         Some(502),

@@ -21,7 +21,7 @@ mod stats;
 mod timeout;
 
 pub use breaker::QUEUE_DEPTH_PER_SLOT;
-pub use fast::{FastConn, FastExchange, FastOutcome};
+pub use fast::{FastConn, FastExchange, FastOutcome, RemoteHop};
 pub use inflight::{InFlight, InFlightGuard};
 pub use probe::{
     AGGRESSIVE_INTERVAL, AGGRESSIVE_TIMEOUT, AppProbe, BACKGROUND_INTERVAL, CommandRunner,

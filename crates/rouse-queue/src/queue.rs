@@ -19,9 +19,9 @@ use tokio::time::Instant;
 use crate::breaker::{Breaker, QUEUE_DEPTH_PER_SLOT};
 use crate::fast::UpstreamPool;
 use crate::http::{
-    Body, BodyRefused, DEFAULT_REQUEST_BODY_BUFFER, ForwardError, GuardedBody, ProxyClient, boxed,
-    buffer_body, forward_retryable, full, is_upgrade, settle_request, strip_internal,
-    strip_underscored, text_response,
+    Body, BodyRefused, DEFAULT_REQUEST_BODY_BUFFER, FastDest, FastRoute, ForwardError, FrontRouter,
+    GuardedBody, ProxyClient, Route, ServerLimits, boxed, buffer_body, forward_retryable, full,
+    is_upgrade, settle_request, strip_internal, strip_underscored, text_response,
 };
 use crate::inflight::InFlight;
 use crate::probe::{CommandRunner, HostCommand, ProbeSpec, Prober};
@@ -384,10 +384,52 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rece
             }
         })
     };
-    crate::http::serve(listener, make, async move {
+    // Plain HTTP/1.1 requests to an HTTP/1.1 app go the fast way, straight from the socket's
+    // bytes (as the gateway's do in local mode); everything else the general way.
+    let front = Arc::new(SidecarFront(LocalQueue(shared.clone())));
+    let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
-    })
-    .await;
+    };
+    crate::http::serve_front(listener, make, front, shutdown, ServerLimits::default()).await;
+}
+
+/// The fast path of a queue-proxy's own listener: every plain request is its own, unless the
+/// app speaks h2c. Not the edge: the forwarding headers are the gateway's.
+struct SidecarFront(LocalQueue);
+
+impl FrontRouter for SidecarFront {
+    type Hold = ();
+    type Wait = ();
+    type Expiry = ();
+
+    fn route(&self, _req: &crate::http::h1::FastRequest<'_>) -> Route<(), ()> {
+        if self.0.0.cfg.h2c {
+            return Route::General;
+        }
+        Route::Go(FastRoute {
+            dest: FastDest::Local(self.0.clone()),
+            hold: (),
+            proxied: false,
+            extra_request_headers: bytes::Bytes::new(),
+            extra_response_headers: Vec::new(),
+        })
+    }
+
+    async fn wait(&self, _wait: ()) -> Route<(), ()> {
+        Route::General
+    }
+
+    fn deadline(&self, _wait: &()) -> Option<(Instant, ())> {
+        None
+    }
+
+    fn expired(&self, _expiry: ()) -> Route<(), ()> {
+        Route::General
+    }
+
+    fn is_edge(&self) -> bool {
+        false
+    }
 }
 
 async fn probe_loop(shared: Arc<Shared>, mut app_run: watch::Receiver<Option<u64>>) {
@@ -612,7 +654,7 @@ async fn forward_to_app(
 }
 
 /// The `User-Agent` prefixes of Knative's health checks (besides the kubelet's `kube-probe/`).
-const PROBE_AGENT_PREFIXES: [&str; 3] = [
+pub(crate) const PROBE_AGENT_PREFIXES: [&str; 3] = [
     "kube-probe/",
     "Knative-Activator-Probe",
     "Knative-Autoscaling-Probe",

@@ -209,6 +209,8 @@ async fn proxies_requests_and_cleans_headers() {
         .header("K-Proxy-Request", "activator")
         .header("K-Network-Hash", "x")
         .header("X-User", "kept")
+        .header("X-Forwarded-For", "203.0.113.7")
+        .header("X-Forwarded-Proto", "https")
         .body(full(""))
         .unwrap();
     let (_, headers) = text(c.request(req).await.unwrap()).await;
@@ -217,6 +219,13 @@ async fn proxies_requests_and_cleans_headers() {
         "{headers}"
     );
     assert!(headers.contains("x-user: kept\n"), "{headers}");
+    // The sidecar is not the edge: what the gateway said about the client goes on unchanged.
+    assert!(
+        headers.contains("x-forwarded-for: 203.0.113.7\n"),
+        "{headers}"
+    );
+    assert!(headers.contains("x-forwarded-proto: https\n"), "{headers}");
+    assert!(!headers.contains("forwarded: for="), "{headers}");
     for gone in [
         "knative-serving-revision",
         "k-proxy-request",

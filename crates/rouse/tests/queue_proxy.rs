@@ -25,6 +25,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The sidecar's own lean binary (the same code as `rouse queue-proxy`).
+fn sidecar_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_rouse-queue-proxy"))
+}
+
+/// The two ways to start the sidecar: `rouse queue-proxy` and `rouse-queue-proxy`.
+fn sidecar_commands() -> [Command; 2] {
+    let mut full = Command::new(rouse_bin());
+    full.arg("queue-proxy");
+    [full, Command::new(sidecar_bin())]
+}
+
 /// One request (`Connection: close`); the status, head (lowercase) and raw body.
 fn exchange(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
@@ -210,17 +222,18 @@ fn bad_environment_exits_with_one_line_naming_the_variable() {
         if let Some(v) = value {
             env.push((var, v.to_string()));
         }
-        let out = Command::new(rouse_bin())
-            .arg("queue-proxy")
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (*k, v)))
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{var}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.lines().count(), 1, "{var}: {stderr:?}");
-        assert!(stderr.starts_with(&format!("error: {var}: ")), "{stderr:?}");
-        assert!(out.stdout.is_empty(), "nothing was bound for {var}");
+        for mut cmd in sidecar_commands() {
+            let out = cmd
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (*k, v)))
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{var}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(stderr.lines().count(), 1, "{var}: {stderr:?}");
+            assert!(stderr.starts_with(&format!("error: {var}: ")), "{stderr:?}");
+            assert!(out.stdout.is_empty(), "nothing was bound for {var}");
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use super::conn_timer::ConnTimer;
 use super::h1::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed, text_response_bytes};
 use super::limits::ServerLimits;
 use super::server::BODY_TIMEOUT_BODY;
-use crate::fast::{FastConn, FastExchange, FastOutcome, client_gone};
+use crate::fast::{FastConn, FastExchange, FastOutcome, RemoteHop, client_gone};
 use crate::queue::LocalQueue;
 
 /// Decides, per request, whether the fast path serves it and through which queue-proxy.
@@ -30,8 +30,8 @@ pub trait FrontRouter: Send + Sync + 'static {
     /// A request's place in a line, while it waits for somewhere to go.
     type Wait: Send;
 
-    /// Where a plain request for `host` goes.
-    fn route(&self, host: &str) -> Route<Self::Hold, Self::Wait>;
+    /// Where a plain request goes (its head parsed; its body, if any, complete).
+    fn route(&self, req: &FastRequest<'_>) -> Route<Self::Hold, Self::Wait>;
 
     /// Tells a wait that gave up at its deadline what to answer.
     type Expiry: Send;
@@ -53,6 +53,13 @@ pub trait FrontRouter: Send + Sync + 'static {
     fn trusts(&self, _ip: std::net::IpAddr) -> bool {
         false
     }
+
+    /// Whether this is the platform's edge (the gateway), where clients are strangers: it
+    /// adds the forwarding headers. A hop behind it (a sidecar queue-proxy) passes them on as
+    /// they came and believes the activator's `K-Proxy-Request` mark.
+    fn is_edge(&self) -> bool {
+        true
+    }
 }
 
 /// Where a fast-path request goes.
@@ -69,14 +76,26 @@ pub enum Route<H, W> {
 
 /// A fast-path request's destination.
 pub struct FastRoute<H> {
-    /// The in-process queue-proxy that serves it.
-    pub queue: LocalQueue,
+    /// Who serves it.
+    pub dest: FastDest,
     /// Held until the request is over.
     pub hold: H,
     /// It came through the activator (its load is reported apart, as for `K-Proxy-Request`).
     pub proxied: bool,
+    /// Header lines (`name: value\r\n` each) to add to the request (for a hop in another
+    /// process: the revision's name for an activator, the activator's mark for a sidecar).
+    pub extra_request_headers: Bytes,
     /// Header lines (`name: value\r\n` each) to add to the response.
     pub extra_response_headers: Vec<u8>,
+}
+
+/// Who serves a fast-path request.
+pub enum FastDest {
+    /// A queue-proxy of this process, handed the request directly.
+    Local(LocalQueue),
+    /// A hop in another process (a sidecar queue-proxy, an activator), over a pooled raw
+    /// connection.
+    Remote(Arc<RemoteHop>),
 }
 
 /// A router that never takes the fast path.
@@ -87,7 +106,7 @@ impl FrontRouter for NoFront {
     type Wait = ();
     type Expiry = ();
 
-    fn route(&self, _host: &str) -> Route<(), ()> {
+    fn route(&self, _req: &FastRequest<'_>) -> Route<(), ()> {
         Route::General
     }
 
@@ -168,15 +187,26 @@ fn next<R: FrontRouter>(
     }
     let route = match decided {
         Some(route) => route,
-        None => router.route(req.host),
+        None => router.route(&req),
     };
     match route {
         Route::General => Next::General,
         Route::Wait(w) => Next::Wait(w),
         Route::Answer(status, text) => Next::Answer(status, text, total),
-        Route::Go(route) => {
+        Route::Go(mut route) => {
             request.clear();
-            req.write_upstream_head(client, request);
+            if router.is_edge() {
+                req.write_upstream_head(client, request);
+            } else {
+                req.write_inner_head(request);
+                route.proxied |= req.from_activator;
+            }
+            if !route.extra_request_headers.is_empty() {
+                // Before the head's blank line.
+                request.truncate(request.len() - 2);
+                request.extend_from_slice(&route.extra_request_headers);
+                request.extend_from_slice(b"\r\n");
+            }
             request.extend_from_slice(&buf[req.head_len..total]);
             Next::Serve(Prepared {
                 route,
@@ -298,7 +328,7 @@ fn first_route<R: FrontRouter>(router: &R, buf: &[u8], max_head: usize) -> First
         Parsed::Partial => First::Read(false),
         Parsed::Fast(req) if req.head_len > max_head => First::General,
         Parsed::Fast(req) if buf.len() < req.head_len + req.body_len => First::Read(true),
-        Parsed::Fast(req) => First::Route(router.route(req.host)),
+        Parsed::Fast(req) => First::Route(router.route(&req)),
     }
 }
 
@@ -442,8 +472,14 @@ async fn run<R: FrontRouter>(
                     extra_response_headers: &route.extra_response_headers,
                 };
                 // Boxed: a connection between requests keeps no room for an exchange.
-                let serving = route.queue.serve_fast(&mut stream, ex, &mut kept);
-                let (outcome, status) = Box::pin(serving).await;
+                let (outcome, status) = match &route.dest {
+                    FastDest::Local(queue) => {
+                        Box::pin(queue.serve_fast(&mut stream, ex, &mut kept)).await
+                    }
+                    FastDest::Remote(hop) => {
+                        Box::pin(hop.serve_fast(&mut stream, ex, &mut kept)).await
+                    }
+                };
                 if let Some(status) = status {
                     router.answered(&route.hold, status);
                 }

@@ -36,6 +36,19 @@ pub struct FastRequest<'a> {
     pub head_len: usize,
     /// The body's length (Content-Length; 0 without).
     pub body_len: usize,
+    /// Marked `K-Proxy-Request: activator` (honoured only by a hop behind the edge).
+    pub from_activator: bool,
+    /// The client's Host as a proxy hop moved it aside (`K-Original-Host`; honoured only by a
+    /// hop behind the edge).
+    pub original_host: Option<&'a [u8]>,
+}
+
+/// What [`FastRequest::check`] found in a plain request's headers.
+struct Checked<'a> {
+    host: &'a str,
+    body_len: usize,
+    from_activator: bool,
+    original_host: Option<&'a [u8]>,
 }
 
 /// What parsing the start of a buffer gave.
@@ -67,23 +80,32 @@ impl<'a> FastRequest<'a> {
         }
         let headers: &'a [httparse::Header<'a>] = req.headers;
         match Self::check(headers) {
-            Some((host, body_len)) => Parsed::Fast(FastRequest {
+            Some(Checked {
+                host,
+                body_len,
+                from_activator,
+                original_host,
+            }) => Parsed::Fast(FastRequest {
                 method,
                 target,
                 host,
                 headers,
                 head_len,
                 body_len,
+                from_activator,
+                original_host,
             }),
             None => Parsed::Other,
         }
     }
 
-    /// The Host and body length of a plain request; `None` for anything the general server
-    /// must handle.
-    fn check(headers: &'a [httparse::Header<'a>]) -> Option<(&'a str, usize)> {
+    /// What the fast path needs of a plain request's headers; `None` for anything the general
+    /// server must handle (health checks among them).
+    fn check(headers: &'a [httparse::Header<'a>]) -> Option<Checked<'a>> {
         let mut host = None;
         let mut body_len = None;
+        let mut from_activator = false;
+        let mut original_host = None;
         for h in headers {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
@@ -106,13 +128,41 @@ impl<'a> FastRequest<'a> {
                 || name.eq_ignore_ascii_case("expect")
                 || name.eq_ignore_ascii_case("upgrade")
                 || name.eq_ignore_ascii_case("k-network-probe")
+                || name.eq_ignore_ascii_case("k-kubelet-probe")
             {
                 return None;
+            } else if name.eq_ignore_ascii_case("k-original-host") {
+                if original_host.is_some() {
+                    return None;
+                }
+                original_host = Some(h.value);
+            } else if name.eq_ignore_ascii_case("user-agent") {
+                if is_probe_agent(h.value) {
+                    return None;
+                }
+            } else if name.eq_ignore_ascii_case("k-proxy-request") {
+                from_activator |= h.value == crate::PROXY_ACTIVATOR.as_bytes();
             }
         }
         // What the general path would refuse (400) never goes the fast way.
         let host = host.filter(|h| !h.is_empty() && super::strict::valid_host(h.as_bytes()))?;
-        Some((host, body_len.unwrap_or(0)))
+        if original_host.is_some_and(|h| h.is_empty() || !super::strict::valid_host(h)) {
+            return None;
+        }
+        Some(Checked {
+            host,
+            body_len: body_len.unwrap_or(0),
+            from_activator,
+            original_host,
+        })
+    }
+
+    /// The value of the (first) `name` header, if any.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
     }
 
     /// Whether a retry of this request is safe (RFC 9110 idempotent methods that proxies
@@ -131,6 +181,38 @@ impl<'a> FastRequest<'a> {
             out.extend_from_slice(h.value);
             out.extend_from_slice(b", ");
         }
+    }
+
+    /// Writes the head for the app behind a hop that is not the edge (a sidecar queue-proxy):
+    /// the same request line and headers minus hop-by-hop, platform-internal and underscored
+    /// ones, the Host a proxy hop moved aside restored; the forwarding headers go on as the
+    /// edge wrote them.
+    pub fn write_inner_head(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut te_trailers = false;
+        for h in self.headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("te") {
+                te_trailers |= asks_for_trailers(h.value);
+                continue;
+            }
+            if is_hop_by_hop(name) || is_internal_name(name) || drops_underscored(name) {
+                continue;
+            }
+            match self.original_host {
+                Some(original) if name.eq_ignore_ascii_case("host") => {
+                    header_line(out, name.as_bytes(), original);
+                }
+                _ => header_line(out, name.as_bytes(), h.value),
+            }
+        }
+        if te_trailers {
+            out.extend_from_slice(b"te: trailers\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
     }
 
     /// Writes the head for the next hop into `out`: the same request line and headers minus
@@ -153,10 +235,7 @@ impl<'a> FastRequest<'a> {
                 continue;
             }
             if name.eq_ignore_ascii_case("te") {
-                te_trailers |= h
-                    .value
-                    .split(|b| *b == b',')
-                    .any(|t| trimmed(t).eq_ignore_ascii_case(b"trailers"));
+                te_trailers |= asks_for_trailers(h.value);
                 continue;
             }
             if is_hop_by_hop(name) || is_internal_name(name) || drops_underscored(name) {
@@ -659,6 +738,21 @@ fn hex(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// Whether a `TE` value lists `trailers` (the one TE a proxy passes on).
+fn asks_for_trailers(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| trimmed(t).eq_ignore_ascii_case(b"trailers"))
+}
+
+/// Whether a `User-Agent` is one of Knative's health checkers' (the kubelet, the activator,
+/// the autoscaler): a queue-proxy answers those itself.
+fn is_probe_agent(agent: &[u8]) -> bool {
+    crate::queue::PROBE_AGENT_PREFIXES
+        .iter()
+        .any(|p| agent.starts_with(p.as_bytes()))
 }
 
 fn trimmed(v: &[u8]) -> &[u8] {

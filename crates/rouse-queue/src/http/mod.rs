@@ -22,7 +22,7 @@ pub use body::{Body, BoxError, GuardedBody, boxed, empty, full, text_response};
 pub use buffer::{BodyRefused, DEFAULT_REQUEST_BODY_BUFFER, buffer_body};
 pub use client::{ProxyClient, ProxyError};
 pub use conn_timer::ConnTimer;
-pub use front::{FastRoute, FrontRouter, Route};
+pub use front::{FastDest, FastRoute, FrontRouter, Route};
 pub use h1::ClientAddr;
 pub use headers::{
     is_internal, push_token_or_quoted, set_allow_underscores_in_headers, strip_hop_by_hop,

@@ -153,6 +153,19 @@ pub fn main() -> ExitCode {
         crate::serve::tune_allocator();
     }
     init_tracing(serving);
+    run_to_exit(run(cli))
+}
+
+/// `rouse-queue-proxy`: `rouse queue-proxy` alone, in a binary that links only what the
+/// sidecar runs (a pod's every replica carries one, so its resident size counts).
+pub fn sidecar_main() -> ExitCode {
+    crate::serve::tune_allocator();
+    init_tracing(true);
+    run_to_exit(queue_proxy::run())
+}
+
+/// Runs `work` on a new async runtime and maps its outcome to an exit code.
+fn run_to_exit(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -163,7 +176,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let res = rt.block_on(run(cli));
+    let res = rt.block_on(work);
     // Do not wait for stray blocking tasks (e.g. a stdin read) on the way out.
     rt.shutdown_timeout(Duration::from_secs(1));
     match res {

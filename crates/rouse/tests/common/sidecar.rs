@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
-use super::{rouse_bin, testapp_bin};
+use super::testapp_bin;
 
 /// A child process killed when dropped.
 pub struct Killed(Child);
@@ -73,8 +73,8 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub fn start(env: &[(&str, String)]) -> Sidecar {
-        let mut child = Command::new(rouse_bin())
-            .arg("queue-proxy")
+        // The sidecar's lean binary (`rouse-queue-proxy`, the same code as `rouse queue-proxy`).
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rouse-queue-proxy"))
             .env_clear()
             .envs(env.iter().map(|(k, v)| (*k, v)))
             .stdout(Stdio::piped())

@@ -152,6 +152,7 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
     let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
         apply_to_activator(&act, &t, &mut known)
     }));
+    let front = Arc::new(rouse_activator::ActivatorFront::new(activator.clone()));
     let make = move |_remote| {
         let activator = activator.clone();
         service_fn(move |req: Request<Body>| {
@@ -172,7 +173,10 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
         terminated_then(health).await;
         let _ = stop_tx.send(true);
     });
-    rouse_queue::http::serve(listener, make, stopped()).await;
+    // Plain HTTP/1.1 requests are admitted and relayed on the lean fast path; the rest (and
+    // the h2c listener) go to `make`.
+    let limits = rouse_queue::http::ServerLimits::default();
+    rouse_queue::http::serve_front(listener, make, front, stopped(), limits).await;
     if let Some(h2c) = h2c {
         let _ = h2c.await;
     }

@@ -74,6 +74,8 @@ pub async fn run() -> anyhow::Result<()> {
     );
     println!("{line}");
     let _ = std::io::stdout().flush();
+    // Start-up is over: keep resident only the code that serving runs.
+    crate::serve::shed_startup_code();
 
     let qp = Arc::new(QueueProxy::with_listener(env.queue.clone(), serving)?);
     if let Some(l) = h2c {

@@ -1,0 +1,131 @@
+//! The activator as a process of its own: its listener's fast path. A plain HTTP/1.1 request
+//! naming its revision (`Knative-Serving-Namespace` / `-Revision`, as the gateway sends them)
+//! is admitted as [`Activator::handle`] would admit it; while it waits for an instance its
+//! connection holds only the request's bytes, and once released it goes to the instance's
+//! queue-proxy over a kept-alive raw connection. Anything else (a probe, a protocol switch, an
+//! h2c revision, a streamed body) goes the general way.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rouse_queue::LocalQueue;
+use rouse_queue::RemoteHop;
+use rouse_queue::http::h1::FastRequest;
+use rouse_queue::http::{FastDest, FastRoute, FrontRouter, Route};
+use tokio::time::Instant;
+
+use crate::{Activator, COLD_START_HEADER, Expiry, FastAdmit, Permit, Ticket};
+
+/// The header naming the revision's namespace on requests sent to an activator.
+pub const NAMESPACE_HEADER: &str = "knative-serving-namespace";
+/// The header naming the revision on requests sent to an activator.
+pub const REVISION_HEADER: &str = "knative-serving-revision";
+
+/// Instances whose connections are kept; past it the set starts over (pods come and go).
+const MAX_HOPS: usize = 4096;
+
+/// The request line the activator adds for the instance's queue-proxy.
+const PROXY_MARK: &[u8] = b"k-proxy-request: activator\r\n";
+
+/// The activator's [`FrontRouter`]: serve its listener with
+/// [`rouse_queue::http::serve_front`].
+pub struct ActivatorFront {
+    activator: Arc<Activator>,
+    hops: Mutex<HashMap<SocketAddr, Arc<RemoteHop>>>,
+}
+
+impl ActivatorFront {
+    /// The fast path into `activator`.
+    pub fn new(activator: Arc<Activator>) -> Self {
+        ActivatorFront {
+            activator,
+            hops: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn hop(&self, addr: SocketAddr) -> Arc<RemoteHop> {
+        let mut hops = self.hops.lock().unwrap_or_else(|e| e.into_inner());
+        if hops.len() >= MAX_HOPS && !hops.contains_key(&addr) {
+            hops.clear();
+        }
+        hops.entry(addr)
+            .or_insert_with(|| Arc::new(RemoteHop::new(addr)))
+            .clone()
+    }
+
+    /// A released request's way to its instance: in-process when it is one of this
+    /// process's queue-proxies, else over the network, marked as the activator's.
+    fn go(&self, addr: SocketAddr, permit: Permit) -> Route<Permit, Ticket> {
+        let (dest, extra_request_headers) = match LocalQueue::lookup(addr) {
+            Some(queue) => (FastDest::Local(queue), Bytes::new()),
+            None => (
+                FastDest::Remote(self.hop(addr)),
+                Bytes::from_static(PROXY_MARK),
+            ),
+        };
+        let extra_response_headers = permit
+            .cold_start_ms()
+            .map(|ms| format!("{COLD_START_HEADER}: {ms}\r\n").into_bytes())
+            .unwrap_or_default();
+        Route::Go(FastRoute {
+            dest,
+            hold: permit,
+            proxied: true,
+            extra_request_headers,
+            extra_response_headers,
+        })
+    }
+}
+
+impl FrontRouter for ActivatorFront {
+    type Hold = Permit;
+    type Wait = Ticket;
+    type Expiry = Expiry;
+
+    fn route(&self, req: &FastRequest<'_>) -> Route<Permit, Ticket> {
+        let text = |name| {
+            req.header(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .filter(|v| !v.is_empty())
+        };
+        let (Some(ns), Some(rev)) = (text(NAMESPACE_HEADER), text(REVISION_HEADER)) else {
+            return Route::General;
+        };
+        match self.activator.fast_admit(ns, rev) {
+            None => Route::General,
+            Some(FastAdmit::Now(addr, permit)) => self.go(addr, permit),
+            Some(FastAdmit::Wait(ticket)) => Route::Wait(ticket),
+            Some(FastAdmit::Refused(status, text)) => Route::Answer(status, text),
+        }
+    }
+
+    fn wait(&self, ticket: Ticket) -> impl Future<Output = Route<Permit, Ticket>> + Send {
+        let ticket = ticket.wait();
+        async move {
+            match ticket.await {
+                Ok((addr, permit)) => self.go(addr, permit),
+                Err((status, text)) => Route::Answer(status, text),
+            }
+        }
+    }
+
+    fn deadline(&self, ticket: &Ticket) -> Option<(Instant, Expiry)> {
+        Some(ticket.deadline())
+    }
+
+    fn expired(&self, expiry: Expiry) -> Route<Permit, Ticket> {
+        let (status, text) = expiry.fire();
+        Route::Answer(status, text)
+    }
+
+    fn answered(&self, permit: &Permit, status: u16) {
+        permit.answered(status);
+    }
+
+    fn is_edge(&self) -> bool {
+        // Behind the gateway: what it said about the client goes on unchanged.
+        false
+    }
+}
