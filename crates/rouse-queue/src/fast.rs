@@ -327,6 +327,24 @@ impl RemoteHop {
     }
 }
 
+/// [`exchange`] on a connection just made. The app closing it without a byte of answer may
+/// have died under the request: a request safe to repeat then goes the general way
+/// ([`Failure::Refused`]: the client has had nothing yet), which waits for the restarted app
+/// and sends it once more.
+async fn fresh_exchange(
+    conn: Upstream,
+    client: &TcpStream,
+    ex: &FastExchange<'_>,
+    deadlines: &Deadlines,
+    out: &mut Vec<u8>,
+    timer: &mut ConnTimer,
+) -> Result<(Upstream, ResponseHead), Failure> {
+    match exchange(conn, client, ex, deadlines, out, timer).await {
+        Err(Failure::Unanswered(_)) if ex.idempotent => Err(Failure::Refused),
+        other => other,
+    }
+}
+
 /// Exchanges the request over a pooled connection from `pool` (a new one if the kept-alive
 /// one turns out dead and the request is safe to repeat) and streams the answer back.
 async fn relay(
@@ -346,13 +364,13 @@ async fn relay(
             Err(Failure::Unanswered(_)) if ex.idempotent => {
                 let conn = pool.connect().await.map_err(|_| Failure::Refused)?;
                 out.clear();
-                exchange(conn, client, ex, deadlines, out, timer).await?
+                fresh_exchange(conn, client, ex, deadlines, out, timer).await?
             }
             Err(f) => return Err(f),
         },
         None => {
             let conn = pool.connect().await.map_err(|_| Failure::Refused)?;
-            exchange(conn, client, ex, deadlines, out, timer).await?
+            fresh_exchange(conn, client, ex, deadlines, out, timer).await?
         }
     };
     // The head and whatever body came with it go to the client in one write.
