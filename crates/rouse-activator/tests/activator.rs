@@ -278,6 +278,8 @@ async fn stats_report_time_weighted_concurrency_and_arrivals() {
         }));
     }
     wait_until("2 waiting", || act.waiting(NS, "r") == 2).await;
+    // Not a wait for a condition: a stats period of a known length, whose average
+    // concurrency is checked below.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stats = act.take_stats();
     assert_eq!(stats.len(), 1);
@@ -296,6 +298,7 @@ async fn stats_report_time_weighted_concurrency_and_arrivals() {
     }
     wait_until("none waiting", || act.waiting(NS, "r") == 0).await;
     act.take_stats();
+    // A whole stats period with nothing waiting: it must report nothing.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(act.take_stats().is_empty());
 }

@@ -537,7 +537,7 @@ fn apply(f: Func, input: &str, out: &mut String) {
 }
 
 /// Go's `js`: quotes, backslash and `<>&=` escaped, control and unprintable characters as
-/// `\uXXXX`.
+/// `\u` and their four hex digits.
 pub fn js_escape(s: &str, out: &mut String) {
     for c in s.chars() {
         match c {

@@ -151,6 +151,7 @@ async fn app_answer(
         "/drip" => {
             let ms = query_num(&req, "ms") as u64;
             let first = stream::iter([Ok(Frame::data(Bytes::from("first")))]);
+            // The app's pause between chunks (what the test is about), not a wait.
             let later = stream::once(async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok(Frame::data(Bytes::from("later")))

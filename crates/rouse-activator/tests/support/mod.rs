@@ -123,6 +123,8 @@ async fn handle(
             }
             boxed(Full::new(Bytes::from(out)))
         }
+        // The routes below play slow, hanging and trickling apps: their sleeps are the app's
+        // behaviour under test, not waits for a condition.
         "/slow" => {
             let ms = req.uri().query().and_then(|q| q.strip_prefix("ms="));
             let ms = ms.and_then(|m| m.parse().ok()).unwrap_or(0);
@@ -182,6 +184,7 @@ pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
             tokio::time::Instant::now() < deadline,
             "timed out waiting until {what}"
         );
+        // The poll interval of this bounded wait.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -260,13 +260,7 @@ fn apply_name_template(t: &str, name: &str, namespace: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(pairs: &[(&str, &str)]) -> ConfigData {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::data;
 
     #[test]
     fn empty_data_gives_knative_defaults() {

@@ -156,13 +156,7 @@ impl FeaturesConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(pairs: &[(&str, &str)]) -> ConfigData {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::data;
 
     #[test]
     fn defaults_match_knative() {

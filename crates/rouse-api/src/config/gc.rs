@@ -107,13 +107,7 @@ impl GcConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(pairs: &[(&str, &str)]) -> ConfigData {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::data;
 
     #[test]
     fn defaults_and_knative_example() {

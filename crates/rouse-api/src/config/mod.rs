@@ -132,6 +132,15 @@ impl SharedConfig {
     }
 }
 
+/// A ConfigMap's data from key/value pairs (the config modules' tests).
+#[cfg(test)]
+pub(crate) fn data(pairs: &[(&str, &str)]) -> ConfigData {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// `config-autoscaler`'s name.
 const AUTOSCALER_NAME: &str = "config-autoscaler";
 

@@ -376,13 +376,7 @@ fn check_tag_template(t: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(pairs: &[(&str, &str)]) -> ConfigData {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::data;
 
     #[test]
     fn defaults_build_knative_hosts() {

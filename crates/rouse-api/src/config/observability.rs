@@ -116,13 +116,7 @@ impl ObservabilityConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(pairs: &[(&str, &str)]) -> ConfigData {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::data;
 
     #[test]
     fn defaults_are_knatives() {
