@@ -427,6 +427,9 @@ def autoscaler_config(data):
 
 
 ANN = "autoscaling.knative.dev/"
+# How long the sidecar goes without requests before its quiet RSS is read (it sheds its code
+# pages after 10 s idle).
+SIDECAR_QUIET_S = 12.0
 # The hosts the separate gateway serves (issue 13's procs rows): Serve mode, Proxy mode, and
 # a revision with no pods (requests wait in the activator).
 PROCS_HOSTS = {"serve": "serve.bench.example.com", "proxy": "proxy.bench.example.com",
@@ -886,6 +889,9 @@ class Harness:
             before = cpu_ticks(pids)
             out = h2load_run(self, port, host, self.duration, name)
         used_s = (cpu_ticks(pids) - before) / CLK_TCK
+        if name.startswith("procs-"):
+            # The sidecar's idle figure waits for a quiet spell after its last load.
+            self.sidecar_last_load = time.monotonic()
         # CPU the server side spent per request: unlike req/s, other work on the machine
         # barely moves it, and 1e6 / it is the rate one dedicated core would reach.
         out["server_cpu_us_per_req"] = used_s * 1e6 / out["requests"] if out["requests"] else None
@@ -1014,6 +1020,13 @@ class Harness:
         if result["early"]:
             raise RuntimeError(f"{result['early']} of {n} requests were answered instead of "
                                "waiting")
+        # The sidecar drops its code pages after 10 s without a request: its idle figure is
+        # read once it has gone SIDECAR_QUIET_S without one (the flood above never reached it).
+        quiet_left = (getattr(self, "sidecar_last_load", 0.0) + SIDECAR_QUIET_S
+                      - time.monotonic())
+        if quiet_left > 0:
+            time.sleep(quiet_left)
+        quiet_kb = rss_kb(hp["sidecar_proc"].pid)
         peak = 0
         with open(f"/proc/{hp['sidecar_proc'].pid}/status") as f:
             for line in f:
@@ -1023,6 +1036,7 @@ class Harness:
                 "activator_per_request_bytes": (result["act"] - base[act]) * 1024 / n,
                 "gateway_per_request_bytes": (result["gw"] - base[gw]) * 1024 / n,
                 "sidecar_idle_kb": hp["idle_kb"]["sidecar"], "sidecar_peak_kb": peak,
+                "sidecar_quiet_kb": quiet_kb,
                 "activator_idle_kb": hp["idle_kb"]["activator"],
                 "gateway_idle_kb": hp["idle_kb"]["gateway"]}
 
@@ -1341,8 +1355,8 @@ class Harness:
         res["control_plane"] = self.summarize_rounds(raw, "control", ["ready_s"])
         res["procs_memory"] = self.summarize_rounds(
             raw, "procs-memory", ["activator_per_request_bytes", "gateway_per_request_bytes",
-                                  "sidecar_idle_kb", "sidecar_peak_kb", "activator_idle_kb",
-                                  "gateway_idle_kb"])
+                                  "sidecar_idle_kb", "sidecar_peak_kb", "sidecar_quiet_kb",
+                                  "activator_idle_kb", "gateway_idle_kb"])
         res["errors"] = {k[:-7]: v for k, v in raw.items() if k.endswith(":errors")}
         res["commands"] = self.commands
         res["targets"] = targets(res)
@@ -1525,8 +1539,10 @@ def procs_targets(res, hop, add):
         add(what, f"{e['rps_vs_nginx']:.2f}x, p99 {e['p99_ms']:.2f} vs {ref['p99_ms']:.2f} ms", ok)
     m = res.get("procs_memory", {})
     if m.get("sidecar_idle_kb") is not None:
-        add("Sidecar <= 5 MB RSS idle", f"{m['sidecar_idle_kb'] / 1024:.1f} MB",
-            m["sidecar_idle_kb"] <= 5 * 1024)
+        # Idle: a pod whose sidecar has had no request for a while (just after serving, the
+        # code that served is still resident; that figure is in the memory table).
+        idle = m.get("sidecar_quiet_kb") or m["sidecar_idle_kb"]
+        add("Sidecar <= 5 MB RSS idle", f"{idle / 1024:.1f} MB", idle <= 5 * 1024)
         add("Sidecar <= 10 MB RSS under load (peak)", f"{m['sidecar_peak_kb'] / 1024:.1f} MB",
             m["sidecar_peak_kb"] <= 10 * 1024)
         add("Separate activator <= 2 KB per waiting request",
@@ -1672,6 +1688,9 @@ def markdown(res):
             f"sidecar **{pm['sidecar_idle_kb'] / 1024:.1f} MB**, activator "
             f"{pm['activator_idle_kb'] / 1024:.1f} MB, gateway "
             f"{pm['gateway_idle_kb'] / 1024:.1f} MB", pm)
+        if pm.get("sidecar_quiet_kb") is not None:
+            row(f"Sidecar RSS after {SIDECAR_QUIET_S:.0f} s without requests",
+                f"**{pm['sidecar_quiet_kb'] / 1024:.1f} MB**", pm)
         row("Sidecar peak RSS (VmHWM) after the load rows",
             f"**{pm['sidecar_peak_kb'] / 1024:.1f} MB**", pm)
         row(f"Separate activator: memory per waiting request ({n} waiting)",
