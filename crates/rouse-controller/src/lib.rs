@@ -175,6 +175,9 @@ impl Controller {
         if let Some(pokes) = self.pokes {
             loops.push(handle.spawn(autoscaling::poke_loop(ctx.clone(), pokes)));
         }
+        if let Some(routes) = ctx.networking.subscribe_routes() {
+            loops.push(handle.spawn(watch_ingresses(ctx.clone(), routes)));
+        }
         let workers: Vec<_> = (0..WORKERS)
             .map(|_| handle.spawn(worker(ctx.clone())))
             .collect();
@@ -525,6 +528,27 @@ async fn watch_runtime(ctx: Arc<Context>) {
                     enqueue_for(&ctx, Kind::Revision, r, false);
                 }
             }
+        }
+    }
+}
+
+/// Looks at a route again each time the data plane's readiness for it may have changed.
+async fn watch_ingresses(
+    ctx: Arc<Context>,
+    mut routes: tokio::sync::broadcast::Receiver<(String, String)>,
+) {
+    loop {
+        match routes.recv().await {
+            Ok((ns, name)) => ctx.queue.add(Key::new(Kind::Route, &ns, &name)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Missed some: look at every route.
+                if let Ok((routes, _)) = ctx.client.store().list(Kind::Route, None) {
+                    for r in &routes {
+                        enqueue_for(&ctx, Kind::Route, r, false);
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }

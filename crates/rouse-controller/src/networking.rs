@@ -1,12 +1,13 @@
-//! The networking seam: what the controller programs into the data plane. Local mode programs
-//! the in-process gateway and activator; Kubernetes mode will program Services/EndpointSlices
-//! and HTTPRoutes behind the same trait.
+//! The networking seam: what the controller programs into the data plane, and whether the data
+//! plane serves it yet. Local mode programs the in-process gateway and activator; Kubernetes
+//! mode programs Services, EndpointSlices and Knative Ingresses behind the same trait.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rouse_activator::{Activator, RevisionParams};
+use rouse_api::condition::ConditionStatus;
 use rouse_api::networking::SksMode;
 use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
 
@@ -60,10 +61,41 @@ pub struct ActivatorLoad {
     pub request_count: f64,
 }
 
+/// Whether the data plane serves a route as last programmed: a Route's `IngressReady` follows
+/// it (Knative's follows its Ingress's `Ready`, set by the ingress implementation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngressState {
+    /// Served as programmed.
+    Ready,
+    /// Not yet (`Unknown`) or refused (`False`), with the reason and message to show.
+    NotReady {
+        status: ConditionStatus,
+        reason: String,
+        message: String,
+    },
+}
+
+impl IngressState {
+    /// Knative's state for an Ingress not yet written or not yet looked at by its
+    /// implementation.
+    pub fn not_configured() -> IngressState {
+        IngressState::NotReady {
+            status: ConditionStatus::Unknown,
+            reason: "IngressNotConfigured".into(),
+            message: "Ingress has not yet been reconciled.".into(),
+        }
+    }
+}
+
 /// Programs routing and endpoints, and reports the activator's load.
 pub trait Networking: Send + Sync + 'static {
     /// Replaces the whole routing table at once.
     fn set_routes(&self, routes: Vec<HostRoute>);
+    /// Whether route `name`'s part of the table last set is served yet.
+    fn route_ingress(&self, namespace: &str, name: &str) -> IngressState;
+    /// `(namespace, route)` each time the answer of [`Networking::route_ingress`] may have
+    /// changed on its own (the reconciler looks again); `None` when it never does.
+    fn subscribe_routes(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>>;
     /// Replaces how a revision is reached, in one swap.
     fn set_revision(&self, namespace: &str, revision: &str, traffic: RevisionTraffic);
     /// Forgets a deleted revision; requests still routed to it are refused at once (503).
@@ -115,6 +147,15 @@ impl Networking for LocalNetworking {
             table.insert(r.host, route_targets(r.targets));
         }
         self.gateway.set_routes(table);
+    }
+
+    /// The in-process gateway serves a table from the moment it is set.
+    fn route_ingress(&self, _namespace: &str, _name: &str) -> IngressState {
+        IngressState::Ready
+    }
+
+    fn subscribe_routes(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>> {
+        None
     }
 
     fn set_revision(&self, namespace: &str, revision: &str, t: RevisionTraffic) {

@@ -5,6 +5,8 @@
 //! Ingress per Route and one per served DomainMapping, served by the gateway of class
 //! `rouse.ingress.networking.knative.dev`.
 //! Writes are server-side applies run on the seam's runtime; the seam's calls return at once.
+//! A Route's Ingress is served once the gateway marks it Ready for the spec last written: the
+//! seam follows the routes' Ingresses and tells the reconciler when one's readiness changes.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -12,22 +14,28 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
+use rouse_api::condition::Conditions;
 use rouse_api::domainmapping::{DomainMapping, claim_holder};
-use rouse_api::ingress::Ingress;
+use rouse_api::ingress::{Ingress, IngressSpec};
 use rouse_api::meta::Resource;
 use rouse_api::networking::{ServerlessService, SksMode};
 use rouse_api::serving::{Revision, Route};
-use rouse_controller::networking::{ActivatorLoad, HostRoute, Networking, RevisionTraffic};
+use rouse_controller::networking::{
+    ActivatorLoad, HostRoute, IngressState, Networking, RevisionTraffic,
+};
 use rouse_store::{Kind, Store, StoreError};
+use serde_json::Value;
 use tokio::runtime::Handle;
+use tokio::sync::broadcast;
 
 use crate::apply::{apply, apply_ingress};
 use crate::domainmapping;
+use crate::informer::{Informer, ObjectKey, Snapshot};
 use crate::install::NAMESPACE;
 use crate::revision::{
     Backend, private_service, public_endpoint_slices, public_endpoints, public_service,
 };
-use crate::route::{IngressConfig, ResolvedTarget, ingress};
+use crate::route::{IngressConfig, LABEL_ROUTE, ResolvedTarget, ingress};
 use crate::stat_stream::ActivatorStats;
 
 /// The activator's Service, whose EndpointSlices list the activators.
@@ -46,6 +54,13 @@ pub struct KubeNetworking {
     modes: Arc<Mutex<HashMap<RevisionKey, SksMode>>>,
     /// What the activators pushed over their stat streams.
     activator_stats: Arc<ActivatorStats>,
+    /// Each route's Ingress spec as last handed to the API server, by `(namespace, route)`
+    /// (a route's Ingress is named after it).
+    written: Mutex<HashMap<ObjectKey, IngressSpec>>,
+    /// The routes' Ingresses as the API server has them.
+    ingresses: Informer,
+    /// Routes whose Ingress changed in generation or status.
+    route_events: broadcast::Sender<ObjectKey>,
 }
 
 impl KubeNetworking {
@@ -56,6 +71,20 @@ impl KubeNetworking {
         store: Arc<dyn Store>,
         ingress: IngressConfig,
     ) -> KubeNetworking {
+        let ingresses = {
+            let _on = handle.enter();
+            let ar = crate::store::api_resource(&crate::crd::INGRESS);
+            Informer::start(
+                Api::all_with(client.clone(), &ar),
+                LABEL_ROUTE,
+                "routes' ingresses",
+            )
+        };
+        let route_events = broadcast::channel(256).0;
+        handle.spawn(announce_changes(
+            ingresses.subscribe(),
+            route_events.clone(),
+        ));
         KubeNetworking {
             client,
             handle,
@@ -63,6 +92,9 @@ impl KubeNetworking {
             ingress: Mutex::new(ingress),
             modes: Arc::default(),
             activator_stats: Arc::default(),
+            written: Mutex::default(),
+            ingresses,
+            route_events,
         }
     }
 
@@ -90,6 +122,67 @@ impl KubeNetworking {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a route's readiness is read from: its Ingress's generation and status.
+fn readiness_of(ingress: &Value) -> (Value, Value) {
+    (
+        ingress["metadata"]["generation"].clone(),
+        ingress["status"].clone(),
+    )
+}
+
+/// Sends the route of each Ingress whose generation or status changed (or that came or went)
+/// from one set to the next, until the informer is gone.
+async fn announce_changes(
+    mut sets: tokio::sync::watch::Receiver<Snapshot>,
+    events: broadcast::Sender<ObjectKey>,
+) {
+    let mut seen: HashMap<ObjectKey, (Value, Value)> = HashMap::new();
+    while sets.changed().await.is_ok() {
+        let set = sets.borrow_and_update().clone();
+        let mut now = HashMap::with_capacity(set.objects.len());
+        for (key, ing) in set.objects.iter() {
+            let route = ing["metadata"]["labels"][LABEL_ROUTE]
+                .as_str()
+                .unwrap_or(&key.1)
+                .to_string();
+            now.insert((key.0.clone(), route), readiness_of(ing));
+        }
+        for (key, state) in &now {
+            if seen.get(key) != Some(state) {
+                let _ = events.send(key.clone());
+            }
+        }
+        for key in seen.keys().filter(|k| !now.contains_key(*k)) {
+            let _ = events.send(key.clone());
+        }
+        seen = now;
+    }
+}
+
+/// A route's Ingress as the API server has it, against the spec last written: ready once the
+/// ingress implementation marked this very spec Ready (Knative's `IsReady`: the status
+/// observed the current generation).
+pub fn ingress_state(stored: Option<&Value>, written: Option<&IngressSpec>) -> IngressState {
+    let (Some(stored), Some(written)) = (stored, written) else {
+        return IngressState::not_configured();
+    };
+    let Ok(ing) = serde_json::from_value::<Ingress>(stored.clone()) else {
+        return IngressState::not_configured();
+    };
+    if ing.spec != *written || ing.status.observed_generation != ing.metadata.generation {
+        return IngressState::not_configured();
+    }
+    match ing.status.get_condition("Ready") {
+        Some(c) if c.status == rouse_api::condition::ConditionStatus::True => IngressState::Ready,
+        Some(c) => IngressState::NotReady {
+            status: c.status,
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        },
+        None => IngressState::not_configured(),
+    }
 }
 
 /// The activators' addresses, from the endpoints of `activator-service`.
@@ -246,6 +339,13 @@ impl Networking for KubeNetworking {
                 (!targets.is_empty()).then(|| ingress(&r, &targets, &cfg))
             })
             .collect();
+        *lock(&self.written) = ingresses
+            .iter()
+            .map(|i| {
+                let key = (i.metadata.namespace.clone(), i.metadata.name.clone());
+                (key, i.spec.clone())
+            })
+            .collect();
         ingresses.extend(self.mapping_ingresses(&table));
         let client = self.client.clone();
         self.handle.spawn(async move {
@@ -255,6 +355,17 @@ impl Networking for KubeNetworking {
                 }
             }
         });
+    }
+
+    /// Ready once the gateway marked the Ingress Ready for the spec last written.
+    fn route_ingress(&self, namespace: &str, name: &str) -> IngressState {
+        let key = (namespace.to_string(), name.to_string());
+        let set = self.ingresses.snapshot();
+        ingress_state(set.objects.get(&key), lock(&self.written).get(&key))
+    }
+
+    fn subscribe_routes(&self) -> Option<broadcast::Receiver<(String, String)>> {
+        Some(self.route_events.subscribe())
     }
 
     fn set_revision(&self, namespace: &str, revision: &str, t: RevisionTraffic) {
@@ -315,5 +426,65 @@ impl Networking for KubeNetworking {
     /// What the activators pushed since the last call ([`crate::stat_stream`]).
     fn take_activator_stats(&self) -> Vec<ActivatorLoad> {
         self.activator_stats.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rouse_api::condition::ConditionStatus;
+    use serde_json::json;
+
+    fn stored(generation: i64, observed: i64, ready: Value) -> Value {
+        json!({"metadata": {"name": "cart", "namespace": "shop", "generation": generation},
+               "spec": {"httpOption": "Enabled"},
+               "status": {"observedGeneration": observed, "conditions": ready}})
+    }
+
+    #[test]
+    fn an_ingress_is_ready_for_the_spec_written_and_its_generation() {
+        let written = IngressSpec {
+            http_option: "Enabled".into(),
+            ..Default::default()
+        };
+        let ready = json!([{"type": "Ready", "status": "True"}]);
+        assert_eq!(
+            ingress_state(Some(&stored(2, 2, ready.clone())), Some(&written)),
+            IngressState::Ready
+        );
+        // Marked for an older generation, for another spec, not written, not stored.
+        let stale = stored(3, 2, ready.clone());
+        assert_eq!(
+            ingress_state(Some(&stale), Some(&written)),
+            IngressState::not_configured()
+        );
+        let other = IngressSpec {
+            http_option: "Redirected".into(),
+            ..Default::default()
+        };
+        let fresh = stored(2, 2, ready);
+        assert_eq!(
+            ingress_state(Some(&fresh), Some(&other)),
+            IngressState::not_configured()
+        );
+        assert_eq!(
+            ingress_state(Some(&fresh), None),
+            IngressState::not_configured()
+        );
+        assert_eq!(
+            ingress_state(None, Some(&written)),
+            IngressState::not_configured()
+        );
+        // The implementation's own verdict, with its reason.
+        let failed = json!([{"type": "Ready", "status": "False", "reason": "Conflict",
+                             "message": "host taken"}]);
+        assert_eq!(
+            ingress_state(Some(&stored(1, 1, failed)), Some(&written)),
+            IngressState::NotReady {
+                status: ConditionStatus::False,
+                reason: "Conflict".into(),
+                message: "host taken".into(),
+            }
+        );
     }
 }

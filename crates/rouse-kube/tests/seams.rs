@@ -427,3 +427,150 @@ async fn networking_reports_what_the_activators_pushed() {
     );
     rt.shutdown_background();
 }
+
+const ROUTES: &str = "apis/serving.knative.dev/v1/routes";
+
+fn condition(obj: &Value, type_: &str) -> (String, String) {
+    obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+            (s("status"), s("reason"))
+        })
+        .unwrap_or_default()
+}
+
+/// Plays the gateway: the Ingress as stored, marked Ready for its current generation.
+fn mark_ingress_ready(fake: &Fake) {
+    let mut ing = fake.object(INGRESSES, "shop", "cart").unwrap();
+    ing["status"] = json!({"observedGeneration": ing["metadata"]["generation"],
+                           "conditions": [{"type": "Ready", "status": "True"}]});
+    fake.put(INGRESSES, ing);
+}
+
+/// The Route reconciler (the one local mode runs) over the Kubernetes seams: the Route is not
+/// Ready until the gateway marks its Ingress Ready for the spec last written, and the seam
+/// wakes the reconciler when that happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_waits_for_its_ingress() {
+    use rouse_controller::networking::IngressState;
+    use rouse_controller::{Controller, Key, reconcile::reconcile};
+    let fake = Fake::start().await;
+    let mut rev = revision();
+    rev["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+    fake.put(REVS, rev);
+    fake.put(
+        ROUTES,
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+               "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"},
+               "spec": {"traffic": [{"revisionName": "cart-00001", "percent": 100}]}}),
+    );
+    let (store, rt) = started(&fake).await;
+    let net = Arc::new(KubeNetworking::new(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        IngressConfig {
+            network: Default::default(),
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    ));
+    let runtime = KubeRuntime::start(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        DeploymentConfig::default(),
+    );
+    let ctx = Controller::new(
+        store.clone(),
+        runtime,
+        net.clone(),
+        Default::default(),
+        "example.com".into(),
+    )
+    .context();
+    let mut woken = net.subscribe_routes().expect("the seam wakes routes");
+    let key = Key::new(Kind::Route, "shop", "cart");
+    let route_in_cache = |status: &str| {
+        store
+            .get(Kind::Route, "shop", "cart")
+            .is_ok_and(|r| condition(&r, "Ready").0 == status)
+    };
+
+    // Programmed, the Ingress written, but nobody serves it yet.
+    reconcile(&ctx, &key).await.unwrap();
+    let route = fake.object(ROUTES, "shop", "cart").unwrap();
+    assert_eq!(
+        condition(&route, "IngressReady"),
+        ("Unknown".into(), "IngressNotConfigured".into())
+    );
+    assert_eq!(condition(&route, "AllTrafficAssigned").0, "True");
+    assert_eq!(
+        condition(&route, "Ready"),
+        ("Unknown".into(), "IngressNotConfigured".into())
+    );
+    until("the Ingress written", || {
+        fake.object(INGRESSES, "shop", "cart").is_some()
+    })
+    .await;
+    let next = tokio::time::timeout(Duration::from_secs(20), woken.recv()).await;
+    assert_eq!(next.unwrap().unwrap(), ("shop".into(), "cart".into()));
+    assert_eq!(
+        net.route_ingress("shop", "cart"),
+        IngressState::not_configured()
+    );
+
+    // The gateway marks it Ready: the route is woken and turns Ready.
+    mark_ingress_ready(&fake);
+    until("the Ingress served", || {
+        net.route_ingress("shop", "cart") == IngressState::Ready
+    })
+    .await;
+    let next = tokio::time::timeout(Duration::from_secs(20), woken.recv()).await;
+    assert_eq!(next.unwrap().unwrap(), ("shop".into(), "cart".into()));
+    until("the Route in the cache", || route_in_cache("Unknown")).await;
+    reconcile(&ctx, &key).await.unwrap();
+    let route = fake.object(ROUTES, "shop", "cart").unwrap();
+    assert_eq!(condition(&route, "IngressReady").0, "True");
+    assert_eq!(condition(&route, "Ready").0, "True");
+
+    // A new split is a new spec: not served until marked again (its Ready was for the old).
+    until("the Route Ready in the cache", || route_in_cache("True")).await;
+    net.set_routes(vec![HostRoute {
+        host: "cart.shop.example.com".into(),
+        targets: vec![
+            ("shop".into(), "cart-00001".into(), 50),
+            ("shop".into(), "cart-00002".into(), 50),
+        ],
+        unavailable: None,
+        tags: Vec::new(),
+        rewrite_host: None,
+    }]);
+    assert_eq!(
+        net.route_ingress("shop", "cart"),
+        IngressState::not_configured()
+    );
+    until("the new spec stored", || {
+        fake.object(INGRESSES, "shop", "cart")
+            .is_some_and(|i| i["metadata"]["generation"] == 2)
+    })
+    .await;
+    until("the new generation in the informer", || {
+        woken.try_recv().is_ok_and(|k| k == ("shop".into(), "cart".into()))
+    })
+    .await;
+    assert_eq!(
+        net.route_ingress("shop", "cart"),
+        IngressState::not_configured()
+    );
+    mark_ingress_ready(&fake);
+    until("the new split served", || {
+        net.route_ingress("shop", "cart") == IngressState::Ready
+    })
+    .await;
+    rt.shutdown_background();
+}
