@@ -157,7 +157,8 @@ fn deployment_is_knatives_shape() {
     let qp = &pod.containers[1];
     assert_eq!(qp.name, "queue-proxy");
     assert_eq!(qp.image.as_deref(), Some("rouse:dev"));
-    assert_eq!(qp.args.clone().unwrap(), ["queue-proxy"]);
+    assert_eq!(qp.command.clone().unwrap(), ["/rouse-queue-proxy"]);
+    assert!(qp.args.is_none());
     let ports: Vec<i32> = qp
         .ports
         .as_ref()
