@@ -502,8 +502,16 @@ mod tests {
         assert_eq!(d.queue_resources, base.queue_resources);
         for (key, value, want) in [
             ("progress-deadline", "0s", "progress-deadline"),
-            ("queue-sidecar-memory-limit", "lots", "queue-sidecar-memory-limit"),
-            ("queue-sidecar-cpu-request", "-1", "queue-sidecar-cpu-request"),
+            (
+                "queue-sidecar-memory-limit",
+                "lots",
+                "queue-sidecar-memory-limit",
+            ),
+            (
+                "queue-sidecar-cpu-request",
+                "-1",
+                "queue-sidecar-cpu-request",
+            ),
             ("progress-deadline", "1.5s", "progress-deadline"),
             ("queue-sidecar-image", "a b", "queue-sidecar-image"),
             ("queue-sidecar-imag", "x", "queue-sidecar-imag"),

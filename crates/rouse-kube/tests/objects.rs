@@ -11,8 +11,8 @@ use rouse_api::meta::Resource;
 use rouse_api::networking::{ServerlessService, SksMode};
 use rouse_api::serving::{self, Revision, Route};
 use rouse_kube::revision::{
-    Backend, DeploymentConfig, QueueResources, deployment, private_service,
-    public_endpoint_slices, public_endpoints, public_service, queue_readiness_probe,
+    Backend, DeploymentConfig, QueueResources, deployment, private_service, public_endpoint_slices,
+    public_endpoints, public_service, queue_readiness_probe,
 };
 use rouse_kube::route::{IngressConfig, ResolvedTarget, ingress};
 use serde_json::json;
@@ -268,10 +268,7 @@ fn queue_proxy_resources_from_config_and_annotations() {
     };
     // Knative's default: a CPU request only.
     let cfg = DeploymentConfig::default();
-    assert_eq!(
-        resources(&rev, &cfg),
-        json!({"requests": {"cpu": "25m"}})
-    );
+    assert_eq!(resources(&rev, &cfg), json!({"requests": {"cpu": "25m"}}));
     let cfg = DeploymentConfig {
         queue_resources: QueueResources::default().with_knative_defaults(),
         ..Default::default()

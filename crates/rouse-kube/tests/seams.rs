@@ -560,7 +560,9 @@ async fn a_route_waits_for_its_ingress() {
     })
     .await;
     until("the new generation in the informer", || {
-        woken.try_recv().is_ok_and(|k| k == ("shop".into(), "cart".into()))
+        woken
+            .try_recv()
+            .is_ok_and(|k| k == ("shop".into(), "cart".into()))
     })
     .await;
     assert_eq!(
