@@ -227,7 +227,7 @@ pub async fn write_revision(
 }
 
 /// The Ingress targets of a Route, from its status' traffic (what the Route reconciler
-/// resolved), 0 % targets without a tag dropped.
+/// resolved), 0 % targets without a tag dropped; `h2c` is the caller's to set.
 pub fn resolved_targets(route: &Route) -> Vec<ResolvedTarget> {
     route
         .status
@@ -244,7 +244,8 @@ pub fn resolved_targets(route: &Route) -> Vec<ResolvedTarget> {
 }
 
 /// A Route's targets from the routing table: its default host `{name}.{ns}.{domain}` and its
-/// tag hosts `{tag}-{name}.{ns}.{domain}` (Knative's default domain and tag templates).
+/// tag hosts `{tag}-{name}.{ns}.{domain}` (Knative's default domain and tag templates);
+/// `h2c` is the caller's to set.
 pub fn targets_from_table(route: &Route, table: &[HostRoute], domain: &str) -> Vec<ResolvedTarget> {
     let suffix = format!(
         "{}.{}.{domain}",
@@ -279,6 +280,13 @@ pub fn targets_from_table(route: &Route, table: &[HostRoute], domain: &str) -> V
 }
 
 impl KubeNetworking {
+    /// True when the revision's app speaks h2c: its split goes to the public Service's port
+    /// 81, which the gateway reaches over HTTP/2.
+    fn serves_h2c(&self, namespace: &str, revision: &str) -> bool {
+        self.read::<Revision>(namespace, revision)
+            .is_ok_and(|r| r.spec.is_h2c())
+    }
+
     /// The Ingresses of the DomainMappings the table serves: a mapped domain is in it only
     /// once its mapping holds the claim and resolved its target.
     fn mapping_ingresses(&self, table: &[HostRoute]) -> Vec<Ingress> {
@@ -331,11 +339,14 @@ impl Networking for KubeNetworking {
             .filter_map(|v| Route::from_value(v).ok())
             .filter_map(|r| {
                 let targets = targets_from_table(&r, &table, domain);
-                let targets = if targets.is_empty() {
+                let mut targets = if targets.is_empty() {
                     resolved_targets(&r)
                 } else {
                     targets
                 };
+                for t in &mut targets {
+                    t.h2c = self.serves_h2c(&r.metadata.namespace, &t.revision);
+                }
                 (!targets.is_empty()).then(|| ingress(&r, &targets, &cfg))
             })
             .collect();

@@ -576,3 +576,62 @@ async fn a_route_waits_for_its_ingress() {
     .await;
     rt.shutdown_background();
 }
+
+/// An h2c revision's split goes to its public Service's port 81 (the gateway speaks h2c
+/// there); others to 80.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_revisions_split_uses_port_81() {
+    let fake = Fake::start().await;
+    let mut grpc = revision();
+    grpc["metadata"]["name"] = "cart-00002".into();
+    grpc["spec"]["containers"][0]["ports"] = json!([{"name": "h2c", "containerPort": 50051}]);
+    fake.put(REVS, revision());
+    fake.put(REVS, grpc);
+    fake.put(
+        ROUTES,
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+               "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"}}),
+    );
+    let (store, rt) = started(&fake).await;
+    let net = KubeNetworking::new(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        IngressConfig {
+            network: Default::default(),
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    );
+    net.set_routes(vec![HostRoute {
+        host: "cart.shop.example.com".into(),
+        targets: vec![
+            ("shop".into(), "cart-00001".into(), 40),
+            ("shop".into(), "cart-00002".into(), 60),
+        ],
+        unavailable: None,
+        tags: Vec::new(),
+        rewrite_host: None,
+    }]);
+    until("the Ingress written", || {
+        fake.object(INGRESSES, "shop", "cart").is_some()
+    })
+    .await;
+    let ing = fake.object(INGRESSES, "shop", "cart").unwrap();
+    let ports: Vec<(String, i64)> = ing["spec"]["rules"][0]["http"]["paths"][0]["splits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["serviceName"].as_str().unwrap().to_string(),
+                s["servicePort"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [("cart-00001".into(), 80), ("cart-00002".into(), 81)]
+    );
+    rt.shutdown_background();
+}
