@@ -50,7 +50,7 @@ pub const SLICE_MANAGER: &str = "rouse.knative.dev";
 pub const ENDPOINTS_PER_SLICE: usize = 100;
 
 /// What the cluster's config contributes to a revision's Deployment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentConfig {
     /// `config-deployment` `queue-sidecar-image`: the image holding `rouse`.
     pub queue_image: String,

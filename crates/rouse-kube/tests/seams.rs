@@ -117,6 +117,30 @@ async fn the_runtime_applies_scales_and_reads_pods() {
         && p.starts_with("/apis/apps/v1/namespaces/shop/deployments/cart-00001-deployment/scale")));
     assert_eq!(applies(&fake), before);
 
+    // A config change that changes the Deployment rolls it at the next decision, even an
+    // unchanged one; a change that does not, writes nothing.
+    let image = |f: &Fake| {
+        f.object(DEPLOYS, "shop", "cart-00001-deployment").unwrap()["spec"]["template"]["spec"]
+            ["containers"][1]["image"]
+            .clone()
+    };
+    runtime.set_config(DeploymentConfig {
+        queue_image: "example.org/rouse:v2".into(),
+        ..DeploymentConfig::default()
+    });
+    runtime.ensure(spec.clone(), 0);
+    until("the Deployment with the new sidecar image", || {
+        image(&fake) == "example.org/rouse:v2"
+    })
+    .await;
+    assert_eq!(applies(&fake), before + 1);
+    runtime.set_config(DeploymentConfig {
+        queue_image: "example.org/rouse:v2".into(),
+        ..DeploymentConfig::default()
+    });
+    runtime.ensure(spec.clone(), 0);
+    assert_eq!(applies(&fake), before + 1);
+
     // Pods are the instances: Ready condition, pod IP, queue-proxy port.
     fake.put(
         PODS,
