@@ -478,6 +478,7 @@ fn a_knative_service_on_a_real_api_server() {
         || get_json(&kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
     );
 
+    config_deployment_rolls_existing_revisions(&kc);
     scale_to_zero(&kc, second.1);
 
     // Deleting the Service cascades through Kubernetes' garbage collector (the new leader
@@ -492,6 +493,51 @@ fn a_knative_service_on_a_real_api_server() {
     });
     let _ = kubectl(&kc, &["delete", "node", "rouse-e2e-node"], None);
     remove_webhook_configs(&kc);
+}
+
+/// config-deployment's sidecar resources and progress deadline reach the Deployment of a
+/// revision that already exists (Knative rolls them); restored after.
+fn config_deployment_rolls_existing_revisions(kc: &str) {
+    let patch = |data: &str| {
+        let p = format!("{{\"data\":{data}}}");
+        kubectl(
+            kc,
+            &[
+                "patch",
+                "configmap",
+                "-n",
+                "knative-serving",
+                "config-deployment",
+                "--type",
+                "merge",
+                "-p",
+                &p,
+            ],
+            None,
+        )
+    };
+    let (ok, out) = patch(
+        r#"{"queue-sidecar-memory-request":"32Mi","queue-sidecar-cpu-limit":"500m","progress-deadline":"300s"}"#,
+    );
+    assert!(ok, "config-deployment: {out}");
+    let d = until(
+        "hello's Deployment rolled to the new config",
+        Duration::from_secs(60),
+        || {
+            get_json(kc, "deployment/hello-00001-deployment")
+                .filter(|d| d["spec"]["progressDeadlineSeconds"] == 300)
+        },
+    );
+    let qp = &d["spec"]["template"]["spec"]["containers"][1];
+    assert_eq!(
+        qp["resources"],
+        serde_json::json!({"requests": {"cpu": "25m", "memory": "32Mi"}, "limits": {"cpu": "500m"}}),
+        "{qp}"
+    );
+    let (ok, out) = patch(
+        r#"{"queue-sidecar-memory-request":null,"queue-sidecar-cpu-limit":null,"progress-deadline":null}"#,
+    );
+    assert!(ok, "config-deployment restored: {out}");
 }
 
 /// The name of the revision's (first) pod, once the ReplicaSet made it (not one still
