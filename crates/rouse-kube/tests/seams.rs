@@ -467,12 +467,17 @@ fn condition(obj: &Value, type_: &str) -> (String, String) {
         .unwrap_or_default()
 }
 
-/// Plays the gateway: the Ingress as stored, marked Ready for its current generation.
-fn mark_ingress_ready(fake: &Fake) {
+/// Plays the gateway: the Ingress as stored, marked Ready for its current generation; waits
+/// for the seam to report it served.
+async fn mark_ingress_ready(fake: &Fake, net: &KubeNetworking) {
     let mut ing = fake.object(INGRESSES, "shop", "cart").unwrap();
     ing["status"] = json!({"observedGeneration": ing["metadata"]["generation"],
                            "conditions": [{"type": "Ready", "status": "True"}]});
     fake.put(INGRESSES, ing);
+    until("the Ingress served", || {
+        net.route_ingress("shop", "cart") == rouse_controller::networking::IngressState::Ready
+    })
+    .await;
 }
 
 /// The Route reconciler (the one local mode runs) over the Kubernetes seams: the Route is not
@@ -549,11 +554,7 @@ async fn a_route_waits_for_its_ingress() {
     );
 
     // The gateway marks it Ready: the route is woken and turns Ready.
-    mark_ingress_ready(&fake);
-    until("the Ingress served", || {
-        net.route_ingress("shop", "cart") == IngressState::Ready
-    })
-    .await;
+    mark_ingress_ready(&fake, &net).await;
     let next = tokio::time::timeout(Duration::from_secs(20), woken.recv()).await;
     assert_eq!(next.unwrap().unwrap(), ("shop".into(), "cart".into()));
     until("the Route in the cache", || route_in_cache("Unknown")).await;
@@ -593,11 +594,7 @@ async fn a_route_waits_for_its_ingress() {
         net.route_ingress("shop", "cart"),
         IngressState::not_configured()
     );
-    mark_ingress_ready(&fake);
-    until("the new split served", || {
-        net.route_ingress("shop", "cart") == IngressState::Ready
-    })
-    .await;
+    mark_ingress_ready(&fake, &net).await;
     rt.shutdown_background();
 }
 

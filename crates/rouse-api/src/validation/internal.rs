@@ -97,22 +97,27 @@ pub fn validate_ingress(new: &Ingress, _old: Option<&Ingress>) -> Result<(), Fie
     errs.into_result()
 }
 
-/// `apiVersion`, `kind` and `name` all given.
-fn object_reference(r: &ObjectReference) -> FieldErrors {
-    let missing: Vec<&str> = [
-        ("apiVersion", &r.api_version),
-        ("kind", &r.kind),
-        ("name", &r.name),
-    ]
-    .into_iter()
-    .filter(|(_, v)| v.is_empty())
-    .map(|(k, _)| k)
-    .collect();
+/// One `missing field(s)` error naming each field that is missing (none: no error).
+fn missing_fields(fields: &[(&str, bool)]) -> FieldErrors {
+    let missing: Vec<&str> = fields
+        .iter()
+        .filter(|(_, missing)| *missing)
+        .map(|(f, _)| *f)
+        .collect();
     if missing.is_empty() {
         FieldErrors::new()
     } else {
         FieldError::missing_field(&missing).into()
     }
+}
+
+/// `apiVersion`, `kind` and `name` all given.
+fn object_reference(r: &ObjectReference) -> FieldErrors {
+    missing_fields(&[
+        ("apiVersion", r.api_version.is_empty()),
+        ("kind", r.kind.is_empty()),
+        ("name", r.name.is_empty()),
+    ])
 }
 
 fn protocol(p: &str) -> FieldErrors {
@@ -152,28 +157,21 @@ fn ingress_path(path: &HttpIngressPath) -> FieldErrors {
     }
     let mut total = 0;
     for (i, split) in path.splits.iter().enumerate() {
-        let at = |field: &str| format!("splits[{i}].{field}");
+        let mut e = FieldErrors::new();
         if !(0..=100).contains(&split.percent) {
-            errs.push(FieldError::invalid_value(split.percent, &at("percent")));
+            e.push(FieldError::invalid_value(split.percent, "percent"));
         }
         total += split.percent;
-        let missing: Vec<String> = [
+        let no_port = match &split.service_port {
+            IntOrString::Int(p) => *p == 0,
+            IntOrString::String(s) => s.is_empty(),
+        };
+        e.extend(missing_fields(&[
             ("serviceNamespace", split.service_namespace.is_empty()),
             ("serviceName", split.service_name.is_empty()),
-            (
-                "servicePort",
-                matches!(&split.service_port, IntOrString::Int(0))
-                    || matches!(&split.service_port, IntOrString::String(s) if s.is_empty()),
-            ),
-        ]
-        .into_iter()
-        .filter(|(_, missing)| *missing)
-        .map(|(f, _)| at(f))
-        .collect();
-        if !missing.is_empty() {
-            let paths: Vec<&str> = missing.iter().map(String::as_str).collect();
-            errs.push(FieldError::missing_field(&paths));
-        }
+            ("servicePort", no_port),
+        ]));
+        errs.extend_via(&format!("splits[{i}]"), e);
     }
     // One split may leave its percent out (it takes everything).
     if (path.splits.len() != 1 || total != 0) && total != 100 {
@@ -186,20 +184,11 @@ fn ingress_path(path: &HttpIngressPath) -> FieldErrors {
 }
 
 fn ingress_tls(tls: &IngressTls) -> FieldErrors {
-    let missing: Vec<&str> = [
+    missing_fields(&[
         ("hosts", tls.hosts.is_empty()),
         ("secretName", tls.secret_name.is_empty()),
         ("secretNamespace", tls.secret_namespace.is_empty()),
-    ]
-    .into_iter()
-    .filter(|(_, m)| *m)
-    .map(|(f, _)| f)
-    .collect();
-    if missing.is_empty() {
-        FieldErrors::new()
-    } else {
-        FieldError::missing_field(&missing).into()
-    }
+    ])
 }
 
 #[cfg(test)]
