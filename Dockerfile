@@ -9,8 +9,12 @@
 #
 #   RUSTFLAGS="-C target-feature=+crt-static" \
 #     cargo build --release --locked -p rouse --bins --target x86_64-unknown-linux-gnu
+#   strip target/x86_64-unknown-linux-gnu/release/rouse \
+#     target/x86_64-unknown-linux-gnu/release/rouse-queue-proxy
 #   docker build -t rouse:dev .
 #
+# (The release profile keeps line tables for backtraces: unstripped, the image is 315 MB;
+# stripped, 43 MB.)
 # `--target` keeps the static build apart from the ordinary one (and keeps RUSTFLAGS away from
 # build scripts). A debug build works too:
 #   docker build --build-arg PROFILE=debug -t rouse:dev .
