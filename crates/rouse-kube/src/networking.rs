@@ -33,7 +33,8 @@ use crate::domainmapping;
 use crate::informer::{Informer, ObjectKey, Snapshot};
 use crate::install::NAMESPACE;
 use crate::revision::{
-    Backend, private_service, public_endpoint_slices, public_endpoints, public_service,
+    Backend, LABEL_SLICE_MANAGED_BY, LABEL_SLICE_SERVICE, SLICE_MANAGER, private_service,
+    public_endpoint_slices, public_endpoints, public_service,
 };
 use crate::route::{IngressConfig, LABEL_ROUTE, ResolvedTarget, ingress};
 use crate::stat_stream::ActivatorStats;
@@ -209,7 +210,9 @@ pub async fn activators(client: &kube::Client) -> Result<Vec<Backend>, kube::Err
     Ok(out)
 }
 
-/// Writes a revision's Services and public EndpointSlices; returns the effective mode.
+/// Writes a revision's Services and public EndpointSlices, and deletes the public slices
+/// the new set no longer names (fewer endpoints, an address family gone); returns the
+/// effective mode.
 pub async fn write_revision(
     client: &kube::Client,
     sks: &ServerlessService,
@@ -220,10 +223,48 @@ pub async fn write_revision(
     apply(client, &private_service(sks, revision_uid)).await?;
     apply(client, &public_service(sks)).await?;
     let eps = public_endpoints(sks, pods, activators);
-    for slice in public_endpoint_slices(sks, &eps) {
-        apply(client, &slice).await?;
+    let slices = public_endpoint_slices(sks, &eps);
+    let mut names = HashSet::new();
+    for slice in &slices {
+        apply(client, slice).await?;
+        names.extend(slice.metadata.name.clone());
     }
+    delete_stale_slices(client, sks, &names).await?;
     Ok(eps.mode)
+}
+
+/// Deletes the public Service's slices Rouse wrote that are not in `keep`.
+async fn delete_stale_slices(
+    client: &kube::Client,
+    sks: &ServerlessService,
+    keep: &HashSet<String>,
+) -> Result<(), StoreError> {
+    let (ns, name) = (&sks.metadata.namespace, &sks.metadata.name);
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let selector = format!("{LABEL_SLICE_SERVICE}={name},{LABEL_SLICE_MANAGED_BY}={SLICE_MANAGER}");
+    let listed = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| StoreError::Backend(format!("listing {ns}/{name}'s EndpointSlices: {e}")))?;
+    for slice in listed.items {
+        let labels = slice.metadata.labels.clone().unwrap_or_default();
+        // Checked here too: only ever one of ours, whatever the server's filtering.
+        let ours = labels.get(LABEL_SLICE_SERVICE) == Some(name)
+            && labels.get(LABEL_SLICE_MANAGED_BY).map(String::as_str) == Some(SLICE_MANAGER);
+        let Some(stale) = slice.metadata.name.filter(|n| ours && !keep.contains(n)) else {
+            continue;
+        };
+        match api.delete(&stale, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(StoreError::Backend(format!(
+                    "deleting EndpointSlice {ns}/{stale}: {e}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The Ingress targets of a Route, from its status' traffic (what the Route reconciler

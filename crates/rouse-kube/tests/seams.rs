@@ -264,6 +264,53 @@ async fn endpoint_slices_in_serve_and_proxy() {
         net.serving_through_activator("shop", "cart-00001")
     })
     .await;
+
+    // Back in Serve with 101 IPv4 pods and one IPv6: three slices; then one pod: the slices
+    // the new set no longer names are deleted, another manager's slice is left alone.
+    fake.put(SKS, sks("Serve"));
+    until("the SKS in Serve in the cache", || {
+        store
+            .get(Kind::ServerlessService, "shop", "cart-00001")
+            .unwrap()["spec"]["mode"]
+            == "Serve"
+    })
+    .await;
+    let mut many: Vec<String> = (0..101)
+        .map(|i| format!("10.1.{}.{}:8012", i / 200, i % 200 + 1))
+        .collect();
+    many.push("[fd00::7]:8012".into());
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    net.set_revision("shop", "cart-00001", traffic(SksMode::Serve, &many));
+    let slice = |name: &str| fake.object(SLICES, "shop", name);
+    until("three public slices", || {
+        [
+            "cart-00001-ipv4-0",
+            "cart-00001-ipv4-1",
+            "cart-00001-ipv6-0",
+        ]
+        .iter()
+        .all(|n| slice(n).is_some())
+    })
+    .await;
+    fake.put(
+        SLICES,
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "cart-00001-foreign", "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": "cart-00001",
+                                "endpointslice.kubernetes.io/managed-by": "someone-else"}},
+        "addressType": "IPv4", "endpoints": []}),
+    );
+    net.set_revision(
+        "shop",
+        "cart-00001",
+        traffic(SksMode::Serve, &["10.1.0.7:8012"]),
+    );
+    until("the stale slices deleted", || {
+        slice("cart-00001-ipv4-1").is_none() && slice("cart-00001-ipv6-0").is_none()
+    })
+    .await;
+    assert_eq!(slice_addresses(&fake), ["10.1.0.7"]);
+    assert!(slice("cart-00001-foreign").is_some());
     rt.shutdown_background();
 }
 
