@@ -175,8 +175,8 @@ impl Controller {
         if let Some(pokes) = self.pokes {
             loops.push(handle.spawn(autoscaling::poke_loop(ctx.clone(), pokes)));
         }
-        if let Some(routes) = ctx.networking.subscribe_routes() {
-            loops.push(handle.spawn(watch_ingresses(ctx.clone(), routes)));
+        if let Some(owners) = ctx.networking.subscribe_ingresses() {
+            loops.push(handle.spawn(watch_ingresses(ctx.clone(), owners)));
         }
         let workers: Vec<_> = (0..WORKERS)
             .map(|_| handle.spawn(worker(ctx.clone())))
@@ -532,19 +532,19 @@ async fn watch_runtime(ctx: Arc<Context>) {
     }
 }
 
-/// Looks at a route again each time the data plane's readiness for it may have changed.
-async fn watch_ingresses(
-    ctx: Arc<Context>,
-    mut routes: tokio::sync::broadcast::Receiver<(String, String)>,
-) {
+/// Looks at a Route or DomainMapping again each time the data plane's readiness for it may
+/// have changed.
+async fn watch_ingresses(ctx: Arc<Context>, mut owners: tokio::sync::broadcast::Receiver<Key>) {
     loop {
-        match routes.recv().await {
-            Ok((ns, name)) => ctx.queue.add(Key::new(Kind::Route, &ns, &name)),
+        match owners.recv().await {
+            Ok(key) => ctx.queue.add(key),
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                // Missed some: look at every route.
-                if let Ok((routes, _)) = ctx.client.store().list(Kind::Route, None) {
-                    for r in &routes {
-                        enqueue_for(&ctx, Kind::Route, r, false);
+                // Missed some: look at every route and mapping.
+                for kind in [Kind::Route, Kind::DomainMapping] {
+                    if let Ok((objects, _)) = ctx.client.store().list(kind, None) {
+                        for o in &objects {
+                            enqueue_for(&ctx, kind, o, false);
+                        }
                     }
                 }
             }

@@ -11,6 +11,8 @@ use rouse_api::condition::ConditionStatus;
 use rouse_api::networking::SksMode;
 use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
 
+use crate::Key;
+
 /// Where traffic goes: `(namespace, revision, percent)` each.
 pub type Targets = Vec<(String, String, u32)>;
 
@@ -61,8 +63,9 @@ pub struct ActivatorLoad {
     pub request_count: f64,
 }
 
-/// Whether the data plane serves a route as last programmed: a Route's `IngressReady` follows
-/// it (Knative's follows its Ingress's `Ready`, set by the ingress implementation).
+/// Whether the data plane serves a route or domain mapping as last programmed: its
+/// `IngressReady` follows it (Knative's follows its Ingress's `Ready`, set by the ingress
+/// implementation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngressState {
     /// Served as programmed.
@@ -91,11 +94,12 @@ impl IngressState {
 pub trait Networking: Send + Sync + 'static {
     /// Replaces the whole routing table at once.
     fn set_routes(&self, routes: Vec<HostRoute>);
-    /// Whether route `name`'s part of the table last set is served yet.
-    fn route_ingress(&self, namespace: &str, name: &str) -> IngressState;
-    /// `(namespace, route)` each time the answer of [`Networking::route_ingress`] may have
-    /// changed on its own (the reconciler looks again); `None` when it never does.
-    fn subscribe_routes(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>>;
+    /// Whether the part of the table last set for a Route or DomainMapping (`owner`) is
+    /// served yet.
+    fn ingress_state(&self, owner: &Key) -> IngressState;
+    /// The Route or DomainMapping each time the answer of [`Networking::ingress_state`] for it
+    /// may have changed on its own (its reconciler looks again); `None` when it never does.
+    fn subscribe_ingresses(&self) -> Option<tokio::sync::broadcast::Receiver<Key>>;
     /// Replaces how a revision is reached, in one swap.
     fn set_revision(&self, namespace: &str, revision: &str, traffic: RevisionTraffic);
     /// Forgets a deleted revision; requests still routed to it are refused at once (503).
@@ -150,11 +154,11 @@ impl Networking for LocalNetworking {
     }
 
     /// The in-process gateway serves a table from the moment it is set.
-    fn route_ingress(&self, _namespace: &str, _name: &str) -> IngressState {
+    fn ingress_state(&self, _owner: &Key) -> IngressState {
         IngressState::Ready
     }
 
-    fn subscribe_routes(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>> {
+    fn subscribe_ingresses(&self) -> Option<tokio::sync::broadcast::Receiver<Key>> {
         None
     }
 

@@ -5,8 +5,9 @@
 //! Ingress per Route and one per served DomainMapping, served by the gateway of class
 //! `rouse.ingress.networking.knative.dev`.
 //! Writes are server-side applies run on the seam's runtime; the seam's calls return at once.
-//! A Route's Ingress is served once the gateway marks it Ready for the spec last written: the
-//! seam follows the routes' Ingresses and tells the reconciler when one's readiness changes.
+//! A Route's or DomainMapping's Ingress is served once the gateway marks it Ready for the spec
+//! last written: the seam follows the Ingresses and tells the reconcilers when one's readiness
+//! changes.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -20,6 +21,7 @@ use rouse_api::ingress::{Ingress, IngressSpec};
 use rouse_api::meta::Resource;
 use rouse_api::networking::{ServerlessService, SksMode};
 use rouse_api::serving::{Revision, Route};
+use rouse_controller::Key;
 use rouse_controller::networking::{
     ActivatorLoad, HostRoute, IngressState, Networking, RevisionTraffic,
 };
@@ -30,13 +32,13 @@ use tokio::sync::broadcast;
 
 use crate::apply::{apply, apply_ingress};
 use crate::domainmapping;
-use crate::informer::{Informer, ObjectKey, Snapshot};
+use crate::informer::{Informer, Snapshot};
 use crate::install::NAMESPACE;
 use crate::revision::{
     Backend, LABEL_SLICE_MANAGED_BY, LABEL_SLICE_SERVICE, SLICE_MANAGER, private_service,
     public_endpoint_slices, public_endpoints, public_service,
 };
-use crate::route::{IngressConfig, LABEL_ROUTE, ResolvedTarget, ingress};
+use crate::route::{IngressConfig, ResolvedTarget, ingress};
 use crate::stat_stream::ActivatorStats;
 
 /// The activator's Service, whose EndpointSlices list the activators.
@@ -55,13 +57,13 @@ pub struct KubeNetworking {
     modes: Arc<Mutex<HashMap<RevisionKey, SksMode>>>,
     /// What the activators pushed over their stat streams.
     activator_stats: Arc<ActivatorStats>,
-    /// Each route's Ingress spec as last handed to the API server, by `(namespace, route)`
-    /// (a route's Ingress is named after it).
-    written: Mutex<HashMap<ObjectKey, IngressSpec>>,
-    /// The routes' Ingresses as the API server has them.
+    /// Each Route's and DomainMapping's Ingress as last handed to the API server: its name
+    /// and spec, by owner.
+    written: Mutex<HashMap<Key, (String, IngressSpec)>>,
+    /// The Ingresses as the API server has them.
     ingresses: Informer,
-    /// Routes whose Ingress changed in generation or status.
-    route_events: broadcast::Sender<ObjectKey>,
+    /// The owners of Ingresses that changed in generation or status.
+    owner_events: broadcast::Sender<Key>,
 }
 
 impl KubeNetworking {
@@ -75,16 +77,12 @@ impl KubeNetworking {
         let ingresses = {
             let _on = handle.enter();
             let ar = crate::store::api_resource(&crate::crd::INGRESS);
-            Informer::start(
-                Api::all_with(client.clone(), &ar),
-                LABEL_ROUTE,
-                "routes' ingresses",
-            )
+            Informer::start(Api::all_with(client.clone(), &ar), "", "ingresses")
         };
-        let route_events = broadcast::channel(256).0;
+        let owner_events = broadcast::channel(256).0;
         handle.spawn(announce_changes(
             ingresses.subscribe(),
-            route_events.clone(),
+            owner_events.clone(),
         ));
         KubeNetworking {
             client,
@@ -95,7 +93,7 @@ impl KubeNetworking {
             activator_stats: Arc::default(),
             written: Mutex::default(),
             ingresses,
-            route_events,
+            owner_events,
         }
     }
 
@@ -125,7 +123,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What a route's readiness is read from: its Ingress's generation and status.
+/// What an owner's readiness is read from: its Ingress's generation and status.
 fn readiness_of(ingress: &Value) -> (Value, Value) {
     (
         ingress["metadata"]["generation"].clone(),
@@ -133,22 +131,33 @@ fn readiness_of(ingress: &Value) -> (Value, Value) {
     )
 }
 
-/// Sends the route of each Ingress whose generation or status changed (or that came or went)
+/// The Route or DomainMapping an Ingress (stored, as JSON) belongs to, by its owner reference.
+fn owner_of(ingress: &Value) -> Option<Key> {
+    let ns = ingress["metadata"]["namespace"].as_str()?;
+    ingress["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find_map(|o| {
+            let kind = Kind::from_name(o["kind"].as_str()?)
+                .filter(|k| matches!(k, Kind::Route | Kind::DomainMapping))?;
+            Some(Key::new(kind, ns, o["name"].as_str()?))
+        })
+}
+
+/// Sends the owner of each Ingress whose generation or status changed (or that came or went)
 /// from one set to the next, until the informer is gone.
 async fn announce_changes(
     mut sets: tokio::sync::watch::Receiver<Snapshot>,
-    events: broadcast::Sender<ObjectKey>,
+    events: broadcast::Sender<Key>,
 ) {
-    let mut seen: HashMap<ObjectKey, (Value, Value)> = HashMap::new();
+    let mut seen: HashMap<Key, (Value, Value)> = HashMap::new();
     while sets.changed().await.is_ok() {
         let set = sets.borrow_and_update().clone();
         let mut now = HashMap::with_capacity(set.objects.len());
-        for (key, ing) in set.objects.iter() {
-            let route = ing["metadata"]["labels"][LABEL_ROUTE]
-                .as_str()
-                .unwrap_or(&key.1)
-                .to_string();
-            now.insert((key.0.clone(), route), readiness_of(ing));
+        for ing in set.objects.values() {
+            if let Some(owner) = owner_of(ing) {
+                now.insert(owner, readiness_of(ing));
+            }
         }
         for (key, state) in &now {
             if seen.get(key) != Some(state) {
@@ -162,7 +171,7 @@ async fn announce_changes(
     }
 }
 
-/// A route's Ingress as the API server has it, against the spec last written: ready once the
+/// An Ingress as the API server has it, against the spec last written: ready once the
 /// ingress implementation marked this very spec Ready (Knative's `IsReady`: the status
 /// observed the current generation).
 pub fn ingress_state(stored: Option<&Value>, written: Option<&IngressSpec>) -> IngressState {
@@ -391,14 +400,16 @@ impl Networking for KubeNetworking {
                 (!targets.is_empty()).then(|| ingress(&r, &targets, &cfg))
             })
             .collect();
+        ingresses.extend(self.mapping_ingresses(&table));
         *lock(&self.written) = ingresses
             .iter()
-            .map(|i| {
-                let key = (i.metadata.namespace.clone(), i.metadata.name.clone());
-                (key, i.spec.clone())
+            .filter_map(|i| {
+                let owner = i.metadata.owner_references.first()?;
+                let kind = Kind::from_name(&owner.kind)?;
+                let key = Key::new(kind, &i.metadata.namespace, &owner.name);
+                Some((key, (i.metadata.name.clone(), i.spec.clone())))
             })
             .collect();
-        ingresses.extend(self.mapping_ingresses(&table));
         let client = self.client.clone();
         self.handle.spawn(async move {
             for ing in ingresses {
@@ -410,14 +421,17 @@ impl Networking for KubeNetworking {
     }
 
     /// Ready once the gateway marked the Ingress Ready for the spec last written.
-    fn route_ingress(&self, namespace: &str, name: &str) -> IngressState {
-        let key = (namespace.to_string(), name.to_string());
+    fn ingress_state(&self, owner: &Key) -> IngressState {
+        let Some((name, spec)) = lock(&self.written).get(owner).cloned() else {
+            return IngressState::not_configured();
+        };
         let set = self.ingresses.snapshot();
-        ingress_state(set.objects.get(&key), lock(&self.written).get(&key))
+        let stored = set.objects.get(&(owner.namespace.clone(), name));
+        ingress_state(stored, Some(&spec))
     }
 
-    fn subscribe_routes(&self) -> Option<broadcast::Receiver<(String, String)>> {
-        Some(self.route_events.subscribe())
+    fn subscribe_ingresses(&self) -> Option<broadcast::Receiver<Key>> {
+        Some(self.owner_events.subscribe())
     }
 
     fn set_revision(&self, namespace: &str, revision: &str, t: RevisionTraffic) {

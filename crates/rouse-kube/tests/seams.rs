@@ -389,6 +389,16 @@ async fn a_served_domain_mapping_gets_its_ingress() {
         fake.object(INGRESSES, "rival", "shop.example.org")
             .is_none()
     );
+    // Served once the gateway marks it, as a Route's.
+    let owner = rouse_controller::Key::new(Kind::DomainMapping, "shop", "shop.example.org");
+    assert_eq!(
+        net.ingress_state(&owner),
+        rouse_controller::networking::IngressState::not_configured()
+    );
+    let mut woken = net.subscribe_ingresses().unwrap();
+    mark_ready(&fake, &net, "shop.example.org", &owner).await;
+    let next = tokio::time::timeout(Duration::from_secs(20), woken.recv()).await;
+    assert_eq!(next.unwrap().unwrap(), owner);
     rt.shutdown_background();
 }
 
@@ -514,15 +524,24 @@ fn condition(obj: &Value, type_: &str) -> (String, String) {
         .unwrap_or_default()
 }
 
-/// Plays the gateway: the Ingress as stored, marked Ready for its current generation; waits
-/// for the seam to report it served.
+fn cart_route() -> rouse_controller::Key {
+    rouse_controller::Key::new(Kind::Route, "shop", "cart")
+}
+
+/// Plays the gateway for route `cart`'s Ingress (see [`mark_ready`]).
 async fn mark_ingress_ready(fake: &Fake, net: &KubeNetworking) {
-    let mut ing = fake.object(INGRESSES, "shop", "cart").unwrap();
+    mark_ready(fake, net, "cart", &cart_route()).await;
+}
+
+/// Plays the gateway: Ingress `name` in `shop` as stored, marked Ready for its current
+/// generation; waits for the seam to report its owner served.
+async fn mark_ready(fake: &Fake, net: &KubeNetworking, name: &str, owner: &rouse_controller::Key) {
+    let mut ing = fake.object(INGRESSES, "shop", name).unwrap();
     ing["status"] = json!({"observedGeneration": ing["metadata"]["generation"],
                            "conditions": [{"type": "Ready", "status": "True"}]});
     fake.put(INGRESSES, ing);
     until("the Ingress served", || {
-        net.route_ingress("shop", "cart") == rouse_controller::networking::IngressState::Ready
+        net.ingress_state(owner) == rouse_controller::networking::IngressState::Ready
     })
     .await;
 }
@@ -569,7 +588,7 @@ async fn a_route_waits_for_its_ingress() {
         "example.com".into(),
     )
     .context();
-    let mut woken = net.subscribe_routes().expect("the seam wakes routes");
+    let mut woken = net.subscribe_ingresses().expect("the seam wakes routes");
     let key = Key::new(Kind::Route, "shop", "cart");
     let route_in_cache = |status: &str| {
         store
@@ -594,16 +613,16 @@ async fn a_route_waits_for_its_ingress() {
     })
     .await;
     let next = tokio::time::timeout(Duration::from_secs(20), woken.recv()).await;
-    assert_eq!(next.unwrap().unwrap(), ("shop".into(), "cart".into()));
+    assert_eq!(next.unwrap().unwrap(), cart_route());
     assert_eq!(
-        net.route_ingress("shop", "cart"),
+        net.ingress_state(&cart_route()),
         IngressState::not_configured()
     );
 
     // The gateway marks it Ready: the route is woken and turns Ready.
     mark_ingress_ready(&fake, &net).await;
     let next = tokio::time::timeout(Duration::from_secs(20), woken.recv()).await;
-    assert_eq!(next.unwrap().unwrap(), ("shop".into(), "cart".into()));
+    assert_eq!(next.unwrap().unwrap(), cart_route());
     until("the Route in the cache", || route_in_cache("Unknown")).await;
     reconcile(&ctx, &key).await.unwrap();
     let route = fake.object(ROUTES, "shop", "cart").unwrap();
@@ -623,7 +642,7 @@ async fn a_route_waits_for_its_ingress() {
         rewrite_host: None,
     }]);
     assert_eq!(
-        net.route_ingress("shop", "cart"),
+        net.ingress_state(&cart_route()),
         IngressState::not_configured()
     );
     until("the new spec stored", || {
@@ -632,13 +651,11 @@ async fn a_route_waits_for_its_ingress() {
     })
     .await;
     until("the new generation in the informer", || {
-        woken
-            .try_recv()
-            .is_ok_and(|k| k == ("shop".into(), "cart".into()))
+        woken.try_recv().is_ok_and(|k| k == cart_route())
     })
     .await;
     assert_eq!(
-        net.route_ingress("shop", "cart"),
+        net.ingress_state(&cart_route()),
         IngressState::not_configured()
     );
     mark_ingress_ready(&fake, &net).await;

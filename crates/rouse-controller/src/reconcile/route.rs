@@ -13,7 +13,7 @@ use rouse_api::serving::{Addressable, Configuration, Revision, Route, RouteStatu
 
 use super::{Requeue, route_rollout, routing_state};
 use crate::networking::{HostRoute, IngressState, Targets};
-use crate::{Context, ReconcileError};
+use crate::{Context, Key, ReconcileError};
 
 pub(super) async fn reconcile(
     ctx: &Context,
@@ -49,7 +49,10 @@ pub(super) async fn reconcile(
     // whether it serves that yet (the networking seam wakes the route when that changes), so
     // a client that waits for Ready never finds the host unrouted.
     program_route(ctx, ns, name, entries).await;
-    let next_step = match ctx.networking.route_ingress(ns, name) {
+    let next_step = match ctx
+        .networking
+        .ingress_state(&Key::new(Kind::Route, ns, name))
+    {
         IngressState::Ready => {
             if !rolling.as_ref().is_some_and(|r| r.in_progress()) {
                 status.mark_true("IngressReady");
