@@ -11,7 +11,6 @@ use rouse_activator::{Activator, ActivatorConfig};
 use rouse_api::Kind;
 use rouse_api::config::Config;
 use rouse_api::decode::parse_documents;
-use rouse_controller::networking::LocalNetworking;
 use rouse_controller::{Controller, Networking};
 use rouse_gateway::{Gateway, TrustedProxies};
 use rouse_queue::http::{DEFAULT_MIN_BODY_RATE, MinBodyRate, ServerLimits};
@@ -25,6 +24,7 @@ use crate::api::admission::{Target, admit};
 use crate::api::{ApiState, serve_api_tls};
 use crate::cli::gateway::GATEWAY_INFO_METRIC;
 use crate::host::{self, DESCRIPTOR_RESERVE, HostArgs};
+use crate::local::networking::LocalNetworking;
 
 /// Longest wait for in-flight work at shutdown before giving up on it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
