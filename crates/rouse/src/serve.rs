@@ -13,7 +13,7 @@ use rouse_api::config::Config;
 use rouse_api::decode::parse_documents;
 use rouse_controller::{Controller, Networking};
 use rouse_gateway::{Gateway, TrustedProxies};
-use rouse_queue::http::{DEFAULT_MIN_BODY_RATE, MinBodyRate, ServerLimits};
+use rouse_http::{DEFAULT_MIN_BODY_RATE, MinBodyRate, ServerLimits};
 use rouse_runtime::{ProcessRuntime, Runtime};
 use rouse_store::{EmbeddedStore, Store, StoreError};
 use serde_json::Value;
@@ -142,9 +142,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }),
     );
     let gateway = Gateway::new(activator.clone());
-    rouse_queue::http::set_allow_underscores_in_headers(
-        config.network.allow_underscores_in_headers,
-    );
+    rouse_http::set_allow_underscores_in_headers(config.network.allow_underscores_in_headers);
     gateway.set_trusted_proxies(
         TrustedProxies::parse(&config.network.trusted_proxies.join(","))
             .context("config-network trusted-proxies")?,
@@ -158,7 +156,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let limits = ServerLimits {
-        connections: rouse_queue::http::ConnectionLimit {
+        connections: rouse_http::ConnectionLimit {
             max: Some(descriptors.max_connections),
             descriptor_limit: Some(descriptors.limit),
             descriptor_reserve: DESCRIPTOR_RESERVE,
