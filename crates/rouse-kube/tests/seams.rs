@@ -524,6 +524,20 @@ fn condition(obj: &Value, type_: &str) -> (String, String) {
         .unwrap_or_default()
 }
 
+/// Route `cart`'s host split between `cart-00001` and `cart-00002`.
+fn cart_split(first: u32, second: u32) -> Vec<HostRoute> {
+    vec![HostRoute {
+        host: "cart.shop.example.com".into(),
+        targets: vec![
+            ("shop".into(), "cart-00001".into(), first),
+            ("shop".into(), "cart-00002".into(), second),
+        ],
+        unavailable: None,
+        tags: Vec::new(),
+        rewrite_host: None,
+    }]
+}
+
 fn cart_route() -> rouse_controller::Key {
     rouse_controller::Key::new(Kind::Route, "shop", "cart")
 }
@@ -631,16 +645,7 @@ async fn a_route_waits_for_its_ingress() {
 
     // A new split is a new spec: not served until marked again (its Ready was for the old).
     until("the Route Ready in the cache", || route_in_cache("True")).await;
-    net.set_routes(vec![HostRoute {
-        host: "cart.shop.example.com".into(),
-        targets: vec![
-            ("shop".into(), "cart-00001".into(), 50),
-            ("shop".into(), "cart-00002".into(), 50),
-        ],
-        unavailable: None,
-        tags: Vec::new(),
-        rewrite_host: None,
-    }]);
+    net.set_routes(cart_split(50, 50));
     assert_eq!(
         net.ingress_state(&cart_route()),
         IngressState::not_configured()
@@ -688,16 +693,7 @@ async fn an_h2c_revisions_split_uses_port_81() {
             tag_header_routing: false,
         },
     );
-    net.set_routes(vec![HostRoute {
-        host: "cart.shop.example.com".into(),
-        targets: vec![
-            ("shop".into(), "cart-00001".into(), 40),
-            ("shop".into(), "cart-00002".into(), 60),
-        ],
-        unavailable: None,
-        tags: Vec::new(),
-        rewrite_host: None,
-    }]);
+    net.set_routes(cart_split(40, 60));
     until("the Ingress written", || {
         fake.object(INGRESSES, "shop", "cart").is_some()
     })
