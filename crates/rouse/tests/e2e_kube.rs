@@ -416,6 +416,7 @@ fn a_knative_service_on_a_real_api_server() {
     assert_eq!(condition(&route, "IngressReady").0, "True", "{route}");
     through_the_gateway(gateway.listening, pod_ip.is_some());
     traffic_split(&kc, gateway.listening, pod_ip.is_some());
+    domain_mapping(&kc);
 
     // Leader hand-over: a second replica follows while the first leads, and takes the Lease
     // once the first is gone (after the Lease's 15 s duration).
@@ -493,6 +494,50 @@ fn a_knative_service_on_a_real_api_server() {
     });
     let _ = kubectl(&kc, &["delete", "node", "rouse-e2e-node"], None);
     remove_webhook_configs(&kc);
+}
+
+/// A DomainMapping to `hello`: its Ingress shaped as Knative's (the domain, `rewriteHost` to
+/// the Service's cluster-local host), and the mapping Ready once the gateway marks that
+/// Ingress Ready; deleted after.
+fn domain_mapping(kc: &str) {
+    const DOMAIN: &str = "hello.rouse-e2e.example.org";
+    let dm = format!(
+        "apiVersion: serving.knative.dev/v1beta1\nkind: DomainMapping\nmetadata:\n  name: {DOMAIN}\n  namespace: {NS}\n\
+         spec:\n  ref:\n    apiVersion: serving.knative.dev/v1\n    kind: Service\n    name: hello\n"
+    );
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(dm.as_bytes()));
+    assert!(ok, "apply the DomainMapping: {out}");
+    let ing = until("the mapping's Ingress", Duration::from_secs(60), || {
+        get_json(
+            kc,
+            &format!("ingresses.networking.internal.knative.dev/{DOMAIN}"),
+        )
+    });
+    let rule = &ing["spec"]["rules"][0];
+    assert_eq!(rule["hosts"], serde_json::json!([DOMAIN]), "{ing}");
+    assert_eq!(
+        rule["http"]["paths"][0]["rewriteHost"],
+        format!("hello.{NS}.svc.cluster.local"),
+        "{ing}"
+    );
+    assert_eq!(
+        ing["metadata"]["ownerReferences"][0]["kind"],
+        "DomainMapping"
+    );
+    let mapped = until("the DomainMapping Ready", Duration::from_secs(60), || {
+        get_json(kc, &format!("domainmapping/{DOMAIN}")).filter(ready)
+    });
+    assert_eq!(condition(&mapped, "IngressReady").0, "True", "{mapped}");
+    assert!(
+        get_json(
+            kc,
+            &format!("ingresses.networking.internal.knative.dev/{DOMAIN}")
+        )
+        .is_some_and(|i| ready(&i)),
+        "the gateway marked the mapping's Ingress Ready"
+    );
+    let (ok, out) = kubectl(kc, &["delete", "-n", NS, "domainmapping", DOMAIN], None);
+    assert!(ok, "delete the DomainMapping: {out}");
 }
 
 /// config-deployment's sidecar resources and progress deadline reach the Deployment of a
