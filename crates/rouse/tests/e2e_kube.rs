@@ -338,6 +338,14 @@ fn a_knative_service_on_a_real_api_server() {
         .filter_map(|c| c["name"].as_str())
         .collect();
     assert_eq!(names, ["user-container", "queue-proxy"]);
+    // The sidecar is the image's lean binary, with Knative's default resources.
+    let qp = &pod_spec["containers"][1];
+    assert_eq!(qp["image"], "rouse:dev");
+    assert_eq!(qp["command"], serde_json::json!(["/rouse-queue-proxy"]));
+    assert_eq!(
+        qp["resources"],
+        serde_json::json!({"requests": {"cpu": "25m"}})
+    );
     assert_eq!(
         deploy["spec"]["template"]["metadata"]["labels"]["serving.knative.dev/revision"],
         "hello-00001"
