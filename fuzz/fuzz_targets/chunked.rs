@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rouse_queue::fuzzing::{ChunkedScanner, decode_chunked};
+use rouse_http::fuzzing::{ChunkedScanner, decode_chunked};
 
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {

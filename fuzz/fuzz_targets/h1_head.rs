@@ -11,9 +11,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rouse_queue::fuzzing::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed};
-use rouse_queue::http::h1::{Framing, ParsedResponse, parse_response};
-use rouse_queue::http::settle_request;
+use rouse_http::fuzzing::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed};
+use rouse_http::h1::{Framing, ParsedResponse, parse_response};
+use rouse_http::settle_request;
 
 fuzz_target!(|data: &[u8]| {
     request(data);

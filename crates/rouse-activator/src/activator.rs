@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
-use rouse_queue::PROBE_HEADER;
-use rouse_queue::http::{Body, GuardedBody, ProxyClient, boxed, full, text_response};
+use rouse_http::PROBE_HEADER;
+use rouse_http::{Body, GuardedBody, ProxyClient, boxed, full, text_response};
 use tokio::time::Instant;
 
 use crate::config::{ActivatorConfig, ActivatorStat, Poke, RevisionParams};
@@ -133,7 +133,7 @@ impl Activator {
     /// answered 200 `activator` here.
     ///
     /// A request asking to switch protocols (a WebSocket handshake; see
-    /// [`rouse_queue::http::is_upgrade`]) waits the same way, the wait counted in the
+    /// [`rouse_http::is_upgrade`]) waits the same way, the wait counted in the
     /// revision's timeout; it must be the request as the server received it (its extensions
     /// carry the client side of the upgrade). When the instance switches (101), the
     /// connection is carried in its own task and counts in [`Activator::take_stats`] and

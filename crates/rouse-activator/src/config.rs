@@ -56,7 +56,7 @@ impl Default for RevisionParams {
             timeout: DEFAULT_REVISION_TIMEOUT,
             response_start_timeout: None,
             h2c: false,
-            request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
+            request_body_buffer: rouse_http::DEFAULT_REQUEST_BODY_BUFFER,
         }
     }
 }

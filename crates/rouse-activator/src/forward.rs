@@ -1,6 +1,6 @@
 //! A response body that is cut off at a deadline, and forwarding of protocol upgrades that
 //! gives the request back when the upstream could not be reached (plain forwarding that does
-//! so lives in `rouse_queue::http::retry`, shared with the queue-proxy).
+//! so lives in `rouse_http::retry`, shared with the queue-proxy).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -10,13 +10,13 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use rouse_queue::http::{Body, BoxError, ProxyClient, Tunnel, empty};
+use rouse_http::{Body, BoxError, ProxyClient, Tunnel, empty};
 use tokio::time::{Instant, Sleep};
 
-pub use rouse_queue::http::{ForwardError, forward_retryable};
+pub use rouse_http::{ForwardError, forward_retryable};
 
 /// Forwards a request that asks to switch protocols (a WebSocket handshake; see
-/// [`rouse_queue::http::is_upgrade`]) with [`ProxyClient::forward_upgrade`]: on 101 the
+/// [`rouse_http::is_upgrade`]) with [`ProxyClient::forward_upgrade`]: on 101 the
 /// response comes with the [`Tunnel`] to run (see [`spawn_tunnel`]); any other answer comes
 /// alone. When no connection could be made and the request has no body (a handshake never
 /// has one), it is handed back as [`ForwardError::Retry`], its client side of the upgrade

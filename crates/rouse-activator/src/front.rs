@@ -10,10 +10,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use rouse_http::h1::FastRequest;
+use rouse_http::{FastDest, FastRoute, FrontRouter, RemoteHop, Route};
 use rouse_queue::LocalQueue;
-use rouse_queue::RemoteHop;
-use rouse_queue::http::h1::FastRequest;
-use rouse_queue::http::{FastDest, FastRoute, FrontRouter, Route};
 use tokio::time::Instant;
 
 use crate::{Activator, COLD_START_HEADER, Expiry, FastAdmit, Permit, Ticket};
@@ -30,7 +29,7 @@ const MAX_HOPS: usize = 4096;
 const PROXY_MARK: &[u8] = b"k-proxy-request: activator\r\n";
 
 /// The activator's [`FrontRouter`]: serve its listener with
-/// [`rouse_queue::http::serve_front`].
+/// [`rouse_http::serve_front`].
 pub struct ActivatorFront {
     activator: Arc<Activator>,
     hops: Mutex<HashMap<SocketAddr, Arc<RemoteHop>>>,
@@ -57,7 +56,7 @@ impl ActivatorFront {
 
     /// A released request's way to its instance: in-process when it is one of this
     /// process's queue-proxies, else over the network, marked as the activator's.
-    fn go(&self, addr: SocketAddr, permit: Permit) -> Route<Permit, Ticket> {
+    fn go(&self, addr: SocketAddr, permit: Permit) -> Route<Permit, Ticket, LocalQueue> {
         let (dest, extra_request_headers) = match LocalQueue::lookup(addr) {
             Some(queue) => (FastDest::Local(queue), Bytes::new()),
             None => (
@@ -80,11 +79,12 @@ impl ActivatorFront {
 }
 
 impl FrontRouter for ActivatorFront {
+    type Local = LocalQueue;
     type Hold = Permit;
     type Wait = Ticket;
     type Expiry = Expiry;
 
-    fn route(&self, req: &FastRequest<'_>) -> Route<Permit, Ticket> {
+    fn route(&self, req: &FastRequest<'_>) -> Route<Permit, Ticket, LocalQueue> {
         let text = |name| {
             req.header(name)
                 .and_then(|v| std::str::from_utf8(v).ok())
@@ -101,7 +101,10 @@ impl FrontRouter for ActivatorFront {
         }
     }
 
-    fn wait(&self, ticket: Ticket) -> impl Future<Output = Route<Permit, Ticket>> + Send {
+    fn wait(
+        &self,
+        ticket: Ticket,
+    ) -> impl Future<Output = Route<Permit, Ticket, LocalQueue>> + Send {
         let ticket = ticket.wait();
         async move {
             match ticket.await {
@@ -115,7 +118,7 @@ impl FrontRouter for ActivatorFront {
         Some(ticket.deadline())
     }
 
-    fn expired(&self, expiry: Expiry) -> Route<Permit, Ticket> {
+    fn expired(&self, expiry: Expiry) -> Route<Permit, Ticket, LocalQueue> {
         let (status, text) = expiry.fire();
         Route::Answer(status, text)
     }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use http::header::{HeaderValue, USER_AGENT};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use rouse_queue::http::{ProxyClient, empty};
-use rouse_queue::{LocalQueue, PROBE_HEADER, PROBE_OK_BODY};
+use rouse_http::PROBE_HEADER;
+use rouse_http::{ProxyClient, empty};
+use rouse_queue::{LocalQueue, PROBE_OK_BODY};
 
 /// The User-Agent of the activator's probes (the queue-proxy knows it as a probe).
 pub const PROBE_USER_AGENT: &str = "Knative-Activator-Probe";

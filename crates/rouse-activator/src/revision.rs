@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use rouse_queue::http::{
+use rouse_http::ORIGINAL_HOST_HEADER;
+use rouse_http::{
     Body, BodyRefused, GuardedBody, ProxyClient, Tunnel, boxed, buffer_body, is_upgrade,
     strip_internal, text_response,
 };
-use rouse_queue::{LocalQueue, ORIGINAL_HOST_HEADER};
+use rouse_queue::LocalQueue;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rouse_activator::{Activator, ActivatorConfig, Poke, RevisionParams};
-use rouse_queue::http::empty;
+use rouse_http::empty;
 use rouse_queue::{ProbeSpec, QueueConfig, QueueProxy};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -48,7 +48,7 @@ fn params(cc: u32, timeout: Duration) -> RevisionParams {
         timeout,
         response_start_timeout: None,
         h2c: false,
-        request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
+        request_body_buffer: rouse_http::DEFAULT_REQUEST_BODY_BUFFER,
     }
 }
 
@@ -97,7 +97,7 @@ async fn fifty_requests_at_zero_make_one_activation_and_all_get_200() {
         timeout: None,
         response_start_timeout: None,
         idle_timeout: None,
-        request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
+        request_body_buffer: rouse_http::DEFAULT_REQUEST_BODY_BUFFER,
         request_log: None,
     })
     .await
@@ -459,7 +459,7 @@ async fn the_timeout_bounds_the_forwarded_request_too() {
             timeout: Duration::from_secs(30),
             response_start_timeout: Some(Duration::from_millis(200)),
             h2c: false,
-            request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
+            request_body_buffer: rouse_http::DEFAULT_REQUEST_BODY_BUFFER,
         },
     );
     let (status, _, _) = read(act.handle(NS, "r", get("/slow?ms=3000")).await).await;

@@ -16,7 +16,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
-use rouse_queue::http::{Body, boxed, empty, full};
+use rouse_http::{Body, boxed, empty, full};
 use rouse_queue::{QueueConfig, QueueProxy};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

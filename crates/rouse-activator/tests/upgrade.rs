@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
-use rouse_queue::http::{Body, boxed, full, serve};
+use rouse_http::{Body, boxed, full, serve};
 use rouse_queue::{InFlight, QueueConfig, QueueProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -114,7 +114,7 @@ fn params(cc: u32, timeout: Duration) -> RevisionParams {
         timeout,
         response_start_timeout: None,
         h2c: false,
-        request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
+        request_body_buffer: rouse_http::DEFAULT_REQUEST_BODY_BUFFER,
     }
 }
 

@@ -175,6 +175,9 @@ impl Controller {
         if let Some(pokes) = self.pokes {
             loops.push(handle.spawn(autoscaling::poke_loop(ctx.clone(), pokes)));
         }
+        if let Some(owners) = ctx.networking.subscribe_ingresses() {
+            loops.push(handle.spawn(watch_ingresses(ctx.clone(), owners)));
+        }
         let workers: Vec<_> = (0..WORKERS)
             .map(|_| handle.spawn(worker(ctx.clone())))
             .collect();
@@ -525,6 +528,27 @@ async fn watch_runtime(ctx: Arc<Context>) {
                     enqueue_for(&ctx, Kind::Revision, r, false);
                 }
             }
+        }
+    }
+}
+
+/// Looks at a Route or DomainMapping again each time the data plane's readiness for it may
+/// have changed.
+async fn watch_ingresses(ctx: Arc<Context>, mut owners: tokio::sync::broadcast::Receiver<Key>) {
+    loop {
+        match owners.recv().await {
+            Ok(key) => ctx.queue.add(key),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Missed some: look at every route and mapping.
+                for kind in [Kind::Route, Kind::DomainMapping] {
+                    if let Ok((objects, _)) = ctx.client.store().list(kind, None) {
+                        for o in &objects {
+                            enqueue_for(&ctx, kind, o, false);
+                        }
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }

@@ -1,14 +1,15 @@
-//! The networking seam: what the controller programs into the data plane. Local mode programs
-//! the in-process gateway and activator; Kubernetes mode will program Services/EndpointSlices
-//! and HTTPRoutes behind the same trait.
+//! The networking seam: what the controller programs into the data plane, and whether the data
+//! plane serves it yet. Local mode's implementation (in the `rouse` crate, beside the local
+//! runner) programs the in-process gateway and activator; Kubernetes mode's (`rouse-kube`)
+//! programs Services, EndpointSlices and Ingresses behind the same trait.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rouse_activator::{Activator, RevisionParams};
+use rouse_api::condition::ConditionStatus;
 use rouse_api::networking::SksMode;
-use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
+
+use crate::Key;
 
 /// Where traffic goes: `(namespace, revision, percent)` each.
 pub type Targets = Vec<(String, String, u32)>;
@@ -60,10 +61,43 @@ pub struct ActivatorLoad {
     pub request_count: f64,
 }
 
+/// Whether the data plane serves a route or domain mapping as last programmed: its
+/// `IngressReady` follows it (Knative's follows its Ingress's `Ready`, set by the ingress
+/// implementation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngressState {
+    /// Served as programmed.
+    Ready,
+    /// Not yet (`Unknown`) or refused (`False`), with the reason and message to show.
+    NotReady {
+        status: ConditionStatus,
+        reason: String,
+        message: String,
+    },
+}
+
+impl IngressState {
+    /// Knative's state for an Ingress not yet written or not yet looked at by its
+    /// implementation.
+    pub fn not_configured() -> IngressState {
+        IngressState::NotReady {
+            status: ConditionStatus::Unknown,
+            reason: "IngressNotConfigured".into(),
+            message: "Ingress has not yet been reconciled.".into(),
+        }
+    }
+}
+
 /// Programs routing and endpoints, and reports the activator's load.
 pub trait Networking: Send + Sync + 'static {
     /// Replaces the whole routing table at once.
     fn set_routes(&self, routes: Vec<HostRoute>);
+    /// Whether the part of the table last set for a Route or DomainMapping (`owner`) is
+    /// served yet.
+    fn ingress_state(&self, owner: &Key) -> IngressState;
+    /// The Route or DomainMapping each time the answer of [`Networking::ingress_state`] for it
+    /// may have changed on its own (its reconciler looks again); `None` when it never does.
+    fn subscribe_ingresses(&self) -> Option<tokio::sync::broadcast::Receiver<Key>>;
     /// Replaces how a revision is reached, in one swap.
     fn set_revision(&self, namespace: &str, revision: &str, traffic: RevisionTraffic);
     /// Forgets a deleted revision; requests still routed to it are refused at once (503).
@@ -76,93 +110,4 @@ pub trait Networking: Send + Sync + 'static {
     /// Why the runtime refused to scale the revision up (`None`: it did not), so requests
     /// that have nowhere to go are answered at once instead of waiting.
     fn set_scale_refusal(&self, _namespace: &str, _revision: &str, _why: Option<String>) {}
-}
-
-/// Local mode: the in-process gateway hands Proxy-mode revisions to the in-process activator.
-pub struct LocalNetworking {
-    pub gateway: Arc<Gateway>,
-    pub activator: Arc<Activator>,
-}
-
-fn route_targets(targets: Targets) -> Vec<RouteTarget> {
-    targets
-        .into_iter()
-        .map(|(namespace, revision, percent)| RouteTarget {
-            namespace,
-            revision,
-            percent,
-        })
-        .collect()
-}
-
-impl Networking for LocalNetworking {
-    fn set_routes(&self, routes: Vec<HostRoute>) {
-        let mut table = RoutingTable::new();
-        for r in routes {
-            if let Some(target) = r.rewrite_host {
-                table.insert_alias(r.host, target);
-                continue;
-            }
-            if r.targets.is_empty() {
-                if let Some(why) = r.unavailable {
-                    table.insert_unavailable(r.host, why);
-                }
-                continue;
-            }
-            for (tag, targets) in r.tags {
-                table.insert_tag(r.host.clone(), tag, route_targets(targets));
-            }
-            table.insert(r.host, route_targets(r.targets));
-        }
-        self.gateway.set_routes(table);
-    }
-
-    fn set_revision(&self, namespace: &str, revision: &str, t: RevisionTraffic) {
-        // The activator learns the instances before the gateway may send it anything.
-        self.activator.set_revision(
-            namespace,
-            revision,
-            RevisionParams {
-                container_concurrency: t.container_concurrency,
-                timeout: t.timeout,
-                response_start_timeout: t.response_start_timeout,
-                h2c: t.h2c,
-                request_body_buffer: t.request_body_buffer,
-            },
-        );
-        self.activator.set_backends(namespace, revision, t.backends);
-        let mode = match t.mode {
-            SksMode::Serve => Mode::Serve,
-            SksMode::Proxy => Mode::Proxy,
-        };
-        self.gateway
-            .set_revision(namespace, revision, mode, t.ready, t.h2c);
-    }
-
-    fn remove_revision(&self, namespace: &str, revision: &str) {
-        // Routes may still name it: its requests are answered 503 at once from now on.
-        self.gateway.mark_removed(namespace, revision);
-        self.activator.remove_revision(namespace, revision);
-    }
-
-    fn serving_through_activator(&self, namespace: &str, revision: &str) -> bool {
-        self.gateway.mode(namespace, revision) == Some(Mode::Proxy)
-    }
-
-    fn set_scale_refusal(&self, namespace: &str, revision: &str, why: Option<String>) {
-        self.activator.set_refusal(namespace, revision, why);
-    }
-
-    fn take_activator_stats(&self) -> Vec<ActivatorLoad> {
-        self.activator
-            .take_stats()
-            .into_iter()
-            .map(|s| ActivatorLoad {
-                namespace: s.namespace,
-                revision: s.revision,
-                average_concurrency: s.average_concurrency,
-                request_count: s.request_count,
-            })
-            .collect()
-    }
 }

@@ -80,7 +80,7 @@ pub use rouse_api::serving::ANNOTATION_REQUEST_BODY_BUFFER;
 
 /// The revision's body buffer: its annotation, else the default (1 MiB).
 pub(crate) fn request_body_buffer(rev: &Revision) -> u64 {
-    let default = rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER;
+    let default = rouse_http::DEFAULT_REQUEST_BODY_BUFFER;
     let Some(raw) = rev.metadata.annotations.get(ANNOTATION_REQUEST_BODY_BUFFER) else {
         return default;
     };

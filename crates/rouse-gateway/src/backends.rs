@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rouse_queue::{InFlight, RemoteHop};
+use rouse_http::RemoteHop;
+use rouse_queue::InFlight;
 
 /// One endpoint and the requests the gateway has in flight to it.
 #[derive(Debug)]

@@ -16,13 +16,13 @@ use rouse_activator::{
     Activator, COLD_START_HEADER, Expiry, FastAdmit, ForwardError, Permit, Ticket,
     forward_retryable, forward_upgrade_retryable, spawn_tunnel,
 };
-use rouse_queue::InFlightGuard;
-use rouse_queue::http::h1::FastRequest;
-use rouse_queue::http::{
+use rouse_http::h1::FastRequest;
+use rouse_http::{
     Body, ClientAddr, FastDest, FastRoute, FrontRouter, GuardedBody, ProxyClient, Route,
     ServerLimits, Tunnel, boxed, is_upgrade, push_token_or_quoted, serve_front, settle_request,
     strip_internal, text_response,
 };
+use rouse_queue::InFlightGuard;
 use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
 
@@ -511,9 +511,10 @@ impl FastRouter {
     }
 }
 
-type FastAnswer = Route<FastHold, FastWait>;
+type FastAnswer = Route<FastHold, FastWait, LocalQueue>;
 
 impl FrontRouter for FastRouter {
+    type Local = LocalQueue;
     type Hold = FastHold;
     type Wait = FastWait;
     type Expiry = Expiry;

@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
 use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
-use rouse_queue::http::ServerLimits;
+use rouse_http::ServerLimits;
 use rouse_queue::{QueueConfig, QueueProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1578,7 +1578,7 @@ fn assert_forwarding_basics(body: &str) {
 async fn a_head_that_never_completes_is_closed_by_the_header_read_timeout() {
     let app = app().await;
     let st = stack(app.addr, |_| {}).await;
-    let limit = rouse_queue::http::DEFAULT_HEADER_READ_TIMEOUT;
+    let limit = rouse_http::DEFAULT_HEADER_READ_TIMEOUT;
     // Both at once (a new connection, and one after a fast request): one timeout's wait.
     let mut conns = Vec::new();
     for fast_first in [false, true] {

@@ -472,7 +472,7 @@ async fn a_client_cannot_reach_the_queue_proxy_health_check() {
         timeout: None,
         response_start_timeout: None,
         idle_timeout: None,
-        request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
+        request_body_buffer: rouse_http::DEFAULT_REQUEST_BODY_BUFFER,
         request_log: None,
     })
     .await
@@ -613,7 +613,7 @@ async fn queue_proxy(rev: &str, app: SocketAddr) -> QueueProxy {
         timeout: None,
         response_start_timeout: None,
         idle_timeout: None,
-        request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
+        request_body_buffer: rouse_http::DEFAULT_REQUEST_BODY_BUFFER,
         request_log: None,
     })
     .await

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
 use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
-use rouse_queue::http::{Body, boxed, full};
+use rouse_http::{Body, boxed, full};
 use rouse_queue::{QueueConfig, QueueProxy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
 use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable, TrustedProxies};
-use rouse_queue::http::ServerLimits;
+use rouse_http::ServerLimits;
 use rouse_queue::{QueueConfig, QueueProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -640,7 +640,7 @@ async fn a_stalled_body_gets_408_and_the_app_sees_nothing() {
 async fn a_body_under_the_minimum_rate_gets_408() {
     let limits = ServerLimits {
         body_read_timeout: Some(Duration::from_secs(5)),
-        min_body_rate: Some(rouse_queue::http::MinBodyRate {
+        min_body_rate: Some(rouse_http::MinBodyRate {
             bytes_per_second: 1000,
             grace: Duration::from_millis(600),
         }),

@@ -14,7 +14,7 @@ use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use rouse_api::config::{CONFIGMAP_NAMES, Config, ConfigData, ConfigError, SharedConfig};
 use tokio::sync::watch;
 
-use crate::revision::DeploymentConfig;
+use crate::revision::{DeploymentConfig, QUEUE_RESOURCES, QueueResources};
 
 /// `config-deployment`: the queue-proxy sidecar's image and the Deployments' settings.
 pub const DEPLOYMENT_NAME: &str = "config-deployment";
@@ -35,7 +35,8 @@ pub fn parse_one(name: &str, data: &ConfigData) -> Result<(), ConfigError> {
     Config::from_maps(&BTreeMap::from([(name.to_string(), data.clone())])).map(|_| ())
 }
 
-/// `config-deployment`'s keys Knative knows; Rouse acts on the first three.
+/// `config-deployment`'s keys Knative knows; Rouse acts on the image, the progress deadline
+/// and the queue-proxy's resources.
 const DEPLOYMENT_KEYS: &[&str] = &[
     "queue-sidecar-image",
     "progress-deadline",
@@ -58,7 +59,10 @@ const DEPLOYMENT_KEYS: &[&str] = &[
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeploymentSettings {
     pub queue_image: Option<String>,
-    pub queue_cpu_request: Option<String>,
+    /// `queue-sidecar-{resource}-request`, by resource name.
+    pub queue_requests: BTreeMap<String, String>,
+    /// `queue-sidecar-{resource}-limit`, by resource name.
+    pub queue_limits: BTreeMap<String, String>,
     pub progress_deadline_seconds: Option<i32>,
 }
 
@@ -98,12 +102,55 @@ impl DeploymentSettings {
                 )
             }
         };
+        let (mut queue_requests, mut queue_limits) = (BTreeMap::new(), BTreeMap::new());
+        for name in QUEUE_RESOURCES {
+            for (kind, map) in [
+                ("request", &mut queue_requests),
+                ("limit", &mut queue_limits),
+            ] {
+                let key = format!("queue-sidecar-{name}-{kind}");
+                let Some(v) = get(&key).filter(|v| !v.is_empty()) else {
+                    continue;
+                };
+                if rouse_controller::workload::parse_quantity(&v).is_none() {
+                    return Err(err(&key, format!("{v:?} is not a quantity")));
+                }
+                map.insert(name.to_string(), v);
+            }
+        }
         Ok(Self {
             queue_image,
-            queue_cpu_request: get("queue-sidecar-cpu-request").filter(|s| !s.is_empty()),
+            queue_requests,
+            queue_limits,
             progress_deadline_seconds,
         })
     }
+}
+
+/// `config-features` flag giving the queue-proxy Knative's default requests and limits.
+const QUEUE_RESOURCE_DEFAULTS: &str = "queueproxy.resource-defaults";
+
+/// The queue-proxy's resources: what config-deployment sets, over Knative's defaults when
+/// `defaults` (the feature flag), over the controller's `base`.
+fn queue_resources(
+    settings: &DeploymentSettings,
+    base: &QueueResources,
+    defaults: bool,
+) -> QueueResources {
+    let mut r = QueueResources {
+        requests: settings.queue_requests.clone(),
+        limits: settings.queue_limits.clone(),
+    };
+    if defaults {
+        r = r.with_knative_defaults();
+    }
+    for (name, v) in &base.requests {
+        r.requests.entry(name.clone()).or_insert_with(|| v.clone());
+    }
+    for (name, v) in &base.limits {
+        r.limits.entry(name.clone()).or_insert_with(|| v.clone());
+    }
+    r
 }
 
 /// The Deployment builder's settings from the live config over the controller's `base`.
@@ -119,10 +166,11 @@ pub fn deployment_config(
             .queue_image
             .clone()
             .unwrap_or_else(|| base.queue_image.clone()),
-        queue_cpu_request: settings
-            .queue_cpu_request
-            .clone()
-            .unwrap_or_else(|| base.queue_cpu_request.clone()),
+        queue_resources: queue_resources(
+            settings,
+            &base.queue_resources,
+            cfg.features.get(QUEUE_RESOURCE_DEFAULTS) == Flag::Enabled,
+        ),
         progress_deadline_seconds: settings
             .progress_deadline_seconds
             .unwrap_or(base.progress_deadline_seconds),
@@ -451,9 +499,19 @@ mod tests {
         let d = deployment_config(&set.config(), &set.deployment(), &base);
         assert_eq!(d.queue_image, "registry.example/rouse:v2");
         assert_eq!(d.progress_deadline_seconds, 120);
-        assert_eq!(d.queue_cpu_request, base.queue_cpu_request);
+        assert_eq!(d.queue_resources, base.queue_resources);
         for (key, value, want) in [
             ("progress-deadline", "0s", "progress-deadline"),
+            (
+                "queue-sidecar-memory-limit",
+                "lots",
+                "queue-sidecar-memory-limit",
+            ),
+            (
+                "queue-sidecar-cpu-request",
+                "-1",
+                "queue-sidecar-cpu-request",
+            ),
             ("progress-deadline", "1.5s", "progress-deadline"),
             ("queue-sidecar-image", "a b", "queue-sidecar-image"),
             ("queue-sidecar-imag", "x", "queue-sidecar-imag"),
@@ -464,5 +522,54 @@ mod tests {
                 (DEPLOYMENT_NAME, want)
             );
         }
+    }
+
+    #[test]
+    fn queue_resources_from_config_deployment_and_the_defaults_flag() {
+        let mut set = ConfigSet::default();
+        set.offer(
+            DEPLOYMENT_NAME,
+            Some(data(&[
+                ("queue-sidecar-cpu-request", "50m"),
+                ("queue-sidecar-memory-request", "64Mi"),
+                ("queue-sidecar-memory-limit", "128Mi"),
+            ])),
+        )
+        .unwrap();
+        let base = DeploymentConfig::default();
+        let d = deployment_config(&set.config(), &set.deployment(), &base);
+        let map = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            d.queue_resources.requests,
+            map(&[("cpu", "50m"), ("memory", "64Mi")])
+        );
+        assert_eq!(d.queue_resources.limits, map(&[("memory", "128Mi")]));
+        // With the flag, Knative's defaults fill what is not set.
+        set.offer(
+            "config-features",
+            Some(data(&[("queueproxy.resource-defaults", "Enabled")])),
+        )
+        .unwrap();
+        let d = deployment_config(&set.config(), &set.deployment(), &base);
+        assert_eq!(
+            d.queue_resources.requests,
+            map(&[
+                ("cpu", "50m"),
+                ("ephemeral-storage", "512Mi"),
+                ("memory", "64Mi")
+            ])
+        );
+        assert_eq!(
+            d.queue_resources.limits,
+            map(&[
+                ("cpu", "1000m"),
+                ("ephemeral-storage", "1024Mi"),
+                ("memory", "128Mi")
+            ])
+        );
     }
 }

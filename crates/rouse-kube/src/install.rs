@@ -687,6 +687,28 @@ fn webhook_configurations() -> Vec<Value> {
         "Fail",
         knative_rules.clone(),
     );
+    // The internal kinds are validated only (the controller writes them whole).
+    let mut validation_rules = knative_rules;
+    if let Some(rules) = validation_rules.as_array_mut() {
+        for (group, resources) in [
+            (
+                "autoscaling.internal.knative.dev",
+                json!(["podautoscalers"]),
+            ),
+            (
+                "networking.internal.knative.dev",
+                json!(["serverlessservices", "ingresses"]),
+            ),
+        ] {
+            rules.push(json!({
+                "apiGroups": [group],
+                "apiVersions": ["v1alpha1"],
+                "operations": ["CREATE", "UPDATE"],
+                "resources": resources,
+                "scope": "Namespaced",
+            }));
+        }
+    }
     defaulting["reinvocationPolicy"] = json!("IfNeeded");
     let mut config = hook(
         webhook::CONFIG_WEBHOOK,
@@ -715,7 +737,7 @@ fn webhook_configurations() -> Vec<Value> {
                 webhook::VALIDATION_WEBHOOK,
                 webhook::VALIDATION_PATH,
                 "Fail",
-                knative_rules,
+                validation_rules,
             )],
         }),
         json!({

@@ -5,6 +5,9 @@
 //! Ingress per Route and one per served DomainMapping, served by the gateway of class
 //! `rouse.ingress.networking.knative.dev`.
 //! Writes are server-side applies run on the seam's runtime; the seam's calls return at once.
+//! A Route's or DomainMapping's Ingress is served once the gateway marks it Ready for the spec
+//! last written: the seam follows the Ingresses and tells the reconcilers when one's readiness
+//! changes.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -12,20 +15,28 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
+use rouse_api::condition::Conditions;
 use rouse_api::domainmapping::{DomainMapping, claim_holder};
-use rouse_api::ingress::Ingress;
+use rouse_api::ingress::{Ingress, IngressSpec};
 use rouse_api::meta::Resource;
 use rouse_api::networking::{ServerlessService, SksMode};
 use rouse_api::serving::{Revision, Route};
-use rouse_controller::networking::{ActivatorLoad, HostRoute, Networking, RevisionTraffic};
+use rouse_controller::Key;
+use rouse_controller::networking::{
+    ActivatorLoad, HostRoute, IngressState, Networking, RevisionTraffic,
+};
 use rouse_store::{Kind, Store, StoreError};
+use serde_json::Value;
 use tokio::runtime::Handle;
+use tokio::sync::broadcast;
 
 use crate::apply::{apply, apply_ingress};
 use crate::domainmapping;
+use crate::informer::{Informer, Snapshot};
 use crate::install::NAMESPACE;
 use crate::revision::{
-    Backend, private_service, public_endpoint_slices, public_endpoints, public_service,
+    Backend, LABEL_SLICE_MANAGED_BY, LABEL_SLICE_SERVICE, SLICE_MANAGER, private_service,
+    public_endpoint_slices, public_endpoints, public_service,
 };
 use crate::route::{IngressConfig, ResolvedTarget, ingress};
 use crate::stat_stream::ActivatorStats;
@@ -46,6 +57,13 @@ pub struct KubeNetworking {
     modes: Arc<Mutex<HashMap<RevisionKey, SksMode>>>,
     /// What the activators pushed over their stat streams.
     activator_stats: Arc<ActivatorStats>,
+    /// Each Route's and DomainMapping's Ingress as last handed to the API server: its name
+    /// and spec, by owner.
+    written: Mutex<HashMap<Key, (String, IngressSpec)>>,
+    /// The Ingresses as the API server has them.
+    ingresses: Informer,
+    /// The owners of Ingresses that changed in generation or status.
+    owner_events: broadcast::Sender<Key>,
 }
 
 impl KubeNetworking {
@@ -56,6 +74,16 @@ impl KubeNetworking {
         store: Arc<dyn Store>,
         ingress: IngressConfig,
     ) -> KubeNetworking {
+        let ingresses = {
+            let _on = handle.enter();
+            let ar = crate::store::api_resource(&crate::crd::INGRESS);
+            Informer::start(Api::all_with(client.clone(), &ar), "", "ingresses")
+        };
+        let owner_events = broadcast::channel(256).0;
+        handle.spawn(announce_changes(
+            ingresses.subscribe(),
+            owner_events.clone(),
+        ));
         KubeNetworking {
             client,
             handle,
@@ -63,6 +91,9 @@ impl KubeNetworking {
             ingress: Mutex::new(ingress),
             modes: Arc::default(),
             activator_stats: Arc::default(),
+            written: Mutex::default(),
+            ingresses,
+            owner_events,
         }
     }
 
@@ -92,6 +123,78 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What an owner's readiness is read from: its Ingress's generation and status.
+fn readiness_of(ingress: &Value) -> (Value, Value) {
+    (
+        ingress["metadata"]["generation"].clone(),
+        ingress["status"].clone(),
+    )
+}
+
+/// The Route or DomainMapping an Ingress (stored, as JSON) belongs to, by its owner reference.
+fn owner_of(ingress: &Value) -> Option<Key> {
+    let ns = ingress["metadata"]["namespace"].as_str()?;
+    ingress["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find_map(|o| {
+            let kind = Kind::from_name(o["kind"].as_str()?)
+                .filter(|k| matches!(k, Kind::Route | Kind::DomainMapping))?;
+            Some(Key::new(kind, ns, o["name"].as_str()?))
+        })
+}
+
+/// Sends the owner of each Ingress whose generation or status changed (or that came or went)
+/// from one set to the next, until the informer is gone.
+async fn announce_changes(
+    mut sets: tokio::sync::watch::Receiver<Snapshot>,
+    events: broadcast::Sender<Key>,
+) {
+    let mut seen: HashMap<Key, (Value, Value)> = HashMap::new();
+    while sets.changed().await.is_ok() {
+        let set = sets.borrow_and_update().clone();
+        let mut now = HashMap::with_capacity(set.objects.len());
+        for ing in set.objects.values() {
+            if let Some(owner) = owner_of(ing) {
+                now.insert(owner, readiness_of(ing));
+            }
+        }
+        for (key, state) in &now {
+            if seen.get(key) != Some(state) {
+                let _ = events.send(key.clone());
+            }
+        }
+        for key in seen.keys().filter(|k| !now.contains_key(*k)) {
+            let _ = events.send(key.clone());
+        }
+        seen = now;
+    }
+}
+
+/// An Ingress as the API server has it, against the spec last written: ready once the
+/// ingress implementation marked this very spec Ready (Knative's `IsReady`: the status
+/// observed the current generation).
+pub fn ingress_state(stored: Option<&Value>, written: Option<&IngressSpec>) -> IngressState {
+    let (Some(stored), Some(written)) = (stored, written) else {
+        return IngressState::not_configured();
+    };
+    let Ok(ing) = serde_json::from_value::<Ingress>(stored.clone()) else {
+        return IngressState::not_configured();
+    };
+    if ing.spec != *written || ing.status.observed_generation != ing.metadata.generation {
+        return IngressState::not_configured();
+    }
+    match ing.status.get_condition("Ready") {
+        Some(c) if c.status == rouse_api::condition::ConditionStatus::True => IngressState::Ready,
+        Some(c) => IngressState::NotReady {
+            status: c.status,
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        },
+        None => IngressState::not_configured(),
+    }
+}
+
 /// The activators' addresses, from the endpoints of `activator-service`.
 pub async fn activators(client: &kube::Client) -> Result<Vec<Backend>, kube::Error> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
@@ -116,7 +219,9 @@ pub async fn activators(client: &kube::Client) -> Result<Vec<Backend>, kube::Err
     Ok(out)
 }
 
-/// Writes a revision's Services and public EndpointSlices; returns the effective mode.
+/// Writes a revision's Services and public EndpointSlices, and deletes the public slices
+/// the new set no longer names (fewer endpoints, an address family gone); returns the
+/// effective mode.
 pub async fn write_revision(
     client: &kube::Client,
     sks: &ServerlessService,
@@ -127,14 +232,52 @@ pub async fn write_revision(
     apply(client, &private_service(sks, revision_uid)).await?;
     apply(client, &public_service(sks)).await?;
     let eps = public_endpoints(sks, pods, activators);
-    for slice in public_endpoint_slices(sks, &eps) {
-        apply(client, &slice).await?;
+    let slices = public_endpoint_slices(sks, &eps);
+    let mut names = HashSet::new();
+    for slice in &slices {
+        apply(client, slice).await?;
+        names.extend(slice.metadata.name.clone());
     }
+    delete_stale_slices(client, sks, &names).await?;
     Ok(eps.mode)
 }
 
+/// Deletes the public Service's slices Rouse wrote that are not in `keep`.
+async fn delete_stale_slices(
+    client: &kube::Client,
+    sks: &ServerlessService,
+    keep: &HashSet<String>,
+) -> Result<(), StoreError> {
+    let (ns, name) = (&sks.metadata.namespace, &sks.metadata.name);
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let selector = format!("{LABEL_SLICE_SERVICE}={name},{LABEL_SLICE_MANAGED_BY}={SLICE_MANAGER}");
+    let listed = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| StoreError::Backend(format!("listing {ns}/{name}'s EndpointSlices: {e}")))?;
+    for slice in listed.items {
+        let labels = slice.metadata.labels.clone().unwrap_or_default();
+        // Checked here too: only ever one of ours, whatever the server's filtering.
+        let ours = labels.get(LABEL_SLICE_SERVICE) == Some(name)
+            && labels.get(LABEL_SLICE_MANAGED_BY).map(String::as_str) == Some(SLICE_MANAGER);
+        let Some(stale) = slice.metadata.name.filter(|n| ours && !keep.contains(n)) else {
+            continue;
+        };
+        match api.delete(&stale, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(StoreError::Backend(format!(
+                    "deleting EndpointSlice {ns}/{stale}: {e}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The Ingress targets of a Route, from its status' traffic (what the Route reconciler
-/// resolved), 0 % targets without a tag dropped.
+/// resolved), 0 % targets without a tag dropped; `h2c` is the caller's to set.
 pub fn resolved_targets(route: &Route) -> Vec<ResolvedTarget> {
     route
         .status
@@ -151,7 +294,8 @@ pub fn resolved_targets(route: &Route) -> Vec<ResolvedTarget> {
 }
 
 /// A Route's targets from the routing table: its default host `{name}.{ns}.{domain}` and its
-/// tag hosts `{tag}-{name}.{ns}.{domain}` (Knative's default domain and tag templates).
+/// tag hosts `{tag}-{name}.{ns}.{domain}` (Knative's default domain and tag templates);
+/// `h2c` is the caller's to set.
 pub fn targets_from_table(route: &Route, table: &[HostRoute], domain: &str) -> Vec<ResolvedTarget> {
     let suffix = format!(
         "{}.{}.{domain}",
@@ -186,6 +330,13 @@ pub fn targets_from_table(route: &Route, table: &[HostRoute], domain: &str) -> V
 }
 
 impl KubeNetworking {
+    /// True when the revision's app speaks h2c: its split goes to the public Service's port
+    /// 81, which the gateway reaches over HTTP/2.
+    fn serves_h2c(&self, namespace: &str, revision: &str) -> bool {
+        self.read::<Revision>(namespace, revision)
+            .is_ok_and(|r| r.spec.is_h2c())
+    }
+
     /// The Ingresses of the DomainMappings the table serves: a mapped domain is in it only
     /// once its mapping holds the claim and resolved its target.
     fn mapping_ingresses(&self, table: &[HostRoute]) -> Vec<Ingress> {
@@ -238,15 +389,27 @@ impl Networking for KubeNetworking {
             .filter_map(|v| Route::from_value(v).ok())
             .filter_map(|r| {
                 let targets = targets_from_table(&r, &table, domain);
-                let targets = if targets.is_empty() {
+                let mut targets = if targets.is_empty() {
                     resolved_targets(&r)
                 } else {
                     targets
                 };
+                for t in &mut targets {
+                    t.h2c = self.serves_h2c(&r.metadata.namespace, &t.revision);
+                }
                 (!targets.is_empty()).then(|| ingress(&r, &targets, &cfg))
             })
             .collect();
         ingresses.extend(self.mapping_ingresses(&table));
+        *lock(&self.written) = ingresses
+            .iter()
+            .filter_map(|i| {
+                let owner = i.metadata.owner_references.first()?;
+                let kind = Kind::from_name(&owner.kind)?;
+                let key = Key::new(kind, &i.metadata.namespace, &owner.name);
+                Some((key, (i.metadata.name.clone(), i.spec.clone())))
+            })
+            .collect();
         let client = self.client.clone();
         self.handle.spawn(async move {
             for ing in ingresses {
@@ -255,6 +418,20 @@ impl Networking for KubeNetworking {
                 }
             }
         });
+    }
+
+    /// Ready once the gateway marked the Ingress Ready for the spec last written.
+    fn ingress_state(&self, owner: &Key) -> IngressState {
+        let Some((name, spec)) = lock(&self.written).get(owner).cloned() else {
+            return IngressState::not_configured();
+        };
+        let set = self.ingresses.snapshot();
+        let stored = set.objects.get(&(owner.namespace.clone(), name));
+        ingress_state(stored, Some(&spec))
+    }
+
+    fn subscribe_ingresses(&self) -> Option<broadcast::Receiver<Key>> {
+        Some(self.owner_events.subscribe())
     }
 
     fn set_revision(&self, namespace: &str, revision: &str, t: RevisionTraffic) {
@@ -315,5 +492,65 @@ impl Networking for KubeNetworking {
     /// What the activators pushed since the last call ([`crate::stat_stream`]).
     fn take_activator_stats(&self) -> Vec<ActivatorLoad> {
         self.activator_stats.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rouse_api::condition::ConditionStatus;
+    use serde_json::json;
+
+    fn stored(generation: i64, observed: i64, ready: Value) -> Value {
+        json!({"metadata": {"name": "cart", "namespace": "shop", "generation": generation},
+               "spec": {"httpOption": "Enabled"},
+               "status": {"observedGeneration": observed, "conditions": ready}})
+    }
+
+    #[test]
+    fn an_ingress_is_ready_for_the_spec_written_and_its_generation() {
+        let written = IngressSpec {
+            http_option: "Enabled".into(),
+            ..Default::default()
+        };
+        let ready = json!([{"type": "Ready", "status": "True"}]);
+        assert_eq!(
+            ingress_state(Some(&stored(2, 2, ready.clone())), Some(&written)),
+            IngressState::Ready
+        );
+        // Marked for an older generation, for another spec, not written, not stored.
+        let stale = stored(3, 2, ready.clone());
+        assert_eq!(
+            ingress_state(Some(&stale), Some(&written)),
+            IngressState::not_configured()
+        );
+        let other = IngressSpec {
+            http_option: "Redirected".into(),
+            ..Default::default()
+        };
+        let fresh = stored(2, 2, ready);
+        assert_eq!(
+            ingress_state(Some(&fresh), Some(&other)),
+            IngressState::not_configured()
+        );
+        assert_eq!(
+            ingress_state(Some(&fresh), None),
+            IngressState::not_configured()
+        );
+        assert_eq!(
+            ingress_state(None, Some(&written)),
+            IngressState::not_configured()
+        );
+        // The implementation's own verdict, with its reason.
+        let failed = json!([{"type": "Ready", "status": "False", "reason": "Conflict",
+                             "message": "host taken"}]);
+        assert_eq!(
+            ingress_state(Some(&stored(1, 1, failed)), Some(&written)),
+            IngressState::NotReady {
+                status: ConditionStatus::False,
+                reason: "Conflict".into(),
+                message: "host taken".into(),
+            }
+        );
     }
 }

@@ -30,6 +30,9 @@ pub const QUEUE_AUTOSCALER_METRICS_PORT: i32 = 9090;
 pub const QUEUE_USER_METRICS_PORT: i32 = 9091;
 /// The name of the sidecar container.
 pub const QUEUE_CONTAINER: &str = "queue-proxy";
+/// The sidecar's binary in Rouse's image: `rouse queue-proxy` without the rest of the
+/// platform linked in (a smaller resident set in every pod).
+pub const QUEUE_COMMAND: &str = "/rouse-queue-proxy";
 
 /// Label on every per-revision object: the revision's name.
 pub const LABEL_REVISION: &str = "serving.knative.dev/revision";
@@ -47,12 +50,15 @@ pub const SLICE_MANAGER: &str = "rouse.knative.dev";
 pub const ENDPOINTS_PER_SLICE: usize = 100;
 
 /// What the cluster's config contributes to a revision's Deployment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentConfig {
     /// `config-deployment` `queue-sidecar-image`: the image holding `rouse`.
     pub queue_image: String,
-    /// `config-deployment` `queue-sidecar-cpu-request`.
-    pub queue_cpu_request: String,
+    /// The queue-proxy's resource requests and limits (config-deployment's
+    /// `queue-sidecar-{cpu,memory,ephemeral-storage}-{request,limit}`); a revision's
+    /// `queue.sidecar.serving.knative.dev/{resource}-resource-{request,limit}` annotations
+    /// override them.
+    pub queue_resources: QueueResources,
     /// `config-deployment` `progress-deadline` (seconds), unless the revision's annotation says.
     pub progress_deadline_seconds: i32,
     /// The namespace the control plane runs in (`SYSTEM_NAMESPACE`).
@@ -75,7 +81,7 @@ impl Default for DeploymentConfig {
     fn default() -> Self {
         Self {
             queue_image: crate::install::DEFAULT_IMAGE.to_string(),
-            queue_cpu_request: "25m".to_string(),
+            queue_resources: QueueResources::default(),
             progress_deadline_seconds: 600,
             system_namespace: crate::install::NAMESPACE.to_string(),
             enable_service_links: false,
@@ -170,6 +176,74 @@ pub fn queue_readiness_probe(spec: &serving::RevisionSpec) -> Probe {
         g.port = user_port as i32;
     }
     probe
+}
+
+/// The resources the queue-proxy's requests and limits name, as config-deployment's keys and
+/// the revision annotations spell them.
+pub const QUEUE_RESOURCES: [&str; 3] = ["cpu", "memory", "ephemeral-storage"];
+
+/// Prefix of the revision annotations that set the queue-proxy's resources.
+const QUEUE_RESOURCE_ANNOTATION: &str = "queue.sidecar.serving.knative.dev/";
+
+/// The queue-proxy container's resource requests and limits, by resource name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueResources {
+    pub requests: BTreeMap<String, String>,
+    pub limits: BTreeMap<String, String>,
+}
+
+impl Default for QueueResources {
+    /// Knative's: a CPU request of 25m, nothing else.
+    fn default() -> Self {
+        QueueResources {
+            requests: BTreeMap::from([("cpu".to_string(), "25m".to_string())]),
+            limits: BTreeMap::new(),
+        }
+    }
+}
+
+impl QueueResources {
+    /// Knative's defaults with `queueproxy.resource-defaults` enabled, for what is not set:
+    /// CPU 25m/1000m, memory 400Mi/800Mi, ephemeral storage 512Mi/1024Mi (request/limit).
+    pub fn with_knative_defaults(mut self) -> QueueResources {
+        for (name, request, limit) in [
+            ("cpu", "25m", "1000m"),
+            ("memory", "400Mi", "800Mi"),
+            ("ephemeral-storage", "512Mi", "1024Mi"),
+        ] {
+            self.requests
+                .entry(name.to_string())
+                .or_insert_with(|| request.to_string());
+            self.limits
+                .entry(name.to_string())
+                .or_insert_with(|| limit.to_string());
+        }
+        self
+    }
+
+    /// These resources with the revision's annotations applied (a value that is not a
+    /// quantity is left out: validation reports it, the Deployment stays applicable).
+    fn for_revision(&self, annotations: &BTreeMap<String, String>) -> Value {
+        let mut out = self.clone();
+        for name in QUEUE_RESOURCES {
+            for (kind, map) in [("request", &mut out.requests), ("limit", &mut out.limits)] {
+                let key = format!("{QUEUE_RESOURCE_ANNOTATION}{name}-resource-{kind}");
+                if let Some(v) = annotations.get(&key).map(|v| v.trim())
+                    && rouse_controller::workload::parse_quantity(v).is_some()
+                {
+                    map.insert(name.to_string(), v.to_string());
+                }
+            }
+        }
+        let mut r = serde_json::Map::new();
+        if !out.requests.is_empty() {
+            r.insert("requests".into(), json!(out.requests));
+        }
+        if !out.limits.is_empty() {
+            r.insert("limits".into(), json!(out.limits));
+        }
+        Value::Object(r)
+    }
 }
 
 /// The Deployment `{rev}-deployment` of a revision, with `replicas` instances.
@@ -284,7 +358,7 @@ pub fn deployment(rev: &Revision, cfg: &DeploymentConfig, replicas: i32) -> Depl
     containers.push(json!({
         "name": QUEUE_CONTAINER,
         "image": cfg.queue_image,
-        "args": ["queue-proxy"],
+        "command": [QUEUE_COMMAND],
         "ports": [
             {"name": if h2c { "h2c" } else { "http1" }, "containerPort": queue_port, "protocol": "TCP"},
             {"name": "https-port", "containerPort": QUEUE_TLS_PORT, "protocol": "TCP"},
@@ -294,7 +368,7 @@ pub fn deployment(rev: &Revision, cfg: &DeploymentConfig, replicas: i32) -> Depl
         ],
         "env": env,
         "readinessProbe": qp_probe,
-        "resources": {"requests": {"cpu": cfg.queue_cpu_request}},
+        "resources": cfg.queue_resources.for_revision(&annotations),
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,

@@ -3,7 +3,9 @@
 //! server-side; the autoscaler's decision is written through the Deployment's `scale`
 //! subresource; instances are read from a pod informer (Ready condition, pod IP), and every
 //! pod change is announced to the controller. The ready pods' queue-proxies are scraped over
-//! the network for the autoscaler ([`crate::scrape`]).
+//! the network for the autoscaler ([`crate::scrape`]). A config change that changes how
+//! Deployments are built (config-deployment, say) applies each revision's Deployment again at
+//! its next `ensure`, so existing revisions roll to it, as Knative's do.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -47,8 +49,10 @@ pub struct KubeRuntime {
     client: kube::Client,
     handle: Handle,
     store: Arc<dyn Store>,
-    /// Replaced when the ConfigMaps change; Deployments written after that use it.
-    config: Mutex<DeploymentConfig>,
+    /// Replaced when the ConfigMaps change, with a generation counting the changes.
+    config: Mutex<(DeploymentConfig, u64)>,
+    /// The config generation each revision's Deployment was last applied with.
+    applied: Arc<Mutex<HashMap<RevisionKey, u64>>>,
     pods: Arc<Mutex<HashMap<RevisionKey, BTreeMap<String, Pod>>>>,
     /// The replicas last written per revision, so an unchanged decision writes nothing.
     scaled: Arc<Mutex<HashMap<RevisionKey, u32>>>,
@@ -75,7 +79,8 @@ impl KubeRuntime {
             client: client.clone(),
             handle: handle.clone(),
             store,
-            config: Mutex::new(config),
+            config: Mutex::new((config, 0)),
+            applied: Arc::default(),
             pods: Arc::default(),
             scaled: Arc::default(),
             failures: Arc::default(),
@@ -88,9 +93,13 @@ impl KubeRuntime {
     }
 
     /// The settings Deployments are built with from now on (config-deployment, config-defaults
-    /// and config-features changed).
+    /// and config-features changed); if they differ, each revision's Deployment is applied
+    /// again at its next `ensure`.
     pub fn set_config(&self, config: DeploymentConfig) {
-        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
+        let mut current = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != config {
+            *current = (config, current.1 + 1);
+        }
     }
 
     /// The revision's ready pods as scrape targets; a pod is old once it has run for the
@@ -152,6 +161,10 @@ impl KubeRuntime {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn instance(pod: &Pod) -> Option<InstanceInfo> {
     let status = pod.status.as_ref()?;
     let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
@@ -189,9 +202,15 @@ fn instance(pod: &Pod) -> Option<InstanceInfo> {
 impl Runtime for KubeRuntime {
     fn ensure(&self, spec: WorkloadSpec, desired: u32) {
         let key = (spec.namespace.clone(), spec.revision.clone());
+        let (config, generation) = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let current = lock(&self.applied).get(&key) == Some(&generation);
         let applied = match self.scaled().get(&key) {
-            Some(n) if *n == desired => return,
-            Some(_) => true,
+            Some(n) if *n == desired && current => return,
+            Some(_) => current,
             None => false,
         };
         let rev = match self
@@ -211,13 +230,10 @@ impl Runtime for KubeRuntime {
             }
         };
         self.scaled().insert(key.clone(), desired);
+        lock(&self.applied).insert(key.clone(), generation);
         let client = self.client.clone();
-        let config = self
-            .config
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         let (scaled, events) = (self.scaled.clone(), self.events.clone());
+        let applied_with = self.applied.clone();
         let failures = self.failures.clone();
         let turn = self
             .turns
@@ -260,6 +276,7 @@ impl Runtime for KubeRuntime {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
+                lock(&applied_with).remove(&key);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = events.send(key);
             }
@@ -288,6 +305,7 @@ impl Runtime for KubeRuntime {
     fn remove(&self, namespace: &str, revision: &str) {
         let key = (namespace.to_string(), revision.to_string());
         self.scaled().remove(&key);
+        lock(&self.applied).remove(&key);
         self.scrape_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())

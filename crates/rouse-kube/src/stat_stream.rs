@@ -31,7 +31,7 @@ use kube::api::{Api, PostParams};
 use rouse_autoscaler::push::{self, Message};
 use rouse_controller::autoscaling::RevisionId;
 use rouse_controller::networking::ActivatorLoad;
-use rouse_queue::http::{Body, boxed, text_response};
+use rouse_http::{Body, boxed, text_response};
 use rouse_store::StoreError;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -162,7 +162,7 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(stream(end, req).await) }
         })
     };
-    rouse_queue::http::serve(listener, make, shutdown).await;
+    rouse_http::serve(listener, make, shutdown).await;
 }
 
 /// One activator's stream: checked (refusals answer at once, before any line is read), then

@@ -11,7 +11,7 @@ use rouse_api::meta::Resource;
 use rouse_api::networking::{ServerlessService, SksMode};
 use rouse_api::serving::{self, Revision, Route};
 use rouse_kube::revision::{
-    Backend, DeploymentConfig, deployment, private_service, public_endpoint_slices,
+    Backend, DeploymentConfig, QueueResources, deployment, private_service, public_endpoint_slices,
     public_endpoints, public_service, queue_readiness_probe,
 };
 use rouse_kube::route::{IngressConfig, ResolvedTarget, ingress};
@@ -157,7 +157,8 @@ fn deployment_is_knatives_shape() {
     let qp = &pod.containers[1];
     assert_eq!(qp.name, "queue-proxy");
     assert_eq!(qp.image.as_deref(), Some("rouse:dev"));
-    assert_eq!(qp.args.clone().unwrap(), ["queue-proxy"]);
+    assert_eq!(qp.command.clone().unwrap(), ["/rouse-queue-proxy"]);
+    assert!(qp.args.is_none());
     let ports: Vec<i32> = qp
         .ports
         .as_ref()
@@ -255,6 +256,42 @@ fn h2c_revisions_and_defaults() {
         serde_json::to_value(&probe).unwrap(),
         json!({"tcpSocket": {"port": 50051}, "successThreshold": 1})
     );
+}
+
+#[test]
+fn queue_proxy_resources_from_config_and_annotations() {
+    let mut rev = app_revision();
+    let resources = |rev: &Revision, cfg: &DeploymentConfig| {
+        let d = deployment(rev, cfg, 1);
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        serde_json::to_value(pod.containers[1].resources.clone().unwrap()).unwrap()
+    };
+    // Knative's default: a CPU request only.
+    let cfg = DeploymentConfig::default();
+    assert_eq!(resources(&rev, &cfg), json!({"requests": {"cpu": "25m"}}));
+    let cfg = DeploymentConfig {
+        queue_resources: QueueResources::default().with_knative_defaults(),
+        ..Default::default()
+    };
+    assert_eq!(
+        resources(&rev, &cfg),
+        json!({"requests": {"cpu": "25m", "memory": "400Mi", "ephemeral-storage": "512Mi"},
+               "limits": {"cpu": "1000m", "memory": "800Mi", "ephemeral-storage": "1024Mi"}})
+    );
+    // A revision's annotations override; a value that is not a quantity is left out.
+    for (k, v) in [
+        ("cpu-resource-request", "100m"),
+        ("memory-resource-limit", "1Gi"),
+        ("ephemeral-storage-resource-limit", "a lot"),
+    ] {
+        rev.metadata
+            .annotations
+            .insert(format!("queue.sidecar.serving.knative.dev/{k}"), v.into());
+    }
+    let got = resources(&rev, &cfg);
+    assert_eq!(got["requests"]["cpu"], "100m");
+    assert_eq!(got["limits"]["memory"], "1Gi");
+    assert_eq!(got["limits"]["ephemeral-storage"], "1024Mi");
 }
 
 fn sks(mode: SksMode, activators: i32) -> ServerlessService {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use hyper::service::service_fn;
+use rouse_http::{Body, full, text_response};
 use rouse_kube::scrape::{ScrapeError, Target, scrape_pod, scrape_revision};
 use rouse_queue::QueueStats;
-use rouse_queue::http::{Body, full, text_response};
 use tokio::net::TcpListener;
 
 #[derive(Clone, Copy)]
@@ -57,11 +57,7 @@ async fn stats_port(stats: QueueStats, answer: Answer) -> StatsPort {
             }
         })
     };
-    tokio::spawn(rouse_queue::http::serve(
-        listener,
-        make,
-        std::future::pending(),
-    ));
+    tokio::spawn(rouse_http::serve(listener, make, std::future::pending()));
     StatsPort { addr, hits }
 }
 

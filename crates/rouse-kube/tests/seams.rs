@@ -117,6 +117,30 @@ async fn the_runtime_applies_scales_and_reads_pods() {
         && p.starts_with("/apis/apps/v1/namespaces/shop/deployments/cart-00001-deployment/scale")));
     assert_eq!(applies(&fake), before);
 
+    // A config change that changes the Deployment rolls it at the next decision, even an
+    // unchanged one; a change that does not, writes nothing.
+    let image = |f: &Fake| {
+        f.object(DEPLOYS, "shop", "cart-00001-deployment").unwrap()["spec"]["template"]["spec"]
+            ["containers"][1]["image"]
+            .clone()
+    };
+    runtime.set_config(DeploymentConfig {
+        queue_image: "example.org/rouse:v2".into(),
+        ..DeploymentConfig::default()
+    });
+    runtime.ensure(spec.clone(), 0);
+    until("the Deployment with the new sidecar image", || {
+        image(&fake) == "example.org/rouse:v2"
+    })
+    .await;
+    assert_eq!(applies(&fake), before + 1);
+    runtime.set_config(DeploymentConfig {
+        queue_image: "example.org/rouse:v2".into(),
+        ..DeploymentConfig::default()
+    });
+    runtime.ensure(spec.clone(), 0);
+    assert_eq!(applies(&fake), before + 1);
+
     // Pods are the instances: Ready condition, pod IP, queue-proxy port.
     fake.put(
         PODS,
@@ -240,6 +264,53 @@ async fn endpoint_slices_in_serve_and_proxy() {
         net.serving_through_activator("shop", "cart-00001")
     })
     .await;
+
+    // Back in Serve with 101 IPv4 pods and one IPv6: three slices; then one pod: the slices
+    // the new set no longer names are deleted, another manager's slice is left alone.
+    fake.put(SKS, sks("Serve"));
+    until("the SKS in Serve in the cache", || {
+        store
+            .get(Kind::ServerlessService, "shop", "cart-00001")
+            .unwrap()["spec"]["mode"]
+            == "Serve"
+    })
+    .await;
+    let mut many: Vec<String> = (0..101)
+        .map(|i| format!("10.1.{}.{}:8012", i / 200, i % 200 + 1))
+        .collect();
+    many.push("[fd00::7]:8012".into());
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    net.set_revision("shop", "cart-00001", traffic(SksMode::Serve, &many));
+    let slice = |name: &str| fake.object(SLICES, "shop", name);
+    until("three public slices", || {
+        [
+            "cart-00001-ipv4-0",
+            "cart-00001-ipv4-1",
+            "cart-00001-ipv6-0",
+        ]
+        .iter()
+        .all(|n| slice(n).is_some())
+    })
+    .await;
+    fake.put(
+        SLICES,
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "cart-00001-foreign", "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": "cart-00001",
+                                "endpointslice.kubernetes.io/managed-by": "someone-else"}},
+        "addressType": "IPv4", "endpoints": []}),
+    );
+    net.set_revision(
+        "shop",
+        "cart-00001",
+        traffic(SksMode::Serve, &["10.1.0.7:8012"]),
+    );
+    until("the stale slices deleted", || {
+        slice("cart-00001-ipv4-1").is_none() && slice("cart-00001-ipv6-0").is_none()
+    })
+    .await;
+    assert_eq!(slice_addresses(&fake), ["10.1.0.7"]);
+    assert!(slice("cart-00001-foreign").is_some());
     rt.shutdown_background();
 }
 
@@ -318,6 +389,16 @@ async fn a_served_domain_mapping_gets_its_ingress() {
         fake.object(INGRESSES, "rival", "shop.example.org")
             .is_none()
     );
+    // Served once the gateway marks it, as a Route's.
+    let owner = rouse_controller::Key::new(Kind::DomainMapping, "shop", "shop.example.org");
+    assert_eq!(
+        net.ingress_state(&owner),
+        rouse_controller::networking::IngressState::not_configured()
+    );
+    let mut woken = net.subscribe_ingresses().unwrap();
+    mark_ready(&fake, &net, "shop.example.org", &owner).await;
+    let next = tokio::time::timeout(Duration::from_secs(20), woken.recv()).await;
+    assert_eq!(next.unwrap().unwrap(), owner);
     rt.shutdown_background();
 }
 
@@ -424,6 +505,214 @@ async fn networking_reports_what_the_activators_pushed() {
     assert_eq!(
         pokes.try_recv().unwrap(),
         ("shop".into(), "cart-00001".into())
+    );
+    rt.shutdown_background();
+}
+
+const ROUTES: &str = "apis/serving.knative.dev/v1/routes";
+
+fn condition(obj: &Value, type_: &str) -> (String, String) {
+    obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+            (s("status"), s("reason"))
+        })
+        .unwrap_or_default()
+}
+
+/// Route `cart`'s host split between `cart-00001` and `cart-00002`.
+fn cart_split(first: u32, second: u32) -> Vec<HostRoute> {
+    vec![HostRoute {
+        host: "cart.shop.example.com".into(),
+        targets: vec![
+            ("shop".into(), "cart-00001".into(), first),
+            ("shop".into(), "cart-00002".into(), second),
+        ],
+        unavailable: None,
+        tags: Vec::new(),
+        rewrite_host: None,
+    }]
+}
+
+fn cart_route() -> rouse_controller::Key {
+    rouse_controller::Key::new(Kind::Route, "shop", "cart")
+}
+
+/// Plays the gateway for route `cart`'s Ingress (see [`mark_ready`]).
+async fn mark_ingress_ready(fake: &Fake, net: &KubeNetworking) {
+    mark_ready(fake, net, "cart", &cart_route()).await;
+}
+
+/// Plays the gateway: Ingress `name` in `shop` as stored, marked Ready for its current
+/// generation; waits for the seam to report its owner served.
+async fn mark_ready(fake: &Fake, net: &KubeNetworking, name: &str, owner: &rouse_controller::Key) {
+    let mut ing = fake.object(INGRESSES, "shop", name).unwrap();
+    ing["status"] = json!({"observedGeneration": ing["metadata"]["generation"],
+                           "conditions": [{"type": "Ready", "status": "True"}]});
+    fake.put(INGRESSES, ing);
+    until("the Ingress served", || {
+        net.ingress_state(owner) == rouse_controller::networking::IngressState::Ready
+    })
+    .await;
+}
+
+/// The Route reconciler (the one local mode runs) over the Kubernetes seams: the Route is not
+/// Ready until the gateway marks its Ingress Ready for the spec last written, and the seam
+/// wakes the reconciler when that happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_waits_for_its_ingress() {
+    use rouse_controller::networking::IngressState;
+    use rouse_controller::{Controller, Key, reconcile::reconcile};
+    let fake = Fake::start().await;
+    let mut rev = revision();
+    rev["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+    fake.put(REVS, rev);
+    fake.put(
+        ROUTES,
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+               "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"},
+               "spec": {"traffic": [{"revisionName": "cart-00001", "percent": 100}]}}),
+    );
+    let (store, rt) = started(&fake).await;
+    let net = Arc::new(KubeNetworking::new(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        IngressConfig {
+            network: Default::default(),
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    ));
+    let runtime = KubeRuntime::start(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        DeploymentConfig::default(),
+    );
+    let ctx = Controller::new(
+        store.clone(),
+        runtime,
+        net.clone(),
+        Default::default(),
+        "example.com".into(),
+    )
+    .context();
+    let mut woken = net.subscribe_ingresses().expect("the seam wakes routes");
+    let key = Key::new(Kind::Route, "shop", "cart");
+    let route_in_cache = |status: &str| {
+        store
+            .get(Kind::Route, "shop", "cart")
+            .is_ok_and(|r| condition(&r, "Ready").0 == status)
+    };
+
+    // Programmed, the Ingress written, but nobody serves it yet.
+    reconcile(&ctx, &key).await.unwrap();
+    let route = fake.object(ROUTES, "shop", "cart").unwrap();
+    assert_eq!(
+        condition(&route, "IngressReady"),
+        ("Unknown".into(), "IngressNotConfigured".into())
+    );
+    assert_eq!(condition(&route, "AllTrafficAssigned").0, "True");
+    assert_eq!(
+        condition(&route, "Ready"),
+        ("Unknown".into(), "IngressNotConfigured".into())
+    );
+    until("the Ingress written", || {
+        fake.object(INGRESSES, "shop", "cart").is_some()
+    })
+    .await;
+    let next = tokio::time::timeout(Duration::from_secs(20), woken.recv()).await;
+    assert_eq!(next.unwrap().unwrap(), cart_route());
+    assert_eq!(
+        net.ingress_state(&cart_route()),
+        IngressState::not_configured()
+    );
+
+    // The gateway marks it Ready: the route is woken and turns Ready.
+    mark_ingress_ready(&fake, &net).await;
+    let next = tokio::time::timeout(Duration::from_secs(20), woken.recv()).await;
+    assert_eq!(next.unwrap().unwrap(), cart_route());
+    until("the Route in the cache", || route_in_cache("Unknown")).await;
+    reconcile(&ctx, &key).await.unwrap();
+    let route = fake.object(ROUTES, "shop", "cart").unwrap();
+    assert_eq!(condition(&route, "IngressReady").0, "True");
+    assert_eq!(condition(&route, "Ready").0, "True");
+
+    // A new split is a new spec: not served until marked again (its Ready was for the old).
+    until("the Route Ready in the cache", || route_in_cache("True")).await;
+    net.set_routes(cart_split(50, 50));
+    assert_eq!(
+        net.ingress_state(&cart_route()),
+        IngressState::not_configured()
+    );
+    until("the new spec stored", || {
+        fake.object(INGRESSES, "shop", "cart")
+            .is_some_and(|i| i["metadata"]["generation"] == 2)
+    })
+    .await;
+    until("the new generation in the informer", || {
+        woken.try_recv().is_ok_and(|k| k == cart_route())
+    })
+    .await;
+    assert_eq!(
+        net.ingress_state(&cart_route()),
+        IngressState::not_configured()
+    );
+    mark_ingress_ready(&fake, &net).await;
+    rt.shutdown_background();
+}
+
+/// An h2c revision's split goes to its public Service's port 81 (the gateway speaks h2c
+/// there); others to 80.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_revisions_split_uses_port_81() {
+    let fake = Fake::start().await;
+    let mut grpc = revision();
+    grpc["metadata"]["name"] = "cart-00002".into();
+    grpc["spec"]["containers"][0]["ports"] = json!([{"name": "h2c", "containerPort": 50051}]);
+    fake.put(REVS, revision());
+    fake.put(REVS, grpc);
+    fake.put(
+        ROUTES,
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+               "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"}}),
+    );
+    let (store, rt) = started(&fake).await;
+    let net = KubeNetworking::new(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        IngressConfig {
+            network: Default::default(),
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    );
+    net.set_routes(cart_split(40, 60));
+    until("the Ingress written", || {
+        fake.object(INGRESSES, "shop", "cart").is_some()
+    })
+    .await;
+    let ing = fake.object(INGRESSES, "shop", "cart").unwrap();
+    let ports: Vec<(String, i64)> = ing["spec"]["rules"][0]["http"]["paths"][0]["splits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["serviceName"].as_str().unwrap().to_string(),
+                s["servicePort"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [("cart-00001".into(), 80), ("cart-00002".into(), 81)]
     );
     rt.shutdown_background();
 }

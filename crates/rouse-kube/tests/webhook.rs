@@ -136,6 +136,9 @@ async fn send(w: &Webhook, method: &str, path: &str, content_type: &str, body: V
 fn review(kind: &str, operation: &str, object: Value, old: Option<Value>) -> Vec<u8> {
     let (group, resource) = match kind {
         "ConfigMap" => ("", "configmaps"),
+        "PodAutoscaler" => ("autoscaling.internal.knative.dev", "podautoscalers"),
+        "ServerlessService" => ("networking.internal.knative.dev", "serverlessservices"),
+        "Ingress" => ("networking.internal.knative.dev", "ingresses"),
         _ => ("serving.knative.dev", "services"),
     };
     json!({
@@ -328,6 +331,77 @@ async fn domain_mappings_get_local_modes_rules() {
             .contains(&json!({"op": "add", "path": "/spec/ref/namespace", "value": "shop"})),
         "{r}"
     );
+}
+
+#[tokio::test]
+async fn the_internal_kinds_are_validated_as_knative_does() {
+    let w = start_webhook().await;
+    let pa = |cc: i64| {
+        json!({
+            "apiVersion": "autoscaling.internal.knative.dev/v1alpha1", "kind": "PodAutoscaler",
+            "metadata": {"name": "cart-00001", "namespace": "shop", "managedFields": [{}]},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "name": "cart-00001-deployment"},
+                     "containerConcurrency": cc, "protocolType": "http1"},
+            "status": {"desiredScale": 1},
+        })
+    };
+    let validate = |kind: &'static str, obj: Value| {
+        post(
+            &w,
+            "/resource-validation",
+            review(kind, "CREATE", obj, None),
+        )
+    };
+    let r = validate("PodAutoscaler", pa(10)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let r = validate("PodAutoscaler", pa(5000)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(
+        r["status"]["message"],
+        "validation failed: expected 0 <= 5000 <= 1000: spec.containerConcurrency"
+    );
+    let sks = json!({
+        "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "ServerlessService",
+        "metadata": {"name": "cart-00001", "namespace": "shop"},
+        "spec": {"mode": "Sideways", "objectRef": {}},
+    });
+    let r = validate("ServerlessService", sks).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.mode")),
+        "{r}"
+    );
+    let ing = |percent: i64| {
+        json!({
+            "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
+            "metadata": {"name": "cart", "namespace": "shop", "generation": 2},
+            "spec": {"rules": [{"hosts": ["cart.shop.example.com"], "visibility": "ExternalIP",
+                "http": {"paths": [{"splits": [
+                    {"serviceNamespace": "shop", "serviceName": "cart-00001", "servicePort": 80,
+                     "percent": percent}]}]}}]},
+        })
+    };
+    let r = validate("Ingress", ing(100)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let r = validate("Ingress", ing(90)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(
+        r["status"]["message"],
+        "validation failed: Traffic split percentage must total to 100, but was 90: \
+         spec.rules[0].http.paths[0].splits"
+    );
+    // The defaulting webhook leaves them alone.
+    let r = post(
+        &w,
+        "/defaulting",
+        review("PodAutoscaler", "CREATE", pa(5000), None),
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(r["patch"].is_null(), "{r}");
 }
 
 #[tokio::test]

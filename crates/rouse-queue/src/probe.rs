@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::http::{ProxyClient, empty};
+use rouse_http::{ProxyClient, empty};
 
 /// The longest interval between tries while an app is starting.
 pub const AGGRESSIVE_INTERVAL: Duration = Duration::from_millis(50);

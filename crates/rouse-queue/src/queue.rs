@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -16,31 +16,25 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::breaker::{Breaker, QUEUE_DEPTH_PER_SLOT};
-use crate::fast::UpstreamPool;
-use crate::http::{
-    Body, BodyRefused, DEFAULT_REQUEST_BODY_BUFFER, FastDest, FastRoute, ForwardError, FrontRouter,
-    GuardedBody, ProxyClient, Route, ServerLimits, boxed, buffer_body, forward_retryable, full,
-    is_upgrade, settle_request, strip_internal, strip_underscored, text_response,
+use rouse_http::h1::FastRequest;
+use rouse_http::raw::{self, RawError};
+use rouse_http::timeout::{Deadlines, timeout_response, until};
+use rouse_http::{
+    Body, BodyRefused, BoxError, DEFAULT_REQUEST_BODY_BUFFER, FastDest, FastRoute, ForwardError,
+    FrontRouter, GuardedBody, ORIGINAL_HOST_HEADER, PROBE_AGENT_PREFIXES, PROBE_HEADER,
+    PROXY_ACTIVATOR, PROXY_HEADER, ProxyClient, ProxyError, Route, ServerLimits, UpstreamPool,
+    boxed, buffer_body, forward_retryable, full, is_upgrade, settle_request, strip_internal,
+    strip_underscored, text_response,
 };
+
+use crate::breaker::{Breaker, QUEUE_DEPTH_PER_SLOT};
 use crate::inflight::InFlight;
 use crate::probe::{CommandRunner, HostCommand, ProbeSpec, Prober};
-use crate::raw::{self, RawError};
 use crate::request_log::{PeerAddr, RequestLogger};
 use crate::stats::{QueueStats, Stats};
-use crate::timeout::{Deadlines, timeout_response, until};
 
-/// The header a health check carries; value `queue` asks whether this queue-proxy's app is ready.
-pub const PROBE_HEADER: HeaderName = HeaderName::from_static("k-network-probe");
 /// The body of a successful queue-proxy health check.
 pub const PROBE_OK_BODY: &str = "queue";
-/// The header a proxy hop moves the client's Host into; the queue-proxy restores it.
-pub const ORIGINAL_HOST_HEADER: HeaderName = HeaderName::from_static("k-original-host");
-/// The header the activator marks the requests it forwards with (value [`PROXY_ACTIVATOR`]), so
-/// their load is reported apart (the activator reports it itself).
-pub const PROXY_HEADER: HeaderName = HeaderName::from_static("k-proxy-request");
-/// The value of [`PROXY_HEADER`] on requests the activator forwards.
-pub const PROXY_ACTIVATOR: &str = "activator";
 /// The body of the 503 a request gets when the app's slots and the queue are full.
 pub const QUEUE_FULL_BODY: &str = "pending request queue full";
 
@@ -390,7 +384,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rece
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    crate::http::serve_front(listener, make, front, shutdown, ServerLimits::default()).await;
+    rouse_http::serve_front(listener, make, front, shutdown, ServerLimits::default()).await;
 }
 
 /// The fast path of a queue-proxy's own listener: every plain request is its own, unless the
@@ -398,11 +392,12 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rece
 struct SidecarFront(LocalQueue);
 
 impl FrontRouter for SidecarFront {
+    type Local = LocalQueue;
     type Hold = ();
     type Wait = ();
     type Expiry = ();
 
-    fn route(&self, _req: &crate::http::h1::FastRequest<'_>) -> Route<(), ()> {
+    fn route(&self, _req: &FastRequest<'_>) -> Route<(), (), LocalQueue> {
         if self.0.0.cfg.h2c {
             return Route::General;
         }
@@ -415,7 +410,7 @@ impl FrontRouter for SidecarFront {
         })
     }
 
-    async fn wait(&self, _wait: ()) -> Route<(), ()> {
+    async fn wait(&self, _wait: ()) -> Route<(), (), LocalQueue> {
         Route::General
     }
 
@@ -423,7 +418,7 @@ impl FrontRouter for SidecarFront {
         None
     }
 
-    fn expired(&self, _expiry: ()) -> Route<(), ()> {
+    fn expired(&self, _expiry: ()) -> Route<(), (), LocalQueue> {
         Route::General
     }
 
@@ -586,7 +581,7 @@ async fn handle_request(
 fn respond<B, H>(resp: Response<B>, deadlines: &Deadlines, held: H) -> Response<Body>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<crate::http::BoxError>,
+    B::Error: Into<BoxError>,
     H: Send + 'static,
 {
     if deadlines.limits_body() {
@@ -617,7 +612,7 @@ async fn forward_to_app(
     shared: &Shared,
     mut req: Request<Body>,
     already_sent: bool,
-) -> Result<Response<Incoming>, crate::http::ProxyError> {
+) -> Result<Response<Incoming>, ProxyError> {
     let mut ready = shared.ready.subscribe();
     let mut resent = already_sent;
     if already_sent {
@@ -652,13 +647,6 @@ async fn forward_to_app(
         }
     }
 }
-
-/// The `User-Agent` prefixes of Knative's health checks (besides the kubelet's `kube-probe/`).
-pub(crate) const PROBE_AGENT_PREFIXES: [&str; 3] = [
-    "kube-probe/",
-    "Knative-Activator-Probe",
-    "Knative-Autoscaling-Probe",
-];
 
 /// Whether a request is a health check by its agent: the kubelet (`kube-probe/...` or a
 /// `K-Kubelet-Probe` header), the activator or the autoscaler.

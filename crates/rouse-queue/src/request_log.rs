@@ -22,7 +22,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use rouse_api::config::observability::ObservabilityConfig;
 use rouse_api::request_log::{Field, Fields, Template, write_go_float};
 
-use crate::http::{Body, BoxError, boxed};
+use rouse_http::{Body, BoxError, boxed};
 
 /// What to log, shared by every queue-proxy of a process and switched while they run.
 #[derive(Debug, Default)]
@@ -487,11 +487,11 @@ impl HttpBody for LoggedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::full;
     use http_body_util::BodyExt;
     use rouse_api::config::observability::{
         ENABLE_PROBE_REQUEST_LOG, ENABLE_REQUEST_LOG, REQUEST_LOG_TEMPLATE,
     };
+    use rouse_http::full;
 
     fn config(pairs: &[(&str, &str)]) -> ObservabilityConfig {
         let data = pairs

@@ -5,7 +5,7 @@ mod common;
 
 use common::{App, BOUND, client, fetch, get, text, wait_ready, wait_until};
 use http::{Request, StatusCode};
-use rouse_queue::http::full;
+use rouse_http::full;
 use rouse_queue::{QUEUE_FULL_BODY, QueueConfig, QueueProxy};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;

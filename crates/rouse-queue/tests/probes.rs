@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rouse_queue::http::{Body, boxed, full};
+use rouse_http::{Body, boxed, full};
 use rouse_queue::{AppProbe, ProbeAction, ProbeFailure, ProbeSpec, QueueConfig, QueueProxy};
 use tokio::net::TcpListener;
 

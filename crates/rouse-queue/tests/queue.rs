@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rouse_queue::http::{Body, boxed, full};
+use rouse_http::{Body, boxed, full};
 use rouse_queue::{ProbeAction, ProbeSpec, QueueConfig, QueueProxy};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

@@ -15,7 +15,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rouse_queue::http::{Body, empty};
+use rouse_http::{Body, empty};
 use rouse_queue::{QueueConfig, QueueProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

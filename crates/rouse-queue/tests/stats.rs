@@ -5,11 +5,12 @@ mod common;
 
 use common::{App, client, fetch, get, wait_ready, wait_until};
 use http::{Request, StatusCode};
-use rouse_queue::http::full;
-use rouse_queue::{PROXY_ACTIVATOR, PROXY_HEADER, QueueConfig, QueueProxy};
+use rouse_http::full;
+use rouse_http::{PROXY_ACTIVATOR, PROXY_HEADER};
+use rouse_queue::{QueueConfig, QueueProxy};
 use tokio::task::JoinSet;
 
-fn proxied(addr: std::net::SocketAddr, path: &str) -> Request<rouse_queue::http::Body> {
+fn proxied(addr: std::net::SocketAddr, path: &str) -> Request<rouse_http::Body> {
     Request::get(format!("http://{addr}{path}"))
         .header(PROXY_HEADER, PROXY_ACTIVATOR)
         .body(full(""))

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use common::{App, BOUND, client, fetch, get, partial, wait_ready, wait_until};
 use http::StatusCode;
-use rouse_queue::{QueueConfig, QueueProxy, TIMEOUT_BODY};
+use rouse_http::TIMEOUT_BODY;
+use rouse_queue::{QueueConfig, QueueProxy};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

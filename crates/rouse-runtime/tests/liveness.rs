@@ -33,7 +33,7 @@ fn spec(revision: &str, command: Vec<String>) -> WorkloadSpec {
             timeout: None,
             response_start_timeout: None,
             idle_timeout: None,
-            request_body_buffer: rouse_queue::http::DEFAULT_REQUEST_BODY_BUFFER,
+            request_body_buffer: rouse_http::DEFAULT_REQUEST_BODY_BUFFER,
         },
         drain_timeout: Duration::from_secs(5),
         liveness: None,

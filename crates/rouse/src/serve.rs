@@ -11,10 +11,9 @@ use rouse_activator::{Activator, ActivatorConfig};
 use rouse_api::Kind;
 use rouse_api::config::Config;
 use rouse_api::decode::parse_documents;
-use rouse_controller::networking::LocalNetworking;
 use rouse_controller::{Controller, Networking};
 use rouse_gateway::{Gateway, TrustedProxies};
-use rouse_queue::http::{DEFAULT_MIN_BODY_RATE, MinBodyRate, ServerLimits};
+use rouse_http::{DEFAULT_MIN_BODY_RATE, MinBodyRate, ServerLimits};
 use rouse_runtime::{ProcessRuntime, Runtime};
 use rouse_store::{EmbeddedStore, Store, StoreError};
 use serde_json::Value;
@@ -25,6 +24,7 @@ use crate::api::admission::{Target, admit};
 use crate::api::{ApiState, serve_api_tls};
 use crate::cli::gateway::GATEWAY_INFO_METRIC;
 use crate::host::{self, DESCRIPTOR_RESERVE, HostArgs};
+use crate::local::networking::LocalNetworking;
 
 /// Longest wait for in-flight work at shutdown before giving up on it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -142,9 +142,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }),
     );
     let gateway = Gateway::new(activator.clone());
-    rouse_queue::http::set_allow_underscores_in_headers(
-        config.network.allow_underscores_in_headers,
-    );
+    rouse_http::set_allow_underscores_in_headers(config.network.allow_underscores_in_headers);
     gateway.set_trusted_proxies(
         TrustedProxies::parse(&config.network.trusted_proxies.join(","))
             .context("config-network trusted-proxies")?,
@@ -158,7 +156,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let limits = ServerLimits {
-        connections: rouse_queue::http::ConnectionLimit {
+        connections: rouse_http::ConnectionLimit {
             max: Some(descriptors.max_connections),
             descriptor_limit: Some(descriptors.limit),
             descriptor_reserve: DESCRIPTOR_RESERVE,

@@ -3,16 +3,17 @@
 //! refused while no webhook answers, `rouse controller --kubeconfig --webhook-url` as a
 //! process serving the admission webhooks (a bad manifest refused with Knative's message, a
 //! good one defaulted, ConfigMap changes taking effect live in the webhook and the reconcilers,
-//! a bad ConfigMap refused), the
-//! per-revision objects shaped as Knative makes them; the test plays the kubelet (a Node, the
-//! pod bound to it and reported Ready with an IP) so the Service becomes Ready; the pod's
-//! containers run here (the test app and `rouse queue-proxy` on port 8012 of this machine's own
-//! address, which is the pod's IP), so a request through `rouse gateway --kubeconfig` reaches
-//! the app and the gateway marks the Ingress Ready; `rouse activator --kubeconfig` syncs;
-//! leader hand-over; deleting the Service cascades. Needs `kubectl` on PATH and
-//! `cargo build --workspace --bins`. The API server must reach 127.0.0.1 (the controllers'
-//! webhooks listen there); the suite removes the WebhookConfigurations when it ends, since they
-//! then name a URL nobody serves.
+//! a bad ConfigMap refused), the per-revision objects shaped as Knative makes them; the test
+//! plays the kubelet (a Node, the pod bound to it and reported Ready with an IP). The pod's
+//! containers run here (the test app and `rouse-queue-proxy` on port 8012 of this machine's own
+//! address, which is the pod's IP). The Route waits for its Ingress: not Ready until `rouse
+//! gateway --kubeconfig` marks the Ingress Ready, then a request through the gateway reaches the
+//! app; `rouse activator --kubeconfig` syncs; a 50/50 traffic split over two revisions (the
+//! second pod on 10.244.1.2, added to the loopback interface when missing and run as root)
+//! reaches both; leader hand-over; scale to zero and back; deleting the Service cascades. Needs
+//! `kubectl` on PATH and `cargo build --workspace --bins`. The API server must reach 127.0.0.1
+//! (the controllers' webhooks listen there); the suite removes the WebhookConfigurations when
+//! it ends, since they then name a URL nobody serves.
 
 mod common;
 
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sidecar::{Sidecar, sidecar_env, start_app};
+use common::sidecar::{Sidecar, sidecar_env, start_app, start_app_with};
 use serde_json::Value;
 
 const NS: &str = "rouse-e2e";
@@ -139,6 +140,20 @@ fn webhooks_registered(kc: &str, url: &str) -> bool {
                 && cc["caBundle"].as_str().is_some_and(|b| !b.is_empty())
         })
     })
+}
+
+/// A condition's status and reason (empty when absent).
+fn condition(obj: &Value, type_: &str) -> (String, String) {
+    obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+            (s("status"), s("reason"))
+        })
+        .unwrap_or_default()
 }
 
 fn ready(obj: &Value) -> bool {
@@ -323,6 +338,14 @@ fn a_knative_service_on_a_real_api_server() {
         .filter_map(|c| c["name"].as_str())
         .collect();
     assert_eq!(names, ["user-container", "queue-proxy"]);
+    // The sidecar is the image's lean binary, with Knative's default resources.
+    let qp = &pod_spec["containers"][1];
+    assert_eq!(qp["image"], "rouse:dev");
+    assert_eq!(qp["command"], serde_json::json!(["/rouse-queue-proxy"]));
+    assert_eq!(
+        qp["resources"],
+        serde_json::json!({"requests": {"cpu": "25m"}})
+    );
     assert_eq!(
         deploy["spec"]["template"]["metadata"]["labels"]["serving.knative.dev/revision"],
         "hello-00001"
@@ -348,14 +371,10 @@ fn a_knative_service_on_a_real_api_server() {
     // The pod's containers run here, on this machine's own address (an EndpointSlice may not
     // hold a loopback one); without one the pod only pretends.
     let pod_ip = own_address();
-    let _pod = pod_ip.map(run_hello_pod);
+    let _pod = pod_ip.map(|ip| run_pod(ip, "hello-00001", None));
     let hello_ip = pod_ip.map_or_else(|| PRETEND_POD_IP.to_string(), |ip| ip.to_string());
     report_ready(&kc, &pod, &hello_ip);
 
-    let svc = until("the Service Ready", Duration::from_secs(90), || {
-        get_json(&kc, "ksvc/hello").filter(ready)
-    });
-    assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00001");
     let slice = until(
         "the public EndpointSlice with the pod",
         Duration::from_secs(60),
@@ -380,7 +399,32 @@ fn a_knative_service_on_a_real_api_server() {
         "{hosts}"
     );
     assert!(hosts.contains("\"serviceName\":\"hello-00001\""), "{hosts}");
-    through_the_gateway(&kc, pod_ip.is_some());
+    // The Route waits for its Ingress: no gateway serves it yet, so it is not Ready.
+    let route = until(
+        "the Route with its traffic assigned",
+        Duration::from_secs(60),
+        || get_json(&kc, "route/hello").filter(|r| condition(r, "AllTrafficAssigned").0 == "True"),
+    );
+    assert_eq!(
+        condition(&route, "IngressReady"),
+        ("Unknown".into(), "IngressNotConfigured".into()),
+        "{route}"
+    );
+    assert!(!ready(&route), "{route}");
+    assert!(!get_json(&kc, "ksvc/hello").is_some_and(|s| ready(&s)));
+
+    // The data plane from the API; the gateway serves until the end.
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_hops(&kc, dir.path());
+    let svc = until("the Service Ready", Duration::from_secs(90), || {
+        get_json(&kc, "ksvc/hello").filter(ready)
+    });
+    assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00001");
+    let route = get_json(&kc, "route/hello").unwrap();
+    assert_eq!(condition(&route, "IngressReady").0, "True", "{route}");
+    through_the_gateway(gateway.listening, pod_ip.is_some());
+    traffic_split(&kc, gateway.listening, pod_ip.is_some());
+    domain_mapping(&kc);
 
     // Leader hand-over: a second replica follows while the first leads, and takes the Lease
     // once the first is gone (after the Lease's 15 s duration).
@@ -443,6 +487,7 @@ fn a_knative_service_on_a_real_api_server() {
         || get_json(&kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
     );
 
+    config_deployment_rolls_existing_revisions(&kc);
     scale_to_zero(&kc, second.1);
 
     // Deleting the Service cascades through Kubernetes' garbage collector (the new leader
@@ -457,6 +502,95 @@ fn a_knative_service_on_a_real_api_server() {
     });
     let _ = kubectl(&kc, &["delete", "node", "rouse-e2e-node"], None);
     remove_webhook_configs(&kc);
+}
+
+/// A DomainMapping to `hello`: its Ingress shaped as Knative's (the domain, `rewriteHost` to
+/// the Service's cluster-local host), and the mapping Ready once the gateway marks that
+/// Ingress Ready; deleted after.
+fn domain_mapping(kc: &str) {
+    const DOMAIN: &str = "hello.rouse-e2e.example.org";
+    let dm = format!(
+        "apiVersion: serving.knative.dev/v1beta1\nkind: DomainMapping\nmetadata:\n  name: {DOMAIN}\n  namespace: {NS}\n\
+         spec:\n  ref:\n    apiVersion: serving.knative.dev/v1\n    kind: Service\n    name: hello\n"
+    );
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(dm.as_bytes()));
+    assert!(ok, "apply the DomainMapping: {out}");
+    let ing = until("the mapping's Ingress", Duration::from_secs(60), || {
+        get_json(
+            kc,
+            &format!("ingresses.networking.internal.knative.dev/{DOMAIN}"),
+        )
+    });
+    let rule = &ing["spec"]["rules"][0];
+    assert_eq!(rule["hosts"], serde_json::json!([DOMAIN]), "{ing}");
+    assert_eq!(
+        rule["http"]["paths"][0]["rewriteHost"],
+        format!("hello.{NS}.svc.cluster.local"),
+        "{ing}"
+    );
+    assert_eq!(
+        ing["metadata"]["ownerReferences"][0]["kind"],
+        "DomainMapping"
+    );
+    let mapped = until("the DomainMapping Ready", Duration::from_secs(60), || {
+        get_json(kc, &format!("domainmapping/{DOMAIN}")).filter(ready)
+    });
+    assert_eq!(condition(&mapped, "IngressReady").0, "True", "{mapped}");
+    assert!(
+        get_json(
+            kc,
+            &format!("ingresses.networking.internal.knative.dev/{DOMAIN}")
+        )
+        .is_some_and(|i| ready(&i)),
+        "the gateway marked the mapping's Ingress Ready"
+    );
+    let (ok, out) = kubectl(kc, &["delete", "-n", NS, "domainmapping", DOMAIN], None);
+    assert!(ok, "delete the DomainMapping: {out}");
+}
+
+/// config-deployment's sidecar resources and progress deadline reach the Deployment of a
+/// revision that already exists (Knative rolls them); restored after.
+fn config_deployment_rolls_existing_revisions(kc: &str) {
+    let patch = |data: &str| {
+        let p = format!("{{\"data\":{data}}}");
+        kubectl(
+            kc,
+            &[
+                "patch",
+                "configmap",
+                "-n",
+                "knative-serving",
+                "config-deployment",
+                "--type",
+                "merge",
+                "-p",
+                &p,
+            ],
+            None,
+        )
+    };
+    let (ok, out) = patch(
+        r#"{"queue-sidecar-memory-request":"32Mi","queue-sidecar-cpu-limit":"500m","progress-deadline":"300s"}"#,
+    );
+    assert!(ok, "config-deployment: {out}");
+    let d = until(
+        "hello's Deployment rolled to the new config",
+        Duration::from_secs(60),
+        || {
+            get_json(kc, "deployment/hello-00001-deployment")
+                .filter(|d| d["spec"]["progressDeadlineSeconds"] == 300)
+        },
+    );
+    let qp = &d["spec"]["template"]["spec"]["containers"][1];
+    assert_eq!(
+        qp["resources"],
+        serde_json::json!({"requests": {"cpu": "25m", "memory": "32Mi"}, "limits": {"cpu": "500m"}}),
+        "{qp}"
+    );
+    let (ok, out) = patch(
+        r#"{"queue-sidecar-memory-request":null,"queue-sidecar-cpu-limit":null,"progress-deadline":null}"#,
+    );
+    assert!(ok, "config-deployment restored: {out}");
 }
 
 /// The name of the revision's (first) pod, once the ReplicaSet made it (not one still
@@ -710,25 +844,48 @@ fn own_address() -> Option<std::net::IpAddr> {
     Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
 }
 
-/// `hello`'s pod, run here: the test app and its sidecar on the pod IP's port 8012 (where the
-/// public EndpointSlice sends).
-fn run_hello_pod(pod_ip: std::net::IpAddr) -> (common::sidecar::Killed, Sidecar) {
+/// A revision's pod, run here: the test app (answering `message` when given) and its sidecar
+/// on the pod IP's port 8012 (where the public EndpointSlice sends).
+fn run_pod(
+    pod_ip: std::net::IpAddr,
+    revision: &str,
+    message: Option<&str>,
+) -> (common::sidecar::Killed, Sidecar) {
     let app_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let app = start_app(app_port);
+    let app = match message {
+        None => start_app(app_port),
+        Some(m) => start_app_with(app_port, &[("MESSAGE", m)]),
+    };
     let mut env = sidecar_env(app_port);
     for (k, v) in env.iter_mut() {
         match *k {
             "ROUSE_QUEUE_BIND" | "SERVING_POD_IP" => *v = pod_ip.to_string(),
             "QUEUE_SERVING_PORT" => *v = "8012".into(),
             "SERVING_NAMESPACE" => *v = NS.into(),
+            "SERVING_REVISION" => *v = revision.into(),
             _ => {}
         }
     }
     (app, Sidecar::start(&env))
+}
+
+/// `ip` if this machine has it. A second pod needs an address of its own (port 8012 of this
+/// machine's address is the first pod's); run as root, the test adds `ip`/32 to the loopback
+/// interface (a non-loopback address there is one an EndpointSlice accepts).
+fn extra_address(ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
+    let usable = || std::net::TcpListener::bind((ip, 0)).is_ok();
+    if !usable() {
+        let _ = Command::new("ip")
+            .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    usable().then_some(ip)
 }
 
 /// A kubeconfig like `kc` that acts as the install's ServiceAccount `account`, so what the
@@ -781,13 +938,19 @@ fn start_hop(role: &str, kc: &str, dir: &std::path::Path) -> (Controller, std::n
     (Controller(child, addr("listening=")), addr("admin="))
 }
 
-/// The data plane from the API, each hop with its install RBAC only: the gateway routes the
-/// Ingress's host to `hello`'s pod and marks the Ingress Ready; the activator syncs its
-/// Revisions and EndpointSlices.
-fn through_the_gateway(kc: &str, pod_runs: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let (gateway, gateway_admin) = start_hop("gateway", kc, dir.path());
-    let (_activator, activator_admin) = start_hop("activator", kc, dir.path());
+/// `rouse gateway` and `rouse activator` fed by the API, each with its install RBAC only.
+struct Hops {
+    /// The gateway's serving address.
+    listening: std::net::SocketAddr,
+    _gateway: Controller,
+    _activator: Controller,
+}
+
+/// Starts the hops and waits for both to have synced and for the gateway to mark `hello`'s
+/// Ingress Ready.
+fn start_hops(kc: &str, dir: &std::path::Path) -> Hops {
+    let (gateway, gateway_admin) = start_hop("gateway", kc, dir);
+    let (activator, activator_admin) = start_hop("activator", kc, dir);
     for admin in [gateway_admin, activator_admin] {
         until("the hops synced", Duration::from_secs(60), || {
             let r = common::http_get(admin, "localhost", "/readyz").ok()?;
@@ -799,19 +962,126 @@ fn through_the_gateway(kc: &str, pod_runs: bool) {
         Duration::from_secs(60),
         || get_json(kc, "ingresses.networking.internal.knative.dev/hello").filter(ready),
     );
+    Hops {
+        listening: gateway.1,
+        _gateway: gateway,
+        _activator: activator,
+    }
+}
+
+/// A request for `hello`'s host through the gateway reaches the app; an unknown host is 404.
+fn through_the_gateway(gateway: std::net::SocketAddr, pod_runs: bool) {
     let host = format!("hello.{NS}.example.com");
     if pod_runs {
         until(
             "a request through the gateway",
             Duration::from_secs(60),
             || {
-                let r = common::http_get(gateway.1, &host, "/").ok()?;
+                let r = common::http_get(gateway, &host, "/").ok()?;
                 (r.status == 200).then_some(())
             },
         );
     } else {
         eprintln!("no address but loopback here: the request through the gateway is not sent");
     }
-    let r = common::http_get(gateway.1, "nobody.example.com", "/").unwrap();
+    let r = common::http_get(gateway, "nobody.example.com", "/").unwrap();
     assert_eq!(r.status, 404);
+}
+
+/// The second revision's pod IP (on the loopback interface, see [`extra_address`]).
+const SECOND_POD_IP: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 1, 2));
+/// Requests sent through the split.
+const SPLIT_REQUESTS: usize = 200;
+
+/// A traffic split: `hello` gets a second revision and its traffic is split 50/50 between the
+/// first (by name) and the latest; once the gateway serves the split the Service is Ready
+/// with both in its traffic, the Ingress carries both splits as Knative shapes them, and
+/// requests through the gateway reach both pods in about that proportion.
+fn traffic_split(kc: &str, gateway: std::net::SocketAddr, pods_run: bool) {
+    let split = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  namespace: {NS}\n\
+         spec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/min-scale: \"1\"\n\
+         \x20   spec:\n      containers:\n        - image: ghcr.io/knative/helloworld-go:latest\n\
+         \x20         env:\n            - name: TARGET\n              value: two\n\
+         \x20 traffic:\n    - revisionName: hello-00001\n      percent: 50\n\
+         \x20   - latestRevision: true\n      percent: 50\n"
+    );
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(split.as_bytes()));
+    assert!(ok, "apply the split: {out}");
+    let pod = revision_pod(kc, "hello-00002");
+    let ip = pods_run.then(|| extra_address(SECOND_POD_IP)).flatten();
+    let _pod = ip.map(|ip| run_pod(ip, "hello-00002", Some("hello-00002")));
+    report_ready(kc, &pod, &SECOND_POD_IP.to_string());
+
+    let svc = until("the split served", Duration::from_secs(90), || {
+        get_json(kc, "ksvc/hello").filter(|s| {
+            ready(s)
+                && s["status"]["traffic"]
+                    .as_array()
+                    .is_some_and(|t| t.len() == 2)
+        })
+    });
+    let traffic: Vec<(&str, i64)> = svc["status"]["traffic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["revisionName"].as_str().unwrap_or(""),
+                t["percent"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(traffic, [("hello-00001", 50), ("hello-00002", 50)], "{svc}");
+    // Knative's shape: the external rule's one path splits over the revisions' public
+    // Services, each split appending the revision and namespace headers.
+    let ing = get_json(kc, "ingresses.networking.internal.knative.dev/hello").unwrap();
+    let external = ing["spec"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["visibility"] == "ExternalIP")
+        .unwrap_or_else(|| panic!("an external rule: {ing}"));
+    assert_eq!(
+        external["hosts"],
+        serde_json::json!([format!("hello.{NS}.example.com")])
+    );
+    let splits = &external["http"]["paths"][0]["splits"];
+    let want: Vec<Value> = ["hello-00001", "hello-00002"]
+        .iter()
+        .map(|rev| {
+            serde_json::json!({"serviceName": rev, "serviceNamespace": NS, "servicePort": 80,
+                "percent": 50, "appendHeaders": {"Knative-Serving-Namespace": NS,
+                                                 "Knative-Serving-Revision": rev}})
+        })
+        .collect();
+    assert_eq!(*splits, Value::Array(want), "{ing}");
+
+    if ip.is_none() {
+        eprintln!(
+            "no second address for a pod here ({SECOND_POD_IP} is not on this machine and could \
+             not be added): the requests through the split are not sent"
+        );
+        return;
+    }
+    let host = format!("hello.{NS}.example.com");
+    let mut second = 0;
+    for _ in 0..SPLIT_REQUESTS {
+        let r = common::http_get(gateway, &host, "/").expect("a request through the split");
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.body.trim() == "hello-00002" {
+            second += 1;
+        }
+    }
+    println!(
+        "split 50/50: {} of {SPLIT_REQUESTS} requests reached hello-00001, {second} hello-00002",
+        SPLIT_REQUESTS - second
+    );
+    // 50 % of 200 is 100 with a standard deviation near 7: 60..=140 fails only if the split
+    // is not applied (or one revision is not reached at all).
+    assert!(
+        (60..=140).contains(&second),
+        "{second} of {SPLIT_REQUESTS} reached the second revision"
+    );
 }

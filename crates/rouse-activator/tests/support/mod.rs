@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rouse_queue::http::{Body, BoxError, boxed, empty};
+use rouse_http::{Body, BoxError, boxed, empty};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 

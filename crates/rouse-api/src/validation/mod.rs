@@ -8,6 +8,7 @@
 mod diff;
 mod domain;
 mod image;
+mod internal;
 mod metadata;
 mod names;
 mod podspec;
@@ -19,6 +20,7 @@ mod volumes;
 #[cfg(test)]
 mod tests;
 
+pub use internal::{validate_ingress, validate_pod_autoscaler, validate_serverless_service};
 pub use names::is_dns1035_label;
 
 use crate::autoscaling::annotations as autoscaling_annotations;

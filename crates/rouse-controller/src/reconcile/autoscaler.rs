@@ -205,16 +205,14 @@ fn set_sks_mode(
 mod tests {
     use std::sync::Arc;
 
-    use rouse_activator::{Activator, ActivatorConfig};
     use rouse_api::meta::Resource;
     use rouse_api::serving::{Configuration, LABEL_CONFIGURATION};
-    use rouse_gateway::Gateway;
     use rouse_runtime::ProcessRuntime;
     use rouse_store::EmbeddedStore;
     use serde_json::json;
 
     use super::*;
-    use crate::networking::LocalNetworking;
+    use crate::networking::{ActivatorLoad, HostRoute, Networking, RevisionTraffic};
     use crate::{Controller, RouteRefs};
 
     fn revision(ns: &str, name: &str, config: &str) -> Revision {
@@ -233,15 +231,32 @@ mod tests {
         }))
     }
 
+    /// A data plane that is never reached: this test reads only the controller's own index.
+    struct Unplugged;
+
+    impl Networking for Unplugged {
+        fn set_routes(&self, _: Vec<HostRoute>) {}
+        fn set_revision(&self, _: &str, _: &str, _: RevisionTraffic) {}
+        fn remove_revision(&self, _: &str, _: &str) {}
+        fn serving_through_activator(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn take_activator_stats(&self) -> Vec<ActivatorLoad> {
+            Vec::new()
+        }
+        fn ingress_state(&self, _: &crate::Key) -> crate::networking::IngressState {
+            crate::networking::IngressState::not_configured()
+        }
+        fn subscribe_ingresses(&self) -> Option<tokio::sync::broadcast::Receiver<crate::Key>> {
+            None
+        }
+    }
+
     #[tokio::test]
     async fn routed_is_read_from_the_route_index() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        let activator = Activator::new(ActivatorConfig::default(), Arc::new(|_: &str, _: &str| {}));
-        let networking = Arc::new(LocalNetworking {
-            gateway: Gateway::new(activator.clone()),
-            activator,
-        });
+        let networking = Arc::new(Unplugged);
         let runtime = ProcessRuntime::new(dir.path().to_path_buf());
         let ctx = Controller::new(
             store,

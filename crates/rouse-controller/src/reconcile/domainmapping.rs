@@ -19,8 +19,8 @@ use rouse_api::serving::{Addressable, Route, Service};
 
 use super::Requeue;
 use super::route::program;
-use crate::networking::HostRoute;
-use crate::{Context, ReconcileError};
+use crate::networking::{HostRoute, IngressState};
+use crate::{Context, Key, ReconcileError};
 
 /// The `apiVersion` of the kinds a mapping may point at.
 const SERVING_V1: &str = "serving.knative.dev/v1";
@@ -60,11 +60,22 @@ pub(super) async fn reconcile(
         })
         .collect();
     let serving = !entries.is_empty();
-    // Programmed before the status says Ready, so a client that waits for Ready finds the
-    // domain served.
+    // Programmed before the status is written, and IngressReady says whether the data plane
+    // serves it yet (the networking seam wakes the mapping when that changes), so a client
+    // that waits for Ready finds the domain served.
     program(ctx, Kind::DomainMapping, ns, name, entries).await;
     if serving {
-        status.mark_true(CONDITION_INGRESS_READY);
+        match ctx
+            .networking
+            .ingress_state(&Key::new(Kind::DomainMapping, ns, name))
+        {
+            IngressState::Ready => status.mark_true(CONDITION_INGRESS_READY),
+            IngressState::NotReady {
+                status: s,
+                reason,
+                message,
+            } => status.set_condition(CONDITION_INGRESS_READY, s, &reason, &message),
+        }
     } else {
         status.mark_unknown(
             CONDITION_INGRESS_READY,

@@ -12,8 +12,8 @@ use rouse_api::domainmapping::DomainMapping;
 use rouse_api::serving::{Addressable, Configuration, Revision, Route, RouteStatus, TrafficTarget};
 
 use super::{Requeue, route_rollout, routing_state};
-use crate::networking::{HostRoute, Targets};
-use crate::{Context, ReconcileError};
+use crate::networking::{HostRoute, IngressState, Targets};
+use crate::{Context, Key, ReconcileError};
 
 pub(super) async fn reconcile(
     ctx: &Context,
@@ -43,13 +43,33 @@ pub(super) async fn reconcile(
     };
     let mut status = resolve_status(ctx, &route)?;
     let rolling = route_rollout::step(ctx, &route, &mut status, route_rollout::now_nanos());
-    status.derive_ready(&READY_DEPENDENTS);
     refuse_deleted_revisions(ctx, ns, &status)?;
     let entries = host_routes(ctx, ns, name, &status)?;
-    // The gateway is programmed before the status says Ready, so a client that waits for
-    // Ready never finds the host unrouted (IngressReady means what it says).
+    // The data plane is programmed before the status is written, and IngressReady says
+    // whether it serves that yet (the networking seam wakes the route when that changes), so
+    // a client that waits for Ready never finds the host unrouted.
     program_route(ctx, ns, name, entries).await;
-    let next_step = rolling.and_then(|r| r.served(&mut status, route_rollout::now_nanos()));
+    let next_step = match ctx
+        .networking
+        .ingress_state(&Key::new(Kind::Route, ns, name))
+    {
+        IngressState::Ready => {
+            if !rolling.as_ref().is_some_and(|r| r.in_progress()) {
+                status.mark_true("IngressReady");
+            }
+            // A rollout's steps are planned once its current shares are served.
+            rolling.and_then(|r| r.served(&mut status, route_rollout::now_nanos()))
+        }
+        IngressState::NotReady {
+            status: s,
+            reason,
+            message,
+        } => {
+            status.set_condition("IngressReady", s, &reason, &message);
+            None
+        }
+    };
+    status.derive_ready(&READY_DEPENDENTS);
     let before = serving(&route.status);
     let status = write(ctx, &route, status)?;
     routing_state::relabel(ctx, ns, name, &before, &serving(&status))?;
@@ -101,8 +121,8 @@ const READY_DEPENDENTS: [&str; 3] = [
 /// Why a target could not be resolved: the condition status, reason and message.
 type Unresolved = (ConditionStatus, &'static str, String);
 
-/// Resolves the route into the status it should have (the caller derives Ready once a rollout
-/// has had its say, and writes it once the gateway serves it).
+/// Resolves the route into the status it should have (the caller sets IngressReady from the
+/// data plane, derives Ready once a rollout has had its say, and writes it).
 fn resolve_status(ctx: &Context, route: &Route) -> Result<RouteStatus, ReconcileError> {
     let ns = &route.metadata.namespace;
     let name = &route.metadata.name;
@@ -124,7 +144,6 @@ fn resolve_status(ctx: &Context, route: &Route) -> Result<RouteStatus, Reconcile
             status.set_condition("AllTrafficAssigned", s, reason, &message);
         }
     }
-    status.mark_true("IngressReady");
     status.set_condition(
         "CertificateProvisioned",
         ConditionStatus::True,

@@ -102,6 +102,11 @@ pub(super) fn step(
 }
 
 impl Rolling {
+    /// True while the shares still move (the route shows `RolloutInProgress`).
+    pub(super) fn in_progress(&self) -> bool {
+        !self.rollout.done()
+    }
+
     /// Called once the data plane serves the shares: a rollout that just started plans its
     /// steps; the state is kept in the status. Returns when to look again for the next step.
     pub(super) fn served(mut self, status: &mut RouteStatus, now: i64) -> Option<Duration> {

@@ -1,13 +1,17 @@
 //! One `admission.k8s.io/v1` AdmissionReview in, its answer out: Knative's defaulting (a JSON
 //! patch), validation (Knative's messages with field paths) and ConfigMap validation, with the
 //! rules local mode applies (`rouse_api::defaults`, `rouse_api::validation`, the config
-//! parsers).
+//! parsers). The internal kinds the controller writes (PodAutoscaler, ServerlessService,
+//! Ingress) are validated too, as Knative's webhook does.
 
 use base64::Engine as _;
+use rouse_api::autoscaling::PodAutoscaler;
 use rouse_api::config::{Config, ConfigData};
 use rouse_api::decode::{DecodeError, decode_typed};
 use rouse_api::domainmapping::DomainMapping;
+use rouse_api::ingress::Ingress;
 use rouse_api::meta::Resource;
+use rouse_api::networking::ServerlessService;
 use rouse_api::serving::{
     ANNOTATION_CREATOR, ANNOTATION_LAST_MODIFIER, Configuration, Revision, Route, Service,
 };
@@ -136,9 +140,70 @@ pub fn review(hook: Hook, body: &[u8], cfg: &Config) -> Result<Value, MalformedR
 }
 
 fn admit(hook: Hook, req: &AdmissionRequest, cfg: &Config) -> Verdict {
-    if req.kind.group != "serving.knative.dev" {
+    match (req.kind.group.as_str(), hook) {
+        ("serving.knative.dev", _) => admit_serving(hook, req, cfg),
+        // Only validated: the controller writes them whole.
+        ("autoscaling.internal.knative.dev", Hook::Validation) => match req.kind.kind.as_str() {
+            "PodAutoscaler" => admit_typed::<PodAutoscaler>(
+                hook,
+                req,
+                cfg,
+                no_defaults,
+                validation::validate_pod_autoscaler,
+                false,
+            ),
+            _ => Verdict::Allow,
+        },
+        ("networking.internal.knative.dev", Hook::Validation) => match req.kind.kind.as_str() {
+            "ServerlessService" => admit_typed::<ServerlessService>(
+                hook,
+                req,
+                cfg,
+                no_defaults,
+                validation::validate_serverless_service,
+                false,
+            ),
+            "Ingress" => admit_ingress(req),
+            _ => Verdict::Allow,
+        },
+        _ => Verdict::Allow,
+    }
+}
+
+fn no_defaults<T>(_: &mut T, _: Option<&T>, _: &Config) {}
+
+/// An Ingress (not one of the store's kinds) decoded as sent and validated.
+fn admit_ingress(req: &AdmissionRequest) -> Verdict {
+    let Some(sent) = &req.object else {
+        return deny_plain("the request carries no object".into());
+    };
+    let ing: Ingress =
+        match serde_json::from_value(trimmed(sent, req.namespace.as_deref().unwrap_or(""))) {
+            Ok(i) => i,
+            Err(e) => return deny_plain(format!("{VALIDATION_FAILED}{e}")),
+        };
+    if ing.metadata.deletion_timestamp.is_some() {
         return Verdict::Allow;
     }
+    match validation::validate_ingress(&ing, None) {
+        Ok(()) => Verdict::Allow,
+        Err(errs) => refusal(errs),
+    }
+}
+
+/// Knative's refusal of what validation found.
+fn refusal(errs: FieldErrors) -> Verdict {
+    Verdict::Deny {
+        message: format!("{VALIDATION_FAILED}{errs}"),
+        causes: errs
+            .0
+            .iter()
+            .flat_map(|e| e.paths.iter().map(|p| (e.message.clone(), p.clone())))
+            .collect(),
+    }
+}
+
+fn admit_serving(hook: Hook, req: &AdmissionRequest, cfg: &Config) -> Verdict {
     match Kind::from_name(&req.kind.kind) {
         Some(Kind::Service) => admit_typed::<Service>(
             hook,
@@ -234,14 +299,7 @@ fn admit_typed<T: Resource>(
         _ if obj.meta().deletion_timestamp.is_some() => Verdict::Allow,
         _ => match validate(&obj, old.as_ref(), cfg) {
             Ok(()) => Verdict::Allow,
-            Err(errs) => Verdict::Deny {
-                message: format!("{VALIDATION_FAILED}{errs}"),
-                causes: errs
-                    .0
-                    .iter()
-                    .flat_map(|e| e.paths.iter().map(|p| (e.message.clone(), p.clone())))
-                    .collect(),
-            },
+            Err(errs) => refusal(errs),
         },
     }
 }
@@ -280,7 +338,8 @@ const META_FIELDS: [&str; 14] = [
 
 /// The typed object: status dropped (the controller's), metadata the types know, the
 /// request's namespace when the object names none (as on create).
-fn decode<T: Resource>(sent: &Value, namespace: &str) -> Result<T, Verdict> {
+/// The object without its status and the metadata fields the API types do not read.
+fn trimmed(sent: &Value, namespace: &str) -> Value {
     let mut v = sent.clone();
     if let Some(map) = v.as_object_mut() {
         map.remove("status");
@@ -291,7 +350,11 @@ fn decode<T: Resource>(sent: &Value, namespace: &str) -> Result<T, Verdict> {
             }
         }
     }
-    decode_typed::<T>(v).map_err(|e| {
+    v
+}
+
+fn decode<T: Resource>(sent: &Value, namespace: &str) -> Result<T, Verdict> {
+    decode_typed::<T>(trimmed(sent, namespace)).map_err(|e| {
         let (message, field) = match e {
             DecodeError::Field { path, reason, .. } if !path.is_empty() => {
                 (format!("{reason}: {path}"), Some((reason, path)))

@@ -2,7 +2,8 @@
 //! lists and watches at once, in no fixed order) where a script cannot say what comes next.
 //! It keeps objects per resource, hands out increasing resourceVersions, refuses stale ones
 //! with 409, streams watches, serves `/status` and `/scale`, and takes server-side applies
-//! (the body replaces the object). Every request is recorded.
+//! (the body replaces the object but for its status; a new spec bumps the generation). Every
+//! request is recorded.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -378,6 +379,15 @@ impl Fake {
                         let mut next = cur.clone();
                         next["status"] = obj["status"].clone();
                         obj = next;
+                    } else {
+                        // As the API server does: the status stays (a subresource) and a new
+                        // spec is a new generation.
+                        let g = cur["metadata"]["generation"].as_i64().unwrap_or(1);
+                        let changed = obj["spec"] != cur["spec"];
+                        obj["metadata"]["generation"] = (g + i64::from(changed)).into();
+                        if let Some(st) = cur.get("status") {
+                            obj["status"] = st.clone();
+                        }
                     }
                 }
                 obj["metadata"]["name"] = name.clone().into();

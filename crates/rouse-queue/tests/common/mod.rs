@@ -16,12 +16,15 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rouse_http::{Body, boxed, full};
 use rouse_queue::QueueProxy;
-use rouse_queue::http::{Body, boxed, full};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub const BOUND: Duration = Duration::from_secs(10);
+// The engine's raw-socket clients and bounded wait (one copy for both crates' tests).
+#[path = "../../../rouse-http/tests/common/mod.rs"]
+mod engine;
+pub use engine::*;
 
 /// What the app has seen.
 #[derive(Default)]
@@ -186,17 +189,6 @@ pub async fn partial(resp: Response<Incoming>) -> (StatusCode, String, bool) {
             }
             Some(Err(_)) => return (status, String::from_utf8_lossy(&got).into_owned(), false),
         }
-    }
-}
-
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

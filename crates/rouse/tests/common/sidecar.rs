@@ -20,9 +20,15 @@ impl Drop for Killed {
 
 /// The test app listening on `port`.
 pub fn start_app(port: u16) -> Killed {
+    start_app_with(port, &[])
+}
+
+/// The test app listening on `port`, with more environment (`MESSAGE`, say).
+pub fn start_app_with(port: u16, env: &[(&str, &str)]) -> Killed {
     Killed(
         Command::new(testapp_bin())
             .env("PORT", port.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .expect("test app starts"),

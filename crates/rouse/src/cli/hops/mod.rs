@@ -27,8 +27,8 @@ use http::{Request, StatusCode};
 use hyper::service::service_fn;
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
 use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable, SetHeader};
-use rouse_queue::PROBE_HEADER;
-use rouse_queue::http::{Body, full, text_response};
+use rouse_http::PROBE_HEADER;
+use rouse_http::{Body, full, text_response};
 use tokio::net::TcpListener;
 
 use endpoints::{
@@ -167,16 +167,15 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let h2c =
-        h2c_listener.map(|l| tokio::spawn(rouse_queue::http::serve(l, make.clone(), stopped())));
+    let h2c = h2c_listener.map(|l| tokio::spawn(rouse_http::serve(l, make.clone(), stopped())));
     tokio::spawn(async move {
         terminated_then(health).await;
         let _ = stop_tx.send(true);
     });
     // Plain HTTP/1.1 requests are admitted and relayed on the lean fast path; the rest (and
     // the h2c listener) go to `make`.
-    let limits = rouse_queue::http::ServerLimits::default();
-    rouse_queue::http::serve_front(listener, make, front, stopped(), limits).await;
+    let limits = rouse_http::ServerLimits::default();
+    rouse_http::serve_front(listener, make, front, stopped(), limits).await;
     if let Some(h2c) = h2c {
         let _ = h2c.await;
     }
@@ -509,7 +508,7 @@ async fn serve_admin(
             async move { Ok::<_, Infallible>(resp) }
         })
     };
-    rouse_queue::http::serve(listener, make, std::future::pending()).await;
+    rouse_http::serve(listener, make, std::future::pending()).await;
 }
 
 /// Resolves at SIGTERM or SIGINT, marking the process draining.

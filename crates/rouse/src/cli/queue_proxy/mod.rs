@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::service::service_fn;
-use rouse_queue::http::{Body, full, text_response};
+use rouse_http::{Body, full, text_response};
 use rouse_queue::{QueueProxy, QueueStats};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -238,7 +238,7 @@ async fn serve_admin(
     let shutdown = async move {
         let _ = drained.wait_for(|s| *s == DrainState::Drained).await;
     };
-    rouse_queue::http::serve(listener, make, shutdown).await;
+    rouse_http::serve(listener, make, shutdown).await;
 }
 
 /// `:9090/metrics`: the last load report, as Knative's protobuf `Stat` when the scraper asks
@@ -280,7 +280,7 @@ async fn serve_stats(listener: TcpListener, env: Arc<SidecarEnv>, report: Arc<Mu
             }
         })
     };
-    rouse_queue::http::serve(listener, make, never_stop()).await;
+    rouse_http::serve(listener, make, never_stop()).await;
 }
 
 /// `:9091/metrics`: request metrics in Prometheus' text format.
@@ -299,7 +299,7 @@ async fn serve_request_metrics(listener: TcpListener, env: Arc<SidecarEnv>, qp: 
             }
         })
     };
-    rouse_queue::http::serve(listener, make, never_stop()).await;
+    rouse_http::serve(listener, make, never_stop()).await;
 }
 
 fn request_metrics(env: &SidecarEnv, qp: &QueueProxy) -> String {

@@ -1,4 +1,4 @@
-//! The revision's request timeouts (Knative's `timeoutSeconds`, `responseStartTimeoutSeconds`,
+//! A request's timeouts (a revision's Knative `timeoutSeconds`, `responseStartTimeoutSeconds`,
 //! `idleTimeoutSeconds`), all counted from the request's arrival, so time spent queued counts.
 //!
 //! Before the app's response head arrives, any of them expiring answers 504 "request timeout".
@@ -14,7 +14,7 @@ use http::{Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::http::{Body, BoxError, text_response};
+use crate::{Body, BoxError, text_response};
 
 /// The body of the 504 a timed-out request gets when nothing was sent yet.
 pub const TIMEOUT_BODY: &str = "request timeout";
@@ -32,15 +32,20 @@ pub enum BodyTimeout {
 
 /// One request's timers.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Deadlines {
+pub struct Deadlines {
     total: Option<Instant>,
     response_start: Option<Instant>,
     idle: Option<Duration>,
     arrival: Instant,
 }
 
+// Small and called per request from the hops' crates: `#[inline]` keeps them inlinable there
+// as they were when the engine and the queue-proxy were one crate.
 impl Deadlines {
-    pub(crate) fn new(
+    /// The timers of a request that arrived at `arrival`, each limit counted from then (the
+    /// idle limit from the last byte, once the body streams).
+    #[inline]
+    pub fn new(
         arrival: Instant,
         total: Option<Duration>,
         response_start: Option<Duration>,
@@ -55,7 +60,8 @@ impl Deadlines {
     }
 
     /// When the request times out if the response head has not arrived by then.
-    pub(crate) fn head(&self) -> Option<Instant> {
+    #[inline]
+    pub fn head(&self) -> Option<Instant> {
         [
             self.total,
             self.response_start,
@@ -67,7 +73,8 @@ impl Deadlines {
     }
 
     /// Wraps a response body that starts streaming now in the total and idle timers.
-    pub(crate) fn body<B>(&self, body: B) -> TimedBody<B> {
+    #[inline]
+    pub fn body<B>(&self, body: B) -> TimedBody<B> {
         TimedBody {
             inner: body,
             total: self.total,
@@ -82,23 +89,26 @@ impl Deadlines {
     }
 
     /// When the whole request must be over.
-    pub(crate) fn total(&self) -> Option<Instant> {
+    #[inline]
+    pub fn total(&self) -> Option<Instant> {
         self.total
     }
 
     /// The longest the app may stay silent while its body streams.
-    pub(crate) fn idle(&self) -> Option<Duration> {
+    #[inline]
+    pub fn idle(&self) -> Option<Duration> {
         self.idle
     }
 
     /// Whether any timer that applies to a streaming body is set.
-    pub(crate) fn limits_body(&self) -> bool {
+    #[inline]
+    pub fn limits_body(&self) -> bool {
         self.total.is_some() || self.idle.is_some()
     }
 }
 
 /// Runs `fut` until `deadline`; `None` when the deadline came first.
-pub(crate) async fn until<F: Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+pub async fn until<F: Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
     match deadline {
         Some(d) => tokio::time::timeout_at(d, fut).await.ok(),
         None => Some(fut.await),
@@ -106,7 +116,7 @@ pub(crate) async fn until<F: Future>(deadline: Option<Instant>, fut: F) -> Optio
 }
 
 /// The 504 for a request that timed out before anything was sent.
-pub(crate) fn timeout_response() -> Response<Body> {
+pub fn timeout_response() -> Response<Body> {
     text_response(StatusCode::GATEWAY_TIMEOUT, TIMEOUT_BODY)
 }
 
@@ -118,7 +128,7 @@ pin_project_lite::pin_project! {
     /// a timer. Otherwise one timer, made at the first wait, stands for both limits: a frame
     /// only notes the time, and the timer, armed for an older deadline, catches up when it
     /// fires (no timer-wheel work per frame).
-    pub(crate) struct TimedBody<B> {
+    pub struct TimedBody<B> {
         #[pin]
         inner: B,
         total: Option<Instant>,

@@ -5,6 +5,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
+/// The header a health check carries; value `queue` asks whether a queue-proxy's app is ready.
+pub const PROBE_HEADER: HeaderName = HeaderName::from_static("k-network-probe");
+/// The header a proxy hop moves the client's Host into; the queue-proxy restores it.
+pub const ORIGINAL_HOST_HEADER: HeaderName = HeaderName::from_static("k-original-host");
+/// The header the activator marks the requests it forwards with (value [`PROXY_ACTIVATOR`]), so
+/// their load is reported apart (the activator reports it itself).
+pub const PROXY_HEADER: HeaderName = HeaderName::from_static("k-proxy-request");
+/// The value of [`PROXY_HEADER`] on requests the activator forwards.
+pub const PROXY_ACTIVATOR: &str = "activator";
+/// The `User-Agent` prefixes of Knative's health checks (besides the kubelet's `kube-probe/`).
+pub const PROBE_AGENT_PREFIXES: [&str; 3] = [
+    "kube-probe/",
+    "Knative-Activator-Probe",
+    "Knative-Autoscaling-Probe",
+];
+
 /// Whether header names with `_` reach apps (`allow-underscores-in-headers` of
 /// config-network); off by default, as nginx's `underscores_in_headers off`.
 static ALLOW_UNDERSCORES: AtomicBool = AtomicBool::new(false);

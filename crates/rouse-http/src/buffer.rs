@@ -123,7 +123,7 @@ impl HttpBody for Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::full;
+    use crate::full;
 
     #[tokio::test]
     async fn small_bodies_come_whole_large_ones_stream_on() {

@@ -141,7 +141,7 @@ impl<'a> FastRequest<'a> {
                     return None;
                 }
             } else if name.eq_ignore_ascii_case("k-proxy-request") {
-                from_activator |= h.value == crate::PROXY_ACTIVATOR.as_bytes();
+                from_activator |= h.value == super::headers::PROXY_ACTIVATOR.as_bytes();
             }
         }
         // What the general path would refuse (400) never goes the fast way.
@@ -750,7 +750,7 @@ fn asks_for_trailers(value: &[u8]) -> bool {
 /// Whether a `User-Agent` is one of Knative's health checkers' (the kubelet, the activator,
 /// the autoscaler): a queue-proxy answers those itself.
 fn is_probe_agent(agent: &[u8]) -> bool {
-    crate::queue::PROBE_AGENT_PREFIXES
+    super::headers::PROBE_AGENT_PREFIXES
         .iter()
         .any(|p| agent.starts_with(p.as_bytes()))
 }

@@ -1,6 +1,6 @@
 //! The front door's fast path: each client connection starts here. Plain HTTP/1.1 requests
-//! ([`FastRequest`]) that route to an in-process queue-proxy are served straight from the
-//! socket's bytes ([`LocalQueue::serve_fast`]); at the first request that is anything else
+//! ([`FastRequest`]) that route to a hop of this process ([`LocalHop`]) or to one in another
+//! ([`RemoteHop`]) are served straight from the socket's bytes; at the first request that is anything else
 //! (HTTP/2, a protocol switch, a streamed body, a route to the activator, a malformed head)
 //! the connection, with every byte read so far, goes to the general server for good.
 
@@ -15,36 +15,40 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::conn_cap::Slot;
-use super::conn_timer::ConnTimer;
-use super::h1::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed, text_response_bytes};
-use super::limits::ServerLimits;
-use super::server::BODY_TIMEOUT_BODY;
-use crate::fast::{FastConn, FastExchange, FastOutcome, RemoteHop, client_gone};
-use crate::queue::LocalQueue;
+use crate::conn_cap::Slot;
+use crate::conn_timer::ConnTimer;
+use crate::fast::{FastConn, FastExchange, FastOutcome, LocalHop, RemoteHop, client_gone};
+use crate::h1::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed, text_response_bytes};
+use crate::limits::ServerLimits;
+use crate::server::BODY_TIMEOUT_BODY;
 
-/// Decides, per request, whether the fast path serves it and through which queue-proxy.
+/// Decides, per request, whether the fast path serves it and through which hop.
 pub trait FrontRouter: Send + Sync + 'static {
+    /// The hops of this process requests may be handed to directly.
+    type Local: LocalHop;
     /// What is held while the request is served (request counts, say); dropped at its end.
     type Hold: Send;
     /// A request's place in a line, while it waits for somewhere to go.
     type Wait: Send;
 
     /// Where a plain request goes (its head parsed; its body, if any, complete).
-    fn route(&self, req: &FastRequest<'_>) -> Route<Self::Hold, Self::Wait>;
+    fn route(&self, req: &FastRequest<'_>) -> Route<Self::Hold, Self::Wait, Self::Local>;
 
     /// Tells a wait that gave up at its deadline what to answer.
     type Expiry: Send;
 
     /// Waits for a [`Route::Wait`] to resolve (to anything but another wait).
-    fn wait(&self, wait: Self::Wait) -> impl Future<Output = Route<Self::Hold, Self::Wait>> + Send;
+    fn wait(
+        &self,
+        wait: Self::Wait,
+    ) -> impl Future<Output = Route<Self::Hold, Self::Wait, Self::Local>> + Send;
 
     /// When a wait gives up, if ever: the caller drops the wait's future then and asks
     /// [`FrontRouter::expired`] for the answer. (The caller's timer, not one per wait.)
     fn deadline(&self, wait: &Self::Wait) -> Option<(Instant, Self::Expiry)>;
 
     /// The route of a request whose wait reached its deadline.
-    fn expired(&self, expiry: Self::Expiry) -> Route<Self::Hold, Self::Wait>;
+    fn expired(&self, expiry: Self::Expiry) -> Route<Self::Hold, Self::Wait, Self::Local>;
 
     /// The request was answered with `status` (before its body streamed).
     fn answered(&self, _hold: &Self::Hold, _status: u16) {}
@@ -62,10 +66,10 @@ pub trait FrontRouter: Send + Sync + 'static {
     }
 }
 
-/// Where a fast-path request goes.
-pub enum Route<H, W> {
-    /// To this in-process queue-proxy, now.
-    Go(FastRoute<H>),
+/// Where a fast-path request goes (through a local hop of type `L`).
+pub enum Route<H, W, L> {
+    /// To this hop, now.
+    Go(FastRoute<H, L>),
     /// Into a line ([`FrontRouter::wait`]); the connection holds only its request bytes.
     Wait(W),
     /// Nowhere: answer with this status and text.
@@ -75,9 +79,9 @@ pub enum Route<H, W> {
 }
 
 /// A fast-path request's destination.
-pub struct FastRoute<H> {
+pub struct FastRoute<H, L> {
     /// Who serves it.
-    pub dest: FastDest,
+    pub dest: FastDest<L>,
     /// Held until the request is over.
     pub hold: H,
     /// It came through the activator (its load is reported apart, as for `K-Proxy-Request`).
@@ -90,27 +94,28 @@ pub struct FastRoute<H> {
 }
 
 /// Who serves a fast-path request.
-pub enum FastDest {
-    /// A queue-proxy of this process, handed the request directly.
-    Local(LocalQueue),
+pub enum FastDest<L> {
+    /// A hop of this process (a queue-proxy), handed the request directly.
+    Local(L),
     /// A hop in another process (a sidecar queue-proxy, an activator), over a pooled raw
     /// connection.
     Remote(Arc<RemoteHop>),
 }
 
 /// A router that never takes the fast path.
-pub(super) struct NoFront;
+pub(crate) struct NoFront;
 
 impl FrontRouter for NoFront {
+    type Local = std::convert::Infallible;
     type Hold = ();
     type Wait = ();
     type Expiry = ();
 
-    fn route(&self, _req: &FastRequest<'_>) -> Route<(), ()> {
+    fn route(&self, _req: &FastRequest<'_>) -> Route<(), (), Self::Local> {
         Route::General
     }
 
-    async fn wait(&self, _wait: ()) -> Route<(), ()> {
+    async fn wait(&self, _wait: ()) -> Route<(), (), Self::Local> {
         Route::General
     }
 
@@ -118,13 +123,13 @@ impl FrontRouter for NoFront {
         None
     }
 
-    fn expired(&self, _expiry: ()) -> Route<(), ()> {
+    fn expired(&self, _expiry: ()) -> Route<(), (), Self::Local> {
         Route::General
     }
 }
 
 /// What became of a connection on the fast path.
-pub(super) enum Handoff {
+pub(crate) enum Handoff {
     /// It is over (closed, timed out, or the server is stopping).
     Done,
     /// The general server takes it from here, replaying `Bytes` first.
@@ -135,7 +140,7 @@ pub(super) enum Handoff {
 const INITIAL_BUF: usize = 2048;
 
 /// What the bytes at the start of the buffer call for.
-enum Next<H, W> {
+enum Next<H, W, L> {
     /// More bytes: of the head, or (`true`) of the body.
     Read(bool),
     /// The general server takes the connection.
@@ -145,11 +150,11 @@ enum Next<H, W> {
     /// Answer this request with an error of the router's, then go on.
     Answer(StatusCode, String, usize),
     /// Serve this request (its head and body for the app are in the request buffer).
-    Serve(Prepared<H>),
+    Serve(Prepared<H, L>),
 }
 
-struct Prepared<H> {
-    route: FastRoute<H>,
+struct Prepared<H, L> {
+    route: FastRoute<H, L>,
     total: usize,
     head_request: bool,
     idempotent: bool,
@@ -162,11 +167,11 @@ struct Prepared<H> {
 fn next<R: FrontRouter>(
     router: &R,
     buf: &[u8],
-    decided: Option<Route<R::Hold, R::Wait>>,
+    decided: Option<Route<R::Hold, R::Wait, R::Local>>,
     client: &ClientAddr,
     max_head: usize,
     request: &mut Vec<u8>,
-) -> Next<R::Hold, R::Wait> {
+) -> Next<R::Hold, R::Wait, R::Local> {
     if buf.is_empty() {
         return Next::Read(false);
     }
@@ -223,7 +228,7 @@ fn next<R: FrontRouter>(
 /// The first request is read, and waits when it must (for a revision to wake, say), in a
 /// small future of its own: then a connection holds little more than its request's bytes. The
 /// rest of the connection's life runs in a boxed one.
-pub(super) async fn serve<R: FrontRouter>(
+pub(crate) async fn serve<R: FrontRouter>(
     router: &R,
     mut stream: TcpStream,
     remote: SocketAddr,
@@ -284,7 +289,7 @@ fn wait_for_route<'a, R: FrontRouter>(
     router: &'a R,
     wait: R::Wait,
     stream: &'a TcpStream,
-) -> impl Future<Output = Option<Route<R::Hold, R::Wait>>> + 'a {
+) -> impl Future<Output = Option<Route<R::Hold, R::Wait, R::Local>>> + 'a {
     let (deadline, expiry) = router.deadline(&wait).unzip();
     let waiting = Box::pin(router.wait(wait));
     async move {
@@ -308,16 +313,20 @@ struct Conn {
 }
 
 /// What the first request calls for.
-enum First<H, W> {
+enum First<H, W, L> {
     /// More bytes: of the head, or (`true`) of the body.
     Read(bool),
     /// The general server takes the connection.
     General,
     /// Its route.
-    Route(Route<H, W>),
+    Route(Route<H, W, L>),
 }
 
-fn first_route<R: FrontRouter>(router: &R, buf: &[u8], max_head: usize) -> First<R::Hold, R::Wait> {
+fn first_route<R: FrontRouter>(
+    router: &R,
+    buf: &[u8],
+    max_head: usize,
+) -> First<R::Hold, R::Wait, R::Local> {
     if buf.is_empty() {
         return First::Read(false);
     }
@@ -394,7 +403,7 @@ async fn body_timed_out(mut stream: TcpStream) -> Handoff {
 async fn run<R: FrontRouter>(
     router: &R,
     conn: Conn,
-    mut decided: Option<Route<R::Hold, R::Wait>>,
+    mut decided: Option<Route<R::Hold, R::Wait, R::Local>>,
     remote: SocketAddr,
     limits: &ServerLimits,
     stop: &mut watch::Receiver<bool>,

@@ -112,8 +112,8 @@ pub async fn serve_with<M, S, B>(
 }
 
 /// Like [`serve_with`], but each connection starts on the fast path: plain HTTP/1.1 requests
-/// that `router` sends to an in-process queue-proxy are served from the socket's bytes (see
-/// [`FrontRouter`]); a connection moves to `make_service`'s service at its first request that
+/// that `router` sends to a hop (of this process or another) are served from the socket's
+/// bytes (see [`FrontRouter`]); a connection moves to `make_service`'s service at its first request that
 /// is anything else, and stays there.
 pub async fn serve_front<M, S, B, R>(
     listener: TcpListener,

@@ -1,17 +1,16 @@
-//! The queue-proxy's fast path: a plain HTTP/1.1 request, already parsed and rewritten by the
-//! front door ([`crate::http::front`]), is admitted exactly as [`LocalQueue::handle`] would
-//! (load report, requests in flight, concurrency limit and queue, timeouts) and exchanged with
-//! the app over a pooled raw connection, bytes in and bytes out: no header maps, no client
-//! task, no copies beyond one buffer per direction.
+//! The fast path's upstream side: a plain HTTP/1.1 request, already parsed and rewritten by
+//! the front door ([`crate::front`]), is exchanged with the next hop over a pooled raw
+//! connection, bytes in and bytes out: no header maps, no client task, no copies beyond one
+//! buffer per direction. The hop's own admission (a queue-proxy's concurrency limit, say)
+//! happens before [`forward`]; a hop in another process is reached through [`RemoteHop`].
 //!
-//! Whatever the fast path cannot finish safely it hands back before anything reached the app
-//! ([`FastOutcome::Refused`]), and the general path serves the request from the start.
+//! Whatever the fast path cannot finish safely it hands back before anything reached the
+//! upstream ([`FastOutcome::Refused`]), and the general path serves the request from the start.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,17 +18,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::http::ConnTimer;
-use crate::http::h1::{
-    self, ChunkedScanner, Framing, ParsedResponse, ResponseHead, text_response_bytes,
-};
-use crate::queue::{LocalQueue, QUEUE_FULL_BODY};
+use crate::conn_timer::ConnTimer;
+use crate::h1::{self, ChunkedScanner, Framing, ParsedResponse, ResponseHead, text_response_bytes};
 use crate::timeout::{Deadlines, TIMEOUT_BODY};
-
-/// Idle app connections kept per instance.
-const MAX_IDLE: usize = 256;
-/// The read buffer of an app connection.
-const UPSTREAM_BUF: usize = 8 * 1024;
+use crate::upstream::{HeadError, HeadStep, UPSTREAM_BUF, Upstream, UpstreamPool};
 
 /// How a fast exchange ended, for the client connection.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,146 +63,20 @@ pub struct FastConn {
     timer: ConnTimer,
 }
 
-/// Raw keep-alive connections to one app.
-#[derive(Debug)]
-pub(crate) struct UpstreamPool {
-    addr: SocketAddr,
-    idle: Mutex<Vec<Upstream>>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Upstream {
-    pub(crate) stream: TcpStream,
-    pub(crate) buf: Vec<u8>,
-}
-
-impl UpstreamPool {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
-        UpstreamPool {
-            addr,
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// An idle connection that has not been closed by the app, if any.
-    pub(crate) fn checkout(&self) -> Option<Upstream> {
-        loop {
-            let conn = self.idle.lock().ok()?.pop()?;
-            if still_open(&conn.stream) {
-                return Some(conn);
-            }
-        }
-    }
-
-    pub(crate) fn checkin(&self, mut conn: Upstream) {
-        conn.buf.clear();
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE
-        {
-            idle.push(conn);
-        }
-    }
-
-    pub(crate) async fn connect(&self) -> io::Result<Upstream> {
-        let stream = TcpStream::connect(self.addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Upstream {
-            stream,
-            buf: Vec::new(),
-        })
-    }
-}
-
-/// One step of parsing what an app answered.
-pub(crate) enum HeadStep<T> {
-    /// The final response head.
-    Final(T),
-    /// An interim (1xx) response of this many bytes, to skip.
-    Interim(usize),
-    /// More bytes are needed.
-    Partial,
-}
-
-/// Why no response head came back.
-#[derive(Debug)]
-pub(crate) enum HeadError {
-    /// The connection broke before any response byte: the app may not have seen the request.
-    Unanswered(io::Error),
-    /// Anything else before the head was complete.
-    Bad(String),
-}
-
-/// The most a response head may take.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-impl Upstream {
-    /// Sends `request`, then reads until `parse` finds the final response head, skipping
-    /// interim ones. Returns what `parse` made of it and how many bytes of interim responses
-    /// precede it; the head and any body bytes that came with it stay in the buffer.
-    pub(crate) async fn exchange<T>(
-        &mut self,
-        request: &[u8],
-        mut parse: impl FnMut(&[u8]) -> Result<HeadStep<T>, String>,
-    ) -> Result<(T, usize), HeadError> {
-        self.stream
-            .write_all(request)
-            .await
-            .map_err(HeadError::Unanswered)?;
-        self.buf.clear();
-        let mut skip = 0;
-        loop {
-            if self.buf.len() > skip {
-                match parse(&self.buf[skip..]).map_err(HeadError::Bad)? {
-                    HeadStep::Final(head) => return Ok((head, skip)),
-                    HeadStep::Interim(n) => {
-                        skip += n;
-                        continue;
-                    }
-                    HeadStep::Partial => {}
-                }
-            }
-            if self.buf.len() >= MAX_RESPONSE_HEAD {
-                return Err(HeadError::Bad("response head too large".into()));
-            }
-            if self.buf.capacity() == 0 {
-                // A new connection takes room for the answer only once it comes: one that
-                // waits (a request held for a revision to wake) holds no buffer.
-                if let Err(e) = self.stream.readable().await {
-                    return Err(HeadError::Unanswered(e));
-                }
-            }
-            self.buf.reserve(UPSTREAM_BUF);
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) if self.buf.is_empty() => {
-                    return Err(HeadError::Unanswered(io::ErrorKind::UnexpectedEof.into()));
-                }
-                Ok(0) => return Err(HeadError::Bad("connection closed mid-head".into())),
-                Ok(_) => {}
-                Err(e) if self.buf.is_empty() => return Err(HeadError::Unanswered(e)),
-                Err(e) => return Err(HeadError::Bad(e.to_string())),
-            }
-        }
-    }
-}
-
-/// Whether an idle connection is still usable: nothing readable (the app would only send a
-/// close or garbage), checked without a system call when the poller saw nothing.
-fn still_open(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            let mut probe = [0u8; 1];
-            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
+impl FastConn {
+    /// The connection's one timer, for a hop's own waits before [`forward`] (a queue-proxy's
+    /// wait for a concurrency slot).
+    #[inline]
+    pub fn timer(&mut self) -> &mut ConnTimer {
+        &mut self.timer
     }
 }
 
 /// Resolves when the client has closed its connection (a read would see the end). Bytes it
 /// sent ahead (a pipelined request) hide a close behind them; then this never resolves. A
 /// plain poll function, so it adds next to nothing to the future of a waiting request.
-pub(crate) fn client_gone(client: &TcpStream) -> impl Future<Output = ()> + '_ {
+#[inline]
+pub fn client_gone(client: &TcpStream) -> impl Future<Output = ()> + '_ {
     let mut probe = [0u8; 1];
     std::future::poll_fn(move |cx| {
         let mut buf = tokio::io::ReadBuf::new(&mut probe);
@@ -237,58 +103,30 @@ enum Failure {
     Refused,
 }
 
-impl LocalQueue {
-    /// Serves one fast-path request on the client connection `client`: admits it like
-    /// [`LocalQueue::handle`], sends it to the app and streams the answer back. Also returns
+/// A hop of this process that serves fast-path requests handed to it directly, with no
+/// socket between (local mode's queue-proxy). The front is generic over it: the call is
+/// static, as if the hop were named.
+pub trait LocalHop: Send + Sync + 'static {
+    /// Serves one fast-path request on the client connection `client` (admitting it as the
+    /// hop's general path would), sends it upstream and streams the answer back. Also returns
     /// the status the client got, if it got one.
-    pub async fn serve_fast(
+    fn serve_fast(
         &self,
         client: &mut TcpStream,
         ex: FastExchange<'_>,
         kept: &mut FastConn,
+    ) -> impl Future<Output = (FastOutcome, Option<u16>)> + Send;
+}
+
+/// No hop of this process: for a front that only forwards to other processes.
+impl LocalHop for std::convert::Infallible {
+    async fn serve_fast(
+        &self,
+        _client: &mut TcpStream,
+        _ex: FastExchange<'_>,
+        _kept: &mut FastConn,
     ) -> (FastOutcome, Option<u16>) {
-        let shared = &self.0;
-        let cfg = &shared.cfg;
-        // A logged request takes the general path, which keeps what its line needs.
-        if cfg.request_log.as_ref().is_some_and(|l| l.is_on()) {
-            return (FastOutcome::Refused, None);
-        }
-        let deadlines = cfg.deadlines();
-        // Held until the response is over: the load report, drain, the concurrency slot.
-        let _stats = shared.stats.start(ex.proxied);
-        let _in_flight = shared.in_flight.start();
-        let _slot = match &shared.breaker {
-            None => None,
-            Some(breaker) => {
-                let Ok(place) = breaker.reserve() else {
-                    let status = StatusCode::SERVICE_UNAVAILABLE;
-                    return (
-                        answer(client, status, QUEUE_FULL_BODY, &ex).await,
-                        Some(503),
-                    );
-                };
-                let acquired = tokio::select! {
-                    biased;
-                    slot = kept.timer.run(deadlines.head(), place.acquire()) => slot,
-                    () = client_gone(client) => return (FastOutcome::Close, None),
-                };
-                match acquired {
-                    Some(slot) => Some(slot),
-                    None => {
-                        let status = StatusCode::GATEWAY_TIMEOUT;
-                        return (answer(client, status, TIMEOUT_BODY, &ex).await, Some(504));
-                    }
-                }
-            }
-        };
-        match relay(&shared.fast_pool, client, &ex, &deadlines, kept).await {
-            Ok(done) => done,
-            Err(Failure::Refused) => (FastOutcome::Refused, None),
-            Err(f) => {
-                let who = Some((cfg.namespace.as_str(), cfg.revision.as_str()));
-                fail(client, f, &ex, cfg.app_addr, who).await
-            }
-        }
+        match *self {}
     }
 }
 
@@ -319,11 +157,27 @@ impl RemoteHop {
         kept: &mut FastConn,
     ) -> (FastOutcome, Option<u16>) {
         let deadlines = Deadlines::new(Instant::now(), None, None, None);
-        match relay(&self.0, client, &ex, &deadlines, kept).await {
-            Ok(done) => done,
-            Err(Failure::Refused) => (FastOutcome::Refused, None),
-            Err(f) => fail(client, f, &ex, self.0.addr, None).await,
-        }
+        forward(&self.0, client, &ex, &deadlines, kept, None).await
+    }
+}
+
+/// Sends a fast-path request to the upstream of `pool` and streams its answer back to `client`
+/// under `deadlines`; answers a timeout (504) or the upstream's failure (502, logged with the
+/// revision `who` serves, when known) itself. Also returns the status the client got, if it
+/// got one. When no connection can be made nothing was sent ([`FastOutcome::Refused`]).
+#[inline]
+pub async fn forward(
+    pool: &UpstreamPool,
+    client: &mut TcpStream,
+    ex: &FastExchange<'_>,
+    deadlines: &Deadlines,
+    kept: &mut FastConn,
+    who: Option<(&str, &str)>,
+) -> (FastOutcome, Option<u16>) {
+    match relay(pool, client, ex, deadlines, kept).await {
+        Ok(done) => done,
+        Err(Failure::Refused) => (FastOutcome::Refused, None),
+        Err(f) => fail(client, f, ex, pool.addr, who).await,
     }
 }
 
@@ -545,8 +399,8 @@ async fn stream_body(
     }
 }
 
-/// Writes an error answer of the fast path's own.
-async fn answer(
+/// Writes an error answer of the fast path's own (or a hop's: a queue-proxy's full queue).
+pub async fn answer(
     client: &mut TcpStream,
     status: StatusCode,
     text: &str,

@@ -21,9 +21,9 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::AsyncReadExt;
 
-use crate::fast::{HeadError, HeadStep, Upstream, UpstreamPool};
-use crate::http::h1::{Framing, HeadFacts, head_facts};
-use crate::http::{Body, BoxError, boxed, empty, is_upgrade, strip_hop_by_hop};
+use crate::h1::{Framing, HeadFacts, head_facts};
+use crate::upstream::{HeadError, HeadStep, Upstream, UpstreamPool};
+use crate::{Body, BoxError, boxed, empty, is_upgrade, strip_hop_by_hop};
 
 /// The most a chunk-size or trailer line may take, and all trailers together.
 const MAX_LINE: usize = 8 * 1024;
@@ -33,7 +33,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a raw exchange failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum RawError {
+pub enum RawError {
     /// No connection to the app could be made: nothing was sent.
     #[error("connecting to the app: {0}")]
     Refused(io::Error),
@@ -46,7 +46,7 @@ pub(crate) enum RawError {
 }
 
 /// Whether `req` may go the raw way: no body, no protocol switch.
-pub(crate) fn eligible(req: &Request<Body>) -> bool {
+pub fn eligible(req: &Request<Body>) -> bool {
     req.body().is_end_stream()
         && !is_upgrade(req)
         && !req.headers().contains_key(header::TRANSFER_ENCODING)
@@ -58,7 +58,7 @@ pub(crate) fn eligible(req: &Request<Body>) -> bool {
 
 /// Sends the bodiless request `parts` to the app at `app` and returns its response, whose body
 /// streams from the connection (which goes back to `pool` once the body is read through).
-pub(crate) async fn send(
+pub async fn send(
     pool: &Arc<UpstreamPool>,
     parts: &mut Parts,
     app: SocketAddr,
@@ -206,7 +206,7 @@ fn finish(pool: &Arc<UpstreamPool>, mut conn: Upstream, head: Head) -> Response<
             if facts.reusable && arrived.len() == n {
                 pool.checkin(conn);
             }
-            crate::http::full(bytes)
+            crate::full(bytes)
         }
         framing => {
             let buf = BytesMut::from(arrived);
