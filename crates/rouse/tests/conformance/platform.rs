@@ -6,7 +6,8 @@
 //! (ephemeral ports, its own data dir); a Kubernetes e2e suite implements the same trait
 //! (kubectl/the API server, the ingress address, the test images by name) and reuses the cases:
 //! its test target includes the same case files (`api_v1.rs`, `runtime.rs`, `e2e.rs`) and
-//! defines the crate-level `platform(test, needs)` they call for its cluster.
+//! defines the crate-level `platform(test, needs)` they call for its cluster, which answers
+//! `None` for a case that does not apply there (the case then passes without running).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -145,6 +146,18 @@ pub trait Platform {
     /// What a revision's instances logged, the queue-proxy's lines included (the pods'
     /// `queue-proxy` containers on Kubernetes).
     fn logs(&self, revision: &str) -> String;
+    /// The namespace a manifest without one goes to.
+    fn namespace(&self) -> String {
+        "default".into()
+    }
+    /// A second namespace, for the cases that need two.
+    fn other_namespace(&self) -> String {
+        "alternate".into()
+    }
+    /// The domain Routes are served under (`{name}.{namespace}.{domain}`).
+    fn domain(&self) -> String {
+        "localhost".into()
+    }
 }
 
 /// `rouse serve` on this machine.
