@@ -546,6 +546,48 @@ impl Kube {
         }
     }
 
+    /// For a Service or Route: its Ingress is Ready for its latest generation and splits the
+    /// traffic the Route's status says, so the gateway serves what the Route reports. (The
+    /// Route does not wait for its Ingress yet; Knative's does.)
+    fn served(&self, kind: &str, ns: &str, name: &str) -> bool {
+        if kind != "service" && kind != "route" {
+            return true;
+        }
+        let get = |prefix: &str, plural: &str| {
+            let path = format!("/{prefix}/namespaces/{ns}/{plural}/{name}");
+            self.cluster.api("GET", &path, "application/json", None)
+        };
+        let (Ok(route), Ok(ing)) = (
+            get("apis/serving.knative.dev/v1", "routes"),
+            get("apis/networking.internal.knative.dev/v1alpha1", "ingresses"),
+        ) else {
+            return false;
+        };
+        let mut want: BTreeMap<String, i64> = BTreeMap::new();
+        for t in route["status"]["traffic"].as_array().into_iter().flatten() {
+            let percent = t["percent"].as_i64().unwrap_or(0);
+            if percent > 0 {
+                *want
+                    .entry(t["revisionName"].as_str().unwrap_or("").to_string())
+                    .or_default() += percent;
+            }
+        }
+        let have: BTreeMap<String, i64> = ing["spec"]["rules"][0]["http"]["paths"]
+            .as_array()
+            .and_then(|p| p.last())
+            .and_then(|p| p["splits"].as_array())
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                (
+                    s["serviceName"].as_str().unwrap_or("").to_string(),
+                    s["percent"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect();
+        ready(&ing) && want == have
+    }
+
     fn path(&self, kind: &str, name: Option<&str>) -> String {
         let (prefix, plural) = resource(kind);
         let mut p = format!("/{prefix}/namespaces/{}/{plural}", self.ns);
@@ -616,11 +658,12 @@ impl Platform for Kube {
                 "/{prefix}/namespaces/{}/{plural}/{name}",
                 ns.unwrap_or(&self.ns)
             );
+            let ns = ns.unwrap_or(&self.ns);
             let mut last = Value::Null;
             let deadline = Instant::now() + Duration::from_secs(90);
             loop {
                 if let Ok(v) = self.cluster.api("GET", &path, "application/json", None) {
-                    if ready(&v) {
+                    if ready(&v) && self.served(&kind, ns, name) {
                         break;
                     }
                     last = v;
