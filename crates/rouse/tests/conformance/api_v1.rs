@@ -146,8 +146,11 @@ fn TestContainerErrorMsg() {
         return;
     };
     let p = &*p;
-    let yaml = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: err-msg\nspec:\n  template:\n    spec:\n      containers:\n        - command: [\"/nonexistent/program\"]\n";
-    p.apply(yaml).expect("accepted");
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: err-msg\nspec:\n  template:\n    spec:\n      containers:\n{}",
+        p.unstartable_container()
+    );
+    p.apply(&yaml).expect("accepted");
     let rev = eventually("the revision reports the failure", PATIENCE, || {
         let r = p.get("rev", "err-msg-00001")?;
         (condition(&r, "ContainerHealthy")["status"] == "False").then_some(r)

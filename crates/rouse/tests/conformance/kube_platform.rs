@@ -818,6 +818,11 @@ impl Platform for Kube {
         self.cluster.kubelet.logs(&self.ns, revision)
     }
 
+    fn unstartable_container(&self) -> String {
+        // Not an image the test kubelet has: ErrImagePull, as for an image no registry has.
+        "        - image: example.invalid/nonexistent/program\n".into()
+    }
+
     fn namespace(&self) -> String {
         self.ns.clone()
     }

@@ -146,6 +146,12 @@ pub trait Platform {
     /// What a revision's instances logged, the queue-proxy's lines included (the pods'
     /// `queue-proxy` containers on Kubernetes).
     fn logs(&self, revision: &str) -> String;
+    /// A container (a `- ` list item, 8 spaces in) that cannot start, its problem named
+    /// `/nonexistent/program`: locally a program that does not exist; on Kubernetes, as in
+    /// Knative's case, an image that cannot be pulled.
+    fn unstartable_container(&self) -> String {
+        "        - command: [\"/nonexistent/program\"]\n".into()
+    }
     /// The namespace a manifest without one goes to.
     fn namespace(&self) -> String {
         "default".into()
