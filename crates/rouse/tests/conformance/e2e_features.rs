@@ -180,7 +180,10 @@ fn TestServiceValidationWithInvalidPodSpec() {
             .is_some_and(|e| e.contains(&json!({"name": "FOO", "value": "BAR"}))),
         "{answered}"
     );
+    // A replace sends the object as read (Knative's case updates what it got): its version
+    // and the annotations the server set, such as the immutable creator.
     body["metadata"]["resourceVersion"] = stored["metadata"]["resourceVersion"].clone();
+    body["metadata"]["annotations"] = stored["metadata"]["annotations"].clone();
     body["spec"]["template"]["spec"]["containers"] = changed;
     p.write("PUT", Some("dry-run"), &body, true)
         .expect("dry-run replace");

@@ -754,7 +754,12 @@ impl Platform for Kube {
             .map(|items| {
                 items
                     .iter()
-                    .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && ready(p))
+                    .filter(|p| {
+                        p["metadata"]["deletionTimestamp"].is_null()
+                            && p["status"]["conditions"].as_array().is_some_and(|cs| {
+                                cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                            })
+                    })
                     .count()
             })
             .unwrap_or(0)

@@ -742,6 +742,11 @@ impl PodWorker {
                 "startTime": started_at, "conditions": conditions,
                 "containerStatuses": statuses, "qosClass": "Burstable",
             }});
+            let mut status = status;
+            if let Some(g) = self.pod.metadata.generation {
+                // The generation of the spec this status is about (Kubernetes 1.33+).
+                status["status"]["observedGeneration"] = json!(g);
+            }
             if status != sent {
                 match api
                     .patch_status(&self.name(), &PatchParams::default(), &Patch::Merge(&status))
