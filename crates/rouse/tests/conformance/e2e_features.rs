@@ -183,7 +183,9 @@ fn TestServiceValidationWithInvalidPodSpec() {
     // A replace sends the object as read (Knative's case updates what it got): its version
     // and the annotations the server set, such as the immutable creator.
     body["metadata"]["resourceVersion"] = stored["metadata"]["resourceVersion"].clone();
-    body["metadata"]["annotations"] = stored["metadata"]["annotations"].clone();
+    if let Some(a) = stored["metadata"]["annotations"].as_object() {
+        body["metadata"]["annotations"] = Value::Object(a.clone());
+    }
     body["spec"]["template"]["spec"]["containers"] = changed;
     p.write("PUT", Some("dry-run"), &body, true)
         .expect("dry-run replace");

@@ -48,6 +48,18 @@ const BIND_AFTER: Duration = Duration::from_secs(5);
 /// The crash back-off: first delay and cap.
 const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
 
+/// The kubelet's own log (`dir/kubelet.log`): pods started and stopped, containers started,
+/// exited and becoming ready, with the time since the pod was seen.
+static LOG: std::sync::OnceLock<Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
+fn note(line: std::fmt::Arguments) {
+    if let Some(f) = LOG.get() {
+        use std::io::Write;
+        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(f, "{} {line}", rouse_api::clock::now_rfc3339());
+    }
+}
+
 /// A running test kubelet; the pod processes end with the test process.
 pub struct Kubelet {
     logs: PathBuf,
@@ -61,6 +73,9 @@ impl Kubelet {
         net::bridge()?;
         let logs = dir.join("pods");
         std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+        if let Ok(f) = std::fs::File::create(dir.join("kubelet.log")) {
+            let _ = LOG.set(Mutex::new(f));
+        }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let kubeconfig = kubeconfig.to_path_buf();
         let logs_dir = logs.clone();
@@ -298,6 +313,7 @@ fn observe(
     let n = *next_ip;
     *next_ip += 1;
     let worker = PodWorker {
+        seen: Instant::now(),
         client: client.clone(),
         pod,
         images: images.clone(),
@@ -392,6 +408,8 @@ impl PodShared {
 
 /// Runs one pod until it is deleted.
 struct PodWorker {
+    /// When the kubelet first saw the pod.
+    seen: Instant,
     client: kube::Client,
     pod: Pod,
     images: Arc<Images>,
@@ -589,6 +607,13 @@ impl PodWorker {
                 }
             };
             let pid = child.id().unwrap_or(0);
+            note(format_args!(
+                "{}/{} {}: started pid {pid} after {:?}",
+                self.ns(),
+                self.name(),
+                c.name,
+                self.seen.elapsed()
+            ));
             let mut run = 0;
             shared.update(i, |s| {
                 s.run += 1;
@@ -623,6 +648,18 @@ impl PodWorker {
                 _ = stop.wait_for(|s| s.is_some()) => Ended::Stopped,
             };
             probes.abort();
+            note(format_args!(
+                "{}/{} {}: {} after {:?}",
+                self.ns(),
+                self.name(),
+                c.name,
+                match &ended {
+                    Ended::Exited(e) => format!("exited ({e:?})"),
+                    Ended::ProbeFailed(why) => why.clone(),
+                    Ended::Stopped => "stopping".into(),
+                },
+                self.seen.elapsed()
+            ));
             match ended {
                 Ended::Exited(exit) => {
                     let code = exit.map(exit_code).unwrap_or(128);
@@ -746,6 +783,14 @@ impl PodWorker {
             if let Some(g) = self.pod.metadata.generation {
                 // The generation of the spec this status is about (Kubernetes 1.33+).
                 status["status"]["observedGeneration"] = json!(g);
+            }
+            if status["status"]["conditions"] != sent["status"]["conditions"] {
+                note(format_args!(
+                    "{}/{}: ready {all_ready} after {:?}",
+                    self.ns(),
+                    self.name(),
+                    self.seen.elapsed()
+                ));
             }
             if status != sent {
                 match api
