@@ -238,11 +238,18 @@ impl Networking for KubeNetworking {
             .filter_map(|v| Route::from_value(v).ok())
             .filter_map(|r| {
                 let targets = targets_from_table(&r, &table, domain);
-                let targets = if targets.is_empty() {
+                let mut targets = if targets.is_empty() {
                     resolved_targets(&r)
                 } else {
                     targets
                 };
+                // An h2c revision's split goes to its public Service's h2c port (81), so the
+                // gateway reaches its pods on 8013 over HTTP/2.
+                for t in &mut targets {
+                    t.h2c = self
+                        .read::<Revision>(&r.metadata.namespace, &t.revision)
+                        .is_ok_and(|rev| rev.spec.is_h2c());
+                }
                 (!targets.is_empty()).then(|| ingress(&r, &targets, &cfg))
             })
             .collect();

@@ -15,6 +15,10 @@
 //! network namespace removed and the pod object deleted. The pod's status (IP, phase,
 //! conditions, container states) is patched as it changes.
 //!
+//! Readiness probes run as the kubelet's do: the pod sync that follows the container's start
+//! (its PLEG relists every second) runs the probe, the sync after a changed result runs it
+//! again while the container is not ready, and otherwise it runs every `periodSeconds`.
+//!
 //! Differences from the real kubelet, on purpose: the crash back-off starts at 1 s and stops
 //! growing at 10 s (the kubelet's 10 s to 5 min would outlast the cases); no images are pulled,
 //! no cgroups, mounts or users are set up (processes run as the test's user unless the pod
@@ -45,6 +49,9 @@ pub const NODE: &str = "rouse-test-kubelet";
 const HEARTBEAT: Duration = Duration::from_secs(10);
 /// A pod still unscheduled after this long is bound by the kubelet itself.
 const BIND_AFTER: Duration = Duration::from_secs(5);
+/// How often the kubelet's PLEG relists containers (its default): a started container is
+/// noticed, and its first readiness probe run, within this.
+const RELIST: Duration = Duration::from_secs(1);
 /// The crash back-off: first delay and cap.
 const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
 
@@ -931,10 +938,15 @@ async fn probe_loop(
             return std::future::pending::<()>().await;
         };
         let (delay, period, successes, failures) = schedule(p);
-        tokio::time::sleep(delay.saturating_sub(started.elapsed())).await;
+        // The kubelet's pod sync after its PLEG saw the container start runs the probe at
+        // once, and so does the sync after the result changed while the container is not
+        // ready; otherwise the probe runs every period.
+        tokio::time::sleep(RELIST.max(delay.saturating_sub(started.elapsed()))).await;
         let (mut ok, mut bad) = (0, 0);
+        let mut last = None;
         loop {
-            if container::probe(p, ip, &ports, &launch).await {
+            let passed = container::probe(p, ip, &ports, &launch).await;
+            if passed {
                 ok += 1;
                 bad = 0;
                 if ok >= successes {
@@ -955,7 +967,16 @@ async fn probe_loop(
                     });
                 }
             }
-            tokio::time::sleep(period).await;
+            let changed = last != Some(passed);
+            last = Some(passed);
+            let ready = shared
+                .containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())[i]
+                .ready;
+            if !(changed && !ready) {
+                tokio::time::sleep(period).await;
+            }
         }
     };
     tokio::join!(liveness, readiness);
