@@ -223,12 +223,14 @@ fn last_termination(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<Te
         users().find_map(|c| {
             let w = c.state.as_ref()?.waiting.as_ref()?;
             let reason = w.reason.clone()?;
-            NOT_STARTING.contains(&reason.as_str()).then(|| Termination {
-                exit_code: None,
-                signal: None,
-                message: w.message.clone().unwrap_or_default(),
-                reason,
-            })
+            NOT_STARTING
+                .contains(&reason.as_str())
+                .then(|| Termination {
+                    exit_code: None,
+                    signal: None,
+                    message: w.message.clone().unwrap_or_default(),
+                    reason,
+                })
         })
     })
 }

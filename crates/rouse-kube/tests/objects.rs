@@ -277,7 +277,10 @@ fn an_exec_readiness_probe_stays_with_the_user_container_for_the_kubelet() {
     );
     // The queue-proxy checks the user port over TCP, with the probe's timing.
     let probe = serde_json::to_value(queue_readiness_probe(&rev.spec)).unwrap();
-    assert_eq!(probe, json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1}));
+    assert_eq!(
+        probe,
+        json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1})
+    );
 }
 
 fn sks(mode: SksMode, activators: i32) -> ServerlessService {

@@ -59,7 +59,9 @@ pub fn platform(test: &str, _needs: Needs) -> Option<Box<dyn Platform>> {
     if let Some((_, why)) = ROUSE_GAPS.iter().find(|(t, _)| *t == test)
         && !run_gaps
     {
-        eprintln!("skipped on Kubernetes (a Rouse gap there; ROUSE_E2E_KNOWN_GAPS=1 runs it): {why}");
+        eprintln!(
+            "skipped on Kubernetes (a Rouse gap there; ROUSE_E2E_KNOWN_GAPS=1 runs it): {why}"
+        );
         return None;
     }
     Some(Box::new(kube_platform::Kube::start(test)))

@@ -82,8 +82,14 @@ fn resource(kind: &str) -> (&'static str, &'static str) {
         "rev" | "revision" => ("apis/serving.knative.dev/v1", "revisions"),
         "rt" | "route" => ("apis/serving.knative.dev/v1", "routes"),
         "dm" | "domainmapping" => ("apis/serving.knative.dev/v1beta1", "domainmappings"),
-        "kpa" | "pa" => ("apis/autoscaling.internal.knative.dev/v1alpha1", "podautoscalers"),
-        "sks" => ("apis/networking.internal.knative.dev/v1alpha1", "serverlessservices"),
+        "kpa" | "pa" => (
+            "apis/autoscaling.internal.knative.dev/v1alpha1",
+            "podautoscalers",
+        ),
+        "sks" => (
+            "apis/networking.internal.knative.dev/v1alpha1",
+            "serverlessservices",
+        ),
         "pod" | "pods" => ("api/v1", "pods"),
         other => panic!("the Kubernetes platform does not know the kind {other:?}"),
     }
@@ -295,9 +301,13 @@ impl Cluster {
                     None,
                 );
                 use base64::Engine as _;
-                ok.then(|| base64::engine::general_purpose::STANDARD.decode(out.trim()).ok())
-                    .flatten()
-                    .filter(|t| !t.is_empty())
+                ok.then(|| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(out.trim())
+                        .ok()
+                })
+                .flatten()
+                .filter(|t| !t.is_empty())
             },
         )?;
         let token_file = dir.join("autoscaler-token");
@@ -446,7 +456,13 @@ fn impersonating(admin: &Path, account: &str, dir: &Path) -> Result<PathBuf, Str
     let (ok, out) = kubectl(
         admin,
         &[
-            "config", "view", "--raw", "--minify", "--flatten", "-o", "json",
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "json",
         ],
         None,
     );
@@ -464,12 +480,7 @@ fn impersonating(admin: &Path, account: &str, dir: &Path) -> Result<PathBuf, Str
 /// Starts `rouse ARGS --kubeconfig KC`, its log in `dir/NAME.log`; it dies with the calling
 /// thread.
 #[allow(unsafe_code)]
-fn role(
-    name: &str,
-    dir: &Path,
-    args: &[&str],
-    kc: &Path,
-) -> Result<std::process::Child, String> {
+fn role(name: &str, dir: &Path, args: &[&str], kc: &Path) -> Result<std::process::Child, String> {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(rouse_bin());
     cmd.args(args)
@@ -486,7 +497,8 @@ fn role(
             Ok(())
         });
     }
-    cmd.spawn().map_err(|e| format!("starting rouse {name}: {e}"))
+    cmd.spawn()
+        .map_err(|e| format!("starting rouse {name}: {e}"))
 }
 
 /// The first line a role prints (its addresses); the rest of its stdout is drained.
@@ -615,9 +627,10 @@ fn ready(obj: &Value) -> bool {
     let generation = &obj["metadata"]["generation"];
     let observed = &obj["status"]["observedGeneration"];
     (observed == generation || generation.is_null())
-        && obj["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        && obj["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 impl Platform for Kube {
@@ -681,7 +694,12 @@ impl Platform for Kube {
 
     fn get(&self, kind: &str, name: &str) -> Option<Value> {
         self.cluster
-            .api("GET", &self.path(kind, Some(name)), "application/json", None)
+            .api(
+                "GET",
+                &self.path(kind, Some(name)),
+                "application/json",
+                None,
+            )
             .ok()
     }
 
@@ -757,7 +775,8 @@ impl Platform for Kube {
                     .filter(|p| {
                         p["metadata"]["deletionTimestamp"].is_null()
                             && p["status"]["conditions"].as_array().is_some_and(|cs| {
-                                cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                                cs.iter()
+                                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
                             })
                     })
                     .count()
@@ -869,10 +888,7 @@ impl Drop for Kube {
                 eprintln!("restoring {cm}: {e:?}");
             }
         }
-        self.config
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.config.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut namespaces = vec![self.ns.clone()];
         namespaces.extend(self.other.get().cloned());
         for ns in namespaces {

@@ -811,7 +811,8 @@ mod tests {
     #[test]
     fn a_pod_whose_readiness_fails_after_it_was_ready_gets_no_new_request_until_ready_again() {
         let revisions = objects(vec![revision("hello-00001", 0, false)]);
-        let slices = |pods: &[(&str, bool)]| objects(vec![private_slice("hello-00001", 0, pods, 8012)]);
+        let slices =
+            |pods: &[(&str, bool)]| objects(vec![private_slice("hello-00001", 0, pods, 8012)]);
         let mut seen = PodsSeen::default();
         let pods = |seen: &mut PodsSeen, eps: &[(&str, bool)]| {
             activator_topology(&revisions, &slices(eps), None, seen).revisions[0]

@@ -208,20 +208,22 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
             }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             libc::setsid();
-            if let Some(g) = gid {
-                if libc::setgid(g) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(g) = gid
+                && libc::setgid(g) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
-            if let Some(u) = uid {
-                if libc::setuid(u) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(u) = uid
+                && libc::setuid(u) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    let child = tokio::process::Command::from(cmd).kill_on_drop(true).spawn();
+    let child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn();
     drop(netns);
     child
 }

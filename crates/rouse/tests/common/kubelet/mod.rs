@@ -247,7 +247,14 @@ async fn run(client: kube::Client, images: Arc<Images>, logs: PathBuf) {
         let version = list.metadata.resource_version.clone().unwrap_or_default();
         for pod in list.items {
             observe(
-                &client, pod, false, &mut running, &images, &logs, &done_tx, &mut next_ip,
+                &client,
+                pod,
+                false,
+                &mut running,
+                &images,
+                &logs,
+                &done_tx,
+                &mut next_ip,
             );
         }
         let wp = WatchParams::default().fields(&fields).timeout(290);
@@ -529,9 +536,12 @@ impl PodWorker {
             if let Some(r) = &from.secret_key_ref {
                 let api: Api<k8s_openapi::api::core::v1::Secret> =
                     Api::namespaced(self.client.clone(), &ns);
-                if let Some(v) = api.get(&r.name).await.ok().and_then(|s| {
-                    String::from_utf8(s.data?.get(&r.key)?.0.clone()).ok()
-                }) {
+                if let Some(v) = api
+                    .get(&r.name)
+                    .await
+                    .ok()
+                    .and_then(|s| String::from_utf8(s.data?.get(&r.key)?.0.clone()).ok())
+                {
                     values.insert(("secrets".into(), r.name.clone(), r.key.clone()), v);
                 }
             }
@@ -569,24 +579,18 @@ impl PodWorker {
                     .get(&(kind.to_string(), name.to_string(), key.to_string()))
                     .cloned()
             };
-            let launch = match container::launch(
-                &self.pod,
-                &c,
-                &self.images,
-                &netns_path,
-                &log,
-                &lookup,
-            ) {
-                Ok(l) => l,
-                Err(e) => {
-                    shared.update(i, |s| s.state = waiting(e.reason, &e.message));
-                    if wait_or_stop(&mut stop, backoff).await {
-                        return;
+            let launch =
+                match container::launch(&self.pod, &c, &self.images, &netns_path, &log, &lookup) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        shared.update(i, |s| s.state = waiting(e.reason, &e.message));
+                        if wait_or_stop(&mut stop, backoff).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(BACKOFF.1);
+                        continue;
                     }
-                    backoff = (backoff * 2).min(BACKOFF.1);
-                    continue;
-                }
-            };
+                };
             let started_at = now_rfc3339();
             let mut child = match container::spawn(&launch) {
                 Ok(child) => child,
@@ -801,7 +805,11 @@ impl PodWorker {
             }
             if status != sent {
                 match api
-                    .patch_status(&self.name(), &PatchParams::default(), &Patch::Merge(&status))
+                    .patch_status(
+                        &self.name(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&status),
+                    )
                     .await
                 {
                     Ok(_) => sent = status,
@@ -969,12 +977,9 @@ async fn probe_loop(
             }
             let changed = last != Some(passed);
             last = Some(passed);
-            let ready = shared
-                .containers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())[i]
-                .ready;
-            if !(changed && !ready) {
+            let ready = shared.containers.lock().unwrap_or_else(|p| p.into_inner())[i].ready;
+            // Not again at once: unchanged, or ready.
+            if !changed || ready {
                 tokio::time::sleep(period).await;
             }
         }

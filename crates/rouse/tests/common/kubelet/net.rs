@@ -116,7 +116,9 @@ impl PodNet {
         let host = HOST_IP.to_string();
         let steps: [&[&str]; 10] = [
             &["netns", "add", &netns],
-            &["link", "add", &host_if, "type", "veth", "peer", "name", &peer],
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+            ],
             &["link", "set", &host_if, "master", BRIDGE],
             &["link", "set", &host_if, "up"],
             &["link", "set", &peer, "netns", &netns],
