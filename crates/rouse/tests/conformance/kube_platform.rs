@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::kubelet::{ImageBinary, Images, Kubelet};
-use crate::platform::{Image, Platform, Target};
+use crate::platform::{Image, Platform, Target, data_patch, host_of};
 
 /// The image `rouse install` and the controller name for the queue-proxy sidecar; the test
 /// kubelet runs the built `rouse` for it.
@@ -725,13 +725,9 @@ impl Platform for Kube {
     }
 
     fn target(&self, url: &str) -> Target {
-        let host = url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
         Target {
             addr: self.cluster.gateway,
-            host,
+            host: host_of(url),
         }
     }
 
@@ -823,16 +819,12 @@ impl Platform for Kube {
                     .or_insert_with(|| before["data"][*k].as_str().map(str::to_string));
             }
         }
-        let data: serde_json::Map<String, Value> = data
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-            .collect();
         self.cluster
             .api(
                 "PATCH",
                 &path,
                 "application/merge-patch+json",
-                Some(&json!({ "data": data })),
+                Some(&data_patch(data)),
             )
             .map(|_| ())
             .map_err(|(code, m)| format!("{code}: {m}"))

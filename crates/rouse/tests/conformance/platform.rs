@@ -236,13 +236,9 @@ impl Platform for Local {
     }
 
     fn target(&self, url: &str) -> Target {
-        let host = url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
         Target {
             addr: self.serve.gateway,
-            host,
+            host: host_of(url),
         }
     }
 
@@ -294,11 +290,7 @@ impl Platform for Local {
     }
 
     fn configure(&self, configmap: &str, data: &[(&str, &str)]) -> Result<(), String> {
-        let data: serde_json::Map<String, Value> = data
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-            .collect();
-        let body = serde_json::json!({ "data": data }).to_string();
+        let body = data_patch(data).to_string();
         let path = format!("/api/v1/namespaces/knative-serving/configmaps/{configmap}");
         let r = common::api_request(
             &self.serve,
@@ -322,14 +314,7 @@ impl Platform for Local {
             .join("logs")
             .join("default")
             .join(revision);
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.sort();
-        files
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(f).ok())
-            .collect()
+        common::concat_files(&dir)
     }
 
     fn live_instances(&self, revision: &str) -> usize {
@@ -342,6 +327,22 @@ impl Platform for Local {
             })
             .count()
     }
+}
+
+/// The Host a route's URL (`http://host`) is served under.
+pub fn host_of(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// A merge patch setting keys of a ConfigMap's `data`.
+pub fn data_patch(data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    serde_json::json!({ "data": data })
 }
 
 /// Polls `f` until it returns `Some`, failing after `limit`.

@@ -118,15 +118,7 @@ impl Kubelet {
     /// What the containers of a revision's pods wrote (every container, in pod and container
     /// name order).
     pub fn logs(&self, namespace: &str, revision: &str) -> String {
-        let dir = self.logs.join(namespace).join(revision);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.sort();
-        files
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(f).ok())
-            .collect()
+        crate::common::concat_files(&self.logs.join(namespace).join(revision))
     }
 }
 
