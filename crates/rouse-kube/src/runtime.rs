@@ -236,6 +236,11 @@ fn last_termination(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<Te
 }
 
 impl Runtime for KubeRuntime {
+    /// The kubelet resolves them from the Deployment's pod spec.
+    fn resolves_env_sources(&self) -> bool {
+        true
+    }
+
     fn ensure(&self, spec: WorkloadSpec, desired: u32) {
         let key = (spec.namespace.clone(), spec.revision.clone());
         let applied = match self.scaled().get(&key) {

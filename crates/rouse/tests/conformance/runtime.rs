@@ -372,3 +372,53 @@ fn TestShouldNotContainerConstraints() {
         assert!(err.contains(reason), "{name}: {err}");
     }
 }
+
+// --- envpropagation_test.go, user_test.go: cases that need pods (Kubernetes only) ---
+
+/// Knative's envpropagation cases: one key of a ConfigMap (or Secret) through `valueFrom`,
+/// all of it through `envFrom`.
+fn env_propagation(test: &str, object: &str) {
+    let Some(p) = crate::platform(test, Needs::Defaults) else {
+        return;
+    };
+    let p = &*p;
+    let (data, key_ref, from_ref) = match object {
+        "ConfigMap" => ("data", "configMapKeyRef", "configMapRef"),
+        _ => ("stringData", "secretKeyRef", "secretRef"),
+    };
+    p.apply(&format!(
+        "apiVersion: v1\nkind: {object}\nmetadata:\n  name: conformance-env\n{data}:\n  ENV_KEY: env-value\n  OTHER_KEY: other-value\n"
+    ))
+    .expect("the object");
+    let t = Svc::new(test, Image::Runtime)
+        .container_fields(&format!(
+            "            - name: FROM_KEY\n              valueFrom:\n                {key_ref}: {{name: conformance-env, key: ENV_KEY}}\n          envFrom:\n            - {from_ref}: {{name: conformance-env}}\n"
+        ))
+        .deploy(p);
+    let env = &runtime_info(&t)["env"];
+    assert_eq!(env["FROM_KEY"], "env-value", "{env}");
+    assert_eq!(env["OTHER_KEY"], "other-value", "{env}");
+}
+
+#[test]
+fn TestConfigsViaEnv() {
+    env_propagation("configs-via-env", "ConfigMap");
+}
+
+#[test]
+fn TestSecretsViaEnv() {
+    env_propagation("secrets-via-env", "Secret");
+}
+
+#[test]
+fn TestMustRunAsUser() {
+    let Some(p) = crate::platform("runasuser", Needs::Defaults) else {
+        return;
+    };
+    let p = &*p;
+    // Knative's user_test: the container's securityContext runAsUser is the process' uid.
+    let t = Svc::new("run-as-user", Image::Runtime)
+        .container_fields("          securityContext:\n            runAsUser: 2020\n")
+        .deploy(p);
+    assert_eq!(runtime_info(&t)["uid"], 2020);
+}

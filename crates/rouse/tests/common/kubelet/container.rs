@@ -64,14 +64,15 @@ pub struct Launch {
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What the container runs and with which environment, as the kubelet derives it from the
-/// image and the pod spec. ConfigMap and Secret references are resolved by `lookup`.
+/// image and the pod spec. ConfigMaps' and Secrets' data (`env` keys, `envFrom`) come from
+/// `lookup` (kind `configmaps` or `secrets`, name).
 pub fn launch(
     pod: &Pod,
     c: &Container,
     images: &Images,
     netns_path: &str,
     log: &Path,
-    lookup: &dyn Fn(&str, &str, &str) -> Option<String>,
+    lookup: &dyn Fn(&str, &str) -> Option<BTreeMap<String, String>>,
 ) -> Result<Launch, NotStarted> {
     let image = c.image.clone().unwrap_or_default();
     let bin = if image.is_empty() {
@@ -136,15 +137,39 @@ pub fn launch(
             _ => return None,
         })
     };
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let (kind, name, optional) = match (&from.config_map_ref, &from.secret_ref) {
+            (Some(r), _) => ("configmaps", r.name.clone(), r.optional),
+            (None, Some(r)) => ("secrets", r.name.clone(), r.optional),
+            (None, None) => continue,
+        };
+        match lookup(kind, &name) {
+            Some(data) => {
+                for (k, v) in data {
+                    let k = format!("{prefix}{k}");
+                    env.retain(|(e, _)| *e != k);
+                    env.push((k, v));
+                }
+            }
+            None if optional == Some(true) => {}
+            None => {
+                return Err(NotStarted {
+                    reason: "CreateContainerConfigError",
+                    message: format!("envFrom: {kind} {name:?} not found"),
+                });
+            }
+        }
+    }
     for e in c.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
             (_, Some(from)) => {
                 let resolved = if let Some(f) = &from.field_ref {
                     field(&f.field_path)
                 } else if let Some(r) = &from.config_map_key_ref {
-                    lookup("configmaps", &r.name, &r.key)
+                    lookup("configmaps", &r.name).and_then(|d| d.get(&r.key).cloned())
                 } else if let Some(r) = &from.secret_key_ref {
-                    lookup("secrets", &r.name, &r.key)
+                    lookup("secrets", &r.name).and_then(|d| d.get(&r.key).cloned())
                 } else {
                     None
                 };

@@ -29,7 +29,7 @@ mod net;
 
 pub use container::{ImageBinary, Images};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -508,34 +508,52 @@ impl PodWorker {
         force_delete(this.client.clone(), this.pod.clone()).await;
     }
 
-    /// The ConfigMap and Secret keys the container's environment refers to, read now.
-    async fn referenced(&self, c: &Container) -> HashMap<(String, String, String), String> {
-        let mut values = HashMap::new();
+    /// The data of the ConfigMaps and Secrets the container's environment refers to, read
+    /// now (`env` keys and `envFrom`).
+    async fn referenced(
+        &self,
+        c: &Container,
+    ) -> HashMap<(&'static str, String), BTreeMap<String, String>> {
+        let mut names: Vec<(&'static str, String)> = Vec::new();
         for from in c.env.iter().flatten().filter_map(|e| e.value_from.as_ref()) {
-            let ns = self.ns();
             if let Some(r) = &from.config_map_key_ref {
-                let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
-                    Api::namespaced(self.client.clone(), &ns);
-                if let Some(v) = api
-                    .get(&r.name)
-                    .await
-                    .ok()
-                    .and_then(|cm| cm.data?.get(&r.key).cloned())
-                {
-                    values.insert(("configmaps".into(), r.name.clone(), r.key.clone()), v);
-                }
+                names.push(("configmaps", r.name.clone()));
             }
             if let Some(r) = &from.secret_key_ref {
-                let api: Api<k8s_openapi::api::core::v1::Secret> =
+                names.push(("secrets", r.name.clone()));
+            }
+        }
+        for from in c.env_from.iter().flatten() {
+            if let Some(r) = &from.config_map_ref {
+                names.push(("configmaps", r.name.clone()));
+            }
+            if let Some(r) = &from.secret_ref {
+                names.push(("secrets", r.name.clone()));
+            }
+        }
+        let mut values = HashMap::new();
+        for (kind, name) in names {
+            let ns = self.ns();
+            let data = if kind == "configmaps" {
+                let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
                     Api::namespaced(self.client.clone(), &ns);
-                if let Some(v) = api
-                    .get(&r.name)
+                api.get(&name)
                     .await
                     .ok()
-                    .and_then(|s| String::from_utf8(s.data?.get(&r.key)?.0.clone()).ok())
-                {
-                    values.insert(("secrets".into(), r.name.clone(), r.key.clone()), v);
-                }
+                    .map(|cm| cm.data.unwrap_or_default())
+            } else {
+                let api: Api<k8s_openapi::api::core::v1::Secret> =
+                    Api::namespaced(self.client.clone(), &ns);
+                api.get(&name).await.ok().map(|s| {
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
+                        .collect()
+                })
+            };
+            if let Some(data) = data {
+                values.insert((kind, name), data);
             }
         }
         values
@@ -566,10 +584,11 @@ impl PodWorker {
                 return;
             }
             let values = self.referenced(&c).await;
-            let lookup = |kind: &str, name: &str, key: &str| {
+            let lookup = |kind: &str, name: &str| {
                 values
-                    .get(&(kind.to_string(), name.to_string(), key.to_string()))
-                    .cloned()
+                    .iter()
+                    .find(|((k, n), _)| *k == kind && n == name)
+                    .map(|(_, d)| d.clone())
             };
             let launch =
                 match container::launch(&self.pod, &c, &self.images, &netns_path, &log, &lookup) {
