@@ -60,6 +60,9 @@ pub struct Launch {
     pub log: PathBuf,
 }
 
+/// A ConfigMap's or Secret's data by kind (`configmaps`, `secrets`) and name.
+pub type Lookup<'a> = dyn Fn(&str, &str) -> Option<BTreeMap<String, String>> + 'a;
+
 /// The standard PATH a container starts with when its image sets none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -72,7 +75,7 @@ pub fn launch(
     images: &Images,
     netns_path: &str,
     log: &Path,
-    lookup: &dyn Fn(&str, &str) -> Option<BTreeMap<String, String>>,
+    lookup: &Lookup<'_>,
 ) -> Result<Launch, NotStarted> {
     let image = c.image.clone().unwrap_or_default();
     let bin = if image.is_empty() {
