@@ -31,6 +31,16 @@ pub enum WorkloadError {
 /// Builds the runtime's spec for a revision (a container with a `command` runs that program;
 /// one naming only an `image` runs the image, in Docker locally or in a pod on Kubernetes).
 pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
+    workload_for_runtime(rev, false)
+}
+
+/// [`workload_for`] for a runtime that may resolve env `valueFrom` sources itself
+/// ([`Runtime::resolves_env_sources`](rouse_runtime::Runtime::resolves_env_sources)): such
+/// variables are then left to it, not refused.
+pub fn workload_for_runtime(
+    rev: &Revision,
+    resolves_env_sources: bool,
+) -> Result<WorkloadSpec, WorkloadError> {
     let spec = &rev.spec;
     let container = spec.serving_container().ok_or(WorkloadError::NoContainer)?;
     if container.command.is_empty() && container.image.is_empty() {
@@ -39,6 +49,7 @@ pub fn workload_for(rev: &Revision) -> Result<WorkloadSpec, WorkloadError> {
     let mut env = Vec::new();
     for e in &container.env {
         match (&e.value, &e.value_from) {
+            (_, Some(_)) if resolves_env_sources => {}
             (_, Some(_)) => return Err(WorkloadError::EnvValueFrom(e.name.clone())),
             (v, None) => env.push((e.name.clone(), v.clone().unwrap_or_default())),
         }
@@ -277,6 +288,24 @@ fn probe_action(p: &Probe) -> ProbeAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_value_from_is_refused_unless_the_runtime_resolves_it() {
+        use rouse_api::meta::Resource;
+        let mut rev = Revision::new_named("default", "env-00001");
+        rev.spec = serde_json::from_value(serde_json::json!({"containers": [{
+            "image": "example.org/app",
+            "env": [{"name": "FROM", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}},
+                    {"name": "PLAIN", "value": "v"}],
+        }]}))
+        .unwrap();
+        assert!(matches!(
+            workload_for(&rev),
+            Err(WorkloadError::EnvValueFrom(name)) if name == "FROM"
+        ));
+        let spec = workload_for_runtime(&rev, true).unwrap();
+        assert_eq!(spec.env, [("PLAIN".to_string(), "v".to_string())]);
+    }
 
     #[test]
     fn quantities_parse_like_kubernetes() {

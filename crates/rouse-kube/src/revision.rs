@@ -154,7 +154,9 @@ fn label(rev: &Revision, key: &str) -> String {
 }
 
 /// The user's readiness probe as the queue-proxy runs it (`SERVING_READINESS_PROBE`): Knative's
-/// default TCP probe when none is given, the port resolved to the user port.
+/// default TCP probe when none is given, the port resolved to the user port. An exec probe
+/// stays with the user container (only the kubelet can run a command in it), and the
+/// queue-proxy checks the user port over TCP with the same timing, as Knative's does.
 pub fn queue_readiness_probe(spec: &serving::RevisionSpec) -> Probe {
     let user_port = i64::from(spec.container_port());
     let mut probe = spec
@@ -165,6 +167,9 @@ pub fn queue_readiness_probe(spec: &serving::RevisionSpec) -> Probe {
             success_threshold: Some(1),
             ..Default::default()
         });
+    if probe.exec.take().is_some() {
+        probe.tcp_socket = Some(Default::default());
+    }
     let unset = |p: &Option<IntOrString>| matches!(p, None | Some(IntOrString::Int(0)));
     if let Some(h) = probe.http_get.as_mut().filter(|h| unset(&h.port)) {
         h.port = Some(IntOrString::Int(user_port));
@@ -414,7 +419,8 @@ pub fn deployment(rev: &Revision, cfg: &DeploymentConfig, replicas: i32) -> Depl
 }
 
 /// A user container as Knative runs it: K_* env everywhere; on the serving container PORT,
-/// the port named `user-port`, no readiness probe (the queue-proxy runs it) and a preStop hook
+/// the port named `user-port`, no readiness probe but an exec one (the queue-proxy runs the
+/// others) and a preStop hook
 /// that waits for the queue-proxy to drain.
 fn user_container(c: &Container, serving: bool, user_port: i32, k_env: &[(&str, String)]) -> Value {
     let mut c = c.clone();
@@ -433,7 +439,8 @@ fn user_container(c: &Container, serving: bool, user_port: i32, k_env: &[(&str, 
             value: Some(user_port.to_string()),
             value_from: None,
         });
-        c.readiness_probe = None;
+        // The queue-proxy runs the readiness probe, but for an exec probe (the kubelet's).
+        c.readiness_probe = c.readiness_probe.take().filter(|p| p.exec.is_some());
         c.ports = vec![serving::ContainerPort {
             name: "user-port".into(),
             container_port: user_port,

@@ -24,14 +24,14 @@ use rouse_api::duration::parse_go_duration;
 use rouse_api::meta::Resource;
 use rouse_api::serving::Revision;
 use rouse_autoscaler::collector::SCRAPER_POD_NAME;
-use rouse_runtime::{InstanceInfo, InstanceState, Runtime, Scrape, WorkloadSpec};
+use rouse_runtime::{InstanceInfo, InstanceState, Runtime, Scrape, Termination, WorkloadSpec};
 use rouse_store::{Kind, Store};
 use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 
 use crate::apply::apply;
 use crate::revision::{
-    DeploymentConfig, QUEUE_AUTOSCALER_METRICS_PORT, deployment, deployment_name,
+    DeploymentConfig, QUEUE_AUTOSCALER_METRICS_PORT, QUEUE_CONTAINER, deployment, deployment_name,
 };
 use crate::scrape::{SCRAPE_TIMEOUT, Target, scrape_revision};
 
@@ -193,13 +193,67 @@ fn instance(pod: &Pod) -> Option<InstanceInfo> {
         pid: None,
         state,
         restarts,
-        last_termination: None,
+        last_termination: last_termination(status),
         log_path: PathBuf::new(),
         ever_ready: ready,
     })
 }
 
+/// Why the user's containers last stopped or cannot start, as the kubelet reports it: the
+/// last termination (exit code and, with FallbackToLogsOnError, the log's tail) or a waiting
+/// reason that means the container will not run as is (an image that cannot be pulled, a
+/// container that cannot be created). The queue-proxy's own status is not the user's.
+fn last_termination(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<Termination> {
+    const NOT_STARTING: [&str; 6] = [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    ];
+    let users = || {
+        status
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter(|c| c.name != QUEUE_CONTAINER)
+    };
+    let terminated = users().find_map(|c| {
+        let t = c
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .or_else(|| c.last_state.as_ref()?.terminated.as_ref())?;
+        Some(Termination {
+            exit_code: Some(t.exit_code),
+            signal: None,
+            reason: t.reason.clone().unwrap_or_else(|| "Error".into()),
+            message: t.message.clone().unwrap_or_default(),
+        })
+    });
+    terminated.or_else(|| {
+        users().find_map(|c| {
+            let w = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = w.reason.clone()?;
+            NOT_STARTING
+                .contains(&reason.as_str())
+                .then(|| Termination {
+                    exit_code: None,
+                    signal: None,
+                    message: w.message.clone().unwrap_or_default(),
+                    reason,
+                })
+        })
+    })
+}
+
 impl Runtime for KubeRuntime {
+    /// The kubelet resolves them from the Deployment's pod spec.
+    fn resolves_env_sources(&self) -> bool {
+        true
+    }
+
     fn ensure(&self, spec: WorkloadSpec, desired: u32) {
         let key = (spec.namespace.clone(), spec.revision.clone());
         let (config, generation) = self

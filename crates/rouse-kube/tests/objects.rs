@@ -294,6 +294,32 @@ fn queue_proxy_resources_from_config_and_annotations() {
     assert_eq!(got["limits"]["ephemeral-storage"], "1024Mi");
 }
 
+#[test]
+fn an_exec_readiness_probe_stays_with_the_user_container_for_the_kubelet() {
+    let rev = revision(json!({
+        "containers": [{"image": "example.org/app", "readinessProbe": {
+            "exec": {"command": ["/bin/true"]}, "periodSeconds": 1,
+        }}],
+    }));
+    let pod = deployment(&rev, &DeploymentConfig::default(), 1)
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let user = serde_json::to_value(&pod.containers[0]).unwrap();
+    assert_eq!(
+        user["readinessProbe"]["exec"]["command"],
+        json!(["/bin/true"])
+    );
+    // The queue-proxy checks the user port over TCP, with the probe's timing.
+    let probe = serde_json::to_value(queue_readiness_probe(&rev.spec)).unwrap();
+    assert_eq!(
+        probe,
+        json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1})
+    );
+}
+
 fn sks(mode: SksMode, activators: i32) -> ServerlessService {
     let mut s = ServerlessService::new_named("shop", "cart-00002");
     s.metadata.uid = "sks-uid".into();

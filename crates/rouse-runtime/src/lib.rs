@@ -58,6 +58,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn scale_refusal(&self, _namespace: &str, _revision: &str) -> Option<String> {
         None
     }
+    /// True when the runtime resolves env `valueFrom` sources itself (on Kubernetes the
+    /// kubelet reads the ConfigMaps, Secrets and fields); the local runtimes cannot, so a
+    /// revision with one fails saying so.
+    fn resolves_env_sources(&self) -> bool {
+        false
+    }
     /// Where the revision's image stands (resolved once, to a digest, when the revision is
     /// new; the runtime notifies the revision when a resolution ends). Runtimes that run
     /// programs, not images, say [`ImageState::NotImage`].

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::Requeue;
 use super::revision::progress_deadline;
 use crate::autoscaling::ready_count;
-use crate::workload::workload_for;
+use crate::workload::workload_for_runtime;
 use crate::{Context, ReconcileError, RouteRef};
 
 /// How soon to look again after asking whether the activator is in the path.
@@ -82,7 +82,7 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
         },
     );
 
-    if let Ok(workload) = workload_for(&rev) {
+    if let Ok(workload) = workload_for_runtime(&rev, ctx.runtime.resolves_env_sources()) {
         ctx.runtime.ensure(workload, scale.max(0) as u32);
     }
     // A scale-up past the limit on instances: requests get 503 with why, not a long wait.

@@ -14,7 +14,7 @@ use rouse_api::serving::{ANNOTATION_PROGRESS_DEADLINE, ContainerStatus, Revision
 use rouse_runtime::{ImageState, Termination};
 
 use super::{Requeue, ensure_child};
-use crate::workload::workload_for;
+use crate::workload::workload_for_runtime;
 use crate::{Context, ReconcileError};
 
 /// How often a deploying revision's instance report (state, last output) is refreshed.
@@ -36,7 +36,7 @@ pub(super) fn reconcile(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, 
     let mut status = rev.status.clone();
     status.observed_generation = rev.metadata.generation;
 
-    let workload = match workload_for(&rev) {
+    let workload = match workload_for_runtime(&rev, ctx.runtime.resolves_env_sources()) {
         Ok(w) => w,
         Err(e) => {
             status.mark_false("ContainerHealthy", "InvalidWorkload", &e.to_string());

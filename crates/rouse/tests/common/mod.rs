@@ -281,6 +281,18 @@ fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitSt
     None
 }
 
+/// The text of every file in `dir`, in name order (nothing if it cannot be read).
+pub fn concat_files(dir: &Path) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect()
+}
+
 /// Polls `f` until it returns `Some`, failing after `limit`.
 pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;

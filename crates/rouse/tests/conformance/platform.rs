@@ -6,7 +6,8 @@
 //! (ephemeral ports, its own data dir); a Kubernetes e2e suite implements the same trait
 //! (kubectl/the API server, the ingress address, the test images by name) and reuses the cases:
 //! its test target includes the same case files (`api_v1.rs`, `runtime.rs`, `e2e.rs`) and
-//! defines the crate-level `platform(test, needs)` they call for its cluster.
+//! defines the crate-level `platform(test, needs)` they call for its cluster, which answers
+//! `None` for a case that does not apply there (the case then passes without running).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -145,6 +146,24 @@ pub trait Platform {
     /// What a revision's instances logged, the queue-proxy's lines included (the pods'
     /// `queue-proxy` containers on Kubernetes).
     fn logs(&self, revision: &str) -> String;
+    /// A container (a `- ` list item, 8 spaces in) that cannot start, its problem named
+    /// `/nonexistent/program`: locally a program that does not exist; on Kubernetes, as in
+    /// Knative's case, an image that cannot be pulled.
+    fn unstartable_container(&self) -> String {
+        "        - command: [\"/nonexistent/program\"]\n".into()
+    }
+    /// The namespace a manifest without one goes to.
+    fn namespace(&self) -> String {
+        "default".into()
+    }
+    /// A second namespace, for the cases that need two.
+    fn other_namespace(&self) -> String {
+        "alternate".into()
+    }
+    /// The domain Routes are served under (`{name}.{namespace}.{domain}`).
+    fn domain(&self) -> String {
+        "localhost".into()
+    }
 }
 
 /// `rouse serve` on this machine.
@@ -217,13 +236,9 @@ impl Platform for Local {
     }
 
     fn target(&self, url: &str) -> Target {
-        let host = url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
         Target {
             addr: self.serve.gateway,
-            host,
+            host: host_of(url),
         }
     }
 
@@ -275,11 +290,7 @@ impl Platform for Local {
     }
 
     fn configure(&self, configmap: &str, data: &[(&str, &str)]) -> Result<(), String> {
-        let data: serde_json::Map<String, Value> = data
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-            .collect();
-        let body = serde_json::json!({ "data": data }).to_string();
+        let body = data_patch(data).to_string();
         let path = format!("/api/v1/namespaces/knative-serving/configmaps/{configmap}");
         let r = common::api_request(
             &self.serve,
@@ -303,14 +314,7 @@ impl Platform for Local {
             .join("logs")
             .join("default")
             .join(revision);
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.sort();
-        files
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(f).ok())
-            .collect()
+        common::concat_files(&dir)
     }
 
     fn live_instances(&self, revision: &str) -> usize {
@@ -323,6 +327,22 @@ impl Platform for Local {
             })
             .count()
     }
+}
+
+/// The Host a route's URL (`http://host`) is served under.
+pub fn host_of(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// A merge patch setting keys of a ConfigMap's `data`.
+pub fn data_patch(data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    serde_json::json!({ "data": data })
 }
 
 /// Polls `f` until it returns `Some`, failing after `limit`.

@@ -15,7 +15,9 @@ fn runtime_info(t: &Target) -> Value {
 
 #[test]
 fn TestCmdArgsService() {
-    let p = crate::platform("cmdargs", Needs::Defaults);
+    let Some(p) = crate::platform("cmdargs", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     // The command is the test program; args are honoured verbatim.
     let t = Svc::new("cmd-args", Image::Runtime)
@@ -37,7 +39,9 @@ fn TestCmdArgsService() {
 
 #[test]
 fn TestMustEnvVars() {
-    let p = crate::platform("mustenvvars", Needs::Defaults);
+    let Some(p) = crate::platform("mustenvvars", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     let t = Svc::new("must-env-vars", Image::Runtime).deploy(p);
     let env = &runtime_info(&t)["env"];
@@ -50,7 +54,9 @@ fn TestMustEnvVars() {
 
 #[test]
 fn TestShouldEnvVars() {
-    let p = crate::platform("envvars", Needs::Defaults);
+    let Some(p) = crate::platform("envvars", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     let t = Svc::new("env-vars", Image::Runtime).deploy(p);
     let env = &runtime_info(&t)["env"];
@@ -66,7 +72,9 @@ fn TestShouldEnvVars() {
 
 #[test]
 fn TestShouldHaveStdinEOF() {
-    let p = crate::platform("stdin", Needs::Defaults);
+    let Some(p) = crate::platform("stdin", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     let t = Svc::new("stdin-eof", Image::Runtime).deploy(p);
     assert_eq!(runtime_info(&t)["stdin"], "eof");
@@ -74,7 +82,9 @@ fn TestShouldHaveStdinEOF() {
 
 #[test]
 fn TestMustHaveFiles() {
-    let p = crate::platform("files", Needs::Defaults);
+    let Some(p) = crate::platform("files", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     let t = Svc::new("files", Image::Runtime).deploy(p);
     let info = runtime_info(&t);
@@ -89,7 +99,9 @@ fn TestMustHaveFiles() {
 
 #[test]
 fn TestMustHaveHeaders() {
-    let p = crate::platform("headers", Needs::Defaults);
+    let Some(p) = crate::platform("headers", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     let t = Svc::new("headers", Image::Runtime).deploy(p);
     let mut s = std::net::TcpStream::connect(t.addr).unwrap();
@@ -131,7 +143,9 @@ fn TestMustHaveHeaders() {
 
 #[test]
 fn TestLivenessWithFail() {
-    let p = crate::platform("liveness", Needs::Defaults);
+    let Some(p) = crate::platform("liveness", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     let t = Svc::new("liveness", Image::Readiness)
         .container_fields("          livenessProbe:\n            httpGet: {path: /readyz}\n            initialDelaySeconds: 1\n            periodSeconds: 1\n            failureThreshold: 3\n")
@@ -148,7 +162,9 @@ fn TestLivenessWithFail() {
 
 #[test]
 fn TestProtocols() {
-    let p = crate::platform("protocols", Needs::Defaults);
+    let Some(p) = crate::platform("protocols", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     // Port name h2c: the app gets HTTP/2.
     let t = Svc::new("proto-h2c", Image::HelloHttp2)
@@ -175,7 +191,9 @@ fn TestProtocols() {
 
 #[test]
 fn TestProbeRuntime() {
-    let p = crate::platform("proberuntime", Needs::Defaults);
+    let Some(p) = crate::platform("proberuntime", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     let probes = [
         ("httpget", "httpGet: {path: /readyz}"),
@@ -207,7 +225,9 @@ fn answering(t: &Target, n: usize) -> Vec<String> {
 /// Knative's TestProbeRuntimeAfterStartup in one SKS mode (`target-burst-capacity` 0 keeps
 /// the revision in Serve, -1 in Proxy).
 fn probe_after_startup(test: &str, tbc: &str, mode: &str) {
-    let p = crate::platform(test, Needs::Defaults);
+    let Some(p) = crate::platform(test, Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     let name = format!("after-startup-{}", mode.to_lowercase());
     let t = Svc::new(&name, Image::Readiness)
@@ -274,7 +294,9 @@ fn TestProbeRuntimeAfterStartup_Proxy() {
 
 #[test]
 fn TestWorkingDirService() {
-    let p = crate::platform("workingdir", Needs::Defaults);
+    let Some(p) = crate::platform("workingdir", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     // A directory every platform's workload has.
     let wd = "/tmp";
@@ -286,7 +308,9 @@ fn TestWorkingDirService() {
 
 #[test]
 fn TestMustNotContainerConstraints() {
-    let p = crate::platform("mustnot", Needs::Defaults);
+    let Some(p) = crate::platform("mustnot", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     // Fields a Knative container MUST NOT set are refused with the field named.
     let cases = [
@@ -313,7 +337,9 @@ fn TestMustNotContainerConstraints() {
 
 #[test]
 fn TestShouldNotContainerConstraints() {
-    let p = crate::platform("shouldnot", Needs::Defaults);
+    let Some(p) = crate::platform("shouldnot", Needs::Defaults) else {
+        return;
+    };
     let p = &*p;
     // Fields a Knative container SHOULD NOT set are refused too, each with its reason.
     let cases = [
@@ -345,4 +371,54 @@ fn TestShouldNotContainerConstraints() {
         let err = p.apply(&yaml).expect_err(name);
         assert!(err.contains(reason), "{name}: {err}");
     }
+}
+
+// --- envpropagation_test.go, user_test.go: cases that need pods (Kubernetes only) ---
+
+/// Knative's envpropagation cases: one key of a ConfigMap (or Secret) through `valueFrom`,
+/// all of it through `envFrom`.
+fn env_propagation(test: &str, object: &str) {
+    let Some(p) = crate::platform(test, Needs::Defaults) else {
+        return;
+    };
+    let p = &*p;
+    let (data, key_ref, from_ref) = match object {
+        "ConfigMap" => ("data", "configMapKeyRef", "configMapRef"),
+        _ => ("stringData", "secretKeyRef", "secretRef"),
+    };
+    p.apply(&format!(
+        "apiVersion: v1\nkind: {object}\nmetadata:\n  name: conformance-env\n{data}:\n  ENV_KEY: env-value\n  OTHER_KEY: other-value\n"
+    ))
+    .expect("the object");
+    let t = Svc::new(test, Image::Runtime)
+        .container_fields(&format!(
+            "            - name: FROM_KEY\n              valueFrom:\n                {key_ref}: {{name: conformance-env, key: ENV_KEY}}\n          envFrom:\n            - {from_ref}: {{name: conformance-env}}\n"
+        ))
+        .deploy(p);
+    let env = &runtime_info(&t)["env"];
+    assert_eq!(env["FROM_KEY"], "env-value", "{env}");
+    assert_eq!(env["OTHER_KEY"], "other-value", "{env}");
+}
+
+#[test]
+fn TestConfigsViaEnv() {
+    env_propagation("configs-via-env", "ConfigMap");
+}
+
+#[test]
+fn TestSecretsViaEnv() {
+    env_propagation("secrets-via-env", "Secret");
+}
+
+#[test]
+fn TestMustRunAsUser() {
+    let Some(p) = crate::platform("runasuser", Needs::Defaults) else {
+        return;
+    };
+    let p = &*p;
+    // Knative's user_test: the container's securityContext runAsUser is the process' uid.
+    let t = Svc::new("run-as-user", Image::Runtime)
+        .container_fields("          securityContext:\n            runAsUser: 2020\n")
+        .deploy(p);
+    assert_eq!(runtime_info(&t)["uid"], 2020);
 }

@@ -50,6 +50,8 @@ enum Role {
     Activator {
         /// This activator's own address, to find its place among the revision's activators.
         me: Option<IpAddr>,
+        /// Pods the kubelet has reported ready at some point (see [`PodsSeen`]).
+        seen: PodsSeen,
     },
 }
 
@@ -119,7 +121,10 @@ impl KubeSource {
             ),
         ]);
         KubeSource {
-            role: Role::Activator { me },
+            role: Role::Activator {
+                me,
+                seen: PodsSeen::default(),
+            },
             _informers,
             receivers,
             last: None,
@@ -137,7 +142,9 @@ impl KubeSource {
                 *unmarked = ingresses.into_iter().filter(|i| !is_marked(i)).collect();
                 t
             }
-            Role::Activator { me } => activator_topology(&sets[0].objects, &sets[1].objects, *me),
+            Role::Activator { me, seen } => {
+                activator_topology(&sets[0].objects, &sets[1].objects, *me, seen)
+            }
         }
     }
 
@@ -377,10 +384,50 @@ pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects) -> Topology {
     }
 }
 
+/// The pod addresses the kubelet has reported ready at least once. A private endpoint that
+/// is not ready is one the activator probes itself before sending to it (a pod still starting,
+/// which the activator may use before the kubelet's next probe) — unless the kubelet already
+/// said it was ready: then not ready means its readiness probe failed since, and it gets no
+/// new request until the kubelet says it is ready again, as Knative's activator does.
+#[derive(Debug, Default)]
+pub struct PodsSeen(HashSet<IpAddr>);
+
+impl PodsSeen {
+    /// The private endpoints to send to on `port`, sorted; remembers the ready ones.
+    fn pods(&mut self, eps: Option<&Vec<SliceEndpoint>>, port: &str) -> Vec<SocketAddr> {
+        for e in eps.into_iter().flatten().filter(|e| e.ready) {
+            self.0.insert(e.ip);
+        }
+        let usable: Vec<SliceEndpoint> = eps
+            .into_iter()
+            .flatten()
+            .filter(|e| e.ready || !self.0.contains(&e.ip))
+            .map(|e| SliceEndpoint {
+                ip: e.ip,
+                ready: e.ready,
+                ports: e.ports.clone(),
+            })
+            .collect();
+        addresses(Some(&usable), port, false)
+    }
+
+    /// Forgets pods no slice names any more.
+    fn keep_only(&mut self, endpoints: &HashMap<(String, String), Vec<SliceEndpoint>>) {
+        let present: HashSet<IpAddr> = endpoints.values().flatten().map(|e| e.ip).collect();
+        self.0.retain(|ip| present.contains(ip));
+    }
+}
+
 /// The activator's [`Topology`]: every revision with its parameters and the pods this
 /// activator sends to.
-pub fn activator_topology(revisions: &Objects, slices: &Objects, me: Option<IpAddr>) -> Topology {
+pub fn activator_topology(
+    revisions: &Objects,
+    slices: &Objects,
+    me: Option<IpAddr>,
+    seen: &mut PodsSeen,
+) -> Topology {
     let endpoints = slice_endpoints(slices);
+    seen.keep_only(&endpoints);
     let mut out = Vec::new();
     for v in revisions.values() {
         let Ok(rev) = serde_json::from_value::<Revision>(v.clone()) else {
@@ -391,7 +438,7 @@ pub fn activator_topology(revisions: &Objects, slices: &Objects, me: Option<IpAd
         let h2c = rev.spec.is_h2c();
         let port = if h2c { PORT_H2C } else { PORT_HTTP };
         let private = (ns.clone(), rouse_kube::revision::private_service_name(name));
-        let pods = addresses(endpoints.get(&private), port, false);
+        let pods = seen.pods(endpoints.get(&private), port);
         let cc = u32::try_from(rev.spec.container_concurrency.unwrap_or(0).max(0)).unwrap_or(0);
         // The activators in the revision's path: its public endpoints in Proxy mode.
         let public: Vec<IpAddr> =
@@ -741,7 +788,7 @@ mod tests {
             ),
             private_slice("grpc-00001", 0, &[("10.0.0.5", true)], 8012),
         ]);
-        let t = activator_topology(&revisions, &slices, None);
+        let t = activator_topology(&revisions, &slices, None, &mut PodsSeen::default());
         let rev = |name: &str| t.revisions.iter().find(|r| r.name == name).unwrap();
         let hello = rev("hello-00001");
         assert_eq!(hello.pods, [addr("10.0.0.1:8012"), addr("10.0.0.2:8012")]);
@@ -762,6 +809,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_whose_readiness_fails_after_it_was_ready_gets_no_new_request_until_ready_again() {
+        let revisions = objects(vec![revision("hello-00001", 0, false)]);
+        let slices =
+            |pods: &[(&str, bool)]| objects(vec![private_slice("hello-00001", 0, pods, 8012)]);
+        let mut seen = PodsSeen::default();
+        let pods = |seen: &mut PodsSeen, eps: &[(&str, bool)]| {
+            activator_topology(&revisions, &slices(eps), None, seen).revisions[0]
+                .pods
+                .clone()
+        };
+        // Starting (never ready): probed by the activator itself, so listed.
+        assert_eq!(
+            pods(&mut seen, &[("10.0.0.1", true), ("10.0.0.2", false)]),
+            [addr("10.0.0.1:8012"), addr("10.0.0.2:8012")]
+        );
+        // 10.0.0.1 was ready and its probe now fails: out.
+        assert_eq!(
+            pods(&mut seen, &[("10.0.0.1", false), ("10.0.0.2", true)]),
+            [addr("10.0.0.2:8012")]
+        );
+        // Ready again: back.
+        assert_eq!(
+            pods(&mut seen, &[("10.0.0.1", true), ("10.0.0.2", true)]),
+            [addr("10.0.0.1:8012"), addr("10.0.0.2:8012")]
+        );
+    }
+
+    #[test]
     fn with_a_concurrency_each_activator_in_the_path_takes_its_share_of_the_pods() {
         let revisions = objects(vec![revision("hello-00001", 10, false)]);
         let pods = [("10.0.0.1", true), ("10.0.0.2", true), ("10.0.0.3", true)];
@@ -774,7 +849,12 @@ mod tests {
         ));
         let slices = objects(slices);
         let pods_of = |me: Option<&str>| {
-            let t = activator_topology(&revisions, &slices, me.map(|m| m.parse().unwrap()));
+            let t = activator_topology(
+                &revisions,
+                &slices,
+                me.map(|m| m.parse().unwrap()),
+                &mut PodsSeen::default(),
+            );
             t.revisions[0].pods.clone()
         };
         // Three pods over two activators: one each, and the first takes the third.
