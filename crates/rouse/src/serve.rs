@@ -322,16 +322,15 @@ pub fn tune_allocator() {
 /// Drops the program's code pages from the resident set: after start-up, and whenever a
 /// sidecar has been idle a while, so that it keeps resident only the code it goes on running.
 /// Only the read-only segments up to `etext` (headers, read-only data, code) are touched:
-/// they are never written, so nothing is lost; a page touched again comes back on its own.
+/// they are never written, so nothing is lost; a page touched again comes back on its own,
+/// from the page cache (a minor fault, no read from the file: they are not evicted, so the
+/// first request after an idle spell does not wait on the disk).
 ///
 /// A fault maps the whole page-cache folio around the page (46 pages for one touched, here on
-/// 6.18), so unmapped code comes back in wide windows. With `evict`, the pages also leave the
-/// page cache where this process alone maps them, and the random-access advice has them read
-/// back a page at a time: only the pages touched return (idle, 4.4 MB resident instead of
-/// 5.9), at the price of a read from the file for each (the first request after an idle spell
-/// pays them). Pages another process maps as well (another sidecar on the node) stay cached.
+/// 6.18), so unmapped code comes back in wide windows: what stays resident is somewhat more
+/// than what runs.
 #[allow(unsafe_code)]
-pub fn shed_code(evict: bool) {
+pub fn shed_code() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         unsafe extern "C" {
@@ -350,18 +349,13 @@ pub fn shed_code(evict: bool) {
             return;
         }
         let (addr, len) = (start as *mut libc::c_void, end - start);
-        // SAFETY: the range is this program's own read-only, file-backed mappings; advice,
-        // reclaiming and dropping clean pages there change what is resident, not what is read.
+        // SAFETY: the range is this program's own read-only, file-backed mappings; advice
+        // and dropping clean pages there change what is resident, not what is read.
         unsafe {
             libc::madvise(addr, len, libc::MADV_RANDOM);
-            if evict {
-                libc::madvise(addr, len, libc::MADV_PAGEOUT);
-            }
             libc::madvise(addr, len, libc::MADV_DONTNEED);
         }
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = evict;
 }
 
 /// How often the allocator's free memory is looked at.
@@ -702,18 +696,16 @@ mod tests {
         if !alone("serve::tests::shed_code_pages_leave_the_resident_set_and_come_back_when_run") {
             return;
         }
-        for evict in [false, true] {
-            let before = rss_file_kb();
-            super::shed_code(evict);
-            let after = rss_file_kb();
-            assert!(
-                after + 512 <= before,
-                "shedding (evict: {evict}) left {after} of {before} KiB resident"
-            );
-            // The code runs on: what it touches comes back.
-            let config = super::load_config(&[]).unwrap();
-            assert_eq!(config, super::load_config(&[]).unwrap());
-        }
+        let before = rss_file_kb();
+        super::shed_code();
+        let after = rss_file_kb();
+        assert!(
+            after + 512 <= before,
+            "shedding left {after} of {before} KiB resident"
+        );
+        // The code runs on: what it touches comes back.
+        let config = super::load_config(&[]).unwrap();
+        assert_eq!(config, super::load_config(&[]).unwrap());
     }
 
     #[test]

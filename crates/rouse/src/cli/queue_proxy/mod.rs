@@ -78,9 +78,8 @@ pub async fn run() -> anyhow::Result<()> {
     );
     println!("{line}");
     let _ = std::io::stdout().flush();
-    // Start-up is over: keep resident only the code that serving runs. Not evicted: the
-    // first requests (a cold start's) would wait on reading it back.
-    crate::serve::shed_code(false);
+    // Start-up is over: keep resident only the code that serving runs.
+    crate::serve::shed_code();
 
     let qp = Arc::new(QueueProxy::with_listener(env.queue.clone(), serving)?);
     if let Some(l) = h2c {
@@ -165,11 +164,11 @@ async fn cut_reports(qp: Arc<QueueProxy>, report: Arc<Mutex<QueueStats>>) {
     }
 }
 
-/// Drops (and evicts) the code pages again, and gives the heap's free pages back, each time the
-/// sidecar has gone [`SHED_WHEN_IDLE`] without a new request (health checks do not count):
-/// what serving touched stays resident only while requests come, and an idle pod keeps the
-/// code its probes and reports run. The next request reads back what it runs (measured here:
-/// about a millisecond more for the first).
+/// Drops the code pages again, and gives the heap's free pages back, each time the sidecar has
+/// gone [`SHED_WHEN_IDLE`] without a new request (health checks do not count): what serving
+/// touched stays resident only while requests come, and an idle pod keeps the code its probes
+/// and reports run. The pages stay in the page cache (not evicted), so the next request maps
+/// them back with minor faults instead of waiting on the disk.
 async fn shed_code_when_idle(qp: Arc<QueueProxy>) {
     let mut tick = tokio::time::interval(SHED_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -185,7 +184,7 @@ async fn shed_code_when_idle(qp: Arc<QueueProxy>) {
             quiet_since = tokio::time::Instant::now();
             shed = false;
         } else if !shed && quiet_since.elapsed() >= SHED_WHEN_IDLE {
-            crate::serve::shed_code(true);
+            crate::serve::shed_code();
             crate::serve::release_free_heap();
             shed = true;
         }
