@@ -16,6 +16,7 @@ pub mod health;
 pub mod informer;
 pub mod install;
 pub mod leader;
+pub mod local_service;
 pub mod networking;
 pub mod preflight;
 pub mod revision;

@@ -3,7 +3,8 @@
 //! `{rev}` without one) and the public Service's EndpointSlices: the ready pods in Serve mode,
 //! a subset of the activator's pods in Proxy mode. The routing table becomes one Knative
 //! Ingress per Route and one per served DomainMapping, served by the gateway of class
-//! `rouse.ingress.networking.knative.dev`.
+//! `rouse.ingress.networking.knative.dev`, and each Route's cluster-local Services
+//! ([`crate::local_service`]).
 //! Writes are server-side applies run on the seam's runtime; the seam's calls return at once.
 //! A Route's or DomainMapping's Ingress is served once the gateway marks it Ready for the spec
 //! last written: the seam follows the Ingresses and tells the reconcilers when one's readiness
@@ -34,6 +35,7 @@ use crate::apply::{apply, apply_ingress};
 use crate::domainmapping;
 use crate::informer::{Informer, Snapshot};
 use crate::install::NAMESPACE;
+use crate::local_service::{self, LocalServices, REASON_NOT_OWNED};
 use crate::revision::{
     Backend, LABEL_SLICE_MANAGED_BY, LABEL_SLICE_SERVICE, SLICE_MANAGER, private_service,
     public_endpoint_slices, public_endpoints, public_service,
@@ -64,6 +66,8 @@ pub struct KubeNetworking {
     ingresses: Informer,
     /// The owners of Ingresses that changed in generation or status.
     owner_events: broadcast::Sender<Key>,
+    /// The Routes' cluster-local Services.
+    local: Arc<LocalServices>,
 }
 
 impl KubeNetworking {
@@ -94,6 +98,7 @@ impl KubeNetworking {
             written: Mutex::default(),
             ingresses,
             owner_events,
+            local: Arc::default(),
         }
     }
 
@@ -400,6 +405,24 @@ impl Networking for KubeNetworking {
                 (!targets.is_empty()).then(|| ingress(&r, &targets, &cfg))
             })
             .collect();
+        // Each Route's Services follow its Ingress: one per cluster-local host it serves.
+        self.local.want(
+            ingresses
+                .iter()
+                .filter_map(|ing| {
+                    let route: Route = self
+                        .read(&ing.metadata.namespace, &ing.metadata.name)
+                        .ok()?;
+                    let services = local_service::names(ing)
+                        .iter()
+                        .map(|n| local_service::service(&route, n))
+                        .collect();
+                    let key =
+                        Key::new(Kind::Route, &route.metadata.namespace, &route.metadata.name);
+                    Some((key, (route.metadata.uid.clone(), services)))
+                })
+                .collect(),
+        );
         ingresses.extend(self.mapping_ingresses(&table));
         *lock(&self.written) = ingresses
             .iter()
@@ -410,18 +433,33 @@ impl Networking for KubeNetworking {
                 Some((key, (i.metadata.name.clone(), i.spec.clone())))
             })
             .collect();
-        let client = self.client.clone();
+        let (client, local, events) = (
+            self.client.clone(),
+            self.local.clone(),
+            self.owner_events.clone(),
+        );
         self.handle.spawn(async move {
             for ing in ingresses {
                 if let Err(e) = apply_ingress(&client, &ing).await {
                     tracing::warn!(error = %e, "writing an Ingress failed");
                 }
             }
+            local.sync(&client, &events).await;
         });
     }
 
-    /// Ready once the gateway marked the Ingress Ready for the spec last written.
+    /// Ready once the gateway marked the Ingress Ready for the spec last written; never while
+    /// a Route's Service name is held by a Service it does not own.
     fn ingress_state(&self, owner: &Key) -> IngressState {
+        if let Some(name) = self.local.not_owned(owner) {
+            return IngressState::NotReady {
+                status: rouse_api::condition::ConditionStatus::False,
+                reason: REASON_NOT_OWNED.into(),
+                message: format!(
+                    "There is an existing Service {name:?} that the Route does not own."
+                ),
+            };
+        }
         let Some((name, spec)) = lock(&self.written).get(owner).cloned() else {
             return IngressState::not_configured();
         };

@@ -130,7 +130,7 @@ pub fn owner_reference(o: &OwnerReference) -> KubeOwnerReference {
 
 /// Turns a manifest built here into its typed form; the shapes are fixed by this module and
 /// covered by its tests, so a failure is a bug here, not bad input.
-fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("rouse-kube builds well-formed objects")
 }
 

@@ -10,6 +10,7 @@ use rouse_api::config::network::NetworkConfig;
 use rouse_api::meta::Resource;
 use rouse_api::networking::{ServerlessService, SksMode};
 use rouse_api::serving::{self, Revision, Route};
+use rouse_kube::local_service;
 use rouse_kube::revision::{
     Backend, DeploymentConfig, QueueResources, deployment, private_service, public_endpoint_slices,
     public_endpoints, public_service, queue_readiness_probe,
@@ -655,4 +656,42 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
         v["spec"]["rules"][3]["http"]["paths"][0]["appendHeaders"],
         json!({"Knative-Serving-Tag": "canary"})
     );
+}
+
+/// A Route's cluster-local Services: one per cluster-local host of its Ingress (the default
+/// and each tag), ExternalName to the gateway's Service, controlled by the Route.
+#[test]
+fn a_routes_cluster_local_services() {
+    let r = route(&[("serving.knative.dev/service", "cart")]);
+    let ing = ingress(&r, &targets(), &cfg("example.com", false));
+    assert_eq!(local_service::names(&ing), ["cart", "canary-cart"]);
+    // A cluster-local route has the same Services.
+    let local = ingress(&r, &targets(), &cfg("svc.cluster.local", false));
+    assert_eq!(local_service::names(&local), ["cart", "canary-cart"]);
+
+    let v = serde_json::to_value(local_service::service(&r, "cart")).unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {
+                "name": "cart", "namespace": "shop",
+                "labels": {"serving.knative.dev/route": "cart",
+                           "serving.knative.dev/service": "cart"},
+                "ownerReferences": [{"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+                                     "name": "cart", "uid": "route-uid", "controller": true,
+                                     "blockOwnerDeletion": true}],
+            },
+            "spec": {
+                "type": "ExternalName",
+                "externalName": "rouse-gateway.knative-serving.svc.cluster.local",
+                "sessionAffinity": "None",
+                "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 80}],
+            },
+        })
+    );
+    let svc = local_service::service(&r, "cart");
+    assert!(local_service::controlled_by(&svc, "route-uid"));
+    assert!(!local_service::controlled_by(&svc, "other-uid"));
+    assert!(!local_service::controlled_by(&svc, ""));
 }
