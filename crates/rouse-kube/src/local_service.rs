@@ -209,6 +209,23 @@ impl LocalServices {
         *lock(&self.wanted) = wanted;
     }
 
+    /// Runs [`LocalServices::sync`] every `every` while some Route's name is taken, so a
+    /// Route turns from `NotOwned` once the other Service is gone; ends with the seam.
+    pub async fn retry_not_owned(
+        local: std::sync::Weak<LocalServices>,
+        client: kube::Client,
+        events: broadcast::Sender<Key>,
+        every: std::time::Duration,
+    ) {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(local) = local.upgrade() else { return };
+            if !lock(&local.not_owned).is_empty() {
+                local.sync(&client, &events).await;
+            }
+        }
+    }
+
     /// The name of a Service the Route asks for that another owner holds.
     pub fn not_owned(&self, route: &Key) -> Option<String> {
         lock(&self.not_owned).get(route).cloned()

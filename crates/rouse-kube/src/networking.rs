@@ -48,6 +48,9 @@ pub const ACTIVATOR_SERVICE: &str = "activator-service";
 
 type RevisionKey = (String, String);
 
+/// How often the cluster-local Services are tried again while a Route's name is taken.
+const NOT_OWNED_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Services, EndpointSlices and Ingresses through the Kubernetes API.
 pub struct KubeNetworking {
     client: kube::Client,
@@ -88,6 +91,13 @@ impl KubeNetworking {
             ingresses.subscribe(),
             owner_events.clone(),
         ));
+        let local = Arc::new(LocalServices::default());
+        handle.spawn(LocalServices::retry_not_owned(
+            Arc::downgrade(&local),
+            client.clone(),
+            owner_events.clone(),
+            NOT_OWNED_RETRY,
+        ));
         KubeNetworking {
             client,
             handle,
@@ -98,7 +108,7 @@ impl KubeNetworking {
             written: Mutex::default(),
             ingresses,
             owner_events,
-            local: Arc::default(),
+            local,
         }
     }
 

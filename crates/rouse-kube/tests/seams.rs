@@ -716,3 +716,120 @@ async fn an_h2c_revisions_split_uses_port_81() {
     );
     rt.shutdown_background();
 }
+
+const SERVICES: &str = "api/v1/services";
+
+/// Route `cart`'s default host and, with `canary`, its tag host.
+fn cart_hosts(canary: bool) -> Vec<HostRoute> {
+    let mut table = cart_split(100, 0);
+    if canary {
+        let mut tag = table[0].clone();
+        tag.host = "canary-cart.shop.example.com".into();
+        table.push(tag);
+    }
+    table
+}
+
+/// A Route's cluster-local Services follow its Ingress: written with it, the tag's removed
+/// with the tag, all removed once no Ingress is written (also those written before a
+/// restart). A Service of the name that the Route does not own is left alone and makes the
+/// Route's Ingress NotOwned until it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_cluster_local_services_follow_its_ingress() {
+    use rouse_controller::networking::IngressState;
+    let fake = Fake::start().await;
+    fake.put(REVS, revision());
+    fake.put(
+        ROUTES,
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+               "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"}}),
+    );
+    let owned_by_cart = json!([{"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+                                "name": "cart", "uid": "route-uid", "controller": true}]);
+    // Written before a restart, for a tag gone since.
+    fake.put(
+        SERVICES,
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "old-cart", "namespace": "shop",
+                            "labels": {"serving.knative.dev/route": "cart"},
+                            "ownerReferences": owned_by_cart},
+               "spec": {"type": "ExternalName", "externalName": "elsewhere"}}),
+    );
+    // The user's own, with the tag Service's name.
+    let foreign = json!({"apiVersion": "v1", "kind": "Service",
+                         "metadata": {"name": "canary-cart", "namespace": "shop"},
+                         "spec": {"ports": [{"port": 8080}]}});
+    fake.put(SERVICES, foreign.clone());
+    let (store, rt) = started(&fake).await;
+    let net = KubeNetworking::new(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        IngressConfig {
+            network: Default::default(),
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    );
+    let mut woken = net.subscribe_ingresses().unwrap();
+
+    net.set_routes(cart_hosts(true));
+    until("the default Service written and the old one gone", || {
+        fake.object(SERVICES, "shop", "cart").is_some()
+            && fake.object(SERVICES, "shop", "old-cart").is_none()
+    })
+    .await;
+    let svc = fake.object(SERVICES, "shop", "cart").unwrap();
+    assert_eq!(svc["spec"]["type"], "ExternalName");
+    assert_eq!(
+        svc["spec"]["externalName"],
+        "rouse-gateway.knative-serving.svc.cluster.local"
+    );
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(
+        svc["metadata"]["labels"]["serving.knative.dev/route"],
+        "cart"
+    );
+    assert_eq!(svc["metadata"]["ownerReferences"][0]["uid"], "route-uid");
+    until("the Route told its tag's name is taken", || {
+        matches!(net.ingress_state(&cart_route()),
+                 IngressState::NotReady { ref reason, .. } if reason == "NotOwned")
+    })
+    .await;
+    until("the Route woken", || {
+        woken.try_recv().is_ok_and(|k| k == cart_route())
+    })
+    .await;
+    let theirs = fake.object(SERVICES, "shop", "canary-cart").unwrap();
+    assert_eq!(theirs["spec"], foreign["spec"]);
+    assert!(theirs["metadata"]["ownerReferences"].is_null());
+
+    // The user's Service gone, the seam tries again by itself: the tag's is written and the
+    // Route waits for its Ingress only.
+    fake.remove(SERVICES, "shop", "canary-cart");
+    until("the tag's Service written", || {
+        fake.object(SERVICES, "shop", "canary-cart")
+            .is_some_and(|s| s["spec"]["type"] == "ExternalName")
+    })
+    .await;
+    until("NotOwned cleared", || {
+        net.ingress_state(&cart_route()) == IngressState::not_configured()
+    })
+    .await;
+
+    // The tag dropped: its Service goes, the default's stays.
+    net.set_routes(cart_hosts(false));
+    until("the tag's Service deleted", || {
+        fake.object(SERVICES, "shop", "canary-cart").is_none()
+    })
+    .await;
+    assert!(fake.object(SERVICES, "shop", "cart").is_some());
+
+    // No Ingress for the Route any more (no targets anywhere): no Service either.
+    net.set_routes(Vec::new());
+    until("the default Service deleted", || {
+        fake.object(SERVICES, "shop", "cart").is_none()
+    })
+    .await;
+    rt.shutdown_background();
+}

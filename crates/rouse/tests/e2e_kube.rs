@@ -399,6 +399,36 @@ fn a_knative_service_on_a_real_api_server() {
         "{hosts}"
     );
     assert!(hosts.contains("\"serviceName\":\"hello-00001\""), "{hosts}");
+    // The Route's cluster-local Service: cluster DNS sends hello.rouse-e2e.svc.cluster.local
+    // (the Route's address) to the gateway's Service.
+    let local = until(
+        "the Route's cluster-local Service",
+        Duration::from_secs(60),
+        || get_json(&kc, "service/hello"),
+    );
+    assert_eq!(local["spec"]["type"], "ExternalName", "{local}");
+    assert_eq!(
+        local["spec"]["externalName"], "rouse-gateway.knative-serving.svc.cluster.local",
+        "{local}"
+    );
+    assert_eq!(local["spec"]["ports"][0]["port"], 80, "{local}");
+    let route_uid = get_json(&kc, "route/hello").unwrap()["metadata"]["uid"].clone();
+    let owner = &local["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (
+            &owner["kind"],
+            &owner["name"],
+            &owner["uid"],
+            &owner["controller"]
+        ),
+        (
+            &serde_json::json!("Route"),
+            &serde_json::json!("hello"),
+            &route_uid,
+            &serde_json::json!(true)
+        ),
+        "{local}"
+    );
     // The Route waits for its Ingress: no gateway serves it yet, so it is not Ready.
     let route = until(
         "the Route with its traffic assigned",
@@ -497,7 +527,8 @@ fn a_knative_service_on_a_real_api_server() {
     until("the cascade", Duration::from_secs(90), || {
         (get_json(&kc, "deployment/hello-00001-deployment").is_none()
             && get_json(&kc, "revision/hello-00001").is_none()
-            && get_json(&kc, "service/hello-00001").is_none())
+            && get_json(&kc, "service/hello-00001").is_none()
+            && get_json(&kc, "service/hello").is_none())
         .then_some(())
     });
     let _ = kubectl(&kc, &["delete", "node", "rouse-e2e-node"], None);
