@@ -211,16 +211,7 @@ async fn endpoint_slices_in_serve_and_proxy() {
                       {"addresses": ["10.9.0.2"], "conditions": {"ready": true}}]}),
     );
     let (store, rt) = started(&fake).await;
-    let net = KubeNetworking::new(
-        fake.client.clone(),
-        rt.handle().clone(),
-        store.clone(),
-        IngressConfig {
-            network: Default::default(),
-            domain: "example.com".into(),
-            tag_header_routing: false,
-        },
-    );
+    let net = example_networking(&fake, &rt, &store);
 
     net.set_revision(
         "shop",
@@ -465,17 +456,7 @@ async fn networking_reports_what_the_activators_pushed() {
     let fake = Fake::start().await;
     let (store, rt) = started(&fake).await;
     let stats = Arc::new(ActivatorStats::default());
-    let net = KubeNetworking::new(
-        fake.client.clone(),
-        rt.handle().clone(),
-        store.clone(),
-        IngressConfig {
-            network: Default::default(),
-            domain: "example.com".into(),
-            tag_header_routing: false,
-        },
-    )
-    .with_activator_stats(stats.clone());
+    let net = example_networking(&fake, &rt, &store).with_activator_stats(stats.clone());
     stats.record(Message::Stats(vec![RevisionLoad {
         namespace: "shop".into(),
         revision: "cart-00001".into(),
@@ -542,6 +523,25 @@ fn cart_route() -> rouse_controller::Key {
     rouse_controller::Key::new(Kind::Route, "shop", "cart")
 }
 
+/// The networking seam over `fake` with Knative's default network settings and domain
+/// `example.com`.
+fn example_networking(
+    fake: &Fake,
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<ClusterStore>,
+) -> KubeNetworking {
+    KubeNetworking::new(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        IngressConfig {
+            network: Default::default(),
+            domain: "example.com".into(),
+            tag_header_routing: false,
+        },
+    )
+}
+
 /// Plays the gateway for route `cart`'s Ingress (see [`mark_ready`]).
 async fn mark_ingress_ready(fake: &Fake, net: &KubeNetworking) {
     mark_ready(fake, net, "cart", &cart_route()).await;
@@ -578,16 +578,7 @@ async fn a_route_waits_for_its_ingress() {
                "spec": {"traffic": [{"revisionName": "cart-00001", "percent": 100}]}}),
     );
     let (store, rt) = started(&fake).await;
-    let net = Arc::new(KubeNetworking::new(
-        fake.client.clone(),
-        rt.handle().clone(),
-        store.clone(),
-        IngressConfig {
-            network: Default::default(),
-            domain: "example.com".into(),
-            tag_header_routing: false,
-        },
-    ));
+    let net = Arc::new(example_networking(&fake, &rt, &store));
     let runtime = KubeRuntime::start(
         fake.client.clone(),
         rt.handle().clone(),
@@ -683,16 +674,7 @@ async fn an_h2c_revisions_split_uses_port_81() {
                "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"}}),
     );
     let (store, rt) = started(&fake).await;
-    let net = KubeNetworking::new(
-        fake.client.clone(),
-        rt.handle().clone(),
-        store.clone(),
-        IngressConfig {
-            network: Default::default(),
-            domain: "example.com".into(),
-            tag_header_routing: false,
-        },
-    );
+    let net = example_networking(&fake, &rt, &store);
     net.set_routes(cart_split(40, 60));
     until("the Ingress written", || {
         fake.object(INGRESSES, "shop", "cart").is_some()
@@ -761,16 +743,7 @@ async fn a_routes_cluster_local_services_follow_its_ingress() {
                          "spec": {"ports": [{"port": 8080}]}});
     fake.put(SERVICES, foreign.clone());
     let (store, rt) = started(&fake).await;
-    let net = KubeNetworking::new(
-        fake.client.clone(),
-        rt.handle().clone(),
-        store.clone(),
-        IngressConfig {
-            network: Default::default(),
-            domain: "example.com".into(),
-            tag_header_routing: false,
-        },
-    );
+    let net = example_networking(&fake, &rt, &store);
     let mut woken = net.subscribe_ingresses().unwrap();
 
     net.set_routes(cart_hosts(true));
