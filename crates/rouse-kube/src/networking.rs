@@ -51,7 +51,7 @@ pub struct KubeNetworking {
     client: kube::Client,
     handle: Handle,
     store: Arc<dyn Store>,
-    /// Replaced when config-network or config-features change.
+    /// Replaced when config-network, config-domain or config-features change.
     ingress: Mutex<IngressConfig>,
     /// The mode each revision's public endpoints were last written in.
     modes: Arc<Mutex<HashMap<RevisionKey, SksMode>>>,
@@ -383,12 +383,11 @@ impl Networking for KubeNetworking {
             }
         };
         let cfg = lock(&self.ingress).clone();
-        let domain = &cfg.domain;
         let mut ingresses: Vec<_> = routes
             .into_iter()
             .filter_map(|v| Route::from_value(v).ok())
             .filter_map(|r| {
-                let targets = targets_from_table(&r, &table, domain);
+                let targets = targets_from_table(&r, &table, &cfg.route_domain(&r));
                 let mut targets = if targets.is_empty() {
                     resolved_targets(&r)
                 } else {

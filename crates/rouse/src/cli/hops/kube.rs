@@ -538,6 +538,7 @@ mod tests {
         let cfg = IngressConfig {
             network,
             domain: "example.com".into(),
+            domains: Default::default(),
             tag_header_routing,
         };
         ingress(&route, targets, &cfg)
