@@ -424,7 +424,7 @@ fn a_knative_service_on_a_real_api_server() {
     assert_eq!(condition(&route, "IngressReady").0, "True", "{route}");
     through_the_gateway(gateway.listening, pod_ip.is_some());
     traffic_split(&kc, gateway.listening, pod_ip.is_some());
-    domain_mapping(&kc);
+    domain_mapping(&kc, gateway.listening, pod_ip.is_some());
 
     // Leader hand-over: a second replica follows while the first leads, and takes the Lease
     // once the first is gone (after the Lease's 15 s duration).
@@ -505,9 +505,9 @@ fn a_knative_service_on_a_real_api_server() {
 }
 
 /// A DomainMapping to `hello`: its Ingress shaped as Knative's (the domain, `rewriteHost` to
-/// the Service's cluster-local host), and the mapping Ready once the gateway marks that
-/// Ingress Ready; deleted after.
-fn domain_mapping(kc: &str) {
+/// the Service's cluster-local host), the mapping Ready once the gateway marks that Ingress
+/// Ready, and a request for the domain through the gateway served by `hello`; deleted after.
+fn domain_mapping(kc: &str, gateway: std::net::SocketAddr, pod_runs: bool) {
     const DOMAIN: &str = "hello.rouse-e2e.example.org";
     let dm = format!(
         "apiVersion: serving.knative.dev/v1beta1\nkind: DomainMapping\nmetadata:\n  name: {DOMAIN}\n  namespace: {NS}\n\
@@ -544,6 +544,13 @@ fn domain_mapping(kc: &str) {
         .is_some_and(|i| ready(&i)),
         "the gateway marked the mapping's Ingress Ready"
     );
+    if pod_runs {
+        let r = common::http_get(gateway, DOMAIN, "/").expect("a request for the domain");
+        assert_eq!(
+            r.status, 200,
+            "the mapped domain through the gateway: {r:?}"
+        );
+    }
     let (ok, out) = kubectl(kc, &["delete", "-n", NS, "domainmapping", DOMAIN], None);
     assert!(ok, "delete the DomainMapping: {out}");
 }
