@@ -254,8 +254,10 @@ mod tests {
 
     #[test]
     fn cluster_local_routes_stay_cluster_local() {
-        let mut cfg = Config::default();
-        cfg.domain = DomainConfig::from_data(&data(&[("example.com", "")])).unwrap();
+        let cfg = Config {
+            domain: DomainConfig::from_data(&data(&[("example.com", "")])).unwrap(),
+            ..Config::default()
+        };
         let local = labels(&[(LABEL_VISIBILITY, "cluster-local")]);
         assert_eq!(cfg.route_domain(&local, "localhost"), "svc.cluster.local");
         assert_eq!(cfg.route_domain(&labels(&[]), "localhost"), "example.com");
