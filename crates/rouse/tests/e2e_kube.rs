@@ -423,8 +423,9 @@ fn a_knative_service_on_a_real_api_server() {
     let route = get_json(&kc, "route/hello").unwrap();
     assert_eq!(condition(&route, "IngressReady").0, "True", "{route}");
     through_the_gateway(gateway.listening, pod_ip.is_some());
-    traffic_split(&kc, gateway.listening, pod_ip.is_some());
+    // Before the split: its second pod is gone once the split is checked.
     domain_mapping(&kc, gateway.listening, pod_ip.is_some());
+    traffic_split(&kc, gateway.listening, pod_ip.is_some());
 
     // Leader hand-over: a second replica follows while the first leads, and takes the Lease
     // once the first is gone (after the Lease's 15 s duration).
