@@ -488,6 +488,7 @@ fn a_knative_service_on_a_real_api_server() {
         || get_json(&kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
     );
 
+    config_domain(&kc);
     config_deployment_rolls_existing_revisions(&kc);
     scale_to_zero(&kc, second.1);
 
@@ -554,6 +555,60 @@ fn domain_mapping(kc: &str, gateway: std::net::SocketAddr, pod_runs: bool) {
     }
     let (ok, out) = kubectl(kc, &["delete", "-n", NS, "domainmapping", DOMAIN], None);
     assert!(ok, "delete the DomainMapping: {out}");
+}
+
+/// config-domain (which `rouse install` does not write): a default domain moves the Service's
+/// URL and its Ingress' external host; deleting the ConfigMap brings back `--domain`'s.
+fn config_domain(kc: &str) {
+    let cm = |key: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-domain\n  namespace: knative-serving\n\
+             data:\n  {key}: \"\"\n"
+        )
+    };
+    let (ok, out) = kubectl(
+        kc,
+        &["apply", "-f", "-"],
+        Some(cm("e2e.example.net").as_bytes()),
+    );
+    assert!(ok, "config-domain: {out}");
+    let host = format!("hello.{NS}.e2e.example.net");
+    let url = format!("http://{host}");
+    until(
+        "the URL from config-domain",
+        Duration::from_secs(60),
+        || get_json(kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
+    );
+    until(
+        "the Ingress' external host from config-domain",
+        Duration::from_secs(60),
+        || {
+            let ing = get_json(kc, "ingresses.networking.internal.knative.dev/hello")?;
+            ing["spec"]["rules"]
+                .as_array()?
+                .iter()
+                .any(|r| r["visibility"] == "ExternalIP" && r["hosts"][0] == host.as_str())
+                .then_some(())
+        },
+    );
+    let (ok, out) = kubectl(
+        kc,
+        &[
+            "delete",
+            "configmap",
+            "-n",
+            "knative-serving",
+            "config-domain",
+        ],
+        None,
+    );
+    assert!(ok, "config-domain deleted: {out}");
+    let url = format!("http://hello.{NS}.example.com");
+    until(
+        "the URL from --domain again",
+        Duration::from_secs(60),
+        || get_json(kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
+    );
 }
 
 /// config-deployment's sidecar resources and progress deadline reach the Deployment of a
