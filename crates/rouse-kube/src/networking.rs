@@ -504,23 +504,16 @@ mod tests {
 
     #[test]
     fn a_routes_targets_are_found_by_its_own_hosts_whatever_the_templates_and_domain() {
-        let data = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
         let cfg = IngressConfig {
-            network: NetworkConfig::from_data(&data(&[
+            network: NetworkConfig::from_data(&rouse_api::config::data(&[
                 ("domain-template", "{{.Name}}-{{.Namespace}}.{{.Domain}}"),
                 ("tag-template", "{{.Name}}--{{.Tag}}"),
             ]))
             .unwrap(),
             domain: "example.com".into(),
-            domains: rouse_api::config::domain::DomainConfig::from_data(&data(&[(
-                "prod.example.org",
-                "selector: {app: prod}",
-            )]))
+            domains: rouse_api::config::domain::DomainConfig::from_data(&rouse_api::config::data(
+                &[("prod.example.org", "selector: {app: prod}")],
+            ))
             .unwrap(),
             tag_header_routing: false,
         };

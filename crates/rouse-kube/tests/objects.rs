@@ -635,14 +635,8 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
 #[test]
 fn ingress_hosts_take_the_domain_config_domain_selects() {
     // config-domain: a default and a domain for `app: prod`; the visibility label still wins.
-    let data = |pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
     let mut c = cfg("example.com", false);
-    c.domains = rouse_api::config::domain::DomainConfig::from_data(&data(&[
+    c.domains = rouse_api::config::domain::DomainConfig::from_data(&rouse_api::config::data(&[
         ("default.example.org", ""),
         ("prod.example.org", "selector:\n  app: prod\n"),
     ]))

@@ -136,9 +136,8 @@ impl SharedConfig {
     }
 }
 
-/// A ConfigMap's data from key/value pairs (the config modules' tests).
-#[cfg(test)]
-pub(crate) fn data(pairs: &[(&str, &str)]) -> ConfigData {
+/// A ConfigMap's data from key/value pairs (tests, here and in the crates using these types).
+pub fn data(pairs: &[(&str, &str)]) -> ConfigData {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
