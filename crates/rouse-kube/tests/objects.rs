@@ -534,6 +534,7 @@ fn cfg(domain: &str, tag_header_routing: bool) -> IngressConfig {
             ..Default::default()
         },
         domain: domain.into(),
+        domains: Default::default(),
         tag_header_routing,
     }
 }
@@ -654,5 +655,46 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
     assert_eq!(
         v["spec"]["rules"][3]["http"]["paths"][0]["appendHeaders"],
         json!({"Knative-Serving-Tag": "canary"})
+    );
+}
+
+#[test]
+fn ingress_hosts_take_the_domain_config_domain_selects() {
+    // config-domain: a default and a domain for `app: prod`; the visibility label still wins.
+    let mut c = cfg("example.com", false);
+    c.domains = rouse_api::config::domain::DomainConfig::from_data(&rouse_api::config::data(&[
+        ("default.example.org", ""),
+        ("prod.example.org", "selector:\n  app: prod\n"),
+    ]))
+    .unwrap();
+    let external = |labels: &[(&str, &str)]| -> Vec<String> {
+        ingress(&route(labels), &targets(), &c)
+            .spec
+            .rules
+            .iter()
+            .filter(|r| r.visibility == "ExternalIP")
+            .flat_map(|r| r.hosts.clone())
+            .collect()
+    };
+    assert_eq!(
+        external(&[]),
+        [
+            "cart.shop.default.example.org",
+            "canary-cart.shop.default.example.org"
+        ]
+    );
+    assert_eq!(
+        external(&[("app", "prod")]),
+        [
+            "cart.shop.prod.example.org",
+            "canary-cart.shop.prod.example.org"
+        ]
+    );
+    assert!(
+        external(&[
+            ("app", "prod"),
+            ("networking.knative.dev/visibility", "cluster-local")
+        ])
+        .is_empty()
     );
 }

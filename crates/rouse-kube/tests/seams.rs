@@ -218,6 +218,7 @@ async fn endpoint_slices_in_serve_and_proxy() {
         IngressConfig {
             network: Default::default(),
             domain: "example.com".into(),
+            domains: Default::default(),
             tag_header_routing: false,
         },
     );
@@ -343,6 +344,7 @@ async fn a_served_domain_mapping_gets_its_ingress() {
                 ..Default::default()
             },
             domain: "example.com".into(),
+            domains: Default::default(),
             tag_header_routing: false,
         },
     );
@@ -472,6 +474,7 @@ async fn networking_reports_what_the_activators_pushed() {
         IngressConfig {
             network: Default::default(),
             domain: "example.com".into(),
+            domains: Default::default(),
             tag_header_routing: false,
         },
     )
@@ -585,6 +588,7 @@ async fn a_route_waits_for_its_ingress() {
         IngressConfig {
             network: Default::default(),
             domain: "example.com".into(),
+            domains: Default::default(),
             tag_header_routing: false,
         },
     ));
@@ -690,6 +694,7 @@ async fn an_h2c_revisions_split_uses_port_81() {
         IngressConfig {
             network: Default::default(),
             domain: "example.com".into(),
+            domains: Default::default(),
             tag_header_routing: false,
         },
     );

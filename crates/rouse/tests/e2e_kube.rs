@@ -423,8 +423,9 @@ fn a_knative_service_on_a_real_api_server() {
     let route = get_json(&kc, "route/hello").unwrap();
     assert_eq!(condition(&route, "IngressReady").0, "True", "{route}");
     through_the_gateway(gateway.listening, pod_ip.is_some());
+    // Before the split: its second pod is gone once the split is checked.
+    domain_mapping(&kc, gateway.listening, pod_ip.is_some());
     traffic_split(&kc, gateway.listening, pod_ip.is_some());
-    domain_mapping(&kc);
 
     // Leader hand-over: a second replica follows while the first leads, and takes the Lease
     // once the first is gone (after the Lease's 15 s duration).
@@ -487,6 +488,7 @@ fn a_knative_service_on_a_real_api_server() {
         || get_json(&kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
     );
 
+    config_domain(&kc);
     config_deployment_rolls_existing_revisions(&kc);
     scale_to_zero(&kc, second.1);
 
@@ -505,9 +507,9 @@ fn a_knative_service_on_a_real_api_server() {
 }
 
 /// A DomainMapping to `hello`: its Ingress shaped as Knative's (the domain, `rewriteHost` to
-/// the Service's cluster-local host), and the mapping Ready once the gateway marks that
-/// Ingress Ready; deleted after.
-fn domain_mapping(kc: &str) {
+/// the Service's cluster-local host), the mapping Ready once the gateway marks that Ingress
+/// Ready, and a request for the domain through the gateway served by `hello`; deleted after.
+fn domain_mapping(kc: &str, gateway: std::net::SocketAddr, pod_runs: bool) {
     const DOMAIN: &str = "hello.rouse-e2e.example.org";
     let dm = format!(
         "apiVersion: serving.knative.dev/v1beta1\nkind: DomainMapping\nmetadata:\n  name: {DOMAIN}\n  namespace: {NS}\n\
@@ -544,8 +546,69 @@ fn domain_mapping(kc: &str) {
         .is_some_and(|i| ready(&i)),
         "the gateway marked the mapping's Ingress Ready"
     );
+    if pod_runs {
+        let r = common::http_get(gateway, DOMAIN, "/").expect("a request for the domain");
+        assert_eq!(
+            r.status, 200,
+            "the mapped domain through the gateway: {r:?}"
+        );
+    }
     let (ok, out) = kubectl(kc, &["delete", "-n", NS, "domainmapping", DOMAIN], None);
     assert!(ok, "delete the DomainMapping: {out}");
+}
+
+/// config-domain (which `rouse install` does not write): a default domain moves the Service's
+/// URL and its Ingress' external host; deleting the ConfigMap brings back `--domain`'s.
+fn config_domain(kc: &str) {
+    let cm = |key: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-domain\n  namespace: knative-serving\n\
+             data:\n  {key}: \"\"\n"
+        )
+    };
+    let (ok, out) = kubectl(
+        kc,
+        &["apply", "-f", "-"],
+        Some(cm("e2e.example.net").as_bytes()),
+    );
+    assert!(ok, "config-domain: {out}");
+    let host = format!("hello.{NS}.e2e.example.net");
+    let url = format!("http://{host}");
+    until(
+        "the URL from config-domain",
+        Duration::from_secs(60),
+        || get_json(kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
+    );
+    until(
+        "the Ingress' external host from config-domain",
+        Duration::from_secs(60),
+        || {
+            let ing = get_json(kc, "ingresses.networking.internal.knative.dev/hello")?;
+            ing["spec"]["rules"]
+                .as_array()?
+                .iter()
+                .any(|r| r["visibility"] == "ExternalIP" && r["hosts"][0] == host.as_str())
+                .then_some(())
+        },
+    );
+    let (ok, out) = kubectl(
+        kc,
+        &[
+            "delete",
+            "configmap",
+            "-n",
+            "knative-serving",
+            "config-domain",
+        ],
+        None,
+    );
+    assert!(ok, "config-domain deleted: {out}");
+    let url = format!("http://hello.{NS}.example.com");
+    until(
+        "the URL from --domain again",
+        Duration::from_secs(60),
+        || get_json(kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
+    );
 }
 
 /// config-deployment's sidecar resources and progress deadline reach the Deployment of a
