@@ -27,11 +27,6 @@ use platform::{Needs, Platform};
 /// (saying so) unless `ROUSE_E2E_KNOWN_GAPS=1` runs them anyway.
 const ROUSE_GAPS: &[(&str, &str)] = &[
     (
-        "domainmapping",
-        "the gateway does not apply the DomainMapping Ingress's rewriteHost, so the domain's \
-         requests find no revision",
-    ),
-    (
         "requestlogs",
         "the install ships no config-observability and the controller does not read it on \
          Kubernetes, so request logs cannot be switched on",
