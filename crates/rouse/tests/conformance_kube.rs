@@ -31,11 +31,6 @@ const ROUSE_GAPS: &[(&str, &str)] = &[
         "the gateway does not apply the DomainMapping Ingress's rewriteHost, so the domain's \
          requests find no revision",
     ),
-    (
-        "requestlogs",
-        "the install ships no config-observability and the controller does not read it on \
-         Kubernetes, so request logs cannot be switched on",
-    ),
 ];
 
 /// The platform each case runs on in this target: its own namespace on the cluster. The

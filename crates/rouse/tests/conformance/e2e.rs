@@ -883,12 +883,14 @@ fn TestRequestLogs() {
         &[("logging.enable-request-log", "false")],
     )
     .unwrap();
+    p.await_request_log(&rev, false);
     assert_eq!(t.get("/?while=off").unwrap().status, 200);
     p.configure(
         "config-observability",
         &[("logging.enable-request-log", "true")],
     )
     .unwrap();
+    p.await_request_log(&rev, true);
     assert_eq!(t.get("/?while=on").unwrap().status, 200);
     eventually(
         "the line of the request after switching on",
