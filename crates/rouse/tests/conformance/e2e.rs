@@ -851,6 +851,7 @@ fn TestRequestLogs() {
         .as_str()
         .unwrap()
         .to_string();
+    p.await_request_log(&rev, true);
     let r = t.get("/").unwrap();
     assert_eq!((r.status, r.body.trim()), (200, HELLO));
 
