@@ -250,6 +250,24 @@ fn h2c_revisions_and_defaults() {
     assert_eq!(value(qp, "QUEUE_SERVING_PORT"), "8013");
     assert_eq!(value(qp, "USER_PORT"), "50051");
     assert_eq!(value(qp, "CONTAINER_CONCURRENCY"), "0");
+    // config-observability's request log switched on reaches the sidecar.
+    cfg.observability = rouse_api::config::observability::ObservabilityConfig::from_data(
+        &[
+            ("logging.enable-request-log".to_string(), "true".to_string()),
+            (
+                "logging.request-log-template".to_string(),
+                "{{.Request.Method}}".to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    )
+    .unwrap();
+    let d = deployment(&rev, &cfg, 1);
+    let qp = &d.spec.unwrap().template.spec.unwrap().containers[1];
+    let o11y: serde_json::Value = serde_json::from_str(&value(qp, "OBSERVABILITY_CONFIG")).unwrap();
+    assert_eq!(o11y["enableRequestLog"], true);
+    assert_eq!(o11y["requestLogTemplate"], "{{.Request.Method}}");
     // No readiness probe given: Knative's TCP probe on the user port.
     let probe = queue_readiness_probe(&rev.spec);
     assert_eq!(

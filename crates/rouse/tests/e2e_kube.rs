@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::kubectl::{impersonating, kubectl};
 use common::sidecar::{Sidecar, sidecar_env, start_app, start_app_with};
 use serde_json::Value;
 
@@ -37,31 +38,6 @@ fn kubeconfig() -> Option<String> {
 
 fn rouse_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rouse"))
-}
-
-fn kubectl(kc: &str, args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
-    let mut cmd = Command::new("kubectl");
-    cmd.env("KUBECONFIG", kc)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl runs");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 fn get_json(kc: &str, what: &str) -> Option<Value> {
@@ -951,36 +927,11 @@ fn extra_address(ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
     usable().then_some(ip)
 }
 
-/// A kubeconfig like `kc` that acts as the install's ServiceAccount `account`, so what the
-/// role does is checked against its RBAC.
-fn impersonating(kc: &str, account: &str, dir: &std::path::Path) -> PathBuf {
-    let (ok, out) = kubectl(
-        kc,
-        &[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "--flatten",
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    assert!(ok, "kubectl config view: {out}");
-    let mut config: Value = serde_json::from_str(&out).expect("kubeconfig as JSON");
-    config["users"][0]["user"]["as"] =
-        format!("system:serviceaccount:knative-serving:{account}").into();
-    let path = dir.join(format!("{account}.kubeconfig"));
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
-}
-
 /// `rouse activator` or `rouse gateway` with `--kubeconfig`, acting as its ServiceAccount; the
 /// process (with its serving address) and its admin address.
 fn start_hop(role: &str, kc: &str, dir: &std::path::Path) -> (Controller, std::net::SocketAddr) {
     use std::io::BufRead;
-    let kc = impersonating(kc, &format!("rouse-{role}"), dir);
+    let kc = impersonating(kc, &format!("rouse-{role}"), dir).unwrap_or_else(|e| panic!("{e}"));
     let mut child = Command::new(rouse_bin())
         .args([role, "--listen", "127.0.0.1:0", "--kubeconfig"])
         .arg(&kc)
