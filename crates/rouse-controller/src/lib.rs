@@ -73,7 +73,8 @@ pub struct Context {
     pub networking: Arc<dyn Networking>,
     /// Read afresh on each reconcile: ConfigMaps written through the API take effect.
     pub config: SharedConfig,
-    /// The domain routes are served under (`--domain`).
+    /// The domain routes are served under when `config-domain` names none for them
+    /// (`--domain`); [`Context::route_domain`] gives a route's.
     pub domain: String,
     pub queue: WorkQueue<Key>,
     /// Each route's and domain mapping's entries in the gateway's routing table as last
@@ -87,6 +88,12 @@ pub struct Context {
 }
 
 impl Context {
+    /// The domain a Route with `labels` is served under (`config-domain`, else `--domain`;
+    /// cluster-local Routes the cluster's own).
+    pub fn route_domain(&self, labels: &BTreeMap<String, String>) -> String {
+        self.config.get().route_domain(labels, &self.domain)
+    }
+
     /// Enqueues every object, as after a relist: a config change then reaches the objects
     /// that did not change themselves (Knative's global resync).
     pub fn resync(&self) {
@@ -300,9 +307,9 @@ fn enqueue_for(ctx: &Context, kind: Kind, obj: &Value, deleted: bool) {
     match kind {
         Kind::Route => {
             index_route(ctx, obj, deleted);
-            enqueue_mappings_to(ctx, kind, ns, name);
+            enqueue_mappings_to(ctx, kind, obj, ns, name);
         }
-        Kind::Service => enqueue_mappings_to(ctx, kind, ns, name),
+        Kind::Service => enqueue_mappings_to(ctx, kind, obj, ns, name),
         Kind::DomainMapping => enqueue_rival_mappings(ctx, ns, name),
         Kind::Configuration => {
             // Routes resolve configurations by name: recheck those following it.
@@ -330,12 +337,18 @@ fn enqueue_for(ctx: &Context, kind: Kind, obj: &Value, deleted: bool) {
 /// Enqueues the DomainMappings in `ns` whose `spec.ref` names this Service or Route (its
 /// coming or going resolves them or not) and, for a Route, those in any namespace named like
 /// its own host (which the route then takes).
-fn enqueue_mappings_to(ctx: &Context, kind: Kind, ns: &str, name: &str) {
+fn enqueue_mappings_to(ctx: &Context, kind: Kind, obj: &Value, ns: &str, name: &str) {
     let Ok((mappings, _)) = ctx.client.store().list(Kind::DomainMapping, None) else {
         return;
     };
-    let host =
-        (kind == Kind::Route).then(|| ctx.config.get().network.route_host(name, ns, &ctx.domain));
+    let host = (kind == Kind::Route).then(|| {
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(obj["metadata"]["labels"].clone()).unwrap_or_default();
+        ctx.config
+            .get()
+            .network
+            .route_host(name, ns, &ctx.route_domain(&labels))
+    });
     for m in &mappings {
         let meta = &m["metadata"];
         let (dm_ns, dm) = (

@@ -525,6 +525,44 @@ mod tests {
     }
 
     #[test]
+    fn config_observability_feeds_the_deployment_builder() {
+        // The request log is in the Deployment (the sidecar's OBSERVABILITY_CONFIG), so
+        // switching it changes the Deployment config and rolls the revisions' pods.
+        let base = DeploymentConfig::default();
+        let mut set = ConfigSet::default();
+        let before = deployment_config(&set.config(), &set.deployment(), &base);
+        assert!(!before.observability.enable_request_log);
+        assert!(
+            set.offer(
+                rouse_api::config::observability::NAME,
+                Some(data(&[
+                    ("logging.enable-request-log", "true"),
+                    ("logging.request-log-template", "{{.Request.Method}}"),
+                ])),
+            )
+            .unwrap()
+        );
+        let on = deployment_config(&set.config(), &set.deployment(), &base);
+        assert!(on.observability.enable_request_log);
+        assert_ne!(on, before);
+        // A template the sidecar cannot run is refused; the last good one stays.
+        let err = set
+            .offer(
+                rouse_api::config::observability::NAME,
+                Some(data(&[(
+                    "logging.request-log-template",
+                    "{{if .Request.Method}}x{{end}}",
+                )])),
+            )
+            .unwrap_err();
+        assert_eq!(err.key, "logging.request-log-template");
+        assert_eq!(
+            deployment_config(&set.config(), &set.deployment(), &base),
+            on
+        );
+    }
+
+    #[test]
     fn queue_resources_from_config_deployment_and_the_defaults_flag() {
         let mut set = ConfigSet::default();
         set.offer(

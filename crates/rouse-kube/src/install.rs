@@ -392,6 +392,17 @@ pub const CONFIG_DEFAULTS: &[(&str, &[(&str, &str)])] = &[
             ("digest-resolution-timeout", "10s"),
         ],
     ),
+    (
+        "config-observability",
+        &[
+            ("logging.enable-request-log", "false"),
+            ("logging.enable-probe-request-log", "false"),
+            (
+                "logging.request-log-template",
+                rouse_api::config::observability::DEFAULT_REQUEST_LOG_TEMPLATE,
+            ),
+        ],
+    ),
 ];
 
 /// Knative's ConfigMaps: the defaults documented under `_example` (as Knative ships them: the
@@ -448,7 +459,13 @@ const EXAMPLE_HEADER: &str = "################################\n\
 fn example_text(name: &str, defaults: &[(&str, &str)]) -> String {
     let mut s = format!("{EXAMPLE_HEADER}# {name}\n");
     for (k, v) in defaults {
-        s.push_str(&format!("{k}: \"{v}\"\n"));
+        // A value with double quotes (the request-log template) is single-quoted, so the
+        // example stays YAML an operator can copy.
+        if v.contains('"') {
+            s.push_str(&format!("{k}: '{v}'\n"));
+        } else {
+            s.push_str(&format!("{k}: \"{v}\"\n"));
+        }
     }
     s
 }

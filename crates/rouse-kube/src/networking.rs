@@ -56,7 +56,7 @@ pub struct KubeNetworking {
     client: kube::Client,
     handle: Handle,
     store: Arc<dyn Store>,
-    /// Replaced when config-network or config-features change.
+    /// Replaced when config-network, config-domain or config-features change.
     ingress: Mutex<IngressConfig>,
     /// The mode each revision's public endpoints were last written in.
     modes: Arc<Mutex<HashMap<RevisionKey, SksMode>>>,
@@ -308,30 +308,31 @@ pub fn resolved_targets(route: &Route) -> Vec<ResolvedTarget> {
         .collect()
 }
 
-/// A Route's targets from the routing table: its default host `{name}.{ns}.{domain}` and its
-/// tag hosts `{tag}-{name}.{ns}.{domain}` (Knative's default domain and tag templates);
-/// `h2c` is the caller's to set.
-pub fn targets_from_table(route: &Route, table: &[HostRoute], domain: &str) -> Vec<ResolvedTarget> {
-    let suffix = format!(
-        "{}.{}.{domain}",
-        route.metadata.name, route.metadata.namespace
-    );
+/// A Route's targets from the routing table: its default host and its tags' hosts, as the
+/// Route reconciler renders them (`domain-template`, `tag-template`, the Route's domain; the
+/// tags those its spec or status name); `h2c` is the caller's to set.
+pub fn targets_from_table(
+    route: &Route,
+    table: &[HostRoute],
+    cfg: &IngressConfig,
+) -> Vec<ResolvedTarget> {
+    let (name, ns) = (&route.metadata.name, &route.metadata.namespace);
+    let domain = cfg.route_domain(route);
+    let mut hosts: HashMap<String, String> =
+        HashMap::from([(cfg.network.route_host(name, ns, &domain), String::new())]);
+    let tags = route.spec.traffic.iter().map(|t| &t.tag);
+    for tag in tags.chain(route.status.traffic.iter().map(|t| &t.tag)) {
+        if !tag.is_empty() {
+            hosts.insert(cfg.network.tag_host(tag, name, ns, &domain), tag.clone());
+        }
+    }
     let mut out = Vec::new();
     for hr in table {
-        let tag = if hr.host == suffix {
-            String::new()
-        } else if let Some(tag) = hr
-            .host
-            .strip_suffix(suffix.as_str())
-            .and_then(|p| p.strip_suffix('-'))
-            .filter(|t| !t.is_empty() && !t.contains('.'))
-        {
-            tag.to_string()
-        } else {
+        let Some(tag) = hosts.get(&hr.host) else {
             continue;
         };
-        for (ns, revision, percent) in &hr.targets {
-            if *ns == route.metadata.namespace {
+        for (target_ns, revision, percent) in &hr.targets {
+            if target_ns == ns {
                 out.push(ResolvedTarget {
                     tag: tag.clone(),
                     revision: revision.clone(),
@@ -398,12 +399,11 @@ impl Networking for KubeNetworking {
             }
         };
         let cfg = lock(&self.ingress).clone();
-        let domain = &cfg.domain;
         let mut ingresses: Vec<_> = routes
             .into_iter()
             .filter_map(|v| Route::from_value(v).ok())
             .filter_map(|r| {
-                let targets = targets_from_table(&r, &table, domain);
+                let targets = targets_from_table(&r, &table, &cfg);
                 let mut targets = if targets.is_empty() {
                     resolved_targets(&r)
                 } else {
@@ -547,7 +547,57 @@ impl Networking for KubeNetworking {
 mod tests {
     use super::*;
     use rouse_api::condition::ConditionStatus;
+    use rouse_api::config::network::NetworkConfig;
     use serde_json::json;
+
+    #[test]
+    fn a_routes_targets_are_found_by_its_own_hosts_whatever_the_templates_and_domain() {
+        let cfg = IngressConfig {
+            network: NetworkConfig::from_data(&rouse_api::config::data(&[
+                ("domain-template", "{{.Name}}-{{.Namespace}}.{{.Domain}}"),
+                ("tag-template", "{{.Name}}--{{.Tag}}"),
+            ]))
+            .unwrap(),
+            domain: "example.com".into(),
+            domains: rouse_api::config::domain::DomainConfig::from_data(&rouse_api::config::data(
+                &[("prod.example.org", "selector: {app: prod}")],
+            ))
+            .unwrap(),
+            tag_header_routing: false,
+        };
+        let mut route = Route::new_named("shop", "cart");
+        route.metadata.labels.insert("app".into(), "prod".into());
+        route.spec.traffic = vec![rouse_api::serving::TrafficTarget {
+            tag: "blue".into(),
+            revision_name: "cart-00002".into(),
+            ..Default::default()
+        }];
+        let entry = |host: &str, revision: &str| HostRoute {
+            host: host.into(),
+            targets: vec![("shop".into(), revision.into(), 100)],
+            unavailable: None,
+            tags: Vec::new(),
+            rewrite_host: None,
+        };
+        let table = [
+            entry("cart-shop.prod.example.org", "cart-00001"),
+            entry("cart--blue-shop.prod.example.org", "cart-00002"),
+            // Another route's, and this route's host under the fallback domain: not its own.
+            entry("other-shop.prod.example.org", "other-00001"),
+            entry("cart-shop.example.com", "cart-00009"),
+        ];
+        let found: Vec<(String, String)> = targets_from_table(&route, &table, &cfg)
+            .into_iter()
+            .map(|t| (t.tag, t.revision))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (String::new(), "cart-00001".to_string()),
+                ("blue".to_string(), "cart-00002".to_string())
+            ]
+        );
+    }
 
     fn stored(generation: i64, observed: i64, ready: Value) -> Value {
         json!({"metadata": {"name": "cart", "namespace": "shop", "generation": generation},

@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 
+use rouse_api::config::domain::DomainConfig;
 use rouse_api::config::network::NetworkConfig;
 use rouse_api::ingress::{
     ANNOTATION_CLASS, HeaderMatch, HttpIngressPath, HttpIngressRuleValue, Ingress,
     IngressBackendSplit, IngressRule, IngressSpec,
 };
 use rouse_api::meta::Resource;
-use rouse_api::serving::{IntOrString, LABEL_SERVICE, LABEL_VISIBILITY, Route};
+use rouse_api::serving::{IntOrString, LABEL_SERVICE, Route};
 
 /// Header naming the revision a request was routed to.
 pub const HEADER_REVISION: &str = "Knative-Serving-Revision";
@@ -43,24 +44,34 @@ pub struct ResolvedTarget {
 pub struct IngressConfig {
     /// `config-network`.
     pub network: NetworkConfig,
-    /// The external domain for this route (`config-domain`); `svc.cluster.local` (none
-    /// configured) makes the route cluster-local only.
+    /// The external domain of the Routes `config-domain` names none for (`--domain`);
+    /// `svc.cluster.local` makes them cluster-local only.
     pub domain: String,
+    /// `config-domain`: the domains Routes are served under, chosen by their labels.
+    pub domains: DomainConfig,
     /// `config-features` `tag-header-based-routing`.
     pub tag_header_routing: bool,
+}
+
+impl IngressConfig {
+    /// The domain `route` is served under, as the Route reconciler computes it for its URL.
+    pub fn route_domain(&self, route: &Route) -> String {
+        self.domains.route_domain(
+            &route.metadata.labels,
+            &self.domain,
+            &self.network.cluster_domain,
+        )
+    }
 }
 
 /// The Ingress for a Route, named after it and owned by it.
 pub fn ingress(route: &Route, targets: &[ResolvedTarget], cfg: &IngressConfig) -> Ingress {
     let name = &route.metadata.name;
     let ns = &route.metadata.namespace;
-    let cluster_local = cfg.domain == CLUSTER_LOCAL_DOMAIN
-        || route
-            .metadata
-            .labels
-            .get(LABEL_VISIBILITY)
-            .map(String::as_str)
-            == Some("cluster-local");
+    let domain = cfg.route_domain(route);
+    // A cluster-local Route (by its label, or with no external domain) gets no external rule.
+    let cluster_local =
+        domain == CLUSTER_LOCAL_DOMAIN || domain == format!("svc.{}", cfg.network.cluster_domain);
 
     // Traffic names in order: the default first, then tags as they first appear.
     let mut names: Vec<&str> = vec![""];
@@ -171,7 +182,7 @@ pub fn ingress(route: &Route, targets: &[ResolvedTarget], cfg: &IngressConfig) -
         });
         if !cluster_local {
             rules.push(IngressRule {
-                hosts: vec![host(&cfg.domain)],
+                hosts: vec![host(&domain)],
                 visibility: "ExternalIP".into(),
                 http: Some(HttpIngressRuleValue { paths }),
             });

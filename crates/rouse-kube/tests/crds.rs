@@ -534,6 +534,7 @@ fn the_route_ingress_fits_the_ingress_crd() {
         &IngressConfig {
             network: Default::default(),
             domain: "example.com".into(),
+            domains: Default::default(),
             tag_header_routing: true,
         },
     );

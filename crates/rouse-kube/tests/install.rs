@@ -137,6 +137,7 @@ fn kinds_and_names() {
         "ConfigMap/config-gc",
         "ConfigMap/config-features",
         "ConfigMap/config-deployment",
+        "ConfigMap/config-observability",
         "Deployment/controller",
         "Deployment/activator",
         "Deployment/gateway",
@@ -408,7 +409,7 @@ fn rbac_is_least_privilege() {
     assert_eq!(b["roleRef"]["name"], "rouse-gateway");
 }
 
-/// Reads `key: "value"` lines of an `_example` block.
+/// Reads `key: "value"` (or `key: 'value'`) lines of an `_example` block.
 fn example_data(cm: &Value) -> ConfigData {
     cm["data"]["_example"]
         .as_str()
@@ -419,14 +420,18 @@ fn example_data(cm: &Value) -> ConfigData {
             let (k, v) = l
                 .split_once(": ")
                 .unwrap_or_else(|| panic!("bad line {l:?}"));
-            (k.to_string(), v.trim_matches('"').to_string())
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or_else(|| v.trim_matches('"'));
+            (k.to_string(), v.to_string())
         })
         .collect()
 }
 
 #[test]
 fn configmaps_document_knatives_defaults() {
-    use rouse_api::config::{autoscaler, defaults, features, gc, network};
+    use rouse_api::config::{autoscaler, defaults, features, gc, network, observability};
     let docs = docs();
     let cm = |name: &str| find(&docs, "ConfigMap", name);
     // The documented defaults, parsed by Rouse's own config code, are its defaults.
@@ -449,6 +454,11 @@ fn configmaps_document_knatives_defaults() {
     assert_eq!(
         features::FeaturesConfig::from_data(&example_data(cm("config-features"))).unwrap(),
         features::FeaturesConfig::from_data(&ConfigData::new()).unwrap()
+    );
+    assert_eq!(
+        observability::ObservabilityConfig::from_data(&example_data(cm("config-observability")))
+            .unwrap(),
+        observability::ObservabilityConfig::default()
     );
     // Every key of the table is in its ConfigMap's example.
     for (name, keys) in CONFIG_DEFAULTS {

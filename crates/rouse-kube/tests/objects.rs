@@ -251,6 +251,24 @@ fn h2c_revisions_and_defaults() {
     assert_eq!(value(qp, "QUEUE_SERVING_PORT"), "8013");
     assert_eq!(value(qp, "USER_PORT"), "50051");
     assert_eq!(value(qp, "CONTAINER_CONCURRENCY"), "0");
+    // config-observability's request log switched on reaches the sidecar.
+    cfg.observability = rouse_api::config::observability::ObservabilityConfig::from_data(
+        &[
+            ("logging.enable-request-log".to_string(), "true".to_string()),
+            (
+                "logging.request-log-template".to_string(),
+                "{{.Request.Method}}".to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    )
+    .unwrap();
+    let d = deployment(&rev, &cfg, 1);
+    let qp = &d.spec.unwrap().template.spec.unwrap().containers[1];
+    let o11y: serde_json::Value = serde_json::from_str(&value(qp, "OBSERVABILITY_CONFIG")).unwrap();
+    assert_eq!(o11y["enableRequestLog"], true);
+    assert_eq!(o11y["requestLogTemplate"], "{{.Request.Method}}");
     // No readiness probe given: Knative's TCP probe on the user port.
     let probe = queue_readiness_probe(&rev.spec);
     assert_eq!(
@@ -535,6 +553,7 @@ fn cfg(domain: &str, tag_header_routing: bool) -> IngressConfig {
             ..Default::default()
         },
         domain: domain.into(),
+        domains: Default::default(),
         tag_header_routing,
     }
 }
@@ -694,4 +713,45 @@ fn a_routes_cluster_local_services() {
     assert!(local_service::controlled_by(&svc, "route-uid"));
     assert!(!local_service::controlled_by(&svc, "other-uid"));
     assert!(!local_service::controlled_by(&svc, ""));
+}
+
+#[test]
+fn ingress_hosts_take_the_domain_config_domain_selects() {
+    // config-domain: a default and a domain for `app: prod`; the visibility label still wins.
+    let mut c = cfg("example.com", false);
+    c.domains = rouse_api::config::domain::DomainConfig::from_data(&rouse_api::config::data(&[
+        ("default.example.org", ""),
+        ("prod.example.org", "selector:\n  app: prod\n"),
+    ]))
+    .unwrap();
+    let external = |labels: &[(&str, &str)]| -> Vec<String> {
+        ingress(&route(labels), &targets(), &c)
+            .spec
+            .rules
+            .iter()
+            .filter(|r| r.visibility == "ExternalIP")
+            .flat_map(|r| r.hosts.clone())
+            .collect()
+    };
+    assert_eq!(
+        external(&[]),
+        [
+            "cart.shop.default.example.org",
+            "canary-cart.shop.default.example.org"
+        ]
+    );
+    assert_eq!(
+        external(&[("app", "prod")]),
+        [
+            "cart.shop.prod.example.org",
+            "canary-cart.shop.prod.example.org"
+        ]
+    );
+    assert!(
+        external(&[
+            ("app", "prod"),
+            ("networking.knative.dev/visibility", "cluster-local")
+        ])
+        .is_empty()
+    );
 }

@@ -334,6 +334,7 @@ async fn a_served_domain_mapping_gets_its_ingress() {
                 ..Default::default()
             },
             domain: "example.com".into(),
+            domains: Default::default(),
             tag_header_routing: false,
         },
     );
@@ -537,6 +538,7 @@ fn example_networking(
         IngressConfig {
             network: Default::default(),
             domain: "example.com".into(),
+            domains: Default::default(),
             tag_header_routing: false,
         },
     )
@@ -724,7 +726,9 @@ async fn a_routes_cluster_local_services_follow_its_ingress() {
     fake.put(
         ROUTES,
         json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
-               "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"}}),
+               "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"},
+               "spec": {"traffic": [{"revisionName": "cart-00001", "percent": 100},
+                                    {"revisionName": "cart-00001", "tag": "canary"}]}}),
     );
     let owned_by_cart = json!([{"apiVersion": "serving.knative.dev/v1", "kind": "Route",
                                 "name": "cart", "uid": "route-uid", "controller": true}]);

@@ -298,6 +298,7 @@ async fn a_revisions_objects_and_a_routes_ingress_are_server_side_applied() {
         &IngressConfig {
             network: Default::default(),
             domain: "example.com".into(),
+            domains: Default::default(),
             tag_header_routing: false,
         },
     );

@@ -25,18 +25,7 @@ use platform::{Needs, Platform};
 
 /// Cases that apply on Kubernetes but need what Rouse does not do there yet, and what: skipped
 /// (saying so) unless `ROUSE_E2E_KNOWN_GAPS=1` runs them anyway.
-const ROUSE_GAPS: &[(&str, &str)] = &[
-    (
-        "domainmapping",
-        "the gateway does not apply the DomainMapping Ingress's rewriteHost, so the domain's \
-         requests find no revision",
-    ),
-    (
-        "requestlogs",
-        "the install ships no config-observability and the controller does not read it on \
-         Kubernetes, so request logs cannot be switched on",
-    ),
-];
+const ROUSE_GAPS: &[(&str, &str)] = &[];
 
 /// The platform each case runs on in this target: its own namespace on the cluster. The
 /// autoscaler's short windows are set for every case, so `needs` asks nothing more.

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::kubectl::{impersonating, kubectl};
 use common::sidecar::{Sidecar, sidecar_env, start_app, start_app_with};
 use serde_json::Value;
 
@@ -37,31 +38,6 @@ fn kubeconfig() -> Option<String> {
 
 fn rouse_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rouse"))
-}
-
-fn kubectl(kc: &str, args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
-    let mut cmd = Command::new("kubectl");
-    cmd.env("KUBECONFIG", kc)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl runs");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 fn get_json(kc: &str, what: &str) -> Option<Value> {
@@ -453,8 +429,9 @@ fn a_knative_service_on_a_real_api_server() {
     let route = get_json(&kc, "route/hello").unwrap();
     assert_eq!(condition(&route, "IngressReady").0, "True", "{route}");
     through_the_gateway(gateway.listening, pod_ip.is_some());
+    // Before the split: its second pod is gone once the split is checked.
+    domain_mapping(&kc, gateway.listening, pod_ip.is_some());
     traffic_split(&kc, gateway.listening, pod_ip.is_some());
-    domain_mapping(&kc);
 
     // Leader hand-over: a second replica follows while the first leads, and takes the Lease
     // once the first is gone (after the Lease's 15 s duration).
@@ -517,6 +494,7 @@ fn a_knative_service_on_a_real_api_server() {
         || get_json(&kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
     );
 
+    config_domain(&kc);
     config_deployment_rolls_existing_revisions(&kc);
     scale_to_zero(&kc, second.1);
 
@@ -536,9 +514,9 @@ fn a_knative_service_on_a_real_api_server() {
 }
 
 /// A DomainMapping to `hello`: its Ingress shaped as Knative's (the domain, `rewriteHost` to
-/// the Service's cluster-local host), and the mapping Ready once the gateway marks that
-/// Ingress Ready; deleted after.
-fn domain_mapping(kc: &str) {
+/// the Service's cluster-local host), the mapping Ready once the gateway marks that Ingress
+/// Ready, and a request for the domain through the gateway served by `hello`; deleted after.
+fn domain_mapping(kc: &str, gateway: std::net::SocketAddr, pod_runs: bool) {
     const DOMAIN: &str = "hello.rouse-e2e.example.org";
     let dm = format!(
         "apiVersion: serving.knative.dev/v1beta1\nkind: DomainMapping\nmetadata:\n  name: {DOMAIN}\n  namespace: {NS}\n\
@@ -575,8 +553,69 @@ fn domain_mapping(kc: &str) {
         .is_some_and(|i| ready(&i)),
         "the gateway marked the mapping's Ingress Ready"
     );
+    if pod_runs {
+        let r = common::http_get(gateway, DOMAIN, "/").expect("a request for the domain");
+        assert_eq!(
+            r.status, 200,
+            "the mapped domain through the gateway: {r:?}"
+        );
+    }
     let (ok, out) = kubectl(kc, &["delete", "-n", NS, "domainmapping", DOMAIN], None);
     assert!(ok, "delete the DomainMapping: {out}");
+}
+
+/// config-domain (which `rouse install` does not write): a default domain moves the Service's
+/// URL and its Ingress' external host; deleting the ConfigMap brings back `--domain`'s.
+fn config_domain(kc: &str) {
+    let cm = |key: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-domain\n  namespace: knative-serving\n\
+             data:\n  {key}: \"\"\n"
+        )
+    };
+    let (ok, out) = kubectl(
+        kc,
+        &["apply", "-f", "-"],
+        Some(cm("e2e.example.net").as_bytes()),
+    );
+    assert!(ok, "config-domain: {out}");
+    let host = format!("hello.{NS}.e2e.example.net");
+    let url = format!("http://{host}");
+    until(
+        "the URL from config-domain",
+        Duration::from_secs(60),
+        || get_json(kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
+    );
+    until(
+        "the Ingress' external host from config-domain",
+        Duration::from_secs(60),
+        || {
+            let ing = get_json(kc, "ingresses.networking.internal.knative.dev/hello")?;
+            ing["spec"]["rules"]
+                .as_array()?
+                .iter()
+                .any(|r| r["visibility"] == "ExternalIP" && r["hosts"][0] == host.as_str())
+                .then_some(())
+        },
+    );
+    let (ok, out) = kubectl(
+        kc,
+        &[
+            "delete",
+            "configmap",
+            "-n",
+            "knative-serving",
+            "config-domain",
+        ],
+        None,
+    );
+    assert!(ok, "config-domain deleted: {out}");
+    let url = format!("http://hello.{NS}.example.com");
+    until(
+        "the URL from --domain again",
+        Duration::from_secs(60),
+        || get_json(kc, "ksvc/hello").filter(|s| s["status"]["url"] == url.as_str()),
+    );
 }
 
 /// config-deployment's sidecar resources and progress deadline reach the Deployment of a
@@ -919,36 +958,11 @@ fn extra_address(ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
     usable().then_some(ip)
 }
 
-/// A kubeconfig like `kc` that acts as the install's ServiceAccount `account`, so what the
-/// role does is checked against its RBAC.
-fn impersonating(kc: &str, account: &str, dir: &std::path::Path) -> PathBuf {
-    let (ok, out) = kubectl(
-        kc,
-        &[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "--flatten",
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    assert!(ok, "kubectl config view: {out}");
-    let mut config: Value = serde_json::from_str(&out).expect("kubeconfig as JSON");
-    config["users"][0]["user"]["as"] =
-        format!("system:serviceaccount:knative-serving:{account}").into();
-    let path = dir.join(format!("{account}.kubeconfig"));
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
-}
-
 /// `rouse activator` or `rouse gateway` with `--kubeconfig`, acting as its ServiceAccount; the
 /// process (with its serving address) and its admin address.
 fn start_hop(role: &str, kc: &str, dir: &std::path::Path) -> (Controller, std::net::SocketAddr) {
     use std::io::BufRead;
-    let kc = impersonating(kc, &format!("rouse-{role}"), dir);
+    let kc = impersonating(kc, &format!("rouse-{role}"), dir).unwrap_or_else(|e| panic!("{e}"));
     let mut child = Command::new(rouse_bin())
         .args([role, "--listen", "127.0.0.1:0", "--kubeconfig"])
         .arg(&kc)

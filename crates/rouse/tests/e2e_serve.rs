@@ -394,3 +394,90 @@ fn gradual_rollout_from_config_network_survives_a_restart() {
     let r = p.http_get("roll.default.localhost", "/").unwrap();
     assert_eq!((r.status, r.body.trim()), (200, "v2"));
 }
+
+/// A Service manifest labelled `labels` (the Route gets them too).
+fn labelled(manifest: &str, name: &str, labels: &[(&str, &str)]) -> String {
+    let mut meta = format!("metadata:\n  name: {name}\n  labels:\n");
+    for (k, v) in labels {
+        meta.push_str(&format!("    {k}: \"{v}\"\n"));
+    }
+    manifest.replacen(&format!("metadata:\n  name: {name}\n"), &meta, 1)
+}
+
+/// Writes config-domain through the API; returns the response.
+fn put_config_domain(p: &Platform, data: serde_json::Value) -> HttpResponse {
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "config-domain", "namespace": "knative-serving"},
+        "data": data,
+    });
+    api_request(
+        p,
+        "PUT",
+        "/api/v1/namespaces/knative-serving/configmaps/config-domain",
+        &[("Content-Type", "application/json")],
+        &body.to_string(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn config_domain_chooses_a_routes_domain_by_its_labels_live() {
+    // config-domain names a domain for `app: prod` only: other routes keep --domain.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config-domain.yaml");
+    std::fs::write(
+        &cfg,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-domain\n  namespace: knative-serving\ndata:\n  prod.example.org: |\n    selector:\n      app: prod\n",
+    )
+    .unwrap();
+    let p = Platform::start_with(&["--config", cfg.to_str().unwrap()]);
+    let marker = unique_marker("config-domain");
+    p.apply_wait(&service_yaml("plain", &marker, &[]));
+    p.apply_wait(&labelled(
+        &service_yaml("shop", &marker, &[]),
+        "shop",
+        &[("app", "prod")],
+    ));
+    let url = |name: &str| p.get_json("ksvc", name).unwrap()["status"]["url"].clone();
+    assert_eq!(url("plain"), "http://plain.default.localhost");
+    assert_eq!(url("shop"), "http://shop.default.prod.example.org");
+    let r = p.http_get("shop.default.prod.example.org", "/").unwrap();
+    assert_eq!((r.status, r.body.trim()), (200, HELLO), "{r:?}");
+    assert_eq!(
+        p.http_get("shop.default.localhost", "/").unwrap().status,
+        404
+    );
+    let r = p.http_get("plain.default.localhost", "/").unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // An invalid change is refused, naming the key; the running config stays.
+    let r = put_config_domain(&p, serde_json::json!({"Shop.Example.org": ""}));
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(r.body.contains("config-domain: Shop.Example.org:"), "{r:?}");
+
+    // A new default for every route, and the prod routes moved: in effect without a restart.
+    let r = put_config_domain(
+        &p,
+        serde_json::json!({
+            "example.net": "",
+            "live.example.org": "selector:\n  app: prod\n",
+        }),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    eventually("the routes' new URLs", PATIENCE, || {
+        (url("shop") == "http://shop.default.live.example.org"
+            && url("plain") == "http://plain.default.example.net")
+            .then_some(())
+    });
+    let r = p.http_get("shop.default.live.example.org", "/").unwrap();
+    assert_eq!((r.status, r.body.trim()), (200, HELLO), "{r:?}");
+    let r = p.http_get("plain.default.example.net", "/").unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        p.http_get("shop.default.prod.example.org", "/")
+            .unwrap()
+            .status,
+        404
+    );
+}

@@ -39,10 +39,19 @@ fn sidecar_commands() -> [Command; 2] {
 
 /// One request (`Connection: close`); the status, head (lowercase) and raw body.
 fn exchange(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    exchange_as(addr, "hello.default.example.com", path, headers)
+}
+
+/// [`exchange`] for `host`.
+fn exchange_as(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req =
-        format!("GET {path} HTTP/1.1\r\nHost: hello.default.example.com\r\nConnection: close\r\n");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -713,7 +722,7 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
             "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
             "metadata": {"name": "hello", "namespace": "default",
                 "annotations": {"networking.knative.dev/ingress.class": "rouse.ingress.networking.knative.dev"}},
-            "spec": {"rules": [{"hosts": ["hello.default.example.com"], "visibility": "ExternalIP",
+            "spec": {"rules": [{"hosts": ["hello.default.example.com", "hello.default.svc.cluster.local"], "visibility": "ExternalIP",
                 "http": {"paths": [{"splits": [{"serviceNamespace": "default", "serviceName": "hello-00001",
                     "servicePort": 80, "percent": 100,
                     "appendHeaders": {"Knative-Serving-Revision": "hello-00001",
@@ -733,8 +742,8 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
     });
     // Proxy mode: the public Service's endpoints are the activator.
     fake.put(SLICES, slice("hello-00001", "Public", 0, activator.addr));
-    eventually("the Ingress marked Ready by the gateway", PATIENCE, || {
-        let ing = fake.object(INGRESSES, "default", "hello")?;
+    let marked_ready = |name: &str| {
+        let ing = fake.object(INGRESSES, "default", name)?;
         let ready = ing["status"]["conditions"]
             .as_array()?
             .iter()
@@ -743,6 +752,9 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
             && ing["status"]["publicLoadBalancer"]["ingress"][0]["domainInternal"]
                 == "rouse-gateway.knative-serving.svc.cluster.local")
             .then_some(())
+    };
+    eventually("the Ingress marked Ready by the gateway", PATIENCE, || {
+        marked_ready("hello")
     });
 
     // At zero: gateway → activator, where the request waits (once the gateway has seen the
@@ -811,6 +823,38 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
         "every request served: {:?}",
         statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
     );
+
+    // A DomainMapping's Ingress (as the controller writes it): its domain is served as the
+    // target's cluster-local host, which the Route's Ingress routes, with the domain in
+    // `K-Original-Host`, from which the queue-proxy restores the Host the app sees (as
+    // Knative's does).
+    fake.put(
+        INGRESSES,
+        serde_json::json!({
+            "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
+            "metadata": {"name": "app.example.org", "namespace": "default",
+                "annotations": {"networking.knative.dev/ingress.class": "rouse.ingress.networking.knative.dev"}},
+            "spec": {"rules": [{"hosts": ["app.example.org"], "visibility": "ExternalIP",
+                "http": {"paths": [{"rewriteHost": "hello.default.svc.cluster.local",
+                    "splits": [{"serviceNamespace": "default", "serviceName": "hello",
+                        "servicePort": 80, "percent": 100,
+                        "appendHeaders": {"K-Original-Host": "app.example.org"}}]}]}}]},
+        }),
+    );
+    eventually("the mapping's Ingress marked Ready", PATIENCE, || {
+        marked_ready("app.example.org")
+    });
+    let (status, _, body) = exchange_as(gw, "App.Example.org:8080", "/headers", &[]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["host"], "app.example.org", "{seen}");
+    assert!(seen["headers"]["k-original-host"].is_null(), "{seen}");
+    let forwarded = seen["headers"]["forwarded"].as_str().unwrap_or("");
+    assert!(
+        forwarded.contains(r#"host="App.Example.org:8080""#),
+        "{seen}"
+    );
+    assert_eq!(exchange_as(gw, "other.example.org", "/", &[]).0, 404);
 
     // An unknown host is still the gateway's 404, and a deleted Ingress takes its host away.
     fake.remove(INGRESSES, "default", "hello");

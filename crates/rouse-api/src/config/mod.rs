@@ -1,5 +1,5 @@
-//! Knative's ConfigMaps (`config-defaults`, `config-autoscaler`, `config-network`, `config-gc`,
-//! `config-features`, `config-observability`) and Rouse's own `config-rouse`, parsed once into typed, immutable values
+//! Knative's ConfigMaps (`config-defaults`, `config-autoscaler`, `config-network`,
+//! `config-domain`, `config-gc`, `config-features`, `config-observability`) and Rouse's own `config-rouse`, parsed once into typed, immutable values
 //! with Knative's keys and defaults.
 //!
 //! Parsing is stricter than Knative's on purpose: a key Knative does not know, or a value
@@ -9,6 +9,7 @@
 
 pub mod autoscaler;
 pub mod defaults;
+pub mod domain;
 pub mod features;
 pub mod gc;
 pub mod network;
@@ -51,6 +52,8 @@ pub struct Config {
     pub defaults: defaults::DefaultsConfig,
     pub autoscaler: autoscaler::AutoscalerConfig,
     pub network: network::NetworkConfig,
+    /// The domains Routes are served under (`config-domain`); empty: `--domain`.
+    pub domain: domain::DomainConfig,
     pub gc: gc::GcConfig,
     pub features: features::FeaturesConfig,
     pub observability: observability::ObservabilityConfig,
@@ -59,10 +62,11 @@ pub struct Config {
 }
 
 /// The ConfigMaps Rouse reads, by `metadata.name`.
-pub const CONFIGMAP_NAMES: [&str; 7] = [
+pub const CONFIGMAP_NAMES: [&str; 8] = [
     defaults::NAME,
     AUTOSCALER_NAME,
     network::NAME,
+    domain::NAME,
     gc::NAME,
     features::NAME,
     observability::NAME,
@@ -132,9 +136,8 @@ impl SharedConfig {
     }
 }
 
-/// A ConfigMap's data from key/value pairs (the config modules' tests).
-#[cfg(test)]
-pub(crate) fn data(pairs: &[(&str, &str)]) -> ConfigData {
+/// A ConfigMap's data from key/value pairs (tests, here and in the crates using these types).
+pub fn data(pairs: &[(&str, &str)]) -> ConfigData {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -149,7 +152,7 @@ pub const EXAMPLE_KEY: &str = "_example";
 
 impl Config {
     /// Parses one or more ConfigMap YAML documents (multi-document text, `kind: ConfigMap`,
-    /// `metadata.name` one of config-defaults|config-autoscaler|config-network|config-gc|
+    /// `metadata.name` one of config-defaults|config-autoscaler|config-network|config-domain|config-gc|
     /// config-features|config-observability|config-rouse; others -> error). Keys missing take Knative defaults; the `_example`
     /// key is ignored; an unknown key or invalid value -> ConfigError naming configmap+key+why.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
@@ -195,6 +198,7 @@ impl Config {
             match name.as_str() {
                 defaults::NAME => cfg.defaults = defaults::DefaultsConfig::from_data(data)?,
                 network::NAME => cfg.network = network::NetworkConfig::from_data(data)?,
+                domain::NAME => cfg.domain = domain::DomainConfig::from_data(data)?,
                 gc::NAME => cfg.gc = gc::GcConfig::from_data(data)?,
                 features::NAME => cfg.features = features::FeaturesConfig::from_data(data)?,
                 observability::NAME => {
@@ -471,7 +475,7 @@ data:
             ),
             (
                 "kind: ConfigMap\nmetadata: {name: config-deployment}\n",
-                "config-deployment: metadata.name: not a ConfigMap Rouse reads (expected one of config-defaults, config-autoscaler, config-network, config-gc, config-features, config-observability, config-rouse)",
+                "config-deployment: metadata.name: not a ConfigMap Rouse reads (expected one of config-defaults, config-autoscaler, config-network, config-domain, config-gc, config-features, config-observability, config-rouse)",
             ),
             (
                 "kind: ConfigMap\nmetadata: {}\n",

@@ -158,10 +158,11 @@ fn route_with_host(ctx: &Context, domain: &str) -> Result<Option<String>, Reconc
     for r in ctx.client.list::<Route>(None)? {
         let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
         let tags = r.status.traffic.iter().filter(|t| !t.tag.is_empty());
-        let taken = network.route_host(name, ns, &ctx.domain) == domain
+        let route_domain = config.route_domain(&r.metadata.labels, &ctx.domain);
+        let taken = network.route_host(name, ns, &route_domain) == domain
             || tags
                 .into_iter()
-                .any(|t| network.tag_host(&t.tag, name, ns, &ctx.domain) == domain);
+                .any(|t| network.tag_host(&t.tag, name, ns, &route_domain) == domain);
         if taken {
             return Ok(Some(format!("{ns}/{name}")));
         }
@@ -180,16 +181,22 @@ fn resolve(ctx: &Context, dm: &DomainMapping) -> Result<Result<String, String>, 
             r.namespace, r.name
         )));
     }
-    let exists = match (r.api_version.as_str(), r.kind.as_str()) {
-        (SERVING_V1, "Service") => ctx.client.get::<Service>(ns, &r.name)?.is_some(),
-        (SERVING_V1, "Route") => ctx.client.get::<Route>(ns, &r.name)?.is_some(),
+    // The target's labels choose its domain (config-domain): a Service's Route carries them
+    // once created; until then the Service's own.
+    let route = ctx.client.get::<Route>(ns, &r.name)?;
+    let labels = match (r.api_version.as_str(), r.kind.as_str()) {
+        (SERVING_V1, "Service") => match ctx.client.get::<Service>(ns, &r.name)? {
+            Some(svc) => Some(route.map_or(svc.metadata.labels, |r| r.metadata.labels)),
+            None => None,
+        },
+        (SERVING_V1, "Route") => route.map(|r| r.metadata.labels),
         (api_version, kind) => {
             return Ok(Err(format!(
                 "a DomainMapping can point at a Knative Service or Route ({SERVING_V1}), not {kind} in {api_version}"
             )));
         }
     };
-    if !exists {
+    let Some(labels) = labels else {
         let plural = match r.kind.as_str() {
             "Service" => Kind::Service.plural(),
             _ => Kind::Route.plural(),
@@ -198,10 +205,10 @@ fn resolve(ctx: &Context, dm: &DomainMapping) -> Result<Result<String, String>, 
             "{plural}.serving.knative.dev {:?} not found",
             r.name
         )));
-    }
+    };
     Ok(Ok(ctx.config.get().network.route_host(
         &r.name,
         ns,
-        &ctx.domain,
+        &ctx.route_domain(&labels),
     )))
 }

@@ -44,7 +44,7 @@ pub(super) async fn reconcile(
     let mut status = resolve_status(ctx, &route)?;
     let rolling = route_rollout::step(ctx, &route, &mut status, route_rollout::now_nanos());
     refuse_deleted_revisions(ctx, ns, &status)?;
-    let entries = host_routes(ctx, ns, name, &status)?;
+    let entries = host_routes(ctx, &route, &status)?;
     // The data plane is programmed before the status is written, and IngressReady says
     // whether it serves that yet (the networking seam wakes the route when that changes), so
     // a client that waits for Ready never finds the host unrouted.
@@ -128,7 +128,8 @@ fn resolve_status(ctx: &Context, route: &Route) -> Result<RouteStatus, Reconcile
     let name = &route.metadata.name;
     let mut status = route.status.clone();
     status.observed_generation = route.metadata.generation;
-    let host = ctx.config.get().network.route_host(name, ns, &ctx.domain);
+    let domain = ctx.route_domain(&route.metadata.labels);
+    let host = ctx.config.get().network.route_host(name, ns, &domain);
     status.url = format!("http://{host}");
     status.address = Some(Addressable {
         url: status.url.clone(),
@@ -168,6 +169,7 @@ fn resolve(
     route: &Route,
 ) -> Result<Result<Vec<TrafficTarget>, Unresolved>, ReconcileError> {
     let ns = &route.metadata.namespace;
+    let domain = ctx.route_domain(&route.metadata.labels);
     let mut out = Vec::new();
     for t in &route.spec.traffic {
         let revision = if !t.revision_name.is_empty() {
@@ -248,7 +250,7 @@ fn resolve(
                 ctx.config
                     .get()
                     .network
-                    .tag_host(&t.tag, &route.metadata.name, ns, &ctx.domain)
+                    .tag_host(&t.tag, &route.metadata.name, ns, &domain)
             )
         };
         out.push(TrafficTarget {
@@ -288,13 +290,17 @@ fn refuse_deleted_revisions(
 /// A route with no traffic yet gets its host marked unavailable, with why.
 fn host_routes(
     ctx: &Context,
-    ns: &str,
-    name: &str,
+    route: &Route,
     status: &RouteStatus,
 ) -> Result<Vec<HostRoute>, ReconcileError> {
+    let (ns, name) = (
+        route.metadata.namespace.as_str(),
+        route.metadata.name.as_str(),
+    );
+    let domain = ctx.route_domain(&route.metadata.labels);
     if status.traffic.is_empty() {
         return Ok(vec![HostRoute {
-            host: ctx.config.get().network.route_host(name, ns, &ctx.domain),
+            host: ctx.config.get().network.route_host(name, ns, &domain),
             targets: Vec::new(),
             unavailable: Some(not_ready_text(ctx, ns, name, status)?),
             tags: Vec::new(),
@@ -336,7 +342,7 @@ fn host_routes(
         Vec::new()
     };
     let mut out = vec![HostRoute {
-        host: config.network.route_host(name, ns, &ctx.domain),
+        host: config.network.route_host(name, ns, &domain),
         targets: shares
             .into_iter()
             .map(|(rev, p)| (ns.to_string(), rev, p))
@@ -347,7 +353,7 @@ fn host_routes(
     }];
     for (tag, targets) in tagged {
         out.push(HostRoute {
-            host: config.network.tag_host(&tag, name, ns, &ctx.domain),
+            host: config.network.tag_host(&tag, name, ns, &domain),
             targets,
             unavailable: None,
             tags: Vec::new(),
@@ -450,12 +456,21 @@ async fn rebuild_gateway(ctx: &Context) -> Result<(), ReconcileError> {
     });
     for r in &routes {
         let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
-        let entries = host_routes(ctx, ns, name, &r.status)?;
+        let entries = host_routes(ctx, r, &r.status)?;
         if !entries.is_empty() {
             table.insert((Kind::Route, ns.clone(), name.clone()), entries);
         }
     }
     ctx.networking
         .set_routes(table.values().flatten().cloned().collect());
+    // A config change (config-domain, config-network) can move every route's URL and every
+    // mapping's target host: each is looked at again to say so in its status.
+    for r in &routes {
+        let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
+        ctx.queue.add(Key::new(Kind::Route, ns, name));
+    }
+    for (ns, name) in &mappings {
+        ctx.queue.add(Key::new(Kind::DomainMapping, ns, name));
+    }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Knative's ConfigMaps in namespace `knative-serving` (`config-defaults`,
-//! `config-autoscaler`, `config-network`, `config-gc`, `config-features`, `config-rouse`)
+//! `config-autoscaler`, `config-network`, `config-domain`, `config-gc`, `config-features`,
+//! `config-observability`, `config-rouse`)
 //! through the core API: readable, and writable (replace or patch) with the same validation
 //! and messages as `--config`. A write that passes replaces the running config at once (the
 //! API's defaulting, validation and limits, and the controller's reconcilers read it afresh);

@@ -39,7 +39,8 @@ pub struct ControllerArgs {
     /// A kubeconfig for the cluster; without it, the in-cluster service account.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-    /// The domain Routes are served under (config-domain's default).
+    /// The domain of the Routes config-domain names none for (its default when it has no
+    /// key with an empty value).
     #[arg(long, default_value = "example.com")]
     pub domain: String,
     /// This replica's name in the Lease (default: $POD_NAME, else host name and pid).
@@ -241,6 +242,7 @@ fn ingress_config(live: &LiveConfig, domain: &str) -> IngressConfig {
     IngressConfig {
         network: cfg.network.clone(),
         domain: domain.to_string(),
+        domains: cfg.domain.clone(),
         tag_header_routing: cfg.features.get(TAG_HEADER_BASED_ROUTING) == Flag::Enabled,
     }
 }

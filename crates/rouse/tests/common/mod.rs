@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod kubectl;
 pub mod sidecar;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -851,6 +851,7 @@ fn TestRequestLogs() {
         .as_str()
         .unwrap()
         .to_string();
+    p.await_request_log(&rev, true);
     let r = t.get("/").unwrap();
     assert_eq!((r.status, r.body.trim()), (200, HELLO));
 
@@ -883,12 +884,14 @@ fn TestRequestLogs() {
         &[("logging.enable-request-log", "false")],
     )
     .unwrap();
+    p.await_request_log(&rev, false);
     assert_eq!(t.get("/?while=off").unwrap().status, 200);
     p.configure(
         "config-observability",
         &[("logging.enable-request-log", "true")],
     )
     .unwrap();
+    p.await_request_log(&rev, true);
     assert_eq!(t.get("/?while=on").unwrap().status, 200);
     eventually(
         "the line of the request after switching on",

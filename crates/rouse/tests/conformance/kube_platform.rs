@@ -11,7 +11,7 @@
 //! are undone then.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::common::kubectl::{impersonating, kubectl};
 use crate::kubelet::{ImageBinary, Images, Kubelet};
 use crate::platform::{Image, Platform, Target, data_patch, host_of};
 
@@ -46,32 +47,6 @@ pub fn kubeconfig() -> Option<PathBuf> {
 
 fn rouse_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rouse"))
-}
-
-/// Runs kubectl; whether it succeeded and what it printed (stdout, then stderr).
-pub fn kubectl(kc: &Path, args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
-    let mut child = Command::new("kubectl")
-        .env("KUBECONFIG", kc)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs (is it on PATH?)");
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 /// Knative's kinds by the names the cases use: their API path prefix and plural.
@@ -450,33 +425,6 @@ fn until_some<T>(
     }
 }
 
-/// A kubeconfig like `admin` acting as the install's ServiceAccount `account`, so the role
-/// runs with the permissions the install gives it.
-fn impersonating(admin: &Path, account: &str, dir: &Path) -> Result<PathBuf, String> {
-    let (ok, out) = kubectl(
-        admin,
-        &[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "--flatten",
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    if !ok {
-        return Err(format!("kubectl config view: {out}"));
-    }
-    let mut config: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-    config["users"][0]["user"]["as"] =
-        format!("system:serviceaccount:knative-serving:{account}").into();
-    let path = dir.join(format!("{account}.kubeconfig"));
-    std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
-    Ok(path)
-}
-
 /// Starts `rouse ARGS --kubeconfig KC`, its log in `dir/NAME.log`; it dies with the calling
 /// thread.
 #[allow(unsafe_code)]
@@ -832,6 +780,42 @@ impl Platform for Kube {
 
     fn logs(&self, revision: &str) -> String {
         self.cluster.kubelet.logs(&self.ns, revision)
+    }
+
+    fn await_request_log(&self, revision: &str, on: bool) {
+        // Every pod of the revision, terminating ones too (they may still be routed to for
+        // a moment), runs a queue-proxy with the request log as asked.
+        let path = format!(
+            "/api/v1/namespaces/{}/pods?labelSelector=serving.knative.dev%2Frevision%3D{revision}",
+            self.ns
+        );
+        let logs_requests = |pod: &Value| -> Option<bool> {
+            let qp = pod["spec"]["containers"]
+                .as_array()?
+                .iter()
+                .find(|c| c["name"] == "queue-proxy")?;
+            let env = qp["env"]
+                .as_array()?
+                .iter()
+                .find(|e| e["name"] == "OBSERVABILITY_CONFIG")?;
+            let o11y: Value = serde_json::from_str(env["value"].as_str()?).ok()?;
+            o11y["enableRequestLog"].as_bool()
+        };
+        until(
+            &format!("{revision}'s pods with the request log {on}"),
+            crate::platform::PATIENCE * 2,
+            || {
+                let pods = self
+                    .cluster
+                    .api("GET", &path, "application/json", None)
+                    .unwrap_or_default();
+                let pods = pods["items"].as_array().cloned().unwrap_or_default();
+                !pods.is_empty()
+                    && pods.iter().all(|p| logs_requests(p) == Some(on))
+                    && self.live_instances(revision) > 0
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn unstartable_container(&self) -> String {

@@ -146,6 +146,11 @@ pub trait Platform {
     /// What a revision's instances logged, the queue-proxy's lines included (the pods'
     /// `queue-proxy` containers on Kubernetes).
     fn logs(&self, revision: &str) -> String;
+    /// Waits until every instance of the revision logs requests (`on`) or does not. Locally
+    /// the queue-proxies follow `config-observability` live, so nothing to wait for; on
+    /// Kubernetes the sidecar reads it at start (`OBSERVABILITY_CONFIG`), so a change rolls
+    /// the revision's pods.
+    fn await_request_log(&self, _revision: &str, _on: bool) {}
     /// A container (a `- ` list item, 8 spaces in) that cannot start, its problem named
     /// `/nonexistent/program`: locally a program that does not exist; on Kubernetes, as in
     /// Knative's case, an image that cannot be pulled.

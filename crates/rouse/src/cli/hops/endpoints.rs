@@ -78,6 +78,11 @@ pub struct HostRoute {
     /// go to its targets instead.
     #[serde(default)]
     pub tag_routes: Vec<TagRoute>,
+    /// A mapped domain (a DomainMapping's Ingress path's `rewriteHost`): requests for `host`
+    /// take this host's traffic and reach the app with it as their Host (the client's stays in
+    /// `Forwarded`); `targets` and `tag_routes` are then empty.
+    #[serde(default)]
+    pub rewrite_host: Option<String>,
 }
 
 /// A host's traffic for requests naming a tag in `Knative-Serving-Tag`.

@@ -319,9 +319,27 @@ pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects) -> Topology {
             let Some(http) = &rule.http else { continue };
             let mut default: Option<(Vec<Target>, BTreeMap<String, String>)> = None;
             let mut tag_routes = Vec::new();
+            let mut rewrite: Option<String> = None;
             for path in &http.paths {
                 if !matches!(path.path.as_str(), "" | "/") {
                     tracing::debug!(ingress = %ing.metadata.name, path = %path.path, "path rules are not served; skipped");
+                    continue;
+                }
+                if !path.rewrite_host.is_empty() {
+                    // A DomainMapping's path: its split names the target's own Service, not a
+                    // revision; the gateway serves the domain as the target host, which the
+                    // target Route's Ingress routes (its cluster-local rule).
+                    if path.headers.is_empty() && default.is_none() {
+                        rewrite = Some(path.rewrite_host.clone());
+                        // Knative appends `K-Original-Host` on the split.
+                        let mut headers = path.append_headers.clone();
+                        for split in &path.splits {
+                            headers.extend(split.append_headers.clone());
+                        }
+                        default = Some((Vec::new(), headers));
+                    } else {
+                        tracing::debug!(ingress = %ing.metadata.name, "a header-matched rewriteHost path is not served; skipped");
+                    }
                     continue;
                 }
                 let mut targets = Vec::new();
@@ -372,6 +390,7 @@ pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects) -> Topology {
                         targets: targets.clone(),
                         append_headers: append_headers.clone(),
                         tag_routes: tag_routes.clone(),
+                        rewrite_host: rewrite.clone(),
                     });
                 }
             }
@@ -585,6 +604,7 @@ mod tests {
         let cfg = IngressConfig {
             network,
             domain: "example.com".into(),
+            domains: Default::default(),
             tag_header_routing,
         };
         ingress(&route, targets, &cfg)
@@ -719,6 +739,52 @@ mod tests {
         );
         // No slices yet: the revisions are known, with nowhere to send.
         assert!(t.revisions.iter().all(|r| r.pods.is_empty()));
+    }
+
+    #[test]
+    fn a_domain_mappings_rewrite_host_serves_its_domain_as_the_target_host() {
+        let route = route_ingress(&[target("", "hello-00001", 100, false)], false);
+        let mut dm = rouse_api::domainmapping::DomainMapping::default();
+        dm.metadata.name = "app.example.org".into();
+        dm.metadata.namespace = "shop".into();
+        dm.spec.ref_.name = "hello".into();
+        let cfg = IngressConfig {
+            network: NetworkConfig {
+                ingress_class: ROUSE_CLASS.into(),
+                ..NetworkConfig::default()
+            },
+            domain: "example.com".into(),
+            domains: Default::default(),
+            tag_header_routing: false,
+        };
+        let mapped = rouse_kube::domainmapping::ingress(&dm, &cfg);
+        let t = gateway_topology(&[route, mapped], &Objects::new());
+        let domain = t
+            .routes
+            .iter()
+            .find(|r| r.host == "app.example.org")
+            .expect("the mapped domain is served");
+        assert_eq!(
+            domain.rewrite_host.as_deref(),
+            Some("hello.shop.svc.cluster.local")
+        );
+        assert!(domain.targets.is_empty() && domain.tag_routes.is_empty());
+        assert_eq!(
+            domain
+                .append_headers
+                .get("K-Original-Host")
+                .map(String::as_str),
+            Some("app.example.org")
+        );
+        // The target host is the route's own cluster-local host; the mapping's split (the
+        // target's Service, not a revision) is no revision of the gateway's.
+        assert!(
+            t.routes
+                .iter()
+                .any(|r| r.host == "hello.shop.svc.cluster.local")
+        );
+        let revisions: Vec<&str> = t.revisions.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(revisions, ["hello-00001"]);
     }
 
     #[test]

@@ -329,6 +329,17 @@ fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut Applied<Gateway
     let mut table = RoutingTable::new();
     for route in &t.routes {
         let host = &route.host;
+        if let Some(target) = &route.rewrite_host {
+            // A mapped domain: served as its target host, with its own appended headers
+            // (`K-Original-Host`).
+            table.insert_alias(host.clone(), target.clone());
+            table.insert_appended(
+                host.clone(),
+                String::new(),
+                set_headers(&route.append_headers),
+            );
+            continue;
+        }
         table.insert(host.clone(), route_targets(&route.targets));
         table.insert_appended(
             host.clone(),

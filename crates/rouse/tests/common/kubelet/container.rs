@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What an image stands for here: a binary on this machine (its directory plays the image's
-/// filesystem for a `command` without a path) and the image's own environment.
+/// filesystem for a `command`) and the image's own environment.
 #[derive(Clone, Debug)]
 pub struct ImageBinary {
     pub binary: PathBuf,
@@ -90,9 +90,15 @@ pub fn launch(
     let (program, args) = match c.command.as_deref() {
         Some([first, rest @ ..]) => {
             let p = PathBuf::from(first);
-            // A bare name is looked up in the image (the mapped binary's directory).
+            // The mapped binary's directory plays the image's root: a bare name is looked up
+            // there, and so is an absolute path the directory has (the Rouse image's
+            // `/rouse-queue-proxy` is the built `rouse-queue-proxy` beside `rouse`).
             let p = match (&bin, p.is_absolute()) {
                 (Some(b), false) => b.binary.with_file_name(first),
+                (Some(b), true) => {
+                    let in_image = b.binary.with_file_name(first.trim_start_matches('/'));
+                    if in_image.is_file() { in_image } else { p }
+                }
                 _ => p,
             };
             (p, rest.iter().cloned().chain(args).collect())
