@@ -14,6 +14,7 @@
 //! through Kubernetes' garbage collector along owner references. A write's answer goes into
 //! the cache at once, so a reconciler reads its own writes.
 
+use crate::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -127,10 +128,6 @@ impl ClusterStore {
         }
         obj
     }
-}
-
-fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    inner.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn key_of(obj: &Value) -> ObjectKey {

@@ -27,3 +27,9 @@ pub mod scrape;
 pub mod stat_stream;
 pub mod store;
 pub mod webhook;
+
+/// Locks `m`, taking the data over from a holder that panicked: every lock here guards plain
+/// bookkeeping that stays consistent between statements.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

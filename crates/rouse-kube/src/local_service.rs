@@ -7,6 +7,7 @@
 //! A Service of the same name that the Route does not control is never touched: the Route is
 //! told (`IngressReady=False`, `NotOwned`) as Knative does.
 
+use crate::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
@@ -197,10 +198,6 @@ pub struct LocalServices {
     /// each toward the latest wanted set.
     written: tokio::sync::Mutex<Option<WrittenSet>>,
     not_owned: Mutex<HashMap<Key, String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl LocalServices {

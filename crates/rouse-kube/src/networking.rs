@@ -10,6 +10,7 @@
 //! last written: the seam follows the Ingresses and tells the reconcilers when one's readiness
 //! changes.
 
+use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -132,10 +133,6 @@ impl KubeNetworking {
         T::from_value(v)
             .map_err(|e| StoreError::Backend(format!("{} does not decode: {e}", T::KIND)))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What an owner's readiness is read from: its Ingress's generation and status.

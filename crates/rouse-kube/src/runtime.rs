@@ -7,6 +7,7 @@
 //! Deployments are built (config-deployment, say) applies each revision's Deployment again at
 //! its next `ensure`, so existing revisions roll to it, as Knative's do.
 
+use crate::lock;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -159,10 +160,6 @@ impl KubeRuntime {
             .map_err(|e| format!("scale Deployment {ns}/{name}: {e}"))?;
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn instance(pod: &Pod) -> Option<InstanceInfo> {

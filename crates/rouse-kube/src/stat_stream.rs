@@ -12,9 +12,10 @@
 //! find the new leader, which publishes its pod address as the endpoint of the `autoscaler`
 //! Service ([`advertise`]).
 
+use crate::lock;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use std::convert::Infallible;
@@ -54,10 +55,6 @@ pub struct ActivatorStats {
     loads: Mutex<Vec<ActivatorLoad>>,
     pokes: Mutex<Option<mpsc::UnboundedSender<RevisionId>>>,
     dropping: std::sync::atomic::AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ActivatorStats {
