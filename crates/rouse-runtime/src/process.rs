@@ -542,12 +542,32 @@ fn queue_config(
     }
 }
 
-/// A free loopback port for an app (the OS may hand it out again later, but rarely soon).
+/// A free loopback port for an app, below the kernel's ephemeral range when there is room: a
+/// port from that range can become the source port of any outgoing loopback connection between
+/// this check and the app's bind (likely under load), one below it only another listener's.
 pub(crate) fn free_port() -> std::io::Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > APP_PORT_FLOOR {
+        for _ in 0..APP_PORT_TRIES {
+            let port = fastrand::u16(APP_PORT_FLOOR..ephemeral_low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port())
 }
+
+/// The lowest port handed to an app (above the well-known and registered services most
+/// machines run).
+const APP_PORT_FLOOR: u16 = 10000;
+/// How many ports below the ephemeral range are tried before taking one from it.
+const APP_PORT_TRIES: usize = 32;
 
 /// Runs one instance: starts its queue-proxy, then its process, again after each exit, until
 /// told to stop.
