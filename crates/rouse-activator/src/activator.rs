@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use http::header::HeaderValue;
@@ -34,6 +35,7 @@ impl Activator {
     pub fn new(cfg: ActivatorConfig, poke: Poke) -> Arc<Self> {
         Arc::new(Activator {
             shared: Arc::new(Shared {
+                queue_depth: AtomicUsize::new(cfg.queue_depth),
                 cfg,
                 poke,
                 client: ProxyClient::http1(),
@@ -46,9 +48,18 @@ impl Activator {
         })
     }
 
-    /// The settings it runs with.
-    pub fn config(&self) -> &ActivatorConfig {
-        &self.shared.cfg
+    /// The settings it runs with now.
+    pub fn config(&self) -> ActivatorConfig {
+        ActivatorConfig {
+            queue_depth: self.shared.queue_depth.load(Ordering::Relaxed),
+            ..self.shared.cfg.clone()
+        }
+    }
+
+    /// Changes how many requests may wait per revision (`activator-queue-depth`, followed
+    /// live). Requests already waiting stay; only new arrivals meet the new bound.
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.shared.queue_depth.store(depth, Ordering::Relaxed);
     }
 
     fn revisions(&self) -> MutexGuard<'_, RevisionMap> {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
 /// What every revision shares with the activator.
 pub(crate) struct Shared {
     pub cfg: ActivatorConfig,
+    /// `cfg.queue_depth` as it is now: the config may change it while requests wait.
+    pub queue_depth: AtomicUsize,
     pub poke: Poke,
     /// Forwards to HTTP/1.1 revisions.
     pub client: ProxyClient,
@@ -534,7 +536,7 @@ impl Revision {
             slot: None,
         };
         let params = st.params.clone();
-        if st.waiters.len() >= self.shared.cfg.queue_depth {
+        if st.waiters.len() >= self.shared.queue_depth.load(Ordering::Relaxed) {
             st.counters.overflows += 1;
             return (held, Admission::Full, params);
         }

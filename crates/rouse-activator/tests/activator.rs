@@ -239,6 +239,38 @@ async fn a_full_queue_answers_503_at_once_and_the_rest_are_served() {
     );
 }
 
+#[tokio::test]
+async fn a_new_queue_depth_bounds_new_arrivals_and_keeps_those_waiting() {
+    let (act, _) = activator(1);
+    let waiting = {
+        let act = act.clone();
+        tokio::spawn(async move { read(act.handle(NS, "r", get("/")).await).await })
+    };
+    wait_until("one waiting", || act.waiting(NS, "r") == 1).await;
+    let (status, body, _) = read(act.handle(NS, "r", get("/")).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body.unwrap(), "activator queue full for revision r\n");
+
+    // Raised (config-autoscaler changed): the next request waits too.
+    act.set_queue_depth(2);
+    assert_eq!(act.config().queue_depth, 2);
+    let second = {
+        let act = act.clone();
+        tokio::spawn(async move { read(act.handle(NS, "r", get("/")).await).await })
+    };
+    wait_until("two waiting", || act.waiting(NS, "r") == 2).await;
+    // Lowered below what waits: those waiting stay, a new one is refused.
+    act.set_queue_depth(1);
+    let (status, _, _) = read(act.handle(NS, "r", get("/")).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(act.waiting(NS, "r"), 2);
+    let b = TestBackend::start("b", true).await;
+    act.set_backends(NS, "r", vec![b.addr]);
+    for t in [waiting, second] {
+        assert_eq!(t.await.unwrap().0, StatusCode::OK);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn waiting_past_the_revision_timeout_is_a_503_with_the_reason() {
     let (act, pokes) = activator(100);
