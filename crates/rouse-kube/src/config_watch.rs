@@ -254,19 +254,42 @@ impl LiveConfig {
     }
 }
 
-/// Starts watching the ConfigMaps of `namespace` on `handle`, publishing into `config`.
+/// Starts watching the ConfigMaps of `namespace` on `handle`, publishing into `config`; a
+/// ConfigMap that does not parse is also reported as a Warning Event on it.
 pub fn start(
     client: kube::Client,
     handle: &tokio::runtime::Handle,
     namespace: &str,
     config: SharedConfig,
 ) -> LiveConfig {
+    start_with(client, handle, namespace, config, true)
+}
+
+/// [`start`] for a process that may only read the ConfigMaps (the activator): a ConfigMap
+/// that does not parse is logged once, and the controller (watching the same ConfigMaps)
+/// records the Event.
+pub fn start_reading(
+    client: kube::Client,
+    handle: &tokio::runtime::Handle,
+    namespace: &str,
+    config: SharedConfig,
+) -> LiveConfig {
+    start_with(client, handle, namespace, config, false)
+}
+
+fn start_with(
+    client: kube::Client,
+    handle: &tokio::runtime::Handle,
+    namespace: &str,
+    config: SharedConfig,
+    record_events: bool,
+) -> LiveConfig {
     let (deployment_tx, deployment) = watch::channel(DeploymentSettings::default());
     let (synced_tx, synced) = watch::channel(false);
     let (changes_tx, changes) = watch::channel(0u64);
     let watcher = Watcher {
         api: Api::namespaced(client.clone(), namespace),
-        events: Api::namespaced(client, namespace),
+        events: record_events.then(|| Api::namespaced(client, namespace)),
         namespace: namespace.to_string(),
         set: ConfigSet::default(),
         reported: BTreeMap::new(),
@@ -285,7 +308,8 @@ pub fn start(
 
 struct Watcher {
     api: Api<ConfigMap>,
-    events: Api<Event>,
+    /// Where invalid ConfigMaps are reported (none: logged only).
+    events: Option<Api<Event>>,
     namespace: String,
     set: ConfigSet,
     /// The error last reported per ConfigMap, so each is reported once.
@@ -391,6 +415,9 @@ impl Watcher {
 
     /// A Warning Event on the ConfigMap (`kubectl describe configmap` shows it).
     async fn record_event(&self, cm: &ConfigMap, message: &str) {
+        let Some(events) = &self.events else {
+            return;
+        };
         let name = cm.metadata.name.clone().unwrap_or_default();
         let now = SystemTime::now();
         let nanos = now
@@ -425,7 +452,7 @@ impl Watcher {
             }),
             ..Default::default()
         };
-        if let Err(e) = self.events.create(&PostParams::default(), &event).await {
+        if let Err(e) = events.create(&PostParams::default(), &event).await {
             tracing::warn!(error = %e, "cannot record the Event for an invalid ConfigMap");
         }
     }

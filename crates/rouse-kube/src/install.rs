@@ -233,11 +233,13 @@ fn rbac() -> Vec<Value> {
                     ),
                 ],
             ),
-            // The activator follows Revisions and their Services' EndpointSlices; the gateway
-            // follows Ingresses and the public EndpointSlices, and patches Ingress status.
+            // The activator follows Revisions, their ServerlessServices and their Services'
+            // EndpointSlices, and reads its ConfigMaps; the gateway follows Ingresses and the
+            // public EndpointSlices, and patches Ingress status.
             Role::Activator => (
                 vec![
                     rule(&[serving], &["revisions"], READ),
+                    rule(&[networking], &["serverlessservices"], READ),
                     rule(&["discovery.k8s.io"], &["endpointslices"], READ),
                 ],
                 vec![rule(&[""], &["configmaps"], READ)],

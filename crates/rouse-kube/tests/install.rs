@@ -360,7 +360,14 @@ fn rbac_is_least_privilege() {
     };
     assert_eq!(
         cluster_resources("rouse-activator"),
-        ["revisions", "endpointslices"]
+        ["revisions", "serverlessservices", "endpointslices"]
+    );
+    // Its ConfigMaps it reads in knative-serving only.
+    let activator_ns = find(&docs, "Role", "rouse-activator");
+    assert_eq!(
+        activator_ns["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["configmaps"],
+                            "verbs": ["get", "list", "watch"]}])
     );
     assert_eq!(
         cluster_resources("rouse-gateway"),

@@ -6,11 +6,12 @@
 //!   header-matched paths become header rules, and a revision's endpoints are its public
 //!   slice's addresses — its pods in Serve mode, activators in Proxy mode, as the
 //!   ServerlessService wrote them. Once a version is programmed it marks the Ingresses Ready.
-//! - The activator follows Revisions (containerConcurrency, timeouts, protocol) and the
-//!   revisions' EndpointSlices: the private Service's (its pods, ready or not: it probes them
-//!   itself) and the public one's (the activators in the revision's path). With a
-//!   containerConcurrency it takes only its share of the pods (reference §4.4), so the
-//!   activators together never send a pod more than its capacity.
+//! - The activator follows Revisions (containerConcurrency, timeouts, protocol), their
+//!   ServerlessServices (the revision's mode and private Service: a revision is known while
+//!   its SKS exists) and the revisions' EndpointSlices: the private Service's (its pods, ready
+//!   or not: it probes them itself) and the public one's (the activators in the revision's
+//!   path, in Proxy mode). With a containerConcurrency it takes only its share of the pods
+//!   (reference §4.4), so the activators together never send a pod more than its capacity.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -104,15 +105,21 @@ impl KubeSource {
         }
     }
 
-    /// The activator's view: Revisions and their Services' EndpointSlices. `me` is this
-    /// activator's pod IP (`POD_IP`), if it runs in the cluster.
+    /// The activator's view: Revisions, their ServerlessServices and their Services'
+    /// EndpointSlices. `me` is this activator's pod IP (`POD_IP`), if it runs in the cluster.
     pub fn activator(client: kube::Client, me: Option<IpAddr>) -> KubeSource {
         let revision = rouse_kube::store::api_resource(&rouse_kube::crd::REVISION);
+        let sks = rouse_kube::store::api_resource(&rouse_kube::crd::SERVERLESS_SERVICE);
         let (_informers, receivers) = informers(vec![
             Informer::start(
                 Api::all_with(client.clone(), &revision),
                 "",
                 "revisions.serving.knative.dev",
+            ),
+            Informer::start(
+                Api::all_with(client.clone(), &sks),
+                "",
+                "serverlessservices.networking.internal.knative.dev",
             ),
             Informer::start(
                 slices_api(&client),
@@ -142,9 +149,13 @@ impl KubeSource {
                 *unmarked = ingresses.into_iter().filter(|i| !is_marked(i)).collect();
                 t
             }
-            Role::Activator { me, seen } => {
-                activator_topology(&sets[0].objects, &sets[1].objects, *me, seen)
-            }
+            Role::Activator { me, seen } => activator_topology(
+                &sets[0].objects,
+                &sets[1].objects,
+                &sets[2].objects,
+                *me,
+                seen,
+            ),
         }
     }
 
@@ -437,15 +448,71 @@ impl PodsSeen {
     }
 }
 
-/// The activator's [`Topology`]: every revision with its parameters and the pods this
-/// activator sends to.
+/// What the activator takes from a ServerlessService.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SksView {
+    mode: SksMode,
+    /// The public Service (`status.serviceName`; the SKS's name until it is set).
+    public_service: String,
+    /// The private Service (`status.privateServiceName`; `{revision}-private` until set).
+    private_service: String,
+}
+
+/// The ServerlessServices by the revision they belong to (the `serving.knative.dev/revision`
+/// label, else a Revision owner, else the SKS's own name, which Knative gives it). Read
+/// field by field: another implementation's SKS may carry fields Rouse's types refuse.
+fn serverless_services(objects: &Objects) -> HashMap<(String, String), SksView> {
+    let mut out = HashMap::new();
+    for v in objects.values() {
+        let meta = &v["metadata"];
+        let (Some(ns), Some(name)) = (meta["namespace"].as_str(), meta["name"].as_str()) else {
+            continue;
+        };
+        let owner = meta["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["kind"] == "Revision")
+            .and_then(|o| o["name"].as_str());
+        let revision = meta["labels"][rouse_kube::revision::LABEL_REVISION]
+            .as_str()
+            .or(owner)
+            .unwrap_or(name);
+        let mode = match v["spec"]["mode"].as_str() {
+            Some("Proxy") => SksMode::Proxy,
+            _ => SksMode::Serve,
+        };
+        let status_name = |field: &str| {
+            v["status"][field]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        out.insert(
+            (ns.to_string(), revision.to_string()),
+            SksView {
+                mode,
+                public_service: status_name("serviceName").unwrap_or_else(|| name.to_string()),
+                private_service: status_name("privateServiceName")
+                    .unwrap_or_else(|| rouse_kube::revision::private_service_name(revision)),
+            },
+        );
+    }
+    out
+}
+
+/// The activator's [`Topology`]: every revision that has a ServerlessService, with its
+/// parameters, its SKS mode and the pods this activator sends to. A revision without one
+/// (not yet made, or deleted with its SKS) is not known: nothing routes to it here.
 pub fn activator_topology(
     revisions: &Objects,
+    sks: &Objects,
     slices: &Objects,
     me: Option<IpAddr>,
     seen: &mut PodsSeen,
 ) -> Topology {
     let endpoints = slice_endpoints(slices);
+    let sks = serverless_services(sks);
     seen.keep_only(&endpoints);
     let mut out = Vec::new();
     for v in revisions.values() {
@@ -454,17 +521,27 @@ pub fn activator_topology(
             continue;
         };
         let (ns, name) = (&rev.metadata.namespace, &rev.metadata.name);
+        let Some(view) = sks.get(&(ns.clone(), name.clone())) else {
+            tracing::debug!(namespace = %ns, revision = %name, "no ServerlessService (yet); not served");
+            continue;
+        };
         let h2c = rev.spec.is_h2c();
         let port = if h2c { PORT_H2C } else { PORT_HTTP };
-        let private = (ns.clone(), rouse_kube::revision::private_service_name(name));
-        let pods = seen.pods(endpoints.get(&private), port);
+        let pods = seen.pods(endpoints.get(&(ns.clone(), view.private_service.clone())), port);
         let cc = u32::try_from(rev.spec.container_concurrency.unwrap_or(0).max(0)).unwrap_or(0);
-        // The activators in the revision's path: its public endpoints in Proxy mode.
-        let public: Vec<IpAddr> =
-            addresses(endpoints.get(&(ns.clone(), name.clone())), PORT_HTTP, true)
-                .into_iter()
-                .map(|a| a.ip())
-                .collect();
+        // The activators in the revision's path: its public endpoints in Proxy mode (in Serve
+        // mode they are its pods, and no activator shares them out).
+        let public: Vec<IpAddr> = match view.mode {
+            SksMode::Proxy => addresses(
+                endpoints.get(&(ns.clone(), view.public_service.clone())),
+                PORT_HTTP,
+                true,
+            )
+            .into_iter()
+            .map(|a| a.ip())
+            .collect(),
+            SksMode::Serve => Vec::new(),
+        };
         let index = me.and_then(|me| public.iter().position(|ip| *ip == me));
         let pods = match index {
             Some(i) if cc > 0 => share_of_pods(&pods, i, public.len()),
@@ -474,7 +551,7 @@ pub fn activator_topology(
         out.push(RevisionEndpoints {
             namespace: ns.clone(),
             name: name.clone(),
-            mode: SksMode::Proxy,
+            mode: view.mode,
             pods,
             container_concurrency: cc,
             timeout_seconds: secs(rev.spec.timeout_seconds),
@@ -839,6 +916,82 @@ mod tests {
         })
     }
 
+    /// A ServerlessService as the controller writes it (named after its revision, owned by
+    /// it), with `status.privateServiceName` once reconciled.
+    fn sks_value(revision: &str, mode: &str, private: Option<&str>) -> Value {
+        let mut v = json!({
+            "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "ServerlessService",
+            "metadata": {"name": revision, "namespace": "shop",
+                "ownerReferences": [{"apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+                                     "name": revision, "uid": "u"}]},
+            "spec": {"mode": mode, "protocolType": "http1",
+                     "objectRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                   "name": format!("{revision}-deployment")}},
+        });
+        if let Some(p) = private {
+            v["status"] = json!({"serviceName": revision, "privateServiceName": p});
+        }
+        v
+    }
+
+    #[test]
+    fn the_activator_follows_serverless_services_for_mode_private_service_and_existence() {
+        let revisions = objects(vec![
+            revision("hello-00001", 0, false),
+            revision("other-00001", 0, false),
+        ]);
+        // The private Service named by the SKS's status, not derived from the revision.
+        let mut custom = private_slice("hello-00001", 0, &[("10.0.0.7", true)], 8012);
+        custom["metadata"]["name"] = json!("hello-custom-0");
+        custom["metadata"]["labels"]["kubernetes.io/service-name"] = json!("hello-custom");
+        let slices = objects(vec![
+            custom,
+            private_slice("hello-00001", 0, &[("10.0.0.1", true)], 8012),
+            private_slice("other-00001", 0, &[("10.0.0.3", true)], 8012),
+        ]);
+        let view = |sks: Vec<Value>| {
+            activator_topology(
+                &revisions,
+                &objects(sks),
+                &slices,
+                None,
+                &mut PodsSeen::default(),
+            )
+        };
+        let t = view(vec![sks_value("hello-00001", "Serve", Some("hello-custom"))]);
+        // other-00001 has no SKS: not known.
+        assert_eq!(t.revisions.len(), 1, "{:?}", t.revisions);
+        let hello = &t.revisions[0];
+        assert_eq!(
+            (hello.name.as_str(), hello.mode, hello.pods.as_slice()),
+            ("hello-00001", SksMode::Serve, [addr("10.0.0.7:8012")].as_slice())
+        );
+        // Before the SKS has a status: the `{revision}-private` Service.
+        let t = view(vec![
+            sks_value("hello-00001", "Proxy", None),
+            sks_value("other-00001", "Proxy", None),
+        ]);
+        let rev = |t: &Topology, name: &str| t.revisions.iter().find(|r| r.name == name).cloned();
+        let hello = rev(&t, "hello-00001").unwrap();
+        assert_eq!(
+            (hello.mode, hello.pods.as_slice()),
+            (SksMode::Proxy, [addr("10.0.0.1:8012")].as_slice())
+        );
+        assert_eq!(
+            rev(&t, "other-00001").unwrap().pods,
+            [addr("10.0.0.3:8012")]
+        );
+        // An SKS names its revision by label too (Knative's), whatever its own name.
+        let mut labelled = sks_value("renamed", "Proxy", None);
+        labelled["metadata"]["labels"] = json!({"serving.knative.dev/revision": "other-00001"});
+        labelled["metadata"]["ownerReferences"] = json!([]);
+        let t = view(vec![labelled]);
+        let names: Vec<&str> = t.revisions.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["other-00001"]);
+        // Its SKS gone, the revision is forgotten.
+        assert!(view(Vec::new()).revisions.is_empty());
+    }
+
     #[test]
     fn the_activator_learns_parameters_and_all_pods_probing_the_unready_too() {
         let revisions = objects(vec![
@@ -854,7 +1007,11 @@ mod tests {
             ),
             private_slice("grpc-00001", 0, &[("10.0.0.5", true)], 8012),
         ]);
-        let t = activator_topology(&revisions, &slices, None, &mut PodsSeen::default());
+        let sks = objects(vec![
+            sks_value("hello-00001", "Proxy", None),
+            sks_value("grpc-00001", "Proxy", None),
+        ]);
+        let t = activator_topology(&revisions, &sks, &slices, None, &mut PodsSeen::default());
         let rev = |name: &str| t.revisions.iter().find(|r| r.name == name).unwrap();
         let hello = rev("hello-00001");
         assert_eq!(hello.pods, [addr("10.0.0.1:8012"), addr("10.0.0.2:8012")]);
@@ -879,9 +1036,10 @@ mod tests {
         let revisions = objects(vec![revision("hello-00001", 0, false)]);
         let slices =
             |pods: &[(&str, bool)]| objects(vec![private_slice("hello-00001", 0, pods, 8012)]);
+        let sks = objects(vec![sks_value("hello-00001", "Proxy", None)]);
         let mut seen = PodsSeen::default();
         let pods = |seen: &mut PodsSeen, eps: &[(&str, bool)]| {
-            activator_topology(&revisions, &slices(eps), None, seen).revisions[0]
+            activator_topology(&revisions, &sks, &slices(eps), None, seen).revisions[0]
                 .pods
                 .clone()
         };
@@ -914,9 +1072,11 @@ mod tests {
             &["10.9.0.1", "10.9.0.2"],
         ));
         let slices = objects(slices);
+        let sks = objects(vec![sks_value("hello-00001", "Proxy", None)]);
         let pods_of = |me: Option<&str>| {
             let t = activator_topology(
                 &revisions,
+                &sks,
                 &slices,
                 me.map(|m| m.parse().unwrap()),
                 &mut PodsSeen::default(),

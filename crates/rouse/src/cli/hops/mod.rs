@@ -98,8 +98,6 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
 /// Runs the activator until SIGTERM.
 pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()> {
     let args = &activator_args.hop;
-    let (source, first) =
-        open_source(args, |client| KubeSource::activator(client, args.pod_ip)).await?;
     // Without an autoscaler to push to, the wake-up comes from outside (an operator scaling
     // the Deployment, or a test).
     let push =
@@ -116,6 +114,12 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
         );
     });
     let activator = Activator::new(ActivatorConfig::default(), poke);
+    let mut config = None;
+    let (source, first) = open_source(args, |client| {
+        config = Some(follow_config(client.clone(), &activator));
+        KubeSource::activator(client, args.pod_ip)
+    })
+    .await?;
     let reporter =
         push.map(|p| tokio::spawn(stats_push::report_every_second(activator.clone(), p)));
     let mut known = Applied::new();
@@ -149,7 +153,8 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
         bind(listen, args, "activator", &also, move || act.metrics_text()).await?;
     health.ready.store(first.is_some(), Ordering::SeqCst);
     let act = activator.clone();
-    let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
+    let config_synced = config.map(|c| c.synced);
+    let watcher = tokio::spawn(follow(source, health.clone(), config_synced, move |t| {
         apply_to_activator(&act, &t, &mut known)
     }));
     let front = Arc::new(rouse_activator::ActivatorFront::new(activator.clone()));
@@ -245,6 +250,32 @@ fn apply_revisions<T: PartialEq>(
     gone
 }
 
+/// Follows the activator's ConfigMaps in `knative-serving` (parsed as the controller parses
+/// them; a bad one keeps the last good config and is logged once): `config-autoscaler`'s
+/// `activator-queue-depth` and `config-network`'s `allow-underscores-in-headers` (which
+/// headers reach the apps) take effect as they change.
+fn follow_config(
+    client: ::kube::Client,
+    activator: &Arc<Activator>,
+) -> rouse_kube::config_watch::LiveConfig {
+    let shared = rouse_api::config::SharedConfig::new(rouse_api::config::Config::default());
+    let act = activator.clone();
+    shared.on_change(move |c| {
+        let depth = c.autoscaler.activator_queue_depth;
+        if act.config().queue_depth != depth {
+            tracing::info!(depth, "activator-queue-depth applied");
+            act.set_queue_depth(depth);
+        }
+        rouse_http::set_allow_underscores_in_headers(c.network.allow_underscores_in_headers);
+    });
+    rouse_kube::config_watch::start_reading(
+        client,
+        &tokio::runtime::Handle::current(),
+        rouse_kube::install::NAMESPACE,
+        shared,
+    )
+}
+
 fn apply_to_activator(activator: &Activator, t: &Topology, known: &mut Applied<RevisionEndpoints>) {
     let set = |r: &RevisionEndpoints, _: &RevisionEndpoints| {
         let params = RevisionParams {
@@ -291,7 +322,7 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
         bind(listen, args, "gateway", &[], move || gateway_metrics(&gw)).await?;
     health.ready.store(first.is_some(), Ordering::SeqCst);
     let gw = gateway.clone();
-    let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
+    let watcher = tokio::spawn(follow(source, health.clone(), None, move |t| {
         apply_to_gateway(&gw, &t, &mut known)
     }));
     gateway.serve(listener, terminated_then(health)).await;
@@ -424,12 +455,17 @@ async fn open_source(
 }
 
 /// Applies every new version of the description; a bad one is reported and the last good one
-/// stays in force. The process is ready once one version is applied.
+/// stays in force. The process is ready once one version is applied (and `config_synced`, if
+/// given, says its ConfigMaps were read).
 async fn follow<S: EndpointsSource>(
     mut source: S,
     health: Arc<Health>,
+    config_synced: Option<tokio::sync::watch::Receiver<bool>>,
     mut apply: impl FnMut(Topology) + Send,
 ) {
+    if let Some(mut synced) = config_synced {
+        let _ = synced.wait_for(|s| *s).await;
+    }
     // A file's first version was applied before serving; applying it again changes nothing,
     // and a change made since is not missed.
     loop {
