@@ -361,6 +361,17 @@ fn write_endpoints(
     mode: &str,
     pods: &[SocketAddr],
 ) {
+    write_endpoints_of(path, activators, mode, pods, false);
+}
+
+/// [`write_endpoints`] for a revision whose app speaks h2c or not.
+fn write_endpoints_of(
+    path: &std::path::Path,
+    activators: &[SocketAddr],
+    mode: &str,
+    pods: &[SocketAddr],
+    h2c: bool,
+) {
     let doc = serde_json::json!({
         "activators": activators.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "revisions": [{
@@ -369,6 +380,7 @@ fn write_endpoints(
             "mode": mode,
             "pods": pods.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "timeoutSeconds": 120,
+            "h2c": h2c,
         }],
         "routes": [{
             "host": "hello.default.example.com",
@@ -646,6 +658,44 @@ fn sigterm_keeps_an_open_websocket_until_it_closes() {
 const INGRESSES: &str = "apis/networking.internal.knative.dev/v1alpha1/ingresses";
 const REVISIONS: &str = "apis/serving.knative.dev/v1/revisions";
 const SLICES: &str = "apis/discovery.k8s.io/v1/endpointslices";
+const SKS: &str = "apis/networking.internal.knative.dev/v1alpha1/serverlessservices";
+const CONFIGMAPS: &str = "api/v1/configmaps";
+
+/// Revision `hello-00001` as its Configuration writes it.
+fn hello_revision() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+        "metadata": {"name": "hello-00001", "namespace": "default"},
+        "spec": {"timeoutSeconds": 120, "containers": [{"image": "testapp"}]},
+    })
+}
+
+/// Revision `name`'s ServerlessService in Proxy mode as the controller writes it, with
+/// `status.privateServiceName` once given.
+fn serverless_service(name: &str, private: Option<&str>) -> serde_json::Value {
+    let mut sks = serde_json::json!({
+        "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "ServerlessService",
+        "metadata": {"name": name, "namespace": "default",
+            "ownerReferences": [{"apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+                                 "name": name, "uid": "rev-uid"}]},
+        "spec": {"mode": "Proxy", "protocolType": "http1",
+                 "objectRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "name": format!("{name}-deployment")}},
+    });
+    if let Some(p) = private {
+        sks["status"] = serde_json::json!({"serviceName": name, "privateServiceName": p});
+    }
+    sks
+}
+
+/// `config-autoscaler` in knative-serving with `activator-queue-depth`.
+fn config_autoscaler(depth: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "config-autoscaler", "namespace": "knative-serving"},
+        "data": {"activator-queue-depth": depth},
+    })
+}
 
 /// An EndpointSlice of Service `service` (in `default`) with one address per backend, each
 /// in its own slice so that each can have its own loopback port (on a cluster every pod
@@ -660,6 +710,15 @@ fn slice(service: &str, service_type: &str, n: usize, backend: SocketAddr) -> se
         "endpoints": [{"addresses": [backend.ip().to_string()], "conditions": {"ready": true}}],
         "ports": [{"name": "http", "port": backend.port(), "protocol": "TCP"}],
     })
+}
+
+/// The runtime the loopback API server runs on.
+fn api_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn kubeconfig(dir: &std::path::Path, api: SocketAddr) -> std::path::PathBuf {
@@ -682,11 +741,7 @@ fn kubeconfig(dir: &std::path::Path, api: SocketAddr) -> std::path::PathBuf {
 /// and the gateway marks the Ingress Ready.
 #[test]
 fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activator() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = api_runtime();
     let dir = tempfile::tempdir().unwrap();
     // The API server's address, before it is up.
     let api = TcpListener::bind("127.0.0.1:0")
@@ -708,14 +763,8 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
         let listener = tokio::net::TcpListener::bind(api).await.unwrap();
         fake::Fake::start_on(listener)
     });
-    fake.put(
-        REVISIONS,
-        serde_json::json!({
-            "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
-            "metadata": {"name": "hello-00001", "namespace": "default"},
-            "spec": {"timeoutSeconds": 120, "containers": [{"image": "testapp"}]},
-        }),
-    );
+    fake.put(REVISIONS, hello_revision());
+    fake.put(SKS, serverless_service("hello-00001", None));
     fake.put(
         INGRESSES,
         serde_json::json!({
@@ -862,4 +911,200 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
         (exchange(gw, "/", &[]).0 == 404).then_some(())
     });
     drop(rt);
+}
+
+/// Whether the activator's metrics list revision `name` (it knows the revision).
+fn activator_knows(activator: &Hop, name: &str) -> bool {
+    let (_, _, body) = exchange(activator.admin, "/metrics", &[]);
+    String::from_utf8(body)
+        .unwrap()
+        .contains(&format!("revision=\"{name}\""))
+}
+
+/// Requests of `hello-00001` waiting in the activator now.
+fn activator_queued(activator: &Hop) -> Option<u64> {
+    let (_, _, body) = exchange(activator.admin, "/metrics", &[]);
+    String::from_utf8(body).unwrap().lines().find_map(|l| {
+        l.strip_prefix(
+            "rouse_activator_requests_queued{namespace=\"default\",revision=\"hello-00001\"} ",
+        )?
+        .parse()
+        .ok()
+    })
+}
+
+/// `rouse activator --kubeconfig` follows the revision's ServerlessService and its own
+/// ConfigMaps: the revision is known once its SKS exists, its pods come from the private
+/// Service the SKS names, `config-autoscaler`'s `activator-queue-depth` bounds the waiting
+/// requests and a change to it applies without a restart, and with its SKS deleted the
+/// revision is forgotten.
+#[test]
+fn the_activator_process_follows_serverless_services_and_its_configmaps() {
+    let rt = api_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, api) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (fake::Fake::start_on(listener), addr)
+    });
+    fake.put(REVISIONS, hello_revision());
+    fake.put(CONFIGMAPS, config_autoscaler("1"));
+    let kc = kubeconfig(dir.path(), api);
+    let activator = Hop::start_from("activator", "--kubeconfig", &kc, &[]);
+    eventually("synced with the API server", PATIENCE, || {
+        (exchange(activator.admin, "/readyz", &[]).0 == 200).then_some(())
+    });
+    // The ConfigMaps were read too, in knative-serving only.
+    assert!(
+        fake.seen()
+            .iter()
+            .any(|(_, p)| p.starts_with("/api/v1/namespaces/knative-serving/configmaps")),
+        "{:?}",
+        fake.seen()
+    );
+    // No SKS yet: the revision is not known.
+    assert!(!activator_knows(&activator, "hello-00001"));
+    fake.put(
+        SKS,
+        serverless_service("hello-00001", Some("hello-00001-pods")),
+    );
+    eventually("the revision known with its SKS", PATIENCE, || {
+        activator_knows(&activator, "hello-00001").then_some(())
+    });
+
+    // At zero, a request waits; with activator-queue-depth 1 the next one is refused at once.
+    let named = [
+        ("Knative-Serving-Namespace", "default"),
+        ("Knative-Serving-Revision", "hello-00001"),
+    ];
+    let act = activator.addr;
+    let first = std::thread::spawn(move || exchange(act, "/", &named));
+    eventually("one request waiting", PATIENCE, || {
+        (activator_queued(&activator) == Some(1)).then_some(())
+    });
+    let (status, _, body) = exchange(act, "/", &named);
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).trim()),
+        (503, "activator queue full for revision hello-00001")
+    );
+
+    // The depth raised in the ConfigMap: a second request may wait (sent again while the
+    // activator has not applied it yet).
+    fake.put(CONFIGMAPS, config_autoscaler("2"));
+    let mut second = std::thread::spawn(move || exchange(act, "/", &named));
+    eventually("a second request waiting", PATIENCE, || {
+        if second.is_finished() {
+            let (status, _, body) = std::mem::replace(
+                &mut second,
+                std::thread::spawn(move || exchange(act, "/", &named)),
+            )
+            .join()
+            .unwrap();
+            assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+        }
+        (activator_queued(&activator) == Some(2)).then_some(())
+    });
+
+    // The pod starts; its address is in the private Service the SKS names.
+    let app_port = free_port();
+    let _app = start_app(app_port);
+    let sidecar = Sidecar::start(&sidecar_env(app_port));
+    fake.put(
+        SLICES,
+        slice("hello-00001-pods", "Private", 0, sidecar.addr("serving")),
+    );
+    for waiting in [first, second] {
+        let (status, head, body) = waiting.join().unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert!(head.contains("k-cold-start:"), "{head}");
+    }
+
+    // Its SKS deleted, the revision is forgotten.
+    fake.remove(SKS, "default", "hello-00001");
+    eventually("the revision forgotten with its SKS", PATIENCE, || {
+        (!activator_knows(&activator, "hello-00001")).then_some(())
+    });
+    drop(rt);
+}
+
+/// h2c through the activator's second port (Knative's 8013), processes only: an h2c
+/// revision at zero, a client speaking HTTP/2 prior knowledge (a gRPC health check) to the
+/// gateway, which sends it on to the activator's h2c port, where it waits; the revision
+/// wakes (an h2c app behind its queue-proxy) and the call is answered, trailers and all.
+#[test]
+fn an_h2c_call_at_zero_waits_on_the_activators_h2c_port_and_is_served() {
+    use http_body_util::BodyExt;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.json");
+    write_endpoints_of(&file, &[], "proxy", &[], true);
+    let activator = Hop::start("activator", &file);
+    let h2c_port = activator.h2c.expect("the h2c port printed");
+    write_endpoints_of(&file, &[h2c_port], "proxy", &[], true);
+    let gateway = Hop::start("gateway", &file);
+
+    let gw = gateway.addr;
+    let call = rt.spawn(async move {
+        let tcp = tokio::net::TcpStream::connect(gw).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("an HTTP/2 prior-knowledge connection to the gateway");
+        tokio::spawn(conn);
+        // An empty HealthCheckRequest in its gRPC frame.
+        let req =
+            http::Request::post("http://hello.default.example.com/grpc.health.v1.Health/Check")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+                    0, 0, 0, 0, 0,
+                ])))
+                .unwrap();
+        let resp = send.send_request(req).await.expect("the call is answered");
+        let (head, body) = resp.into_parts();
+        let body = body.collect().await.expect("the whole response");
+        let trailers = body.trailers().cloned();
+        (head, body.to_bytes(), trailers)
+    });
+    // It waits in the activator, which took it on its h2c port.
+    eventually("the call queued in the activator", PATIENCE, || {
+        (activator_queued(&activator) == Some(1)).then_some(())
+    });
+    assert!(!call.is_finished(), "nothing can serve the call yet");
+
+    // The revision wakes: an h2c app and its queue-proxy.
+    let app_port = free_port();
+    let _app = common::sidecar::start_app_with_args(app_port, &["--h2c"], &[]);
+    let mut env = sidecar_env(app_port);
+    env.push(("ROUSE_QUEUE_USER_H2C", "true".into()));
+    let sidecar = Sidecar::start(&env);
+    write_endpoints_of(
+        &file,
+        &[h2c_port],
+        "proxy",
+        &[sidecar.addr("serving")],
+        true,
+    );
+    let (head, body, trailers) = rt
+        .block_on(async { tokio::time::timeout(PATIENCE, call).await })
+        .expect("served within the bound")
+        .unwrap();
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.version, http::Version::HTTP_2);
+    assert!(head.headers.contains_key("k-cold-start"), "{head:?}");
+    // HealthCheckResponse{status: SERVING}, then grpc-status 0 in the trailers.
+    assert_eq!(body.as_ref(), [0, 0, 0, 0, 2, 0x08, 0x01]);
+    let trailers = trailers.expect("trailers survive both hops");
+    assert_eq!(trailers["grpc-status"], "0");
+    // The activator forwarded it (its count by status code).
+    let (_, _, metrics) = exchange(activator.admin, "/metrics", &[]);
+    assert!(
+        String::from_utf8(metrics).unwrap().contains(
+            "rouse_activator_requests_total{namespace=\"default\",revision=\"hello-00001\",code=\"200\"} 1"
+        ),
+        "the activator answered it"
+    );
 }

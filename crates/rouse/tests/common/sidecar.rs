@@ -25,9 +25,15 @@ pub fn start_app(port: u16) -> Killed {
 
 /// The test app listening on `port`, with more environment (`MESSAGE`, say).
 pub fn start_app_with(port: u16, env: &[(&str, &str)]) -> Killed {
+    start_app_with_args(port, &[], env)
+}
+
+/// The test app listening on `port`, with arguments (`--h2c`, say) and more environment.
+pub fn start_app_with_args(port: u16, args: &[&str], env: &[(&str, &str)]) -> Killed {
     Killed(
         Command::new(testapp_bin())
             .env("PORT", port.to_string())
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()

@@ -527,7 +527,10 @@ pub fn activator_topology(
         };
         let h2c = rev.spec.is_h2c();
         let port = if h2c { PORT_H2C } else { PORT_HTTP };
-        let pods = seen.pods(endpoints.get(&(ns.clone(), view.private_service.clone())), port);
+        let pods = seen.pods(
+            endpoints.get(&(ns.clone(), view.private_service.clone())),
+            port,
+        );
         let cc = u32::try_from(rev.spec.container_concurrency.unwrap_or(0).max(0)).unwrap_or(0);
         // The activators in the revision's path: its public endpoints in Proxy mode (in Serve
         // mode they are its pods, and no activator shares them out).
@@ -958,13 +961,21 @@ mod tests {
                 &mut PodsSeen::default(),
             )
         };
-        let t = view(vec![sks_value("hello-00001", "Serve", Some("hello-custom"))]);
+        let t = view(vec![sks_value(
+            "hello-00001",
+            "Serve",
+            Some("hello-custom"),
+        )]);
         // other-00001 has no SKS: not known.
         assert_eq!(t.revisions.len(), 1, "{:?}", t.revisions);
         let hello = &t.revisions[0];
         assert_eq!(
             (hello.name.as_str(), hello.mode, hello.pods.as_slice()),
-            ("hello-00001", SksMode::Serve, [addr("10.0.0.7:8012")].as_slice())
+            (
+                "hello-00001",
+                SksMode::Serve,
+                [addr("10.0.0.7:8012")].as_slice()
+            )
         );
         // Before the SKS has a status: the `{revision}-private` Service.
         let t = view(vec![
