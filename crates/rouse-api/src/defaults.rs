@@ -85,6 +85,55 @@ pub fn default_domain_mapping(
     }
 }
 
+/// Defaults a PodAutoscaler as Knative's webhook does: the class annotation from
+/// `config-autoscaler`'s `pod-autoscaler-class` when absent, then the class's metric when
+/// absent (KPA: `concurrency`, HPA: `cpu`; another class's metric is its own business).
+/// The spec has no defaults.
+pub fn default_pod_autoscaler(
+    pa: &mut crate::autoscaling::PodAutoscaler,
+    old: Option<&crate::autoscaling::PodAutoscaler>,
+    cfg: &Config,
+) {
+    use crate::autoscaling::annotations::{CLASS, METRIC, METRIC_CONCURRENCY, METRIC_CPU};
+    use crate::config::autoscaler::{HPA_CLASS, KPA_CLASS};
+    let _ = old;
+    let annotations = &mut pa.metadata.annotations;
+    let class = annotations
+        .entry(CLASS.to_string())
+        .or_insert_with(|| cfg.autoscaler.pod_autoscaler_class.clone())
+        .clone();
+    let metric = match class.as_str() {
+        KPA_CLASS => METRIC_CONCURRENCY,
+        HPA_CLASS => METRIC_CPU,
+        _ => return,
+    };
+    annotations
+        .entry(METRIC.to_string())
+        .or_insert_with(|| metric.to_string());
+}
+
+/// Defaults an Ingress as Knative's networking webhook does: `httpOption` `Enabled`, each
+/// rule's visibility `ExternalIP`, and a path's only split takes 100 percent when it names
+/// none.
+pub fn default_ingress(ing: &mut crate::ingress::Ingress) {
+    let spec = &mut ing.spec;
+    if spec.http_option.is_empty() {
+        spec.http_option = "Enabled".into();
+    }
+    for rule in &mut spec.rules {
+        if rule.visibility.is_empty() {
+            rule.visibility = "ExternalIP".into();
+        }
+        for path in rule.http.iter_mut().flat_map(|h| h.paths.iter_mut()) {
+            if let [only] = path.splits.as_mut_slice()
+                && only.percent == 0
+            {
+                only.percent = 100;
+            }
+        }
+    }
+}
+
 /// Defaults a revision spec as on create, with no parent metadata for name templates.
 pub fn default_revision_spec(spec: &mut RevisionSpec, cfg: &Config) {
     default_spec(spec, cfg, &Parent::default(), true);
@@ -837,5 +886,76 @@ mod tests {
         let before = changed.clone();
         default_revision(&mut changed, Some(&stored), &cfg());
         assert_eq!(changed, before);
+    }
+
+    #[test]
+    fn pod_autoscalers_get_the_configured_class_and_its_metric() {
+        use crate::autoscaling::PodAutoscaler;
+        use crate::autoscaling::annotations::{CLASS, METRIC};
+        let mut pa = PodAutoscaler::default();
+        default_pod_autoscaler(&mut pa, None, &cfg());
+        let got = |pa: &PodAutoscaler, key: &str| pa.metadata.annotations.get(key).cloned();
+        assert_eq!(
+            got(&pa, CLASS).as_deref(),
+            Some("kpa.autoscaling.knative.dev")
+        );
+        assert_eq!(got(&pa, METRIC).as_deref(), Some("concurrency"));
+        // What is set stays; an HPA's metric is cpu.
+        let mut hpa = PodAutoscaler::default();
+        hpa.metadata
+            .annotations
+            .insert(CLASS.into(), "hpa.autoscaling.knative.dev".into());
+        default_pod_autoscaler(&mut hpa, None, &cfg());
+        assert_eq!(got(&hpa, METRIC).as_deref(), Some("cpu"));
+        let mut rps = PodAutoscaler::default();
+        rps.metadata.annotations.insert(METRIC.into(), "rps".into());
+        default_pod_autoscaler(&mut rps, None, &cfg());
+        assert_eq!(got(&rps, METRIC).as_deref(), Some("rps"));
+        // The class config-autoscaler names; another class gets no metric.
+        let mut other_cfg = cfg();
+        other_cfg.autoscaler.pod_autoscaler_class = "custom.example.com".into();
+        let mut custom = PodAutoscaler::default();
+        default_pod_autoscaler(&mut custom, None, &other_cfg);
+        assert_eq!(got(&custom, CLASS).as_deref(), Some("custom.example.com"));
+        assert_eq!(got(&custom, METRIC), None);
+    }
+
+    #[test]
+    fn ingresses_get_http_option_visibility_and_a_lone_splits_percent() {
+        let mut ing: crate::ingress::Ingress = serde_json::from_value(json!({
+            "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
+            "metadata": {"name": "a", "namespace": "b"},
+            "spec": {"rules": [
+                {"hosts": ["a.b"], "http": {"paths": [
+                    {"splits": [{"serviceNamespace": "b", "serviceName": "r1", "servicePort": 80}]},
+                    {"splits": [
+                        {"serviceNamespace": "b", "serviceName": "r1", "servicePort": 80, "percent": 30},
+                        {"serviceNamespace": "b", "serviceName": "r2", "servicePort": 80, "percent": 70}]}]}},
+                {"hosts": ["a.b.svc"], "visibility": "ClusterLocal", "http": {"paths": [
+                    {"splits": [{"serviceNamespace": "b", "serviceName": "r1", "servicePort": 80, "percent": 40}]}]}}]},
+        }))
+        .unwrap();
+        default_ingress(&mut ing);
+        let spec = &ing.spec;
+        assert_eq!(spec.http_option, "Enabled");
+        let visibility: Vec<&str> = spec.rules.iter().map(|r| r.visibility.as_str()).collect();
+        assert_eq!(visibility, ["ExternalIP", "ClusterLocal"]);
+        let percents = |rule: usize| -> Vec<Vec<i64>> {
+            spec.rules[rule]
+                .http
+                .as_ref()
+                .unwrap()
+                .paths
+                .iter()
+                .map(|p| p.splits.iter().map(|s| s.percent).collect())
+                .collect()
+        };
+        assert_eq!(percents(0), [vec![100], vec![30, 70]]);
+        // A lone split that names its percent keeps it (validation refuses it).
+        assert_eq!(percents(1), [vec![40]]);
+        let mut redirected = ing.clone();
+        redirected.spec.http_option = "Redirected".into();
+        default_ingress(&mut redirected);
+        assert_eq!(redirected.spec.http_option, "Redirected");
     }
 }

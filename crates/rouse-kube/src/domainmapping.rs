@@ -100,5 +100,6 @@ pub fn ingress(dm: &DomainMapping, cfg: &IngressConfig) -> Ingress {
             "Enabled".into()
         },
     };
+    rouse_api::defaults::default_ingress(&mut ing);
     ing
 }

@@ -700,34 +700,44 @@ fn webhook_configurations() -> Vec<Value> {
             "scope": "Namespaced",
         },
     ]);
+    let internal = |group: &str, resources: &[&str]| {
+        json!({
+            "apiGroups": [group],
+            "apiVersions": ["v1alpha1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": resources,
+            "scope": "Namespaced",
+        })
+    };
+    let pod_autoscalers = internal("autoscaling.internal.knative.dev", &["podautoscalers"]);
+    let networking = "networking.internal.knative.dev";
+    let with = |mut rules: Value, more: Vec<Value>| {
+        if let Some(list) = rules.as_array_mut() {
+            list.extend(more);
+        }
+        rules
+    };
+    // The internal kinds get Knative's defaults too (a ServerlessService has none), and
+    // are validated.
     let mut defaulting = hook(
         webhook::DEFAULTING_WEBHOOK,
         webhook::DEFAULTING_PATH,
         "Fail",
-        knative_rules.clone(),
+        with(
+            knative_rules.clone(),
+            vec![
+                pod_autoscalers.clone(),
+                internal(networking, &["ingresses"]),
+            ],
+        ),
     );
-    // The internal kinds are validated only (the controller writes them whole).
-    let mut validation_rules = knative_rules;
-    if let Some(rules) = validation_rules.as_array_mut() {
-        for (group, resources) in [
-            (
-                "autoscaling.internal.knative.dev",
-                json!(["podautoscalers"]),
-            ),
-            (
-                "networking.internal.knative.dev",
-                json!(["serverlessservices", "ingresses"]),
-            ),
-        ] {
-            rules.push(json!({
-                "apiGroups": [group],
-                "apiVersions": ["v1alpha1"],
-                "operations": ["CREATE", "UPDATE"],
-                "resources": resources,
-                "scope": "Namespaced",
-            }));
-        }
-    }
+    let validation_rules = with(
+        knative_rules,
+        vec![
+            pod_autoscalers,
+            internal(networking, &["serverlessservices", "ingresses"]),
+        ],
+    );
     defaulting["reinvocationPolicy"] = json!("IfNeeded");
     let mut config = hook(
         webhook::CONFIG_WEBHOOK,

@@ -218,5 +218,7 @@ pub fn ingress(route: &Route, targets: &[ResolvedTarget], cfg: &IngressConfig) -
             "Enabled".into()
         },
     };
+    // As the defaulting webhook will store it, so the spec read back is the one written.
+    rouse_api::defaults::default_ingress(&mut ing);
     ing
 }

@@ -228,12 +228,30 @@ fn webhooks_fail_closed_for_knatives_kinds_and_open_for_configmaps() {
     );
     assert_eq!(w["rules"][1]["apiVersions"], json!(["v1beta1"]));
     assert_eq!(w["rules"][1]["resources"], json!(["domainmappings"]));
+    // The internal kinds Knative defaults (a ServerlessService has no defaults).
+    assert_eq!(
+        w["rules"][2]["apiGroups"],
+        json!(["autoscaling.internal.knative.dev"])
+    );
+    assert_eq!(w["rules"][2]["resources"], json!(["podautoscalers"]));
+    assert_eq!(
+        (&w["rules"][3]["apiGroups"], &w["rules"][3]["resources"]),
+        (
+            &json!(["networking.internal.knative.dev"]),
+            &json!(["ingresses"])
+        )
+    );
+    assert_eq!(w["rules"].as_array().unwrap().len(), 4);
     let v = find(
         &docs,
         "ValidatingWebhookConfiguration",
         "validation.webhook.serving.knative.dev",
     );
     assert_eq!(v["webhooks"][0]["failurePolicy"], "Fail");
+    assert_eq!(
+        v["webhooks"][0]["rules"][3]["resources"],
+        json!(["serverlessservices", "ingresses"])
+    );
     assert_eq!(
         v["webhooks"][0]["clientConfig"]["service"]["path"],
         "/resource-validation"

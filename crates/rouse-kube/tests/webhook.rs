@@ -393,13 +393,88 @@ async fn the_internal_kinds_are_validated_as_knative_does() {
         "validation failed: Traffic split percentage must total to 100, but was 90: \
          spec.rules[0].http.paths[0].splits"
     );
-    // The defaulting webhook leaves them alone.
-    let r = post(
-        &w,
-        "/defaulting",
-        review("PodAutoscaler", "CREATE", pa(5000), None),
-    )
-    .await;
+}
+
+#[tokio::test]
+async fn the_internal_kinds_get_knatives_defaults() {
+    let w = start_webhook().await;
+    let default =
+        |kind: &'static str, obj: Value| post(&w, "/defaulting", review(kind, "CREATE", obj, None));
+    // A PodAutoscaler: the class config-autoscaler names and its metric, as a JSON patch.
+    let pa = json!({
+        "apiVersion": "autoscaling.internal.knative.dev/v1alpha1", "kind": "PodAutoscaler",
+        "metadata": {"name": "cart-00001", "namespace": "shop", "managedFields": [{}],
+                     "annotations": {"autoscaling.knative.dev/min-scale": "1"}},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                    "name": "cart-00001-deployment"},
+                 "protocolType": "http1"},
+    });
+    let r = default("PodAutoscaler", pa.clone()).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let ops = patch_ops(&r);
+    for (key, value) in [
+        (
+            "autoscaling.knative.dev~1class",
+            "kpa.autoscaling.knative.dev",
+        ),
+        ("autoscaling.knative.dev~1metric", "concurrency"),
+    ] {
+        let op =
+            json!({"op": "add", "path": format!("/metadata/annotations/{key}"), "value": value});
+        assert!(ops.contains(&op), "no {op} in {ops:#?}");
+    }
+    assert_eq!(ops.len(), 2, "only the annotations: {ops:#?}");
+    // The live config's class (an HPA's metric is cpu); what is set is kept.
+    let mut cfg = Config::default();
+    cfg.autoscaler.pod_autoscaler_class = "hpa.autoscaling.knative.dev".into();
+    w.config.set(cfg);
+    let ops = patch_ops(&default("PodAutoscaler", pa.clone()).await);
+    assert!(
+        ops.contains(&json!({"op": "add", "path": "/metadata/annotations/autoscaling.knative.dev~1metric", "value": "cpu"})),
+        "{ops:#?}"
+    );
+    let mut done = pa;
+    done["metadata"]["annotations"]["autoscaling.knative.dev/class"] =
+        json!("kpa.autoscaling.knative.dev");
+    done["metadata"]["annotations"]["autoscaling.knative.dev/metric"] = json!("rps");
+    let r = default("PodAutoscaler", done).await;
+    assert!(r["patch"].is_null(), "nothing to add: {r}");
+
+    // An Ingress: httpOption, each rule's visibility, a lone split's percent.
+    let ing = json!({
+        "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
+        "metadata": {"name": "cart", "namespace": "shop", "generation": 1},
+        "spec": {"rules": [{"hosts": ["cart.shop.example.com"],
+            "http": {"paths": [{"splits": [
+                {"serviceNamespace": "shop", "serviceName": "cart-00001", "servicePort": 80}]}]}}]},
+    });
+    let r = default("Ingress", ing.clone()).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let ops = patch_ops(&r);
+    for op in [
+        json!({"op": "add", "path": "/spec/httpOption", "value": "Enabled"}),
+        json!({"op": "add", "path": "/spec/rules/0/visibility", "value": "ExternalIP"}),
+        json!({"op": "add", "path": "/spec/rules/0/http/paths/0/splits/0/percent", "value": 100}),
+    ] {
+        assert!(ops.contains(&op), "no {op} in {ops:#?}");
+    }
+    assert_eq!(ops.len(), 3, "{ops:#?}");
+    // What the controller writes is already defaulted: no patch.
+    let mut written = ing;
+    written["spec"]["httpOption"] = json!("Enabled");
+    written["spec"]["rules"][0]["visibility"] = json!("ClusterLocal");
+    written["spec"]["rules"][0]["http"]["paths"][0]["splits"][0]["percent"] = json!(100);
+    let r = default("Ingress", written).await;
+    assert!(r["patch"].is_null(), "{r}");
+
+    // Knative gives a ServerlessService no defaults.
+    let sks = json!({
+        "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "ServerlessService",
+        "metadata": {"name": "cart-00001", "namespace": "shop"},
+        "spec": {"objectRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d"},
+                 "protocolType": "http1"},
+    });
+    let r = default("ServerlessService", sks).await;
     assert_eq!(r["allowed"], true, "{r}");
     assert!(r["patch"].is_null(), "{r}");
 }

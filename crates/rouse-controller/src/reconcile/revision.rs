@@ -271,6 +271,9 @@ fn ensure_autoscaler(ctx: &Context, rev: &Revision) -> Result<(), ReconcileError
     };
     want.spec.protocol_type = protocol(rev).to_string();
     want.spec.reachability = "Reachable".to_string();
+    // What the defaulting webhook adds on Kubernetes (class and metric annotations), so the
+    // stored PodAutoscaler matches what is wanted and is not rewritten on every pass.
+    rouse_api::defaults::default_pod_autoscaler(&mut want, None, &ctx.config.get());
     ensure_child(ctx, &rev.metadata.uid, want).map(|_| ())
 }
 

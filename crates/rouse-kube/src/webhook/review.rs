@@ -140,54 +140,67 @@ pub fn review(hook: Hook, body: &[u8], cfg: &Config) -> Result<Value, MalformedR
 }
 
 fn admit(hook: Hook, req: &AdmissionRequest, cfg: &Config) -> Verdict {
-    match (req.kind.group.as_str(), hook) {
+    match (req.kind.group.as_str(), req.kind.kind.as_str()) {
         ("serving.knative.dev", _) => admit_serving(hook, req, cfg),
-        // Only validated: the controller writes them whole.
-        ("autoscaling.internal.knative.dev", Hook::Validation) => match req.kind.kind.as_str() {
-            "PodAutoscaler" => admit_typed::<PodAutoscaler>(
-                hook,
-                req,
-                cfg,
-                no_defaults,
-                validation::validate_pod_autoscaler,
-                false,
-            ),
-            _ => Verdict::Allow,
-        },
-        ("networking.internal.knative.dev", Hook::Validation) => match req.kind.kind.as_str() {
-            "ServerlessService" => admit_typed::<ServerlessService>(
+        ("autoscaling.internal.knative.dev", "PodAutoscaler") => admit_typed::<PodAutoscaler>(
+            hook,
+            req,
+            cfg,
+            defaults::default_pod_autoscaler,
+            validation::validate_pod_autoscaler,
+            false,
+        ),
+        // Knative gives a ServerlessService no defaults (its mode is required): validated only.
+        ("networking.internal.knative.dev", "ServerlessService") if hook == Hook::Validation => {
+            admit_typed::<ServerlessService>(
                 hook,
                 req,
                 cfg,
                 no_defaults,
                 validation::validate_serverless_service,
                 false,
-            ),
-            "Ingress" => admit_ingress(req),
-            _ => Verdict::Allow,
-        },
+            )
+        }
+        ("networking.internal.knative.dev", "Ingress") => admit_ingress(hook, req),
         _ => Verdict::Allow,
     }
 }
 
 fn no_defaults<T>(_: &mut T, _: Option<&T>, _: &Config) {}
 
-/// An Ingress (not one of the store's kinds) decoded as sent and validated.
-fn admit_ingress(req: &AdmissionRequest) -> Verdict {
+/// An Ingress (not one of the store's kinds) decoded as sent, then defaulted or validated.
+fn admit_ingress(hook: Hook, req: &AdmissionRequest) -> Verdict {
     let Some(sent) = &req.object else {
         return deny_plain("the request carries no object".into());
     };
-    let ing: Ingress =
+    let mut ing: Ingress =
         match serde_json::from_value(trimmed(sent, req.namespace.as_deref().unwrap_or(""))) {
             Ok(i) => i,
             Err(e) => return deny_plain(format!("{VALIDATION_FAILED}{e}")),
         };
+    if hook == Hook::Defaulting {
+        let before = serde_json::to_value(&ing).unwrap_or_default();
+        defaults::default_ingress(&mut ing);
+        let after = serde_json::to_value(&ing).unwrap_or_default();
+        return patch_verdict(sent, &before, &after);
+    }
     if ing.metadata.deletion_timestamp.is_some() {
         return Verdict::Allow;
     }
     match validation::validate_ingress(&ing, None) {
         Ok(()) => Verdict::Allow,
         Err(errs) => refusal(errs),
+    }
+}
+
+/// The JSON patch taking `sent` where defaulting took the typed object (`before` to
+/// `after`), keeping what the types do not read.
+fn patch_verdict(sent: &Value, before: &Value, after: &Value) -> Verdict {
+    let ops = patch::diff(sent, &patch::overlay(sent, before, after));
+    if ops.is_empty() {
+        Verdict::Allow
+    } else {
+        Verdict::Patch(ops)
     }
 }
 
@@ -287,13 +300,7 @@ fn admit_typed<T: Resource>(
             {
                 record_user(&mut obj, old.as_ref(), &req.user_info.username);
             }
-            let after = obj.to_value();
-            let ops = patch::diff(sent, &patch::overlay(sent, &before, &after));
-            if ops.is_empty() {
-                Verdict::Allow
-            } else {
-                Verdict::Patch(ops)
-            }
+            patch_verdict(sent, &before, &obj.to_value())
         }
         // An object on its way out may drop its finalizers whatever its spec says.
         _ if obj.meta().deletion_timestamp.is_some() => Verdict::Allow,
