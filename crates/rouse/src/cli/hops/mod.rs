@@ -53,8 +53,9 @@ pub struct HopArgs {
     #[arg(long, conflicts_with = "kubeconfig")]
     pub endpoints: Option<PathBuf>,
     /// A kubeconfig for the cluster to follow (the gateway: Ingresses and public
-    /// EndpointSlices; the activator: Revisions and their EndpointSlices). Without it and
-    /// without `--endpoints`, the in-cluster service account.
+    /// EndpointSlices; the activator: Revisions, their ServerlessServices and EndpointSlices,
+    /// and its ConfigMaps in knative-serving). Without it and without `--endpoints`, the
+    /// in-cluster service account.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// The activator's second port (Knative's 8013, where the public Services send h2c
