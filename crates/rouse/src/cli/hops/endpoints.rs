@@ -1,7 +1,8 @@
 //! What the activator and the gateway processes learn about revisions: their pods, their
 //! ServerlessService mode, the activators, and the routes by host. Without a cluster a static
-//! file gives it ([`FileSource`]); on a cluster the API server does (Revisions, ServerlessServices, EndpointSlices,
-//! Ingresses: [`super::kube::KubeSource`]). Both sit behind [`EndpointsSource`].
+//! file gives it ([`FileSource`]); on a cluster the API server does (Revisions,
+//! ServerlessServices, EndpointSlices, Ingresses: [`super::kube::KubeSource`]). Both sit
+//! behind [`EndpointsSource`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
