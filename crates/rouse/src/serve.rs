@@ -143,7 +143,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }),
     );
     let gateway = Gateway::new(activator.clone());
-    rouse_http::set_allow_underscores_in_headers(config.network.allow_underscores_in_headers);
+    // Followed as ConfigMap writes change them (as `rouse activator` on a cluster does).
+    {
+        let activator = activator.clone();
+        shared_config.on_change(move |c| {
+            activator.set_queue_depth(c.autoscaler.activator_queue_depth);
+            rouse_http::set_allow_underscores_in_headers(c.network.allow_underscores_in_headers);
+        });
+    }
     gateway.set_trusted_proxies(
         TrustedProxies::parse(&config.network.trusted_proxies.join(","))
             .context("config-network trusted-proxies")?,
