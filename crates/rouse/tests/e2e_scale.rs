@@ -299,4 +299,23 @@ fn activator_queue_overflow_is_a_fast_503() {
     let full = statuses.iter().filter(|s| **s == 503).count();
     assert_eq!(ok + full, 60, "{statuses:?}");
     assert!(full > 0 && ok >= 20, "ok {ok} full {full}");
+
+    // The depth raised through the API, no restart: the same burst now waits its turn.
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "config-autoscaler", "namespace": "knative-serving"},
+        "data": {"stable-window": "6s", "scale-to-zero-grace-period": "1s",
+                 "allow-zero-initial-scale": "true", "activator-queue-depth": "100"},
+    });
+    let r = api_request(
+        &p,
+        "PUT",
+        "/api/v1/namespaces/knative-serving/configmaps/config-autoscaler",
+        &[("Content-Type", "application/json")],
+        &body.to_string(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let statuses = concurrent_gets(&p, "full.default.localhost", "/?sleep=100", 60);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
