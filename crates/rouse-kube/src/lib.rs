@@ -19,6 +19,7 @@ pub mod leader;
 pub mod local_service;
 pub mod networking;
 pub mod preflight;
+pub mod registry;
 pub mod revision;
 pub mod route;
 pub mod runtime;
