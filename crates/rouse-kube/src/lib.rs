@@ -11,6 +11,7 @@ pub mod apply;
 pub mod cache;
 pub mod config_watch;
 pub mod crd;
+pub mod digest;
 pub mod domainmapping;
 pub mod health;
 pub mod informer;
