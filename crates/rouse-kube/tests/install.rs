@@ -366,18 +366,12 @@ fn rbac_is_least_privilege() {
         cluster_resources("rouse-gateway"),
         ["ingresses", "ingresses/status", "endpointslices"]
     );
-    // Secrets (webhook certificates) and leases only in knative-serving, never cluster-wide.
-    let cluster = find(&docs, "ClusterRole", "rouse-controller").to_string();
-    assert!(!cluster.contains("secrets") && !cluster.contains("leases"));
-    let ns = find(&docs, "Role", "rouse-controller").to_string();
-    assert!(ns.contains("secrets") && ns.contains("leases"));
-    // The webhook touches only its own Secret and configurations (create cannot be named).
-    for (kind, resource) in [
-        ("Role", "secrets"),
-        ("ClusterRole", "mutatingwebhookconfigurations"),
-        ("ClusterRole", "validatingwebhookconfigurations"),
-    ] {
-        for r in find(&docs, kind, "rouse-controller")["rules"]
+    // Leases only in knative-serving; cluster-wide, Secrets (image pull credentials, for tag
+    // resolution) and ServiceAccounts are only read one by one, never listed or written.
+    let cluster = find(&docs, "ClusterRole", "rouse-controller");
+    assert!(!cluster.to_string().contains("leases"));
+    let touching = |doc: &Value, resource: &str| -> Vec<Value> {
+        doc["rules"]
             .as_array()
             .unwrap()
             .iter()
@@ -388,7 +382,23 @@ fn rbac_is_least_privilege() {
                     .iter()
                     .any(|x| x == resource)
             })
-        {
+            .cloned()
+            .collect()
+    };
+    for resource in ["secrets", "serviceaccounts"] {
+        let rules = touching(cluster, resource);
+        assert_eq!(rules.len(), 1, "{resource}: {rules:?}");
+        assert_eq!(rules[0]["verbs"], json!(["get"]), "{resource}");
+    }
+    let ns = find(&docs, "Role", "rouse-controller").to_string();
+    assert!(ns.contains("secrets") && ns.contains("leases"));
+    // The webhook touches only its own Secret and configurations (create cannot be named).
+    for (kind, resource) in [
+        ("Role", "secrets"),
+        ("ClusterRole", "mutatingwebhookconfigurations"),
+        ("ClusterRole", "validatingwebhookconfigurations"),
+    ] {
+        for r in &touching(find(&docs, kind, "rouse-controller"), resource) {
             let verbs = r["verbs"].as_array().unwrap();
             let named = r["resourceNames"].as_array().is_some_and(|n| !n.is_empty());
             assert!(

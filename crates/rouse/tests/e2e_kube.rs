@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kubectl::{impersonating, kubectl};
+use common::kubectl::{impersonating, kubectl, patch_config};
 use common::sidecar::{Sidecar, sidecar_env, start_app, start_app_with};
 use serde_json::Value;
 
@@ -621,24 +621,7 @@ fn config_domain(kc: &str) {
 /// config-deployment's sidecar resources and progress deadline reach the Deployment of a
 /// revision that already exists (Knative rolls them); restored after.
 fn config_deployment_rolls_existing_revisions(kc: &str) {
-    let patch = |data: &str| {
-        let p = format!("{{\"data\":{data}}}");
-        kubectl(
-            kc,
-            &[
-                "patch",
-                "configmap",
-                "-n",
-                "knative-serving",
-                "config-deployment",
-                "--type",
-                "merge",
-                "-p",
-                &p,
-            ],
-            None,
-        )
-    };
+    let patch = |data: &str| patch_config(kc, "config-deployment", data);
     let (ok, out) = patch(
         r#"{"queue-sidecar-memory-request":"32Mi","queue-sidecar-cpu-limit":"500m","progress-deadline":"300s"}"#,
     );

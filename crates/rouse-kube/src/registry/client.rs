@@ -147,27 +147,24 @@ impl RegistryClient {
             .parse()
             .map_err(|e: http::uri::InvalidUri| RegistryError::Protocol(format!("{url}: {e}")))?;
         let mut authorization: Option<String> = None;
-        for method in [Method::HEAD, Method::GET] {
-            let mut answer = self
-                .send(
+        let manifest = |method: &Method, authorization: Option<String>| {
+            let (method, uri) = (method.clone(), uri.clone());
+            async move {
+                self.send(
                     &method,
                     &uri,
                     authorization.as_deref(),
                     Some(MANIFEST_TYPES),
                     MAX_MANIFEST,
                 )
-                .await?;
+                .await
+            }
+        };
+        for method in [Method::HEAD, Method::GET] {
+            let mut answer = manifest(&method, authorization.clone()).await?;
             if answer.status == StatusCode::UNAUTHORIZED && authorization.is_none() {
                 authorization = Some(self.authorize(&answer.headers, image, credential).await?);
-                answer = self
-                    .send(
-                        &method,
-                        &uri,
-                        authorization.as_deref(),
-                        Some(MANIFEST_TYPES),
-                        MAX_MANIFEST,
-                    )
-                    .await?;
+                answer = manifest(&method, authorization.clone()).await?;
             }
             if answer.status.is_success() {
                 let header = answer
