@@ -69,6 +69,23 @@ pub struct Resolver {
     results: Mutex<HashMap<RevisionKey, Resolution>>,
 }
 
+/// Logs a resolution's end: a failure as a warning the first time it reads so (retries
+/// that fail the same way are debug), a digest as info.
+fn log_outcome(key: &RevisionKey, state: &ImageState, previous: Option<&ImageState>) {
+    match state {
+        ImageState::Failed { message, .. } if previous == Some(state) => {
+            tracing::debug!(namespace = %key.0, revision = %key.1, "{message}")
+        }
+        ImageState::Failed { message, .. } => {
+            tracing::warn!(namespace = %key.0, revision = %key.1, "{message}")
+        }
+        ImageState::Resolved(d) => {
+            tracing::info!(namespace = %key.0, revision = %key.1, digest = %d, "image resolved")
+        }
+        _ => {}
+    }
+}
+
 /// Knative's message: `Unable to fetch image "<image>": failed to resolve image to digest: …`.
 pub fn failure(image: &str, why: &dyn std::fmt::Display) -> ImageState {
     ImageState::Failed {
@@ -126,51 +143,36 @@ impl Resolver {
         if let Some(s) = self.immediate(image) {
             return s;
         }
-        {
-            let mut results = lock(&self.results);
-            if let Some(r) = results.get(&key).filter(|r| r.image == image) {
-                let retry = matches!(r.state, ImageState::Failed { .. })
-                    && r.at.elapsed() >= RETRY_FAILED_AFTER;
-                if !retry {
-                    return r.state.clone();
-                }
+        let mut results = lock(&self.results);
+        if let Some(r) = results.get(&key).filter(|r| r.image == image) {
+            let retry = matches!(r.state, ImageState::Failed { .. })
+                && r.at.elapsed() >= RETRY_FAILED_AFTER;
+            if !retry {
+                return r.state.clone();
             }
-            // A retry keeps showing the last failure until it ends.
-            let previous = results
-                .get(&key)
-                .filter(|r| r.image == image)
-                .map(|r| r.state.clone());
-            results.insert(
-                key.clone(),
-                Resolution {
-                    image: image.to_string(),
-                    state: previous.unwrap_or(ImageState::Resolving),
-                    at: Instant::now(),
-                },
-            );
         }
+        // A retry keeps showing the last failure until it ends.
+        let previous = results
+            .get(&key)
+            .filter(|r| r.image == image)
+            .map(|r| r.state.clone());
+        let showing = previous.clone().unwrap_or(ImageState::Resolving);
+        results.insert(
+            key.clone(),
+            Resolution {
+                image: image.to_string(),
+                state: showing.clone(),
+                at: Instant::now(),
+            },
+        );
+        drop(results);
         let pull = pull();
         let timeout = lock(&self.settings).timeout;
         let this = self.clone();
         let image = image.to_string();
         handle.spawn(async move {
-            let state = match tokio::time::timeout(timeout, this.resolve(&key.0, &image, &pull)).await {
-                Ok(Ok(digest)) => ImageState::Resolved(digest),
-                Ok(Err(why)) => failure(&image, &why),
-                Err(_) => failure(
-                    &image,
-                    &format!("timed out after {timeout:?} (config-deployment digest-resolution-timeout)"),
-                ),
-            };
-            match &state {
-                ImageState::Failed { message, .. } => {
-                    tracing::warn!(namespace = %key.0, revision = %key.1, "{message}")
-                }
-                ImageState::Resolved(d) => {
-                    tracing::info!(namespace = %key.0, revision = %key.1, digest = %d, "image resolved")
-                }
-                _ => {}
-            }
+            let state = this.resolve_within(timeout, &key.0, &image, &pull).await;
+            log_outcome(&key, &state, previous.as_ref());
             let mut results = lock(&this.results);
             // Stored only if the revision was not forgotten (or replaced) meanwhile.
             if let Some(r) = results.get_mut(&key).filter(|r| r.image == image) {
@@ -180,7 +182,27 @@ impl Resolver {
             drop(results);
             done();
         });
-        ImageState::Resolving
+        showing
+    }
+
+    /// One resolution, bounded by `timeout`, as the state it ends in.
+    async fn resolve_within(
+        &self,
+        timeout: Duration,
+        namespace: &str,
+        image: &str,
+        pull: &PullSecrets,
+    ) -> ImageState {
+        match tokio::time::timeout(timeout, self.resolve(namespace, image, pull)).await {
+            Ok(Ok(digest)) => ImageState::Resolved(digest),
+            Ok(Err(why)) => failure(image, &why),
+            Err(_) => failure(
+                image,
+                &format!(
+                    "timed out after {timeout:?} (config-deployment digest-resolution-timeout)"
+                ),
+            ),
+        }
     }
 
     /// The digest resolved for the revision, if any.
