@@ -393,6 +393,10 @@ pub const CONFIG_DEFAULTS: &[(&str, &[(&str, &str)])] = &[
             ("progress-deadline", "600s"),
             ("queue-sidecar-cpu-request", "25m"),
             ("digest-resolution-timeout", "10s"),
+            (
+                "registries-skipping-tag-resolving",
+                "kind.local,ko.local,dev.local",
+            ),
         ],
     ),
     (

@@ -10,6 +10,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use rouse_api::config::ConfigData;
+use rouse_kube::config_watch::DeploymentSettings;
+use rouse_kube::digest::TagResolution;
 use rouse_kube::install::{CONFIG_DEFAULTS, InstallOptions, manifests, render_yaml};
 use serde_json::{Value, json};
 
@@ -469,6 +471,12 @@ fn configmaps_document_knatives_defaults() {
         observability::ObservabilityConfig::from_data(&example_data(cm("config-observability")))
             .unwrap(),
         observability::ObservabilityConfig::default()
+    );
+    assert_eq!(
+        DeploymentSettings::from_data(&example_data(cm("config-deployment")))
+            .unwrap()
+            .tag_resolution(),
+        TagResolution::default()
     );
     // Every key of the table is in its ConfigMap's example.
     for (name, keys) in CONFIG_DEFAULTS {
