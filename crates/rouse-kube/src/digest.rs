@@ -23,7 +23,7 @@ pub const DEFAULT_SKIPPED: [&str; 3] = ["kind.local", "ko.local", "dev.local"];
 /// config-deployment `digest-resolution-timeout`'s default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failed resolution is tried again after this long (on the next look).
-const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
+pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
 
 /// config-deployment's settings for tag resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,7 @@ pub struct Resolver {
     registry: Result<RegistryClient, String>,
     settings: Mutex<TagResolution>,
     results: Mutex<HashMap<RevisionKey, Resolution>>,
+    retry_after: Duration,
 }
 
 /// Logs a resolution's end: a failure as a warning the first time it reads so (retries
@@ -104,7 +105,14 @@ impl Resolver {
             registry,
             settings: Mutex::new(TagResolution::default()),
             results: Mutex::new(HashMap::new()),
+            retry_after: RETRY_FAILED_AFTER,
         }
+    }
+
+    /// Tries a failed resolution again after `after` instead of [`RETRY_FAILED_AFTER`].
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = after;
+        self
     }
 
     /// The settings used from now on (a resolution under way keeps its timeout).
@@ -145,8 +153,8 @@ impl Resolver {
         }
         let mut results = lock(&self.results);
         if let Some(r) = results.get(&key).filter(|r| r.image == image) {
-            let retry = matches!(r.state, ImageState::Failed { .. })
-                && r.at.elapsed() >= RETRY_FAILED_AFTER;
+            let retry =
+                matches!(r.state, ImageState::Failed { .. }) && r.at.elapsed() >= self.retry_after;
             if !retry {
                 return r.state.clone();
             }

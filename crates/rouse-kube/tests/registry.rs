@@ -300,3 +300,39 @@ async fn missing_tags_skipped_registries_pinned_images_and_the_timeout() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn a_failure_is_tried_again_and_shown_until_the_retry_ends() {
+    let reg = TestRegistry::start().await;
+    let fake = Fake::start().await;
+    let image = format!("{}/team/app:late", reg.host());
+    let r = Arc::new(
+        Resolver::new(fake.client.clone(), Ok(reg.client()))
+            .with_retry_after(Duration::from_millis(50)),
+    );
+    let failed = resolve(&r, &image, PullSecrets::default()).await;
+    assert!(matches!(failed, ImageState::Failed { .. }), "{failed:?}");
+
+    // The tag appears: a later look starts a retry, which shows the failure until it ends.
+    let digest = reg.push("team/app:late", MANIFEST);
+    let key = ("shop".to_string(), "rev".to_string());
+    let handle = tokio::runtime::Handle::current();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let resolved = loop {
+        let state = r.state(key.clone(), &image, PullSecrets::default, &handle, || {});
+        assert_ne!(
+            state,
+            ImageState::Resolving,
+            "a retry shows the last failure"
+        );
+        if let ImageState::Resolved(d) = state {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never resolved: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(resolved, format!("{}/team/app@{digest}", reg.host()));
+}
