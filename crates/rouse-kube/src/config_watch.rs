@@ -4,7 +4,7 @@
 //! restart. A ConfigMap that does not parse keeps its last good data; the error is logged
 //! once and recorded as a Warning Event on the ConfigMap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -14,6 +14,7 @@ use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use rouse_api::config::{CONFIGMAP_NAMES, Config, ConfigData, ConfigError, SharedConfig};
 use tokio::sync::watch;
 
+use crate::digest::TagResolution;
 use crate::revision::{DeploymentConfig, QUEUE_RESOURCES, QueueResources};
 
 /// `config-deployment`: the queue-proxy sidecar's image and the Deployments' settings.
@@ -35,8 +36,8 @@ pub fn parse_one(name: &str, data: &ConfigData) -> Result<(), ConfigError> {
     Config::from_maps(&BTreeMap::from([(name.to_string(), data.clone())])).map(|_| ())
 }
 
-/// `config-deployment`'s keys Knative knows; Rouse acts on the image, the progress deadline
-/// and the queue-proxy's resources.
+/// `config-deployment`'s keys Knative knows; Rouse acts on the image, the progress deadline,
+/// the queue-proxy's resources and tag resolution.
 const DEPLOYMENT_KEYS: &[&str] = &[
     "queue-sidecar-image",
     "progress-deadline",
@@ -64,6 +65,10 @@ pub struct DeploymentSettings {
     /// `queue-sidecar-{resource}-limit`, by resource name.
     pub queue_limits: BTreeMap<String, String>,
     pub progress_deadline_seconds: Option<i32>,
+    /// `registries-skipping-tag-resolving`: comma-separated registries.
+    pub registries_skipping_tag_resolving: Option<BTreeSet<String>>,
+    /// `digest-resolution-timeout`.
+    pub digest_resolution_timeout: Option<Duration>,
 }
 
 impl DeploymentSettings {
@@ -102,6 +107,27 @@ impl DeploymentSettings {
                 )
             }
         };
+        let registries_skipping_tag_resolving = get("registries-skipping-tag-resolving").map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(String::from)
+                .collect()
+        });
+        let digest_resolution_timeout = match get("digest-resolution-timeout") {
+            None => None,
+            Some(raw) => {
+                let d = rouse_api::duration::parse_go_duration(&raw)
+                    .map_err(|e| err("digest-resolution-timeout", e))?;
+                if d.is_zero() {
+                    return Err(err(
+                        "digest-resolution-timeout",
+                        format!("{raw:?} must be positive"),
+                    ));
+                }
+                Some(d)
+            }
+        };
         let (mut queue_requests, mut queue_limits) = (BTreeMap::new(), BTreeMap::new());
         for name in QUEUE_RESOURCES {
             for (kind, map) in [
@@ -123,7 +149,21 @@ impl DeploymentSettings {
             queue_requests,
             queue_limits,
             progress_deadline_seconds,
+            registries_skipping_tag_resolving,
+            digest_resolution_timeout,
         })
+    }
+
+    /// Tag resolution's settings: what is set, over Knative's defaults.
+    pub fn tag_resolution(&self) -> TagResolution {
+        let d = TagResolution::default();
+        TagResolution {
+            skip: self
+                .registries_skipping_tag_resolving
+                .clone()
+                .unwrap_or(d.skip),
+            timeout: self.digest_resolution_timeout.unwrap_or(d.timeout),
+        }
     }
 }
 
@@ -542,6 +582,16 @@ mod tests {
             ("progress-deadline", "1.5s", "progress-deadline"),
             ("queue-sidecar-image", "a b", "queue-sidecar-image"),
             ("queue-sidecar-imag", "x", "queue-sidecar-imag"),
+            (
+                "digest-resolution-timeout",
+                "0s",
+                "digest-resolution-timeout",
+            ),
+            (
+                "digest-resolution-timeout",
+                "soon",
+                "digest-resolution-timeout",
+            ),
         ] {
             let err = DeploymentSettings::from_data(&data(&[(key, value)])).unwrap_err();
             assert_eq!(
@@ -549,6 +599,37 @@ mod tests {
                 (DEPLOYMENT_NAME, want)
             );
         }
+    }
+
+    #[test]
+    fn config_deployment_sets_tag_resolution() {
+        let defaults = DeploymentSettings::default().tag_resolution();
+        assert_eq!(defaults, TagResolution::default());
+        assert_eq!(
+            defaults.skip.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["dev.local", "kind.local", "ko.local"]
+        );
+        assert_eq!(defaults.timeout, Duration::from_secs(10));
+        let set = DeploymentSettings::from_data(&data(&[
+            (
+                "registries-skipping-tag-resolving",
+                " index.docker.io, ,registry.example:5000 ",
+            ),
+            ("digest-resolution-timeout", "1m30s"),
+        ]))
+        .unwrap()
+        .tag_resolution();
+        assert_eq!(
+            set.skip.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["index.docker.io", "registry.example:5000"]
+        );
+        assert_eq!(set.timeout, Duration::from_secs(90));
+        // An empty list resolves every registry.
+        let none =
+            DeploymentSettings::from_data(&data(&[("registries-skipping-tag-resolving", "")]))
+                .unwrap()
+                .tag_resolution();
+        assert!(none.skip.is_empty());
     }
 
     #[test]

@@ -192,6 +192,9 @@ fn rbac() -> Vec<Value> {
                     rule(&["discovery.k8s.io"], &["endpointslices"], WRITE),
                     rule(&[""], &["pods"], READ),
                     rule(&[""], &["namespaces"], READ),
+                    // Image pull credentials for tag resolution: a revision's pull Secrets
+                    // and its ServiceAccount's, read one by one (never listed).
+                    rule(&[""], &["secrets", "serviceaccounts"], &["get"]),
                     rule(&[""], &["events"], &["create", "patch"]),
                     rule(
                         &["apiextensions.k8s.io"],
@@ -392,6 +395,10 @@ pub const CONFIG_DEFAULTS: &[(&str, &[(&str, &str)])] = &[
             ("progress-deadline", "600s"),
             ("queue-sidecar-cpu-request", "25m"),
             ("digest-resolution-timeout", "10s"),
+            (
+                "registries-skipping-tag-resolving",
+                "kind.local,ko.local,dev.local",
+            ),
         ],
     ),
     (

@@ -279,12 +279,21 @@ pub fn deployment(rev: &Revision, cfg: &DeploymentConfig, replicas: i32) -> Depl
         ("K_CONFIGURATION", label(rev, serving::LABEL_CONFIGURATION)),
         ("K_SERVICE", label(rev, serving::LABEL_SERVICE)),
     ];
+    // Like Knative, containers run from the digests recorded in the revision's status.
+    let digests: BTreeMap<&str, &str> = rev
+        .status
+        .container_statuses
+        .iter()
+        .filter(|s| !s.image_digest.is_empty())
+        .map(|s| (s.name.as_str(), s.image_digest.as_str()))
+        .collect();
     let mut containers: Vec<Value> = spec
         .containers
         .iter()
         .map(|c| {
             let serving = Some(&c.name) == serving_name.as_ref();
-            user_container(c, serving, user_port, &k_env)
+            let digest = digests.get(c.name.as_str()).copied();
+            user_container(c, serving, user_port, &k_env, digest)
         })
         .collect();
 
@@ -418,12 +427,21 @@ pub fn deployment(rev: &Revision, cfg: &DeploymentConfig, replicas: i32) -> Depl
     }))
 }
 
-/// A user container as Knative runs it: K_* env everywhere; on the serving container PORT,
-/// the port named `user-port`, no readiness probe but an exec one (the queue-proxy runs the
-/// others) and a preStop hook
-/// that waits for the queue-proxy to drain.
-fn user_container(c: &Container, serving: bool, user_port: i32, k_env: &[(&str, String)]) -> Value {
+/// A user container as Knative runs it: its image's digest once resolved; K_* env
+/// everywhere; on the serving container PORT, the port named `user-port`, no readiness probe
+/// but an exec one (the queue-proxy runs the others) and a preStop hook that waits for the
+/// queue-proxy to drain.
+fn user_container(
+    c: &Container,
+    serving: bool,
+    user_port: i32,
+    k_env: &[(&str, String)],
+    digest: Option<&str>,
+) -> Value {
     let mut c = c.clone();
+    if let Some(d) = digest {
+        c.image = d.to_string();
+    }
     if c.name.is_empty() {
         // Knative's webhook names an unnamed container; Kubernetes requires a name.
         c.name = "user-container".into();

@@ -23,14 +23,18 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, WatchEvent, W
 use rouse_api::autoscaling::annotations::WINDOW;
 use rouse_api::duration::parse_go_duration;
 use rouse_api::meta::Resource;
-use rouse_api::serving::Revision;
+use rouse_api::serving::{ContainerStatus, Revision};
 use rouse_autoscaler::collector::SCRAPER_POD_NAME;
-use rouse_runtime::{InstanceInfo, InstanceState, Runtime, Scrape, Termination, WorkloadSpec};
+use rouse_runtime::{
+    ImageState, InstanceInfo, InstanceState, Runtime, Scrape, Termination, WorkloadSpec,
+};
 use rouse_store::{Kind, Store};
 use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 
 use crate::apply::apply;
+use crate::digest::{PullSecrets, Resolver, TagResolution};
+use crate::registry::RegistryClient;
 use crate::revision::{
     DeploymentConfig, QUEUE_AUTOSCALER_METRICS_PORT, QUEUE_CONTAINER, deployment, deployment_name,
 };
@@ -44,6 +48,8 @@ pub const QUEUE_PORT: u16 = 8012;
 const DEFAULT_STABLE_WINDOW: Duration = Duration::from_secs(60);
 
 type RevisionKey = (String, String);
+/// What a Deployment was applied with: the config generation and the user image's digest.
+type Applied = (u64, Option<String>);
 
 /// Revisions' instances as the pods of their Deployments.
 pub struct KubeRuntime {
@@ -52,8 +58,11 @@ pub struct KubeRuntime {
     store: Arc<dyn Store>,
     /// Replaced when the ConfigMaps change, with a generation counting the changes.
     config: Mutex<(DeploymentConfig, u64)>,
-    /// The config generation each revision's Deployment was last applied with.
-    applied: Arc<Mutex<HashMap<RevisionKey, u64>>>,
+    /// The config generation and image digest each revision's Deployment was last applied
+    /// with.
+    applied: Arc<Mutex<HashMap<RevisionKey, Applied>>>,
+    /// Image tag → digest resolution.
+    resolver: Arc<Resolver>,
     pods: Arc<Mutex<HashMap<RevisionKey, BTreeMap<String, Pod>>>>,
     /// The replicas last written per revision, so an unchanged decision writes nothing.
     scaled: Arc<Mutex<HashMap<RevisionKey, u32>>>,
@@ -68,20 +77,38 @@ pub struct KubeRuntime {
 
 impl KubeRuntime {
     /// A runtime on `client`, running its calls and pod informer on `handle`; revisions are
-    /// read from `store` (the controller's).
+    /// read from `store` (the controller's). Registries are trusted by the system's CAs
+    /// (`SSL_CERT_FILE` when set).
     pub fn start(
         client: kube::Client,
         handle: Handle,
         store: Arc<dyn Store>,
         config: DeploymentConfig,
     ) -> Arc<KubeRuntime> {
+        let registry = RegistryClient::with_system_roots().map_err(|e| {
+            tracing::warn!(error = %e, "image tags cannot be resolved to digests");
+            e.to_string()
+        });
+        Self::start_with_registry(client, handle, store, config, registry)
+    }
+
+    /// [`KubeRuntime::start`] with the given registry client (or why there is none).
+    pub fn start_with_registry(
+        client: kube::Client,
+        handle: Handle,
+        store: Arc<dyn Store>,
+        config: DeploymentConfig,
+        registry: Result<RegistryClient, String>,
+    ) -> Arc<KubeRuntime> {
         let (events, _) = broadcast::channel(1024);
+        let resolver = Arc::new(Resolver::new(client.clone(), registry));
         let rt = Arc::new(KubeRuntime {
             client: client.clone(),
             handle: handle.clone(),
             store,
             config: Mutex::new((config, 0)),
             applied: Arc::default(),
+            resolver,
             pods: Arc::default(),
             scaled: Arc::default(),
             failures: Arc::default(),
@@ -101,6 +128,11 @@ impl KubeRuntime {
         if current.0 != config {
             *current = (config, current.1 + 1);
         }
+    }
+
+    /// config-deployment's tag resolution settings, from now on.
+    pub fn set_tag_resolution(&self, settings: TagResolution) {
+        self.resolver.set_settings(settings);
     }
 
     /// The revision's ready pods as scrape targets; a pod is old once it has run for the
@@ -159,6 +191,41 @@ impl KubeRuntime {
             .await
             .map_err(|e| format!("scale Deployment {ns}/{name}: {e}"))?;
         Ok(())
+    }
+}
+
+/// Records `digest` for container `name` in the revision's status, unless one is there.
+fn record_digest(rev: &mut Revision, name: &str, digest: String) {
+    let statuses = &mut rev.status.container_statuses;
+    match statuses.iter_mut().find(|s| s.name == name) {
+        Some(s) if s.image_digest.is_empty() => s.image_digest = digest,
+        Some(_) => {}
+        None => statuses.push(ContainerStatus {
+            name: name.to_string(),
+            image_digest: digest,
+        }),
+    }
+}
+
+/// The revision's image pull Secrets and ServiceAccount, from the store.
+fn pull_secrets(store: &dyn Store, namespace: &str, revision: &str) -> PullSecrets {
+    let Some(rev) = store
+        .get(Kind::Revision, namespace, revision)
+        .ok()
+        .and_then(|v| Revision::from_value(v).ok())
+    else {
+        return PullSecrets::default();
+    };
+    PullSecrets {
+        secrets: rev
+            .spec
+            .image_pull_secrets
+            .iter()
+            .filter_map(|r| r.get("name")?.as_str())
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+            .collect(),
+        service_account: rev.spec.service_account_name.clone(),
     }
 }
 
@@ -258,13 +325,20 @@ impl Runtime for KubeRuntime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let current = lock(&self.applied).get(&key) == Some(&generation);
+        // The digest the user container runs from: recorded in the status, or resolved here
+        // and not yet seen in the status the spec was made from.
+        let container = spec.container.as_ref();
+        let digest = container
+            .and_then(|c| c.digest.clone())
+            .or_else(|| self.resolver.resolved(&key));
+        let fingerprint = (generation, digest.clone());
+        let current = lock(&self.applied).get(&key) == Some(&fingerprint);
         let applied = match self.scaled().get(&key) {
             Some(n) if *n == desired && current => return,
             Some(_) => current,
             None => false,
         };
-        let rev = match self
+        let mut rev = match self
             .store
             .get(Kind::Revision, &spec.namespace, &spec.revision)
         {
@@ -280,8 +354,11 @@ impl Runtime for KubeRuntime {
                 return;
             }
         };
+        if let (Some(c), Some(d)) = (container, digest) {
+            record_digest(&mut rev, &c.name, d);
+        }
         self.scaled().insert(key.clone(), desired);
-        lock(&self.applied).insert(key.clone(), generation);
+        lock(&self.applied).insert(key.clone(), fingerprint);
         let client = self.client.clone();
         let (scaled, events) = (self.scaled.clone(), self.events.clone());
         let applied_with = self.applied.clone();
@@ -334,6 +411,32 @@ impl Runtime for KubeRuntime {
         });
     }
 
+    /// The image's digest, resolved against its registry once per revision in the background
+    /// ([`crate::digest`]); the revision is notified when the resolution ends.
+    fn image(&self, spec: &WorkloadSpec) -> ImageState {
+        let Some(c) = &spec.container else {
+            return ImageState::NotImage;
+        };
+        let key = (spec.namespace.clone(), spec.revision.clone());
+        if let Some(d) = &c.digest {
+            // Recorded in the status, which a restarted controller reads back.
+            self.resolver.forget(&key);
+            return ImageState::Resolved(d.clone());
+        }
+        let store = self.store.clone();
+        let events = self.events.clone();
+        let notify = key.clone();
+        self.resolver.state(
+            key,
+            &c.image,
+            || pull_secrets(store.as_ref(), &spec.namespace, &spec.revision),
+            &self.handle,
+            move || {
+                let _ = events.send(notify);
+            },
+        )
+    }
+
     fn instances(&self, namespace: &str, revision: &str) -> Vec<InstanceInfo> {
         let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<(Option<String>, InstanceInfo)> = pods
@@ -357,6 +460,7 @@ impl Runtime for KubeRuntime {
         let key = (namespace.to_string(), revision.to_string());
         self.scaled().remove(&key);
         lock(&self.applied).remove(&key);
+        self.resolver.forget(&key);
         self.scrape_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())

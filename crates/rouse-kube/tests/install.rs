@@ -10,6 +10,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use rouse_api::config::ConfigData;
+use rouse_kube::config_watch::DeploymentSettings;
+use rouse_kube::digest::TagResolution;
 use rouse_kube::install::{CONFIG_DEFAULTS, InstallOptions, manifests, render_yaml};
 use serde_json::{Value, json};
 
@@ -391,18 +393,12 @@ fn rbac_is_least_privilege() {
         cluster_resources("rouse-gateway"),
         ["ingresses", "ingresses/status", "endpointslices"]
     );
-    // Secrets (webhook certificates) and leases only in knative-serving, never cluster-wide.
-    let cluster = find(&docs, "ClusterRole", "rouse-controller").to_string();
-    assert!(!cluster.contains("secrets") && !cluster.contains("leases"));
-    let ns = find(&docs, "Role", "rouse-controller").to_string();
-    assert!(ns.contains("secrets") && ns.contains("leases"));
-    // The webhook touches only its own Secret and configurations (create cannot be named).
-    for (kind, resource) in [
-        ("Role", "secrets"),
-        ("ClusterRole", "mutatingwebhookconfigurations"),
-        ("ClusterRole", "validatingwebhookconfigurations"),
-    ] {
-        for r in find(&docs, kind, "rouse-controller")["rules"]
+    // Leases only in knative-serving; cluster-wide, Secrets (image pull credentials, for tag
+    // resolution) and ServiceAccounts are only read one by one, never listed or written.
+    let cluster = find(&docs, "ClusterRole", "rouse-controller");
+    assert!(!cluster.to_string().contains("leases"));
+    let touching = |doc: &Value, resource: &str| -> Vec<Value> {
+        doc["rules"]
             .as_array()
             .unwrap()
             .iter()
@@ -413,7 +409,23 @@ fn rbac_is_least_privilege() {
                     .iter()
                     .any(|x| x == resource)
             })
-        {
+            .cloned()
+            .collect()
+    };
+    for resource in ["secrets", "serviceaccounts"] {
+        let rules = touching(cluster, resource);
+        assert_eq!(rules.len(), 1, "{resource}: {rules:?}");
+        assert_eq!(rules[0]["verbs"], json!(["get"]), "{resource}");
+    }
+    let ns = find(&docs, "Role", "rouse-controller").to_string();
+    assert!(ns.contains("secrets") && ns.contains("leases"));
+    // The webhook touches only its own Secret and configurations (create cannot be named).
+    for (kind, resource) in [
+        ("Role", "secrets"),
+        ("ClusterRole", "mutatingwebhookconfigurations"),
+        ("ClusterRole", "validatingwebhookconfigurations"),
+    ] {
+        for r in &touching(find(&docs, kind, "rouse-controller"), resource) {
             let verbs = r["verbs"].as_array().unwrap();
             let named = r["resourceNames"].as_array().is_some_and(|n| !n.is_empty());
             assert!(
@@ -484,6 +496,12 @@ fn configmaps_document_knatives_defaults() {
         observability::ObservabilityConfig::from_data(&example_data(cm("config-observability")))
             .unwrap(),
         observability::ObservabilityConfig::default()
+    );
+    assert_eq!(
+        DeploymentSettings::from_data(&example_data(cm("config-deployment")))
+            .unwrap()
+            .tag_resolution(),
+        TagResolution::default()
     );
     // Every key of the table is in its ConfigMap's example.
     for (name, keys) in CONFIG_DEFAULTS {

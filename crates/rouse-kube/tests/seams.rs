@@ -810,3 +810,129 @@ async fn a_routes_cluster_local_services_follow_its_ingress() {
     .await;
     rt.shutdown_background();
 }
+
+/// Like Knative, a revision's image tag is resolved to a digest before anything runs: the
+/// Revision reconciler (the one local mode runs) waits while the KubeRuntime asks the
+/// registry (with the revision's pull Secret), records the digest in
+/// `status.containerStatuses`, and the Deployment runs the digest, not the tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revisions_image_tag_resolves_to_the_digest_the_deployment_runs() {
+    use base64::Engine as _;
+    use common::registry::{Auth, TestRegistry};
+    use rouse_controller::{Controller, Key, reconcile::reconcile};
+    let reg = TestRegistry::start().await;
+    let digest = reg.push("team/cart:v1", br#"{"schemaVersion":2}"#);
+    reg.set_auth(Auth::Bearer(Some(("ci".into(), "pw".into()))));
+    let pinned = format!("{}/team/cart@{digest}", reg.host());
+    let image = format!("{}/team/cart:v1", reg.host());
+
+    let fake = Fake::start().await;
+    let dockerconfig = json!({"auths": {reg.host(): {"username": "ci", "password": "pw"}}});
+    fake.put(
+        "api/v1/secrets",
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+               "metadata": {"name": "pull", "namespace": "shop"},
+               "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD
+                   .encode(dockerconfig.to_string())}}),
+    );
+    let mut rev = revision();
+    rev["spec"]["containers"][0] = json!({"name": "user-container", "image": image});
+    rev["spec"]["imagePullSecrets"] = json!([{"name": "pull"}]);
+    fake.put(REVS, rev);
+    let (store, rt) = started(&fake).await;
+    let net = Arc::new(example_networking(&fake, &rt, &store));
+    let runtime = KubeRuntime::start_with_registry(
+        fake.client.clone(),
+        rt.handle().clone(),
+        store.clone(),
+        DeploymentConfig::default(),
+        Ok(reg.client()),
+    );
+    let mut events = runtime.subscribe();
+    let ctx = Controller::new(
+        store.clone(),
+        runtime.clone(),
+        net,
+        Default::default(),
+        "example.com".into(),
+    )
+    .context();
+    let key = Key::new(Kind::Revision, "shop", "cart-00001");
+
+    // Resolving: nothing made yet.
+    reconcile(&ctx, &key).await.unwrap();
+    let stored = fake.object(REVS, "shop", "cart-00001").unwrap();
+    assert_eq!(
+        condition(&stored, "ContainerHealthy"),
+        ("Unknown".into(), "ResolvingDigests".into())
+    );
+    assert!(fake.objects(SKS).is_empty());
+    // The runtime wakes the revision when the registry answered.
+    let woken = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if events.recv().await.unwrap() == ("shop".to_string(), "cart-00001".to_string()) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(woken.is_ok(), "the revision is notified");
+    assert!(
+        reg.seen()
+            .iter()
+            .any(|(_, p, a)| p.starts_with("/token") && a.is_some()),
+        "the pull Secret's credentials went to the token service: {:?}",
+        reg.seen()
+    );
+
+    // An autoscaler decision made before the status shows the digest runs it already.
+    let untouched =
+        Revision::from_value(store.get(Kind::Revision, "shop", "cart-00001").unwrap()).unwrap();
+    let spec = rouse_controller::workload::workload_for(&untouched).unwrap();
+    assert_eq!(spec.container.as_ref().unwrap().digest, None);
+    runtime.ensure(spec, 1);
+    let user_image = |f: &Fake| {
+        f.object(DEPLOYS, "shop", "cart-00001-deployment")
+            .map(|d| d["spec"]["template"]["spec"]["containers"][0]["image"].clone())
+    };
+    until("the Deployment", || user_image(&fake).is_some()).await;
+    assert_eq!(user_image(&fake).unwrap(), pinned.as_str());
+
+    // The reconciler records the digest and goes on.
+    reconcile(&ctx, &key).await.unwrap();
+    let stored = fake.object(REVS, "shop", "cart-00001").unwrap();
+    assert_eq!(
+        stored["status"]["containerStatuses"],
+        json!([{"name": "user-container", "imageDigest": pinned}])
+    );
+    assert_eq!(
+        condition(&stored, "ResourcesAvailable"),
+        ("Unknown".into(), "Deploying".into())
+    );
+    assert_eq!(fake.objects(SKS).len(), 1);
+
+    // Read back from the status (as after a restart): no registry asked again.
+    until("the status in the cache", || {
+        store
+            .get(Kind::Revision, "shop", "cart-00001")
+            .is_ok_and(|r| r["status"]["containerStatuses"][0]["imageDigest"] == pinned.as_str())
+    })
+    .await;
+    let asked = reg.seen().len();
+    let rev =
+        Revision::from_value(store.get(Kind::Revision, "shop", "cart-00001").unwrap()).unwrap();
+    let spec = rouse_controller::workload::workload_for(&rev).unwrap();
+    assert_eq!(
+        runtime.image(&spec),
+        rouse_runtime::ImageState::Resolved(pinned.clone())
+    );
+    runtime.ensure(spec, 2);
+    until("the Deployment at 2", || {
+        fake.object(DEPLOYS, "shop", "cart-00001-deployment")
+            .is_some_and(|d| d["spec"]["replicas"] == 2)
+    })
+    .await;
+    assert_eq!(user_image(&fake).unwrap(), pinned.as_str());
+    assert_eq!(reg.seen().len(), asked);
+    rt.shutdown_background();
+}

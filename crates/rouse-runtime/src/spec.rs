@@ -94,7 +94,9 @@ pub enum ImageState {
     NotImage,
     /// Being inspected or pulled; the runtime notifies the revision when done.
     Resolving,
-    /// Found: its digest (`repo@sha256:…`, or the image id when it has no repo digest).
+    /// Found: its digest (`repo@sha256:…`, or the image id when it has no repo digest);
+    /// empty when the runtime runs the image by tag without resolving it (on Kubernetes, a
+    /// registry in config-deployment's `registries-skipping-tag-resolving`).
     Resolved(String),
     /// Cannot be found or pulled: Knative's reason (`ContainerMissing`) and a message with
     /// the daemon's.

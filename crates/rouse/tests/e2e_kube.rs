@@ -16,12 +16,15 @@
 //! it ends, since they then name a URL nobody serves.
 
 mod common;
+// rouse-kube's HTTPS test registry, for the tag → digest step.
+#[path = "../../rouse-kube/tests/common/registry.rs"]
+mod test_registry;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kubectl::{impersonating, kubectl};
+use common::kubectl::{impersonating, kubectl, patch_config};
 use common::sidecar::{Sidecar, sidecar_env, start_app, start_app_with};
 use serde_json::Value;
 
@@ -172,6 +175,19 @@ fn a_knative_service_on_a_real_api_server() {
         None,
     );
     assert!(ok, "CRDs established: {out}");
+    // The sample image's registry is not asked (this machine may have no Internet): its
+    // revisions run by tag. The test registry's images are resolved to digests.
+    let (ok, out) = patch_config(
+        &kc,
+        "config-deployment",
+        r#"{"registries-skipping-tag-resolving":"kind.local,ko.local,dev.local,ghcr.io"}"#,
+    );
+    assert!(ok, "config-deployment: {out}");
+    let registry_rt = tokio::runtime::Runtime::new().unwrap();
+    let registry = registry_rt.block_on(test_registry::TestRegistry::start());
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca_dir.path().join("registry-ca.pem");
+    std::fs::write(&ca_file, &registry.ca_pem).unwrap();
     let _ = kubectl(&kc, &["create", "namespace", NS], None);
     // An earlier run's stand-in activator would put every revision behind it.
     remove_stand_in_activator(&kc);
@@ -198,6 +214,8 @@ fn a_knative_service_on_a_real_api_server() {
     let start = |identity: &str, port: u16, health: u16| {
         let mut child = Command::new(rouse_bin())
             .args(["controller", "--kubeconfig", &kc, "--identity", identity])
+            // The controller trusts the test registry's CA (and only it).
+            .env("SSL_CERT_FILE", &ca_file)
             .args(["--autoscaler-listen", "127.0.0.1:0"])
             .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
             .args(["--webhook-url", &format!("https://127.0.0.1:{port}")])
@@ -330,6 +348,16 @@ fn a_knative_service_on_a_real_api_server() {
         deploy["spec"]["selector"]["matchLabels"]["serving.knative.dev/revisionUID"].is_string()
     );
     assert_eq!(deploy["metadata"]["ownerReferences"][0]["kind"], "Revision");
+    // A skipped registry: run by tag, the container recorded without a digest (as Knative).
+    assert_eq!(
+        pod_spec["containers"][0]["image"],
+        "ghcr.io/knative/helloworld-go:latest"
+    );
+    let rev = get_json(&kc, "revision/hello-00001").unwrap();
+    assert_eq!(
+        rev["status"]["containerStatuses"],
+        serde_json::json!([{"name": "user-container"}])
+    );
     let private = until("the private Service", Duration::from_secs(60), || {
         get_json(&kc, "service/hello-00001-private")
     });
@@ -496,6 +524,7 @@ fn a_knative_service_on_a_real_api_server() {
 
     config_domain(&kc);
     config_deployment_rolls_existing_revisions(&kc);
+    image_tags_resolve_to_digests(&kc, &registry);
     scale_to_zero(&kc, second.1);
 
     // Deleting the Service cascades through Kubernetes' garbage collector (the new leader
@@ -621,24 +650,7 @@ fn config_domain(kc: &str) {
 /// config-deployment's sidecar resources and progress deadline reach the Deployment of a
 /// revision that already exists (Knative rolls them); restored after.
 fn config_deployment_rolls_existing_revisions(kc: &str) {
-    let patch = |data: &str| {
-        let p = format!("{{\"data\":{data}}}");
-        kubectl(
-            kc,
-            &[
-                "patch",
-                "configmap",
-                "-n",
-                "knative-serving",
-                "config-deployment",
-                "--type",
-                "merge",
-                "-p",
-                &p,
-            ],
-            None,
-        )
-    };
+    let patch = |data: &str| patch_config(kc, "config-deployment", data);
     let (ok, out) = patch(
         r#"{"queue-sidecar-memory-request":"32Mi","queue-sidecar-cpu-limit":"500m","progress-deadline":"300s"}"#,
     );
@@ -661,6 +673,50 @@ fn config_deployment_rolls_existing_revisions(kc: &str) {
         r#"{"queue-sidecar-memory-request":null,"queue-sidecar-cpu-limit":null,"progress-deadline":null}"#,
     );
     assert!(ok, "config-deployment restored: {out}");
+}
+
+/// A Service whose image lives in a registry (the test's, HTTPS on loopback) runs from the
+/// digest its tag named when the revision was made; when the tag moves, the next revision
+/// gets the new digest and the first keeps its own. Deleted after.
+fn image_tags_resolve_to_digests(kc: &str, registry: &test_registry::TestRegistry) {
+    registry.set_auth(test_registry::Auth::Bearer(None));
+    let first = registry.push("e2e/app:v1", br#"{"schemaVersion":2,"v":1}"#);
+    let ksvc = |version: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: pinned\n  namespace: {NS}\n\
+             spec:\n  template:\n    spec:\n      containers:\n        - image: {}/e2e/app:v1\n\
+             \x20         env:\n            - {{name: VERSION, value: \"{version}\"}}\n",
+            registry.host()
+        )
+    };
+    let user_image = |rev: &str| {
+        until(
+            &format!("{rev}'s Deployment"),
+            Duration::from_secs(60),
+            || get_json(kc, &format!("deployment/{rev}-deployment")),
+        )["spec"]["template"]["spec"]["containers"][0]["image"]
+            .clone()
+    };
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(ksvc("1").as_bytes()));
+    assert!(ok, "apply pinned: {out}");
+    let pinned = format!("{}/e2e/app@{first}", registry.host());
+    assert_eq!(user_image("pinned-00001"), pinned.as_str());
+    let rev = get_json(kc, "revision/pinned-00001").unwrap();
+    assert_eq!(
+        rev["status"]["containerStatuses"],
+        serde_json::json!([{"name": "user-container", "imageDigest": pinned}])
+    );
+
+    let second = registry.push("e2e/app:v1", br#"{"schemaVersion":2,"v":2}"#);
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(ksvc("2").as_bytes()));
+    assert!(ok, "apply pinned again: {out}");
+    assert_eq!(
+        user_image("pinned-00002"),
+        format!("{}/e2e/app@{second}", registry.host()).as_str()
+    );
+    assert_eq!(user_image("pinned-00001"), pinned.as_str());
+    let (ok, out) = kubectl(kc, &["delete", "-n", NS, "ksvc", "pinned"], None);
+    assert!(ok, "delete pinned: {out}");
 }
 
 /// The name of the revision's (first) pod, once the ReplicaSet made it (not one still
@@ -890,6 +946,8 @@ fn wake_through_the_activator(kc: &str, autoscaler: std::net::SocketAddr) {
 }
 
 fn remove_stand_in_activator(kc: &str) {
+    // The conformance suite's stand-in too: it stays after that suite ends (the runs share
+    // the cluster one at a time), and would put this run's revisions in Proxy mode.
     let _ = kubectl(
         kc,
         &[
@@ -898,6 +956,7 @@ fn remove_stand_in_activator(kc: &str) {
             "knative-serving",
             "endpointslice",
             "activator-service-e2e",
+            "activator-service-conformance",
             "--ignore-not-found",
         ],
         None,

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod registry;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

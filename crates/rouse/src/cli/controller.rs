@@ -161,6 +161,7 @@ async fn lead_and_reconcile(
         store.clone(),
         deployment_config(&config.get(), &live.deployment.borrow(), &base),
     );
+    runtime.set_tag_resolution(live.deployment.borrow().tag_resolution());
     let activator_stats = start_stat_stream(args, &client, &handle, &leading).await?;
     let networking = Arc::new(
         KubeNetworking::new(
@@ -184,6 +185,7 @@ async fn lead_and_reconcile(
             while changes.changed().await.is_ok() {
                 let cfg = live.config.get();
                 runtime.set_config(deployment_config(&cfg, &live.deployment.borrow(), &base));
+                runtime.set_tag_resolution(live.deployment.borrow().tag_resolution());
                 networking.set_ingress_config(ingress_config(&live, &domain));
                 let current = reconciling
                     .lock()

@@ -34,6 +34,27 @@ pub fn kubectl(kc: impl AsRef<Path>, args: &[&str], stdin: Option<&[u8]>) -> (bo
     (out.status.success(), text)
 }
 
+/// Merges `data` (a JSON object; a `null` value removes the key) into the data of Knative's
+/// ConfigMap `configmap` in `knative-serving`.
+pub fn patch_config(kc: impl AsRef<Path>, configmap: &str, data: &str) -> (bool, String) {
+    let patch = format!("{{\"data\":{data}}}");
+    kubectl(
+        kc,
+        &[
+            "patch",
+            "configmap",
+            "-n",
+            "knative-serving",
+            configmap,
+            "--type",
+            "merge",
+            "-p",
+            &patch,
+        ],
+        None,
+    )
+}
+
 /// A kubeconfig like `admin`, written to `dir`, acting as the install's ServiceAccount
 /// `account` in `knative-serving`, so a role run with it has the permissions the install
 /// gives it.
