@@ -223,6 +223,18 @@ impl LocalServices {
         }
     }
 
+    /// True when some wanted Service is not among those `present(namespace, name)` says the
+    /// API server has (deleted by someone, or not written yet).
+    pub fn missing(&self, present: impl Fn(&str, &str) -> bool) -> bool {
+        lock(&self.wanted).values().flat_map(|(_, s)| s).any(|svc| {
+            let meta = &svc.metadata;
+            !present(
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default(),
+            )
+        })
+    }
+
     /// The name of a Service the Route asks for that another owner holds.
     pub fn not_owned(&self, route: &Key) -> Option<String> {
         lock(&self.not_owned).get(route).cloned()

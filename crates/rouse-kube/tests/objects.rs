@@ -563,6 +563,7 @@ fn ingress_rules_splits_and_headers() {
     let ing = ingress(
         &route(&[("serving.knative.dev/service", "cart")]),
         &targets(),
+        &Default::default(),
         &cfg("example.com", false),
     );
     let v = serde_json::to_value(&ing).unwrap();
@@ -633,7 +634,12 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
             vec![("networking.knative.dev/visibility", "cluster-local")],
         ),
     ] {
-        let ing = ingress(&route(&labels), &targets(), &cfg(domain, false));
+        let ing = ingress(
+            &route(&labels),
+            &targets(),
+            &Default::default(),
+            &cfg(domain, false),
+        );
         assert!(
             ing.spec
                 .rules
@@ -646,7 +652,12 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
     // An h2c revision is reached on the public Service's port 81.
     let mut t = targets();
     t[0].h2c = true;
-    let ing = ingress(&route(&[]), &t, &cfg("example.com", false));
+    let ing = ingress(
+        &route(&[]),
+        &t,
+        &Default::default(),
+        &cfg("example.com", false),
+    );
     let port = serde_json::to_value(
         &ing.spec.rules[0].http.as_ref().unwrap().paths[0].splits[0].service_port,
     )
@@ -654,7 +665,12 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
     assert_eq!(port, 81);
     // Tag-header routing: the default host gets a header-matched path per tag first, then the
     // default path marked as such; the tag's host appends the tag header.
-    let ing = ingress(&route(&[]), &targets(), &cfg("example.com", true));
+    let ing = ingress(
+        &route(&[]),
+        &targets(),
+        &Default::default(),
+        &cfg("example.com", true),
+    );
     let v = serde_json::to_value(&ing).unwrap();
     let paths = &v["spec"]["rules"][1]["http"]["paths"];
     assert_eq!(
@@ -682,10 +698,20 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
 #[test]
 fn a_routes_cluster_local_services() {
     let r = route(&[("serving.knative.dev/service", "cart")]);
-    let ing = ingress(&r, &targets(), &cfg("example.com", false));
+    let ing = ingress(
+        &r,
+        &targets(),
+        &Default::default(),
+        &cfg("example.com", false),
+    );
     assert_eq!(local_service::names(&ing), ["cart", "canary-cart"]);
     // A cluster-local route has the same Services.
-    let local = ingress(&r, &targets(), &cfg("svc.cluster.local", false));
+    let local = ingress(
+        &r,
+        &targets(),
+        &Default::default(),
+        &cfg("svc.cluster.local", false),
+    );
     assert_eq!(local_service::names(&local), ["cart", "canary-cart"]);
 
     let v = serde_json::to_value(local_service::service(&r, "cart")).unwrap();
@@ -725,7 +751,7 @@ fn ingress_hosts_take_the_domain_config_domain_selects() {
     ]))
     .unwrap();
     let external = |labels: &[(&str, &str)]| -> Vec<String> {
-        ingress(&route(labels), &targets(), &c)
+        ingress(&route(labels), &targets(), &Default::default(), &c)
             .spec
             .rules
             .iter()

@@ -11,6 +11,7 @@ use rouse_api::config::features::{Flag, TAG_HEADER_BASED_ROUTING};
 use rouse_api::domainmapping::DomainMapping;
 use rouse_api::serving::{Addressable, Configuration, Revision, Route, RouteStatus, TrafficTarget};
 
+use super::route_hosts::RouteHosts;
 use super::{Requeue, route_rollout, routing_state};
 use crate::networking::{HostRoute, IngressState, Targets};
 use crate::{Context, Key, ReconcileError};
@@ -124,18 +125,17 @@ type Unresolved = (ConditionStatus, &'static str, String);
 /// Resolves the route into the status it should have (the caller sets IngressReady from the
 /// data plane, derives Ready once a rollout has had its say, and writes it).
 fn resolve_status(ctx: &Context, route: &Route) -> Result<RouteStatus, ReconcileError> {
-    let ns = &route.metadata.namespace;
-    let name = &route.metadata.name;
     let mut status = route.status.clone();
     status.observed_generation = route.metadata.generation;
-    let domain = ctx.route_domain(&route.metadata.labels);
-    let host = ctx.config.get().network.route_host(name, ns, &domain);
-    status.url = format!("http://{host}");
+    let hosts = RouteHosts::new(ctx, route);
+    // The URL is external unless the Route is cluster-local; the address, what in-cluster
+    // callers use, is always the cluster-local host (Knative's).
+    status.url = hosts.url("");
     status.address = Some(Addressable {
-        url: status.url.clone(),
+        url: format!("http://{}", hosts.cluster_local("")),
     });
 
-    match resolve(ctx, route)? {
+    match resolve(ctx, route, &hosts)? {
         Ok(traffic) => {
             status.traffic = traffic;
             status.mark_true("AllTrafficAssigned");
@@ -167,9 +167,9 @@ fn write(ctx: &Context, route: &Route, status: RouteStatus) -> Result<RouteStatu
 fn resolve(
     ctx: &Context,
     route: &Route,
+    hosts: &RouteHosts,
 ) -> Result<Result<Vec<TrafficTarget>, Unresolved>, ReconcileError> {
     let ns = &route.metadata.namespace;
-    let domain = ctx.route_domain(&route.metadata.labels);
     let mut out = Vec::new();
     for t in &route.spec.traffic {
         let revision = if !t.revision_name.is_empty() {
@@ -245,13 +245,7 @@ fn resolve(
         let url = if t.tag.is_empty() {
             String::new()
         } else {
-            format!(
-                "http://{}",
-                ctx.config
-                    .get()
-                    .network
-                    .tag_host(&t.tag, &route.metadata.name, ns, &domain)
-            )
+            hosts.url(&t.tag)
         };
         out.push(TrafficTarget {
             tag: t.tag.clone(),
@@ -286,8 +280,9 @@ fn refuse_deleted_revisions(
     Ok(())
 }
 
-/// A route's entries in the gateway's table: its host split by revision, and one host per tag.
-/// A route with no traffic yet gets its host marked unavailable, with why.
+/// A route's entries in the gateway's table: its hosts split by revision, and each tag's
+/// hosts; every traffic name at its cluster-local host and, unless cluster-local, its external
+/// one ([`RouteHosts`]). A route with no traffic yet gets its hosts marked unavailable, with why.
 fn host_routes(
     ctx: &Context,
     route: &Route,
@@ -297,15 +292,27 @@ fn host_routes(
         route.metadata.namespace.as_str(),
         route.metadata.name.as_str(),
     );
-    let domain = ctx.route_domain(&route.metadata.labels);
+    let hosts = RouteHosts::new(ctx, route);
+    let entries = |tag: &str, targets: &Targets, tags: &[(String, Targets)]| {
+        hosts
+            .all(tag)
+            .into_iter()
+            .map(|host| HostRoute {
+                host,
+                targets: targets.clone(),
+                unavailable: None,
+                tags: tags.to_vec(),
+                rewrite_host: None,
+            })
+            .collect::<Vec<_>>()
+    };
     if status.traffic.is_empty() {
-        return Ok(vec![HostRoute {
-            host: ctx.config.get().network.route_host(name, ns, &domain),
-            targets: Vec::new(),
-            unavailable: Some(not_ready_text(ctx, ns, name, status)?),
-            tags: Vec::new(),
-            rewrite_host: None,
-        }]);
+        let why = not_ready_text(ctx, ns, name, status)?;
+        let mut out = entries("", &Vec::new(), &[]);
+        for e in &mut out {
+            e.unavailable = Some(why.clone());
+        }
+        return Ok(out);
     }
     let mut shares: BTreeMap<String, u32> = BTreeMap::new();
     for t in &status.traffic {
@@ -334,31 +341,20 @@ fn host_routes(
             (tag.to_string(), targets)
         })
         .collect();
-    // With tag-header-based routing, the route's own host also sends a request naming a tag
+    // With tag-header-based routing, the route's own hosts also send a request naming a tag
     // in `Knative-Serving-Tag` to that tag's revision (whatever its percent).
     let tags = if config.features.get(TAG_HEADER_BASED_ROUTING) == Flag::Enabled {
         tagged.clone()
     } else {
         Vec::new()
     };
-    let mut out = vec![HostRoute {
-        host: config.network.route_host(name, ns, &domain),
-        targets: shares
-            .into_iter()
-            .map(|(rev, p)| (ns.to_string(), rev, p))
-            .collect(),
-        unavailable: None,
-        tags,
-        rewrite_host: None,
-    }];
-    for (tag, targets) in tagged {
-        out.push(HostRoute {
-            host: config.network.tag_host(&tag, name, ns, &domain),
-            targets,
-            unavailable: None,
-            tags: Vec::new(),
-            rewrite_host: None,
-        });
+    let default: Targets = shares
+        .into_iter()
+        .map(|(rev, p)| (ns.to_string(), rev, p))
+        .collect();
+    let mut out = entries("", &default, &tags);
+    for (tag, targets) in &tagged {
+        out.extend(entries(tag, targets, &[]));
     }
     Ok(out)
 }

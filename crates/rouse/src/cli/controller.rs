@@ -200,7 +200,9 @@ async fn lead_and_reconcile(
     let stop = terminated();
     tokio::pin!(stop);
     tokio::select! {
-        _ = async { tokio::join!(store.wait_synced(), live.wait_synced()) } => {}
+        _ = async {
+            tokio::join!(store.wait_synced(), live.wait_synced(), networking.wait_synced())
+        } => {}
         _ = &mut stop => return Ok(()),
     }
     loop {
