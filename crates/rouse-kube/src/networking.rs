@@ -732,6 +732,17 @@ mod tests {
                 ("blue".to_string(), "cart-00002".to_string())
             ]
         );
+        assert!(targets_from_table(&route, &table, &cfg).1.is_empty());
+        // The tag at its cluster-local host alone (its Service labelled cluster-local): found
+        // there, and served cluster-local only.
+        let table = [
+            entry("cart-shop.prod.example.org", "cart-00001"),
+            entry("cart--blue.shop.svc.cluster.local", "cart-00002"),
+        ];
+        let (found, local_only) = targets_from_table(&route, &table, &cfg);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[1].revision, "cart-00002");
+        assert_eq!(local_only, BTreeSet::from(["blue".to_string()]));
     }
 
     fn stored(generation: i64, observed: i64, ready: Value) -> Value {

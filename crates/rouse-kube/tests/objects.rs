@@ -693,6 +693,60 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
     );
 }
 
+/// Per-tag visibility: a traffic name made cluster-local (its Service labelled) keeps its
+/// ClusterLocal rule and loses its external one; the other names keep both.
+#[test]
+fn a_cluster_local_tag_gets_its_cluster_local_rule_only() {
+    let rules = |local_only: &[&str]| -> Vec<(Vec<String>, String)> {
+        let local_only = local_only.iter().map(|s| s.to_string()).collect();
+        ingress(
+            &route(&[]),
+            &targets(),
+            &local_only,
+            &cfg("example.com", false),
+        )
+        .spec
+        .rules
+        .into_iter()
+        .map(|r| (r.hosts, r.visibility))
+        .collect()
+    };
+    let hosts = |h: &[&str]| h.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let canary_local = (
+        hosts(&[
+            "canary-cart.shop",
+            "canary-cart.shop.svc",
+            "canary-cart.shop.svc.cluster.local",
+        ]),
+        "ClusterLocal".to_string(),
+    );
+    let default_local = (
+        hosts(&["cart.shop", "cart.shop.svc", "cart.shop.svc.cluster.local"]),
+        "ClusterLocal".to_string(),
+    );
+    let default_external = (hosts(&["cart.shop.example.com"]), "ExternalIP".to_string());
+    assert_eq!(
+        rules(&["canary"]),
+        [
+            default_local.clone(),
+            default_external.clone(),
+            canary_local.clone()
+        ]
+    );
+    assert_eq!(
+        rules(&[""]),
+        [
+            default_local.clone(),
+            canary_local.clone(),
+            (
+                hosts(&["canary-cart.shop.example.com"]),
+                "ExternalIP".to_string()
+            )
+        ]
+    );
+    assert_eq!(rules(&["", "canary"]), [default_local, canary_local]);
+}
+
 /// A Route's cluster-local Services: one per cluster-local host of its Ingress (the default
 /// and each tag), ExternalName to the gateway's Service, controlled by the Route.
 #[test]

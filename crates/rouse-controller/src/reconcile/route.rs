@@ -470,3 +470,163 @@ async fn rebuild_gateway(ctx: &Context) -> Result<(), ReconcileError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    use rouse_api::meta::Resource;
+    use rouse_api::serving::LABEL_VISIBILITY;
+    use rouse_runtime::ProcessRuntime;
+    use rouse_store::EmbeddedStore;
+    use serde_json::json;
+
+    use super::*;
+    use crate::Controller;
+    use crate::networking::{ActivatorLoad, Networking, RevisionTraffic};
+
+    /// A data plane that serves at once and whose cluster-local Services carry the labels the
+    /// test sets; it keeps the last table programmed.
+    #[derive(Default)]
+    struct Recorded {
+        table: Mutex<Vec<HostRoute>>,
+        labelled: Mutex<BTreeSet<String>>,
+    }
+
+    impl Networking for Recorded {
+        fn set_routes(&self, routes: Vec<HostRoute>) {
+            *self.table.lock().unwrap() = routes;
+        }
+        fn ingress_state(&self, _: &Key) -> IngressState {
+            IngressState::Ready
+        }
+        fn subscribe_ingresses(&self) -> Option<tokio::sync::broadcast::Receiver<Key>> {
+            None
+        }
+        fn cluster_local_services(&self, namespace: &str, route: &str) -> BTreeSet<String> {
+            assert_eq!((namespace, route), ("ns", "cart"));
+            self.labelled.lock().unwrap().clone()
+        }
+        fn set_revision(&self, _: &str, _: &str, _: RevisionTraffic) {}
+        fn remove_revision(&self, _: &str, _: &str) {}
+        fn serving_through_activator(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn take_activator_stats(&self) -> Vec<ActivatorLoad> {
+            Vec::new()
+        }
+    }
+
+    /// `(url, address, canary's url, the table's hosts)` after a reconcile of route `cart`.
+    async fn reconciled(
+        ctx: &Context,
+        net: &Recorded,
+    ) -> (String, String, String, BTreeSet<String>) {
+        reconcile(ctx, "ns", "cart").await.unwrap();
+        let r = ctx.client.get::<Route>("ns", "cart").unwrap().unwrap();
+        assert!(r.status.is_true("Ready"), "{:?}", r.status);
+        let canary = r.status.traffic.iter().find(|t| t.tag == "canary").unwrap();
+        let hosts = net
+            .table
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| h.host.clone())
+            .collect();
+        (
+            r.status.url.clone(),
+            r.status.address.clone().unwrap().url,
+            canary.url.clone(),
+            hosts,
+        )
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_traffic_names_visibility_follows_its_services_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let net = Arc::new(Recorded::default());
+        let ctx = Controller::new(
+            store,
+            ProcessRuntime::new(dir.path().to_path_buf()),
+            net.clone(),
+            rouse_api::config::SharedConfig::default(),
+            "localhost".into(),
+        )
+        .context();
+        let rev = ctx
+            .client
+            .create(&Revision::new_named("ns", "cart-00001"))
+            .unwrap();
+        let mut ready = rev.clone();
+        ready.status.mark_true("Ready");
+        ctx.client.update_status(&ready).unwrap();
+        let route = Route::from_value(json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Route",
+            "metadata": {"namespace": "ns", "name": "cart"},
+            "spec": {"traffic": [{"revisionName": "cart-00001", "percent": 100},
+                                 {"revisionName": "cart-00001", "tag": "canary"}]}}))
+        .unwrap();
+        ctx.client.create(&route).unwrap();
+
+        // Nothing labelled: every name external, and served at its cluster-local host too.
+        let (url, address, canary, hosts) = reconciled(&ctx, &net).await;
+        assert_eq!(url, "http://cart.ns.localhost");
+        assert_eq!(address, "http://cart.ns.svc.cluster.local");
+        assert_eq!(canary, "http://canary-cart.ns.localhost");
+        assert_eq!(
+            hosts,
+            set(&[
+                "cart.ns.localhost",
+                "cart.ns.svc.cluster.local",
+                "canary-cart.ns.localhost",
+                "canary-cart.ns.svc.cluster.local"
+            ])
+        );
+
+        // The tag's Service labelled cluster-local: the tag loses its external host.
+        *net.labelled.lock().unwrap() = set(&["canary-cart"]);
+        let (url, _, canary, hosts) = reconciled(&ctx, &net).await;
+        assert_eq!(url, "http://cart.ns.localhost");
+        assert_eq!(canary, "http://canary-cart.ns.svc.cluster.local");
+        assert!(!hosts.contains("canary-cart.ns.localhost"), "{hosts:?}");
+        assert!(hosts.contains("canary-cart.ns.svc.cluster.local"));
+
+        // The default's Service too: the Route's URL is its cluster-local one.
+        *net.labelled.lock().unwrap() = set(&["cart", "canary-cart"]);
+        let (url, address, _, hosts) = reconciled(&ctx, &net).await;
+        assert_eq!(url, "http://cart.ns.svc.cluster.local");
+        assert_eq!(address, url);
+        assert_eq!(
+            hosts,
+            set(&[
+                "cart.ns.svc.cluster.local",
+                "canary-cart.ns.svc.cluster.local"
+            ])
+        );
+
+        // Labels gone, the Route itself labelled: every name cluster-local (the lower wins).
+        *net.labelled.lock().unwrap() = BTreeSet::new();
+        let mut labelled = ctx.client.get::<Route>("ns", "cart").unwrap().unwrap();
+        labelled
+            .metadata
+            .labels
+            .insert(LABEL_VISIBILITY.into(), "cluster-local".into());
+        ctx.client.update(&labelled).unwrap();
+        let (url, _, canary, hosts) = reconciled(&ctx, &net).await;
+        assert_eq!(url, "http://cart.ns.svc.cluster.local");
+        assert_eq!(canary, "http://canary-cart.ns.svc.cluster.local");
+        assert_eq!(
+            hosts,
+            set(&[
+                "cart.ns.svc.cluster.local",
+                "canary-cart.ns.svc.cluster.local"
+            ])
+        );
+    }
+}
