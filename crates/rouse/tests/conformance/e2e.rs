@@ -1089,3 +1089,143 @@ fn TestDomainMapping() {
         (t.get("/").ok()?.status == 404).then_some(())
     });
 }
+
+/// Knative's `isTrafficClusterLocal`: the URL of the Route's traffic target `tag` is in the
+/// cluster domain.
+fn tag_is_cluster_local(route: &serde_json::Value, tag: &str) -> bool {
+    let target = route["status"]["traffic"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["tag"] == tag).cloned())
+        .unwrap_or_else(|| panic!("no traffic target tagged {tag}: {route}"));
+    target["url"]
+        .as_str()
+        .is_some_and(|u| u.ends_with(".svc.cluster.local"))
+}
+
+/// Knative's `isRouteClusterLocal`: the Route's URL is in the cluster domain.
+fn route_is_cluster_local(route: &serde_json::Value) -> bool {
+    route["status"]["url"]
+        .as_str()
+        .is_some_and(|u| u.ends_with(".svc.cluster.local"))
+}
+
+/// A Service `name` with `traffic`, labelled `networking.knative.dev/visibility:
+/// cluster-local` when `local`.
+fn subroute_service(p: &dyn Platform, name: &str, traffic: &str, local: bool) -> String {
+    let yaml = Svc::new(name, Image::HelloWorld).traffic(traffic).yaml(p);
+    if !local {
+        return yaml;
+    }
+    yaml.replacen(
+        &format!("metadata:\n  name: {name}\n"),
+        &format!(
+            "metadata:\n  name: {name}\n  labels:\n    networking.knative.dev/visibility: cluster-local\n"
+        ),
+        1,
+    )
+}
+
+/// Sets (or removes) the visibility label of Knative Service `name` (copied to its Route).
+fn set_service_visibility(p: &dyn Platform, name: &str, local: bool) {
+    let value = local.then_some("cluster-local");
+    let patch = serde_json::json!({"metadata": {"labels": {
+        "networking.knative.dev/visibility": value}}});
+    p.write("PATCH", Some(name), &patch, false)
+        .unwrap_or_else(|e| panic!("labelling {name}: {e:?}"));
+}
+
+#[test]
+fn TestSubrouteVisibilityPublicToPrivate() {
+    let Some(p) = crate::platform("subroute-pub-priv", Needs::Defaults) else {
+        return;
+    };
+    let p = &*p;
+    let name = "subroute-pp";
+    p.apply_ready(&subroute_service(
+        p,
+        name,
+        "  traffic:\n    - {tag: my-tag, percent: 100}\n",
+        false,
+    ));
+    let route = p.get("rt", name).unwrap();
+    assert!(!tag_is_cluster_local(&route, "my-tag"), "{route}");
+    assert!(!route_is_cluster_local(&route), "{route}");
+
+    // The tag's Service labelled cluster-local, and a second tag added.
+    p.label_service(
+        &format!("my-tag-{name}"),
+        "networking.knative.dev/visibility",
+        Some("cluster-local"),
+    )
+    .unwrap();
+    p.apply(&subroute_service(
+        p,
+        name,
+        "  traffic:\n    - {tag: my-tag, percent: 100}\n    - {tag: my-tag2, latestRevision: true}\n",
+        false,
+    ))
+    .unwrap();
+    eventually("my-tag cluster-local, my-tag2 public", PATIENCE, || {
+        let r = p.get("rt", name)?;
+        let has_both = r["status"]["traffic"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2);
+        (has_both && tag_is_cluster_local(&r, "my-tag") && !tag_is_cluster_local(&r, "my-tag2"))
+            .then_some(())
+    });
+
+    // The whole Service made cluster-local: the Route and every tag follow.
+    set_service_visibility(p, name, true);
+    let route = eventually("the Route cluster-local", PATIENCE, || {
+        p.get("rt", name).filter(route_is_cluster_local)
+    });
+    for tag in ["my-tag", "my-tag2"] {
+        assert!(tag_is_cluster_local(&route, tag), "{tag}: {route}");
+    }
+}
+
+#[test]
+fn TestSubrouteVisibilityPrivateToPublic() {
+    let Some(p) = crate::platform("subroute-priv-pub", Needs::Defaults) else {
+        return;
+    };
+    let p = &*p;
+    let name = "subroute-ppub";
+    p.apply_ready(&subroute_service(
+        p,
+        name,
+        "  traffic:\n    - {tag: my-tag, percent: 50}\n    - {tag: my-tag2, percent: 50}\n",
+        true,
+    ));
+    let route = p.get("rt", name).unwrap();
+    for tag in ["my-tag", "my-tag2"] {
+        assert!(tag_is_cluster_local(&route, tag), "{tag}: {route}");
+    }
+    assert!(route_is_cluster_local(&route), "{route}");
+
+    // my-tag's Service labelled too: both tags stay cluster-local (checked for 5 s).
+    p.label_service(
+        &format!("my-tag-{name}"),
+        "networking.knative.dev/visibility",
+        Some("cluster-local"),
+    )
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let r = p.get("rt", name).unwrap();
+        for tag in ["my-tag", "my-tag2"] {
+            assert!(tag_is_cluster_local(&r, tag), "{tag}: {r}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // The Service made public: the Route and my-tag2 follow, my-tag stays cluster-local
+    // (its own Service's label).
+    set_service_visibility(p, name, false);
+    // (The URLs are written together: one status shows both.)
+    let route = eventually("the Route and my-tag2 public", PATIENCE, || {
+        p.get("rt", name)
+            .filter(|r| !route_is_cluster_local(r) && !tag_is_cluster_local(r, "my-tag2"))
+    });
+    assert!(tag_is_cluster_local(&route, "my-tag"), "{route}");
+}
