@@ -1229,3 +1229,36 @@ fn TestSubrouteVisibilityPrivateToPublic() {
     });
     assert!(tag_is_cluster_local(&route, "my-tag"), "{route}");
 }
+
+/// Knative's TestSubrouteLocalSTS: a cluster-local Service's tag is served at its
+/// cluster-local host (`{tag}-{route}.{ns}.svc.cluster.local`, the tag prefixed to the Route's
+/// address) and not at the external one. Knative calls it from a pod, also by the shorter
+/// `.svc` and `{ns}` forms; here the request goes to the gateway with that Host (the shorter
+/// forms are the Ingress rule's on Kubernetes, see rouse-kube's tests).
+#[test]
+fn TestSubrouteLocalSTS() {
+    let Some(p) = crate::platform("subroute-local-sts", Needs::Defaults) else {
+        return;
+    };
+    let p = &*p;
+    let name = "subroute-sts";
+    p.apply_ready(&subroute_service(
+        p,
+        name,
+        "  traffic:\n    - {tag: current, percent: 100}\n",
+        true,
+    ));
+    let route = p.get("rt", name).unwrap();
+    let address = route["status"]["address"]["url"].as_str().unwrap();
+    let ns = p.namespace();
+    assert_eq!(address, format!("http://{name}.{ns}.svc.cluster.local"));
+    assert!(route_is_cluster_local(&route), "{route}");
+    let local = address.replacen("http://", "http://current-", 1);
+    let t = p.target(&local);
+    let r = eventually("the tag at its cluster-local host", PATIENCE, || {
+        t.get("/").ok().filter(|r| r.status == 200)
+    });
+    assert_eq!(r.body.trim(), HELLO);
+    let external = p.target(&format!("http://current-{name}.{ns}.{}", p.domain()));
+    assert_eq!(external.get("/").unwrap().status, 404);
+}
