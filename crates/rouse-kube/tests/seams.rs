@@ -714,6 +714,14 @@ fn cart_hosts(canary: bool) -> Vec<HostRoute> {
     table
 }
 
+/// Route `cart`: all traffic to `cart-00001`, also tagged `canary`.
+fn cart_with_canary() -> Value {
+    json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+           "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"},
+           "spec": {"traffic": [{"revisionName": "cart-00001", "percent": 100},
+                                {"revisionName": "cart-00001", "tag": "canary"}]}})
+}
+
 /// A Route's cluster-local Services follow its Ingress: written with it, the tag's removed
 /// with the tag, all removed once no Ingress is written (also those written before a
 /// restart). A Service of the name that the Route does not own is left alone and makes the
@@ -723,13 +731,7 @@ async fn a_routes_cluster_local_services_follow_its_ingress() {
     use rouse_controller::networking::IngressState;
     let fake = Fake::start().await;
     fake.put(REVS, revision());
-    fake.put(
-        ROUTES,
-        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
-               "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"},
-               "spec": {"traffic": [{"revisionName": "cart-00001", "percent": 100},
-                                    {"revisionName": "cart-00001", "tag": "canary"}]}}),
-    );
+    fake.put(ROUTES, cart_with_canary());
     let owned_by_cart = json!([{"apiVersion": "serving.knative.dev/v1", "kind": "Route",
                                 "name": "cart", "uid": "route-uid", "controller": true}]);
     // Written before a restart, for a tag gone since.
@@ -819,13 +821,7 @@ async fn a_routes_cluster_local_services_follow_its_ingress() {
 async fn a_tags_visibility_label_is_read_kept_and_its_service_recreated() {
     let fake = Fake::start().await;
     fake.put(REVS, revision());
-    fake.put(
-        ROUTES,
-        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
-               "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"},
-               "spec": {"traffic": [{"revisionName": "cart-00001", "percent": 100},
-                                    {"revisionName": "cart-00001", "tag": "canary"}]}}),
-    );
+    fake.put(ROUTES, cart_with_canary());
     let (store, rt) = started(&fake).await;
     let net = example_networking(&fake, &rt, &store);
     tokio::time::timeout(Duration::from_secs(20), net.wait_synced())

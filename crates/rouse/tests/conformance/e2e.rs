@@ -1125,6 +1125,16 @@ fn subroute_service(p: &dyn Platform, name: &str, traffic: &str, local: bool) ->
     )
 }
 
+/// Labels the Kubernetes Service of Route `route`'s tag `tag` cluster-local, as a user would.
+fn label_tag_cluster_local(p: &dyn Platform, tag: &str, route: &str) {
+    p.label_service(
+        &format!("{tag}-{route}"),
+        "networking.knative.dev/visibility",
+        Some("cluster-local"),
+    )
+    .unwrap();
+}
+
 /// Sets (or removes) the visibility label of Knative Service `name` (copied to its Route).
 fn set_service_visibility(p: &dyn Platform, name: &str, local: bool) {
     let value = local.then_some("cluster-local");
@@ -1152,12 +1162,7 @@ fn TestSubrouteVisibilityPublicToPrivate() {
     assert!(!route_is_cluster_local(&route), "{route}");
 
     // The tag's Service labelled cluster-local, and a second tag added.
-    p.label_service(
-        &format!("my-tag-{name}"),
-        "networking.knative.dev/visibility",
-        Some("cluster-local"),
-    )
-    .unwrap();
+    label_tag_cluster_local(p, "my-tag", name);
     p.apply(&subroute_service(
         p,
         name,
@@ -1204,12 +1209,7 @@ fn TestSubrouteVisibilityPrivateToPublic() {
     assert!(route_is_cluster_local(&route), "{route}");
 
     // my-tag's Service labelled too: both tags stay cluster-local (checked for 5 s).
-    p.label_service(
-        &format!("my-tag-{name}"),
-        "networking.knative.dev/visibility",
-        Some("cluster-local"),
-    )
-    .unwrap();
+    label_tag_cluster_local(p, "my-tag", name);
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         let r = p.get("rt", name).unwrap();
