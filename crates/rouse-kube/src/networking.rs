@@ -576,8 +576,9 @@ impl Networking for KubeNetworking {
         });
     }
 
-    /// Ready once the gateway marked the Ingress Ready for the spec last written; never while
-    /// a Route's Service name is held by a Service it does not own.
+    /// Ready once the gateway marked the Ingress Ready for the spec last written and the
+    /// Route's cluster-local Services are written; never while a Route's Service name is held
+    /// by a Service it does not own.
     fn ingress_state(&self, owner: &Key) -> IngressState {
         if let Some(name) = self.local.not_owned(owner) {
             return IngressState::NotReady {
@@ -591,6 +592,9 @@ impl Networking for KubeNetworking {
         let Some((name, spec)) = lock(&self.written).get(owner).cloned() else {
             return IngressState::not_configured();
         };
+        if self.local.pending(owner) {
+            return IngressState::not_configured();
+        }
         let set = self.ingresses.snapshot();
         let stored = set.objects.get(&(owner.namespace.clone(), name));
         ingress_state(stored, Some(&spec))

@@ -1020,6 +1020,7 @@ fn wake_through_the_activator(kc: &str, autoscaler: std::net::SocketAddr) {
 }
 
 fn remove_stand_in_activator(kc: &str) {
+    // Also the conformance suite's (`conformance_kube`), which it leaves when it ends.
     let _ = kubectl(
         kc,
         &[
@@ -1027,7 +1028,8 @@ fn remove_stand_in_activator(kc: &str) {
             "-n",
             "knative-serving",
             "endpointslice",
-            "activator-service-e2e",
+            "-l",
+            "endpointslice.kubernetes.io/managed-by in (rouse-e2e,rouse-conformance)",
             "--ignore-not-found",
         ],
         None,
