@@ -906,3 +906,32 @@ async fn a_tags_visibility_label_is_read_kept_and_its_service_recreated() {
     .await;
     rt.shutdown_background();
 }
+
+/// A Route's Services are pending (its Ingress is not reported served) until a sync wrote
+/// them all; a sync that fails leaves them pending, and the Route is woken once written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_is_pending_until_its_services_are_written() {
+    use rouse_kube::local_service::{LocalServices, service};
+    let fake = Fake::start().await;
+    let route = rouse_api::serving::Route::from_value(cart_with_canary()).unwrap();
+    let local = LocalServices::default();
+    let services = vec![service(&route, "cart"), service(&route, "canary-cart")];
+    local.want(std::collections::HashMap::from([(
+        cart_route(),
+        ("route-uid".to_string(), services),
+    )]));
+    assert!(local.pending(&cart_route()));
+    assert!(!local.pending(&rouse_controller::Key::new(Kind::Route, "shop", "other")));
+    let (events, mut woken) = tokio::sync::broadcast::channel(8);
+
+    fake.state.lock().unwrap().down = true;
+    local.sync(&fake.client, &events).await;
+    assert!(local.pending(&cart_route()));
+    assert!(woken.try_recv().is_err());
+
+    fake.state.lock().unwrap().down = false;
+    local.sync(&fake.client, &events).await;
+    assert!(!local.pending(&cart_route()));
+    assert_eq!(woken.try_recv().unwrap(), cart_route());
+    assert!(fake.object(SERVICES, "shop", "canary-cart").is_some());
+}
