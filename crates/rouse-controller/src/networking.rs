@@ -3,6 +3,7 @@
 //! runner) programs the in-process gateway and activator; Kubernetes mode's (`rouse-kube`)
 //! programs Services, EndpointSlices and Ingresses behind the same trait.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -98,6 +99,13 @@ pub trait Networking: Send + Sync + 'static {
     /// The Route or DomainMapping each time the answer of [`Networking::ingress_state`] for it
     /// may have changed on its own (its reconciler looks again); `None` when it never does.
     fn subscribe_ingresses(&self) -> Option<tokio::sync::broadcast::Receiver<Key>>;
+    /// Which of a Route's cluster-local Services (Knative's placeholder Services, named after
+    /// its traffic names: `{route}`, `{tag}-{route}`) are labelled
+    /// `networking.knative.dev/visibility: cluster-local`, by name: those traffic names are
+    /// served cluster-local only. None by default (local mode makes no such Services).
+    fn cluster_local_services(&self, _namespace: &str, _route: &str) -> BTreeSet<String> {
+        BTreeSet::new()
+    }
     /// Replaces how a revision is reached, in one swap.
     fn set_revision(&self, namespace: &str, revision: &str, traffic: RevisionTraffic);
     /// Forgets a deleted revision; requests still routed to it are refused at once (503).

@@ -8,7 +8,7 @@
 //! told (`IngressReady=False`, `NotOwned`) as Knative does.
 
 use crate::lock;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Service;
@@ -198,6 +198,8 @@ pub struct LocalServices {
     /// each toward the latest wanted set.
     written: tokio::sync::Mutex<Option<WrittenSet>>,
     not_owned: Mutex<HashMap<Key, String>>,
+    /// The names written, by Route, as the last sync left them (readable while one runs).
+    done: Mutex<HashMap<Key, BTreeSet<String>>>,
 }
 
 impl LocalServices {
@@ -207,7 +209,8 @@ impl LocalServices {
     }
 
     /// Runs [`LocalServices::sync`] every `every` while some Route's name is taken, so a
-    /// Route turns from `NotOwned` once the other Service is gone; ends with the seam.
+    /// Route turns from `NotOwned` once the other Service is gone, or some wanted Service is
+    /// not written (a write failed); ends with the seam.
     pub async fn retry_not_owned(
         local: std::sync::Weak<LocalServices>,
         client: kube::Client,
@@ -217,10 +220,40 @@ impl LocalServices {
         loop {
             tokio::time::sleep(every).await;
             let Some(local) = local.upgrade() else { return };
-            if !lock(&local.not_owned).is_empty() {
+            let routes: Vec<Key> = lock(&local.wanted).keys().cloned().collect();
+            let pending = routes.iter().any(|route| local.pending(route));
+            if pending || !lock(&local.not_owned).is_empty() {
                 local.sync(&client, &events).await;
             }
         }
+    }
+
+    /// True when some wanted Service is not among those `present(namespace, name)` says the
+    /// API server has (deleted by someone, or not written yet).
+    pub fn missing(&self, present: impl Fn(&str, &str) -> bool) -> bool {
+        lock(&self.wanted).values().flat_map(|(_, s)| s).any(|svc| {
+            let meta = &svc.metadata;
+            !present(
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default(),
+            )
+        })
+    }
+
+    /// True while some Service the Route asks for is not written yet: the Route is not
+    /// served as Knative's is until its Services exist (Knative writes them before it reports
+    /// the Route Ready).
+    pub fn pending(&self, route: &Key) -> bool {
+        let wanted = lock(&self.wanted);
+        let Some((_, services)) = wanted.get(route) else {
+            return false;
+        };
+        let done = lock(&self.done);
+        let written = done.get(route);
+        services.iter().any(|svc| {
+            let name = svc.metadata.name.as_deref().unwrap_or_default();
+            !written.is_some_and(|w| w.contains(name))
+        })
     }
 
     /// The name of a Service the Route asks for that another owner holds.
@@ -292,6 +325,17 @@ impl LocalServices {
             }
         }
         written.retain(|_, names| !names.is_empty());
+        // A Route whose Services came or went is looked at again (it may be served now).
+        let done: HashMap<Key, BTreeSet<String>> = written
+            .iter()
+            .map(|(route, names)| (route.clone(), names.keys().cloned().collect()))
+            .collect();
+        let done_before = std::mem::replace(&mut *lock(&self.done), done.clone());
+        for route in done_before.keys().chain(done.keys()) {
+            if done_before.get(route) != done.get(route) {
+                let _ = events.send(route.clone());
+            }
+        }
         let before = std::mem::replace(&mut *lock(&self.not_owned), not_owned.clone());
         for route in before.keys().chain(not_owned.keys()) {
             if before.get(route) != not_owned.get(route) {

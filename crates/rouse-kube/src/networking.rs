@@ -8,21 +8,24 @@
 //! Writes are server-side applies run on the seam's runtime; the seam's calls return at once.
 //! A Route's or DomainMapping's Ingress is served once the gateway marks it Ready for the spec
 //! last written: the seam follows the Ingresses and tells the reconcilers when one's readiness
-//! changes.
+//! changes. It also follows the Routes' cluster-local Services: a label the user set or changed
+//! wakes the Route (per-tag visibility), and one deleted is written again.
 
 use crate::lock;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ApiResource, ListParams};
 use rouse_api::condition::Conditions;
+use rouse_api::config::domain::CLUSTER_LOCAL;
 use rouse_api::domainmapping::{DomainMapping, claim_holder};
 use rouse_api::ingress::{Ingress, IngressSpec};
 use rouse_api::meta::Resource;
 use rouse_api::networking::{ServerlessService, SksMode};
-use rouse_api::serving::{Revision, Route};
+use rouse_api::serving::{LABEL_VISIBILITY, Revision, Route};
 use rouse_controller::Key;
 use rouse_controller::networking::{
     ActivatorLoad, HostRoute, IngressState, Networking, RevisionTraffic,
@@ -41,7 +44,7 @@ use crate::revision::{
     Backend, LABEL_SLICE_MANAGED_BY, LABEL_SLICE_SERVICE, SLICE_MANAGER, private_service,
     public_endpoint_slices, public_endpoints, public_service,
 };
-use crate::route::{IngressConfig, ResolvedTarget, ingress};
+use crate::route::{IngressConfig, LABEL_ROUTE, ResolvedTarget, ingress};
 use crate::stat_stream::ActivatorStats;
 
 /// The activator's Service, whose EndpointSlices list the activators.
@@ -72,6 +75,8 @@ pub struct KubeNetworking {
     owner_events: broadcast::Sender<Key>,
     /// The Routes' cluster-local Services.
     local: Arc<LocalServices>,
+    /// The Services labelled with a Route, as the API server has them.
+    services: Informer,
 }
 
 impl KubeNetworking {
@@ -93,6 +98,17 @@ impl KubeNetworking {
             owner_events.clone(),
         ));
         let local = Arc::new(LocalServices::default());
+        let services = {
+            let _on = handle.enter();
+            let ar = ApiResource::erase::<Service>(&());
+            Informer::start(Api::all_with(client.clone(), &ar), LABEL_ROUTE, "services")
+        };
+        handle.spawn(follow_services(
+            services.subscribe(),
+            Arc::downgrade(&local),
+            client.clone(),
+            owner_events.clone(),
+        ));
         handle.spawn(LocalServices::retry_not_owned(
             Arc::downgrade(&local),
             client.clone(),
@@ -110,7 +126,15 @@ impl KubeNetworking {
             ingresses,
             owner_events,
             local,
+            services,
         }
+    }
+
+    /// Returns once the Routes' Services have been listed: until then no Service's
+    /// visibility label is known, and a tag the user made cluster-local would be published.
+    pub async fn wait_synced(&self) {
+        let mut sets = self.services.subscribe();
+        let _ = sets.wait_for(|s| s.synced).await;
     }
 
     /// The settings Ingresses are built with from now on.
@@ -180,6 +204,62 @@ async fn announce_changes(
             let _ = events.send(key.clone());
         }
         seen = now;
+    }
+}
+
+/// What the Route reconcilers read off a Route's cluster-local Services: by Service name, its
+/// visibility label and UID (a Service deleted and made again is another).
+type RouteServices = BTreeMap<String, (Option<String>, String)>;
+
+/// The Services of a set by the Route their `serving.knative.dev/route` label names.
+fn services_by_route(set: &Snapshot) -> HashMap<Key, RouteServices> {
+    let mut out: HashMap<Key, RouteServices> = HashMap::new();
+    for ((ns, name), svc) in set.objects.iter() {
+        let labels = &svc["metadata"]["labels"];
+        let Some(route) = labels[LABEL_ROUTE].as_str() else {
+            continue;
+        };
+        let visibility = labels[LABEL_VISIBILITY].as_str().map(str::to_string);
+        let uid = svc["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        out.entry(Key::new(Kind::Route, ns, route))
+            .or_default()
+            .insert(name.clone(), (visibility, uid));
+    }
+    out
+}
+
+/// Follows the Routes' Services until the informer is gone: wakes each Route whose Services
+/// came, went or changed their visibility label (the reconciler reads them again), and writes
+/// the wanted Services again when one of them is missing (deleted by someone).
+async fn follow_services(
+    mut sets: tokio::sync::watch::Receiver<Snapshot>,
+    local: std::sync::Weak<LocalServices>,
+    client: kube::Client,
+    events: broadcast::Sender<Key>,
+) {
+    let mut seen: HashMap<Key, RouteServices> = HashMap::new();
+    while sets.changed().await.is_ok() {
+        let set = sets.borrow_and_update().clone();
+        if !set.synced {
+            continue;
+        }
+        let now = services_by_route(&set);
+        for key in now.keys().chain(seen.keys()) {
+            if now.get(key) != seen.get(key) {
+                let _ = events.send(key.clone());
+            }
+        }
+        seen = now;
+        let Some(local) = local.upgrade() else { return };
+        if local.missing(|ns, name| {
+            set.objects
+                .contains_key(&(ns.to_string(), name.to_string()))
+        }) {
+            local.sync(&client, &events).await;
+        }
     }
 }
 
@@ -305,38 +385,79 @@ pub fn resolved_targets(route: &Route) -> Vec<ResolvedTarget> {
         .collect()
 }
 
-/// A Route's targets from the routing table: its default host and its tags' hosts, as the
-/// Route reconciler renders them (`domain-template`, `tag-template`, the Route's domain; the
-/// tags those its spec or status name); `h2c` is the caller's to set.
+/// A Route's targets from the routing table, and its traffic names served cluster-local
+/// only. Each traffic name (the default, `""`, and the tags its spec or status names) is
+/// looked up at its external host, as the Route reconciler renders it (`domain-template`,
+/// `tag-template`, the Route's domain), else at its cluster-local host
+/// `{name}.{ns}.svc.{cluster-domain}`, which alone in the table means the name is cluster-local
+/// only; `h2c` is the caller's to set.
 pub fn targets_from_table(
     route: &Route,
     table: &[HostRoute],
     cfg: &IngressConfig,
-) -> Vec<ResolvedTarget> {
+) -> (Vec<ResolvedTarget>, BTreeSet<String>) {
     let (name, ns) = (&route.metadata.name, &route.metadata.namespace);
     let domain = cfg.route_domain(route);
-    let mut hosts: HashMap<String, String> =
-        HashMap::from([(cfg.network.route_host(name, ns, &domain), String::new())]);
-    let tags = route.spec.traffic.iter().map(|t| &t.tag);
-    for tag in tags.chain(route.status.traffic.iter().map(|t| &t.tag)) {
-        if !tag.is_empty() {
-            hosts.insert(cfg.network.tag_host(tag, name, ns, &domain), tag.clone());
+    let mut names: Vec<&str> = vec![""];
+    let tags = route.spec.traffic.iter().map(|t| t.tag.as_str());
+    for tag in tags.chain(route.status.traffic.iter().map(|t| t.tag.as_str())) {
+        if !tag.is_empty() && !names.contains(&tag) {
+            names.push(tag);
         }
     }
+    let by_host: HashMap<&str, &HostRoute> = table.iter().map(|h| (h.host.as_str(), h)).collect();
     let mut out = Vec::new();
-    for hr in table {
-        let Some(tag) = hosts.get(&hr.host) else {
-            continue;
+    let mut local_only = BTreeSet::new();
+    for tag in names {
+        let external = if tag.is_empty() {
+            cfg.network.route_host(name, ns, &domain)
+        } else {
+            cfg.network.tag_host(tag, name, ns, &domain)
         };
-        for (target_ns, revision, percent) in &hr.targets {
+        let local = cfg
+            .network
+            .cluster_local_host(&cfg.network.traffic_name(tag, name), ns);
+        let entry = match by_host.get(external.as_str()) {
+            Some(hr) => hr,
+            None => match by_host.get(local.as_str()) {
+                Some(hr) => {
+                    local_only.insert(tag.to_string());
+                    hr
+                }
+                None => continue,
+            },
+        };
+        for (target_ns, revision, percent) in &entry.targets {
             if target_ns == ns {
                 out.push(ResolvedTarget {
-                    tag: tag.clone(),
+                    tag: tag.to_string(),
                     revision: revision.clone(),
                     percent: i64::from(*percent),
                     h2c: false,
                 });
             }
+        }
+    }
+    (out, local_only)
+}
+
+/// The traffic names a Route's status says are cluster-local only: those whose URL is their
+/// cluster-local host (`status.url` for the default, `status.traffic[].url` for tags).
+fn local_only_from_status(route: &Route, cfg: &IngressConfig) -> BTreeSet<String> {
+    let (name, ns) = (&route.metadata.name, &route.metadata.namespace);
+    let is_local = |tag: &str, url: &str| {
+        let host = cfg
+            .network
+            .cluster_local_host(&cfg.network.traffic_name(tag, name), ns);
+        url == format!("http://{host}")
+    };
+    let mut out = BTreeSet::new();
+    if is_local("", &route.status.url) {
+        out.insert(String::new());
+    }
+    for t in route.status.traffic.iter().filter(|t| !t.tag.is_empty()) {
+        if is_local(&t.tag, &t.url) {
+            out.insert(t.tag.clone());
         }
     }
     out
@@ -400,16 +521,16 @@ impl Networking for KubeNetworking {
             .into_iter()
             .filter_map(|v| Route::from_value(v).ok())
             .filter_map(|r| {
-                let targets = targets_from_table(&r, &table, &cfg);
-                let mut targets = if targets.is_empty() {
-                    resolved_targets(&r)
+                let (targets, local_only) = targets_from_table(&r, &table, &cfg);
+                let (mut targets, local_only) = if targets.is_empty() {
+                    (resolved_targets(&r), local_only_from_status(&r, &cfg))
                 } else {
-                    targets
+                    (targets, local_only)
                 };
                 for t in &mut targets {
                     t.h2c = self.serves_h2c(&r.metadata.namespace, &t.revision);
                 }
-                (!targets.is_empty()).then(|| ingress(&r, &targets, &cfg))
+                (!targets.is_empty()).then(|| ingress(&r, &targets, &local_only, &cfg))
             })
             .collect();
         // Each Route's Services follow its Ingress: one per cluster-local host it serves.
@@ -455,8 +576,9 @@ impl Networking for KubeNetworking {
         });
     }
 
-    /// Ready once the gateway marked the Ingress Ready for the spec last written; never while
-    /// a Route's Service name is held by a Service it does not own.
+    /// Ready once the gateway marked the Ingress Ready for the spec last written and the
+    /// Route's cluster-local Services are written; never while a Route's Service name is held
+    /// by a Service it does not own.
     fn ingress_state(&self, owner: &Key) -> IngressState {
         if let Some(name) = self.local.not_owned(owner) {
             return IngressState::NotReady {
@@ -470,6 +592,9 @@ impl Networking for KubeNetworking {
         let Some((name, spec)) = lock(&self.written).get(owner).cloned() else {
             return IngressState::not_configured();
         };
+        if self.local.pending(owner) {
+            return IngressState::not_configured();
+        }
         let set = self.ingresses.snapshot();
         let stored = set.objects.get(&(owner.namespace.clone(), name));
         ingress_state(stored, Some(&spec))
@@ -477,6 +602,22 @@ impl Networking for KubeNetworking {
 
     fn subscribe_ingresses(&self) -> Option<broadcast::Receiver<Key>> {
         Some(self.owner_events.subscribe())
+    }
+
+    /// Read off the Services informer: those labelled with the Route and cluster-local.
+    fn cluster_local_services(&self, namespace: &str, route: &str) -> BTreeSet<String> {
+        let set = self.services.snapshot();
+        let from = (namespace.to_string(), String::new());
+        set.objects
+            .range(from..)
+            .take_while(|((ns, _), _)| ns == namespace)
+            .filter(|(_, svc)| {
+                let labels = &svc["metadata"]["labels"];
+                labels[LABEL_ROUTE].as_str() == Some(route)
+                    && labels[LABEL_VISIBILITY].as_str() == Some(CLUSTER_LOCAL)
+            })
+            .map(|((_, name), _)| name.clone())
+            .collect()
     }
 
     fn set_revision(&self, namespace: &str, revision: &str, t: RevisionTraffic) {
@@ -584,6 +725,7 @@ mod tests {
             entry("cart-shop.example.com", "cart-00009"),
         ];
         let found: Vec<(String, String)> = targets_from_table(&route, &table, &cfg)
+            .0
             .into_iter()
             .map(|t| (t.tag, t.revision))
             .collect();
@@ -594,6 +736,17 @@ mod tests {
                 ("blue".to_string(), "cart-00002".to_string())
             ]
         );
+        assert!(targets_from_table(&route, &table, &cfg).1.is_empty());
+        // The tag at its cluster-local host alone (its Service labelled cluster-local): found
+        // there, and served cluster-local only.
+        let table = [
+            entry("cart-shop.prod.example.org", "cart-00001"),
+            entry("cart--blue.shop.svc.cluster.local", "cart-00002"),
+        ];
+        let (found, local_only) = targets_from_table(&route, &table, &cfg);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[1].revision, "cart-00002");
+        assert_eq!(local_only, BTreeSet::from(["blue".to_string()]));
     }
 
     fn stored(generation: i64, observed: i64, ready: Value) -> Value {

@@ -1,8 +1,9 @@
 //! The Knative `Ingress` a Route asks for (reference §7): per traffic name (the default and
-//! each tag) a cluster-local rule and, unless the route is cluster-local, an external rule;
+//! each tag) a cluster-local rule and, unless the route or that name is cluster-local, an
+//! external rule;
 //! each path splits over the revisions' public Services with Knative's appended headers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rouse_api::config::domain::DomainConfig;
 use rouse_api::config::network::NetworkConfig;
@@ -64,8 +65,15 @@ impl IngressConfig {
     }
 }
 
-/// The Ingress for a Route, named after it and owned by it.
-pub fn ingress(route: &Route, targets: &[ResolvedTarget], cfg: &IngressConfig) -> Ingress {
+/// The Ingress for a Route, named after it and owned by it. The traffic names in
+/// `local_only` (`""` the default, else tags: those whose cluster-local Service the user
+/// labelled cluster-local) get their cluster-local rule only.
+pub fn ingress(
+    route: &Route,
+    targets: &[ResolvedTarget],
+    local_only: &BTreeSet<String>,
+    cfg: &IngressConfig,
+) -> Ingress {
     let name = &route.metadata.name;
     let ns = &route.metadata.namespace;
     let domain = cfg.route_domain(route);
@@ -161,13 +169,7 @@ pub fn ingress(route: &Route, targets: &[ResolvedTarget], cfg: &IngressConfig) -
         };
         // Cluster-local hosts always use the default template: {name}.{ns}.svc.cluster.local
         // and its shorter forms.
-        let local_name = if tag.is_empty() {
-            name.clone()
-        } else {
-            let mut names_only = cfg.network.clone();
-            names_only.domain_template = "{{.Name}}".into();
-            names_only.tag_host(tag, name, ns, "")
-        };
+        let local_name = cfg.network.traffic_name(tag, name);
         let local_hosts = vec![
             format!("{local_name}.{ns}"),
             format!("{local_name}.{ns}.svc"),
@@ -180,7 +182,7 @@ pub fn ingress(route: &Route, targets: &[ResolvedTarget], cfg: &IngressConfig) -
                 paths: paths.clone(),
             }),
         });
-        if !cluster_local {
+        if !cluster_local && !local_only.contains(tag) {
             rules.push(IngressRule {
                 hosts: vec![host(&domain)],
                 visibility: "ExternalIP".into(),

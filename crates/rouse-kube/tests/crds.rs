@@ -531,6 +531,7 @@ fn the_route_ingress_fits_the_ingress_crd() {
             t("", "cart-00002", 30),
             t("beta", "cart-00002", 100),
         ],
+        &Default::default(),
         &IngressConfig {
             network: Default::default(),
             domain: "example.com".into(),

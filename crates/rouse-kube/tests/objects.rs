@@ -563,6 +563,7 @@ fn ingress_rules_splits_and_headers() {
     let ing = ingress(
         &route(&[("serving.knative.dev/service", "cart")]),
         &targets(),
+        &Default::default(),
         &cfg("example.com", false),
     );
     let v = serde_json::to_value(&ing).unwrap();
@@ -633,7 +634,12 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
             vec![("networking.knative.dev/visibility", "cluster-local")],
         ),
     ] {
-        let ing = ingress(&route(&labels), &targets(), &cfg(domain, false));
+        let ing = ingress(
+            &route(&labels),
+            &targets(),
+            &Default::default(),
+            &cfg(domain, false),
+        );
         assert!(
             ing.spec
                 .rules
@@ -646,7 +652,12 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
     // An h2c revision is reached on the public Service's port 81.
     let mut t = targets();
     t[0].h2c = true;
-    let ing = ingress(&route(&[]), &t, &cfg("example.com", false));
+    let ing = ingress(
+        &route(&[]),
+        &t,
+        &Default::default(),
+        &cfg("example.com", false),
+    );
     let port = serde_json::to_value(
         &ing.spec.rules[0].http.as_ref().unwrap().paths[0].splits[0].service_port,
     )
@@ -654,7 +665,12 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
     assert_eq!(port, 81);
     // Tag-header routing: the default host gets a header-matched path per tag first, then the
     // default path marked as such; the tag's host appends the tag header.
-    let ing = ingress(&route(&[]), &targets(), &cfg("example.com", true));
+    let ing = ingress(
+        &route(&[]),
+        &targets(),
+        &Default::default(),
+        &cfg("example.com", true),
+    );
     let v = serde_json::to_value(&ing).unwrap();
     let paths = &v["spec"]["rules"][1]["http"]["paths"];
     assert_eq!(
@@ -677,15 +693,79 @@ fn ingress_cluster_local_h2c_and_tag_headers() {
     );
 }
 
+/// Per-tag visibility: a traffic name made cluster-local (its Service labelled) keeps its
+/// ClusterLocal rule and loses its external one; the other names keep both.
+#[test]
+fn a_cluster_local_tag_gets_its_cluster_local_rule_only() {
+    let rules = |local_only: &[&str]| -> Vec<(Vec<String>, String)> {
+        let local_only = local_only.iter().map(|s| s.to_string()).collect();
+        ingress(
+            &route(&[]),
+            &targets(),
+            &local_only,
+            &cfg("example.com", false),
+        )
+        .spec
+        .rules
+        .into_iter()
+        .map(|r| (r.hosts, r.visibility))
+        .collect()
+    };
+    let hosts = |h: &[&str]| h.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let canary_local = (
+        hosts(&[
+            "canary-cart.shop",
+            "canary-cart.shop.svc",
+            "canary-cart.shop.svc.cluster.local",
+        ]),
+        "ClusterLocal".to_string(),
+    );
+    let default_local = (
+        hosts(&["cart.shop", "cart.shop.svc", "cart.shop.svc.cluster.local"]),
+        "ClusterLocal".to_string(),
+    );
+    let default_external = (hosts(&["cart.shop.example.com"]), "ExternalIP".to_string());
+    assert_eq!(
+        rules(&["canary"]),
+        [
+            default_local.clone(),
+            default_external.clone(),
+            canary_local.clone()
+        ]
+    );
+    assert_eq!(
+        rules(&[""]),
+        [
+            default_local.clone(),
+            canary_local.clone(),
+            (
+                hosts(&["canary-cart.shop.example.com"]),
+                "ExternalIP".to_string()
+            )
+        ]
+    );
+    assert_eq!(rules(&["", "canary"]), [default_local, canary_local]);
+}
+
 /// A Route's cluster-local Services: one per cluster-local host of its Ingress (the default
 /// and each tag), ExternalName to the gateway's Service, controlled by the Route.
 #[test]
 fn a_routes_cluster_local_services() {
     let r = route(&[("serving.knative.dev/service", "cart")]);
-    let ing = ingress(&r, &targets(), &cfg("example.com", false));
+    let ing = ingress(
+        &r,
+        &targets(),
+        &Default::default(),
+        &cfg("example.com", false),
+    );
     assert_eq!(local_service::names(&ing), ["cart", "canary-cart"]);
     // A cluster-local route has the same Services.
-    let local = ingress(&r, &targets(), &cfg("svc.cluster.local", false));
+    let local = ingress(
+        &r,
+        &targets(),
+        &Default::default(),
+        &cfg("svc.cluster.local", false),
+    );
     assert_eq!(local_service::names(&local), ["cart", "canary-cart"]);
 
     let v = serde_json::to_value(local_service::service(&r, "cart")).unwrap();
@@ -725,7 +805,7 @@ fn ingress_hosts_take_the_domain_config_domain_selects() {
     ]))
     .unwrap();
     let external = |labels: &[(&str, &str)]| -> Vec<String> {
-        ingress(&route(labels), &targets(), &c)
+        ingress(&route(labels), &targets(), &Default::default(), &c)
             .spec
             .rules
             .iter()

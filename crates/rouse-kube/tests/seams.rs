@@ -714,6 +714,14 @@ fn cart_hosts(canary: bool) -> Vec<HostRoute> {
     table
 }
 
+/// Route `cart`: all traffic to `cart-00001`, also tagged `canary`.
+fn cart_with_canary() -> Value {
+    json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
+           "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"},
+           "spec": {"traffic": [{"revisionName": "cart-00001", "percent": 100},
+                                {"revisionName": "cart-00001", "tag": "canary"}]}})
+}
+
 /// A Route's cluster-local Services follow its Ingress: written with it, the tag's removed
 /// with the tag, all removed once no Ingress is written (also those written before a
 /// restart). A Service of the name that the Route does not own is left alone and makes the
@@ -723,13 +731,7 @@ async fn a_routes_cluster_local_services_follow_its_ingress() {
     use rouse_controller::networking::IngressState;
     let fake = Fake::start().await;
     fake.put(REVS, revision());
-    fake.put(
-        ROUTES,
-        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Route",
-               "metadata": {"name": "cart", "namespace": "shop", "uid": "route-uid"},
-               "spec": {"traffic": [{"revisionName": "cart-00001", "percent": 100},
-                                    {"revisionName": "cart-00001", "tag": "canary"}]}}),
-    );
+    fake.put(ROUTES, cart_with_canary());
     let owned_by_cart = json!([{"apiVersion": "serving.knative.dev/v1", "kind": "Route",
                                 "name": "cart", "uid": "route-uid", "controller": true}]);
     // Written before a restart, for a tag gone since.
@@ -935,4 +937,127 @@ async fn a_revisions_image_tag_resolves_to_the_digest_the_deployment_runs() {
     assert_eq!(user_image(&fake).unwrap(), pinned.as_str());
     assert_eq!(reg.seen().len(), asked);
     rt.shutdown_background();
+}
+
+/// Per-tag visibility: the user labels the tag's cluster-local Service
+/// `networking.knative.dev/visibility: cluster-local`; the seam reports it and wakes the
+/// Route, Rouse's own writes keep the label, and a table with only the tag's cluster-local
+/// host gives it a ClusterLocal rule only. A Service someone deletes is written again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tags_visibility_label_is_read_kept_and_its_service_recreated() {
+    let fake = Fake::start().await;
+    fake.put(REVS, revision());
+    fake.put(ROUTES, cart_with_canary());
+    let (store, rt) = started(&fake).await;
+    let net = example_networking(&fake, &rt, &store);
+    tokio::time::timeout(Duration::from_secs(20), net.wait_synced())
+        .await
+        .expect("the Services listed");
+    let mut woken = net.subscribe_ingresses().unwrap();
+
+    net.set_routes(cart_hosts(true));
+    until("both Services written", || {
+        fake.object(SERVICES, "shop", "cart").is_some()
+            && fake.object(SERVICES, "shop", "canary-cart").is_some()
+    })
+    .await;
+    assert!(net.cluster_local_services("shop", "cart").is_empty());
+
+    // The user labels the tag's Service (as `kubectl label` would).
+    let mut svc = fake.object(SERVICES, "shop", "canary-cart").unwrap();
+    svc["metadata"]["labels"]["networking.knative.dev/visibility"] = "cluster-local".into();
+    fake.put(SERVICES, svc);
+    until("the label read", || {
+        net.cluster_local_services("shop", "cart") == ["canary-cart".to_string()].into()
+    })
+    .await;
+    until("the Route woken", || {
+        woken.try_recv().is_ok_and(|k| k == cart_route())
+    })
+    .await;
+    // Another Route's label is not this one's.
+    assert!(net.cluster_local_services("shop", "other").is_empty());
+    assert!(net.cluster_local_services("elsewhere", "cart").is_empty());
+
+    // The reconciler then programs the tag at its cluster-local host only.
+    let mut table = cart_split(100, 0);
+    let mut tag = table[0].clone();
+    tag.host = "canary-cart.shop.svc.cluster.local".into();
+    table.push(tag);
+    let applies = |f: &Fake| {
+        f.seen()
+            .iter()
+            .filter(|(m, p)| m == "PATCH" && p.contains("/services/canary-cart?"))
+            .count()
+    };
+    let before = applies(&fake);
+    net.set_routes(table);
+    until("the tag's rules cluster-local only", || {
+        fake.object(INGRESSES, "shop", "cart").is_some_and(|ing| {
+            let rules = ing["spec"]["rules"].as_array().cloned().unwrap_or_default();
+            let of_tag: Vec<&Value> = rules
+                .iter()
+                .filter(|r| r["hosts"].to_string().contains("canary-cart"))
+                .collect();
+            of_tag.len() == 1 && of_tag[0]["visibility"] == "ClusterLocal"
+        })
+    })
+    .await;
+    let ing = fake.object(INGRESSES, "shop", "cart").unwrap();
+    assert!(
+        ing["spec"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["hosts"] == json!(["cart.shop.example.com"])
+                && r["visibility"] == "ExternalIP"),
+        "the default stays external: {ing}"
+    );
+    // Rouse applied the tag's Service again and the user's label is still on it.
+    until("the Service applied again", || applies(&fake) > before).await;
+    let svc = fake.object(SERVICES, "shop", "canary-cart").unwrap();
+    assert_eq!(
+        svc["metadata"]["labels"]["networking.knative.dev/visibility"],
+        "cluster-local"
+    );
+    assert_eq!(svc["spec"]["type"], "ExternalName");
+
+    // Deleted by someone: written again without a routing change.
+    let old_uid = fake.object(SERVICES, "shop", "cart").unwrap()["metadata"]["uid"].clone();
+    fake.remove(SERVICES, "shop", "cart");
+    until("the default Service written again", || {
+        fake.object(SERVICES, "shop", "cart")
+            .is_some_and(|s| s["metadata"]["uid"] != old_uid && s["spec"]["type"] == "ExternalName")
+    })
+    .await;
+    rt.shutdown_background();
+}
+
+/// A Route's Services are pending (its Ingress is not reported served) until a sync wrote
+/// them all; a sync that fails leaves them pending, and the Route is woken once written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_is_pending_until_its_services_are_written() {
+    use rouse_kube::local_service::{LocalServices, service};
+    let fake = Fake::start().await;
+    let route = rouse_api::serving::Route::from_value(cart_with_canary()).unwrap();
+    let local = LocalServices::default();
+    let services = vec![service(&route, "cart"), service(&route, "canary-cart")];
+    local.want(std::collections::HashMap::from([(
+        cart_route(),
+        ("route-uid".to_string(), services),
+    )]));
+    assert!(local.pending(&cart_route()));
+    assert!(!local.pending(&rouse_controller::Key::new(Kind::Route, "shop", "other")));
+    let (events, mut woken) = tokio::sync::broadcast::channel(8);
+
+    fake.state.lock().unwrap().down = true;
+    local.sync(&fake.client, &events).await;
+    assert!(local.pending(&cart_route()));
+    assert!(woken.try_recv().is_err());
+
+    fake.state.lock().unwrap().down = false;
+    local.sync(&fake.client, &events).await;
+    assert!(!local.pending(&cart_route()));
+    assert_eq!(woken.try_recv().unwrap(), cart_route());
+    assert!(fake.object(SERVICES, "shop", "canary-cart").is_some());
 }

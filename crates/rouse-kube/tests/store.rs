@@ -295,6 +295,7 @@ async fn a_revisions_objects_and_a_routes_ingress_are_server_side_applied() {
             percent: 100,
             h2c: false,
         }],
+        &Default::default(),
         &IngressConfig {
             network: Default::default(),
             domain: "example.com".into(),

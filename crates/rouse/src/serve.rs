@@ -48,8 +48,8 @@ pub struct ServeArgs {
     /// The API's address (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub api_listen: SocketAddr,
-    /// The domain routes are served under, `{route}.{namespace}.{domain}`, unless
-    /// config-domain chooses another for them.
+    /// The domain routes are served under, `{route}.{namespace}.{domain}`, while
+    /// config-domain names no domain (absent, or no keys).
     #[arg(long, default_value = "localhost")]
     pub domain: String,
     /// Workloads and client connections.

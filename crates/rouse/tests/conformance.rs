@@ -25,6 +25,14 @@ const NOT_LOCAL: &[(&str, &str)] = &[
         "valueFrom/envFrom Secrets cannot be resolved locally (the revision fails saying so)",
     ),
     (
+        "subroute-pub-priv",
+        "a tag's visibility is a label on its Kubernetes Service; local mode makes none",
+    ),
+    (
+        "subroute-priv-pub",
+        "a tag's visibility is a label on its Kubernetes Service; local mode makes none",
+    ),
+    (
         "runasuser",
         "instances run as the user running `rouse serve`; runAsUser needs containers",
     ),

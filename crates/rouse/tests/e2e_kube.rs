@@ -460,6 +460,7 @@ fn a_knative_service_on_a_real_api_server() {
     // Before the split: its second pod is gone once the split is checked.
     domain_mapping(&kc, gateway.listening, pod_ip.is_some());
     traffic_split(&kc, gateway.listening, pod_ip.is_some());
+    tag_visibility(&kc);
 
     // Leader hand-over: a second replica follows while the first leads, and takes the Lease
     // once the first is gone (after the Lease's 15 s duration).
@@ -591,6 +592,135 @@ fn domain_mapping(kc: &str, gateway: std::net::SocketAddr, pod_runs: bool) {
     }
     let (ok, out) = kubectl(kc, &["delete", "-n", NS, "domainmapping", DOMAIN], None);
     assert!(ok, "delete the DomainMapping: {out}");
+}
+
+/// Per-tag visibility, as Knative's: the user labels a tag's cluster-local Service
+/// `networking.knative.dev/visibility: cluster-local`; the tag's Ingress rule turns
+/// ClusterLocal only and its traffic URL cluster-local, the label surviving Rouse's writes;
+/// the label removed, the tag is external again. The Route's own cluster-local Service,
+/// deleted, is written again at once. The split is left untagged after.
+fn tag_visibility(kc: &str) {
+    let (ok, out) = kubectl(
+        kc,
+        &["apply", "-f", "-"],
+        Some(split_manifest(Some("canary")).as_bytes()),
+    );
+    assert!(ok, "tag the latest: {out}");
+    let canary_url = |kc: &str| {
+        let svc = get_json(kc, "ksvc/hello")?;
+        svc["status"]["traffic"]
+            .as_array()?
+            .iter()
+            .find(|t| t["tag"] == "canary")
+            .and_then(|t| t["url"].as_str().map(str::to_string))
+    };
+    let external = format!("http://canary-hello.{NS}.example.com");
+    let local = format!("http://canary-hello.{NS}.svc.cluster.local");
+    until("the tag's external URL", Duration::from_secs(60), || {
+        (canary_url(kc)? == external).then_some(())
+    });
+    until(
+        "the tag's cluster-local Service",
+        Duration::from_secs(60),
+        || get_json(kc, "service/canary-hello"),
+    );
+    let tag_rules = |kc: &str| -> Option<Vec<String>> {
+        let ing = get_json(kc, "ingresses.networking.internal.knative.dev/hello")?;
+        Some(
+            ing["spec"]["rules"]
+                .as_array()?
+                .iter()
+                .filter(|r| r["hosts"].to_string().contains("canary-hello"))
+                .map(|r| r["visibility"].as_str().unwrap_or("").to_string())
+                .collect(),
+        )
+    };
+    let label = |arg: &str| {
+        let (ok, out) = kubectl(
+            kc,
+            &["label", "-n", NS, "service", "canary-hello", arg],
+            None,
+        );
+        assert!(ok, "kubectl label {arg}: {out}");
+    };
+    label("networking.knative.dev/visibility=cluster-local");
+    until(
+        "the tag's URL cluster-local",
+        Duration::from_secs(60),
+        || (canary_url(kc)? == local).then_some(()),
+    );
+    until(
+        "the tag's rule ClusterLocal only",
+        Duration::from_secs(60),
+        || (tag_rules(kc)? == ["ClusterLocal"]).then_some(()),
+    );
+    let svc = get_json(kc, "service/canary-hello").unwrap();
+    assert_eq!(
+        svc["metadata"]["labels"]["networking.knative.dev/visibility"], "cluster-local",
+        "{svc}"
+    );
+    // Rouse wrote the Service since (the table changed): the label is the user's still.
+    let (ok, out) = kubectl(
+        kc,
+        &[
+            "get",
+            "-n",
+            NS,
+            "service/canary-hello",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let svc: Value = serde_json::from_str(&out).unwrap();
+    let managers: Vec<&str> = svc["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(managers.contains(&"rouse-controller"), "{svc}");
+    let route = get_json(kc, "route/hello").unwrap();
+    assert_eq!(
+        route["status"]["url"],
+        format!("http://hello.{NS}.example.com")
+    );
+    assert_eq!(
+        route["status"]["address"]["url"],
+        format!("http://hello.{NS}.svc.cluster.local")
+    );
+
+    label("networking.knative.dev/visibility-");
+    until(
+        "the tag's URL external again",
+        Duration::from_secs(60),
+        || (canary_url(kc)? == external).then_some(()),
+    );
+    until(
+        "the tag's external rule back",
+        Duration::from_secs(60),
+        || (tag_rules(kc)? == ["ClusterLocal", "ExternalIP"]).then_some(()),
+    );
+
+    // The Route's own Service deleted: written again without any routing change.
+    let uid = get_json(kc, "service/hello").unwrap()["metadata"]["uid"].clone();
+    let (ok, out) = kubectl(kc, &["delete", "-n", NS, "service", "hello"], None);
+    assert!(ok, "delete the Route's Service: {out}");
+    until("the Route's Service again", Duration::from_secs(60), || {
+        get_json(kc, "service/hello").filter(|s| s["metadata"]["uid"] != uid)
+    });
+
+    let (ok, out) = kubectl(
+        kc,
+        &["apply", "-f", "-"],
+        Some(split_manifest(None).as_bytes()),
+    );
+    assert!(ok, "untag: {out}");
+    until("the tag's Service gone", Duration::from_secs(60), || {
+        get_json(kc, "service/canary-hello").is_none().then_some(())
+    });
 }
 
 /// config-domain (which `rouse install` does not write): a default domain moves the Service's
@@ -946,8 +1076,7 @@ fn wake_through_the_activator(kc: &str, autoscaler: std::net::SocketAddr) {
 }
 
 fn remove_stand_in_activator(kc: &str) {
-    // The conformance suite's stand-in too: it stays after that suite ends (the runs share
-    // the cluster one at a time), and would put this run's revisions in Proxy mode.
+    // Also the conformance suite's (`conformance_kube`), which it leaves when it ends.
     let _ = kubectl(
         kc,
         &[
@@ -955,8 +1084,8 @@ fn remove_stand_in_activator(kc: &str) {
             "-n",
             "knative-serving",
             "endpointslice",
-            "activator-service-e2e",
-            "activator-service-conformance",
+            "-l",
+            "endpointslice.kubernetes.io/managed-by in (rouse-e2e,rouse-conformance)",
             "--ignore-not-found",
         ],
         None,
@@ -1102,15 +1231,22 @@ const SPLIT_REQUESTS: usize = 200;
 /// first (by name) and the latest; once the gateway serves the split the Service is Ready
 /// with both in its traffic, the Ingress carries both splits as Knative shapes them, and
 /// requests through the gateway reach both pods in about that proportion.
-fn traffic_split(kc: &str, gateway: std::net::SocketAddr, pods_run: bool) {
-    let split = format!(
+/// `hello` split 50/50 between its first revision and the latest (the second), the latest
+/// tagged `tag` if given.
+fn split_manifest(tag: Option<&str>) -> String {
+    let tag = tag.map_or(String::new(), |t| format!("      tag: {t}\n"));
+    format!(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  namespace: {NS}\n\
          spec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/min-scale: \"1\"\n\
          \x20   spec:\n      containers:\n        - image: ghcr.io/knative/helloworld-go:latest\n\
          \x20         env:\n            - name: TARGET\n              value: two\n\
          \x20 traffic:\n    - revisionName: hello-00001\n      percent: 50\n\
-         \x20   - latestRevision: true\n      percent: 50\n"
-    );
+         \x20   - latestRevision: true\n      percent: 50\n{tag}"
+    )
+}
+
+fn traffic_split(kc: &str, gateway: std::net::SocketAddr, pods_run: bool) {
+    let split = split_manifest(None);
     let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(split.as_bytes()));
     assert!(ok, "apply the split: {out}");
     let pod = revision_pod(kc, "hello-00002");

@@ -156,6 +156,21 @@ spec:
             .unwrap();
         assert_eq!(r.body.trim(), "green");
     }
+    // The address is the cluster-local host (as Knative's), which the gateway serves too, as
+    // it does each tag's.
+    assert_eq!(
+        svc["status"]["address"]["url"],
+        "http://blue-green.default.svc.cluster.local"
+    );
+    assert_eq!(svc["status"]["url"], "http://blue-green.default.localhost");
+    let r = p
+        .http_get("blue-green.default.svc.cluster.local", "/")
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = p
+        .http_get("green-blue-green.default.svc.cluster.local", "/")
+        .unwrap();
+    assert_eq!(r.body.trim(), "green");
 
     // Changing the template without changing its BYO name is refused.
     let out = p.apply(&manifest("blue-green-green", "changed", traffic), &[]);
@@ -423,7 +438,8 @@ fn put_config_domain(p: &Platform, data: serde_json::Value) -> HttpResponse {
 
 #[test]
 fn config_domain_chooses_a_routes_domain_by_its_labels_live() {
-    // config-domain names a domain for `app: prod` only: other routes keep --domain.
+    // config-domain names a domain for `app: prod` only: other routes are cluster-local (no
+    // key has an empty value: Knative's default, `svc.cluster.local`), served at that host.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config-domain.yaml");
     std::fs::write(
@@ -440,7 +456,7 @@ fn config_domain_chooses_a_routes_domain_by_its_labels_live() {
         &[("app", "prod")],
     ));
     let url = |name: &str| p.get_json("ksvc", name).unwrap()["status"]["url"].clone();
-    assert_eq!(url("plain"), "http://plain.default.localhost");
+    assert_eq!(url("plain"), "http://plain.default.svc.cluster.local");
     assert_eq!(url("shop"), "http://shop.default.prod.example.org");
     let r = p.http_get("shop.default.prod.example.org", "/").unwrap();
     assert_eq!((r.status, r.body.trim()), (200, HELLO), "{r:?}");
@@ -448,8 +464,12 @@ fn config_domain_chooses_a_routes_domain_by_its_labels_live() {
         p.http_get("shop.default.localhost", "/").unwrap().status,
         404
     );
-    let r = p.http_get("plain.default.localhost", "/").unwrap();
+    let r = p.http_get("plain.default.svc.cluster.local", "/").unwrap();
     assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        p.http_get("plain.default.localhost", "/").unwrap().status,
+        404
+    );
 
     // An invalid change is refused, naming the key; the running config stays.
     let r = put_config_domain(&p, serde_json::json!({"Shop.Example.org": ""}));

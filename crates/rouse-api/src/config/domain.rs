@@ -3,8 +3,9 @@
 //! the Routes, by their labels, that get that domain. The most specific match (most labels)
 //! wins, ties going to the first domain in name order, as in Knative.
 //!
-//! Unlike Knative, a ConfigMap with no default key does not fall back to the cluster-local
-//! domain: Routes no key selects take the platform's own domain (`--domain`).
+//! As in Knative, when keys are configured but none is the default, the Routes no key selects
+//! are cluster-local (`svc.{cluster-domain}`). Unlike Knative, an absent or empty ConfigMap
+//! gives every Route the platform's own domain (`--domain`), so a fresh install serves.
 
 use std::collections::BTreeMap;
 
@@ -76,17 +77,23 @@ impl DomainConfig {
 impl DomainConfig {
     /// The domain a Route with `labels` is served under: the cluster-local domain
     /// (`svc.{cluster_domain}`) when it is labelled `networking.knative.dev/visibility:
-    /// cluster-local`, else what `config-domain` selects, else `fallback` (`--domain`).
+    /// cluster-local`; with no domain configured, `fallback` (`--domain`); else what
+    /// `config-domain` selects, and the cluster-local domain when no key does (Knative's
+    /// default when no key has an empty value).
     pub fn route_domain(
         &self,
         labels: &BTreeMap<String, String>,
         fallback: &str,
         cluster_domain: &str,
     ) -> String {
+        let cluster_local = format!("svc.{cluster_domain}");
         if labels.get(LABEL_VISIBILITY).map(String::as_str) == Some(CLUSTER_LOCAL) {
-            return format!("svc.{cluster_domain}");
+            return cluster_local;
         }
-        self.domain_for(labels, fallback).to_string()
+        if self.is_empty() {
+            return fallback.to_string();
+        }
+        self.domain_for(labels, &cluster_local).to_string()
     }
 }
 
@@ -263,6 +270,39 @@ mod tests {
         assert_eq!(cfg.route_domain(&labels(&[]), "localhost"), "example.com");
         assert_eq!(
             Config::default().route_domain(&labels(&[]), "localhost"),
+            "localhost"
+        );
+    }
+
+    #[test]
+    fn without_a_default_key_unselected_routes_are_cluster_local() {
+        let cfg = Config {
+            domain: DomainConfig::from_data(&data(&[(
+                "prod.example.com",
+                "selector: {app: prod}",
+            )]))
+            .unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(
+            cfg.route_domain(&labels(&[("app", "prod")]), "localhost"),
+            "prod.example.com"
+        );
+        assert_eq!(
+            cfg.route_domain(&labels(&[("app", "dev")]), "localhost"),
+            "svc.cluster.local"
+        );
+        // The cluster domain is config-network's.
+        let mut cfg = cfg;
+        cfg.network.cluster_domain = "corp.internal".into();
+        assert_eq!(cfg.route_domain(&labels(&[]), "l"), "svc.corp.internal");
+        // Only the example key: nothing configured, the platform's domain serves.
+        let only_example = Config {
+            domain: DomainConfig::from_data(&data(&[("_example", "x")])).unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(
+            only_example.route_domain(&labels(&[]), "localhost"),
             "localhost"
         );
     }

@@ -243,8 +243,23 @@ impl NetworkConfig {
 
     /// Host of a tag: applies tag-template to get the name, then domain-template.
     pub fn tag_host(&self, tag: &str, name: &str, namespace: &str, domain: &str) -> String {
-        let tagged = render(&self.tag_template, &[("Tag", tag), ("Name", name)]);
-        self.route_host(&tagged, namespace, domain)
+        self.route_host(&self.traffic_name(tag, name), namespace, domain)
+    }
+
+    /// The name of a route's traffic name before any domain: the route's own for the
+    /// default (`tag` empty), else tag-template's (`{tag}-{route}`). Its cluster-local
+    /// Service is named so.
+    pub fn traffic_name(&self, tag: &str, name: &str) -> String {
+        if tag.is_empty() {
+            return name.to_string();
+        }
+        render(&self.tag_template, &[("Tag", tag), ("Name", name)])
+    }
+
+    /// The cluster-local host of `name` (a route or a tag's [`NetworkConfig::traffic_name`]):
+    /// `{name}.{namespace}.svc.{cluster-domain}`, whatever domain-template says (Knative's).
+    pub fn cluster_local_host(&self, name: &str, namespace: &str) -> String {
+        format!("{name}.{namespace}.svc.{}", self.cluster_domain)
     }
 }
 

@@ -6,6 +6,7 @@ mod domainmapping;
 mod gc;
 mod revision;
 mod route;
+mod route_hosts;
 mod route_rollout;
 mod routing_state;
 mod service;

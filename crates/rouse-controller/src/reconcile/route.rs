@@ -11,6 +11,7 @@ use rouse_api::config::features::{Flag, TAG_HEADER_BASED_ROUTING};
 use rouse_api::domainmapping::DomainMapping;
 use rouse_api::serving::{Addressable, Configuration, Revision, Route, RouteStatus, TrafficTarget};
 
+use super::route_hosts::RouteHosts;
 use super::{Requeue, route_rollout, routing_state};
 use crate::networking::{HostRoute, IngressState, Targets};
 use crate::{Context, Key, ReconcileError};
@@ -124,18 +125,17 @@ type Unresolved = (ConditionStatus, &'static str, String);
 /// Resolves the route into the status it should have (the caller sets IngressReady from the
 /// data plane, derives Ready once a rollout has had its say, and writes it).
 fn resolve_status(ctx: &Context, route: &Route) -> Result<RouteStatus, ReconcileError> {
-    let ns = &route.metadata.namespace;
-    let name = &route.metadata.name;
     let mut status = route.status.clone();
     status.observed_generation = route.metadata.generation;
-    let domain = ctx.route_domain(&route.metadata.labels);
-    let host = ctx.config.get().network.route_host(name, ns, &domain);
-    status.url = format!("http://{host}");
+    let hosts = RouteHosts::new(ctx, route);
+    // The URL is external unless the Route is cluster-local; the address, what in-cluster
+    // callers use, is always the cluster-local host (Knative's).
+    status.url = hosts.url("");
     status.address = Some(Addressable {
-        url: status.url.clone(),
+        url: format!("http://{}", hosts.cluster_local("")),
     });
 
-    match resolve(ctx, route)? {
+    match resolve(ctx, route, &hosts)? {
         Ok(traffic) => {
             status.traffic = traffic;
             status.mark_true("AllTrafficAssigned");
@@ -167,9 +167,9 @@ fn write(ctx: &Context, route: &Route, status: RouteStatus) -> Result<RouteStatu
 fn resolve(
     ctx: &Context,
     route: &Route,
+    hosts: &RouteHosts,
 ) -> Result<Result<Vec<TrafficTarget>, Unresolved>, ReconcileError> {
     let ns = &route.metadata.namespace;
-    let domain = ctx.route_domain(&route.metadata.labels);
     let mut out = Vec::new();
     for t in &route.spec.traffic {
         let revision = if !t.revision_name.is_empty() {
@@ -245,13 +245,7 @@ fn resolve(
         let url = if t.tag.is_empty() {
             String::new()
         } else {
-            format!(
-                "http://{}",
-                ctx.config
-                    .get()
-                    .network
-                    .tag_host(&t.tag, &route.metadata.name, ns, &domain)
-            )
+            hosts.url(&t.tag)
         };
         out.push(TrafficTarget {
             tag: t.tag.clone(),
@@ -286,8 +280,9 @@ fn refuse_deleted_revisions(
     Ok(())
 }
 
-/// A route's entries in the gateway's table: its host split by revision, and one host per tag.
-/// A route with no traffic yet gets its host marked unavailable, with why.
+/// A route's entries in the gateway's table: its hosts split by revision, and each tag's
+/// hosts; every traffic name at its cluster-local host and, unless cluster-local, its external
+/// one ([`RouteHosts`]). A route with no traffic yet gets its hosts marked unavailable, with why.
 fn host_routes(
     ctx: &Context,
     route: &Route,
@@ -297,15 +292,27 @@ fn host_routes(
         route.metadata.namespace.as_str(),
         route.metadata.name.as_str(),
     );
-    let domain = ctx.route_domain(&route.metadata.labels);
+    let hosts = RouteHosts::new(ctx, route);
+    let entries = |tag: &str, targets: &Targets, tags: &[(String, Targets)]| {
+        hosts
+            .all(tag)
+            .into_iter()
+            .map(|host| HostRoute {
+                host,
+                targets: targets.clone(),
+                unavailable: None,
+                tags: tags.to_vec(),
+                rewrite_host: None,
+            })
+            .collect::<Vec<_>>()
+    };
     if status.traffic.is_empty() {
-        return Ok(vec![HostRoute {
-            host: ctx.config.get().network.route_host(name, ns, &domain),
-            targets: Vec::new(),
-            unavailable: Some(not_ready_text(ctx, ns, name, status)?),
-            tags: Vec::new(),
-            rewrite_host: None,
-        }]);
+        let why = not_ready_text(ctx, ns, name, status)?;
+        let mut out = entries("", &Vec::new(), &[]);
+        for e in &mut out {
+            e.unavailable = Some(why.clone());
+        }
+        return Ok(out);
     }
     let mut shares: BTreeMap<String, u32> = BTreeMap::new();
     for t in &status.traffic {
@@ -334,31 +341,20 @@ fn host_routes(
             (tag.to_string(), targets)
         })
         .collect();
-    // With tag-header-based routing, the route's own host also sends a request naming a tag
+    // With tag-header-based routing, the route's own hosts also send a request naming a tag
     // in `Knative-Serving-Tag` to that tag's revision (whatever its percent).
     let tags = if config.features.get(TAG_HEADER_BASED_ROUTING) == Flag::Enabled {
         tagged.clone()
     } else {
         Vec::new()
     };
-    let mut out = vec![HostRoute {
-        host: config.network.route_host(name, ns, &domain),
-        targets: shares
-            .into_iter()
-            .map(|(rev, p)| (ns.to_string(), rev, p))
-            .collect(),
-        unavailable: None,
-        tags,
-        rewrite_host: None,
-    }];
-    for (tag, targets) in tagged {
-        out.push(HostRoute {
-            host: config.network.tag_host(&tag, name, ns, &domain),
-            targets,
-            unavailable: None,
-            tags: Vec::new(),
-            rewrite_host: None,
-        });
+    let default: Targets = shares
+        .into_iter()
+        .map(|(rev, p)| (ns.to_string(), rev, p))
+        .collect();
+    let mut out = entries("", &default, &tags);
+    for (tag, targets) in &tagged {
+        out.extend(entries(tag, targets, &[]));
     }
     Ok(out)
 }
@@ -473,4 +469,164 @@ async fn rebuild_gateway(ctx: &Context) -> Result<(), ReconcileError> {
         ctx.queue.add(Key::new(Kind::DomainMapping, ns, name));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    use rouse_api::meta::Resource;
+    use rouse_api::serving::LABEL_VISIBILITY;
+    use rouse_runtime::ProcessRuntime;
+    use rouse_store::EmbeddedStore;
+    use serde_json::json;
+
+    use super::*;
+    use crate::Controller;
+    use crate::networking::{ActivatorLoad, Networking, RevisionTraffic};
+
+    /// A data plane that serves at once and whose cluster-local Services carry the labels the
+    /// test sets; it keeps the last table programmed.
+    #[derive(Default)]
+    struct Recorded {
+        table: Mutex<Vec<HostRoute>>,
+        labelled: Mutex<BTreeSet<String>>,
+    }
+
+    impl Networking for Recorded {
+        fn set_routes(&self, routes: Vec<HostRoute>) {
+            *self.table.lock().unwrap() = routes;
+        }
+        fn ingress_state(&self, _: &Key) -> IngressState {
+            IngressState::Ready
+        }
+        fn subscribe_ingresses(&self) -> Option<tokio::sync::broadcast::Receiver<Key>> {
+            None
+        }
+        fn cluster_local_services(&self, namespace: &str, route: &str) -> BTreeSet<String> {
+            assert_eq!((namespace, route), ("ns", "cart"));
+            self.labelled.lock().unwrap().clone()
+        }
+        fn set_revision(&self, _: &str, _: &str, _: RevisionTraffic) {}
+        fn remove_revision(&self, _: &str, _: &str) {}
+        fn serving_through_activator(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn take_activator_stats(&self) -> Vec<ActivatorLoad> {
+            Vec::new()
+        }
+    }
+
+    /// `(url, address, canary's url, the table's hosts)` after a reconcile of route `cart`.
+    async fn reconciled(
+        ctx: &Context,
+        net: &Recorded,
+    ) -> (String, String, String, BTreeSet<String>) {
+        reconcile(ctx, "ns", "cart").await.unwrap();
+        let r = ctx.client.get::<Route>("ns", "cart").unwrap().unwrap();
+        assert!(r.status.is_true("Ready"), "{:?}", r.status);
+        let canary = r.status.traffic.iter().find(|t| t.tag == "canary").unwrap();
+        let hosts = net
+            .table
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| h.host.clone())
+            .collect();
+        (
+            r.status.url.clone(),
+            r.status.address.clone().unwrap().url,
+            canary.url.clone(),
+            hosts,
+        )
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_traffic_names_visibility_follows_its_services_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let net = Arc::new(Recorded::default());
+        let ctx = Controller::new(
+            store,
+            ProcessRuntime::new(dir.path().to_path_buf()),
+            net.clone(),
+            rouse_api::config::SharedConfig::default(),
+            "localhost".into(),
+        )
+        .context();
+        let rev = ctx
+            .client
+            .create(&Revision::new_named("ns", "cart-00001"))
+            .unwrap();
+        let mut ready = rev.clone();
+        ready.status.mark_true("Ready");
+        ctx.client.update_status(&ready).unwrap();
+        let route = Route::from_value(json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Route",
+            "metadata": {"namespace": "ns", "name": "cart"},
+            "spec": {"traffic": [{"revisionName": "cart-00001", "percent": 100},
+                                 {"revisionName": "cart-00001", "tag": "canary"}]}}))
+        .unwrap();
+        ctx.client.create(&route).unwrap();
+
+        // Nothing labelled: every name external, and served at its cluster-local host too.
+        let (url, address, canary, hosts) = reconciled(&ctx, &net).await;
+        assert_eq!(url, "http://cart.ns.localhost");
+        assert_eq!(address, "http://cart.ns.svc.cluster.local");
+        assert_eq!(canary, "http://canary-cart.ns.localhost");
+        assert_eq!(
+            hosts,
+            set(&[
+                "cart.ns.localhost",
+                "cart.ns.svc.cluster.local",
+                "canary-cart.ns.localhost",
+                "canary-cart.ns.svc.cluster.local"
+            ])
+        );
+
+        // The tag's Service labelled cluster-local: the tag loses its external host.
+        *net.labelled.lock().unwrap() = set(&["canary-cart"]);
+        let (url, _, canary, hosts) = reconciled(&ctx, &net).await;
+        assert_eq!(url, "http://cart.ns.localhost");
+        assert_eq!(canary, "http://canary-cart.ns.svc.cluster.local");
+        assert!(!hosts.contains("canary-cart.ns.localhost"), "{hosts:?}");
+        assert!(hosts.contains("canary-cart.ns.svc.cluster.local"));
+
+        // The default's Service too: the Route's URL is its cluster-local one.
+        *net.labelled.lock().unwrap() = set(&["cart", "canary-cart"]);
+        let (url, address, _, hosts) = reconciled(&ctx, &net).await;
+        assert_eq!(url, "http://cart.ns.svc.cluster.local");
+        assert_eq!(address, url);
+        assert_eq!(
+            hosts,
+            set(&[
+                "cart.ns.svc.cluster.local",
+                "canary-cart.ns.svc.cluster.local"
+            ])
+        );
+
+        // Labels gone, the Route itself labelled: every name cluster-local (the lower wins).
+        *net.labelled.lock().unwrap() = BTreeSet::new();
+        let mut labelled = ctx.client.get::<Route>("ns", "cart").unwrap().unwrap();
+        labelled
+            .metadata
+            .labels
+            .insert(LABEL_VISIBILITY.into(), "cluster-local".into());
+        ctx.client.update(&labelled).unwrap();
+        let (url, _, canary, hosts) = reconciled(&ctx, &net).await;
+        assert_eq!(url, "http://cart.ns.svc.cluster.local");
+        assert_eq!(canary, "http://canary-cart.ns.svc.cluster.local");
+        assert_eq!(
+            hosts,
+            set(&[
+                "cart.ns.svc.cluster.local",
+                "canary-cart.ns.svc.cluster.local"
+            ])
+        );
+    }
 }

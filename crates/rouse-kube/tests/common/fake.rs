@@ -2,8 +2,9 @@
 //! lists and watches at once, in no fixed order) where a script cannot say what comes next.
 //! It keeps objects per resource, hands out increasing resourceVersions, refuses stale ones
 //! with 409, streams watches, serves `/status` and `/scale`, and takes server-side applies
-//! (the body replaces the object but for its status; a new spec bumps the generation). Every
-//! request is recorded.
+//! (the body replaces the object but for its status and the labels the applier does not own,
+//! i.e. did not set in its last apply; a new spec bumps the generation). Every request is
+//! recorded.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -33,6 +34,8 @@ pub struct State {
     pub conflicts: usize,
     /// Every event, for watches that start from an older resourceVersion.
     history: Vec<(String, u64, Value)>,
+    /// The label keys each object's last server-side apply set (the applier owns them).
+    applied_labels: BTreeMap<ObjKey, Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -149,11 +152,13 @@ impl Fake {
     /// Removes an object as another client would, emitting its event.
     pub fn remove(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         let mut st = self.state.lock().unwrap();
-        let obj = st.objects.remove(&(
+        let key = (
             resource.to_string(),
             namespace.to_string(),
             name.to_string(),
-        ))?;
+        );
+        st.applied_labels.remove(&key);
+        let obj = st.objects.remove(&key)?;
         st.rv += 1;
         let mut gone = obj.clone();
         gone["metadata"]["resourceVersion"] = st.rv.to_string().into();
@@ -373,6 +378,15 @@ impl Fake {
                     let stored = self.put(&p.resource, cur);
                     return reply(200, scale_of(&stored));
                 }
+                let key = (p.resource.clone(), ns.clone(), name.clone());
+                if p.sub.is_none() {
+                    keep_others_labels(
+                        &mut self.state.lock().unwrap(),
+                        &key,
+                        &mut obj,
+                        current.as_ref(),
+                    );
+                }
                 if let Some(cur) = &current {
                     obj["metadata"]["uid"] = cur["metadata"]["uid"].clone();
                     if p.sub.as_deref() == Some("status") {
@@ -399,6 +413,31 @@ impl Fake {
                 None => reply(404, status(404, "NotFound", &format!("{name} not found"))),
             },
             _ => reply(405, status(405, "MethodNotAllowed", "not supported here")),
+        }
+    }
+}
+
+/// As server-side apply does for labels: those on the stored object that the applier did not
+/// set in its last apply (another manager's, a user's) stay; those it set before and leaves out
+/// now go. Records what this apply sets.
+fn keep_others_labels(st: &mut State, key: &ObjKey, obj: &mut Value, current: Option<&Value>) {
+    let applied: Vec<String> = obj["metadata"]["labels"]
+        .as_object()
+        .map(|l| l.keys().cloned().collect())
+        .unwrap_or_default();
+    let owned_before = st
+        .applied_labels
+        .insert(key.clone(), applied)
+        .unwrap_or_default();
+    let Some(stored) = current.and_then(|c| c["metadata"]["labels"].as_object()) else {
+        return;
+    };
+    for (k, v) in stored {
+        if !owned_before.contains(k) && obj["metadata"]["labels"].get(k).is_none() {
+            if !obj["metadata"]["labels"].is_object() {
+                obj["metadata"]["labels"] = json!({});
+            }
+            obj["metadata"]["labels"][k] = v.clone();
         }
     }
 }

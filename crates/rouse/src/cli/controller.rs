@@ -39,8 +39,8 @@ pub struct ControllerArgs {
     /// A kubeconfig for the cluster; without it, the in-cluster service account.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-    /// The domain of the Routes config-domain names none for (its default when it has no
-    /// key with an empty value).
+    /// The domain of every Route while config-domain names no domain (absent, or no keys);
+    /// once it names some, the Routes none selects are cluster-local, as in Knative.
     #[arg(long, default_value = "example.com")]
     pub domain: String,
     /// This replica's name in the Lease (default: $POD_NAME, else host name and pid).
@@ -202,7 +202,9 @@ async fn lead_and_reconcile(
     let stop = terminated();
     tokio::pin!(stop);
     tokio::select! {
-        _ = async { tokio::join!(store.wait_synced(), live.wait_synced()) } => {}
+        _ = async {
+            tokio::join!(store.wait_synced(), live.wait_synced(), networking.wait_synced())
+        } => {}
         _ = &mut stop => return Ok(()),
     }
     loop {

@@ -1089,3 +1089,176 @@ fn TestDomainMapping() {
         (t.get("/").ok()?.status == 404).then_some(())
     });
 }
+
+/// Knative's `isTrafficClusterLocal`: the URL of the Route's traffic target `tag` is in the
+/// cluster domain.
+fn tag_is_cluster_local(route: &serde_json::Value, tag: &str) -> bool {
+    let target = route["status"]["traffic"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["tag"] == tag).cloned())
+        .unwrap_or_else(|| panic!("no traffic target tagged {tag}: {route}"));
+    target["url"]
+        .as_str()
+        .is_some_and(|u| u.ends_with(".svc.cluster.local"))
+}
+
+/// Knative's `isRouteClusterLocal`: the Route's URL is in the cluster domain.
+fn route_is_cluster_local(route: &serde_json::Value) -> bool {
+    route["status"]["url"]
+        .as_str()
+        .is_some_and(|u| u.ends_with(".svc.cluster.local"))
+}
+
+/// A Service `name` with `traffic`, labelled `networking.knative.dev/visibility:
+/// cluster-local` when `local`.
+fn subroute_service(p: &dyn Platform, name: &str, traffic: &str, local: bool) -> String {
+    let yaml = Svc::new(name, Image::HelloWorld).traffic(traffic).yaml(p);
+    if !local {
+        return yaml;
+    }
+    yaml.replacen(
+        &format!("metadata:\n  name: {name}\n"),
+        &format!(
+            "metadata:\n  name: {name}\n  labels:\n    networking.knative.dev/visibility: cluster-local\n"
+        ),
+        1,
+    )
+}
+
+/// Labels the Kubernetes Service of Route `route`'s tag `tag` cluster-local, as a user would.
+fn label_tag_cluster_local(p: &dyn Platform, tag: &str, route: &str) {
+    p.label_service(
+        &format!("{tag}-{route}"),
+        "networking.knative.dev/visibility",
+        Some("cluster-local"),
+    )
+    .unwrap();
+}
+
+/// Sets (or removes) the visibility label of Knative Service `name` (copied to its Route).
+fn set_service_visibility(p: &dyn Platform, name: &str, local: bool) {
+    let value = local.then_some("cluster-local");
+    let patch = serde_json::json!({"metadata": {"labels": {
+        "networking.knative.dev/visibility": value}}});
+    p.write("PATCH", Some(name), &patch, false)
+        .unwrap_or_else(|e| panic!("labelling {name}: {e:?}"));
+}
+
+#[test]
+fn TestSubrouteVisibilityPublicToPrivate() {
+    let Some(p) = crate::platform("subroute-pub-priv", Needs::Defaults) else {
+        return;
+    };
+    let p = &*p;
+    let name = "subroute-pp";
+    p.apply_ready(&subroute_service(
+        p,
+        name,
+        "  traffic:\n    - {tag: my-tag, percent: 100}\n",
+        false,
+    ));
+    let route = p.get("rt", name).unwrap();
+    assert!(!tag_is_cluster_local(&route, "my-tag"), "{route}");
+    assert!(!route_is_cluster_local(&route), "{route}");
+
+    // The tag's Service labelled cluster-local, and a second tag added.
+    label_tag_cluster_local(p, "my-tag", name);
+    p.apply(&subroute_service(
+        p,
+        name,
+        "  traffic:\n    - {tag: my-tag, percent: 100}\n    - {tag: my-tag2, latestRevision: true}\n",
+        false,
+    ))
+    .unwrap();
+    eventually("my-tag cluster-local, my-tag2 public", PATIENCE, || {
+        let r = p.get("rt", name)?;
+        let has_both = r["status"]["traffic"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2);
+        (has_both && tag_is_cluster_local(&r, "my-tag") && !tag_is_cluster_local(&r, "my-tag2"))
+            .then_some(())
+    });
+
+    // The whole Service made cluster-local: the Route and every tag follow.
+    set_service_visibility(p, name, true);
+    let route = eventually("the Route cluster-local", PATIENCE, || {
+        p.get("rt", name).filter(route_is_cluster_local)
+    });
+    for tag in ["my-tag", "my-tag2"] {
+        assert!(tag_is_cluster_local(&route, tag), "{tag}: {route}");
+    }
+}
+
+#[test]
+fn TestSubrouteVisibilityPrivateToPublic() {
+    let Some(p) = crate::platform("subroute-priv-pub", Needs::Defaults) else {
+        return;
+    };
+    let p = &*p;
+    let name = "subroute-ppub";
+    p.apply_ready(&subroute_service(
+        p,
+        name,
+        "  traffic:\n    - {tag: my-tag, percent: 50}\n    - {tag: my-tag2, percent: 50}\n",
+        true,
+    ));
+    let route = p.get("rt", name).unwrap();
+    for tag in ["my-tag", "my-tag2"] {
+        assert!(tag_is_cluster_local(&route, tag), "{tag}: {route}");
+    }
+    assert!(route_is_cluster_local(&route), "{route}");
+
+    // my-tag's Service labelled too: both tags stay cluster-local (checked for 5 s).
+    label_tag_cluster_local(p, "my-tag", name);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let r = p.get("rt", name).unwrap();
+        for tag in ["my-tag", "my-tag2"] {
+            assert!(tag_is_cluster_local(&r, tag), "{tag}: {r}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // The Service made public: the Route and my-tag2 follow, my-tag stays cluster-local
+    // (its own Service's label).
+    set_service_visibility(p, name, false);
+    // (The URLs are written together: one status shows both.)
+    let route = eventually("the Route and my-tag2 public", PATIENCE, || {
+        p.get("rt", name)
+            .filter(|r| !route_is_cluster_local(r) && !tag_is_cluster_local(r, "my-tag2"))
+    });
+    assert!(tag_is_cluster_local(&route, "my-tag"), "{route}");
+}
+
+/// Knative's TestSubrouteLocalSTS: a cluster-local Service's tag is served at its
+/// cluster-local host (`{tag}-{route}.{ns}.svc.cluster.local`, the tag prefixed to the Route's
+/// address) and not at the external one. Knative calls it from a pod, also by the shorter
+/// `.svc` and `{ns}` forms; here the request goes to the gateway with that Host (the shorter
+/// forms are the Ingress rule's on Kubernetes, see rouse-kube's tests).
+#[test]
+fn TestSubrouteLocalSTS() {
+    let Some(p) = crate::platform("subroute-local-sts", Needs::Defaults) else {
+        return;
+    };
+    let p = &*p;
+    let name = "subroute-sts";
+    p.apply_ready(&subroute_service(
+        p,
+        name,
+        "  traffic:\n    - {tag: current, percent: 100}\n",
+        true,
+    ));
+    let route = p.get("rt", name).unwrap();
+    let address = route["status"]["address"]["url"].as_str().unwrap();
+    let ns = p.namespace();
+    assert_eq!(address, format!("http://{name}.{ns}.svc.cluster.local"));
+    assert!(route_is_cluster_local(&route), "{route}");
+    let local = address.replacen("http://", "http://current-", 1);
+    let t = p.target(&local);
+    let r = eventually("the tag at its cluster-local host", PATIENCE, || {
+        t.get("/").ok().filter(|r| r.status == 200)
+    });
+    assert_eq!(r.body.trim(), HELLO);
+    let external = p.target(&format!("http://current-{name}.{ns}.{}", p.domain()));
+    assert_eq!(external.get("/").unwrap().status, 404);
+}

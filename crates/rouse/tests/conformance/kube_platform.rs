@@ -745,6 +745,15 @@ impl Platform for Kube {
         self.cluster.api(method, &path, ct, Some(body))
     }
 
+    fn label_service(&self, name: &str, key: &str, value: Option<&str>) -> Result<(), String> {
+        let path = format!("/api/v1/namespaces/{}/services/{name}", self.ns);
+        let patch = json!({"metadata": {"labels": {key: value}}});
+        self.cluster
+            .api("PATCH", &path, "application/merge-patch+json", Some(&patch))
+            .map(|_| ())
+            .map_err(|(code, m)| format!("{code}: {m}"))
+    }
+
     fn configure(&self, configmap: &str, data: &[(&str, &str)]) -> Result<(), String> {
         {
             let mut held = self.config.lock().unwrap_or_else(|p| p.into_inner());

@@ -157,6 +157,13 @@ pub trait Platform {
     fn unstartable_container(&self) -> String {
         "        - command: [\"/nonexistent/program\"]\n".into()
     }
+    /// Sets (`Some`) or removes (`None`) label `key` of the Kubernetes Service `name` in the
+    /// case's namespace (a Route's cluster-local Service); local mode has no such Services.
+    fn label_service(&self, name: &str, key: &str, _value: Option<&str>) -> Result<(), String> {
+        Err(format!(
+            "no Kubernetes Service {name:?} to label {key:?} here"
+        ))
+    }
     /// The namespace a manifest without one goes to.
     fn namespace(&self) -> String {
         "default".into()

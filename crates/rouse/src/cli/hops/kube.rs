@@ -687,7 +687,7 @@ mod tests {
             domains: Default::default(),
             tag_header_routing,
         };
-        ingress(&route, targets, &cfg)
+        ingress(&route, targets, &Default::default(), &cfg)
     }
 
     /// The public EndpointSlices the SKS reconciler writes for `revision`.
