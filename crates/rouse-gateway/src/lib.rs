@@ -36,8 +36,10 @@
 mod backends;
 mod gateway;
 mod routing;
+mod tls;
 mod trust;
 
 pub use gateway::{Gateway, Mode};
-pub use routing::{RouteTarget, RoutingTable, SetHeader, normalize_host};
+pub use routing::{PathRule, RouteTarget, RoutingTable, SetHeader, normalize_host};
+pub use tls::{BadCertificate, Certificates, certified_key, server_config};
 pub use trust::{BadRange, TrustedProxies};
