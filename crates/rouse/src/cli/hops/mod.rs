@@ -26,13 +26,14 @@ use clap::Args;
 use http::{Request, StatusCode};
 use hyper::service::service_fn;
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
-use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable, SetHeader};
+use rouse_gateway::{Certificates, Gateway, Mode, PathRule, RouteTarget, RoutingTable, SetHeader};
 use rouse_http::PROBE_HEADER;
 use rouse_http::{Body, full, text_response};
 use tokio::net::TcpListener;
 
 use endpoints::{
-    EndpointsSource, FileSource, RevisionEndpoints, SksMode, SourceError, Target, Topology,
+    EndpointsSource, FileSource, RevisionEndpoints, SksMode, SourceError, Target, TlsCertificate,
+    Topology,
 };
 use kube::KubeSource;
 
@@ -61,6 +62,10 @@ pub struct HopArgs {
     /// revisions' requests). Default: 0.0.0.0:8013 when `--listen` is not given, else none.
     #[arg(long)]
     pub listen_h2c: Option<SocketAddr>,
+    /// The gateway's HTTPS port (certificates from the Ingresses' `spec.tls` Secrets, chosen
+    /// by SNI). Default: 0.0.0.0:8443 when `--listen` is not given, else none.
+    #[arg(long)]
+    pub listen_tls: Option<SocketAddr>,
     /// The gateway's Ingress class.
     #[arg(long, default_value = rouse_api::ingress::ROUSE_CLASS)]
     pub ingress_class: String,
@@ -279,22 +284,59 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
     // `apply_to_gateway`).
     let fallback = Activator::new(ActivatorConfig::default(), Arc::new(|_: &str, _: &str| {}));
     let gateway = Gateway::new(fallback);
-    let mut known = Applied::new();
+    let certs = Certificates::new();
+    let mut known = GatewayApplied::default();
     if let Some(first) = &first {
-        apply_to_gateway(&gateway, first, &mut known);
+        apply_to_gateway(&gateway, &certs, first, &mut known);
     }
     let listen = args
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
+    // HTTPS too, on the install's port unless told otherwise.
+    let tls_listen = args.listen_tls.or_else(|| {
+        args.listen
+            .is_none()
+            .then(|| SocketAddr::from(([0, 0, 0, 0], 8443)))
+    });
+    let tls_listener = match tls_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    let also = match &tls_listener {
+        Some(l) => vec![("tls", l.local_addr()?)],
+        None => Vec::new(),
+    };
     let gw = gateway.clone();
     let (listener, health) =
-        bind(listen, args, "gateway", &[], move || gateway_metrics(&gw)).await?;
+        bind(listen, args, "gateway", &also, move || gateway_metrics(&gw)).await?;
     health.ready.store(first.is_some(), Ordering::SeqCst);
-    let gw = gateway.clone();
+    let (gw, tls_certs) = (gateway.clone(), certs.clone());
     let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
-        apply_to_gateway(&gw, &t, &mut known)
+        apply_to_gateway(&gw, &tls_certs, &t, &mut known)
     }));
-    gateway.serve(listener, terminated_then(health)).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let https = tls_listener.map(|l| {
+        let limits = rouse_http::ServerLimits::default();
+        tokio::spawn(gateway.clone().serve_tls(l, certs, stopped(), limits))
+    });
+    tokio::spawn(async move {
+        terminated_then(health).await;
+        let _ = stop_tx.send(true);
+    });
+    gateway.serve(listener, stopped()).await;
+    if let Some(https) = https {
+        let _ = https.await;
+    }
     watcher.abort();
     Ok(())
 }
@@ -302,7 +344,23 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
 /// Where the gateway sends a revision's requests: mode, endpoints, h2c.
 type GatewayRoute = (Mode, Vec<SocketAddr>, bool);
 
-fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut Applied<GatewayRoute>) {
+/// What the gateway last applied: per revision, and the certificates.
+#[derive(Default)]
+struct GatewayApplied {
+    revisions: Applied<GatewayRoute>,
+    tls: Vec<TlsCertificate>,
+}
+
+fn apply_to_gateway(
+    gateway: &Gateway,
+    certs: &Certificates,
+    t: &Topology,
+    known: &mut GatewayApplied,
+) {
+    if known.tls != t.tls {
+        certs.set(certificates(&t.tls));
+        known.tls = t.tls.clone();
+    }
     // Proxy mode: the activators are the revision's endpoints (as on Kubernetes). With
     // nowhere to send, the gateway's own activator answers 503 at once (as an ingress with
     // no healthy upstream does) instead of holding requests nothing can release.
@@ -325,10 +383,27 @@ fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut Applied<Gateway
             .set_refusal(&r.namespace, &r.name, refusal);
         gateway.set_revision(&r.namespace, &r.name, *mode, endpoints.clone(), *h2c);
     };
-    let gone = apply_revisions(t, known, route, set);
+    let gone = apply_revisions(t, &mut known.revisions, route, set);
     let mut table = RoutingTable::new();
     for route in &t.routes {
         let host = &route.host;
+        if route.redirect {
+            table.insert_redirect(host.clone());
+        }
+        if !route.paths.is_empty() {
+            let rules = route
+                .paths
+                .iter()
+                .map(|p| PathRule {
+                    prefix: p.path.clone(),
+                    headers: set_headers(&p.headers),
+                    targets: route_targets(&p.targets),
+                    appended: set_headers(&p.append_headers),
+                })
+                .collect();
+            table.insert_rules(host.clone(), rules);
+            continue;
+        }
         if let Some(target) = &route.rewrite_host {
             // A mapped domain: served as its target host, with its own appended headers
             // (`K-Original-Host`).
@@ -357,6 +432,25 @@ fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut Applied<Gateway
         gateway.remove_revision(&ns, &rev);
         gateway.activator().remove_revision(&ns, &rev);
     }
+}
+
+/// The certificates by host name; one that does not load is left out (logged), so its hosts'
+/// handshakes are refused rather than served another's.
+fn certificates(entries: &[TlsCertificate]) -> HashMap<String, Arc<rustls::sign::CertifiedKey>> {
+    let mut out = HashMap::new();
+    for entry in entries {
+        match rouse_gateway::certified_key(entry.certificate.as_bytes(), entry.key.as_bytes()) {
+            Ok(key) => {
+                for host in &entry.hosts {
+                    out.entry(host.clone()).or_insert_with(|| key.clone());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(hosts = ?entry.hosts, error = %e, "a TLS certificate does not load; its hosts get none");
+            }
+        }
+    }
+    out
 }
 
 fn route_targets(targets: &[Target]) -> Vec<RouteTarget> {
