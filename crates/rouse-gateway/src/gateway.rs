@@ -501,14 +501,7 @@ fn rewrite_host(parts: &mut http::request::Parts, host: &str) {
 /// The answer to a plain-HTTP request for a host served over HTTPS only: `301` to the same
 /// host (without the port it was reached on: the HTTPS one is the default) and path.
 fn redirect_to_https(host: &str, uri: &http::Uri) -> Response<Body> {
-    let bare = if host.starts_with('[') {
-        host.find(']').map_or(host, |end| &host[..=end])
-    } else {
-        match host.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => host,
-        }
-    };
+    let bare = routing::without_port(host);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let location = format!("https://{bare}{path}");
     let Ok(value) = HeaderValue::from_str(&location) else {

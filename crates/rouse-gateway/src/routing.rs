@@ -255,16 +255,21 @@ fn lookup<'a, T>(map: &'a HashMap<String, T>, host: &str) -> Option<&'a T> {
 /// Lowercases a Host value and drops its port and any trailing dot
 /// (`Hello.Default.Example.com:8080` → `hello.default.example.com`; `[::1]:80` → `[::1]`).
 pub fn normalize_host(host: &str) -> String {
-    let host = host.trim();
-    let without_port = if host.starts_with('[') {
+    without_port(host.trim())
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// A Host value without its port (`example.com:8080` → `example.com`; `[::1]:80` → `[::1]`).
+pub fn without_port(host: &str) -> &str {
+    if host.starts_with('[') {
         host.find(']').map_or(host, |end| &host[..=end])
     } else {
         match host.rsplit_once(':') {
             Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
             _ => host,
         }
-    };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    }
 }
 
 /// Picks a target by weight, given a number in `0..sum of percents`.

@@ -74,20 +74,7 @@ struct FileTopology {
 
 impl FileTopology {
     fn into_topology(self) -> Topology {
-        let secrets: BTreeMap<(String, String), serde_json::Value> = self
-            .secrets
-            .into_iter()
-            .map(|v| {
-                let key = (
-                    v["metadata"]["namespace"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                    v["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                );
-                (key, v)
-            })
-            .collect();
+        let secrets = super::kube::objects_by_key(self.secrets);
         let from_ingresses =
             super::kube::gateway_topology(&self.ingresses, &BTreeMap::new(), &secrets);
         let mut revisions = self.revisions;

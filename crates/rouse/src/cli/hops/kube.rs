@@ -231,6 +231,23 @@ fn decode_ingresses(objects: &Objects, class: &str) -> Vec<Ingress> {
         .collect()
 }
 
+/// Objects (JSON) keyed by their namespace and name, as an informer holds them.
+pub(super) fn objects_by_key(values: impl IntoIterator<Item = Value>) -> Objects {
+    values
+        .into_iter()
+        .map(|v| {
+            let key = (
+                v["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                v["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            );
+            (key, v)
+        })
+        .collect()
+}
+
 /// One endpoint of an EndpointSlice: its address, readiness and ports by name.
 struct SliceEndpoint {
     ip: IpAddr,
@@ -692,19 +709,7 @@ mod tests {
     }
 
     fn objects(values: Vec<Value>) -> Objects {
-        values
-            .into_iter()
-            .map(|v| {
-                let key = (
-                    v["metadata"]["namespace"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                    v["metadata"]["name"].as_str().unwrap().to_string(),
-                );
-                (key, v)
-            })
-            .collect()
+        objects_by_key(values)
     }
 
     fn target(tag: &str, revision: &str, percent: i64, h2c: bool) -> ResolvedTarget {

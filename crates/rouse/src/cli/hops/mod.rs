@@ -132,23 +132,7 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8012)));
     // Knative's h2c port too: the public Services send h2c revisions' requests there. Both
     // ports take HTTP/1.1 and h2c alike.
-    let h2c_listen = args.listen_h2c.or_else(|| {
-        args.listen
-            .is_none()
-            .then(|| SocketAddr::from(([0, 0, 0, 0], 8013)))
-    });
-    let h2c_listener = match h2c_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?,
-        ),
-        None => None,
-    };
-    let also = match &h2c_listener {
-        Some(l) => vec![("h2c", l.local_addr()?)],
-        None => Vec::new(),
-    };
+    let (h2c_listener, also) = bind_second(args, args.listen_h2c, 8013, "h2c").await?;
     let act = activator.clone();
     let (listener, health) =
         bind(listen, args, "activator", &also, move || act.metrics_text()).await?;
@@ -165,18 +149,8 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
             async move { Ok::<_, Infallible>(activate(&activator, req).await) }
         })
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    let stopped = stop_on_signal(health);
     let h2c = h2c_listener.map(|l| tokio::spawn(rouse_http::serve(l, make.clone(), stopped())));
-    tokio::spawn(async move {
-        terminated_then(health).await;
-        let _ = stop_tx.send(true);
-    });
     // Plain HTTP/1.1 requests are admitted and relayed on the lean fast path; the rest (and
     // the h2c listener) go to `make`.
     let limits = rouse_http::ServerLimits::default();
@@ -293,23 +267,7 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
     // HTTPS too, on the install's port unless told otherwise.
-    let tls_listen = args.listen_tls.or_else(|| {
-        args.listen
-            .is_none()
-            .then(|| SocketAddr::from(([0, 0, 0, 0], 8443)))
-    });
-    let tls_listener = match tls_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?,
-        ),
-        None => None,
-    };
-    let also = match &tls_listener {
-        Some(l) => vec![("tls", l.local_addr()?)],
-        None => Vec::new(),
-    };
+    let (tls_listener, also) = bind_second(args, args.listen_tls, 8443, "tls").await?;
     let gw = gateway.clone();
     let (listener, health) =
         bind(listen, args, "gateway", &also, move || gateway_metrics(&gw)).await?;
@@ -318,20 +276,10 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
     let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
         apply_to_gateway(&gw, &tls_certs, &t, &mut known)
     }));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    let stopped = stop_on_signal(health);
     let https = tls_listener.map(|l| {
         let limits = rouse_http::ServerLimits::default();
         tokio::spawn(gateway.clone().serve_tls(l, certs, stopped(), limits))
-    });
-    tokio::spawn(async move {
-        terminated_then(health).await;
-        let _ = stop_tx.send(true);
     });
     gateway.serve(listener, stopped()).await;
     if let Some(https) = https {
@@ -614,6 +562,48 @@ async fn serve_admin(
         })
     };
     rouse_http::serve(listener, make, std::future::pending()).await;
+}
+
+/// A process's second listener: at `addr` if given, else on `default_port` of every address
+/// when `--listen` was not given either (the install's ports), else none; with its name and
+/// address for the line the process prints.
+async fn bind_second(
+    args: &HopArgs,
+    addr: Option<SocketAddr>,
+    default_port: u16,
+    name: &'static str,
+) -> anyhow::Result<(Option<TcpListener>, Vec<(&'static str, SocketAddr)>)> {
+    let addr = addr.or_else(|| {
+        args.listen
+            .is_none()
+            .then(|| SocketAddr::from(([0, 0, 0, 0], default_port)))
+    });
+    let Some(addr) = addr else {
+        return Ok((None, Vec::new()));
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    Ok((Some(listener), vec![(name, bound)]))
+}
+
+/// Makes futures that resolve once SIGTERM or SIGINT came (marking the process draining):
+/// one per listener, so each stops accepting and drains.
+fn stop_on_signal(
+    health: Arc<Health>,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        terminated_then(health).await;
+        let _ = stop_tx.send(true);
+    });
+    move || {
+        let mut rx = stop_rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        })
+    }
 }
 
 /// Resolves at SIGTERM or SIGINT, marking the process draining.
