@@ -149,8 +149,14 @@ impl KubeSource {
                 class, unmarked, ..
             } => {
                 let ingresses = decode_ingresses(&sets[0].objects, class);
-                let t = gateway_topology(&ingresses, &sets[1].objects, &sets[2].objects);
-                *unmarked = ingresses.into_iter().filter(|i| !is_marked(i)).collect();
+                let secrets = &sets[2].objects;
+                let t = gateway_topology(&ingresses, &sets[1].objects, secrets);
+                // As Knative's ingresses: not Ready while a certificate it names is missing
+                // (its hosts have no HTTPS yet); marked once the Secret comes.
+                *unmarked = ingresses
+                    .into_iter()
+                    .filter(|i| !is_marked(i) && has_certificates(i, secrets))
+                    .collect();
                 t
             }
             Role::Activator { me, seen } => {
@@ -507,6 +513,11 @@ pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects, secrets: &Objec
         routes,
         tls,
     }
+}
+
+/// Whether every certificate the Ingress's `spec.tls` names is there.
+fn has_certificates(ing: &Ingress, secrets: &Objects) -> bool {
+    ingress_certificates(ing, secrets).len() == ing.spec.tls.len()
 }
 
 /// The certificates an Ingress's `spec.tls` entries name: each Secret's `tls.crt` and
