@@ -27,7 +27,7 @@ use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
 
 use crate::backends::Backends;
-use crate::routing::{self, RouteTarget, RoutingTable, normalize_host};
+use crate::routing::{self, RouteTarget, RoutingTable, SetHeader, normalize_host};
 use crate::trust::TrustedProxies;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -343,6 +343,8 @@ impl Gateway {
         // A mapped domain takes its target host's traffic, and the app sees the target host
         // (the fast path leaves unrouted hosts, mapped ones among them, to this path).
         let (lookup, rewrite) = routes.serving_host(host);
+        // Headers per target (an Ingress split's own), for hosts routed by path rules.
+        let mut per_target: &[Vec<SetHeader>] = &[];
         let (targets, set_headers) = if let Some(rules) = routes.rules(lookup) {
             let path = req.uri().path();
             let Some(rule) = rules.iter().find(|r| r.matches(path, req.headers())) else {
@@ -354,6 +356,7 @@ impl Gateway {
                     ),
                 );
             };
+            per_target = &rule.target_appended;
             (rule.targets.as_slice(), rule.appended.as_slice())
         } else {
             let Some(targets) = routes.get(lookup) else {
@@ -371,8 +374,8 @@ impl Gateway {
             (targets, routes.appended(host, tag.map(|(tag, _)| tag)))
         };
         let total = routing::total(targets);
-        let Some(target) = (total > 0)
-            .then(|| routing::pick(targets, fastrand::u64(0..total)))
+        let Some(picked) = (total > 0)
+            .then(|| routing::pick_index(targets, fastrand::u64(0..total)))
             .flatten()
         else {
             return text_response(
@@ -380,6 +383,8 @@ impl Gateway {
                 format!("no traffic target for host {:?}", normalize_host(host)),
             );
         };
+        let target = &targets[picked];
+        let split_headers = per_target.get(picked).map_or(&[][..], Vec::as_slice);
         let (namespace, revision) = (target.namespace.as_str(), target.revision.as_str());
         let entry = self.entry(namespace, revision);
         if entry.as_ref().is_some_and(|e| e.removed) {
@@ -392,7 +397,7 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         strip_internal(&mut parts.headers);
         add_forwarding(&mut parts.headers, client, host);
-        for (name, value) in set_headers {
+        for (name, value) in set_headers.iter().chain(split_headers) {
             parts.headers.insert(name.clone(), value.clone());
         }
         if let Some(target) = rewrite {

@@ -59,6 +59,9 @@ pub struct PathRule {
     pub targets: Vec<RouteTarget>,
     /// Headers set on them on their way.
     pub appended: Vec<SetHeader>,
+    /// Headers set on the requests each target takes (by index into `targets`; shorter, or
+    /// empty: none), after `appended` (an Ingress split's own `appendHeaders`).
+    pub target_appended: Vec<Vec<SetHeader>>,
 }
 
 impl PathRule {
@@ -273,8 +276,13 @@ pub fn without_port(host: &str) -> &str {
 }
 
 /// Picks a target by weight, given a number in `0..sum of percents`.
-pub(crate) fn pick(targets: &[RouteTarget], mut roll: u64) -> Option<&RouteTarget> {
-    targets.iter().find(|t| {
+pub(crate) fn pick(targets: &[RouteTarget], roll: u64) -> Option<&RouteTarget> {
+    pick_index(targets, roll).map(|i| &targets[i])
+}
+
+/// [`pick`]'s choice as an index into `targets`.
+pub(crate) fn pick_index(targets: &[RouteTarget], mut roll: u64) -> Option<usize> {
+    targets.iter().position(|t| {
         let p = u64::from(t.percent);
         if roll < p {
             true
@@ -414,6 +422,7 @@ mod tests {
                 .collect(),
             targets: vec![t(rev, 100)],
             appended: Vec::new(),
+            target_appended: Vec::new(),
         }
     }
 

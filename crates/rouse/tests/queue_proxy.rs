@@ -387,7 +387,7 @@ fn write_endpoints(
 /// `secure.example.com` with `spec.tls` naming the Secret holding `leaf`, redirected to HTTPS,
 /// routing by path and header: `/headers` to the live revision, `/headers` with `X-Canary:
 /// yes` to `canary` and every other path to `idle` (both without pods, so answered 503
-/// naming them).
+/// naming them); the path and its split append headers.
 fn write_tls_endpoints(path: &std::path::Path, pod: SocketAddr, leaf: &common::tls::Leaf) {
     let split = |rev: &str| serde_json::json!([{"serviceNamespace": "shop", "serviceName": rev, "servicePort": 80, "percent": 100}]);
     let doc = serde_json::json!({
@@ -399,7 +399,10 @@ fn write_tls_endpoints(path: &std::path::Path, pod: SocketAddr, leaf: &common::t
                 "httpOption": "Redirected",
                 "tls": [{"hosts": ["secure.example.com"], "secretName": "secure-cert", "secretNamespace": "shop"}],
                 "rules": [{"hosts": ["secure.example.com"], "visibility": "ExternalIP", "http": {"paths": [
-                    {"path": "/headers", "splits": split("live"), "appendHeaders": {"X-Rule": "live"}},
+                    {"path": "/headers", "appendHeaders": {"X-Rule": "live"}, "splits": [
+                        {"serviceNamespace": "shop", "serviceName": "live", "servicePort": 80, "percent": 100,
+                         "appendHeaders": {"X-Split": "live", "Knative-Serving-Revision": "live"}},
+                    ]},
                     {"path": "/headers", "headers": {"X-Canary": {"exact": "yes"}}, "splits": split("canary")},
                     {"splits": split("idle")},
                 ]}}],
@@ -460,6 +463,7 @@ fn the_gateway_terminates_tls_by_sni_redirects_plain_http_and_routes_paths_and_h
     let seen: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
     assert_eq!(seen["headers"]["x-rule"], "live", "{seen}");
+    assert_eq!(seen["headers"]["x-split"], "live", "{seen}");
     assert!(
         seen["headers"]["forwarded"]
             .as_str()

@@ -207,6 +207,9 @@ pub struct Target {
     pub revision: String,
     /// Its percentage.
     pub percent: u32,
+    /// Headers set on the requests it takes (an Ingress split's own; served in `paths`).
+    #[serde(default)]
+    pub append_headers: BTreeMap<String, String>,
 }
 
 /// Why a description could not be read.

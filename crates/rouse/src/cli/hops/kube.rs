@@ -20,7 +20,9 @@ use futures_util::future::select_all;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use rouse_api::ingress::{HttpIngressPath, HttpIngressRuleValue, Ingress, ROUSE_CLASS};
+use rouse_api::ingress::{
+    HttpIngressPath, HttpIngressRuleValue, Ingress, IngressBackendSplit, ROUSE_CLASS,
+};
 use rouse_api::serving::{IntOrString, Revision};
 use rouse_kube::informer::{Informer, ObjectKey, Snapshot};
 use rouse_kube::revision::{LABEL_SERVICE_TYPE, LABEL_SLICE_SERVICE};
@@ -348,13 +350,29 @@ fn is_cluster_local_host(host: &str) -> bool {
 }
 
 /// Whether every path of a rule fits the Host-only form: the whole path space, no header
-/// match but `Knative-Serving-Tag`, and a host rewrite only on the plain path.
+/// match but `Knative-Serving-Tag`, a host rewrite only on the plain path, and no split
+/// headers but those the gateway sets itself.
 fn is_host_only(paths: &[HttpIngressPath]) -> bool {
     paths.iter().all(|p| {
         matches!(p.path.as_str(), "" | "/")
             && (p.headers.is_empty()
                 || (p.rewrite_host.is_empty() && tag_match(&p.headers).is_some()))
+            && (!p.rewrite_host.is_empty() || p.splits.iter().all(|s| split_headers(s).is_empty()))
     })
+}
+
+/// A split's `appendHeaders` but the revision and namespace ones (Knative's Routes write
+/// them; the gateway names the revision itself on every request it forwards).
+fn split_headers(split: &IngressBackendSplit) -> BTreeMap<String, String> {
+    split
+        .append_headers
+        .iter()
+        .filter(|(name, _)| {
+            !name.eq_ignore_ascii_case(rouse_kube::route::HEADER_REVISION)
+                && !name.eq_ignore_ascii_case(rouse_kube::route::HEADER_NAMESPACE)
+        })
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
 }
 
 /// The revisions a path splits over, noting each in `revisions` with its public endpoints.
@@ -390,6 +408,7 @@ fn path_targets(
             namespace: split_ns,
             revision: split.service_name.clone(),
             percent: u32::try_from(split.percent.clamp(0, 100)).unwrap_or(0),
+            append_headers: split_headers(split),
         });
     }
     targets
@@ -1141,6 +1160,20 @@ mod tests {
         );
         assert_eq!(api.paths[1].headers["X-Canary"], "yes");
         assert_eq!(api.paths[0].append_headers["X-Api"], "v1");
+        // A split's own headers go with it.
+        let ing = ingress_json(json!({"rules": [
+            {"hosts": ["split.example.com"], "visibility": "ExternalIP", "http": {"paths": [
+                {"splits": [{"serviceNamespace": "shop", "serviceName": "a", "servicePort": 80,
+                             "percent": 100, "appendHeaders": {"X-Split": "a",
+                             "Knative-Serving-Revision": "a", "Knative-Serving-Namespace": "shop"}}]},
+            ]}},
+        ]}));
+        let split_route = &gateway_topology(&[ing], &Objects::new(), &Objects::new()).routes[0];
+        assert!(split_route.targets.is_empty());
+        assert_eq!(
+            split_route.paths[0].targets[0].append_headers,
+            BTreeMap::from([("X-Split".to_string(), "a".to_string())])
+        );
         // The tag-header form keeps the Host-only routing (and the fast path for the rest).
         let tags = t
             .routes

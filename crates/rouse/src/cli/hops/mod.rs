@@ -347,6 +347,11 @@ fn apply_to_gateway(
                     headers: set_headers(&p.headers),
                     targets: route_targets(&p.targets),
                     appended: set_headers(&p.append_headers),
+                    target_appended: p
+                        .targets
+                        .iter()
+                        .map(|t| set_headers(&t.append_headers))
+                        .collect(),
                 })
                 .collect();
             table.insert_rules(host.clone(), rules);
