@@ -498,6 +498,15 @@ fn the_gateway_terminates_tls_by_sni_redirects_plain_http_and_routes_paths_and_h
     assert_eq!(other.status, 503);
     assert!(other.body.contains("shop/idle"), "{}", other.body);
 
+    // The gateway counts the names it has a certificate for.
+    let (status, _, body) = exchange(gateway.admin, "/metrics", &[]);
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(body).unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "rouse_gateway_tls_hosts 1"),
+        "{metrics}"
+    );
+
     // A name without a certificate: refused, no other host's certificate shown.
     let refused = get(h1.clone(), https, "other.example.com", "/headers", &[]);
     assert!(

@@ -268,9 +268,11 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
     // HTTPS too, on the install's port unless told otherwise.
     let (tls_listener, also) = bind_second(args, args.listen_tls, 8443, "tls").await?;
-    let gw = gateway.clone();
-    let (listener, health) =
-        bind(listen, args, "gateway", &also, move || gateway_metrics(&gw)).await?;
+    let (gw, served) = (gateway.clone(), certs.clone());
+    let (listener, health) = bind(listen, args, "gateway", &also, move || {
+        gateway_metrics(&gw, &served)
+    })
+    .await?;
     health.ready.store(first.is_some(), Ordering::SeqCst);
     let (gw, tls_certs) = (gateway.clone(), certs.clone());
     let watcher = tokio::spawn(follow(source, health.clone(), move |t| {
@@ -492,12 +494,16 @@ async fn follow<S: EndpointsSource>(
     }
 }
 
-fn gateway_metrics(gateway: &Gateway) -> String {
+fn gateway_metrics(gateway: &Gateway, certs: &Certificates) -> String {
     format!(
         "# HELP rouse_gateway_requests_in_flight Requests in the gateway now.\n\
          # TYPE rouse_gateway_requests_in_flight gauge\n\
-         rouse_gateway_requests_in_flight {}\n",
-        gateway.in_flight()
+         rouse_gateway_requests_in_flight {}\n\
+         # HELP rouse_gateway_tls_hosts Host names the HTTPS listener has a certificate for.\n\
+         # TYPE rouse_gateway_tls_hosts gauge\n\
+         rouse_gateway_tls_hosts {}\n",
+        gateway.in_flight(),
+        certs.len()
     )
 }
 
