@@ -344,9 +344,17 @@ fn apply_to_gateway(
             let rules = route
                 .paths
                 .iter()
-                .map(|p| PathRule {
+                .filter_map(|p| {
+                    // A match that cannot be checked must not turn into no match at all.
+                    let Some(headers) = header_matches(&p.headers) else {
+                        tracing::warn!(host = %host, path = %p.path, "a header match is not a valid header; the path is not served");
+                        return None;
+                    };
+                    Some((p, headers))
+                })
+                .map(|(p, headers)| PathRule {
                     prefix: p.path.clone(),
-                    headers: set_headers(&p.headers),
+                    headers,
                     targets: route_targets(&p.targets),
                     appended: set_headers(&p.append_headers),
                     target_appended: p
@@ -415,6 +423,19 @@ fn route_targets(targets: &[Target]) -> Vec<RouteTarget> {
             namespace: x.namespace.clone(),
             revision: x.revision.clone(),
             percent: x.percent,
+        })
+        .collect()
+}
+
+/// Header matches as the gateway checks them; `None` if any is not a valid header.
+fn header_matches(headers: &std::collections::BTreeMap<String, String>) -> Option<Vec<SetHeader>> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            Some((
+                http::HeaderName::try_from(name.as_str()).ok()?,
+                http::HeaderValue::try_from(value.as_str()).ok()?,
+            ))
         })
         .collect()
 }
@@ -637,5 +658,50 @@ async fn terminated() {
             }
         }
         _ => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_header_match_that_is_no_valid_header_refuses_the_path_instead_of_matching_all() {
+        let ok = BTreeMap::from([("X-Canary".to_string(), "yes".to_string())]);
+        let matches = header_matches(&ok).unwrap();
+        assert_eq!(matches[0].0, "x-canary");
+        assert_eq!(matches[0].1, "yes");
+        let bad_name = BTreeMap::from([("X Canary".to_string(), "yes".to_string())]);
+        assert!(header_matches(&bad_name).is_none());
+        let bad_value = BTreeMap::from([("X-Canary".to_string(), "a\nb".to_string())]);
+        assert!(header_matches(&bad_value).is_none());
+        assert_eq!(header_matches(&BTreeMap::new()), Some(Vec::new()));
+    }
+
+    #[test]
+    fn certificates_that_do_not_load_are_left_out_and_each_host_keeps_its_first() {
+        let make = |host: &str| {
+            let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+            (c.cert.pem(), c.signing_key.serialize_pem())
+        };
+        let (a_cert, a_key) = make("a.example.com");
+        let (b_cert, b_key) = make("b.example.com");
+        let entry = |hosts: &[&str], certificate: &str, key: &str| TlsCertificate {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            certificate: certificate.into(),
+            key: key.into(),
+        };
+        let certs = certificates(&[
+            entry(&["a.example.com"], &a_cert, &a_key),
+            // A key that is not the certificate's: not served.
+            entry(&["c.example.com"], &a_cert, &b_key),
+            entry(&["a.example.com", "b.example.com"], &b_cert, &b_key),
+        ]);
+        let mut hosts: Vec<&str> = certs.keys().map(String::as_str).collect();
+        hosts.sort_unstable();
+        assert_eq!(hosts, ["a.example.com", "b.example.com"]);
+        let a = rouse_gateway::certified_key(a_cert.as_bytes(), a_key.as_bytes()).unwrap();
+        assert_eq!(certs["a.example.com"].cert, a.cert);
     }
 }
