@@ -19,15 +19,15 @@ use rouse_activator::{
 use rouse_http::h1::FastRequest;
 use rouse_http::{
     Body, ClientAddr, FastDest, FastRoute, FrontRouter, GuardedBody, ProxyClient, Route,
-    ServerLimits, Tunnel, boxed, is_upgrade, push_token_or_quoted, serve_front, settle_request,
-    strip_internal, text_response,
+    ServerLimits, Tunnel, boxed, is_upgrade, push_token_or_quoted, serve_front, serve_tls,
+    settle_request, strip_internal, text_response,
 };
 use rouse_queue::InFlightGuard;
 use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
 
 use crate::backends::Backends;
-use crate::routing::{self, RouteTarget, RoutingTable, normalize_host};
+use crate::routing::{self, RouteTarget, RoutingTable, SetHeader, normalize_host};
 use crate::trust::TrustedProxies;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -289,6 +289,33 @@ impl Gateway {
         serve_front(listener, make, router, shutdown, limits).await;
     }
 
+    /// Serves HTTPS clients on `listener` until `shutdown` resolves (then as
+    /// [`Gateway::serve`]): the certificate chosen by SNI from `certs` (a name without one is
+    /// refused), HTTP/2 or HTTP/1.1 by ALPN. Requests route exactly as plain ones, except that
+    /// a host redirected to HTTPS is served here, and the app is told `https`.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        certs: Arc<crate::Certificates>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        limits: ServerLimits,
+    ) {
+        let make = |remote: SocketAddr| {
+            let gw = self.clone();
+            let client = Arc::new(
+                ClientAddr::new(remote.ip())
+                    .trusted(gw.trusts(remote.ip()))
+                    .secure(true),
+            );
+            service_fn(move |req| {
+                let (gw, client) = (gw.clone(), client.clone());
+                async move { Ok::<_, Infallible>(gw.handle(&client, req).await) }
+            })
+        };
+        let tls = crate::server_config(certs);
+        serve_tls(listener, tls, make, shutdown, limits).await;
+    }
+
     async fn handle(&self, client: &ClientAddr, mut req: Request<Body>) -> Response<Body> {
         if let Err(e) = settle_request(&mut req) {
             return text_response(StatusCode::BAD_REQUEST, e.to_string());
@@ -310,25 +337,45 @@ impl Gateway {
         };
         // The table stays alive with the request: its target names are borrowed, not copied.
         let routes = self.routes.load_full();
+        if !client.is_secure() && routes.redirects(host) {
+            return redirect_to_https(host, req.uri());
+        }
         // A mapped domain takes its target host's traffic, and the app sees the target host
         // (the fast path leaves unrouted hosts, mapped ones among them, to this path).
         let (lookup, rewrite) = routes.serving_host(host);
-        let Some(targets) = routes.get(lookup) else {
-            if let Some(why) = routes.unavailable(lookup) {
-                return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
-            }
-            return text_response(
-                StatusCode::NOT_FOUND,
-                format!("no route for host {:?}", normalize_host(host)),
-            );
+        // Headers per target (an Ingress split's own), for hosts routed by path rules.
+        let mut per_target: &[Vec<SetHeader>] = &[];
+        let (targets, set_headers) = if let Some(rules) = routes.rules(lookup) {
+            let path = req.uri().path();
+            let Some(rule) = rules.iter().find(|r| r.matches(path, req.headers())) else {
+                return text_response(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no route for host {:?} and path {path:?}",
+                        normalize_host(host)
+                    ),
+                );
+            };
+            per_target = &rule.target_appended;
+            (rule.targets.as_slice(), rule.appended.as_slice())
+        } else {
+            let Some(targets) = routes.get(lookup) else {
+                if let Some(why) = routes.unavailable(lookup) {
+                    return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
+                }
+                return text_response(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for host {:?}", normalize_host(host)),
+                );
+            };
+            let tag = tagged(&routes, host, req.headers());
+            let targets = tag.map_or(targets, |(_, t)| t);
+            // Looked up now, while the tag (borrowed from the request) is at hand.
+            (targets, routes.appended(host, tag.map(|(tag, _)| tag)))
         };
-        let tag = tagged(&routes, host, req.headers());
-        let targets = tag.map_or(targets, |(_, t)| t);
-        // Looked up now, while the tag (borrowed from the request) is at hand.
-        let set_headers = routes.appended(host, tag.map(|(tag, _)| tag));
         let total = routing::total(targets);
-        let Some(target) = (total > 0)
-            .then(|| routing::pick(targets, fastrand::u64(0..total)))
+        let Some(picked) = (total > 0)
+            .then(|| routing::pick_index(targets, fastrand::u64(0..total)))
             .flatten()
         else {
             return text_response(
@@ -336,6 +383,8 @@ impl Gateway {
                 format!("no traffic target for host {:?}", normalize_host(host)),
             );
         };
+        let target = &targets[picked];
+        let split_headers = per_target.get(picked).map_or(&[][..], Vec::as_slice);
         let (namespace, revision) = (target.namespace.as_str(), target.revision.as_str());
         let entry = self.entry(namespace, revision);
         if entry.as_ref().is_some_and(|e| e.removed) {
@@ -348,7 +397,7 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         strip_internal(&mut parts.headers);
         add_forwarding(&mut parts.headers, client, host);
-        for (name, value) in set_headers {
+        for (name, value) in set_headers.iter().chain(split_headers) {
             parts.headers.insert(name.clone(), value.clone());
         }
         if let Some(target) = rewrite {
@@ -454,6 +503,20 @@ fn rewrite_host(parts: &mut http::request::Parts, host: &str) {
     parts.headers.insert(header::HOST, value);
 }
 
+/// The answer to a plain-HTTP request for a host served over HTTPS only: `301` to the same
+/// host (without the port it was reached on: the HTTPS one is the default) and path.
+fn redirect_to_https(host: &str, uri: &http::Uri) -> Response<Body> {
+    let bare = routing::without_port(host);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{bare}{path}");
+    let Ok(value) = HeaderValue::from_str(&location) else {
+        return text_response(StatusCode::BAD_REQUEST, "invalid Host header");
+    };
+    let mut resp = text_response(StatusCode::MOVED_PERMANENTLY, format!("{location}\n"));
+    resp.headers_mut().insert(header::LOCATION, value);
+    resp
+}
+
 /// Names the revision a request is for (`Knative-Serving-Namespace`, `-Revision`).
 fn name_revision(headers: &mut HeaderMap, namespace: &str, revision: &str) {
     if let (Ok(ns), Ok(rev)) = (
@@ -526,8 +589,9 @@ impl FrontRouter for FastRouter {
         let Some(targets) = routes.get(host) else {
             return Route::General;
         };
-        if routes.routes_by_tag(host) || routes.appends_headers(host) {
-            // The fast path sees no headers and sets none: the general path does.
+        if routes.needs_general(host) {
+            // The fast path sees no headers, sets none and never redirects: the general path
+            // does.
             return Route::General;
         }
         let total = routing::total(targets);
@@ -626,7 +690,8 @@ fn removed_text(namespace: &str, revision: &str) -> String {
     )
 }
 
-/// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` (`http`, or a trusted proxy's own)
+/// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` (`http` or `https` as the client
+/// connected, or a trusted proxy's own)
 /// and an RFC 7239 `Forwarded` element (appended) for a client at `client` asking for `host`:
 /// the same forms the fast path writes ([`ClientAddr`]).
 fn add_forwarding(headers: &mut HeaderMap, client: &ClientAddr, host: &str) {
@@ -635,14 +700,15 @@ fn add_forwarding(headers: &mut HeaderMap, client: &ClientAddr, host: &str) {
         headers.remove(X_FORWARDED_PROTO);
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme()));
     }
     let mut element = Vec::with_capacity(32 + host.len());
     element.extend_from_slice(b"for=");
     element.extend_from_slice(client.node().as_bytes());
     element.extend_from_slice(b";host=");
     push_token_or_quoted(host.as_bytes(), &mut element);
-    element.extend_from_slice(b";proto=http");
+    element.extend_from_slice(b";proto=");
+    element.extend_from_slice(client.scheme().as_bytes());
     append_list(headers, FORWARDED, &element);
 }
 

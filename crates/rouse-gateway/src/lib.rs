@@ -14,7 +14,15 @@
 //! served by the general path, which sees the header. A host may also have headers set on
 //! its requests, per the route they took (a Kubernetes Ingress path's `appendHeaders`).
 //!
-//! Client-sent internal headers are stripped and `X-Forwarded-*`/`Forwarded` added.
+//! A host may instead be routed by path and headers ([`PathRule`]s, a Kubernetes Ingress's
+//! paths: prefix match, header matches tried first, then the longest prefix), and may have
+//! its plain-HTTP requests redirected to HTTPS (`301`). Both take the general path.
+//!
+//! [`Gateway::serve_tls`] serves HTTPS (TLS 1.2/1.3, ALPN h2 and http/1.1) with the
+//! certificate [`Certificates`] holds for the client's SNI, refusing names it has none for.
+//!
+//! Client-sent internal headers are stripped and `X-Forwarded-*`/`Forwarded` added (scheme
+//! `https` over TLS).
 //!
 //! Clients may speak HTTP/1.1 or h2c (prior knowledge). Each revision has a protocol too: an
 //! h2c revision (its port named `h2c`) is reached over HTTP/2 cleartext all the way, by the
@@ -28,7 +36,7 @@
 //! instance's) until either side closes it. In Proxy mode the activator carries it and holds
 //! the gateway's counts for it. Any other answer passes back unchanged.
 //!
-//! Status codes: unknown host 404; upstream failure after the request left 502; the
+//! Status codes: unknown host (or a path no rule matches) 404; upstream failure after the request left 502; the
 //! activator's own (queue full 503, wait deadline 504).
 
 #![warn(missing_docs)]
@@ -36,8 +44,10 @@
 mod backends;
 mod gateway;
 mod routing;
+mod tls;
 mod trust;
 
 pub use gateway::{Gateway, Mode};
-pub use routing::{RouteTarget, RoutingTable, SetHeader, normalize_host};
+pub use routing::{PathRule, RouteTarget, RoutingTable, SetHeader, normalize_host};
+pub use tls::{BadCertificate, Certificates, certified_key, server_config};
 pub use trust::{BadRange, TrustedProxies};

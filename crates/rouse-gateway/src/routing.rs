@@ -1,8 +1,13 @@
 //! The routing table: which revisions serve which host, and in what shares.
+//!
+//! Most hosts route on their Host alone (looked up without allocating, so the fast path
+//! stays cheap). A host with path rules or header matches (a Kubernetes Ingress's
+//! `http.paths`) has an ordered list of [`PathRule`]s instead, tried in turn; a host whose
+//! plain-HTTP requests are redirected to HTTPS is marked so.
 
 use std::collections::HashMap;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// One revision a host's traffic goes to, and its share.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +37,43 @@ pub struct RoutingTable {
     /// Hosts served as another host (a DomainMapping's domain → its target's host): looked up
     /// as that host, and forwarded with the Host header rewritten to it.
     aliases: HashMap<String, String>,
+    /// Hosts routed by path and headers: their rules, in the order they are tried.
+    rules: HashMap<String, Vec<PathRule>>,
+    /// Hosts whose plain-HTTP requests are answered with a redirect to HTTPS.
+    redirected: HashMap<String, ()>,
+    /// Hosts the fast path (which sees neither headers nor TLS) must leave to the general
+    /// path: routed by tag, setting headers, or redirected.
+    general: HashMap<String, ()>,
+}
+
+/// One of a host's path rules (a Kubernetes Ingress path): a request whose path starts with
+/// `prefix` and that carries every header of `headers` with exactly that value takes
+/// `targets`, with `appended` set on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathRule {
+    /// The path prefix (`""` and `"/"` match every path).
+    pub prefix: String,
+    /// Headers the request must carry, each with exactly this value (its first, if repeated).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Where the matching requests go.
+    pub targets: Vec<RouteTarget>,
+    /// Headers set on them on their way.
+    pub appended: Vec<SetHeader>,
+    /// Headers set on the requests each target takes (by index into `targets`; shorter, or
+    /// empty: none), after `appended` (an Ingress split's own `appendHeaders`).
+    pub target_appended: Vec<Vec<SetHeader>>,
+}
+
+impl PathRule {
+    /// Whether a request for `path` with `headers` takes this rule. The prefix is a plain
+    /// string prefix, as Knative's ingresses (Envoy's prefix match) apply it.
+    pub fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+        path.starts_with(self.prefix.as_str())
+            && self
+                .headers
+                .iter()
+                .all(|(name, value)| headers.get(name) == Some(value))
+    }
 }
 
 /// A header set on requests on their way to a revision.
@@ -57,10 +99,9 @@ impl RoutingTable {
     /// Requests for `host` (normalized) carrying `Knative-Serving-Tag: tag` go to `targets`
     /// instead of the host's own (tag-header-based routing).
     pub fn insert_tag(&mut self, host: String, tag: String, targets: Vec<RouteTarget>) {
-        self.tags
-            .entry(normalize_host(&host))
-            .or_default()
-            .insert(tag, targets);
+        let host = normalize_host(&host);
+        self.general.insert(host.clone(), ());
+        self.tags.entry(host).or_default().insert(tag, targets);
     }
 
     /// Whether requests for `host` are routed by their `Knative-Serving-Tag` header.
@@ -80,10 +121,9 @@ impl RoutingTable {
     /// (`""`: the host's own), replacing what was set for them; see [`RoutingTable::appended`].
     pub fn insert_appended(&mut self, host: String, tag: String, headers: Vec<SetHeader>) {
         if !headers.is_empty() {
-            self.appended
-                .entry(normalize_host(&host))
-                .or_default()
-                .insert(tag, headers);
+            let host = normalize_host(&host);
+            self.general.insert(host.clone(), ());
+            self.appended.entry(host).or_default().insert(tag, headers);
         }
     }
 
@@ -135,13 +175,54 @@ impl RoutingTable {
     /// domain's target). A route's own host, served or not, always wins over a mapping of the
     /// same name, so no mapping can take a route's traffic.
     pub fn serving_host<'a>(&'a self, host: &'a str) -> (&'a str, Option<&'a str>) {
-        if self.aliases.is_empty() || self.get(host).is_some() || self.unavailable(host).is_some() {
+        if self.aliases.is_empty()
+            || self.get(host).is_some()
+            || self.rules(host).is_some()
+            || self.unavailable(host).is_some()
+        {
             return (host, None);
         }
         match self.alias(host) {
             Some(target) => (target, Some(target)),
             None => (host, None),
         }
+    }
+
+    /// Routes `host` (normalized) by `rules`, replacing any earlier ones. They are tried with
+    /// those matching headers first, then the longest prefix first, else in the order given
+    /// (as Knative's Routes write them: tag-header paths before the default one).
+    pub fn insert_rules(&mut self, host: String, mut rules: Vec<PathRule>) {
+        rules.sort_by_key(|r| (r.headers.is_empty(), std::cmp::Reverse(r.prefix.len())));
+        let host = normalize_host(&host);
+        self.general.insert(host.clone(), ());
+        self.rules.insert(host, rules);
+    }
+
+    /// The path rules of `host`, if it is routed by path and headers.
+    pub fn rules(&self, host: &str) -> Option<&[PathRule]> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        lookup(&self.rules, host).map(Vec::as_slice)
+    }
+
+    /// Answers plain-HTTP requests for `host` (normalized) with a redirect to HTTPS (an
+    /// Ingress's `httpOption: Redirected`); over TLS it is served as routed.
+    pub fn insert_redirect(&mut self, host: String) {
+        let host = normalize_host(&host);
+        self.general.insert(host.clone(), ());
+        self.redirected.insert(host, ());
+    }
+
+    /// Whether plain-HTTP requests for `host` are redirected to HTTPS.
+    pub fn redirects(&self, host: &str) -> bool {
+        !self.redirected.is_empty() && lookup(&self.redirected, host).is_some()
+    }
+
+    /// Whether requests for `host` need the general path: it sees their headers (tags,
+    /// header matches), sets headers, or redirects. Allocation-free for a normalized host.
+    pub fn needs_general(&self, host: &str) -> bool {
+        !self.general.is_empty() && lookup(&self.general, host).is_some()
     }
 
     /// The hosts routed, in no particular order.
@@ -177,21 +258,31 @@ fn lookup<'a, T>(map: &'a HashMap<String, T>, host: &str) -> Option<&'a T> {
 /// Lowercases a Host value and drops its port and any trailing dot
 /// (`Hello.Default.Example.com:8080` → `hello.default.example.com`; `[::1]:80` → `[::1]`).
 pub fn normalize_host(host: &str) -> String {
-    let host = host.trim();
-    let without_port = if host.starts_with('[') {
+    without_port(host.trim())
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// A Host value without its port (`example.com:8080` → `example.com`; `[::1]:80` → `[::1]`).
+pub fn without_port(host: &str) -> &str {
+    if host.starts_with('[') {
         host.find(']').map_or(host, |end| &host[..=end])
     } else {
         match host.rsplit_once(':') {
             Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
             _ => host,
         }
-    };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    }
 }
 
 /// Picks a target by weight, given a number in `0..sum of percents`.
-pub(crate) fn pick(targets: &[RouteTarget], mut roll: u64) -> Option<&RouteTarget> {
-    targets.iter().find(|t| {
+pub(crate) fn pick(targets: &[RouteTarget], roll: u64) -> Option<&RouteTarget> {
+    pick_index(targets, roll).map(|i| &targets[i])
+}
+
+/// [`pick`]'s choice as an index into `targets`.
+pub(crate) fn pick_index(targets: &[RouteTarget], mut roll: u64) -> Option<usize> {
+    targets.iter().position(|t| {
         let p = u64::from(t.percent);
         if roll < p {
             true
@@ -320,6 +411,123 @@ mod tests {
         );
         assert!(table.appended("h.example.com", Some("green")).is_empty());
         assert!(table.appended("other.example.com", None).is_empty());
+    }
+
+    fn rule(prefix: &str, headers: &[(&'static str, &'static str)], rev: &str) -> PathRule {
+        PathRule {
+            prefix: prefix.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+                .collect(),
+            targets: vec![t(rev, 100)],
+            appended: Vec::new(),
+            target_appended: Vec::new(),
+        }
+    }
+
+    /// The revision the first matching rule of `host` sends `path` with `headers` to.
+    fn routed(
+        table: &RoutingTable,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<String> {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                HeaderName::try_from(*n).unwrap(),
+                HeaderValue::try_from(*v).unwrap(),
+            );
+        }
+        table
+            .rules(host)?
+            .iter()
+            .find(|r| r.matches(path, &map))
+            .map(|r| r.targets[0].revision.clone())
+    }
+
+    #[test]
+    fn path_rules_match_by_prefix_longest_first_and_headers_before_plain() {
+        let mut table = RoutingTable::new();
+        table.insert("plain.example.com".into(), vec![t("plain", 100)]);
+        assert!(!table.needs_general("plain.example.com"));
+        table.insert_rules(
+            "Api.Example.com".into(),
+            vec![
+                rule("", &[], "root"),
+                rule("/v1", &[], "v1"),
+                rule("/v1/admin", &[], "admin"),
+                rule("/v1", &[("x-canary", "yes"), ("x-team", "a")], "canary"),
+            ],
+        );
+        let host = "api.example.com:8080";
+        assert!(table.needs_general(host));
+        assert!(table.rules("plain.example.com").is_none());
+        assert_eq!(routed(&table, host, "/", &[]).as_deref(), Some("root"));
+        assert_eq!(routed(&table, host, "/v1/x", &[]).as_deref(), Some("v1"));
+        // A plain prefix, as Envoy's: /v10 starts with /v1.
+        assert_eq!(routed(&table, host, "/v10", &[]).as_deref(), Some("v1"));
+        assert_eq!(
+            routed(&table, host, "/v1/admin/users", &[]).as_deref(),
+            Some("admin")
+        );
+        // Header matches win over a longer plain prefix, only when every header matches.
+        assert_eq!(
+            routed(
+                &table,
+                host,
+                "/v1/admin",
+                &[("X-Canary", "yes"), ("x-team", "a")]
+            )
+            .as_deref(),
+            Some("canary")
+        );
+        assert_eq!(
+            routed(&table, host, "/v1/admin", &[("x-canary", "yes")]).as_deref(),
+            Some("admin")
+        );
+        assert_eq!(
+            routed(&table, host, "/v1", &[("x-canary", "YES"), ("x-team", "a")]).as_deref(),
+            Some("v1")
+        );
+        // Outside the header rule's prefix, its headers do not matter.
+        assert_eq!(
+            routed(
+                &table,
+                host,
+                "/other",
+                &[("x-canary", "yes"), ("x-team", "a")]
+            )
+            .as_deref(),
+            Some("root")
+        );
+
+        // Without a catch-all, a path no rule covers matches nothing.
+        table.insert_rules("only.example.com".into(), vec![rule("/a", &[], "a")]);
+        assert_eq!(routed(&table, "only.example.com", "/b", &[]), None);
+        // A mapping never takes over a host routed by rules.
+        table.insert_alias("api.example.com".into(), "plain.example.com".into());
+        assert_eq!(
+            table.serving_host("api.example.com"),
+            ("api.example.com", None)
+        );
+    }
+
+    #[test]
+    fn redirected_hosts_are_marked_and_leave_the_fast_path() {
+        let mut table = RoutingTable::new();
+        table.insert("secure.example.com".into(), vec![t("a", 100)]);
+        table.insert("open.example.com".into(), vec![t("a", 100)]);
+        assert!(!table.redirects("secure.example.com"));
+        table.insert_redirect("Secure.Example.com".into());
+        assert!(table.redirects("secure.example.com:80"));
+        assert!(table.needs_general("secure.example.com"));
+        assert!(!table.redirects("open.example.com"));
+        assert!(!table.needs_general("open.example.com"));
+        // Tags and appended headers need the general path too.
+        table.insert_tag("open.example.com".into(), "x".into(), vec![t("b", 100)]);
+        assert!(table.needs_general("open.example.com"));
     }
 
     #[test]

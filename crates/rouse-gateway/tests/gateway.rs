@@ -776,3 +776,43 @@ async fn switching_serve_proxy_serve_under_load_fails_nothing() {
     );
     assert_eq!(g.gw.in_flight_for(NS, rev), 0);
 }
+
+/// A client on the HTTPS port that never completes its handshake (silent, or sending
+/// something that is not TLS) is closed within the header read timeout, and does not keep
+/// the listener from serving others.
+#[tokio::test]
+async fn tls_clients_that_never_finish_the_handshake_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let act = Activator::new(ActivatorConfig::default(), Arc::new(|_: &str, _: &str| {}));
+    let gw = Gateway::new(act);
+    let certs = rouse_gateway::Certificates::new();
+    let cert = rcgen::generate_simple_self_signed(vec!["h.example.com".to_string()]).unwrap();
+    let key = rouse_gateway::certified_key(
+        cert.cert.pem().as_bytes(),
+        cert.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    certs.set(HashMap::from([("h.example.com".to_string(), key)]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = rouse_http::ServerLimits {
+        header_read_timeout: Some(Duration::from_millis(300)),
+        ..rouse_http::ServerLimits::default()
+    };
+    tokio::spawn(gw.serve_tls(listener, certs, std::future::pending(), limits));
+    let started = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: h.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    for conn in [&mut silent, &mut garbage] {
+        let mut buf = Vec::new();
+        // Closed by the server (EOF or reset), within the bound.
+        let _ = tokio::time::timeout(BOUND, conn.read_to_end(&mut buf))
+            .await
+            .expect("the server closes the connection");
+    }
+    assert!(started.elapsed() < BOUND);
+}

@@ -281,6 +281,8 @@ pub struct ClientAddr {
     node: String,
     /// A proxy in front whose `X-Forwarded-Proto` is kept.
     trusted: bool,
+    /// The client reached this hop over TLS.
+    secure: bool,
 }
 
 impl ClientAddr {
@@ -299,7 +301,24 @@ impl ClientAddr {
             ip: text,
             node,
             trusted: false,
+            secure: false,
         }
+    }
+
+    /// Marks the client as connected over TLS (its scheme is `https`).
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
+    }
+
+    /// Whether the client connected over TLS.
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
+    /// The scheme the client reached this hop with: `https` over TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.secure { "https" } else { "http" }
     }
 
     /// Marks the client as a trusted proxy (its `X-Forwarded-Proto` is kept).

@@ -49,7 +49,9 @@ pub use limits::{
 };
 pub use read_timeout::{BodyReadTimeout, BodyTooSlow, MinBodyRate, ReadTimeoutBody};
 pub use retry::{ForwardError, forward_retryable};
-pub use server::{BODY_TIMEOUT_BODY, FromIncoming, HopService, serve, serve_front, serve_with};
+pub use server::{
+    BODY_TIMEOUT_BODY, FromIncoming, HopService, serve, serve_front, serve_tls, serve_with,
+};
 pub use strict::{BadHead, settle_request};
 pub use timeout::{BodyTimeout, TIMEOUT_BODY};
 pub use upgrade::{Tunnel, is_upgrade};

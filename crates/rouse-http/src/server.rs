@@ -105,6 +105,33 @@ pub async fn serve_with<M, S, B>(
         listener,
         make_service,
         None::<Arc<NoFront>>,
+        None,
+        shutdown,
+        limits,
+    )
+    .await;
+}
+
+/// Like [`serve_with`] over TLS: each connection's handshake (ALPN as `tls` configures it:
+/// `h2` is served as HTTP/2, anything else as HTTP/1.1) must finish within the header read
+/// timeout, and a failed one closes the connection. The same limits then apply as in clear.
+pub async fn serve_tls<M, S, B>(
+    listener: TcpListener,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    make_service: M,
+    shutdown: impl Future<Output = ()> + Send,
+    limits: ServerLimits,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: HopService<B>,
+    B: FromIncoming,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_inner(
+        listener,
+        make_service,
+        None::<Arc<NoFront>>,
+        Some(acceptor),
         shutdown,
         limits,
     )
@@ -127,13 +154,14 @@ pub async fn serve_front<M, S, B, R>(
     B: FromIncoming,
     R: FrontRouter,
 {
-    serve_inner(listener, make_service, Some(router), shutdown, limits).await;
+    serve_inner(listener, make_service, Some(router), None, shutdown, limits).await;
 }
 
 async fn serve_inner<M, S, B, R>(
     listener: TcpListener,
     make_service: M,
     front: Option<Arc<R>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
     limits: ServerLimits,
 ) where
@@ -172,6 +200,7 @@ async fn serve_inner<M, S, B, R>(
                 let service = make_service(remote);
                 let builder = builder.clone();
                 let front = front.clone();
+                let tls = tls.clone();
                 let limits = limits.clone();
                 let fut = async move {
                     let (stream, prefix) = match front {
@@ -196,8 +225,8 @@ async fn serve_inner<M, S, B, R>(
                         }
                     };
                     // Boxed: connections served on the fast path keep no room for hyper's.
-                    Box::pin(connection(stream, prefix, remote, service, builder, *limits, ticket))
-                        .await;
+                    let conn = Connection { remote, builder, limits: *limits, ticket };
+                    Box::pin(conn.run(stream, prefix, tls, service)).await;
                 };
                 conns.spawn(fut);
             }
@@ -235,47 +264,119 @@ fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
 /// hyper's default header count: left alone, hyper keeps headers on its faster stack path.
 const HYPER_MAX_HEADERS: usize = 100;
 
-/// Runs one client connection to its end.
-async fn connection<S, B>(
-    stream: TcpStream,
-    prefix: Bytes,
+/// One client connection: where it comes from, how it is served and its place under the cap.
+struct Connection {
     remote: SocketAddr,
-    service: S,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ServerLimits,
     ticket: Ticket,
-) where
-    S: HopService<B>,
-    B: FromIncoming,
+}
+
+type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Connection {
+    /// Runs the connection to its end: over TLS first when `tls` is given.
+    async fn run<S, B>(
+        self,
+        stream: TcpStream,
+        prefix: Bytes,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        service: S,
+    ) where
+        S: HopService<B>,
+        B: FromIncoming,
+    {
+        // The ticket (the connection's place under the cap) is held to the end.
+        let mut stop = self.ticket.stop.clone();
+        let watch = Arc::new(ConnWatch::with_slot(
+            self.limits.header_read_timeout,
+            self.limits.idle_timeout,
+            self.ticket.slot.clone(),
+        ));
+        let peer = peer_handle(&stream);
+        let (io, mut back) = WatchedIo::new(stream, prefix, watch.clone());
+        let service = Limited {
+            inner: Arc::new(service),
+            watch: watch.clone(),
+            body_read_timeout: self.limits.body_read_timeout,
+            min_body_rate: self.limits.min_body_rate,
+            body: PhantomData,
+        };
+        let remote = self.remote;
+        let ended = match tls {
+            None => {
+                let conn = self
+                    .builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service);
+                drive(conn, &mut stop, &watch, peer.as_ref(), remote).await
+            }
+            Some(acceptor) => {
+                // A client that never finishes its handshake is held to the head's deadline.
+                let deadline = self
+                    .limits
+                    .header_read_timeout
+                    .unwrap_or(super::limits::DEFAULT_HEADER_READ_TIMEOUT);
+                let handshake = tokio::time::timeout(deadline, acceptor.accept(io));
+                let tls = tokio::select! {
+                    done = handshake => match done {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    },
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let conn = self
+                    .builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service);
+                drive(conn, &mut stop, &watch, peer.as_ref(), remote).await
+            }
+        };
+        let answered_error = match &ended {
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, %remote, "connection ended with error");
+                e.downcast_ref::<hyper::Error>()
+                    .is_some_and(|e| e.is_parse())
+            }
+            _ => false,
+        };
+        // hyper answered a malformed or oversized request (400, 431) and closed; the client may
+        // still be sending the rest of it.
+        if answered_error && let Ok(stream) = back.try_recv() {
+            linger(stream).await;
+        }
+    }
+}
+
+/// Serves `conn` until it ends (`Some`), or is cut off (`None`: it overstayed, or the client
+/// hung up); a server shutdown asks it to finish first. The connection (and its socket) is
+/// dropped before this returns.
+async fn drive<I, S>(
+    conn: auto::UpgradeableConnection<'_, TokioIo<I>, S, TokioExecutor>,
+    stop: &mut watch::Receiver<bool>,
+    watch: &ConnWatch,
+    peer: Option<&TcpStream>,
+    remote: SocketAddr,
+) -> Option<Result<(), ConnError>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Served, Error = Infallible>,
+    S::Future: Send + 'static,
 {
-    // The ticket (the connection's place under the cap) is held to the end.
-    let mut stop = ticket.stop.clone();
-    let watch = Arc::new(ConnWatch::with_slot(
-        limits.header_read_timeout,
-        limits.idle_timeout,
-        ticket.slot.clone(),
-    ));
-    let peer = peer_handle(&stream);
-    let (io, mut back) = WatchedIo::new(stream, prefix, watch.clone());
-    let service = Limited {
-        inner: Arc::new(service),
-        watch: watch.clone(),
-        body_read_timeout: limits.body_read_timeout,
-        min_body_rate: limits.min_body_rate,
-        body: PhantomData,
-    };
     let gone = async {
-        match &peer {
-            Some(peer) => client_gone(peer, &watch).await,
+        match peer {
+            Some(peer) => client_gone(peer, watch).await,
             None => std::future::pending().await,
         }
     };
     tokio::pin!(gone);
-    // Boxed so it can be dropped (and the socket with it) before the linger below.
-    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    // Boxed so it can be dropped (and the socket with it) before the caller's linger.
+    let mut conn = Box::pin(conn);
     let mut stopping = false;
     let mut going_away = false;
-    let ended = loop {
+    loop {
         tokio::select! {
             // hyper first: whatever it can finish (an answer to write, say) it does.
             biased;
@@ -300,20 +401,6 @@ async fn connection<S, B>(
                 break None;
             }
         }
-    };
-    let answered_error = match &ended {
-        Some(Err(e)) => {
-            tracing::debug!(error = %e, %remote, "connection ended with error");
-            e.downcast_ref::<hyper::Error>()
-                .is_some_and(|e| e.is_parse())
-        }
-        _ => false,
-    };
-    drop(conn);
-    // hyper answered a malformed or oversized request (400, 431) and closed; the client may
-    // still be sending the rest of it.
-    if answered_error && let Ok(stream) = back.try_recv() {
-        linger(stream).await;
     }
 }
 

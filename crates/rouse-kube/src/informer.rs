@@ -1,4 +1,4 @@
-//! [`Informer`]: one kind's objects (optionally narrowed by a label selector) kept current from
+//! [`Informer`]: one kind's objects (optionally narrowed by label and field selectors) kept current from
 //! the Kubernetes API, for the data-plane processes (`rouse activator`, `rouse gateway`) that
 //! follow a few kinds without the controller's store.
 //!
@@ -48,8 +48,23 @@ impl Informer {
     /// Follows the objects of `api` (all namespaces or one, as `api` was made) matching
     /// `labels` (a label selector; empty: all). `what` names them in logs.
     pub fn start(api: Api<DynamicObject>, labels: &str, what: &str) -> Informer {
+        Self::start_with_fields(api, labels, "", what)
+    }
+
+    /// [`Informer::start`] narrowed by a field selector too (`type=kubernetes.io/tls`, say;
+    /// empty: none).
+    pub fn start_with_fields(
+        api: Api<DynamicObject>,
+        labels: &str,
+        fields: &str,
+        what: &str,
+    ) -> Informer {
         let (tx, rx) = watch::channel(Snapshot::default());
-        let task = tokio::spawn(follow(api, labels.to_string(), what.to_string(), tx));
+        let selector = Selector {
+            labels: labels.to_string(),
+            fields: fields.to_string(),
+        };
+        let task = tokio::spawn(follow(api, selector, what.to_string(), tx));
         Informer { rx, task }
     }
 
@@ -84,6 +99,36 @@ fn publish(tx: &watch::Sender<Snapshot>, objects: &BTreeMap<ObjectKey, Value>) {
     });
 }
 
+/// Which objects of the kind are followed.
+struct Selector {
+    labels: String,
+    fields: String,
+}
+
+impl Selector {
+    fn list(&self) -> ListParams {
+        let mut lp = ListParams::default();
+        if !self.labels.is_empty() {
+            lp = lp.labels(&self.labels);
+        }
+        if !self.fields.is_empty() {
+            lp = lp.fields(&self.fields);
+        }
+        lp
+    }
+
+    fn watch(&self) -> WatchParams {
+        let mut wp = WatchParams::default().timeout(WATCH_SECONDS);
+        if !self.labels.is_empty() {
+            wp = wp.labels(&self.labels);
+        }
+        if !self.fields.is_empty() {
+            wp = wp.fields(&self.fields);
+        }
+        wp
+    }
+}
+
 /// Why a watch stopped.
 enum Ended {
     /// The server closed it after its timeout: resume from the last resourceVersion.
@@ -94,7 +139,7 @@ enum Ended {
 
 async fn follow(
     api: Api<DynamicObject>,
-    labels: String,
+    selector: Selector,
     what: String,
     tx: watch::Sender<Snapshot>,
 ) {
@@ -104,11 +149,7 @@ async fn follow(
     let mut watch_backoff = MIN_BACKOFF;
     let mut failing = false;
     loop {
-        let mut lp = ListParams::default();
-        if !labels.is_empty() {
-            lp = lp.labels(&labels);
-        }
-        let list = match api.list(&lp).await {
+        let list = match api.list(&selector.list()).await {
             Ok(list) => list,
             Err(e) => {
                 if !failing {
@@ -135,7 +176,7 @@ async fn follow(
         publish(&tx, &objects);
         loop {
             let from = rv.clone();
-            match watch_once(&api, &labels, &mut rv, &mut objects, &tx).await {
+            match watch_once(&api, &selector, &mut rv, &mut objects, &tx).await {
                 Ended::TimedOut => watch_backoff = MIN_BACKOFF,
                 Ended::Failed(why) => {
                     tracing::debug!(%what, %why, "watch ended; listing again");
@@ -157,16 +198,12 @@ async fn follow(
 /// (the events already arrived), not once per event.
 async fn watch_once(
     api: &Api<DynamicObject>,
-    labels: &str,
+    selector: &Selector,
     rv: &mut String,
     objects: &mut BTreeMap<ObjectKey, Value>,
     tx: &watch::Sender<Snapshot>,
 ) -> Ended {
-    let mut wp = WatchParams::default().timeout(WATCH_SECONDS);
-    if !labels.is_empty() {
-        wp = wp.labels(labels);
-    }
-    let stream = match api.watch(&wp, rv).await {
+    let stream = match api.watch(&selector.watch(), rv).await {
         Ok(s) => s,
         Err(e) => return Ended::Failed(e.to_string()),
     };

@@ -24,6 +24,8 @@ pub const ACTIVATOR_HTTP_PORT: i32 = 8012;
 pub const ACTIVATOR_H2C_PORT: i32 = 8013;
 /// The gateway's HTTP port.
 pub const GATEWAY_HTTP_PORT: i32 = 8080;
+/// The gateway's HTTPS port (the Service's 443).
+pub const GATEWAY_HTTPS_PORT: i32 = 8443;
 /// The name of the Service in front of the activators (Knative's).
 pub const ACTIVATOR_SERVICE: &str = "activator-service";
 /// The name of the gateway's LoadBalancer Service.
@@ -237,8 +239,10 @@ fn rbac() -> Vec<Value> {
                 ],
             ),
             // The activator follows Revisions, their ServerlessServices and their Services'
-            // EndpointSlices, and reads its ConfigMaps; the gateway follows Ingresses and the
-            // public EndpointSlices, and patches Ingress status.
+            // EndpointSlices, and reads its ConfigMaps; the gateway follows Ingresses, the public
+            // EndpointSlices and the TLS Secrets the Ingresses name (anywhere: a DomainMapping's
+            // is in its own namespace; it lists them by `type=kubernetes.io/tls` only), and
+            // patches Ingress status.
             Role::Activator => (
                 vec![
                     rule(&[serving], &["revisions"], READ),
@@ -252,6 +256,7 @@ fn rbac() -> Vec<Value> {
                     rule(&[networking], &["ingresses"], READ),
                     rule(&[networking], &["ingresses/status"], &["patch"]),
                     rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+                    rule(&[""], &["secrets"], &["list", "watch"]),
                 ],
                 vec![rule(&[""], &["configmaps"], READ)],
             ),
@@ -515,6 +520,7 @@ fn deployment(role: Role, opts: &InstallOptions) -> Value {
             "600Mi",
             json!([
                 {"name": "http", "containerPort": GATEWAY_HTTP_PORT},
+                {"name": "https", "containerPort": GATEWAY_HTTPS_PORT},
                 {"name": "http-metrics", "containerPort": METRICS_PORT},
                 {"name": "http-health", "containerPort": HEALTH_PORT},
             ]),
@@ -665,7 +671,10 @@ fn services() -> Vec<Value> {
             "spec": {
                 "type": "LoadBalancer",
                 "selector": {"app": "gateway"},
-                "ports": [port("http", 80, GATEWAY_HTTP_PORT)],
+                "ports": [
+                    port("http", 80, GATEWAY_HTTP_PORT),
+                    port("https", 443, GATEWAY_HTTPS_PORT),
+                ],
             },
         }),
     ]

@@ -331,6 +331,35 @@ fn activators_reach_the_leading_autoscaler_with_the_token() {
 }
 
 #[test]
+fn the_gateway_serves_https_on_443() {
+    let docs = docs();
+    let svc = find(&docs, "Service", "rouse-gateway");
+    let ports: Vec<(i64, i64, &str)> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["port"].as_i64().unwrap(),
+                p["targetPort"].as_i64().unwrap(),
+                p["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports, [(80, 8080, "http"), (443, 8443, "https")]);
+    let gateway = find(&docs, "Deployment", "gateway");
+    let container = &gateway["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["containerPort"] == 8443 && p["name"] == "https"),
+        "{container}"
+    );
+}
+
+#[test]
 fn rbac_is_least_privilege() {
     let docs = docs();
     for d in docs
@@ -391,8 +420,18 @@ fn rbac_is_least_privilege() {
     );
     assert_eq!(
         cluster_resources("rouse-gateway"),
-        ["ingresses", "ingresses/status", "endpointslices"]
+        ["ingresses", "ingresses/status", "endpointslices", "secrets"]
     );
+    // The gateway lists and watches TLS Secrets (for the Ingresses' `spec.tls`): no get, no
+    // write.
+    let gateway = find(&docs, "ClusterRole", "rouse-gateway");
+    let secrets = gateway["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"][0] == "secrets")
+        .unwrap();
+    assert_eq!(secrets["verbs"], serde_json::json!(["list", "watch"]));
     // Leases only in knative-serving; cluster-wide, Secrets (image pull credentials, for tag
     // resolution) and ServiceAccounts are only read one by one, never listed or written.
     let cluster = find(&docs, "ClusterRole", "rouse-controller");

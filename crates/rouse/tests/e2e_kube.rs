@@ -458,7 +458,7 @@ fn a_knative_service_on_a_real_api_server() {
     assert_eq!(condition(&route, "IngressReady").0, "True", "{route}");
     through_the_gateway(gateway.listening, pod_ip.is_some());
     // Before the split: its second pod is gone once the split is checked.
-    domain_mapping(&kc, gateway.listening, pod_ip.is_some());
+    domain_mapping(&kc, &gateway, pod_ip.is_some());
     traffic_split(&kc, gateway.listening, pod_ip.is_some());
     tag_visibility(&kc);
 
@@ -543,14 +543,22 @@ fn a_knative_service_on_a_real_api_server() {
     remove_webhook_configs(&kc);
 }
 
-/// A DomainMapping to `hello`: its Ingress shaped as Knative's (the domain, `rewriteHost` to
-/// the Service's cluster-local host), the mapping Ready once the gateway marks that Ingress
-/// Ready, and a request for the domain through the gateway served by `hello`; deleted after.
-fn domain_mapping(kc: &str, gateway: std::net::SocketAddr, pod_runs: bool) {
+/// A DomainMapping to `hello` with `spec.tls` naming a Secret the test makes: its Ingress
+/// shaped as Knative's (the domain, `rewriteHost` to the Service's cluster-local host, the TLS
+/// entry), the mapping Ready once the gateway marks that Ingress Ready, and requests for the
+/// domain through the gateway, over HTTP and over HTTPS with the Secret's certificate (chosen
+/// by SNI), served by `hello`; deleted after.
+fn domain_mapping(kc: &str, hops: &Hops, pod_runs: bool) {
     const DOMAIN: &str = "hello.rouse-e2e.example.org";
+    let ca = common::tls::TestCa::new();
+    let leaf = ca.leaf(&[DOMAIN]);
+    let secret = common::tls::tls_secret(NS, "hello-domain-tls", &leaf).to_string();
+    let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(secret.as_bytes()));
+    assert!(ok, "apply the TLS Secret: {out}");
     let dm = format!(
         "apiVersion: serving.knative.dev/v1beta1\nkind: DomainMapping\nmetadata:\n  name: {DOMAIN}\n  namespace: {NS}\n\
-         spec:\n  ref:\n    apiVersion: serving.knative.dev/v1\n    kind: Service\n    name: hello\n"
+         spec:\n  ref:\n    apiVersion: serving.knative.dev/v1\n    kind: Service\n    name: hello\n\
+         \x20 tls:\n    secretName: hello-domain-tls\n"
     );
     let (ok, out) = kubectl(kc, &["apply", "-f", "-"], Some(dm.as_bytes()));
     assert!(ok, "apply the DomainMapping: {out}");
@@ -560,6 +568,10 @@ fn domain_mapping(kc: &str, gateway: std::net::SocketAddr, pod_runs: bool) {
             &format!("ingresses.networking.internal.knative.dev/{DOMAIN}"),
         )
     });
+    assert_eq!(
+        ing["spec"]["tls"][0]["secretName"], "hello-domain-tls",
+        "{ing}"
+    );
     let rule = &ing["spec"]["rules"][0];
     assert_eq!(rule["hosts"], serde_json::json!([DOMAIN]), "{ing}");
     assert_eq!(
@@ -583,15 +595,34 @@ fn domain_mapping(kc: &str, gateway: std::net::SocketAddr, pod_runs: bool) {
         .is_some_and(|i| ready(&i)),
         "the gateway marked the mapping's Ingress Ready"
     );
+    // The certificate is served for the domain once the gateway has read the Secret.
+    let answer = until(
+        "HTTPS for the mapped domain",
+        Duration::from_secs(60),
+        || common::tls::get(ca.client(&[b"h2", b"http/1.1"]), hops.tls, DOMAIN, "/", &[]).ok(),
+    );
+    assert_eq!(answer.peer_cert, common::tls::der(&leaf.cert));
+    assert_eq!(answer.alpn.as_deref(), Some("h2"));
     if pod_runs {
-        let r = common::http_get(gateway, DOMAIN, "/").expect("a request for the domain");
+        let r = common::http_get(hops.listening, DOMAIN, "/").expect("a request for the domain");
         assert_eq!(
             r.status, 200,
             "the mapped domain through the gateway: {r:?}"
         );
+        assert_eq!(
+            answer.status, 200,
+            "the mapped domain over HTTPS: {}",
+            answer.body
+        );
     }
     let (ok, out) = kubectl(kc, &["delete", "-n", NS, "domainmapping", DOMAIN], None);
     assert!(ok, "delete the DomainMapping: {out}");
+    let (ok, out) = kubectl(
+        kc,
+        &["delete", "-n", NS, "secret", "hello-domain-tls"],
+        None,
+    );
+    assert!(ok, "delete the TLS Secret: {out}");
 }
 
 /// Per-tag visibility, as Knative's: the user labels a tag's cluster-local Service
@@ -1149,12 +1180,28 @@ fn extra_address(ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
 /// `rouse activator` or `rouse gateway` with `--kubeconfig`, acting as its ServiceAccount; the
 /// process (with its serving address) and its admin address.
 fn start_hop(role: &str, kc: &str, dir: &std::path::Path) -> (Controller, std::net::SocketAddr) {
+    let (hop, admin, _) = start_hop_with(role, kc, dir, &[]);
+    (hop, admin)
+}
+
+/// [`start_hop`] with `extra` flags; also the address printed as `tls=`, if any.
+fn start_hop_with(
+    role: &str,
+    kc: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (
+    Controller,
+    std::net::SocketAddr,
+    Option<std::net::SocketAddr>,
+) {
     use std::io::BufRead;
     let kc = impersonating(kc, &format!("rouse-{role}"), dir).unwrap_or_else(|e| panic!("{e}"));
     let mut child = Command::new(rouse_bin())
         .args([role, "--listen", "127.0.0.1:0", "--kubeconfig"])
         .arg(&kc)
         .args(["--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .args(extra)
         .env_remove("POD_IP")
         .stdout(Stdio::piped())
         .spawn()
@@ -1163,18 +1210,24 @@ fn start_hop(role: &str, kc: &str, dir: &std::path::Path) -> (Controller, std::n
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = |key: &str| -> std::net::SocketAddr {
+    let find = |key: &str| -> Option<std::net::SocketAddr> {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(key)?.parse().ok())
-            .unwrap_or_else(|| panic!("{role} printed {line:?}"))
     };
-    (Controller(child, addr("listening=")), addr("admin="))
+    let addr = |key: &str| find(key).unwrap_or_else(|| panic!("{role} printed {line:?}"));
+    (
+        Controller(child, addr("listening=")),
+        addr("admin="),
+        find("tls="),
+    )
 }
 
 /// `rouse gateway` and `rouse activator` fed by the API, each with its install RBAC only.
 struct Hops {
     /// The gateway's serving address.
     listening: std::net::SocketAddr,
+    /// The gateway's HTTPS address.
+    tls: std::net::SocketAddr,
     _gateway: Controller,
     _activator: Controller,
 }
@@ -1182,7 +1235,9 @@ struct Hops {
 /// Starts the hops and waits for both to have synced and for the gateway to mark `hello`'s
 /// Ingress Ready.
 fn start_hops(kc: &str, dir: &std::path::Path) -> Hops {
-    let (gateway, gateway_admin) = start_hop("gateway", kc, dir);
+    let (gateway, gateway_admin, tls) =
+        start_hop_with("gateway", kc, dir, &["--listen-tls", "127.0.0.1:0"]);
+    let tls = tls.expect("the gateway printed its HTTPS address");
     let (activator, activator_admin) = start_hop("activator", kc, dir);
     for admin in [gateway_admin, activator_admin] {
         until("the hops synced", Duration::from_secs(60), || {
@@ -1197,6 +1252,7 @@ fn start_hops(kc: &str, dir: &std::path::Path) -> Hops {
     );
     Hops {
         listening: gateway.1,
+        tls,
         _gateway: gateway,
         _activator: activator,
     }

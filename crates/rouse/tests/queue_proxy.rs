@@ -301,6 +301,8 @@ struct Hop {
     admin: SocketAddr,
     /// The activator's second (h2c) port.
     h2c: Option<SocketAddr>,
+    /// The gateway's HTTPS port.
+    tls: Option<SocketAddr>,
 }
 
 impl Hop {
@@ -316,9 +318,9 @@ impl Hop {
             .args(["--metrics", "127.0.0.1:0", "--poll", "20ms", source])
             .arg(path)
             .args(if role == "activator" {
-                &["--listen-h2c", "127.0.0.1:0"][..]
+                ["--listen-h2c", "127.0.0.1:0"]
             } else {
-                &[]
+                ["--listen-tls", "127.0.0.1:0"]
             })
             .args(extra)
             .env_remove("POD_IP")
@@ -343,6 +345,7 @@ impl Hop {
             addr: *addr,
             admin: *admin,
             h2c: addrs.get("h2c").copied(),
+            tls: addrs.get("tls").copied(),
         }
     }
 }
@@ -390,6 +393,148 @@ fn write_endpoints_of(
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, doc.to_string()).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The file for the HTTPS test: the live revision with its pod, and a Knative Ingress for
+/// `secure.example.com` with `spec.tls` naming the Secret holding `leaf`, redirected to HTTPS,
+/// routing by path and header: `/headers` to the live revision, `/headers` with `X-Canary:
+/// yes` to `canary` and every other path to `idle` (both without pods, so answered 503
+/// naming them); the path and its split append headers.
+fn write_tls_endpoints(path: &std::path::Path, pod: SocketAddr, leaf: &common::tls::Leaf) {
+    let split = |rev: &str| serde_json::json!([{"serviceNamespace": "shop", "serviceName": rev, "servicePort": 80, "percent": 100}]);
+    let doc = serde_json::json!({
+        "revisions": [{"namespace": "shop", "name": "live", "mode": "serve", "pods": [pod.to_string()]}],
+        "ingresses": [{
+            "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
+            "metadata": {"name": "secure", "namespace": "shop"},
+            "spec": {
+                "httpOption": "Redirected",
+                "tls": [{"hosts": ["secure.example.com"], "secretName": "secure-cert", "secretNamespace": "shop"}],
+                "rules": [{"hosts": ["secure.example.com"], "visibility": "ExternalIP", "http": {"paths": [
+                    {"path": "/headers", "appendHeaders": {"X-Rule": "live"}, "splits": [
+                        {"serviceNamespace": "shop", "serviceName": "live", "servicePort": 80, "percent": 100,
+                         "appendHeaders": {"X-Split": "live", "Knative-Serving-Revision": "live"}},
+                    ]},
+                    {"path": "/headers", "headers": {"X-Canary": {"exact": "yes"}}, "splits": split("canary")},
+                    {"splits": split("idle")},
+                ]}}],
+            },
+        }],
+        "secrets": [common::tls::tls_secret("shop", "secure-cert", leaf)],
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, doc.to_string()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `rouse gateway` serving a Knative Ingress's `spec.tls` from the file: HTTPS with the
+/// certificate the Secret holds, chosen by SNI (none for another name: the handshake is
+/// refused), HTTP/1.1 and h2 by ALPN, the app told `https` whatever the client claims, the
+/// certificate swapped when the Secret changes; plain HTTP redirected; paths and header
+/// matches routed as the Ingress says.
+#[test]
+fn the_gateway_terminates_tls_by_sni_redirects_plain_http_and_routes_paths_and_headers() {
+    use common::tls::{TestCa, der, get};
+    let app_port = free_port();
+    let _app = start_app(app_port);
+    let sidecar = Sidecar::start(&sidecar_env(app_port));
+    wait_ready(&sidecar);
+    let pod = sidecar.addr("serving");
+    let ca = TestCa::new();
+    let first = ca.leaf(&["secure.example.com"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.json");
+    write_tls_endpoints(&file, pod, &first);
+    let gateway = Hop::start("gateway", &file);
+    let https = gateway.tls.expect("the gateway printed its HTTPS port");
+    let h1 = ca.client(&[b"http/1.1"]);
+    let h2 = ca.client(&[b"h2", b"http/1.1"]);
+
+    // Plain HTTP is redirected, path and query kept, the port dropped.
+    let (status, head, _) =
+        exchange_as(gateway.addr, "Secure.example.com:8080", "/headers?a=1", &[]);
+    assert_eq!(status, 301, "{head}");
+    assert!(
+        head.lines()
+            .any(|l| l.trim_end() == "location: https://secure.example.com/headers?a=1"),
+        "{head}"
+    );
+
+    // HTTPS over HTTP/1.1: the app is told https, not what the client claims.
+    let answer = get(
+        h1.clone(),
+        https,
+        "secure.example.com",
+        "/headers",
+        &[("X-Forwarded-Proto", "http")],
+    )
+    .expect("the handshake succeeds");
+    assert_eq!(answer.alpn.as_deref(), Some("http/1.1"));
+    assert_eq!(answer.peer_cert, der(&first.cert));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
+    assert_eq!(seen["headers"]["x-rule"], "live", "{seen}");
+    assert_eq!(seen["headers"]["x-split"], "live", "{seen}");
+    assert!(
+        seen["headers"]["forwarded"]
+            .as_str()
+            .unwrap()
+            .ends_with("proto=https"),
+        "{seen}"
+    );
+
+    // h2 by ALPN, the same routing.
+    let answer = get(h2.clone(), https, "secure.example.com", "/headers", &[]).unwrap();
+    assert_eq!(answer.alpn.as_deref(), Some("h2"));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(
+        seen["version"], "HTTP/1.1",
+        "the pod is reached over HTTP/1.1: {seen}"
+    );
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
+
+    // Header match first, then the path; any other path takes the catch-all.
+    let canary = get(
+        h1.clone(),
+        https,
+        "secure.example.com",
+        "/headers",
+        &[("X-Canary", "yes")],
+    )
+    .unwrap();
+    assert_eq!(canary.status, 503);
+    assert!(canary.body.contains("shop/canary"), "{}", canary.body);
+    let other = get(h1.clone(), https, "secure.example.com", "/other", &[]).unwrap();
+    assert_eq!(other.status, 503);
+    assert!(other.body.contains("shop/idle"), "{}", other.body);
+
+    // The gateway counts the names it has a certificate for.
+    let (status, _, body) = exchange(gateway.admin, "/metrics", &[]);
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(body).unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "rouse_gateway_tls_hosts 1"),
+        "{metrics}"
+    );
+
+    // A name without a certificate: refused, no other host's certificate shown.
+    let refused = get(h1.clone(), https, "other.example.com", "/headers", &[]);
+    assert!(
+        refused.is_err(),
+        "a handshake for an unknown name must fail"
+    );
+
+    // The Secret changes: new handshakes (not resumed sessions) get the new certificate.
+    let second = ca.leaf(&["secure.example.com"]);
+    write_tls_endpoints(&file, pod, &second);
+    eventually("the new certificate is served", PATIENCE, || {
+        // A new client each time: a resumed session would not show the certificate anew.
+        let fresh = ca.client(&[b"http/1.1"]);
+        let answer = get(fresh, https, "secure.example.com", "/headers", &[]).ok()?;
+        (answer.peer_cert == der(&second.cert)).then_some(answer.status)
+    });
 }
 
 /// The sidecar's last load report, as JSON (Rouse's own format on the stats port).

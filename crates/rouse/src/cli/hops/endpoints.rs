@@ -1,8 +1,9 @@
 //! What the activator and the gateway processes learn about revisions: their pods, their
-//! ServerlessService mode, the activators, and the routes by host. Without a cluster a static
-//! file gives it ([`FileSource`]); on a cluster the API server does (Revisions,
-//! ServerlessServices, EndpointSlices, Ingresses: [`super::kube::KubeSource`]). Both sit
-//! behind [`EndpointsSource`].
+//! ServerlessService mode, the activators, the routes by host and the gateway's certificates.
+//! Without a cluster a static file gives it ([`FileSource`]: the [`Topology`] itself, and
+//! optionally Knative Ingresses and `kubernetes.io/tls` Secrets read as on a cluster); on a
+//! cluster the API server does (Revisions, ServerlessServices, EndpointSlices, Ingresses,
+//! Secrets: [`super::kube::KubeSource`]). Both sit behind [`EndpointsSource`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// The data-plane view: every revision with its pods and mode, the activators, the routes.
+/// The data-plane view: every revision with its pods and mode, the activators, the routes,
+/// the certificates.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Topology {
@@ -24,6 +26,77 @@ pub struct Topology {
     /// Hosts and the revisions their traffic goes to.
     #[serde(default)]
     pub routes: Vec<HostRoute>,
+    /// The gateway's HTTPS certificates, by host.
+    #[serde(default)]
+    pub tls: Vec<TlsCertificate>,
+}
+
+/// A certificate the gateway serves over HTTPS for `hosts`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// The host names it is chosen for (by SNI); `*.domain` for one label under `domain`.
+    pub hosts: Vec<String>,
+    /// The certificate chain, PEM, leaf first.
+    pub certificate: String,
+    /// Its private key, PEM.
+    pub key: String,
+}
+
+impl std::fmt::Debug for TlsCertificate {
+    // The key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCertificate")
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The file's form: a [`Topology`], and Knative Ingresses with the `kubernetes.io/tls`
+/// Secrets they name, made into routes and certificates as the gateway makes them on a
+/// cluster (their revisions added to `revisions`, without pods, unless listed there).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileTopology {
+    #[serde(default)]
+    activators: Vec<SocketAddr>,
+    #[serde(default)]
+    revisions: Vec<RevisionEndpoints>,
+    #[serde(default)]
+    routes: Vec<HostRoute>,
+    #[serde(default)]
+    tls: Vec<TlsCertificate>,
+    #[serde(default)]
+    ingresses: Vec<rouse_api::ingress::Ingress>,
+    #[serde(default)]
+    secrets: Vec<serde_json::Value>,
+}
+
+impl FileTopology {
+    fn into_topology(self) -> Topology {
+        let secrets = super::kube::objects_by_key(self.secrets);
+        let from_ingresses =
+            super::kube::gateway_topology(&self.ingresses, &BTreeMap::new(), &secrets);
+        let mut revisions = self.revisions;
+        for r in from_ingresses.revisions {
+            if !revisions
+                .iter()
+                .any(|k| k.namespace == r.namespace && k.name == r.name)
+            {
+                revisions.push(r);
+            }
+        }
+        let mut routes = self.routes;
+        routes.extend(from_ingresses.routes);
+        let mut tls = self.tls;
+        tls.extend(from_ingresses.tls);
+        Topology {
+            activators: self.activators,
+            revisions,
+            routes,
+            tls,
+        }
+    }
 }
 
 /// One revision as the data plane sees it.
@@ -84,6 +157,31 @@ pub struct HostRoute {
     /// `Forwarded`); `targets` and `tag_routes` are then empty.
     #[serde(default)]
     pub rewrite_host: Option<String>,
+    /// Routing by path and headers (an Ingress's paths beyond the default and tag ones),
+    /// tried with header matches first, then the longest path first; when given, `targets`
+    /// and `tag_routes` are empty.
+    #[serde(default)]
+    pub paths: Vec<PathRoute>,
+    /// Plain-HTTP requests get `301` to the same URL over HTTPS (`httpOption: Redirected`).
+    #[serde(default)]
+    pub redirect: bool,
+}
+
+/// One path of a host routed by path and headers.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathRoute {
+    /// The path prefix (`""` or `"/"`: every path).
+    #[serde(default)]
+    pub path: String,
+    /// Headers the request must carry with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The revisions and their percentages.
+    pub targets: Vec<Target>,
+    /// Headers set on the way.
+    #[serde(default)]
+    pub append_headers: BTreeMap<String, String>,
 }
 
 /// A host's traffic for requests naming a tag in `Knative-Serving-Tag`.
@@ -109,6 +207,9 @@ pub struct Target {
     pub revision: String,
     /// Its percentage.
     pub percent: u32,
+    /// Headers set on the requests it takes (an Ingress split's own; served in `paths`).
+    #[serde(default)]
+    pub append_headers: BTreeMap<String, String>,
 }
 
 /// Why a description could not be read.
@@ -172,10 +273,12 @@ impl FileSource {
 
 fn parse(path: &std::path::Path, bytes: &[u8]) -> Result<Topology, SourceError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| SourceError::Invalid {
-        path: path.to_owned(),
-        reason: format!("{}: {}", e.path(), e.inner()),
-    })
+    let file: FileTopology =
+        serde_path_to_error::deserialize(de).map_err(|e| SourceError::Invalid {
+            path: path.to_owned(),
+            reason: format!("{}: {}", e.path(), e.inner()),
+        })?;
+    Ok(file.into_topology())
 }
 
 impl EndpointsSource for FileSource {

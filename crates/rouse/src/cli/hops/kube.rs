@@ -1,10 +1,11 @@
 //! [`KubeSource`]: the [`Topology`] of `rouse gateway` and `rouse activator` read from the
 //! Kubernetes API, as Knative's ingress and activator read it.
 //!
-//! - The gateway follows the Ingresses of its class (all namespaces) and the public Services'
-//!   EndpointSlices: each rule's hosts route over its splits (revision = the split's Service),
-//!   header-matched paths become header rules, and a revision's endpoints are its public
-//!   slice's addresses — its pods in Serve mode, activators in Proxy mode, as the
+//! - The gateway follows the Ingresses of its class (all namespaces), the public Services'
+//!   EndpointSlices and the `kubernetes.io/tls` Secrets: each rule's hosts route over its
+//!   splits (revision = the split's Service), by path and headers when its paths ask for it,
+//!   the Secrets the Ingresses' `spec.tls` name give the HTTPS certificates, and a revision's
+//!   endpoints are its public slice's addresses — its pods in Serve mode, activators in Proxy mode, as the
 //!   ServerlessService wrote them. Once a version is programmed it marks the Ingresses Ready.
 //! - The activator follows Revisions (containerConcurrency, timeouts, protocol), their
 //!   ServerlessServices (the revision's mode and private Service: a revision is known while
@@ -17,9 +18,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use futures_util::future::select_all;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use rouse_api::ingress::{Ingress, ROUSE_CLASS};
+use rouse_api::ingress::{
+    HttpIngressPath, HttpIngressRuleValue, Ingress, IngressBackendSplit, ROUSE_CLASS,
+};
 use rouse_api::serving::{IntOrString, Revision};
 use rouse_kube::informer::{Informer, ObjectKey, Snapshot};
 use rouse_kube::revision::{LABEL_SERVICE_TYPE, LABEL_SLICE_SERVICE};
@@ -27,7 +31,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::endpoints::{
-    EndpointsSource, HostRoute, RevisionEndpoints, SksMode, SourceError, TagRoute, Target, Topology,
+    EndpointsSource, HostRoute, PathRoute, RevisionEndpoints, SksMode, SourceError, TagRoute,
+    Target, TlsCertificate, Topology,
 };
 
 /// The endpoint port a Service port is reached on: `http` (HTTP/1.1) or `http2` (h2c).
@@ -76,7 +81,8 @@ fn slices_api(client: &kube::Client) -> Api<DynamicObject> {
 }
 
 impl KubeSource {
-    /// The gateway's view: Ingresses of `class` and the public Services' EndpointSlices.
+    /// The gateway's view: Ingresses of `class`, the public Services' EndpointSlices and the
+    /// `kubernetes.io/tls` Secrets.
     /// `domain_internal` is written into the Ingresses' status as their load balancer.
     pub fn gateway(client: kube::Client, class: String, domain_internal: String) -> KubeSource {
         let ingress = rouse_kube::store::api_resource(&rouse_kube::crd::INGRESS);
@@ -90,6 +96,13 @@ impl KubeSource {
                 slices_api(&client),
                 &format!("{LABEL_SERVICE_TYPE}=Public"),
                 "public endpointslices",
+            ),
+            // Only TLS Secrets: those the Ingresses' `spec.tls` entries may name.
+            Informer::start_with_fields(
+                Api::all_with(client.clone(), &ApiResource::erase::<Secret>(&())),
+                "",
+                "type=kubernetes.io/tls",
+                "tls secrets",
             ),
         ]);
         KubeSource {
@@ -145,8 +158,14 @@ impl KubeSource {
                 class, unmarked, ..
             } => {
                 let ingresses = decode_ingresses(&sets[0].objects, class);
-                let t = gateway_topology(&ingresses, &sets[1].objects);
-                *unmarked = ingresses.into_iter().filter(|i| !is_marked(i)).collect();
+                let secrets = &sets[2].objects;
+                let t = gateway_topology(&ingresses, &sets[1].objects, secrets);
+                // As Knative's ingresses: not Ready while a certificate it names is missing
+                // (its hosts have no HTTPS yet); marked once the Secret comes.
+                *unmarked = ingresses
+                    .into_iter()
+                    .filter(|i| !is_marked(i) && has_certificates(i, secrets))
+                    .collect();
                 t
             }
             Role::Activator { me, seen } => activator_topology(
@@ -227,6 +246,23 @@ fn decode_ingresses(objects: &Objects, class: &str) -> Vec<Ingress> {
                 tracing::warn!(name = %v["metadata"]["name"], error = %e, "an Ingress does not decode; ignored");
                 None
             }
+        })
+        .collect()
+}
+
+/// Objects (JSON) keyed by their namespace and name, as an informer holds them.
+pub(super) fn objects_by_key(values: impl IntoIterator<Item = Value>) -> Objects {
+    values
+        .into_iter()
+        .map(|v| {
+            let key = (
+                v["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                v["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            );
+            (key, v)
         })
         .collect()
 }
@@ -317,91 +353,185 @@ fn is_h2c_port(port: &IntOrString) -> bool {
     }
 }
 
+/// Whether `host` is one of the cluster-local forms a Route's `ClusterLocal` rule names:
+/// `{name}.{ns}`, or `{name}.{ns}.svc` with or without the cluster domain after it.
+fn is_cluster_local_host(host: &str) -> bool {
+    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+    labels.len() == 2 || (labels.len() >= 3 && labels[2].eq_ignore_ascii_case("svc"))
+}
+
+/// Whether every path of a rule fits the Host-only form: the whole path space, no header
+/// match but `Knative-Serving-Tag`, a host rewrite only on the plain path, and no split
+/// headers but those the gateway sets itself.
+fn is_host_only(paths: &[HttpIngressPath]) -> bool {
+    paths.iter().all(|p| {
+        matches!(p.path.as_str(), "" | "/")
+            && (p.headers.is_empty()
+                || (p.rewrite_host.is_empty() && tag_match(&p.headers).is_some()))
+            && (!p.rewrite_host.is_empty() || p.splits.iter().all(|s| split_headers(s).is_empty()))
+    })
+}
+
+/// A split's `appendHeaders` but the revision and namespace ones (Knative's Routes write
+/// them; the gateway names the revision itself on every request it forwards).
+fn split_headers(split: &IngressBackendSplit) -> BTreeMap<String, String> {
+    split
+        .append_headers
+        .iter()
+        .filter(|(name, _)| {
+            !name.eq_ignore_ascii_case(rouse_kube::route::HEADER_REVISION)
+                && !name.eq_ignore_ascii_case(rouse_kube::route::HEADER_NAMESPACE)
+        })
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+/// The revisions a path splits over, noting each in `revisions` with its public endpoints.
+fn path_targets(
+    path: &HttpIngressPath,
+    ns: &str,
+    endpoints: &HashMap<(String, String), Vec<SliceEndpoint>>,
+    revisions: &mut BTreeMap<(String, String), RevisionEndpoints>,
+) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for split in &path.splits {
+        let split_ns = if split.service_namespace.is_empty() {
+            ns.to_string()
+        } else {
+            split.service_namespace.clone()
+        };
+        let h2c = is_h2c_port(&split.service_port);
+        let key = (split_ns.clone(), split.service_name.clone());
+        revisions.entry(key.clone()).or_insert_with(|| {
+            let port = if h2c { PORT_H2C } else { PORT_HTTP };
+            RevisionEndpoints {
+                namespace: key.0.clone(),
+                name: key.1.clone(),
+                mode: SksMode::Serve,
+                pods: addresses(endpoints.get(&key), port, true),
+                container_concurrency: 0,
+                timeout_seconds: None,
+                response_start_timeout_seconds: None,
+                h2c,
+            }
+        });
+        targets.push(Target {
+            namespace: split_ns,
+            revision: split.service_name.clone(),
+            percent: u32::try_from(split.percent.clamp(0, 100)).unwrap_or(0),
+            append_headers: split_headers(split),
+        });
+    }
+    targets
+}
+
+/// A rule's routing in the Host-only form (its default path, tag paths, a host rewrite) or,
+/// when it has other paths or header matches, as path rules.
+struct RuleRouting {
+    targets: Vec<Target>,
+    append_headers: BTreeMap<String, String>,
+    tag_routes: Vec<TagRoute>,
+    rewrite: Option<String>,
+    paths: Vec<PathRoute>,
+}
+
+fn rule_routing(
+    ing: &Ingress,
+    http: &HttpIngressRuleValue,
+    endpoints: &HashMap<(String, String), Vec<SliceEndpoint>>,
+    revisions: &mut BTreeMap<(String, String), RevisionEndpoints>,
+) -> RuleRouting {
+    let ns = &ing.metadata.namespace;
+    let mut out = RuleRouting {
+        targets: Vec::new(),
+        append_headers: BTreeMap::new(),
+        tag_routes: Vec::new(),
+        rewrite: None,
+        paths: Vec::new(),
+    };
+    if !is_host_only(&http.paths) {
+        for path in &http.paths {
+            if !path.rewrite_host.is_empty() {
+                tracing::debug!(ingress = %ing.metadata.name, path = %path.path, "a rewriteHost path among path rules is not served; skipped");
+                continue;
+            }
+            out.paths.push(PathRoute {
+                path: path.path.clone(),
+                headers: path
+                    .headers
+                    .iter()
+                    .map(|(name, m)| (name.clone(), m.exact.clone()))
+                    .collect(),
+                targets: path_targets(path, ns, endpoints, revisions),
+                append_headers: path.append_headers.clone(),
+            });
+        }
+        return out;
+    }
+    let mut default: Option<(Vec<Target>, BTreeMap<String, String>)> = None;
+    for path in &http.paths {
+        if !path.rewrite_host.is_empty() {
+            // A DomainMapping's path: its split names the target's own Service, not a
+            // revision; the gateway serves the domain as the target host, which the
+            // target Route's Ingress routes (its cluster-local rule).
+            if default.is_none() {
+                out.rewrite = Some(path.rewrite_host.clone());
+                // Knative appends `K-Original-Host` on the split.
+                let mut headers = path.append_headers.clone();
+                for split in &path.splits {
+                    headers.extend(split.append_headers.clone());
+                }
+                default = Some((Vec::new(), headers));
+            }
+            continue;
+        }
+        let targets = path_targets(path, ns, endpoints, revisions);
+        if path.headers.is_empty() {
+            default.get_or_insert((targets, path.append_headers.clone()));
+        } else if let Some(tag) = tag_match(&path.headers) {
+            out.tag_routes.push(TagRoute {
+                tag,
+                targets,
+                append_headers: path.append_headers.clone(),
+            });
+        }
+    }
+    (out.targets, out.append_headers) = default.unwrap_or_default();
+    out
+}
+
 /// The gateway's [`Topology`]: hosts from the Ingresses' rules (the first Ingress naming a
-/// host wins), revisions reached on their public Services' endpoints.
-pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects) -> Topology {
+/// host wins; a `ClusterLocal` rule answers only cluster-local host names), revisions reached
+/// on their public Services' endpoints, certificates from the `kubernetes.io/tls` Secrets
+/// (`secrets`) the Ingresses' `spec.tls` entries name.
+pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects, secrets: &Objects) -> Topology {
     let endpoints = slice_endpoints(slices);
     let mut revisions: BTreeMap<(String, String), RevisionEndpoints> = BTreeMap::new();
     let mut routes = Vec::new();
     let mut hosts_seen = HashSet::new();
+    let mut tls = Vec::new();
     for ing in ingresses {
-        let ns = &ing.metadata.namespace;
+        tls.extend(ingress_certificates(ing, secrets));
         for rule in &ing.spec.rules {
             let Some(http) = &rule.http else { continue };
-            let mut default: Option<(Vec<Target>, BTreeMap<String, String>)> = None;
-            let mut tag_routes = Vec::new();
-            let mut rewrite: Option<String> = None;
-            for path in &http.paths {
-                if !matches!(path.path.as_str(), "" | "/") {
-                    tracing::debug!(ingress = %ing.metadata.name, path = %path.path, "path rules are not served; skipped");
-                    continue;
-                }
-                if !path.rewrite_host.is_empty() {
-                    // A DomainMapping's path: its split names the target's own Service, not a
-                    // revision; the gateway serves the domain as the target host, which the
-                    // target Route's Ingress routes (its cluster-local rule).
-                    if path.headers.is_empty() && default.is_none() {
-                        rewrite = Some(path.rewrite_host.clone());
-                        // Knative appends `K-Original-Host` on the split.
-                        let mut headers = path.append_headers.clone();
-                        for split in &path.splits {
-                            headers.extend(split.append_headers.clone());
-                        }
-                        default = Some((Vec::new(), headers));
-                    } else {
-                        tracing::debug!(ingress = %ing.metadata.name, "a header-matched rewriteHost path is not served; skipped");
-                    }
-                    continue;
-                }
-                let mut targets = Vec::new();
-                for split in &path.splits {
-                    let split_ns = if split.service_namespace.is_empty() {
-                        ns.clone()
-                    } else {
-                        split.service_namespace.clone()
-                    };
-                    let h2c = is_h2c_port(&split.service_port);
-                    let key = (split_ns.clone(), split.service_name.clone());
-                    revisions.entry(key.clone()).or_insert_with(|| {
-                        let port = if h2c { PORT_H2C } else { PORT_HTTP };
-                        RevisionEndpoints {
-                            namespace: key.0.clone(),
-                            name: key.1.clone(),
-                            mode: SksMode::Serve,
-                            pods: addresses(endpoints.get(&key), port, true),
-                            container_concurrency: 0,
-                            timeout_seconds: None,
-                            response_start_timeout_seconds: None,
-                            h2c,
-                        }
-                    });
-                    targets.push(Target {
-                        namespace: split_ns,
-                        revision: split.service_name.clone(),
-                        percent: u32::try_from(split.percent.clamp(0, 100)).unwrap_or(0),
-                    });
-                }
-                if path.headers.is_empty() {
-                    default.get_or_insert((targets, path.append_headers.clone()));
-                } else if let Some(tag) = tag_match(&path.headers) {
-                    tag_routes.push(TagRoute {
-                        tag,
-                        targets,
-                        append_headers: path.append_headers.clone(),
-                    });
-                } else {
-                    tracing::debug!(ingress = %ing.metadata.name, "header matches other than Knative-Serving-Tag are not served; skipped");
-                }
-            }
-            let (targets, append_headers) = default.unwrap_or_default();
+            let cluster_local = rule.visibility == "ClusterLocal";
+            // Knative's ingresses redirect the external rules only.
+            let redirect = !cluster_local && ing.spec.http_option == "Redirected";
+            let r = rule_routing(ing, http, &endpoints, &mut revisions);
             for host in &rule.hosts {
+                if cluster_local && !is_cluster_local_host(host) {
+                    tracing::debug!(ingress = %ing.metadata.name, %host, "a ClusterLocal rule's host that is no cluster-local name; not served");
+                    continue;
+                }
                 if hosts_seen.insert(rouse_gateway::normalize_host(host)) {
                     routes.push(HostRoute {
                         host: host.clone(),
-                        targets: targets.clone(),
-                        append_headers: append_headers.clone(),
-                        tag_routes: tag_routes.clone(),
-                        rewrite_host: rewrite.clone(),
+                        targets: r.targets.clone(),
+                        append_headers: r.append_headers.clone(),
+                        tag_routes: r.tag_routes.clone(),
+                        rewrite_host: r.rewrite.clone(),
+                        paths: r.paths.clone(),
+                        redirect,
                     });
                 }
             }
@@ -411,7 +541,47 @@ pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects) -> Topology {
         activators: Vec::new(),
         revisions: revisions.into_values().collect(),
         routes,
+        tls,
     }
+}
+
+/// Whether every certificate the Ingress's `spec.tls` names is there.
+fn has_certificates(ing: &Ingress, secrets: &Objects) -> bool {
+    ingress_certificates(ing, secrets).len() == ing.spec.tls.len()
+}
+
+/// The certificates an Ingress's `spec.tls` entries name: each Secret's `tls.crt` and
+/// `tls.key` (the Secret in `secretNamespace`, else the Ingress's namespace). One missing or
+/// incomplete is skipped and logged (its hosts get no HTTPS until it appears).
+fn ingress_certificates(ing: &Ingress, secrets: &Objects) -> Vec<TlsCertificate> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for entry in &ing.spec.tls {
+        let ns = if entry.secret_namespace.is_empty() {
+            &ing.metadata.namespace
+        } else {
+            &entry.secret_namespace
+        };
+        let Some(secret) = secrets.get(&(ns.clone(), entry.secret_name.clone())) else {
+            tracing::debug!(ingress = %ing.metadata.name, secret = %entry.secret_name, namespace = %ns, "the TLS Secret is not there (yet)");
+            continue;
+        };
+        let field = |key: &str| -> Option<String> {
+            let b64 = secret["data"][key].as_str()?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+            String::from_utf8(bytes).ok()
+        };
+        let (Some(certificate), Some(key)) = (field("tls.crt"), field("tls.key")) else {
+            tracing::warn!(ingress = %ing.metadata.name, secret = %entry.secret_name, namespace = %ns, "the TLS Secret lacks tls.crt or tls.key; its hosts get no certificate");
+            continue;
+        };
+        out.push(TlsCertificate {
+            hosts: entry.hosts.clone(),
+            certificate,
+            key,
+        });
+    }
+    out
 }
 
 /// The pod addresses the kubelet has reported ready at least once. A private endpoint that
@@ -566,6 +736,7 @@ pub fn activator_topology(
         activators: Vec::new(),
         revisions: out,
         routes: Vec::new(),
+        tls: Vec::new(),
     }
 }
 
@@ -648,19 +819,7 @@ mod tests {
     }
 
     fn objects(values: Vec<Value>) -> Objects {
-        values
-            .into_iter()
-            .map(|v| {
-                let key = (
-                    v["metadata"]["namespace"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                    v["metadata"]["name"].as_str().unwrap().to_string(),
-                );
-                (key, v)
-            })
-            .collect()
+        objects_by_key(values)
     }
 
     fn target(tag: &str, revision: &str, percent: i64, h2c: bool) -> ResolvedTarget {
@@ -750,7 +909,7 @@ mod tests {
             &[],
             &["10.1.0.9"],
         ));
-        let t = gateway_topology(&[ing], &objects(slices));
+        let t = gateway_topology(&[ing], &objects(slices), &Objects::new());
 
         let route = |host: &str| {
             t.routes
@@ -794,7 +953,7 @@ mod tests {
             ],
             true,
         );
-        let t = gateway_topology(&[ing], &Objects::new());
+        let t = gateway_topology(&[ing], &Objects::new(), &Objects::new());
         let main = t
             .routes
             .iter()
@@ -838,7 +997,7 @@ mod tests {
             tag_header_routing: false,
         };
         let mapped = rouse_kube::domainmapping::ingress(&dm, &cfg);
-        let t = gateway_topology(&[route, mapped], &Objects::new());
+        let t = gateway_topology(&[route, mapped], &Objects::new(), &Objects::new());
         let domain = t
             .routes
             .iter()
@@ -894,7 +1053,7 @@ mod tests {
         let decoded = decode_ingresses(&objs, ROUSE_CLASS);
         let names: Vec<&str> = decoded.iter().map(|i| i.metadata.name.as_str()).collect();
         assert_eq!(names, ["a", "c"]);
-        let t = gateway_topology(&decoded, &Objects::new());
+        let t = gateway_topology(&decoded, &Objects::new(), &Objects::new());
         let hosts: Vec<&HostRoute> = t
             .routes
             .iter()
@@ -1119,6 +1278,154 @@ mod tests {
         let picks: Vec<SocketAddr> = (0..5).map(|i| share_of_pods(two, i, 5)[0]).collect();
         assert_eq!(picks, [two[0], two[1], two[0], two[1], two[0]]);
         assert!(share_of_pods(&[], 0, 3).is_empty());
+    }
+
+    /// An Ingress written by hand: `rules` as JSON.
+    fn ingress_json(spec: Value) -> Ingress {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn split(rev: &str) -> Value {
+        json!([{"serviceNamespace": "shop", "serviceName": rev, "servicePort": 80, "percent": 100}])
+    }
+
+    #[test]
+    fn paths_and_header_matches_become_path_rules_and_tags_stay_host_only() {
+        let ing = ingress_json(json!({"rules": [
+            {"hosts": ["api.example.com"], "visibility": "ExternalIP", "http": {"paths": [
+                {"path": "/v1", "splits": split("v1"), "appendHeaders": {"X-Api": "v1"}},
+                {"headers": {"X-Canary": {"exact": "yes"}}, "splits": split("canary")},
+                {"splits": split("root")},
+            ]}},
+            {"hosts": ["tags.example.com"], "visibility": "ExternalIP", "http": {"paths": [
+                {"headers": {"Knative-Serving-Tag": {"exact": "blue"}}, "splits": split("blue")},
+                {"path": "/", "splits": split("root")},
+            ]}},
+        ]}));
+        let t = gateway_topology(&[ing], &Objects::new(), &Objects::new());
+        let api = t
+            .routes
+            .iter()
+            .find(|r| r.host == "api.example.com")
+            .unwrap();
+        assert!(api.targets.is_empty() && api.tag_routes.is_empty() && !api.redirect);
+        let paths: Vec<(&str, usize, &str)> = api
+            .paths
+            .iter()
+            .map(|p| {
+                (
+                    p.path.as_str(),
+                    p.headers.len(),
+                    p.targets[0].revision.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [("/v1", 0, "v1"), ("", 1, "canary"), ("", 0, "root")]
+        );
+        assert_eq!(api.paths[1].headers["X-Canary"], "yes");
+        assert_eq!(api.paths[0].append_headers["X-Api"], "v1");
+        // A split's own headers go with it.
+        let ing = ingress_json(json!({"rules": [
+            {"hosts": ["split.example.com"], "visibility": "ExternalIP", "http": {"paths": [
+                {"splits": [{"serviceNamespace": "shop", "serviceName": "a", "servicePort": 80,
+                             "percent": 100, "appendHeaders": {"X-Split": "a",
+                             "Knative-Serving-Revision": "a", "Knative-Serving-Namespace": "shop"}}]},
+            ]}},
+        ]}));
+        let split_route = &gateway_topology(&[ing], &Objects::new(), &Objects::new()).routes[0];
+        assert!(split_route.targets.is_empty());
+        assert_eq!(
+            split_route.paths[0].targets[0].append_headers,
+            BTreeMap::from([("X-Split".to_string(), "a".to_string())])
+        );
+        // The tag-header form keeps the Host-only routing (and the fast path for the rest).
+        let tags = t
+            .routes
+            .iter()
+            .find(|r| r.host == "tags.example.com")
+            .unwrap();
+        assert!(tags.paths.is_empty());
+        assert_eq!(tags.targets[0].revision, "root");
+        assert_eq!(tags.tag_routes[0].tag, "blue");
+        let mut revs: Vec<&str> = t.revisions.iter().map(|r| r.name.as_str()).collect();
+        revs.sort_unstable();
+        assert_eq!(revs, ["blue", "canary", "root", "v1"]);
+    }
+
+    #[test]
+    fn redirected_applies_to_external_rules_and_cluster_local_rules_answer_local_names_only() {
+        let ing = ingress_json(json!({"httpOption": "Redirected", "rules": [
+            {"hosts": ["hello.shop", "hello.shop.svc", "hello.shop.svc.cluster.local", "public.example.com"],
+             "visibility": "ClusterLocal", "http": {"paths": [{"splits": split("hello-1")}]}},
+            {"hosts": ["hello.shop.example.com"], "visibility": "ExternalIP",
+             "http": {"paths": [{"splits": split("hello-1")}]}},
+        ]}));
+        let t = gateway_topology(&[ing], &Objects::new(), &Objects::new());
+        let hosts: Vec<(&str, bool)> = t
+            .routes
+            .iter()
+            .map(|r| (r.host.as_str(), r.redirect))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("hello.shop", false),
+                ("hello.shop.svc", false),
+                ("hello.shop.svc.cluster.local", false),
+                ("hello.shop.example.com", true),
+            ]
+        );
+    }
+
+    fn tls_secret(ns: &str, name: &str, cert: &str, key: &str) -> Value {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": ns},
+            "data": {"tls.crt": b64(cert), "tls.key": b64(key)},
+        })
+    }
+
+    #[test]
+    fn tls_entries_take_their_certificates_from_the_named_secrets() {
+        let ing = ingress_json(json!({
+            "tls": [
+                {"hosts": ["a.example.com"], "secretName": "a-cert", "secretNamespace": "certs"},
+                {"hosts": ["b.example.com"], "secretName": "b-cert"},
+                {"hosts": ["c.example.com"], "secretName": "missing"},
+            ],
+            "rules": [{"hosts": ["a.example.com"], "visibility": "ExternalIP",
+                       "http": {"paths": [{"splits": split("hello-1")}]}}],
+        }));
+        let secrets = objects(vec![
+            tls_secret("certs", "a-cert", "A-CERT", "A-KEY"),
+            tls_secret("shop", "b-cert", "B-CERT", "B-KEY"),
+            // Same name, another namespace: not the one named.
+            tls_secret("other", "missing", "X", "X"),
+        ]);
+        let t = gateway_topology(&[ing], &Objects::new(), &secrets);
+        let certs: Vec<(&str, &str, &str)> = t
+            .tls
+            .iter()
+            .map(|c| (c.hosts[0].as_str(), c.certificate.as_str(), c.key.as_str()))
+            .collect();
+        assert_eq!(
+            certs,
+            [
+                ("a.example.com", "A-CERT", "A-KEY"),
+                ("b.example.com", "B-CERT", "B-KEY")
+            ]
+        );
+        // The key never shows in a debug print.
+        assert!(!format!("{:?}", t.tls).contains("A-KEY"));
     }
 
     #[test]

@@ -26,13 +26,14 @@ use clap::Args;
 use http::{Request, StatusCode};
 use hyper::service::service_fn;
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
-use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable, SetHeader};
+use rouse_gateway::{Certificates, Gateway, Mode, PathRule, RouteTarget, RoutingTable, SetHeader};
 use rouse_http::PROBE_HEADER;
 use rouse_http::{Body, full, text_response};
 use tokio::net::TcpListener;
 
 use endpoints::{
-    EndpointsSource, FileSource, RevisionEndpoints, SksMode, SourceError, Target, Topology,
+    EndpointsSource, FileSource, RevisionEndpoints, SksMode, SourceError, Target, TlsCertificate,
+    Topology,
 };
 use kube::KubeSource;
 
@@ -62,6 +63,10 @@ pub struct HopArgs {
     /// revisions' requests). Default: 0.0.0.0:8013 when `--listen` is not given, else none.
     #[arg(long)]
     pub listen_h2c: Option<SocketAddr>,
+    /// The gateway's HTTPS port (certificates from the Ingresses' `spec.tls` Secrets, chosen
+    /// by SNI). Default: 0.0.0.0:8443 when `--listen` is not given, else none.
+    #[arg(long)]
+    pub listen_tls: Option<SocketAddr>,
     /// The gateway's Ingress class.
     #[arg(long, default_value = rouse_api::ingress::ROUSE_CLASS)]
     pub ingress_class: String,
@@ -132,23 +137,7 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8012)));
     // Knative's h2c port too: the public Services send h2c revisions' requests there. Both
     // ports take HTTP/1.1 and h2c alike.
-    let h2c_listen = args.listen_h2c.or_else(|| {
-        args.listen
-            .is_none()
-            .then(|| SocketAddr::from(([0, 0, 0, 0], 8013)))
-    });
-    let h2c_listener = match h2c_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?,
-        ),
-        None => None,
-    };
-    let also = match &h2c_listener {
-        Some(l) => vec![("h2c", l.local_addr()?)],
-        None => Vec::new(),
-    };
+    let (h2c_listener, also) = bind_second(args, args.listen_h2c, 8013, "h2c").await?;
     let act = activator.clone();
     let (listener, health) =
         bind(listen, args, "activator", &also, move || act.metrics_text()).await?;
@@ -166,18 +155,8 @@ pub async fn run_activator(activator_args: &ActivatorArgs) -> anyhow::Result<()>
             async move { Ok::<_, Infallible>(activate(&activator, req).await) }
         })
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    let stopped = stop_on_signal(health);
     let h2c = h2c_listener.map(|l| tokio::spawn(rouse_http::serve(l, make.clone(), stopped())));
-    tokio::spawn(async move {
-        terminated_then(health).await;
-        let _ = stop_tx.send(true);
-    });
     // Plain HTTP/1.1 requests are admitted and relayed on the lean fast path; the rest (and
     // the h2c listener) go to `make`.
     let limits = rouse_http::ServerLimits::default();
@@ -311,22 +290,35 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
     // `apply_to_gateway`).
     let fallback = Activator::new(ActivatorConfig::default(), Arc::new(|_: &str, _: &str| {}));
     let gateway = Gateway::new(fallback);
-    let mut known = Applied::new();
+    let certs = Certificates::new();
+    let mut known = GatewayApplied::default();
     if let Some(first) = &first {
-        apply_to_gateway(&gateway, first, &mut known);
+        apply_to_gateway(&gateway, &certs, first, &mut known);
     }
     let listen = args
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
-    let gw = gateway.clone();
-    let (listener, health) =
-        bind(listen, args, "gateway", &[], move || gateway_metrics(&gw)).await?;
+    // HTTPS too, on the install's port unless told otherwise.
+    let (tls_listener, also) = bind_second(args, args.listen_tls, 8443, "tls").await?;
+    let (gw, served) = (gateway.clone(), certs.clone());
+    let (listener, health) = bind(listen, args, "gateway", &also, move || {
+        gateway_metrics(&gw, &served)
+    })
+    .await?;
     health.ready.store(first.is_some(), Ordering::SeqCst);
-    let gw = gateway.clone();
+    let (gw, tls_certs) = (gateway.clone(), certs.clone());
     let watcher = tokio::spawn(follow(source, health.clone(), None, move |t| {
-        apply_to_gateway(&gw, &t, &mut known)
+        apply_to_gateway(&gw, &tls_certs, &t, &mut known)
     }));
-    gateway.serve(listener, terminated_then(health)).await;
+    let stopped = stop_on_signal(health);
+    let https = tls_listener.map(|l| {
+        let limits = rouse_http::ServerLimits::default();
+        tokio::spawn(gateway.clone().serve_tls(l, certs, stopped(), limits))
+    });
+    gateway.serve(listener, stopped()).await;
+    if let Some(https) = https {
+        let _ = https.await;
+    }
     watcher.abort();
     Ok(())
 }
@@ -334,7 +326,23 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
 /// Where the gateway sends a revision's requests: mode, endpoints, h2c.
 type GatewayRoute = (Mode, Vec<SocketAddr>, bool);
 
-fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut Applied<GatewayRoute>) {
+/// What the gateway last applied: per revision, and the certificates.
+#[derive(Default)]
+struct GatewayApplied {
+    revisions: Applied<GatewayRoute>,
+    tls: Vec<TlsCertificate>,
+}
+
+fn apply_to_gateway(
+    gateway: &Gateway,
+    certs: &Certificates,
+    t: &Topology,
+    known: &mut GatewayApplied,
+) {
+    if known.tls != t.tls {
+        certs.set(certificates(&t.tls));
+        known.tls = t.tls.clone();
+    }
     // Proxy mode: the activators are the revision's endpoints (as on Kubernetes). With
     // nowhere to send, the gateway's own activator answers 503 at once (as an ingress with
     // no healthy upstream does) instead of holding requests nothing can release.
@@ -357,10 +365,40 @@ fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut Applied<Gateway
             .set_refusal(&r.namespace, &r.name, refusal);
         gateway.set_revision(&r.namespace, &r.name, *mode, endpoints.clone(), *h2c);
     };
-    let gone = apply_revisions(t, known, route, set);
+    let gone = apply_revisions(t, &mut known.revisions, route, set);
     let mut table = RoutingTable::new();
     for route in &t.routes {
         let host = &route.host;
+        if route.redirect {
+            table.insert_redirect(host.clone());
+        }
+        if !route.paths.is_empty() {
+            let rules = route
+                .paths
+                .iter()
+                .filter_map(|p| {
+                    // A match that cannot be checked must not turn into no match at all.
+                    let Some(headers) = header_matches(&p.headers) else {
+                        tracing::warn!(host = %host, path = %p.path, "a header match is not a valid header; the path is not served");
+                        return None;
+                    };
+                    Some((p, headers))
+                })
+                .map(|(p, headers)| PathRule {
+                    prefix: p.path.clone(),
+                    headers,
+                    targets: route_targets(&p.targets),
+                    appended: set_headers(&p.append_headers),
+                    target_appended: p
+                        .targets
+                        .iter()
+                        .map(|t| set_headers(&t.append_headers))
+                        .collect(),
+                })
+                .collect();
+            table.insert_rules(host.clone(), rules);
+            continue;
+        }
         if let Some(target) = &route.rewrite_host {
             // A mapped domain: served as its target host, with its own appended headers
             // (`K-Original-Host`).
@@ -391,6 +429,25 @@ fn apply_to_gateway(gateway: &Gateway, t: &Topology, known: &mut Applied<Gateway
     }
 }
 
+/// The certificates by host name; one that does not load is left out (logged), so its hosts'
+/// handshakes are refused rather than served another's.
+fn certificates(entries: &[TlsCertificate]) -> HashMap<String, Arc<rustls::sign::CertifiedKey>> {
+    let mut out = HashMap::new();
+    for entry in entries {
+        match rouse_gateway::certified_key(entry.certificate.as_bytes(), entry.key.as_bytes()) {
+            Ok(key) => {
+                for host in &entry.hosts {
+                    out.entry(host.clone()).or_insert_with(|| key.clone());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(hosts = ?entry.hosts, error = %e, "a TLS certificate does not load; its hosts get none");
+            }
+        }
+    }
+    out
+}
+
 fn route_targets(targets: &[Target]) -> Vec<RouteTarget> {
     targets
         .iter()
@@ -398,6 +455,19 @@ fn route_targets(targets: &[Target]) -> Vec<RouteTarget> {
             namespace: x.namespace.clone(),
             revision: x.revision.clone(),
             percent: x.percent,
+        })
+        .collect()
+}
+
+/// Header matches as the gateway checks them; `None` if any is not a valid header.
+fn header_matches(headers: &std::collections::BTreeMap<String, String>) -> Option<Vec<SetHeader>> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            Some((
+                http::HeaderName::try_from(name.as_str()).ok()?,
+                http::HeaderValue::try_from(value.as_str()).ok()?,
+            ))
         })
         .collect()
 }
@@ -482,12 +552,16 @@ async fn follow<S: EndpointsSource>(
     }
 }
 
-fn gateway_metrics(gateway: &Gateway) -> String {
+fn gateway_metrics(gateway: &Gateway, certs: &Certificates) -> String {
     format!(
         "# HELP rouse_gateway_requests_in_flight Requests in the gateway now.\n\
          # TYPE rouse_gateway_requests_in_flight gauge\n\
-         rouse_gateway_requests_in_flight {}\n",
-        gateway.in_flight()
+         rouse_gateway_requests_in_flight {}\n\
+         # HELP rouse_gateway_tls_hosts Host names the HTTPS listener has a certificate for.\n\
+         # TYPE rouse_gateway_tls_hosts gauge\n\
+         rouse_gateway_tls_hosts {}\n",
+        gateway.in_flight(),
+        certs.len()
     )
 }
 
@@ -559,6 +633,48 @@ async fn serve_admin(
     rouse_http::serve(listener, make, std::future::pending()).await;
 }
 
+/// A process's second listener: at `addr` if given, else on `default_port` of every address
+/// when `--listen` was not given either (the install's ports), else none; with its name and
+/// address for the line the process prints.
+async fn bind_second(
+    args: &HopArgs,
+    addr: Option<SocketAddr>,
+    default_port: u16,
+    name: &'static str,
+) -> anyhow::Result<(Option<TcpListener>, Vec<(&'static str, SocketAddr)>)> {
+    let addr = addr.or_else(|| {
+        args.listen
+            .is_none()
+            .then(|| SocketAddr::from(([0, 0, 0, 0], default_port)))
+    });
+    let Some(addr) = addr else {
+        return Ok((None, Vec::new()));
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    Ok((Some(listener), vec![(name, bound)]))
+}
+
+/// Makes futures that resolve once SIGTERM or SIGINT came (marking the process draining):
+/// one per listener, so each stops accepting and drains.
+fn stop_on_signal(
+    health: Arc<Health>,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        terminated_then(health).await;
+        let _ = stop_tx.send(true);
+    });
+    move || {
+        let mut rx = stop_rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        })
+    }
+}
+
 /// Resolves at SIGTERM or SIGINT, marking the process draining.
 async fn terminated_then(health: Arc<Health>) {
     terminated().await;
@@ -579,5 +695,50 @@ async fn terminated() {
             }
         }
         _ => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_header_match_that_is_no_valid_header_refuses_the_path_instead_of_matching_all() {
+        let ok = BTreeMap::from([("X-Canary".to_string(), "yes".to_string())]);
+        let matches = header_matches(&ok).unwrap();
+        assert_eq!(matches[0].0, "x-canary");
+        assert_eq!(matches[0].1, "yes");
+        let bad_name = BTreeMap::from([("X Canary".to_string(), "yes".to_string())]);
+        assert!(header_matches(&bad_name).is_none());
+        let bad_value = BTreeMap::from([("X-Canary".to_string(), "a\nb".to_string())]);
+        assert!(header_matches(&bad_value).is_none());
+        assert_eq!(header_matches(&BTreeMap::new()), Some(Vec::new()));
+    }
+
+    #[test]
+    fn certificates_that_do_not_load_are_left_out_and_each_host_keeps_its_first() {
+        let make = |host: &str| {
+            let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+            (c.cert.pem(), c.signing_key.serialize_pem())
+        };
+        let (a_cert, a_key) = make("a.example.com");
+        let (b_cert, b_key) = make("b.example.com");
+        let entry = |hosts: &[&str], certificate: &str, key: &str| TlsCertificate {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            certificate: certificate.into(),
+            key: key.into(),
+        };
+        let certs = certificates(&[
+            entry(&["a.example.com"], &a_cert, &a_key),
+            // A key that is not the certificate's: not served.
+            entry(&["c.example.com"], &a_cert, &b_key),
+            entry(&["a.example.com", "b.example.com"], &b_cert, &b_key),
+        ]);
+        let mut hosts: Vec<&str> = certs.keys().map(String::as_str).collect();
+        hosts.sort_unstable();
+        assert_eq!(hosts, ["a.example.com", "b.example.com"]);
+        let a = rouse_gateway::certified_key(a_cert.as_bytes(), a_key.as_bytes()).unwrap();
+        assert_eq!(certs["a.example.com"].cert, a.cert);
     }
 }
