@@ -27,7 +27,7 @@ use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
 
 use crate::backends::Backends;
-use crate::routing::{self, RouteTarget, RoutingTable, SetHeader, normalize_host};
+use crate::routing::{self, RouteTarget, RoutingTable, SetHeader, Visibility, normalize_host};
 use crate::trust::TrustedProxies;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -276,23 +276,41 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
         limits: ServerLimits,
     ) {
+        self.serve_for(Visibility::ClusterLocal, listener, shutdown, limits)
+            .await;
+    }
+
+    /// [`Gateway::serve_with`] for the hosts `visibility` serves: [`Visibility::External`]
+    /// (the listener behind the load balancer) answers cluster-local hosts 404, as unknown
+    /// ones; [`Visibility::ClusterLocal`] serves every host.
+    pub async fn serve_for(
+        self: Arc<Self>,
+        visibility: Visibility,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        limits: ServerLimits,
+    ) {
         let make = |remote: SocketAddr| {
             let gw = self.clone();
             // Formatted once per connection, not per request (an HTTP/2 connection has many).
             let client = Arc::new(ClientAddr::new(remote.ip()).trusted(gw.trusts(remote.ip())));
             service_fn(move |req| {
                 let (gw, client) = (gw.clone(), client.clone());
-                async move { Ok::<_, Infallible>(gw.handle(&client, req).await) }
+                async move { Ok::<_, Infallible>(gw.handle(&client, visibility, req).await) }
             })
         };
-        let router = Arc::new(FastRouter(self.clone()));
+        let router = Arc::new(FastRouter {
+            gw: self.clone(),
+            visibility,
+        });
         serve_front(listener, make, router, shutdown, limits).await;
     }
 
     /// Serves HTTPS clients on `listener` until `shutdown` resolves (then as
     /// [`Gateway::serve`]): the certificate chosen by SNI from `certs` (a name without one is
     /// refused), HTTP/2 or HTTP/1.1 by ALPN. Requests route exactly as plain ones, except that
-    /// a host redirected to HTTPS is served here, and the app is told `https`.
+    /// a host redirected to HTTPS is served here, and the app is told `https`. It is an
+    /// external listener: cluster-local hosts are answered 404 ([`Visibility::External`]).
     pub async fn serve_tls(
         self: Arc<Self>,
         listener: TcpListener,
@@ -309,14 +327,19 @@ impl Gateway {
             );
             service_fn(move |req| {
                 let (gw, client) = (gw.clone(), client.clone());
-                async move { Ok::<_, Infallible>(gw.handle(&client, req).await) }
+                async move { Ok::<_, Infallible>(gw.handle(&client, Visibility::External, req).await) }
             })
         };
         let tls = crate::server_config(certs);
         serve_tls(listener, tls, make, shutdown, limits).await;
     }
 
-    async fn handle(&self, client: &ClientAddr, mut req: Request<Body>) -> Response<Body> {
+    async fn handle(
+        &self,
+        client: &ClientAddr,
+        visibility: Visibility,
+        mut req: Request<Body>,
+    ) -> Response<Body> {
         if let Err(e) = settle_request(&mut req) {
             return text_response(StatusCode::BAD_REQUEST, e.to_string());
         }
@@ -337,6 +360,11 @@ impl Gateway {
         };
         // The table stays alive with the request: its target names are borrowed, not copied.
         let routes = self.routes.load_full();
+        // A host this listener does not serve is as unknown here as one no rule names (the
+        // client asked for it, so a mapped domain's target does not count).
+        if !visibility.serves(&routes, host) {
+            return no_route(host);
+        }
         if !client.is_secure() && routes.redirects(host) {
             return redirect_to_https(host, req.uri());
         }
@@ -363,10 +391,7 @@ impl Gateway {
                 if let Some(why) = routes.unavailable(lookup) {
                     return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
                 }
-                return text_response(
-                    StatusCode::NOT_FOUND,
-                    format!("no route for host {:?}", normalize_host(host)),
-                );
+                return no_route(host);
             };
             let tag = tagged(&routes, host, req.headers());
             let targets = tag.map_or(targets, |(_, t)| t);
@@ -475,6 +500,14 @@ impl Gateway {
     }
 }
 
+/// The answer for a host no route serves (on this listener).
+fn no_route(host: &str) -> Response<Body> {
+    text_response(
+        StatusCode::NOT_FOUND,
+        format!("no route for host {:?}", normalize_host(host)),
+    )
+}
+
 /// The tag a request names in `Knative-Serving-Tag` and its targets, when its host is routed
 /// by tag and has that tag (exact match); `None` sends it to the host's own targets.
 fn tagged<'a, 'h>(
@@ -533,8 +566,12 @@ fn name_revision(headers: &mut HeaderMap, namespace: &str, revision: &str) {
 /// mode without endpoints) where the activator takes it: at once to a free instance, or into
 /// its queue, waking the revision. Either way the instance must be a queue-proxy of this
 /// process. The request counts (gateway, revision, endpoint or activator slot) are held while
-/// it waits and is served, as on the general path.
-struct FastRouter(Arc<Gateway>);
+/// it waits and is served, as on the general path. A host its listener does not serve goes to
+/// the general path, which answers 404.
+struct FastRouter {
+    gw: Arc<Gateway>,
+    visibility: Visibility,
+}
 
 /// What a fast-path request holds: the gateway's and the revision's counts, then the
 /// endpoint's (Serve) or the activator's permit (Proxy).
@@ -584,11 +621,14 @@ impl FrontRouter for FastRouter {
 
     fn route(&self, req: &FastRequest<'_>) -> FastAnswer {
         let host = req.host;
-        let gw = &self.0;
+        let gw = &self.gw;
         let routes = gw.routes.load();
         let Some(targets) = routes.get(host) else {
             return Route::General;
         };
+        if !self.visibility.serves(&routes, host) {
+            return Route::General;
+        }
         if routes.needs_general(host) {
             // The fast path sees no headers, sets none and never redirects: the general path
             // does.
@@ -679,7 +719,7 @@ impl FrontRouter for FastRouter {
     }
 
     fn trusts(&self, ip: std::net::IpAddr) -> bool {
-        self.0.trusts(ip)
+        self.gw.trusts(ip)
     }
 }
 

@@ -21,6 +21,10 @@
 //! [`Gateway::serve_tls`] serves HTTPS (TLS 1.2/1.3, ALPN h2 and http/1.1) with the
 //! certificate [`Certificates`] holds for the client's SNI, refusing names it has none for.
 //!
+//! Each listener has a [`Visibility`]: an external one ([`Gateway::serve_for`] with
+//! [`Visibility::External`], and [`Gateway::serve_tls`]) answers the hosts the table marks
+//! cluster-local 404, as unknown ones; a cluster-local one serves every host.
+//!
 //! Client-sent internal headers are stripped and `X-Forwarded-*`/`Forwarded` added (scheme
 //! `https` over TLS).
 //!
@@ -48,6 +52,6 @@ mod tls;
 mod trust;
 
 pub use gateway::{Gateway, Mode};
-pub use routing::{PathRule, RouteTarget, RoutingTable, SetHeader, normalize_host};
+pub use routing::{PathRule, RouteTarget, RoutingTable, SetHeader, Visibility, normalize_host};
 pub use tls::{BadCertificate, Certificates, certified_key, server_config};
 pub use trust::{BadRange, TrustedProxies};

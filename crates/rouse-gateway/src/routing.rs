@@ -3,7 +3,9 @@
 //! Most hosts route on their Host alone (looked up without allocating, so the fast path
 //! stays cheap). A host with path rules or header matches (a Kubernetes Ingress's
 //! `http.paths`) has an ordered list of [`PathRule`]s instead, tried in turn; a host whose
-//! plain-HTTP requests are redirected to HTTPS is marked so.
+//! plain-HTTP requests are redirected to HTTPS is marked so, and a host only callers inside
+//! the cluster may reach (a `ClusterLocal` Ingress rule's) is marked cluster-local: a
+//! listener of [`Visibility::External`] answers it as unknown.
 
 use std::collections::HashMap;
 
@@ -41,6 +43,8 @@ pub struct RoutingTable {
     rules: HashMap<String, Vec<PathRule>>,
     /// Hosts whose plain-HTTP requests are answered with a redirect to HTTPS.
     redirected: HashMap<String, ()>,
+    /// Hosts served only on cluster-local listeners ([`Visibility::ClusterLocal`]).
+    cluster_local: HashMap<String, ()>,
     /// Hosts the fast path (which sees neither headers nor TLS) must leave to the general
     /// path: routed by tag, setting headers, or redirected.
     general: HashMap<String, ()>,
@@ -78,6 +82,25 @@ impl PathRule {
 
 /// A header set on requests on their way to a revision.
 pub type SetHeader = (HeaderName, HeaderValue);
+
+/// Who a listener is for, as Knative's two gateways: the external one (behind the load
+/// balancer) serves only the hosts of `ExternalIP` rules; the cluster-local one serves those
+/// and the hosts of `ClusterLocal` rules (in-cluster callers may call a public host too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    /// Reached from outside the cluster: cluster-local hosts are unknown here.
+    External,
+    /// Reached from inside the cluster (or one machine): every host.
+    ClusterLocal,
+}
+
+impl Visibility {
+    /// Whether a listener of this visibility serves `host`. Allocation-free for a
+    /// normalized host.
+    pub fn serves(self, table: &RoutingTable, host: &str) -> bool {
+        self == Visibility::ClusterLocal || !table.is_cluster_local(host)
+    }
+}
 
 impl RoutingTable {
     /// An empty table (every host unknown).
@@ -217,6 +240,18 @@ impl RoutingTable {
     /// Whether plain-HTTP requests for `host` are redirected to HTTPS.
     pub fn redirects(&self, host: &str) -> bool {
         !self.redirected.is_empty() && lookup(&self.redirected, host).is_some()
+    }
+
+    /// Marks `host` (normalized) as cluster-local: only listeners of
+    /// [`Visibility::ClusterLocal`] serve it, whatever it is routed by.
+    pub fn insert_cluster_local(&mut self, host: String) {
+        self.cluster_local.insert(normalize_host(&host), ());
+    }
+
+    /// Whether `host` is served only on cluster-local listeners. Allocation-free for a
+    /// normalized host.
+    pub fn is_cluster_local(&self, host: &str) -> bool {
+        !self.cluster_local.is_empty() && lookup(&self.cluster_local, host).is_some()
     }
 
     /// Whether requests for `host` need the general path: it sees their headers (tags,
@@ -528,6 +563,36 @@ mod tests {
         // Tags and appended headers need the general path too.
         table.insert_tag("open.example.com".into(), "x".into(), vec![t("b", 100)]);
         assert!(table.needs_general("open.example.com"));
+    }
+
+    #[test]
+    fn a_cluster_local_host_is_unknown_to_external_listeners_only() {
+        let mut table = RoutingTable::new();
+        table.insert("hello.shop.svc.cluster.local".into(), vec![t("a", 100)]);
+        table.insert("hello.shop.example.com".into(), vec![t("a", 100)]);
+        // Nothing marked: every listener serves every host.
+        assert!(Visibility::External.serves(&table, "hello.shop.svc.cluster.local"));
+        table.insert_cluster_local("Hello.Shop.svc.cluster.local".into());
+        table.insert_cluster_local("pending.shop.svc".into());
+        table.insert_unavailable("pending.shop.svc".into(), "not ready".into());
+        for host in [
+            "hello.shop.svc.cluster.local",
+            "HELLO.shop.svc.cluster.local:80",
+            "hello.shop.svc.cluster.local.",
+            "pending.shop.svc",
+        ] {
+            assert!(table.is_cluster_local(host), "{host}");
+            assert!(!Visibility::External.serves(&table, host), "{host}");
+            assert!(Visibility::ClusterLocal.serves(&table, host), "{host}");
+        }
+        // The public host is served on both; an unknown one is no business of visibility.
+        for host in ["hello.shop.example.com", "other.example.com"] {
+            assert!(!table.is_cluster_local(host));
+            assert!(Visibility::External.serves(&table, host));
+            assert!(Visibility::ClusterLocal.serves(&table, host));
+        }
+        // Being cluster-local does not send the host off the fast path on its own.
+        assert!(!table.needs_general("hello.shop.svc.cluster.local"));
     }
 
     #[test]

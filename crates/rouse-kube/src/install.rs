@@ -26,10 +26,16 @@ pub const ACTIVATOR_H2C_PORT: i32 = 8013;
 pub const GATEWAY_HTTP_PORT: i32 = 8080;
 /// The gateway's HTTPS port (the Service's 443).
 pub const GATEWAY_HTTPS_PORT: i32 = 8443;
+/// The gateway's cluster-local HTTP port (HTTP/1.1 and h2c; the local Service's 80): the
+/// hosts of `ClusterLocal` Ingress rules are served here only.
+pub const GATEWAY_LOCAL_PORT: i32 = 8081;
 /// The name of the Service in front of the activators (Knative's).
 pub const ACTIVATOR_SERVICE: &str = "activator-service";
-/// The name of the gateway's LoadBalancer Service.
+/// The name of the gateway's LoadBalancer Service (external hosts only).
 pub const GATEWAY_SERVICE: &str = "rouse-gateway";
+/// The name of the gateway's cluster-local Service (Knative's `knative-local-gateway`):
+/// cluster-local hosts and external ones, reachable only inside the cluster.
+pub const GATEWAY_LOCAL_SERVICE: &str = "rouse-gateway-local";
 /// The Service the activators push their stats to (Knative's name); no selector: the leading
 /// controller writes its own address as the endpoint.
 pub const AUTOSCALER_SERVICE: &str = "autoscaler";
@@ -521,6 +527,7 @@ fn deployment(role: Role, opts: &InstallOptions) -> Value {
             json!([
                 {"name": "http", "containerPort": GATEWAY_HTTP_PORT},
                 {"name": "https", "containerPort": GATEWAY_HTTPS_PORT},
+                {"name": "http-local", "containerPort": GATEWAY_LOCAL_PORT},
                 {"name": "http-metrics", "containerPort": METRICS_PORT},
                 {"name": "http-health", "containerPort": HEALTH_PORT},
             ]),
@@ -627,7 +634,8 @@ fn port(name: &str, port: i32, target: i32) -> Value {
 }
 
 /// The Services in front of the roles: the activator's (the public Services' endpoints in
-/// Proxy mode point at its pods), the webhook, and the gateway's LoadBalancer.
+/// Proxy mode point at its pods), the webhook, and the gateway's: the LoadBalancer for
+/// outside callers, the cluster-local one (a ClusterIP) for the cluster's own.
 fn services() -> Vec<Value> {
     vec![
         json!({
@@ -675,6 +683,16 @@ fn services() -> Vec<Value> {
                     port("http", 80, GATEWAY_HTTP_PORT),
                     port("https", 443, GATEWAY_HTTPS_PORT),
                 ],
+            },
+        }),
+        // One port: the listener takes HTTP/1.1 and h2c (prior knowledge) alike.
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": meta(GATEWAY_LOCAL_SERVICE, "gateway"),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {"app": "gateway"},
+                "ports": [port("http", 80, GATEWAY_LOCAL_PORT)],
             },
         }),
     ]

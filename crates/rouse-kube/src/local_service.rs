@@ -22,16 +22,17 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::apply::apply;
-use crate::install::{GATEWAY_SERVICE, NAMESPACE};
+use crate::install::{GATEWAY_LOCAL_SERVICE, NAMESPACE};
 use crate::revision::{owner_reference, typed};
 use crate::route::{CLUSTER_LOCAL_DOMAIN, LABEL_ROUTE};
 
 /// The condition reason when a same-named Service is not the Route's (Knative's).
 pub const REASON_NOT_OWNED: &str = "NotOwned";
 
-/// Where the Services point: the gateway's Service, by its cluster DNS name.
+/// Where the Services point: the gateway's cluster-local Service (the only one serving
+/// cluster-local hosts), by its cluster DNS name.
 pub fn gateway_host() -> String {
-    format!("{GATEWAY_SERVICE}.{NAMESPACE}.{CLUSTER_LOCAL_DOMAIN}")
+    format!("{GATEWAY_LOCAL_SERVICE}.{NAMESPACE}.{CLUSTER_LOCAL_DOMAIN}")
 }
 
 /// The Service names a Route's Ingress asks for: the first label of each ClusterLocal rule's

@@ -151,6 +151,7 @@ fn kinds_and_names() {
         "Service/controller",
         "Service/autoscaler",
         "Service/rouse-gateway",
+        "Service/rouse-gateway-local",
         "MutatingWebhookConfiguration/webhook.serving.knative.dev",
         "ValidatingWebhookConfiguration/validation.webhook.serving.knative.dev",
         "ValidatingWebhookConfiguration/config.webhook.serving.knative.dev",
@@ -330,11 +331,9 @@ fn activators_reach_the_leading_autoscaler_with_the_token() {
     }
 }
 
-#[test]
-fn the_gateway_serves_https_on_443() {
-    let docs = docs();
-    let svc = find(&docs, "Service", "rouse-gateway");
-    let ports: Vec<(i64, i64, &str)> = svc["spec"]["ports"]
+/// A Service's ports as `(port, targetPort, name)`.
+fn service_ports(svc: &Value) -> Vec<(i64, i64, &str)> {
+    svc["spec"]["ports"]
         .as_array()
         .unwrap()
         .iter()
@@ -345,17 +344,55 @@ fn the_gateway_serves_https_on_443() {
                 p["name"].as_str().unwrap(),
             )
         })
-        .collect();
-    assert_eq!(ports, [(80, 8080, "http"), (443, 8443, "https")]);
-    let gateway = find(&docs, "Deployment", "gateway");
-    let container = &gateway["spec"]["template"]["spec"]["containers"][0];
+        .collect()
+}
+
+/// The gateway container's ports as `(containerPort, name)`.
+fn gateway_container_ports(docs: &[Value]) -> Vec<(i64, String)> {
+    let gateway = find(docs, "Deployment", "gateway");
+    gateway["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["containerPort"].as_i64().unwrap(),
+                p["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_gateway_serves_https_on_443() {
+    let docs = docs();
+    let svc = find(&docs, "Service", "rouse-gateway");
+    assert_eq!(
+        service_ports(svc),
+        [(80, 8080, "http"), (443, 8443, "https")]
+    );
+    let ports = gateway_container_ports(&docs);
+    assert!(ports.contains(&(8443, "https".into())), "{ports:?}");
+}
+
+#[test]
+fn cluster_local_hosts_have_their_own_gateway_service_inside_the_cluster() {
+    let docs = docs();
+    let svc = find(&docs, "Service", "rouse-gateway-local");
+    // Not behind the load balancer: only the cluster reaches it.
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(svc["spec"]["selector"]["app"], "gateway");
+    // One port: the gateway takes HTTP/1.1 and h2c on it alike.
+    assert_eq!(service_ports(svc), [(80, 8081, "http")]);
+    let ports = gateway_container_ports(&docs);
+    assert!(ports.contains(&(8081, "http-local".into())), "{ports:?}");
+    // The LoadBalancer does not carry the cluster-local port.
+    let public = find(&docs, "Service", "rouse-gateway");
     assert!(
-        container["ports"]
-            .as_array()
-            .unwrap()
+        service_ports(public)
             .iter()
-            .any(|p| p["containerPort"] == 8443 && p["name"] == "https"),
-        "{container}"
+            .all(|(_, target, _)| *target != 8081),
+        "{public}"
     );
 }
 

@@ -783,7 +783,7 @@ fn a_routes_cluster_local_services() {
             },
             "spec": {
                 "type": "ExternalName",
-                "externalName": "rouse-gateway.knative-serving.svc.cluster.local",
+                "externalName": "rouse-gateway-local.knative-serving.svc.cluster.local",
                 "sessionAffinity": "None",
                 "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 80}],
             },

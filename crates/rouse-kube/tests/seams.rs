@@ -762,7 +762,7 @@ async fn a_routes_cluster_local_services_follow_its_ingress() {
     assert_eq!(svc["spec"]["type"], "ExternalName");
     assert_eq!(
         svc["spec"]["externalName"],
-        "rouse-gateway.knative-serving.svc.cluster.local"
+        "rouse-gateway-local.knative-serving.svc.cluster.local"
     );
     assert_eq!(svc["spec"]["ports"][0]["port"], 80);
     assert_eq!(

@@ -404,7 +404,7 @@ fn a_knative_service_on_a_real_api_server() {
     );
     assert!(hosts.contains("\"serviceName\":\"hello-00001\""), "{hosts}");
     // The Route's cluster-local Service: cluster DNS sends hello.rouse-e2e.svc.cluster.local
-    // (the Route's address) to the gateway's Service.
+    // (the Route's address) to the gateway's cluster-local Service.
     let local = until(
         "the Route's cluster-local Service",
         Duration::from_secs(60),
@@ -412,7 +412,7 @@ fn a_knative_service_on_a_real_api_server() {
     );
     assert_eq!(local["spec"]["type"], "ExternalName", "{local}");
     assert_eq!(
-        local["spec"]["externalName"], "rouse-gateway.knative-serving.svc.cluster.local",
+        local["spec"]["externalName"], "rouse-gateway-local.knative-serving.svc.cluster.local",
         "{local}"
     );
     assert_eq!(local["spec"]["ports"][0]["port"], 80, "{local}");
@@ -456,7 +456,7 @@ fn a_knative_service_on_a_real_api_server() {
     assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00001");
     let route = get_json(&kc, "route/hello").unwrap();
     assert_eq!(condition(&route, "IngressReady").0, "True", "{route}");
-    through_the_gateway(gateway.listening, pod_ip.is_some());
+    through_the_gateway(&gateway, pod_ip.is_some());
     // Before the split: its second pod is gone once the split is checked.
     domain_mapping(&kc, &gateway, pod_ip.is_some());
     traffic_split(&kc, gateway.listening, pod_ip.is_some());
@@ -1180,11 +1180,12 @@ fn extra_address(ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
 /// `rouse activator` or `rouse gateway` with `--kubeconfig`, acting as its ServiceAccount; the
 /// process (with its serving address) and its admin address.
 fn start_hop(role: &str, kc: &str, dir: &std::path::Path) -> (Controller, std::net::SocketAddr) {
-    let (hop, admin, _) = start_hop_with(role, kc, dir, &[]);
+    let (hop, admin, ..) = start_hop_with(role, kc, dir, &[]);
     (hop, admin)
 }
 
-/// [`start_hop`] with `extra` flags; also the address printed as `tls=`, if any.
+/// [`start_hop`] with `extra` flags; also the addresses printed as `tls=` and `local=`, if
+/// any.
 fn start_hop_with(
     role: &str,
     kc: &str,
@@ -1193,6 +1194,7 @@ fn start_hop_with(
 ) -> (
     Controller,
     std::net::SocketAddr,
+    Option<std::net::SocketAddr>,
     Option<std::net::SocketAddr>,
 ) {
     use std::io::BufRead;
@@ -1219,6 +1221,7 @@ fn start_hop_with(
         Controller(child, addr("listening=")),
         addr("admin="),
         find("tls="),
+        find("local="),
     )
 }
 
@@ -1228,6 +1231,8 @@ struct Hops {
     listening: std::net::SocketAddr,
     /// The gateway's HTTPS address.
     tls: std::net::SocketAddr,
+    /// The gateway's cluster-local address (the only one serving cluster-local hosts).
+    local: std::net::SocketAddr,
     _gateway: Controller,
     _activator: Controller,
 }
@@ -1235,9 +1240,19 @@ struct Hops {
 /// Starts the hops and waits for both to have synced and for the gateway to mark `hello`'s
 /// Ingress Ready.
 fn start_hops(kc: &str, dir: &std::path::Path) -> Hops {
-    let (gateway, gateway_admin, tls) =
-        start_hop_with("gateway", kc, dir, &["--listen-tls", "127.0.0.1:0"]);
+    let (gateway, gateway_admin, tls, local) = start_hop_with(
+        "gateway",
+        kc,
+        dir,
+        &[
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--listen-local",
+            "127.0.0.1:0",
+        ],
+    );
     let tls = tls.expect("the gateway printed its HTTPS address");
+    let local = local.expect("the gateway printed its cluster-local address");
     let (activator, activator_admin) = start_hop("activator", kc, dir);
     for admin in [gateway_admin, activator_admin] {
         until("the hops synced", Duration::from_secs(60), || {
@@ -1253,14 +1268,19 @@ fn start_hops(kc: &str, dir: &std::path::Path) -> Hops {
     Hops {
         listening: gateway.1,
         tls,
+        local,
         _gateway: gateway,
         _activator: activator,
     }
 }
 
 /// A request for `hello`'s host through the gateway reaches the app; an unknown host is 404.
-fn through_the_gateway(gateway: std::net::SocketAddr, pod_runs: bool) {
+/// The Route's cluster-local host is served on the cluster-local listener only: the external
+/// one answers it as unknown.
+fn through_the_gateway(hops: &Hops, pod_runs: bool) {
+    let gateway = hops.listening;
     let host = format!("hello.{NS}.example.com");
+    let local_host = format!("hello.{NS}.svc.cluster.local");
     if pod_runs {
         until(
             "a request through the gateway",
@@ -1270,9 +1290,16 @@ fn through_the_gateway(gateway: std::net::SocketAddr, pod_runs: bool) {
                 (r.status == 200).then_some(())
             },
         );
+        // Both hosts come from the same Ingress: known together.
+        for h in [&local_host, &host] {
+            let r = common::http_get(hops.local, h, "/").unwrap();
+            assert_eq!(r.status, 200, "{h} through the cluster-local listener");
+        }
     } else {
         eprintln!("no address but loopback here: the request through the gateway is not sent");
     }
+    let r = common::http_get(gateway, &local_host, "/").unwrap();
+    assert_eq!(r.status, 404, "{local_host} through the external listener");
     let r = common::http_get(gateway, "nobody.example.com", "/").unwrap();
     assert_eq!(r.status, 404);
 }

@@ -303,6 +303,8 @@ struct Hop {
     h2c: Option<SocketAddr>,
     /// The gateway's HTTPS port.
     tls: Option<SocketAddr>,
+    /// The gateway's cluster-local port.
+    local: Option<SocketAddr>,
 }
 
 impl Hop {
@@ -318,9 +320,14 @@ impl Hop {
             .args(["--metrics", "127.0.0.1:0", "--poll", "20ms", source])
             .arg(path)
             .args(if role == "activator" {
-                ["--listen-h2c", "127.0.0.1:0"]
+                &["--listen-h2c", "127.0.0.1:0"][..]
             } else {
-                ["--listen-tls", "127.0.0.1:0"]
+                &[
+                    "--listen-tls",
+                    "127.0.0.1:0",
+                    "--listen-local",
+                    "127.0.0.1:0",
+                ][..]
             })
             .args(extra)
             .env_remove("POD_IP")
@@ -346,6 +353,7 @@ impl Hop {
             admin: *admin,
             h2c: addrs.get("h2c").copied(),
             tls: addrs.get("tls").copied(),
+            local: addrs.get("local").copied(),
         }
     }
 }
@@ -535,6 +543,79 @@ fn the_gateway_terminates_tls_by_sni_redirects_plain_http_and_routes_paths_and_h
         let answer = get(fresh, https, "secure.example.com", "/headers", &[]).ok()?;
         (answer.peer_cert == der(&second.cert)).then_some(answer.status)
     });
+}
+
+/// `rouse gateway` keeps cluster-local hosts off its external listeners: a Route's
+/// `ClusterLocal` rule hosts are unknown (404) on `--listen` and served on `--listen-local`,
+/// whose callers may reach the public host too; a host-only route (the fast path) and one
+/// routed by path (the general path) alike.
+#[test]
+fn cluster_local_hosts_are_served_on_the_local_listener_only() {
+    let app_port = free_port();
+    let _app = start_app(app_port);
+    let sidecar = Sidecar::start(&sidecar_env(app_port));
+    wait_ready(&sidecar);
+    let pod = sidecar.addr("serving");
+    let split = serde_json::json!([{"serviceNamespace": "shop", "serviceName": "live", "servicePort": 80, "percent": 100}]);
+    let ingress = |name: &str, rules: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"rules": rules},
+        })
+    };
+    let doc = serde_json::json!({
+        "revisions": [{"namespace": "shop", "name": "live", "mode": "serve", "pods": [pod.to_string()]}],
+        "ingresses": [
+            ingress("hello", serde_json::json!([
+                {"hosts": ["hello.shop", "hello.shop.svc", "hello.shop.svc.cluster.local"],
+                 "visibility": "ClusterLocal", "http": {"paths": [{"splits": split}]}},
+                {"hosts": ["hello.shop.example.com"], "visibility": "ExternalIP",
+                 "http": {"paths": [{"splits": split}]}},
+            ])),
+            // A cluster-local Route routed by path: the general path.
+            ingress("private", serde_json::json!([
+                {"hosts": ["private.shop.svc.cluster.local"], "visibility": "ClusterLocal",
+                 "http": {"paths": [{"path": "/headers", "splits": split}]}},
+            ])),
+        ],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let gateway = Hop::start("gateway", &file);
+    let local = gateway
+        .local
+        .expect("the gateway printed its cluster-local port");
+    let status = |addr: SocketAddr, host: &str, path: &str| {
+        let (status, _, body) = exchange_as(addr, host, path, &[]);
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    eventually("the routes known", PATIENCE, || {
+        (status(local, "hello.shop.svc.cluster.local", "/").0 == 200).then_some(())
+    });
+    for (host, path) in [
+        ("hello.shop", "/"),
+        ("hello.shop.svc", "/"),
+        ("hello.shop.svc.cluster.local", "/"),
+        ("Hello.Shop.svc.cluster.local:80", "/"),
+        ("private.shop.svc.cluster.local", "/headers"),
+    ] {
+        let (code, body) = status(gateway.addr, host, path);
+        assert_eq!(code, 404, "{host} through the external listener: {body}");
+        assert!(body.contains("no route for host"), "{body}");
+        let (code, body) = status(local, host, path);
+        assert_eq!(code, 200, "{host} through the local listener: {body}");
+    }
+    // The public host: through both.
+    for addr in [gateway.addr, local] {
+        let (code, body) = status(addr, "hello.shop.example.com", "/");
+        assert_eq!(code, 200, "{body}");
+    }
+    // An unknown host is unknown on both.
+    for addr in [gateway.addr, local] {
+        assert_eq!(status(addr, "nobody.shop.svc.cluster.local", "/").0, 404);
+    }
 }
 
 /// The sidecar's last load report, as JSON (Rouse's own format on the stats port).

@@ -165,6 +165,10 @@ pub struct HostRoute {
     /// Plain-HTTP requests get `301` to the same URL over HTTPS (`httpOption: Redirected`).
     #[serde(default)]
     pub redirect: bool,
+    /// Only callers inside the cluster may reach it (a `ClusterLocal` Ingress rule's host):
+    /// served on the gateway's cluster-local listener, unknown (404) on the external ones.
+    #[serde(default)]
+    pub cluster_local: bool,
 }
 
 /// One path of a host routed by path and headers.

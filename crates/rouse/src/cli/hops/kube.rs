@@ -43,13 +43,34 @@ const SERVICE_PORT_H2C: i64 = 81;
 
 type Objects = BTreeMap<ObjectKey, Value>;
 
+/// The gateway's Services by their cluster DNS names, as an Ingress's status names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadBalancers {
+    /// The external one (`publicLoadBalancer`): hosts of `ExternalIP` rules.
+    pub public: String,
+    /// The cluster-local one (`privateLoadBalancer`): every host, inside the cluster only.
+    pub private: String,
+}
+
+impl LoadBalancers {
+    /// The install's Services ([`rouse_kube::install`]).
+    pub fn installed() -> Self {
+        use rouse_kube::install::{GATEWAY_LOCAL_SERVICE, GATEWAY_SERVICE, NAMESPACE};
+        let dns = |name: &str| format!("{name}.{NAMESPACE}.svc.cluster.local");
+        LoadBalancers {
+            public: dns(GATEWAY_SERVICE),
+            private: dns(GATEWAY_LOCAL_SERVICE),
+        }
+    }
+}
+
 /// What the process follows, and what it makes of it.
 enum Role {
     Gateway {
         class: String,
         client: kube::Client,
-        /// Where the gateway's Service is reached (the Ingresses' load balancer).
-        domain_internal: String,
+        /// Where the gateway's Services are reached (the Ingresses' load balancers).
+        load_balancers: LoadBalancers,
         /// Ingresses of the version last handed out, marked Ready once it was applied.
         unmarked: Vec<Ingress>,
     },
@@ -83,8 +104,12 @@ fn slices_api(client: &kube::Client) -> Api<DynamicObject> {
 impl KubeSource {
     /// The gateway's view: Ingresses of `class`, the public Services' EndpointSlices and the
     /// `kubernetes.io/tls` Secrets.
-    /// `domain_internal` is written into the Ingresses' status as their load balancer.
-    pub fn gateway(client: kube::Client, class: String, domain_internal: String) -> KubeSource {
+    /// `load_balancers` are written into the Ingresses' status.
+    pub fn gateway(
+        client: kube::Client,
+        class: String,
+        load_balancers: LoadBalancers,
+    ) -> KubeSource {
         let ingress = rouse_kube::store::api_resource(&rouse_kube::crd::INGRESS);
         let (_informers, receivers) = informers(vec![
             Informer::start(
@@ -109,7 +134,7 @@ impl KubeSource {
             role: Role::Gateway {
                 class,
                 client,
-                domain_internal,
+                load_balancers,
                 unmarked: Vec::new(),
             },
             _informers,
@@ -183,14 +208,14 @@ impl KubeSource {
     fn mark_applied(&mut self) {
         if let Role::Gateway {
             client,
-            domain_internal,
+            load_balancers,
             unmarked,
             ..
         } = &mut self.role
         {
             for ing in std::mem::take(unmarked) {
-                let (client, domain) = (client.clone(), domain_internal.clone());
-                tokio::spawn(async move { mark_ready(&client, &ing, &domain).await });
+                let (client, lbs) = (client.clone(), load_balancers.clone());
+                tokio::spawn(async move { mark_ready(&client, &ing, &lbs).await });
             }
         }
     }
@@ -532,6 +557,7 @@ pub fn gateway_topology(ingresses: &[Ingress], slices: &Objects, secrets: &Objec
                         rewrite_host: r.rewrite.clone(),
                         paths: r.paths.clone(),
                         redirect,
+                        cluster_local,
                     });
                 }
             }
@@ -770,15 +796,15 @@ fn is_marked(ing: &Ingress) -> bool {
 }
 
 /// Writes an Ingress's status as Knative's ingresses do once its config is on the data
-/// plane: LoadBalancerReady, NetworkConfigured and Ready, the gateway's Service as its load
-/// balancer (public and private alike: one gateway serves both visibilities).
-async fn mark_ready(client: &kube::Client, ing: &Ingress, domain_internal: &str) {
+/// plane: LoadBalancerReady, NetworkConfigured and Ready, the gateway's Services as its load
+/// balancers (the external one public, the cluster-local one private).
+async fn mark_ready(client: &kube::Client, ing: &Ingress, load_balancers: &LoadBalancers) {
     let ar = rouse_kube::store::api_resource(&rouse_kube::crd::INGRESS);
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ing.metadata.namespace, &ar);
     let patch = ready_status(
         ing.metadata.generation,
-        domain_internal,
+        load_balancers,
         &rouse_api::clock::now_rfc3339(),
     );
     if let Err(e) = api
@@ -794,14 +820,14 @@ async fn mark_ready(client: &kube::Client, ing: &Ingress, domain_internal: &str)
 }
 
 /// The status patch of a programmed Ingress.
-pub fn ready_status(generation: i64, domain_internal: &str, now: &str) -> Value {
+pub fn ready_status(generation: i64, load_balancers: &LoadBalancers, now: &str) -> Value {
     let condition = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
-    let lb = json!({"ingress": [{"domainInternal": domain_internal}]});
+    let lb = |domain: &str| json!({"ingress": [{"domainInternal": domain}]});
     json!({"status": {
         "observedGeneration": generation,
         "conditions": [condition("LoadBalancerReady"), condition("NetworkConfigured"), condition("Ready")],
-        "publicLoadBalancer": lb,
-        "privateLoadBalancer": lb,
+        "publicLoadBalancer": lb(&load_balancers.public),
+        "privateLoadBalancer": lb(&load_balancers.private),
     }})
 }
 
@@ -1368,18 +1394,18 @@ mod tests {
              "http": {"paths": [{"splits": split("hello-1")}]}},
         ]}));
         let t = gateway_topology(&[ing], &Objects::new(), &Objects::new());
-        let hosts: Vec<(&str, bool)> = t
+        let hosts: Vec<(&str, bool, bool)> = t
             .routes
             .iter()
-            .map(|r| (r.host.as_str(), r.redirect))
+            .map(|r| (r.host.as_str(), r.redirect, r.cluster_local))
             .collect();
         assert_eq!(
             hosts,
             [
-                ("hello.shop", false),
-                ("hello.shop.svc", false),
-                ("hello.shop.svc.cluster.local", false),
-                ("hello.shop.example.com", true),
+                ("hello.shop", false, true),
+                ("hello.shop.svc", false, true),
+                ("hello.shop.svc.cluster.local", false, true),
+                ("hello.shop.example.com", true, false),
             ]
         );
     }
@@ -1433,11 +1459,7 @@ mod tests {
         let mut ing = route_ingress(&[target("", "hello-00001", 100, false)], false);
         ing.metadata.generation = 3;
         assert!(!is_marked(&ing));
-        let patch = ready_status(
-            3,
-            "rouse-gateway.knative-serving.svc.cluster.local",
-            "2026-01-01T00:00:00Z",
-        );
+        let patch = ready_status(3, &LoadBalancers::installed(), "2026-01-01T00:00:00Z");
         let status: rouse_api::ingress::IngressStatus =
             serde_json::from_value(patch["status"].clone()).unwrap();
         ing.status = status;
@@ -1452,6 +1474,11 @@ mod tests {
         assert_eq!(
             ing.status.public_load_balancer.as_ref().unwrap().ingress[0].domain_internal,
             "rouse-gateway.knative-serving.svc.cluster.local"
+        );
+        // Cluster-local callers are sent to the cluster-local Service.
+        assert_eq!(
+            ing.status.private_load_balancer.as_ref().unwrap().ingress[0].domain_internal,
+            "rouse-gateway-local.knative-serving.svc.cluster.local"
         );
         // A new generation needs marking again.
         ing.metadata.generation = 4;

@@ -26,7 +26,9 @@ use clap::Args;
 use http::{Request, StatusCode};
 use hyper::service::service_fn;
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
-use rouse_gateway::{Certificates, Gateway, Mode, PathRule, RouteTarget, RoutingTable, SetHeader};
+use rouse_gateway::{
+    Certificates, Gateway, Mode, PathRule, RouteTarget, RoutingTable, SetHeader, Visibility,
+};
 use rouse_http::PROBE_HEADER;
 use rouse_http::{Body, full, text_response};
 use tokio::net::TcpListener;
@@ -67,6 +69,12 @@ pub struct HopArgs {
     /// by SNI). Default: 0.0.0.0:8443 when `--listen` is not given, else none.
     #[arg(long)]
     pub listen_tls: Option<SocketAddr>,
+    /// The gateway's cluster-local port (plain HTTP/1.1 and h2c), the only one serving the
+    /// hosts of `ClusterLocal` Ingress rules (`--listen` and `--listen-tls` answer them 404);
+    /// it serves the external hosts too. Default: 0.0.0.0:8081 when `--listen` is not given,
+    /// else none.
+    #[arg(long)]
+    pub listen_local: Option<SocketAddr>,
     /// The gateway's Ingress class.
     #[arg(long, default_value = rouse_api::ingress::ROUSE_CLASS)]
     pub ingress_class: String,
@@ -278,12 +286,11 @@ fn apply_to_activator(activator: &Activator, t: &Topology, known: &mut Applied<R
 /// Runs the gateway until SIGTERM.
 pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
     let (source, first) = open_source(args, |client| {
-        let domain = format!(
-            "{}.{}.svc.cluster.local",
-            rouse_kube::install::GATEWAY_SERVICE,
-            rouse_kube::install::NAMESPACE
-        );
-        KubeSource::gateway(client, args.ingress_class.clone(), domain)
+        KubeSource::gateway(
+            client,
+            args.ingress_class.clone(),
+            kube::LoadBalancers::installed(),
+        )
     })
     .await?;
     // Used only while a revision has nowhere to send: it refuses at once (see
@@ -298,8 +305,10 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
     let listen = args
         .listen
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
-    // HTTPS too, on the install's port unless told otherwise.
-    let (tls_listener, also) = bind_second(args, args.listen_tls, 8443, "tls").await?;
+    // HTTPS too, and the cluster-local port, on the install's ports unless told otherwise.
+    let (tls_listener, mut also) = bind_second(args, args.listen_tls, 8443, "tls").await?;
+    let (local_listener, local) = bind_second(args, args.listen_local, 8081, "local").await?;
+    also.extend(local);
     let (gw, served) = (gateway.clone(), certs.clone());
     let (listener, health) = bind(listen, args, "gateway", &also, move || {
         gateway_metrics(&gw, &served)
@@ -311,13 +320,19 @@ pub async fn run_gateway(args: &HopArgs) -> anyhow::Result<()> {
         apply_to_gateway(&gw, &tls_certs, &t, &mut known)
     }));
     let stopped = stop_on_signal(health);
-    let https = tls_listener.map(|l| {
-        let limits = rouse_http::ServerLimits::default();
-        tokio::spawn(gateway.clone().serve_tls(l, certs, stopped(), limits))
+    let limits = rouse_http::ServerLimits::default();
+    let https =
+        tls_listener.map(|l| tokio::spawn(gateway.clone().serve_tls(l, certs, stopped(), limits)));
+    let local = local_listener.map(|l| {
+        let gw = gateway.clone();
+        tokio::spawn(gw.serve_for(Visibility::ClusterLocal, l, stopped(), limits))
     });
-    gateway.serve(listener, stopped()).await;
-    if let Some(https) = https {
-        let _ = https.await;
+    // The main listener is the external one: cluster-local hosts are unknown there.
+    gateway
+        .serve_for(Visibility::External, listener, stopped(), limits)
+        .await;
+    for task in [https, local].into_iter().flatten() {
+        let _ = task.await;
     }
     watcher.abort();
     Ok(())
@@ -369,6 +384,9 @@ fn apply_to_gateway(
     let mut table = RoutingTable::new();
     for route in &t.routes {
         let host = &route.host;
+        if route.cluster_local {
+            table.insert_cluster_local(host.clone());
+        }
         if route.redirect {
             table.insert_redirect(host.clone());
         }
