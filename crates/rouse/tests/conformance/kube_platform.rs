@@ -76,6 +76,8 @@ pub struct Cluster {
     dir: PathBuf,
     run: String,
     gateway: SocketAddr,
+    /// The gateway's cluster-local listener: what callers inside the cluster reach.
+    gateway_local: SocketAddr,
     kubelet: Kubelet,
     rt: tokio::runtime::Runtime,
     client: kube::Client,
@@ -329,11 +331,14 @@ impl Cluster {
                 "127.0.0.1:0",
                 "--metrics",
                 "127.0.0.1:0",
+                "--listen-local",
+                "127.0.0.1:0",
             ],
             &gateway_kc,
         )?;
         let line = first_line(&mut gateway)?;
         let gateway_addr = addr_in(&line, "listening=")?;
+        let gateway_local = addr_in(&line, "local=")?;
         let gateway_admin = addr_in(&line, "admin=")?;
         for admin_addr in [gateway_admin, activator_admin] {
             until("the hops ready", Duration::from_secs(60), || {
@@ -364,6 +369,7 @@ impl Cluster {
             dir,
             run,
             gateway: gateway_addr,
+            gateway_local,
             kubelet,
             rt,
             client,
@@ -671,10 +677,15 @@ impl Platform for Kube {
     }
 
     fn target(&self, url: &str) -> Target {
-        Target {
-            addr: self.cluster.gateway,
-            host: host_of(url),
-        }
+        let host = host_of(url);
+        // A cluster-local URL is called from inside the cluster: through the gateway's
+        // cluster-local listener (the external one answers its host 404).
+        let addr = if host.ends_with(".svc.cluster.local") {
+            self.cluster.gateway_local
+        } else {
+            self.cluster.gateway
+        };
+        Target { addr, host }
     }
 
     fn container(&self, image: Image, args: &[&str]) -> String {
