@@ -548,9 +548,13 @@ fn the_gateway_terminates_tls_by_sni_redirects_plain_http_and_routes_paths_and_h
 /// `rouse gateway` keeps cluster-local hosts off its external listeners: a Route's
 /// `ClusterLocal` rule hosts are unknown (404) on `--listen` and served on `--listen-local`,
 /// whose callers may reach the public host too; a host-only route (the fast path) and one
-/// routed by path (the general path) alike.
+/// routed by path (the general path) alike. HTTPS is external too: a certificate for a
+/// cluster-local name does not make it served there.
 #[test]
 fn cluster_local_hosts_are_served_on_the_local_listener_only() {
+    use common::tls::{TestCa, get};
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["hello.shop.svc.cluster.local", "hello.shop.example.com"]);
     let app_port = free_port();
     let _app = start_app(app_port);
     let sidecar = Sidecar::start(&sidecar_env(app_port));
@@ -561,7 +565,10 @@ fn cluster_local_hosts_are_served_on_the_local_listener_only() {
         serde_json::json!({
             "apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
             "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"rules": rules},
+            "spec": {"rules": rules, "tls": [{
+                "hosts": ["hello.shop.svc.cluster.local", "hello.shop.example.com"],
+                "secretName": "hello-cert",
+            }]},
         })
     };
     let doc = serde_json::json!({
@@ -579,6 +586,7 @@ fn cluster_local_hosts_are_served_on_the_local_listener_only() {
                  "http": {"paths": [{"path": "/headers", "splits": split}]}},
             ])),
         ],
+        "secrets": [common::tls::tls_secret("shop", "hello-cert", &leaf)],
     });
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("endpoints.json");
@@ -615,6 +623,15 @@ fn cluster_local_hosts_are_served_on_the_local_listener_only() {
     // An unknown host is unknown on both.
     for addr in [gateway.addr, local] {
         assert_eq!(status(addr, "nobody.shop.svc.cluster.local", "/").0, 404);
+    }
+    // Over HTTPS the public host is served, the cluster-local one is not.
+    let https = gateway.tls.expect("the gateway printed its HTTPS port");
+    for (host, want) in [
+        ("hello.shop.example.com", 200),
+        ("hello.shop.svc.cluster.local", 404),
+    ] {
+        let answer = get(ca.client(&[b"http/1.1"]), https, host, "/", &[]).unwrap();
+        assert_eq!(answer.status, want, "{host} over HTTPS: {}", answer.body);
     }
 }
 
