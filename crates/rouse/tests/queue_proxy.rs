@@ -1042,7 +1042,9 @@ fn separate_processes_fed_by_the_kubernetes_api_route_wake_and_leave_the_activat
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
         (ready
             && ing["status"]["publicLoadBalancer"]["ingress"][0]["domainInternal"]
-                == "rouse-gateway.knative-serving.svc.cluster.local")
+                == "rouse-gateway.knative-serving.svc.cluster.local"
+            && ing["status"]["privateLoadBalancer"]["ingress"][0]["domainInternal"]
+                == "rouse-gateway-local.knative-serving.svc.cluster.local")
             .then_some(())
     };
     eventually("the Ingress marked Ready by the gateway", PATIENCE, || {
