@@ -127,7 +127,9 @@ async fn serve_stream<S, B>(
         respond.send_reset(Reason::INTERNAL_ERROR);
         return;
     };
-    let mut answer = pin!(service.call(Request::from_parts(parts, body)));
+    // Boxed: a hop's future is several KB, and this stream's future, which the connection
+    // moves into its set of streams, would otherwise carry room for it.
+    let mut answer = Box::pin(service.call(Request::from_parts(parts, body)));
     let resp = poll_fn(|cx| {
         if let Poll::Ready(res) = answer.as_mut().poll(cx) {
             return Poll::Ready(Some(res));
