@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{BOUND, exchange, wait_until};
@@ -54,6 +55,10 @@ struct App {
 /// `/hang` never answers; `/slow` answers `done` once released; anything else answers its
 /// path.
 async fn app() -> App {
+    app_with(ServerLimits::default()).await
+}
+
+async fn app_with(limits: ServerLimits) -> App {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hanging = Arc::new(AtomicUsize::new(0));
@@ -85,12 +90,7 @@ async fn app() -> App {
     let shutdown = async move {
         let _ = stopped.await;
     };
-    let done = tokio::spawn(serve_with(
-        listener,
-        make,
-        shutdown,
-        ServerLimits::default(),
-    ));
+    let done = tokio::spawn(serve_with(listener, make, shutdown, limits));
     App {
         addr,
         hanging,
@@ -332,4 +332,35 @@ async fn a_rapid_reset_flood_leaves_nothing_behind() {
     let resp = send.send_request(get(app.addr, "/ok")).await.unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "/ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_pings_that_are_answered_keep_the_connection() {
+    let app = app_with(ServerLimits {
+        h2_keep_alive_interval: Some(Duration::from_millis(20)),
+        ..ServerLimits::default()
+    })
+    .await;
+    let tcp = TcpStream::connect(app.addr).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut conn = Box::pin(conn);
+    let mut pings = conn.ping_pong().expect("the client's ping handle");
+    // The client's connection task answers the server's pings while it runs; meanwhile this
+    // client's own ping round-trips show the connection alive, through many of the server's
+    // intervals.
+    let driven = tokio::spawn(conn);
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(300) {
+        tokio::time::timeout(BOUND, pings.ping(h2::Ping::opaque()))
+            .await
+            .expect("the server stopped answering")
+            .expect("the connection closed");
+    }
+    assert!(!driven.is_finished(), "the server closed a live connection");
+    let req = Request::get(format!("http://{}/alive", app.addr))
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(BOUND, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
 }
