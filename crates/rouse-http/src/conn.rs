@@ -233,6 +233,18 @@ impl WatchedIo {
         (io, rx)
     }
 
+    /// Puts bytes already read back in front of what is still to be read.
+    pub(super) fn unread(&mut self, bytes: bytes::Bytes) {
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else {
+            let mut joined = bytes::BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.prefix);
+            self.prefix = joined.freeze();
+        }
+    }
+
     fn stream(&mut self) -> Pin<&mut TcpStream> {
         Pin::new(self.stream.as_mut().expect("stream present until drop"))
     }

@@ -817,13 +817,43 @@ thread_local! {
     static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
 }
 
-/// Appends the current IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-fn push_date(out: &mut Vec<u8>) {
+thread_local! {
+    /// The `date` header value and the second it is for, shared by the responses of a second.
+    static DATE_VALUE: RefCell<(u64, Option<http::HeaderValue>)> = const { RefCell::new((u64::MAX, None)) };
+}
+
+/// The current IMF-fixdate as a header value (made once a second; cloning it is a reference
+/// count).
+pub(crate) fn date_value() -> http::HeaderValue {
+    let (now, secs) = now_and_second();
+    DATE_VALUE.with(|d| {
+        let mut d = d.borrow_mut();
+        match &d.1 {
+            Some(value) if d.0 == secs => value.clone(),
+            _ => {
+                let text = bytes::Bytes::from(httpdate::fmt_http_date(now));
+                let value = http::HeaderValue::from_maybe_shared(text)
+                    .expect("an HTTP date is a valid header value");
+                *d = (secs, Some(value.clone()));
+                value
+            }
+        }
+    })
+}
+
+/// The time now and the Unix second it falls in (what the date caches are keyed by).
+fn now_and_second() -> (SystemTime, u64) {
     let now = SystemTime::now();
     let secs = now
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs();
+    (now, secs)
+}
+
+/// Appends the current IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn push_date(out: &mut Vec<u8>) {
+    let (now, secs) = now_and_second();
     DATE.with(|d| {
         let mut d = d.borrow_mut();
         if d.0 != secs {

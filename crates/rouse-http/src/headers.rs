@@ -93,6 +93,13 @@ pub(crate) fn is_hop_by_hop_name(name: &str) -> bool {
 /// one: Host, the forwarding headers, the internal ones), and `Transfer-Encoding` (the next
 /// hop frames the body itself). `TE: trailers` survives: gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one look at each name is cheaper than removing each kind.
+    let any = headers
+        .keys()
+        .any(|n| n == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(&n.as_str()));
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

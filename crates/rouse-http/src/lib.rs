@@ -19,6 +19,7 @@ mod conn_timer;
 pub mod fast;
 pub mod front;
 pub mod h1;
+mod h2_server;
 mod headers;
 mod limits;
 pub mod raw;
@@ -37,6 +38,7 @@ pub use conn_timer::ConnTimer;
 pub use fast::{FastConn, FastExchange, FastOutcome, LocalHop, RemoteHop};
 pub use front::{FastDest, FastRoute, FrontRouter, Route};
 pub use h1::ClientAddr;
+pub use h2_server::H2Body;
 pub use headers::{
     ORIGINAL_HOST_HEADER, PROBE_AGENT_PREFIXES, PROBE_HEADER, PROXY_ACTIVATOR, PROXY_HEADER,
     is_internal, push_token_or_quoted, set_allow_underscores_in_headers, strip_hop_by_hop,

@@ -25,14 +25,16 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use super::body::{Body, BoxError, boxed, text_response};
 use super::conn::{ActiveGuard, ConnWatch, WatchedIo, client_gone, linger, peer_handle};
 use super::conn_cap::{Admission, Ticket};
 use super::front::{self, FrontRouter, Handoff, NoFront};
+use super::h2_server::{self, H2Body, PREFACE};
 use super::limits::{MIN_MAX_HEADER_SIZE, ServerLimits};
 use super::read_timeout::{BodyReadTimeout, MinBodyRate, ReadTimeoutBody};
 
@@ -42,17 +44,33 @@ pub const BODY_TIMEOUT_BODY: &str = "request body read timeout";
 /// A request body type a server loop can hand its service: [`Body`] (the incoming body under
 /// [`ServerLimits::body_read_timeout`]), [`ReadTimeoutBody<Incoming>`] (the same, unboxed),
 /// or hyper's [`Incoming`] (no read timeout: it cannot carry one).
-pub trait FromIncoming: Send + 'static {
+pub trait FromIncoming: Send + Sized + 'static {
     /// Whether this body type keeps the read timeout (and so can stall into a 408).
     const READ_TIMEOUT: bool = true;
 
     /// Makes the body from the incoming one wrapped in its read timeout.
     fn from_incoming(body: ReadTimeoutBody<Incoming>) -> Self;
+
+    /// Whether the engine's own HTTP/2 server may serve this body type's HTTP/2 connections
+    /// (else hyper's does): [`FromIncoming::from_h2`] makes it.
+    const OWN_H2: bool = false;
+
+    /// Makes the body of a request from the engine's own HTTP/2 server (`None` unless
+    /// [`FromIncoming::OWN_H2`]).
+    fn from_h2(_body: H2Body) -> Option<Self> {
+        None
+    }
 }
 
 impl FromIncoming for Body {
     fn from_incoming(body: ReadTimeoutBody<Incoming>) -> Self {
         boxed(body)
+    }
+
+    const OWN_H2: bool = true;
+
+    fn from_h2(body: H2Body) -> Option<Self> {
+        Some(boxed(body))
     }
 }
 
@@ -305,6 +323,36 @@ impl Connection {
         let remote = self.remote;
         let ended = match tls {
             None => {
+                let io = if B::OWN_H2 {
+                    // The first bytes tell HTTP/2 (its preface) from HTTP/1, under the same
+                    // watch as a request head: a client that says nothing, hangs up or meets a
+                    // shutdown is let go.
+                    let gone = async {
+                        match &peer {
+                            Some(peer) => client_gone(peer, &watch).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::pin!(gone);
+                    let sniffed = tokio::select! {
+                        biased;
+                        sniffed = sniff_h2(io) => sniffed,
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = watch.overstayed() => return,
+                        () = &mut gone => return,
+                    };
+                    match sniffed {
+                        Some((io, false)) => io,
+                        Some((io, true)) => {
+                            let inner = service.inner;
+                            serve_own_h2(io, inner, &watch, &self.limits, &mut stop, gone).await;
+                            return;
+                        }
+                        None => return,
+                    }
+                } else {
+                    io
+                };
                 let conn = self
                     .builder
                     .serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -400,6 +448,78 @@ where
                 tracing::debug!(%remote, "client hung up");
                 break None;
             }
+        }
+    }
+}
+
+/// Reads a connection's first bytes, up to the length of the HTTP/2 preface (fewer when they
+/// stop matching it), and puts them back: whether it speaks HTTP/2 with prior knowledge.
+/// `None` when reading fails.
+async fn sniff_h2(mut io: WatchedIo) -> Option<(WatchedIo, bool)> {
+    let mut seen = [0u8; PREFACE.len()];
+    let mut n = 0;
+    while n < seen.len() && seen[..n] == PREFACE[..n] {
+        match io.read(&mut seen[n..]).await {
+            Ok(0) => break,
+            Ok(read) => n += read,
+            Err(_) => return None,
+        }
+    }
+    io.unread(Bytes::copy_from_slice(&seen[..n]));
+    Some((io, seen[..] == PREFACE[..]))
+}
+
+/// Runs an HTTP/2 connection on the engine's own server to its end, with the hyper path's
+/// rules: a shutdown sends GOAWAY and lets the streams in progress finish, an idle connection
+/// past its timeout is asked to go the same way (one that never made a request is closed).
+async fn serve_own_h2<S, B>(
+    io: WatchedIo,
+    service: Arc<S>,
+    watch: &Arc<ConnWatch>,
+    limits: &ServerLimits,
+    stop: &mut watch::Receiver<bool>,
+    gone: Pin<&mut impl Future<Output = ()>>,
+) where
+    S: HopService<B>,
+    B: FromIncoming,
+{
+    let head = limits.max_header_size.max(MIN_MAX_HEADER_SIZE);
+    let max_header_list = u32::try_from(head).unwrap_or(u32::MAX);
+    let shutdown = Notify::new();
+    let conn = h2_server::serve(
+        io,
+        service,
+        watch.clone(),
+        limits,
+        max_header_list,
+        &shutdown,
+    );
+    tokio::pin!(conn);
+    let mut gone = gone;
+    let mut stopping = false;
+    let mut going_away = false;
+    loop {
+        tokio::select! {
+            biased;
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "HTTP/2 connection ended with error");
+                }
+                return;
+            }
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                shutdown.notify_one();
+            }
+            _ = watch.overstayed(), if !going_away => {
+                if !watch.is_h2() {
+                    tracing::debug!("closing an HTTP/2 connection that made no request");
+                    return;
+                }
+                going_away = true;
+                shutdown.notify_one();
+            }
+            () = gone.as_mut() => return,
         }
     }
 }

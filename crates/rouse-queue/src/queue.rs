@@ -651,7 +651,9 @@ async fn forward_to_app(
 /// Whether a request is a health check by its agent: the kubelet (`kube-probe/...` or a
 /// `K-Kubelet-Probe` header), the activator or the autoscaler.
 fn is_probe_agent(headers: &http::HeaderMap) -> bool {
-    if headers.contains_key("k-kubelet-probe") {
+    // A constant name: a string would be parsed on every request.
+    const KUBELET_PROBE: http::HeaderName = http::HeaderName::from_static("k-kubelet-probe");
+    if headers.contains_key(KUBELET_PROBE) {
         return true;
     }
     headers
