@@ -14,7 +14,6 @@ use rouse_kube::stat_stream::{self, ActivatorStats, StreamEnd, StreamToken};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 const TOKEN: &str = "s3cret-token";
 const BOUND: Duration = Duration::from_secs(10);
@@ -23,7 +22,6 @@ struct Endpoint {
     addr: SocketAddr,
     stats: Arc<ActivatorStats>,
     leading: watch::Sender<bool>,
-    task: JoinHandle<()>,
 }
 
 async fn endpoint_on(addr: SocketAddr) -> Endpoint {
@@ -36,12 +34,37 @@ async fn endpoint_on(addr: SocketAddr) -> Endpoint {
         token: Arc::new(StreamToken::new(TOKEN)),
         leading: rx,
     });
-    let task = tokio::spawn(stat_stream::serve(listener, end, std::future::pending()));
+    tokio::spawn(stat_stream::serve(listener, end, std::future::pending()));
     Endpoint {
         addr,
         stats,
         leading,
-        task,
+    }
+}
+
+/// An endpoint in a runtime of its own, so that ending the runtime ends its connections too, as
+/// an autoscaler process that exits does (aborting the accept loop alone leaves the open
+/// stream's tasks running, and a pushing activator on it).
+async fn endpoint_in_own_runtime(addr: SocketAddr) -> (Endpoint, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ep = rt.spawn(endpoint_on(addr)).await.unwrap();
+    (ep, rt)
+}
+
+/// Binds the endpoint again on `addr` once the old listener is gone.
+async fn endpoint_again_on(addr: SocketAddr) -> Endpoint {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        if let Ok(l) = std::net::TcpListener::bind(addr) {
+            drop(l);
+            return endpoint_on(addr).await;
+        }
+        assert!(Instant::now() < deadline, "{addr} still taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -247,7 +270,7 @@ async fn a_leader_stepping_down_ends_the_stream_and_the_push_reconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_push_reconnects_after_the_autoscaler_restarts() {
-    let first = endpoint_on("127.0.0.1:0".parse().unwrap()).await;
+    let (first, first_process) = endpoint_in_own_runtime("127.0.0.1:0".parse().unwrap()).await;
     let addr = first.addr;
     let mut pokes = first.stats.begin_term();
     let dir = tempfile::tempdir().unwrap();
@@ -255,9 +278,8 @@ async fn the_push_reconnects_after_the_autoscaler_restarts() {
     push.poke("ns", "before");
     assert_eq!(next_poke(&mut pokes).await, ("ns".into(), "before".into()));
     // The autoscaler goes away (its connections with it) and comes back on the same port.
-    first.task.abort();
-    let _ = first.task.await;
-    let second = endpoint_on(addr).await;
+    first_process.shutdown_background();
+    let second = endpoint_again_on(addr).await;
     let mut pokes = second.stats.begin_term();
     push.poke("ns", "after");
     // Recent pokes are sent again on a new connection (one may have been lost with the old).
