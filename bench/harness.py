@@ -66,6 +66,14 @@ def free_port():
         return s.getsockname()[1]
 
 
+def listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def rss_kb(pid):
     """Resident set size of one process, in KiB (VmRSS)."""
     try:
@@ -739,49 +747,50 @@ class Harness:
 
     # --- peers -----------------------------------------------------------------------
     def start_peers(self):
-        p = {}
-        p["backend"] = free_port()
-        p["backend_h2"] = free_port()
-        p["nginx"] = free_port()
-        p["nginx_h2"] = free_port()
-        p["haproxy"] = free_port()
-        p["haproxy_h2"] = free_port()
+        p = {"backend": free_port(), "backend_h2": free_port()}
         self.ports = p
         self.backend = self.procs.start("backend", [self.testapp], env={"PORT": str(p["backend"])})
         self.backend_h2 = self.procs.start("backend-h2", [self.testapp, "--h2c"],
                                            env={"PORT": str(p["backend_h2"])})
-        ngdir = os.path.join(self.workdir, "nginx")
-        os.makedirs(os.path.join(ngdir, "tmp"), exist_ok=True)
-        with open(os.path.join(self.root, "bench", "conf", "nginx.conf")) as f:
-            conf = f.read()
-        for k, v in {"DIR": ngdir, "BACKEND": p["backend"], "PORT": p["nginx"],
-                     "H2PORT": p["nginx_h2"]}.items():
-            conf = conf.replace("@" + k + "@", str(v))
-        with open(os.path.join(ngdir, "nginx.conf"), "w") as f:
-            f.write(conf)
-        self.nginx = self.procs.start("nginx", ["nginx", "-p", ngdir, "-c",
-                                                os.path.join(ngdir, "nginx.conf")])
-        with open(os.path.join(self.root, "bench", "conf", "haproxy.cfg")) as f:
-            conf = f.read()
-        for k, v in {"BACKEND": p["backend"], "PORT": p["haproxy"],
-                     "H2PORT": p["haproxy_h2"]}.items():
-            conf = conf.replace("@" + k + "@", str(v))
-        hcfg = os.path.join(self.workdir, "haproxy.cfg")
-        with open(hcfg, "w") as f:
-            f.write(conf)
-        self.haproxy = self.procs.start("haproxy", ["haproxy", "-db", "-f", hcfg])
-        for name in ("backend", "backend_h2", "nginx", "nginx_h2", "haproxy", "haproxy_h2"):
-            port = p[name]
+        self.nginx, p["nginx"], p["nginx_h2"] = self.start_nginx("nginx", p["backend"])
+        self.haproxy, p["haproxy"], p["haproxy_h2"] = self.start_haproxy("haproxy", p["backend"])
+        for name in ("backend", "backend_h2"):
+            wait_until(lambda n=name: listening(p[n]), 20, what=f"{name} to listen on {p[name]}")
+        self.wait_proxies({n: (p[n], p[n + "_h2"]) for n in ("nginx", "haproxy")})
 
-            def up():
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    return True
-                except OSError:
-                    return False
+    def conf_from(self, template, path, values):
+        """Writes bench/conf/<template> to path with its @NAME@ placeholders filled in."""
+        with open(os.path.join(self.root, "bench", "conf", template)) as f:
+            conf = f.read()
+        for k, v in values.items():
+            conf = conf.replace("@" + k + "@", str(v))
+        with open(path, "w") as f:
+            f.write(conf)
 
-            wait_until(up, 20, what=f"{name} to listen on {port}")
-        for name, port in (("nginx", p["nginx"]), ("haproxy", p["haproxy"])):
+    def start_nginx(self, name, backend):
+        """One nginx (a master and one worker) in front of a port; returns the process and
+        its HTTP/1.1 and h2c ports."""
+        port, h2port = free_port(), free_port()
+        d = os.path.join(self.workdir, name)
+        os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
+        conf = os.path.join(d, "nginx.conf")
+        self.conf_from("nginx.conf", conf,
+                       {"DIR": d, "BACKEND": backend, "PORT": port, "H2PORT": h2port})
+        return self.procs.start(name, ["nginx", "-p", d, "-c", conf]), port, h2port
+
+    def start_haproxy(self, name, backend):
+        """One HAProxy (one thread) in front of a port, as start_nginx."""
+        port, h2port = free_port(), free_port()
+        cfg = os.path.join(self.workdir, f"{name}.cfg")
+        self.conf_from("haproxy.cfg", cfg, {"BACKEND": backend, "PORT": port, "H2PORT": h2port})
+        return self.procs.start(name, ["haproxy", "-db", "-f", cfg]), port, h2port
+
+    def wait_proxies(self, ports):
+        """Waits for each proxy's two ports ({name: (port, h2 port)}), then checks that a
+        request through its HTTP/1.1 port reaches the backend."""
+        for name, (port, h2port) in ports.items():
+            for pt in (port, h2port):
+                wait_until(lambda pt=pt: listening(pt), 20, what=f"{name} to listen on {pt}")
             st, _, _ = http_request(("127.0.0.1", port), "peer")
             if st != 200:
                 raise RuntimeError(f"{name} answered {st} instead of 200")
