@@ -27,6 +27,9 @@ import time
 import urllib.error
 import urllib.request
 
+sys.dont_write_bytecode = True  # importing bench/chains.py must leave no __pycache__ behind
+import chains  # noqa: E402 (after the line above)
+
 SERVER_CPU = 0
 CLIENT_CPU = 1
 CONNECTIONS = 32  # wrk connections (the issue's setup)
@@ -64,6 +67,14 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def rss_kb(pid):
@@ -569,8 +580,8 @@ def rev_of(svc):
 # Load tools
 
 
-def wrk_run(h, url, host, seconds, label):
-    argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--latency",
+def wrk_run(h, url, host, seconds, label, connections=CONNECTIONS):
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
             "-s", os.path.join(h.root, "bench", "wrk-report.lua")]
     if host:
         argv += ["-H", f"Host: {host}"]
@@ -662,6 +673,7 @@ class Harness:
         else:
             self.sidecar_cmd = [self.rouse, "queue-proxy"]
         self.procs = Procs(self.workdir, self.pin)
+        self.chains = {}  # the peer chains of the procs rows, once started
         self.commands = {}
         self.failures = []
         # Sizes: full run per the issue, smoke run about a second each.
@@ -739,49 +751,50 @@ class Harness:
 
     # --- peers -----------------------------------------------------------------------
     def start_peers(self):
-        p = {}
-        p["backend"] = free_port()
-        p["backend_h2"] = free_port()
-        p["nginx"] = free_port()
-        p["nginx_h2"] = free_port()
-        p["haproxy"] = free_port()
-        p["haproxy_h2"] = free_port()
+        p = {"backend": free_port(), "backend_h2": free_port()}
         self.ports = p
         self.backend = self.procs.start("backend", [self.testapp], env={"PORT": str(p["backend"])})
         self.backend_h2 = self.procs.start("backend-h2", [self.testapp, "--h2c"],
                                            env={"PORT": str(p["backend_h2"])})
-        ngdir = os.path.join(self.workdir, "nginx")
-        os.makedirs(os.path.join(ngdir, "tmp"), exist_ok=True)
-        with open(os.path.join(self.root, "bench", "conf", "nginx.conf")) as f:
-            conf = f.read()
-        for k, v in {"DIR": ngdir, "BACKEND": p["backend"], "PORT": p["nginx"],
-                     "H2PORT": p["nginx_h2"]}.items():
-            conf = conf.replace("@" + k + "@", str(v))
-        with open(os.path.join(ngdir, "nginx.conf"), "w") as f:
-            f.write(conf)
-        self.nginx = self.procs.start("nginx", ["nginx", "-p", ngdir, "-c",
-                                                os.path.join(ngdir, "nginx.conf")])
-        with open(os.path.join(self.root, "bench", "conf", "haproxy.cfg")) as f:
-            conf = f.read()
-        for k, v in {"BACKEND": p["backend"], "PORT": p["haproxy"],
-                     "H2PORT": p["haproxy_h2"]}.items():
-            conf = conf.replace("@" + k + "@", str(v))
-        hcfg = os.path.join(self.workdir, "haproxy.cfg")
-        with open(hcfg, "w") as f:
-            f.write(conf)
-        self.haproxy = self.procs.start("haproxy", ["haproxy", "-db", "-f", hcfg])
-        for name in ("backend", "backend_h2", "nginx", "nginx_h2", "haproxy", "haproxy_h2"):
-            port = p[name]
+        self.nginx, p["nginx"], p["nginx_h2"] = self.start_nginx("nginx", p["backend"])
+        self.haproxy, p["haproxy"], p["haproxy_h2"] = self.start_haproxy("haproxy", p["backend"])
+        for name in ("backend", "backend_h2"):
+            wait_until(lambda n=name: listening(p[n]), 20, what=f"{name} to listen on {p[name]}")
+        self.wait_proxies({n: (p[n], p[n + "_h2"]) for n in ("nginx", "haproxy")})
 
-            def up():
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    return True
-                except OSError:
-                    return False
+    def conf_from(self, template, path, values):
+        """Writes bench/conf/<template> to path with its @NAME@ placeholders filled in."""
+        with open(os.path.join(self.root, "bench", "conf", template)) as f:
+            conf = f.read()
+        for k, v in values.items():
+            conf = conf.replace("@" + k + "@", str(v))
+        with open(path, "w") as f:
+            f.write(conf)
 
-            wait_until(up, 20, what=f"{name} to listen on {port}")
-        for name, port in (("nginx", p["nginx"]), ("haproxy", p["haproxy"])):
+    def start_nginx(self, name, backend):
+        """One nginx (a master and one worker) in front of a port; returns the process and
+        its HTTP/1.1 and h2c ports."""
+        port, h2port = free_port(), free_port()
+        d = os.path.join(self.workdir, name)
+        os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
+        conf = os.path.join(d, "nginx.conf")
+        self.conf_from("nginx.conf", conf,
+                       {"DIR": d, "BACKEND": backend, "PORT": port, "H2PORT": h2port})
+        return self.procs.start(name, ["nginx", "-p", d, "-c", conf]), port, h2port
+
+    def start_haproxy(self, name, backend):
+        """One HAProxy (one thread) in front of a port, as start_nginx."""
+        port, h2port = free_port(), free_port()
+        cfg = os.path.join(self.workdir, f"{name}.cfg")
+        self.conf_from("haproxy.cfg", cfg, {"BACKEND": backend, "PORT": port, "H2PORT": h2port})
+        return self.procs.start(name, ["haproxy", "-db", "-f", cfg]), port, h2port
+
+    def wait_proxies(self, ports):
+        """Waits for each proxy's two ports ({name: (port, h2 port)}), then checks that a
+        request through its HTTP/1.1 port reaches the backend."""
+        for name, (port, h2port) in ports.items():
+            for pt in (port, h2port):
+                wait_until(lambda pt=pt: listening(pt), 20, what=f"{name} to listen on {pt}")
             st, _, _ = http_request(("127.0.0.1", port), "peer")
             if st != 200:
                 raise RuntimeError(f"{name} answered {st} instead of 200")
@@ -838,9 +851,10 @@ class Harness:
                 ("rouse-activator-h2", "h2c", gw, "hop-act", None),
             ]
         hp = getattr(self, "hops", None)
+        procs = []
         if self.want("procs") and hp:
             serve, proxy = PROCS_HOSTS["serve"], PROCS_HOSTS["proxy"]
-            rows += [
+            procs = [
                 ("procs-sidecar", "http/1.1", hp["sidecar"], None, None),
                 ("procs-gateway-sidecar", "http/1.1", hp["gateway"], serve, None),
                 ("procs-gateway-activator-sidecar", "http/1.1", hp["gateway"], proxy, None),
@@ -848,10 +862,16 @@ class Harness:
                 ("procs-gateway-sidecar-h2", "h2c", hp["gateway"], serve, None),
                 ("procs-gateway-activator-sidecar-h2", "h2c", hp["gateway"], proxy, None),
             ]
+        if self.want("procs"):
+            rows += chains.rows(self) + procs + chains.latency_rows(self, procs)
         return rows
 
     def server_roots(self, name):
         """The processes that serve a hop row (with their descendants)."""
+        name = chains.base_name(name)
+        chain = chains.roots(self, name)
+        if chain:
+            return chain
         if name.startswith("procs-"):
             hp = self.hops
             roots = [hp["sidecar_proc"].pid, self.backend.pid]
@@ -875,21 +895,23 @@ class Harness:
             raise RuntimeError("rouse serve did not start")
         # A row names a service of the main rouse serve, or a whole host (the procs rows).
         host = (svc if "." in svc else f"{svc}.default.localhost") if svc else None
-        if proto == "http/1.1":
-            url = f"http://127.0.0.1:{port}/"
-            if self.warmup > 0:
-                wrk_run(self, url, host, self.warmup, name + "-warmup")
-            pids = tree_pids(self.server_roots(name))
-            before = cpu_ticks(pids)
-            out = wrk_run(self, url, host, self.duration, name)
-        else:
-            if self.warmup > 0:
-                h2load_run(self, port, host, self.warmup, name + "-warmup")
-            pids = tree_pids(self.server_roots(name))
-            before = cpu_ticks(pids)
-            out = h2load_run(self, port, host, self.duration, name)
+        warmup, seconds, conns = self.warmup, self.duration, CONNECTIONS
+        if proto == chains.LATENCY_PROTO:  # one request in flight: no queueing in the latency
+            warmup = min(warmup, chains.LATENCY_WARMUP_S)
+            seconds, conns = min(seconds, chains.LATENCY_S), 1
+
+        def load(secs, label):
+            if proto == "h2c":
+                return h2load_run(self, port, host, secs, label)
+            return wrk_run(self, f"http://127.0.0.1:{port}/", host, secs, label, conns)
+
+        if warmup > 0:
+            load(warmup, name + "-warmup")
+        pids = tree_pids(self.server_roots(name))
+        before = cpu_ticks(pids)
+        out = load(seconds, name)
         used_s = (cpu_ticks(pids) - before) / CLK_TCK
-        if name.startswith("procs-"):
+        if chains.base_name(name).startswith("procs-"):
             # The sidecar's idle figure waits for a quiet spell after its last load.
             self.sidecar_last_load = time.monotonic()
         # CPU the server side spent per request: unlike req/s, other work on the machine
@@ -1300,6 +1322,12 @@ class Harness:
 
         if self.want("procs"):
             try:
+                self.chains = chains.start(self)
+            except Exception as e:
+                log(f"the nginx and HAProxy chains failed to start: {e}")
+                self.chains = {}
+                raw["chains:errors"] = [str(e)]
+            try:
                 self.start_hop_procs()
             except Exception as e:
                 log(f"the separate hop processes failed to start: {e}")
@@ -1382,16 +1410,22 @@ class Harness:
             out.append(entry)
         by = {e["name"]: e for e in out}
         for e in out:
+            if e["protocol"] == chains.LATENCY_PROTO:
+                continue
             sfx = "-h2" if e["protocol"] == "h2c" else ""
-            for peer in ("nginx", "haproxy"):
-                ref = by.get(peer + sfx)
+            peers = {"nginx": "nginx" + sfx, "haproxy": "haproxy" + sfx}
+            if e["name"] in chains.CHAIN_PEER:  # as many proxy processes as this row
+                peers["chain"] = e["chain_peer"] = chains.CHAIN_PEER[e["name"]]
+            for key, peer in peers.items():
+                ref = by.get(peer)
                 if ref and ref.get("rps") and e.get("rps"):
-                    e[f"rps_vs_{peer}"] = e["rps"] / ref["rps"]
-                    e[f"p99_vs_{peer}"] = e["p99_ms"] / ref["p99_ms"] if ref["p99_ms"] else None
+                    e[f"rps_vs_{key}"] = e["rps"] / ref["rps"]
+                    e[f"p99_vs_{key}"] = e["p99_ms"] / ref["p99_ms"] if ref["p99_ms"] else None
                     if ref.get("server_cpu_us_per_req") and e.get("server_cpu_us_per_req"):
                         # >1 means cheaper than the peer: the req/s ratio on a dedicated core.
-                        e[f"cpu_efficiency_vs_{peer}"] = (ref["server_cpu_us_per_req"]
-                                                          / e["server_cpu_us_per_req"])
+                        e[f"cpu_efficiency_vs_{key}"] = (ref["server_cpu_us_per_req"]
+                                                         / e["server_cpu_us_per_req"])
+        chains.add_latency(out)
         return out
 
     def summarize_cold(self, raw):
@@ -1458,8 +1492,9 @@ def targets(res):
     hop = {e["name"]: e for e in res.get("hop", [])}
     t = []
 
-    def add(what, measured, met):
-        t.append({"target": what, "measured": measured, "met": met})
+    def add(what, measured, met, informational=False):
+        t.append({"target": what, "measured": measured, "met": met,
+                  **({"informational": True} if informational else {})})
 
     s, a = hop.get("rouse-serve", {}), hop.get("rouse-activator", {})
     if s.get("rps_vs_nginx") is not None:
@@ -1537,6 +1572,7 @@ def procs_targets(res, hop, add):
         if p99:
             ok = ok and e["p99_ms"] <= ref["p99_ms"]
         add(what, f"{e['rps_vs_nginx']:.2f}x, p99 {e['p99_ms']:.2f} vs {ref['p99_ms']:.2f} ms", ok)
+    chain_ratios(hop, add)
     m = res.get("procs_memory", {})
     if m.get("sidecar_idle_kb") is not None:
         # Idle: a pod whose sidecar has had no request for a while (just after serving, the
@@ -1552,6 +1588,20 @@ def procs_targets(res, hop, add):
         for what in ("Sidecar <= 5 MB RSS idle", "Sidecar <= 10 MB RSS under load (peak)",
                      "Separate activator <= 2 KB per waiting request"):
             add(what, "not measured", None)
+
+
+def chain_ratios(hop, add):
+    """Not targets: the procs chains beside nginx chains of as many proxy processes, where
+    each pays the same kernel TCP work per hop (docs/benchmarks.md)."""
+    for row in ("procs-gateway-sidecar", "procs-gateway-activator-sidecar"):
+        e, peer = hop.get(row, {}), chains.CHAIN_PEER[row]
+        what = f"{row} vs {peer} (as many proxy processes)"
+        if e.get("rps_vs_chain") is None:
+            add(what, "not measured", None, informational=True)
+            continue
+        add(what, f"{e['rps_vs_chain']:.2f}x rps (CPU per request: "
+                  f"{fmt(e.get('cpu_efficiency_vs_chain'), '.2f', 'x')} {peer}'s efficiency)",
+            None, informational=True)
 
 
 def fmt(v, spec=".0f", unit=""):
@@ -1591,12 +1641,15 @@ def markdown(res):
         rows = [e for e in res["hop"] if e["protocol"] == proto]
         if not rows:
             continue
+        # The chain columns only when the procs rows ran beside their nginx chains.
+        chain = any(e.get("chain_peer") for e in rows)
         L.append(f"### Hop overhead: {title}")
         L.append("")
         L.append("| path | req/s | p50 ms | p99 ms | req/s vs nginx | req/s vs HAProxy "
-                 "| p99 vs nginx | server CPU µs/req | CPU/req: nginx's ÷ this | errors "
-                 "| quiet rounds |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "| p99 vs nginx | server CPU µs/req | CPU/req: nginx's ÷ this | "
+                 + ("req/s vs nginx chain | CPU/req: chain's ÷ this | " if chain else "")
+                 + "errors | quiet rounds |")
+        L.append("|---|" + "---:|" * (12 if chain else 10))
         for e in rows:
             label = e["name"]
             if e.get("service"):
@@ -1604,16 +1657,22 @@ def markdown(res):
                 label += f" (SKS {mode})" if mode else ""
             if "rps" not in e:
                 err = "; ".join(e["errors_text"])[:120] or "no result"
-                L.append(f"| {label} | failed: {err} | | | | | | | | | |")
+                L.append(f"| {label} | failed: {err} |" + " |" * (11 if chain else 9))
                 continue
+            vs_chain = ""
+            if chain:
+                peer = f" ({e['chain_peer']})" if e.get("rps_vs_chain") is not None else ""
+                vs_chain = (f"{fmt(e.get('rps_vs_chain'), '.2f', 'x')}{peer} | "
+                            f"{fmt(e.get('cpu_efficiency_vs_chain'), '.2f', 'x')} | ")
             L.append(f"| {label} | {e['rps']:.0f} | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} | "
                      f"{fmt(e.get('rps_vs_nginx'), '.2f', 'x')} | "
                      f"{fmt(e.get('rps_vs_haproxy'), '.2f', 'x')} | "
                      f"{fmt(e.get('p99_vs_nginx'), '.2f', 'x')} | "
                      f"{fmt(e.get('server_cpu_us_per_req'), '.1f')} | "
-                     f"{fmt(e.get('cpu_efficiency_vs_nginx'), '.2f', 'x')} | {e['errors']} | "
-                     f"{quiet_mark(e)} |")
+                     f"{fmt(e.get('cpu_efficiency_vs_nginx'), '.2f', 'x')} | {vs_chain}"
+                     f"{e['errors']} | {quiet_mark(e)} |")
         L.append("")
+    L += latency_table([e for e in res["hop"] if e["protocol"] == chains.LATENCY_PROTO])
     L.append("### Scale from zero, memory and control plane")
     L.append("")
     L.append("| scenario | result | quiet rounds |")
@@ -1718,7 +1777,8 @@ def markdown(res):
     L.append("| target | measured | met |")
     L.append("|---|---|---|")
     for t in res["targets"]:
-        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        met = ("informational" if t.get("informational")
+               else {True: "yes", False: "**no**", None: "not measured"}[t["met"]])
         L.append(f"| {t['target']} | {t['measured']} | {met} |")
     L.append("")
     if res["errors"]:
@@ -1739,6 +1799,33 @@ def markdown(res):
     L.append("")
     L.append("</details>")
     return "\n".join(L) + "\n"
+
+
+def latency_table(rows):
+    """The rows at one connection: what each path's proxies add to the direct latency."""
+    if not rows:
+        return []
+    L = ["### Latency per proxy at low load: HTTP/1.1, wrk -t1 -c1, keep-alive", "",
+         "One request in flight, so no queueing; \"added\" is over the direct row. Published "
+         "reference read beside it (OpenShift Serverless): each extra Knative hop adds "
+         "0.5–1 ms, and each component takes up to 1 vCPU per 2,500 req/s (400 µs of CPU "
+         "per request); see docs/benchmarks.md.", "",
+         "| path | proxies | req/s | p50 ms | p99 ms | added p50 per proxy ms "
+         "| added p99 per proxy ms | server CPU µs/req | added CPU per proxy µs/req | errors "
+         "| quiet rounds |",
+         "|---|" + "---:|" * 10]
+    for e in rows:
+        if "rps" not in e:
+            err = "; ".join(e["errors_text"])[:120] or "no result"
+            L.append(f"| {e['name']} | failed: {err} |" + " |" * 9)
+            continue
+        L.append(f"| {e['name']} | {e['hops']} | {e['rps']:.0f} | {e['p50_ms']:.3f} | "
+                 f"{e['p99_ms']:.3f} | {fmt(e.get('added_p50_ms_per_hop'), '.3f')} | "
+                 f"{fmt(e.get('added_p99_ms_per_hop'), '.3f')} | "
+                 f"{fmt(e.get('server_cpu_us_per_req'), '.1f')} | "
+                 f"{fmt(e.get('added_cpu_us_per_hop'), '.1f')} | {e['errors']} | "
+                 f"{quiet_mark(e)} |")
+    return L + [""]
 
 
 def update_doc(path, md):
