@@ -50,9 +50,7 @@ mod revision;
 
 pub use activator::{ACTIVATOR_PROBE, Activator};
 pub use config::{ActivatorConfig, ActivatorStat, DEFAULT_REVISION_TIMEOUT, Poke, RevisionParams};
-pub use forward::{
-    BodyDeadline, ForwardError, forward_retryable, forward_upgrade_retryable, spawn_tunnel,
-};
+pub use forward::{BodyDeadline, ForwardError, forward_upgrade_retryable, spawn_tunnel};
 pub use front::{ActivatorFront, NAMESPACE_HEADER, REVISION_HEADER};
 pub use probe::PROBE_USER_AGENT;
 pub use revision::{
