@@ -1,6 +1,6 @@
 //! A response body that is cut off at a deadline, and forwarding of protocol upgrades that
 //! gives the request back when the upstream could not be reached (plain forwarding that does
-//! so lives in `rouse_http::retry`, shared with the queue-proxy).
+//! so lives in `rouse_http`: `forward_retryable`, `forward_to_hop`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use rouse_http::{Body, BoxError, ProxyClient, Tunnel, empty};
 use tokio::time::{Instant, Sleep};
 
-pub use rouse_http::{ForwardError, forward_retryable};
+pub use rouse_http::ForwardError;
 
 /// Forwards a request that asks to switch protocols (a WebSocket handshake; see
 /// [`rouse_http::is_upgrade`]) with [`ProxyClient::forward_upgrade`]: on 101 the

@@ -5,9 +5,7 @@
 //! queue-proxy over a kept-alive raw connection. Anything else (a probe, a protocol switch, an
 //! h2c revision, a streamed body) goes the general way.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rouse_http::h1::FastRequest;
@@ -22,9 +20,6 @@ pub const NAMESPACE_HEADER: &str = "knative-serving-namespace";
 /// The header naming the revision on requests sent to an activator.
 pub const REVISION_HEADER: &str = "knative-serving-revision";
 
-/// Instances whose connections are kept; past it the set starts over (pods come and go).
-const MAX_HOPS: usize = 4096;
-
 /// The request line the activator adds for the instance's queue-proxy.
 const PROXY_MARK: &[u8] = b"k-proxy-request: activator\r\n";
 
@@ -32,37 +27,21 @@ const PROXY_MARK: &[u8] = b"k-proxy-request: activator\r\n";
 /// [`rouse_http::serve_front`].
 pub struct ActivatorFront {
     activator: Arc<Activator>,
-    hops: Mutex<HashMap<SocketAddr, Arc<RemoteHop>>>,
 }
 
 impl ActivatorFront {
     /// The fast path into `activator`.
     pub fn new(activator: Arc<Activator>) -> Self {
-        ActivatorFront {
-            activator,
-            hops: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn hop(&self, addr: SocketAddr) -> Arc<RemoteHop> {
-        let mut hops = self.hops.lock().unwrap_or_else(|e| e.into_inner());
-        if hops.len() >= MAX_HOPS && !hops.contains_key(&addr) {
-            hops.clear();
-        }
-        hops.entry(addr)
-            .or_insert_with(|| Arc::new(RemoteHop::new(addr)))
-            .clone()
+        ActivatorFront { activator }
     }
 
     /// A released request's way to its instance: in-process when it is one of this
-    /// process's queue-proxies, else over the network, marked as the activator's.
-    fn go(&self, addr: SocketAddr, permit: Permit) -> Route<Permit, Ticket, LocalQueue> {
-        let (dest, extra_request_headers) = match LocalQueue::lookup(addr) {
+    /// process's queue-proxies, else over the network (the connections the instance's
+    /// backend keeps), marked as the activator's.
+    fn go(hop: Arc<RemoteHop>, permit: Permit) -> Route<Permit, Ticket, LocalQueue> {
+        let (dest, extra_request_headers) = match LocalQueue::lookup(hop.addr()) {
             Some(queue) => (FastDest::Local(queue), Bytes::new()),
-            None => (
-                FastDest::Remote(self.hop(addr)),
-                Bytes::from_static(PROXY_MARK),
-            ),
+            None => (FastDest::Remote(hop), Bytes::from_static(PROXY_MARK)),
         };
         let extra_response_headers = permit
             .cold_start_ms()
@@ -95,7 +74,7 @@ impl FrontRouter for ActivatorFront {
         };
         match self.activator.fast_admit(ns, rev) {
             None => Route::General,
-            Some(FastAdmit::Now(addr, permit)) => self.go(addr, permit),
+            Some(FastAdmit::Now(hop, permit)) => Self::go(hop, permit),
             Some(FastAdmit::Wait(ticket)) => Route::Wait(ticket),
             Some(FastAdmit::Refused(status, text)) => Route::Answer(status, text),
         }
@@ -108,7 +87,7 @@ impl FrontRouter for ActivatorFront {
         let ticket = ticket.wait();
         async move {
             match ticket.await {
-                Ok((addr, permit)) => self.go(addr, permit),
+                Ok((hop, permit)) => Self::go(hop, permit),
                 Err((status, text)) => Route::Answer(status, text),
             }
         }

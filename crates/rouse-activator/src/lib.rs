@@ -23,6 +23,9 @@
 //! 504 `activator request timeout`; after, the body is cut off. A request whose backend
 //! refuses the connection (nothing was sent) is re-queued in its place and goes elsewhere.
 //! Forwarded requests carry `K-Proxy-Request: activator` and `K-Original-Host`, the Host kept.
+//! To an instance in another process, a request without a body (an HTTP/2 GET, say) goes over
+//! kept-alive raw connections, the ones the front's fast path uses: one pool per backend,
+//! dropped with it.
 //! An h2c revision ([`RevisionParams::h2c`]) is forwarded to over HTTP/2 cleartext (pooled,
 //! multiplexed), keeping trailers and streaming both ways at once (gRPC); its probes and
 //! capacity accounting are the same as any revision's.
@@ -50,9 +53,7 @@ mod revision;
 
 pub use activator::{ACTIVATOR_PROBE, Activator};
 pub use config::{ActivatorConfig, ActivatorStat, DEFAULT_REVISION_TIMEOUT, Poke, RevisionParams};
-pub use forward::{
-    BodyDeadline, ForwardError, forward_retryable, forward_upgrade_retryable, spawn_tunnel,
-};
+pub use forward::{BodyDeadline, ForwardError, forward_upgrade_retryable, spawn_tunnel};
 pub use front::{ActivatorFront, NAMESPACE_HEADER, REVISION_HEADER};
 pub use probe::PROBE_USER_AGENT;
 pub use revision::{

@@ -13,17 +13,15 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use rouse_http::ORIGINAL_HOST_HEADER;
 use rouse_http::{
-    Body, BodyRefused, GuardedBody, ProxyClient, Tunnel, boxed, buffer_body, is_upgrade,
-    strip_internal, text_response,
+    Body, BodyRefused, GuardedBody, ProxyClient, RemoteHop, Tunnel, boxed, buffer_body,
+    forward_to_hop, is_upgrade, strip_internal, text_response,
 };
 use rouse_queue::LocalQueue;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::config::{ActivatorConfig, ActivatorStat, Poke, RevisionParams};
-use crate::forward::{
-    DeadlineBody, ForwardError, forward_retryable, forward_upgrade_retryable, spawn_tunnel,
-};
+use crate::forward::{DeadlineBody, ForwardError, forward_upgrade_retryable, spawn_tunnel};
 use crate::lb::{Candidate, Policy};
 use crate::metrics::Histogram;
 use crate::probe::probe_queue;
@@ -67,7 +65,9 @@ pub(crate) struct Revision {
 
 struct Backend {
     id: u64,
-    addr: SocketAddr,
+    /// Its address, and kept-alive raw connections to it (another process's queue-proxy)
+    /// for the fast path and the general path's bodiless requests; dropped with it.
+    hop: Arc<RemoteHop>,
     /// Passed the activator's probe and has not failed a connection since.
     healthy: bool,
     /// A probe loop runs for it.
@@ -85,10 +85,10 @@ impl Candidate for Backend {
 }
 
 /// A waiting request's go-ahead: the backend it may use (one slot of it is now its own).
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 struct Assignment {
     backend: u64,
-    addr: SocketAddr,
+    hop: Arc<RemoteHop>,
 }
 
 struct State {
@@ -187,7 +187,7 @@ impl State {
             if tx
                 .send(Assignment {
                     backend: b.id,
-                    addr: b.addr,
+                    hop: b.hop.clone(),
                 })
                 .is_err()
             {
@@ -294,14 +294,14 @@ impl Revision {
         let mut to_probe = Vec::new();
         st.backends = addrs
             .into_iter()
-            .map(|addr| match old.iter().position(|b| b.addr == addr) {
+            .map(|addr| match old.iter().position(|b| b.hop.addr() == addr) {
                 Some(i) => old.swap_remove(i),
                 None => {
                     let id = NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed);
                     to_probe.push((id, addr));
                     Backend {
                         id,
-                        addr,
+                        hop: Arc::new(RemoteHop::new(addr)),
                         healthy: false,
                         probing: true,
                         in_flight: 0,
@@ -323,7 +323,7 @@ impl Revision {
         st.backends
             .iter()
             .filter(|b| b.healthy)
-            .map(|b| b.addr)
+            .map(|b| b.hop.addr())
             .collect()
     }
 
@@ -411,7 +411,7 @@ impl Revision {
         if let Some(b) = st.backend_mut(id) {
             b.healthy = true;
             b.probing = false;
-            tracing::debug!(revision = %self.name, addr = %b.addr, "backend passed the probe");
+            tracing::debug!(revision = %self.name, addr = %b.hop.addr(), "backend passed the probe");
         }
         st.dispatch();
     }
@@ -427,7 +427,7 @@ impl Revision {
             b.healthy = false;
             if !b.probing {
                 b.probing = true;
-                reprobe = Some(b.addr);
+                reprobe = Some(b.hop.addr());
             }
         }
         st.rearm_if_lost(before);
@@ -453,13 +453,13 @@ impl Revision {
             if let Some(i) = st.policy.pick(&st.backends, &mut st.rr_next) {
                 let b = &mut st.backends[i];
                 b.in_flight += 1;
-                let (id, addr) = (b.id, b.addr);
+                let (id, hop) = (b.id, b.hop.clone());
                 st.stats.arrive(now);
                 let held = Held {
                     rev: self.clone(),
                     slot: Some(id),
                 };
-                return Some(FastAdmit::Now(addr, Permit { held, waited: None }));
+                return Some(FastAdmit::Now(hop, Permit { held, waited: None }));
             }
         }
         drop(st);
@@ -685,7 +685,7 @@ impl Revision {
             // (it halves the future: ~1.4 KB instead of ~2.5 KB).
             let forwarded = tokio::time::timeout_at(
                 head_deadline,
-                Box::pin(self.forward(upgrade, params.h2c, req, assignment.addr)),
+                Box::pin(self.forward(upgrade, params.h2c, req, &assignment.hop)),
             )
             .await;
             match forwarded {
@@ -738,34 +738,33 @@ impl Revision {
 
     /// Sends the request to its backend: over h2c for an h2c revision (an HTTP/1.1 protocol
     /// switch cannot cross HTTP/2, so there it goes as a plain request), as a protocol switch
-    /// (with the tunnel on 101) when it asks for one, else plainly.
+    /// (with the tunnel on 101) when it asks for one, else plainly: a bodiless one over the
+    /// backend's kept-alive raw connections ([`forward_to_hop`]).
     async fn forward(
         &self,
         upgrade: bool,
         h2c: bool,
         req: Request<Body>,
-        addr: SocketAddr,
+        hop: &RemoteHop,
     ) -> Result<(Response<Body>, Option<Tunnel>), ForwardError> {
         // An instance of this process: handed over directly, no loopback hop. A protocol
         // switch needs the connection, so it goes over TCP.
-        if !upgrade && let Some(queue) = LocalQueue::lookup(addr) {
+        if !upgrade && let Some(queue) = LocalQueue::lookup(hop.addr()) {
             return Ok((queue.handle(req).await, None));
         }
-        if h2c {
-            return forward_retryable(&self.shared.h2c_client, req, addr)
+        if upgrade && !h2c {
+            return forward_upgrade_retryable(&self.shared.client, req, hop.addr())
                 .await
-                .map(|resp| (resp.map(boxed), None));
+                .map(|(resp, tunnel)| (resp.map(boxed), tunnel));
         }
-        let client = &self.shared.client;
-        if upgrade {
-            forward_upgrade_retryable(client, req, addr)
-                .await
-                .map(|(resp, tunnel)| (resp.map(boxed), tunnel))
+        let client = if h2c {
+            &self.shared.h2c_client
         } else {
-            forward_retryable(client, req, addr)
-                .await
-                .map(|resp| (resp.map(boxed), None))
-        }
+            &self.shared.client
+        };
+        forward_to_hop(client, hop, req)
+            .await
+            .map(|resp| (resp, None))
     }
 }
 
@@ -807,8 +806,9 @@ impl Drop for Held {
 
 /// How the activator takes a fast-path request ([`crate::Activator::fast_admit`]).
 pub enum FastAdmit {
-    /// Go now to this instance, holding the permit until the response is over.
-    Now(SocketAddr, Permit),
+    /// Go now to this instance (its address, and its kept-alive connections when it is
+    /// another process), holding the permit until the response is over.
+    Now(Arc<RemoteHop>, Permit),
     /// Wait in line: [`Ticket::wait`].
     Wait(Ticket),
     /// Refused at once (the queue is full): answer with this.
@@ -833,12 +833,12 @@ impl Ticket {
         (self.head_deadline, Expiry(self.held.rev.clone()))
     }
 
-    /// Waits for a slot on a ready instance: its address and the permit, or the answer to
+    /// Waits for a slot on a ready instance: the way to it and the permit, or the answer to
     /// give (503 when the revision was removed). It does not time out: see
     /// [`Ticket::deadline`].
     pub fn wait(
         self,
-    ) -> impl Future<Output = Result<(SocketAddr, Permit), (StatusCode, String)>> + Send {
+    ) -> impl Future<Output = Result<(Arc<RemoteHop>, Permit), (StatusCode, String)>> + Send {
         // Taken apart first, so the future holds each part once (many may wait at once).
         let Ticket {
             mut waiting,
@@ -857,7 +857,7 @@ impl Ticket {
                 Some(a) => {
                     held.slot = Some(a.backend);
                     let waited = cold.then(|| arrived.elapsed());
-                    Ok((a.addr, Permit { held, waited }))
+                    Ok((a.hop, Permit { held, waited }))
                 }
             }
         }

@@ -12,7 +12,8 @@ use rouse_queue::InFlight;
 pub(crate) struct Backend {
     pub addr: SocketAddr,
     pub in_flight: InFlight,
-    /// Kept-alive raw connections to it, for the fast path when it is another process.
+    /// Kept-alive raw connections to it when it is another process, for the fast path and
+    /// the general path's bodiless requests; dropped with the endpoint.
     pub hop: Arc<RemoteHop>,
 }
 

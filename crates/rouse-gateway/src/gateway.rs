@@ -10,23 +10,22 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use rouse_activator::{
     Activator, COLD_START_HEADER, Expiry, FastAdmit, ForwardError, Permit, Ticket,
-    forward_retryable, forward_upgrade_retryable, spawn_tunnel,
+    forward_upgrade_retryable, spawn_tunnel,
 };
 use rouse_http::h1::FastRequest;
 use rouse_http::{
-    Body, ClientAddr, FastDest, FastRoute, FrontRouter, GuardedBody, ProxyClient, Route,
-    ServerLimits, Tunnel, boxed, is_upgrade, push_token_or_quoted, serve_front, serve_tls,
-    settle_request, strip_internal, text_response,
+    Body, ClientAddr, FastDest, FastRoute, FrontRouter, GuardedBody, ProxyClient, RemoteHop, Route,
+    ServerLimits, Tunnel, boxed, forward_to_hop, is_upgrade, push_token_or_quoted, serve_front,
+    serve_tls, settle_request, strip_internal, text_response,
 };
 use rouse_queue::InFlightGuard;
 use rouse_queue::{InFlight, LocalQueue};
 use tokio::net::TcpListener;
 
-use crate::backends::Backends;
+use crate::backends::{Backend, Backends};
 use crate::routing::{self, RouteTarget, RoutingTable, SetHeader, Visibility, normalize_host};
 use crate::trust::TrustedProxies;
 
@@ -445,11 +444,11 @@ impl Gateway {
             // it learns the revision from these, as from Knative's ingresses. The
             // queue-proxy strips them.
             name_revision(req.headers_mut(), namespace, revision);
-            match Box::pin(self.forward(req, backend.addr, e.h2c)).await {
+            match Box::pin(self.forward(req, backend, e.h2c)).await {
                 Ok((resp, Some(tunnel))) => {
                     // Switched: the connection counts as in flight until it closes.
                     spawn_tunnel(tunnel, (guards, busy));
-                    return resp.map(boxed);
+                    return resp;
                 }
                 Ok((resp, None)) => {
                     return resp.map(|b| boxed(GuardedBody::new(b, (guards, busy))));
@@ -479,24 +478,23 @@ impl Gateway {
 
     /// Sends a request to an instance: over h2c to an h2c revision (an HTTP/1.1 protocol
     /// switch cannot cross HTTP/2, so there it goes as a plain request), as a protocol switch
-    /// (with the tunnel on 101) when it asks for one, else plainly.
+    /// (with the tunnel on 101) when it asks for one, else plainly: a bodiless one over the
+    /// instance's kept-alive raw connections ([`forward_to_hop`]).
     async fn forward(
         &self,
         req: Request<Body>,
-        addr: SocketAddr,
+        backend: &Backend,
         h2c: bool,
-    ) -> Result<(Response<Incoming>, Option<Tunnel>), ForwardError> {
-        if h2c {
-            forward_retryable(&self.h2c_client, req, addr)
+    ) -> Result<(Response<Body>, Option<Tunnel>), ForwardError> {
+        if !h2c && is_upgrade(&req) {
+            return forward_upgrade_retryable(&self.client, req, backend.addr)
                 .await
-                .map(|resp| (resp, None))
-        } else if is_upgrade(&req) {
-            forward_upgrade_retryable(&self.client, req, addr).await
-        } else {
-            forward_retryable(&self.client, req, addr)
-                .await
-                .map(|resp| (resp, None))
+                .map(|(resp, tunnel)| (resp.map(boxed), tunnel));
         }
+        let client = if h2c { &self.h2c_client } else { &self.client };
+        forward_to_hop(client, &backend.hop, req)
+            .await
+            .map(|resp| (resp, None))
     }
 }
 
@@ -591,10 +589,10 @@ struct FastWait {
 impl FastRouter {
     fn activator_route(
         permit: Permit,
-        addr: SocketAddr,
+        hop: &RemoteHop,
         counts: (InFlightGuard, InFlightGuard),
     ) -> FastAnswer {
-        let Some(queue) = LocalQueue::lookup(addr) else {
+        let Some(queue) = LocalQueue::lookup(hop.addr()) else {
             return Route::General;
         };
         let extra_response_headers = permit
@@ -685,7 +683,7 @@ impl FrontRouter for FastRouter {
         };
         let counts = (gw.in_flight.start(), entry.in_flight.start());
         match admit {
-            FastAdmit::Now(addr, permit) => Self::activator_route(permit, addr, counts),
+            FastAdmit::Now(hop, permit) => Self::activator_route(permit, &hop, counts),
             FastAdmit::Wait(ticket) => Route::Wait(FastWait { ticket, counts }),
             FastAdmit::Refused(status, text) => Route::Answer(status, text),
         }
@@ -697,7 +695,7 @@ impl FrontRouter for FastRouter {
         let ticket = ticket.wait();
         async move {
             match ticket.await {
-                Ok((addr, permit)) => Self::activator_route(permit, addr, counts),
+                Ok((hop, permit)) => Self::activator_route(permit, &hop, counts),
                 Err((status, text)) => Route::Answer(status, text),
             }
         }

@@ -33,6 +33,9 @@
 //! gateway and the activator alike, whatever the client spoke, so gRPC's trailers and
 //! full-duplex streams survive every hop; an HTTP/1.1 client's plain requests are carried
 //! over it unchanged.
+//! To an HTTP/1.1 revision's instance in another process, a request without a body (an
+//! HTTP/2 GET, say) goes over the kept-alive raw connections the fast path uses, one pool per
+//! endpoint, dropped with it; others go with the pooled client.
 //!
 //! A request asking to switch protocols (a WebSocket handshake) goes the same way with its
 //! `Upgrade` kept; when the instance switches (101), the connection is carried both ways in

@@ -1,5 +1,10 @@
 //! The gateway with real sockets: hyper backends (and a real queue-proxy) on loopback.
 
+/// Backends that tell which of their connections served a request (`x-conn`) and how many
+/// are open.
+#[path = "../../rouse-activator/tests/support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,8 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,8 +24,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rouse_activator::{Activator, ActivatorConfig, RevisionParams};
 use rouse_gateway::{Gateway, Mode, RouteTarget, RoutingTable};
 use rouse_queue::{ProbeSpec, QueueConfig, QueueProxy};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+
+use support::{HOST, TestBackend};
 
 const BOUND: Duration = Duration::from_secs(10);
 const NS: &str = "default";
@@ -815,4 +824,217 @@ async fn tls_clients_that_never_finish_the_handshake_are_closed() {
             .expect("the server closes the connection");
     }
     assert!(started.elapsed() < BOUND);
+}
+
+// HTTP/2 clients to HTTP/1.1 instances in other processes: bodiless requests go over the
+// endpoint's kept-alive raw connections, the ones the fast path uses, with the head the
+// pooled client would have written; an endpoint that refuses the connection passes the
+// request on; an endpoint that leaves takes its connections with it.
+
+const REV: &str = "hello-00001";
+
+/// A gateway serving [`HOST`] from [`REV`].
+async fn raw_gateway() -> Running {
+    let g = gateway().await;
+    g.gw.set_routes(table(&[(HOST, vec![target(REV, 100)])]));
+    g
+}
+
+/// An HTTP/2 (prior knowledge) connection to `addr`.
+async fn h2(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// An HTTP/2 GET for `path` on [`HOST`] (no Host header: the authority says it).
+async fn h2_get(send: &mut SendRequest<Empty<Bytes>>, path: &str) -> Response<Incoming> {
+    let req = Request::get(format!("http://{HOST}{path}"))
+        .body(Empty::new())
+        .unwrap();
+    tokio::time::timeout(BOUND, send.send_request(req))
+        .await
+        .expect("answered within the bound")
+        .expect("answered")
+}
+
+/// Status, `x-conn` (the instance's connection number) and body.
+async fn read(resp: Response<Incoming>) -> (StatusCode, String, String) {
+    let status = resp.status();
+    let conn = resp
+        .headers()
+        .get("x-conn")
+        .map_or(String::new(), |v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, conn, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One plain keep-alive HTTP/1.1 GET of `/` (the gateway's fast path takes it); the answer's
+/// head, lowercase.
+async fn h1_get(addr: SocketAddr) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    while !out.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(BOUND, tcp.read_u8())
+            .await
+            .expect("answered within the bound")
+            .unwrap();
+        out.push(byte);
+    }
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn an_h2_request_reaches_an_http1_instance_the_raw_way_with_its_head() {
+    let g = raw_gateway().await;
+    let (gw, addr) = (&g.gw, g.addr);
+    let b = TestBackend::start("b", true).await;
+    gw.set_revision(NS, REV, Mode::Serve, vec![b.addr], false);
+    let mut send = h2(addr).await;
+
+    let (status, conn, body) = read(h2_get(&mut send, "/headers?x=1").await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.starts_with("backend: b\n"), "{body}");
+    for line in [
+        "host: hello.default.example.com\n",
+        "x-forwarded-for: 127.0.0.1\n",
+        "x-forwarded-proto: http\n",
+        "forwarded: for=127.0.0.1;host=hello.default.example.com;proto=http\n",
+        "knative-serving-namespace: default\n",
+        "knative-serving-revision: hello-00001\n",
+        "version: HTTP/1.1\n",
+    ] {
+        assert!(body.contains(line), "{line:?} in {body}");
+    }
+    assert_eq!(body.matches("host:").count(), 1, "{body}");
+
+    // The raw connection went back to the endpoint's pool (before the answer ended), which
+    // its fast path shares: a plain HTTP/1.1 request goes on the same connection (the pooled
+    // client would have kept it to itself).
+    let answer = h1_get(addr).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains(&format!("x-conn: {conn}\r\n")), "{answer}");
+    assert_eq!(b.accepted(), 1);
+
+    // A HEAD has no body; a streaming body holds the request's counts until it ends.
+    let head = Request::head(format!("http://{HOST}/"))
+        .body(Empty::new())
+        .unwrap();
+    let (status, _, body) = read(send.send_request(head).await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
+    let mut trickle = h2_get(&mut send, "/trickle").await;
+    let first = trickle.body_mut().frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first ");
+    assert_eq!(gw.in_flight_for(NS, REV), 1);
+    drop(trickle);
+    wait_until(|| gw.in_flight_for(NS, REV) == 0).await;
+}
+
+#[tokio::test]
+async fn through_the_activator_an_h2_request_is_marked_and_keeps_its_host() {
+    let g = raw_gateway().await;
+    let (gw, act, addr) = (&g.gw, &g.act, g.addr);
+    let b = TestBackend::start("b", true).await;
+    gw.set_revision(NS, REV, Mode::Proxy, vec![], false);
+    act.set_backends(NS, REV, vec![b.addr]);
+    let mut send = h2(addr).await;
+    let (status, conn, body) = read(h2_get(&mut send, "/headers").await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for line in [
+        "host: hello.default.example.com\n",
+        "k-original-host: hello.default.example.com\n",
+        "k-proxy-request: activator\n",
+        "forwarded: for=127.0.0.1;host=hello.default.example.com;proto=http\n",
+        "version: HTTP/1.1\n",
+    ] {
+        assert!(body.contains(line), "{line:?} in {body}");
+    }
+    let (status, again, _) = read(h2_get(&mut send, "/").await).await;
+    assert_eq!(
+        (status, again),
+        (StatusCode::OK, conn),
+        "the connection kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_endpoint_passes_the_request_on() {
+    let g = raw_gateway().await;
+    let (gw, act, addr) = (&g.gw, &g.act, g.addr);
+    // Nothing listens there any more.
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let live = TestBackend::start("live", true).await;
+    // The gateway's endpoint refuses: the activator takes the request, and sends it on.
+    gw.set_revision(NS, REV, Mode::Serve, vec![gone], false);
+    act.set_backends(NS, REV, vec![live.addr]);
+    let mut send = h2(addr).await;
+    let (status, _, body) = read(h2_get(&mut send, "/").await).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "live"));
+
+    // The activator's backend that passed its probe and then went away: the request is
+    // retried on the other (containerConcurrency 1: lowest address first).
+    act.set_revision(
+        NS,
+        REV,
+        RevisionParams {
+            container_concurrency: 1,
+            ..RevisionParams::default()
+        },
+    );
+    let other = TestBackend::start("other", true).await;
+    let (low, high) = if live.addr < other.addr {
+        (live, other)
+    } else {
+        (other, live)
+    };
+    gw.set_revision(NS, REV, Mode::Proxy, vec![], false);
+    act.set_backends(NS, REV, vec![low.addr, high.addr]);
+    wait_until(|| act.ready_backends(NS, REV).len() == 2).await;
+    low.kill().await;
+    let (status, _, body) = read(h2_get(&mut send, "/").await).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, high.name));
+    assert_eq!(act.ready_backends(NS, REV), vec![high.addr]);
+}
+
+#[tokio::test]
+async fn an_endpoint_that_leaves_takes_its_connections() {
+    let g = raw_gateway().await;
+    let (gw, act, addr) = (&g.gw, &g.act, g.addr);
+    let (a, b) = (
+        TestBackend::start("a", true).await,
+        TestBackend::start("b", true).await,
+    );
+    let mut send = h2(addr).await;
+
+    // The gateway's endpoint.
+    gw.set_revision(NS, REV, Mode::Serve, vec![a.addr], false);
+    let (_, _, body) = read(h2_get(&mut send, "/").await).await;
+    assert_eq!(body, "a");
+    assert_eq!(a.open(), 1, "kept alive");
+    gw.set_revision(NS, REV, Mode::Serve, vec![b.addr], false);
+    wait_until(|| a.open() == 0).await;
+    let (_, _, body) = read(h2_get(&mut send, "/").await).await;
+    assert_eq!(body, "b");
+
+    // The activator's backend (the probes' connections are not kept).
+    let c = TestBackend::start("c", true).await;
+    gw.set_revision(NS, REV, Mode::Proxy, vec![], false);
+    act.set_backends(NS, REV, vec![c.addr]);
+    let (_, _, body) = read(h2_get(&mut send, "/").await).await;
+    assert_eq!(body, "c");
+    wait_until(|| c.open() == 1).await;
+    act.set_backends(NS, REV, vec![b.addr]);
+    wait_until(|| c.open() == 0).await;
+    let (_, _, body) = read(h2_get(&mut send, "/").await).await;
+    assert_eq!(body, "b");
 }

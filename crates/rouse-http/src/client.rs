@@ -10,7 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::{Body, text_response};
+use super::body::{Body, BoxError, text_response};
 use super::headers::strip_hop_by_hop;
 use super::upgrade::{Tunnel, is_upgrade, upgrade_protocol};
 
@@ -28,7 +28,7 @@ pub enum ProxyError {
         addr: SocketAddr,
         /// What went wrong.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     /// The connection failed while the request or the response head was on the wire.
     #[error("upstream {addr} failed: {source}")]
@@ -37,7 +37,7 @@ pub enum ProxyError {
         addr: SocketAddr,
         /// What went wrong.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     /// The request could not be addressed to the upstream (a malformed target).
     #[error("cannot address the request to {addr}: {reason}")]
@@ -202,11 +202,11 @@ impl ProxyClient {
             }
             Err(e) if e.is_connect() => Err(ProxyError::Connect {
                 addr: upstream,
-                source: e,
+                source: e.into(),
             }),
             Err(e) => Err(ProxyError::Upstream {
                 addr: upstream,
-                source: e,
+                source: e.into(),
             }),
         }
     }

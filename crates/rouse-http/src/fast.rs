@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::Poll;
 
 use http::StatusCode;
@@ -134,12 +135,18 @@ impl LocalHop for std::convert::Infallible {
 /// activator), for a front's fast path: the request goes on as bytes, and its admission
 /// (queue, timeouts, load report) is the next hop's.
 #[derive(Debug)]
-pub struct RemoteHop(UpstreamPool);
+pub struct RemoteHop(Arc<UpstreamPool>);
 
 impl RemoteHop {
     /// Connections to the hop at `addr`, opened as needed.
     pub fn new(addr: SocketAddr) -> Self {
-        RemoteHop(UpstreamPool::new(addr))
+        RemoteHop(Arc::new(UpstreamPool::new(addr)))
+    }
+
+    /// Its connections, which the general path's bodiless requests share
+    /// ([`crate::forward_to_hop`]).
+    pub(crate) fn pool(&self) -> &Arc<UpstreamPool> {
+        &self.0
     }
 
     /// Where the hop listens.

@@ -50,7 +50,7 @@ pub use limits::{
     DEFAULT_MAX_HEADERS, DEFAULT_MIN_BODY_RATE, MIN_MAX_HEADER_SIZE, ServerLimits,
 };
 pub use read_timeout::{BodyReadTimeout, BodyTooSlow, MinBodyRate, ReadTimeoutBody};
-pub use retry::{ForwardError, forward_retryable};
+pub use retry::{ForwardError, forward_retryable, forward_to_hop};
 pub use server::{
     BODY_TIMEOUT_BODY, FromIncoming, HopService, serve, serve_front, serve_tls, serve_with,
 };

@@ -1,11 +1,12 @@
 //! The general path's bodiless requests (an HTTP/2 GET, a request the fast path passed over)
-//! sent to an HTTP/1.1 app over the fast path's raw keep-alive connections: the head written
-//! in one go, the response head parsed in place, the body read by the handler's own task. No
-//! client task, channel or pool checkout future per request, which is most of what the pooled
-//! hyper client costs.
+//! sent to an HTTP/1.1 upstream (the app, or a hop in another process) over the fast path's
+//! raw keep-alive connections: the head written in one go, the response head parsed in place,
+//! the body read by the handler's own task. No client task, channel or pool checkout future
+//! per request, which is most of what the pooled hyper client costs.
 //!
-//! A request that could not reach the app (no connection could be made) is handed back
-//! untouched, for the pooled client and its wait for a restarting app.
+//! A request that could not reach the upstream (no connection could be made) is handed back
+//! untouched, for the pooled client (the queue-proxy's wait for a restarting app) or another
+//! endpoint (the gateway's, the activator's).
 
 use std::future::Future;
 use std::io;
@@ -28,17 +29,17 @@ use crate::{Body, BoxError, boxed, empty, is_upgrade, strip_hop_by_hop};
 /// The most a chunk-size or trailer line may take, and all trailers together.
 const MAX_LINE: usize = 8 * 1024;
 const MAX_TRAILERS: usize = 64 * 1024;
-/// How much is read from the app at a time.
+/// How much is read from the upstream at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a raw exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RawError {
-    /// No connection to the app could be made: nothing was sent.
-    #[error("connecting to the app: {0}")]
+    /// No connection to the upstream could be made: nothing was sent.
+    #[error("cannot connect: {0}")]
     Refused(io::Error),
     /// The connection broke before any response byte.
-    #[error("the app closed the connection without answering: {0}")]
+    #[error("the connection closed without an answer: {0}")]
     Unanswered(io::Error),
     /// Anything else before the response head was complete.
     #[error("{0}")]
@@ -56,8 +57,9 @@ pub fn eligible(req: &Request<Body>) -> bool {
             .is_none_or(|v| v.as_bytes() == b"0")
 }
 
-/// Sends the bodiless request `parts` to the app at `app` and returns its response, whose body
-/// streams from the connection (which goes back to `pool` once the body is read through).
+/// Sends the bodiless request `parts` to the upstream of `pool` (at `app`, the Host when the
+/// request names none) and returns its response, whose body streams from the connection
+/// (which goes back to `pool` once the body is read through).
 pub async fn send(
     pool: &Arc<UpstreamPool>,
     parts: &mut Parts,
@@ -75,7 +77,7 @@ pub async fn send(
     };
     match exchange(conn, &head, head_request).await {
         Err(RawError::Unanswered(_)) if reused && is_idempotent(&parts.method) => {
-            // A kept-alive connection the app had closed: safe to send once more.
+            // A kept-alive connection the upstream had closed: safe to send once more.
             let conn = pool.connect().await.map_err(RawError::Refused)?;
             exchange(conn, &head, head_request).await
         }
@@ -91,7 +93,7 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// The request head for the app: request line, `Host` (from the URI for an HTTP/2 request),
+/// The request head for the upstream: request line, `Host` (from the URI for an HTTP/2 request),
 /// the headers as they are (hop-by-hop ones already gone).
 fn write_head(parts: &Parts, app: SocketAddr, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -469,7 +471,9 @@ impl HttpBody for RawBody {
                     this.left = Left::Done;
                     return Poll::Ready(None);
                 }
-                return Poll::Ready(Some(Err("the app closed the connection mid-body".into())));
+                return Poll::Ready(Some(Err(
+                    "the upstream closed the connection mid-body".into()
+                )));
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Forwarding that gives the request back, body unread, when the upstream could not be
-//! reached, so a proxy can safely send it elsewhere or again (nothing of it left this hop).
+//! reached, so a proxy can safely send it elsewhere or again (nothing of it left this hop);
+//! to a hop in another process, bodiless requests go the raw way ([`forward_to_hop`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,7 +13,8 @@ use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::{Body, BoxError, ProxyClient, ProxyError, boxed};
+use super::raw::{self, RawError};
+use super::{Body, BoxError, ProxyClient, ProxyError, RemoteHop, boxed};
 
 /// Why [`forward_retryable`] did not get a response.
 #[derive(Debug)]
@@ -71,6 +73,51 @@ pub async fn forward_retryable(
         }
         Err(e) => Err(ForwardError::Failed(e)),
     }
+}
+
+/// Forwards `req` to `hop` as [`forward_retryable`] does with `client`, except that a request
+/// that may go the raw way ([`raw::eligible`]: no body, no protocol switch) to an HTTP/1.1
+/// hop goes over the hop's kept-alive raw connections ([`raw::send`]), the ones its fast path
+/// uses, without the pooled client's task, channel and checkout. Failures are told the same
+/// way: no connection made is [`ForwardError::Retry`], the request handed back to send
+/// elsewhere; a connection that broke before any answer is [`ForwardError::Unanswered`].
+pub async fn forward_to_hop(
+    client: &ProxyClient,
+    hop: &RemoteHop,
+    req: Request<Body>,
+) -> Result<Response<Body>, ForwardError> {
+    let addr = hop.addr();
+    if client.is_h2c() || !raw::eligible(&req) {
+        return forward_retryable(client, req, addr)
+            .await
+            .map(|resp| resp.map(boxed));
+    }
+    let (mut parts, body) = req.into_parts();
+    let failed = match raw::send(hop.pool(), &mut parts, addr).await {
+        Ok(resp) => return Ok(resp),
+        Err(e) => e,
+    };
+    let back = || Box::new(Request::from_parts(parts, body));
+    Err(match failed {
+        RawError::Refused(e) => ForwardError::Retry(
+            back(),
+            ProxyError::Connect {
+                addr,
+                source: e.into(),
+            },
+        ),
+        e @ RawError::Unanswered(_) => ForwardError::Unanswered(
+            back(),
+            ProxyError::Upstream {
+                addr,
+                source: e.into(),
+            },
+        ),
+        e @ RawError::Bad(_) => ForwardError::Failed(ProxyError::Upstream {
+            addr,
+            source: e.into(),
+        }),
+    })
 }
 
 /// A request body shared with [`forward_retryable`], which takes it back if it was never read.

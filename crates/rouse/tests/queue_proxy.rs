@@ -635,6 +635,45 @@ fn cluster_local_hosts_are_served_on_the_local_listener_only() {
     }
 }
 
+/// An HTTP/2 (prior knowledge) connection to `addr`, driven on the current runtime.
+async fn h2_connect(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("an HTTP/2 prior-knowledge connection");
+    tokio::spawn(conn);
+    send
+}
+
+/// One HTTP/2 (prior knowledge) GET of `path` on `hello.default.example.com` through `addr`:
+/// the status and the JSON body.
+fn h2_get_json(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut send = h2_connect(addr).await;
+        let req = http::Request::get(format!("http://hello.default.example.com{path}"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
+            .await
+            .expect("answered within the bound")
+            .expect("answered");
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+        });
+        (status, json)
+    })
+}
+
 /// The sidecar's last load report, as JSON (Rouse's own format on the stats port).
 fn sidecar_report(sidecar: &Sidecar) -> serde_json::Value {
     let (status, _, body) = exchange(sidecar.addr("metrics"), "/metrics", &[]);
@@ -689,6 +728,17 @@ fn separate_processes_buffer_at_zero_wake_and_leave_the_activator_without_losing
     assert!(
         head.contains("k-cold-start:"),
         "waited in the activator: {head}"
+    );
+    // An HTTP/2 client's GET goes the same way, each hop sending it on as HTTP/1.1 with the
+    // Host its authority named.
+    let (status, seen) = h2_get_json(gw, "/headers");
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["host"], "hello.default.example.com", "{seen}");
+    assert_eq!(seen["version"], "HTTP/1.1", "{seen}");
+    let forwarded = seen["headers"]["forwarded"].as_str().unwrap_or_default();
+    assert!(
+        forwarded.contains("host=hello.default.example.com"),
+        "{seen}"
     );
 
     // A bounded stream of requests through the gateway while the revision goes to Serve mode.
@@ -1291,14 +1341,7 @@ fn an_h2c_call_at_zero_waits_on_the_activators_h2c_port_and_is_served() {
 
     let gw = gateway.addr;
     let call = rt.spawn(async move {
-        let tcp = tokio::net::TcpStream::connect(gw).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .expect("an HTTP/2 prior-knowledge connection to the gateway");
-        tokio::spawn(conn);
+        let mut send = h2_connect(gw).await;
         // An empty HealthCheckRequest in its gRPC frame.
         let req =
             http::Request::post("http://hello.default.example.com/grpc.health.v1.Health/Check")

@@ -32,11 +32,15 @@ pub struct Seen {
     pub served: AtomicUsize,
     pub current: AtomicUsize,
     pub max: AtomicUsize,
+    /// Connections accepted, and those of them still open.
+    pub accepted: AtomicUsize,
+    pub open: AtomicUsize,
 }
 
-/// A backend answering its name on `/`, its request headers on `/headers`, sleeping on
-/// `/slow?ms=N`, hanging on `/hang`, and trickling a body on `/trickle` (one chunk, then
-/// another after 5 s).
+/// A backend answering its name on `/`, its request headers on `/headers` (then its version),
+/// sleeping on `/slow?ms=N`, hanging on `/hang`, and trickling a body on `/trickle` (one
+/// chunk, then another after 5 s). Every answer but a probe's names the connection it came
+/// on in `x-conn` (numbered from 1).
 pub struct TestBackend {
     pub name: &'static str,
     pub addr: SocketAddr,
@@ -57,11 +61,15 @@ impl TestBackend {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let s = s.clone();
+                let conn = s.accepted.fetch_add(1, Ordering::SeqCst) + 1;
+                s.open.fetch_add(1, Ordering::SeqCst);
                 conns.spawn(async move {
-                    let svc = service_fn(move |req| handle(name, s.clone(), req));
+                    let seen = s.clone();
+                    let svc = service_fn(move |req| handle(name, conn, seen.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
+                    s.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -94,10 +102,19 @@ impl TestBackend {
     pub fn max_concurrency(&self) -> usize {
         self.seen.max.load(Ordering::SeqCst)
     }
+
+    pub fn accepted(&self) -> usize {
+        self.seen.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn open(&self) -> usize {
+        self.seen.open.load(Ordering::SeqCst)
+    }
 }
 
 async fn handle(
     name: &'static str,
+    conn: usize,
     seen: Arc<Seen>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
@@ -121,6 +138,7 @@ async fn handle(
             for (k, v) in req.headers() {
                 out.push_str(&format!("{k}: {}\n", v.to_str().unwrap()));
             }
+            out.push_str(&format!("version: {:?}\n", req.version()));
             boxed(Full::new(Bytes::from(out)))
         }
         // The routes below play slow, hanging and trickling apps: their sleeps are the app's
@@ -151,7 +169,9 @@ async fn handle(
         _ => boxed(Full::new(Bytes::from(name))),
     };
     seen.current.fetch_sub(1, Ordering::SeqCst);
-    Ok(Response::new(body))
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert("x-conn", conn.into());
+    Ok(resp)
 }
 
 /// A GET for `path` as the gateway would hand it over.
