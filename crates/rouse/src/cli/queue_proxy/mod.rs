@@ -185,6 +185,7 @@ async fn shed_code_when_idle(qp: Arc<QueueProxy>) {
             shed = false;
         } else if !shed && quiet_since.elapsed() >= SHED_WHEN_IDLE {
             crate::code_pages::shed();
+            qp.release_idle_buffers();
             crate::serve::release_free_heap();
             shed = true;
         }
