@@ -57,6 +57,17 @@ impl UpstreamPool {
         }
     }
 
+    /// Frees the read buffers of the idle connections (they stay open): a connection takes one
+    /// again when its next answer comes, as a new one does. For a server gone idle after a
+    /// burst, whose pool would otherwise hold a buffer per connection the burst opened.
+    pub fn release_idle_buffers(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            for conn in idle.iter_mut() {
+                conn.buf = Vec::new();
+            }
+        }
+    }
+
     pub(crate) async fn connect(&self) -> io::Result<Upstream> {
         let stream = TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;

@@ -290,6 +290,12 @@ impl QueueProxy {
         self.shared.in_flight.started()
     }
 
+    /// Frees what the idle connections to the app hold beyond the connections themselves
+    /// (their read buffers), for a queue-proxy gone idle: they come back with the next request.
+    pub fn release_idle_buffers(&self) {
+        self.shared.fast_pool.release_idle_buffers();
+    }
+
     /// Whether [`QueueProxy::drain`] has begun.
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::SeqCst)

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod code_pages;
 pub mod host;
 pub mod local;
 pub mod serve;

@@ -327,45 +327,6 @@ pub fn tune_allocator() {
     malloc::tune();
 }
 
-/// Drops the program's code pages from the resident set: after start-up, and whenever a
-/// sidecar has been idle a while, so that it keeps resident only the code it goes on running.
-/// Only the read-only segments up to `etext` (headers, read-only data, code) are touched:
-/// they are never written, so nothing is lost; a page touched again comes back on its own,
-/// from the page cache (a minor fault, no read from the file: they are not evicted, so the
-/// first request after an idle spell does not wait on the disk).
-///
-/// A fault maps the whole page-cache folio around the page (46 pages for one touched, here on
-/// 6.18), so unmapped code comes back in wide windows: what stays resident is somewhat more
-/// than what runs.
-#[allow(unsafe_code)]
-pub fn shed_code() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            static __executable_start: u8;
-            static etext: u8;
-        }
-        // Only the addresses of the linker's symbols are taken.
-        let (start, end) = (
-            std::ptr::addr_of!(__executable_start) as usize,
-            std::ptr::addr_of!(etext) as usize,
-        );
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let start = start & !(page - 1);
-        if end <= start {
-            return;
-        }
-        let (addr, len) = (start as *mut libc::c_void, end - start);
-        // SAFETY: the range is this program's own read-only, file-backed mappings; advice
-        // and dropping clean pages there change what is resident, not what is read.
-        unsafe {
-            libc::madvise(addr, len, libc::MADV_RANDOM);
-            libc::madvise(addr, len, libc::MADV_DONTNEED);
-        }
-    }
-}
-
 /// How often the allocator's free memory is looked at.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_CHECK: Duration = Duration::from_secs(1);
@@ -705,7 +666,7 @@ mod tests {
             return;
         }
         let before = rss_file_kb();
-        super::shed_code();
+        crate::code_pages::shed();
         let after = rss_file_kb();
         assert!(
             after + 512 <= before,

@@ -79,7 +79,7 @@ pub async fn run() -> anyhow::Result<()> {
     println!("{line}");
     let _ = std::io::stdout().flush();
     // Start-up is over: keep resident only the code that serving runs.
-    crate::serve::shed_code();
+    crate::code_pages::shed();
 
     let qp = Arc::new(QueueProxy::with_listener(env.queue.clone(), serving)?);
     if let Some(l) = h2c {
@@ -184,7 +184,8 @@ async fn shed_code_when_idle(qp: Arc<QueueProxy>) {
             quiet_since = tokio::time::Instant::now();
             shed = false;
         } else if !shed && quiet_since.elapsed() >= SHED_WHEN_IDLE {
-            crate::serve::shed_code();
+            crate::code_pages::shed();
+            qp.release_idle_buffers();
             crate::serve::release_free_heap();
             shed = true;
         }
