@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::conn_cap::Slot;
 use crate::conn_timer::ConnTimer;
 use crate::fast::{FastConn, FastExchange, FastOutcome, LocalHop, RemoteHop, client_gone};
-use crate::h1::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed, text_response_bytes};
+use crate::h1::{ClientAddr, FastRequest, Parsed, header_slots, text_response_bytes};
 use crate::limits::ServerLimits;
 use crate::server::BODY_TIMEOUT_BODY;
 
@@ -175,7 +175,7 @@ fn next<R: FrontRouter>(
     if buf.is_empty() {
         return Next::Read(false);
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+    let mut headers = header_slots();
     let req = match FastRequest::parse(buf, &mut headers) {
         Parsed::Other => return Next::General,
         Parsed::Partial if buf.len() >= max_head => return Next::General,
@@ -330,7 +330,7 @@ fn first_route<R: FrontRouter>(
     if buf.is_empty() {
         return First::Read(false);
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+    let mut headers = header_slots();
     match FastRequest::parse(buf, &mut headers) {
         Parsed::Other => First::General,
         Parsed::Partial if buf.len() >= max_head => First::General,

@@ -1,0 +1,81 @@
+//! Byte classes of HTTP's grammar, each byte's looked up in one table: the fast path checks
+//! every byte of a Host value (and of chunk trailers) on every request, and a lookup costs a
+//! fraction of a chain of comparisons.
+
+/// An RFC 9110 `tchar`.
+const TCHAR: u8 = 1;
+/// A byte a Host value may hold (`uri-host [":" port]`, see [`valid_host`]).
+const HOST: u8 = 2;
+
+static CLASSES: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let alnum = b.is_ascii_alphanumeric();
+        if alnum
+            || matches!(
+                b,
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.'
+            )
+            || matches!(b, b'^' | b'_' | b'`' | b'|' | b'~')
+        {
+            table[i] |= TCHAR;
+        }
+        if alnum
+            || matches!(
+                b,
+                b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\''
+            )
+            || matches!(
+                b,
+                b'(' | b')' | b'*' | b'+' | b';' | b'=' | b':' | b'[' | b']'
+            )
+        {
+            table[i] |= HOST;
+        }
+        i += 1;
+    }
+    table
+}
+
+/// An RFC 9110 token character.
+#[inline]
+pub(crate) fn is_tchar(b: u8) -> bool {
+    CLASSES[usize::from(b)] & TCHAR != 0
+}
+
+/// Whether `s` is an RFC 9110 token (non-empty, `tchar`s only).
+#[inline]
+pub(crate) fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
+/// Whether `v` may be a Host value: a registered name, IPv4 or bracketed IPv6 with an
+/// optional port; no whitespace, userinfo, path, list or control characters.
+#[inline]
+pub(crate) fn valid_host(v: &[u8]) -> bool {
+    v.iter().all(|&b| CLASSES[usize::from(b)] & HOST != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_matches_the_grammar() {
+        for b in 0..=255u8 {
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_tchar(b), tchar, "{b:#x}");
+            let host = b.is_ascii_alphanumeric() || b"-._~%!$&'()*+;=:[]".contains(&b);
+            assert_eq!(valid_host(&[b]), host, "{b:#x}");
+        }
+        assert!(is_token(b"hello.default.example.com"));
+        assert!(!is_token(b"hello:8080"));
+        assert!(!is_token(b""));
+        assert!(valid_host(b"[::1]:8080"));
+        assert!(!valid_host(b"a b"));
+    }
+}
