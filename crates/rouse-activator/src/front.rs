@@ -5,7 +5,7 @@
 //! queue-proxy over a kept-alive raw connection. Anything else (a probe, a protocol switch, an
 //! h2c revision, a streamed body) goes the general way.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -40,7 +40,7 @@ impl ActivatorFront {
     pub fn new(activator: Arc<Activator>) -> Self {
         ActivatorFront {
             activator,
-            hops: Mutex::new(HashMap::new()),
+            hops: Mutex::new(HashMap::default()),
         }
     }
 

@@ -5,6 +5,7 @@
 //! the connection, with every byte read so far, goes to the general server for good.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -252,7 +253,7 @@ pub(crate) async fn serve<R: FrontRouter>(
                     &mut stream,
                     &mut buf,
                     sleep_until_some(deadline),
-                    stop,
+                    stopped(stop),
                     slot,
                 );
                 match Box::pin(read).await {
@@ -350,13 +351,19 @@ enum ReadOutcome {
     TimedOut,
 }
 
-/// Reads more of the client's bytes into `buf`, until `deadline`. Small on purpose: an idle
-/// or slow connection's future holds this.
+/// Resolves once the server is stopping.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Reads more of the client's bytes into `buf`, until `deadline`, or until `stopped` (the
+/// server's stop) while no request is under way. Small on purpose: an idle or slow
+/// connection's future holds this.
 async fn read_more(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     deadline: impl Future<Output = ()>,
-    stop: &mut watch::Receiver<bool>,
+    stopped: impl Future<Output = ()>,
     slot: &Arc<Slot>,
 ) -> ReadOutcome {
     if buf.capacity() - buf.len() < 512 {
@@ -368,7 +375,7 @@ async fn read_more(
     let _idle = idle.then(|| slot.idle());
     let stopped = async {
         if idle {
-            let _ = stop.wait_for(|s| *s).await;
+            stopped.await;
         } else {
             std::future::pending::<()>().await;
         }
@@ -421,6 +428,10 @@ async fn run<R: FrontRouter>(
     let mut reads = ConnTimer::new();
     let client = ClientAddr::new(remote.ip()).trusted(router.trusts(remote.ip()));
     let mut idle_since = accepted;
+    // The server's stop, watched from here for the connection's life: registering anew for
+    // every read between requests would cost more than the read.
+    let mut watch = stop.clone();
+    let mut stop_seen = pin!(stopped(&mut watch));
     let mut served = false;
     // When the first byte of the head being waited for arrived (after the first request).
     let mut started: Option<Instant> = None;
@@ -523,7 +534,14 @@ async fn run<R: FrontRouter>(
             };
             limits.header_read_timeout.map(|d| since + d)
         };
-        match read_more(&mut stream, &mut buf, reads.until(deadline), stop, slot).await {
+        let read = read_more(
+            &mut stream,
+            &mut buf,
+            reads.until(deadline),
+            stop_seen.as_mut(),
+            slot,
+        );
+        match read.await {
             ReadOutcome::More => {
                 last_read = Instant::now();
                 if started.is_none() {

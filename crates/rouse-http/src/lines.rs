@@ -62,12 +62,13 @@ impl<'b, 'o> LineCopy<'b, 'o> {
     fn header_span(&self, name: &[u8], value: &[u8]) -> Option<Range<usize>> {
         let start = self.offset(name)?;
         let colon = start + name.len();
-        let end = colon.checked_add(value.len())?.checked_add(4)?;
-        let fits = end <= self.buf.len()
-            && self.offset(value) == Some(colon + 2)
-            && self.buf[colon..colon + 2] == *b": "
-            && self.buf[end - 2..end] == *b"\r\n";
-        fits.then_some(start..end)
+        let value_at = (name.as_ptr() as usize).wrapping_add(name.len() + 2);
+        if value.as_ptr() as usize != value_at {
+            return None;
+        }
+        let end = colon + 2 + value.len() + 2;
+        let line = self.buf.get(colon..end)?;
+        (line.starts_with(b": ") && line.ends_with(b"\r\n")).then_some(start..end)
     }
 
     /// The output, for bytes of the writer's own: what was taken is written first.
