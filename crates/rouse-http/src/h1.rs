@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::charset::{is_tchar, valid_host};
+use crate::charset::{is_name, is_tchar, valid_host};
 use crate::headers::{RequestHeader, is_hop_by_hop_name, push_token_or_quoted, request_header};
 use crate::lines::LineCopy;
 
@@ -125,7 +125,7 @@ impl<'a> FastRequest<'a> {
         let mut original_host = None;
         for h in headers {
             let name = h.name;
-            let is = |known: &str| name.eq_ignore_ascii_case(known);
+            let is = |known: &str| is_name(name.as_bytes(), known.as_bytes());
             match name.len() {
                 4 if is("host") => {
                     if host.is_some() {
@@ -478,9 +478,9 @@ pub fn parse_response(
             Some(b'c' | b'k' | b'p' | b't' | b'u') => {
                 is_response_hop_by_hop(name)
                     // A chunked body keeps its coding header; any length beside it is void.
-                    || (chunked && name.eq_ignore_ascii_case("content-length"))
+                    || (chunked && is_name(name.as_bytes(), b"content-length"))
                     || (framing != Framing::Chunked
-                        && name.eq_ignore_ascii_case("transfer-encoding"))
+                        && is_name(name.as_bytes(), b"transfer-encoding"))
             }
             _ => false,
         };
@@ -572,20 +572,20 @@ pub(crate) fn head_facts(
     let mut has_date = false;
     let mut named_options = false;
     for h in headers {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
+        let name = h.name.as_bytes();
+        if is_name(name, b"content-length") {
             let n = digits(h.value).ok_or(ResponseError::Unusable("an invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(ResponseError::Unusable("conflicting Content-Length values"));
             }
             length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if is_name(name, b"transfer-encoding") {
             // The last coding decides: chunked delimits the body, anything else runs to the
             // close.
             let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
             chunked = trimmed(last).eq_ignore_ascii_case(b"chunked");
             other_coding |= !chunked;
-        } else if name.eq_ignore_ascii_case("connection") {
+        } else if is_name(name, b"connection") {
             for option in h.value.split(|b| *b == b',') {
                 let option = trimmed(option);
                 if option.eq_ignore_ascii_case(b"close") {
@@ -598,7 +598,7 @@ pub(crate) fn head_facts(
                     named_options |= !option.is_empty();
                 }
             }
-        } else if name.eq_ignore_ascii_case("date") {
+        } else if is_name(name, b"date") {
             has_date = true;
         }
     }
@@ -850,7 +850,7 @@ fn trimmed(v: &[u8]) -> &[u8] {
 /// Response headers that describe one connection. `Transfer-Encoding` and `Trailer` stay: a
 /// chunked body is passed through as it came.
 fn is_response_hop_by_hop(name: &str) -> bool {
-    !name.eq_ignore_ascii_case("trailer") && is_hop_by_hop_name(name)
+    !is_name(name.as_bytes(), b"trailer") && is_hop_by_hop_name(name)
 }
 
 /// The header names a `Connection` header lists as hop-by-hop.

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
+use crate::charset::is_name;
+
 /// The header a health check carries; value `queue` asks whether a queue-proxy's app is ready.
 pub const PROBE_HEADER: HeaderName = HeaderName::from_static("k-network-probe");
 /// The header a proxy hop moves the client's Host into; the queue-proxy restores it.
@@ -86,7 +88,9 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Whether `name` is one of [`HOP_BY_HOP`] (any case).
 pub(crate) fn is_hop_by_hop_name(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+    HOP_BY_HOP
+        .iter()
+        .any(|h| is_name(name.as_bytes(), h.as_bytes()))
 }
 
 /// What a hop does with a request header on the fast path, by its name.
@@ -112,7 +116,7 @@ pub(crate) enum RequestHeader {
 /// Sorts a request header by its name (any case). Most names are told apart by their first
 /// letter, without comparing them with each hop-by-hop and internal name in turn.
 pub(crate) fn request_header(name: &str) -> RequestHeader {
-    let eq = |known: &str| name.eq_ignore_ascii_case(known);
+    let eq = |known: &str| is_name(name.as_bytes(), known.as_bytes());
     let class = match name.as_bytes().first().map(u8::to_ascii_lowercase) {
         Some(b'h') if eq("host") => RequestHeader::Host,
         Some(b't') if eq("te") => RequestHeader::Te,
@@ -181,15 +185,16 @@ pub fn is_internal(name: &HeaderName) -> bool {
 
 /// [`is_internal`] for a raw header name, in any case.
 pub(crate) fn is_internal_name(name: &str) -> bool {
+    let name = name.as_bytes();
     let starts = |p: &str| {
         name.get(..p.len())
-            .is_some_and(|n| n.eq_ignore_ascii_case(p))
+            .is_some_and(|n| is_name(n, p.as_bytes()))
     };
     starts("knative-serving-")
         || starts("k-network-")
-        || name.eq_ignore_ascii_case("k-proxy-request")
-        || name.eq_ignore_ascii_case("k-original-host")
-        || name.eq_ignore_ascii_case("k-passthrough-lb")
+        || is_name(name, b"k-proxy-request")
+        || is_name(name, b"k-original-host")
+        || is_name(name, b"k-passthrough-lb")
 }
 
 /// Appends `s` as an RFC 7230 token when it is one, else as a quoted-string (for
