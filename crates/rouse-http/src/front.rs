@@ -255,6 +255,7 @@ pub(crate) async fn serve<R: FrontRouter>(
                     sleep_until_some(deadline),
                     stopped(stop),
                     slot,
+                    accepted,
                 );
                 match Box::pin(read).await {
                     ReadOutcome::More => last_read = Instant::now(),
@@ -357,14 +358,15 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Reads more of the client's bytes into `buf`, until `deadline`, or until `stopped` (the
-/// server's stop) while no request is under way. Small on purpose: an idle or slow
-/// connection's future holds this.
+/// server's stop) while no request is under way (the connection idle since `idle_since`).
+/// Small on purpose: an idle or slow connection's future holds this.
 async fn read_more(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     deadline: impl Future<Output = ()>,
     stopped: impl Future<Output = ()>,
     slot: &Arc<Slot>,
+    idle_since: Instant,
 ) -> ReadOutcome {
     if buf.capacity() - buf.len() < 512 {
         buf.reserve(INITIAL_BUF);
@@ -372,7 +374,7 @@ async fn read_more(
     // Between requests the server's stop ends the wait; within a head it does not.
     let idle = buf.is_empty();
     // Waiting for a request: the connection cap may close it for a new one.
-    let _idle = idle.then(|| slot.idle());
+    let _idle = idle.then(|| slot.idle(idle_since));
     let stopped = async {
         if idle {
             stopped.await;
@@ -540,6 +542,7 @@ async fn run<R: FrontRouter>(
             reads.until(deadline),
             stop_seen.as_mut(),
             slot,
+            idle_since,
         );
         match read.await {
             ReadOutcome::More => {
