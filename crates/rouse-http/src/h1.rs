@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::charset::{is_name, is_tchar, valid_host};
+use crate::charset::{host_kind, is_name, is_tchar, valid_host};
 use crate::headers::{RequestHeader, is_hop_by_hop_name, push_token_or_quoted, request_header};
 use crate::lines::LineCopy;
 
@@ -44,11 +44,14 @@ pub struct FastRequest<'a> {
     pub original_host: Option<&'a [u8]>,
     /// The head's bytes (what the fields are slices of).
     head: &'a [u8],
+    /// The Host is a token (written as it is in `Forwarded: host=`).
+    host_token: bool,
 }
 
 /// What [`FastRequest::check`] found in a plain request's headers.
 struct Checked<'a> {
     host: &'a str,
+    host_token: bool,
     body_len: usize,
     from_activator: bool,
     original_host: Option<&'a [u8]>,
@@ -97,6 +100,7 @@ impl<'a> FastRequest<'a> {
         match Self::check(headers) {
             Some(Checked {
                 host,
+                host_token,
                 body_len,
                 from_activator,
                 original_host,
@@ -110,6 +114,7 @@ impl<'a> FastRequest<'a> {
                 from_activator,
                 original_host,
                 head: &buf[..head_len],
+                host_token,
             }),
             None => Parsed::Other,
         }
@@ -162,12 +167,17 @@ impl<'a> FastRequest<'a> {
             }
         }
         // What the general path would refuse (400) never goes the fast way.
-        let host = host.filter(|h| !h.is_empty() && valid_host(h.as_bytes()))?;
+        let host: &str = host.filter(|h| !h.is_empty())?;
+        let (valid, host_token) = host_kind(host.as_bytes());
+        if !valid {
+            return None;
+        }
         if original_host.is_some_and(|h| h.is_empty() || !valid_host(h)) {
             return None;
         }
         Some(Checked {
             host,
+            host_token,
             body_len: body_len.unwrap_or(0),
             from_activator,
             original_host,
@@ -290,7 +300,11 @@ impl<'a> FastRequest<'a> {
         out.extend_from_slice(b"for=");
         out.extend_from_slice(client.node.as_bytes());
         out.extend_from_slice(b";host=");
-        push_token_or_quoted(self.host.as_bytes(), out);
+        if self.host_token {
+            out.extend_from_slice(self.host.as_bytes());
+        } else {
+            push_token_or_quoted(self.host.as_bytes(), out);
+        }
         out.extend_from_slice(b";proto=http\r\n");
         if te_trailers {
             out.extend_from_slice(b"te: trailers\r\n");
