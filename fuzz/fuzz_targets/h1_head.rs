@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rouse_http::fuzzing::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed};
+use rouse_http::fuzzing::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed, header_slots};
 use rouse_http::h1::{Framing, ParsedResponse, parse_response};
 use rouse_http::settle_request;
 
@@ -46,7 +46,7 @@ fn dropped_before_the_app(name: &str) -> bool {
 }
 
 fn request(data: &[u8]) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+    let mut headers = header_slots();
     let Parsed::Fast(req) = FastRequest::parse(data, &mut headers) else {
         return;
     };

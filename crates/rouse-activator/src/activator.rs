@@ -1,6 +1,6 @@
 //! The activator: a registry of revisions, the request entry point and the reports.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,7 +44,7 @@ impl Activator {
                 cold_starts: Mutex::new(Histogram::default()),
                 handle: tokio::runtime::Handle::current(),
             }),
-            revisions: Mutex::new(HashMap::new()),
+            revisions: Mutex::new(RevisionMap::default()),
         })
     }
 

@@ -57,6 +57,13 @@ impl ActivatorFront {
     }
 }
 
+/// A header value naming a revision or namespace, when it is one (non-empty UTF-8).
+fn text(value: Option<&[u8]>) -> Option<&str> {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| !v.is_empty())
+}
+
 impl FrontRouter for ActivatorFront {
     type Local = LocalQueue;
     type Hold = Permit;
@@ -64,12 +71,16 @@ impl FrontRouter for ActivatorFront {
     type Expiry = Expiry;
 
     fn route(&self, req: &FastRequest<'_>) -> Route<Permit, Ticket, LocalQueue> {
-        let text = |name| {
-            req.header(name)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .filter(|v| !v.is_empty())
-        };
-        let (Some(ns), Some(rev)) = (text(NAMESPACE_HEADER), text(REVISION_HEADER)) else {
+        // Both names found in one look at the headers (the first of each counts).
+        let (mut ns, mut rev) = (None, None);
+        for h in req.headers {
+            if ns.is_none() && h.name.eq_ignore_ascii_case(NAMESPACE_HEADER) {
+                ns = Some(h.value);
+            } else if rev.is_none() && h.name.eq_ignore_ascii_case(REVISION_HEADER) {
+                rev = Some(h.value);
+            }
+        }
+        let (Some(ns), Some(rev)) = (text(ns), text(rev)) else {
             return Route::General;
         };
         match self.activator.fast_admit(ns, rev) {

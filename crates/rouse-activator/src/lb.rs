@@ -51,17 +51,17 @@ impl Policy {
 }
 
 fn power_of_two<C: Candidate>(backends: &[C]) -> Option<usize> {
-    let healthy: Vec<usize> = (0..backends.len())
-        .filter(|&i| backends[i].healthy())
-        .collect();
-    match healthy.len() {
+    // The healthy ones counted and walked again rather than collected: no allocation per
+    // request.
+    let healthy = || (0..backends.len()).filter(|&i| backends[i].healthy());
+    match healthy().count() {
         0 => None,
-        1 => Some(healthy[0]),
+        1 => healthy().next(),
         n => {
             let a = fastrand::usize(0..n);
             // A second, distinct choice: shift by 1..n.
             let b = (a + 1 + fastrand::usize(0..n - 1)) % n;
-            let (a, b) = (healthy[a], healthy[b]);
+            let (a, b) = (healthy().nth(a)?, healthy().nth(b)?);
             let (la, lb) = (backends[a].in_flight(), backends[b].in_flight());
             Some(match la.cmp(&lb) {
                 std::cmp::Ordering::Less => a,

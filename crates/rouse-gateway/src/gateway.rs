@@ -1,6 +1,6 @@
 //! The gateway: the platform's front door.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -98,7 +98,7 @@ impl Gateway {
     pub fn new(activator: Arc<Activator>) -> Arc<Self> {
         Arc::new(Gateway {
             routes: ArcSwap::from_pointee(RoutingTable::new()),
-            revisions: ArcSwap::from_pointee(HashMap::new()),
+            revisions: ArcSwap::from_pointee(RevisionMap::default()),
             activator,
             client: ProxyClient::http1(),
             h2c_client: ProxyClient::h2c(),

@@ -96,9 +96,10 @@ impl Slot {
         Busy(self.clone())
     }
 
-    /// The connection waits, idle, until the guard drops.
-    pub(super) fn idle(&self) -> Idle<'_> {
-        self.end();
+    /// The connection waits, idle since `since` (a time its caller read already), until
+    /// the guard drops.
+    pub(super) fn idle(&self, since: Instant) -> Idle<'_> {
+        self.end_at(since);
         Idle(self)
     }
 
@@ -108,9 +109,19 @@ impl Slot {
 
     pub(super) fn end(&self) {
         if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.idle_since
-                .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+            self.idle_from(Instant::now());
         }
+    }
+
+    fn end_at(&self, at: Instant) {
+        if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.idle_from(at);
+        }
+    }
+
+    fn idle_from(&self, at: Instant) {
+        let since = at.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.idle_since.store(since, Ordering::Relaxed);
     }
 }
 

@@ -184,7 +184,9 @@ pub async fn forward(
     match relay(pool, client, ex, deadlines, kept).await {
         Ok(done) => done,
         Err(Failure::Refused) => (FastOutcome::Refused, None),
-        Err(f) => fail(client, f, ex, pool.addr, who).await,
+        // Boxed, as every path off the common one: an exchange's future is moved into a
+        // box of its own per request, and stays smaller without room for these.
+        Err(f) => Box::pin(fail(client, f, ex, pool.addr, who)).await,
     }
 }
 
@@ -206,6 +208,19 @@ async fn fresh_exchange(
     }
 }
 
+/// [`fresh_exchange`] on a new connection to the upstream of `pool`.
+async fn connect_and_exchange(
+    pool: &UpstreamPool,
+    client: &TcpStream,
+    ex: &FastExchange<'_>,
+    deadlines: &Deadlines,
+    out: &mut Vec<u8>,
+    timer: &mut ConnTimer,
+) -> Result<(Upstream, ResponseHead), Failure> {
+    let conn = pool.connect().await.map_err(|_| Failure::Refused)?;
+    fresh_exchange(conn, client, ex, deadlines, out, timer).await
+}
+
 /// Exchanges the request over a pooled connection from `pool` (a new one if the kept-alive
 /// one turns out dead and the request is safe to repeat) and streams the answer back.
 async fn relay(
@@ -223,15 +238,19 @@ async fn relay(
             // A kept-alive connection the other end had closed: a request that is safe to
             // send again goes once more on a new connection.
             Err(Failure::Unanswered(_)) if ex.idempotent => {
-                let conn = pool.connect().await.map_err(|_| Failure::Refused)?;
                 out.clear();
-                fresh_exchange(conn, client, ex, deadlines, out, timer).await?
+                Box::pin(connect_and_exchange(
+                    pool, client, ex, deadlines, out, timer,
+                ))
+                .await?
             }
             Err(f) => return Err(f),
         },
         None => {
-            let conn = pool.connect().await.map_err(|_| Failure::Refused)?;
-            fresh_exchange(conn, client, ex, deadlines, out, timer).await?
+            Box::pin(connect_and_exchange(
+                pool, client, ex, deadlines, out, timer,
+            ))
+            .await?
         }
     };
     // The head and whatever body came with it go to the client in one write.
@@ -343,12 +362,11 @@ async fn exchange(
             Err(HeadError::Bad(e)) => Err(Failure::Bad(e)),
         }
     };
+    // Polled where it stands (not moved into a timer's future): it is most of this one.
     let head = tokio::select! {
         biased;
-        res = timer.run(deadlines.head(), work) => match res {
-            Some(res) => res?,
-            None => return Err(Failure::Timeout),
-        },
+        res = work => res?,
+        () = timer.until(deadlines.head()) => return Err(Failure::Timeout),
         () = client_gone(client) => return Err(Failure::ClientGone),
     };
     Ok((conn, head))

@@ -5,6 +5,7 @@
 //! the connection, with every byte read so far, goes to the general server for good.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 use crate::conn_cap::Slot;
 use crate::conn_timer::ConnTimer;
 use crate::fast::{FastConn, FastExchange, FastOutcome, LocalHop, RemoteHop, client_gone};
-use crate::h1::{ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed, text_response_bytes};
+use crate::h1::{ClientAddr, FastRequest, Parsed, header_slots, text_response_bytes};
 use crate::limits::ServerLimits;
 use crate::server::BODY_TIMEOUT_BODY;
 
@@ -175,7 +176,7 @@ fn next<R: FrontRouter>(
     if buf.is_empty() {
         return Next::Read(false);
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+    let mut headers = header_slots();
     let req = match FastRequest::parse(buf, &mut headers) {
         Parsed::Other => return Next::General,
         Parsed::Partial if buf.len() >= max_head => return Next::General,
@@ -252,8 +253,9 @@ pub(crate) async fn serve<R: FrontRouter>(
                     &mut stream,
                     &mut buf,
                     sleep_until_some(deadline),
-                    stop,
+                    stopped(stop),
                     slot,
+                    accepted,
                 );
                 match Box::pin(read).await {
                     ReadOutcome::More => last_read = Instant::now(),
@@ -330,7 +332,7 @@ fn first_route<R: FrontRouter>(
     if buf.is_empty() {
         return First::Read(false);
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+    let mut headers = header_slots();
     match FastRequest::parse(buf, &mut headers) {
         Parsed::Other => First::General,
         Parsed::Partial if buf.len() >= max_head => First::General,
@@ -350,14 +352,21 @@ enum ReadOutcome {
     TimedOut,
 }
 
-/// Reads more of the client's bytes into `buf`, until `deadline`. Small on purpose: an idle
-/// or slow connection's future holds this.
+/// Resolves once the server is stopping.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Reads more of the client's bytes into `buf`, until `deadline`, or until `stopped` (the
+/// server's stop) while no request is under way (the connection idle since `idle_since`).
+/// Small on purpose: an idle or slow connection's future holds this.
 async fn read_more(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     deadline: impl Future<Output = ()>,
-    stop: &mut watch::Receiver<bool>,
+    stopped: impl Future<Output = ()>,
     slot: &Arc<Slot>,
+    idle_since: Instant,
 ) -> ReadOutcome {
     if buf.capacity() - buf.len() < 512 {
         buf.reserve(INITIAL_BUF);
@@ -365,10 +374,10 @@ async fn read_more(
     // Between requests the server's stop ends the wait; within a head it does not.
     let idle = buf.is_empty();
     // Waiting for a request: the connection cap may close it for a new one.
-    let _idle = idle.then(|| slot.idle());
+    let _idle = idle.then(|| slot.idle(idle_since));
     let stopped = async {
         if idle {
-            let _ = stop.wait_for(|s| *s).await;
+            stopped.await;
         } else {
             std::future::pending::<()>().await;
         }
@@ -421,6 +430,10 @@ async fn run<R: FrontRouter>(
     let mut reads = ConnTimer::new();
     let client = ClientAddr::new(remote.ip()).trusted(router.trusts(remote.ip()));
     let mut idle_since = accepted;
+    // The server's stop, watched from here for the connection's life: registering anew for
+    // every read between requests would cost more than the read.
+    let mut watch = stop.clone();
+    let mut stop_seen = pin!(stopped(&mut watch));
     let mut served = false;
     // When the first byte of the head being waited for arrived (after the first request).
     let mut started: Option<Instant> = None;
@@ -523,7 +536,15 @@ async fn run<R: FrontRouter>(
             };
             limits.header_read_timeout.map(|d| since + d)
         };
-        match read_more(&mut stream, &mut buf, reads.until(deadline), stop, slot).await {
+        let read = read_more(
+            &mut stream,
+            &mut buf,
+            reads.until(deadline),
+            stop_seen.as_mut(),
+            slot,
+            idle_since,
+        );
+        match read.await {
             ReadOutcome::More => {
                 last_read = Instant::now();
                 if started.is_none() {

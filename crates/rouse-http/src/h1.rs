@@ -7,12 +7,13 @@
 //! goes to the general server, which handles every case.
 
 use std::cell::RefCell;
-
-use super::headers::{
-    drops_underscored, is_hop_by_hop_name, is_internal_name, push_token_or_quoted,
-};
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::charset::{host_kind, is_name, is_tchar, valid_host};
+use crate::headers::{RequestHeader, is_hop_by_hop_name, push_token_or_quoted, request_header};
+use crate::lines::LineCopy;
 
 /// The largest request body the fast path buffers before forwarding; larger ones stream
 /// through the general server.
@@ -41,11 +42,16 @@ pub struct FastRequest<'a> {
     /// The client's Host as a proxy hop moved it aside (`K-Original-Host`; honoured only by a
     /// hop behind the edge).
     pub original_host: Option<&'a [u8]>,
+    /// The head's bytes (what the fields are slices of).
+    head: &'a [u8],
+    /// The Host is a token (written as it is in `Forwarded: host=`).
+    host_token: bool,
 }
 
 /// What [`FastRequest::check`] found in a plain request's headers.
 struct Checked<'a> {
     host: &'a str,
+    host_token: bool,
     body_len: usize,
     from_activator: bool,
     original_host: Option<&'a [u8]>,
@@ -63,11 +69,23 @@ pub enum Parsed<'a> {
     Other,
 }
 
+/// Room for a request head's header fields ([`FastRequest::parse`]), left uninitialized: the
+/// parser writes only the fields a head has.
+pub type HeaderSlots<'a> = [MaybeUninit<httparse::Header<'a>>; MAX_FAST_HEADERS];
+
+/// Empty [`HeaderSlots`].
+pub const fn header_slots<'a>() -> HeaderSlots<'a> {
+    [const { MaybeUninit::uninit() }; MAX_FAST_HEADERS]
+}
+
 impl<'a> FastRequest<'a> {
     /// Parses the head at the start of `buf` (with `headers` as scratch space).
-    pub fn parse(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>]) -> Parsed<'a> {
-        let mut req = httparse::Request::new(headers);
-        let head_len = match req.parse(buf) {
+    pub fn parse(
+        buf: &'a [u8],
+        headers: &'a mut [MaybeUninit<httparse::Header<'a>>],
+    ) -> Parsed<'a> {
+        let mut req = httparse::Request::new(&mut []);
+        let head_len = match req.parse_with_uninit_headers(buf, headers) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(_) => return Parsed::Other,
@@ -82,6 +100,7 @@ impl<'a> FastRequest<'a> {
         match Self::check(headers) {
             Some(Checked {
                 host,
+                host_token,
                 body_len,
                 from_activator,
                 original_host,
@@ -94,13 +113,16 @@ impl<'a> FastRequest<'a> {
                 body_len,
                 from_activator,
                 original_host,
+                head: &buf[..head_len],
+                host_token,
             }),
             None => Parsed::Other,
         }
     }
 
     /// What the fast path needs of a plain request's headers; `None` for anything the general
-    /// server must handle (health checks among them).
+    /// server must handle (health checks among them). Names are told apart by their length
+    /// first: most are none of these, and cost one comparison.
     fn check(headers: &'a [httparse::Header<'a>]) -> Option<Checked<'a>> {
         let mut host = None;
         let mut body_len = None;
@@ -108,49 +130,54 @@ impl<'a> FastRequest<'a> {
         let mut original_host = None;
         for h in headers {
             let name = h.name;
-            if name.eq_ignore_ascii_case("host") {
-                if host.is_some() {
-                    return None;
+            let is = |known: &str| is_name(name.as_bytes(), known.as_bytes());
+            match name.len() {
+                4 if is("host") => {
+                    if host.is_some() {
+                        return None;
+                    }
+                    host = Some(std::str::from_utf8(h.value).ok()?);
                 }
-                host = Some(std::str::from_utf8(h.value).ok()?);
-            } else if name.eq_ignore_ascii_case("content-length") {
-                let n = digits(h.value)?;
-                if body_len.is_some() || n > MAX_FAST_BODY {
-                    return None;
+                14 if is("content-length") => {
+                    let n = digits(h.value)?;
+                    if body_len.is_some() || n > MAX_FAST_BODY {
+                        return None;
+                    }
+                    body_len = Some(n as usize);
                 }
-                body_len = Some(n as usize);
-            } else if name.eq_ignore_ascii_case("connection") {
                 // Only the default may be repeated; options and close go the general way.
-                if !trimmed(h.value).eq_ignore_ascii_case(b"keep-alive") {
+                10 if is("connection") && !trimmed(h.value).eq_ignore_ascii_case(b"keep-alive") => {
                     return None;
                 }
-            } else if name.eq_ignore_ascii_case("transfer-encoding")
-                || name.eq_ignore_ascii_case("expect")
-                || name.eq_ignore_ascii_case("upgrade")
-                || name.eq_ignore_ascii_case("k-network-probe")
-                || name.eq_ignore_ascii_case("k-kubelet-probe")
-            {
-                return None;
-            } else if name.eq_ignore_ascii_case("k-original-host") {
-                if original_host.is_some() {
-                    return None;
+                10 if is("user-agent") && is_probe_agent(h.value) => return None,
+                6 if is("expect") => return None,
+                7 if is("upgrade") => return None,
+                17 if is("transfer-encoding") => return None,
+                15 if is("k-network-probe") || is("k-kubelet-probe") => return None,
+                15 if is("k-original-host") => {
+                    if original_host.is_some() {
+                        return None;
+                    }
+                    original_host = Some(h.value);
                 }
-                original_host = Some(h.value);
-            } else if name.eq_ignore_ascii_case("user-agent") {
-                if is_probe_agent(h.value) {
-                    return None;
+                15 if is("k-proxy-request") => {
+                    from_activator |= h.value == super::headers::PROXY_ACTIVATOR.as_bytes();
                 }
-            } else if name.eq_ignore_ascii_case("k-proxy-request") {
-                from_activator |= h.value == super::headers::PROXY_ACTIVATOR.as_bytes();
+                _ => {}
             }
         }
         // What the general path would refuse (400) never goes the fast way.
-        let host = host.filter(|h| !h.is_empty() && super::strict::valid_host(h.as_bytes()))?;
-        if original_host.is_some_and(|h| h.is_empty() || !super::strict::valid_host(h)) {
+        let host: &str = host.filter(|h| !h.is_empty())?;
+        let (valid, host_token) = host_kind(host.as_bytes());
+        if !valid {
+            return None;
+        }
+        if original_host.is_some_and(|h| h.is_empty() || !valid_host(h)) {
             return None;
         }
         Some(Checked {
             host,
+            host_token,
             body_len: body_len.unwrap_or(0),
             from_activator,
             original_host,
@@ -183,36 +210,51 @@ impl<'a> FastRequest<'a> {
         }
     }
 
+    /// Starts the head for the next hop with the request line, `METHOD target HTTP/1.1`.
+    fn request_line(&self, lines: &mut LineCopy<'_, '_>) {
+        // As sent (the version is 1.1, or the request would not be here) unless spaced oddly.
+        let end = lines.offset(self.target.as_bytes()).and_then(|at| {
+            let end = at + self.target.len() + b" HTTP/1.1\r\n".len();
+            let sent = at == self.method.len() + 1
+                && lines.offset(self.method.as_bytes()) == Some(0)
+                && self.head.get(at - 1) == Some(&b' ')
+                && self.head.get(at + self.target.len()..end) == Some(b" HTTP/1.1\r\n");
+            sent.then_some(end)
+        });
+        match end {
+            Some(end) => lines.take(0..end),
+            None => {
+                let out = lines.out();
+                out.extend_from_slice(self.method.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(self.target.as_bytes());
+                out.extend_from_slice(b" HTTP/1.1\r\n");
+            }
+        }
+    }
+
     /// Writes the head for the app behind a hop that is not the edge (a sidecar queue-proxy):
     /// the same request line and headers minus hop-by-hop, platform-internal and underscored
     /// ones, the Host a proxy hop moved aside restored; the forwarding headers go on as the
     /// edge wrote them.
     pub fn write_inner_head(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut lines = LineCopy::new(self.head, out);
+        self.request_line(&mut lines);
         let mut te_trailers = false;
         for h in self.headers {
-            let name = h.name;
-            if name.eq_ignore_ascii_case("te") {
-                te_trailers |= asks_for_trailers(h.value);
-                continue;
-            }
-            if is_hop_by_hop(name) || is_internal_name(name) || drops_underscored(name) {
-                continue;
-            }
-            match self.original_host {
-                Some(original) if name.eq_ignore_ascii_case("host") => {
-                    header_line(out, name.as_bytes(), original);
-                }
-                _ => header_line(out, name.as_bytes(), h.value),
+            match (request_header(h.name), self.original_host) {
+                (RequestHeader::Te, _) => te_trailers |= asks_for_trailers(h.value),
+                (RequestHeader::Dropped, _) => {}
+                (RequestHeader::Host, Some(original)) => lines.header(h.name.as_bytes(), original),
+                _ => lines.header(h.name.as_bytes(), h.value),
             }
         }
+        let out = lines.out();
         if te_trailers {
             out.extend_from_slice(b"te: trailers\r\n");
         }
         out.extend_from_slice(b"\r\n");
+        lines.finish();
     }
 
     /// Writes the head for the next hop into `out`: the same request line and headers minus
@@ -220,55 +262,55 @@ impl<'a> FastRequest<'a> {
     /// `X-Forwarded-Proto` (`http`, or a trusted client's own) and an RFC 7239 `Forwarded`
     /// element for `client`.
     pub fn write_upstream_head(&self, client: &ClientAddr, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut lines = LineCopy::new(self.head, out);
+        self.request_line(&mut lines);
         let mut has_proto = false;
         let mut te_trailers = false;
+        let (mut has_for, mut has_forwarded) = (false, false);
         for h in self.headers {
-            let name = h.name;
-            if name.eq_ignore_ascii_case("x-forwarded-for")
-                || name.eq_ignore_ascii_case("forwarded")
-            {
+            match request_header(h.name) {
                 // Written below, with this hop's item appended.
-                continue;
-            }
-            if name.eq_ignore_ascii_case("te") {
-                te_trailers |= asks_for_trailers(h.value);
-                continue;
-            }
-            if is_hop_by_hop(name) || is_internal_name(name) || drops_underscored(name) {
-                continue;
-            }
-            if name.eq_ignore_ascii_case("x-forwarded-proto") {
+                RequestHeader::XForwardedFor => has_for = true,
+                RequestHeader::Forwarded => has_forwarded = true,
+                RequestHeader::Te => te_trailers |= asks_for_trailers(h.value),
+                RequestHeader::Dropped => {}
                 // The scheme is this connection's, unless a trusted proxy in front says.
-                if !client.trusted {
-                    continue;
+                RequestHeader::XForwardedProto if !client.trusted => {}
+                class => {
+                    has_proto |= class == RequestHeader::XForwardedProto;
+                    lines.header(h.name.as_bytes(), h.value);
                 }
-                has_proto = true;
             }
-            header_line(out, name.as_bytes(), h.value);
         }
         // Straight into `out`, earlier values first: no list is built apart.
+        let out = lines.out();
         out.extend_from_slice(b"x-forwarded-for: ");
-        self.write_values("x-forwarded-for", out);
+        if has_for {
+            self.write_values("x-forwarded-for", out);
+        }
         out.extend_from_slice(client.ip.as_bytes());
         out.extend_from_slice(b"\r\n");
         if !has_proto {
             out.extend_from_slice(b"x-forwarded-proto: http\r\n");
         }
         out.extend_from_slice(b"forwarded: ");
-        self.write_values("forwarded", out);
+        if has_forwarded {
+            self.write_values("forwarded", out);
+        }
         out.extend_from_slice(b"for=");
         out.extend_from_slice(client.node.as_bytes());
         out.extend_from_slice(b";host=");
-        push_token_or_quoted(self.host.as_bytes(), out);
+        if self.host_token {
+            out.extend_from_slice(self.host.as_bytes());
+        } else {
+            push_token_or_quoted(self.host.as_bytes(), out);
+        }
         out.extend_from_slice(b";proto=http\r\n");
         if te_trailers {
             out.extend_from_slice(b"te: trailers\r\n");
         }
         out.extend_from_slice(b"\r\n");
+        lines.finish();
     }
 }
 
@@ -404,9 +446,15 @@ pub fn parse_response(
     extra: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<ParsedResponse, ResponseError> {
-    let mut headers = [httparse::EMPTY_HEADER; 100];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf)? {
+    // Uninitialized: the parser writes only the fields the head has.
+    let mut headers = [const { MaybeUninit::uninit() }; 100];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    )?;
+    let head_len = match parsed {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return Ok(ParsedResponse::Partial),
     };
@@ -428,36 +476,34 @@ pub fn parse_response(
         reusable,
         chunked,
         has_date,
+        named_options,
     } = head_facts(resp.version, status, resp.headers, head_request)?;
-    // The status line: the upstream's reason phrase, or the standard one.
-    out.extend_from_slice(b"HTTP/1.1 ");
-    match http::StatusCode::from_u16(status) {
-        Ok(code) => out.extend_from_slice(code.as_str().as_bytes()),
-        Err(_) => out.extend_from_slice(status.to_string().as_bytes()),
-    }
-    out.push(b' ');
-    let reason = resp
-        .reason
-        .filter(|r| !r.is_empty())
-        .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
-        .unwrap_or("");
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let named = connection_options(resp.headers);
+    let mut lines = LineCopy::new(buf, out);
+    status_line(&mut lines, &resp, status);
+    let named = if named_options {
+        connection_options(resp.headers)
+    } else {
+        Vec::new()
+    };
     for h in resp.headers.iter() {
         let name = h.name;
-        if is_response_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        // Only names starting so can be hop-by-hop or a void framing header.
+        let dropped = match name.as_bytes().first().map(u8::to_ascii_lowercase) {
+            Some(b'c' | b'k' | b'p' | b't' | b'u') => {
+                is_response_hop_by_hop(name)
+                    // A chunked body keeps its coding header; any length beside it is void.
+                    || (chunked && is_name(name.as_bytes(), b"content-length"))
+                    || (framing != Framing::Chunked
+                        && is_name(name.as_bytes(), b"transfer-encoding"))
+            }
+            _ => false,
+        };
+        if dropped || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
-        // A chunked body keeps its coding header; any length beside it is void.
-        if name.eq_ignore_ascii_case("content-length") && chunked {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("transfer-encoding") && framing != Framing::Chunked {
-            continue;
-        }
-        header_line(out, name.as_bytes(), h.value);
+        lines.header(name.as_bytes(), h.value);
     }
+    let out = lines.out();
     if !has_date {
         out.extend_from_slice(b"date: ");
         push_date(out);
@@ -469,6 +515,7 @@ pub fn parse_response(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    lines.finish();
     Ok(ParsedResponse::Head(ResponseHead {
         status,
         head_len,
@@ -476,6 +523,39 @@ pub fn parse_response(
         reusable,
         closes,
     }))
+}
+
+/// Writes the status line for the client: `HTTP/1.1`, the status, the upstream's reason
+/// phrase or else the standard one. As the upstream sent it when it reads so already.
+fn status_line(lines: &mut LineCopy<'_, '_>, resp: &httparse::Response<'_, '_>, status: u16) {
+    const START: usize = b"HTTP/1.1 200 ".len();
+    let reason = resp.reason.filter(|r| !r.is_empty());
+    if let Some(reason) = reason.filter(|_| resp.version == Some(1))
+        && lines.offset(reason.as_bytes()) == Some(START)
+    {
+        let end = START + reason.len() + 2;
+        let head = lines.bytes();
+        // The code's three digits are the status parsed from them.
+        if head.starts_with(b"HTTP/1.1 ")
+            && head[START - 1] == b' '
+            && head.get(end - 2..end) == Some(b"\r\n")
+        {
+            lines.take(0..end);
+            return;
+        }
+    }
+    let out = lines.out();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    match http::StatusCode::from_u16(status) {
+        Ok(code) => out.extend_from_slice(code.as_str().as_bytes()),
+        Err(_) => out.extend_from_slice(status.to_string().as_bytes()),
+    }
+    out.push(b' ');
+    let reason = reason
+        .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What a final response head says about its body and connection.
@@ -487,6 +567,8 @@ pub(crate) struct HeadFacts {
     /// Whether a `Transfer-Encoding: chunked` header delimits the body.
     pub(crate) chunked: bool,
     pub(crate) has_date: bool,
+    /// Whether a `Connection` header names options besides `close` and `keep-alive`.
+    pub(crate) named_options: bool,
 }
 
 /// Reads the framing and connection facts off a final response head (RFC 9112 §6.3).
@@ -502,30 +584,35 @@ pub(crate) fn head_facts(
     let mut other_coding = false;
     let mut conn_close = !http11;
     let mut has_date = false;
+    let mut named_options = false;
     for h in headers {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
+        let name = h.name.as_bytes();
+        if is_name(name, b"content-length") {
             let n = digits(h.value).ok_or(ResponseError::Unusable("an invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(ResponseError::Unusable("conflicting Content-Length values"));
             }
             length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if is_name(name, b"transfer-encoding") {
             // The last coding decides: chunked delimits the body, anything else runs to the
             // close.
             let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
             chunked = trimmed(last).eq_ignore_ascii_case(b"chunked");
             other_coding |= !chunked;
-        } else if name.eq_ignore_ascii_case("connection") {
+        } else if is_name(name, b"connection") {
             for option in h.value.split(|b| *b == b',') {
                 let option = trimmed(option);
                 if option.eq_ignore_ascii_case(b"close") {
                     conn_close = true;
-                } else if option.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-                    conn_close = false;
+                } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                    if !http11 {
+                        conn_close = false;
+                    }
+                } else {
+                    named_options |= !option.is_empty();
                 }
             }
-        } else if name.eq_ignore_ascii_case("date") {
+        } else if is_name(name, b"date") {
             has_date = true;
         }
     }
@@ -546,6 +633,7 @@ pub(crate) fn head_facts(
         reusable,
         chunked,
         has_date,
+        named_options,
     })
 }
 
@@ -745,11 +833,6 @@ fn is_ctl(b: u8) -> bool {
     (b < 0x20 && b != b'\t') || b == 0x7f
 }
 
-/// An RFC 9110 token character.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -778,23 +861,10 @@ fn trimmed(v: &[u8]) -> &[u8] {
     v.trim_ascii()
 }
 
-fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Request headers that describe one connection (RFC 9110 §7.6.1), `Transfer-Encoding`
-/// included (the fast path never forwards a coded body).
-fn is_hop_by_hop(name: &str) -> bool {
-    is_hop_by_hop_name(name) || name.eq_ignore_ascii_case("transfer-encoding")
-}
-
 /// Response headers that describe one connection. `Transfer-Encoding` and `Trailer` stay: a
 /// chunked body is passed through as it came.
 fn is_response_hop_by_hop(name: &str) -> bool {
-    !name.eq_ignore_ascii_case("trailer") && is_hop_by_hop_name(name)
+    !is_name(name.as_bytes(), b"trailer") && is_hop_by_hop_name(name)
 }
 
 /// The header names a `Connection` header lists as hop-by-hop.
@@ -875,7 +945,7 @@ mod tests {
     use super::*;
 
     fn parse_fast(raw: &[u8]) -> Option<(String, String, usize, usize)> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+        let mut headers = header_slots();
         match FastRequest::parse(raw, &mut headers) {
             Parsed::Fast(r) => Some((
                 r.method.to_string(),
@@ -919,7 +989,7 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+        let mut headers = header_slots();
         assert!(matches!(
             FastRequest::parse(b"GET / HTTP/1.1\r\nHost: h\r\n", &mut headers),
             Parsed::Partial
@@ -933,7 +1003,7 @@ mod tests {
             Keep-Alive: 5\r\nK-Proxy-Request: activator\r\nKnative-Serving-Revision: x\r\n\
             X-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2\r\nForwarded: for=1.1.1.1\r\n\
             TE: trailers, deflate\r\nAccept: */*\r\n\r\n";
-        let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+        let mut headers = header_slots();
         let Parsed::Fast(req) = FastRequest::parse(raw, &mut headers) else {
             panic!("not fast");
         };
@@ -946,6 +1016,68 @@ mod tests {
              x-forwarded-for: 1.1.1.1, 2.2.2.2, ::1\r\nx-forwarded-proto: http\r\n\
              forwarded: for=1.1.1.1, for=\"[::1]\";host=\"Hello.default.localhost:8080\";proto=http\r\n\
              te: trailers\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn heads_go_on_as_sent_when_plain_and_rewritten_when_not() {
+        let inner = |raw: &[u8]| {
+            let mut headers = header_slots();
+            let Parsed::Fast(req) = FastRequest::parse(raw, &mut headers) else {
+                panic!("not fast");
+            };
+            let mut out = Vec::new();
+            req.write_inner_head(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        // Plain lines come out byte for byte, odd spacing and bare LFs canonical.
+        assert_eq!(
+            inner(
+                b"GET /x HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nConnection: keep-alive\r\nX-B: 2\r\n\r\n"
+            ),
+            "GET /x HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nX-B: 2\r\n\r\n"
+        );
+        assert_eq!(
+            inner(b"GET /x HTTP/1.1\r\nHost:h\r\nAccept:   */*  \r\nX-A: 1\r\n\r\n"),
+            "GET /x HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nX-A: 1\r\n\r\n"
+        );
+        assert_eq!(
+            inner(b"GET / HTTP/1.1\nHost: h\nX-A: 1\n\n"),
+            "GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n"
+        );
+        assert_eq!(
+            inner(b"GET / HTTP/1.1\r\nHost: h\r\nK-Original-Host: app.example.com\r\n\r\n"),
+            "GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n"
+        );
+
+        let client = |raw: &[u8]| {
+            let mut out = Vec::new();
+            let ParsedResponse::Head(_) =
+                parse_response(raw, false, false, b"x-e: 1\r\n", &mut out).unwrap()
+            else {
+                panic!("no head");
+            };
+            String::from_utf8(out).unwrap()
+        };
+        let date = "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n";
+        assert_eq!(
+            client(
+                format!("HTTP/1.1 200 Fine\r\nX: 1\r\n{date}Content-Length: 0\r\n\r\n").as_bytes()
+            ),
+            format!("HTTP/1.1 200 Fine\r\nX: 1\r\n{date}Content-Length: 0\r\nx-e: 1\r\n\r\n")
+        );
+        assert_eq!(
+            client(
+                format!(
+                    "HTTP/1.0 200 OK\nX:1\n{date}Content-Length: 0\nConnection: keep-alive\n\n"
+                )
+                .as_bytes()
+            ),
+            format!("HTTP/1.1 200 OK\r\nX: 1\r\n{date}Content-Length: 0\r\nx-e: 1\r\n\r\n")
+        );
+        assert_eq!(
+            client(format!("HTTP/1.1 404 \r\n{date}Content-Length: 0\r\n\r\n").as_bytes()),
+            format!("HTTP/1.1 404 Not Found\r\n{date}Content-Length: 0\r\nx-e: 1\r\n\r\n")
         );
     }
 

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
+use crate::charset::is_name;
+
 /// The header a health check carries; value `queue` asks whether a queue-proxy's app is ready.
 pub const PROBE_HEADER: HeaderName = HeaderName::from_static("k-network-probe");
 /// The header a proxy hop moves the client's Host into; the queue-proxy restores it.
@@ -86,7 +88,54 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Whether `name` is one of [`HOP_BY_HOP`] (any case).
 pub(crate) fn is_hop_by_hop_name(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+    HOP_BY_HOP
+        .iter()
+        .any(|h| is_name(name.as_bytes(), h.as_bytes()))
+}
+
+/// What a hop does with a request header on the fast path, by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestHeader {
+    /// Passed on as it came.
+    Plain,
+    /// Not for the next hop: hop-by-hop (`Transfer-Encoding` too), internal, or underscored
+    /// (see [`drops_underscored`]).
+    Dropped,
+    /// `TE`: only `trailers` goes on.
+    Te,
+    /// `Host`.
+    Host,
+    /// `X-Forwarded-For`.
+    XForwardedFor,
+    /// `X-Forwarded-Proto`.
+    XForwardedProto,
+    /// `Forwarded`.
+    Forwarded,
+}
+
+/// Sorts a request header by its name (any case). Most names are told apart by their first
+/// letter, without comparing them with each hop-by-hop and internal name in turn.
+pub(crate) fn request_header(name: &str) -> RequestHeader {
+    let eq = |known: &str| is_name(name.as_bytes(), known.as_bytes());
+    let class = match name.as_bytes().first().map(u8::to_ascii_lowercase) {
+        Some(b'h') if eq("host") => RequestHeader::Host,
+        Some(b't') if eq("te") => RequestHeader::Te,
+        Some(b'x') if eq("x-forwarded-for") => RequestHeader::XForwardedFor,
+        Some(b'x') if eq("x-forwarded-proto") => RequestHeader::XForwardedProto,
+        Some(b'f') if eq("forwarded") => RequestHeader::Forwarded,
+        // Every hop-by-hop and internal name starts with one of these.
+        Some(b'c' | b'k' | b'p' | b't' | b'u')
+            if is_hop_by_hop_name(name) || eq("transfer-encoding") || is_internal_name(name) =>
+        {
+            RequestHeader::Dropped
+        }
+        _ => RequestHeader::Plain,
+    };
+    if class == RequestHeader::Plain && drops_underscored(name) {
+        RequestHeader::Dropped
+    } else {
+        class
+    }
 }
 
 /// Removes hop-by-hop headers, including any named in `Connection` (but never a protected
@@ -136,22 +185,22 @@ pub fn is_internal(name: &HeaderName) -> bool {
 
 /// [`is_internal`] for a raw header name, in any case.
 pub(crate) fn is_internal_name(name: &str) -> bool {
+    let name = name.as_bytes();
     let starts = |p: &str| {
         name.get(..p.len())
-            .is_some_and(|n| n.eq_ignore_ascii_case(p))
+            .is_some_and(|n| is_name(n, p.as_bytes()))
     };
     starts("knative-serving-")
         || starts("k-network-")
-        || name.eq_ignore_ascii_case("k-proxy-request")
-        || name.eq_ignore_ascii_case("k-original-host")
-        || name.eq_ignore_ascii_case("k-passthrough-lb")
+        || is_name(name, b"k-proxy-request")
+        || is_name(name, b"k-original-host")
+        || is_name(name, b"k-passthrough-lb")
 }
 
 /// Appends `s` as an RFC 7230 token when it is one, else as a quoted-string (for
 /// `Forwarded: host=`).
 pub fn push_token_or_quoted(s: &[u8], out: &mut Vec<u8>) {
-    let is_tchar = |c: &u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c);
-    if !s.is_empty() && s.iter().all(is_tchar) {
+    if crate::charset::is_token(s) {
         out.extend_from_slice(s);
         return;
     }
@@ -186,6 +235,69 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn request_headers_sort_as_the_name_by_name_checks_do() {
+        let names = [
+            "Host",
+            "TE",
+            "te",
+            "X-Forwarded-For",
+            "x-forwarded-proto",
+            "Forwarded",
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Authenticate",
+            "proxy-authorization",
+            "Proxy-Connection",
+            "Trailer",
+            "Upgrade",
+            "Transfer-Encoding",
+            "Knative-Serving-Revision",
+            "K-Network-Hash",
+            "K-Proxy-Request",
+            "k-original-host",
+            "K-Passthrough-Lb",
+            "X_Forwarded_For",
+            "Accept",
+            "Content-Length",
+            "Cookie",
+            "Kind",
+            "Pragma",
+            "Tracestate",
+            "User-Agent",
+            "Hostname",
+            "X-Forwarded-Host",
+            "K-",
+            "",
+            "T",
+        ];
+        for name in names {
+            let lower = name.to_ascii_lowercase();
+            let expected = match lower.as_str() {
+                "host" => RequestHeader::Host,
+                "te" => RequestHeader::Te,
+                "x-forwarded-for" => RequestHeader::XForwardedFor,
+                "x-forwarded-proto" => RequestHeader::XForwardedProto,
+                "forwarded" => RequestHeader::Forwarded,
+                _ if is_hop_by_hop_name(name)
+                    || lower == "transfer-encoding"
+                    || is_internal_name(name)
+                    || lower.contains('_') =>
+                {
+                    RequestHeader::Dropped
+                }
+                _ => RequestHeader::Plain,
+            };
+            assert_eq!(request_header(name), expected, "{name}");
+        }
+        assert_eq!(request_header("Connection"), RequestHeader::Dropped);
+        assert_eq!(
+            request_header("Knative-Serving-Tag"),
+            RequestHeader::Dropped
+        );
+        assert_eq!(request_header("Cookie"), RequestHeader::Plain);
     }
 
     #[test]

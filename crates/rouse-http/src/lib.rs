@@ -12,6 +12,7 @@
 
 mod body;
 mod buffer;
+mod charset;
 mod client;
 mod conn;
 mod conn_cap;
@@ -22,6 +23,7 @@ pub mod h1;
 mod h2_server;
 mod headers;
 mod limits;
+mod lines;
 pub mod raw;
 mod read_timeout;
 mod retry;
@@ -62,6 +64,8 @@ pub use upstream::UpstreamPool;
 /// The parsers the fuzz targets (`fuzz/`) drive; not an API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::h1::{ChunkedScanner, ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed};
+    pub use crate::h1::{
+        ChunkedScanner, ClientAddr, FastRequest, MAX_FAST_HEADERS, Parsed, header_slots,
+    };
     pub use crate::raw::decode_chunked;
 }

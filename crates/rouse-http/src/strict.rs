@@ -7,6 +7,8 @@
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
 
+use crate::charset::valid_host;
+
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Why a request head is refused (400 Bad Request).
@@ -65,17 +67,6 @@ pub fn settle_request<B>(req: &mut Request<B>) -> Result<(), BadHead> {
     }
     drop_h2c_upgrade(req.headers_mut());
     Ok(())
-}
-
-/// Whether `v` may be a Host value: a registered name, IPv4 or bracketed IPv6 with an
-/// optional port; no whitespace, userinfo, path, list or control characters.
-pub(crate) fn valid_host(v: &[u8]) -> bool {
-    v.iter().all(|&c| {
-        matches!(c,
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
-            | b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\''
-            | b'(' | b')' | b'*' | b'+' | b';' | b'=' | b':' | b'[' | b']')
-    })
 }
 
 /// Removes an `Upgrade` that offers `h2c` (with `HTTP2-Settings` and the `Connection`

@@ -1,6 +1,6 @@
 //! The queue-proxy: one in front of each app instance.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
