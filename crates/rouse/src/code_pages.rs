@@ -128,3 +128,52 @@ mod imp {
         }
     }
 }
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    /// Resident KiB of this process's file-backed mappings whose path contains `part`.
+    fn resident_kb(part: &str) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut total = 0;
+        let mut counting = false;
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("Rss:"), Some(kb)) if counting => total += kb.parse::<u64>().unwrap(),
+                // A mapping's first line: its range, then perms, offset, device, inode, path.
+                (Some(range), Some(_)) if range.contains('-') && !range.ends_with(':') => {
+                    counting = words.nth(3).is_some_and(|path| path.contains(part));
+                }
+                _ => {}
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn read_only_pages_leave_the_resident_set_and_come_back_when_run() {
+        let name =
+            "code_pages::tests::read_only_pages_leave_the_resident_set_and_come_back_when_run";
+        if !crate::serve::tests::alone(name) {
+            return;
+        }
+        let (all, libc) = (resident_kb("/"), resident_kb("/libc.so"));
+        super::shed();
+        let (all_after, libc_after) = (resident_kb("/"), resident_kb("/libc.so"));
+        assert!(
+            all_after + 512 <= all,
+            "shedding left {all_after} of {all} KiB resident"
+        );
+        // The C library's pages go too (a static build has none of its own).
+        assert!(
+            libc == 0 || libc_after < libc,
+            "the C library kept {libc_after} of {libc} KiB"
+        );
+        // The code runs on: what it touches comes back, from this program and the libraries.
+        let value: serde_json::Value = serde_json::from_str(r#"{"shed": [1, 2]}"#).unwrap();
+        let sum = std::thread::spawn(move || value["shed"].as_array().unwrap().len())
+            .join()
+            .unwrap();
+        assert_eq!(sum, 2);
+    }
+}

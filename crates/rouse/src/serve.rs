@@ -619,7 +619,7 @@ fn platform_metrics(activator: &Activator, gateway: SocketAddr) -> String {
 }
 
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
-mod tests {
+pub(crate) mod tests {
     use super::malloc::Trimmer;
 
     /// This process's resident anonymous memory, in KiB.
@@ -635,7 +635,7 @@ mod tests {
     /// Whether this is the test `name` running alone in a child process of this test binary;
     /// if not, runs it so and checks it passed. A measurement of this process's memory needs
     /// that: other tests running beside it change it.
-    fn alone(name: &str) -> bool {
+    pub(crate) fn alone(name: &str) -> bool {
         if std::env::var_os(ALONE_CHILD).is_some() {
             return true;
         }
@@ -651,30 +651,6 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         false
-    }
-
-    /// This process's resident file-backed memory (code among it), in KiB.
-    fn rss_file_kb() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("RssFile:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    #[test]
-    fn shed_code_pages_leave_the_resident_set_and_come_back_when_run() {
-        if !alone("serve::tests::shed_code_pages_leave_the_resident_set_and_come_back_when_run") {
-            return;
-        }
-        let before = rss_file_kb();
-        crate::code_pages::shed();
-        let after = rss_file_kb();
-        assert!(
-            after + 512 <= before,
-            "shedding left {after} of {before} KiB resident"
-        );
-        // The code runs on: what it touches comes back.
-        let config = super::load_config(&[]).unwrap();
-        assert_eq!(config, super::load_config(&[]).unwrap());
     }
 
     #[test]
