@@ -90,6 +90,14 @@ pub async fn run() -> anyhow::Result<()> {
     let (drain_state, _) = watch::channel(DrainState::Running);
     let drain_state = Arc::new(drain_state);
 
+    // Start-up ends for good once the app is first ready (the first probes, the thread that
+    // watched for its port): drop what that ran too, before the first requests come.
+    let mut ready = qp.ready();
+    let ready_shed = tokio::spawn(async move {
+        if ready.wait_for(|r| *r).await.is_ok() {
+            crate::code_pages::shed();
+        }
+    });
     let reporter = tokio::spawn(cut_reports(qp.clone(), report.clone()));
     let shedder = tokio::spawn(shed_code_when_idle(qp.clone()));
     let admin_task = tokio::spawn(serve_admin(admin, qp.clone(), drain_state.clone()));
@@ -102,6 +110,7 @@ pub async fn run() -> anyhow::Result<()> {
     drain(&qp, &env, &drain_state).await;
     reporter.abort();
     shedder.abort();
+    ready_shed.abort();
     // The preStop hooks waiting on `/wait-for-drain` get their answer before the exit.
     let _ = tokio::time::timeout(ADMIN_LINGER, admin_task).await;
     metrics_task.abort();
