@@ -280,3 +280,61 @@ async fn streams_in_parallel_each_get_their_own_answer() {
     }
     assert_eq!(qp.in_flight(), 0);
 }
+
+/// Reads one response with a `Content-Length` off `tcp`: its head and body.
+async fn read_response(tcp: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    tokio::time::timeout(BOUND, async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end + 4]).into_owned();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .expect("a Content-Length")
+                    .parse()
+                    .unwrap();
+                if got.len() >= end + 4 + len {
+                    return (head, got[end + 4..end + 4 + len].to_vec());
+                }
+            }
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed mid-response: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("no whole response in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_app_connection_whose_buffer_was_freed_serves_on() {
+    let (app, _) = scripted_app().await;
+    let qp = queue_for(app).await;
+    let mut tcp = TcpStream::connect(qp.addr()).await.unwrap();
+    let mut call = async |path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: raw.example.com\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        // The app's own header spelling: the fast path relayed its head.
+        let conn = head.lines().find_map(|l| l.strip_prefix("X-Conn: "));
+        (conn.expect("the fast path").to_string(), body)
+    };
+    let (first, body) = call("/one").await;
+    assert!(body.starts_with(b"GET /one HTTP/1.1\r\n"));
+    // What the idle shed does: the pooled connection stays, its read buffer goes.
+    qp.release_idle_buffers();
+    let (again, body) = call("/two").await;
+    assert_eq!(again, first, "the pooled app connection was not reused");
+    assert!(body.starts_with(b"GET /two HTTP/1.1\r\n"));
+    qp.release_idle_buffers();
+    let (again, body) = call("/big").await;
+    assert_eq!(again, first);
+    assert_eq!(body, pattern(BIG));
+}
